@@ -1,0 +1,362 @@
+"""Bounded, structure-aware Newton minimisation with implicit differentiation.
+
+Profile-likelihood fits of HistFactory models have a known sparsity: "per-bin" parameters
+(staterror, shapesys and shapefactor gammas) couple only with the parameters acting on the
+same bin, while the few "global" parameters (POI, normsys/histosys alphas, lumi) couple with
+everything. With G global parameters and per-bin blocks of size at most k:
+
+- the exact Hessian needs only ``G + k`` Hessian-vector products (per-bin parameters of
+  different blocks share a colour), not one per parameter;
+- a Newton step is a Schur-complement solve: batched ``k x k`` block solves plus one
+  ``G x G`` solve, so its cost is linear in the number of bins.
+
+The minimiser is a projected Newton method with Levenberg-Marquardt damping and an
+acceptance test, honouring box bounds through an active set (parameters at a bound whose
+gradient pushes outwards are held). It runs entirely in ``lax.while_loop`` so fits can be
+``jit``-ed and ``vmap``-ed.
+
+Gradients of the solution follow the implicit function theorem (no unrolled iterations):
+at the optimum the gradient with respect to the free parameters vanishes, so
+``dx*/dphi = -H_FF^{-1} d(grad_F f)/dphi``; parameters at an active bound or fixed do not
+move (fixed ones follow their given value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["MinimizeResult", "Structure", "minimize"]
+
+CONVERGED, MAX_STEPS, NONFINITE, STALLED = 0, 1, 2, 3
+STATUS_MESSAGES = {
+    CONVERGED: "converged",
+    MAX_STEPS: "maximum number of steps reached",
+    NONFINITE: "objective or gradient not finite at the starting point",
+    STALLED: "no step decreases the objective (damping exhausted)",
+}
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Which parameters are global and how per-bin parameters form blocks.
+
+    Args:
+        npars: Number of parameters.
+        blocks: Tuple of blocks, each a tuple of parameter indices that may couple with each
+            other (but not with any parameter of another block). Parameters in no block are
+            global.
+    """
+
+    npars: int
+    blocks: tuple = ()
+
+    @classmethod
+    def dense(cls, npars: int) -> Structure:
+        return cls(npars, ())
+
+    @classmethod
+    def from_perbin(cls, npars: int, perbin) -> Structure:
+        """Blocks = connected components of per-bin parameters sharing a bin."""
+        parent = {p: p for p, _ in perbin}
+
+        def find(p):
+            while parent[p] != p:
+                parent[p] = parent[parent[p]]
+                p = parent[p]
+            return p
+
+        owner = {}
+        for p, bins in perbin:
+            for b in bins:
+                if b in owner:
+                    ra, rb = find(owner[b]), find(p)
+                    if ra != rb:
+                        parent[ra] = rb
+                else:
+                    owner[b] = p
+        groups: dict = {}
+        for p, _ in perbin:
+            groups.setdefault(find(p), []).append(p)
+        return cls(npars, tuple(tuple(sorted(g)) for g in sorted(groups.values())))
+
+    @property
+    def kmax(self) -> int:
+        return max((len(b) for b in self.blocks), default=0)
+
+    def arrays(self):
+        """Static index arrays: global indices, block table (padded with -1)."""
+        inblock = {p for b in self.blocks for p in b}
+        gidx = np.array([p for p in range(self.npars) if p not in inblock], dtype=np.int32)
+        table = np.full((len(self.blocks), self.kmax), -1, dtype=np.int32)
+        for i, b in enumerate(self.blocks):
+            table[i, : len(b)] = b
+        return gidx, table
+
+
+class HessianParts(NamedTuple):
+    A: jax.Array  # (G, G) global-global
+    C: jax.Array  # (nb, k, G) per-bin rows coupling to globals
+    D: jax.Array  # (nb, k, k) per-bin blocks
+
+
+def hessian_parts(grad_fn, x, structure: Structure) -> HessianParts:
+    """Exact Hessian in structured form from ``G + k`` Hessian-vector products."""
+    gidx, table = structure.arrays()
+    n, G, k = structure.npars, len(gidx), structure.kmax
+    dirs = np.zeros((G + k, n))
+    dirs[np.arange(G), gidx] = 1.0
+    for slot in range(k):
+        members = table[:, slot]
+        dirs[G + slot, members[members >= 0]] = 1.0
+    dirs = jnp.asarray(dirs, dtype=x.dtype)
+    hv = jax.vmap(lambda v: jax.jvp(grad_fn, (x,), (v,))[1])(dirs)  # (G + k, n)
+    A = hv[:G][:, gidx]
+    valid = table >= 0
+    safe = jnp.asarray(np.where(valid, table, 0))
+    C = jnp.transpose(hv[:G][:, safe], (1, 2, 0)) * valid[..., None]  # (nb, k, G)
+    D = jnp.transpose(hv[G:][:, safe], (1, 2, 0)) * (valid[..., None] & valid[:, None, :])
+    return HessianParts(A, C, D)
+
+
+def _masked(parts: HessianParts, free, structure: Structure, damping):
+    """Restrict the Hessian to free parameters (identity elsewhere) and add damping."""
+    gidx, table = structure.arrays()
+    valid = table >= 0
+    fg = free[gidx]
+    fp = jnp.where(valid, free[np.where(valid, table, 0)], False)
+    A = jnp.where(fg[:, None] & fg[None, :], parts.A, 0.0)
+    A = A + jnp.diag(jnp.where(fg, damping * jnp.maximum(jnp.abs(jnp.diag(parts.A)), 1.0), 1.0))
+    C = jnp.where(fp[..., None] & fg[None, None, :], parts.C, 0.0)
+    dD = jnp.diagonal(parts.D, axis1=1, axis2=2)
+    D = jnp.where(fp[..., None] & fp[:, None, :], parts.D, 0.0)
+    eye = jnp.eye(table.shape[1], dtype=A.dtype)
+    D = D + eye * jnp.where(fp, damping * jnp.maximum(jnp.abs(dD), 1.0), 1.0)[..., None]
+    return HessianParts(A, C, D), fg, fp
+
+
+def _inv_apply(M, rhs, modified):
+    """Apply M^-1 to rhs (batched); with ``modified`` use |eigenvalues| (clamped away from 0),
+    so that an indefinite Hessian still gives a descent direction."""
+    if not modified:
+        return jnp.linalg.solve(M, rhs)
+    w, V = jnp.linalg.eigh(M)
+    scale = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+    w = jnp.maximum(jnp.abs(w), 1e-10 * scale + 1e-300)
+    return V @ ((jnp.swapaxes(V, -1, -2) @ rhs) / w[..., None])
+
+
+def _solve(parts: HessianParts, rhs, structure: Structure, modified: bool = False):
+    """Solve H x = rhs with the Schur complement of the per-bin blocks."""
+    gidx, table = structure.arrays()
+    valid = table >= 0
+    safe = np.where(valid, table, 0)
+    x = jnp.zeros_like(rhs)
+    rG = rhs[gidx]
+    if table.shape[0]:
+        rP = jnp.where(valid, rhs[safe], 0.0)
+        if len(gidx):
+            both = jnp.concatenate([parts.C, rP[..., None]], axis=-1)
+            sol = _inv_apply(parts.D, both, modified)  # (nb, k, G + 1)
+            X, Y = sol[..., :-1], sol[..., -1]
+            S = parts.A - jnp.einsum("bkg,bkh->gh", parts.C, X)
+            r = rG - jnp.einsum("bkg,bk->g", parts.C, Y)
+            xG = _inv_apply(S, r[:, None], modified)[:, 0]
+            xP = Y - jnp.einsum("bkg,g->bk", X, xG)
+            x = x.at[gidx].set(xG)
+        else:
+            xP = _inv_apply(parts.D, rP[..., None], modified)[..., 0]
+        x = x.at[safe[valid]].set(xP[valid])
+    elif len(gidx):
+        x = x.at[gidx].set(_inv_apply(parts.A, rG[:, None], modified)[:, 0])
+    return x
+
+
+def _matvec(parts: HessianParts, v, structure: Structure):
+    gidx, table = structure.arrays()
+    valid = table >= 0
+    safe = np.where(valid, table, 0)
+    out = jnp.zeros_like(v)
+    vG = v[gidx]
+    if table.shape[0]:
+        vP = jnp.where(valid, v[safe], 0.0)
+        outG = parts.A @ vG + jnp.einsum("bkg,bk->g", parts.C, vP)
+        outP = jnp.einsum("bkg,g->bk", parts.C, vG) + jnp.einsum("bkl,bl->bk", parts.D, vP)
+        out = out.at[safe[valid]].set(outP[valid])
+    else:
+        outG = parts.A @ vG
+    return out.at[gidx].set(outG) if len(gidx) else out
+
+
+def _free_set(x, g, lower, upper, fixed):
+    at_lo = (x <= lower) & (g > 0)
+    at_hi = (x >= upper) & (g < 0)
+    return ~fixed & ~at_lo & ~at_hi
+
+
+class MinimizeResult(NamedTuple):
+    x: jax.Array
+    fun: jax.Array
+    grad: jax.Array
+    n_steps: jax.Array
+    status: jax.Array  # CONVERGED, MAX_STEPS, NONFINITE, STALLED
+
+    @property
+    def converged(self):
+        return self.status == CONVERGED
+
+
+_STEP_SIZES = tuple(2.0**-k for k in range(12))
+
+
+def _direction(parts, g, x, free, lower, upper, structure):
+    """Projected Newton direction with an eigenvalue-modified Hessian. Variables the full step
+    would push through a bound are held at that bound and the others re-solved."""
+    mparts, _, _ = _masked(parts, free, structure, 0.0)
+    step = jnp.where(free, -_solve(mparts, jnp.where(free, g, 0.0), structure, True), 0.0)
+    target = x + step
+    hit = free & ((target < lower) | (target > upper))
+    held = jnp.where(hit, jnp.clip(target, lower, upper) - x, 0.0)
+    free2 = free & ~hit
+    rhs = g + _matvec(parts, held, structure)
+    mparts2, _, _ = _masked(parts, free2, structure, 0.0)
+    step2 = jnp.where(free2, -_solve(mparts2, jnp.where(free2, rhs, 0.0), structure, True), 0.0)
+    return jnp.where(jnp.any(hit), step2 + held, step)
+
+
+def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> MinimizeResult:
+    value_and_grad = jax.value_and_grad(lambda x: fun(x, args))
+    value = jax.vmap(lambda x: fun(x, args))
+
+    def grad_fn(x):
+        return jax.grad(lambda y: fun(y, args))(x)
+
+    x0 = jnp.clip(x0, lower, upper)
+    f0, g0 = value_and_grad(x0)
+    ok0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))
+    ts = jnp.asarray(_STEP_SIZES, dtype=x0.dtype)
+    init = dict(
+        x=x0,
+        f=f0,
+        g=g0,
+        it=jnp.zeros((), jnp.int32),
+        done=~ok0,
+        status=jnp.where(ok0, MAX_STEPS, NONFINITE).astype(jnp.int32),
+    )
+
+    def cond(s):
+        return ~s["done"] & (s["it"] < max_steps)
+
+    def body(s):
+        x, f, g = s["x"], s["f"], s["g"]
+        parts = hessian_parts(grad_fn, x, structure)
+        free = _free_set(x, g, lower, upper, fixed)
+        d = _direction(parts, g, x, free, lower, upper, structure)
+        decrement = -(g @ d)  # predicted decrease of a full Newton step (x2)
+        converged = decrement < tol
+        cand = jnp.clip(x + ts[:, None] * d[None, :], lower, upper)
+        f_c = value(cand)
+        armijo = jnp.isfinite(f_c) & (f - f_c >= 1e-4 * ts * decrement)
+        best = jnp.argmin(jnp.where(armijo, f_c, jnp.inf))
+        accept = jnp.any(armijo) & ~converged
+        stalled = ~jnp.any(armijo) & ~converged
+        x_new = jnp.where(accept, cand[best], x)
+        f_new, g_new = value_and_grad(x_new)
+        return dict(
+            x=x_new,
+            f=jnp.where(accept, f_new, f),
+            g=jnp.where(accept, g_new, g),
+            it=s["it"] + 1,
+            done=converged | stalled,
+            status=jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, s["status"])).astype(
+                jnp.int32
+            ),
+        )
+
+    s = jax.lax.while_loop(cond, body, init)
+    return MinimizeResult(s["x"], s["f"], s["g"], s["it"], s["status"])
+
+
+@eqx.filter_custom_vjp
+def _minimize(diff, fun, lower, upper, fixed, structure, tol, max_steps):
+    args, x0 = diff
+    return _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps)
+
+
+@_minimize.def_fwd
+def _minimize_fwd(perturbed, diff, fun, lower, upper, fixed, structure, tol, max_steps):
+    args, x0 = diff
+    res = _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps)
+    return res, res
+
+
+@_minimize.def_bwd
+def _minimize_bwd(res, ct, perturbed, diff, fun, lower, upper, fixed, structure, tol, max_steps):
+    args, _ = diff
+    x = jax.lax.stop_gradient(res.x)
+    zero = jnp.zeros_like(x)
+    xbar = zero if ct.x is None else ct.x
+    fbar = jnp.zeros((), x.dtype) if ct.fun is None else ct.fun
+
+    def grad_fn(y, a):
+        return jax.grad(lambda z: fun(z, a))(y)
+
+    free = _free_set(x, res.grad, lower, upper, fixed)
+    parts = hessian_parts(lambda y: grad_fn(y, args), x, structure)
+    mparts, _, _ = _masked(parts, free, structure, jnp.zeros((), x.dtype))
+    v = jnp.where(free, _solve(mparts, jnp.where(free, xbar, 0.0), structure), 0.0)
+    _, vjp = jax.vjp(lambda a: (fun(x, a), grad_fn(x, a)), args)
+    (args_bar,) = vjp((fbar, -v))
+    hv = _matvec(parts, v, structure)
+    x0_bar = jnp.where(fixed, xbar - hv + fbar * res.grad, 0.0)
+    return (args_bar, x0_bar)
+
+
+def minimize(
+    fun,
+    args,
+    x0,
+    lower,
+    upper,
+    fixed,
+    structure: Structure | None = None,
+    *,
+    tol: float = 1e-12,
+    max_steps: int = 200,
+) -> MinimizeResult:
+    """Minimise ``fun(x, args)`` within box bounds; differentiable in ``args`` and ``x0``.
+
+    Args:
+        fun: Scalar objective ``fun(x, args)`` (a hashable Python callable).
+        args: PyTree of arrays the objective depends on; gradients flow to its float leaves.
+        x0: Starting point (values of fixed parameters are taken from here).
+        lower, upper: Bounds, arrays like ``x0``.
+        fixed: Boolean array; ``True`` holds the parameter at its ``x0`` value.
+        structure: Sparsity of the Hessian (default: dense).
+        tol: Stop when the predicted decrease of the objective is below ``tol``.
+        max_steps: Maximum number of Newton steps.
+
+    Returns:
+        :class:`MinimizeResult` with the solution, objective, gradient, number of steps and
+        status (``CONVERGED``, ``MAX_STEPS`` or ``NONFINITE``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> jax.config.update("jax_enable_x64", True)
+        >>> f = lambda x, a: jnp.sum((x - a) ** 2)
+        >>> r = minimize(f, jnp.array([0.5, 3.0]), jnp.zeros(2), jnp.zeros(2),
+        ...              jnp.array([1.0, 2.0]), jnp.array([False, False]))
+        >>> [float(v) for v in r.x]
+        [0.5, 2.0]
+    """
+    x0 = jnp.asarray(x0)
+    structure = structure or Structure.dense(x0.shape[-1])
+    lower = jnp.asarray(lower, dtype=x0.dtype)
+    upper = jnp.asarray(upper, dtype=x0.dtype)
+    fixed = jnp.asarray(fixed, dtype=bool)
+    return _minimize((args, x0), fun, lower, upper, fixed, structure, tol, max_steps)

@@ -1,0 +1,159 @@
+"""Workspace-level workflows: the Python API behind ``diffhep cls|fit|upper-limit|demo``.
+
+Each function takes file paths (or documents), runs the statistical core and returns plain
+JSON-able dictionaries, raising :class:`~diffhep.errors.DiffhepError` on bad input or a fit
+that does not converge.
+
+Example:
+    >>> import diffhep
+    >>> diffhep.enable_x64()
+    >>> from diffhep import workflows
+    >>> spec, patch = diffhep.workspace.builtin_example()
+    >>> out = workflows.cls(spec, patches=[patch])
+    >>> sorted(out)
+    ['CLs_exp', 'CLs_obs']
+"""
+
+from __future__ import annotations
+
+import logging
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import DiffhepError, FitError
+from .fit import fit as _fit
+from .hypotest import hypotest as _hypotest
+from .limits import upper_limit as _upper_limit
+from .model import POISSON_FLOOR
+from .workspace import Workspace, load_json, load_patch, validate
+
+__all__ = ["cls", "demo", "fit", "load_workspace", "upper_limit"]
+
+log = logging.getLogger(__name__)
+
+
+def _require_x64():
+    if not jax.config.jax_enable_x64:
+        raise DiffhepError(
+            "the statistical layer needs float64",
+            fix="call diffhep.enable_x64() before building models",
+        )
+
+
+def load_workspace(workspace, patches=(), patch_name=None) -> Workspace:
+    """A workspace from a path (``-`` = stdin) or a dict, with patches (paths or op lists)."""
+    if isinstance(workspace, dict):
+        spec, name = workspace, None
+    else:
+        spec, name = load_json(workspace)
+    validate(spec, "workspace.json", file=name)
+    ws = Workspace(spec, file=name, validate_schema=False)
+    for patch in patches:
+        ops = patch if isinstance(patch, list) else load_patch(patch, patch_name)
+        ws = ws.patched(ops)
+    return ws
+
+
+def _model_and_data(ws: Workspace, measurement=None, modifier_settings=None):
+    _require_x64()
+    model = ws.model(measurement, modifier_settings=modifier_settings)
+    return model, jnp.asarray(ws.data(model), dtype=jnp.float64)
+
+
+def _warn_clipped(n, where):
+    if int(n) > 0:
+        log.warning(
+            "%s: %d bin(s) with expected yield <= %g were clipped to that floor in the Poisson "
+            "term (the model's interpolation drives them to zero or below)",
+            where,
+            int(n),
+            POISSON_FLOOR,
+        )
+
+
+_hypotest_jit = eqx.filter_jit(_hypotest)
+_fit_jit = eqx.filter_jit(_fit)
+
+
+def cls(
+    workspace,
+    patches=(),
+    *,
+    patch_name=None,
+    measurement=None,
+    poi_value=1.0,
+    test_stat="qtilde",
+    modifier_settings=None,
+) -> dict:
+    """Observed and expected CLs, shaped as ``pyhf cls`` prints them."""
+    if test_stat not in ("qtilde", "q"):
+        raise DiffhepError(
+            f"unknown test statistic {test_stat!r}", where="--test-stat", fix="use 'qtilde' or 'q'"
+        )
+    ws = load_workspace(workspace, patches, patch_name)
+    model, data = _model_and_data(ws, measurement, modifier_settings)
+    r = _hypotest_jit(jnp.asarray(poi_value, dtype=data.dtype), model, data, test_stat=test_stat)
+    if not bool(r.converged):
+        raise FitError(
+            "a fit of the hypothesis test did not converge",
+            file=ws.file,
+            fix="check the model (e.g. with 'diffhep fit'); parameters at bounds or empty bins "
+            "are common causes",
+        )
+    _warn_clipped(r.n_clipped, ws.file or "workspace")
+    return {"CLs_obs": float(r.cls_obs), "CLs_exp": [float(x) for x in r.cls_exp]}
+
+
+def fit(
+    workspace, patches=(), *, patch_name=None, measurement=None, modifier_settings=None
+) -> dict:
+    """Global maximum-likelihood fit: best-fit values and uncertainties by parameter name."""
+    ws = load_workspace(workspace, patches, patch_name)
+    model, data = _model_and_data(ws, measurement, modifier_settings)
+    r = _fit_jit(model, data)
+    names = model.config.par_names
+    if not bool(r.converged):
+        raise FitError(
+            f"the fit did not converge: {r.message}",
+            file=ws.file,
+            fix="check parameter bounds and inits in the measurement",
+        )
+    _warn_clipped(r.n_clipped, ws.file or "workspace")
+    return {
+        "bestfit": dict(zip(names, map(float, np.asarray(r.bestfit)), strict=True)),
+        "uncertainty": dict(zip(names, map(float, np.asarray(r.uncertainty)), strict=True)),
+        "twice_nll": float(r.twice_nll),
+        "converged": True,
+        "message": r.message,
+        "n_steps": int(r.n_steps),
+    }
+
+
+def upper_limit(
+    workspace,
+    patches=(),
+    *,
+    patch_name=None,
+    measurement=None,
+    level=0.05,
+    test_stat="qtilde",
+    modifier_settings=None,
+) -> dict:
+    """Observed and expected upper limits on the POI at CL = 1 - level."""
+    ws = load_workspace(workspace, patches, patch_name)
+    model, data = _model_and_data(ws, measurement, modifier_settings)
+    obs, exp = _upper_limit(model, data, level=level, test_stat=test_stat)
+    return {"observed": obs, "expected": exp, "level": level, "poi": model.config.poi_name}
+
+
+def demo() -> dict:
+    """CLs of a real published likelihood (ATLAS sbottom search, RegionA, one mass point)."""
+    from .workspace import builtin_example
+
+    spec, patch = builtin_example()
+    out = cls(spec, patches=[patch])
+    out["workspace"] = "ATLAS sbottom multi-b (ins1748602) RegionA, sbottom_1300_850_60"
+    return out
