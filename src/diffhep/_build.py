@@ -158,7 +158,12 @@ def _pack(entries, ncells, fill):
 
 def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
     """Build the arrays of a model from a ``model.json``-like dict (channels + parameters)."""
-    settings = {k: dict(v) for k, v in DEFAULT_MODIFIER_SETTINGS.items()}
+    # As pyhf: without modifier_settings the model defaults apply (code4, code4p); with them,
+    # a type left out gets its modifier's own default (normsys code1, histosys code0).
+    if modifier_settings is None:
+        settings = {k: dict(v) for k, v in DEFAULT_MODIFIER_SETTINGS.items()}
+    else:
+        settings = {"normsys": {"interpcode": "code1"}, "histosys": {"interpcode": "code0"}}
     for mtype, opts in (modifier_settings or {}).items():
         if mtype not in _ALLOWED_CODES:
             raise DiffhepError(

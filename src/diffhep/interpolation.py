@@ -19,12 +19,39 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["code0", "code1", "code4", "code4p", "log_code1"]
+__all__ = ["code0", "code0_weights", "code1", "code4", "code4p", "code4p_weights", "log_code1"]
+
+
+def code0_weights(alpha):
+    """Weights ``(w_lo, w_nom, w_hi)`` with code0's change = w_lo*lo + w_nom*nom + w_hi*hi.
+
+    The additive codes are linear in the templates at fixed alpha; computing the weights on
+    one value per modifier (not per bin) makes derivatives with respect to alpha cheap.
+    """
+    up = alpha > 0
+    zero = jnp.zeros_like(alpha)
+    return jnp.where(up, zero, -alpha), alpha * jnp.where(up, -1.0, 1.0), jnp.where(up, alpha, zero)
+
+
+def code4p_weights(alpha):
+    """Weights ``(w_lo, w_nom, w_hi)`` of :func:`code4p` (see :func:`code0_weights`)."""
+    a2 = alpha * alpha
+    # inside |alpha| <= 1: alpha/2 (hi - lo) + alpha^2 (3 a^4 - 10 a^2 + 15)/16 (hi - 2 nom + lo)
+    q = a2 * (a2 * (a2 * 3.0 - 10.0) + 15.0) * 0.0625
+    w_lo = jnp.where(alpha > 1, 0.0, jnp.where(alpha < -1, -alpha, q - 0.5 * alpha))
+    w_nom = jnp.where(alpha > 1, -alpha, jnp.where(alpha < -1, alpha, -2.0 * q))
+    w_hi = jnp.where(alpha > 1, alpha, jnp.where(alpha < -1, 0.0, q + 0.5 * alpha))
+    return w_lo, w_nom, w_hi
+
+
+def _apply(weights, lo, nom, hi):
+    w_lo, w_nom, w_hi = weights
+    return w_lo * lo + w_nom * nom + w_hi * hi
 
 
 def code0(alpha, lo, nom, hi):
     """Piecewise-linear additive interpolation (histosys ``code0``)."""
-    return jnp.where(alpha > 0, alpha * (hi - nom), alpha * (nom - lo))
+    return _apply(code0_weights(alpha), lo, nom, hi)
 
 
 def code4p(alpha, lo, nom, hi):
@@ -32,13 +59,7 @@ def code4p(alpha, lo, nom, hi):
 
     pyhf's default for histosys (``code4p``).
     """
-    delta_up = hi - nom
-    delta_dn = nom - lo
-    s = 0.5 * (delta_up + delta_dn)
-    a = 0.0625 * (delta_up - delta_dn)
-    a2 = alpha * alpha
-    inner = alpha * s + a2 * (a2 * (a2 * 3.0 - 10.0) + 15.0) * a
-    return jnp.where(alpha > 1, alpha * delta_up, jnp.where(alpha < -1, alpha * delta_dn, inner))
+    return _apply(code4p_weights(alpha), lo, nom, hi)
 
 
 def _safe_pow(base, exponent):

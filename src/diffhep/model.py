@@ -276,9 +276,12 @@ class Model(eqx.Module):
         nominal = self.nominal
         if self.histosys_par.shape[0]:
             code = self.config.interpcode("histosys")
-            interp = interpolation.code4p if code == "code4p" else interpolation.code0
-            alpha = pars[self.histosys_par][:, None]
-            delta = interp(alpha, self.histosys_lo, nominal[self.histosys_sample], self.histosys_hi)
+            weights = (
+                interpolation.code4p_weights if code == "code4p" else interpolation.code0_weights
+            )
+            w_lo, w_nom, w_hi = (w[:, None] for w in weights(pars[self.histosys_par]))
+            nom_e = nominal[self.histosys_sample]
+            delta = w_lo * self.histosys_lo + w_nom * nom_e + w_hi * self.histosys_hi
             delta = jnp.where(self.histosys_mask, delta, 0.0)
             # sum entries into their samples with a (samples x entries) matrix: a matmul
             # differentiates and batches far better than a scatter on every backend
