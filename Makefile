@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/hypotest.py
+	$(BIN)/python benchmarks/structured_solve.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -10,7 +10,7 @@ Reference: K. Cranmer et al., HistFactory, CERN-OPEN-2012-016; pyhf's interpolat
 Example:
     >>> import jax.numpy as jnp
     >>> float(code4p(jnp.asarray(0.5), 8.0, 10.0, 13.0))
-    1.2421875
+    1.4482421875
     >>> round(float(code1(jnp.asarray(-1.0), 0.9, 1.1)), 12)
     0.9
 """

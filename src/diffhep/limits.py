@@ -13,7 +13,7 @@ Example:
     >>> model = ws.model()
     >>> obs, exp = diffhep.limits.upper_limit(model, ws.data(model))
     >>> round(obs, 3)
-    1.069
+    1.012
 """
 
 from __future__ import annotations

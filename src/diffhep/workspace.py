@@ -122,8 +122,8 @@ def validate(doc: Any, schema: str = "workspace.json", *, file: str | None = Non
     errors = list(validator.iter_errors(doc))
     if not errors:
         return
-    err = _deepest(errors)
-    message = err.message
+    err, modtype = _deepest(errors)
+    message = err.message if modtype is None else f"{modtype} modifier: {err.message}"
     if (
         err.validator in ("oneOf", "anyOf")
         and isinstance(err.instance, dict)
@@ -147,18 +147,22 @@ def validate(doc: Any, schema: str = "workspace.json", *, file: str | None = Non
 
 
 def _deepest(errors):
-    """The most specific error (pyhf's 'oneOf' modifiers hide the real one a level down)."""
+    """The most specific error. pyhf's modifiers are an ``anyOf`` over modifier types: when
+    exactly one branch accepts the modifier's ``type``, report that branch's own error (e.g.
+    ``modifiers[2].data``) instead of the generic "not valid under any of the schemas"."""
     best = jsonschema.exceptions.best_match(errors)
-    if best.validator in ("oneOf", "anyOf") and isinstance(best.instance, dict):
-        modtype = best.instance.get("type")
+    if best.validator in ("oneOf", "anyOf") and isinstance(best.instance, dict) and best.context:
+        branches: dict = {}
         for sub in best.context:
-            # the branch of the oneOf whose 'type' const matches tells what is wrong
-            if modtype is not None and "type" not in list(sub.relative_path)[:1]:
-                sub_type = sub.schema.get("properties", {}).get("type", {}) if sub.schema else {}
-                if sub_type.get("const") == modtype:
-                    return sub
-        return best
-    return best
+            branches.setdefault(sub.schema_path[0], []).append(sub)
+        matching = [
+            errs
+            for errs in branches.values()
+            if not any(list(e.relative_path)[:1] == ["type"] for e in errs)
+        ]
+        if len(matching) == 1:
+            return jsonschema.exceptions.best_match(matching[0]), best.instance.get("type")
+    return best, None
 
 
 def load_patch(path: str | Path, name: str | None = None) -> list[dict]:
