@@ -108,8 +108,10 @@ def code4(alpha, lo, hi):
     log_hi, log_lo = _safe_log(hi), _safe_log(lo)
     b = jnp.stack([hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
     coeff = jnp.tensordot(_A_INV.astype(b.dtype), b, axes=1)  # (6, ...)
-    powers = jnp.stack([alpha**k for k in range(1, 7)])
-    inner = 1.0 + jnp.sum(coeff * powers, axis=0)
+    c = coeff
+    inner = 1.0 + alpha * (
+        c[0] + alpha * (c[1] + alpha * (c[2] + alpha * (c[3] + alpha * (c[4] + alpha * c[5]))))
+    )
     return jnp.where(
         alpha >= 1.0,
         _safe_pow(hi, jnp.abs(alpha)),

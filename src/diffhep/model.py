@@ -127,6 +127,30 @@ class ModelConfig:
         return dict(self.modifier_settings)[modtype]
 
 
+def _scatter(values, positions, size, fill):
+    out = np.full(size, fill, dtype=np.asarray(values).dtype if len(values) else type(fill))
+    out[np.asarray(positions, dtype=int)] = values
+    return out
+
+
+def _per_aux(b) -> dict:
+    """Per auxiliary datum: which staterror (modifier, bin) gives its width and which shapesys
+    (sample, bin) gives its rate factor; the masks ``se_pos``/``ss_pos`` say where they apply."""
+    A = len(b.aux_par)
+
+    def i32(x):
+        return jnp.asarray(x, dtype=jnp.int32)
+
+    return dict(
+        se_pos=jnp.asarray(_scatter(np.ones(len(b.se_pos), bool), b.se_pos, A, False)),
+        se_mod=i32(_scatter(b.se_mod, b.se_pos, A, 0)),
+        se_bin=i32(_scatter(b.se_bin, b.se_pos, A, 0)),
+        ss_pos=jnp.asarray(_scatter(np.ones(len(b.ss_pos), bool), b.ss_pos, A, False)),
+        ss_sample=i32(_scatter(b.ss_sample, b.ss_pos, A, 0)),
+        ss_bin=i32(_scatter(b.ss_bin, b.ss_pos, A, 0)),
+    )
+
+
 class Model(eqx.Module):
     """A HistFactory model whose templates are JAX arrays.
 
@@ -141,7 +165,7 @@ class Model(eqx.Module):
     normsys_lo: jax.Array  # (entries,)
     normsys_hi: jax.Array
     staterror_uncrt: jax.Array  # (entries, bins)
-    shapesys_uncrt: jax.Array  # (per-bin parameters,)
+    shapesys_uncrt: jax.Array  # (auxiliary data,): shapesys uncertainty, 0 elsewhere
     # constraint constants
     aux_data_static: jax.Array
     aux_sigma_static: jax.Array
@@ -164,6 +188,10 @@ class Model(eqx.Module):
     ss_sample: jax.Array
     ss_bin: jax.Array
     config: ModelConfig = eqx.field(static=True)
+
+    @property
+    def ss_present(self) -> bool:
+        return any(t == "shapesys" for t in self.config.par_modtypes)
 
     @classmethod
     def from_spec(
@@ -226,7 +254,7 @@ class Model(eqx.Module):
             normsys_lo=f(b.normsys_lo),
             normsys_hi=f(b.normsys_hi),
             staterror_uncrt=f(b.staterror_uncrt),
-            shapesys_uncrt=f(b.ss_uncrt),
+            shapesys_uncrt=f(_scatter(b.ss_uncrt, b.ss_pos, len(b.aux_par), 0.0)),
             aux_data_static=f(b.aux_data),
             aux_sigma_static=f(b.aux_sigma),
             aux_factor_static=f(b.aux_factor),
@@ -240,12 +268,7 @@ class Model(eqx.Module):
             staterror_entry_mod=i(b.staterror_entry_mod),
             aux_par=i(b.aux_par),
             aux_poisson=jnp.asarray(b.aux_poisson, dtype=bool),
-            se_pos=i(b.se_pos),
-            se_mod=i(b.se_mod),
-            se_bin=i(b.se_bin),
-            ss_pos=i(b.ss_pos),
-            ss_sample=i(b.ss_sample),
-            ss_bin=i(b.ss_bin),
+            **_per_aux(b),
             config=config,
         )
 
@@ -333,8 +356,7 @@ class Model(eqx.Module):
         sigma = self.aux_sigma_static
         factor = self.aux_factor_static
         data = self.aux_data_static
-        A = sigma.shape[0]
-        if self.se_pos.shape[0]:
+        if self.staterror_entry_mod.shape[0]:
             nomsall = self.staterror_member @ self.nominal  # (K, B)
             K = nomsall.shape[0]
             onehot = (self.staterror_entry_mod[None, :] == jnp.arange(K)[:, None]).astype(
@@ -343,30 +365,16 @@ class Model(eqx.Module):
             safe = jnp.where(nomsall > 0, nomsall, 1.0)
             ratio2 = (self.staterror_uncrt / safe[self.staterror_entry_mod]) ** 2
             rel2 = jnp.where(nomsall > 0, onehot @ ratio2, 0.0)  # (K, B)
-            slot = (
-                jnp.full(A, -1, dtype=jnp.int32)
-                .at[self.se_pos]
-                .set(jnp.arange(self.se_pos.shape[0], dtype=jnp.int32))
-            )
-            is_se = slot >= 0
-            slot = jnp.where(is_se, slot, 0)
-            r2 = rel2[self.se_mod[slot], self.se_bin[slot]]
+            r2 = rel2[self.se_mod, self.se_bin]  # one per auxiliary datum (unused where ~se_pos)
             dyn = jnp.sqrt(jnp.where(r2 > 0, r2, 1.0))
-            sigma = jnp.where(is_se, jnp.where(r2 > 0, dyn, 1.0), sigma)
-        if self.ss_pos.shape[0]:
-            slot = (
-                jnp.full(A, -1, dtype=jnp.int32)
-                .at[self.ss_pos]
-                .set(jnp.arange(self.ss_pos.shape[0], dtype=jnp.int32))
-            )
-            is_ss = slot >= 0
-            slot = jnp.where(is_ss, slot, 0)
-            nom = self.nominal[self.ss_sample[slot], self.ss_bin[slot]]
-            unc = self.shapesys_uncrt[slot]
-            ok = (nom > 0) & (unc > 0)
+            sigma = jnp.where(self.se_pos, jnp.where(r2 > 0, dyn, 1.0), sigma)
+        if self.ss_present:
+            nom = self.nominal[self.ss_sample, self.ss_bin]
+            unc = self.shapesys_uncrt
+            ok = self.ss_pos & (nom > 0) & (unc > 0)
             fac = jnp.where(ok, nom**2 / jnp.where(ok, unc, 1.0) ** 2, 1.0)
-            factor = jnp.where(is_ss, fac, factor)
-            data = jnp.where(is_ss, fac, data)
+            factor = jnp.where(self.ss_pos, fac, factor)
+            data = jnp.where(self.ss_pos, fac, data)
         return sigma, factor, data
 
     @property

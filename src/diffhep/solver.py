@@ -257,6 +257,7 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
     zero = jnp.zeros((), x0.dtype)
     init = dict(
         x=x0,
+        x_eval=x0,
         f=zero,
         g=jnp.zeros_like(x0),
         it=jnp.zeros((), jnp.int32),
@@ -289,6 +290,7 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
         status = jnp.where(finite, status, NONFINITE)
         return dict(
             x=jnp.where(accept, cand[best], x),
+            x_eval=x,
             f=f,
             g=g,
             it=s["it"] + 1,
@@ -297,12 +299,9 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
         )
 
     s = jax.lax.while_loop(cond, body, init)
-    # f and g belong to the last point visited; after an accepted final step (max_steps),
-    # x moved on: report the objective where we stand.
-    f_end, g_end = jax.lax.cond(
-        s["status"] == MAX_STEPS, value_and_grad, lambda x: (s["f"], s["g"]), s["x"]
-    )
-    return MinimizeResult(s["x"], f_end, g_end, s["it"], s["status"])
+    # f and g belong to x_eval, the last point where they were computed: that is the solution
+    # on convergence, and the last evaluated point when the step budget ran out.
+    return MinimizeResult(s["x_eval"], s["f"], s["g"], s["it"], s["status"])
 
 
 @eqx.filter_custom_vjp
