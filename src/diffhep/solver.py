@@ -227,8 +227,11 @@ _STEP_SIZES = tuple(2.0**-k for k in range(12))
 
 
 def _direction(parts, g, x, free, lower, upper, structure):
-    """Projected Newton direction with an eigenvalue-modified Hessian. Variables the full step
-    would push through a bound are held at that bound and the others re-solved."""
+    """Projected Newton directions with an eigenvalue-modified (positive definite) Hessian.
+
+    Returns the plain step over the free variables and a second step in which variables the
+    plain step would push through a bound are held at that bound and the others re-solved.
+    """
     mparts, _, _ = _masked(parts, free, structure, 0.0)
     step = jnp.where(free, -_solve(mparts, jnp.where(free, g, 0.0), structure, True), 0.0)
     target = x + step
@@ -238,7 +241,7 @@ def _direction(parts, g, x, free, lower, upper, structure):
     rhs = g + _matvec(parts, held, structure)
     mparts2, _, _ = _masked(parts, free2, structure, 0.0)
     step2 = jnp.where(free2, -_solve(mparts2, jnp.where(free2, rhs, 0.0), structure, True), 0.0)
-    return jnp.where(jnp.any(hit), step2 + held, step)
+    return step, step2 + held
 
 
 def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> MinimizeResult:
@@ -273,12 +276,20 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
         f, g, parts = local(x)
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
         free = _free_set(x, g, lower, upper, fixed)
-        d = _direction(parts, g, x, free, lower, upper, structure)
-        decrement = -(g @ d)  # predicted decrease of a full Newton step (x2)
+        step, step2 = _direction(parts, g, x, free, lower, upper, structure)
+        # Newton decrement over the free variables (>= 0: the modified Hessian is positive
+        # definite): twice the predicted decrease of f; the KKT measure of convergence
+        decrement = -(g @ step)
         converged = finite & (decrement < tol)
-        cand = jnp.clip(x + ts[:, None] * d[None, :], lower, upper)
+        # backtracking along both projected paths at once; Armijo on the actual displacement
+        cand = jnp.clip(
+            x + jnp.concatenate([ts[:, None] * step2[None, :], ts[:, None] * step[None, :]]),
+            lower,
+            upper,
+        )
         f_c = value(cand)
-        armijo = jnp.isfinite(f_c) & (f - f_c >= 1e-4 * ts * decrement)
+        predicted = -((cand - x) @ g)
+        armijo = jnp.isfinite(f_c) & (predicted > 0) & (f - f_c >= 1e-4 * predicted)
         best = jnp.argmin(jnp.where(armijo, f_c, jnp.inf))
         # no step decreases f although the model predicts a decrease at the level of the
         # rounding errors of f itself: that is convergence, not a failure
