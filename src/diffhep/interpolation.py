@@ -74,13 +74,18 @@ def _safe_log(x):
 
 def code1(alpha, lo, hi):
     """Exponential multiplicative interpolation (normsys ``code1``): hi^alpha or lo^-alpha."""
-    return jnp.where(alpha > 0, _safe_pow(hi, jnp.abs(alpha)), _safe_pow(lo, jnp.abs(alpha)))
+    return jnp.where(alpha > 0, _safe_pow(hi, alpha), _safe_pow(lo, -alpha))
 
 
 def log_code1(alpha, lo, hi):
-    """Logarithm of :func:`code1`, computed directly (``|alpha| * log(hi or lo)``)."""
-    base = jnp.where(alpha > 0, hi, lo)
-    return jnp.abs(alpha) * jnp.log(jnp.where(base > 0, base, 1e-300))
+    """Logarithm of :func:`code1`, computed directly (``alpha log hi`` or ``-alpha log lo``).
+
+    Written with signed exponents (not ``|alpha|``) so that the derivative at alpha = 0 is the
+    one-sided derivative of the lo branch, as the value is, rather than its negative.
+    """
+    log_hi = jnp.log(jnp.where(hi > 0, hi, 1e-300))
+    log_lo = jnp.log(jnp.where(lo > 0, lo, 1e-300))
+    return jnp.where(alpha > 0, alpha * log_hi, -alpha * log_lo)
 
 
 # pyhf's code4 polynomial coefficients for alpha0 = 1 (inverse of the boundary-condition
