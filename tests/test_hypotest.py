@@ -1,0 +1,387 @@
+"""Asymptotic hypothesis tests, test statistics and upper limits against pyhf 0.7.6.
+
+pyhf runs on numpy/float64 with scipy's SLSQP at ``tolerance=1e-12`` (its default tolerance
+moves CLs by up to 2.5e-3 on the real likelihoods). CLs observed and expected must agree to
+1e-5 absolute. The model cases, pyhf helpers and the background pyhf worker for the real
+sbottom likelihoods live in ``test_fit.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import pyhf
+import pytest
+from scipy.stats import norm
+
+import diffhep
+from test_fit import (
+    CASES,
+    DEFAULT_CASES,
+    REGIONS,
+    SBOTTOM_POINTS,
+    SLOW_POINTS,
+    TIGHTER_SLACK,
+    WORKER,
+    _restore_pyhf_backend,  # noqa: F401  (autouse fixture: restore pyhf's backend)
+    channel,
+    check_all,
+    fit_with,
+    hypotest_task,
+    model_spec,
+    normfactor,
+    prefetch_pyhf_references,
+    pyhf_backend,
+    pyhf_hypotest,
+    pyhf_tasks,
+    sample,
+    sbottom_models,
+    sbottom_points,
+    small_models,
+)
+
+CLS_ATOL = 1e-5
+hypotest_jit = eqx.filter_jit(diffhep.hypotest.hypotest)
+discovery_jit = eqx.filter_jit(diffhep.hypotest.discovery)
+stat_value_jit = eqx.filter_jit(diffhep.hypotest.test_statistic)
+
+
+# test statistics without the "tilde" need a POI that may go negative
+WIDE_POI = (-5.0, 10.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prefetch(request):
+    prefetch_pyhf_references(request)
+
+
+def _wide_bounds(model):
+    b = [tuple(x) for x in model.config.bounds]
+    b[model.config.poi_index] = WIDE_POI
+    return b
+
+
+def asymptotic_cls(q, qA, test_stat):
+    """pyhf's asymptotic CLs (observed, expected band) from q and q_A."""
+    sq, sqA = np.sqrt(max(q, 0.0)), np.sqrt(max(qA, 0.0))
+    if test_stat == "qtilde" and sq > sqA:
+        stat = (q - qA) / (2.0 * sqA)
+    else:
+        stat = sq - sqA
+    nsigma = np.array([2.0, 1.0, 0.0, -1.0, -2.0])
+    cls_obs = norm.cdf(-(stat + sqA)) / norm.cdf(-stat)
+    return cls_obs, norm.cdf(-(nsigma + sqA)) / norm.cdf(-nsigma)
+
+
+def _pyhf_twice_nll(pmodel, pars, data):
+    with pyhf_backend("scipy"):
+        return float(pyhf.infer.mle.twice_nll(np.asarray(pars), np.asarray(data), pmodel)[0])
+
+
+def check_pyhf_fits_were_loose(label, res, ref, models, mu, test_stat="qtilde", bounds=None):
+    """When CLs differ, the difference must come from pyhf's fits stopping early: diffhep's
+    fits on pyhf's own datasets (observed and pyhf's Asimov) reach a twice_nll at most that of
+    each pyhf fit (+1e-8), at least one strictly lower, and CLs recomputed from diffhep's
+    fits on pyhf's Asimov data reproduce diffhep's hypotest."""
+    dmodel, _, pmodel, pdata = models
+    poi = dmodel.config.poi_index
+    asimov = ref["asimov_data"]
+    tn = {}
+    gain = []
+    for name, data, value in [
+        ("free_fit_to_data", pdata, None),
+        ("fixed_poi_fit_to_data", pdata, mu),
+        ("free_fit_to_asimov", asimov, None),
+        ("fixed_poi_fit_to_asimov", asimov, mu),
+    ]:
+        mine = fit_with(dmodel, data, poi_value=value, uncertainties=False, bounds=bounds)
+        assert bool(mine.converged), (label, name, mine.message)
+        theirs = _pyhf_twice_nll(pmodel, ref["fits"][name], data)
+        assert float(mine.twice_nll) <= theirs + TIGHTER_SLACK, (label, name)
+        gain.append(theirs - float(mine.twice_nll))
+        tn[name] = (float(mine.twice_nll), float(mine.bestfit[poi]))
+    assert max(gain) > 1e-9, (label, "pyhf and diffhep disagree but pyhf's fits are as good")
+
+    def stat(free, fixed):
+        t = max(tn[fixed][0] - tn[free][0], 0.0)
+        return 0.0 if tn[free][1] > mu else t
+
+    cls_obs, cls_exp = asymptotic_cls(
+        stat("free_fit_to_data", "fixed_poi_fit_to_data"),
+        stat("free_fit_to_asimov", "fixed_poi_fit_to_asimov"),
+        test_stat,
+    )
+    np.testing.assert_allclose(float(res.cls_obs), cls_obs, rtol=0, atol=CLS_ATOL)
+    np.testing.assert_allclose(np.asarray(res.cls_exp), cls_exp, rtol=0, atol=CLS_ATOL)
+    return max(gain)
+
+
+def assert_hypotest_matches(label, res, ref, atol=CLS_ATOL, models=None, mu=1.0,
+                            test_stat="qtilde", bounds=None):  # fmt: skip
+    """CLs (observed, expected band, CLsb, CLb) within ``atol`` of pyhf's; if given the
+    ``models`` (diffhep model, data, pyhf model, data), a disagreement is accepted when
+    :func:`check_pyhf_fits_were_loose` shows that pyhf's fits stopped early."""
+    assert bool(res.converged), label
+    assert int(res.n_clipped) == 0, label
+    got = np.array([float(res.cls_obs), *np.asarray(res.cls_exp), float(res.clsb_obs),
+                    float(res.clb_obs)])  # fmt: skip
+    want = np.array([ref["cls_obs"], *ref["cls_exp"], ref["clsb_obs"], ref["clb_obs"]])
+    if models is not None and np.max(np.abs(got - want)) > atol:
+        gain = check_pyhf_fits_were_loose(label, res, ref, models, mu, test_stat, bounds)
+        # visible with -rP / -s
+        print(
+            f"{label}: CLs differ from pyhf's by {np.max(np.abs(got - want)):.2e}; diffhep's "
+            f"fits are lower by up to {gain:.2e} in twice_nll (pyhf stopped early)"
+        )
+        return
+    np.testing.assert_allclose(
+        float(res.cls_obs), ref["cls_obs"], rtol=0, atol=atol, err_msg=f"{label}: CLs obs"
+    )
+    np.testing.assert_allclose(
+        np.asarray(res.cls_exp), ref["cls_exp"], rtol=0, atol=atol, err_msg=f"{label}: CLs exp"
+    )
+    np.testing.assert_allclose(
+        float(res.clsb_obs), ref["clsb_obs"], rtol=0, atol=atol, err_msg=f"{label}: CLsb"
+    )
+    np.testing.assert_allclose(
+        float(res.clb_obs), ref["clb_obs"], rtol=0, atol=atol, err_msg=f"{label}: CLb"
+    )
+
+
+# =========================================================================== small models
+# each model's hypotest compiles for seconds: the larger models and the variants of
+# modifiers already covered (code1/code0 interpolation, a bare normfactor) run in the slow run
+HYPOTEST_SLOW = (
+    "combined", "multichannel", "combined_code1_code0", "normfactor", "normsys_code1",
+    "histosys_code0",
+)  # fmt: skip
+HYPOTEST_DEFAULT = tuple(c for c in DEFAULT_CASES if c not in HYPOTEST_SLOW)
+
+
+@pytest.mark.parametrize("name", HYPOTEST_DEFAULT)
+def test_hypotest_qtilde_matches_pyhf(name):
+    _check_qtilde(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HYPOTEST_SLOW)
+def test_hypotest_qtilde_matches_pyhf_larger_models(name):
+    _check_qtilde(name)
+
+
+def _check_qtilde(name):
+    dmodel, ddata, pmodel, pdata = small_models(name)
+    res = hypotest_jit(jnp.asarray(1.0), dmodel, ddata)
+    assert_hypotest_matches(
+        name, res, pyhf_hypotest(pmodel, pdata, 1.0, "qtilde"),
+        models=(dmodel, ddata, pmodel, pdata),
+    )  # fmt: skip
+    # internal consistency
+    np.testing.assert_allclose(float(res.cls_obs), float(res.clsb_obs / res.clb_obs), rtol=1e-12)
+    assert np.all(np.diff(np.asarray(res.cls_exp)) > 0)  # pyhf's order: -2 sigma first
+
+
+@pytest.mark.parametrize("name", ["uncorrelated"])
+def test_hypotest_q_matches_pyhf(name):
+    dmodel, ddata, pmodel, pdata = small_models(name)
+    bounds = _wide_bounds(dmodel)
+    res = hypotest_jit(jnp.asarray(1.0), dmodel, ddata, bounds=bounds, test_stat="q")
+    ref = pyhf_hypotest(pmodel, pdata, 1.0, "q", par_bounds=bounds)
+    assert_hypotest_matches(
+        f"{name} q", res, ref, models=(dmodel, ddata, pmodel, pdata), test_stat="q",
+        bounds=bounds,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["uncorrelated"])
+def test_discovery_q0_matches_pyhf(name):
+    dmodel, ddata, pmodel, pdata = small_models(name)
+    res = discovery_jit(dmodel, ddata)
+    ref = pyhf_hypotest(pmodel, pdata, 0.0, "q0")
+    assert bool(res.converged)
+    # pyhf returns p0 (CLsb) and the expected p0 band for q0
+    np.testing.assert_allclose(float(res.cls_obs), ref["cls_obs"], rtol=0, atol=CLS_ATOL)
+    np.testing.assert_allclose(float(res.cls_obs), float(res.clsb_obs), rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(res.cls_exp), ref["cls_exp"], rtol=0, atol=CLS_ATOL)
+    np.testing.assert_allclose(float(res.clb_obs), ref["clb_obs"], rtol=0, atol=CLS_ATOL)
+    p0 = float(res.cls_obs)
+    assert 1e-4 < p0 < 0.5  # the data have an excess
+    # Z0 = sqrt(q0) = Phi^-1(1 - p0); expected Z from the Asimov q0
+    assert float(res.significance) == pytest.approx(float(np.sqrt(res.teststat)), rel=1e-12)
+    assert float(res.significance) == pytest.approx(norm.isf(ref["cls_obs"]), rel=1e-5)
+    assert float(res.expected_significance) == pytest.approx(norm.isf(ref["cls_exp"][2]), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("stat", "pyhf_name", "tilde"),
+    [
+        ("qtilde", "qmu_tilde", True),
+        ("q", "qmu", False),
+        ("tmu", "tmu", False),
+        ("tmu_tilde", "tmu_tilde", True),
+        ("q0", "q0", True),
+    ],
+)
+def test_test_statistics_match_pyhf(stat, pyhf_name, tilde):
+    dmodel, ddata, pmodel, pdata = small_models("uncorrelated")
+    bounds = [tuple(b) for b in dmodel.config.bounds] if tilde else _wide_bounds(dmodel)
+    init = pmodel.config.suggested_init()
+    fixed = pmodel.config.suggested_fixed()
+    func = getattr(pyhf.infer.test_statistics, pyhf_name)
+    values = []
+    # mu_hat is about 0.73: below it q/qtilde vanish, above them all are positive
+    for mu in (0.0,) if stat == "q0" else (0.5, 1.0, 2.0):
+        got = float(stat_value_jit(stat, jnp.asarray(mu), dmodel, ddata, bounds=bounds))
+        with pyhf_backend("scipy"):
+            ref = float(func(mu, pyhf.tensorlib.astensor(pdata), pmodel, init, bounds, fixed))
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7, err_msg=f"{stat} mu={mu}")
+        values.append(got)
+    if stat in ("q", "qtilde"):
+        assert values[0] == 0.0 and values[1] > 0
+    elif stat != "q0":
+        assert min(values) > 0
+    else:
+        assert values[0] > 0.5
+
+
+# =========================================================================== upper limits
+def _limit_models():
+    """pyhf's documented example: uncorrelated background, observed [51, 48]."""
+    dmodel, _, pmodel, _ = small_models("uncorrelated")
+    obs = [51.0, 48.0]
+    return (
+        dmodel,
+        jnp.asarray(obs + list(dmodel.config.auxdata)),
+        pmodel,
+        obs + pmodel.config.auxdata,
+    )
+
+
+def test_upper_limit_scan_matches_pyhf():
+    dmodel, ddata, pmodel, pdata = _limit_models()
+    scan = np.linspace(0, 5, 21)
+    got = diffhep.limits.upper_limit(dmodel, ddata, scan=scan)
+    with pyhf_backend("scipy"):
+        obs, exp = pyhf.infer.intervals.upper_limits.upper_limit(
+            pyhf.tensorlib.astensor(pdata), pmodel, scan=scan
+        )
+    # both interpolate the same CLs values linearly on the same grid
+    assert got.observed == pytest.approx(float(obs), rel=0, abs=1e-6)
+    np.testing.assert_allclose(got.expected, np.asarray(exp, dtype=float), rtol=0, atol=1e-6)
+    # (pyhf's documented 1.01764089 uses its default, looser optimizer)
+
+
+def test_upper_limit_root_finding_matches_pyhf():
+    dmodel, ddata, pmodel, pdata = _limit_models()
+    got = diffhep.limits.upper_limit(dmodel, ddata)
+    with pyhf_backend("scipy"):
+        obs, exp = pyhf.infer.intervals.upper_limits.upper_limit(
+            pyhf.tensorlib.astensor(pdata), pmodel
+        )
+    # pyhf's toms748 stops at rtol 1e-4
+    assert got.observed == pytest.approx(float(obs), rel=1e-3)
+    np.testing.assert_allclose(got.expected, np.asarray(exp, dtype=float), rtol=1e-3)
+    # diffhep's limits are crossings of the CLs curve to its own rtol (1e-6)
+    for limit, col in zip([got.observed, *got.expected], range(6), strict=True):
+        r = hypotest_jit(jnp.asarray(limit), dmodel, ddata)
+        value = float(r.cls_obs) if col == 0 else float(r.cls_exp[col - 1])
+        assert value == pytest.approx(0.05, abs=1e-6), col
+
+
+# =========================================================================== closed form
+def _counting_model(s, b):
+    spec = model_spec(
+        channel("SR", sample("signal", [s], normfactor("mu")), sample("background", [b]))
+    )
+    return diffhep.Model.from_spec(spec)
+
+
+@pytest.mark.parametrize(("s", "b"), [(5.0, 10.0), (3.0, 50.0), (20.0, 2.0)])
+def test_counting_experiment_closed_forms(s, b):
+    """One bin, no systematics: Asimov formulas of arXiv:1007.1727."""
+    model = _counting_model(s, b)
+    # q0 on the Asimov data of mu = 1 (n = s + b)
+    res = discovery_jit(model, jnp.asarray([s + b]))
+    q0 = 2.0 * ((s + b) * np.log(1.0 + s / b) - s)
+    assert float(res.teststat) == pytest.approx(q0, rel=0, abs=1e-8)
+    assert float(res.teststat_asimov) == pytest.approx(q0, rel=0, abs=1e-8)
+    assert float(res.expected_significance) == pytest.approx(np.sqrt(q0), abs=1e-8)
+    assert float(res.cls_obs) == pytest.approx(norm.sf(np.sqrt(q0)), rel=1e-8)
+    # CLs on the background-only Asimov data (n = b): observed equals expected median
+    for mu in (0.5, 1.0, 2.0):
+        r = hypotest_jit(jnp.asarray(mu), model, jnp.asarray([b]))
+        qA = 2.0 * (mu * s - b * np.log(1.0 + mu * s / b))
+        assert float(r.teststat_asimov) == pytest.approx(qA, rel=0, abs=1e-8)
+        median = 2.0 * norm.cdf(-np.sqrt(qA))
+        assert float(r.cls_exp[2]) == pytest.approx(median, rel=1e-8, abs=1e-12)
+        assert float(r.cls_obs) == pytest.approx(median, rel=1e-7, abs=1e-12)
+        nsigma = np.array([2.0, 1.0, 0.0, -1.0, -2.0])
+        band = norm.cdf(-(nsigma + np.sqrt(qA))) / norm.cdf(-nsigma)
+        np.testing.assert_allclose(np.asarray(r.cls_exp), band, rtol=1e-8, atol=1e-14)
+
+
+def test_counting_experiment_matches_pyhf():
+    model = _counting_model(5.0, 10.0)
+    spec = model_spec(
+        channel("SR", sample("signal", [5.0], normfactor("mu")), sample("background", [10.0]))
+    )
+    pmodel = pyhf.Model(copy.deepcopy(spec), poi_name="mu")
+    for n in (8.0, 13.0):
+        res = hypotest_jit(jnp.asarray(1.0), model, jnp.asarray([n]))
+        assert_hypotest_matches(f"n={n}", res, pyhf_hypotest(pmodel, [n], 1.0, "qtilde"))
+
+
+# =========================================================================== real likelihoods
+def _hypotest_tasks(points):
+    def tasks(root, region):
+        return [hypotest_task(root, region, p) for p in points(root, region)]
+
+    return tasks
+
+
+def _default_points(root, region):
+    return SBOTTOM_POINTS
+
+
+def _slow_points(root, region):
+    return sbottom_points(root, region, SLOW_POINTS)
+
+
+def _check_sbottom(sbottom_dir, region, point):
+    models = sbottom_models(sbottom_dir, region, point)
+    res = hypotest_jit(jnp.asarray(1.0), models[0], models[1])
+    ref = WORKER.result(hypotest_task(sbottom_dir, region, point))
+    assert_hypotest_matches(f"{region}/{point}", res, ref, models=models)
+
+
+@pyhf_tasks(_hypotest_tasks(_default_points))
+@pytest.mark.parametrize("region", REGIONS)
+def test_sbottom_hypotest_matches_pyhf(sbottom_dir, region):
+    for point in SBOTTOM_POINTS:
+        _check_sbottom(sbottom_dir, region, point)
+
+
+@pytest.mark.slow
+@pyhf_tasks(_hypotest_tasks(_slow_points))
+@pytest.mark.parametrize("region", REGIONS)
+def test_sbottom_many_points_hypotest_matches_pyhf(sbottom_dir, region):
+    check_all(
+        lambda point: _check_sbottom(sbottom_dir, region, point),
+        sbottom_points(sbottom_dir, region, SLOW_POINTS),
+    )
+
+
+def test_cases_cover_every_modifier_type():
+    types = {
+        m["type"]
+        for c in CASES.values()
+        for ch in c.spec["channels"]
+        for s in ch["samples"]
+        for m in s["modifiers"]
+    }
+    assert types == {
+        "normfactor", "shapefactor", "lumi", "normsys", "histosys", "shapesys", "staterror"
+    }  # fmt: skip
