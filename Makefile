@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/hypotest.py
 	$(BIN)/python benchmarks/structured_solve.py
+	$(BIN)/python benchmarks/train_step.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

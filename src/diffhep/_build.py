@@ -137,6 +137,9 @@ class Built:
     ss_bin: np.ndarray
     ss_uncrt: np.ndarray
     perbin_bins: dict  # parameter index -> global bins it touches (non-scalar paramsets)
+    normsys_keys: list  # (modifier, channel, sample) of each normsys entry
+    histosys_keys: list  # (modifier, sample) of each histosys row
+    staterror_keys: list  # (modifier, sample) of each staterror row
 
 
 def _pack(entries, ncells, fill):
@@ -259,7 +262,7 @@ def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
                         required.setdefault(name, []).append(ps)
     # staterror: sigmas from all samples carrying it (pyhf's staterror_builder.finalize)
     staterror_names = [name for name, t in modifiers if t == "staterror"]
-    se_masks, se_entries = {}, []
+    se_masks, se_entries, se_keys = {}, [], []
     for name in staterror_names:
         mask = np.zeros((S, B), dtype=bool)
         uncrt = np.zeros((S, B))
@@ -312,6 +315,7 @@ def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
         se_masks[name] = binmask
         for s in np.nonzero(carriers)[0]:
             se_entries.append((len(se_masks) - 1, uncrt[s]))
+            se_keys.append((name, samples[s]))
 
     # --- reduce with user configurations (pyhf.parameters.reduce_paramsets_requirements)
     user = {}
@@ -445,6 +449,7 @@ def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
     direct, norm_entries = [], []
     npar_lo, npar_hi, npar_idx = [], [], []
     h_par, h_sample, h_lo, h_hi, h_mask = [], [], [], [], []
+    n_keys, h_keys = [], []
     perbin_bins: dict[int, set] = {}
     for (t, name), uses in apps.items():
         p0 = slices[name][0]
@@ -458,6 +463,7 @@ def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
             elif t == "normsys":
                 norm_entries.append((cells, np.full(nb, len(npar_idx))))
                 npar_idx.append(p0)
+                n_keys.append((name, c, s))
                 npar_lo.append(float(m["data"]["lo"]))
                 npar_hi.append(float(m["data"]["hi"]))
             elif t == "histosys":
@@ -475,6 +481,7 @@ def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
                     h_lo.append(nominal[sidx[s]].copy())
                     h_hi.append(nominal[sidx[s]].copy())
                     h_mask.append(np.zeros(B, dtype=bool))
+                    h_keys.append((name, s))
                 h_lo[row][bins] = m["data"]["lo_data"]
                 h_hi[row][bins] = m["data"]["hi_data"]
                 h_mask[row][bins] = True
@@ -595,4 +602,7 @@ def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
         ss_bin=arr(ss_bin, np.int32),
         ss_uncrt=arr(ss_uncrt),
         perbin_bins={k: sorted(v) for k, v in perbin_bins.items()},
+        normsys_keys=n_keys,
+        histosys_keys=h_keys,
+        staterror_keys=se_keys,
     )

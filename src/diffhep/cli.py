@@ -176,22 +176,128 @@ def upper_limit(
     )
 
 
+def _print_summary(summary: dict, out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"test-set results ({out})", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("expected_cls", "z0", "sigma_mu"):
+        table.add_row(key, f"{summary[key]:.4g}")
+    for key, value in summary.items():
+        if key.startswith("sigma_") and key != "sigma_mu":
+            table.add_row(key, f"{value:.4g}")
+    for name, value in summary["yields"].items():
+        table.add_row(f"yield {name}", f"{value:.4g}")
+    if summary.get("median_step_seconds") is not None:
+        table.add_row("median step", f"{1e3 * summary['median_step_seconds']:.1f} ms")
+    table.add_row("best epoch", f"{summary.get('best_epoch')} of {summary.get('epochs_run')}")
+    Console(stderr=False).print(table)
+
+
+_overrides = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set training.epochs=3 (repeatable).",
+)
+
+
 @main.command()
-def demo():
-    """CLs of a real published likelihood (ATLAS sbottom search) shipped with diffhep."""
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False), help="Run directory."
+)
+@_overrides
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue from a checkpoint in the run directory.",
+)
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+def train(config, out, overrides, resume, progress):
+    """Train the analysis described by CONFIG (YAML) into the run directory OUT."""
+    from .config import load_config
+    from .runs import train_run
+
+    cfg = _run(load_config, config, overrides)
+    summary = _run(train_run, cfg, out, file=config, resume=resume, progress=progress)
+    _print_summary(summary, out)
+    click.echo(f"run directory: {out} (summary.json, workspace.json, model.eqx, plots/)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def evaluate(run_dir):
+    """Recompute the test-set metrics of the saved run RUN_DIR (writes summary.json)."""
+    from .runs import evaluate_run
+
+    summary = _run(evaluate_run, run_dir)
+    _print_summary(summary, run_dir)
+
+
+@main.command()
+@click.option(
+    "--out",
+    default="diffhep-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Run directory.",
+)
+@_overrides
+@click.option(
+    "--statistics-only",
+    is_flag=True,
+    help="Only compute CLs of a real published likelihood (no training).",
+)
+def demo(out, overrides, statistics_only):
+    """Train a neural observable on the expected CLs of the neos Gaussian-blob problem."""
     import time
 
-    from . import workflows
-
     start = time.perf_counter()
-    out = _run(workflows.demo)
-    elapsed = time.perf_counter() - start
-    click.echo(f"diffhep demo: {out['workspace']}")
-    click.echo(f"  observed CLs  = {out['CLs_obs']:.6g}")
-    band = ", ".join(f"{x:.4g}" for x in out["CLs_exp"])
-    click.echo(f"  expected CLs  = [{band}]  (-2..+2 sigma)")
-    click.echo(f"  excluded at 95% CL: {'yes' if out['CLs_obs'] < 0.05 else 'no'}")
-    click.echo(f"  ({elapsed:.1f} s including compilation)")
+    if statistics_only:
+        from . import workflows
+
+        res = _run(workflows.demo)
+        click.echo(f"diffhep demo: {res['workspace']}")
+        click.echo(f"  observed CLs  = {res['CLs_obs']:.6g}")
+        band = ", ".join(f"{x:.4g}" for x in res["CLs_exp"])
+        click.echo(f"  expected CLs  = [{band}]  (-2..+2 sigma)")
+        click.echo(f"  ({time.perf_counter() - start:.1f} s including compilation)")
+        return
+    from .config import load_config
+    from .runs import DEMO_CONFIG, train_run
+
+    cfg = _run(load_config, DEMO_CONFIG, overrides)
+    click.echo("diffhep demo: training a neural observable on the expected CLs (neos blobs)")
+    summary = _run(train_run, cfg, out, file=str(DEMO_CONFIG), resume=False)
+    _print_summary(summary, out)
+    click.echo(f"run directory: {out}; plots in {Path(out) / 'plots'}")
+    click.echo(f"({time.perf_counter() - start:.1f} s including compilation)")
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["neos-blobs"]))
+@click.option("--out", default="docs/studies", show_default=True, type=click.Path(file_okay=False))
+@click.option("--seeds", default=7, show_default=True, help="Network initialisations per loss.")
+@click.option("--epochs", default=15, show_default=True)
+@click.option(
+    "--runs-dir",
+    default="runs/neos-blobs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the training runs go (reused).",
+)
+@_overrides
+def study(name, out, seeds, epochs, runs_dir, overrides):
+    """Run a reproducible study (neos-blobs: the neos paper's Figure 3) into OUT."""
+    from .studies import neos_blobs
+
+    path = _run(neos_blobs, out, seeds=seeds, epochs=epochs, overrides=overrides, runs_dir=runs_dir)
+    click.echo(f"study written to {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

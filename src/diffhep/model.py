@@ -72,6 +72,9 @@ class ModelConfig:
     auxdata_order: tuple
     modifier_settings: tuple
     perbin: tuple  # (parameter index, tuple of global bins) for per-bin parameters
+    normsys_keys: tuple = ()  # (modifier, channel, sample) of each normsys entry
+    histosys_keys: tuple = ()  # (modifier, sample) of each histosys template row
+    staterror_keys: tuple = ()  # (modifier, sample) of each staterror template row
 
     @property
     def channel_nbins(self) -> dict:
@@ -244,6 +247,9 @@ class Model(eqx.Module):
             auxdata_order=tuple(aux_order),
             modifier_settings=tuple((k, v["interpcode"]) for k, v in sorted(b.settings.items())),
             perbin=tuple((p, tuple(bins)) for p, bins in sorted(b.perbin_bins.items())),
+            normsys_keys=tuple(b.normsys_keys),
+            histosys_keys=tuple(b.histosys_keys),
+            staterror_keys=tuple(b.staterror_keys),
         )
         f = jnp.asarray
         i = lambda x: jnp.asarray(x, dtype=jnp.int32)  # noqa: E731
@@ -290,6 +296,108 @@ class Model(eqx.Module):
                 raise ValueError(f"{name} has shape {value.shape}, expected {old.shape}")
             model = eqx.tree_at(lambda m, n=name: getattr(m, n), model, value)
         return model
+
+    def with_channels(self, channels) -> Model:
+        """A model whose templates are read from a pyhf ``channels`` list of arrays.
+
+        ``channels`` has the structure of the model spec's ``"channels"`` (the same
+        channels, samples and modifiers), but its ``data`` entries may be JAX arrays, e.g.
+        a neural network's soft histograms: sample ``data``, histosys ``lo_data``/``hi_data``,
+        normsys ``lo``/``hi`` and staterror ``data`` (absolute uncertainties, e.g.
+        ``sqrt(sum w^2)``). Everything is assembled with static indices, so the result runs
+        through the same compiled functions and is differentiable in every template.
+        Shapesys uncertainties and the structure itself are kept from this model.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> from diffhep import Model
+            >>> spec = {"channels": [{"name": "sr", "samples": [
+            ...     {"name": "sig", "data": [1.0, 2.0],
+            ...      "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+            ...     {"name": "bkg", "data": [5.0, 5.0], "modifiers": []}]}]}
+            >>> model = Model.from_spec(spec)
+            >>> spec["channels"][0]["samples"][0]["data"] = jnp.array([3.0, 4.0])
+            >>> model.with_channels(spec["channels"]).expected_actualdata([1.0]).tolist()
+            [8.0, 9.0]
+        """
+        cfg = self.config
+        slices = cfg.channel_slices
+        sidx = {s: i for i, s in enumerate(cfg.samples)}
+        dtype = self.nominal.dtype
+        nominal = self.nominal
+        by_sample: dict = {}  # (type, modifier, sample) -> [(slice, data)]
+        normsys: dict = {}
+        for ci, ch in enumerate(channels):
+            if ch["name"] not in slices:
+                raise ValueError(f"channels[{ci}]: channel {ch['name']!r} is not in the model")
+            sl = slices[ch["name"]]
+            for si, sample in enumerate(ch["samples"]):
+                where = f"channels[{ci}].samples[{si}]"
+                if sample["name"] not in sidx:
+                    raise ValueError(f"{where}: sample {sample['name']!r} is not in the model")
+                data = jnp.asarray(sample["data"], dtype=dtype)
+                if data.shape != (sl.stop - sl.start,):
+                    raise ValueError(
+                        f"{where}.data has shape {data.shape}, expected ({sl.stop - sl.start},)"
+                    )
+                nominal = nominal.at[sidx[sample["name"]], sl].set(data)
+                for m in sample.get("modifiers", []):
+                    if m["type"] == "normsys":
+                        normsys[(m["name"], ch["name"], sample["name"])] = m["data"]
+                    elif m["type"] in ("histosys", "staterror"):
+                        key = (m["type"], m["name"], sample["name"])
+                        by_sample.setdefault(key, []).append((sl, m["data"]))
+
+        def assemble(row, pieces, field=None):
+            for sl, d in pieces:
+                values = jnp.asarray(d if field is None else d[field], dtype=dtype)
+                if values.shape != (sl.stop - sl.start,):
+                    what = "staterror data" if field is None else f"histosys {field}"
+                    raise ValueError(
+                        f"{what} has shape {values.shape}, expected ({sl.stop - sl.start},)"
+                    )
+                row = row.at[sl].set(values)
+            return row
+
+        histosys_lo, histosys_hi = self.histosys_lo, self.histosys_hi
+        if cfg.histosys_keys:
+            found = [by_sample.get(("histosys", n, s), []) for n, s in cfg.histosys_keys]
+            starts = [nominal[sidx[s]] for _, s in cfg.histosys_keys]
+            pairs = list(zip(starts, found, strict=True))
+            histosys_lo = jnp.stack([assemble(a, p, "lo_data") for a, p in pairs])
+            histosys_hi = jnp.stack([assemble(a, p, "hi_data") for a, p in pairs])
+        normsys_lo, normsys_hi = self.normsys_lo, self.normsys_hi
+        if cfg.normsys_keys:
+            d = [normsys.get(k) for k in cfg.normsys_keys]
+            normsys_lo = jnp.stack(
+                [
+                    self.normsys_lo[k] if x is None else jnp.asarray(x["lo"], dtype)
+                    for k, x in enumerate(d)
+                ]
+            )
+            normsys_hi = jnp.stack(
+                [
+                    self.normsys_hi[k] if x is None else jnp.asarray(x["hi"], dtype)
+                    for k, x in enumerate(d)
+                ]
+            )
+        staterror = self.staterror_uncrt
+        if cfg.staterror_keys:
+            zeros = jnp.zeros(nominal.shape[1], dtype=dtype)
+            staterror = jnp.stack(
+                [
+                    assemble(zeros, by_sample.get(("staterror", n, s), []))
+                    for n, s in cfg.staterror_keys
+                ]
+            )
+        return self.with_yields(
+            nominal=nominal,
+            histosys_lo=histosys_lo,
+            histosys_hi=histosys_hi,
+            normsys_lo=normsys_lo,
+            normsys_hi=normsys_hi,
+            staterror_uncrt=staterror,
+        )
 
     # ------------------------------------------------------------------ main model
     def expected_actualdata_by_sample(self, pars) -> jax.Array:

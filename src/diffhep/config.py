@@ -1,0 +1,267 @@
+"""Training configuration: a YAML file validated with a schema (pydantic).
+
+Every error names the file, the field path (``training.optimizer.learning_rate``) and a fix.
+``--set key=value`` overrides are applied to the raw document before validation, with the
+value parsed as YAML (``--set training.epochs=3``, ``--set observable.hidden=[64,64]``).
+
+Example:
+    >>> cfg = load_config(text="analysis: {channels: [{name: SR, bins: 4}]}")
+    >>> cfg.training.loss, cfg.analysis.channels[0].bins
+    ('cls', 4)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import DiffhepError
+
+__all__ = ["Config", "ConfigError", "apply_overrides", "load_config"]
+
+
+class ConfigError(DiffhepError):
+    """An invalid configuration file or override."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SampleConfig(_Strict):
+    name: str
+    role: Literal["signal", "background"]
+    yield_: float | None = Field(None, alias="yield", gt=0)
+    scale: float = 1.0
+
+
+class ShapeSystematicConfig(_Strict):
+    name: str
+    sample: str
+    up: str
+    down: str
+
+
+class NormSystematicConfig(_Strict):
+    name: str
+    samples: list[str]
+    lo: float = Field(gt=0)
+    hi: float = Field(gt=0)
+
+
+class ChannelConfig(_Strict):
+    name: str
+    bins: int = Field(ge=1)
+    observable: str = "nn"
+    edges: list[float] | None = None
+    region: dict[str, tuple[float, float]] = {}
+    learnable_edges: bool = False
+
+    @model_validator(mode="after")
+    def _edges(self):
+        if self.edges is not None and len(self.edges) != self.bins + 1:
+            raise ValueError(
+                f"edges has {len(self.edges)} values, expected bins + 1 = {self.bins + 1}"
+            )
+        if self.observable != "nn" and self.edges is None:
+            raise ValueError("a feature observable needs explicit 'edges'")
+        return self
+
+
+def _blob_samples():
+    return [
+        SampleConfig(name="signal", role="signal"),
+        SampleConfig(name="background", role="background"),
+    ]
+
+
+def _blob_systematics():
+    return [
+        ShapeSystematicConfig(
+            name="bkg_shape", sample="background", up="background_up", down="background_down"
+        )
+    ]
+
+
+class AnalysisConfig(_Strict):
+    samples: list[SampleConfig] = Field(default_factory=_blob_samples)
+    shape_systematics: list[ShapeSystematicConfig] = Field(default_factory=_blob_systematics)
+    norm_systematics: list[NormSystematicConfig] = []
+    mc_stat: bool = False
+    channels: list[ChannelConfig] = Field(min_length=1)
+    poi: str = "mu"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [s.name for s in self.samples]
+        if sum(s.role == "signal" for s in self.samples) != 1:
+            raise ValueError("exactly one sample must have role 'signal'")
+        if len(set(names)) != len(names):
+            raise ValueError(f"sample names must be unique: {names}")
+        for s in self.shape_systematics:
+            if s.sample not in names:
+                raise ValueError(
+                    f"shape systematic {s.name!r}: unknown sample {s.sample!r} "
+                    f"(samples: {', '.join(names)})"
+                )
+        for s in self.norm_systematics:
+            for n in s.samples:
+                if n not in names:
+                    raise ValueError(f"norm systematic {s.name!r}: unknown sample {n!r}")
+        return self
+
+
+class SplitConfig(_Strict):
+    train: float = Field(0.6, gt=0, lt=1)
+    validation: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum(self):
+        if abs(self.train + self.validation + self.test - 1.0) > 1e-9:
+            raise ValueError("train + validation + test must be 1")
+        return self
+
+
+class DataConfig(_Strict):
+    generator: Literal["blobs"] | None = "blobs"
+    n_per_blob: int = Field(10_000, ge=10)
+    files: dict[str, str] | None = None  # event set -> .npz with 'x' (n, f) and optional 'w'
+    features: list[str] | None = None
+    split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _source(self):
+        if self.files:
+            self.generator = None
+        if self.generator is None and not self.files:
+            raise ValueError("give a 'generator' or 'files'")
+        return self
+
+
+class ObservableConfig(_Strict):
+    hidden: list[int] = [1024, 1024]
+    activation: Literal["relu", "tanh", "gelu", "silu", "elu"] = "relu"
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+class HistogramConfig(_Strict):
+    bandwidth: float = Field(0.3, gt=0)  # relative to the mean bin width
+    bandwidth_final: float | None = Field(None, gt=0)  # linear annealing to this value
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+
+
+class LossPhase(_Strict):
+    terms: dict[str, float]
+    epochs: int | None = Field(None, ge=1)  # None: until the end
+
+
+class TrainingConfig(_Strict):
+    loss: str | dict[str, float] | list[LossPhase] = "cls"
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(2000, ge=1)  # events per event set and step
+    optimizer: OptimizerConfig = OptimizerConfig()
+    patience: int | None = Field(None, ge=1)  # early stopping (epochs without improvement)
+    select_on: Literal["expected_cls", "z0", "sigma_mu", "loss"] = "expected_cls"
+    z_asimov_rel_uncertainty: float = Field(0.1, gt=0)
+
+    @field_validator("loss")
+    @classmethod
+    def _terms(cls, v):
+        from .pipeline import LOSS_TERMS
+
+        phases = (
+            v if isinstance(v, list) else [LossPhase(terms={v: 1.0} if isinstance(v, str) else v)]
+        )
+        for p in phases:
+            for t in p.terms:
+                if t not in LOSS_TERMS:
+                    raise ValueError(f"unknown loss term {t!r}; use one of {', '.join(LOSS_TERMS)}")
+        return v
+
+    def phases(self) -> list[LossPhase]:
+        if isinstance(self.loss, str):
+            return [LossPhase(terms={self.loss: 1.0})]
+        if isinstance(self.loss, dict):
+            return [LossPhase(terms=self.loss)]
+        return list(self.loss)
+
+
+class Config(_Strict):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    analysis: AnalysisConfig
+    observable: ObservableConfig = ObservableConfig()
+    histogram: HistogramConfig = HistogramConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def apply_overrides(doc: dict, overrides, file: str | None = None) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config dict."""
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value",
+                file=file,
+                fix="e.g. --set training.epochs=3",
+            )
+        key, value = item.split("=", 1)
+        node = doc
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.setdefault(p, {}), dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a section", file=file)
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(value)
+    return doc
+
+
+def _format(err: ValidationError, file: str | None) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see examples/ for valid configs)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{loc or '<top>'}: {msg}")
+    first = err.errors()[0]
+    where = ".".join(str(x) for x in first["loc"])
+    return ConfigError(
+        "invalid configuration:\n  " + "\n  ".join(lines),
+        file=file,
+        where=where or None,
+        fix="correct the field(s) above",
+    )
+
+
+def load_config(path: str | Path | None = None, overrides=(), *, text: str | None = None) -> Config:
+    """Read, override and validate a YAML config (from ``path`` or ``text``)."""
+    file = str(path) if path is not None else None
+    if text is None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from None
+    try:
+        doc: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=file) from None
+    if not isinstance(doc, dict):
+        raise ConfigError("the config must be a mapping of sections", file=file)
+    doc = apply_overrides(doc, overrides, file)
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as exc:
+        raise _format(exc, file) from None

@@ -1,0 +1,333 @@
+"""Training runs: config -> data -> pipeline -> training -> run directory with artefacts.
+
+A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per epoch),
+the checkpoint (``checkpoint.eqx`` + ``checkpoint.json``, for resuming), ``model.eqx`` with
+its header ``model.json`` (the selected best model), ``workspace.json`` (the trained analysis
+as a pyhf workspace from hard histograms of the test set), ``summary.json`` (test metrics)
+and ``plots/``. :func:`evaluate_run` recomputes the test metrics from a saved run.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import blobs
+from .analysis import Analysis, Channel, NormSystematic, ShapeSystematic
+from .config import Config, ConfigError, load_config
+from .datasets import DataError, batches, check_events, load_npz, split
+from .pipeline import Events, Pipeline
+from .training import TrainState, make_optimizer, train
+
+__all__ = ["evaluate_run", "load_run", "prepare", "train_run"]
+
+MODEL_FORMAT = "diffhep-model/1"
+#: The configuration of ``diffhep demo``.
+DEMO_CONFIG = Path(str(resources.files("diffhep") / "data" / "demo.yaml"))
+
+
+def _analysis(cfg: Config) -> Analysis:
+    a = cfg.analysis
+    return Analysis(
+        samples=tuple(s.name for s in a.samples),
+        signal=next(s.name for s in a.samples if s.role == "signal"),
+        channels=tuple(
+            Channel(
+                c.name,
+                c.bins,
+                c.observable,
+                tuple(c.edges) if c.edges else None,
+                tuple((f, lo, hi) for f, (lo, hi) in sorted(c.region.items())),
+                c.learnable_edges,
+            )
+            for c in a.channels
+        ),
+        shape_systematics=tuple(
+            ShapeSystematic(s.name, s.sample, s.up, s.down) for s in a.shape_systematics
+        ),
+        norm_systematics=tuple(
+            NormSystematic(s.name, tuple(s.samples), s.lo, s.hi) for s in a.norm_systematics
+        ),
+        mc_stat=a.mc_stat,
+        poi=a.poi,
+    )
+
+
+def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
+    """Feature names and ``{event set: Events}`` with weights scaled to the yields."""
+    if cfg.data.files:
+        missing = [n for n in analysis.event_sets if n not in cfg.data.files]
+        if missing:
+            raise DataError(
+                f"no data for event set(s) {', '.join(missing)}",
+                file=file,
+                where="data.files",
+                fix=f"add a file for each of: {', '.join(analysis.event_sets)}",
+            )
+        events = {n: load_npz(cfg.data.files[n], n) for n in analysis.event_sets}
+    else:
+        raw = blobs.generate(cfg.data.n_per_blob, cfg.seed)
+        missing = [n for n in analysis.event_sets if n not in raw]
+        if missing:
+            raise DataError(
+                f"event set(s) {', '.join(missing)} are not produced by the "
+                f"'{cfg.data.generator}' generator (it has: {', '.join(raw)})",
+                file=file,
+                where="analysis.samples",
+            )
+        events = {n: check_events(Events(*raw[n]), n) for n in analysis.event_sets}
+    nfeat = {ev.x.shape[1] for ev in events.values()}
+    if len(nfeat) != 1:
+        raise DataError(f"event sets have different numbers of features: {sorted(nfeat)}")
+    (f,) = nfeat
+    features = tuple(cfg.data.features or [f"x{i}" for i in range(f)])
+    if len(features) != f:
+        raise DataError(
+            f"data.features names {len(features)} features, the data have {f}",
+            file=file,
+            where="data.features",
+        )
+    # sample normalisation: yield and scale, applied to the sample and its variations
+    for s in cfg.analysis.samples:
+        total = float(np.sum(events[s.name].w))
+        factor = s.scale * (s.yield_ / total if s.yield_ is not None else 1.0)
+        if s.yield_ is not None and total <= 0:
+            raise DataError(f"sample {s.name!r} has a total weight {total} <= 0; cannot "
+                            f"normalise it to yield {s.yield_}", file=file)  # fmt: skip
+        names = [s.name] + [
+            n
+            for sys in cfg.analysis.shape_systematics
+            if sys.sample == s.name
+            for n in (sys.up, sys.down)
+        ]
+        for n in dict.fromkeys(names):
+            events[n] = Events(events[n].x, events[n].w * factor)
+    return features, events
+
+
+def prepare(cfg: Config, file: str | None = None):
+    """The pipeline, the data splits and the initial parameters of a config."""
+    analysis = _analysis(cfg)
+    features, events = load_events(cfg, analysis, file)
+    try:
+        pipe = Pipeline(
+            analysis, features, z_asimov_rel_uncertainty=cfg.training.z_asimov_rel_uncertainty
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=file, where="analysis") from None
+    parts = split(events, cfg.data.split.model_dump(), cfg.seed)
+    dtype = jnp.float32 if cfg.observable.dtype == "float32" else jnp.float64
+    params = pipe.init_params(
+        parts["train"],
+        key=jax.random.key(cfg.seed),
+        hidden=tuple(cfg.observable.hidden),
+        activation=cfg.observable.activation,
+        dtype=dtype,
+    )
+    return pipe, parts, params
+
+
+def _as_jax(events):
+    return {n: Events(jnp.asarray(e.x), jnp.asarray(e.w)) for n, e in events.items()}
+
+
+def _metrics_fn(pipe: Pipeline):
+    @eqx.filter_jit
+    def metrics(params, events):
+        return pipe.metrics(params, events)
+
+    def run(params, events) -> dict:
+        m = jax.device_get(metrics(params, events))
+        names = pipe.template.config.par_names
+        out = {
+            "expected_cls": float(m["expected_cls"]),
+            "z0": float(m["z0"]),
+            "sigma_mu": float(m["sigma_mu"]),
+            "fits_converged": bool(m["cls_converged"]),
+        }
+        for i, n in enumerate(names):
+            if i != pipe.template.config.poi_index:
+                out[f"sigma_{n}"] = float(m["uncertainties"][i])
+        out["yields"] = {k: float(v) for k, v in m["yields"].items()}
+        return out
+
+    return run
+
+
+def phase_index(phases, epoch: int) -> int:
+    """Index of the loss phase of a (1-based) epoch: phases last ``epochs`` epochs each, the
+    last one (or one without ``epochs``) until the end."""
+    end = 0
+    for i, p in enumerate(phases):
+        if p.epochs is None:
+            return i
+        end += p.epochs
+        if epoch <= end:
+            return i
+    return len(phases) - 1
+
+
+def _loss_fn(pipe: Pipeline, terms: dict):
+    names = tuple(terms)
+
+    def loss(params, batch, hyper):
+        values = pipe.loss_terms(params, batch, names, hyper["bandwidth"])
+        total = sum(w * values[t] for t, w in terms.items())
+        return total, values
+
+    return loss
+
+
+def train_run(
+    cfg: Config, out: str | Path, *, file=None, resume=True, progress=True, track_test=False
+) -> dict:
+    """Train according to ``cfg`` into the run directory ``out``; returns the summary.
+
+    ``track_test`` also records the test metrics after every epoch (``test_*`` in
+    ``metrics.jsonl``, for studies of the training curves); they never select the model.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.to_yaml()
+    cfg_path = out / "config.yaml"
+    if (out / "checkpoint.json").is_file() and resume and cfg_path.is_file():
+        if cfg_path.read_text() != resolved:
+            raise ConfigError(
+                "the run directory holds a checkpoint of a different configuration",
+                file=str(cfg_path),
+                fix="use a new --out directory, or --no-resume to start over",
+            )
+    cfg_path.write_text(resolved)
+    pipe, parts, params = prepare(cfg, file)
+    train_ev = parts["train"]
+    valid = _as_jax(parts["validation"])
+    metrics = _metrics_fn(pipe)
+    t = cfg.training
+    phases = t.phases()
+    loss_fns = [_loss_fn(pipe, p.terms) for p in phases]
+
+    def phase(epoch):
+        return loss_fns[phase_index(phases, epoch)]
+
+    h = cfg.histogram
+
+    def hyper(epoch):
+        if h.bandwidth_final is None or t.epochs == 1:
+            return {"bandwidth": h.bandwidth}
+        f = (epoch - 1) / (t.epochs - 1)
+        return {"bandwidth": h.bandwidth + f * (h.bandwidth_final - h.bandwidth)}
+
+    def epoch_batches(epoch):
+        for b in batches(train_ev, t.batch_size, cfg.seed, epoch):
+            yield _as_jax(b)
+
+    test = _as_jax(parts["test"]) if track_test else None
+
+    def validate(p):
+        rec = {f"val_{k}": v for k, v in metrics(p, valid).items() if k != "yields"}
+        if test is not None:
+            rec |= {f"test_{k}": v for k, v in metrics(p, test).items() if k != "yields"}
+        return rec
+
+    def describe(r):
+        return f"loss {r['loss']:.4g}  val CLs {r.get('val_expected_cls', float('nan')):.3g}"
+
+    state = train(
+        params,
+        loss_fns[0],
+        make_optimizer(t.optimizer.name, t.optimizer.learning_rate),
+        epochs=t.epochs,
+        batches=epoch_batches,
+        hyper=hyper,
+        phase=phase,
+        validate=validate,
+        select_on=f"val_{t.select_on}" if t.select_on != "loss" else None,
+        maximize=t.select_on == "z0",
+        patience=t.patience,
+        run_dir=out,
+        resume=resume,
+        progress=progress,
+        describe=describe,
+    )
+    save_model(out, state, cfg)
+    return _finish(out, pipe, parts, state.best_params, state, metrics)
+
+
+def save_model(out: Path, state: TrainState, cfg: Config) -> None:
+    eqx.tree_serialise_leaves(out / "model.eqx", state.best_params)
+    header = {
+        "format": MODEL_FORMAT,
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "status": state.status,
+        "observable": cfg.observable.model_dump(),
+        "edges": {
+            c.name: np.asarray(b.edges()).tolist()
+            for c, b in zip(cfg.analysis.channels, state.best_params.binnings, strict=True)
+        },
+        "standardisation": {
+            "mean": np.asarray(state.best_params.observable.mean).tolist(),
+            "scale": np.asarray(state.best_params.observable.scale).tolist(),
+        },
+    }
+    (out / "model.json").write_text(json.dumps(header, indent=1))
+
+
+def load_run(run_dir: str | Path):
+    """Config, pipeline, data splits and the selected model of a saved run."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file() or not (run_dir / "model.eqx").is_file():
+        raise ConfigError(
+            "not a finished diffhep run (config.yaml or model.eqx missing)",
+            file=str(run_dir),
+            fix="train first: diffhep train CONFIG --out DIR",
+        )
+    cfg = load_config(cfg_path)
+    pipe, parts, like = prepare(cfg, str(cfg_path))
+    params = eqx.tree_deserialise_leaves(run_dir / "model.eqx", like)
+    return cfg, pipe, parts, params
+
+
+def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:
+    """Recompute the test metrics (and artefacts) of a saved run."""
+    run_dir = Path(run_dir)
+    _, pipe, parts, params = load_run(run_dir)
+    state = None
+    like = TrainState(params, None, params)
+    if (run_dir / "checkpoint.json").is_file():
+        meta = json.loads((run_dir / "checkpoint.json").read_text())
+        like.history, like.step_seconds = meta["history"], meta["step_seconds"]
+        like.best_epoch, like.epoch, like.status = meta["best_epoch"], meta["epoch"], meta["status"]
+        state = like
+    return _finish(run_dir, pipe, parts, params, state, _metrics_fn(pipe), plots=plots)
+
+
+def _finish(out, pipe, parts, params, state, metrics, plots=True) -> dict:
+    test = _as_jax(parts["test"])
+    m = metrics(params, test)
+    hists = jax.device_get(pipe.histograms(params, test))
+    ws = pipe.workspace(hists)
+    (out / "workspace.json").write_text(json.dumps(ws, indent=1))
+    steps = state.step_seconds if state is not None else []
+    summary = {
+        **{k: v for k, v in m.items() if k != "yields"},
+        "yields": m["yields"],
+        "median_step_seconds": float(np.median(steps)) if steps else None,
+        "best_epoch": state.best_epoch if state else None,
+        "epochs_run": state.epoch if state else None,
+        "status": state.status if state else None,
+        "test_events": {n: len(e.w) for n, e in parts["test"].items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if plots:
+        from .report import write_plots
+
+        write_plots(out / "plots", pipe, params, parts["test"], hists, state)
+    return summary
