@@ -6,9 +6,6 @@ the exact 1-D projection (s/(s+b) is a function of y - x only) and pyhf 0.7.6 fo
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-
 import numpy as np
 import pyhf
 import pytest
@@ -17,27 +14,15 @@ from scipy.special import logit
 from scipy.stats import norm
 
 from diffhep import blobs
+from oracle import pyhf_numpy
 
 # direction along which log(s/b) grows: the means of signal and background differ by (-2, 2)
 U = np.array([-1.0, 1.0]) / np.sqrt(2.0)
 
 
-@contextlib.contextmanager
-def _pyhf_numpy():
-    """pyhf on numpy/float64 with a tight scipy optimizer; the previous backend is restored."""
-    saved = pyhf.get_backend()
-    pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer(tolerance=1e-12), precision="64b")
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        pyhf.set_backend(*saved)
-
-
 def pyhf_cls(yields) -> float:
     """pyhf's median expected CLs (mu = 1, qtilde) on the background-only Asimov data."""
-    with _pyhf_numpy():
+    with pyhf_numpy():
         model = pyhf.Model(blobs.model_spec(yields), poi_name="mu")
         data = list(np.asarray(yields[1], dtype=float)) + model.config.auxdata
         _, exp = pyhf.infer.hypotest(1.0, data, model, test_stat="qtilde", return_expected=True)

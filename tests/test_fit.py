@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import traceback
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,7 @@ import pyhf
 import pytest
 
 import diffhep
+from oracle import pyhf_numpy
 
 BESTFIT_ATOL = 1e-4  # best-fit parameters vs pyhf (absolute)
 TWICE_NLL_ATOL = 1e-6  # twice_nll vs pyhf when pyhf's optimizers agree
@@ -86,21 +86,13 @@ def pyhf_optimizer(name: str):
     raise ValueError(name)
 
 
-@contextlib.contextmanager
 def pyhf_backend(optimizer: str = "scipy"):
     """pyhf on numpy/float64 with a tight optimizer; the previous backend is restored.
 
     pyhf's warnings (e.g. overflow in its numpy code) are silenced: the test suite turns
     warnings into errors, and pyhf is only the oracle here.
     """
-    saved = pyhf.get_backend()
-    pyhf.set_backend("numpy", pyhf_optimizer(optimizer), precision="64b")
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        pyhf.set_backend(*saved)
+    return pyhf_numpy(pyhf_optimizer(optimizer))
 
 
 # =========================================================================== spec helpers

@@ -66,8 +66,8 @@ def test_nan_guard_stops_with_last_good_state(tmp_path):
         seen.append(epoch)
         return [jnp.full(2, float(k)) for k in range(5)]
 
-    with pytest.raises(TrainingError, match="non-finite loss") as err:
-        train(
+    def run():
+        return train(
             jnp.zeros(2),
             loss,
             optax.sgd(0.1),
@@ -76,6 +76,9 @@ def test_nan_guard_stops_with_last_good_state(tmp_path):
             run_dir=tmp_path,
             progress=False,
         )
+
+    with pytest.raises(TrainingError, match="non-finite loss") as err:
+        run()
     assert "last good state" in str(err.value)
     # reference: the same three good steps by hand
     p = jnp.zeros(2)
@@ -87,15 +90,7 @@ def test_nan_guard_stops_with_last_good_state(tmp_path):
     np.testing.assert_allclose(saved.params, p, rtol=1e-12)
     # a stopped run is not resumed silently
     with pytest.raises(TrainingError, match="non-finite"):
-        train(
-            jnp.zeros(2),
-            loss,
-            optax.sgd(0.1),
-            epochs=3,
-            batches=batches,
-            run_dir=tmp_path,
-            progress=False,
-        )
+        run()
 
 
 def test_best_epoch_selection_and_early_stopping():
@@ -263,7 +258,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_resume_after_kill_gives_the_same_result(tmp_path, uninterrupted):
-    """kill -9 once epoch 2 is checkpointed, resume: the same final numbers as the uninterrupted run."""
+    """kill -9 once epoch 2 is checkpointed, then resume: the same final numbers as the
+    uninterrupted run."""
     env = {**os.environ, "DIFFHEP_CACHE_DIR": ""}
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -314,6 +310,17 @@ def test_run_artefacts_and_pyhf_round_trip(uninterrupted):
     data = ws.data(model)
     _, exp = pyhf.infer.hypotest(1.0, data, model, test_stat="qtilde", return_expected=True)
     assert float(exp) == pytest.approx(summary["expected_cls"], rel=1e-5)
+    # and pyhf's own command line on the file (observations = background-only Asimov data)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "pyhf"), "cls", str(uninterrupted / "workspace.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    out = json.loads(proc.stdout)
+    assert out["CLs_obs"] == pytest.approx(summary["expected_cls"], rel=1e-5)
+    assert out["CLs_exp"][2] == pytest.approx(summary["expected_cls"], rel=1e-5)
     assert summary["median_step_seconds"] > 0
 
 

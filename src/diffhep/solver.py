@@ -281,26 +281,41 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
         # definite): twice the predicted decrease of f; the KKT measure of convergence
         decrement = -(g @ step)
         converged = finite & (decrement < tol)
-        # backtracking along both projected paths at once; Armijo on the actual displacement
-        cand = jnp.clip(
-            x + jnp.concatenate([ts[:, None] * step2[None, :], ts[:, None] * step[None, :]]),
-            lower,
-            upper,
+
+        # backtracking along both projected paths at once (the two candidates of one step
+        # size per round, halving until one passes Armijo on the actual displacement). The
+        # rounds run only while needed: a full Newton step, the common case, costs two
+        # evaluations, also under vmap
+        def trial(t):
+            cand = jnp.clip(x + t * jnp.stack([step2, step]), lower, upper)
+            f_c = value(cand)
+            predicted = -((cand - x) @ g)
+            ok = jnp.isfinite(f_c) & (predicted > 0) & (f - f_c >= 1e-4 * predicted)
+            best = jnp.argmin(jnp.where(ok, f_c, jnp.inf))
+            return jnp.any(ok), cand[best]
+
+        def ls_cond(c):
+            k, found, _ = c
+            return ~found & (k < len(_STEP_SIZES)) & ~converged & finite
+
+        def ls_body(c):
+            k, _, _ = c
+            found, xn = trial(ts[k])
+            return k + 1, found, xn
+
+        _, found, x_new = jax.lax.while_loop(
+            ls_cond, ls_body, (jnp.zeros((), jnp.int32), jnp.zeros((), bool), x)
         )
-        f_c = value(cand)
-        predicted = -((cand - x) @ g)
-        armijo = jnp.isfinite(f_c) & (predicted > 0) & (f - f_c >= 1e-4 * predicted)
-        best = jnp.argmin(jnp.where(armijo, f_c, jnp.inf))
         # no step decreases f although the model predicts a decrease at the level of the
         # rounding errors of f itself: that is convergence, not a failure
-        at_noise = ~jnp.any(armijo) & (decrement < 1e-9 * (1.0 + jnp.abs(f)))
+        at_noise = ~found & (decrement < 1e-9 * (1.0 + jnp.abs(f)))
         converged = converged | (finite & at_noise)
-        accept = finite & jnp.any(armijo) & ~converged
-        stalled = finite & ~jnp.any(armijo) & ~converged
+        accept = finite & found & ~converged
+        stalled = finite & ~found & ~converged
         status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, s["status"]))
         status = jnp.where(finite, status, NONFINITE)
         return dict(
-            x=jnp.where(accept, cand[best], x),
+            x=jnp.where(accept, x_new, x),
             x_eval=x,
             f=f,
             g=g,
