@@ -352,8 +352,9 @@ def _make_cases():
 
 
 CASES = _make_cases()
-# JAX compiles each model's fit for seconds; these add little over the default cases
-SLOW_CASES = ("multichannel", "combined_code1_code0")
+# JAX compiles each model's fit for seconds; these add little over the default cases (the
+# simple models already are a shapesys and a code4p histosys model)
+SLOW_CASES = ("multichannel", "combined_code1_code0", "shapesys", "histosys_code4p")
 DEFAULT_CASES = tuple(c for c in CASES if c not in SLOW_CASES)
 
 
