@@ -470,12 +470,19 @@ def pyhf_fit(key, pmodel, pdata, optimizer="scipy", poi_value=None, uncertaintie
 
 
 def assert_fit_matches(label, bestfit, twice_nll, scipy_ref, minuit_ref=None, get_minuit=None,
-                       get_uncertainty=None):  # fmt: skip
+                       get_uncertainty=None, refit_from=None):  # fmt: skip
     """The comparison logic described in the module docstring.
 
     ``minuit_ref`` may be given directly or computed lazily by ``get_minuit()`` (only if
     diffhep and pyhf's scipy fit do not already agree; MINUIT is slow on large models). A
     MINUIT that fails counts as a disagreement between pyhf's optimizers.
+
+    ``refit_from(pars)`` (diffhep's fit started at ``pars``) lets a higher twice_nll than
+    pyhf's pass when the likelihood has several local minima: diffhep started from pyhf's
+    solution must converge to pyhf's twice_nll, at parameters far from diffhep's own (the two
+    optimisers took different paths into different minima of the same likelihood; measured
+    on RegionC/sbottom_500_400_60 mu=1, 1.6e-3 apart in twice_nll: the nominal point has 10
+    directions of negative curvature there).
 
     ``get_uncertainty()`` (diffhep's parameter uncertainties, computed only if needed) turns
     the 1e-4 on a parameter with uncertainty sigma > 1 into 1e-4 * sigma: a shift of 1e-4
@@ -502,6 +509,15 @@ def assert_fit_matches(label, bestfit, twice_nll, scipy_ref, minuit_ref=None, ge
     refs = [r for r in (scipy_ref, minuit_ref) if r is not None and np.isfinite(r.twice_nll)]
     if refs:
         best = min(r.twice_nll for r in refs)
+        if twice_nll > best + TIGHTER_SLACK and refit_from is not None:
+            ref = min(refs, key=lambda r: r.twice_nll)
+            other = refit_from(ref.bestfit)
+            assert bool(other.converged), (label, other.message)
+            assert float(other.twice_nll) <= best + TIGHTER_SLACK, (label, "refit from pyhf")
+            dist = np.max(np.abs(np.asarray(other.bestfit) - bestfit))
+            assert dist > 1e-2, (label, "not a distinct local minimum", dist)
+            print(f"{label}: a local minimum {twice_nll - best:.2e} above pyhf's ({dist:.2f} away)")
+            return
         assert twice_nll <= best + TIGHTER_SLACK, (
             f"{label}: diffhep twice_nll {twice_nll!r} is above pyhf's best {best!r} "
             f"(scipy {scipy_ref.twice_nll!r}, minuit "
@@ -1185,6 +1201,7 @@ def _check_sbottom_point(sbottom_dir, region, point):
         worker_fit(fit_task(sbottom_dir, region, point)),
         get_minuit=lambda: worker_fit(fit_task(sbottom_dir, region, point, "minuit")),
         get_uncertainty=lambda: fit_with(dmodel, ddata).uncertainty,
+        refit_from=lambda x: fit_jit(dmodel, ddata, init=jnp.asarray(x), uncertainties=False),
     )  # fmt: skip
     res = fit_with(dmodel, ddata, poi_value=1.0, uncertainties=False)
     assert bool(res.converged), (label, res.message)
@@ -1194,4 +1211,15 @@ def _check_sbottom_point(sbottom_dir, region, point):
         worker_fit(fit_task(sbottom_dir, region, point, poi_value=1.0)),
         get_minuit=lambda: worker_fit(fit_task(sbottom_dir, region, point, "minuit", 1.0)),
         get_uncertainty=lambda: fit_with(dmodel, ddata, poi_value=1.0).uncertainty,
+        refit_from=lambda x: _fixed_poi_fit_from(dmodel, ddata, x, 1.0),
+    )  # fmt: skip
+
+
+def _fixed_poi_fit_from(dmodel, ddata, x, value):
+    init = np.array(x, dtype=float)
+    fixed = np.array(dmodel.config.fixed, dtype=bool)
+    init[dmodel.config.poi_index], fixed[dmodel.config.poi_index] = value, True
+    return fit_jit(
+        dmodel, jnp.asarray(ddata), init=jnp.asarray(init), fixed=jnp.asarray(fixed),
+        uncertainties=False,
     )  # fmt: skip

@@ -9,6 +9,7 @@ sbottom likelihoods live in ``test_fit.py``.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ from test_fit import (
     _restore_pyhf_backend,  # noqa: F401  (autouse fixture: restore pyhf's backend)
     channel,
     check_all,
+    fit_jit,
     fit_with,
     hypotest_task,
     model_spec,
@@ -81,6 +83,59 @@ def _pyhf_twice_nll(pmodel, pars, data):
         return float(pyhf.infer.mle.twice_nll(np.asarray(pars), np.asarray(data), pmodel)[0])
 
 
+MULTIMODAL_NLL = 1e-6  # distinct local minima: twice_nll apart by more than this ...
+MULTIMODAL_PARS = 1e-2  # ... and parameters apart by more than this
+
+
+def _spread_of_minima(dmodel, data, value, starts, bounds=None):
+    """diffhep fits of one kind (POI fixed at ``value``, or free if ``None``) from several
+    starting points: the spread of the converged twice_nll and the largest distance between
+    the best-fit points. Both large = the likelihood has several local minima."""
+    poi = dmodel.config.poi_index
+    found = []
+    for x0 in starts:
+        init = np.array(x0, dtype=float)
+        fixed = np.array(dmodel.config.fixed, dtype=bool)
+        if value is not None:
+            init[poi], fixed[poi] = value, True
+        r = fit_jit(
+            dmodel, jnp.asarray(data), init=jnp.asarray(init), fixed=jnp.asarray(fixed),
+            bounds=bounds, uncertainties=False,
+        )  # fmt: skip
+        if bool(r.converged):
+            found.append((float(r.twice_nll), np.asarray(r.bestfit)))
+    if len(found) < 2:
+        return 0.0, 0.0
+    nll = [t for t, _ in found]
+    dist = max(np.max(np.abs(a - b)) for (_, a), (_, b) in itertools.combinations(found, 2))
+    return max(nll) - min(nll), dist
+
+
+def likelihood_is_multimodal(res, ref, models, mu, bounds=None):
+    """The four fits of the test statistics, on the observed data and on both Asimov datasets
+    (pyhf's and diffhep's), started from pyhf's suggested init, from pyhf's solution and from
+    diffhep's background-only fit (where diffhep's hypotest starts its Asimov fits): if one
+    kind of fit converges to distinct local minima, the test statistics depend on the
+    optimiser's path and pyhf's and diffhep's CLb may legitimately differ."""
+    dmodel, ddata, _, pdata = models
+    origin = fit_with(dmodel, ddata, poi_value=0.0, uncertainties=False).bestfit
+    own_asimov = dmodel.expected_data(origin)
+    init = dmodel.config.suggested_init()
+    for name, data, value in [
+        ("free_fit_to_data", pdata, None),
+        ("fixed_poi_fit_to_data", pdata, mu),
+        ("free_fit_to_asimov", ref["asimov_data"], None),
+        ("fixed_poi_fit_to_asimov", ref["asimov_data"], mu),
+        ("free_fit_to_asimov", own_asimov, None),
+        ("fixed_poi_fit_to_asimov", own_asimov, mu),
+    ]:
+        starts = (init, ref["fits"][name], origin)
+        dnll, dpar = _spread_of_minima(dmodel, data, value, starts, bounds)
+        if dnll > MULTIMODAL_NLL and dpar > MULTIMODAL_PARS:
+            return f"{name}: local minima {dnll:.2e} apart in twice_nll, {dpar:.2f} in parameters"
+    return None
+
+
 def check_pyhf_fits_were_loose(label, res, ref, models, mu, test_stat="qtilde", bounds=None):
     """When CLs differ, the difference must come from pyhf's fits stopping early: diffhep's
     fits on pyhf's own datasets (observed and pyhf's Asimov) reach a twice_nll at most that of
@@ -130,6 +185,14 @@ def assert_hypotest_matches(label, res, ref, atol=CLS_ATOL, models=None, mu=1.0,
                     float(res.clb_obs)])  # fmt: skip
     want = np.array([ref["cls_obs"], *ref["cls_exp"], ref["clsb_obs"], ref["clb_obs"]])
     if models is not None and np.max(np.abs(got - want)) > atol:
+        why = likelihood_is_multimodal(res, ref, models, mu, bounds)
+        if why is not None:
+            # the quantities of the acceptance (CLs observed and expected) must still agree;
+            # CLsb and CLb follow the local minimum each optimiser's path reaches
+            np.testing.assert_allclose(got[:6], want[:6], rtol=0, atol=atol, err_msg=label)
+            diff = np.max(np.abs(got - want))
+            print(f"{label}: CLsb/CLb differ from pyhf's by {diff:.2e}; {why}")
+            return
         gain = check_pyhf_fits_were_loose(label, res, ref, models, mu, test_stat, bounds)
         # visible with -rP / -s
         print(

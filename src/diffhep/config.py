@@ -55,7 +55,7 @@ class NormSystematicConfig(_Strict):
 class ChannelConfig(_Strict):
     name: str
     bins: int = Field(ge=1)
-    observable: str = "nn"
+    observable: str = "nn"  # "nn", a feature name, or "count" (one bin: the event count)
     edges: list[float] | None = None
     region: dict[str, tuple[float, float]] = {}
     learnable_edges: bool = False
@@ -66,7 +66,10 @@ class ChannelConfig(_Strict):
             raise ValueError(
                 f"edges has {len(self.edges)} values, expected bins + 1 = {self.bins + 1}"
             )
-        if self.observable != "nn" and self.edges is None:
+        if self.observable == "count":
+            if self.bins != 1 or self.edges is not None:
+                raise ValueError("a 'count' channel has bins: 1 and no edges")
+        elif self.observable != "nn" and self.edges is None:
             raise ValueError("a feature observable needs explicit 'edges'")
         return self
 
@@ -127,8 +130,8 @@ class SplitConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    generator: Literal["blobs"] | None = "blobs"
-    n_per_blob: int = Field(10_000, ge=10)
+    generator: Literal["blobs", "cuts_1d", "cuts_2d"] | None = "blobs"
+    n_per_blob: int = Field(10_000, ge=10)  # events per event set of a generator
     files: dict[str, str] | None = None  # event set -> .npz with 'x' (n, f) and optional 'w'
     features: list[str] | None = None
     split: SplitConfig = SplitConfig()
@@ -151,6 +154,41 @@ class ObservableConfig(_Strict):
 class HistogramConfig(_Strict):
     bandwidth: float = Field(0.3, gt=0)  # relative to the mean bin width
     bandwidth_final: float | None = Field(None, gt=0)  # linear annealing to this value
+
+
+class CutConfig(_Strict):
+    feature: str
+    direction: Literal[">", "<", "window"] = ">"
+    init: float | tuple[float, float] | None = None  # None: a data quantile
+    trainable: bool = True
+    relaxation: Literal["sigmoid", "erf", "straight_through"] = "sigmoid"
+
+    @model_validator(mode="after")
+    def _init(self):
+        if self.init is None:
+            return self
+        if self.direction == "window":
+            if not isinstance(self.init, tuple):
+                raise ValueError("a window cut needs init: [a, b]")
+            if not self.init[0] < self.init[1]:
+                raise ValueError(f"window init needs a < b, got {list(self.init)}")
+        elif isinstance(self.init, tuple):
+            raise ValueError(f"a '{self.direction}' cut needs one init value")
+        return self
+
+
+class SelectionConfig(_Strict):
+    cuts: list[CutConfig] = []
+    slope: float = Field(5.0, gt=0)  # sigmoid slope, in units of 1 / (feature spread)
+    slope_final: float | None = Field(None, gt=0)  # geometric annealing to this slope
+    skim_target: float | None = Field(None, gt=0, lt=1)  # 'skim' term: excess over this
+
+    def specs(self):
+        from .cuts import CutSpec
+
+        return [
+            CutSpec(c.feature, c.direction, c.init, c.trainable, c.relaxation) for c in self.cuts
+        ]
 
 
 class OptimizerConfig(_Strict):
@@ -200,6 +238,7 @@ class Config(_Strict):
     analysis: AnalysisConfig
     observable: ObservableConfig = ObservableConfig()
     histogram: HistogramConfig = HistogramConfig()
+    selection: SelectionConfig = SelectionConfig()
     training: TrainingConfig = TrainingConfig()
 
     def to_yaml(self) -> str:

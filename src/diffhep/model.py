@@ -143,18 +143,84 @@ def _per_aux(b) -> dict:
     """Per auxiliary datum: which staterror (modifier, bin) gives its width and which shapesys
     (sample, bin) gives its rate factor; the masks ``se_pos``/``ss_pos`` say where they apply."""
     A = len(b.aux_par)
-
-    def i32(x):
-        return jnp.asarray(x, dtype=jnp.int32)
-
     return dict(
-        se_pos=jnp.asarray(_scatter(np.ones(len(b.se_pos), bool), b.se_pos, A, False)),
-        se_mod=i32(_scatter(b.se_mod, b.se_pos, A, 0)),
-        se_bin=i32(_scatter(b.se_bin, b.se_pos, A, 0)),
-        ss_pos=jnp.asarray(_scatter(np.ones(len(b.ss_pos), bool), b.ss_pos, A, False)),
-        ss_sample=i32(_scatter(b.ss_sample, b.ss_pos, A, 0)),
-        ss_bin=i32(_scatter(b.ss_bin, b.ss_pos, A, 0)),
+        se_pos=_scatter(np.ones(len(b.se_pos), bool), b.se_pos, A, False),
+        se_mod=_scatter(b.se_mod, b.se_pos, A, 0),
+        se_bin=_scatter(b.se_bin, b.se_pos, A, 0),
+        ss_pos=_scatter(np.ones(len(b.ss_pos), bool), b.ss_pos, A, False),
+        ss_sample=_scatter(b.ss_sample, b.ss_pos, A, 0),
+        ss_bin=_scatter(b.ss_bin, b.ss_pos, A, 0),
     )
+
+
+def _onehot(index, n: int) -> np.ndarray:
+    """``out[i, j] = (index[j] == i)``, shape ``(n, len(index))``."""
+    return (np.asarray(index)[None, :] == np.arange(n)[:, None]).astype(float)
+
+
+@dataclass(frozen=True, eq=False)
+class Tables:
+    """The integer structure of a model: index tables and masks as read-only numpy arrays.
+
+    They are a *static* part of :class:`Model` (hashable, compared by value), so compiled
+    functions see them as constants whether the model is closed over or passed as an
+    argument: XLA then folds the gathers and one-hot matrices, which halves both the
+    compile time and the run time of a fit.
+    """
+
+    direct_table: np.ndarray  # (layers, S*B): index into pars + [1]
+    normsys_par: np.ndarray  # (normsys entries,): parameter index
+    normsys_table: np.ndarray  # (layers, S*B): index into normsys entries + [none]
+    histosys_par: np.ndarray  # (histosys entries,)
+    histosys_sample: np.ndarray
+    histosys_mask: np.ndarray  # (histosys entries, bins)
+    staterror_member: np.ndarray  # (staterror modifiers, samples), 0/1
+    staterror_entry_mod: np.ndarray  # (staterror entries,)
+    aux_par: np.ndarray  # (auxiliary data,): parameter index
+    aux_poisson: np.ndarray
+    se_pos: np.ndarray
+    se_mod: np.ndarray
+    se_bin: np.ndarray
+    ss_pos: np.ndarray
+    ss_sample: np.ndarray
+    ss_bin: np.ndarray
+
+    def __post_init__(self):
+        for name in self.__dataclass_fields__:
+            value = np.array(getattr(self, name))
+            if value.dtype.kind in "iu":
+                value = value.astype(np.int32)
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+        key = tuple(
+            (a.shape, a.dtype.str, a.tobytes()) for a in map(self.__getattribute__, self._names)
+        )
+        object.__setattr__(self, "_hash", hash(key))
+
+    @property
+    def _names(self):
+        return tuple(self.__dataclass_fields__)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Tables) or hash(self) != hash(other):
+            return False
+        return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in self._names)
+
+    def normsys_onehot(self, entries: int) -> np.ndarray | None:
+        """``(S*B, entries)`` count of each normsys entry per cell, or ``None`` when larger
+        than :data:`_DENSE_NORMSYS_LIMIT` (then a gather is used)."""
+        cells = self.normsys_table.shape[1]
+        if cells * entries > _DENSE_NORMSYS_LIMIT:
+            return None
+        out = np.zeros((cells, entries + 1))
+        for layer in self.normsys_table:
+            out[np.arange(cells), layer] += 1.0
+        return out[:, :entries]
 
 
 class Model(eqx.Module):
@@ -176,23 +242,7 @@ class Model(eqx.Module):
     aux_data_static: jax.Array
     aux_sigma_static: jax.Array
     aux_factor_static: jax.Array
-    # structure (integer / boolean index arrays)
-    direct_table: jax.Array
-    normsys_par: jax.Array
-    normsys_table: jax.Array
-    histosys_par: jax.Array
-    histosys_sample: jax.Array
-    histosys_mask: jax.Array
-    staterror_member: jax.Array
-    staterror_entry_mod: jax.Array
-    aux_par: jax.Array
-    aux_poisson: jax.Array
-    se_pos: jax.Array
-    se_mod: jax.Array
-    se_bin: jax.Array
-    ss_pos: jax.Array
-    ss_sample: jax.Array
-    ss_bin: jax.Array
+    tables: Tables = eqx.field(static=True)
     config: ModelConfig = eqx.field(static=True)
 
     @property
@@ -255,7 +305,6 @@ class Model(eqx.Module):
             staterror_keys=tuple(b.staterror_keys),
         )
         f = jnp.asarray
-        i = lambda x: jnp.asarray(x, dtype=jnp.int32)  # noqa: E731
         return cls(
             nominal=f(b.nominal),
             histosys_lo=f(b.histosys_lo),
@@ -267,17 +316,19 @@ class Model(eqx.Module):
             aux_data_static=f(b.aux_data),
             aux_sigma_static=f(b.aux_sigma),
             aux_factor_static=f(b.aux_factor),
-            direct_table=i(b.direct_table),
-            normsys_par=i(b.normsys_par),
-            normsys_table=i(b.normsys_table),
-            histosys_par=i(b.histosys_par),
-            histosys_sample=i(b.histosys_sample),
-            histosys_mask=jnp.asarray(b.histosys_mask, dtype=bool),
-            staterror_member=f(b.staterror_member),
-            staterror_entry_mod=i(b.staterror_entry_mod),
-            aux_par=i(b.aux_par),
-            aux_poisson=jnp.asarray(b.aux_poisson, dtype=bool),
-            **_per_aux(b),
+            tables=Tables(
+                direct_table=b.direct_table,
+                normsys_par=b.normsys_par,
+                normsys_table=b.normsys_table,
+                histosys_par=b.histosys_par,
+                histosys_sample=b.histosys_sample,
+                histosys_mask=np.asarray(b.histosys_mask, dtype=bool),
+                staterror_member=np.asarray(b.staterror_member, dtype=float),
+                staterror_entry_mod=b.staterror_entry_mod,
+                aux_par=b.aux_par,
+                aux_poisson=np.asarray(b.aux_poisson, dtype=bool),
+                **_per_aux(b),
+            ),
             config=config,
         )
 
@@ -405,47 +456,46 @@ class Model(eqx.Module):
     # ------------------------------------------------------------------ main model
     def expected_actualdata_by_sample(self, pars) -> jax.Array:
         """Expected yields per sample and bin, shape ``(samples, bins)``."""
+        t = self.tables
         pars = jnp.asarray(pars, dtype=self.nominal.dtype)
+        dtype = pars.dtype
         S, B = self.nominal.shape
         nominal = self.nominal
-        if self.histosys_par.shape[0]:
+        if t.histosys_par.shape[0]:
             code = self.config.interpcode("histosys")
             weights = (
                 interpolation.code4p_weights if code == "code4p" else interpolation.code0_weights
             )
-            w_lo, w_nom, w_hi = (w[:, None] for w in weights(pars[self.histosys_par]))
-            nom_e = nominal[self.histosys_sample]
+            w_lo, w_nom, w_hi = (w[:, None] for w in weights(pars[t.histosys_par]))
+            nom_e = nominal[t.histosys_sample]
             delta = w_lo * self.histosys_lo + w_nom * nom_e + w_hi * self.histosys_hi
-            delta = jnp.where(self.histosys_mask, delta, 0.0)
+            delta = jnp.where(t.histosys_mask, delta, 0.0)
             # sum entries into their samples with a (samples x entries) matrix: a matmul
             # differentiates and batches far better than a scatter on every backend
-            onehot = (self.histosys_sample[None, :] == jnp.arange(S)[:, None]).astype(delta.dtype)
-            nominal = nominal + onehot @ delta
-        factor = jnp.ones(S * B, dtype=nominal.dtype)
-        if self.direct_table.shape[0]:
-            pars_ext = jnp.concatenate([pars, jnp.ones(1, dtype=pars.dtype)])
-            gathered = pars_ext[self.direct_table]
-            for layer in range(gathered.shape[0]):  # few layers: explicit products
-                factor = factor * gathered[layer]
-        if self.normsys_table.shape[0]:
+            nominal = nominal + jnp.asarray(_onehot(t.histosys_sample, S), dtype) @ delta
+        factor = jnp.ones(S * B, dtype=dtype)
+        if t.direct_table.shape[0]:
+            pars_ext = jnp.concatenate([pars, jnp.ones(1, dtype=dtype)])
+            for layer in t.direct_table:  # few layers: explicit products
+                factor = factor * pars_ext[layer]
+        if t.normsys_table.shape[0]:
             # normsys factors are positive: multiply them as a sum of logarithms (the
             # derivative of a long product is far more expensive than that of a sum)
             code = self.config.interpcode("normsys")
-            alpha = pars[self.normsys_par]
+            alpha = pars[t.normsys_par]
             if code == "code4":
                 f = interpolation.code4(alpha, self.normsys_lo, self.normsys_hi)
                 logf = jnp.log(jnp.where(f > 0, f, _TINY))
             else:
                 logf = interpolation.log_code1(alpha, self.normsys_lo, self.normsys_hi)
-            E = logf.shape[0]
-            if S * B * E <= _DENSE_NORMSYS_LIMIT:
-                # a (cells x entries) one-hot matmul: a gather here is an order of magnitude
-                # slower on CPU under vmap (XLA fuses the interpolation into the gather)
-                onehot = jnp.sum(jax.nn.one_hot(self.normsys_table, E + 1, dtype=logf.dtype), 0)
-                total = onehot[:, :E] @ logf
+            onehot = t.normsys_onehot(logf.shape[0])
+            if onehot is not None:
+                # a (cells x entries) matmul: a gather here is an order of magnitude slower
+                # on CPU under vmap (XLA fuses the interpolation into the gather)
+                total = jnp.asarray(onehot, dtype) @ logf
             else:
-                logf_ext = jnp.concatenate([logf, jnp.zeros(1, dtype=logf.dtype)])
-                total = jnp.sum(logf_ext[self.normsys_table], axis=0)
+                logf_ext = jnp.concatenate([logf, jnp.zeros(1, dtype=dtype)])
+                total = jnp.sum(logf_ext[t.normsys_table], axis=0)
             factor = factor * jnp.exp(total)
         return nominal * factor.reshape(S, B)
 
@@ -472,28 +522,28 @@ class Model(eqx.Module):
         follow a neural network's histograms); positions ``se_pos``/``ss_pos`` of the
         auxiliary vector take them, all others keep the static values.
         """
+        t = self.tables
         sigma = self.aux_sigma_static
         factor = self.aux_factor_static
         data = self.aux_data_static
-        if self.staterror_entry_mod.shape[0]:
-            nomsall = self.staterror_member @ self.nominal  # (K, B)
+        dtype = self.nominal.dtype
+        if t.staterror_entry_mod.shape[0]:
+            nomsall = jnp.asarray(t.staterror_member, dtype) @ self.nominal  # (K, B)
             K = nomsall.shape[0]
-            onehot = (self.staterror_entry_mod[None, :] == jnp.arange(K)[:, None]).astype(
-                nomsall.dtype
-            )
+            onehot = jnp.asarray(_onehot(t.staterror_entry_mod, K), dtype)
             safe = jnp.where(nomsall > 0, nomsall, 1.0)
-            ratio2 = (self.staterror_uncrt / safe[self.staterror_entry_mod]) ** 2
+            ratio2 = (self.staterror_uncrt / safe[t.staterror_entry_mod]) ** 2
             rel2 = jnp.where(nomsall > 0, onehot @ ratio2, 0.0)  # (K, B)
-            r2 = rel2[self.se_mod, self.se_bin]  # one per auxiliary datum (unused where ~se_pos)
+            r2 = rel2[t.se_mod, t.se_bin]  # one per auxiliary datum (unused where ~se_pos)
             dyn = jnp.sqrt(jnp.where(r2 > 0, r2, 1.0))
-            sigma = jnp.where(self.se_pos, jnp.where(r2 > 0, dyn, 1.0), sigma)
+            sigma = jnp.where(t.se_pos, jnp.where(r2 > 0, dyn, 1.0), sigma)
         if self.ss_present:
-            nom = self.nominal[self.ss_sample, self.ss_bin]
+            nom = self.nominal[t.ss_sample, t.ss_bin]
             unc = self.shapesys_uncrt
-            ok = self.ss_pos & (nom > 0) & (unc > 0)
+            ok = t.ss_pos & (nom > 0) & (unc > 0)
             fac = jnp.where(ok, nom**2 / jnp.where(ok, unc, 1.0) ** 2, 1.0)
-            factor = jnp.where(self.ss_pos, fac, factor)
-            data = jnp.where(self.ss_pos, fac, data)
+            factor = jnp.where(t.ss_pos, fac, factor)
+            data = jnp.where(t.ss_pos, fac, data)
         return sigma, factor, data
 
     @property
@@ -504,22 +554,22 @@ class Model(eqx.Module):
     def expected_auxdata(self, pars) -> jax.Array:
         pars = jnp.asarray(pars, dtype=self.nominal.dtype)
         _, factor, _ = self._constraint_terms()
-        theta = pars[self.aux_par]
-        return jnp.where(self.aux_poisson, theta * factor, theta)
+        theta = pars[self.tables.aux_par]
+        return jnp.where(self.tables.aux_poisson, theta * factor, theta)
 
     def constraint_logpdf(self, auxdata, pars) -> jax.Array:
         """Gaussian and Poisson constraint terms (pyhf's continuous Poisson)."""
-        if not self.aux_par.shape[0]:
+        if not self.tables.aux_par.shape[0]:
             return jnp.zeros((), dtype=self.nominal.dtype)
         pars = jnp.asarray(pars, dtype=self.nominal.dtype)
         aux = jnp.asarray(auxdata, dtype=pars.dtype)
         sigma, factor, _ = self._constraint_terms()
-        theta = pars[self.aux_par]
+        theta = pars[self.tables.aux_par]
         normal = -0.5 * ((aux - theta) / sigma) ** 2 - jnp.log(sigma) - 0.5 * np.log(2 * np.pi)
         rate = theta * factor
         safe_rate = jnp.where(rate > 0, rate, POISSON_FLOOR)
         poisson = xlogy(aux, safe_rate) - safe_rate - gammaln(aux + 1.0)
-        return jnp.sum(jnp.where(self.aux_poisson, poisson, normal))
+        return jnp.sum(jnp.where(self.tables.aux_poisson, poisson, normal))
 
     # ------------------------------------------------------------------ full model
     def expected_data(self, pars, include_auxdata: bool = True) -> jax.Array:

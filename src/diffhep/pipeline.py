@@ -2,13 +2,15 @@
 
 This module is the only place that wires the pieces together:
 
-    events --observable--> scores --(soft|hard) histograms--> Analysis.workspace
-           --Model.with_channels--> HistFactory model --losses--> scalar
+    events --selection x observable--> weights, scores --(soft|hard) histograms-->
+    Analysis.workspace --Model.with_channels--> HistFactory model --losses--> scalar
 
 :class:`Pipeline` is static (the analysis, the feature names, the loss terms) and holds the
 compiled-once template :class:`~diffhep.Model`; the trainable state is a :class:`Params`
-pytree (the observable and the bin edges of every channel). Events are passed as a dict
-``{event set: Events}`` whose weights are already scaled to the expected yields.
+pytree (the observable, the bin edges of every channel and the selection cuts). Events are
+passed as a dict ``{event set: Events}`` whose weights are already scaled to the expected
+yields. The selection's per-event weights (relaxed with slope ``slope`` during training,
+hard cuts for evaluation) multiply the event weights entering every histogram and loss.
 
 Example:
     >>> import jax, numpy as np
@@ -36,12 +38,13 @@ import numpy as np
 
 from . import losses as L
 from .analysis import Analysis
+from .cuts import Selection
 from .histograms import Binning, hard_histogram, relative_bandwidth, soft_histogram
 from .hypotest import hypotest
 from .model import Model
 from .observables import MLPObservable
 
-__all__ = ["LOSS_TERMS", "METRICS", "Events", "Params", "Pipeline"]
+__all__ = ["LOSS_TERMS", "METRICS", "NN_TERMS", "Events", "Params", "Pipeline"]
 
 #: Loss terms a config can combine (each is minimised).
 LOSS_TERMS = (
@@ -53,7 +56,11 @@ LOSS_TERMS = (
     "bce_aug",  # BCE with the systematic variations in the background class
     "s_sqrt_sb",  # (s + b) / s^2 with soft yields (sigmoid outputs as event weights)
     "z_asimov",  # 1 / Z_A with soft yields and a relative background uncertainty
+    "b_over_s2",  # b / s^2 with soft yields (maximises s / sqrt(b))
+    "skim",  # selected fraction of the expected events (data kept by the skim)
 )
+#: Loss terms that need the neural observable.
+NN_TERMS = ("bce", "bce_aug")
 #: Metrics evaluated with hard histograms and exact fits.
 METRICS = ("expected_cls", "z0", "sigma_mu")
 
@@ -66,10 +73,12 @@ class Events(NamedTuple):
 
 
 class Params(eqx.Module):
-    """Trainable state: the observable and the binning of each channel."""
+    """Trainable state: the observable (``None`` for cuts alone), the binning of each channel
+    and the selection (``None``: no cuts)."""
 
-    observable: MLPObservable
+    observable: MLPObservable | None
     binnings: tuple
+    selection: Selection | None = None
 
 
 class Pipeline(eqx.Module):
@@ -79,15 +88,20 @@ class Pipeline(eqx.Module):
     features: tuple = eqx.field(static=True)
     template: Model
     z_asimov_rel_uncertainty: float = eqx.field(static=True, default=0.1)
+    skim_target: float | None = eqx.field(static=True, default=None)
 
-    def __init__(self, analysis: Analysis, features, *, z_asimov_rel_uncertainty=0.1):
+    def __init__(
+        self, analysis: Analysis, features, *, z_asimov_rel_uncertainty=0.1, skim_target=None
+    ):
         self.analysis = analysis
         self.features = tuple(features)
         for ch in analysis.channels:
             for f, *_ in ch.region:
                 self._feature(f, f"channel {ch.name!r} region")
-            if ch.observable != "nn":
+            if ch.observable not in ("nn", "count"):
                 self._feature(ch.observable, f"channel {ch.name!r} observable")
+            if ch.observable == "count" and ch.bins != 1:
+                raise ValueError(f"channel {ch.name!r}: a 'count' channel has 1 bin")
         ones = {
             (ch.name, n): ([1.0] * ch.bins, [1.0] * ch.bins)
             for ch in analysis.channels
@@ -95,6 +109,12 @@ class Pipeline(eqx.Module):
         }
         self.template = Model.from_spec(analysis.workspace(ones), poi_name=analysis.poi)
         self.z_asimov_rel_uncertainty = float(z_asimov_rel_uncertainty)
+        self.skim_target = None if skim_target is None else float(skim_target)
+
+    @property
+    def uses_nn(self) -> bool:
+        """Whether a channel histograms the neural observable (otherwise cuts alone)."""
+        return any(ch.observable == "nn" for ch in self.analysis.channels)
 
     def _feature(self, name, where=""):
         if name not in self.features:
@@ -110,38 +130,63 @@ class Pipeline(eqx.Module):
         hidden=(1024, 1024),
         activation="relu",
         dtype=jnp.float32,
+        cuts=(),
     ) -> Params:
-        """An untrained observable standardised on the nominal samples, and the binnings."""
+        """An untrained observable standardised on the nominal samples (none if no channel
+        uses it), the binnings, and the selection of the cut ``specs`` (thresholds without
+        an ``init`` start at quantiles of the nominal samples)."""
         xs = np.concatenate([np.asarray(events[n].x) for n in self.analysis.samples])
-        obs = MLPObservable.create(xs, hidden, key=key, activation=activation, dtype=dtype)
+        obs = None
+        if self.uses_nn:
+            obs = MLPObservable.create(xs, hidden, key=key, activation=activation, dtype=dtype)
+        selection = Selection.create(cuts, self.features, xs) if cuts else None
         binnings = []
         for ch in self.analysis.channels:
             t = ch.learnable_edges
-            b = (
-                Binning.from_edges(ch.edges, trainable=t)
-                if ch.edges
-                else Binning.uniform(ch.bins, 0.0, 1.0, trainable=t)
-            )
+            if ch.observable == "count":
+                b = Binning.uniform(1, -1.0, 1.0)
+            elif ch.edges:
+                b = Binning.from_edges(ch.edges, trainable=t)
+            else:
+                b = Binning.uniform(ch.bins, 0.0, 1.0, trainable=t)
             if b.nbins != ch.bins:
                 raise ValueError(f"channel {ch.name!r}: {b.nbins + 1} edges for {ch.bins} bins")
             binnings.append(b)
-        return Params(obs, tuple(binnings))
+        return Params(obs, tuple(binnings), selection)
 
     # ------------------------------------------------------------------ histograms
-    def histograms(self, params: Params, events: Mapping[str, Events], bandwidth=None) -> dict:
+    def event_weights(self, params: Params, ev: Events, slope=None):
+        """Event weights times the selection: relaxed cuts with ``slope``, hard cuts when
+        ``slope`` is ``None``."""
+        w = jnp.asarray(ev.w)
+        if params.selection is None:
+            return w
+        if slope is None:
+            return w * params.selection.passes(ev.x).astype(w.dtype)
+        return w * params.selection.weights(ev.x, slope).astype(w.dtype)
+
+    def histograms(
+        self, params: Params, events: Mapping[str, Events], bandwidth=None, slope=None
+    ) -> dict:
         """``{(channel, event set): (sumw, sumw2)}``; soft (bKDE) when ``bandwidth`` (relative
-        to the mean bin width) is given, hard otherwise."""
-        needs_nn = any(ch.observable == "nn" for ch in self.analysis.channels)
+        to the mean bin width) is given, hard otherwise. Selection cuts are relaxed with
+        ``slope`` in soft mode and hard otherwise."""
         out = {}
         for name in self.analysis.event_sets:
             ev = events[name]
-            score = params.observable(ev.x) if needs_nn else None
+            score = params.observable(ev.x) if self.uses_nn else None
+            selected = self.event_weights(params, ev, None if bandwidth is None else slope)
             for ch, binning in zip(self.analysis.channels, params.binnings, strict=True):
-                w = jnp.asarray(ev.w)
+                w = selected
                 for f, lo, hi in ch.region:
                     v = ev.x[:, self._feature(f)]
                     w = w * ((v >= lo) & (v < hi))
-                values = score if ch.observable == "nn" else ev.x[:, self._feature(ch.observable)]
+                if ch.observable == "nn":
+                    values = score
+                elif ch.observable == "count":
+                    values = jnp.zeros(w.shape, dtype=w.dtype)
+                else:
+                    values = ev.x[:, self._feature(ch.observable)]
                 edges = binning.edges()
                 if bandwidth is None:
                     out[(ch.name, name)] = hard_histogram(values, edges, w)
@@ -166,18 +211,35 @@ class Pipeline(eqx.Module):
         return self.analysis.workspace(hists, obs)
 
     # ------------------------------------------------------------------ losses
-    def _yields(self, params, events, names):
-        """Soft yields sum(w * score) over the given event sets (score as event weight)."""
-        return sum(jnp.sum(events[n].w * params.observable(events[n].x)) for n in names)
+    def _yields(self, params, events, names, slope):
+        """Soft yields: sum of event weight x selection x score (the score is 1 without a
+        neural observable)."""
+        total = 0.0
+        for n in names:
+            w = self.event_weights(params, events[n], slope)
+            if params.observable is not None:
+                w = w * params.observable(events[n].x)
+            total = total + jnp.sum(w)
+        return total
 
-    def loss_terms(self, params: Params, events, terms, bandwidth) -> dict:
-        """Values of the requested loss terms on a batch (soft histograms)."""
+    def selected_fraction(self, params, events, slope=None):
+        """Fraction of the expected events (all nominal samples) that pass the selection:
+        relaxed with ``slope``, hard when ``None``. 1 without a selection."""
+        names = self.analysis.samples
+        kept = sum(jnp.sum(self.event_weights(params, events[n], slope)) for n in names)
+        total = sum(jnp.sum(jnp.asarray(events[n].w)) for n in names)
+        return kept / total
+
+    def loss_terms(self, params: Params, events, terms, bandwidth, slope=None) -> dict:
+        """Values of the requested loss terms on a batch (soft histograms, relaxed cuts)."""
         a = self.analysis
         out = {}
         model = None
         if any(t in ("cls", "z0", "inv_z0", "sigma_mu") for t in terms):
-            model = self.model(self.histograms(params, events, bandwidth))
+            model = self.model(self.histograms(params, events, bandwidth, slope))
         for t in terms:
+            if t in NN_TERMS and params.observable is None:
+                raise ValueError(f"loss term {t!r} needs a neural observable (a channel 'nn')")
             if t == "cls":
                 out[t] = L.expected_cls(model)
             elif t in ("z0", "inv_z0"):
@@ -187,17 +249,24 @@ class Pipeline(eqx.Module):
                 out[t] = L.sigma_mu(model)
             elif t in ("bce", "bce_aug"):
                 bkg = a.backgrounds + (a.variations if t == "bce_aug" else ())
-                ls = params.observable.logits(events[a.signal].x)
+                sig = events[a.signal]
+                ls = params.observable.logits(sig.x)
                 lb = jnp.concatenate([params.observable.logits(events[n].x) for n in bkg])
-                wb = jnp.concatenate([jnp.asarray(events[n].w) for n in bkg])
-                out[t] = L.binary_cross_entropy(ls, jnp.asarray(events[a.signal].w), lb, wb)
-            elif t in ("s_sqrt_sb", "z_asimov"):
-                s = self._yields(params, events, (a.signal,))
-                b = self._yields(params, events, a.backgrounds)
+                ws = self.event_weights(params, sig, slope)
+                wb = jnp.concatenate([self.event_weights(params, events[n], slope) for n in bkg])
+                out[t] = L.binary_cross_entropy(ls, ws, lb, wb)
+            elif t in ("s_sqrt_sb", "z_asimov", "b_over_s2"):
+                s = self._yields(params, events, (a.signal,), slope)
+                b = self._yields(params, events, a.backgrounds, slope)
                 if t == "s_sqrt_sb":
                     out[t] = L.inverse_s_over_sqrt_s_plus_b(s, b)
+                elif t == "b_over_s2":
+                    out[t] = b / s**2
                 else:
                     out[t] = 1.0 / L.asimov_significance(s, b, self.z_asimov_rel_uncertainty * b)
+            elif t == "skim":
+                f = self.selected_fraction(params, events, slope)
+                out[t] = f if self.skim_target is None else jax.nn.relu(f - self.skim_target)
             else:
                 raise ValueError(f"unknown loss term {t!r}; use one of {', '.join(LOSS_TERMS)}")
         return out
@@ -225,4 +294,5 @@ class Pipeline(eqx.Module):
             n: sum(jnp.sum(hists[(c.name, n)][0]) for c in self.analysis.channels)
             for n in self.analysis.event_sets
         }
+        out["selected_fraction"] = self.selected_fraction(params, events)
         return out

@@ -1,5 +1,6 @@
-"""The plots of a run directory (``plots/``): training curves, stacked histograms with the
-systematic variations, ROC curve and, for 2-D inputs, the observable over the input plane."""
+"""The plots of a run directory (``plots/``): training curves, cut values and selected
+fraction vs epoch, stacked histograms with the systematic variations, ROC curve and, for 2-D
+inputs, the observable over the input plane."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None) ->
     a = pipe.analysis
     if state is not None and state.history:
         plotting.plot_training(state.history, plot_dir / "training.png")
+        cuts = sorted({k for row in state.history for k in row if k.startswith("cut")})
+        if cuts:
+            metrics = [*cuts, "val_selected_fraction"]
+            plotting.plot_training(state.history, plot_dir / "cuts.png", metrics=metrics)
     for ch, binning in zip(a.channels, params.binnings, strict=True):
         edges = np.asarray(binning.edges())
         samples = {n: np.asarray(hists[(ch.name, n)][0]) for n in (*a.backgrounds, a.signal)}
@@ -35,6 +40,8 @@ def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None) ->
             title=ch.name,
         )
     obs = params.observable
+    if obs is None:  # cuts alone: no score to draw
+        return {"auc": None}
     sig = test_events[a.signal]
     bkg_x = np.concatenate([np.asarray(test_events[n].x) for n in a.backgrounds])
     bkg_w = np.concatenate([np.asarray(test_events[n].w) for n in a.backgrounds])

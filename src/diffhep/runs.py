@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import blobs
+from . import blobs, toys
 from .analysis import Analysis, Channel, NormSystematic, ShapeSystematic
 from .config import Config, ConfigError, load_config
 from .datasets import DataError, batches, check_events, load_npz, split
-from .pipeline import Events, Pipeline
+from .pipeline import NN_TERMS, Events, Pipeline
 from .training import TrainState, make_optimizer, train
 
 __all__ = ["evaluate_run", "load_run", "prepare", "train_run"]
@@ -61,6 +61,7 @@ def _analysis(cfg: Config) -> Analysis:
 
 def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
     """Feature names and ``{event set: Events}`` with weights scaled to the yields."""
+    default_features = None
     if cfg.data.files:
         missing = [n for n in analysis.event_sets if n not in cfg.data.files]
         if missing:
@@ -72,7 +73,11 @@ def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
             )
         events = {n: load_npz(cfg.data.files[n], n) for n in analysis.event_sets}
     else:
-        raw = blobs.generate(cfg.data.n_per_blob, cfg.seed)
+        if cfg.data.generator == "blobs":
+            raw = blobs.generate(cfg.data.n_per_blob, cfg.seed)
+        else:
+            generate, default_features = toys.GENERATORS[cfg.data.generator]
+            raw = generate(cfg.data.n_per_blob, cfg.seed)
         missing = [n for n in analysis.event_sets if n not in raw]
         if missing:
             raise DataError(
@@ -86,7 +91,7 @@ def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
     if len(nfeat) != 1:
         raise DataError(f"event sets have different numbers of features: {sorted(nfeat)}")
     (f,) = nfeat
-    features = tuple(cfg.data.features or [f"x{i}" for i in range(f)])
+    features = tuple(cfg.data.features or default_features or [f"x{i}" for i in range(f)])
     if len(features) != f:
         raise DataError(
             f"data.features names {len(features)} features, the data have {f}",
@@ -117,10 +122,29 @@ def prepare(cfg: Config, file: str | None = None):
     features, events = load_events(cfg, analysis, file)
     try:
         pipe = Pipeline(
-            analysis, features, z_asimov_rel_uncertainty=cfg.training.z_asimov_rel_uncertainty
+            analysis,
+            features,
+            z_asimov_rel_uncertainty=cfg.training.z_asimov_rel_uncertainty,
+            skim_target=cfg.selection.skim_target,
         )
     except ValueError as exc:
         raise ConfigError(str(exc), file=file, where="analysis") from None
+    for i, c in enumerate(cfg.selection.cuts):
+        if c.feature not in features:
+            raise ConfigError(
+                f"cut on unknown feature {c.feature!r}",
+                file=file,
+                where=f"selection.cuts[{i}].feature",
+                fix=f"use one of the features: {', '.join(features)}",
+            )
+    nn_terms = sorted({t for p in cfg.training.phases() for t in p.terms} & set(NN_TERMS))
+    if nn_terms and not pipe.uses_nn:
+        raise ConfigError(
+            f"loss term(s) {', '.join(nn_terms)} need a neural observable",
+            file=file,
+            where="training.loss",
+            fix="give a channel 'observable: nn', or use cls, z0, s_sqrt_sb, b_over_s2, ...",
+        )
     parts = split(events, cfg.data.split.model_dump(), cfg.seed)
     dtype = jnp.float32 if cfg.observable.dtype == "float32" else jnp.float64
     params = pipe.init_params(
@@ -129,6 +153,7 @@ def prepare(cfg: Config, file: str | None = None):
         hidden=tuple(cfg.observable.hidden),
         activation=cfg.observable.activation,
         dtype=dtype,
+        cuts=cfg.selection.specs(),
     )
     return pipe, parts, params
 
@@ -154,10 +179,24 @@ def _metrics_fn(pipe: Pipeline):
         for i, n in enumerate(names):
             if i != pipe.template.config.poi_index:
                 out[f"sigma_{n}"] = float(m["uncertainties"][i])
+        out["selected_fraction"] = float(m["selected_fraction"])
         out["yields"] = {k: float(v) for k, v in m["yields"].items()}
         return out
 
     return run
+
+
+def cut_values(params) -> dict:
+    """Current cut thresholds as scalars, ``cut<i>_<feature>`` (``_lo``/``_hi`` for windows),
+    for ``metrics.jsonl`` and the plot of the cuts vs epoch."""
+    out = {}
+    for i, c in enumerate(params.selection.cuts if params.selection is not None else ()):
+        t = np.asarray(c.thresholds, dtype=float)
+        if c.direction == "window":
+            out[f"cut{i}_{c.feature}_lo"], out[f"cut{i}_{c.feature}_hi"] = map(float, t)
+        else:
+            out[f"cut{i}_{c.feature}"] = float(t[0])
+    return out
 
 
 def phase_index(phases, epoch: int) -> int:
@@ -177,7 +216,7 @@ def _loss_fn(pipe: Pipeline, terms: dict):
     names = tuple(terms)
 
     def loss(params, batch, hyper):
-        values = pipe.loss_terms(params, batch, names, hyper["bandwidth"])
+        values = pipe.loss_terms(params, batch, names, hyper["bandwidth"], hyper["slope"])
         total = sum(w * values[t] for t, w in terms.items())
         return total, values
 
@@ -215,13 +254,21 @@ def train_run(
     def phase(epoch):
         return loss_fns[phase_index(phases, epoch)]
 
-    h = cfg.histogram
+    h, sel = cfg.histogram, cfg.selection
 
     def hyper(epoch):
-        if h.bandwidth_final is None or t.epochs == 1:
-            return {"bandwidth": h.bandwidth}
-        f = (epoch - 1) / (t.epochs - 1)
-        return {"bandwidth": h.bandwidth + f * (h.bandwidth_final - h.bandwidth)}
+        """Bandwidth annealed linearly, cut slope geometrically, over the epochs."""
+        f = (epoch - 1) / (t.epochs - 1) if t.epochs > 1 else 0.0
+        bw = h.bandwidth if h.bandwidth_final is None else h.bandwidth_final
+        slope = sel.slope if sel.slope_final is None else sel.slope_final
+        return {
+            "bandwidth": h.bandwidth + f * (bw - h.bandwidth),
+            "slope": sel.slope * (slope / sel.slope) ** f,
+        }
+
+    if params.selection is not None:
+        x_all = np.concatenate([np.asarray(train_ev[n].x) for n in pipe.analysis.samples])
+        params.selection.warn_dead(x_all, sel.slope)
 
     def epoch_batches(epoch):
         for b in batches(train_ev, t.batch_size, cfg.seed, epoch):
@@ -231,6 +278,7 @@ def train_run(
 
     def validate(p):
         rec = {f"val_{k}": v for k, v in metrics(p, valid).items() if k != "yields"}
+        rec |= cut_values(p)
         if test is not None:
             rec |= {f"test_{k}": v for k, v in metrics(p, test).items() if k != "yields"}
         return rec
@@ -271,11 +319,15 @@ def save_model(out: Path, state: TrainState, cfg: Config) -> None:
             c.name: np.asarray(b.edges()).tolist()
             for c, b in zip(cfg.analysis.channels, state.best_params.binnings, strict=True)
         },
-        "standardisation": {
-            "mean": np.asarray(state.best_params.observable.mean).tolist(),
-            "scale": np.asarray(state.best_params.observable.scale).tolist(),
-        },
     }
+    obs, sel = state.best_params.observable, state.best_params.selection
+    if obs is not None:
+        header["standardisation"] = {
+            "mean": np.asarray(obs.mean).tolist(),
+            "scale": np.asarray(obs.scale).tolist(),
+        }
+    if sel is not None:
+        header["selection"] = {"expression": sel.expression(), "cuts": sel.to_json()}
     (out / "model.json").write_text(json.dumps(header, indent=1))
 
 
@@ -316,6 +368,16 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True) -> dict:
     ws = pipe.workspace(hists)
     (out / "workspace.json").write_text(json.dumps(ws, indent=1))
     steps = state.step_seconds if state is not None else []
+    selection = None
+    if params.selection is not None:
+        nominal = {n: (np.asarray(parts["test"][n].x), np.asarray(parts["test"][n].w))
+                   for n in pipe.analysis.samples}  # fmt: skip
+        selection = {
+            "expression": params.selection.expression(),
+            "cuts": params.selection.to_json(),
+            "cutflow": params.selection.cutflow(nominal, pipe.features),
+        }
+        (out / "selection.json").write_text(json.dumps(selection, indent=1))
     summary = {
         **{k: v for k, v in m.items() if k != "yields"},
         "yields": m["yields"],
@@ -325,6 +387,8 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True) -> dict:
         "status": state.status if state else None,
         "test_events": {n: len(e.w) for n, e in parts["test"].items()},
     }
+    if selection is not None:
+        summary["selection"] = selection
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if plots:
         from .report import write_plots

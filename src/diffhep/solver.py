@@ -24,6 +24,7 @@ move (fixed ones follow their given value).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import equinox as eqx
@@ -226,21 +227,27 @@ class MinimizeResult(NamedTuple):
 _STEP_SIZES = tuple(2.0**-k for k in range(12))
 
 
+@partial(jax.jit, static_argnums=3)
+def _free_solve(parts: HessianParts, free, rhs, structure: Structure):
+    """Newton step ``-H^-1 rhs`` over the ``free`` variables (0 elsewhere), with the
+    eigenvalue-modified Hessian. Jitted so that its two uses per Newton step are traced,
+    batched and differentiated once."""
+    mparts, _, _ = _masked(parts, free, structure, 0.0)
+    return jnp.where(free, -_solve(mparts, jnp.where(free, rhs, 0.0), structure, True), 0.0)
+
+
 def _direction(parts, g, x, free, lower, upper, structure):
     """Projected Newton directions with an eigenvalue-modified (positive definite) Hessian.
 
     Returns the plain step over the free variables and a second step in which variables the
     plain step would push through a bound are held at that bound and the others re-solved.
     """
-    mparts, _, _ = _masked(parts, free, structure, 0.0)
-    step = jnp.where(free, -_solve(mparts, jnp.where(free, g, 0.0), structure, True), 0.0)
+    step = _free_solve(parts, free, g, structure)
     target = x + step
     hit = free & ((target < lower) | (target > upper))
     held = jnp.where(hit, jnp.clip(target, lower, upper) - x, 0.0)
     free2 = free & ~hit
-    rhs = g + _matvec(parts, held, structure)
-    mparts2, _, _ = _masked(parts, free2, structure, 0.0)
-    step2 = jnp.where(free2, -_solve(mparts2, jnp.where(free2, rhs, 0.0), structure, True), 0.0)
+    step2 = _free_solve(parts, free2, g + _matvec(parts, held, structure), structure)
     return step, step2 + held
 
 
