@@ -30,6 +30,7 @@ import contextlib
 import copy
 import functools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -422,16 +423,23 @@ def sbottom_models(sbottom_dir, region, point):
 
 
 def sbottom_points(sbottom_dir, region, n):
-    """``n`` signal points of a region spread over the sorted patch list (deterministic)."""
+    """``n`` signal points of a region spread over the sorted patch list (deterministic);
+    every point when ``n`` is ``None``."""
     folder = Path(sbottom_dir) / region
     names = sorted(p.name[len("patch.") : -len(".json")] for p in folder.glob("patch.*.json"))
     # RegionB has a patch without the POI: neither library can build a model from it
     names = [x for x in names if "mu_SIG" in (folder / f"patch.{x}.json").read_text()]
+    if n is None or n >= len(names):
+        return names
     idx = np.unique(np.linspace(0, len(names) - 1, n).round().astype(int))
     return [names[i] for i in idx]
 
 
-SLOW_POINTS = 10  # signal points per region of the slow sweeps
+# signal points per region of the slow sweeps: all of them (about 215 per region, an hour
+# for the fits and the hypotests); DIFFHEP_SLOW_POINTS=10 for a quick sweep
+SLOW_POINTS = (
+    int(os.environ["DIFFHEP_SLOW_POINTS"]) if os.environ.get("DIFFHEP_SLOW_POINTS") else None
+)
 
 
 # =========================================================================== pyhf references

@@ -216,7 +216,7 @@ def _loss_fn(pipe: Pipeline, terms: dict):
     names = tuple(terms)
 
     def loss(params, batch, hyper):
-        values = pipe.loss_terms(params, batch, names, hyper["bandwidth"], hyper["slope"])
+        values = pipe.loss_terms(params, batch, names, hyper["bandwidth"], hyper.get("slope"))
         total = sum(w * values[t] for t, w in terms.items())
         return total, values
 
