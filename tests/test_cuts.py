@@ -344,3 +344,29 @@ def test_cuts_alone_train_end_to_end(tmp_path):
     assert (tmp_path / "plots" / "cuts.png").is_file()
     history = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert "cut0_x" in history[0]
+
+
+def test_cuts_trained_with_a_network_do_not_drift_away(tmp_path):
+    """Cuts and network trained together (the talk's toy, loss -Z0): the cut weights multiply
+    the network's sigmoid per event with no normalisation across events, so the cuts stay
+    inside the bulk of the data instead of drifting to -infinity (what a softmax over the
+    batch does), and they still cut."""
+    import json
+    from importlib import resources
+
+    from diffhep.config import load_config
+    from diffhep.runs import prepare, train_run
+
+    path = resources.files("diffhep") / "data" / "cuts_2d.yaml"
+    overrides = ["data.n_per_blob=3000", "training.epochs=8", "training.batch_size=600"]
+    cfg = load_config(str(path), overrides)
+    _, parts, start = prepare(cfg)
+    summary = train_run(cfg, tmp_path, progress=False)
+    x = np.concatenate([np.asarray(parts["train"][n].x) for n in ("signal", "background")])
+    history = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for k, cut in enumerate(summary["selection"]["cuts"]):
+        column = x[:, start.selection.cuts[k].index]
+        lo, hi = np.quantile(column, [0.005, 0.995])
+        values = [h[f"cut{k}_{cut['feature']}"] for h in history]
+        assert all(lo < v < hi for v in values), (cut["feature"], values, lo, hi)
+    assert summary["selected_fraction"] < 0.95

@@ -279,24 +279,36 @@ def demo(out, overrides, statistics_only):
     click.echo(f"({time.perf_counter() - start:.1f} s including compilation)")
 
 
+STUDY_DEFAULTS = {"neos-blobs": (7, 15), "cuts": (3, 20)}  # seeds, epochs
+
+
 @main.command()
-@click.argument("name", type=click.Choice(["neos-blobs"]))
+@click.argument("name", type=click.Choice(sorted(STUDY_DEFAULTS)))
 @click.option("--out", default="docs/studies", show_default=True, type=click.Path(file_okay=False))
-@click.option("--seeds", default=7, show_default=True, help="Network initialisations per loss.")
-@click.option("--epochs", default=15, show_default=True)
+@click.option("--seeds", type=int, help="Network initialisations (neos-blobs: 7, cuts: 3).")
+@click.option("--epochs", type=int, help="Epochs per run (neos-blobs: 15, cuts: 20).")
 @click.option(
     "--runs-dir",
-    default="runs/neos-blobs",
-    show_default=True,
     type=click.Path(file_okay=False),
-    help="Where the training runs go (reused).",
+    help="Where the training runs go (reused; default runs/NAME).",
 )
 @_overrides
 def study(name, out, seeds, epochs, runs_dir, overrides):
-    """Run a reproducible study (neos-blobs: the neos paper's Figure 3) into OUT."""
+    """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3) or cuts
+    (selection cuts and a neural observable, alone and together, and the skim trade-off)."""
+    from .cuts_study import cuts_study
     from .studies import neos_blobs
 
-    path = _run(neos_blobs, out, seeds=seeds, epochs=epochs, overrides=overrides, runs_dir=runs_dir)
+    fn = {"neos-blobs": neos_blobs, "cuts": cuts_study}[name]
+    default_seeds, default_epochs = STUDY_DEFAULTS[name]
+    path = _run(
+        fn,
+        out,
+        seeds=seeds or default_seeds,
+        epochs=epochs or default_epochs,
+        overrides=overrides,
+        runs_dir=runs_dir or f"runs/{name}",
+    )
     click.echo(f"study written to {path}")
 
 

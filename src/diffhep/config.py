@@ -182,6 +182,7 @@ class SelectionConfig(_Strict):
     slope: float = Field(5.0, gt=0)  # sigmoid slope, in units of 1 / (feature spread)
     slope_final: float | None = Field(None, gt=0)  # geometric annealing to this slope
     skim_target: float | None = Field(None, gt=0, lt=1)  # 'skim' term: excess over this
+    learning_rate: float = Field(0.05, gt=0)  # of the thresholds (in feature units)
 
     def specs(self):
         from .cuts import CutSpec
@@ -209,6 +210,8 @@ class TrainingConfig(_Strict):
     patience: int | None = Field(None, ge=1)  # early stopping (epochs without improvement)
     select_on: Literal["expected_cls", "z0", "sigma_mu", "loss"] = "expected_cls"
     z_asimov_rel_uncertainty: float = Field(0.1, gt=0)
+    init_from: str | None = None  # a run directory: start from its observable and binnings
+    freeze: list[Literal["observable", "binnings", "selection"]] = []  # not trained
 
     @field_validator("loss")
     @classmethod

@@ -17,6 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from . import blobs, toys
 from .analysis import Analysis, Channel, NormSystematic, ShapeSystematic
@@ -155,7 +156,44 @@ def prepare(cfg: Config, file: str | None = None):
         dtype=dtype,
         cuts=cfg.selection.specs(),
     )
+    if cfg.training.init_from:
+        params = _init_from(params, cfg.training.init_from, file)
     return pipe, parts, params
+
+
+def _init_from(params, run_dir, file=None):
+    """``params`` with the observable and binnings of a saved run (e.g. to tune cuts on a
+    trained network)."""
+    try:
+        _, _, _, saved = load_run(run_dir)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"training.init_from: {exc}", file=file, where="training.init_from"
+        ) from None
+    if jax.tree.structure(saved.observable) != jax.tree.structure(params.observable):
+        raise ConfigError(
+            f"the observable of {run_dir} differs from this config's",
+            file=file,
+            where="training.init_from",
+            fix="use the same observable and channels as the run you start from",
+        )
+    return eqx.tree_at(
+        lambda p: (p.observable, p.binnings), params, (saved.observable, saved.binnings)
+    )
+
+
+def _frozen(params, parts):
+    """``params`` with no gradient through the named parts (``observable``, ...)."""
+
+    def stop(tree):
+        return jax.tree.map(lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a, tree)
+
+    for name in parts:
+        if getattr(params, name) is not None:
+            params = eqx.tree_at(
+                lambda p, n=name: getattr(p, n), params, stop(getattr(params, name))
+            )
+    return params
 
 
 def _as_jax(events):
@@ -212,10 +250,11 @@ def phase_index(phases, epoch: int) -> int:
     return len(phases) - 1
 
 
-def _loss_fn(pipe: Pipeline, terms: dict):
+def _loss_fn(pipe: Pipeline, terms: dict, freeze=()):
     names = tuple(terms)
 
     def loss(params, batch, hyper):
+        params = _frozen(params, freeze)
         values = pipe.loss_terms(params, batch, names, hyper["bandwidth"], hyper.get("slope"))
         total = sum(w * values[t] for t, w in terms.items())
         return total, values
@@ -249,7 +288,7 @@ def train_run(
     metrics = _metrics_fn(pipe)
     t = cfg.training
     phases = t.phases()
-    loss_fns = [_loss_fn(pipe, p.terms) for p in phases]
+    loss_fns = [_loss_fn(pipe, p.terms, tuple(t.freeze)) for p in phases]
 
     def phase(epoch):
         return loss_fns[phase_index(phases, epoch)]
@@ -289,7 +328,7 @@ def train_run(
     state = train(
         params,
         loss_fns[0],
-        make_optimizer(t.optimizer.name, t.optimizer.learning_rate),
+        _optimizer(cfg, params),
         epochs=t.epochs,
         batches=epoch_batches,
         hyper=hyper,
@@ -305,6 +344,27 @@ def train_run(
     )
     save_model(out, state, cfg)
     return _finish(out, pipe, parts, state.best_params, state, metrics)
+
+
+def _optimizer(cfg: Config, params):
+    """The configured optimiser; the cut thresholds (in feature units, not network weights)
+    get their own learning rate, ``selection.learning_rate``."""
+    o = cfg.training.optimizer
+    default = make_optimizer(o.name, o.learning_rate)
+    if params.selection is None:
+        return default
+
+    def labels(p):
+        out = jax.tree.map(lambda _: "default", p)
+        return eqx.tree_at(
+            lambda q: q.selection,
+            out,
+            jax.tree.map(lambda _: "selection", p.selection),
+            is_leaf=lambda x: x is None,
+        )
+
+    cuts = make_optimizer(o.name, cfg.selection.learning_rate)
+    return optax.multi_transform({"default": default, "selection": cuts}, labels)
 
 
 def save_model(out: Path, state: TrainState, cfg: Config) -> None:
