@@ -26,6 +26,7 @@ is selected): pyhf runs on the second core while JAX compiles on the first.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import copy
 import functools
@@ -570,6 +571,7 @@ class PyhfWorker:
         self._results: dict = {}
         self._submitted: set = set()
         self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
         self._dead = False
         self._stderr = None
         self._reader = None
@@ -603,15 +605,20 @@ class PyhfWorker:
 
     def submit(self, task: dict) -> str:
         key = json.dumps(task, sort_keys=True)
-        if key not in self._submitted:
-            self._ensure_started()
-            self._proc.stdin.write(key + "\n")
-            self._proc.stdin.flush()
-            self._submitted.add(key)
+        with self._write_lock:
+            if key not in self._submitted:
+                self._ensure_started()
+                self._proc.stdin.write(key + "\n")
+                self._proc.stdin.flush()
+                self._submitted.add(key)
         return key
 
     def result(self, task: dict, timeout: float = 1800.0):
         key = self.submit(task)
+        with self._write_lock:
+            if key not in self._results and not self._dead:
+                self._proc.stdin.write("!" + key + "\n")  # a test waits: to the front
+                self._proc.stdin.flush()
         with self._cond:
             self._cond.wait_for(lambda: key in self._results or self._dead, timeout)
         if key not in self._results:
@@ -653,10 +660,37 @@ def _run_task(task: dict):
 
 
 def _worker_main():  # pragma: no cover - runs in the worker process
-    for line in sys.stdin:
-        key = line.strip()
-        if not key:
+    """Run tasks in the order they arrive, except that urgent ones (prefixed ``!``: a test
+    is waiting for them) jump the queue. stdin is drained by a thread, so the submitting
+    process never blocks on a full pipe."""
+    pending: collections.deque = collections.deque()
+    cond = threading.Condition()
+    closed = []
+
+    def read():
+        for line in sys.stdin:
+            key = line.strip()
+            with cond:
+                if key.startswith("!"):
+                    pending.appendleft(key[1:])
+                elif key:
+                    pending.append(key)
+                cond.notify()
+        with cond:
+            closed.append(True)
+            cond.notify()
+
+    threading.Thread(target=read, daemon=True).start()
+    done = set()
+    while True:
+        with cond:
+            cond.wait_for(lambda: pending or closed)
+            if not pending:
+                return
+            key = pending.popleft()
+        if key in done:
             continue
+        done.add(key)
         try:
             out = {"key": key, "result": _run_task(json.loads(key))}
         except Exception:
