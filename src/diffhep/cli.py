@@ -190,6 +190,9 @@ def _print_summary(summary: dict, out) -> None:
             table.add_row(key, f"{value:.4g}")
     for name, value in summary["yields"].items():
         table.add_row(f"yield {name}", f"{value:.4g}")
+    if "selection" in summary:
+        table.add_row("selection", summary["selection"]["expression"])
+        table.add_row("selected fraction", f"{summary['selected_fraction']:.4g}")
     if summary.get("median_step_seconds") is not None:
         table.add_row("median step", f"{1e3 * summary['median_step_seconds']:.1f} ms")
     table.add_row("best epoch", f"{summary.get('best_epoch')} of {summary.get('epochs_run')}")

@@ -11,7 +11,9 @@ programming: neural networks and selection cuts working together"):
 A :class:`Selection` multiplies the weights of its cuts; nothing is normalised across events
 (a softmax over the batch makes the cuts drift to -infinity). The selection weights multiply
 the event weights entering every histogram and every loss. Raising the slope during training
-(annealing) turns the relaxed cuts into the hard ones they stand for.
+(annealing) turns the relaxed cuts into the hard ones they stand for: on the 1-D toy, after
+annealing to slope 200 the relaxed s/sqrt(b) is within 2% of the hard-cut value at the same
+threshold (tests/test_cuts.py).
 
 Example:
     >>> import numpy as np
