@@ -370,3 +370,13 @@ def test_cuts_trained_with_a_network_do_not_drift_away(tmp_path):
         values = [h[f"cut{k}_{cut['feature']}"] for h in history]
         assert all(lo < v < hi for v in values), (cut["feature"], values, lo, hi)
     assert summary["selected_fraction"] < 0.95
+
+
+def test_fixed_cut_has_no_gradient_and_stays():
+    x = _events()
+    sel = Selection.create(
+        [CutSpec("x1", ">", init=0.2, trainable=False), CutSpec("x2", "<", init=1.0)], FEATURES, x
+    )
+    g = jax.grad(lambda s: jnp.sum(s.weights(jnp.asarray(x), 3.0)))(sel)
+    assert float(g.cuts[0].thresholds[0]) == 0.0
+    assert float(g.cuts[1].thresholds[0]) != 0.0
