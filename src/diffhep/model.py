@@ -192,10 +192,8 @@ class Tables:
                 value = value.astype(np.int32)
             value.setflags(write=False)
             object.__setattr__(self, name, value)
-        key = tuple(
-            (a.shape, a.dtype.str, a.tobytes()) for a in map(self.__getattribute__, self._names)
-        )
-        object.__setattr__(self, "_hash", hash(key))
+        arrays = [getattr(self, n) for n in self._names]
+        object.__setattr__(self, "_hash", hash(tuple((a.shape, a.tobytes()) for a in arrays)))
 
     @property
     def _names(self):

@@ -171,6 +171,8 @@ class Pipeline(eqx.Module):
         """``{(channel, event set): (sumw, sumw2)}``; soft (bKDE) when ``bandwidth`` (relative
         to the mean bin width) is given, hard otherwise. Selection cuts are relaxed with
         ``slope`` in soft mode and hard otherwise."""
+        if bandwidth is not None and slope is None and params.selection is not None:
+            raise ValueError("soft histograms with selection cuts need the cut slope")
         out = {}
         for name in self.analysis.event_sets:
             ev = events[name]
