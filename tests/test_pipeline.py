@@ -635,7 +635,9 @@ def test_asimov_significance_closed_forms():
         np.testing.assert_allclose(values[-1], no_uncertainty, rtol=1e-7)
         assert values[0] < values[1] < no_uncertainty  # an uncertainty costs significance
     s, b = np.array([1.0, 4.0, 30.0]), np.array([10.0, 2.0, 500.0])
-    np.testing.assert_allclose(losses.inverse_s_over_sqrt_s_plus_b(s, b), (s + b) / s**2)
+    se, be = s + losses.YIELD_EPS, b + losses.YIELD_EPS
+    np.testing.assert_allclose(losses.inverse_s_over_sqrt_s_plus_b(s, b), (se + be) / se**2)
+    np.testing.assert_allclose(losses.b_over_s2(s, b), be / se**2)
 
 
 def _log_sigmoid(x):
@@ -677,7 +679,8 @@ def test_event_based_loss_terms_closed_forms(pipes, params, events):
     def soft_yield(name):
         return np.sum(weights(name) / (1.0 + np.exp(-logits(name))))
 
-    s, b = soft_yield("signal"), soft_yield("background")
+    eps = losses.YIELD_EPS
+    s, b = soft_yield("signal") + eps, soft_yield("background") + eps
     sb2 = (rel * b) ** 2
     z_a = np.sqrt(
         2.0

@@ -282,14 +282,23 @@ def demo(out, overrides, statistics_only):
     click.echo(f"({time.perf_counter() - start:.1f} s including compilation)")
 
 
-STUDY_DEFAULTS = {"neos-blobs": (7, 15), "cuts": (3, 20)}  # seeds, epochs
+STUDY_DEFAULTS = {  # seeds, epochs
+    "neos-blobs": (7, 15),
+    "cuts": (3, 20),
+    "inferno": (5, 20),
+    "significance": (3, 20),
+}
 
 
 @main.command()
 @click.argument("name", type=click.Choice(sorted(STUDY_DEFAULTS)))
 @click.option("--out", default="docs/studies", show_default=True, type=click.Path(file_okay=False))
-@click.option("--seeds", type=int, help="Network initialisations (neos-blobs: 7, cuts: 3).")
-@click.option("--epochs", type=int, help="Epochs per run (neos-blobs: 15, cuts: 20).")
+@click.option(
+    "--seeds", type=int, help="Seeds (neos-blobs: 7, cuts: 3, inferno: 5, significance: 3)."
+)
+@click.option(
+    "--epochs", type=int, help="Epochs per run (neos-blobs: 15, cuts: 20, inferno: 20, ...)."
+)
 @click.option(
     "--runs-dir",
     type=click.Path(file_okay=False),
@@ -297,12 +306,21 @@ STUDY_DEFAULTS = {"neos-blobs": (7, 15), "cuts": (3, 20)}  # seeds, epochs
 )
 @_overrides
 def study(name, out, seeds, epochs, runs_dir, overrides):
-    """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3) or cuts
-    (selection cuts and a neural observable, alone and together, and the skim trade-off)."""
+    """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3), cuts
+    (selection cuts and a neural observable, alone and together, and the skim trade-off),
+    inferno (INFERNO's benchmark: every model on one protocol) or significance (the
+    Elwood-Kruecker significance losses)."""
     from .cuts_study import cuts_study
+    from .inferno_study import inferno_study
+    from .significance_study import significance_study
     from .studies import neos_blobs
 
-    fn = {"neos-blobs": neos_blobs, "cuts": cuts_study}[name]
+    fn = {
+        "neos-blobs": neos_blobs,
+        "cuts": cuts_study,
+        "inferno": inferno_study,
+        "significance": significance_study,
+    }[name]
     default_seeds, default_epochs = STUDY_DEFAULTS[name]
     path = _run(
         fn,

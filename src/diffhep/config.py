@@ -130,7 +130,7 @@ class SplitConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    generator: Literal["blobs", "cuts_1d", "cuts_2d"] | None = "blobs"
+    generator: Literal["blobs", "cuts_1d", "cuts_2d", "inferno"] | None = "blobs"
     n_per_blob: int = Field(10_000, ge=10)  # events per event set of a generator
     files: dict[str, str] | None = None  # event set -> .npz with 'x' (n, f) and optional 'w'
     features: list[str] | None = None

@@ -9,9 +9,12 @@ Two kinds, on the same footing (scalars to minimise or metrics to report):
   from the inverse Fisher information with the nuisance parameters, as INFERNO). Each needs
   at most one profile fit, differentiated implicitly; on an Asimov dataset the unconditional
   fit is known exactly (the generating parameters), so it is not run.
-- **event based**: :func:`binary_cross_entropy` on logits; the soft-yield significances
-  :func:`inverse_s_over_sqrt_s_plus_b` (``(s+b)/s^2``) and :func:`asimov_significance`
-  (Z_A with a relative background uncertainty, arXiv:1007.1727 / the Elwood-Kruecker talk).
+- **event based**: :func:`binary_cross_entropy` on logits; the soft-yield losses of the
+  Elwood-Kruecker talk, :func:`inverse_s_over_sqrt_s_plus_b` (``(s+b)/s^2``),
+  :func:`b_over_s2` and :func:`inverse_asimov_significance` (``1/Z_A`` with a relative
+  background uncertainty; :func:`asimov_significance` is Z_A itself, Cowan et al.,
+  arXiv:1007.1727). The soft yields enter as ``s + YIELD_EPS`` and ``b + YIELD_EPS``, so
+  these losses and their gradients stay finite when a selection keeps nothing.
 
 Example:
     >>> round(float(asimov_significance(14.0, 5.0, 0.3 * 5.0)), 6)
@@ -30,10 +33,13 @@ from .fit import fisher_information as _fisher_information
 from .model import Model
 
 __all__ = [
+    "YIELD_EPS",
     "asimov_significance",
+    "b_over_s2",
     "binary_cross_entropy",
     "discovery_significance",
     "expected_cls",
+    "inverse_asimov_significance",
     "inverse_s_over_sqrt_s_plus_b",
     "nominal_pars",
     "sigma_mu",
@@ -120,18 +126,40 @@ def binary_cross_entropy(logits_signal, w_signal, logits_background, w_backgroun
     return jnp.sum(ws * ls) + jnp.sum(wb * lb)
 
 
+#: Expected events added to the soft yields of the event-based losses (finite at s, b = 0).
+YIELD_EPS = 1e-6
+
+
 def inverse_s_over_sqrt_s_plus_b(s, b):
     """``(s + b) / s^2`` = 1 / (s / sqrt(s + b))^2: minimising it maximises s/sqrt(s+b)."""
+    s, b = s + YIELD_EPS, b + YIELD_EPS
     return (s + b) / s**2
+
+
+def b_over_s2(s, b):
+    """``b / s^2``: minimising it maximises s / sqrt(b)."""
+    s, b = s + YIELD_EPS, b + YIELD_EPS
+    return b / s**2
+
+
+def inverse_asimov_significance(s, b, rel_uncertainty):
+    """``1 / Z_A`` with background uncertainty ``rel_uncertainty * b``: the talk's Asimov loss."""
+    s, b = s + YIELD_EPS, b + YIELD_EPS
+    return 1.0 / asimov_significance(s, b, rel_uncertainty * b)
 
 
 def asimov_significance(s, b, sigma_b):
     """Median discovery significance Z_A of a counting experiment with background
-    uncertainty ``sigma_b`` (Cowan et al.; the formula of the Elwood-Kruecker talk).
+    uncertainty ``sigma_b`` (Cowan et al.; the formula of the Elwood-Kruecker talk), b > 0.
 
     Z_A = sqrt(2 ((s+b) ln[(s+b)(b+sb^2) / (b^2+(s+b) sb^2)] - b^2/sb^2 ln[1 + sb^2 s/(b(b+sb^2))]))
+
+    and, at ``sigma_b = 0``, its limit sqrt(2 ((s+b) ln(1 + s/b) - s)).
     """
     s, b, sb2 = jnp.asarray(s), jnp.asarray(b), jnp.asarray(sigma_b) ** 2
+    exact = sb2 > 0
+    sb2 = jnp.where(exact, sb2, 1.0)
     t1 = (s + b) * jnp.log((s + b) * (b + sb2) / (b**2 + (s + b) * sb2))
     t2 = b**2 / sb2 * jnp.log1p(sb2 * s / (b * (b + sb2)))
-    return _safe_sqrt(2.0 * (t1 - t2))
+    limit = (s + b) * jnp.log1p(s / b) - s
+    return _safe_sqrt(2.0 * jnp.where(exact, t1 - t2, limit))

@@ -263,9 +263,9 @@ class Pipeline(eqx.Module):
                 if t == "s_sqrt_sb":
                     out[t] = L.inverse_s_over_sqrt_s_plus_b(s, b)
                 elif t == "b_over_s2":
-                    out[t] = b / s**2
+                    out[t] = L.b_over_s2(s, b)
                 else:
-                    out[t] = 1.0 / L.asimov_significance(s, b, self.z_asimov_rel_uncertainty * b)
+                    out[t] = L.inverse_asimov_significance(s, b, self.z_asimov_rel_uncertainty)
             elif t == "skim":
                 f = self.selected_fraction(params, events, slope)
                 out[t] = f if self.skim_target is None else jax.nn.relu(f - self.skim_target)

@@ -263,7 +263,14 @@ def _loss_fn(pipe: Pipeline, terms: dict, freeze=()):
 
 
 def train_run(
-    cfg: Config, out: str | Path, *, file=None, resume=True, progress=True, track_test=False
+    cfg: Config,
+    out: str | Path,
+    *,
+    file=None,
+    resume=True,
+    progress=True,
+    track_test=False,
+    plots=True,
 ) -> dict:
     """Train according to ``cfg`` into the run directory ``out``; returns the summary.
 
@@ -343,7 +350,7 @@ def train_run(
         describe=describe,
     )
     save_model(out, state, cfg)
-    return _finish(out, pipe, parts, state.best_params, state, metrics)
+    return _finish(out, pipe, parts, state.best_params, state, metrics, plots=plots)
 
 
 def _optimizer(cfg: Config, params):

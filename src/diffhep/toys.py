@@ -1,8 +1,10 @@
-"""Toy event generators for selection-cut studies (G. Watts' talk; issue 4).
+"""Toy event generators with known densities.
 
-- :func:`cuts_1d`: signal N(5, 1), background N(0, 4) in one feature ``x``;
+- :func:`cuts_1d`: signal N(5, 1), background N(0, 4) in one feature ``x`` (G. Watts' talk);
 - :func:`cuts_2d`: signal mean (1.5, 2.0) with covariance [[0.5, 0.2], [0.2, 0.5]],
-  background mean (0, 0) with covariance diag(9, 9), features ``x1``, ``x2``.
+  background mean (0, 0) with covariance diag(9, 9), features ``x1``, ``x2``;
+- :func:`~diffhep.inferno.inferno_3d`: the synthetic benchmark of INFERNO (defined with its
+  likelihoods in :mod:`diffhep.inferno`), with its background variations.
 
 Each returns ``{"signal": (x, w), "background": (x, w)}`` with unit weights (set the yields
 in the analysis config) and float32 features, deterministic in ``seed``.
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GENERATORS", "cuts_1d", "cuts_2d"]
+from .inferno import INFERNO_SHIFTS, inferno_3d, inferno_shift
+
+__all__ = ["GENERATORS", "INFERNO_SHIFTS", "cuts_1d", "cuts_2d", "inferno_3d", "inferno_shift"]
 
 SIGNAL_2D_MEAN = (1.5, 2.0)
 SIGNAL_2D_COV = ((0.5, 0.2), (0.2, 0.5))
@@ -48,4 +52,8 @@ def cuts_2d(n: int = 10_000, seed: int = 0) -> dict:
 
 
 #: Generators by config name, with their feature names.
-GENERATORS = {"cuts_1d": (cuts_1d, ("x",)), "cuts_2d": (cuts_2d, ("x1", "x2"))}
+GENERATORS = {
+    "cuts_1d": (cuts_1d, ("x",)),
+    "cuts_2d": (cuts_2d, ("x1", "x2")),
+    "inferno": (inferno_3d, ("x0", "x1", "x2")),
+}

@@ -161,7 +161,8 @@ def train(
             function is compiled once.
         validate: ``params -> dict`` of metrics (e.g. ``val_expected_cls``), after every epoch.
         select_on: Key of the validation metric that picks the best parameters (default:
-            the epoch's mean training loss).
+            the epoch's mean training loss; then the best is chosen within the last loss
+            phase, as losses of different phases are not comparable).
         maximize: Whether larger ``select_on`` is better.
         patience: Stop after this many epochs without improvement.
         run_dir: Where checkpoints and ``metrics.jsonl`` go (None: keep nothing).
@@ -201,6 +202,8 @@ def train(
         while state.epoch < epochs and state.status == "running":
             epoch = state.epoch + 1
             fn = phase(epoch) if phase is not None else loss_fn
+            if select_on is None and epoch > 1 and phase is not None and fn is not phase(epoch - 1):
+                state.best_value = None  # losses of different phases are not comparable
             compiles = fn not in steps  # the first step of each objective compiles
             step = step_for(fn)
             hp = {k: jnp.asarray(v) for k, v in (hyper(epoch) if hyper else {}).items()}
