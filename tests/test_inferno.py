@@ -208,6 +208,25 @@ def _crossings(t, k):
     return brentq(f, 0.0, 1.0, xtol=1e-12), brentq(f, 1.0, 3.0, xtol=1e-12)
 
 
+def test_protocol_accepts_a_benchmark_object_and_empty_bins():
+    t = _templates()
+    bm = I.Benchmark(("r",), {"r": 0.4})
+    np.testing.assert_allclose(I.expected_uncertainty(t, bm)["hessian"], _numpy_sigma_r(t),
+                               rtol=1e-6)  # fmt: skip
+    jac = np.zeros((2, 4))
+    jac[0] = [0.1, 1.0, 2.0, 0.05]
+    info = I.counts_information(jac, np.array([50.0, 0.0]), 4)  # bin 2 empty
+    assert np.all(np.isfinite(np.asarray(info)))
+
+
+def _numpy_sigma_r(t):
+    """Benchmark 'r ~ N(0, 0.4), lambda and b known', written out in NumPy."""
+    n = t["signal"] + t["background"]
+    jac = np.stack([t["signal"] / 50.0, (t["background_r_up"] - t["background_r_down"]) / 0.4], 1)
+    info = jac.T @ (jac / n[:, None]) + np.diag([0.0, 1 / 0.4**2])
+    return float(np.sqrt(np.linalg.inv(info)[0, 0]))
+
+
 # ------------------------------------------------------------------ the INFERNO loss
 def test_inferno_loss_closed_form_and_gradient():
     """The loss equals sigma_s^2 of the counts information written in NumPy from

@@ -4,6 +4,7 @@ finite differences, and the study in a smoke form."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal, getcontext
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,27 @@ def test_asimov_significance_at_zero_uncertainty_is_the_limit():
         assert all(np.isfinite(float(x)) for x in g)
     np.testing.assert_allclose(float(losses.asimov_significance(14.0, 5.0, 1.5)), 3.6149635,
                                atol=1e-6)  # fmt: skip
+
+
+def _z_decimal(s, b, sigma_b):
+    """Z_A in 60-digit decimal arithmetic (the reference)."""
+    getcontext().prec = 60
+    s, b, sb2 = Decimal(s), Decimal(b), Decimal(sigma_b) ** 2
+    t1 = (s + b) * ((s + b) * (b + sb2) / (b**2 + (s + b) * sb2)).ln()
+    t2 = b**2 / sb2 * (1 + sb2 * s / (b * (b + sb2))).ln()
+    return float((2 * (t1 - t2)).sqrt())
+
+
+def test_asimov_significance_small_signal_over_large_background():
+    """s << b with a background uncertainty: no catastrophic cancellation."""
+    b, rel = 2e4, 0.3
+    for s, rtol in ((1e-6, 1e-4), (1e-2, 1e-8), (1.0, 1e-10), (30.0, 1e-12)):
+        z = float(losses.asimov_significance(s, b, rel * b))
+        np.testing.assert_allclose(z, _z_decimal(s, b, rel * b), rtol=rtol)
+    value, grad = jax.value_and_grad(losses.inverse_asimov_significance)(0.0, b, rel)
+    np.testing.assert_allclose(float(value), np.sqrt(b + (rel * b) ** 2) / losses.YIELD_EPS,
+                               rtol=1e-5)  # fmt: skip
+    assert np.isfinite(float(grad)) and float(grad) < 0
 
 
 @pytest.mark.parametrize(

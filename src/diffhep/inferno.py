@@ -120,7 +120,7 @@ class Benchmark:
     """Nuisances that float (with ``s``), and the Gaussian widths of the constrained ones."""
 
     free: tuple = ()
-    constraints: dict = field(default_factory=dict)
+    constraints: dict = field(default_factory=dict, hash=False)  # hashable: a cache key
 
     def index(self) -> list[int]:
         """Indices into :data:`THETA` of the floating parameters (``s`` first)."""
@@ -144,6 +144,7 @@ def counts_information(jacobian, counts, benchmark) -> jax.Array:
     """Fisher information on :data:`THETA` of Poisson counts with expectation ``counts`` and
     Jacobian ``d counts / d theta`` (``(bins, 4)``), plus the benchmark's constraints."""
     jac, n = jnp.asarray(jacobian), jnp.asarray(counts)
+    n = jnp.maximum(n, 1e-300)  # an empty bin (its Jacobian is 0 too) adds nothing, not NaN
     info = jac.T @ (jac / n[:, None])
     return info + constraint_information(benchmark).astype(info.dtype)
 

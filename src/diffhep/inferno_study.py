@@ -19,7 +19,7 @@ benchmarks 0-4:
   **analytic likelihood** (unbinned Fisher information of the true densities).
 
 Each trained model is selected on the validation set by the protocol's Hessian uncertainty on
-its own benchmark (BCE: on its validation loss).
+its own benchmark (BCE: the epoch with the lowest mean training loss).
 """
 
 from __future__ import annotations

@@ -159,7 +159,8 @@ def asimov_significance(s, b, sigma_b):
     s, b, sb2 = jnp.asarray(s), jnp.asarray(b), jnp.asarray(sigma_b) ** 2
     exact = sb2 > 0
     sb2 = jnp.where(exact, sb2, 1.0)
-    t1 = (s + b) * jnp.log((s + b) * (b + sb2) / (b**2 + (s + b) * sb2))
+    # ln[(s+b)(b+sb2) / (b^2+(s+b)sb2)] = ln(1 + s b / (b^2+(s+b)sb2)): exact for s << b
+    t1 = (s + b) * jnp.log1p(s * b / (b**2 + (s + b) * sb2))
     t2 = b**2 / sb2 * jnp.log1p(sb2 * s / (b * (b + sb2)))
     limit = (s + b) * jnp.log1p(s / b) - s
     return _safe_sqrt(2.0 * jnp.where(exact, t1 - t2, limit))
