@@ -39,7 +39,7 @@ STATUS_MESSAGES = {
     CONVERGED: "converged",
     MAX_STEPS: "maximum number of steps reached",
     NONFINITE: "objective or gradient not finite",
-    STALLED: "no step decreases the objective (damping exhausted)",
+    STALLED: "no step decreases the objective (step sizes down to 2^-39 tried)",
 }
 
 
@@ -224,7 +224,10 @@ class MinimizeResult(NamedTuple):
         return self.status == CONVERGED
 
 
-_STEP_SIZES = tuple(2.0**-k for k in range(12))
+# backtracking rounds run only while no step passes, so small sizes cost nothing in the common
+# case; an eigenvalue-modified Newton direction far from the minimum can need them (sbottom
+# RegionB/C points stalled with 12 sizes, at points with a gradient of order 1)
+_STEP_SIZES = tuple(2.0**-k for k in range(40))
 
 
 @partial(jax.jit, static_argnums=3)
