@@ -130,7 +130,7 @@ def test_protocol_hessian_is_the_counts_information(k):
     t = _templates()
     got = I.expected_uncertainty(t, k)
     np.testing.assert_allclose(got["hessian"], _numpy_sigma(t, k), rtol=1e-6)
-    np.testing.assert_allclose(S.template_sigma(t, k), _numpy_sigma(t, k), rtol=1e-10)
+    np.testing.assert_allclose(I.template_sigma(t, k), _numpy_sigma(t, k), rtol=1e-10)
     # the profile width is close to the Hessian's (the model is nearly linear here)
     assert abs(got["profile"] / got["hessian"] - 1) < 0.05
 
@@ -296,7 +296,7 @@ def test_inferno_study_smoke(tmp_path):
     opt = lambda x: np.clip((I.optimal_score(x) * 10).astype(int), 0, 9)  # noqa: E731
     t = S.hard_templates(opt, *data["test"])
     np.testing.assert_allclose(
-        r["rows"]["optimal classifier"][0]["2"]["hessian"], S.template_sigma(t, 2), rtol=1e-6
+        r["rows"]["optimal classifier"][0]["2"]["hessian"], I.template_sigma(t, 2), rtol=1e-6
     )
     text = path.read_text()
     assert "| analytic likelihood |" in text and "INFERNO 2" in text

@@ -129,24 +129,6 @@ def hard_templates(bin_fn, xs, xb) -> dict:
     return out
 
 
-def template_sigma(t, benchmark) -> float:
-    """The protocol's Hessian uncertainty on ``s`` from templates, without a fit: the
-    Fisher information of the counts with central-difference derivatives (what the
-    histosys model's Hessian is at the nominal point; bins without events are dropped)."""
-    n = t["signal"] + t["background"]
-    jac = np.stack(
-        [
-            t["signal"] / I.NOMINAL[0],
-            (t["background_r_up"] - t["background_r_down"]) / (2 * I.STEP["r"]),
-            (t["background_lambda_up"] - t["background_lambda_down"]) / (2 * I.STEP["lambda"]),
-            t["background"] / I.NOMINAL[3],
-        ],
-        axis=1,
-    )
-    keep = n > 0
-    return float(I.sigma_s(I.counts_information(jac[keep], n[keep], benchmark), benchmark))
-
-
 # ------------------------------------------------------------------ losses
 def _loss(kind: str, benchmark: int | None):
     theta0 = jnp.asarray(I.NOMINAL, dtype=jnp.float64)
@@ -206,7 +188,7 @@ def train_model(kind, benchmark, data, seed, epochs, settings, run_dir, resume=T
     def validate(p):
         if kind == "bce":
             return {}
-        return {"val_sigma": template_sigma(hard_templates(_bin_fn(p), vs, vb), benchmark)}
+        return {"val_sigma": I.template_sigma(hard_templates(_bin_fn(p), vs, vb), benchmark)}
 
     state = train(
         obs,
@@ -303,10 +285,9 @@ def inferno_study(
     return path
 
 
-def _cell(values, ref=None):
+def _cell(values):
     v = np.asarray(values)
-    txt = f"{np.median(v):.2f} ({v.min():.2f}-{v.max():.2f})"
-    return txt
+    return f"{np.median(v):.2f} ({v.min():.2f}-{v.max():.2f})"
 
 
 def _markdown(r) -> str:

@@ -144,7 +144,7 @@ def _evaluate(run_dir: Path, rels, truth=False) -> dict:
 def _initial_gradient(cfg, rels) -> dict:
     """Soft yields of the untrained network on the training set, and dZ_A/ds there."""
     pipe, parts, params = prepare(cfg)
-    train = {n: e for n, e in parts["train"].items()}
+    train = parts["train"]
     s = float(pipe._yields(params, train, (pipe.analysis.signal,), None))
     b = float(pipe._yields(params, train, pipe.analysis.backgrounds, None))
     out = {"s": s, "b": b}
