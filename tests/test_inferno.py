@@ -219,6 +219,18 @@ def test_protocol_accepts_a_benchmark_object_and_empty_bins():
     assert np.all(np.isfinite(np.asarray(info)))
 
 
+def test_protocol_model_first_built_inside_a_trace():
+    """The cached template model must hold no tracers when its first use is in a jitted
+    training step (a leak there broke a later evaluation outside the trace)."""
+    I._template_model.cache_clear()
+    t = {k: jnp.asarray(v) for k, v in _templates().items()}
+    jitted = jax.jit(lambda t: I.protocol_model(t, 4).nominal.sum())
+    want = float(t["signal"].sum() + t["background"].sum())
+    np.testing.assert_allclose(float(jitted(t)), want, rtol=1e-12)
+    out = I.expected_uncertainty({k: np.asarray(v) for k, v in t.items()}, 4)
+    assert np.isfinite(out["hessian"])
+
+
 def _numpy_sigma_r(t):
     """Benchmark 'r ~ N(0, 0.4), lambda and b known', written out in NumPy."""
     n = t["signal"] + t["background"]

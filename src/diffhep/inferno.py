@@ -300,7 +300,10 @@ def template_sigma(t, benchmark) -> float:
 @cache
 def _template_model(benchmark, nbins) -> Model:
     ones = {k: [1.0] * nbins for k in TEMPLATES}
-    return Model.from_spec(workspace(ones, benchmark), poi_name="mu")
+    # concrete arrays also when the first call is inside a trace (a training step): the
+    # cached model must not hold tracers
+    with jax.ensure_compile_time_eval():
+        return Model.from_spec(workspace(ones, benchmark), poi_name="mu")
 
 
 def protocol_model(templates, benchmark) -> Model:

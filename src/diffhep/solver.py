@@ -39,7 +39,7 @@ STATUS_MESSAGES = {
     CONVERGED: "converged",
     MAX_STEPS: "maximum number of steps reached",
     NONFINITE: "objective or gradient not finite",
-    STALLED: "no step decreases the objective (step sizes down to 2^-39 tried)",
+    STALLED: "no Newton or gradient step decreases the objective (sizes down to 2^-39)",
 }
 
 
@@ -239,19 +239,48 @@ def _free_solve(parts: HessianParts, free, rhs, structure: Structure):
     return jnp.where(free, -_solve(mparts, jnp.where(free, rhs, 0.0), structure, True), 0.0)
 
 
+def _near_bound(x, g, lower, upper, free):
+    """Free variables within a small distance of a bound that the gradient pushes against
+    (Bertsekas' epsilon-active set). A Newton direction that moves them through the bound is
+    cut by the projection to a path that can ascend (sbottom RegionB/1200_205_60: mu_SIG at
+    9e-10 above 0); they are moved to the bound instead and the others solved without them."""
+    width = jnp.minimum(upper - lower, 1e300)
+    w = jnp.max(jnp.where(free, jnp.abs(x - jnp.clip(x - g, lower, upper)), 0.0))
+    eps = jnp.minimum(1e-6 * jnp.maximum(width, 1.0), w)
+    lo = free & (x - lower <= eps) & (g > 0)
+    hi = free & (upper - x <= eps) & (g < 0)
+    return lo, hi
+
+
 def _direction(parts, g, x, free, lower, upper, structure):
     """Projected Newton directions with an eigenvalue-modified (positive definite) Hessian.
 
-    Returns the plain step over the free variables and a second step in which variables the
-    plain step would push through a bound are held at that bound and the others re-solved.
+    Returns the plain step over the free variables (those at a bound's edge taken to it) and
+    a second step in which variables the plain step would push through a bound are held at
+    that bound and the others re-solved.
     """
-    step = _free_solve(parts, free, g, structure)
+    lo, hi = _near_bound(x, g, lower, upper, free)
+    edge = jnp.where(lo, lower - x, 0.0) + jnp.where(hi, upper - x, 0.0)
+    free = free & ~lo & ~hi
+    step = _free_solve(parts, free, g, structure) + edge
     target = x + step
     hit = free & ((target < lower) | (target > upper))
-    held = jnp.where(hit, jnp.clip(target, lower, upper) - x, 0.0)
+    held = jnp.where(hit, jnp.clip(target, lower, upper) - x, 0.0) + edge
     free2 = free & ~hit
     step2 = _free_solve(parts, free2, g + _matvec(parts, held, structure), structure)
     return step, step2 + held
+
+
+def _diagonal(parts: HessianParts, structure: Structure):
+    """The Hessian's diagonal as a vector (from the structured parts)."""
+    gidx, table = structure.arrays()
+    valid = table >= 0
+    out = jnp.zeros(structure.npars, parts.A.dtype)
+    if len(gidx):
+        out = out.at[gidx].set(jnp.diagonal(parts.A))
+    if table.shape[0]:
+        out = out.at[table[valid]].set(jnp.diagonal(parts.D, axis1=1, axis2=2)[valid])
+    return out
 
 
 def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> MinimizeResult:
@@ -316,6 +345,25 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
         _, found, x_new = jax.lax.while_loop(
             ls_cond, ls_body, (jnp.zeros((), jnp.int32), jnp.zeros((), bool), x)
         )
+
+        # fallback when no Newton step decreases f (a modified Hessian far from the minimum
+        # or a bound that the projection turns into an ascent): the projected, diagonally
+        # scaled gradient path, which descends for a small enough step unless x is a KKT point
+        scaled = -jnp.where(fixed, 0.0, g) / jnp.maximum(jnp.abs(_diagonal(parts, structure)), 1.0)
+
+        def g_body(c):
+            k, _, _ = c
+            cand = jnp.clip(x + ts[k] * scaled, lower, upper)
+            f_c = value(cand[None])[0]
+            predicted = -((cand - x) @ g)
+            ok = jnp.isfinite(f_c) & (predicted > 0) & (f - f_c >= 1e-4 * predicted)
+            return k + 1, ok, cand
+
+        _, found_g, x_g = jax.lax.while_loop(
+            ls_cond, g_body, (jnp.zeros((), jnp.int32), found, x_new)
+        )
+        x_new = jnp.where(found, x_new, x_g)
+        found = found | found_g
         # no step decreases f although the model predicts a decrease at the level of the
         # rounding errors of f itself: that is convergence, not a failure
         at_noise = ~found & (decrement < 1e-9 * (1.0 + jnp.abs(f)))
