@@ -36,13 +36,34 @@ class SampleConfig(_Strict):
     role: Literal["signal", "background"]
     yield_: float | None = Field(None, alias="yield", gt=0)
     scale: float = 1.0
+    # ntuple samples (cabinetry's words): files (globs), tree, weight and filter expressions
+    files: list[str] | None = None
+    tree: str | None = None
+    weight: str = "1"
+    filter: str | None = None
+
+
+class VariationConfig(_Strict):
+    """A systematic variation of an ntuple sample: what differs from the nominal sample."""
+
+    files: list[str] | None = None
+    tree: str | None = None
+    weight: str | None = None
+    filter: str | None = None
 
 
 class ShapeSystematicConfig(_Strict):
     name: str
     sample: str
-    up: str
-    down: str
+    up: str | VariationConfig  # an event set, or a variation of an ntuple sample
+    down: str | VariationConfig
+
+    def event_sets(self) -> tuple[str, str]:
+        """Names of the up and down event sets (``<sample>_<name>_up`` for variations)."""
+        return tuple(
+            v if isinstance(v, str) else f"{self.sample}_{self.name}_{d}"
+            for v, d in ((self.up, "up"), (self.down, "down"))
+        )
 
 
 class NormSystematicConfig(_Strict):
@@ -129,19 +150,31 @@ class SplitConfig(_Strict):
         return self
 
 
+class CollectionConfig(_Strict):
+    """Leading ``n`` objects of a jagged collection (as stored), zero-padded, with a mask."""
+
+    name: str
+    branches: list[str] = Field(min_length=1)  # per-object branches, e.g. [Jet_pt, Jet_eta]
+    n: int = Field(ge=1)
+
+
 class DataConfig(_Strict):
     generator: Literal["blobs", "cuts_1d", "cuts_2d", "inferno"] | None = "blobs"
     n_per_blob: int = Field(10_000, ge=10)  # events per event set of a generator
     files: dict[str, str] | None = None  # event set -> .npz with 'x' (n, f) and optional 'w'
-    features: list[str] | None = None
+    features: list[str] | None = None  # names; for ntuple samples branch names or expressions
     split: SplitConfig = SplitConfig()
+    # ntuple samples (analysis.samples[*].files): defaults and jagged collections
+    tree: str | None = None
+    step_size: int = Field(100_000, ge=1)
+    base_dir: str | None = None  # relative sample files start here (default: working dir)
+    constants: dict[str, float] = {}  # names in expressions with fixed values (e.g. lumi)
+    collections: list[CollectionConfig] = []
 
     @model_validator(mode="after")
     def _source(self):
         if self.files:
             self.generator = None
-        if self.generator is None and not self.files:
-            raise ValueError("give a 'generator' or 'files'")
         return self
 
 
@@ -149,6 +182,11 @@ class ObservableConfig(_Strict):
     hidden: list[int] = [1024, 1024]
     activation: Literal["relu", "tanh", "gelu", "silu", "elu"] = "relu"
     dtype: Literal["float32", "float64"] = "float32"
+    # "deepsets": per-object MLP on data.collections, pooled, then `hidden` (event level)
+    kind: Literal["mlp", "deepsets"] = "mlp"
+    object_hidden: list[int] = [32, 32]
+    latent: int = Field(16, ge=1)
+    pooling: Literal["sum", "mean"] = "sum"
 
 
 class HistogramConfig(_Strict):
@@ -244,8 +282,56 @@ class Config(_Strict):
     selection: SelectionConfig = SelectionConfig()
     training: TrainingConfig = TrainingConfig()
 
+    @model_validator(mode="after")
+    def _data_source(self):
+        d, samples = self.data, self.analysis.samples
+        ntuples = [s.name for s in samples if s.files is not None]
+        if ntuples:
+            missing = [s.name for s in samples if s.files is None]
+            if missing:
+                raise ValueError(f"sample(s) {', '.join(missing)} need 'files' (like the others)")
+            if d.files:
+                raise ValueError("give either data.files (.npz event sets) or sample files")
+            d.generator = None
+            if not d.features and not d.collections:
+                raise ValueError("ntuple samples need data.features (branches or expressions)")
+        elif d.generator is None and not d.files:
+            raise ValueError("give a data 'generator', 'files', or samples with 'files'")
+        for s in self.analysis.shape_systematics:
+            if not (isinstance(s.up, str) and isinstance(s.down, str)) and s.sample not in ntuples:
+                raise ValueError(
+                    f"shape systematic {s.name!r}: up/down variations need an ntuple sample"
+                )
+        _check_expressions(self)
+        if self.observable.kind == "deepsets" and not d.collections:
+            raise ValueError("observable.kind 'deepsets' needs data.collections")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def _check_expressions(cfg: Config) -> None:
+    """Parse every expression of the ntuple samples (syntax and grammar errors name the field)."""
+    from .expressions import Expression, ExpressionError
+
+    texts = [(f"data.features[{i}]", t) for i, t in enumerate(cfg.data.features or ())]
+    for i, s in enumerate(cfg.analysis.samples):
+        if s.files is not None:
+            texts += [(f"analysis.samples[{i}].weight", s.weight)]
+            texts += [(f"analysis.samples[{i}].filter", s.filter)]
+    for i, s in enumerate(cfg.analysis.shape_systematics):
+        for d in ("up", "down"):
+            v = getattr(s, d)
+            if not isinstance(v, str):
+                texts += [(f"analysis.shape_systematics[{i}].{d}.{k}", getattr(v, k))
+                          for k in ("weight", "filter")]  # fmt: skip
+    for where, text in texts:
+        if text is not None:
+            try:
+                Expression(text)
+            except ExpressionError as exc:
+                raise ValueError(f"{where}: {exc.message}") from None
 
 
 def apply_overrides(doc: dict, overrides, file: str | None = None) -> dict:

@@ -107,10 +107,22 @@ def check_events(ev: Events, name: str, file: str | None = None, nfeatures=None)
     return Events(x.astype(np.float32), w.astype(np.float64))
 
 
-def split(events: Mapping[str, Events], fractions: Mapping[str, float], seed: int) -> dict:
-    """Random split of every event set; weights are divided by the split's fraction."""
+def _stream(events, same_as) -> dict:
+    """Random-stream index of each event set: its rank in sorted order, or that of the set
+    it shares its events with (``same_as``: e.g. a weight variation -> its nominal sample)."""
+    rank = {name: i for i, name in enumerate(sorted(events))}
+    return {name: rank[(same_as or {}).get(name, name)] for name in events}
+
+
+def split(
+    events: Mapping[str, Events], fractions: Mapping[str, float], seed: int, same_as=None
+) -> dict:
+    """Random split of every event set; weights are divided by the split's fraction. Sets in
+    ``same_as`` (``{set: other set of the same events}``) are split like the other set."""
     out = {k: {} for k in fractions}
-    for i, (name, ev) in enumerate(sorted(events.items())):
+    stream = _stream(events, same_as)
+    for name, ev in sorted(events.items()):
+        i = stream[name]
         n = len(ev.w)
         perm = np.random.default_rng([seed, 7919, i]).permutation(n)
         start = 0
@@ -134,12 +146,17 @@ def steps_per_epoch(events: Mapping[str, Events], batch_size: int) -> int:
     return max(1, max(len(ev.w) for ev in events.values()) // batch_size)
 
 
-def batches(events: Mapping[str, Events], batch_size: int, seed: int, epoch: int) -> Iterator:
+def batches(
+    events: Mapping[str, Events], batch_size: int, seed: int, epoch: int, same_as=None
+) -> Iterator:
     """The batches of one epoch: ``min(batch_size, n)`` events of every set per step,
-    weights scaled so each batch estimates the full yield. Deterministic in (seed, epoch)."""
+    weights scaled so each batch estimates the full yield. Deterministic in (seed, epoch).
+    Sets in ``same_as`` get the same events per batch as the set they name."""
     n_steps = steps_per_epoch(events, batch_size)
     perms = {}
-    for i, (name, ev) in enumerate(sorted(events.items())):
+    stream = _stream(events, same_as)
+    for name, ev in sorted(events.items()):
+        i = stream[name]
         rng = np.random.default_rng([seed, epoch, i])
         n = len(ev.w)
         reps = -(-n_steps * min(batch_size, n) // n)

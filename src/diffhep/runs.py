@@ -50,7 +50,7 @@ def _analysis(cfg: Config) -> Analysis:
             for c in a.channels
         ),
         shape_systematics=tuple(
-            ShapeSystematic(s.name, s.sample, s.up, s.down) for s in a.shape_systematics
+            ShapeSystematic(s.name, s.sample, *s.event_sets()) for s in a.shape_systematics
         ),
         norm_systematics=tuple(
             NormSystematic(s.name, tuple(s.samples), s.lo, s.hi) for s in a.norm_systematics
@@ -63,7 +63,11 @@ def _analysis(cfg: Config) -> Analysis:
 def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
     """Feature names and ``{event set: Events}`` with weights scaled to the yields."""
     default_features = None
-    if cfg.data.files:
+    if cfg.data.generator is None and not cfg.data.files:  # ntuple samples
+        from .ntuples import load_ntuple_events
+
+        default_features, events = load_ntuple_events(cfg, analysis, file)
+    elif cfg.data.files:
         missing = [n for n in analysis.event_sets if n not in cfg.data.files]
         if missing:
             raise DataError(
@@ -93,6 +97,8 @@ def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
         raise DataError(f"event sets have different numbers of features: {sorted(nfeat)}")
     (f,) = nfeat
     features = tuple(cfg.data.features or default_features or [f"x{i}" for i in range(f)])
+    if cfg.data.generator is None and not cfg.data.files:
+        features = tuple(default_features)
     if len(features) != f:
         raise DataError(
             f"data.features names {len(features)} features, the data have {f}",
@@ -110,7 +116,7 @@ def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
             n
             for sys in cfg.analysis.shape_systematics
             if sys.sample == s.name
-            for n in (sys.up, sys.down)
+            for n in sys.event_sets()
         ]
         for n in dict.fromkeys(names):
             events[n] = Events(events[n].x, events[n].w * factor)
@@ -146,7 +152,7 @@ def prepare(cfg: Config, file: str | None = None):
             where="training.loss",
             fix="give a channel 'observable: nn', or use cls, z0, s_sqrt_sb, b_over_s2, ...",
         )
-    parts = split(events, cfg.data.split.model_dump(), cfg.seed)
+    parts = split(events, cfg.data.split.model_dump(), cfg.seed, same_as=_same_events(cfg))
     dtype = jnp.float32 if cfg.observable.dtype == "float32" else jnp.float64
     params = pipe.init_params(
         parts["train"],
@@ -156,9 +162,29 @@ def prepare(cfg: Config, file: str | None = None):
         dtype=dtype,
         cuts=cfg.selection.specs(),
     )
+    if cfg.observable.kind == "deepsets" and params.observable is not None:
+        from .deepsets import DeepSetsObservable
+        from .ntuples import layout
+
+        o = cfg.observable
+        xs = np.concatenate([np.asarray(parts["train"][n].x) for n in analysis.samples])
+        deepsets = DeepSetsObservable.create(xs, layout(cfg.data), o.hidden, o.object_hidden,
+                                             o.latent, key=jax.random.key(cfg.seed),
+                                             pooling=o.pooling, activation=o.activation,
+                                             dtype=dtype)  # fmt: skip
+        params = eqx.tree_at(lambda p: p.observable, params, deepsets)
     if cfg.training.init_from:
         params = _init_from(params, cfg.training.init_from, file)
     return pipe, parts, params
+
+
+def _same_events(cfg: Config) -> dict:
+    """Variation event sets holding the same events as their nominal sample (weight-only)."""
+    if cfg.data.generator is None and not cfg.data.files:
+        from .ntuples import same_events
+
+        return same_events(cfg)
+    return {}
 
 
 def _init_from(params, run_dir, file=None):
@@ -278,7 +304,6 @@ def train_run(
     ``metrics.jsonl``, for studies of the training curves); they never select the model.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     resolved = cfg.to_yaml()
     cfg_path = out / "config.yaml"
     if (out / "checkpoint.json").is_file() and resume and cfg_path.is_file():
@@ -288,8 +313,9 @@ def train_run(
                 file=str(cfg_path),
                 fix="use a new --out directory, or --no-resume to start over",
             )
+    pipe, parts, params = prepare(cfg, file)  # bad data fails here, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(resolved)
-    pipe, parts, params = prepare(cfg, file)
     train_ev = parts["train"]
     valid = _as_jax(parts["validation"])
     metrics = _metrics_fn(pipe)
@@ -317,7 +343,7 @@ def train_run(
         params.selection.warn_dead(x_all, sel.slope)
 
     def epoch_batches(epoch):
-        for b in batches(train_ev, t.batch_size, cfg.seed, epoch):
+        for b in batches(train_ev, t.batch_size, cfg.seed, epoch, same_as=_same_events(cfg)):
             yield _as_jax(b)
 
     test = _as_jax(parts["test"]) if track_test else None

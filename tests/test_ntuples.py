@@ -1,0 +1,198 @@
+"""Ntuple samples in the config: event sets and systematics from ROOT files (checked against
+uproot + numpy by hand), bad data through the command line (nothing written), and the
+end-to-end example (examples/ntuples) shortened, with pyhf's CLs on its workspace.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uproot
+from click.testing import CliRunner
+
+from diffhep.cli import main
+from diffhep.config import ConfigError, load_config
+from diffhep.datasets import DataError
+from diffhep.runs import _analysis, load_events, prepare, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "ntuples"
+SHORT = [
+    "training.epochs=1",
+    "training.batch_size=400",
+    "training.loss=bce",
+    "observable.hidden=[8]",
+    "observable.object_hidden=[8]",
+    "observable.latent=4",
+    "analysis.channels=[{name: SR, bins: 3}]",
+]
+
+
+def _example_module():
+    spec = importlib.util.spec_from_file_location("make_ntuples", EXAMPLE / "make_ntuples.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ntuples(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ntuples")
+    _example_module().generate(out, events=600, seed=3)
+    return out
+
+
+def _cfg(ntuples, extra=()):
+    return load_config(EXAMPLE / "analysis.yaml", [f"data.base_dir={ntuples}", *SHORT, *extra])
+
+
+def _brute(ntuples, pattern, weight_branch="btag_sf"):
+    """Features and weights of a sample by hand: uproot arrays, numpy, a Python loop."""
+    xs, ws = [], []
+    for path in sorted(ntuples.glob(pattern)):
+        a = uproot.open(path)["events"].arrays(library="np")
+        for i in range(len(a["met"])):
+            pt = a["Jet_pt"][i]
+            if len(pt) >= 2 and a["lep_pt"][i] > 30:
+                lead = [pt[0], a["Jet_eta"][i][0], a["Jet_btag"][i][0], 1.0]
+                xs.append([a["met"][i], *lead])
+                ws.append(a["xsec"][i] * a["genWeight"][i] / a["sumw"][i] * a[weight_branch][i])
+    return np.array(xs), np.array(ws)
+
+
+def test_samples_and_weight_systematics_from_root_files(ntuples):
+    cfg = _cfg(ntuples)
+    features, events = load_events(cfg, _analysis(cfg))
+    assert features[:2] == ("met", "lep_pt")
+    assert features[5:9] == ("Jet_pt[0]", "Jet_eta[0]", "Jet_btag[0]", "num(Jet_pt) > 0")
+    assert len(features) == 5 + 4 * 4
+    cols = [0, 5, 6, 7, 8]  # met, leading jet (pt, eta, btag, mask)
+    for name, pattern, branch in [
+        ("signal", "signal.root", "btag_sf"),
+        ("ttbar", "ttbar_*.root", "btag_sf"),
+        ("ttbar_btag_up", "ttbar_*.root", "btag_sf_up"),
+        ("wjets_btag_down", "wjets.root", "btag_sf_down"),
+    ]:
+        x, w = _brute(ntuples, pattern, branch)
+        ev = events[name]
+        np.testing.assert_allclose(ev.x[:, cols], x, rtol=1e-6)  # features are float32
+        np.testing.assert_allclose(ev.w, w, rtol=1e-12)
+    # 10-20% negative weights in ttbar (before the filter: 15% generated)
+    gen = np.concatenate([uproot.open(p)["events"]["genWeight"].array(library="np")
+                          for p in sorted(ntuples.glob("ttbar_*.root"))])  # fmt: skip
+    assert 0.10 <= np.mean(gen < 0) <= 0.20 and np.mean(events["ttbar"].w < 0) > 0.05
+
+
+def test_weight_variations_share_events_in_every_split(ntuples):
+    _, parts, _ = prepare(_cfg(ntuples))
+    for part in parts.values():
+        nom, up = part["ttbar"], part["ttbar_btag_up"]
+        np.testing.assert_array_equal(nom.x, up.x)
+        ratio = up.w / nom.w  # = btag_sf_up / btag_sf per event: 1 + 0.1 nb over 1 + 0.03 nb
+        nb = np.round((ratio - 1) / (0.10 - 0.03 * ratio), 6)
+        assert np.allclose(nb, np.round(nb)) and nb.max() >= 1
+
+
+def test_variation_from_other_files_and_filter(ntuples, tmp_path):
+    text = f"""
+data: {{base_dir: {ntuples}, features: [met]}}
+analysis:
+  samples:
+    - {{name: s, role: signal, files: [signal.root], filter: "lep_pt > 30"}}
+    - {{name: b, role: background, files: [wjets.root], weight: genWeight}}
+  shape_systematics:
+    - {{name: alt, sample: b, up: {{files: ["ttbar_0.root"]}}, down: {{filter: "met < 50"}}}}
+  channels: [{{name: SR, bins: 2}}]
+"""
+    cfg = load_config(text=text)
+    _, events = load_events(cfg, _analysis(cfg))
+    t0 = uproot.open(ntuples / "ttbar_0.root")["events"].arrays(["met", "genWeight"], library="np")
+    np.testing.assert_allclose(events["b_alt_up"].x[:, 0], t0["met"], rtol=1e-6)
+    np.testing.assert_allclose(events["b_alt_up"].w, t0["genWeight"])
+    wj = uproot.open(ntuples / "wjets.root")["events"]["met"].array(library="np")
+    np.testing.assert_allclose(events["b_alt_down"].x[:, 0], wj[wj < 50], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("data.features=[met, 'log(met']", "data.features[1]: cannot parse"),
+        (
+            "analysis.samples=[{name: s, role: signal, files: [a.root]}, {name: b, "
+            "role: background}]",
+            "sample(s) b need 'files'",
+        ),
+        ("observable.kind=deepsets", "needs data.collections"),
+        (
+            "analysis.shape_systematics=[{name: x, sample: background, up: {weight: w}, "
+            "down: {weight: w}}]",
+            "need an ntuple sample",
+        ),
+    ],
+)
+def test_config_errors_name_the_field(change, message):
+    base = "analysis: {channels: [{name: SR, bins: 2}], shape_systematics: []}\n"
+    base += "data: {features: [met]}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(text=base, overrides=[change])
+
+
+def _train_cli(cfg_file, out, *sets):
+    args = ["train", str(cfg_file), "--out", str(out), "--no-progress"]
+    for s in (*SHORT, *sets):
+        args += ["--set", s]
+    return CliRunner().invoke(main, args)
+
+
+def test_bad_data_exits_2_and_writes_nothing(ntuples, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFHEP_CACHE_DIR", "")
+    cases = [
+        ("data.features=[met, mett]", "'mett' not found", "signal.root"),
+        ("data.tree=Events", "tree 'Events' not found", "signal.root"),
+        ("data.base_dir=/nonexistent", "no such file", "/nonexistent/signal.root"),
+        ("data.features=[met, 'log(lep_pt - 40)']", "NaN/inf values", "signal.root"),
+    ]
+    for k, (override, message, file) in enumerate(cases):
+        out = tmp_path / f"run{k}"
+        res = _train_cli(EXAMPLE / "analysis.yaml", out, f"data.base_dir={ntuples}", override)
+        assert res.exit_code == 2, res.output
+        assert message in res.output and file in res.output, res.output
+        assert "Traceback" not in res.output
+        assert not out.exists()
+
+
+def test_empty_sample_after_filter(ntuples):
+    cfg = _cfg(ntuples)
+    cfg.analysis.samples[2].filter = "met < 0"
+    with pytest.raises(DataError, match=r"sample 'wjets' is empty: 0 of 600 events pass"):
+        load_events(cfg, _analysis(cfg))
+
+
+def test_example_end_to_end_and_pyhf_cls(ntuples, tmp_path):
+    """The example shortened: ROOT files -> training -> run directory; pyhf (numpy, float64)
+    on workspace.json gives the CLs diffhep reports."""
+    pyhf = pytest.importorskip("pyhf")
+    from oracle import pyhf_numpy
+
+    out = tmp_path / "run"
+    summary = train_run(_cfg(ntuples), out, progress=False, plots=False)
+    for name in ("config.yaml", "model.eqx", "model.json", "workspace.json", "summary.json"):
+        assert (out / name).is_file(), name
+    spec = json.loads((out / "workspace.json").read_text())
+    mods = {
+        s["name"]: sorted((m["name"], m["type"]) for m in s["modifiers"])
+        for s in spec["channels"][0]["samples"]
+    }
+    assert ("btag", "histosys") in mods["ttbar"] and ("btag", "histosys") in mods["wjets"]
+    assert ("wjets_xsec", "normsys") in mods["wjets"] and ("mu", "normfactor") in mods["signal"]
+    assert ("staterror_SR", "staterror") in mods["ttbar"]
+    with pyhf_numpy():
+        ws = pyhf.Workspace(spec)
+        model = ws.model()
+        cls = pyhf.infer.hypotest(1.0, ws.data(model), model, test_stat="qtilde")
+    assert float(cls) == pytest.approx(summary["expected_cls"], rel=1e-5)
+    assert 0.0 < summary["expected_cls"] < 1.0
