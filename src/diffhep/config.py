@@ -235,6 +235,10 @@ class TrainingConfig(_Strict):
         return list(self.loss)
 
 
+class ReportConfig(_Strict):
+    style: Literal["plain", "ATLAS", "CMS", "LHCb"] = "plain"  # plots (mplhep style)
+
+
 class Config(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -243,6 +247,7 @@ class Config(_Strict):
     histogram: HistogramConfig = HistogramConfig()
     selection: SelectionConfig = SelectionConfig()
     training: TrainingConfig = TrainingConfig()
+    report: ReportConfig = ReportConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
