@@ -143,6 +143,7 @@ def _score_file(file, writer, prep, sess, tree, step_size, keep) -> int:
         out = {c: np.asarray(chunk[c]) for c in columns}
         out |= {PREFIX + k: v for k, v in result.items()}
         writer.write(out)
+        del chunk, x, result, out  # one chunk in memory: free it before reading the next
     if bad:
         c, k = next(iter(bad.items()))
         raise DataError(

@@ -222,7 +222,7 @@ def plot_stacked(
         ax.stairs(top, edges, baseline=bottom, fill=True, alpha=0.8, label=name)
         bottom = top
     total = bottom
-    safe = np.where(total != 0, total, 1.0)
+    safe = np.where(total > 0, total, np.nan)  # no ratio where nothing is expected
     if band is not None:
         lo, hi = _yields("band low", band[0]), _yields("band high", band[1])
         hatch = {"fill": False, "hatch": "////", "color": "0.3", "lw": 0}
@@ -245,9 +245,10 @@ def plot_stacked(
     ax.set_ylabel("events")
     ax.set_xlim(edges[0], edges[-1])
     ax.set_ylim(0, None)
-    if title is not None:
+    plain = STYLES[_STYLE.get()] is None
+    if title is not None and plain:
         ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", title=None if plain else title)  # the label takes the top
     _experiment_label(ax)
     _save(fig, path)
 

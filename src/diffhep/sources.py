@@ -85,7 +85,7 @@ def _parquet(file: str, expressions, step_size) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     try:
-        handle = pq.ParquetFile(file)
+        handle = pq.ParquetFile(file, pre_buffer=False)  # pre-buffering keeps every chunk
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"cannot open as a parquet file ({exc})", file=file) from None
     missing = [e for e in expressions if e not in handle.schema_arrow.names]
