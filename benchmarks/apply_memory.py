@@ -2,7 +2,7 @@
 
 A run directory is exported (``model.onnx`` + ``preprocess.json``; an MLP 64-64 on 10
 features with two cuts and two channels, untrained: memory does not depend on the weights),
-parquet and ROOT inputs of 1x and 10x the chunk size are written, and each is scored in a
+parquet and ROOT inputs of 1x, 3x and 10x the chunk size are written, and each is scored in a
 fresh process; the peak resident set size during ``apply_run`` (sampled every 2 ms) is
 compared with the one after imports and model loading. The 10x input read in a single chunk
 is the unbounded reference (what reading the whole file would cost). Target: the peak for
@@ -118,8 +118,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         _export(d)
-        inputs = {"1x": _inputs(d, chunk, "one"), "10x": _inputs(d, 10 * chunk, "ten")}
-        cases = [("1x", chunk), ("10x", chunk), ("10x", 10 * chunk)]
+        inputs = {
+            "1x": _inputs(d, chunk, "one"),
+            "3x": _inputs(d, 3 * chunk, "three"),
+            "10x": _inputs(d, 10 * chunk, "ten"),
+        }
+        cases = [("1x", chunk), ("3x", chunk), ("10x", chunk), ("10x", 10 * chunk)]
         for kind in ("parquet", "ROOT"):
             for size, step in cases:
                 file = inputs[size][kind]
@@ -143,7 +147,7 @@ def main():
         [
             HEADING,
             "",
-            f"`diffhep apply` on inputs of 1x and 10x the chunk size ({chunk:,} events of "
+            f"`diffhep apply` on inputs of 1x, 3x and 10x the chunk size ({chunk:,} events of "
             f"{NFEAT} float32 features and an int64 event number), each in a fresh process: "
             "resident set size after imports and model loading, and its peak while `apply_run` "
             "runs (sampled every 2 ms; `ru_maxrss` of the process also holds the import "

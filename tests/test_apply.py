@@ -66,6 +66,20 @@ def _reference(saved, columns):
     return score, passes, np.where(passes, idx, -1), edges
 
 
+def test_run_writes_its_export(tiny_run):
+    prep = json.loads((tiny_run / "preprocess.json").read_text())
+    model = json.loads((tiny_run / "model.json").read_text())
+    selection = json.loads((tiny_run / "selection.json").read_text())
+    assert prep["inputs"]["features"] == {"names": ["x0", "x1"], "dtype": "float32",
+                                          "shape": ["N", 2]}  # fmt: skip
+    assert prep["channels"][0]["edges"] == model["edges"]["SR"]
+    assert prep["standardisation"]["mean"] == model["standardisation"]["mean"]
+    assert [c["thresholds"] for c in prep["selection"]["cuts"]] == [
+        c["thresholds"] for c in selection["cuts"]
+    ]
+    assert json.loads((tiny_run / "summary.json").read_text())["onnx"] == "model.onnx"
+
+
 def test_apply_parquet_and_root_in_chunks(tmp_path, tiny_run, inputs, saved, columns):
     out = tmp_path / "out"
     files = [inputs / "sample_a.parquet", inputs / "sample_b.root"]

@@ -70,6 +70,7 @@ def _load(run_dir: Path):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    opts.enable_mem_pattern = False  # the memory pattern adds a second block from chunk 2 on
     sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     return prep, sess
 
