@@ -113,6 +113,19 @@ class _Writer:
         self.tmp.unlink(missing_ok=True)
 
 
+def _kind(path: Path) -> str:
+    """``"root"`` or ``"parquet"`` by the suffix (only :func:`sources.iterate` is used from
+    :mod:`diffhep.sources`, so that it can grow other readers)."""
+    kind = {".root": "root", ".parquet": "parquet", ".pq": "parquet"}.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"cannot score {path.suffix!r} files",
+            file=str(path),
+            fix="give ROOT (.root) or parquet (.parquet) files",
+        )
+    return kind
+
+
 def _output_path(out: Path, file: Path, kind: str) -> Path:
     return out / f"{file.stem}{'.root' if kind == 'root' else '.parquet'}"
 
@@ -200,7 +213,7 @@ def apply_run(
         )
     plan = []
     for f in map(Path, files):
-        kind = sources.kind(f)
+        kind = _kind(f)
         if not f.is_file():
             raise DataError("file not found", file=str(f), fix="check the path")
         target = _output_path(out, f, fmt or kind)
