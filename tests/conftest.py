@@ -25,3 +25,30 @@ def sbottom_dir(tmp_path_factory) -> Path:
         ):
             return candidate
     raise FileNotFoundError(f"RegionA/B/C not found in {SBOTTOM_TARBALL}")
+
+
+#: A tiny but complete training run (blobs, a network, cuts of two directions, a norm
+#: systematic, MC statistics, BCE loss, ATLAS-style plots): about 20 s on a loaded machine.
+TINY_RUN = [
+    "data.n_per_blob=800",
+    "observable.hidden=[8]",
+    "observable.activation=tanh",
+    "training.epochs=2",
+    "training.batch_size=400",
+    "analysis.mc_stat=true",
+    "analysis.norm_systematics=[{name: bkg_norm, samples: [background], lo: 0.9, hi: 1.1}]",
+    "selection.cuts=[{feature: x0, direction: '>'}, {feature: x1, direction: window}]",
+    "training.loss=bce",
+    "report.style=ATLAS",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The run directory of :data:`TINY_RUN` (trained once per session)."""
+    from diffhep.config import load_config
+    from diffhep.runs import DEMO_CONFIG, train_run
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    train_run(load_config(DEMO_CONFIG, TINY_RUN), out, progress=False)
+    return out

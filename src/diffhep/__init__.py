@@ -15,6 +15,7 @@ from . import limits as limits
 from . import workspace as workspace
 from .errors import DiffhepError as DiffhepError
 from .model import Model as Model
+from .results import load_run as load_run
 from .workspace import Workspace as Workspace
 
 __version__ = "0.1.0"

@@ -282,6 +282,23 @@ def demo(out, overrides, statistics_only):
     click.echo(f"({time.perf_counter() - start:.1f} s including compilation)")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("files", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--tree", default=None, help="TTree of ROOT inputs (default: the only one).")
+@click.option("--step-size", default=100_000, show_default=True, help="Events per chunk.")
+@click.option("--keep", multiple=True, help="Extra column to copy to the output (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "root"]), default=None,
+              help="Output format (default: that of each input).")  # fmt: skip
+def apply(run_dir, files, out, tree, step_size, keep, fmt):
+    """Score ROOT/parquet FILES with the trained run RUN_DIR (its model.onnx): one output per
+    file in OUT with the features, diffhep_score, diffhep_selected and diffhep_bin_<channel>."""
+    from .apply import apply_run
+
+    _emit(_run(apply_run, run_dir, files, out, tree=tree, step_size=step_size, keep=keep, fmt=fmt))
+
+
 STUDY_DEFAULTS = {  # seeds, epochs
     "neos-blobs": (7, 15),
     "cuts": (3, 20),

@@ -273,6 +273,10 @@ class TrainingConfig(_Strict):
         return list(self.loss)
 
 
+class ReportConfig(_Strict):
+    style: Literal["plain", "ATLAS", "CMS", "LHCb"] = "plain"  # plots (mplhep style)
+
+
 class Config(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -281,6 +285,7 @@ class Config(_Strict):
     histogram: HistogramConfig = HistogramConfig()
     selection: SelectionConfig = SelectionConfig()
     training: TrainingConfig = TrainingConfig()
+    report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")
     def _data_source(self):

@@ -1,9 +1,14 @@
-"""Plots of the artefacts of a training run: learning curves, stacked histograms, ROC, 2D scores.
+"""Plots of the artefacts of a training run: learning curves, stacked histograms with an
+uncertainty band and a ratio panel, ROC, cut flow, the observable against its inputs.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no ``pyplot`` state, no
 backend switching: ``savefig`` renders with Agg), written to ``path`` (parent directories are
 created, the format follows the suffix) and cleared afterwards, so repeated calls do not leak.
 matplotlib is imported lazily: :func:`roc_curve` works without it.
+
+Every ``plot_*`` function takes ``style=``: ``"plain"`` (default) or an experiment's style
+(``"ATLAS"``, ``"CMS"``, ``"LHCb"``) from mplhep, applied as a context for that one figure
+(matplotlib's global ``rcParams`` are left as they were) with the experiment's label.
 
 Example:
     >>> import numpy as np
@@ -15,15 +20,74 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_observable_2d", "plot_roc", "plot_stacked", "plot_training", "roc_curve"]
+__all__ = [
+    "STYLES",
+    "experiment_style",
+    "plot_cutflow",
+    "plot_observable_2d",
+    "plot_observable_vs_features",
+    "plot_roc",
+    "plot_stacked",
+    "plot_training",
+    "roc_curve",
+    "uncertainty_band",
+]
 
 DEFAULT_METRICS = ("loss", "val_expected_cls", "val_sigma_mu", "val_z0")
+#: Plot styles: plain matplotlib, or an experiment's mplhep style (name of the mplhep style).
+STYLES = {"plain": None, "ATLAS": "ATLAS", "CMS": "CMS", "LHCb": "LHCb2"}
+_STYLE = contextvars.ContextVar("diffhep_plot_style", default="plain")
+
+
+@contextlib.contextmanager
+def experiment_style(style: str | None):
+    """Context in which figures take ``style`` (:data:`STYLES`); restores ``rcParams``."""
+    style = style or "plain"
+    if style not in STYLES:
+        raise ValueError(f"unknown plot style {style!r}; use one of {', '.join(STYLES)}")
+    token = _STYLE.set(style)
+    try:
+        if STYLES[style] is None:
+            yield
+        else:
+            import matplotlib.style
+            import mplhep
+
+            with matplotlib.style.context(getattr(mplhep.style, STYLES[style])):
+                yield
+    finally:
+        _STYLE.reset(token)
+
+
+def _styled(fn):
+    """Run ``fn`` inside :func:`experiment_style` of its ``style`` keyword."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, style=None, **kwargs):
+        with experiment_style(style):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _experiment_label(ax) -> None:
+    """The experiment's label ("ATLAS Simulation Internal", ...) in the current style."""
+    style = _STYLE.get()
+    if STYLES[style] is None:
+        return
+    import mplhep
+
+    module = {"ATLAS": mplhep.atlas, "CMS": mplhep.cms, "LHCb": mplhep.lhcb}[style]
+    module.label(ax=ax, data=False, text="Internal", com=None, rlabel="", loc=0)
 
 
 def _new_figure(figsize):
@@ -50,6 +114,7 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+@_styled
 def plot_training(history, path, metrics: Sequence[str] = DEFAULT_METRICS) -> None:
     """Learning curves: one panel per metric against the epoch.
 
@@ -102,11 +167,24 @@ def plot_training(history, path, metrics: Sequence[str] = DEFAULT_METRICS) -> No
         if any(label is not None for label, *_ in lines):
             ax.legend(fontsize="small")
     axes[-1].set_xlabel("epoch")
+    _experiment_label(axes[0])
     _save(fig, path)
 
 
-def plot_stacked(edges, samples, signal, path, variations=None, data=None, title=None) -> None:
-    """Stacked, step-filled histogram of the sample yields with the signal on top.
+@_styled
+def plot_stacked(
+    edges,
+    samples,
+    signal,
+    path,
+    variations=None,
+    data=None,
+    title=None,
+    band=None,
+    xlabel="observable",
+) -> None:
+    """Stacked, step-filled histogram of the sample yields with the signal on top, an
+    uncertainty band on the total and a ratio panel (to the total) below.
 
     Args:
         edges: Bin edges, shape ``(n + 1,)``.
@@ -114,9 +192,13 @@ def plot_stacked(edges, samples, signal, path, variations=None, data=None, title
         signal: Name of the signal sample in ``samples``, stacked last.
         path: Output file.
         variations: Optional ``{label: per-bin yields}`` drawn as step lines (e.g. the total
-            background yields of the up and down variations of a systematic).
+            yields of the up and down variations of a systematic), and their ratio to the
+            total in the lower panel.
         data: Optional observed per-bin counts, drawn as points with ``sqrt(n)`` error bars.
         title: Optional axes title.
+        band: Optional ``(low, high)`` per-bin totals (e.g. :func:`uncertainty_band`), drawn
+            hatched around the stack and relative to it in the ratio panel.
+        xlabel: Label of the x axis.
 
     Raises:
         ValueError: If ``signal`` is not a sample or a yield vector does not match ``edges``.
@@ -132,28 +214,66 @@ def plot_stacked(edges, samples, signal, path, variations=None, data=None, title
         return values
 
     order = [name for name in samples if name != signal] + [signal]
-    fig = _new_figure((6.4, 4.8))
-    ax = fig.add_subplot()
+    fig = _new_figure((6.4, 6.4))
+    ax, rax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     bottom = np.zeros(len(edges) - 1)
     for name in order:
         top = bottom + _yields(name, samples[name])
         ax.stairs(top, edges, baseline=bottom, fill=True, alpha=0.8, label=name)
         bottom = top
+    total = bottom
+    safe = np.where(total > 0, total, np.nan)  # no ratio where nothing is expected
+    if band is not None:
+        lo, hi = _yields("band low", band[0]), _yields("band high", band[1])
+        hatch = {"fill": False, "hatch": "////", "color": "0.3", "lw": 0}
+        ax.stairs(hi, edges, baseline=lo, label="uncertainty", **hatch)
+        rax.stairs(hi / safe, edges, baseline=lo / safe, **hatch)
     for i, (label, values) in enumerate((variations or {}).items()):
-        ax.stairs(
-            _yields(label, values), edges, color=f"C{len(order) + i}", ls="--", lw=1.5, label=label
-        )
+        values = _yields(label, values)
+        kw = {"color": f"C{len(order) + i}", "ls": "--", "lw": 1.5}
+        ax.stairs(values, edges, label=label, **kw)
+        rax.stairs(values / safe, edges, **kw)
+    centres = 0.5 * (edges[1:] + edges[:-1])
     if data is not None:
         counts = _yields("data", data)
-        centres = 0.5 * (edges[1:] + edges[:-1])
-        ax.errorbar(centres, counts, yerr=np.sqrt(np.clip(counts, 0, None)), fmt="ko", label="data")
-    ax.set_xlabel("observable")
+        err = np.sqrt(np.clip(counts, 0, None))
+        ax.errorbar(centres, counts, yerr=err, fmt="ko", label="data")
+        rax.errorbar(centres, counts / safe, yerr=err / safe, fmt="ko")
+    rax.axhline(1.0, color="grey", lw=1)
+    rax.set_ylabel("ratio to total")
+    rax.set_xlabel(xlabel)
     ax.set_ylabel("events")
     ax.set_xlim(edges[0], edges[-1])
-    if title is not None:
+    ax.set_ylim(0, None)
+    plain = STYLES[_STYLE.get()] is None
+    if title is not None and plain:
         ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", title=None if plain else title)  # the label takes the top
+    _experiment_label(ax)
     _save(fig, path)
+
+
+def uncertainty_band(total, shifts=(), stat=None):
+    """Per-bin ``(low, high)`` of ``total`` from systematic shifts added in quadrature.
+
+    Every shift is a pair of per-bin totals ``(up, down)`` of one systematic; per bin, its
+    positive deviations from ``total`` enter ``high`` and its negative ones ``low`` (the
+    largest of each sign, if up and down go the same way). ``stat`` (e.g. the MC statistical
+    uncertainty ``sqrt(sum w^2)``) enters both sides.
+
+    Example:
+        >>> lo, hi = uncertainty_band([10.0], [([12.0], [9.0]), ([11.0], [11.5])], stat=[0.0])
+        >>> float(lo[0]), round(float(hi[0]), 6)
+        (9.0, 12.5)
+    """
+    total = np.asarray(total, dtype=float)
+    up2 = np.zeros_like(total) if stat is None else np.asarray(stat, float) ** 2
+    down2 = up2.copy()
+    for a, b in shifts:
+        d = np.stack([np.asarray(a, float) - total, np.asarray(b, float) - total])
+        up2 += np.max(np.clip(d, 0, None), axis=0) ** 2
+        down2 += np.min(np.clip(d, None, 0), axis=0) ** 2
+    return total - np.sqrt(down2), total + np.sqrt(up2)
 
 
 def roc_curve(score_signal, w_signal, score_background, w_background):
@@ -208,6 +328,7 @@ def roc_curve(score_signal, w_signal, score_background, w_background):
     return eff_b, eff_s, auc
 
 
+@_styled
 def plot_roc(score_signal, w_signal, score_background, w_background, path) -> float:
     """Draw the :func:`roc_curve` (with the AUC in the legend) to ``path``; returns the AUC."""
     eff_b, eff_s, auc = roc_curve(score_signal, w_signal, score_background, w_background)
@@ -219,10 +340,12 @@ def plot_roc(score_signal, w_signal, score_background, w_background, path) -> fl
     ax.set_ylabel("signal efficiency")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    _experiment_label(ax)
     _save(fig, path)
     return auc
 
 
+@_styled
 def plot_observable_2d(
     fn: Callable[[np.ndarray], np.ndarray],
     path,
@@ -271,4 +394,105 @@ def plot_observable_2d(
     ax.set_ylabel(feature_names[1])
     if samples:
         ax.legend(fontsize="small", loc="upper right")
+    _experiment_label(ax)
+    _save(fig, path)
+
+
+@_styled
+def plot_cutflow(rows: Sequence[Mapping], path, samples: Sequence[str] | None = None) -> None:
+    """Weighted yield of every sample after each successive cut (log scale), with the
+    fraction of the first row kept written over the bars.
+
+    Args:
+        rows: The cut flow of :meth:`diffhep.cuts.Selection.cutflow`: ``{"cut": label,
+            sample: {"events": n, "yield": y}, ...}``, the first row before any cut.
+        path: Output file.
+        samples: Samples to draw (default: every sample of the first row).
+
+    Raises:
+        ValueError: Without rows or samples.
+    """
+    if not rows:
+        raise ValueError("empty cut flow")
+    samples = list(samples or [k for k in rows[0] if k != "cut"])
+    if not samples:
+        raise ValueError("the cut flow has no samples")
+    labels = [str(r["cut"]) for r in rows]
+    fig = _new_figure((max(6.4, 1.6 * len(rows)), 4.8))
+    ax = fig.add_subplot()
+    width = 0.8 / len(samples)
+    x = np.arange(len(rows))
+    for i, s in enumerate(samples):
+        y = np.array([float(r[s]["yield"]) for r in rows])
+        pos = x - 0.4 + (i + 0.5) * width
+        ax.bar(pos, np.where(y > 0, y, np.nan), width, label=s, color=f"C{i}")
+        for p, v in zip(pos, y, strict=True):
+            if y[0] > 0:
+                ax.text(p, v if v > 0 else 1, f"{v / y[0]:.2g}", ha="center", va="bottom",
+                        fontsize="x-small", rotation=90)  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize="small")
+    ax.set_ylabel("weighted yield")
+    ax.legend(fontsize="small")
+    _experiment_label(ax)
+    _save(fig, path)
+
+
+@_styled
+def plot_observable_vs_features(
+    score: Mapping[str, np.ndarray],
+    features: Mapping[str, np.ndarray],
+    feature_names: Sequence[str],
+    path,
+    weights: Mapping[str, np.ndarray] | None = None,
+    n_bins: int = 20,
+) -> None:
+    """The observable against each input feature: one panel per feature with the weighted
+    mean score (and its spread, a band of +- one standard deviation) in quantile bins of the
+    feature, for every sample.
+
+    Args:
+        score: ``{sample: scores (n,)}``.
+        features: ``{sample: features (n, f)}``.
+        feature_names: Names of the ``f`` features.
+        path: Output file.
+        weights: Optional ``{sample: weights (n,)}`` (absolute values are used).
+        n_bins: Feature bins per panel (quantiles of all samples together).
+
+    Raises:
+        ValueError: If shapes do not match.
+    """
+    names = list(feature_names)
+    for s, x in features.items():
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != len(names) or len(np.asarray(score[s])) != len(x):
+            raise ValueError(f"sample {s!r}: features {x.shape}, {len(names)} names, "
+                             f"{len(np.asarray(score[s]))} scores")  # fmt: skip
+    ncol = min(3, len(names))
+    nrow = math.ceil(len(names) / ncol)
+    fig = _new_figure((4.0 * ncol, 3.2 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for j, name in enumerate(names):
+        ax = axes[j]
+        column = np.concatenate([np.asarray(x)[:, j] for x in features.values()])
+        edges = np.unique(np.quantile(column, np.linspace(0, 1, n_bins + 1)))
+        for i, (s, x) in enumerate(features.items()):
+            v, sc = np.asarray(x)[:, j], np.asarray(score[s], float)
+            w = np.ones(len(v)) if weights is None else np.abs(np.asarray(weights[s], float))
+            idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+            sw = np.bincount(idx, w, len(edges) - 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.bincount(idx, w * sc, len(edges) - 1) / sw
+                var = np.bincount(idx, w * sc**2, len(edges) - 1) / sw - mean**2
+            std = np.sqrt(np.clip(var, 0, None))
+            centres = 0.5 * (edges[1:] + edges[:-1])
+            ax.plot(centres, mean, color=f"C{i}", label=s)
+            ax.fill_between(centres, mean - std, mean + std, color=f"C{i}", alpha=0.2, lw=0)
+        ax.set_xlabel(name)
+        ax.set_ylabel("observable")
+        ax.set_ylim(0, 1)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize="small")
+    _experiment_label(axes[0])
     _save(fig, path)

@@ -1,36 +1,75 @@
-"""The plots of a run directory (``plots/``): training curves, cut values and selected
-fraction vs epoch, stacked histograms with the systematic variations, ROC curve and, for 2-D
-inputs, the observable over the input plane."""
+"""The plots and the HTML report of a run directory.
+
+``plots/``: training curves, cut values and selected fraction vs epoch, stacked histograms
+(with the systematic variations, an uncertainty band and a ratio panel), the cut flow, the
+ROC curve, the observable against each input feature and, for 2-D inputs, the observable
+over the input plane; in the experiment style of ``report.style``.
+
+``report.html``: one self-contained page (no external resources, every plot embedded as a
+base64 PNG) with the metrics, the cut flow, the plots and the configuration.
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "config.yaml").write_text("seed: 0\\n")
+    >>> page = write_html(d).read_text()
+    >>> "<pre>seed: 0" in page and "http" not in page
+    True
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 from pathlib import Path
 
 import numpy as np
 
 from . import plotting
 
-__all__ = ["write_plots"]
+__all__ = ["write_html", "write_plots"]
 
 
-def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None) -> dict:
-    """Write the standard plots; returns ``{"auc": ...}``."""
+def _band(pipe, hists, channel, total):
+    """Per-bin (low, high) of the total: shape systematics (up/down templates), normalisation
+    systematics (lo/hi factors of their samples) and MC statistics, in quadrature."""
+    a = pipe.analysis
+    shifts = []
+    for s in a.shape_systematics:
+        nominal = np.asarray(hists[(channel, s.sample)][0])
+        shifts.append(
+            tuple(total - nominal + np.asarray(hists[(channel, n)][0]) for n in (s.up, s.down))
+        )
+    for s in a.norm_systematics:
+        part = sum(np.asarray(hists[(channel, n)][0]) for n in s.samples)
+        shifts.append((total + (s.hi - 1) * part, total + (s.lo - 1) * part))
+    stat = np.sqrt(sum(np.asarray(hists[(channel, n)][1]) for n in a.samples))
+    return plotting.uncertainty_band(total, shifts, stat)
+
+
+def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None, style=None) -> dict:
+    """Write the standard plots (in ``style``: plain, ATLAS, CMS or LHCb); returns
+    ``{"auc": ...}``."""
     plot_dir = Path(plot_dir)
     a = pipe.analysis
+    kw = {"style": style}
     if state is not None and state.history:
-        plotting.plot_training(state.history, plot_dir / "training.png")
+        plotting.plot_training(state.history, plot_dir / "training.png", **kw)
         cuts = sorted({k for row in state.history for k in row if k.startswith("cut")})
         if cuts:
             metrics = [*cuts, "val_selected_fraction"]
-            plotting.plot_training(state.history, plot_dir / "cuts.png", metrics=metrics)
+            plotting.plot_training(state.history, plot_dir / "cuts.png", metrics=metrics, **kw)
     for ch, binning in zip(a.channels, params.binnings, strict=True):
         edges = np.asarray(binning.edges())
         samples = {n: np.asarray(hists[(ch.name, n)][0]) for n in (*a.backgrounds, a.signal)}
+        total = sum(samples.values())
         variations = {}
         for s in a.shape_systematics:
             for label, name in (("up", s.up), ("down", s.down)):
-                total = sum(np.asarray(hists[(ch.name, n)][0]) for n in a.samples if n != s.sample)
-                variations[f"{s.name} {label}"] = total + np.asarray(hists[(ch.name, name)][0])
+                others = sum(np.asarray(hists[(ch.name, n)][0]) for n in a.samples if n != s.sample)
+                variations[f"{s.name} {label}"] = others + np.asarray(hists[(ch.name, name)][0])
         plotting.plot_stacked(
             edges,
             samples,
@@ -38,7 +77,14 @@ def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None) ->
             plot_dir / f"histograms_{ch.name}.png",
             variations=variations or None,
             title=ch.name,
+            band=_band(pipe, hists, ch.name, total),
+            xlabel="observable" if ch.observable == "nn" else ch.observable,
+            **kw,
         )
+    nominal = {n: (np.asarray(test_events[n].x), np.asarray(test_events[n].w)) for n in a.samples}
+    if params.selection is not None:
+        rows = params.selection.cutflow(nominal, pipe.features)
+        plotting.plot_cutflow(rows, plot_dir / "cutflow.png", **kw)
     obs = params.observable
     if obs is None:  # cuts alone: no score to draw
         return {"auc": None}
@@ -51,6 +97,15 @@ def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None) ->
         np.asarray(obs(bkg_x)),
         bkg_w,
         plot_dir / "roc.png",
+        **kw,
+    )
+    plotting.plot_observable_vs_features(
+        {n: np.asarray(obs(x)) for n, (x, _) in nominal.items()},
+        {n: x for n, (x, _) in nominal.items()},
+        pipe.features,
+        plot_dir / "observable_vs_features.png",
+        weights={n: w for n, (_, w) in nominal.items()},
+        **kw,
     )
     if len(pipe.features) == 2:
         plotting.plot_observable_2d(
@@ -58,5 +113,83 @@ def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None) ->
             plot_dir / "observable_2d.png",
             samples={n: np.asarray(test_events[n].x) for n in a.event_sets},
             feature_names=pipe.features,
+            **kw,
         )
     return {"auc": float(auc)}
+
+
+_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;
+text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}
+figure{display:inline-block;margin:0.5em;vertical-align:top}img{max-width:520px}
+pre{background:#f4f4f4;padding:1em;overflow:auto}"""
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, bool | int | str) or v is None:
+        return html.escape(str(v))
+    return html.escape(json.dumps(v))
+
+
+def _table(rows, header) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_value(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cutflow_table(rows) -> str:
+    samples = [k for k in rows[0] if k != "cut"]
+    header = ["cut", *[f"{s} ({q})" for s in samples for q in ("events", "yield")]]
+    cells = [[r["cut"], *[r[s][q] for s in samples for q in ("events", "yield")]] for r in rows]
+    return _table(cells, header)
+
+
+def write_html(run_dir) -> Path:
+    """Write ``report.html`` of a run directory from its files (``summary.json``,
+    ``config.yaml``, ``plots/*.png``); atomically. Returns its path."""
+    run_dir = Path(run_dir)
+    summary = {}
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    parts = [f"<h1>diffhep run {html.escape(run_dir.resolve().name)}</h1>"]
+    flat = [(k, v) for k, v in summary.items() if not isinstance(v, dict | list)]
+    if flat:
+        parts += ["<h2>Test-set metrics</h2>", _table(flat, ["metric", "value"])]
+    if summary.get("yields"):
+        parts += ["<h3>Yields</h3>", _table(list(summary["yields"].items()), ["sample", "yield"])]
+    selection = summary.get("selection")
+    if selection:
+        parts += [
+            "<h2>Selection</h2>",
+            f"<p><code>{html.escape(selection['expression'])}</code></p>",
+            "<h3>Cut flow (test set)</h3>",
+            _cutflow_table(selection["cutflow"]),
+        ]
+    plots = sorted((run_dir / "plots").glob("*.png"))
+    if plots:
+        parts.append("<h2>Plots</h2>")
+    for p in plots:
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        name = html.escape(p.name)
+        parts.append(
+            f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{name}</figcaption></figure>"
+        )
+    if (run_dir / "config.yaml").is_file():
+        config = html.escape((run_dir / "config.yaml").read_text())
+        parts += ["<h2>Configuration</h2>", f"<pre>{config}</pre>"]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>diffhep run {html.escape(run_dir.resolve().name)}</title>"
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+    path = run_dir / "report.html"
+    tmp = run_dir / ".report.html.tmp"
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -3,13 +3,16 @@
 A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per epoch),
 the checkpoint (``checkpoint.eqx`` + ``checkpoint.json``, for resuming), ``model.eqx`` with
 its header ``model.json`` (the selected best model), ``workspace.json`` (the trained analysis
-as a pyhf workspace from hard histograms of the test set), ``summary.json`` (test metrics)
-and ``plots/``. :func:`evaluate_run` recomputes the test metrics from a saved run.
+as a pyhf workspace from hard histograms of the test set), ``histograms.json`` (those
+histograms with their sums of squared weights), ``summary.json`` (test metrics),
+``model.onnx`` + ``preprocess.json`` (the event score for C++ inference), ``plots/`` and
+``report.html``. :func:`evaluate_run` recomputes the test metrics from a saved run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from .analysis import Analysis, Channel, NormSystematic, ShapeSystematic
 from .config import Config, ConfigError, load_config
 from .datasets import DataError, batches, check_events, load_npz, split
 from .pipeline import NN_TERMS, Events, Pipeline
+from .results import histograms_document, write_histograms
 from .training import TrainState, make_optimizer, train
 
 __all__ = ["evaluate_run", "load_run", "prepare", "train_run"]
@@ -376,7 +380,9 @@ def train_run(
         describe=describe,
     )
     save_model(out, state, cfg)
-    return _finish(out, pipe, parts, state.best_params, state, metrics, plots=plots)
+    return _finish(
+        out, pipe, parts, state.best_params, state, metrics, plots=plots, style=cfg.report.style
+    )
 
 
 def _optimizer(cfg: Config, params):
@@ -443,7 +449,7 @@ def load_run(run_dir: str | Path):
 def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:
     """Recompute the test metrics (and artefacts) of a saved run."""
     run_dir = Path(run_dir)
-    _, pipe, parts, params = load_run(run_dir)
+    cfg, pipe, parts, params = load_run(run_dir)
     state = None
     like = TrainState(params, None, params)
     if (run_dir / "checkpoint.json").is_file():
@@ -451,10 +457,12 @@ def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:
         like.history, like.step_seconds = meta["history"], meta["step_seconds"]
         like.best_epoch, like.epoch, like.status = meta["best_epoch"], meta["epoch"], meta["status"]
         state = like
-    return _finish(run_dir, pipe, parts, params, state, _metrics_fn(pipe), plots=plots)
+    return _finish(
+        run_dir, pipe, parts, params, state, _metrics_fn(pipe), plots=plots, style=cfg.report.style
+    )
 
 
-def _finish(out, pipe, parts, params, state, metrics, plots=True) -> dict:
+def _finish(out, pipe, parts, params, state, metrics, plots=True, style="plain") -> dict:
     test = _as_jax(parts["test"])
     m = metrics(params, test)
     hists = jax.device_get(pipe.histograms(params, test))
@@ -482,9 +490,25 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True) -> dict:
     }
     if selection is not None:
         summary["selection"] = selection
+    summary["onnx"] = _export(out, pipe, params, parts["test"])
+    write_histograms(out, histograms_document(pipe, params, hists))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if plots:
-        from .report import write_plots
+        from .report import write_html, write_plots
 
-        write_plots(out / "plots", pipe, params, parts["test"], hists, state)
+        write_plots(out / "plots", pipe, params, parts["test"], hists, state, style=style)
+        write_html(out)
     return summary
+
+
+def _export(out, pipe, params, events) -> str:
+    """Write ``model.onnx`` + ``preprocess.json``; returns the file name, or why not."""
+    from .onnx_export import ExportError, export_onnx
+
+    dtype = next(iter(events.values())).x.dtype
+    try:
+        export_onnx(out, pipe, params, dtype)
+    except ExportError as exc:
+        logging.getLogger("diffhep").warning("no ONNX export: %s", exc)
+        return f"not exported: {exc.message}"
+    return "model.onnx"

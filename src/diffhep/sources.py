@@ -163,7 +163,7 @@ def _arrow_batches(path, names, step, fmt):
             )
             schema = reader.schema
         else:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every chunk (memory)
             schema = pf.schema_arrow
     except (pa.ArrowInvalid, OSError) as exc:
         if "include_columns" in str(exc) or "not exist" in str(exc):

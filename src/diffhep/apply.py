@@ -1,0 +1,245 @@
+"""``diffhep apply``: score event files with a trained run, chunk by chunk.
+
+The run directory's ``model.onnx`` (see :mod:`diffhep.onnx_export`) is evaluated with ONNX
+Runtime on chunks of ``step_size`` events read by :func:`diffhep.sources.iterate`, so memory
+is bounded by the chunk size whatever the file size, and the numbers are those a C++
+analysis gets from the same model. For every input file one output file (parquet or ROOT,
+by default the input's kind) is written to the output directory, row by row aligned with the
+input (usable as a ROOT friend tree), holding the features, the ``keep`` columns and
+
+- ``diffhep_score``: the neural observable (float32; absent for cuts alone),
+- ``diffhep_selected``: whether the event passes the selection cuts,
+- ``diffhep_bin_<channel>``: the bin of every channel, -1 outside it.
+
+Files are written atomically (a temporary file renamed at the end): an error (a missing
+column, NaN/inf features) leaves no partial output.
+
+Example:
+    >>> import numpy as np
+    >>> check_finite({"x": np.array([0.0, np.nan, np.inf])}, ["x"])
+    {'x': 2}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import sources
+from .datasets import DataError
+from .onnx_export import ONNX_FORMAT
+
+__all__ = ["PREFIX", "apply_run", "check_finite"]
+
+PREFIX = "diffhep_"
+DEFAULT_STEP = 100_000
+
+
+def check_finite(chunk: dict, columns) -> dict:
+    """``{column: number of NaN/inf values}`` of the columns that have any."""
+    out = {}
+    for c in columns:
+        n = int(np.count_nonzero(~np.isfinite(np.asarray(chunk[c], dtype=np.float64))))
+        if n:
+            out[c] = n
+    return out
+
+
+def _load(run_dir: Path):
+    prep_path, model_path = run_dir / "preprocess.json", run_dir / "model.onnx"
+    for p in (prep_path, model_path):
+        if not p.is_file():
+            raise DataError(
+                "the run has no ONNX export",
+                file=str(p),
+                fix=f"train the run, or write it with: diffhep evaluate {run_dir}",
+            )
+    prep = json.loads(prep_path.read_text())
+    if prep.get("format") != ONNX_FORMAT:
+        raise DataError(
+            f"unknown export format {prep.get('format')!r} (expected {ONNX_FORMAT!r})",
+            file=str(prep_path),
+            where="format",
+            fix="re-export with this diffhep version: diffhep evaluate RUN_DIR",
+        )
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.enable_mem_pattern = False  # the memory pattern adds a second block from chunk 2 on
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    return prep, sess
+
+
+class _Writer:
+    """Chunks to a temporary parquet or ROOT file, renamed to ``path`` by :meth:`commit`."""
+
+    def __init__(self, path: Path, kind: str, tree: str):
+        self.path, self.kind, self.tree = path, kind, tree
+        self.tmp = path.with_name(f".{path.name}.part")
+        self.handle = None
+
+    def write(self, columns: dict) -> None:
+        if self.kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.table(columns)
+            if self.handle is None:
+                self.handle = pq.ParquetWriter(self.tmp, table.schema)
+            self.handle.write_table(table)
+        else:
+            import uproot
+
+            if self.handle is None:
+                self.handle = uproot.recreate(self.tmp)
+                self.handle.mktree(self.tree, {k: v.dtype for k, v in columns.items()})
+            self.handle[self.tree].extend(columns)
+
+    def commit(self, empty: dict) -> None:
+        if self.handle is None:  # no events: an empty file with the columns
+            self.write(empty)
+        self.handle.close()
+        self.handle = None
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _kind(path: Path) -> str:
+    """``"root"`` or ``"parquet"`` by the suffix (only :func:`sources.iterate` is used from
+    :mod:`diffhep.sources`, so that it can grow other readers)."""
+    kind = {".root": "root", ".parquet": "parquet", ".pq": "parquet"}.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"cannot score {path.suffix!r} files",
+            file=str(path),
+            fix="give ROOT (.root) or parquet (.parquet) files",
+        )
+    return kind
+
+
+def _output_path(out: Path, file: Path, kind: str) -> Path:
+    return out / f"{file.stem}{'.root' if kind == 'root' else '.parquet'}"
+
+
+def _score_file(file, writer, prep, sess, tree, step_size, keep) -> int:
+    names = prep["inputs"]["features"]["names"]
+    dtype = np.dtype(prep["inputs"]["features"]["dtype"])
+    outputs = [o.name for o in sess.get_outputs()]
+    columns = list(dict.fromkeys([*names, *keep]))
+    bad: dict[str, int] = {}
+    n = 0
+    for chunk in sources.iterate([file], tree=tree, expressions=columns, step_size=step_size):
+        for c in columns:
+            a = np.asarray(chunk[c])
+            if a.ndim != 1 or a.dtype == object or not np.issubdtype(a.dtype, np.number):
+                raise DataError(
+                    f"column {c!r} is not a flat numeric column ({a.dtype}, shape {a.shape})",
+                    file=str(file),
+                    where=c,
+                    fix="keep and score only flat numeric columns",
+                )
+        for c, k in check_finite(chunk, names).items():
+            bad[c] = bad.get(c, 0) + k
+        n += len(chunk[names[0]])
+        if bad:  # keep counting, write nothing more
+            continue
+        x = np.column_stack([np.asarray(chunk[c], dtype=dtype) for c in names])
+        result = dict(zip(outputs, sess.run(outputs, {"features": x}), strict=True))
+        out = {c: np.asarray(chunk[c]) for c in columns}
+        out |= {PREFIX + k: v for k, v in result.items()}
+        writer.write(out)
+        del chunk, x, result, out  # one chunk in memory: free it before reading the next
+    if bad:
+        c, k = next(iter(bad.items()))
+        raise DataError(
+            f"{sum(bad.values())} NaN/inf feature values in {n} events "
+            f"({', '.join(f'{c}: {k}' for c, k in bad.items())}); nothing written",
+            file=str(file),
+            where=c,
+            fix="remove or repair these events before scoring",
+        )
+    return n
+
+
+def apply_run(
+    run_dir,
+    files: Sequence,
+    out,
+    *,
+    tree: str | None = None,
+    step_size: int = DEFAULT_STEP,
+    keep: Sequence[str] = (),
+    fmt: str | None = None,
+) -> list[dict]:
+    """Score ``files`` with the run ``run_dir`` into the directory ``out``.
+
+    Args:
+        run_dir: A run directory with ``model.onnx`` and ``preprocess.json``.
+        files: ROOT or parquet files holding the run's features as columns (branches).
+        out: Output directory (created).
+        tree: TTree of ROOT inputs (default: the only one); also the output tree's name
+            (default ``Events``).
+        step_size: Events per chunk.
+        keep: Extra flat columns copied to the output (e.g. event numbers, weights).
+        fmt: ``"parquet"`` or ``"root"``; default: the kind of each input.
+
+    Returns:
+        One ``{"input", "output", "events"}`` per file.
+
+    Raises:
+        DataError: Missing run export, file, tree or column, NaN/inf features, an output
+            that would overwrite its input.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    if step_size < 1:
+        raise DataError(f"step size {step_size} < 1", where="--step-size")
+    if fmt not in (None, "parquet", "root"):
+        raise DataError(f"unknown output format {fmt!r}", where="--format", fix="parquet or root")
+    prep, sess = _load(run_dir)
+    clash = [k for k in keep if k.startswith(PREFIX)]
+    if clash:
+        raise DataError(
+            f"kept column(s) {', '.join(clash)} clash with the output columns ({PREFIX}*)",
+            where="--keep",
+        )
+    plan = []
+    for f in map(Path, files):
+        kind = _kind(f)
+        if not f.is_file():
+            raise DataError("file not found", file=str(f), fix="check the path")
+        target = _output_path(out, f, fmt or kind)
+        if target.resolve() == f.resolve() or target in [t for _, t, _ in plan]:
+            raise DataError(
+                f"output {target} would overwrite an input or another output",
+                file=str(f),
+                fix="choose another --out directory or rename the inputs",
+            )
+        plan.append((f, target, fmt or kind))
+    out.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for f, target, kind in plan:
+        writer = _Writer(target, kind, tree or "Events")
+        try:
+            n = _score_file(f, writer, prep, sess, tree, step_size, keep)
+            names = [*prep["inputs"]["features"]["names"], *keep]
+            empty = {c: np.zeros(0, np.float64) for c in dict.fromkeys(names)}
+            kinds = {"score": np.float32, "selected": np.bool_}
+            empty |= {
+                PREFIX + o.name: np.zeros(0, kinds.get(o.name, np.int64))
+                for o in sess.get_outputs()
+            }
+            writer.commit(empty)
+        except BaseException:
+            writer.abort()
+            raise
+        summary.append({"input": str(f), "output": str(target), "events": n})
+    return summary

@@ -1,0 +1,181 @@
+"""Run artefacts for people: the self-contained HTML report, experiment-style plots (mplhep
+without global side effects), the uncertainty band, and ``diffhep.load_run`` histograms
+(``hist.Hist``) against workspace.json and a brute-force recomputation."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from html.parser import HTMLParser
+
+import hist
+import matplotlib
+import numpy as np
+import pytest
+
+import diffhep
+from diffhep import plotting
+from diffhep.config import ConfigError, load_config
+from diffhep.report import _band
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.pre, self.tables = [], [], [], 0
+        self._in_pre = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        for key in ("href", "src"):
+            if key in attrs and tag != "img":
+                self.links.append(attrs[key])
+        if tag in ("script", "link", "iframe"):
+            self.links.append(tag)
+        self._in_pre = tag == "pre"
+        self.tables += tag == "table"
+
+    def handle_endtag(self, tag):
+        if tag == "pre":
+            self._in_pre = False
+
+    def handle_data(self, data):
+        if self._in_pre:
+            self.pre.append(data)
+
+
+def test_html_report_embeds_every_plot(tiny_run):
+    page = _Page()
+    page.feed((tiny_run / "report.html").read_text(encoding="utf-8"))
+    plots = {p.name: p.read_bytes() for p in (tiny_run / "plots").glob("*.png")}
+    expected = {"training.png", "cuts.png", "histograms_SR.png", "cutflow.png", "roc.png",
+                "observable_vs_features.png", "observable_2d.png"}  # fmt: skip
+    assert set(plots) == expected
+    decoded = {}
+    for img in page.images:
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix)
+        data = base64.b64decode(img["src"][len(prefix) :], validate=True)
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+        decoded[img["alt"]] = data
+    assert decoded == plots  # every plot, byte for byte, and nothing else
+    assert page.links == []  # no external resources
+    assert "".join(page.pre) == (tiny_run / "config.yaml").read_text()
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    text = (tiny_run / "report.html").read_text()
+    assert f"{summary['expected_cls']:.6g}" in text
+    assert html.escape(summary["selection"]["expression"]) in text
+    assert page.tables == 3  # metrics, yields, cut flow
+
+
+def test_plot_styles_are_contexts(tmp_path):
+    before = dict(matplotlib.rcParams)
+    edges, samples = [0, 1, 2, 3], {"b": [5.0, 3.0, 1.0], "s": [0.5, 1.0, 2.0]}
+    band = plotting.uncertainty_band([5.5, 4.0, 3.0], [([6, 4.2, 3], [5, 3.9, 3])], [1, 1, 1])
+    images = {}
+    for style in plotting.STYLES:
+        path = tmp_path / f"{style}.png"
+        plotting.plot_stacked(edges, samples, "s", path, band=band, style=style)
+        images[style] = path.read_bytes()
+        assert dict(matplotlib.rcParams) == before
+    assert len(set(images.values())) == len(plotting.STYLES)  # every style looks different
+    with pytest.raises(ValueError, match="unknown plot style 'D0'"):
+        plotting.plot_stacked(edges, samples, "s", tmp_path / "x.png", style="D0")
+    with pytest.raises(ConfigError, match=r"report\.style"):
+        load_config(text="analysis: {channels: [{name: SR, bins: 2}]}\nreport: {style: D0}")
+
+
+def test_uncertainty_band_brute_force():
+    rng = np.random.default_rng(3)
+    total = rng.uniform(5, 10, 6)
+    shifts = [tuple(total + rng.normal(0, 1, 6) for _ in range(2)) for _ in range(4)]
+    stat = rng.uniform(0, 1, 6)
+    lo, hi = plotting.uncertainty_band(total, shifts, stat)
+    for k in range(6):
+        ups = [max(a[k] - total[k], b[k] - total[k], 0.0) for a, b in shifts]
+        downs = [min(a[k] - total[k], b[k] - total[k], 0.0) for a, b in shifts]
+        assert hi[k] == pytest.approx(total[k] + np.sqrt(stat[k] ** 2 + sum(u * u for u in ups)))
+        assert lo[k] == pytest.approx(total[k] - np.sqrt(stat[k] ** 2 + sum(d * d for d in downs)))
+
+
+def test_band_of_a_run_follows_its_workspace(tiny_run):
+    """The band drawn for the run: stat from the staterror widths, the normsys from its
+    lo/hi factors, the histosys from its templates (all read from workspace.json)."""
+    from diffhep.runs import load_run
+
+    _, pipe, _, _ = load_run(tiny_run)
+    ws = json.loads((tiny_run / "workspace.json").read_text())
+    (channel,) = ws["channels"]
+    res = diffhep.load_run(tiny_run)
+    hists = {("SR", n): (h.values(), h.variances()) for n, h in res.hists["SR"].items()}
+    total = sum(np.asarray(s["data"]) for s in channel["samples"])
+    shifts, stat2 = [], 0.0
+    for s in channel["samples"]:
+        for m in s["modifiers"]:
+            if m["type"] == "staterror":
+                stat2 = stat2 + np.asarray(m["data"]) ** 2
+            elif m["type"] == "normsys":
+                d = np.asarray(s["data"])
+                shifts.append(
+                    (total + (m["data"]["hi"] - 1) * d, total + (m["data"]["lo"] - 1) * d)
+                )
+            elif m["type"] == "histosys":
+                d = np.asarray(s["data"])
+                shifts.append(
+                    tuple(total - d + np.asarray(m["data"][k]) for k in ("hi_data", "lo_data"))
+                )
+    assert len(shifts) == 2
+    lo, hi = _band(pipe, hists, "SR", total)
+    ref_lo, ref_hi = plotting.uncertainty_band(total, shifts, np.sqrt(stat2))
+    np.testing.assert_allclose(lo, ref_lo, rtol=1e-12)
+    np.testing.assert_allclose(hi, ref_hi, rtol=1e-12)
+    assert (hi >= total).all() and (hi > total).any() and (lo < total).any()
+
+
+def test_load_run_histograms(tiny_run):
+    res = diffhep.load_run(tiny_run)
+    assert res.config == load_config(tiny_run / "config.yaml")
+    assert res.metrics == json.loads((tiny_run / "summary.json").read_text())
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    ws = json.loads((tiny_run / "workspace.json").read_text())
+    edges = json.loads((tiny_run / "model.json").read_text())["edges"]
+    for channel in ws["channels"]:
+        hs = res.hists[channel["name"]]
+        for s in channel["samples"]:
+            h = hs[s["name"]]
+            assert isinstance(h, hist.Hist) and h.storage_type is hist.storage.Weight
+            np.testing.assert_allclose(h.axes[0].edges, edges[channel["name"]], rtol=0)
+            np.testing.assert_allclose(h.values(), s["data"], rtol=1e-14)
+            for m in s["modifiers"]:
+                if m["type"] == "staterror":  # the width is sqrt(sum w^2)
+                    np.testing.assert_allclose(np.sqrt(h.variances()), m["data"], rtol=1e-14)
+                if m["type"] == "histosys":
+                    np.testing.assert_allclose(
+                        hs["background_up"].values(), m["data"]["hi_data"], rtol=1e-14
+                    )
+                    np.testing.assert_allclose(
+                        hs["background_down"].values(), m["data"]["lo_data"], rtol=1e-14
+                    )
+    # brute force: the test events through the saved model, numpy histograms with overflow
+    from diffhep.runs import load_run
+
+    _, _, parts, params = load_run(tiny_run)
+    e = np.asarray(edges["SR"])
+    for name, ev in parts["test"].items():
+        x, w = np.asarray(ev.x), np.asarray(ev.w)
+        keep = np.asarray(params.selection.passes(x))
+        score = np.asarray(params.observable(x), dtype=np.float64)
+        idx = np.clip(np.searchsorted(e, score, side="right") - 1, 0, len(e) - 2)[keep]
+        h = res.hists["SR"][name]
+        np.testing.assert_allclose(h.values(), np.bincount(idx, w[keep], 4), rtol=1e-12)
+        np.testing.assert_allclose(h.variances(), np.bincount(idx, w[keep] ** 2, 4), rtol=1e-12)
+
+
+def test_load_run_of_a_non_run_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a finished diffhep run"):
+        diffhep.load_run(tmp_path)
