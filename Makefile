@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hypotest.py
 	$(BIN)/python benchmarks/structured_solve.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/scaling.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
