@@ -246,10 +246,12 @@ def main():
             "One compiled training step (forward, backward, Adam) with the events split over "
             "N devices (`training.devices: N`), median of "
             f"{repeats} warm steps. The devices are **simulated CPU devices** "
-            "(`XLA_FLAGS=--xla_force_host_platform_device_count=N`) sharing the same cores: "
-            "they cannot speed anything up (partitioning and all-reduces only add overhead); "
-            "this table shows the cost of the machinery and that the loss is the same. The "
-            "speed-up belongs to real accelerators.",
+            "(`XLA_FLAGS=--xla_force_host_platform_device_count=N`) that share the same "
+            "cores and memory: they add no hardware, so differences in step time come from how "
+            "XLA spreads the partitioned program over threads, from the all-reduces, and from "
+            "the noise of a shared machine; they are not a scaling result. The table shows "
+            "that the machinery costs little and that the loss is the same; speed-ups belong "
+            "to real accelerators.",
             "",
             "| devices | step (median) | speed-up vs 1 | first call (compile) | loss |",
             "|---:|---:|---:|---:|---:|",
