@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/structured_solve.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/apply_memory.py
+	$(BIN)/python benchmarks/scaling.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

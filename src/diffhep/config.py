@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -250,6 +250,11 @@ class TrainingConfig(_Strict):
     z_asimov_rel_uncertainty: float = Field(0.1, gt=0)
     init_from: str | None = None  # a run directory: start from its observable and binnings
     freeze: list[Literal["observable", "binnings", "selection"]] = []  # not trained
+    # data-parallel training: split each batch's events over this many devices ("all": every
+    # device JAX sees); None: the default device, no sharding
+    devices: Annotated[int, Field(ge=1)] | Literal["all"] | None = None
+    per_device_batch: int | None = Field(None, ge=1)  # overrides batch_size (x devices)
+    chunk_size: int | None = Field(None, ge=1)  # exact gradient of a batch in event chunks
 
     @field_validator("loss")
     @classmethod

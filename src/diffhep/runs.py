@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import blobs, toys
+from . import blobs, chunked, sharding, toys
 from .analysis import Analysis, Channel, NormSystematic, ShapeSystematic
 from .config import Config, ConfigError, load_config
 from .datasets import DataError, batches, check_events, load_npz, split
@@ -325,7 +325,16 @@ def train_run(
     metrics = _metrics_fn(pipe)
     t = cfg.training
     phases = t.phases()
-    loss_fns = [_loss_fn(pipe, p.terms, tuple(t.freeze)) for p in phases]
+    mesh, batch_size, make_step, place = _parallel(cfg, file)
+    if mesh is not None:  # every input of a compiled function on the mesh is global
+        params, valid = sharding.replicate(params, mesh), sharding.replicate(valid, mesh)
+    if t.chunk_size is None:
+        loss_fns = [_loss_fn(pipe, p.terms, tuple(t.freeze)) for p in phases]
+    else:
+        freeze = tuple(t.freeze)
+        loss_fns = [
+            chunked.pipeline_loss(pipe, p.terms, lambda q: _frozen(q, freeze)) for p in phases
+        ]
 
     def phase(epoch):
         return loss_fns[phase_index(phases, epoch)]
@@ -347,8 +356,8 @@ def train_run(
         params.selection.warn_dead(x_all, sel.slope)
 
     def epoch_batches(epoch):
-        for b in batches(train_ev, t.batch_size, cfg.seed, epoch, same_as=_same_events(cfg)):
-            yield _as_jax(b)
+        for b in batches(train_ev, batch_size, cfg.seed, epoch, same_as=_same_events(cfg)):
+            yield place(b)
 
     test = _as_jax(parts["test"]) if track_test else None
 
@@ -378,11 +387,31 @@ def train_run(
         resume=resume,
         progress=progress,
         describe=describe,
+        make_step=make_step,
     )
     save_model(out, state, cfg)
     return _finish(
         out, pipe, parts, state.best_params, state, metrics, plots=plots, style=cfg.report.style
     )
+
+
+def _parallel(cfg: Config, file=None):
+    """Devices, batch size, step factory and batch placement of ``training.devices``,
+    ``per_device_batch`` and ``chunk_size``: batches split over a mesh of devices, and/or
+    their gradient computed chunk by chunk (the batch stays on the host)."""
+    t = cfg.training
+    try:
+        mesh = sharding.make_mesh(t.devices) if t.devices is not None else None
+    except sharding.ShardingError as exc:
+        raise ConfigError(exc.message, file=file, where=exc.where, fix=exc.fix) from None
+    n = sharding.mesh_size(mesh)
+    batch_size = t.batch_size if t.per_device_batch is None else t.per_device_batch * n
+    if t.chunk_size is not None:
+        step = chunked.make_step(lambda b: chunked.iter_chunks(b, t.chunk_size, mesh=mesh))
+        return mesh, batch_size, step, lambda b: b
+    if mesh is not None:
+        return mesh, batch_size, None, lambda b: sharding.shard_events(b, mesh)
+    return None, batch_size, None, _as_jax
 
 
 def _optimizer(cfg: Config, params):

@@ -146,6 +146,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     describe: Callable[[dict], str] | None = None,
+    make_step: Callable | None = None,
 ) -> TrainState:
     """Train ``params`` for ``epochs`` epochs.
 
@@ -169,6 +170,9 @@ def train(
         resume: Continue from a checkpoint in ``run_dir`` if there is one.
         progress: Show a rich progress bar.
         describe: Formats an epoch's record for the progress line.
+        make_step: ``(loss_fn, optimizer) -> step`` with ``step(params, opt_state, batch,
+            hyper) -> (params, opt_state, loss, aux, ok)``; default: one compiled step of
+            ``loss_fn`` (e.g. :func:`diffhep.chunked.make_step` for chunked gradients).
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     opt_state = optimizer.init(eqx.filter(params, eqx.is_inexact_array))
@@ -184,7 +188,7 @@ def train(
 
     def step_for(fn):
         if fn not in steps:
-            steps[fn] = _make_step(fn, optimizer)
+            steps[fn] = (make_step or _make_step)(fn, optimizer)
         return steps[fn]
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
