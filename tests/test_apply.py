@@ -131,7 +131,7 @@ def test_bad_inputs_are_clear_errors_and_leave_no_output(tmp_path, tiny_run, col
     assert "no_x1.parquet" in res.output and "x1" in res.output and "Traceback" not in res.output
     res = _apply([tiny_run, d / "nan.parquet", "--out", out, "--step-size", 500])
     assert res.exit_code == 2
-    assert "nan.parquet" in res.output and "3 NaN/inf feature values in 3000 events" in res.output
+    assert "nan.parquet" in res.output and "NaN/inf values of 'x0'" in res.output
     assert list(out.iterdir()) == []  # nothing written, no temporary files left
     res = _apply([tiny_run, d / "missing.root", "--out", out])
     assert res.exit_code == 2 and "missing.root" in res.output and "not found" in res.output

@@ -178,6 +178,7 @@ def test_too_many_devices_is_a_config_error(tmp_path):
         load_config(text="analysis: {channels: [{name: SR, bins: 2}]}\ntraining: {devices: 0}")
 
 
+@pytest.mark.slow  # two full training runs (about 26 s): the slow run
 def test_train_run_with_chunks_gives_the_same_model(tmp_path):
     """``training.chunk_size`` (and ``devices: 1``, ``per_device_batch``) through a full run:
     the same trained model as the plain run, batch for batch."""
