@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tarfile
 from pathlib import Path
@@ -56,3 +57,16 @@ def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
     train_run(load_config(DEMO_CONFIG, TINY_RUN), out, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled executables after each test module.
+
+    One long pytest process compiles thousands of functions; each executable holds memory
+    maps, and the kernel's per-process limit (``vm.max_map_count``, 65530 by default) is
+    reached late in the run, where XLA then fails in unrelated tests.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
