@@ -25,6 +25,7 @@ from .config import Config, ConfigError, load_config
 from .datasets import DataError, batches, check_events, load_npz, split
 from .pipeline import NN_TERMS, Events, Pipeline
 from .training import TrainState, make_optimizer, train
+from .weighting import apply_strategies, check_net_yields, region_yields
 
 __all__ = ["evaluate_run", "load_run", "prepare", "train_run"]
 
@@ -118,7 +119,12 @@ def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
 
 
 def prepare(cfg: Config, file: str | None = None):
-    """The pipeline, the data splits and the initial parameters of a config."""
+    """The pipeline, the data splits and the initial parameters of a config.
+
+    The splits are ``parts["train"|"validation"|"test"]``; the training split carries the
+    weights of each sample's strategy (``analysis.samples[].weights``), reported in
+    ``parts["training_weights"]``. Bins of the training data with a net yield <= 0 warn.
+    """
     analysis = _analysis(cfg)
     features, events = load_events(cfg, analysis, file)
     try:
@@ -147,6 +153,9 @@ def prepare(cfg: Config, file: str | None = None):
             fix="give a channel 'observable: nn', or use cls, z0, s_sqrt_sb, b_over_s2, ...",
         )
     parts = split(events, cfg.data.split.model_dump(), cfg.seed)
+    parts["train"], parts["training_weights"] = _training_weights(cfg, analysis, parts, file)
+    hists, whole = region_yields(analysis, features, parts["train"])
+    check_net_yields(hists, what="training data", whole_regions=whole)
     dtype = jnp.float32 if cfg.observable.dtype == "float32" else jnp.float64
     params = pipe.init_params(
         parts["train"],
@@ -159,6 +168,21 @@ def prepare(cfg: Config, file: str | None = None):
     if cfg.training.init_from:
         params = _init_from(params, cfg.training.init_from, file)
     return pipe, parts, params
+
+
+def _training_weights(cfg: Config, analysis: Analysis, parts: dict, file=None):
+    """The training split with each sample's weight strategy (applied to the sample and its
+    variations), and the report recorded in ``summary.json``."""
+    strategies = {s.name: s.weights for s in cfg.analysis.samples}
+    groups = {
+        s: (s, *(n for v in analysis.shape_systematics if v.sample == s for n in (v.up, v.down)))
+        for s in strategies
+    }
+    try:
+        train, report = apply_strategies(parts["train"], strategies, groups, seed=cfg.seed)
+    except ValueError as exc:
+        raise DataError(str(exc), file=file, where="analysis.samples[].weights") from None
+    return train, {"strategies": strategies, "event_sets": report}
 
 
 def _init_from(params, run_dir, file=None):
@@ -432,6 +456,7 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True) -> dict:
     test = _as_jax(parts["test"])
     m = metrics(params, test)
     hists = jax.device_get(pipe.histograms(params, test))
+    check_net_yields(hists, what=f"test-set histograms ({out / 'workspace.json'})")
     ws = pipe.workspace(hists)
     (out / "workspace.json").write_text(json.dumps(ws, indent=1))
     steps = state.step_seconds if state is not None else []
@@ -456,6 +481,8 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True) -> dict:
     }
     if selection is not None:
         summary["selection"] = selection
+    if parts.get("training_weights"):
+        summary["training_weights"] = parts["training_weights"]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if plots:
         from .report import write_plots
