@@ -191,11 +191,19 @@ def test_negative_net_yield_bins_warn_by_name_and_likelihood_stays_finite(neg_pi
     assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)
 
 
-def test_empty_bins_are_not_reported():
+def test_empty_bins_and_variations_in_the_total():
+    """Empty bins are not reported; the total of a bin sums the nominal samples only."""
     hists = {("SR", "signal"): ([1.0, 0.0], [1.0, 0.0]), ("SR", "bkg"): ([2.0, 0.0], [4.0, 0.0])}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_net_yields(hists) == []
+        # a variation below -3 in bin 0 is a sample of its own, not part of the total
+        hists[("SR", "bkg_up")] = ([-4.0, 0.0], [4.0, 0.0])
+    with pytest.warns(NetYieldWarning, match="sample 'bkg_up' bin 0"):
+        bad = check_net_yields(hists, samples=("signal", "bkg"))
+    assert [b["sample"] for b in bad] == ["bkg_up"]
+    with pytest.warns(NetYieldWarning):
+        assert "(total)" in [b["sample"] for b in check_net_yields(hists)]
 
 
 def test_signed_weights_in_soft_yields_bce_and_cut_flow(neg_pipe):
@@ -447,3 +455,26 @@ def test_reweight_cli_bad_region_writes_nothing(npz, tmp_path):
     res = _reweight(npz, "--out", out, "--epochs", "1", "--hidden", "4", "--region", "r=q > 1")
     assert res.exit_code == 2 and "unknown feature 'q'" in res.output
     assert not out.exists() and not (tmp_path / "o_reweight").exists()
+
+
+@pytest.mark.slow
+def test_negative_weights_study_smoke(tmp_path):
+    """The study end to end on a tiny configuration (slow: ~10 trainings)."""
+    from diffhep.negweights_study import STRATEGY_LABELS, negative_weights_study
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # net-yield and clipping warnings of tiny samples
+        path = negative_weights_study(
+            tmp_path / "out",
+            seeds=1,
+            epochs=2,
+            stress=False,
+            overrides=("data.n_per_blob=400",),
+            runs_dir=tmp_path / "runs",
+        )
+    md = path.read_text()
+    for strategy in STRATEGY_LABELS:
+        assert f"| {strategy} |" in md
+    data = json.loads((tmp_path / "out" / "negative-weights.json").read_text())
+    assert set(data["results"]) == {"BCE classifier", "CLs-trained"}
+    assert (tmp_path / "out" / "negative-weights.png").is_file()

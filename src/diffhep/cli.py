@@ -337,7 +337,7 @@ def reweight(
 ):
     """Learn positive weights E[w|x] for the events of FILE (.npz with x and signed w); write
     them as a new array next to w, and a verification report (markdown, JSON, plots)."""
-    from .weight_report import reweight_npz
+    from .reweight_files import reweight_npz
 
     region_map = {}
     for r in regions:

@@ -167,7 +167,7 @@ def fit_mean_weight(
         validation: Fraction of the events held out to pick the best epoch (and stop early
             with ``patience``); 0 (default): train on all events and take the last epoch.
             The validation loss of signed weights is noisy: on the Gaussian toy it stopped
-            runs after ~12 of 60 epochs, far from converged.
+            classifier runs after ~12 of 60 epochs, far from converged.
         patience: Stop after this many epochs without a better validation loss.
         seed: Seeds the initial weights, the hold-out and the batches.
 

@@ -155,7 +155,7 @@ def prepare(cfg: Config, file: str | None = None):
     parts = split(events, cfg.data.split.model_dump(), cfg.seed)
     parts["train"], parts["training_weights"] = _training_weights(cfg, analysis, parts, file)
     hists, whole = region_yields(analysis, features, parts["train"])
-    check_net_yields(hists, what="training data", whole_regions=whole)
+    check_net_yields(hists, what="training data", samples=analysis.samples, whole_regions=whole)
     dtype = jnp.float32 if cfg.observable.dtype == "float32" else jnp.float64
     params = pipe.init_params(
         parts["train"],
@@ -456,7 +456,9 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True) -> dict:
     test = _as_jax(parts["test"])
     m = metrics(params, test)
     hists = jax.device_get(pipe.histograms(params, test))
-    check_net_yields(hists, what=f"test-set histograms ({out / 'workspace.json'})")
+    check_net_yields(
+        hists, what=f"test-set histograms ({out / 'workspace.json'})", samples=pipe.analysis.samples
+    )
     ws = pipe.workspace(hists)
     (out / "workspace.json").write_text(json.dumps(ws, indent=1))
     steps = state.step_seconds if state is not None else []

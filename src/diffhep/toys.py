@@ -8,8 +8,9 @@
 - :func:`~diffhep.weight_toys.negweight_2d`: a signal/background toy whose background has 20%
   negative weights (the toys with negative weights live in :mod:`diffhep.weight_toys`).
 
-Each returns ``{"signal": (x, w), "background": (x, w)}`` with unit weights (set the yields
-in the analysis config) and float32 features, deterministic in ``seed``.
+Each returns ``{"signal": (x, w), "background": (x, w)}`` with unit weights (``negweight_2d``:
+signed background weights; set the yields in the analysis config) and float32 features,
+deterministic in ``seed``.
 
 Example:
     >>> ev = cuts_2d(1000, seed=1)

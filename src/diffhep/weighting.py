@@ -152,12 +152,16 @@ def apply_strategies(events: dict, strategies: dict, groups: dict, *, seed: int 
     return out, report
 
 
-def check_net_yields(histograms: dict, *, what: str = "histograms", whole_regions=()) -> list:
+def check_net_yields(
+    histograms: dict, *, what: str = "histograms", samples=None, whole_regions=()
+) -> list:
     """Warn about bins filled by events whose sum of weights is <= 0.
 
     Args:
         histograms: ``{(channel, event set): (sumw, sumw2)}`` (hard histograms).
         what: Which histograms these are, for the message (e.g. "test set").
+        samples: The nominal samples, whose sum is a bin's total (default: every event set;
+            give them when the histograms include systematic variations).
         whole_regions: Channels whose one "bin" is the whole region (a network's channel
             before training, see :func:`region_yields`).
 
@@ -170,8 +174,9 @@ def check_net_yields(histograms: dict, *, what: str = "histograms", whole_region
     totals: dict = {}
     for (channel, name), (sumw, sumw2) in histograms.items():
         sumw, sumw2 = np.atleast_1d(np.asarray(sumw)), np.atleast_1d(np.asarray(sumw2))
-        t = totals.setdefault(channel, [0.0, 0.0])
-        t[0], t[1] = t[0] + sumw, t[1] + sumw2
+        if samples is None or name in samples:
+            t = totals.setdefault(channel, [0.0, 0.0])
+            t[0], t[1] = t[0] + sumw, t[1] + sumw2
         for k in np.flatnonzero((sumw <= 0) & (sumw2 > 0)):
             bad.append(
                 {
