@@ -7,6 +7,7 @@ strategies."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -181,14 +182,24 @@ def test_negative_net_yield_bins_warn_by_name_and_likelihood_stays_finite(neg_pi
     assert np.isfinite(float(model.logpdf(pars, data)))
     assert np.all(np.isfinite(np.asarray(jax.grad(model.logpdf)(pars, data))))
 
-    # the CLs loss on soft histograms and its gradient w.r.t. the event weights: finite
-    def cls(wb):
-        ev = dict(events, background=Events(events["background"].x, wb))
-        return pipe.loss_terms(params, ev, ("cls",), 0.3)["cls"]
+    # the CLs loss on soft histograms and its derivative w.r.t. the scale of the background
+    # weights, against central finite differences (without staterror, whose finiteness with a
+    # bin total <= 0 is checked on the model above and in the staterror tests: 3x cheaper)
+    plain = Pipeline(dataclasses.replace(pipe.analysis, mc_stat=False), FEATURES)
+    soft = plain.histograms(params, events, 0.3)[("SR", "background")][0]
+    assert float(soft[2]) < 0  # the soft histogram keeps the negative bin
 
-    value, g = jax.value_and_grad(cls)(jnp.asarray(events["background"].w))
+    @jax.jit
+    def cls(scale):
+        bkg = events["background"]
+        ev = dict(events, background=Events(bkg.x, bkg.w * scale))
+        return plain.loss_terms(params, ev, ("cls",), 0.3)["cls"]
+
+    value, g = jax.value_and_grad(cls)(jnp.asarray(1.0))
     assert np.isfinite(float(value)) and 0 < float(value) < 1
-    assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)
+    eps = 1e-5
+    fd = (float(cls(jnp.asarray(1.0 + eps))) - float(cls(jnp.asarray(1.0 - eps)))) / (2 * eps)
+    np.testing.assert_allclose(float(g), fd, rtol=1e-4)
 
 
 def test_empty_bins_and_variations_in_the_total():
