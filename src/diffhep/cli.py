@@ -299,11 +299,100 @@ def apply(run_dir, files, out, tree, step_size, keep, fmt):
     _emit(_run(apply_run, run_dir, files, out, tree=tree, step_size=step_size, keep=keep, fmt=fmt))
 
 
+def _list(text):
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Output .npz (default: FILE).")
+@click.option("--column", default="w_learned", show_default=True, help="Name of the new weights.")
+@click.option("--weights-key", default="w", show_default=True, help="Array of the weights.")
+@click.option("--names", help="Feature names, comma-separated (default x0, x1, ...).")
+@click.option("--inputs", help="Features the weight network reads (names or columns; all).")
+@click.option(
+    "--region",
+    "regions",
+    multiple=True,
+    metavar="NAME=EXPR",
+    help="Region for the sums of weights, e.g. 'central=x0 > -1 && x0 < 1' (repeatable).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["regression", "classifier"]),
+    default="regression",
+    show_default=True,
+)
+@click.option("--resample", is_flag=True, help="Nachman-Thaler resampling (keeps sum w^2).")
+@click.option("--hidden", default="32,32", show_default=True, help="Hidden layer widths.")
+@click.option("--folds", type=int, default=2, show_default=True, help="Cross-fitting folds.")
+@click.option("--epochs", type=int, help="Epochs (default: 60, or enough for 800 steps).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--bins", type=int, default=20, show_default=True, help="Bins per feature.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    help="Report directory (default: OUT's stem + '_reweight').",
+)
+def reweight(
+    file,
+    out,
+    column,
+    weights_key,
+    names,
+    inputs,
+    regions,
+    method,
+    resample,
+    hidden,
+    folds,
+    epochs,
+    seed,
+    bins,
+    report_dir,
+):
+    """Learn positive weights E[w|x] for the events of FILE (.npz with x and signed w); write
+    them as a new array next to w, and a verification report (markdown, JSON, plots)."""
+    from .reweight_files import reweight_npz
+
+    region_map = {}
+    for r in regions:
+        name, _, expr = r.partition("=") if "=" in r else (r, "", r)
+        region_map[name.strip()] = expr.strip()
+    try:
+        widths = tuple(int(h) for h in _list(hidden) or ())
+    except ValueError:
+        raise click.BadParameter(
+            "not a list of integers (e.g. 64,64)", param_hint="--hidden"
+        ) from None
+    res = _run(
+        reweight_npz,
+        file,
+        out,
+        weights_key=weights_key,
+        column=column,
+        names=_list(names),
+        inputs=_list(inputs),
+        regions=region_map or None,
+        report_dir=report_dir,
+        bins=bins,
+        method=method,
+        resampling=resample,
+        folds=folds,
+        seed=seed,
+        hidden=widths,
+        epochs=epochs,
+    )
+    _emit(res)
+
+
 STUDY_DEFAULTS = {  # seeds, epochs
     "neos-blobs": (7, 15),
     "cuts": (3, 20),
     "inferno": (5, 20),
     "significance": (3, 20),
+    "negative-weights": (3, 60),
 }
 
 
@@ -311,7 +400,9 @@ STUDY_DEFAULTS = {  # seeds, epochs
 @click.argument("name", type=click.Choice(sorted(STUDY_DEFAULTS)))
 @click.option("--out", default="docs/studies", show_default=True, type=click.Path(file_okay=False))
 @click.option(
-    "--seeds", type=int, help="Seeds (neos-blobs: 7, cuts: 3, inferno: 5, significance: 3)."
+    "--seeds",
+    type=int,
+    help="Seeds (neos-blobs: 7, cuts: 3, inferno: 5, significance: 3, negative-weights: 3).",
 )
 @click.option(
     "--epochs", type=int, help="Epochs per run (neos-blobs: 15, cuts: 20, inferno: 20, ...)."
@@ -326,9 +417,11 @@ def study(name, out, seeds, epochs, runs_dir, overrides):
     """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3), cuts
     (selection cuts and a neural observable, alone and together, and the skim trade-off),
     inferno (INFERNO's benchmark: every model on one protocol) or significance (the
-    Elwood-Kruecker significance losses)."""
+    Elwood-Kruecker significance losses) or negative-weights (training weight strategies
+    for negative event weights)."""
     from .cuts_study import cuts_study
     from .inferno_study import inferno_study
+    from .negweights_study import negative_weights_study
     from .significance_study import significance_study
     from .studies import neos_blobs
 
@@ -337,6 +430,7 @@ def study(name, out, seeds, epochs, runs_dir, overrides):
         "cuts": cuts_study,
         "inferno": inferno_study,
         "significance": significance_study,
+        "negative-weights": negative_weights_study,
     }[name]
     default_seeds, default_epochs = STUDY_DEFAULTS[name]
     path = _run(

@@ -36,6 +36,8 @@ class SampleConfig(_Strict):
     role: Literal["signal", "background"]
     yield_: float | None = Field(None, alias="yield", gt=0)
     scale: float = 1.0
+    # training weights (training split only; see diffhep.weighting)
+    weights: Literal["signed", "abs", "drop-negative", "ignore", "learned"] = "signed"
     # ntuple samples (cabinetry's words): files (globs), tree, weight and filter expressions
     files: list[str] | None = None
     tree: str | None = None
@@ -159,7 +161,7 @@ class CollectionConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    generator: Literal["blobs", "cuts_1d", "cuts_2d", "inferno"] | None = "blobs"
+    generator: Literal["blobs", "cuts_1d", "cuts_2d", "inferno", "negweight_2d"] | None = "blobs"
     n_per_blob: int = Field(10_000, ge=10)  # events per event set of a generator
     files: dict[str, str] | None = None  # event set -> .npz with 'x' (n, f) and optional 'w'
     features: list[str] | None = None  # names; for ntuple samples branch names or expressions

@@ -14,7 +14,9 @@ Two kinds, on the same footing (scalars to minimise or metrics to report):
   :func:`b_over_s2` and :func:`inverse_asimov_significance` (``1/Z_A`` with a relative
   background uncertainty; :func:`asimov_significance` is Z_A itself, Cowan et al.,
   arXiv:1007.1727). The soft yields enter as ``s + YIELD_EPS`` and ``b + YIELD_EPS``, so
-  these losses and their gradients stay finite when a selection keeps nothing.
+  these losses and their gradients stay finite when a selection keeps nothing; a soft yield
+  made negative by negative event weights is floored at 0 first (no gradient flows there;
+  ``Z_A`` would be NaN and ``b / s^2`` unbounded below).
 
 Example:
     >>> round(float(asimov_significance(14.0, 5.0, 0.3 * 5.0)), 6)
@@ -44,6 +46,12 @@ __all__ = [
     "nominal_pars",
     "sigma_mu",
 ]
+
+
+def _soft_yields(s, b):
+    """``max(s, 0) + YIELD_EPS`` and the same for ``b`` (signed weights can make them < 0)."""
+    s, b = jnp.asarray(s), jnp.asarray(b)
+    return jnp.where(s >= 0, s, 0.0) + YIELD_EPS, jnp.where(b >= 0, b, 0.0) + YIELD_EPS
 
 
 def _safe_sqrt(x):
@@ -132,19 +140,19 @@ YIELD_EPS = 1e-6
 
 def inverse_s_over_sqrt_s_plus_b(s, b):
     """``(s + b) / s^2`` = 1 / (s / sqrt(s + b))^2: minimising it maximises s/sqrt(s+b)."""
-    s, b = s + YIELD_EPS, b + YIELD_EPS
+    s, b = _soft_yields(s, b)
     return (s + b) / s**2
 
 
 def b_over_s2(s, b):
     """``b / s^2``: minimising it maximises s / sqrt(b)."""
-    s, b = s + YIELD_EPS, b + YIELD_EPS
+    s, b = _soft_yields(s, b)
     return b / s**2
 
 
 def inverse_asimov_significance(s, b, rel_uncertainty):
     """``1 / Z_A`` with background uncertainty ``rel_uncertainty * b``: the talk's Asimov loss."""
-    s, b = s + YIELD_EPS, b + YIELD_EPS
+    s, b = _soft_yields(s, b)
     return 1.0 / asimov_significance(s, b, rel_uncertainty * b)
 
 

@@ -29,6 +29,7 @@ from .datasets import DataError, batches, check_events, load_npz, split
 from .pipeline import NN_TERMS, Events, Pipeline
 from .results import histograms_document, write_histograms
 from .training import TrainState, make_optimizer, train
+from .weighting import apply_strategies, check_net_yields, region_yields
 
 __all__ = ["evaluate_run", "load_run", "prepare", "train_run"]
 
@@ -128,7 +129,12 @@ def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
 
 
 def prepare(cfg: Config, file: str | None = None):
-    """The pipeline, the data splits and the initial parameters of a config."""
+    """The pipeline, the data splits and the initial parameters of a config.
+
+    The splits are ``parts["train"|"validation"|"test"]``; the training split carries the
+    weights of each sample's strategy (``analysis.samples[].weights``), reported in
+    ``parts["training_weights"]``. Bins of the training data with a net yield <= 0 warn.
+    """
     analysis = _analysis(cfg)
     features, events = load_events(cfg, analysis, file)
     try:
@@ -157,6 +163,9 @@ def prepare(cfg: Config, file: str | None = None):
             fix="give a channel 'observable: nn', or use cls, z0, s_sqrt_sb, b_over_s2, ...",
         )
     parts = split(events, cfg.data.split.model_dump(), cfg.seed, same_as=_same_events(cfg))
+    parts["train"], parts["training_weights"] = _training_weights(cfg, analysis, parts, file)
+    hists, whole = region_yields(analysis, features, parts["train"])
+    check_net_yields(hists, what="training data", samples=analysis.samples, whole_regions=whole)
     dtype = jnp.float32 if cfg.observable.dtype == "float32" else jnp.float64
     params = pipe.init_params(
         parts["train"],
@@ -189,6 +198,21 @@ def _same_events(cfg: Config) -> dict:
 
         return same_events(cfg)
     return {}
+
+
+def _training_weights(cfg: Config, analysis: Analysis, parts: dict, file=None):
+    """The training split with each sample's weight strategy (applied to the sample and its
+    variations), and the report recorded in ``summary.json``."""
+    strategies = {s.name: s.weights for s in cfg.analysis.samples}
+    groups = {
+        s: (s, *(n for v in analysis.shape_systematics if v.sample == s for n in (v.up, v.down)))
+        for s in strategies
+    }
+    try:
+        train, report = apply_strategies(parts["train"], strategies, groups, seed=cfg.seed)
+    except ValueError as exc:
+        raise DataError(str(exc), file=file, where="analysis.samples[].weights") from None
+    return train, {"strategies": strategies, "event_sets": report}
 
 
 def _init_from(params, run_dir, file=None):
@@ -495,6 +519,9 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True, style="plain")
     test = _as_jax(parts["test"])
     m = metrics(params, test)
     hists = jax.device_get(pipe.histograms(params, test))
+    check_net_yields(
+        hists, what=f"test-set histograms ({out / 'workspace.json'})", samples=pipe.analysis.samples
+    )
     ws = pipe.workspace(hists)
     (out / "workspace.json").write_text(json.dumps(ws, indent=1))
     steps = state.step_seconds if state is not None else []
@@ -519,6 +546,8 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True, style="plain")
     }
     if selection is not None:
         summary["selection"] = selection
+    if parts.get("training_weights"):
+        summary["training_weights"] = parts["training_weights"]
     summary["onnx"] = _export(out, pipe, params, parts["test"])
     write_histograms(out, histograms_document(pipe, params, hists))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -4,10 +4,13 @@
 - :func:`cuts_2d`: signal mean (1.5, 2.0) with covariance [[0.5, 0.2], [0.2, 0.5]],
   background mean (0, 0) with covariance diag(9, 9), features ``x1``, ``x2``;
 - :func:`~diffhep.inferno.inferno_3d`: the synthetic benchmark of INFERNO (defined with its
-  likelihoods in :mod:`diffhep.inferno`), with its background variations.
+  likelihoods in :mod:`diffhep.inferno`), with its background variations;
+- :func:`~diffhep.weight_toys.negweight_2d`: a signal/background toy whose background has 20%
+  negative weights (the toys with negative weights live in :mod:`diffhep.weight_toys`).
 
-Each returns ``{"signal": (x, w), "background": (x, w)}`` with unit weights (set the yields
-in the analysis config) and float32 features, deterministic in ``seed``.
+Each returns ``{"signal": (x, w), "background": (x, w)}`` with unit weights (``negweight_2d``:
+signed background weights; set the yields in the analysis config) and float32 features,
+deterministic in ``seed``.
 
 Example:
     >>> ev = cuts_2d(1000, seed=1)
@@ -20,8 +23,17 @@ from __future__ import annotations
 import numpy as np
 
 from .inferno import INFERNO_SHIFTS, inferno_3d, inferno_shift
+from .weight_toys import negweight_2d
 
-__all__ = ["GENERATORS", "INFERNO_SHIFTS", "cuts_1d", "cuts_2d", "inferno_3d", "inferno_shift"]
+__all__ = [
+    "GENERATORS",
+    "INFERNO_SHIFTS",
+    "cuts_1d",
+    "cuts_2d",
+    "inferno_3d",
+    "inferno_shift",
+    "negweight_2d",
+]
 
 SIGNAL_2D_MEAN = (1.5, 2.0)
 SIGNAL_2D_COV = ((0.5, 0.2), (0.2, 0.5))
@@ -56,4 +68,5 @@ GENERATORS = {
     "cuts_1d": (cuts_1d, ("x",)),
     "cuts_2d": (cuts_2d, ("x1", "x2")),
     "inferno": (inferno_3d, ("x0", "x1", "x2")),
+    "negweight_2d": (negweight_2d, ("x1", "x2")),
 }
