@@ -82,11 +82,12 @@ def _code4p(alpha, lo, nom, hi):
 def reference_nll(alpha, mu, data):
     """-log L of the model in numpy: below POISSON_FLOOR, n log(lam) continues along its
     tangent at the floor (so the Poisson term is its own tangent there); unit Gaussian
-    constraint on alpha (auxiliary datum data[-1])."""
+    constraint on alpha (auxiliary datum data[-1]). A negative datum (Asimov data of a bin
+    below zero) has no slope below the floor (the plain clip)."""
     lam = mu * SIGNAL + BKG + _code4p(alpha, BKG_LO, BKG, BKG_HI)
     n = np.asarray(data[:3], dtype=float)
     f = POISSON_FLOOR
-    log_term = np.where(lam > f, n * np.log(np.maximum(lam, f)), n * (np.log(f) + (lam - f) / f))
+    log_term = np.where(lam > f, n * np.log(np.maximum(lam, f)), n * np.log(f) + np.maximum(n, 0) * (lam - f) / f)
     main = np.sum(lam - log_term + gammaln(n + 1.0))
     aux = data[-1]
     return main + 0.5 * (aux - alpha) ** 2 + 0.5 * np.log(2 * np.pi)

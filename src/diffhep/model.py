@@ -511,13 +511,16 @@ class Model(eqx.Module):
         is the Poisson term itself (``-lam``, as pyhf); with events observed it is a steep
         wall back to positive yields. A plain clip would leave a flat plateau instead, where
         a fit can stop in a spurious minimum (sbottom RegionA/500_400_60 at mu = 1: a bin at
-        -17 with 3 events observed, 130 above pyhf's minimum in twice_nll).
+        -17 with 3 events observed, 130 above pyhf's minimum in twice_nll). A negative "count"
+        (Asimov data of a bin whose net yield is negative, from signed event weights) keeps the
+        plain clip: its tangent would slope the wrong way and reward ever more negative yields.
         """
         lam = self.expected_actualdata(pars)
         n = jnp.asarray(maindata, dtype=lam.dtype)
         below = jnp.minimum(lam - POISSON_FLOOR, 0.0) / POISSON_FLOOR
         floored = jnp.where(lam > POISSON_FLOOR, lam, POISSON_FLOOR)
-        return jnp.sum(xlogy(n, floored) + n * below - lam - gammaln(n + 1.0))
+        slope = jnp.where(n > 0, n, 0.0)
+        return jnp.sum(xlogy(n, floored) + slope * below - lam - gammaln(n + 1.0))
 
     def n_clipped(self, pars) -> jax.Array:
         """Number of bins whose expected yield is below :data:`POISSON_FLOOR` at ``pars``."""
