@@ -839,11 +839,12 @@ def fixed_poi_fits(mus, model, data):
 FIXED_MUS = (0.0, 1.0, 2.5)
 
 
-def fit_with(model, data, poi_value=None, uncertainties=True, bounds=None):
+def fit_with(model, data, poi_value=None, uncertainties=True, bounds=None, init=None):
     """``fit`` with explicit ``init``/``fixed`` arrays: free (``poi_value=None``) and
     fixed-POI fits then share one compiled function. With a ``poi_value`` this is exactly
-    what ``fixed_poi_fit`` does (see test_fixed_poi_fit_equals_fit_with_fixed_poi)."""
-    init = np.asarray(model.config.init, dtype=float)
+    what ``fixed_poi_fit`` does (see test_fixed_poi_fit_equals_fit_with_fixed_poi).
+    ``init`` defaults to the suggested init."""
+    init = np.array(model.config.init if init is None else init, dtype=float)
     fixed = np.asarray(model.config.fixed, dtype=bool)
     if poi_value is not None:
         init[model.config.poi_index] = poi_value

@@ -87,7 +87,8 @@ def reference_nll(alpha, mu, data):
     lam = mu * SIGNAL + BKG + _code4p(alpha, BKG_LO, BKG, BKG_HI)
     n = np.asarray(data[:3], dtype=float)
     f = POISSON_FLOOR
-    log_term = np.where(lam > f, n * np.log(np.maximum(lam, f)), n * np.log(f) + np.maximum(n, 0) * (lam - f) / f)
+    below = n * np.log(f) + np.maximum(n, 0) * (lam - f) / f
+    log_term = np.where(lam > f, n * np.log(np.maximum(lam, f)), below)
     main = np.sum(lam - log_term + gammaln(n + 1.0))
     aux = data[-1]
     return main + 0.5 * (aux - alpha) ** 2 + 0.5 * np.log(2 * np.pi)
