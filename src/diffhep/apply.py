@@ -14,6 +14,11 @@ input (usable as a ROOT friend tree), holding the features, the ``keep`` columns
 Files are written atomically (a temporary file renamed at the end): an error (a missing
 column, NaN/inf features) leaves no partial output.
 
+This is local and single-process. With ``scheduler`` (an address) or ``workers`` (a local
+cluster) the files are scored on a Dask cluster instead, by :mod:`diffhep.dask_apply` (an
+optional dependency): the same columns and numbers, one output file per partition of
+``step_size`` events, ``OUT/<input stem>/part-<k>.parquet`` (or ``.root``).
+
 Example:
     >>> import numpy as np
     >>> check_finite({"x": np.array([0.0, np.nan, np.inf])}, ["x"])
@@ -130,34 +135,55 @@ def _output_path(out: Path, file: Path, kind: str) -> Path:
     return out / f"{file.stem}{'.root' if kind == 'root' else '.parquet'}"
 
 
-def _score_file(file, writer, prep, sess, tree, step_size, keep) -> int:
+def _columns(prep: dict, keep: Sequence[str]) -> list[str]:
+    """The input columns read and copied to the output: the features, then ``keep``."""
+    return list(dict.fromkeys([*prep["inputs"]["features"]["names"], *keep]))
+
+
+def _score_chunk(file, chunk: dict, prep: dict, sess, keep: Sequence[str]) -> dict:
+    """The output columns of one chunk ``{column: values}`` (as :func:`sources.iterate`
+    yields it): the input columns, then ``diffhep_<output>`` of every model output."""
     names = prep["inputs"]["features"]["names"]
+    columns = _columns(prep, keep)
+    for c in columns:
+        a = np.asarray(chunk[c])
+        if a.ndim != 1 or a.dtype == object or not np.issubdtype(a.dtype, np.number):
+            raise DataError(
+                f"column {c!r} is not a flat numeric column ({a.dtype}, shape {a.shape})",
+                file=str(file),
+                where=c,
+                fix="keep and score only flat numeric columns",
+            )
     dtype = np.dtype(prep["inputs"]["features"]["dtype"])
     outputs = [o.name for o in sess.get_outputs()]
-    columns = list(dict.fromkeys([*names, *keep]))
+    x = np.column_stack([np.asarray(chunk[c], dtype=dtype) for c in names])
+    result = dict(zip(outputs, sess.run(outputs, {"features": x}), strict=True))
+    out = {c: np.asarray(chunk[c]) for c in columns}
+    return out | {PREFIX + k: v for k, v in result.items()}
+
+
+def _empty(prep: dict, sess, keep: Sequence[str]) -> dict:
+    """The output columns of no events (their dtypes as in the output of events)."""
+    empty = {c: np.zeros(0, np.float64) for c in _columns(prep, keep)}
+    kinds = {"score": np.float32, "selected": np.bool_}
+    return empty | {
+        PREFIX + o.name: np.zeros(0, kinds.get(o.name, np.int64)) for o in sess.get_outputs()
+    }
+
+
+def _score_file(file, writer, prep, sess, tree, step_size, keep) -> int:
+    names = prep["inputs"]["features"]["names"]
+    columns = _columns(prep, keep)
     bad: dict[str, int] = {}
     n = 0
     for chunk in sources.iterate([file], tree=tree, expressions=columns, step_size=step_size):
-        for c in columns:
-            a = np.asarray(chunk[c])
-            if a.ndim != 1 or a.dtype == object or not np.issubdtype(a.dtype, np.number):
-                raise DataError(
-                    f"column {c!r} is not a flat numeric column ({a.dtype}, shape {a.shape})",
-                    file=str(file),
-                    where=c,
-                    fix="keep and score only flat numeric columns",
-                )
         for c, k in check_finite(chunk, names).items():
             bad[c] = bad.get(c, 0) + k
         n += len(chunk[names[0]])
         if bad:  # keep counting, write nothing more
             continue
-        x = np.column_stack([np.asarray(chunk[c], dtype=dtype) for c in names])
-        result = dict(zip(outputs, sess.run(outputs, {"features": x}), strict=True))
-        out = {c: np.asarray(chunk[c]) for c in columns}
-        out |= {PREFIX + k: v for k, v in result.items()}
-        writer.write(out)
-        del chunk, x, result, out  # one chunk in memory: free it before reading the next
+        writer.write(_score_chunk(file, chunk, prep, sess, keep))
+        del chunk  # one chunk in memory: free it before reading the next
     if bad:
         c, k = next(iter(bad.items()))
         raise DataError(
@@ -170,6 +196,33 @@ def _score_file(file, writer, prep, sess, tree, step_size, keep) -> int:
     return n
 
 
+def _check_options(step_size: int, fmt: str | None) -> None:
+    if step_size < 1:
+        raise DataError(f"step size {step_size} < 1", where="--step-size")
+    if fmt not in (None, "parquet", "root"):
+        raise DataError(f"unknown output format {fmt!r}", where="--format", fix="parquet or root")
+
+
+def _check_keep(keep: Sequence[str]) -> None:
+    clash = [k for k in keep if k.startswith(PREFIX)]
+    if clash:
+        raise DataError(
+            f"kept column(s) {', '.join(clash)} clash with the output columns ({PREFIX}*)",
+            where="--keep",
+        )
+
+
+def _inputs(files: Sequence) -> list[tuple[Path, str]]:
+    """``(path, kind)`` of every input, which must exist."""
+    out = []
+    for f in map(Path, files):
+        kind = _kind(f)
+        if not f.is_file():
+            raise DataError("file not found", file=str(f), fix="check the path")
+        out.append((f, kind))
+    return out
+
+
 def apply_run(
     run_dir,
     files: Sequence,
@@ -179,8 +232,14 @@ def apply_run(
     step_size: int = DEFAULT_STEP,
     keep: Sequence[str] = (),
     fmt: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> list[dict]:
     """Score ``files`` with the run ``run_dir`` into the directory ``out``.
+
+    Local and single-process by default; with ``scheduler`` or ``workers`` the partitions
+    of the files are scored on a Dask cluster (:mod:`diffhep.dask_apply`, one output file
+    per partition).
 
     Args:
         run_dir: A run directory with ``model.onnx`` and ``preprocess.json``.
@@ -188,34 +247,41 @@ def apply_run(
         out: Output directory (created).
         tree: TTree of ROOT inputs (default: the only one); also the output tree's name
             (default ``Events``).
-        step_size: Events per chunk.
+        step_size: Events per chunk (per partition on Dask).
         keep: Extra flat columns copied to the output (e.g. event numbers, weights).
         fmt: ``"parquet"`` or ``"root"``; default: the kind of each input.
+        scheduler: Address of a Dask scheduler (e.g. ``"tcp://host:8786"``).
+        workers: Number of worker processes of a local Dask cluster started (and closed)
+            for this call.
 
     Returns:
-        One ``{"input", "output", "events"}`` per file.
+        One ``{"input", "output", "events"}`` per file; on Dask one per partition, with its
+        ``"partition"`` number and ``"first_entry"`` in the input.
 
     Raises:
         DataError: Missing run export, file, tree or column, NaN/inf features, an output
-            that would overwrite its input.
+            that would overwrite its input, both ``scheduler`` and ``workers``.
+        DiffhepError: Dask is asked for but not installed.
     """
     run_dir, out = Path(run_dir), Path(out)
-    if step_size < 1:
-        raise DataError(f"step size {step_size} < 1", where="--step-size")
-    if fmt not in (None, "parquet", "root"):
-        raise DataError(f"unknown output format {fmt!r}", where="--format", fix="parquet or root")
-    prep, sess = _load(run_dir)
-    clash = [k for k in keep if k.startswith(PREFIX)]
-    if clash:
+    _check_options(step_size, fmt)
+    if scheduler is not None and workers is not None:
         raise DataError(
-            f"kept column(s) {', '.join(clash)} clash with the output columns ({PREFIX}*)",
-            where="--keep",
+            "give a scheduler address or a number of local workers, not both",
+            where="--scheduler/--workers",
         )
+    prep, sess = _load(run_dir)
+    _check_keep(keep)
+    inputs = _inputs(files)
+    if scheduler is not None or workers is not None:
+        from .dask_apply import apply_dask
+
+        return apply_dask(
+            run_dir, inputs, out, prep=prep, tree=tree, step_size=step_size, keep=keep,
+            fmt=fmt, scheduler=scheduler, workers=workers,
+        )  # fmt: skip
     plan = []
-    for f in map(Path, files):
-        kind = _kind(f)
-        if not f.is_file():
-            raise DataError("file not found", file=str(f), fix="check the path")
+    for f, kind in inputs:
         target = _output_path(out, f, fmt or kind)
         if target.resolve() == f.resolve() or target in [t for _, t, _ in plan]:
             raise DataError(
@@ -230,14 +296,7 @@ def apply_run(
         writer = _Writer(target, kind, tree or "Events")
         try:
             n = _score_file(f, writer, prep, sess, tree, step_size, keep)
-            names = [*prep["inputs"]["features"]["names"], *keep]
-            empty = {c: np.zeros(0, np.float64) for c in dict.fromkeys(names)}
-            kinds = {"score": np.float32, "selected": np.bool_}
-            empty |= {
-                PREFIX + o.name: np.zeros(0, kinds.get(o.name, np.int64))
-                for o in sess.get_outputs()
-            }
-            writer.commit(empty)
+            writer.commit(_empty(prep, sess, keep))
         except BaseException:
             writer.abort()
             raise

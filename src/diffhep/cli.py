@@ -291,12 +291,23 @@ def demo(out, overrides, statistics_only):
 @click.option("--keep", multiple=True, help="Extra column to copy to the output (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "root"]), default=None,
               help="Output format (default: that of each input).")  # fmt: skip
-def apply(run_dir, files, out, tree, step_size, keep, fmt):
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Score on this Dask scheduler (e.g. tcp://host:8786): one output per "
+              "partition, OUT/<input stem>/part-<k>.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Score on a local Dask cluster of N worker processes.")  # fmt: skip
+def apply(run_dir, files, out, tree, step_size, keep, fmt, scheduler, workers):
     """Score ROOT/parquet FILES with the trained run RUN_DIR (its model.onnx): one output per
-    file in OUT with the features, diffhep_score, diffhep_selected and diffhep_bin_<channel>."""
+    file in OUT with the features, diffhep_score, diffhep_selected and diffhep_bin_<channel>
+    (local and single-process unless --scheduler or --workers is given)."""
     from .apply import apply_run
 
-    _emit(_run(apply_run, run_dir, files, out, tree=tree, step_size=step_size, keep=keep, fmt=fmt))
+    if scheduler is not None and workers is not None:
+        raise click.UsageError("--scheduler and --workers are mutually exclusive")
+    _emit(
+        _run(apply_run, run_dir, files, out, tree=tree, step_size=step_size, keep=keep, fmt=fmt,
+             scheduler=scheduler, workers=workers)
+    )  # fmt: skip
 
 
 def _list(text):

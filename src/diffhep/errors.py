@@ -64,6 +64,14 @@ class DiffhepError(Exception):
             text += f"\n  fix: {self.fix}"
         return text
 
+    def __reduce__(self):
+        """Pickled with its file, location and fix (errors raised in worker processes)."""
+        return _rebuild, (type(self), self.message, self.file, self.where, self.fix)
+
+
+def _rebuild(cls, message, file, where, fix):
+    return cls(message, file=file, where=where, fix=fix)
+
 
 class SchemaError(DiffhepError):
     """A document does not follow its JSON schema."""

@@ -9,6 +9,8 @@ arrays) and CSV (header line with the column names). :func:`load_sample` reads a
 sample: features, one or more weight expressions and a filter, with the checks of
 :class:`~diffhep.datasets.DataError`: missing file, tree or branch, non-numeric branch,
 NaN/inf in features or weights (counted per file and expression), empty after the filter.
+:func:`evaluate_chunk` applies the same conversions and checks to a chunk read by another
+reader (e.g. a partition of ``uproot.dask``, see :mod:`diffhep.dask_apply`).
 
 Example:
     >>> import numpy as np, tempfile, os
@@ -33,7 +35,15 @@ import numpy as np
 from .datasets import DataError
 from .expressions import Expression, ExpressionError
 
-__all__ = ["FORMATS", "expand", "iterate", "load_sample"]
+__all__ = [
+    "FORMATS",
+    "columns_of",
+    "evaluate_chunk",
+    "expand",
+    "iterate",
+    "load_sample",
+    "tree_name",
+]
 
 #: File suffix -> reader.
 FORMATS = (".root", ".parquet", ".pq", ".h5", ".hdf5", ".npz", ".csv")
@@ -101,6 +111,35 @@ def _check_type(path, name, arr, tree=None):
     return arr
 
 
+def _tree_of(path, f, tree):
+    """The TTree of the open ROOT file ``f``: ``tree``, or the only one."""
+    trees = [k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "TNtuple")]
+    if tree is None:
+        if len(set(trees)) != 1:
+            raise DataError(
+                f"the file has {len(set(trees))} trees ({_few(trees)}); name one",
+                file=path,
+                fix="give the sample's 'tree' (or data.tree)",
+            )
+        tree = trees[0]
+    if tree not in trees:
+        raise _missing(path, "tree", [tree], trees)
+    return tree
+
+
+def tree_name(path, tree: str | None = None) -> str:
+    """The TTree of the ROOT file ``path`` that :func:`iterate` reads: ``tree`` (checked), or
+    the only one of the file."""
+    import uproot
+
+    try:
+        f = uproot.open(path)
+    except Exception as exc:
+        raise DataError(f"cannot open as a ROOT file ({exc})", file=str(path)) from None
+    with f:
+        return _tree_of(str(path), f, tree)
+
+
 def _root(path, tree, names, step):
     import uproot
 
@@ -109,17 +148,7 @@ def _root(path, tree, names, step):
     except Exception as exc:
         raise DataError(f"cannot open as a ROOT file ({exc})", file=path) from None
     with f:
-        trees = [k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "TNtuple")]
-        if tree is None:
-            if len(set(trees)) != 1:
-                raise DataError(
-                    f"the file has {len(set(trees))} trees ({_few(trees)}); name one",
-                    file=path,
-                    fix="give the sample's 'tree' (or data.tree)",
-                )
-            tree = trees[0]
-        if tree not in trees:
-            raise _missing(path, "tree", [tree], trees)
+        tree = _tree_of(path, f, tree)
         t = f[tree]
         absent = [n for n in names if n not in t.keys()]
         if absent:
@@ -277,22 +306,76 @@ def _chunks(files, tree, expressions, step_size, constants=None, base_dir=None):
         raise DataError(f"step_size must be >= 1, got {step_size}")
     parsed = _parse(expressions)
     constants = dict(constants or {})
-    names = sorted({n for e in parsed.values() for n in e.names} - set(constants))
+    names = _names(parsed, constants)
     for path in expand(files, base_dir):
         start = 0
         for cols, n in _read(path, tree, names, int(step_size)):
-            cols = {**cols, **constants}
-            out = {}
-            for text, e in parsed.items():
-                try:
-                    v = e.evaluate(cols, n)
-                except ExpressionError as exc:
-                    raise DataError(exc.message, file=path, where=text, fix=exc.fix) from None
-                if v.dtype.kind != "b":
-                    v = v.astype(np.float64)
-                out[text] = v
-            yield path, start, out
+            yield path, start, _evaluate(path, parsed, {**cols, **constants}, n)
             start += n
+
+
+def _names(parsed, constants=()) -> list[str]:
+    """The columns to read for the parsed expressions."""
+    return sorted({n for e in parsed.values() for n in e.names} - set(constants))
+
+
+def columns_of(expressions: Sequence[str]) -> list[str]:
+    """The columns (branches) of a file that the expressions read, sorted."""
+    return _names(_parse(expressions))
+
+
+def _evaluate(path, parsed, cols, n) -> dict:
+    """``{expression: values}`` of one chunk (float64, or bool for logical expressions)."""
+    out = {}
+    for text, e in parsed.items():
+        try:
+            v = e.evaluate(cols, n)
+        except ExpressionError as exc:
+            raise DataError(exc.message, file=path, where=text, fix=exc.fix) from None
+        if v.dtype.kind != "b":
+            v = v.astype(np.float64)
+        out[text] = v
+    return out
+
+
+def _check_finite(path, start, out) -> None:
+    """Raise :class:`DataError` on NaN/inf values of a chunk whose first entry is ``start``."""
+    for text, v in out.items():
+        bad = ~np.isfinite(v) if v.dtype.kind == "f" else None
+        if bad is not None and bad.any():
+            first = start + int(np.argmax(bad))
+            raise DataError(
+                f"{int(bad.sum())} NaN/inf values of {text!r} in entries "
+                f"{start}-{start + len(v) - 1} (first at entry {first})",
+                file=path,
+                where=text,
+                fix="repair or filter these events",
+            )
+
+
+def evaluate_chunk(
+    path,
+    chunk,
+    expressions: Sequence[str],
+    *,
+    start: int = 0,
+    tree: str | None = None,
+    check_finite: bool = True,
+) -> dict[str, np.ndarray]:
+    """What :func:`iterate` yields for the entries ``start, start + 1, ...`` of the file
+    ``path``, read by another reader: ``chunk`` is an awkward record array holding the
+    columns the expressions need (e.g. a partition of ``uproot.dask`` or dask-awkward).
+
+    The columns get the same checks and conversions as in :func:`iterate` (numeric type,
+    missing values of nullable columns as NaN, float64 or bool results, NaN/inf with the
+    entries counted from ``start``); ``tree`` only names the tree in error messages.
+    """
+    parsed = _parse(expressions)
+    cols, n = _columns(str(path), chunk, _names(parsed), tree)
+    out = _evaluate(str(path), parsed, cols, n)
+    if check_finite:
+        _check_finite(str(path), start, out)
+    return out
 
 
 def iterate(
@@ -322,17 +405,7 @@ def iterate(
     """
     for path, start, out in _chunks(files, tree, expressions, step_size, constants, base_dir):
         if check_finite:
-            for text, v in out.items():
-                bad = ~np.isfinite(v) if v.dtype.kind == "f" else None
-                if bad is not None and bad.any():
-                    first = start + int(np.argmax(bad))
-                    raise DataError(
-                        f"{int(bad.sum())} NaN/inf values of {text!r} in entries "
-                        f"{start}-{start + len(v) - 1} (first at entry {first})",
-                        file=path,
-                        where=text,
-                        fix="repair or filter these events",
-                    )
+            _check_finite(path, start, out)
         yield out
 
 
