@@ -17,13 +17,14 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from _docs import write_section
 
 HEADING = "## Memory of `diffhep apply` (`benchmarks/apply_memory.py`)"
 NFEAT = 10
@@ -166,11 +167,7 @@ def main():
     )
     print(text)
     if args.output:
-        path = Path(args.output)
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        pattern = re.compile(re.escape(HEADING) + r".*?(?=^## |\Z)", re.S | re.M)
-        new = pattern.sub(lambda _: text, old) if pattern.search(old) else old + "\n" + text
-        path.write_text(new)
+        write_section(args.output, HEADING, text)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,13 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _docs import write_section
 
 HEADING = "## Scaling: devices and chunked gradients (`benchmarks/scaling.py`)"
 HIDDEN = (128, 128)
@@ -275,13 +276,7 @@ def main():
     )
     print(text)
     if args.output:
-        path = Path(args.output)
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        pattern = re.compile(re.escape(HEADING) + r".*?(?=^## |\Z)", re.S | re.M)
-        new = pattern.sub(lambda _: text, old) if pattern.search(old) else old + "\n" + text
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new)
-        os.replace(tmp, path)
+        write_section(args.output, HEADING, text)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import time
-from pathlib import Path
 
 import jax
+
+from _docs import write_section
 
 jax.config.update("jax_enable_x64", True)
 
@@ -130,11 +130,7 @@ def main():
     )
     print(text)
     if args.output:
-        path = Path(args.output)
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        pattern = re.compile(re.escape(HEADING) + r".*?(?=^## |\Z)", re.S | re.M)
-        new = pattern.sub(lambda _: text, old) if pattern.search(old) else old + "\n" + text
-        path.write_text(new)
+        write_section(args.output, HEADING, text)
 
 
 if __name__ == "__main__":
