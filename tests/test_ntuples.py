@@ -14,10 +14,12 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
+from diffhep.apply import apply_run, root_branch_names
 from diffhep.cli import main
 from diffhep.config import ConfigError, load_config
 from diffhep.datasets import DataError
-from diffhep.runs import _analysis, load_events, prepare, train_run
+from diffhep.pipeline import Events
+from diffhep.runs import _analysis, load_events, load_run, prepare, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ntuples"
@@ -196,3 +198,23 @@ def test_example_end_to_end_and_pyhf_cls(ntuples, tmp_path):
         cls = pyhf.infer.hypotest(1.0, ws.data(model), model, test_stat="qtilde")
     assert float(cls) == pytest.approx(summary["expected_cls"], rel=1e-5)
     assert 0.0 < summary["expected_cls"] < 1.0
+    # the Deep Sets event score is exported; diffhep apply reads its features (Jet_pt[0],
+    # num(Jet_pt) > 0, ...) from the ROOT file and scores and bins as diffhep does
+    assert summary["onnx"] == "model.onnx" and (out / "model.onnx").is_file()
+    _, pipe, _, params = load_run(out)
+    features = list(pipe.features)
+    [report] = apply_run(out, [ntuples / "wjets.root"], tmp_path / "scored")  # 0 to 4+ jets
+    scored = uproot.open(tmp_path / "scored" / "wjets.root")["Events"].arrays(library="np")
+    names = root_branch_names(pipe.features)
+    assert names["Jet_pt[0]"] == "Jet_pt_0" and names["num(Jet_pt) > 0"] == "num_Jet_pt_0"
+    x = np.column_stack([scored[names[f]] for f in pipe.features]).astype(np.float32)
+    masks = x[:, [features.index(f"num(Jet_pt) > {j}") for j in (0, 3)]]
+    assert len(x) == report["events"] and set(masks[:, 0]) == set(masks[:, 1]) == {0.0, 1.0}
+    score = np.asarray(params.observable(x))
+    np.testing.assert_allclose(scored["diffhep_score"], score, rtol=0, atol=1e-6)
+    w = np.random.default_rng(0).uniform(0.5, 1.5, len(x))
+    hists = pipe.histograms(params, dict.fromkeys(pipe.analysis.event_sets, Events(x, w)))
+    b = scored["diffhep_bin_SR"]
+    assert b.min() >= 0  # no cuts in the example (one epoch: the bins may all be one)
+    np.testing.assert_allclose(np.bincount(b, weights=w, minlength=3), hists[("SR", "wjets")][0],
+                               rtol=1e-12)  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 
 from diffhep.analysis import Analysis, Channel
 from diffhep.cuts import CutSpec
+from diffhep.deepsets import DeepSetsObservable, Layout
 from diffhep.observables import ACTIVATIONS
 from diffhep.onnx_export import ExportError, export_onnx
 from diffhep.pipeline import Events, Pipeline
@@ -76,11 +77,11 @@ def _reference_bins(pipe, params, x, score):
         elif ch.observable == "count":
             v = np.zeros(len(x))
         else:
-            v = x[:, FEATURES.index(ch.observable)].astype(np.float64)
+            v = x[:, pipe.features.index(ch.observable)].astype(np.float64)
         idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
         mask = passed.copy()
         for f, lo, hi in ch.region:
-            col = x[:, FEATURES.index(f)]
+            col = x[:, pipe.features.index(f)]
             mask &= (col >= np.float32(lo)) & (col < np.float32(hi))
         out[ch.name] = np.where(mask, idx, -1)
     return passed, out
@@ -89,7 +90,7 @@ def _reference_bins(pipe, params, x, score):
 def _check(tmp_path, pipe, params, events):
     prep = export_onnx(tmp_path, pipe, params)
     assert json.loads((tmp_path / "preprocess.json").read_text()) == prep
-    assert prep["inputs"]["features"]["names"] == list(FEATURES)
+    assert prep["inputs"]["features"]["names"] == list(pipe.features)
     x = np.concatenate([np.asarray(events[n].x) for n in ("sig", "bkg")])
     got = _run(tmp_path, x)
     score = None
@@ -120,6 +121,7 @@ def _check(tmp_path, pipe, params, events):
             w = np.asarray(events[n].w)
             sums = np.bincount(b[b >= 0], weights=w[b >= 0], minlength=ch.bins)
             np.testing.assert_allclose(sums, hists[(ch.name, n)][0], rtol=1e-12, atol=1e-12)
+    return prep
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
@@ -158,6 +160,80 @@ def test_every_cut_direction_alone(tmp_path):
         d = tmp_path / str(i)
         d.mkdir()
         _check(d, pipe, _params(pipe, events, cuts=[cut]), events)
+
+
+# 3 event features, then 3 jets x (pt, eta, mask): the layout of diffhep.ntuples
+DS_FEATURES = (
+    *FEATURES,
+    *(f for j in range(3) for f in (f"pt[{j}]", f"eta[{j}]", f"num(pt) > {j}")),
+)
+DS_LAYOUT = Layout(event=(0, 1, 2), collections=((3, 3, 2),))
+
+
+def _ds_events(n=2000, seed=2):
+    """Events with 0..3 jets (zero-padded as ntuples pads them), every multiplicity present."""
+    out = _events(n, seed)
+    rng = np.random.default_rng(seed + 10)
+    for name, events in out.items():
+        x = np.zeros((n, len(DS_FEATURES)), np.float32)
+        x[:, :3] = events.x
+        njets = np.arange(n) % 4  # 0, 1, 2, 3 jets
+        for j in range(3):
+            real = njets > j
+            c = 3 + 3 * j
+            pt = rng.exponential(40.0 if name == "sig" else 25.0, n) + 20.0
+            x[:, c] = np.where(real, pt, 0.0)
+            x[:, c + 1] = np.where(real, rng.normal(0, 1.5, n), 0.0)
+            x[:, c + 2] = real
+        out[name] = Events(x, events.w)
+    return out
+
+
+def _ds_params(pipe, events, pooling, dtype):
+    import jax.numpy as jnp
+
+    jdtype = jnp.float32 if dtype == "float32" else jnp.float64
+    params = pipe.init_params(events, key=jax.random.key(0), hidden=(4,), dtype=jdtype, cuts=CUTS)
+    x = np.concatenate([np.asarray(e.x) for e in events.values()])
+    obs = DeepSetsObservable.create(
+        x, DS_LAYOUT, hidden=(12, 6), object_hidden=(8, 5), latent=4, key=jax.random.key(3),
+        pooling=pooling, activation="tanh", dtype=jdtype,
+    )  # fmt: skip
+    obs = eqx.tree_at(  # larger weights: scores spread over [0, 1]
+        lambda o: o.rho, obs, jax.tree.map(lambda a: 3 * a if eqx.is_array(a) else a, obs.rho)
+    )
+    return eqx.tree_at(lambda p: p.observable, params, obs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_deepsets_with_cuts_matches_onnxruntime(tmp_path, pooling, dtype):
+    events = _ds_events()
+    pipe = Pipeline(
+        Analysis(
+            ("sig", "bkg"),
+            "sig",
+            (
+                Channel("SR", 5, "nn", (0.0, 0.3, 0.5, 0.6, 0.8, 1.0)),
+                Channel("CR", 3, "pt[0]", (0.0, 40.0, 80.0, 120.0), (("x2", -0.5, 1.5),)),
+            ),
+        ),
+        DS_FEATURES,
+    )
+    params = _ds_params(pipe, events, pooling, dtype)
+    prep = _check(tmp_path, pipe, params, events)
+    assert prep["observable"]["type"] == "DeepSetsObservable"
+    assert prep["observable"]["pooling"] == pooling
+    # zero-jet and full events score as diffhep does, and the padded slots do not matter
+    x = np.asarray(events["sig"].x)[:8]
+    assert set(x[:, -1]) == {0.0, 1.0} and (x[:, 5] == 0).any()
+    garbage = x.copy()
+    for j in range(3):
+        pad = garbage[:, 5 + 3 * j] == 0
+        garbage[pad, 3 + 3 * j : 5 + 3 * j] = 1e3
+    got = _run(tmp_path, garbage)["score"]
+    np.testing.assert_allclose(got, np.asarray(params.observable(x)), rtol=0, atol=1e-6)
+    assert len(_run(tmp_path, x[:0])["score"]) == 0
 
 
 def test_unsupported_observable_is_a_clear_error_and_writes_nothing(tmp_path):

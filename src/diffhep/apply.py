@@ -11,6 +11,10 @@ input (usable as a ROOT friend tree), holding the features, the ``keep`` columns
 - ``diffhep_selected``: whether the event passes the selection cuts,
 - ``diffhep_bin_<channel>``: the bin of every channel, -1 outside it.
 
+In ROOT outputs, feature expressions become valid branch names (``Jet_pt[0]`` ->
+``Jet_pt_0``, ``num(Jet_pt) > 0`` -> ``num_Jet_pt_0``, see :func:`root_branch_names`);
+parquet keeps them as they are.
+
 Files are written atomically (a temporary file renamed at the end): an error (a missing
 column, NaN/inf features) leaves no partial output.
 
@@ -28,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,7 +42,7 @@ from . import sources
 from .datasets import DataError
 from .onnx_export import ONNX_FORMAT
 
-__all__ = ["PREFIX", "apply_run", "check_finite"]
+__all__ = ["PREFIX", "apply_run", "check_finite", "root_branch_names"]
 
 PREFIX = "diffhep_"
 DEFAULT_STEP = 100_000
@@ -80,6 +85,32 @@ def _load(run_dir: Path):
     return prep, sess
 
 
+def root_branch_names(columns) -> dict:
+    """``{column: ROOT branch name}``: expressions such as ``Jet_pt[0]`` or
+    ``num(Jet_pt) > 0`` are no valid branch names (``[0]`` declares a fixed-size array to
+    ROOT), so every run of other characters than letters, digits and ``_`` becomes one ``_``
+    (``Jet_pt_0``, ``num_Jet_pt_0``). Names already valid are kept.
+
+    Raises:
+        DataError: If two columns get the same branch name.
+
+    Example:
+        >>> root_branch_names(["met", "Jet_pt[0]", "num(Jet_pt) > 0"])
+        {'met': 'met', 'Jet_pt[0]': 'Jet_pt_0', 'num(Jet_pt) > 0': 'num_Jet_pt_0'}
+    """
+    out, seen = {}, {}
+    for c in columns:
+        b = c if re.fullmatch(r"[A-Za-z_]\w*", c) else re.sub(r"\W+", "_", c).strip("_") or "_"
+        if b in seen:
+            raise DataError(
+                f"columns {seen[b]!r} and {c!r} would both be the ROOT branch {b!r}",
+                where=c,
+                fix="write parquet (--format parquet)",
+            )
+        out[c], seen[b] = b, c
+    return out
+
+
 class _Writer:
     """Chunks to a temporary parquet or ROOT file, renamed to ``path`` by :meth:`commit`."""
 
@@ -100,6 +131,8 @@ class _Writer:
         else:
             import uproot
 
+            names = root_branch_names(columns)
+            columns = {names[k]: v for k, v in columns.items()}
             if self.handle is None:
                 self.handle = uproot.recreate(self.tmp)
                 self.handle.mktree(self.tree, {k: v.dtype for k, v in columns.items()})
@@ -147,7 +180,8 @@ def _score_chunk(file, chunk: dict, prep: dict, sess, keep: Sequence[str]) -> di
     columns = _columns(prep, keep)
     for c in columns:
         a = np.asarray(chunk[c])
-        if a.ndim != 1 or a.dtype == object or not np.issubdtype(a.dtype, np.number):
+        numeric = np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_  # masks: bool
+        if a.ndim != 1 or a.dtype == object or not numeric:
             raise DataError(
                 f"column {c!r} is not a flat numeric column ({a.dtype}, shape {a.shape})",
                 file=str(file),

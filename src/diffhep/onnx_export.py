@@ -18,8 +18,10 @@ float64), so the bins agree exactly given the same score. ``preprocess.json`` be
 model describes the inputs (feature names and order, dtype), the standardisation, the cuts,
 the edges of every channel and the outputs.
 
-New observable types register an exporter with :func:`register_observable`; an observable
-without one raises :class:`ExportError`.
+Exporters exist for :class:`~diffhep.observables.MLPObservable` (here) and
+:class:`~diffhep.deepsets.DeepSetsObservable` (:mod:`diffhep.onnx_deepsets`, same single
+``features`` input). New observable types register an exporter with
+:func:`register_observable`; an observable without one raises :class:`ExportError`.
 
 Example:
     >>> import jax, numpy as np, onnxruntime as ort
@@ -154,16 +156,21 @@ class Graph:
 # ---------------------------------------------------------------- observables
 #: ``{observable type: exporter(graph, observable, features tensor) -> logits tensor (N,)}``
 EXPORTERS: dict[type, Callable[[Graph, object, str], str]] = {}
+#: ``{observable type: describe(observable) -> dict}``: extra entries of preprocess.json's
+#: ``observable`` (e.g. the layout of a Deep Sets observable).
+DESCRIBERS: dict[type, Callable[[object], dict]] = {}
 
 
-def register_observable(cls: type):
+def register_observable(cls: type, describe: Callable[[object], dict] | None = None):
     """Decorator registering an exporter for observables of type ``cls``: a function
     ``(graph, observable, features) -> name of the (N,) logits tensor`` (the score is their
-    sigmoid). It may add inputs of its own (e.g. per-object features of a Deep Sets
-    observable) to ``graph.inputs``."""
+    sigmoid). It may add inputs of its own to ``graph.inputs``. ``describe(observable)``
+    gives extra entries of the ``observable`` section of ``preprocess.json``."""
 
     def wrap(fn):
         EXPORTERS[cls] = fn
+        if describe is not None:
+            DESCRIBERS[cls] = describe
         return fn
 
     return wrap
@@ -202,20 +209,28 @@ def _activation(graph: Graph, name: str, x: str, dtype) -> str:
     raise ExportError(f"activation {name!r} has no ONNX form", where="observable.activation")
 
 
-@register_observable(MLPObservable)
-def _mlp(graph: Graph, obs: MLPObservable, features: str) -> str:
+def standardised(graph: Graph, obs, features: str) -> tuple[str, str]:
+    """``(raw, standardised)``: ``features`` cast to the observable's dtype, and
+    ``(raw - obs.mean) / obs.scale`` as the observable's ``standardise``."""
     dtype = np.dtype(obs.dtype.name)
-    act = next((n for n, f in ACTIVATIONS.items() if f is obs.mlp.activation), None)
-    if act is None:
-        raise ExportError(
-            f"the MLP's activation {obs.mlp.activation!r} is not one of {', '.join(ACTIVATIONS)}",
-            where="observable.activation",
-        )
+    raw = graph.cast(features, dtype)
     mean = graph.const(np.asarray(obs.mean), dtype, "mean")
     scale = graph.const(np.asarray(obs.scale), dtype, "scale")
-    h = graph.node("Sub", [graph.cast(features, dtype), mean])
-    h = graph.node("Div", [h, scale], stem="standardised")
-    layers = obs.mlp.layers
+    h = graph.node("Sub", [raw, mean])
+    return raw, graph.node("Div", [h, scale], stem="standardised")
+
+
+def dense(graph: Graph, mlp, h: str, dtype) -> str:
+    """An ``eqx.nn.MLP`` (identity final activation) on the last axis of ``h``: MatMul
+    broadcasts over the leading axes, so ``(..., in) -> (..., out)``, with ``out = 1`` for a
+    ``"scalar"`` output layer."""
+    act = next((n for n, f in ACTIVATIONS.items() if f is mlp.activation), None)
+    if act is None:
+        raise ExportError(
+            f"the MLP's activation {mlp.activation!r} is not one of {', '.join(ACTIVATIONS)}",
+            where="observable.activation",
+        )
+    layers = mlp.layers
     for k, layer in enumerate(layers):
         w = np.asarray(layer.weight)
         w = w.reshape(-1, w.shape[-1])  # (out, in); out = 1 for the "scalar" output layer
@@ -224,6 +239,14 @@ def _mlp(graph: Graph, obs: MLPObservable, features: str) -> str:
             h = graph.node("Add", [h, graph.const(np.asarray(layer.bias).ravel(), dtype, f"b{k}")])
         if k < len(layers) - 1:
             h = _activation(graph, act, h, dtype)
+    return h
+
+
+@register_observable(MLPObservable)
+def _mlp(graph: Graph, obs: MLPObservable, features: str) -> str:
+    dtype = np.dtype(obs.dtype.name)
+    _, z = standardised(graph, obs, features)
+    h = dense(graph, obs.mlp, z, dtype)
     return graph.node("Squeeze", [h, graph.const([1], np.int64)], stem="logits")
 
 
@@ -324,7 +347,9 @@ def build_graph(pipe, params, dtype=np.float32):
             "scale": np.asarray(obs.scale, dtype=float).tolist(),
             "note": "x_std = (x - mean) / scale, applied inside the model",
         },
-        "observable": None if obs is None else {"type": type(obs).__name__},
+        "observable": None
+        if obs is None
+        else {"type": type(obs).__name__, **DESCRIBERS.get(type(obs), lambda _: {})(obs)},
         "selection": None
         if sel is None
         else {
@@ -360,3 +385,6 @@ def export_onnx(out_dir, pipe, params, dtype=np.float32) -> dict:
     _atomic_write(out_dir / "model.onnx", model.SerializeToString())
     _atomic_write(out_dir / "preprocess.json", json.dumps(preprocess, indent=1).encode())
     return preprocess
+
+
+from . import onnx_deepsets  # noqa: E402, F401  (registers the Deep Sets exporter)
