@@ -226,3 +226,109 @@ def test_step_toy_mean_weight_and_resampled_sums():
     assert abs(hn.sum() - h.sum()) < 3 * np.sqrt(dw.sum())
     assert abs(hn2.sum() / h2.sum() - 1) < 0.05
     assert 0.2 < res.kept.mean() < 1.0 and np.all(res.weights[~res.kept] == 0)
+
+
+# ------------------------------------------------------------------ diffhep reweight on files
+def _toy_columns(n=600, seed=1):
+    x, w = T.gaussian_toy(n, seed=seed)
+    cols = {"x": x[:, 0], "z": x[:, 1], "u": x[:, 2], "genWeight": w}
+    return cols | {"xsec": np.full(n, 2.0), "run": np.arange(n, dtype=np.int64)}
+
+
+def _write_toy(path, cols):
+    """ROOT (one TTree with a jagged Jet collection) or parquet (a list and a string
+    column) holding the toy's flat columns."""
+    import awkward as ak
+
+    n = len(cols["x"])
+    pt = [[10.0 + i % 7] * (i % 3) for i in range(n)]
+    if path.suffix == ".root":
+        import uproot
+
+        data = cols | {"Jet": ak.zip({"pt": ak.Array(pt), "eta": ak.Array(pt) / 10})}
+        with uproot.recreate(path) as f:
+            f.mktree("Events", {k: getattr(v, "type", None) or v.dtype for k, v in data.items()})
+            f["Events"].extend(data)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(cols | {"Jet_pt": pt, "tag": [f"e{i}" for i in range(n)]})
+        pq.write_table(table, path, row_group_size=250)
+
+
+def _read_back(path):
+    """Every column of the file: numpy for flat ones, Python lists for the others."""
+    if path.suffix == ".root":
+        import awkward as ak
+        import uproot
+
+        with uproot.open(path) as f:
+            arrays = f["Events"].arrays(library="ak")
+        return {k: (ak.to_numpy(arrays[k]) if arrays[k].ndim == 1 else arrays[k].to_list())
+                for k in arrays.fields}  # fmt: skip
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return {k: table[k].to_numpy() if table[k].type.num_fields == 0 and str(table[k].type)
+            != "string" else table[k].to_pylist() for k in table.column_names}  # fmt: skip
+
+
+OPTS = "--method classifier --hidden 4 --epochs 3 --folds 2 --seed 3 --bins 10".split()
+
+
+@pytest.mark.parametrize("ext", ["root", "parquet"])
+def test_reweight_cli_on_root_and_parquet_adds_the_column_next_to_the_original(tmp_path, ext):
+    """Every original column unchanged (jagged and string ones too), the new column equal to
+    reweight_arrays on the same arrays and seed, the input untouched, the report written."""
+    from click.testing import CliRunner
+
+    from diffhep.cli import main
+    from diffhep.reweight_files import reweight_arrays
+
+    cols = _toy_columns()
+    path = tmp_path / f"toy.{ext}"
+    _write_toy(path, cols)
+    before = path.read_bytes()
+    args = ["reweight", str(path), "--weight", "genWeight * xsec", "--features", "x,z,u"]
+    res = CliRunner().invoke(main, [*args, "--inputs", "x", *OPTS])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / f"toy_reweighted.{ext}"
+    assert path.read_bytes() == before  # FILE is not overwritten by default
+    original, written = _read_back(path), _read_back(out)
+    assert list(written) == [*original, "w_learned"]
+    for k, v in original.items():
+        if isinstance(v, np.ndarray):
+            assert written[k].dtype == v.dtype, k
+            np.testing.assert_array_equal(written[k], v, err_msg=k)
+        else:
+            assert written[k] == v, k
+    x = np.column_stack([cols["x"], cols["z"], cols["u"]]).astype(np.float64)
+    expect, _ = reweight_arrays(x, cols["genWeight"] * 2.0, names=["x", "z", "u"], inputs=[0],
+                                bins=10, seed=3, folds=2, hidden=(4,), epochs=3,
+                                method="classifier")  # fmt: skip
+    assert written["w_learned"].dtype == np.float64
+    np.testing.assert_allclose(written["w_learned"], expect, rtol=0, atol=1e-12)
+    assert np.all(written["w_learned"] >= 0) and np.any(cols["genWeight"] < 0)
+    report_dir = tmp_path / "toy_reweighted_reweight"
+    assert (report_dir / "reweight_report.md").is_file()
+    assert (report_dir / "plots" / "z.png").is_file()
+    import json
+
+    report = json.loads((report_dir / "reweight_report.json").read_text())
+    assert set(report["features"]) == {"x", "z", "u"} and report["inputs"] == ["x"]
+    assert report["weight"] == "genWeight * xsec"
+
+
+def test_reweight_cli_missing_weight_column_names_it_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from diffhep.cli import main
+
+    path = tmp_path / "toy.parquet"
+    _write_toy(path, _toy_columns(50))
+    res = CliRunner().invoke(main, ["reweight", str(path), "--weight", "genWeigth * xsec", *OPTS])
+    assert res.exit_code == 2, res.output
+    assert "'genWeigth'" in res.output and str(path) in res.output, res.output
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.parquet"]

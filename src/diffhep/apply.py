@@ -41,6 +41,7 @@ import numpy as np
 from . import sources
 from .datasets import DataError
 from .onnx_export import ONNX_FORMAT
+from .writers import AtomicWriter
 
 __all__ = ["PREFIX", "apply_run", "check_finite", "root_branch_names"]
 
@@ -111,44 +112,15 @@ def root_branch_names(columns) -> dict:
     return out
 
 
-class _Writer:
-    """Chunks to a temporary parquet or ROOT file, renamed to ``path`` by :meth:`commit`."""
+class _Writer(AtomicWriter):
+    """:class:`~diffhep.writers.AtomicWriter` with valid ROOT branch names for the feature
+    expressions (:func:`root_branch_names`)."""
 
-    def __init__(self, path: Path, kind: str, tree: str):
-        self.path, self.kind, self.tree = path, kind, tree
-        self.tmp = path.with_name(f".{path.name}.part")
-        self.handle = None
-
-    def write(self, columns: dict) -> None:
-        if self.kind == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.table(columns)
-            if self.handle is None:
-                self.handle = pq.ParquetWriter(self.tmp, table.schema)
-            self.handle.write_table(table)
-        else:
-            import uproot
-
+    def write(self, columns) -> None:
+        if self.kind == "root":
             names = root_branch_names(columns)
             columns = {names[k]: v for k, v in columns.items()}
-            if self.handle is None:
-                self.handle = uproot.recreate(self.tmp)
-                self.handle.mktree(self.tree, {k: v.dtype for k, v in columns.items()})
-            self.handle[self.tree].extend(columns)
-
-    def commit(self, empty: dict) -> None:
-        if self.handle is None:  # no events: an empty file with the columns
-            self.write(empty)
-        self.handle.close()
-        self.handle = None
-        self.tmp.replace(self.path)
-
-    def abort(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-        self.tmp.unlink(missing_ok=True)
+        super().write(columns)
 
 
 def _kind(path: Path) -> str:

@@ -316,10 +316,27 @@ def _list(text):
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), help="Output .npz (default: FILE).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Output file, same format as FILE (default: FILE's stem + '_reweighted', beside it; "
+    "FILE is not overwritten unless given here).",
+)
 @click.option("--column", default="w_learned", show_default=True, help="Name of the new weights.")
-@click.option("--weights-key", default="w", show_default=True, help="Array of the weights.")
-@click.option("--names", help="Feature names, comma-separated (default x0, x1, ...).")
+@click.option("--tree", help="ROOT: the TTree (default: the only one); HDF5: the group.")
+@click.option(
+    "--weight",
+    metavar="EXPR",
+    help="The signed weight: a column or an expression, e.g. 'genWeight * xsec' (needed for "
+    "ROOT, parquet, HDF5 and CSV; for .npz it reads 1-D arrays as columns).",
+)
+@click.option(
+    "--features",
+    help="Columns or expressions for the report, comma-separated (default: every flat numeric "
+    "column but the weight's).",
+)
+@click.option("--weights-key", default="w", show_default=True, help=".npz x/w: weights array.")
+@click.option("--names", help="Feature names, comma-separated (default x0, x1, ... or --features).")
 @click.option("--inputs", help="Features the weight network reads (names or columns; all).")
 @click.option(
     "--region",
@@ -350,6 +367,9 @@ def reweight(
     file,
     out,
     column,
+    tree,
+    weight,
+    features,
     weights_key,
     names,
     inputs,
@@ -363,9 +383,14 @@ def reweight(
     bins,
     report_dir,
 ):
-    """Learn positive weights E[w|x] for the events of FILE (.npz with x and signed w); write
-    them as a new array next to w, and a verification report (markdown, JSON, plots)."""
-    from .reweight_files import reweight_npz
+    """Learn positive weights E[w|x] for the events of FILE and write a verification report
+    (markdown, JSON, plots). FILE is ROOT, parquet, HDF5 or CSV (with --weight), or .npz
+    (arrays x and signed w, or 1-D arrays with --weight). The output, of the same format,
+    holds every original column unchanged plus the new weights (--column): ROOT one TTree of
+    the same name (jagged collections nX/X_* carried over, other non-flat branches are an
+    error), parquet every column type kept, HDF5 a copy of the file plus a dataset, CSV every
+    line plus a value. Written atomically: nothing on error."""
+    from .reweight_files import reweight_file
 
     region_map = {}
     for r in regions:
@@ -378,9 +403,12 @@ def reweight(
             "not a list of integers (e.g. 64,64)", param_hint="--hidden"
         ) from None
     res = _run(
-        reweight_npz,
+        reweight_file,
         file,
         out,
+        tree=tree,
+        weight=weight,
+        features=_list(features),
         weights_key=weights_key,
         column=column,
         names=_list(names),

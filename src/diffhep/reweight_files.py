@@ -3,12 +3,30 @@
 :func:`reweight_arrays` is the workflow on arrays (any reader plugs in: it takes features and
 signed weights): learn ``E[w | x]`` (:func:`diffhep.reweight.learn_positive_weights`,
 cross-fitted, optionally resampled) and verify the new weights
-(:func:`diffhep.weight_report.verify`). :func:`reweight_npz` reads and writes the ``.npz``
-event files that diffhep reads (``x`` and ``w``): every original array is kept, the new
-weights are added as a new array next to ``w``, and the report (markdown, JSON, plots) goes
-to a directory beside the output. Bad input raises :class:`~diffhep.datasets.DataError`
-naming the file and the array or option before anything is trained; nothing is written if
-anything fails (the output file is replaced atomically).
+(:func:`diffhep.weight_report.verify`). :func:`reweight_file` does it for a file of any
+format that diffhep reads (:mod:`diffhep.sources`): ROOT TTrees, parquet, HDF5, CSV and
+``.npz``. The signed weight is a column or an expression (``genWeight * xsec``), the features
+of the report are columns or expressions (default: every flat numeric column but the
+weight's), and the output is a file of the same format (default ``<stem>_reweighted.<ext>``
+beside the input, which is never overwritten unless asked) holding every original column
+unchanged plus the new weight column:
+
+- ROOT: one TTree of the same name (uproot), copied chunk by chunk; jagged branches are
+  carried over when uproot can write them back under the same names (a collection
+  ``nJet``, ``Jet_pt``, ``Jet_eta``, ... or a single ``X`` with counter ``nX``), other
+  non-flat branches (strings, objects, fixed-size arrays) are a :class:`DataError`;
+- parquet: copied batch by batch with pyarrow, every column type kept (lists, strings, ...);
+- HDF5: the file is copied and the column added as a dataset of the group ``tree`` (or the
+  root);
+- CSV: every line is copied as it is, the new value appended (``repr`` of the float);
+- ``.npz``: with ``x`` and ``w`` arrays (:func:`reweight_npz`), or 1-D arrays read by
+  column names when ``weight`` is given.
+
+The report (markdown, JSON, plots) goes to a directory beside the output. Bad input (missing
+file, tree or column, NaN/inf weights or features, an existing output column) raises
+:class:`~diffhep.datasets.DataError` naming the file and the column before anything is
+trained; nothing is written if anything fails (the output is written to a temporary file and
+renamed).
 
 Example:
     >>> import numpy as np
@@ -23,15 +41,29 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
+from . import sources
 from .datasets import DataError, check_events
 from .pipeline import Events
 from .weight_report import _region_mask, verify, write_report
+from .writers import AtomicWriter
 
-__all__ = ["reweight_arrays", "reweight_npz"]
+__all__ = ["FORMATS", "default_output", "reweight_arrays", "reweight_file", "reweight_npz"]
+
+#: File suffix -> format of the files ``diffhep reweight`` reads and writes.
+FORMATS = {
+    ".root": "root",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".csv": "csv",
+    ".npz": "npz",
+}
 
 
 def reweight_arrays(
@@ -104,6 +136,69 @@ def _columns(spec, names, option, file=None):
     return out
 
 
+def default_output(path) -> Path:
+    """``<stem>_reweighted<suffix>`` beside ``path``: the default output of a file."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_reweighted{path.suffix}")
+
+
+def _format(path: Path, where=None) -> str:
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"unknown file type {path.suffix!r}",
+            file=str(path),
+            where=where,
+            fix=f"use one of: {', '.join(FORMATS)}",
+        )
+    return kind
+
+
+def _prepare(x, w, names, inputs, regions, file, weight_where):
+    """Check names, inputs, regions and the sum of weights before the training; returns
+    ``(names, input columns)``."""
+    nf = x.shape[1]
+    if len(names) != nf:
+        raise DataError(
+            f"--names gives {len(names)} names for {nf} features",
+            file=file,
+            where="names",
+            fix=f"give {nf} comma-separated names",
+        )
+    cols = _columns(inputs, names, "--inputs", file) if inputs else list(range(nf))
+    for expr in (regions or {}).values():  # fail before the (long) training
+        try:
+            _region_mask(x[:1], names, expr)
+        except (DataError, ValueError) as exc:
+            raise DataError(
+                str(exc), file=file, where="--region", fix=f"e.g. --region 'low={names[0]} < 0'"
+            ) from None
+    if float(np.sum(w)) <= 0:
+        raise DataError(
+            f"the sum of weights is {np.sum(w):.4g} <= 0: no positive weights can reproduce it",
+            file=file,
+            where=weight_where,
+        )
+    return names, cols
+
+
+def _publish(report, tmp: Path, out: Path, column, report_dir, plots) -> dict:
+    """Write the report, then rename the complete temporary output ``tmp`` to ``out``."""
+    report_dir = Path(report_dir) if report_dir else out.with_name(out.stem + "_reweight")
+    try:
+        md = write_report(report, report_dir, plots=plots)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return {
+        "output": str(out),
+        "report": str(md),
+        "column": column,
+        "summary": {k: report[k] for k in ("negative_fraction", "ess", "global")},
+    }
+
+
 def reweight_npz(
     path,
     out=None,
@@ -118,8 +213,9 @@ def reweight_npz(
     **options,
 ) -> dict:
     """``diffhep reweight``: read ``x`` and ``w`` from an ``.npz`` file, learn positive weights,
-    write every original array plus ``column`` to ``out`` (default: in place) and the report
-    to ``report_dir`` (default ``<out stem>_reweight/``). Nothing is written if anything fails.
+    write every original array plus ``column`` to ``out`` (default
+    :func:`default_output`) and the report to ``report_dir`` (default
+    ``<out stem>_reweight/``). Nothing is written if anything fails.
 
     Returns:
         ``{"output", "report", "column", "summary"}``.
@@ -141,7 +237,8 @@ def reweight_npz(
                 f"no array {key!r} ({what}); the file has: {', '.join(arrays) or 'nothing'}",
                 file=file,
                 where=key,
-                fix="store x and w arrays, or name the weights with --weights-key",
+                fix="store x and w arrays, name the weights with --weights-key, or read "
+                "1-D arrays as columns with --weight",
             )
     if column in arrays:
         raise DataError(
@@ -152,46 +249,295 @@ def reweight_npz(
         )
     ev = check_events(Events(arrays["x"], arrays[weights_key]), path.stem, file)
     x, w = np.asarray(ev.x, np.float64), np.asarray(ev.w, np.float64)
-    nf = x.shape[1]
-    names = list(names) if names else [f"x{i}" for i in range(nf)]
-    if len(names) != nf:
-        raise DataError(
-            f"--names gives {len(names)} names for {nf} features",
-            file=file,
-            where="names",
-            fix=f"give {nf} comma-separated names",
-        )
-    cols = _columns(inputs, names, "--inputs", file) if inputs else list(range(nf))
-    for expr in (regions or {}).values():  # fail before the (long) training
-        try:
-            _region_mask(x[:1], names, expr)
-        except (DataError, ValueError) as exc:
-            raise DataError(
-                str(exc), file=file, where="--region", fix=f"e.g. --region 'low={names[0]} < 0'"
-            ) from None
-    if float(np.sum(w)) <= 0:
-        raise DataError(
-            f"the sum of weights is {np.sum(w):.4g} <= 0: no positive weights can reproduce it",
-            file=file,
-            where=weights_key,
-        )
+    names = list(names) if names else [f"x{i}" for i in range(x.shape[1])]
+    names, cols = _prepare(x, w, names, inputs, regions, file, weights_key)
     new, report = reweight_arrays(x, w, names=names, inputs=cols, regions=regions, **options)
-    out = Path(out) if out is not None else path
+    out = Path(out) if out is not None else default_output(path)
     report["input_file"], report["output_file"], report["column"] = file, str(out), column
-    report_dir = Path(report_dir) if report_dir else out.with_name(out.stem + "_reweight")
     arrays[column] = new
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f".{out.name}.part")
     with open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
+    return _publish(report, tmp, out, column, report_dir, plots)
+
+
+# ------------------------------------------------------------------ columnar files
+def _root_layout(path, tree):
+    """``(tree, flat numeric branches, every branch, jagged groups)`` of a ROOT file; the
+    groups ``{name: [branches]}`` say how jagged branches are written back (a record
+    ``name`` of the fields ``<name>_<field>``, or the jagged branch ``name`` itself), so that
+    uproot recreates the same branch names and counters."""
+    import uproot
+
+    file = str(path)
+    tree = sources.tree_name(path, tree)
+    with uproot.open(path) as f:
+        t = f[tree]
+        branches = list(t.keys(recursive=False))
+        flat, by_counter = [], {}
+        for b in branches:
+            br = t[b]
+            interp = br.interpretation
+            if isinstance(interp, uproot.AsDtype) and interp.to_dtype.shape == ():
+                if interp.to_dtype.kind in "biuf":
+                    flat.append(b)
+                continue
+            inner = getattr(interp, "content", None)
+            if (
+                isinstance(interp, uproot.AsJagged)
+                and isinstance(inner, uproot.AsDtype)
+                and inner.to_dtype.shape == ()
+                and br.count_branch is not None
+            ):
+                by_counter.setdefault(br.count_branch.name, []).append(b)
+                continue
+            raise DataError(
+                f"branch {b!r} ({br.typename}) cannot be copied to the output",
+                file=file,
+                where=b,
+                fix="copy flat numeric branches and jagged lists of numbers only "
+                "(drop this branch from the file first)",
+            )
+    groups = {}
+    for counter, members in by_counter.items():
+        name = counter[1:] if counter.startswith("n") else None
+        if name and all(m.startswith(name + "_") for m in members):
+            groups[name] = members
+        elif name and members == [name]:
+            groups[name] = None  # a single jagged branch written as it is
+        else:
+            raise DataError(
+                f"jagged branch {members[0]!r} has the counter {counter!r}, which uproot "
+                "cannot recreate under the same names",
+                file=file,
+                where=members[0],
+                fix="name collections nX with branches X_<field> (as NanoAOD does)",
+            )
+    return tree, flat, branches, groups
+
+
+def _layout(kind, path, tree):
+    """``(tree, flat numeric columns, every column, extra)`` of a columnar file."""
+    file = str(path)
+    if kind == "root":
+        return _root_layout(path, tree)
+    if kind in ("parquet", "csv"):
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        try:
+            if kind == "csv":
+                with pcsv.open_csv(path) as reader:
+                    schema = reader.schema
+            else:
+                schema = pq.ParquetFile(path).schema_arrow
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"cannot read as {kind} ({exc})", file=file) from None
+        numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+        flat = [f.name for f in schema if any(p(f.type) for p in numeric)]
+        return tree, flat, list(schema.names), None
+    if kind == "hdf5":
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                group = f
+                if tree is not None:
+                    if tree not in f or not isinstance(f[tree], h5py.Group):
+                        raise DataError(
+                            f"group {tree!r} not found; the file has: {', '.join(f.keys())}",
+                            file=file,
+                            where=tree,
+                        )
+                    group = f[tree]
+                every = [k for k in group if isinstance(group[k], h5py.Dataset)]
+                flat = [k for k in every if group[k].ndim == 1 and group[k].dtype.kind in "biuf"]
+        except OSError as exc:
+            raise DataError(f"cannot open as HDF5 ({exc})", file=file) from None
+        return tree, flat, every, None
+    try:  # npz with 1-D arrays as columns
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: np.asarray(f[k]) for k in f.files}
+    except Exception as exc:
+        raise DataError(f"cannot read as .npz ({exc})", file=file) from None
+    flat = [k for k, v in arrays.items() if v.ndim == 1 and v.dtype.kind in "biuf"]
+    return tree, flat, list(arrays), arrays
+
+
+def _write_tmp(kind, path: Path, out: Path, tree, extra, column, new, step) -> Path:
+    """The output: every column of ``path`` plus ``column`` = ``new``, in a temporary file
+    beside ``out`` (returned; renamed by the caller)."""
+    tmp = out.with_name(f".{out.name}.part")
+    file = str(path)
     try:
-        md = write_report(report, report_dir, plots=plots)
+        if kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            writer = AtomicWriter(out, "parquet")
+            start = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=step):
+                part = pa.array(new[start : start + batch.num_rows], pa.float64())
+                writer.write(batch.append_column(column, part))
+                start += batch.num_rows
+            _check_count(file, start, len(new))
+            empty = pq.read_schema(path).append(pa.field(column, pa.float64())).empty_table()
+            return writer.finish(empty)
+        if kind == "root":
+            return _write_root(path, out, tree, extra, column, new, step)
+        if kind == "hdf5":
+            import h5py
+
+            shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "a") as f:
+                (f[tree] if tree is not None else f).create_dataset(column, data=new)
+            return tmp
+        if kind == "csv":
+            with open(path, newline="") as src, open(tmp, "w", newline="") as dst:
+                header = src.readline()
+                end = header[len(header.rstrip("\r\n")) :] or "\n"
+                dst.write(f"{header.rstrip(chr(13) + chr(10))},{column}{end}")
+                i = 0
+                for line in src:
+                    body = line.rstrip("\r\n")
+                    if not body:  # empty lines are not events (as in the reader)
+                        dst.write(line)
+                        continue
+                    if i < len(new):
+                        dst.write(f"{body},{float(new[i])!r}{line[len(body) :] or end}")
+                    i += 1
+            _check_count(file, i, len(new))
+            return tmp
+        with open(tmp, "wb") as fh:  # npz
+            np.savez(fh, **extra, **{column: new})
+        return tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, out)
-    return {
-        "output": str(out),
-        "report": str(md),
-        "column": column,
-        "summary": {k: report[k] for k in ("negative_fraction", "ess", "global")},
-    }
+
+
+def _check_count(file, n, expected):
+    if n != expected:
+        raise DataError(
+            f"the file has {n} rows but {expected} events were read",
+            file=file,
+            fix="check the file (quoted line breaks in a CSV?)",
+        )
+
+
+def _write_root(path, out, tree, groups, column, new, step) -> Path:
+    import awkward as ak
+    import uproot
+
+    counters = {"n" + g for g in groups}
+    members = {m for ms in groups.values() if ms for m in ms}
+    writer = AtomicWriter(out, "root", tree)
+    start = 0
+    try:
+        with uproot.open(path) as f:
+            for chunk in f[tree].iterate(step_size=step, library="ak"):
+                n = len(chunk)
+                cols = {}
+                for b in chunk.fields:
+                    if b in counters or b in members:
+                        continue
+                    cols[b] = ak.to_numpy(chunk[b]) if b not in groups else chunk[b]
+                for g, ms in groups.items():
+                    if ms:
+                        cols[g] = ak.zip({m[len(g) + 1 :]: chunk[m] for m in ms})
+                cols[column] = np.asarray(new[start : start + n], np.float64)
+                writer.write(cols)
+                start += n
+        _check_count(str(path), start, len(new))
+        return writer.finish(None)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def reweight_file(
+    path,
+    out=None,
+    *,
+    weight: str | None = None,
+    weights_key: str = "w",
+    features=None,
+    tree: str | None = None,
+    column: str = "w_learned",
+    names=None,
+    inputs=None,
+    regions=None,
+    report_dir=None,
+    plots: bool = True,
+    step_size: int = sources.DEFAULT_STEP,
+    **options,
+) -> dict:
+    """``diffhep reweight`` for a ROOT, parquet, HDF5, CSV or ``.npz`` file (see the module
+    docstring): learn positive weights for the signed weight ``weight`` (a column or an
+    expression) with the report histogramming ``features`` (columns or expressions; default
+    every flat numeric column but the weight's), write every original column plus
+    ``column`` to ``out`` (default :func:`default_output`, same format) and the report to
+    ``report_dir`` (default ``<out stem>_reweight/``). An ``.npz`` file without ``weight``
+    or ``features`` is read as ``x`` and ``weights_key`` arrays (:func:`reweight_npz`).
+
+    Returns:
+        ``{"output", "report", "column", "summary"}``.
+    """
+    path = Path(path)
+    file = str(path)
+    kind = _format(path)
+    out = Path(out) if out is not None else default_output(path)
+    if _format(out, "--out") != kind:
+        raise DataError(
+            f"the output {out} is not a {kind} file like the input",
+            file=file,
+            where="--out",
+            fix=f"give --out a {path.suffix} name",
+        )
+    if kind == "npz" and weight is None and features is None:
+        return reweight_npz(
+            path, out, weights_key=weights_key, column=column, names=names, inputs=inputs,
+            regions=regions, report_dir=report_dir, plots=plots, **options,
+        )  # fmt: skip
+    if not path.is_file():
+        raise DataError("file not found", file=file, fix="check the path")
+    tree, flat, every, extra = _layout(kind, path, tree)
+    if weight is None:
+        raise DataError(
+            "which column is the signed event weight?",
+            file=file,
+            where="--weight",
+            fix=f"give --weight COLUMN or an expression; the file has: {sources._few(every)}",
+        )
+    if column in every:
+        raise DataError(
+            f"column {column!r} exists already",
+            file=file,
+            where=column,
+            fix="choose another name with --column",
+        )
+    wcols = set(sources.columns_of([weight]))
+    features = list(features) if features else [c for c in flat if c not in wcols]
+    if not features:
+        raise DataError(
+            "no feature to histogram: the file has no flat numeric column but the weight's",
+            file=file,
+            where="--features",
+        )
+    x, ws = sources.load_sample(
+        [str(path)],
+        features=features,
+        weights={"w": weight},
+        tree=tree,
+        step_size=step_size,
+        name=path.stem,
+    )
+    w = ws["w"]
+    names = list(names) if names else list(features)
+    names, cols = _prepare(x, w, names, inputs, regions, file, weight)
+    new, report = reweight_arrays(x, w, names=names, inputs=cols, regions=regions, **options)
+    report["input_file"], report["output_file"], report["column"] = file, str(out), column
+    report["weight"] = weight
+    tmp = _write_tmp(kind, path, out, tree, extra, column, new, step_size)
+    return _publish(report, tmp, out, column, report_dir, plots)
