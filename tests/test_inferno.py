@@ -291,6 +291,7 @@ def test_inferno_loss_closed_form_and_gradient():
 
 
 # ------------------------------------------------------------------ the study (smoke)
+@pytest.mark.slow
 def test_inferno_study_smoke(tmp_path):
     only = ["BCE classifier", "INFERNO 2", "diffhep sigma_mu 2"]
     small = {"n_train": 3000, "n_validation": 1000, "n_test": 4000, "hidden": (16,),
