@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+# no persistent compilation cache in tests (the CLI enables one): entries written by other
+# processes with other XLA flags (e.g. simulated devices) must not be read back here
+os.environ["DIFFHEP_CACHE_DIR"] = ""
 
 SBOTTOM_TARBALL = Path(__file__).parent / "data" / "pyhf-ins1748602-probability-models.tar.gz"
 
