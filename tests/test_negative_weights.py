@@ -360,6 +360,18 @@ def test_run_warns_on_negative_bins_and_records_the_strategy(tmp_path):
     assert saved["training_weights"]["strategies"]["background"] == "signed"
     info = saved["training_weights"]["event_sets"]["background"]
     assert info["negative_fraction_before"] == info["negative_fraction_after"] > 0.1
+    # report.html states the strategy of every sample, with the numbers of summary.json
+    from diffhep.report import write_html
+
+    page = write_html(tmp_path / "run").read_text()
+    row = "".join(
+        f"<td>{v}</td>"
+        for v in ["background", "signed", *(f"{info[k]:.6g}" for k in
+                  ("negative_fraction_before", "negative_fraction_after", "ess_before",
+                   "ess_after"))]
+    )  # fmt: skip
+    assert "<h2>Training weights</h2>" in page and f"<tr>{row}</tr>" in page
+    assert "<tr><td>signal</td><td>signed</td><td></td>" in page
 
 
 def test_unknown_strategy_is_a_config_error():

@@ -139,6 +139,21 @@ def _table(rows, header) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _weights_table(weights) -> str:
+    """Each sample's training weight strategy (``analysis.samples[].weights``) and, for the
+    event sets it changed, the negative fraction and effective sample size before/after."""
+    sets = weights.get("event_sets", {})
+    rows = []
+    for sample, strategy in weights.get("strategies", {}).items():
+        info = sets.get(sample, {})
+        rows.append([sample, strategy, *(info.get(k, "") for k in _WEIGHT_KEYS)])
+    header = ["sample", "strategy", "negative fraction before", "after", "ESS before", "after"]
+    return _table(rows, header)
+
+
+_WEIGHT_KEYS = ("negative_fraction_before", "negative_fraction_after", "ess_before", "ess_after")
+
+
 def _cutflow_table(rows) -> str:
     samples = [k for k in rows[0] if k != "cut"]
     header = ["cut", *[f"{s} ({q})" for s in samples for q in ("events", "yield")]]
@@ -159,6 +174,9 @@ def write_html(run_dir) -> Path:
         parts += ["<h2>Test-set metrics</h2>", _table(flat, ["metric", "value"])]
     if summary.get("yields"):
         parts += ["<h3>Yields</h3>", _table(list(summary["yields"].items()), ["sample", "yield"])]
+    weights = summary.get("training_weights")
+    if weights:
+        parts += ["<h2>Training weights</h2>", _weights_table(weights)]
     selection = summary.get("selection")
     if selection:
         parts += [
