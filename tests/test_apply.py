@@ -23,9 +23,9 @@ def _no_cache(monkeypatch):
 
 @pytest.fixture(scope="module")
 def saved(tiny_run):
-    from diffhep.runs import load_run
+    from diffhep.runs import restore_run
 
-    return load_run(tiny_run)
+    return restore_run(tiny_run)
 
 
 @pytest.fixture(scope="module")

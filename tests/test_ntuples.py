@@ -19,7 +19,7 @@ from diffhep.cli import main
 from diffhep.config import ConfigError, load_config
 from diffhep.datasets import DataError
 from diffhep.pipeline import Events
-from diffhep.runs import _analysis, load_events, load_run, prepare, train_run
+from diffhep.runs import _analysis, load_events, prepare, restore_run, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ntuples"
@@ -201,7 +201,7 @@ def test_example_end_to_end_and_pyhf_cls(ntuples, tmp_path):
     # the Deep Sets event score is exported; diffhep apply reads its features (Jet_pt[0],
     # num(Jet_pt) > 0, ...) from the ROOT file and scores and bins as diffhep does
     assert summary["onnx"] == "model.onnx" and (out / "model.onnx").is_file()
-    _, pipe, _, params = load_run(out)
+    _, pipe, _, params = restore_run(out)
     features = list(pipe.features)
     [report] = apply_run(out, [ntuples / "wjets.root"], tmp_path / "scored")  # 0 to 4+ jets
     scored = uproot.open(tmp_path / "scored" / "wjets.root")["Events"].arrays(library="np")

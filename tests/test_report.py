@@ -107,9 +107,9 @@ def test_uncertainty_band_brute_force():
 def test_band_of_a_run_follows_its_workspace(tiny_run):
     """The band drawn for the run: stat from the staterror widths, the normsys from its
     lo/hi factors, the histosys from its templates (all read from workspace.json)."""
-    from diffhep.runs import load_run
+    from diffhep.runs import restore_run
 
-    _, pipe, _, _ = load_run(tiny_run)
+    _, pipe, _, _ = restore_run(tiny_run)
     ws = json.loads((tiny_run / "workspace.json").read_text())
     (channel,) = ws["channels"]
     res = diffhep.load_run(tiny_run)
@@ -163,9 +163,9 @@ def test_load_run_histograms(tiny_run):
                         hs["background_down"].values(), m["data"]["lo_data"], rtol=1e-14
                     )
     # brute force: the test events through the saved model, numpy histograms with overflow
-    from diffhep.runs import load_run
+    from diffhep.runs import restore_run
 
-    _, _, parts, params = load_run(tiny_run)
+    _, _, parts, params = restore_run(tiny_run)
     e = np.asarray(edges["SR"])
     for name, ev in parts["test"].items():
         x, w = np.asarray(ev.x), np.asarray(ev.w)

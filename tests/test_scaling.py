@@ -182,7 +182,7 @@ def test_too_many_devices_is_a_config_error(tmp_path):
 def test_train_run_with_chunks_gives_the_same_model(tmp_path):
     """``training.chunk_size`` (and ``devices: 1``, ``per_device_batch``) through a full run:
     the same trained model as the plain run, batch for batch."""
-    from diffhep.runs import load_run, train_run
+    from diffhep.runs import restore_run, train_run
 
     base = [
         "data.n_per_blob=200",
@@ -197,7 +197,7 @@ def test_train_run_with_chunks_gives_the_same_model(tmp_path):
     split = load_config(text=text, overrides=[*base, *parallel])
     a = train_run(plain, tmp_path / "a", progress=False, plots=False)
     b = train_run(split, tmp_path / "b", progress=False, plots=False)
-    pa, pb = load_run(tmp_path / "a")[3], load_run(tmp_path / "b")[3]
+    pa, pb = restore_run(tmp_path / "a")[3], restore_run(tmp_path / "b")[3]
     _close(case.flat(pa), case.flat(pb), rtol=1e-5)  # float32 network
     assert b["sigma_mu"] == pytest.approx(a["sigma_mu"], rel=1e-5)
     assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["step"] == 2 * 2

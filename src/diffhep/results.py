@@ -6,7 +6,7 @@ test-set histograms of every channel and event set (``histograms.json``, written
 run) as ``hist.Hist`` objects with ``Weight`` storage (sum of weights and of squared
 weights per bin; under/overflow are already folded into the outer bins, as in the fit).
 
-(:func:`diffhep.runs.load_run` is the other loader: it rebuilds the pipeline, the data and
+(:func:`diffhep.runs.restore_run` is the other loader: it rebuilds the pipeline, the data and
 the model of a run, to continue working with them.)
 
 Example:

@@ -31,7 +31,7 @@ from .results import histograms_document, write_histograms
 from .training import TrainState, make_optimizer, train
 from .weighting import apply_strategies, check_net_yields, region_yields
 
-__all__ = ["evaluate_run", "load_run", "prepare", "train_run"]
+__all__ = ["evaluate_run", "prepare", "restore_run", "train_run"]
 
 MODEL_FORMAT = "diffhep-model/1"
 #: The configuration of ``diffhep demo``.
@@ -219,7 +219,7 @@ def _init_from(params, run_dir, file=None):
     """``params`` with the observable and binnings of a saved run (e.g. to tune cuts on a
     trained network)."""
     try:
-        _, _, _, saved = load_run(run_dir)
+        _, _, _, saved = restore_run(run_dir)
     except ConfigError as exc:
         raise ConfigError(
             f"training.init_from: {exc}", file=file, where="training.init_from"
@@ -483,8 +483,9 @@ def save_model(out: Path, state: TrainState, cfg: Config) -> None:
     (out / "model.json").write_text(json.dumps(header, indent=1))
 
 
-def load_run(run_dir: str | Path):
-    """Config, pipeline, data splits and the selected model of a saved run."""
+def restore_run(run_dir: str | Path):
+    """Config, pipeline, data splits and the selected model of a saved run (to evaluate or
+    continue it; :func:`diffhep.load_run` gives its results as ``hist.Hist`` instead)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file() or not (run_dir / "model.eqx").is_file():
@@ -502,7 +503,7 @@ def load_run(run_dir: str | Path):
 def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:
     """Recompute the test metrics (and artefacts) of a saved run."""
     run_dir = Path(run_dir)
-    cfg, pipe, parts, params = load_run(run_dir)
+    cfg, pipe, parts, params = restore_run(run_dir)
     state = None
     like = TrainState(params, None, params)
     if (run_dir / "checkpoint.json").is_file():

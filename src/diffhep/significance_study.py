@@ -26,7 +26,7 @@ import numpy as np
 from .config import load_config
 from .inferno import optimal_score
 from .losses import asimov_significance
-from .runs import load_run, prepare, train_run
+from .runs import prepare, restore_run, train_run
 
 __all__ = ["best_threshold", "significance_study"]
 
@@ -127,7 +127,7 @@ def _batch_run(bs) -> str:
 def _evaluate(run_dir: Path, rels, truth=False) -> dict:
     """Best thresholds of a run's network on its test set (``truth``: of the optimal
     classifier, the true likelihood ratio, on the same events)."""
-    _, pipe, parts, params = load_run(run_dir)
+    _, pipe, parts, params = restore_run(run_dir)
     test = parts["test"]
     a = pipe.analysis
 
