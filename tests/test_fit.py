@@ -37,6 +37,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import traceback
@@ -426,24 +427,37 @@ def sbottom_models(sbottom_dir, region, point):
     return _sbottom_models(str(sbottom_dir), region, point)
 
 
-def sbottom_points(sbottom_dir, region, n):
-    """``n`` signal points of a region spread over the sorted patch list (deterministic);
-    every point when ``n`` is ``None``."""
-    folder = Path(sbottom_dir) / region
-    names = sorted(p.name[len("patch.") : -len(".json")] for p in folder.glob("patch.*.json"))
-    # RegionB has a patch without the POI: neither library can build a model from it
-    names = [x for x in names if "mu_SIG" in (folder / f"patch.{x}.json").read_text()]
-    if n is None or n >= len(names):
-        return names
-    idx = np.unique(np.linspace(0, len(names) - 1, n).round().astype(int))
-    return [names[i] for i in idx]
-
-
 # signal points per region of the slow sweeps: all of them (about 215 per region, an hour
 # for the fits and the hypotests); DIFFHEP_SLOW_POINTS=10 for a quick sweep
 SLOW_POINTS = (
     int(os.environ["DIFFHEP_SLOW_POINTS"]) if os.environ.get("DIFFHEP_SLOW_POINTS") else None
 )
+SBOTTOM_TARBALL = Path(__file__).parent / "data" / "pyhf-ins1748602-probability-models.tar.gz"
+
+
+def sweep_points(n=SLOW_POINTS) -> list:
+    """``pytest.param(region, point)`` of the slow sweeps, one test id per signal point (so
+    ``pytest --lf`` reruns the failures), read from the shipped tarball at collection (0.3 s):
+    every point, or ``n`` per region spread over the sorted patch list (deterministic)."""
+    found = {r: [] for r in REGIONS}
+    with tarfile.open(SBOTTOM_TARBALL, "r:gz") as tar:
+        for member in tar:
+            *_, region, name = ("", "", *member.name.split("/"))
+            if region in found and name.startswith("patch.") and name.endswith(".json"):
+                # RegionB has a patch without the POI: neither library can build a model of it
+                if b"mu_SIG" in tar.extractfile(member).read():
+                    found[region].append(name[len("patch.") : -len(".json")])
+    out = []
+    for region in REGIONS:
+        names = sorted(found[region])
+        if n is not None and n < len(names):
+            idx = np.unique(np.linspace(0, len(names) - 1, n).round().astype(int))
+            names = [names[i] for i in idx]
+        out += [pytest.param(region, p, id=f"{region}/{p}") for p in names]
+    return out
+
+
+SWEEP_POINTS = sweep_points()
 
 
 # =========================================================================== pyhf references
@@ -1227,26 +1241,19 @@ def test_fit_uncertainties_are_covariance_of_hessian():
 
 
 # ======================================================================== tests: real likelihoods
+def _point_fit_tasks(root, region, point):
+    return [fit_task(root, region, point), fit_task(root, region, point, poi_value=1.0)]
+
+
 def _sbottom_fit_tasks(points):
     def tasks(root, region):
-        return [
-            task
-            for point in points(root, region)
-            for task in (
-                fit_task(root, region, point),
-                fit_task(root, region, point, poi_value=1.0),
-            )
-        ]
+        return [t for point in points(root, region) for t in _point_fit_tasks(root, region, point)]
 
     return tasks
 
 
 def _default_points(root, region):
     return SBOTTOM_POINTS
-
-
-def _slow_points(root, region):
-    return sbottom_points(root, region, SLOW_POINTS)
 
 
 @pyhf_tasks(_sbottom_fit_tasks(_default_points))
@@ -1262,24 +1269,10 @@ def test_sbottom_fits_match_pyhf(sbottom_dir, region):
 
 
 @pytest.mark.slow
-@pyhf_tasks(_sbottom_fit_tasks(_slow_points))
-@pytest.mark.parametrize("region", REGIONS)
-def test_sbottom_many_points_fits_match_pyhf(sbottom_dir, region):
-    check_all(
-        lambda point: _check_sbottom_point(sbottom_dir, region, point),
-        sbottom_points(sbottom_dir, region, SLOW_POINTS),
-    )
-
-
-def check_all(check, points):
-    """Run ``check`` on every point; fail at the end with every failing point."""
-    failures = []
-    for point in points:
-        try:
-            check(point)
-        except AssertionError as err:
-            failures.append(f"{point}: {str(err).strip()[:1500]}")
-    assert not failures, f"{len(failures)} of {len(points)} points fail:\n" + "\n".join(failures)
+@pyhf_tasks(_point_fit_tasks)
+@pytest.mark.parametrize(("region", "point"), SWEEP_POINTS)
+def test_sbottom_many_points_fits_match_pyhf(sbottom_dir, region, point):
+    _check_sbottom_point(sbottom_dir, region, point)
 
 
 def _check_sbottom_point(sbottom_dir, region, point):

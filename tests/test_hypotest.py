@@ -24,12 +24,11 @@ from test_fit import (
     DEFAULT_CASES,
     REGIONS,
     SBOTTOM_POINTS,
-    SLOW_POINTS,
+    SWEEP_POINTS,
     TIGHTER_SLACK,
     WORKER,
     _restore_pyhf_backend,  # noqa: F401  (autouse fixture: restore pyhf's backend)
     channel,
-    check_all,
     fit_jit,
     fit_with,
     hypotest_task,
@@ -41,7 +40,6 @@ from test_fit import (
     pyhf_tasks,
     sample,
     sbottom_models,
-    sbottom_points,
     small_models,
 )
 
@@ -439,10 +437,6 @@ def _default_points(root, region):
     return SBOTTOM_POINTS
 
 
-def _slow_points(root, region):
-    return sbottom_points(root, region, SLOW_POINTS)
-
-
 def _check_sbottom(sbottom_dir, region, point):
     models = sbottom_models(sbottom_dir, region, point)
     res = hypotest_jit(jnp.asarray(1.0), models[0], models[1])
@@ -458,13 +452,10 @@ def test_sbottom_hypotest_matches_pyhf(sbottom_dir, region):
 
 
 @pytest.mark.slow
-@pyhf_tasks(_hypotest_tasks(_slow_points))
-@pytest.mark.parametrize("region", REGIONS)
-def test_sbottom_many_points_hypotest_matches_pyhf(sbottom_dir, region):
-    check_all(
-        lambda point: _check_sbottom(sbottom_dir, region, point),
-        sbottom_points(sbottom_dir, region, SLOW_POINTS),
-    )
+@pyhf_tasks(lambda root, region, point: [hypotest_task(root, region, point)])
+@pytest.mark.parametrize(("region", "point"), SWEEP_POINTS)
+def test_sbottom_many_points_hypotest_matches_pyhf(sbottom_dir, region, point):
+    _check_sbottom(sbottom_dir, region, point)
 
 
 def test_cases_cover_every_modifier_type():
