@@ -15,8 +15,9 @@ gradient up to rounding. Chunks are padded with zero-weight events to one shape 
 compilation) and may be sharded over devices (:mod:`diffhep.sharding`).
 
 :class:`TwoPass` is physics-free; :func:`pipeline_loss` writes a
-:class:`~diffhep.pipeline.Pipeline`'s weighted loss terms in this form (:func:`event_sums`,
-:func:`terms_from_sums`), and :func:`gradient` is the one-call version.
+:class:`~diffhep.pipeline.Pipeline`'s weighted loss terms in this form
+(:meth:`~diffhep.pipeline.Pipeline.loss_sums`, :meth:`~diffhep.pipeline.Pipeline.terms_from_sums`),
+and :func:`gradient` is the one-call version.
 
 Example:
     >>> import jax.numpy as jnp, numpy as np
@@ -36,27 +37,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from . import losses as L
-from .pipeline import LOSS_TERMS, NN_TERMS, Events, Pipeline
+from .pipeline import Events, Pipeline
 from .sharding import mesh_size, pad_events, padded_size, shard_events
 from .training import _finite
 
 __all__ = [
     "TwoPass",
-    "event_sums",
     "gradient",
     "iter_chunks",
     "make_step",
     "pipeline_loss",
-    "terms_from_sums",
 ]
-
-#: Terms computed from the HistFactory model of the soft histograms.
-LIKELIHOOD_TERMS = ("cls", "z0", "inv_z0", "sigma_mu")
-#: Terms computed from soft yields (signal and backgrounds).
-YIELD_TERMS = ("s_sqrt_sb", "z_asimov", "b_over_s2")
 
 
 def _add(a, b):
@@ -178,78 +170,6 @@ def iter_chunks(events: Mapping[str, Events], chunk_size: int, *, mesh=None) -> 
             yield shard_events(chunk, mesh)
 
 
-# ---------------------------------------------------------------- the pipeline's sums
-def event_sums(
-    pipe: Pipeline, params, events: Mapping[str, Events], terms, bandwidth, slope=None
-) -> dict:
-    """The sums over ``events`` that the loss ``terms`` depend on (additive over events):
-    ``histograms`` (soft, per channel and event set), ``bce`` (per event set: sum of weight x
-    cross-entropy and sum of weights), ``yields`` (soft yields per sample), ``skim``
-    (selected and total weight of the nominal samples)."""
-    a = pipe.analysis
-    out = {}
-    unknown = [t for t in terms if t not in LOSS_TERMS]
-    if unknown:
-        raise ValueError(f"unknown loss term {unknown[0]!r}; use one of {', '.join(LOSS_TERMS)}")
-    if any(t in LIKELIHOOD_TERMS for t in terms):
-        out["histograms"] = pipe.histograms(params, events, bandwidth, slope)
-    if any(t in NN_TERMS for t in terms):
-        if params.observable is None:
-            raise ValueError("loss terms bce/bce_aug need a neural observable (a channel 'nn')")
-        sets = (a.signal, *a.backgrounds, *(a.variations if "bce_aug" in terms else ()))
-        out["bce"] = {}
-        for n in sets:
-            logits = params.observable.logits(events[n].x)
-            label = jnp.full_like(logits, 1.0 if n == a.signal else 0.0)
-            w = pipe.event_weights(params, events[n], slope)
-            loss = optax.sigmoid_binary_cross_entropy(logits, label)
-            out["bce"][n] = (jnp.sum(w * loss), jnp.sum(w))
-    if any(t in YIELD_TERMS for t in terms):
-        out["yields"] = {
-            n: pipe._yields(params, events, (n,), slope) for n in (a.signal, *a.backgrounds)
-        }
-    if "skim" in terms:
-        kept = sum(jnp.sum(pipe.event_weights(params, events[n], slope)) for n in a.samples)
-        total = sum(jnp.sum(jnp.asarray(events[n].w)) for n in a.samples)
-        out["skim"] = (kept, total)
-    return out
-
-
-def terms_from_sums(pipe: Pipeline, sums: dict, terms) -> dict:
-    """The loss terms from the full-data :func:`event_sums`: the same values as
-    :meth:`Pipeline.loss_terms` on all events at once."""
-    a = pipe.analysis
-    out = {}
-    model = pipe.model(sums["histograms"]) if "histograms" in sums else None
-    for t in terms:
-        if t == "cls":
-            out[t] = L.expected_cls(model)
-        elif t in ("z0", "inv_z0"):
-            z = L.discovery_significance(model)
-            out[t] = -z if t == "z0" else 1.0 / z
-        elif t == "sigma_mu":
-            out[t] = L.sigma_mu(model)
-        elif t in NN_TERMS:
-            bkg = a.backgrounds + (a.variations if t == "bce_aug" else ())
-            sig_loss, sig_w = sums["bce"][a.signal]
-            bkg_loss = sum(sums["bce"][n][0] for n in bkg)
-            bkg_w = sum(sums["bce"][n][1] for n in bkg)
-            out[t] = sig_loss / sig_w + bkg_loss / bkg_w
-        elif t in YIELD_TERMS:
-            s = sums["yields"][a.signal]
-            b = sum(sums["yields"][n] for n in a.backgrounds)
-            if t == "s_sqrt_sb":
-                out[t] = L.inverse_s_over_sqrt_s_plus_b(s, b)
-            elif t == "b_over_s2":
-                out[t] = L.b_over_s2(s, b)
-            else:
-                out[t] = L.inverse_asimov_significance(s, b, pipe.z_asimov_rel_uncertainty)
-        elif t == "skim":
-            f = sums["skim"][0] / sums["skim"][1]
-            out[t] = f if pipe.skim_target is None else jax.nn.relu(f - pipe.skim_target)
-    return out
-
-
 def pipeline_loss(
     pipe: Pipeline, terms: Mapping[str, float], transform: Callable | None = None
 ) -> TwoPass:
@@ -260,10 +180,10 @@ def pipeline_loss(
 
     def sums(params, chunk, hyper):
         params = transform(params) if transform is not None else params
-        return event_sums(pipe, params, chunk, names, hyper["bandwidth"], hyper.get("slope"))
+        return pipe.loss_sums(params, chunk, names, hyper["bandwidth"], hyper.get("slope"))
 
     def finish(params, total, hyper):
-        values = terms_from_sums(pipe, total, names)
+        values = pipe.terms_from_sums(total, names)
         return sum(w * values[t] for t, w in terms.items()), values
 
     return TwoPass(sums, finish)

@@ -35,6 +35,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from . import losses as L
 from .analysis import Analysis
@@ -61,6 +62,10 @@ LOSS_TERMS = (
 )
 #: Loss terms that need the neural observable.
 NN_TERMS = ("bce", "bce_aug")
+#: Terms computed from the HistFactory model of the soft histograms.
+LIKELIHOOD_TERMS = ("cls", "z0", "inv_z0", "sigma_mu")
+#: Terms computed from soft yields (signal and backgrounds).
+YIELD_TERMS = ("s_sqrt_sb", "z_asimov", "b_over_s2")
 #: Metrics evaluated with hard histograms and exact fits.
 METRICS = ("expected_cls", "z0", "sigma_mu")
 
@@ -233,15 +238,55 @@ class Pipeline(eqx.Module):
         return kept / total
 
     def loss_terms(self, params: Params, events, terms, bandwidth, slope=None) -> dict:
-        """Values of the requested loss terms on a batch (soft histograms, relaxed cuts)."""
+        """Values of the requested loss terms on a batch (soft histograms, relaxed cuts):
+        :meth:`terms_from_sums` of :meth:`loss_sums`."""
+        return self.terms_from_sums(self.loss_sums(params, events, terms, bandwidth, slope), terms)
+
+    def loss_sums(self, params: Params, events, terms, bandwidth, slope=None) -> dict:
+        """The sums over ``events`` that the loss ``terms`` depend on, additive over events
+        (so chunks or devices can be summed, see :mod:`diffhep.chunked`): ``histograms``
+        (soft, per channel and event set), ``bce`` (per event set: sum of weight x
+        cross-entropy and sum of weights), ``yields`` (soft yields per sample), ``skim``
+        (selected and total weight of the nominal samples)."""
         a = self.analysis
         out = {}
-        model = None
-        if any(t in ("cls", "z0", "inv_z0", "sigma_mu") for t in terms):
-            model = self.model(self.histograms(params, events, bandwidth, slope))
+        unknown = [t for t in terms if t not in LOSS_TERMS]
+        if unknown:
+            raise ValueError(
+                f"unknown loss term {unknown[0]!r}; use one of {', '.join(LOSS_TERMS)}"
+            )
+        if any(t in LIKELIHOOD_TERMS for t in terms):
+            out["histograms"] = self.histograms(params, events, bandwidth, slope)
+        nn_terms = [t for t in terms if t in NN_TERMS]
+        if nn_terms:
+            if params.observable is None:
+                raise ValueError(
+                    f"loss term {nn_terms[0]!r} needs a neural observable (a channel 'nn')"
+                )
+            sets = (a.signal, *a.backgrounds, *(a.variations if "bce_aug" in terms else ()))
+            out["bce"] = {}
+            for n in sets:
+                logits = params.observable.logits(events[n].x)
+                label = jnp.full_like(logits, 1.0 if n == a.signal else 0.0)
+                w = self.event_weights(params, events[n], slope)
+                loss = optax.sigmoid_binary_cross_entropy(logits, label)
+                out["bce"][n] = (jnp.sum(w * loss), jnp.sum(w))
+        if any(t in YIELD_TERMS for t in terms):
+            out["yields"] = {
+                n: self._yields(params, events, (n,), slope) for n in (a.signal, *a.backgrounds)
+            }
+        if "skim" in terms:
+            kept = sum(jnp.sum(self.event_weights(params, events[n], slope)) for n in a.samples)
+            total = sum(jnp.sum(jnp.asarray(events[n].w)) for n in a.samples)
+            out["skim"] = (kept, total)
+        return out
+
+    def terms_from_sums(self, sums: dict, terms) -> dict:
+        """The loss ``terms`` from the :meth:`loss_sums` of a batch (or of all events)."""
+        a = self.analysis
+        out = {}
+        model = self.model(sums["histograms"]) if "histograms" in sums else None
         for t in terms:
-            if t in NN_TERMS and params.observable is None:
-                raise ValueError(f"loss term {t!r} needs a neural observable (a channel 'nn')")
             if t == "cls":
                 out[t] = L.expected_cls(model)
             elif t in ("z0", "inv_z0"):
@@ -249,17 +294,15 @@ class Pipeline(eqx.Module):
                 out[t] = -z if t == "z0" else 1.0 / z
             elif t == "sigma_mu":
                 out[t] = L.sigma_mu(model)
-            elif t in ("bce", "bce_aug"):
+            elif t in NN_TERMS:  # class-balanced: each class's weights normalised to one
                 bkg = a.backgrounds + (a.variations if t == "bce_aug" else ())
-                sig = events[a.signal]
-                ls = params.observable.logits(sig.x)
-                lb = jnp.concatenate([params.observable.logits(events[n].x) for n in bkg])
-                ws = self.event_weights(params, sig, slope)
-                wb = jnp.concatenate([self.event_weights(params, events[n], slope) for n in bkg])
-                out[t] = L.binary_cross_entropy(ls, ws, lb, wb)
-            elif t in ("s_sqrt_sb", "z_asimov", "b_over_s2"):
-                s = self._yields(params, events, (a.signal,), slope)
-                b = self._yields(params, events, a.backgrounds, slope)
+                sig_loss, sig_w = sums["bce"][a.signal]
+                bkg_loss = sum(sums["bce"][n][0] for n in bkg)
+                bkg_w = sum(sums["bce"][n][1] for n in bkg)
+                out[t] = sig_loss / sig_w + bkg_loss / bkg_w
+            elif t in YIELD_TERMS:
+                s = sums["yields"][a.signal]
+                b = sum(sums["yields"][n] for n in a.backgrounds)
                 if t == "s_sqrt_sb":
                     out[t] = L.inverse_s_over_sqrt_s_plus_b(s, b)
                 elif t == "b_over_s2":
@@ -267,10 +310,8 @@ class Pipeline(eqx.Module):
                 else:
                     out[t] = L.inverse_asimov_significance(s, b, self.z_asimov_rel_uncertainty)
             elif t == "skim":
-                f = self.selected_fraction(params, events, slope)
+                f = sums["skim"][0] / sums["skim"][1]
                 out[t] = f if self.skim_target is None else jax.nn.relu(f - self.skim_target)
-            else:
-                raise ValueError(f"unknown loss term {t!r}; use one of {', '.join(LOSS_TERMS)}")
         return out
 
     # ------------------------------------------------------------------ metrics
