@@ -79,6 +79,7 @@ class ModelConfig:
     normsys_keys: tuple = ()  # (modifier, channel, sample) of each normsys entry
     histosys_keys: tuple = ()  # (modifier, sample) of each histosys template row
     staterror_keys: tuple = ()  # (modifier, sample) of each staterror template row
+    symmetric: tuple = ()  # names of parameters with a symmetrised (even) variation
 
     @property
     def channel_nbins(self) -> dict:
@@ -302,6 +303,7 @@ class Model(eqx.Module):
             normsys_keys=tuple(b.normsys_keys),
             histosys_keys=tuple(b.histosys_keys),
             staterror_keys=tuple(b.staterror_keys),
+            symmetric=_symmetric_parameters(spec),
         )
         f = jnp.asarray
         return cls(
@@ -608,3 +610,27 @@ class Model(eqx.Module):
     def twice_nll(self, pars, data) -> jax.Array:
         """-2 log L, the objective of every fit."""
         return -2.0 * self.logpdf(pars, data)
+
+
+def _symmetric_parameters(spec) -> tuple:
+    """Names of the histosys/normsys parameters with at least one symmetrised variation
+    (up and down shift the yields the same way: ``hi_data == lo_data``, or ``hi == lo`` for
+    normsys, not nominal). Experiments symmetrise one-sided systematics (e.g. jet energy
+    resolution) so; the likelihood is then (nearly) even in the parameter, with mirror-image
+    minima at +-alpha, and a fit started at 0, where its gradient vanishes, may reach either
+    (see :func:`diffhep.fit.fit`)."""
+    names = set()
+    for channel in spec.get("channels", []):
+        for sample in channel["samples"]:
+            nominal = np.asarray(sample["data"], dtype=float)
+            for m in sample.get("modifiers", []):
+                if m["type"] == "histosys":
+                    hi = np.asarray(m["data"]["hi_data"], dtype=float)
+                    lo = np.asarray(m["data"]["lo_data"], dtype=float)
+                    if np.array_equal(hi, lo) and not np.array_equal(hi, nominal):
+                        names.add(m["name"])
+                elif m["type"] == "normsys":
+                    hi, lo = float(m["data"]["hi"]), float(m["data"]["lo"])
+                    if hi == lo != 1.0:
+                        names.add(m["name"])
+    return tuple(sorted(names))
