@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -445,7 +446,7 @@ class Model(eqx.Module):
                     for n, s in cfg.staterror_keys
                 ]
             )
-        return self.with_yields(
+        model = self.with_yields(
             nominal=nominal,
             histosys_lo=histosys_lo,
             histosys_hi=histosys_hi,
@@ -453,6 +454,11 @@ class Model(eqx.Module):
             normsys_hi=normsys_hi,
             staterror_uncrt=staterror,
         )
+        try:  # concrete templates: their symmetrised variations (traced ones keep this model's)
+            symmetric = _symmetric_parameters({"channels": channels})
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            return model
+        return dataclasses.replace(model, config=dataclasses.replace(cfg, symmetric=symmetric))
 
     # ------------------------------------------------------------------ main model
     def expected_actualdata_by_sample(self, pars) -> jax.Array:
