@@ -346,6 +346,7 @@ def test_cuts_alone_train_end_to_end(tmp_path):
     assert "cut0_x" in history[0]
 
 
+@pytest.mark.slow
 def test_cuts_trained_with_a_network_do_not_drift_away(tmp_path):
     """Cuts and network trained together (the talk's toy, loss -Z0): the cut weights multiply
     the network's sigmoid per event with no normalisation across events, so the cuts stay

@@ -205,8 +205,15 @@ def _ds_params(pipe, events, pooling, dtype):
     return eqx.tree_at(lambda p: p.observable, params, obs)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("pooling", ["sum", "mean"])
+@pytest.mark.parametrize(
+    ("pooling", "dtype"),
+    [
+        ("sum", "float32"),
+        ("mean", "float64"),
+        pytest.param("sum", "float64", marks=pytest.mark.slow),
+        pytest.param("mean", "float32", marks=pytest.mark.slow),
+    ],
+)
 def test_deepsets_with_cuts_matches_onnxruntime(tmp_path, pooling, dtype):
     events = _ds_events()
     pipe = Pipeline(

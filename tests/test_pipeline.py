@@ -426,7 +426,9 @@ def _check_directional(fn, dyn, static, events, direction, terms):
     return out
 
 
-@pytest.mark.parametrize("name", ["basic", "mcstat_norm", "two_channels"])
+@pytest.mark.parametrize(
+    "name", ["basic", "mcstat_norm", pytest.param("two_channels", marks=pytest.mark.slow)]
+)
 def test_loss_gradients_match_finite_differences(name, pipes, params, compiled, events):
     terms = GRAD_TERMS[name]
     dyn, static = eqx.partition(params[name], _trainable_spec(params[name]))
