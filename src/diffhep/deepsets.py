@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .observables import ACTIVATIONS, _mlp_with_widths
+from .observables import ACTIVATIONS, Standardised, _mlp_with_widths, check_activation
 
 __all__ = ["DeepSetsObservable", "Layout"]
 
@@ -77,7 +77,7 @@ def _mlp(in_size, hidden, activation, key, dtype, out_size):
     )
 
 
-class DeepSetsObservable(eqx.Module):
+class DeepSetsObservable(Standardised):
     """Per-object MLPs, masked pooling and an event-level MLP; sigmoid output.
 
     Attributes:
@@ -88,8 +88,6 @@ class DeepSetsObservable(eqx.Module):
         pooling: ``"sum"`` or ``"mean"`` over the real objects (static).
     """
 
-    mean: jax.Array
-    scale: jax.Array
     phis: tuple
     rho: eqx.nn.MLP
     layout: Layout = eqx.field(static=True)
@@ -122,8 +120,7 @@ class DeepSetsObservable(eqx.Module):
             activation: One of :data:`~diffhep.observables.ACTIVATIONS`.
             dtype: Network dtype.
         """
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}")
+        check_activation(activation)
         if pooling not in ("sum", "mean"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'sum' or 'mean'")
         layout = Layout(
@@ -159,14 +156,6 @@ class DeepSetsObservable(eqx.Module):
             jnp.asarray(mean, dtype=dtype), jnp.asarray(scale, dtype=dtype), phis, rho, layout,
             pooling,
         )  # fmt: skip
-
-    @property
-    def dtype(self):
-        return self.mean.dtype
-
-    def standardise(self, x) -> jax.Array:
-        mean, scale = jax.lax.stop_gradient((self.mean, self.scale))
-        return (jnp.asarray(x, dtype=self.dtype) - mean) / scale
 
     def logits(self, x) -> jax.Array:
         """Pre-sigmoid outputs for a batch ``(n, f)`` -> ``(n,)``."""

@@ -37,7 +37,7 @@ import optax
 from . import inferno as I
 from . import losses as L
 from .inferno import INFERNO_SHIFTS, inferno_3d, inferno_shift
-from .observables import ACTIVATIONS, MLPObservable
+from .observables import ACTIVATIONS, MLPObservable, Standardised
 from .training import train
 
 __all__ = ["SoftmaxObservable", "inferno_study"]
@@ -54,12 +54,10 @@ SETTINGS = {  # the defaults of the full study
 }
 
 
-class SoftmaxObservable(eqx.Module):
+class SoftmaxObservable(Standardised):
     """An MLP with input standardisation and ``nbins`` softmax outputs (soft bin
     assignments); :meth:`bins` is the hard assignment (argmax)."""
 
-    mean: jax.Array
-    scale: jax.Array
     mlp: eqx.nn.MLP
 
     @classmethod
@@ -71,8 +69,7 @@ class SoftmaxObservable(eqx.Module):
         return cls(jnp.asarray(mean, dtype), jnp.asarray(std, dtype), mlp)
 
     def logits(self, x):
-        mean, scale = jax.lax.stop_gradient((self.mean, self.scale))
-        return jax.vmap(self.mlp)((jnp.asarray(x, self.mean.dtype) - mean) / scale)
+        return jax.vmap(self.mlp)(self.standardise(x))
 
     def probs(self, x, temperature=TEMPERATURE):
         return jax.nn.softmax(self.logits(x) / temperature, axis=-1)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ACTIVATIONS", "MLPObservable"]
+__all__ = ["ACTIVATIONS", "MLPObservable", "Standardised"]
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -38,7 +38,32 @@ ACTIVATIONS = {
 }
 
 
-class MLPObservable(eqx.Module):
+class Standardised(eqx.Module):
+    """Base of the observables: a per-feature input standardisation stored in the model.
+
+    Attributes:
+        mean, scale: Per-feature standardisation (not trained; gradients are stopped). Their
+            dtype is the network's.
+    """
+
+    mean: jax.Array
+    scale: jax.Array
+
+    @property
+    def dtype(self):
+        return self.mean.dtype
+
+    def standardise(self, x) -> jax.Array:
+        mean, scale = jax.lax.stop_gradient((self.mean, self.scale))
+        return (jnp.asarray(x, dtype=self.dtype) - mean) / scale
+
+
+def check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
+
+
+class MLPObservable(Standardised):
     """A multi-layer perceptron with built-in input standardisation and a sigmoid output.
 
     Attributes:
@@ -46,8 +71,6 @@ class MLPObservable(eqx.Module):
         mlp: The network, ``features -> hidden... -> 1`` logit.
     """
 
-    mean: jax.Array
-    scale: jax.Array
     mlp: eqx.nn.MLP
 
     @classmethod
@@ -72,10 +95,7 @@ class MLPObservable(eqx.Module):
             weights: Optional per-event weights for the standardisation (absolute values
                 are used, so negative weights do not produce a negative variance).
         """
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}"
-            )
+        check_activation(activation)
         x = np.asarray(features, dtype=np.float64)
         w = np.ones(len(x)) if weights is None else np.abs(np.asarray(weights, np.float64))
         mean = np.average(x, axis=0, weights=w)
@@ -94,14 +114,6 @@ class MLPObservable(eqx.Module):
         if hidden and len(set(hidden)) > 1:
             mlp = _mlp_with_widths(x.shape[1], hidden, ACTIVATIONS[activation], key, dtype)
         return cls(jnp.asarray(mean, dtype=dtype), jnp.asarray(scale, dtype=dtype), mlp)
-
-    @property
-    def dtype(self):
-        return self.mean.dtype
-
-    def standardise(self, x) -> jax.Array:
-        mean, scale = jax.lax.stop_gradient((self.mean, self.scale))
-        return (jnp.asarray(x, dtype=self.dtype) - mean) / scale
 
     def logits(self, x) -> jax.Array:
         """Pre-sigmoid outputs for a batch ``(n, f)`` -> ``(n,)``."""
