@@ -45,6 +45,7 @@ import numpy as np
 
 from .errors import DiffhepError
 from .observables import ACTIVATIONS, MLPObservable
+from .writers import write_atomic
 
 __all__ = [
     "ONNX_FORMAT",
@@ -363,15 +364,6 @@ def build_graph(pipe, params, dtype=np.float32):
     return graph.model(), preprocess
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_onnx(out_dir, pipe, params, dtype=np.float32) -> dict:
     """Write ``model.onnx`` and ``preprocess.json`` into ``out_dir``; returns the
     ``preprocess`` description. Both files are written atomically, and only once the
@@ -382,8 +374,8 @@ def export_onnx(out_dir, pipe, params, dtype=np.float32) -> dict:
     """
     out_dir = Path(out_dir)
     model, preprocess = build_graph(pipe, params, dtype)
-    _atomic_write(out_dir / "model.onnx", model.SerializeToString())
-    _atomic_write(out_dir / "preprocess.json", json.dumps(preprocess, indent=1).encode())
+    write_atomic(out_dir / "model.onnx", model.SerializeToString())
+    write_atomic(out_dir / "preprocess.json", json.dumps(preprocess, indent=1))
     return preprocess
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plotting
+from .writers import write_atomic
 
 __all__ = ["write_html", "write_plots"]
 
@@ -203,11 +204,4 @@ def write_html(run_dir) -> Path:
         f"<title>diffhep run {html.escape(run_dir.resolve().name)}</title>"
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
-    path = run_dir / "report.html"
-    tmp = run_dir / ".report.html.tmp"
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(run_dir / "report.html", page)

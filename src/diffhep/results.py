@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, ConfigError, load_config
+from .writers import write_atomic
 
 __all__ = ["HISTOGRAMS_FORMAT", "RunResult", "load_run", "read_histograms", "write_histograms"]
 
@@ -52,14 +53,8 @@ def histograms_document(pipe, params, hists) -> dict:
 
 def write_histograms(run_dir, channels: dict) -> None:
     """Write ``histograms.json`` (atomically) from :func:`histograms_document`'s output."""
-    path = Path(run_dir) / "histograms.json"
-    tmp = path.with_name(".histograms.json.tmp")
     doc = {"format": HISTOGRAMS_FORMAT, "set": "test", "channels": channels}
-    try:
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(Path(run_dir) / "histograms.json", json.dumps(doc, indent=1))
 
 
 def read_histograms(run_dir) -> dict:

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 import optax
 
 from .errors import DiffhepError
+from .writers import write_atomic
 
 __all__ = ["TrainState", "TrainingError", "make_optimizer", "train"]
 
@@ -84,19 +84,13 @@ class TrainState:
         }
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(run_dir: Path, state: TrainState) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     tree = (state.params, state.opt_state, state.best_params)
-    _atomic_write(run_dir / CHECKPOINT, lambda p: eqx.tree_serialise_leaves(p, tree))
-    _atomic_write(run_dir / STATE, lambda p: p.write_text(json.dumps(state.meta(), indent=1)))
+    write_atomic(run_dir / CHECKPOINT, lambda p: eqx.tree_serialise_leaves(p, tree))
+    write_atomic(run_dir / STATE, json.dumps(state.meta(), indent=1))
     lines = "".join(json.dumps(h) + "\n" for h in state.history)
-    _atomic_write(run_dir / METRICS, lambda p: p.write_text(lines))
+    write_atomic(run_dir / METRICS, lines)
 
 
 def load_checkpoint(run_dir: Path, like: TrainState) -> TrainState | None:

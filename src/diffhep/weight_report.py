@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ from .cuts import parse_expression
 from .datasets import DataError
 from .histograms import hard_histogram
 from .weighting import effective_sample_size, negative_fraction
+from .writers import write_atomic
 
 __all__ = ["feature_comparison", "plot_feature", "verify", "write_report"]
 
@@ -293,13 +293,7 @@ def write_report(report: dict, out_dir, *, plots: bool = True) -> Path:
             rel = f"plots/{name}.png"
             plot_feature(name, res, out_dir / rel)
             paths[name] = rel
-    _atomic_text(out_dir / REPORT_JSON, json.dumps(report, indent=1))
+    write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=1))
     md = out_dir / REPORT_MD
-    _atomic_text(md, _markdown(report, paths))
+    write_atomic(md, _markdown(report, paths))
     return md
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,6 +1,8 @@
-"""Atomic, chunked writing of event columns to parquet or ROOT files.
+"""Atomic writing: whole files (:func:`write_atomic`) and event columns in chunks.
 
-:class:`AtomicWriter` appends chunks of columns to a temporary file beside the target and
+:func:`write_atomic` writes a file (text, bytes, or through a callback) to a temporary name
+beside the target and renames it, so a reader never sees a partial file. :class:`AtomicWriter`
+appends chunks of columns to a temporary file beside the target and
 renames it to the target only when everything is written, so an error leaves no partial
 output. Used by ``diffhep apply`` (:mod:`diffhep.apply`, :mod:`diffhep.dask_apply`) and
 ``diffhep reweight`` (:mod:`diffhep.reweight_files`).
@@ -17,9 +19,31 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["AtomicWriter"]
+__all__ = ["AtomicWriter", "write_atomic"]
+
+
+def write_atomic(path, content: str | bytes | Callable[[Path], object]) -> Path:
+    """Write ``content`` to ``path`` through a temporary file beside it and a rename.
+
+    ``content`` is text (UTF-8), bytes, or a function that writes the file at the path it is
+    given. On any error the target is left as it was and the temporary file is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            content(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 class AtomicWriter:
