@@ -99,9 +99,9 @@ def _median(rows, key):
 
 
 def _plot(sweep, results, path):
-    from .plotting import _new_figure, _save
+    from .plotting import new_figure, save_figure
 
-    fig = _new_figure((5.5, 4.0))
+    fig = new_figure((5.5, 4.0))
     ax = fig.subplots()
     f = [_median(rows, "selected_fraction") for rows in sweep.values()]
     z = [_median(rows, "z0") for rows in sweep.values()]
@@ -114,7 +114,7 @@ def _plot(sweep, results, path):
     ax.set_ylabel("expected Z0 (test set, hard cuts)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _markdown(results, sweep, seeds, epochs, overrides) -> str:

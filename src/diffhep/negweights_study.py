@@ -284,9 +284,9 @@ def negative_weights_study(
 
 
 def _plot(histories, path):
-    from .plotting import _new_figure, _save
+    from .plotting import new_figure, save_figure
 
-    fig = _new_figure((4.2 * len(histories), 3.8))
+    fig = new_figure((4.2 * len(histories), 3.8))
     axes = fig.subplots(1, len(histories), squeeze=False)[0]
     for ax, (label, by_strategy) in zip(axes, histories.items(), strict=True):
         for strategy, runs in by_strategy.items():
@@ -300,4 +300,4 @@ def _plot(histories, path):
         ax.set_ylabel("training loss (median over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -32,6 +32,7 @@ import numpy as np
 __all__ = [
     "STYLES",
     "experiment_style",
+    "new_figure",
     "plot_cutflow",
     "plot_observable_2d",
     "plot_observable_vs_features",
@@ -39,6 +40,7 @@ __all__ = [
     "plot_stacked",
     "plot_training",
     "roc_curve",
+    "save_figure",
     "uncertainty_band",
 ]
 
@@ -90,13 +92,14 @@ def _experiment_label(ax) -> None:
     module.label(ax=ax, data=False, text="Internal", com=None, rlabel="", loc=0)
 
 
-def _new_figure(figsize):
+def new_figure(figsize):
+    """A matplotlib ``Figure`` (constrained layout) not tied to pyplot's global state."""
     from matplotlib.figure import Figure  # lazy: plotting is an optional extra
 
     return Figure(figsize=figsize, layout="constrained")
 
 
-def _save(fig, path) -> None:
+def save_figure(fig, path) -> None:
     """Write ``fig`` to ``path`` (creating parent directories) and release its artists."""
     try:
         path = Path(path)
@@ -149,7 +152,7 @@ def plot_training(history, path, metrics: Sequence[str] = DEFAULT_METRICS) -> No
     if not curves:
         raise ValueError(f"none of the metrics {tuple(metrics)} has a value in the history")
 
-    fig = _new_figure((6.4, 2.4 * len(curves)))
+    fig = new_figure((6.4, 2.4 * len(curves)))
     axes = fig.subplots(len(curves), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (metric, lines) in zip(axes, curves.items(), strict=True):
         log = "cls" in metric and any((mean > 0).any() for _, _, mean, _ in lines)
@@ -168,7 +171,7 @@ def plot_training(history, path, metrics: Sequence[str] = DEFAULT_METRICS) -> No
             ax.legend(fontsize="small")
     axes[-1].set_xlabel("epoch")
     _experiment_label(axes[0])
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 @_styled
@@ -214,7 +217,7 @@ def plot_stacked(
         return values
 
     order = [name for name in samples if name != signal] + [signal]
-    fig = _new_figure((6.4, 6.4))
+    fig = new_figure((6.4, 6.4))
     ax, rax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     bottom = np.zeros(len(edges) - 1)
     for name in order:
@@ -250,7 +253,7 @@ def plot_stacked(
         ax.set_title(title)
     ax.legend(fontsize="small", title=None if plain else title)  # the label takes the top
     _experiment_label(ax)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def uncertainty_band(total, shifts=(), stat=None):
@@ -332,7 +335,7 @@ def roc_curve(score_signal, w_signal, score_background, w_background):
 def plot_roc(score_signal, w_signal, score_background, w_background, path) -> float:
     """Draw the :func:`roc_curve` (with the AUC in the legend) to ``path``; returns the AUC."""
     eff_b, eff_s, auc = roc_curve(score_signal, w_signal, score_background, w_background)
-    fig = _new_figure((4.8, 4.8))
+    fig = new_figure((4.8, 4.8))
     ax = fig.add_subplot()
     ax.plot(eff_b, eff_s, label=f"AUC = {auc:.4f}")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="random")
@@ -341,7 +344,7 @@ def plot_roc(score_signal, w_signal, score_background, w_background, path) -> fl
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     _experiment_label(ax)
-    _save(fig, path)
+    save_figure(fig, path)
     return auc
 
 
@@ -375,7 +378,7 @@ def plot_observable_2d(
     z = np.asarray(fn(np.column_stack([xx.ravel(), yy.ravel()])), dtype=float)
     if z.size != xx.size:
         raise ValueError(f"fn returned shape {z.shape} for {xx.size} points")
-    fig = _new_figure((6.4, 5.2))
+    fig = new_figure((6.4, 5.2))
     ax = fig.add_subplot()
     mesh = ax.pcolormesh(xx, yy, z.reshape(xx.shape), shading="nearest", cmap="viridis")
     fig.colorbar(mesh, ax=ax, label="observable")
@@ -395,7 +398,7 @@ def plot_observable_2d(
     if samples:
         ax.legend(fontsize="small", loc="upper right")
     _experiment_label(ax)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 @_styled
@@ -418,7 +421,7 @@ def plot_cutflow(rows: Sequence[Mapping], path, samples: Sequence[str] | None = 
     if not samples:
         raise ValueError("the cut flow has no samples")
     labels = [str(r["cut"]) for r in rows]
-    fig = _new_figure((max(6.4, 1.6 * len(rows)), 4.8))
+    fig = new_figure((max(6.4, 1.6 * len(rows)), 4.8))
     ax = fig.add_subplot()
     width = 0.8 / len(samples)
     x = np.arange(len(rows))
@@ -435,7 +438,7 @@ def plot_cutflow(rows: Sequence[Mapping], path, samples: Sequence[str] | None = 
     ax.set_ylabel("weighted yield")
     ax.legend(fontsize="small")
     _experiment_label(ax)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 @_styled
@@ -470,7 +473,7 @@ def plot_observable_vs_features(
                              f"{len(np.asarray(score[s]))} scores")  # fmt: skip
     ncol = min(3, len(names))
     nrow = math.ceil(len(names) / ncol)
-    fig = _new_figure((4.0 * ncol, 3.2 * nrow))
+    fig = new_figure((4.0 * ncol, 3.2 * nrow))
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     for j, name in enumerate(names):
         ax = axes[j]
@@ -495,4 +498,4 @@ def plot_observable_vs_features(
         ax.set_visible(False)
     axes[0].legend(fontsize="small")
     _experiment_label(axes[0])
-    _save(fig, path)
+    save_figure(fig, path)

@@ -190,13 +190,13 @@ def verify(x, w_orig, w_new, *, names=None, inputs=(0,), regions=None, bins: int
 
 def plot_feature(name: str, result: dict, path) -> None:
     """Distributions with the original and new weights, and the ratio panel."""
-    from .plotting import _new_figure, _save
+    from .plotting import new_figure, save_figure
 
     edges = np.asarray(result["edges"])
     centres = 0.5 * (edges[1:] + edges[:-1])
     ho, h2o = np.asarray(result["sumw_orig"]), np.asarray(result["sumw2_orig"])
     hn = np.asarray(result["sumw_new"])
-    fig = _new_figure((5.6, 5.0))
+    fig = new_figure((5.6, 5.0))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top.errorbar(centres, ho, yerr=np.sqrt(h2o), fmt="ko", ms=3, label="original (signed)")
     top.stairs(hn, edges, color="C1", lw=1.5, label="new weights")
@@ -223,7 +223,7 @@ def plot_feature(name: str, result: dict, path) -> None:
     if finite.size:
         span = max(0.1, float(np.max(np.abs(finite - 1))) * 1.2)
         bottom.set_ylim(1 - span, 1 + span)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _markdown(report: dict, plots: dict) -> str:
