@@ -177,6 +177,39 @@ def test_load_run_histograms(tiny_run):
         np.testing.assert_allclose(h.variances(), np.bincount(idx, w[keep] ** 2, 4), rtol=1e-12)
 
 
+def test_score_plots_show_the_selected_events(tiny_run, tmp_path, monkeypatch):
+    """The ROC curve (and its AUC) is that of the events the hard selection keeps: compared
+    with roc_curve on a brute-force selection of the test events."""
+    from diffhep.report import write_plots
+    from diffhep.runs import restore_run
+
+    _, pipe, parts, params = restore_run(tiny_run)
+    seen = {}
+    roc = plotting.plot_roc
+
+    def spy(ss, ws, sb, wb, path, **kw):
+        seen["args"] = (ss, ws, sb, wb)
+        return roc(ss, ws, sb, wb, path, **kw)
+
+    monkeypatch.setattr(plotting, "plot_roc", spy)
+    res = diffhep.load_run(tiny_run).hists["SR"]
+    hists = {("SR", n): (h.values(), h.variances()) for n, h in res.items()}
+    auc = write_plots(tmp_path, pipe, params, parts["test"], hists)["auc"]
+    a = pipe.analysis
+    picked = {}
+    for name in a.samples:
+        x, w = np.asarray(parts["test"][name].x), np.asarray(parts["test"][name].w)
+        keep = np.asarray(params.selection.passes(x))
+        assert 0 < keep.sum() < len(x)  # the selection does select
+        picked[name] = (np.asarray(params.observable(x[keep])), w[keep])
+    sb = np.concatenate([picked[n][0] for n in a.backgrounds])
+    wb = np.concatenate([picked[n][1] for n in a.backgrounds])
+    _, _, ref = plotting.roc_curve(*picked[a.signal], sb, wb)
+    np.testing.assert_allclose(seen["args"][0], picked[a.signal][0], rtol=1e-6)
+    np.testing.assert_array_equal(seen["args"][3], wb)
+    assert auc == pytest.approx(ref, abs=1e-12)
+
+
 def test_load_run_of_a_non_run_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a finished diffhep run"):
         diffhep.load_run(tmp_path)

@@ -23,12 +23,15 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from . import plotting
 from .writers import write_atomic
+
+log = logging.getLogger(__name__)
 
 __all__ = ["write_html", "write_plots"]
 
@@ -82,41 +85,49 @@ def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None, st
             xlabel="observable" if ch.observable == "nn" else ch.observable,
             **kw,
         )
-    nominal = {n: (np.asarray(test_events[n].x), np.asarray(test_events[n].w)) for n in a.samples}
+    events = {n: (np.asarray(test_events[n].x), np.asarray(test_events[n].w)) for n in a.event_sets}
+    nominal = {n: events[n] for n in a.samples}
     if params.selection is not None:
         rows = params.selection.cutflow(nominal, pipe.features)
         plotting.plot_cutflow(rows, plot_dir / "cutflow.png", **kw)
+        # the score plots show the events the selection keeps (hard cuts), as analysed
+        keep = {
+            n: np.asarray(params.selection.passes(x), dtype=bool) for n, (x, _) in events.items()
+        }
+        events = {n: (x[keep[n]], w[keep[n]]) for n, (x, w) in events.items()}
+        nominal = {n: events[n] for n in a.samples}
     obs = params.observable
     if obs is None:  # cuts alone: no score to draw
         return {"auc": None}
-    sig = test_events[a.signal]
-    bkg_x = np.concatenate([np.asarray(test_events[n].x) for n in a.backgrounds])
-    bkg_w = np.concatenate([np.asarray(test_events[n].w) for n in a.backgrounds])
-    auc = plotting.plot_roc(
-        np.asarray(obs(sig.x)),
-        np.asarray(sig.w),
-        np.asarray(obs(bkg_x)),
-        bkg_w,
-        plot_dir / "roc.png",
-        **kw,
-    )
-    plotting.plot_observable_vs_features(
-        {n: np.asarray(obs(x)) for n, (x, _) in nominal.items()},
-        {n: x for n, (x, _) in nominal.items()},
-        pipe.features,
-        plot_dir / "observable_vs_features.png",
-        weights={n: w for n, (_, w) in nominal.items()},
-        **kw,
-    )
+    sig_x, sig_w = nominal[a.signal]
+    bkg_x = np.concatenate([nominal[n][0] for n in a.backgrounds])
+    bkg_w = np.concatenate([nominal[n][1] for n in a.backgrounds])
+    auc = None
+    if np.sum(sig_w) != 0 and np.sum(bkg_w) != 0:
+        auc = plotting.plot_roc(
+            np.asarray(obs(sig_x)), sig_w, np.asarray(obs(bkg_x)), bkg_w, plot_dir / "roc.png", **kw
+        )
+    else:
+        log.warning("the selection keeps no signal or no background test events: no ROC curve")
+    nominal = {n: (x, w) for n, (x, w) in nominal.items() if len(x)}
+    if nominal:
+        plotting.plot_observable_vs_features(
+            {n: np.asarray(obs(x)) for n, (x, _) in nominal.items()},
+            {n: x for n, (x, _) in nominal.items()},
+            pipe.features,
+            plot_dir / "observable_vs_features.png",
+            weights={n: w for n, (_, w) in nominal.items()},
+            **kw,
+        )
     if len(pipe.features) == 2:
         plotting.plot_observable_2d(
             lambda x: np.asarray(obs(x)),
             plot_dir / "observable_2d.png",
-            samples={n: np.asarray(test_events[n].x) for n in a.event_sets},
+            samples={n: x for n, (x, _) in events.items() if len(x)},
             feature_names=pipe.features,
             **kw,
         )
-    return {"auc": float(auc)}
+    return {"auc": None if auc is None else float(auc)}
 
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
