@@ -520,13 +520,16 @@ def assert_fit_matches(label, bestfit, twice_nll, scipy_ref, minuit_ref=None, ge
     both pyhf optimizers agree and diffhep's best fit still differs, with ``refit_from``:
 
     - diffhep found a *lower* minimum (by more than 1e-6): pyhf's likelihood at diffhep's
-      best fit confirms the lower value, and diffhep started at pyhf's solution stays in
-      pyhf's (higher) local minimum (measured: sbottom RegionA/300_205_60 mu=1, 0.14 below
-      both pyhf optimizers; RegionC/450_445_60 mu=1, 0.44 below);
+      best fit confirms the lower value, and diffhep started at pyhf's solution either stays
+      in pyhf's (higher) local minimum or descends to diffhep's (the mirrored restart of
+      :func:`diffhep.fit.fit` flips symmetrised nuisance parameters) (measured: sbottom
+      RegionA/300_205_60 mu=1, 0.14 below both pyhf optimizers; RegionC/450_445_60 mu=1,
+      0.44 below);
     - *degenerate* minima: the same twice_nll (within 1e-6) at distant parameters, e.g. the
       mirror solution with several alphas of opposite sign (RegionB/300_205_60 mu=1): pyhf's
       likelihood at diffhep's point equals pyhf's minimum, and diffhep started at pyhf's
-      solution converges there. The parameters are then not identified by the likelihood.
+      solution converges to the same twice_nll. The parameters are then not identified by
+      the likelihood.
     """
     bestfit = np.asarray(bestfit, dtype=float)
     twice_nll = float(twice_nll)
