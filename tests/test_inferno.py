@@ -291,21 +291,22 @@ def test_inferno_loss_closed_form_and_gradient():
 
 
 # ------------------------------------------------------------------ the study (smoke)
-@pytest.mark.slow
+SMALL = {"n_train": 2000, "n_validation": 1000, "n_test": 4000, "hidden": (16,),
+         "batch_size": 500}  # fmt: skip
+ONLY = ["BCE classifier", "INFERNO 2", "diffhep sigma_mu 2"]
+
+
 def test_inferno_study_smoke(tmp_path):
-    only = ["BCE classifier", "INFERNO 2", "diffhep sigma_mu 2"]
-    small = {"n_train": 3000, "n_validation": 1000, "n_test": 4000, "hidden": (16,),
-             "batch_size": 500}  # fmt: skip
-    path = S.inferno_study(tmp_path / "docs", seeds=1, epochs=2, runs_dir=tmp_path / "runs",
-                           settings=small, only=only)  # fmt: skip
+    path = S.inferno_study(tmp_path / "docs", seeds=1, epochs=1, runs_dir=tmp_path / "runs",
+                           settings=SMALL, only=ONLY)  # fmt: skip
     r = json.loads((tmp_path / "docs" / "inferno.json").read_text())
-    assert set(r["rows"]) == {*only, "optimal classifier"}
+    assert set(r["rows"]) == {*ONLY, "optimal classifier"}
     for k in map(str, I.BENCHMARKS):
         np.testing.assert_allclose(r["analytic"][k], I.analytic_sigma_s(int(k)), rtol=1e-12)
         for runs in r["rows"].values():
             assert runs[0][k]["hessian"] > r["analytic"][k]  # nothing beats the bound
     # the optimal classifier row is the protocol on the true likelihood-ratio bins
-    data = S._data(0, S.SETTINGS | small)
+    data = S._data(0, S.SETTINGS | SMALL)
     opt = lambda x: np.clip((I.optimal_score(x) * 10).astype(int), 0, 9)  # noqa: E731
     t = S.hard_templates(opt, *data["test"])
     np.testing.assert_allclose(
@@ -314,10 +315,40 @@ def test_inferno_study_smoke(tmp_path):
     text = path.read_text()
     assert "| analytic likelihood |" in text and "INFERNO 2" in text
     # a second call reuses the finished runs (same numbers)
-    S.inferno_study(tmp_path / "docs2", seeds=1, epochs=2, runs_dir=tmp_path / "runs",
-                    settings=small, only=only)  # fmt: skip
+    S.inferno_study(tmp_path / "docs2", seeds=1, epochs=1, runs_dir=tmp_path / "runs",
+                    settings=SMALL, only=ONLY)  # fmt: skip
     r2 = json.loads((tmp_path / "docs2" / "inferno.json").read_text())
     assert r2["rows"] == r["rows"]
+
+
+@pytest.mark.slow
+def test_inferno_study_workers_give_the_same_numbers(tmp_path):
+    def run(workers):
+        out, runs = tmp_path / f"docs{workers}", tmp_path / f"runs{workers}"
+        S.inferno_study(out, seeds=2, epochs=2, settings=SMALL, runs_dir=runs, only=ONLY[1:],
+                        workers=workers)  # fmt: skip
+        return json.loads((out / "inferno.json").read_text())["rows"]
+
+    assert run(2) == run(1)
+
+
+def test_fresh_training_events_per_epoch():
+    data = S._data(3, S.SETTINGS | SMALL)
+    (xs, xb), (vs, _) = data["train"], data["validation"]
+    fresh = S._batches(xs, xb, 500, seed=3, fresh=True)
+    e1, e1_again, e2 = list(fresh(1)), list(fresh(1)), list(fresh(2))
+    assert len(e1) == len(xs) // 500 and e1[0][0].shape == (500, 3)
+    for (a, b), (c, d) in zip(e1, e1_again, strict=True):  # deterministic in the epoch
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    sig1 = np.concatenate([a for a, _ in e1])
+    sig2 = np.concatenate([a for a, _ in e2])
+    # new events every epoch, never those of the fixed training or validation samples
+    for other in (sig2, xs, vs):
+        assert not np.isin(sig1[:, 0], other[:, 0]).any()
+    # without ``fresh`` every epoch is a permutation of the fixed training sample
+    fixed = np.concatenate([a for a, _ in S._batches(xs, xb, 500, seed=3)(2)])
+    np.testing.assert_array_equal(np.sort(fixed[:, 0]), np.sort(xs[:, 0]))
 
 
 def test_cli_inferno_study_rejects_overrides():
@@ -327,3 +358,12 @@ def test_cli_inferno_study_rejects_overrides():
 
     res = CliRunner().invoke(main, ["study", "inferno", "--set", "training.epochs=1"])
     assert res.exit_code == 2 and "no YAML config" in res.output
+
+
+def test_cli_workers_only_for_the_inferno_study():
+    from click.testing import CliRunner
+
+    from diffhep.cli import main
+
+    res = CliRunner().invoke(main, ["study", "cuts", "--workers", "2"])
+    assert res.exit_code == 2 and "--workers applies to the inferno study only" in res.output

@@ -108,7 +108,6 @@ def test_best_threshold_needs_enough_background():
         best_threshold([0.9], [1.0], [0.1, 0.2], [1.0, 1.0], 0.1, min_background_events=5)
 
 
-@pytest.mark.slow
 def test_significance_study_smoke(tmp_path):
     path = significance_study(
         tmp_path / "docs",

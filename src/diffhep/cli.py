@@ -429,7 +429,7 @@ def reweight(
 STUDY_DEFAULTS = {  # seeds, epochs
     "neos-blobs": (7, 15),
     "cuts": (3, 20),
-    "inferno": (5, 20),
+    "inferno": (5, 80),
     "significance": (3, 20),
     "negative-weights": (3, 60),
 }
@@ -444,7 +444,13 @@ STUDY_DEFAULTS = {  # seeds, epochs
     help="Seeds (neos-blobs: 7, cuts: 3, inferno: 5, significance: 3, negative-weights: 3).",
 )
 @click.option(
-    "--epochs", type=int, help="Epochs per run (neos-blobs: 15, cuts: 20, inferno: 20, ...)."
+    "--epochs", type=int, help="Epochs per run (neos-blobs: 15, cuts: 20, inferno: 80, ...)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="inferno only: runs trained at once, each in its own process (default 1; on a CPU "
+    "machine, its number of cores).",
 )
 @click.option(
     "--runs-dir",
@@ -452,7 +458,7 @@ STUDY_DEFAULTS = {  # seeds, epochs
     help="Where the training runs go (reused; default runs/NAME).",
 )
 @_overrides
-def study(name, out, seeds, epochs, runs_dir, overrides):
+def study(name, out, seeds, epochs, runs_dir, workers, overrides):
     """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3), cuts
     (selection cuts and a neural observable, alone and together, and the skim trade-off),
     inferno (INFERNO's benchmark: every model on one protocol) or significance (the
@@ -472,6 +478,11 @@ def study(name, out, seeds, epochs, runs_dir, overrides):
         "negative-weights": negative_weights_study,
     }[name]
     default_seeds, default_epochs = STUDY_DEFAULTS[name]
+    extra = {}
+    if workers is not None:
+        if name != "inferno":
+            raise click.UsageError("--workers applies to the inferno study only")
+        extra["workers"] = workers
     path = _run(
         fn,
         out,
@@ -479,6 +490,7 @@ def study(name, out, seeds, epochs, runs_dir, overrides):
         epochs=epochs or default_epochs,
         overrides=overrides,
         runs_dir=runs_dir or f"runs/{name}",
+        **extra,
     )
     click.echo(f"study written to {path}")
 

@@ -19,7 +19,11 @@ benchmarks 0-4:
   **analytic likelihood** (unbinned Fisher information of the true densities).
 
 Each trained model is selected on the validation set by the protocol's Hessian uncertainty on
-its own benchmark (BCE: the epoch with the lowest mean training loss).
+its own benchmark (BCE: the epoch with the lowest mean training loss). The training events are
+drawn afresh from the generator every epoch (``SETTINGS["fresh_events"]``): with a fixed
+sample of 100,000 events per class a network trained on sigma(s) reached 16.22 on its own
+training events but 16.46 on independent ones (benchmark 2, one seed), i.e. it overfits
+by 1.5%, about a third of its distance to the analytic bound.
 """
 
 from __future__ import annotations
@@ -45,13 +49,16 @@ __all__ = ["SoftmaxObservable", "inferno_study"]
 TEMPERATURE = 0.1
 NBINS = 10
 SETTINGS = {  # the defaults of the full study
-    "n_train": 50_000,  # events per class (signal, nominal background)
+    "n_train": 50_000,  # events per class (signal, nominal background) and epoch
+    "fresh_events": True,  # draw the training events afresh from the generator every epoch
     "n_validation": 20_000,
     "n_test": 200_000,
     "hidden": (100, 100),
     "batch_size": 1000,  # events per class and step
-    "learning_rate": 1e-3,
+    "learning_rate": 2e-3,  # Adam, cosine decay to 0 over the run
 }
+EPOCHS = 80
+_FRESH = 0x1F3D  # seed tag of the per-epoch training events, apart from the fixed samples' seeds
 
 
 class SoftmaxObservable(Standardised):
@@ -158,16 +165,22 @@ def rows() -> dict:
     return out
 
 
-def _batches(xs, xb, batch_size, seed):
+def _batches(xs, xb, batch_size, seed, fresh=False):
+    """``epoch -> batches`` of ``(signal, background)`` events; ``fresh``: every epoch draws
+    ``len(xs)`` new events per class from the generator (seeded by ``seed`` and the epoch)."""
     n = min(len(xs), len(xb))
     steps = max(n // batch_size, 1)
 
     def epoch_batches(epoch):
         rng = np.random.default_rng([seed, epoch])
-        ps, pb = rng.permutation(len(xs)), rng.permutation(len(xb))
+        ys, yb = xs, xb
+        if fresh:
+            ev = inferno_3d(n, [_FRESH, seed, epoch])
+            ys, yb = ev["signal"][0], ev["background"][0]
+        ps, pb = rng.permutation(len(ys)), rng.permutation(len(yb))
         for i in range(steps):
             sl = slice(i * batch_size, (i + 1) * batch_size)
-            yield jnp.asarray(xs[ps[sl]]), jnp.asarray(xb[pb[sl]])
+            yield jnp.asarray(ys[ps[sl]]), jnp.asarray(yb[pb[sl]])
 
     return epoch_batches
 
@@ -187,12 +200,14 @@ def train_model(kind, benchmark, data, seed, epochs, settings, run_dir, resume=T
             return {}
         return {"val_sigma": I.template_sigma(hard_templates(_bin_fn(p), vs, vb), benchmark)}
 
+    batches = _batches(xs, xb, settings["batch_size"], seed, settings.get("fresh_events", False))
+    steps = epochs * max(min(len(xs), len(xb)) // settings["batch_size"], 1)
     state = train(
         obs,
         _loss(kind, benchmark),
-        optax.adam(settings["learning_rate"]),
+        optax.adam(optax.cosine_decay_schedule(settings["learning_rate"], steps)),
         epochs=epochs,
-        batches=_batches(xs, xb, settings["batch_size"], seed),
+        batches=batches,
         validate=validate,
         select_on=None if kind == "bce" else "val_sigma",
         run_dir=run_dir,
@@ -221,21 +236,45 @@ def _evaluate(bin_fn, test) -> dict:
     return {str(k): I.expected_uncertainty(t, k) for k in I.BENCHMARKS}
 
 
+def _run_one(kind, k, seed, epochs, s, run) -> dict:
+    """Train and evaluate one row at one seed, or read its finished result from ``run``."""
+    cached, key = run / "result.json", json.dumps([s, epochs], default=list)
+    if cached.is_file() and json.loads(cached.read_text())["key"] == key:
+        return json.loads(cached.read_text())["result"]
+    t0 = time.perf_counter()
+    stamp = run / "settings.json"  # resume only a checkpoint of these settings
+    resume = stamp.is_file() and stamp.read_text() == key
+    run.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    data = _data(seed, s)
+    obs = train_model(kind, k, data, seed, epochs, s, run, resume=resume)
+    res = {"seconds": time.perf_counter() - t0, **_evaluate(_bin_fn(obs), data["test"])}
+    cached.write_text(json.dumps({"key": key, "result": res}))
+    return res
+
+
+def _worker_init(x64: bool) -> None:
+    jax.config.update("jax_enable_x64", x64)
+
+
 def inferno_study(
     out: str | Path = "docs/studies",
     *,
     seeds: int = 5,
-    epochs: int = 20,
+    epochs: int = EPOCHS,
     runs_dir: str | Path | None = None,
     settings: dict | None = None,
     only=None,
+    workers: int = 1,
     overrides=(),
 ) -> Path:
     """Run the study; write ``inferno.md`` and ``inferno.json`` into ``out``.
 
     ``settings`` overrides :data:`SETTINGS` (e.g. smaller samples for a smoke run); ``only``
     restricts the trained rows (labels of :func:`rows`). Finished runs under ``runs_dir``
-    (default ``runs/inferno``) are reused.
+    (default ``runs/inferno``) are reused. ``workers > 1`` trains that many runs at once in
+    separate processes (for CPUs: each run is small and uses one core well); every run is
+    seeded on its own, so the numbers do not depend on ``workers``.
     """
     if overrides:
         from .config import ConfigError
@@ -244,42 +283,50 @@ def inferno_study(
             "the inferno study has no YAML config to override",
             fix="drop --set; the study's settings are inferno_study(settings=...) in Python",
         )
+    t0 = time.perf_counter()
     s = SETTINGS | (settings or {})
     out, runs_dir = Path(out), Path(runs_dir or "runs/inferno")
     out.mkdir(parents=True, exist_ok=True)
-    table = {label: [] for label in rows() if only is None or label in only}
+    labels = [label for label in rows() if only is None or label in only]
+    jobs = {
+        (label, seed): (*rows()[label], seed, epochs, s, runs_dir / f"{_slug(label)}-s{seed}")
+        for seed in range(seeds)
+        for label in labels
+    }
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")  # never fork a process that holds JAX's runtime
+        x64 = bool(jax.config.read("jax_enable_x64"))
+        with ProcessPoolExecutor(workers, ctx, initializer=_worker_init, initargs=(x64,)) as ex:
+            futures = {j: ex.submit(_run_one, *args) for j, args in jobs.items()}
+            results = {j: f.result() for j, f in futures.items()}
+    else:
+        results = {j: _run_one(*args) for j, args in jobs.items()}
+    table = {label: [] for label in labels}
     table["optimal classifier"] = []
     seconds = {}
+    for (label, _), res in results.items():
+        seconds.setdefault(label, []).append(res.pop("seconds"))
+        table[label].append(res)
+    opt = lambda x: np.clip((I.optimal_score(x) * NBINS).astype(int), 0, NBINS - 1)  # noqa: E731
     for seed in range(seeds):
-        data = _data(seed, s)
-        for label, (kind, k) in rows().items():
-            if label not in table:
-                continue
-            run = runs_dir / f"{label.replace(' ', '_').replace('(', '').replace(')', '')}-s{seed}"
-            cached, key = run / "result.json", json.dumps([s, epochs], default=list)
-            if cached.is_file() and json.loads(cached.read_text())["key"] == key:
-                res = json.loads(cached.read_text())["result"]
-            else:
-                t0 = time.perf_counter()
-                stamp = run / "settings.json"  # resume only a checkpoint of these settings
-                resume = stamp.is_file() and stamp.read_text() == key
-                run.mkdir(parents=True, exist_ok=True)
-                stamp.write_text(key)
-                obs = train_model(kind, k, data, seed, epochs, s, run, resume=resume)
-                res = {"seconds": time.perf_counter() - t0, **_evaluate(_bin_fn(obs), data["test"])}
-                cached.write_text(json.dumps({"key": key, "result": res}))
-            seconds.setdefault(label, []).append(res.pop("seconds"))
-            table[label].append(res)
-        opt = lambda x: np.clip((I.optimal_score(x) * NBINS).astype(int), 0, NBINS - 1)  # noqa: E731
-        table["optimal classifier"].append(_evaluate(opt, data["test"]))
+        table["optimal classifier"].append(_evaluate(opt, _data(seed, s)["test"]))
     analytic = {str(k): I.analytic_sigma_s(k) for k in I.BENCHMARKS}
     check = {str(k): I.analytic_sigma_s(k, n=80) for k in I.BENCHMARKS}
-    result = {"settings": s, "seeds": seeds, "epochs": epochs, "rows": table,
-              "analytic": analytic, "analytic_n80": check, "train_seconds": seconds}  # fmt: skip
+    result = {"settings": s, "seeds": seeds, "epochs": epochs, "workers": workers,
+              "rows": table, "analytic": analytic, "analytic_n80": check,
+              "train_seconds": seconds,
+              "wall_seconds": time.perf_counter() - t0}  # fmt: skip
     (out / "inferno.json").write_text(json.dumps(result, indent=1, default=list))
     path = out / "inferno.md"
     path.write_text(_markdown(result))
     return path
+
+
+def _slug(label: str) -> str:
+    return label.replace(" ", "_").replace("(", "").replace(")", "")
 
 
 def _cell(values):
@@ -293,17 +340,19 @@ def _markdown(r) -> str:
     lines = [
         "# Study: INFERNO's synthetic benchmark (arXiv:1806.04743)",
         "",
-        f"Reproduce with `diffhep study inferno` ({r['seeds']} seeds x {r['epochs']} epochs; "
+        f"Reproduce with `diffhep study inferno --workers {r.get('workers', 1)}` "
+        f"({r['seeds']} seeds x {r['epochs']} epochs; "
         "finished runs under `runs/inferno` are reused).",
         "",
         "Setup: background x0, x1 ~ N((2 + r, 0), diag(5, 9)), x2 ~ Exp(lambda); signal "
         "N(0, 1), N(0, 1), Exp(2); s = 50, b = 1000 expected; r = 0, lambda = 3 nominal. "
         "Benchmarks (parameter of interest s): 0 no nuisance; 1 r free; 2 r and lambda free; "
         "3 r ~ N(0, 0.4), lambda ~ N(3, 1); 4 as 3 plus b ~ N(1000, 100). "
-        f"Per seed {s['n_train']:,} training and {s['n_validation']:,} validation events per "
-        f"class (signal, nominal background), {s['n_test']:,} test events per class from an "
-        f"independent sample; MLP {'-'.join(map(str, s['hidden']))} (ReLU), Adam "
-        f"{s['learning_rate']:g}, batch {s['batch_size']} events per class.",
+        f"Per seed {s['n_train']:,} training events per class (signal, nominal background)"
+        + (" drawn afresh from the generator for every epoch" if s.get("fresh_events") else "")
+        + f", {s['n_validation']:,} validation and {s['n_test']:,} test events per class "
+        f"from independent samples; MLP {'-'.join(map(str, s['hidden']))} (ReLU), Adam with "
+        f"cosine decay from {s['learning_rate']:g}, batch {s['batch_size']} events per class.",
         "",
         "Evaluation protocol, the same for every row: 10 hard bins (argmax of the softmax "
         "outputs, or 10 equal bins of a score), templates from the test events, background "
@@ -335,9 +384,10 @@ def _markdown(r) -> str:
         "The analytic row is the unbinned Fisher information of the true densities "
         "(Gauss-Legendre, 120 nodes per dimension); with 80 nodes it changes by at most "
         f"{max(abs(r['analytic_n80'][k] / an[k] - 1) for k in bms):.1e} (relative). "
-        "Numbers per seed: `inferno.json`. Training time, all runs together: "
-        f"{sum(sum(v) for v in r['train_seconds'].values()) / 60:.0f} min (wall clock, "
-        "the 2 cores shared with other jobs while the published numbers were made).",
+        "Numbers per seed: `inferno.json`. Training and evaluation time of all runs "
+        f"together: {sum(sum(v) for v in r['train_seconds'].values()) / 60:.0f} min "
+        f"({r.get('workers', 1)} run(s) at a time); wall clock of the invocation that wrote "
+        f"this file: {r['wall_seconds'] / 60:.0f} min (finished runs it reused cost nothing).",
         "",
     ]
     return "\n".join(lines)
@@ -372,9 +422,15 @@ def _findings(r) -> list[str]:
             f"({'within' if v <= 1.05 * an[str(k)] else 'NOT within'} the 5% aim)."
         )
     if rows_.get("INFERNO 0") and rows_.get("diffhep sigma_mu 0"):
+        a, b = (
+            [x["0"]["hessian"] for x in rows_[lbl]] for lbl in ("INFERNO 0", "diffhep sigma_mu 0")
+        )
         out.append(
-            "- INFERNO 0 and diffhep sigma_mu 0 coincide: without nuisances both losses are "
-            "the variance of s from the same counts (the interpolation never enters), so the "
-            "two trainings follow the same path."
+            "- INFERNO 0 and diffhep sigma_mu 0 minimise the same quantity: without nuisances "
+            "both losses are the variance of s from the same counts (the interpolation never "
+            "enters). The two trainings start on the same path; round-off separates them over "
+            f"the run. On benchmark 0 their medians are {np.median(a):.2f} and "
+            f"{np.median(b):.2f}, seed by seed at most "
+            f"{max(abs(x / y - 1) for x, y in zip(a, b, strict=True)):.1%} apart."
         )
     return out
