@@ -274,7 +274,8 @@ def inferno_study(
     restricts the trained rows (labels of :func:`rows`). Finished runs under ``runs_dir``
     (default ``runs/inferno``) are reused. ``workers > 1`` trains that many runs at once in
     separate processes (for CPUs: each run is small and uses one core well); every run is
-    seeded on its own, so the numbers do not depend on ``workers``.
+    seeded on its own, so the numbers do not depend on ``workers``. The processes are
+    spawned, so a calling script needs the usual ``if __name__ == "__main__":`` guard.
     """
     if overrides:
         from .config import ConfigError
