@@ -165,11 +165,14 @@ def rows() -> dict:
     return out
 
 
+def _steps_per_epoch(xs, xb, batch_size) -> int:
+    return max(min(len(xs), len(xb)) // batch_size, 1)
+
+
 def _batches(xs, xb, batch_size, seed, fresh=False):
     """``epoch -> batches`` of ``(signal, background)`` events; ``fresh``: every epoch draws
-    ``len(xs)`` new events per class from the generator (seeded by ``seed`` and the epoch)."""
-    n = min(len(xs), len(xb))
-    steps = max(n // batch_size, 1)
+    as many new events per class as the smaller sample has (seeded by ``seed`` and the epoch)."""
+    n, steps = min(len(xs), len(xb)), _steps_per_epoch(xs, xb, batch_size)
 
     def epoch_batches(epoch):
         rng = np.random.default_rng([seed, epoch])
@@ -201,7 +204,7 @@ def train_model(kind, benchmark, data, seed, epochs, settings, run_dir, resume=T
         return {"val_sigma": I.template_sigma(hard_templates(_bin_fn(p), vs, vb), benchmark)}
 
     batches = _batches(xs, xb, settings["batch_size"], seed, settings.get("fresh_events", False))
-    steps = epochs * max(min(len(xs), len(xb)) // settings["batch_size"], 1)
+    steps = epochs * _steps_per_epoch(xs, xb, settings["batch_size"])
     state = train(
         obs,
         _loss(kind, benchmark),
