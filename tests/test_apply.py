@@ -4,6 +4,7 @@ to diffhep's own score (1e-6) and bins; clear errors and no partial outputs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -140,3 +141,189 @@ def test_bad_inputs_are_clear_errors_and_leave_no_output(tmp_path, tiny_run, col
     assert not (tmp_path / "o2").exists()
     res = _apply([tiny_run, d / "nan.parquet", "--out", d])  # would overwrite the input
     assert res.exit_code == 2 and "overwrite" in res.output
+
+
+# ------------------------------------------------------ RNTuple, the analysis selection
+def test_rntuple_input_gives_an_rntuple_output_of_the_same_name(tmp_path, tiny_run, columns,
+                                                                saved):  # fmt: skip
+    """uproot 5.7 writes RNTuples for f[name] = {...}: apply reads them (with or without
+    --tree) and mirrors them (an RNTuple of the same name), with the numbers of a TTree."""
+    d = tmp_path / "in"
+    d.mkdir()
+    with uproot.recreate(d / "nt.root") as f:
+        f["events"] = columns
+    with uproot.recreate(d / "tt.root") as f:
+        f.mktree("events", {k: v.dtype for k, v in columns.items()})
+        f["events"].extend(columns)
+    score, passes, _, _ = _reference(saved, columns)
+    for args in ([], ["--tree", "events"]):
+        out = tmp_path / f"out{len(args)}"
+        res = _apply([tiny_run, d / "nt.root", d / "tt.root", "--out", out, "--step-size",
+                      700, *args])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        with uproot.open(out / "nt.root") as f:
+            assert f.classnames()["events;1"] == "ROOT::RNTuple"
+            nt = f["events"].arrays(library="np")
+        with uproot.open(out / "tt.root") as f:
+            assert f.classnames()["events;1"] == "TTree"  # the input's name, not "Events"
+            tt = f["events"].arrays(library="np")
+        assert set(nt) == set(tt)
+        for k in tt:
+            np.testing.assert_array_equal(nt[k], tt[k])
+        np.testing.assert_allclose(nt["diffhep_score"], score, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(nt["diffhep_selected"], passes)
+    res = _apply([tiny_run, d / "nt.root", "--out", tmp_path / "o", "--tree", "Events"])
+    assert res.exit_code == 2 and "events (RNTuple)" in res.output
+
+
+def _ntuple_run(tmp_path, tiny_run, samples, constants=None):
+    """The tiny run's export with a config of ntuple samples (files, filters, weights):
+    what apply reads of a run besides its model (no training needed)."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["analysis"]["samples"] = samples
+    cfg["analysis"]["shape_systematics"] = [
+        {"name": "sf", "sample": samples[-1]["name"], "up": {"weight": "w * sf_up"},
+         "down": {"weight": "w"}},
+    ]  # fmt: skip
+    cfg["data"]["constants"] = constants or {}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run
+
+
+@pytest.fixture
+def ntuple_columns(columns):
+    rng = np.random.default_rng(5)
+    n = len(columns["x0"])
+    return columns | {"nj": rng.integers(0, 4, n), "sf": rng.uniform(0.9, 1.1, n),
+                      "sf_up": rng.uniform(1.0, 1.2, n)}  # fmt: skip
+
+
+def test_selected_is_the_analysis_selection_and_weights_are_carried(
+    tmp_path, tiny_run, saved, ntuple_columns
+):
+    """diffhep_selected = the samples' filter AND the cuts (bins -1 outside it); the weight
+    columns the config names and the weight expression come along without --keep; the
+    input tree keeps its name; the output says what its columns mean."""
+    cols = ntuple_columns
+    filt = "nj >= 2 && x0 > -5"
+    samples = [
+        {"name": "sig", "role": "signal", "files": ["s.root"], "weight": "w * sf * lumi",
+         "filter": filt},
+        {"name": "bkg", "role": "background", "files": ["b.root"], "weight": "w * sf * lumi",
+         "filter": filt},
+    ]  # fmt: skip
+    run = _ntuple_run(tmp_path, tiny_run, samples, {"lumi": 2.0})
+    d = tmp_path / "in"
+    d.mkdir()
+    with uproot.recreate(d / "b.root") as f:
+        f.mktree("events", {k: v.dtype for k, v in cols.items()})
+        f["events"].extend(cols)
+    pq.write_table(pa.table(cols), d / "b2.parquet", row_group_size=1000)
+    out = tmp_path / "out"
+    res = _apply([run, d / "b.root", d / "b2.parquet", "--out", out, "--step-size", 700])
+    assert res.exit_code == 0, res.output
+    _, passes, _, _ = _reference(saved, cols)
+    analysis = passes & (cols["nj"] >= 2) & (cols["x0"] > -5)
+    assert 0 < analysis.sum() < passes.sum()  # the filter removes events the cuts keep
+    with uproot.open(out / "b.root") as f:
+        got = f["events"].arrays(library="np")  # the input's tree name
+        meta_root = json.loads(str(f["diffhep_metadata"]))
+    got_pq = pq.read_table(out / "b2.parquet").to_pydict()
+    for g in (got, got_pq):
+        assert set(g) == {"x0", "x1", "w", "sf", "sf_up", "diffhep_score", "diffhep_selected",
+                          "diffhep_bin_SR", "diffhep_weight"}  # fmt: skip
+        np.testing.assert_array_equal(g["diffhep_selected"], analysis)
+        np.testing.assert_array_equal(np.asarray(g["diffhep_bin_SR"])[~analysis], -1)
+        np.testing.assert_array_equal(np.asarray(g["diffhep_bin_SR"]) >= 0, analysis)
+        for k in ("w", "sf", "sf_up"):
+            np.testing.assert_array_equal(g[k], cols[k])
+        np.testing.assert_allclose(g["diffhep_weight"], cols["w"] * cols["sf"] * 2.0,
+                                   rtol=1e-15)  # fmt: skip
+    from diffhep.apply import read_metadata
+
+    for meta in (meta_root, read_metadata(out / "b2.parquet"), read_metadata(out / "b.root")):
+        assert meta["filter"] == filt and meta["sample"] is None
+        assert filt in meta["columns"]["diffhep_selected"]
+        assert "AND" in meta["columns"]["diffhep_selected"]
+        assert meta["weight"] == "w * sf * lumi" and set(meta["weight_columns"]) == {
+            "w", "sf", "sf_up"}  # fmt: skip
+    # the samples' filters differ: --sample chooses; without it only the cuts (said so)
+    samples[0]["filter"], samples[0]["weight"] = "nj >= 3", "w"
+    run = _ntuple_run(tmp_path / "other", tiny_run, samples, {"lumi": 2.0})
+    res = _apply([run, d / "b.root", "--out", tmp_path / "o1", "--sample", "sig"])
+    assert res.exit_code == 0, res.output
+    g = uproot.open(tmp_path / "o1" / "b.root")["events"].arrays(library="np")
+    np.testing.assert_array_equal(g["diffhep_selected"], passes & (cols["nj"] >= 3))
+    np.testing.assert_array_equal(g["diffhep_weight"], cols["w"])
+    assert "sf" not in g  # the weight of sig reads w only
+    res = _apply([run, d / "b.root", "--out", tmp_path / "o2"])
+    assert res.exit_code == 0 and "--sample" in res.output  # a warning
+    g = uproot.open(tmp_path / "o2" / "b.root")["events"].arrays(library="np")
+    np.testing.assert_array_equal(g["diffhep_selected"], passes)
+    assert "diffhep_weight" not in g and {"w", "sf", "sf_up"} <= set(g)
+    assert "--sample" in read_metadata(tmp_path / "o2" / "b.root")["columns"]["diffhep_selected"]
+    res = _apply([run, d / "b.root", "--out", tmp_path / "o3", "--sample", "nope"])
+    assert res.exit_code == 2 and "--sample" in res.output and "sig, bkg" in res.output
+    assert "Traceback" not in res.output
+
+
+# ----------------------------------------------------------------- damaged runs, outputs
+@pytest.fixture
+def unwritable(tmp_path):
+    """A directory that cannot be written (read-only for a user; /sys for root)."""
+    import os
+
+    if os.geteuid() != 0:
+        d = tmp_path / "ro"
+        d.mkdir()
+        d.chmod(0o500)
+        yield d
+        d.chmod(0o700)
+        return
+    d = Path("/sys/diffhep-test-out")
+    try:
+        d.mkdir()
+    except OSError:
+        yield d
+        return
+    d.rmdir()
+    pytest.skip("no unwritable directory on this machine")
+
+
+def test_damaged_export_and_unwritable_output_are_clear_errors(tmp_path, tiny_run, inputs,
+                                                               unwritable):  # fmt: skip
+    import shutil
+
+    data = inputs / "sample_a.parquet"
+    for name, content in [
+        ("model.onnx", b"\x08\x07garbage, not an ONNX protobuf"),
+        ("model.onnx", (tiny_run / "model.onnx").read_bytes()[:300]),  # truncated
+        ("preprocess.json", b'{"format": "diffhep-onnx-1", "inputs": {'),  # truncated
+        ("preprocess.json", b"\xff\xfe\x00 binary"),
+        (
+            "preprocess.json",
+            json.dumps(
+                {"format": json.loads((tiny_run / "preprocess.json").read_text())["format"]}
+            ).encode(),
+        ),  # no features
+    ]:
+        run = tmp_path / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(tiny_run, run)
+        (run / name).write_bytes(content)
+        res = _apply([run, data, "--out", tmp_path / "o"])
+        assert res.exit_code == 2, (name, res.output)
+        assert name in res.output and "diffhep evaluate" in res.output, res.output
+        assert "Traceback" not in res.output and not (tmp_path / "o").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for out in (blocker / "sub", blocker, unwritable / "sub"):
+        res = _apply([tiny_run, data, "--out", out])
+        assert res.exit_code == 2, res.output
+        assert "--out" in res.output and str(out) in res.output and "Traceback" not in res.output

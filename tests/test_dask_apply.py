@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from diffhep.apply import apply_run
 from diffhep.cli import main
 from diffhep.datasets import DataError
-from test_apply import columns  # noqa: F401 (fixture)
+from test_apply import _ntuple_run, columns, ntuple_columns  # noqa: F401 (fixtures)
 
 STEP = 700  # partitions of 700 events: 3 + 2 (ROOT, baskets of 1000) + 5 (row groups of 1000)
 
@@ -58,7 +58,7 @@ def sample(tmp_path, columns):  # noqa: F811
 def _read(path):
     if path.suffix == ".root":
         with uproot.open(path) as f:
-            (t,) = f.values()  # the only tree
+            (t,) = [v for v in f.values() if v.classname != "TObjString"]  # the only tree
             return {k: t[k].array(library="np") for k in t.keys()}
     table = pq.read_table(path)
     return {k: table[k].to_numpy() for k in table.column_names}
@@ -149,3 +149,33 @@ def test_without_dask_a_clear_error(tmp_path, tiny_run, sample, monkeypatch):
                                     str(tmp_path / "out"), "--workers", "2"])  # fmt: skip
     assert res.exit_code == 2 and "pip install 'diffhep[dask]'" in res.output, res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_rntuple_and_analysis_selection_match_single_process(
+    tmp_path,
+    tiny_run,
+    cluster,
+    ntuple_columns,  # noqa: F811
+):
+    """An RNTuple input and a run with a sample filter and weights (constants included):
+    the partitions are RNTuples of the input's name, equal to the single-process output."""
+    samples = [{"name": "s", "role": "signal", "files": ["s.root"], "weight": "w * lumi",
+                "filter": "nj >= 2"}]  # fmt: skip
+    run = _ntuple_run(tmp_path, tiny_run, samples, {"lumi": 3.0})
+    d = tmp_path / "in"
+    d.mkdir()
+    with uproot.recreate(d / "nt.root") as f:
+        f["ntuple"] = ntuple_columns
+    single = apply_run(run, [d / "nt.root"], tmp_path / "single", step_size=STEP)
+    summary = apply_run(run, [d / "nt.root"], tmp_path / "dask", step_size=STEP,
+                        scheduler=cluster.scheduler_address)  # fmt: skip
+    reference = _read(tmp_path / "single" / "nt.root")
+    assert single[0]["events"] == len(ntuple_columns["x0"]) == sum(s["events"] for s in summary)
+    np.testing.assert_array_equal(reference["diffhep_weight"], ntuple_columns["w"] * 3.0)
+    assert not reference["diffhep_selected"][ntuple_columns["nj"] < 2].any()
+    parts = [Path(s["output"]) for s in summary]
+    for p in parts:
+        with uproot.open(p) as f:
+            assert f.classnames()["ntuple;1"] == "ROOT::RNTuple"
+            assert "nj >= 2" in json.loads(str(f["diffhep_metadata"]))["filter"]
+    _check_equal([_read(p) for p in parts], reference)

@@ -204,7 +204,7 @@ def test_example_end_to_end_and_pyhf_cls(ntuples, tmp_path):
     _, pipe, _, params = restore_run(out)
     features = list(pipe.features)
     [report] = apply_run(out, [ntuples / "wjets.root"], tmp_path / "scored")  # 0 to 4+ jets
-    scored = uproot.open(tmp_path / "scored" / "wjets.root")["Events"].arrays(library="np")
+    scored = uproot.open(tmp_path / "scored" / "wjets.root")["events"].arrays(library="np")
     names = root_branch_names(pipe.features)
     assert names["Jet_pt[0]"] == "Jet_pt_0" and names["num(Jet_pt) > 0"] == "num_Jet_pt_0"
     x = np.column_stack([scored[names[f]] for f in pipe.features]).astype(np.float32)
@@ -212,9 +212,17 @@ def test_example_end_to_end_and_pyhf_cls(ntuples, tmp_path):
     assert len(x) == report["events"] and set(masks[:, 0]) == set(masks[:, 1]) == {0.0, 1.0}
     score = np.asarray(params.observable(x))
     np.testing.assert_allclose(scored["diffhep_score"], score, rtol=0, atol=1e-6)
+    # the analysis selection: the samples' filter (no cuts in the example); the weight
+    raw = uproot.open(ntuples / "wjets.root")["events"].arrays(library="np")
+    passes = np.array([len(p) >= 2 for p in raw["Jet_pt"]]) & (raw["lep_pt"] > 30)
+    assert 0 < passes.sum() < len(passes)
+    np.testing.assert_array_equal(scored["diffhep_selected"], passes)
+    np.testing.assert_allclose(scored["diffhep_weight"], raw["xsec"] * raw["genWeight"]
+                               / raw["sumw"] * raw["btag_sf"], rtol=1e-12)  # fmt: skip
     w = np.random.default_rng(0).uniform(0.5, 1.5, len(x))
-    hists = pipe.histograms(params, dict.fromkeys(pipe.analysis.event_sets, Events(x, w)))
+    hists = pipe.histograms(params, dict.fromkeys(pipe.analysis.event_sets,
+                                                  Events(x[passes], w[passes])))  # fmt: skip
     b = scored["diffhep_bin_SR"]
-    assert b.min() >= 0  # no cuts in the example (one epoch: the bins may all be one)
-    np.testing.assert_allclose(np.bincount(b, weights=w, minlength=3), hists[("SR", "wjets")][0],
-                               rtol=1e-12)  # fmt: skip
+    assert (b[~passes] == -1).all() and (b[passes] >= 0).all()  # (one epoch: maybe one bin)
+    np.testing.assert_allclose(np.bincount(b[passes], weights=w[passes], minlength=3),
+                               hists[("SR", "wjets")][0], rtol=1e-12)  # fmt: skip

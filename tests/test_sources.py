@@ -44,6 +44,12 @@ def _write(tmp_path, table, fmt, name="s"):
             f.mktree("events", {k: (v.type if isinstance(v, ak.Array) else v.dtype)
                                 for k, v in data.items()})  # fmt: skip
             f["events"].extend(data)
+    elif fmt == "rntuple":  # what uproot >= 5.7 writes for f[name] = {...}: an RNTuple
+        path = tmp_path / f"{name}.root"
+        with uproot.recreate(path) as f:
+            f["events"] = {**flat, "Jet_pt": ak.Array(table["Jet_pt"]),
+                           "Jet_btag": ak.Array(table["Jet_btag"])}  # fmt: skip
+        assert uproot.open(path).classnames() == {"events;1": "ROOT::RNTuple"}
     elif fmt == "parquet":
         cols = {**flat, "Jet_pt": table["Jet_pt"], "Jet_btag": table["Jet_btag"]}
         pq.write_table(pa.table(cols), path, row_group_size=100)
@@ -122,12 +128,12 @@ def test_expressions_refuse_anything_else(text):
 
 
 # ---------------------------------------------------------------- readers
-@pytest.mark.parametrize("fmt", ["root", "parquet", "h5", "npz", "csv"])
+@pytest.mark.parametrize("fmt", ["root", "rntuple", "parquet", "h5", "npz", "csv"])
 def test_every_format_reads_the_same_values_in_chunks(tmp_path, fmt):
     t = _table()
     path = _write(tmp_path, t, fmt)
     exprs = ["met", "genWeight * sf", "nlep >= 1"]
-    chunks = list(iterate(path, tree="events" if fmt in ("root", "h5") else None,
+    chunks = list(iterate(path, tree="events" if fmt in ("root", "rntuple", "h5") else None,
                           expressions=exprs, step_size=100))  # fmt: skip
     assert all(len(c["met"]) <= 100 for c in chunks) and len(chunks) >= 3
     got = {e: np.concatenate([c[e] for c in chunks]) for e in exprs}
@@ -136,7 +142,7 @@ def test_every_format_reads_the_same_values_in_chunks(tmp_path, fmt):
     assert np.array_equal(got["nlep >= 1"], t["nlep"] >= 1)
 
 
-@pytest.mark.parametrize("fmt", ["root", "parquet"])
+@pytest.mark.parametrize("fmt", ["root", "rntuple", "parquet"])
 def test_jagged_collections_from_files(tmp_path, fmt):
     t = _table()
     path = _write(tmp_path, t, fmt)
@@ -208,6 +214,38 @@ def test_missing_file_tree_and_branch(tmp_path):
     h5 = _write(tmp_path, _table(), "h5")
     with pytest.raises(DataError, match="'sff' not found"):
         _load(h5, weights={"w": "sff"})
+
+
+def test_rntuple_reads_as_the_ttree_and_errors_name_the_objects(tmp_path):
+    """uproot 5.7 writes RNTuples for f[name] = {...}: load_sample reads them as TTrees (the
+    same numbers); a file without events names the objects it holds, with their kinds."""
+    t = _table()
+    tree = _write(tmp_path, t, "root", name="tree")
+    ntuple = _write(tmp_path, t, "rntuple", name="ntuple")
+    args = {"features": ["met", "Jet_pt[0]"], "weights": {"w": "genWeight * sf"},
+            "filter": "num(Jet_pt) >= 1"}  # fmt: skip
+    x, w = load_sample(ntuple, **args, step_size=50)  # the only RNTuple of the file
+    x_ref, w_ref = load_sample(tree, tree="events", **args)
+    np.testing.assert_array_equal(x, x_ref)
+    np.testing.assert_array_equal(w["w"], w_ref["w"])
+    assert len(x) == sum(len(p) >= 1 for p in t["Jet_pt"])
+    with pytest.raises(DataError, match=r"tree 'Events' not found") as e:
+        load_sample(ntuple, **args, tree="Events")
+    assert "events (RNTuple)" in str(e.value) and "did you mean events" in str(e.value)
+    empty = tmp_path / "hists.root"
+    with uproot.recreate(empty) as f:
+        f["h"] = np.histogram([1.0, 2.0], bins=2)
+        f["note"] = "no events here"
+    for tree_arg in (None, "events"):
+        with pytest.raises(DataError) as e:
+            load_sample(empty, **args, tree=tree_arg)
+        assert str(empty) in str(e.value)
+        assert "h (TH1D)" in str(e.value) and "note (TObjString)" in str(e.value)
+    strings = tmp_path / "strings.root"
+    with uproot.recreate(strings) as f:
+        f["events"] = {"met": np.arange(3.0), "label": ak.Array(["a", "b", "c"])}
+    with pytest.raises(DataError, match="'label' has a non-numeric type"):
+        load_sample(strings, features=["met", "label"], weights={"w": "1"})
 
 
 def test_nan_and_inf_are_counted_per_file_and_branch(tmp_path):

@@ -286,9 +286,14 @@ def demo(out, overrides, statistics_only):
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("files", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--tree", default=None, help="TTree of ROOT inputs (default: the only one).")
+@click.option("--tree", default=None,
+              help="TTree or RNTuple of ROOT inputs (default: the only one); ROOT outputs "
+              "keep its name and kind.")  # fmt: skip
 @click.option("--step-size", default=100_000, show_default=True, help="Events per chunk.")
 @click.option("--keep", multiple=True, help="Extra column to copy to the output (repeatable).")
+@click.option("--sample", default=None, metavar="NAME",
+              help="The sample of the run's config whose filter and weight apply "
+              "(default: the filter and weight all samples share, if they share one).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["parquet", "root"]), default=None,
               help="Output format (default: that of each input).")  # fmt: skip
 @click.option("--scheduler", metavar="ADDRESS", default=None,
@@ -296,18 +301,33 @@ def demo(out, overrides, statistics_only):
               "partition, OUT/<input stem>/part-<k>.")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="Score on a local Dask cluster of N worker processes.")  # fmt: skip
-def apply(run_dir, files, out, tree, step_size, keep, fmt, scheduler, workers):
+def apply(run_dir, files, out, tree, step_size, keep, sample, fmt, scheduler, workers):
     """Score ROOT/parquet FILES with the trained run RUN_DIR (its model.onnx): one output per
-    file in OUT with the features, diffhep_score, diffhep_selected and diffhep_bin_<channel>
-    (local and single-process unless --scheduler or --workers is given)."""
-    from .apply import apply_run
+    file in OUT, row by row aligned with the input, holding the features, the weight columns
+    the config names, the --keep columns and
+
+    \b
+    diffhep_score          the neural observable, for every event
+    diffhep_selected       the analysis selection: the sample's filter (see --sample)
+                           AND the run's selection cuts
+    diffhep_bin_<channel>  the bin of selected events in the channel, -1 otherwise
+    diffhep_weight         the sample's weight expression (ntuple runs; before the
+                           yield/scale normalisation)
+
+    What these mean for the output (filter, cuts, weight) is stored in it as JSON: the
+    parquet schema metadata / a ROOT TObjString, both named diffhep_metadata. Local and
+    single-process unless --scheduler or --workers is given."""
+    from .apply import analysis_selection, apply_run
 
     if scheduler is not None and workers is not None:
         raise click.UsageError("--scheduler and --workers are mutually exclusive")
-    _emit(
-        _run(apply_run, run_dir, files, out, tree=tree, step_size=step_size, keep=keep, fmt=fmt,
-             scheduler=scheduler, workers=workers)
-    )  # fmt: skip
+    res = _run(apply_run, run_dir, files, out, tree=tree, step_size=step_size, keep=keep,
+               fmt=fmt, sample=sample, scheduler=scheduler, workers=workers)  # fmt: skip
+    _emit(res)
+    if sample is None and "--sample" in _run(analysis_selection, run_dir).note:
+        click.echo("warning: diffhep_selected holds the selection cuts only: the samples' "
+                   "filters differ; choose the sample whose filter applies with --sample",
+                   err=True)  # fmt: skip
 
 
 def _list(text):

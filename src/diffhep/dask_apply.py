@@ -1,7 +1,9 @@
 """``diffhep apply`` on a Dask cluster: the partitions of the inputs scored on the workers.
 
-Partitions are those of ``uproot.dask`` for ROOT (``step_size`` entries each) and of
-dask-awkward's parquet reader repartitioned to ``step_size`` rows: partition ``k`` of a file
+Partitions are those of ``uproot.dask`` for ROOT TTrees (``step_size`` entries each;
+RNTuples are read in ranges of ``step_size`` entries by delayed tasks, as uproot's RNTuple
+graphs do not pickle) and of dask-awkward's parquet reader repartitioned to ``step_size``
+rows: partition ``k`` of a file
 holds its entries ``[k * step_size, (k + 1) * step_size)``, the chunk ``k`` of the
 single-process :func:`diffhep.apply.apply_run`. Every partition becomes a ``dask.delayed``
 object (``to_delayed``) and a delayed task scores it on a worker and writes
@@ -46,6 +48,7 @@ from pathlib import Path
 from . import apply, sources
 from .datasets import DataError
 from .errors import DiffhepError
+from .writers import check_writable_dir
 
 __all__ = ["apply_dask"]
 
@@ -81,14 +84,19 @@ def _stamp(run_dir: Path) -> tuple:
     return tuple((run_dir / n).stat().st_mtime_ns for n in ("model.onnx", "preprocess.json"))
 
 
-def _partitions(file: Path, kind: str, tree: str | None, columns: list[str], step: int):
+def _partitions(file: Path, kind: str, tree: str | None, columns: list[str], step: int,
+                constants=()):  # fmt: skip
     """The partitions of ``file`` as delayed awkward arrays, and their first entries."""
-    names = sources.columns_of(columns)  # what the columns (maybe expressions) read
+    # what the columns (maybe expressions) read
+    names = [n for n in sources.columns_of(columns) if n not in constants]
     if kind == "root":
         import uproot
 
         path = str(file.resolve())  # workers may run in other directories
-        arr = uproot.dask({path: sources.tree_name(file, tree)}, filter_name=names, step_size=step)
+        name, what = sources.tree_kind(file, tree)
+        if what == "RNTuple":  # uproot.dask's RNTuple graphs do not pickle (uproot 5.7)
+            return _entry_ranges(path, name, names, step)
+        arr = uproot.dask({path: name}, filter_name=names, step_size=step)
     else:
         import dask_awkward as dak
 
@@ -97,18 +105,43 @@ def _partitions(file: Path, kind: str, tree: str | None, columns: list[str], ste
     return arr.to_delayed(optimize_graph=False), list(arr.divisions[:-1])
 
 
-def _score_partition(part, *, file, start, target, fmt, tree, run_dir, stamp, keep) -> int:
+def _read_entries(path: str, tree: str, names: list[str], start: int, stop: int):
+    """The columns ``names`` of the entries ``[start, stop)`` of an RNTuple (on a worker)."""
+    import uproot
+
+    with uproot.open(path) as f:
+        return f[tree].arrays(names, entry_start=start, entry_stop=stop)
+
+
+def _entry_ranges(path: str, tree: str, names: list[str], step: int):
+    """Delayed reads of ``step`` entries each of an RNTuple, and their first entries."""
+    import dask
+    import uproot
+
+    with uproot.open(path) as f:
+        n = f[tree].num_entries
+    read = dask.delayed(_read_entries, pure=True)
+    firsts = list(range(0, n, step))
+    return [read(path, tree, names, a, min(a + step, n)) for a in firsts], firsts
+
+
+def _score_partition(
+    part, *, file, start, target, fmt, tree, out_tree, run_dir, stamp, keep, selection, meta
+) -> int:
     """Score one partition (on a worker) into ``target``; returns its number of events
-    (``file``, as the user gave it, names the input in error messages)."""
+    (``file``, as the user gave it, names the input in error messages; ``out_tree``: the
+    output's ``(tree name, RNTuple?)``)."""
     prep, sess = _session(run_dir, stamp)
-    writer = apply._Writer(Path(target), fmt, tree or "Events")
+    writer = apply._writer(Path(target), fmt, out_tree, meta)
     try:
         n = len(part)
         if n:
-            columns = apply._columns(prep, keep)
-            chunk = sources.evaluate_chunk(file, part, columns, start=start, tree=tree)
-            writer.write(apply._score_chunk(file, chunk, prep, sess, keep))
-        writer.commit(apply._empty(prep, sess, keep))
+            exprs = apply._expressions(prep, keep, selection)
+            chunk = sources.evaluate_chunk(
+                file, part, exprs, start=start, tree=tree, constants=selection.constants
+            )
+            writer.write(apply._score_chunk(file, chunk, prep, sess, keep, selection))
+        writer.commit(apply._empty(prep, sess, keep, selection))
     except BaseException:
         writer.abort()
         raise
@@ -171,6 +204,8 @@ def apply_dask(
     fmt: str | None,
     scheduler: str | None = None,
     workers: int | None = None,
+    selection: apply.AnalysisSelection | None = None,
+    meta: dict | None = None,
 ) -> list[dict]:
     """Score ``inputs`` on a Dask cluster into ``OUT/<input stem>/part-<k>.<format>``.
 
@@ -191,7 +226,10 @@ def apply_dask(
     if scheduler is None and workers < 1:
         raise DataError(f"{workers} workers < 1", where="--workers")
     run_dir, out = Path(run_dir).resolve(), Path(out)
-    columns = apply._columns(prep, keep)
+    selection = selection if selection is not None else apply.AnalysisSelection()
+    meta = meta if meta is not None else apply.metadata(run_dir, prep, selection)
+    columns = apply._expressions(prep, keep, selection)
+    constants = selection.constants
     dirs: dict[Path, Path] = {}
     for f, _ in inputs:
         d = out / f.stem
@@ -202,12 +240,14 @@ def apply_dask(
                 fix="rename the inputs (their stems name the output directories)",
             )
         dirs[f] = d
-        next(sources.iterate([f], tree=tree, expressions=columns, step_size=1), None)
+        next(sources.iterate([f], tree=tree, expressions=columns, step_size=1,
+                             constants=constants), None)  # fmt: skip
     plan, tasks = [], []
     score = dask.delayed(_score_partition)  # not pure: it writes a file
     stamp = _stamp(run_dir)
     for f, kind in inputs:
-        parts, firsts = _partitions(f, kind, tree, columns, step_size)
+        parts, firsts = _partitions(f, kind, tree, columns, step_size, constants)
+        out_tree = apply._output_tree(f, kind, tree)
         if not parts:  # an empty input: one empty output, as the single-process run
             parts, firsts = [[]], [0]
         for k, (part, first) in enumerate(zip(parts, firsts, strict=True)):
@@ -216,10 +256,12 @@ def apply_dask(
                          "first_entry": int(first)})  # fmt: skip
             tasks.append(
                 score(part, file=str(f), start=int(first), fmt=fmt or kind,
-                      target=str(target.resolve()), tree=tree, run_dir=str(run_dir),
-                      stamp=stamp, keep=list(keep))
+                      target=str(target.resolve()), tree=tree, out_tree=out_tree,
+                      run_dir=str(run_dir), stamp=stamp, keep=list(keep),
+                      selection=selection, meta=meta)
             )  # fmt: skip
     created = [d for d in dict.fromkeys(dirs.values()) if not d.exists()]
+    check_writable_dir(out, where="--out")
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     try:

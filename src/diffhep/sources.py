@@ -1,12 +1,14 @@
-"""Reading event data from files: ROOT TTrees, parquet, HDF5, ``.npz`` and CSV, in chunks.
+"""Reading event data from files: ROOT TTrees and RNTuples, parquet, HDF5, ``.npz`` and CSV,
+in chunks.
 
 :func:`iterate` streams chunks of evaluated expressions (branch names or
 :class:`~diffhep.expressions.Expression` strings) from a list of files (globs allowed), reading
-only the branches the expressions need: ROOT through ``uproot`` (TTree ``tree``, jagged
-branches as awkward arrays), parquet through ``pyarrow`` (list columns become jagged), HDF5
-through ``h5py`` (1-D datasets of the group ``tree`` or of the file root), ``.npz`` (1-D
-arrays) and CSV (header line with the column names). :func:`load_sample` reads a whole
-sample: features, one or more weight expressions and a filter, with the checks of
+only the branches the expressions need: ROOT through ``uproot`` (TTree or RNTuple ``tree``,
+jagged branches or fields as awkward arrays), parquet through ``pyarrow`` (list columns
+become jagged), HDF5 through ``h5py`` (1-D datasets of the group ``tree`` or of the file
+root), ``.npz`` (1-D arrays) and CSV (header line with the column names).
+:func:`load_sample` reads a whole sample: features, one or more weight expressions and a
+filter, with the checks of
 :class:`~diffhep.datasets.DataError`: missing file, tree or branch, non-numeric branch,
 NaN/inf in features or weights (counted per file and expression), empty after the filter.
 :func:`evaluate_chunk` applies the same conversions and checks to a chunk read by another
@@ -42,6 +44,7 @@ __all__ = [
     "expand",
     "iterate",
     "load_sample",
+    "tree_kind",
     "tree_name",
 ]
 
@@ -111,25 +114,63 @@ def _check_type(path, name, arr, tree=None):
     return arr
 
 
+#: ROOT classes of event data -> the kind named in messages (TTree, RNTuple).
+TREE_CLASSES = {
+    "TTree": "TTree",
+    "TNtuple": "TTree",
+    "TNtupleD": "TTree",
+    "ROOT::RNTuple": "RNTuple",
+    "ROOT::Experimental::RNTuple": "RNTuple",
+}
+
+
+def _objects(f) -> dict:
+    """``{name: class name}`` of the objects of the open ROOT file ``f`` (no cycles)."""
+    out = {}
+    for k, c in f.classnames().items():
+        out.setdefault(k.split(";")[0], c)
+    return out
+
+
 def _tree_of(path, f, tree):
-    """The TTree of the open ROOT file ``f``: ``tree``, or the only one."""
-    trees = [k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "TNtuple")]
+    """``(name, kind)`` of the event data of the open ROOT file ``f``: the TTree or RNTuple
+    ``tree``, or the only one; ``kind`` is ``"TTree"`` or ``"RNTuple"``."""
+    objects = {k: TREE_CLASSES.get(c, c) for k, c in _objects(f).items()}
+    trees = {k: c for k, c in objects.items() if c in ("TTree", "RNTuple")}
     if tree is None:
-        if len(set(trees)) != 1:
+        if len(trees) != 1:
+            found = ", ".join(f"{k} ({c})" for k, c in objects.items()) or "nothing"
             raise DataError(
-                f"the file has {len(set(trees))} trees ({_few(trees)}); name one",
+                f"the file has {len(trees)} TTrees or RNTuples; "
+                + ("name one" if trees else f"it holds: {found}"),
                 file=path,
-                fix="give the sample's 'tree' (or data.tree)",
+                where=", ".join(f"{k} ({c})" for k, c in trees.items()) or None,
+                fix="give the sample's 'tree' (or data.tree, or --tree)"
+                if trees
+                else "give a ROOT file with a TTree or an RNTuple of the events",
             )
-        tree = trees[0]
+        tree = next(iter(trees))
     if tree not in trees:
-        raise _missing(path, "tree", [tree], trees)
-    return tree
+        close = difflib.get_close_matches(tree, list(trees), n=3)
+        found = ", ".join(f"{k} ({c})" for k, c in objects.items()) or "nothing"
+        raise DataError(
+            f"tree {tree!r} not found (no TTree or RNTuple of that name); the file holds: " + found,
+            file=path,
+            where=tree,
+            fix=f"did you mean {', '.join(close)}?" if close else "give one of its trees",
+        )
+    return tree, trees[tree]
 
 
 def tree_name(path, tree: str | None = None) -> str:
-    """The TTree of the ROOT file ``path`` that :func:`iterate` reads: ``tree`` (checked), or
-    the only one of the file."""
+    """The TTree or RNTuple of the ROOT file ``path`` that :func:`iterate` reads: ``tree``
+    (checked), or the only one of the file."""
+    return tree_kind(path, tree)[0]
+
+
+def tree_kind(path, tree: str | None = None) -> tuple[str, str]:
+    """``(name, kind)`` of the event data of the ROOT file ``path`` (as :func:`tree_name`);
+    ``kind`` is ``"TTree"`` or ``"RNTuple"``, so that outputs can mirror the input."""
     import uproot
 
     try:
@@ -148,14 +189,16 @@ def _root(path, tree, names, step):
     except Exception as exc:
         raise DataError(f"cannot open as a ROOT file ({exc})", file=path) from None
     with f:
-        tree = _tree_of(path, f, tree)
+        tree, kind = _tree_of(path, f, tree)
         t = f[tree]
-        absent = [n for n in names if n not in t.keys()]
+        keys = t.keys()
+        absent = [n for n in names if n not in keys]
         if absent:
-            raise _missing(path, "branch(es)", absent, t.keys(), tree)
-        for n in names:
-            if t[n].interpretation.__class__.__name__ in ("AsStrings", "AsObjects"):
-                raise _check_type(path, n, np.array(["?"]), tree)
+            raise _missing(path, "branch(es)", absent, keys, tree)
+        if kind == "TTree":  # RNTuple fields are checked by type once read (_columns)
+            for n in names:
+                if t[n].interpretation.__class__.__name__ in ("AsStrings", "AsObjects"):
+                    raise _check_type(path, n, np.array(["?"]), tree)
         for chunk in t.iterate(list(names), step_size=step, library="ak"):
             yield _columns(path, chunk, names, tree)
 
@@ -361,6 +404,7 @@ def evaluate_chunk(
     start: int = 0,
     tree: str | None = None,
     check_finite: bool = True,
+    constants: Mapping[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """What :func:`iterate` yields for the entries ``start, start + 1, ...`` of the file
     ``path``, read by another reader: ``chunk`` is an awkward record array holding the
@@ -368,11 +412,13 @@ def evaluate_chunk(
 
     The columns get the same checks and conversions as in :func:`iterate` (numeric type,
     missing values of nullable columns as NaN, float64 or bool results, NaN/inf with the
-    entries counted from ``start``); ``tree`` only names the tree in error messages.
+    entries counted from ``start``); ``tree`` only names the tree in error messages;
+    ``constants`` as in :func:`iterate`.
     """
     parsed = _parse(expressions)
-    cols, n = _columns(str(path), chunk, _names(parsed), tree)
-    out = _evaluate(str(path), parsed, cols, n)
+    constants = dict(constants or {})
+    cols, n = _columns(str(path), chunk, _names(parsed, constants), tree)
+    out = _evaluate(str(path), parsed, {**cols, **constants}, n)
     if check_finite:
         _check_finite(str(path), start, out)
     return out
@@ -392,7 +438,7 @@ def iterate(
 
     Args:
         files: A path or glob, or a list of them (read in sorted order).
-        tree: TTree name for ROOT (optional when the file has one tree), group for HDF5.
+        tree: TTree or RNTuple of ROOT files (optional when the file has one), group for HDF5.
         expressions: Branch names or expressions (:mod:`diffhep.expressions`).
         step_size: Events per chunk (memory stays bounded by it).
         constants: Names with fixed values (e.g. ``{"lumi": 139.0}``), not read from files.

@@ -19,10 +19,67 @@ Example:
 
 from __future__ import annotations
 
+import errno
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["AtomicWriter", "write_atomic"]
+from .errors import DiffhepError
+
+__all__ = ["METADATA_KEY", "AtomicWriter", "check_writable_dir", "same_file", "write_atomic"]
+
+#: Name of the metadata of written event files (parquet schema key, ROOT ``TObjString``).
+METADATA_KEY = "diffhep_metadata"
+
+
+def check_writable_dir(path, *, where: str | None = None, create: bool = True) -> Path:
+    """Check that files can be written into the directory ``path``, before any work whose
+    results would go there: with ``create`` the directory (and its parents) is created
+    and a probe file written; without, the nearest existing ancestor must be a writable
+    directory (a probe file is written there and removed; nothing is left).
+
+    Raises:
+        DiffhepError: A part of the path is a file, or the directory cannot be created or
+            written (naming the path, the option ``where`` and the fix).
+    """
+    path = Path(path)
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".diffhep-probe-"):
+                pass
+        else:
+            base = next(p for p in (path, *path.absolute().parents) if p.exists())
+            if not base.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(base))
+            with tempfile.NamedTemporaryFile(dir=base, prefix=".diffhep-probe-"):
+                pass
+    except OSError as exc:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        reason = (
+            f"{blocker} is a file, not a directory"
+            if blocker is not None
+            else f"{exc.strerror or exc} ({exc.filename or path})"
+        )
+        raise DiffhepError(
+            f"cannot write into the directory {path}: {reason}",
+            file=str(path),
+            where=where,
+            fix="choose a directory you can write to (existing, or under directories only)",
+        ) from None
+    return path
+
+
+def same_file(a, b) -> bool:
+    """Whether the paths ``a`` and ``b`` name the same file (symbolic links and relative
+    paths resolved; hard links by the file system)."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def write_atomic(path, content: str | bytes | Callable[[Path], object]) -> Path:
@@ -51,11 +108,25 @@ class AtomicWriter:
 
     Chunks are ``{column: array}`` (numpy arrays; for ROOT also awkward arrays, e.g. jagged
     collections or records of them) or, for parquet, a ``pyarrow`` table or record batch
-    (written as it is, every column type kept). ``tree`` names the ROOT output tree.
+    (written as it is, every column type kept). ``tree`` names the ROOT output tree, a TTree
+    or, with ``rntuple``, an RNTuple (so that an output mirrors its input). ``metadata``
+    (text, e.g. JSON) describes the columns: the parquet schema's metadata key
+    :data:`METADATA_KEY`, in ROOT files a ``TObjString`` of that name beside the tree;
+    ``title`` is the ROOT tree's title (RNTuple: description).
     """
 
-    def __init__(self, path, kind: str, tree: str = "Events"):
+    def __init__(
+        self,
+        path,
+        kind: str,
+        tree: str = "Events",
+        *,
+        rntuple: bool = False,
+        metadata: str | None = None,
+        title: str = "",
+    ):
         self.path, self.kind, self.tree = Path(path), kind, tree
+        self.rntuple, self.metadata, self.title = rntuple, metadata, title
         self.tmp = self.path.with_name(f".{self.path.name}.part")
         self.handle = None
         self.finished = False
@@ -72,7 +143,12 @@ class AtomicWriter:
             else:
                 table = pa.table(columns)
             if self.handle is None:
-                self.handle = pq.ParquetWriter(self.tmp, table.schema)
+                schema = table.schema
+                if self.metadata is not None:
+                    schema = schema.with_metadata(
+                        {**(schema.metadata or {}), METADATA_KEY: self.metadata}
+                    )
+                self.handle = pq.ParquetWriter(self.tmp, schema)
             self.handle.write_table(table)
         else:
             import awkward as ak
@@ -80,10 +156,20 @@ class AtomicWriter:
 
             if self.handle is None:
                 self.handle = uproot.recreate(self.tmp)
-                types = {
-                    k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in columns.items()
-                }
-                self.handle.mktree(self.tree, types)
+                if self.rntuple:  # awkward types of one entry (ListType, RecordType, ...)
+                    types = {
+                        k: v.type.content if isinstance(v, ak.Array) else v.dtype
+                        for k, v in columns.items()
+                    }
+                    self.handle.mkrntuple(self.tree, types, description=self.title)
+                else:
+                    types = {
+                        k: v.type if isinstance(v, ak.Array) else v.dtype
+                        for k, v in columns.items()
+                    }
+                    self.handle.mktree(self.tree, types, title=self.title)
+                if self.metadata is not None:
+                    self.handle[METADATA_KEY] = self.metadata
             self.handle[self.tree].extend(columns)
 
     def finish(self, empty) -> Path:
