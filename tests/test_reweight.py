@@ -21,6 +21,7 @@ from diffhep.reweight import (
     resample,
 )
 from diffhep.weight_report import verify
+from test_apply import unwritable  # noqa: F401 (fixture)
 
 NAMES = ["x", "z", "u"]
 
@@ -235,9 +236,10 @@ def _toy_columns(n=600, seed=1):
     return cols | {"xsec": np.full(n, 2.0), "run": np.arange(n, dtype=np.int64)}
 
 
-def _write_toy(path, cols):
-    """ROOT (one TTree with a jagged Jet collection) or parquet (a list and a string
-    column) holding the toy's flat columns."""
+def _write_toy(path, cols, rntuple=False):
+    """ROOT (one TTree with a jagged Jet collection, or with ``rntuple`` an RNTuple with a
+    jagged record and a string field) or parquet (a list and a string column) holding the
+    toy's flat columns."""
     import awkward as ak
 
     n = len(cols["x"])
@@ -262,6 +264,10 @@ def _write_toy(path, cols):
         import uproot
 
         data = cols | {"Jet": ak.zip({"pt": ak.Array(pt), "eta": ak.Array(pt) / 10})}
+        if rntuple:  # what uproot >= 5.7 writes for f[name] = {...}
+            with uproot.recreate(path) as f:
+                f["Events"] = data | {"tag": ak.Array([f"e{i}" for i in range(n)])}
+            return
         with uproot.recreate(path) as f:
             f.mktree("Events", {k: getattr(v, "type", None) or v.dtype for k, v in data.items()})
             f["Events"].extend(data)
@@ -306,25 +312,31 @@ def _read_back(path):
 OPTS = "--method classifier --hidden 4 --epochs 3 --folds 2 --seed 3 --bins 10".split()
 
 
-@pytest.mark.parametrize("ext", ["root", "parquet", "h5", "csv", "npz"])
+@pytest.mark.parametrize("ext", ["root", "rntuple", "parquet", "h5", "csv", "npz"])
 def test_reweight_cli_adds_the_column_next_to_the_original(tmp_path, ext):
     """Every original column unchanged (jagged and string ones too, for ROOT and parquet),
     the new column equal to reweight_arrays on the same arrays and seed, the input untouched,
-    the report written."""
+    the report written; an RNTuple gives an RNTuple."""
     from click.testing import CliRunner
 
     from diffhep.cli import main
     from diffhep.reweight_files import reweight_arrays
 
     cols = _toy_columns()
+    rntuple, ext = ext == "rntuple", "root" if ext == "rntuple" else ext
     path = tmp_path / f"toy.{ext}"
-    _write_toy(path, cols)
+    _write_toy(path, cols, rntuple=rntuple)
     before = path.read_bytes()
     args = ["reweight", str(path), "--weight", "genWeight * xsec", "--features", "x,z,u"]
     res = CliRunner().invoke(main, [*args, "--inputs", "x", *OPTS])
     assert res.exit_code == 0, res.output
     out = tmp_path / f"toy_reweighted.{ext}"
     assert path.read_bytes() == before  # FILE is not overwritten by default
+    if ext == "root":
+        import uproot
+
+        kind = "ROOT::RNTuple" if rntuple else "TTree"
+        assert uproot.open(out).classnames() == {"Events;1": kind}
     original, written = _read_back(path), _read_back(out)
     if ext == "h5":  # h5py lists a group's members by name
         assert sorted(written) == sorted([*original, "w_learned"])
@@ -365,3 +377,60 @@ def test_reweight_cli_missing_weight_column_names_it_and_writes_nothing(tmp_path
     assert "'genWeigth'" in res.output and str(path) in res.output, res.output
     assert "Traceback" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.parquet"]
+
+
+def test_reweight_refuses_bad_options_and_outputs_before_training(
+    tmp_path,
+    monkeypatch,
+    unwritable,  # noqa: F811
+):
+    """--folds/--epochs/--bins 0, a zero hidden width, more folds than events, the input as
+    --out (also through a relative path, a symbolic or a hard link), an output or report
+    under a file or in an unwritable directory: exit 2 naming the option, nothing written."""
+    import os
+
+    from click.testing import CliRunner
+
+    from diffhep.cli import main
+
+    d = tmp_path / "data"
+    d.mkdir()
+    path = d / "toy.parquet"
+    _write_toy(path, _toy_columns(50))
+    before = path.read_bytes()
+    (d / "link.parquet").symlink_to(path)
+    os.link(path, d / "hard.parquet")
+    (d / "a_file").write_text("x")
+    monkeypatch.chdir(d)
+    base = ["reweight", str(path), "--weight", "genWeight * xsec"]
+    cases = [
+        (["--folds", "0"], "--folds"),
+        (["--epochs", "0"], "--epochs"),
+        (["--bins", "0"], "--bins"),
+        (["--bins", "-3"], "--bins"),
+        (["--hidden", "8,0"], "--hidden"),
+        (["--folds", "51"], "--folds"),  # 50 events
+        (["--out", str(path)], "--out"),
+        (["--out", "toy.parquet"], "--out"),  # relative to the working directory
+        (["--out", "../data/./toy.parquet"], "--out"),
+        (["--out", "link.parquet"], "--out"),
+        (["--out", "hard.parquet"], "--out"),
+        (["--out", "a_file/out.parquet"], "--out"),
+        (["--out", str(unwritable / "out.parquet")], "--out"),
+        (["--report", "a_file/report"], "--report"),
+        (["--report", str(unwritable / "report")], "--report"),
+    ]
+    listing = sorted(p.name for p in d.iterdir())
+    for extra, option in cases:
+        res = CliRunner().invoke(main, [*base, *OPTS, *extra])
+        assert res.exit_code == 2, (extra, res.output)
+        assert option in res.output and "Traceback" not in res.output, (extra, res.output)
+        assert "fix:" in res.output, (extra, res.output)
+        assert sorted(p.name for p in d.iterdir()) == listing, extra  # nothing written
+        assert path.read_bytes() == before
+    res = CliRunner().invoke(main, [*base, *OPTS, "--out", "link.parquet"])
+    assert "is the input file" in res.output and "never overwrites" in res.output
+    npz = d / "toy.npz"
+    np.savez(npz, x=np.zeros((10, 1)), w=np.ones(10))
+    res = CliRunner().invoke(main, ["reweight", str(npz), "--out", "toy.npz", *OPTS])
+    assert res.exit_code == 2 and "--out" in res.output, res.output

@@ -339,8 +339,8 @@ def _list(text):
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Output file, same format as FILE (default: FILE's stem + '_reweighted', beside it; "
-    "FILE is not overwritten unless given here).",
+    help="Output file, same format as FILE (default: FILE's stem + '_reweighted', beside it); "
+    "never FILE itself (refused, also through links or relative paths).",
 )
 @click.option("--column", default="w_learned", show_default=True, help="Name of the new weights.")
 @click.option("--tree", help="ROOT: the TTree (default: the only one); HDF5: the group.")

@@ -4,17 +4,19 @@
 signed weights): learn ``E[w | x]`` (:func:`diffhep.reweight.learn_positive_weights`,
 cross-fitted, optionally resampled) and verify the new weights
 (:func:`diffhep.weight_report.verify`). :func:`reweight_file` does it for a file of any
-format that diffhep reads (:mod:`diffhep.sources`): ROOT TTrees, parquet, HDF5, CSV and
-``.npz``. The signed weight is a column or an expression (``genWeight * xsec``), the features
-of the report are columns or expressions (default: every flat numeric column but the
-weight's), and the output is a file of the same format (default ``<stem>_reweighted.<ext>``
-beside the input, which is never overwritten unless asked) holding every original column
-unchanged plus the new weight column:
+format that diffhep reads (:mod:`diffhep.sources`): ROOT TTrees and RNTuples, parquet, HDF5,
+CSV and ``.npz``. The signed weight is a column or an expression (``genWeight * xsec``), the
+features of the report are columns or expressions (default: every flat numeric column but
+the weight's), and the output is a file of the same format (default
+``<stem>_reweighted.<ext>`` beside the input, which is never overwritten: an ``out`` that is
+the input, also through a symbolic link or another relative path, is refused) holding every
+original column unchanged plus the new weight column:
 
 - ROOT: one TTree of the same name (uproot), copied chunk by chunk; jagged branches are
   carried over when uproot can write them back under the same names (a collection
   ``nJet``, ``Jet_pt``, ``Jet_eta``, ... or a single ``X`` with counter ``nX``), other
-  non-flat branches (strings, objects, fixed-size arrays) are a :class:`DataError`;
+  non-flat branches (strings, objects, fixed-size arrays) are a :class:`DataError`. An
+  RNTuple gives an RNTuple of the same name, every field copied as it is;
 - parquet: copied batch by batch with pyarrow, every column type kept (lists, strings, ...);
 - HDF5: the file is copied and the column added as a dataset of the group ``tree`` (or the
   root);
@@ -23,10 +25,11 @@ unchanged plus the new weight column:
   column names when ``weight`` is given.
 
 The report (markdown, JSON, plots) goes to a directory beside the output. Bad input (missing
-file, tree or column, NaN/inf weights or features, an existing output column) raises
-:class:`~diffhep.datasets.DataError` naming the file and the column before anything is
-trained; nothing is written if anything fails (the output is written to a temporary file and
-renamed).
+file, tree or column, NaN/inf weights or features, an existing output column, options out of
+range, an output that is the input or cannot be written) raises
+:class:`~diffhep.datasets.DataError` naming the file, the column or option and the fix
+before anything is trained; nothing is written if anything fails (the output is written to a
+temporary file and renamed).
 
 Example:
     >>> import numpy as np
@@ -50,7 +53,7 @@ from . import sources
 from .datasets import DataError, check_events
 from .pipeline import Events
 from .weight_report import _region_mask, verify, write_report
-from .writers import AtomicWriter
+from .writers import AtomicWriter, check_writable_dir, same_file
 
 __all__ = ["FORMATS", "default_output", "reweight_arrays", "reweight_file", "reweight_npz"]
 
@@ -154,6 +157,71 @@ def _format(path: Path, where=None) -> str:
     return kind
 
 
+#: Fit options of ``diffhep reweight`` that must be positive integers: option -> fix.
+_POSITIVE = {
+    "folds": "give --folds 2 (two-fold cross-fitting, the default) or 1 (one network)",
+    "epochs": "give --epochs N >= 1, or leave it out (60, or enough for 800 steps)",
+    "bins": "give --bins N >= 1 (bins per feature in the report, default 20)",
+    "batch_size": "give a batch size >= 1",
+}
+
+
+def _check_options(file, options: dict) -> None:
+    """Refuse options out of range (``--folds 0``, ``--epochs 0``, ``--bins 0``, a hidden
+    width < 1) before anything is read or trained."""
+    for key, fix in _POSITIVE.items():
+        v = options.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise DataError(
+                f"--{key.replace('_', '-')} must be an integer >= 1, got {v!r}",
+                file=file,
+                where=f"--{key.replace('_', '-')}",
+                fix=fix,
+            )
+    hidden = options.get("hidden")
+    if hidden is not None and any(int(h) < 1 for h in hidden):
+        raise DataError(
+            f"hidden layer widths must be >= 1, got {','.join(map(str, hidden))}",
+            file=file,
+            where="--hidden",
+            fix="give positive widths, e.g. --hidden 32,32",
+        )
+
+
+def _check_folds(file, folds, n: int) -> None:
+    if folds is not None and folds > n:
+        raise DataError(
+            f"--folds {folds} is more than the {n} events",
+            file=file,
+            where="--folds",
+            fix=f"give --folds between 1 and {n}",
+        )
+
+
+def _check_output(path: Path, out: Path, report_dir) -> None:
+    """The output is not the input (symbolic links and relative paths resolved) and it and
+    the report can be written; nothing is created."""
+    if same_file(out, path):
+        raise DataError(
+            f"the output {out} is the input file: diffhep reweight never overwrites its input",
+            file=str(path),
+            where="--out",
+            fix=f"give another --out (default: {default_output(path)})",
+        )
+    if out.is_dir():
+        raise DataError(
+            f"the output {out} is a directory",
+            file=str(path),
+            where="--out",
+            fix=f"give a file name, e.g. {out / default_output(path).name}",
+        )
+    check_writable_dir(out.parent, where="--out", create=False)
+    report = Path(report_dir) if report_dir else out.with_name(out.stem + "_reweight")
+    check_writable_dir(report, where="--report", create=False)
+
+
 def _prepare(x, w, names, inputs, regions, file, weight_where):
     """Check names, inputs, regions and the sum of weights before the training; returns
     ``(names, input columns)``."""
@@ -222,8 +290,11 @@ def reweight_npz(
     """
     path = Path(path)
     file = str(path)
+    _check_options(file, options)
     if not path.is_file():
         raise DataError("file not found", file=file, fix="give an existing .npz file")
+    out = Path(out) if out is not None else default_output(path)
+    _check_output(path, out, report_dir)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: np.asarray(f[k]) for k in f.files}
@@ -251,10 +322,11 @@ def reweight_npz(
     x, w = np.asarray(ev.x, np.float64), np.asarray(ev.w, np.float64)
     names = list(names) if names else [f"x{i}" for i in range(x.shape[1])]
     names, cols = _prepare(x, w, names, inputs, regions, file, weights_key)
+    _check_folds(file, options.get("folds"), len(x))
     new, report = reweight_arrays(x, w, names=names, inputs=cols, regions=regions, **options)
-    out = Path(out) if out is not None else default_output(path)
     report["input_file"], report["output_file"], report["column"] = file, str(out), column
     arrays[column] = new
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part")
     with open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
@@ -262,15 +334,27 @@ def reweight_npz(
 
 
 # ------------------------------------------------------------------ columnar files
+#: The layout of an RNTuple (``_root_layout``): its fields are copied as they are.
+RNTUPLE = "RNTuple"
+
+
 def _root_layout(path, tree):
     """``(tree, flat numeric branches, every branch, jagged groups)`` of a ROOT file; the
     groups ``{name: [branches]}`` say how jagged branches are written back (a record
     ``name`` of the fields ``<name>_<field>``, or the jagged branch ``name`` itself), so that
-    uproot recreates the same branch names and counters."""
+    uproot recreates the same branch names and counters. For an RNTuple the groups are
+    :data:`RNTUPLE` (fields are written back as they are)."""
     import uproot
 
     file = str(path)
-    tree = sources.tree_name(path, tree)
+    tree, what = sources.tree_kind(path, tree)
+    if what == "RNTuple":  # every field is written back as it is: no counters to recreate
+        with uproot.open(path) as f:
+            t = f[tree]
+            fields = list(t.keys(recursive=False))
+            types = t.arrays(fields, entry_stop=0)
+        flat = [b for b in fields if types[b].ndim == 1 and sources._is_numeric_ak(types[b])]
+        return tree, flat, fields, RNTUPLE
     with uproot.open(path) as f:
         t = f[tree]
         branches = list(t.keys(recursive=False))
@@ -430,15 +514,23 @@ def _write_root(path, out, tree, groups, column, new, step) -> Path:
     import awkward as ak
     import uproot
 
+    rntuple = groups == RNTUPLE
+    groups = {} if rntuple else groups
     counters = {"n" + g for g in groups}
     members = {m for ms in groups.values() if ms for m in ms}
-    writer = AtomicWriter(out, "root", tree)
+    writer = AtomicWriter(out, "root", tree, rntuple=rntuple)
     start = 0
     try:
         with uproot.open(path) as f:
             for chunk in f[tree].iterate(step_size=step, library="ak"):
                 n = len(chunk)
                 cols = {}
+                if rntuple:
+                    cols = {b: chunk[b] for b in chunk.fields}
+                    cols[column] = np.asarray(new[start : start + n], np.float64)
+                    writer.write(cols)
+                    start += n
+                    continue
                 for b in chunk.fields:
                     if b in counters or b in members:
                         continue
@@ -487,6 +579,7 @@ def reweight_file(
     path = Path(path)
     file = str(path)
     kind = _format(path)
+    _check_options(file, options)
     out = Path(out) if out is not None else default_output(path)
     if _format(out, "--out") != kind:
         raise DataError(
@@ -502,6 +595,7 @@ def reweight_file(
         )  # fmt: skip
     if not path.is_file():
         raise DataError("file not found", file=file, fix="check the path")
+    _check_output(path, out, report_dir)
     tree, flat, every, extra = _layout(kind, path, tree)
     if weight is None:
         raise DataError(
@@ -536,8 +630,10 @@ def reweight_file(
     w = ws["w"]
     names = list(names) if names else list(features)
     names, cols = _prepare(x, w, names, inputs, regions, file, weight)
+    _check_folds(file, options.get("folds"), len(x))
     new, report = reweight_arrays(x, w, names=names, inputs=cols, regions=regions, **options)
     report["input_file"], report["output_file"], report["column"] = file, str(out), column
     report["weight"] = weight
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _write_tmp(kind, path, out, tree, extra, column, new, step_size)
     return _publish(report, tmp, out, column, report_dir, plots)
