@@ -89,6 +89,26 @@ def test_samples_and_weight_systematics_from_root_files(ntuples):
     assert 0.10 <= np.mean(gen < 0) <= 0.20 and np.mean(events["ttbar"].w < 0) > 0.05
 
 
+def test_rntuple_ntuples_give_the_events_of_the_ttrees(ntuples, tmp_path):
+    """The example's ntuples rewritten as RNTuples (what uproot >= 5.7 writes for
+    f[name] = {...}, jagged Jet_* fields): the same event sets, systematics included."""
+    rnt = tmp_path / "rntuple"
+    rnt.mkdir()
+    for path in ntuples.glob("*.root"):
+        arrays = uproot.open(path)["events"].arrays()
+        with uproot.recreate(rnt / path.name) as f:
+            f["events"] = {k: arrays[k] for k in arrays.fields if k != "nJet"}
+        assert uproot.open(rnt / path.name).classnames() == {"events;1": "ROOT::RNTuple"}
+    cfg = _cfg(ntuples)
+    _, ref = load_events(cfg, _analysis(cfg))
+    cfg = _cfg(rnt)
+    _, got = load_events(cfg, _analysis(cfg))
+    assert sorted(got) == sorted(ref)
+    for k, ev in ref.items():
+        np.testing.assert_array_equal(got[k].x, ev.x, err_msg=k)
+        np.testing.assert_array_equal(got[k].w, ev.w, err_msg=k)
+
+
 def test_weight_variations_share_events_in_every_split(ntuples):
     _, parts, _ = prepare(_cfg(ntuples))
     for part in (parts["train"], parts["validation"], parts["test"]):
