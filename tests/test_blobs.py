@@ -13,6 +13,7 @@ from scipy.integrate import dblquad
 from scipy.special import logit
 from scipy.stats import norm
 
+import oracle
 from diffhep import blobs
 from oracle import pyhf_numpy
 
@@ -25,7 +26,7 @@ def pyhf_cls(yields) -> float:
     with pyhf_numpy():
         model = pyhf.Model(blobs.model_spec(yields), poi_name="mu")
         data = list(np.asarray(yields[1], dtype=float)) + model.config.auxdata
-        _, exp = pyhf.infer.hypotest(1.0, data, model, test_stat="qtilde", return_expected=True)
+    _, exp = oracle.hypotest(1.0, data, model, test_stat="qtilde", return_expected=True)
     return float(exp)
 
 

@@ -19,6 +19,7 @@ import pytest
 from scipy.stats import norm
 
 import diffhep
+import oracle
 from test_fit import (
     CASES,
     DEFAULT_CASES,
@@ -325,13 +326,11 @@ def test_test_statistics_match_pyhf(stat, pyhf_name, tilde):
     bounds = [tuple(b) for b in dmodel.config.bounds] if tilde else _wide_bounds(dmodel)
     init = pmodel.config.suggested_init()
     fixed = pmodel.config.suggested_fixed()
-    func = getattr(pyhf.infer.test_statistics, pyhf_name)
     values = []
     # mu_hat is about 0.73: below it q/qtilde vanish, above them all are positive
     for mu in (0.0,) if stat == "q0" else (0.5, 1.0, 2.0):
         got = float(stat_value_jit(stat, jnp.asarray(mu), dmodel, ddata, bounds=bounds))
-        with pyhf_backend("scipy"):
-            ref = float(func(mu, pyhf.tensorlib.astensor(pdata), pmodel, init, bounds, fixed))
+        ref = oracle.test_statistic(pyhf_name, mu, pdata, pmodel, init, bounds, fixed)
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7, err_msg=f"{stat} mu={mu}")
         values.append(got)
     if stat in ("q", "qtilde"):
@@ -359,31 +358,70 @@ def test_upper_limit_scan_matches_pyhf():
     dmodel, ddata, pmodel, pdata = _limit_models()
     scan = np.linspace(0, 5, 21)
     got = diffhep.limits.upper_limit(dmodel, ddata, scan=scan)
-    with pyhf_backend("scipy"):
-        obs, exp = pyhf.infer.intervals.upper_limits.upper_limit(
-            pyhf.tensorlib.astensor(pdata), pmodel, scan=scan
-        )
+    obs, exp = oracle.upper_limit(pdata, pmodel, scan=scan)
     # both interpolate the same CLs values linearly on the same grid
-    assert got.observed == pytest.approx(float(obs), rel=0, abs=1e-6)
-    np.testing.assert_allclose(got.expected, np.asarray(exp, dtype=float), rtol=0, atol=1e-6)
+    assert got.observed == pytest.approx(obs, rel=0, abs=1e-6)
+    np.testing.assert_allclose(got.expected, exp, rtol=0, atol=1e-6)
     # (pyhf's documented 1.01764089 uses its default, looser optimizer)
 
 
 def test_upper_limit_root_finding_matches_pyhf():
     dmodel, ddata, pmodel, pdata = _limit_models()
     got = diffhep.limits.upper_limit(dmodel, ddata)
-    with pyhf_backend("scipy"):
-        obs, exp = pyhf.infer.intervals.upper_limits.upper_limit(
-            pyhf.tensorlib.astensor(pdata), pmodel
-        )
+    obs, exp = oracle.upper_limit(pdata, pmodel)
     # pyhf's toms748 stops at rtol 1e-4
-    assert got.observed == pytest.approx(float(obs), rel=1e-3)
-    np.testing.assert_allclose(got.expected, np.asarray(exp, dtype=float), rtol=1e-3)
+    assert got.observed == pytest.approx(obs, rel=1e-3)
+    np.testing.assert_allclose(got.expected, exp, rtol=1e-3)
     # diffhep's limits are crossings of the CLs curve to its own rtol (1e-6)
     for limit, col in zip([got.observed, *got.expected], range(6), strict=True):
         r = hypotest_jit(jnp.asarray(limit), dmodel, ddata)
         value = float(r.cls_obs) if col == 0 else float(r.cls_exp[col - 1])
         assert value == pytest.approx(0.05, abs=1e-6), col
+
+
+def _nan_at_zero(monkeypatch, everywhere=False):
+    """pyhf's hypotest as on the machines where it fails: CLs 0/0 = NaN at mu = 0 (its
+    toms748 search starts there), or at every mu (``everywhere``)."""
+    real = pyhf.infer.hypotest
+
+    def broken(poi, *args, **kwargs):
+        out = real(poi, *args, **kwargs)
+        if everywhere or float(poi) == 0.0:
+            out = (np.asarray(np.nan), *out[1:])
+        return out
+
+    monkeypatch.setattr(pyhf.infer, "hypotest", broken)
+    monkeypatch.setattr(pyhf.infer.intervals.upper_limits, "hypotest", broken)
+
+
+def test_oracle_upper_limit_reseats_a_nan_at_the_lower_bound(monkeypatch):
+    """The failure of issue 18: pyhf's upper_limit (tight scipy) got NaN at mu = 0 and
+    raised. The guarded oracle re-seats its search above the lower bound and gives the
+    limits pyhf gives where it does not fail; it raises ReferenceFailure only when every
+    re-seat fails."""
+    _, _, pmodel, pdata = _limit_models()
+    want_obs, want_exp = oracle.upper_limit(pdata, pmodel)
+    want_grid = oracle.upper_limit(pdata, pmodel, scan=np.linspace(0, 5, 21))
+    _nan_at_zero(monkeypatch)
+    # unguarded, pyhf fails or returns a limit computed from a NaN
+    with oracle.pyhf_numpy():
+        try:
+            raw = pyhf.infer.intervals.upper_limits.upper_limit(
+                pyhf.tensorlib.astensor(pdata), pmodel, return_results=True
+            )
+        except Exception:
+            raw = None
+    assert raw is None or not np.all(np.isfinite(np.asarray(raw[2][1][0][0], dtype=float)))
+    obs, exp = oracle.upper_limit(pdata, pmodel)
+    assert obs == pytest.approx(want_obs, rel=1e-3)
+    np.testing.assert_allclose(exp, want_exp, rtol=1e-3)
+    # on a grid starting at 0, the NaN point is re-seated 1% of a step further in
+    obs, exp = oracle.upper_limit(pdata, pmodel, scan=np.linspace(0, 5, 21))
+    assert obs == pytest.approx(want_grid[0], abs=1e-6)
+    np.testing.assert_allclose(exp, want_grid[1], atol=1e-6)
+    _nan_at_zero(monkeypatch, everywhere=True)
+    with pytest.raises(oracle.ReferenceFailure, match="failed in every re-seated form"):
+        oracle.upper_limit(pdata, pmodel)
 
 
 # =========================================================================== closed form
