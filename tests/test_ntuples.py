@@ -7,6 +7,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
+import shutil
+import subprocess
+import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +19,12 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
-from diffhep.apply import apply_run, root_branch_names
+from diffhep.apply import root_branch_names
 from diffhep.cli import main
 from diffhep.config import ConfigError, load_config
 from diffhep.datasets import DataError
 from diffhep.pipeline import Events
-from diffhep.runs import _analysis, load_events, prepare, restore_run, train_run
+from diffhep.runs import _analysis, load_events, prepare, restore_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ntuples"
@@ -87,26 +92,6 @@ def test_samples_and_weight_systematics_from_root_files(ntuples):
     gen = np.concatenate([uproot.open(p)["events"]["genWeight"].array(library="np")
                           for p in sorted(ntuples.glob("ttbar_*.root"))])  # fmt: skip
     assert 0.10 <= np.mean(gen < 0) <= 0.20 and np.mean(events["ttbar"].w < 0) > 0.05
-
-
-def test_rntuple_ntuples_give_the_events_of_the_ttrees(ntuples, tmp_path):
-    """The example's ntuples rewritten as RNTuples (what uproot >= 5.7 writes for
-    f[name] = {...}, jagged Jet_* fields): the same event sets, systematics included."""
-    rnt = tmp_path / "rntuple"
-    rnt.mkdir()
-    for path in ntuples.glob("*.root"):
-        arrays = uproot.open(path)["events"].arrays()
-        with uproot.recreate(rnt / path.name) as f:
-            f["events"] = {k: arrays[k] for k in arrays.fields if k != "nJet"}
-        assert uproot.open(rnt / path.name).classnames() == {"events;1": "ROOT::RNTuple"}
-    cfg = _cfg(ntuples)
-    _, ref = load_events(cfg, _analysis(cfg))
-    cfg = _cfg(rnt)
-    _, got = load_events(cfg, _analysis(cfg))
-    assert sorted(got) == sorted(ref)
-    for k, ev in ref.items():
-        np.testing.assert_array_equal(got[k].x, ev.x, err_msg=k)
-        np.testing.assert_array_equal(got[k].w, ev.w, err_msg=k)
 
 
 def test_weight_variations_share_events_in_every_split(ntuples):
@@ -194,18 +179,83 @@ def test_empty_sample_after_filter(ntuples):
         load_events(cfg, _analysis(cfg))
 
 
-def test_example_end_to_end_and_pyhf_cls(ntuples, tmp_path):
-    """The example shortened: ROOT files -> training -> run directory; pyhf (numpy, float64)
-    on workspace.json gives the CLs diffhep reports."""
-    pyhf = pytest.importorskip("pyhf")
-    import oracle
-    from oracle import pyhf_numpy
+def readme_commands() -> list[list[str]]:
+    """The command lines of the first code block of examples/ntuples/README.md (the
+    example as a user runs it, comments stripped)."""
+    block = re.search(r"```[^\n]*\n(.*?)```", (EXAMPLE / "README.md").read_text(), re.S)
+    lines = [shlex.split(line, comments=True) for line in block.group(1).splitlines()]
+    return [line for line in lines if line]
 
-    out = tmp_path / "run"
-    summary = train_run(_cfg(ntuples), out, progress=False, plots=False)
-    for name in ("config.yaml", "model.eqx", "model.json", "workspace.json", "summary.json"):
-        assert (out / name).is_file(), name
-    spec = json.loads((out / "workspace.json").read_text())
+
+def _run_line(args, cwd: Path):
+    """One README line, from the directory ``cwd`` (a copy of the repository's layout):
+    ``python`` scripts in a subprocess, ``diffhep`` and ``pyhf`` through their click
+    commands in this process (one JAX start). Returns ``(exit code, output)``."""
+    if args[0] == "python":
+        res = subprocess.run([sys.executable, *args[1:]], cwd=cwd, capture_output=True, text=True,
+                             timeout=300, check=False)  # fmt: skip
+        return res.returncode, res.stdout + res.stderr
+    if args[0] == "diffhep":
+        res = CliRunner().invoke(main, args[1:])
+    elif args[0] == "pyhf":
+        import pyhf.cli
+
+        from oracle import pyhf_numpy
+
+        with pyhf_numpy():
+            res = CliRunner().invoke(pyhf.cli.cli, args[1:])
+    else:
+        raise AssertionError(f"examples/ntuples/README.md: unknown command {args[0]!r}")
+    out = res.output + ("".join(traceback.format_exception(res.exc_info[1]))
+                        if res.exc_info and res.exit_code not in (0, 1, 2) else "")  # fmt: skip
+    return res.exit_code, out
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    """The README's commands, verbatim, in a copy of examples/ntuples (same relative
+    paths): ``(directory, {command name: (exit code, output)})``."""
+    root = tmp_path_factory.mktemp("readme")
+    shutil.copytree(EXAMPLE, root / "examples" / "ntuples", ignore=shutil.ignore_patterns("data"))
+    outputs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for args in readme_commands():
+            key = " ".join(args[:2])
+            outputs[key] = _run_line(args, root)
+            if outputs[key][0] != 0:
+                break
+    return root, outputs
+
+
+#: Every artefact of a run directory (README "What you get"); plots of this example.
+ARTEFACTS = ["config.yaml", "metrics.jsonl", "checkpoint.eqx", "checkpoint.json", "model.eqx",
+             "model.json", "workspace.json", "histograms.json", "summary.json", "model.onnx",
+             "preprocess.json", "report.html"]  # fmt: skip
+PLOTS = ["training.png", "histograms_SR.png", "roc.png", "observable_vs_features.png"]
+
+
+def test_readme_example_runs_and_writes_every_artefact(readme_run):
+    """examples/ntuples/README.md as written: every command succeeds, the run directory
+    has every artefact (plots on), report.html embeds every plot, the summary says finished."""
+    root, outputs = readme_run
+    commands = readme_commands()
+    assert [c[0] for c in commands[:2]] == ["python", "diffhep"]  # generate, then train
+    for key, (code, out) in outputs.items():
+        assert code == 0, f"{key}: exit {code}\n{out}"
+    assert len(outputs) == len(commands)
+    train = next(c for c in commands if c[:2] == ["diffhep", "train"])
+    run = root / train[train.index("--out") + 1]
+    for name in ARTEFACTS:
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "plots").glob("*.png")) == sorted(PLOTS)
+    page = (run / "report.html").read_text()
+    for name in PLOTS:
+        assert f'alt="{name}"' in page, name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and "failed" not in summary
+    assert 0.0 < summary["expected_cls"] < 1.0
+    spec = json.loads((run / "workspace.json").read_text())
     mods = {
         s["name"]: sorted((m["name"], m["type"]) for m in s["modifiers"])
         for s in spec["channels"][0]["samples"]
@@ -213,37 +263,59 @@ def test_example_end_to_end_and_pyhf_cls(ntuples, tmp_path):
     assert ("btag", "histosys") in mods["ttbar"] and ("btag", "histosys") in mods["wjets"]
     assert ("wjets_xsec", "normsys") in mods["wjets"] and ("mu", "normfactor") in mods["signal"]
     assert ("staterror_SR", "staterror") in mods["ttbar"]
-    with pyhf_numpy():
-        ws = pyhf.Workspace(spec)
-        model = ws.model()
-    cls = oracle.hypotest(1.0, ws.data(model), model, test_stat="qtilde")
-    assert float(cls) == pytest.approx(summary["expected_cls"], rel=1e-5)
-    assert 0.0 < summary["expected_cls"] < 1.0
-    # the Deep Sets event score is exported; diffhep apply reads its features (Jet_pt[0],
-    # num(Jet_pt) > 0, ...) from the ROOT file and scores and bins as diffhep does
-    assert summary["onnx"] == "model.onnx" and (out / "model.onnx").is_file()
-    _, pipe, _, params = restore_run(out)
+
+
+def test_readme_example_pyhf_cls_equals_diffhep(readme_run):
+    """``pyhf cls`` (numpy, float64) on the example's workspace.json gives the expected CLs
+    diffhep reports (the workspace's observations are the Asimov data)."""
+    pytest.importorskip("pyhf")
+    root, outputs = readme_run
+    [(code, out)] = [v for k, v in outputs.items() if k == "pyhf cls"]
+    assert code == 0, out
+    run = root / "runs" / "ntuples"
+    summary = json.loads((run / "summary.json").read_text())
+    assert json.loads(out)["CLs_obs"] == pytest.approx(summary["expected_cls"], rel=1e-5)
+
+
+def _only_tree(path):
+    f = uproot.open(path)
+    [name] = [k for k, c in f.classnames(cycle=False).items() if c == "TTree"]
+    return f[name]
+
+
+def test_readme_example_apply_scores_and_bins_as_diffhep(readme_run, monkeypatch):
+    """The Deep Sets event score is exported; the README's ``diffhep apply`` reads its
+    features (Jet_pt[0], num(Jet_pt) > 0, ...) from the ROOT file and scores and bins the
+    events as diffhep does."""
+    root, _ = readme_run
+    monkeypatch.chdir(root)  # the run's config names its files relative to the repository
+    commands = readme_commands()
+    [apply] = [c for c in commands if c[:2] == ["diffhep", "apply"]]
+    run, inputs = root / apply[2], [root / a for a in apply[3:] if a.endswith(".root")]
+    scored_dir = root / apply[apply.index("--out") + 1]
+    _, pipe, _, params = restore_run(run)
     features = list(pipe.features)
-    [report] = apply_run(out, [ntuples / "wjets.root"], tmp_path / "scored")  # 0 to 4+ jets
-    scored = uproot.open(tmp_path / "scored" / "wjets.root")["events"].arrays(library="np")
     names = root_branch_names(pipe.features)
     assert names["Jet_pt[0]"] == "Jet_pt_0" and names["num(Jet_pt) > 0"] == "num_Jet_pt_0"
-    x = np.column_stack([scored[names[f]] for f in pipe.features]).astype(np.float32)
-    masks = x[:, [features.index(f"num(Jet_pt) > {j}") for j in (0, 3)]]
-    assert len(x) == report["events"] and set(masks[:, 0]) == set(masks[:, 1]) == {0.0, 1.0}
-    score = np.asarray(params.observable(x))
-    np.testing.assert_allclose(scored["diffhep_score"], score, rtol=0, atol=1e-6)
-    # the analysis selection: the samples' filter (no cuts in the example); the weight
-    raw = uproot.open(ntuples / "wjets.root")["events"].arrays(library="np")
-    passes = np.array([len(p) >= 2 for p in raw["Jet_pt"]]) & (raw["lep_pt"] > 30)
-    assert 0 < passes.sum() < len(passes)
-    np.testing.assert_array_equal(scored["diffhep_selected"], passes)
-    np.testing.assert_allclose(scored["diffhep_weight"], raw["xsec"] * raw["genWeight"]
-                               / raw["sumw"] * raw["btag_sf"], rtol=1e-12)  # fmt: skip
-    w = np.random.default_rng(0).uniform(0.5, 1.5, len(x))
-    hists = pipe.histograms(params, dict.fromkeys(pipe.analysis.event_sets,
-                                                  Events(x[passes], w[passes])))  # fmt: skip
-    b = scored["diffhep_bin_SR"]
-    assert (b[~passes] == -1).all() and (b[passes] >= 0).all()  # (one epoch: maybe one bin)
-    np.testing.assert_allclose(np.bincount(b[passes], weights=w[passes], minlength=3),
-                               hists[("SR", "wjets")][0], rtol=1e-12)  # fmt: skip
+    for path in inputs:  # wjets: 0 to 4+ jets
+        scored = _only_tree(scored_dir / path.name).arrays(library="np")
+        x = np.column_stack([scored[names[f]] for f in pipe.features]).astype(np.float32)
+        masks = x[:, [features.index(f"num(Jet_pt) > {j}") for j in (0, 3)]]
+        assert set(masks[:, 0]) == set(masks[:, 1]) == {0.0, 1.0}
+        score = np.asarray(params.observable(x))
+        np.testing.assert_allclose(scored["diffhep_score"], score, rtol=0, atol=1e-6)
+        # the analysis selection: the samples' filter (no cuts in the example); the weight
+        raw = _only_tree(path).arrays(library="np")
+        passes = np.array([len(p) >= 2 for p in raw["Jet_pt"]]) & (raw["lep_pt"] > 30)
+        assert 0 < passes.sum() < len(passes)
+        np.testing.assert_array_equal(scored["diffhep_selected"], passes)
+        np.testing.assert_allclose(scored["diffhep_weight"], raw["xsec"] * raw["genWeight"]
+                                   / raw["sumw"] * raw["btag_sf"], rtol=1e-12)  # fmt: skip
+        w = np.random.default_rng(0).uniform(0.5, 1.5, len(x))
+        hists = pipe.histograms(params, dict.fromkeys(pipe.analysis.event_sets,
+                                                      Events(x[passes], w[passes])))  # fmt: skip
+        b = scored["diffhep_bin_SR"]
+        assert (b[~passes] == -1).all() and (b[passes] >= 0).all()
+        expected = hists[("SR", "wjets")][0]
+        counts = np.bincount(b[passes], weights=w[passes], minlength=len(expected))
+        np.testing.assert_allclose(counts, expected, rtol=1e-12)

@@ -198,3 +198,26 @@ def test_figures_are_released(tmp_path):
         plot_roc([1.0, 2.0], None, [0.0, 1.5], None, tmp_path / f"r{i}.png")
         plot_observable_2d(lambda x: x[:, 0], tmp_path / f"o{i}.png", n_grid=10)
     assert n_figures() <= before
+
+
+def test_observable_vs_features_with_a_constant_feature(tmp_path):
+    """A feature with one value (``num(Jet_pt) > 0`` after a >= 2-jet preselection) crashed
+    the plot (issue 18 item 2); it gets no panel, nor do mask features, and padded objects
+    are left out of their panel."""
+    from diffhep.plotting import feature_profiles, plot_observable_vs_features
+
+    rng = np.random.default_rng(0)
+    n = 200
+    njet = rng.integers(2, 5, n)
+    x = np.column_stack([rng.normal(size=n), np.ones(n), (njet > 2).astype(float),
+                         np.where(njet > 2, rng.uniform(30, 90, n), 0.0)])  # fmt: skip
+    names = ["met", "num(Jet_pt) > 0", "num(Jet_pt) > 2", "Jet_pt[2]"]
+    score = {"s": rng.uniform(size=n)}
+    masks = {"Jet_pt[2]": "num(Jet_pt) > 2"}
+    path = tmp_path / "obs.png"
+    assert plot_observable_vs_features(score, {"s": x}, names, path, masks=masks)
+    assert path.stat().st_size > 0
+    panels, skipped = feature_profiles(score, {"s": x}, names, masks=masks)
+    assert skipped == {"num(Jet_pt) > 0": "constant", "num(Jet_pt) > 2": "mask"}
+    assert sorted(panels) == ["Jet_pt[2]", "met"]
+    assert panels["Jet_pt[2]"][0][0] >= 30  # the padded zeros are not in the panel

@@ -213,3 +213,35 @@ def test_score_plots_show_the_selected_events(tiny_run, tmp_path, monkeypatch):
 def test_load_run_of_a_non_run_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a finished diffhep run"):
         diffhep.load_run(tmp_path)
+
+
+def test_a_failed_plot_leaves_the_run_incomplete_not_finished(tiny_run, tmp_path, monkeypatch):
+    """A plot that raises (issue 18 item 2: the report crashed on a constant feature) keeps
+    the other artefacts, but summary.json says "incomplete" and names it, and the command
+    exits 1; evaluating again without the fault gives "finished"."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from diffhep.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+
+    def broken(*args, **kwargs):
+        raise ValueError("'list' argument must have no negative elements")
+
+    monkeypatch.setattr(plotting, "plot_roc", broken)
+    res = CliRunner().invoke(main, ["evaluate", str(run)])
+    assert res.exit_code == 1, res.output
+    assert "incomplete" in res.output and "roc" in res.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "incomplete"
+    assert any("roc" in k for k in summary["failed"])
+    assert (run / "report.html").is_file() and (run / "workspace.json").is_file()
+    monkeypatch.undo()
+    res = CliRunner().invoke(main, ["evaluate", str(run)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and "failed" not in summary

@@ -150,69 +150,18 @@ def fit(workspace, patches, patch_name, measurement, normsys_code, histosys_code
     )
 
 
-def _numbers(text, param, count=None):
-    """Comma-separated numbers of an option (click.BadParameter: exit 2)."""
-    try:
-        values = [float(t) for t in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or (count is not None and len(values) != count):
-        raise click.BadParameter(
-            f"expected {count or 'some'} comma-separated numbers, got {text!r}", param_hint=param
-        )
-    return values
-
-
 @main.command("upper-limit")
 @_common
-@click.option(
-    "--level", type=float, default=0.05, show_default=True, help="CLs level (0 < level < 1)."
-)
+@click.option("--level", type=float, default=0.05, show_default=True, help="CLs level.")
 @click.option(
     "--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True
 )
-@click.option(
-    "--scan",
-    metavar="START,STOP,NUM",
-    default=None,
-    help="Test NUM POI values from START to STOP and interpolate the limits on them (pyhf's "
-    "upper_limit(scan=np.linspace(START, STOP, NUM))); default: scan the POI's bounds and "
-    "refine by root finding.",
-)
-@click.option(
-    "--poi-bounds",
-    metavar="LO,HI",
-    default=None,
-    help="Bounds of the POI for the scan and the fits (default: the measurement's).",
-)
 def upper_limit(
-    workspace,
-    patches,
-    patch_name,
-    measurement,
-    normsys_code,
-    histosys_code,
-    level,
-    test_stat,
-    scan,
-    poi_bounds,
+    workspace, patches, patch_name, measurement, normsys_code, histosys_code, level, test_stat
 ):
-    """Observed and expected upper limits on the POI. A limit outside the tested POI range is
-    null, with "outside_range" saying on which side; a hypotest that does not converge
-    exits 1 naming its POI values."""
-    import numpy as np
-
+    """Observed and expected upper limits on the POI."""
     from . import workflows
 
-    grid = None
-    if scan is not None:
-        start, stop, num = _numbers(scan, "--scan", 3)
-        if num != int(num) or num < 2:
-            raise click.BadParameter(
-                f"NUM must be an integer >= 2, got {num:g}", param_hint="--scan"
-            )
-        grid = np.linspace(start, stop, int(num))
-    bounds = None if poi_bounds is None else _numbers(poi_bounds, "--poi-bounds", 2)
     _emit(
         _run(
             workflows.upper_limit,
@@ -223,8 +172,6 @@ def upper_limit(
             level=level,
             test_stat=test_stat,
             modifier_settings=_settings(normsys_code, histosys_code),
-            scan=grid,
-            poi_bounds=bounds,
         )
     )
 
@@ -283,6 +230,18 @@ def train(config, out, overrides, resume, progress):
     summary = _run(train_run, cfg, out, file=config, resume=resume, progress=progress)
     _print_summary(summary, out)
     click.echo(f"run directory: {out} (summary.json, workspace.json, model.eqx, plots/)")
+    _exit_if_incomplete(summary, out)
+
+
+def _exit_if_incomplete(summary: dict, out) -> None:
+    """Exit 1 naming the artefacts that failed when a run is incomplete."""
+    if summary.get("status") == "incomplete":
+        click.echo(f"error: the run in {out} is incomplete (summary.json says so):", err=True)
+        for name, why in summary.get("failed", {}).items():
+            click.echo(f"  {name}: {why}", err=True)
+        click.echo("  fix: the other artefacts are written; `diffhep evaluate "
+                   f"{out}` writes them again", err=True)  # fmt: skip
+        sys.exit(1)
 
 
 @main.command()
@@ -293,6 +252,7 @@ def evaluate(run_dir):
 
     summary = _run(evaluate_run, run_dir)
     _print_summary(summary, run_dir)
+    _exit_if_incomplete(summary, run_dir)
 
 
 @main.command()
@@ -333,6 +293,7 @@ def demo(out, overrides, statistics_only):
     _print_summary(summary, out)
     click.echo(f"run directory: {out}; plots in {Path(out) / 'plots'}")
     click.echo(f"({time.perf_counter() - start:.1f} s including compilation)")
+    _exit_if_incomplete(summary, out)
 
 
 @main.command()

@@ -38,7 +38,7 @@ from .deepsets import Layout
 from .pipeline import Events
 from .sources import load_sample
 
-__all__ = ["feature_names", "layout", "load_ntuple_events", "same_events"]
+__all__ = ["feature_names", "layout", "load_ntuple_events", "object_masks", "same_events"]
 
 
 def feature_names(data: DataConfig) -> tuple:
@@ -48,6 +48,16 @@ def feature_names(data: DataConfig) -> tuple:
         for j in range(c.n):
             out += [f"{b}[{j}]" for b in c.branches] + [f"num({c.branches[0]}) > {j}"]
     return tuple(out)
+
+
+def object_masks(data: DataConfig) -> dict:
+    """``{object feature: its mask feature}`` of the collections (``Jet_eta[1]`` ->
+    ``num(Jet_pt) > 1``): where the zero padding of :func:`feature_names` is."""
+    out = {}
+    for c in data.collections:
+        for j in range(c.n):
+            out |= {f"{b}[{j}]": f"num({c.branches[0]}) > {j}" for b in c.branches}
+    return out
 
 
 def layout(data: DataConfig) -> Layout:

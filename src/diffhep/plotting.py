@@ -32,6 +32,7 @@ import numpy as np
 __all__ = [
     "STYLES",
     "experiment_style",
+    "feature_profiles",
     "new_figure",
     "plot_cutflow",
     "plot_observable_2d",
@@ -441,6 +442,88 @@ def plot_cutflow(rows: Sequence[Mapping], path, samples: Sequence[str] | None = 
     save_figure(fig, path)
 
 
+def feature_profiles(
+    score: Mapping[str, np.ndarray],
+    features: Mapping[str, np.ndarray],
+    feature_names: Sequence[str],
+    weights: Mapping[str, np.ndarray] | None = None,
+    masks: Mapping[str, str] | None = None,
+    n_bins: int = 20,
+):
+    """The weighted mean score (and standard deviation) in quantile bins of every feature,
+    per sample: the panels of :func:`plot_observable_vs_features`.
+
+    Mask features (the values of ``masks``) are not profiled, and an object feature (a key
+    of ``masks``) only over the events whose mask is set, so zero-padded objects do not
+    pile up at 0. Features with a single value (over the events that count) are skipped.
+
+    Args:
+        score: ``{sample: scores (n,)}``.
+        features: ``{sample: features (n, f)}``.
+        feature_names: Names of the ``f`` features.
+        weights: Optional ``{sample: weights (n,)}`` (absolute values are used).
+        masks: Optional ``{object feature: its mask feature}`` (e.g. ``{"Jet_pt[1]":
+            "num(Jet_pt) > 1"}``).
+        n_bins: Feature bins per panel (quantiles of all samples together).
+
+    Returns:
+        ``(panels, skipped)``: ``panels[name] = (edges, {sample: (mean, std)})`` per bin
+        (NaN where a sample has no weight) and ``skipped[name]`` the reason a feature has no
+        panel (``"mask"`` or ``"constant"``).
+
+    Raises:
+        ValueError: If shapes do not match or a mask names an unknown feature.
+
+    Example:
+        >>> x = np.array([[1.0, 0.0, 0.0], [2.0, 5.0, 1.0], [3.0, 7.0, 1.0]])
+        >>> panels, skipped = feature_profiles({"s": x[:, 0] / 4}, {"s": x},
+        ...     ["a", "j[0]", "m"], masks={"j[0]": "m"}, n_bins=2)
+        >>> sorted(panels), skipped
+        (['a', 'j[0]'], {'m': 'mask'})
+        >>> [float(v) for v in panels["j[0]"][0]]  # the padded 0 is not an edge
+        [5.0, 6.0, 7.0]
+    """
+    names = list(feature_names)
+    masks = dict(masks or {})
+    for s, x in features.items():
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != len(names) or len(np.asarray(score[s])) != len(x):
+            raise ValueError(f"sample {s!r}: features {x.shape}, {len(names)} names, "
+                             f"{len(np.asarray(score[s]))} scores")  # fmt: skip
+    unknown = sorted({m for m in masks.values() if m not in names})
+    if unknown:
+        raise ValueError(f"mask feature(s) {', '.join(unknown)} not among the features")
+    mask_names = set(masks.values())
+    panels, skipped = {}, {}
+    for j, name in enumerate(names):
+        if name in mask_names:
+            skipped[name] = "mask"
+            continue
+        rows = {}
+        for s, x in features.items():
+            x = np.asarray(x)
+            keep = np.ones(len(x), bool)
+            if name in masks:
+                keep = x[:, names.index(masks[name])] > 0
+            w = np.ones(len(x)) if weights is None else np.abs(np.asarray(weights[s], float))
+            rows[s] = (x[keep, j].astype(float), np.asarray(score[s], float)[keep], w[keep])
+        column = np.concatenate([v for v, _, _ in rows.values()])
+        if column.size == 0 or np.min(column) == np.max(column):
+            skipped[name] = "constant"
+            continue
+        edges = np.unique(np.quantile(column, np.linspace(0, 1, n_bins + 1)))
+        profile = {}
+        for s, (v, sc, w) in rows.items():
+            idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+            sw = np.bincount(idx, w, len(edges) - 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.bincount(idx, w * sc, len(edges) - 1) / sw
+                var = np.bincount(idx, w * sc**2, len(edges) - 1) / sw - mean**2
+            profile[s] = (mean, np.sqrt(np.clip(var, 0, None)))
+        panels[name] = (edges, profile)
+    return panels, skipped
+
+
 @_styled
 def plot_observable_vs_features(
     score: Mapping[str, np.ndarray],
@@ -449,10 +532,12 @@ def plot_observable_vs_features(
     path,
     weights: Mapping[str, np.ndarray] | None = None,
     n_bins: int = 20,
-) -> None:
+    masks: Mapping[str, str] | None = None,
+) -> bool:
     """The observable against each input feature: one panel per feature with the weighted
     mean score (and its spread, a band of +- one standard deviation) in quantile bins of the
-    feature, for every sample.
+    feature, for every sample (:func:`feature_profiles`: mask features and constant features
+    have no panel, they are named under the figure; zero-padded objects are left out).
 
     Args:
         score: ``{sample: scores (n,)}``.
@@ -461,41 +546,41 @@ def plot_observable_vs_features(
         path: Output file.
         weights: Optional ``{sample: weights (n,)}`` (absolute values are used).
         n_bins: Feature bins per panel (quantiles of all samples together).
+        masks: Optional ``{object feature: its mask feature}``.
+
+    Returns:
+        Whether a figure was written (not when no feature has a panel).
 
     Raises:
         ValueError: If shapes do not match.
     """
-    names = list(feature_names)
-    for s, x in features.items():
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != len(names) or len(np.asarray(score[s])) != len(x):
-            raise ValueError(f"sample {s!r}: features {x.shape}, {len(names)} names, "
-                             f"{len(np.asarray(score[s]))} scores")  # fmt: skip
-    ncol = min(3, len(names))
-    nrow = math.ceil(len(names) / ncol)
-    fig = new_figure((4.0 * ncol, 3.2 * nrow))
+    panels, skipped = feature_profiles(score, features, feature_names, weights, masks, n_bins)
+    if not panels:
+        return False
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig = new_figure((4.0 * ncol, 3.2 * nrow + 0.4))
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
-    for j, name in enumerate(names):
-        ax = axes[j]
-        column = np.concatenate([np.asarray(x)[:, j] for x in features.values()])
-        edges = np.unique(np.quantile(column, np.linspace(0, 1, n_bins + 1)))
-        for i, (s, x) in enumerate(features.items()):
-            v, sc = np.asarray(x)[:, j], np.asarray(score[s], float)
-            w = np.ones(len(v)) if weights is None else np.abs(np.asarray(weights[s], float))
-            idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
-            sw = np.bincount(idx, w, len(edges) - 1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.bincount(idx, w * sc, len(edges) - 1) / sw
-                var = np.bincount(idx, w * sc**2, len(edges) - 1) / sw - mean**2
-            std = np.sqrt(np.clip(var, 0, None))
-            centres = 0.5 * (edges[1:] + edges[:-1])
+    for ax, (name, (edges, profile)) in zip(axes, panels.items(), strict=False):
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        for i, (s, (mean, std)) in enumerate(profile.items()):
             ax.plot(centres, mean, color=f"C{i}", label=s)
             ax.fill_between(centres, mean - std, mean + std, color=f"C{i}", alpha=0.2, lw=0)
         ax.set_xlabel(name)
         ax.set_ylabel("observable")
         ax.set_ylim(0, 1)
-    for ax in axes[len(names) :]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize="small")
+    notes = []
+    for reason, text in (("mask", "object masks"), ("constant", "constant")):
+        names = [n for n, r in skipped.items() if r == reason]
+        if names:
+            notes.append(f"{text}: {', '.join(names)}")
+    if masks:
+        notes.insert(0, "objects: events that have them")
+    if notes:
+        fig.supxlabel("; ".join(notes), fontsize="small", color="0.3")
     _experiment_label(axes[0])
     save_figure(fig, path)
+    return True

@@ -53,18 +53,42 @@ def _band(pipe, hists, channel, total):
     return plotting.uncertainty_band(total, shifts, stat)
 
 
-def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None, style=None) -> dict:
-    """Write the standard plots (in ``style``: plain, ATLAS, CMS or LHCb); returns
-    ``{"auc": ...}``."""
+def write_plots(
+    plot_dir: Path, pipe, params, test_events, hists, state=None, style=None, masks=None
+) -> dict:
+    """Write the standard plots (in ``style``: plain, ATLAS, CMS or LHCb).
+
+    A plot that fails does not stop the others: it is logged and named in the result.
+    ``masks`` (``{object feature: mask feature}``, :func:`diffhep.ntuples.object_masks`)
+    keeps zero-padded objects and the masks out of the observable-vs-features panels.
+
+    Returns:
+        ``{"auc": ..., "failed": {"plots/<file>": "<error>"}}``.
+    """
     plot_dir = Path(plot_dir)
+    failed = {}
+
+    def draw(name, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs, style=style)
+        except Exception as exc:  # one broken plot must not lose the run
+            failed[f"plots/{name}"] = f"{type(exc).__name__}: {exc}"
+            log.error("plot %s failed: %s: %s", name, type(exc).__name__, exc)
+            return None
+
+    auc = _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks)
+    return {"auc": None if auc is None else float(auc), "failed": failed}
+
+
+def _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks):
     a = pipe.analysis
-    kw = {"style": style}
     if state is not None and state.history:
-        plotting.plot_training(state.history, plot_dir / "training.png", **kw)
+        draw("training.png", plotting.plot_training, state.history, plot_dir / "training.png")
         cuts = sorted({k for row in state.history for k in row if k.startswith("cut")})
         if cuts:
             metrics = [*cuts, "val_selected_fraction"]
-            plotting.plot_training(state.history, plot_dir / "cuts.png", metrics=metrics, **kw)
+            draw("cuts.png", plotting.plot_training, state.history, plot_dir / "cuts.png",
+                 metrics=metrics)  # fmt: skip
     for ch, binning in zip(a.channels, params.binnings, strict=True):
         edges = np.asarray(binning.edges())
         samples = {n: np.asarray(hists[(ch.name, n)][0]) for n in (*a.backgrounds, a.signal)}
@@ -74,22 +98,24 @@ def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None, st
             for label, name in (("up", s.up), ("down", s.down)):
                 others = sum(np.asarray(hists[(ch.name, n)][0]) for n in a.samples if n != s.sample)
                 variations[f"{s.name} {label}"] = others + np.asarray(hists[(ch.name, name)][0])
-        plotting.plot_stacked(
+        name = f"histograms_{ch.name}.png"
+        draw(
+            name,
+            plotting.plot_stacked,
             edges,
             samples,
             a.signal,
-            plot_dir / f"histograms_{ch.name}.png",
+            plot_dir / name,
             variations=variations or None,
             title=ch.name,
             band=_band(pipe, hists, ch.name, total),
             xlabel="observable" if ch.observable == "nn" else ch.observable,
-            **kw,
         )
     events = {n: (np.asarray(test_events[n].x), np.asarray(test_events[n].w)) for n in a.event_sets}
     nominal = {n: events[n] for n in a.samples}
     if params.selection is not None:
         rows = params.selection.cutflow(nominal, pipe.features)
-        plotting.plot_cutflow(rows, plot_dir / "cutflow.png", **kw)
+        draw("cutflow.png", plotting.plot_cutflow, rows, plot_dir / "cutflow.png")
         # the score plots show the events the selection keeps (hard cuts), as analysed
         keep = {
             n: np.asarray(params.selection.passes(x), dtype=bool) for n, (x, _) in events.items()
@@ -98,36 +124,38 @@ def write_plots(plot_dir: Path, pipe, params, test_events, hists, state=None, st
         nominal = {n: events[n] for n in a.samples}
     obs = params.observable
     if obs is None:  # cuts alone: no score to draw
-        return {"auc": None}
+        return None
     sig_x, sig_w = nominal[a.signal]
     bkg_x = np.concatenate([nominal[n][0] for n in a.backgrounds])
     bkg_w = np.concatenate([nominal[n][1] for n in a.backgrounds])
     auc = None
     if np.sum(sig_w) != 0 and np.sum(bkg_w) != 0:
-        auc = plotting.plot_roc(
-            np.asarray(obs(sig_x)), sig_w, np.asarray(obs(bkg_x)), bkg_w, plot_dir / "roc.png", **kw
-        )
+        auc = draw("roc.png", plotting.plot_roc, np.asarray(obs(sig_x)), sig_w,
+                   np.asarray(obs(bkg_x)), bkg_w, plot_dir / "roc.png")  # fmt: skip
     else:
         log.warning("the selection keeps no signal or no background test events: no ROC curve")
     nominal = {n: (x, w) for n, (x, w) in nominal.items() if len(x)}
     if nominal:
-        plotting.plot_observable_vs_features(
+        draw(
+            "observable_vs_features.png",
+            plotting.plot_observable_vs_features,
             {n: np.asarray(obs(x)) for n, (x, _) in nominal.items()},
             {n: x for n, (x, _) in nominal.items()},
             pipe.features,
             plot_dir / "observable_vs_features.png",
             weights={n: w for n, (_, w) in nominal.items()},
-            **kw,
+            masks=masks,
         )
     if len(pipe.features) == 2:
-        plotting.plot_observable_2d(
+        draw(
+            "observable_2d.png",
+            plotting.plot_observable_2d,
             lambda x: np.asarray(obs(x)),
             plot_dir / "observable_2d.png",
             samples={n: x for n, (x, _) in events.items() if len(x)},
             feature_names=pipe.features,
-            **kw,
         )
-    return {"auc": None if auc is None else float(auc)}
+    return auc
 
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -173,14 +201,18 @@ def _cutflow_table(rows) -> str:
     return _table(cells, header)
 
 
-def write_html(run_dir) -> Path:
-    """Write ``report.html`` of a run directory from its files (``summary.json``,
-    ``config.yaml``, ``plots/*.png``); atomically. Returns its path."""
+def write_html(run_dir, summary: dict | None = None) -> Path:
+    """Write ``report.html`` of a run directory from its files (``summary.json`` unless
+    ``summary`` is given, ``config.yaml``, ``plots/*.png``); atomically. Returns its path."""
     run_dir = Path(run_dir)
-    summary = {}
-    if (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
+    if summary is None:
+        summary = {}
+        if (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
     parts = [f"<h1>diffhep run {html.escape(run_dir.resolve().name)}</h1>"]
+    if summary.get("failed"):
+        parts += ["<h2>Incomplete run: these artefacts failed</h2>",
+                  _table(list(summary["failed"].items()), ["artefact", "error"])]  # fmt: skip
     flat = [(k, v) for k, v in summary.items() if not isinstance(v, dict | list)]
     if flat:
         parts += ["<h2>Test-set metrics</h2>", _table(flat, ["metric", "value"])]

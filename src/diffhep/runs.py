@@ -30,6 +30,7 @@ from .pipeline import NN_TERMS, Events, Pipeline
 from .results import histograms_document, write_histograms
 from .training import TrainState, make_optimizer, train
 from .weighting import apply_strategies, check_net_yields, region_yields
+from .writers import write_atomic
 
 __all__ = ["evaluate_run", "prepare", "restore_run", "train_run"]
 
@@ -414,9 +415,7 @@ def train_run(
         make_step=make_step,
     )
     save_model(out, state, cfg)
-    return _finish(
-        out, pipe, parts, state.best_params, state, metrics, plots=plots, style=cfg.report.style
-    )
+    return _finish(out, pipe, parts, state.best_params, state, metrics, cfg, plots=plots)
 
 
 def _parallel(cfg: Config, file=None):
@@ -511,12 +510,24 @@ def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:
         like.history, like.step_seconds = meta["history"], meta["step_seconds"]
         like.best_epoch, like.epoch, like.status = meta["best_epoch"], meta["epoch"], meta["status"]
         state = like
-    return _finish(
-        run_dir, pipe, parts, params, state, _metrics_fn(pipe), plots=plots, style=cfg.report.style
-    )
+    return _finish(run_dir, pipe, parts, params, state, _metrics_fn(pipe), cfg, plots=plots)
 
 
-def _finish(out, pipe, parts, params, state, metrics, plots=True, style="plain") -> dict:
+def _plot_masks(cfg: Config) -> dict:
+    """``{object feature: mask feature}`` of the ntuple collections (none otherwise)."""
+    from .ntuples import object_masks
+
+    return object_masks(cfg.data)
+
+
+def _finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
+    """Write the artefacts of a trained model; ``summary.json`` last.
+
+    A stale ``summary.json`` is removed first, so a crash leaves no summary. A plot or the
+    report that fails does not lose the other artefacts: the summary then says ``"status":
+    "incomplete"`` and names what failed (``"failed"``), and the command exits 1.
+    """
+    (out / "summary.json").unlink(missing_ok=True)
     test = _as_jax(parts["test"])
     m = metrics(params, test)
     hists = jax.device_get(pipe.histograms(params, test))
@@ -524,7 +535,7 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True, style="plain")
         hists, what=f"test-set histograms ({out / 'workspace.json'})", samples=pipe.analysis.samples
     )
     ws = pipe.workspace(hists)
-    (out / "workspace.json").write_text(json.dumps(ws, indent=1))
+    write_atomic(out / "workspace.json", json.dumps(ws, indent=1))
     steps = state.step_seconds if state is not None else []
     selection = None
     if params.selection is not None:
@@ -535,7 +546,7 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True, style="plain")
             "cuts": params.selection.to_json(),
             "cutflow": params.selection.cutflow(nominal, pipe.features),
         }
-        (out / "selection.json").write_text(json.dumps(selection, indent=1))
+        write_atomic(out / "selection.json", json.dumps(selection, indent=1))
     summary = {
         **{k: v for k, v in m.items() if k != "yields"},
         "yields": m["yields"],
@@ -551,13 +562,42 @@ def _finish(out, pipe, parts, params, state, metrics, plots=True, style="plain")
         summary["training_weights"] = parts["training_weights"]
     summary["onnx"] = _export(out, pipe, params, parts["test"])
     write_histograms(out, histograms_document(pipe, params, hists))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if plots:
-        from .report import write_html, write_plots
-
-        write_plots(out / "plots", pipe, params, parts["test"], hists, state, style=style)
-        write_html(out)
+        _write_report(out, pipe, params, parts, hists, state, cfg, summary)
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
+    """``plots/`` (stale PNGs removed first) and ``report.html``; what fails is named in
+    ``summary["failed"]`` and makes the status ``incomplete``."""
+    from .report import write_html, write_plots
+
+    plot_dir = out / "plots"
+    for old in plot_dir.glob("*.png"):
+        old.unlink()
+    (out / "report.html").unlink(missing_ok=True)
+    failed = {}
+    try:
+        masks = _plot_masks(cfg)
+        failed |= write_plots(plot_dir, pipe, params, parts["test"], hists, state,
+                              style=cfg.report.style, masks=masks)["failed"]  # fmt: skip
+    except Exception as exc:
+        failed["plots"] = f"{type(exc).__name__}: {exc}"
+
+    def mark():
+        if failed:
+            summary["status"], summary["failed"] = "incomplete", dict(failed)
+
+    mark()  # the report shows the status
+    try:
+        write_html(out, summary)
+    except Exception as exc:
+        failed["report.html"] = f"{type(exc).__name__}: {exc}"
+    mark()
+    if failed:
+        what = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        logging.getLogger("diffhep").error("the run is incomplete: %s", what)
 
 
 def _export(out, pipe, params, events) -> str:
