@@ -150,18 +150,69 @@ def fit(workspace, patches, patch_name, measurement, normsys_code, histosys_code
     )
 
 
+def _numbers(text, param, count=None):
+    """Comma-separated numbers of an option (click.BadParameter: exit 2)."""
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or (count is not None and len(values) != count):
+        raise click.BadParameter(
+            f"expected {count or 'some'} comma-separated numbers, got {text!r}", param_hint=param
+        )
+    return values
+
+
 @main.command("upper-limit")
 @_common
-@click.option("--level", type=float, default=0.05, show_default=True, help="CLs level.")
+@click.option(
+    "--level", type=float, default=0.05, show_default=True, help="CLs level (0 < level < 1)."
+)
 @click.option(
     "--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True
 )
+@click.option(
+    "--scan",
+    metavar="START,STOP,NUM",
+    default=None,
+    help="Test NUM POI values from START to STOP and interpolate the limits on them (pyhf's "
+    "upper_limit(scan=np.linspace(START, STOP, NUM))); default: scan the POI's bounds and "
+    "refine by root finding.",
+)
+@click.option(
+    "--poi-bounds",
+    metavar="LO,HI",
+    default=None,
+    help="Bounds of the POI for the scan and the fits (default: the measurement's).",
+)
 def upper_limit(
-    workspace, patches, patch_name, measurement, normsys_code, histosys_code, level, test_stat
+    workspace,
+    patches,
+    patch_name,
+    measurement,
+    normsys_code,
+    histosys_code,
+    level,
+    test_stat,
+    scan,
+    poi_bounds,
 ):
-    """Observed and expected upper limits on the POI."""
+    """Observed and expected upper limits on the POI. A limit outside the tested POI range is
+    null, with "outside_range" saying on which side; a hypotest that does not converge
+    exits 1 naming its POI values."""
+    import numpy as np
+
     from . import workflows
 
+    grid = None
+    if scan is not None:
+        start, stop, num = _numbers(scan, "--scan", 3)
+        if num != int(num) or num < 2:
+            raise click.BadParameter(
+                f"NUM must be an integer >= 2, got {num:g}", param_hint="--scan"
+            )
+        grid = np.linspace(start, stop, int(num))
+    bounds = None if poi_bounds is None else _numbers(poi_bounds, "--poi-bounds", 2)
     _emit(
         _run(
             workflows.upper_limit,
@@ -172,6 +223,8 @@ def upper_limit(
             level=level,
             test_stat=test_stat,
             modifier_settings=_settings(normsys_code, histosys_code),
+            scan=grid,
+            poi_bounds=bounds,
         )
     )
 

@@ -26,6 +26,7 @@ import numpy as np
 from .errors import DiffhepError, FitError
 from .fit import fit as _fit
 from .hypotest import hypotest as _hypotest
+from .limits import LIMIT_NAMES, check_level
 from .limits import upper_limit as _upper_limit
 from .model import POISSON_FLOOR
 from .workspace import Workspace, load_json, load_patch, validate
@@ -95,6 +96,16 @@ def cls(
         )
     ws = load_workspace(workspace, patches, patch_name)
     model, data = _model_and_data(ws, measurement, modifier_settings)
+    lo, hi = model.config.bounds[model.config.poi_index]
+    if not lo <= poi_value <= hi:  # a fit would test the bound instead (also rejects NaN)
+        raise DiffhepError(
+            f"POI value {poi_value:g} is outside the bounds [{lo:g}, {hi:g}] of the POI "
+            f"{model.config.poi_name!r}: a fit cannot test it",
+            file=ws.file,
+            where="--poi-value",
+            fix="test a value inside the bounds, or widen them in the measurement's "
+            f'parameter config ({{"name": "{model.config.poi_name}", "bounds": [[lo, hi]]}})',
+        )
     r = _hypotest_jit(jnp.asarray(poi_value, dtype=data.dtype), model, data, test_stat=test_stat)
     if not bool(r.converged):
         raise FitError(
@@ -141,12 +152,42 @@ def upper_limit(
     level=0.05,
     test_stat="qtilde",
     modifier_settings=None,
+    scan=None,
+    poi_bounds=None,
 ) -> dict:
-    """Observed and expected upper limits on the POI at CL = 1 - level."""
+    """Observed and expected upper limits on the POI at CL = 1 - level.
+
+    Args:
+        scan: POI values to test (the limits are interpolated on them, as pyhf's
+            ``linear_grid_scan``); default: a scan of the POI's bounds refined by root finding.
+        poi_bounds: ``(lo, hi)`` overriding the measurement's POI bounds.
+
+    Returns:
+        ``observed`` and ``expected`` (five, -2 sigma first): a number, or ``None`` when the
+        limit lies outside the tested POI range; ``outside_range`` says where for each
+        (``"above"``/``"below"``, ``None`` when found) and ``poi_range`` is that range.
+    """
+    check_level(level)  # before the (slow) work
     ws = load_workspace(workspace, patches, patch_name)
     model, data = _model_and_data(ws, measurement, modifier_settings)
-    obs, exp = _upper_limit(model, data, level=level, test_stat=test_stat)
-    return {"observed": obs, "expected": exp, "level": level, "poi": model.config.poi_name}
+    res = _upper_limit(model, data, scan, level, test_stat=test_stat, bounds=poi_bounds)
+    lo, hi = res.poi_range
+    for i, (name, side) in enumerate(zip(LIMIT_NAMES, res.outside, strict=True)):
+        if side is not None:
+            bound, cls_at = (hi, res.cls[-1, i]) if side == "above" else (lo, res.cls[0, i])
+            log.warning(
+                "the %s limit is %s the tested POI range [%g, %g] (CLs = %.3g at %s = %g, "
+                "level %g): reported as null; widen the range with --poi-bounds or --scan",
+                name, side, lo, hi, cls_at, model.config.poi_name, bound, level,
+            )  # fmt: skip
+    return {
+        "observed": res.observed,
+        "expected": res.expected,
+        "outside_range": {"observed": res.outside[0], "expected": res.outside[1:]},
+        "poi_range": [lo, hi],
+        "level": level,
+        "poi": model.config.poi_name,
+    }
 
 
 def demo() -> dict:
