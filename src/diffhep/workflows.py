@@ -51,6 +51,12 @@ def load_workspace(workspace, patches=(), patch_name=None) -> Workspace:
     else:
         spec, name = load_json(workspace)
     validate(spec, "workspace.json", file=name)
+    if patch_name is not None and not patches:
+        raise DiffhepError(
+            f"--patch-name {patch_name!r} given without a patchset",
+            where="--patch-name",
+            fix="give the patchset with -p PATCHSET.json, or drop --patch-name",
+        )
     ws = Workspace(spec, file=name, validate_schema=False)
     for patch in patches:
         ops = patch if isinstance(patch, list) else load_patch(patch, patch_name)

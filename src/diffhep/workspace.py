@@ -32,6 +32,7 @@ import referencing
 
 from .errors import DiffhepError, SchemaError, format_json_path
 from .model import Model
+from .validation import check_workspace
 
 __all__ = [
     "Workspace",
@@ -67,6 +68,12 @@ def load_json(path: str | Path) -> tuple[Any, str]:
         raise DiffhepError(f"cannot read the file ({err})", file=name) from None
     try:
         return json.loads(text), name
+    except RecursionError:
+        raise DiffhepError(
+            "the JSON document is nested too deeply to read",
+            file=name,
+            fix="a workspace or patch is nested a few levels deep; check how the file was made",
+        ) from None
     except json.JSONDecodeError as err:
         raise DiffhepError(
             f"invalid JSON: {err.msg}",
@@ -119,7 +126,14 @@ def validate(doc: Any, schema: str = "workspace.json", *, file: str | None = Non
         SchemaError: With the JSON path of the offending element and a fix.
     """
     validator = jsonschema.Draft6Validator(_schema(schema), registry=_registry())
-    errors = list(validator.iter_errors(doc))
+    try:
+        errors = list(validator.iter_errors(doc))
+    except RecursionError:
+        raise SchemaError(
+            f"does not follow the pyhf {schema} schema: the document is nested too deeply",
+            file=file,
+            fix="a workspace or patch is nested a few levels deep; check how the file was made",
+        ) from None
     if not errors:
         return
     err, modtype = _deepest(errors)
@@ -175,6 +189,13 @@ def load_patch(path: str | Path, name: str | None = None) -> list[dict]:
     doc, fname = load_json(path)
     if isinstance(doc, list):
         validate(doc, "jsonpatch.json", file=fname)
+        if name is not None:
+            raise DiffhepError(
+                f"--patch-name {name!r} given, but the file is a single JSON patch, not a patchset",
+                file=fname,
+                where="--patch-name",
+                fix="drop --patch-name, or give a patchset file",
+            )
         return doc
     validate(doc, "patchset.json", file=fname)
     patches = {p["metadata"]["name"]: p["patch"] for p in doc["patches"]}
@@ -231,6 +252,7 @@ class Workspace:
         return cls(spec, file=name)
 
     def _check_consistency(self):
+        check_workspace(self.spec, self.file)
         obs = {o["name"] for o in self.spec["observations"]}
         for i, channel in enumerate(self.spec["channels"]):
             nbins = len(channel["samples"][0]["data"])
