@@ -86,10 +86,52 @@ _codes = [
 ]
 
 
+_output_file = click.option(
+    "--output-file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the JSON to this file (atomically) instead of standard output (as pyhf).",
+)
+#: pyhf's computation options: accepted so that pyhf command lines run, and ignored with a
+#: note (diffhep always computes with JAX in float64 and its own Newton solver).
+_pyhf_ignored = [
+    click.option("--backend", default=None, hidden=True),
+    click.option("--optimizer", default=None, hidden=True),
+    click.option("--optconf", multiple=True, hidden=True),
+]
+
+
 def _common(f):
-    for deco in reversed([_workspace, _patch, _patch_name, _measurement, *_codes]):
+    decos = [_workspace, _patch, _patch_name, _measurement, *_codes, _output_file, *_pyhf_ignored]
+    for deco in reversed(decos):
         f = deco(f)
     return f
+
+
+def _note_ignored(backend, optimizer, optconf) -> None:
+    given = [f"--{k} {v}" for k, v in (("backend", backend), ("optimizer", optimizer)) if v]
+    given += [f"--optconf {v}" for v in optconf]
+    if given:
+        click.echo(
+            f"diffhep: note: {', '.join(given)} ignored: diffhep computes with JAX in float64 "
+            "and its own Newton solver",
+            err=True,
+        )
+
+
+def _output(obj, output_file) -> None:
+    """The JSON on standard output, or written atomically to ``--output-file``."""
+    if output_file is None:
+        _emit(obj)
+        return
+    from .writers import write_atomic
+
+    try:
+        write_atomic(Path(output_file), json.dumps(obj, indent=4, sort_keys=True) + "\n")
+    except OSError as exc:
+        click.echo(f"error: cannot write {output_file}: {exc.strerror or exc}", err=True)
+        click.echo("  fix: choose a writable --output-file", err=True)
+        sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,21 +146,38 @@ def main() -> None:
 @click.option(
     "--poi-value",
     "--testpoi",
+    "--test-poi",
     type=float,
     default=1.0,
     show_default=True,
-    help="POI value to test.",
+    help="POI value to test (pyhf: --testpoi / --test-poi).",
 )
 @click.option(
-    "--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True
+    "--test-stat",
+    "--teststat",
+    type=click.Choice(["qtilde", "q"]),
+    default="qtilde",
+    show_default=True,
 )
 def cls(
-    workspace, patches, patch_name, measurement, normsys_code, histosys_code, poi_value, test_stat
+    workspace,
+    patches,
+    patch_name,
+    measurement,
+    normsys_code,
+    histosys_code,
+    output_file,
+    backend,
+    optimizer,
+    optconf,
+    poi_value,
+    test_stat,
 ):
     """Observed and expected CLs of WORKSPACE ('-' reads stdin), as `pyhf cls` prints them."""
     from . import workflows
 
-    _emit(
+    _note_ignored(backend, optimizer, optconf)
+    _output(
         _run(
             workflows.cls,
             workspace,
@@ -128,26 +187,52 @@ def cls(
             poi_value=poi_value,
             test_stat=test_stat,
             modifier_settings=_settings(normsys_code, histosys_code),
-        )
+        ),
+        output_file,
     )
 
 
 @main.command()
 @_common
-def fit(workspace, patches, patch_name, measurement, normsys_code, histosys_code):
-    """Maximum-likelihood fit: best-fit values and uncertainties by parameter name."""
+@click.option("--value", is_flag=True, hidden=True, help="pyhf's flag: twice_nll is always given.")
+def fit(
+    workspace,
+    patches,
+    patch_name,
+    measurement,
+    normsys_code,
+    histosys_code,
+    output_file,
+    backend,
+    optimizer,
+    optconf,
+    value,
+):
+    """Maximum-likelihood fit: best-fit values and uncertainties by parameter name (and
+    pyhf's mle_parameters and twice_nll). Uncertainties the Hessian does not determine
+    (singular or indefinite) are null and the command exits 1 naming the parameters."""
     from . import workflows
 
-    _emit(
-        _run(
-            workflows.fit,
-            workspace,
-            patches,
-            patch_name=patch_name,
-            measurement=measurement,
-            modifier_settings=_settings(normsys_code, histosys_code),
-        )
+    _note_ignored(backend, optimizer, optconf)
+    res = _run(
+        workflows.fit,
+        workspace,
+        patches,
+        patch_name=patch_name,
+        measurement=measurement,
+        modifier_settings=_settings(normsys_code, histosys_code),
     )
+    _output(res, output_file)
+    if not res["uncertainty_ok"]:
+        names = ", ".join(res["undetermined"])
+        click.echo(
+            "error: the fit converged, but the Hessian at the best fit is singular or "
+            f"indefinite: the uncertainties of {names} are undetermined (null)\n"
+            "  fix: these parameters are not constrained separately by the data (e.g. two "
+            "normfactors of one sample): fix one, or add a constraint",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _numbers(text, param, count=None):
@@ -169,7 +254,11 @@ def _numbers(text, param, count=None):
     "--level", type=float, default=0.05, show_default=True, help="CLs level (0 < level < 1)."
 )
 @click.option(
-    "--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True
+    "--test-stat",
+    "--teststat",
+    type=click.Choice(["qtilde", "q"]),
+    default="qtilde",
+    show_default=True,
 )
 @click.option(
     "--scan",
@@ -192,6 +281,10 @@ def upper_limit(
     measurement,
     normsys_code,
     histosys_code,
+    output_file,
+    backend,
+    optimizer,
+    optconf,
     level,
     test_stat,
     scan,
@@ -213,7 +306,8 @@ def upper_limit(
             )
         grid = np.linspace(start, stop, int(num))
     bounds = None if poi_bounds is None else _numbers(poi_bounds, "--poi-bounds", 2)
-    _emit(
+    _note_ignored(backend, optimizer, optconf)
+    _output(
         _run(
             workflows.upper_limit,
             workspace,
@@ -225,7 +319,8 @@ def upper_limit(
             modifier_settings=_settings(normsys_code, histosys_code),
             scan=grid,
             poi_bounds=bounds,
-        )
+        ),
+        output_file,
     )
 
 

@@ -35,6 +35,7 @@ from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, _defaults, _fit, _poi_index
 from .model import Model
 
 __all__ = [
+    "DiscoveryResult",
     "HypotestResult",
     "asimov_data",
     "discovery",
@@ -214,6 +215,8 @@ def hypotest(
 ) -> HypotestResult:
     """Asymptotic CLs (or p0 for ``q0``) with the expected band, as ``pyhf.infer.hypotest``.
 
+    ``hypotest(poi_test, data, model)`` (pyhf's argument order) is accepted too.
+
     Args:
         poi_test: Tested POI value (ignored for ``q0``, which tests mu = 0).
         model: The model.
@@ -221,6 +224,14 @@ def hypotest(
         init, bounds, fixed: Override the suggested values.
         test_stat: ``qtilde`` (default), ``q`` or ``q0``.
     """
+    if not isinstance(model, Model) and isinstance(data, Model):
+        # pyhf.infer.hypotest(poi, data, pdf): the order pyhf's users write
+        model, data = data, model
+    elif not isinstance(model, Model):
+        raise TypeError(
+            f"hypotest(poi_test, model, data): model must be a diffhep Model, got "
+            f"{type(model).__name__} (pyhf's order hypotest(poi, data, pdf) is accepted too)"
+        )
     if test_stat not in ("qtilde", "q", "q0"):
         raise ValueError(f"test_stat must be 'qtilde', 'q' or 'q0', not {test_stat!r}")
     poi = _poi_index(model)
@@ -272,7 +283,40 @@ def hypotest(
     )
 
 
-def discovery(model: Model, data, init=None, bounds=None, fixed=None) -> HypotestResult:
-    """Discovery test (q0): p0 in ``cls_obs``, Z0 = ``significance``, expected Z =
+class DiscoveryResult(NamedTuple):
+    """Discovery test (q0) of the background-only hypothesis.
+
+    Attributes:
+        p0: Observed p-value of the background-only hypothesis.
+        p0_exp: Expected p0 for the -2, -1, 0, +1, +2 sigma bands of the signal hypothesis
+            (pyhf's order; the median is ``p0_exp[2]``).
+        teststat: Observed q0; ``teststat_asimov``: q0 on the signal Asimov data.
+        converged, n_clipped, bestfit: As :class:`HypotestResult`.
+    """
+
+    p0: jax.Array
+    p0_exp: jax.Array
+    teststat: jax.Array
+    teststat_asimov: jax.Array
+    converged: jax.Array
+    n_clipped: jax.Array
+    bestfit: jax.Array
+
+    @property
+    def significance(self):
+        """Observed significance Z0 = sqrt(q0)."""
+        return _safe_sqrt(self.teststat)
+
+    @property
+    def expected_significance(self):
+        """Median expected significance sqrt(q0 on the Asimov data)."""
+        return _safe_sqrt(self.teststat_asimov)
+
+
+def discovery(model: Model, data, init=None, bounds=None, fixed=None) -> DiscoveryResult:
+    """Discovery test (q0): p0 and its expected band, Z0 = ``significance``, expected Z =
     ``expected_significance``."""
-    return hypotest(0.0, model, data, init, bounds, fixed, test_stat="q0")
+    r = hypotest(0.0, model, data, init, bounds, fixed, test_stat="q0")
+    return DiscoveryResult(
+        r.cls_obs, r.cls_exp, r.teststat, r.teststat_asimov, r.converged, r.n_clipped, r.bestfit
+    )

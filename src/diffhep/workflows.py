@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import DiffhepError, FitError
 from .fit import fit as _fit
+from .fit import undetermined_names
 from .hypotest import hypotest as _hypotest
 from .limits import LIMIT_NAMES, check_level
 from .limits import upper_limit as _upper_limit
@@ -127,7 +128,13 @@ def cls(
 def fit(
     workspace, patches=(), *, patch_name=None, measurement=None, modifier_settings=None
 ) -> dict:
-    """Global maximum-likelihood fit: best-fit values and uncertainties by parameter name."""
+    """Global maximum-likelihood fit: best-fit values and uncertainties by parameter name.
+
+    Also pyhf's ``mle_parameters`` (values by parameter set) and ``twice_nll``. Where the
+    Hessian at the best fit is singular or indefinite (e.g. two normfactors of one sample),
+    the uncertainties of the parameters involved are ``None``, ``uncertainty_ok`` is False
+    and ``undetermined`` names them: the fit converged, the uncertainties do not exist.
+    """
     ws = load_workspace(workspace, patches, patch_name)
     model, data = _model_and_data(ws, measurement, modifier_settings)
     r = _fit_jit(model, data)
@@ -139,14 +146,24 @@ def fit(
             fix="check parameter bounds and inits in the measurement",
         )
     _warn_clipped(r.n_clipped, ws.file or "workspace")
-    return {
-        "bestfit": dict(zip(names, map(float, np.asarray(r.bestfit)), strict=True)),
-        "uncertainty": dict(zip(names, map(float, np.asarray(r.uncertainty)), strict=True)),
+    best, unc = np.asarray(r.bestfit), np.asarray(r.uncertainty)
+    ok = np.asarray(r.uncertainty_ok, bool)
+    out = {
+        "bestfit": dict(zip(names, map(float, best), strict=True)),
+        "uncertainty": {n: float(u) if k else None for n, u, k in zip(names, unc, ok, strict=True)},
+        "uncertainty_ok": bool(ok.all()),
+        # pyhf's `pyhf fit` fields: values by parameter set, -2 log L at the best fit
+        "mle_parameters": {
+            n: best[model.config.par_slice(n)].tolist() for n in model.config.par_order
+        },
         "twice_nll": float(r.twice_nll),
         "converged": True,
         "message": r.message,
         "n_steps": int(r.n_steps),
     }
+    if not ok.all():
+        out["undetermined"] = undetermined_names(model.config, ok)
+    return out
 
 
 def upper_limit(
