@@ -298,12 +298,10 @@ def test_discovery_q0_matches_pyhf(name):
     res = discovery_jit(dmodel, ddata)
     ref = pyhf_hypotest(pmodel, pdata, 0.0, "q0")
     assert bool(res.converged)
-    # pyhf returns p0 (CLsb) and the expected p0 band for q0
-    np.testing.assert_allclose(float(res.cls_obs), ref["cls_obs"], rtol=0, atol=CLS_ATOL)
-    np.testing.assert_allclose(float(res.cls_obs), float(res.clsb_obs), rtol=1e-14)
-    np.testing.assert_allclose(np.asarray(res.cls_exp), ref["cls_exp"], rtol=0, atol=CLS_ATOL)
-    np.testing.assert_allclose(float(res.clb_obs), ref["clb_obs"], rtol=0, atol=CLS_ATOL)
-    p0 = float(res.cls_obs)
+    # pyhf returns p0 (as CLsb, in its "CLs" fields) and the expected p0 band for q0
+    np.testing.assert_allclose(float(res.p0), ref["cls_obs"], rtol=0, atol=CLS_ATOL)
+    np.testing.assert_allclose(np.asarray(res.p0_exp), ref["cls_exp"], rtol=0, atol=CLS_ATOL)
+    p0 = float(res.p0)
     assert 1e-4 < p0 < 0.5  # the data have an excess
     # Z0 = sqrt(q0) = Phi^-1(1 - p0); expected Z from the Asimov q0
     assert float(res.significance) == pytest.approx(float(np.sqrt(res.teststat)), rel=1e-12)
@@ -442,7 +440,7 @@ def test_counting_experiment_closed_forms(s, b):
     assert float(res.teststat) == pytest.approx(q0, rel=0, abs=1e-8)
     assert float(res.teststat_asimov) == pytest.approx(q0, rel=0, abs=1e-8)
     assert float(res.expected_significance) == pytest.approx(np.sqrt(q0), abs=1e-8)
-    assert float(res.cls_obs) == pytest.approx(norm.sf(np.sqrt(q0)), rel=1e-8)
+    assert float(res.p0) == pytest.approx(norm.sf(np.sqrt(q0)), rel=1e-8)
     # CLs on the background-only Asimov data (n = b): observed equals expected median
     for mu in (0.5, 1.0, 2.0):
         r = hypotest_jit(jnp.asarray(mu), model, jnp.asarray([b]))
