@@ -142,8 +142,9 @@ analysis:
     ],
 )
 def test_config_errors_name_the_field(change, message):
-    base = "analysis: {channels: [{name: SR, bins: 2}], shape_systematics: []}\n"
-    base += "data: {features: [met]}"
+    base = "analysis: {channels: [{name: SR, bins: 2}], shape_systematics: [],\n"
+    base += "  samples: [{name: signal, role: signal}, {name: background, role: background}]}\n"
+    base += "data: {generator: blobs, features: [met]}"
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(text=base, overrides=[change])
 

@@ -88,7 +88,10 @@ def test_plot_styles_are_contexts(tmp_path):
     with pytest.raises(ValueError, match="unknown plot style 'D0'"):
         plotting.plot_stacked(edges, samples, "s", tmp_path / "x.png", style="D0")
     with pytest.raises(ConfigError, match=r"report\.style"):
-        load_config(text="analysis: {channels: [{name: SR, bins: 2}]}\nreport: {style: D0}")
+        load_config(
+            text="data: {generator: blobs}\nanalysis: {channels: [{name: SR, bins: 2}], samples: "
+            "[{name: s, role: signal}, {name: b, role: background}]}\nreport: {style: D0}"
+        )
 
 
 def test_uncertainty_band_brute_force():

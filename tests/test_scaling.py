@@ -172,15 +172,25 @@ def test_chunks_pad_and_place():
     assert sharding.padded_size(10, 4) == 12 and sharding.padded_size(0, 4) == 4
 
 
+BLOBS = """
+data: {generator: blobs}
+analysis:
+  samples: [{name: signal, role: signal}, {name: background, role: background}]
+  shape_systematics: [{name: bkg_shape, sample: background, up: background_up,
+                       down: background_down}]
+  channels: [{name: SR, bins: 2}]
+"""
+
+
 def test_too_many_devices_is_a_config_error(tmp_path):
     from diffhep.runs import _parallel
 
-    cfg = load_config(text="analysis: {channels: [{name: SR, bins: 2}]}\ntraining: {devices: 64}")
+    cfg = load_config(text=BLOBS + "training: {devices: 64}")
     with pytest.raises(ConfigError, match=r"training\.devices.*64.*1 device") as err:
         _parallel(cfg, "run.yaml")
     assert "xla_force_host_platform_device_count" in str(err.value)
     with pytest.raises(ConfigError, match=r"training\.devices"):
-        load_config(text="analysis: {channels: [{name: SR, bins: 2}]}\ntraining: {devices: 0}")
+        load_config(text=BLOBS + "training: {devices: 0}")
 
 
 @pytest.mark.slow  # two full training runs (about 26 s): the slow run
@@ -196,7 +206,7 @@ def test_train_run_with_chunks_gives_the_same_model(tmp_path):
         "training.loss=sigma_mu",
         "analysis.channels=[{name: SR, bins: 3}]",
     ]
-    text = "analysis: {channels: [{name: SR, bins: 3}]}"
+    text = BLOBS
     plain = load_config(text=text, overrides=[*base, "training.batch_size=50"])
     parallel = ["training.devices=1", "training.per_device_batch=50", "training.chunk_size=16"]
     split = load_config(text=text, overrides=[*base, *parallel])

@@ -139,8 +139,9 @@ def test_examples_are_valid(path):
             "unknown loss term 'mse'",
         ),
         (
-            "analysis: {channels: [{name: SR, bins: 4}], shape_systematics: "
-            "[{name: s, sample: nope, up: a, down: b}]}",
+            "data: {generator: blobs}\nanalysis: {channels: [{name: SR, bins: 4}], "
+            "samples: [{name: s, role: signal}, {name: b, role: background}], "
+            "shape_systematics: [{name: s, sample: nope, up: a, down: b}]}",
             "analysis",
             "unknown sample 'nope'",
         ),
@@ -172,7 +173,19 @@ def _npz_config(tmp_path, arrays: dict, extra=()):
         p = tmp_path / f"{name}.npz"
         np.savez(p, **({"x": x} if x is not None else {}), w=w)
         files[name] = str(p)
-    doc = {"data": {"files": files}, "analysis": {"channels": [{"name": "SR", "bins": 2}]}}
+    samples = [{"name": "signal", "role": "signal"}, {"name": "background", "role": "background"}]
+    systematics = [
+        {"name": "bkg_shape", "sample": "background", "up": "background_up",
+         "down": "background_down"}
+    ]  # fmt: skip
+    doc = {
+        "data": {"files": files},
+        "analysis": {
+            "samples": samples,
+            "shape_systematics": systematics,
+            "channels": [{"name": "SR", "bins": 2}],
+        },
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(doc))
     return load_config(path, list(extra)), files

@@ -5,9 +5,14 @@ Every error names the file, the field path (``training.optimizer.learning_rate``
 value parsed as YAML (``--set training.epochs=3``, ``--set observable.hidden=[64,64]``).
 
 Example:
-    >>> cfg = load_config(text="analysis: {channels: [{name: SR, bins: 4}]}")
-    >>> cfg.training.loss, cfg.analysis.channels[0].bins
-    ('cls', 4)
+    >>> cfg = load_config(text='''
+    ... data: {generator: blobs}
+    ... analysis:
+    ...   samples: [{name: signal, role: signal}, {name: background, role: background}]
+    ...   channels: [{name: SR, bins: 4}]
+    ... ''', overrides=["analysis.channels.0.bins=5"])
+    >>> cfg.training.loss, cfg.analysis.channels[0].bins, cfg.data.n_per_blob
+    ('cls', 5, 10000)
 """
 
 from __future__ import annotations
@@ -97,24 +102,10 @@ class ChannelConfig(_Strict):
         return self
 
 
-def _blob_samples():
-    return [
-        SampleConfig(name="signal", role="signal"),
-        SampleConfig(name="background", role="background"),
-    ]
-
-
-def _blob_systematics():
-    return [
-        ShapeSystematicConfig(
-            name="bkg_shape", sample="background", up="background_up", down="background_down"
-        )
-    ]
-
-
 class AnalysisConfig(_Strict):
-    samples: list[SampleConfig] = Field(default_factory=_blob_samples)
-    shape_systematics: list[ShapeSystematicConfig] = Field(default_factory=_blob_systematics)
+    # no defaults taken from the demo: a config names its own samples and systematics
+    samples: list[SampleConfig] = Field(min_length=1)
+    shape_systematics: list[ShapeSystematicConfig] = []
     norm_systematics: list[NormSystematicConfig] = []
     mc_stat: bool = False
     channels: list[ChannelConfig] = Field(min_length=1)
@@ -152,6 +143,9 @@ class SplitConfig(_Strict):
         return self
 
 
+GENERATOR_EVENTS = 10_000  # data.n_per_blob of a generator that does not give it
+
+
 class CollectionConfig(_Strict):
     """Leading ``n`` objects of a jagged collection (as stored), zero-padded, with a mask."""
 
@@ -161,8 +155,9 @@ class CollectionConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    generator: Literal["blobs", "cuts_1d", "cuts_2d", "inferno", "negweight_2d"] | None = "blobs"
-    n_per_blob: int = Field(10_000, ge=10)  # events per event set of a generator
+    generator: Literal["blobs", "cuts_1d", "cuts_2d", "inferno", "negweight_2d"] | None = None
+    # events per event set of a generator (GENERATOR_EVENTS if a generator is given)
+    n_per_blob: int | None = Field(None, ge=10)
     files: dict[str, str] | None = None  # event set -> .npz with 'x' (n, f) and optional 'w'
     features: list[str] | None = None  # names; for ntuple samples branch names or expressions
     split: SplitConfig = SplitConfig()
@@ -177,11 +172,13 @@ class DataConfig(_Strict):
     def _source(self):
         if self.files:
             self.generator = None
+        if self.generator is not None and self.n_per_blob is None:
+            self.n_per_blob = GENERATOR_EVENTS
         return self
 
 
 class ObservableConfig(_Strict):
-    hidden: list[int] = [1024, 1024]
+    hidden: list[int] = [64, 64]  # a small network; the neos paper's is [1024, 1024]
     activation: Literal["relu", "tanh", "gelu", "silu", "elu"] = "relu"
     dtype: Literal["float32", "float64"] = "float32"
     # "deepsets": per-object MLP on data.collections, pooled, then `hidden` (event level)
@@ -347,22 +344,76 @@ def _check_expressions(cfg: Config) -> None:
 
 
 def apply_overrides(doc: dict, overrides, file: str | None = None) -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config dict."""
+    """Apply ``key.sub=value`` overrides to a raw config dict.
+
+    A key is a dotted path; a part that is an integer indexes a list (``analysis.samples.0
+    .filter``, ``-1`` for the last item). The value is parsed as YAML. Every error names the
+    ``--set`` option it comes from.
+
+    Example:
+        >>> apply_overrides({"a": {"b": [{"c": 1}]}}, ["a.b.0.c=[2, 3]"])
+        {'a': {'b': [{'c': [2, 3]}]}}
+    """
     for item in overrides or ():
+        option = f"--set {item}"
         if "=" not in item:
             raise ConfigError(
-                f"override {item!r} is not of the form key=value",
+                f"{option}: not of the form key=value",
                 file=file,
                 fix="e.g. --set training.epochs=3",
             )
-        key, value = item.split("=", 1)
-        node = doc
+        key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.setdefault(p, {}), dict):
-                raise ConfigError(f"override {key!r}: {p!r} is not a section", file=file)
-            node = node[p]
-        node[parts[-1]] = yaml.safe_load(value)
+        if not all(p.strip() for p in parts):
+            raise ConfigError(
+                f"{option}: empty key part in {key.strip()!r}",
+                file=file,
+                fix="give a dotted path, e.g. --set analysis.samples.0.filter='x > 1'",
+            )
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(
+                f"{option}: the value {text!r} is not valid YAML ({problem})",
+                file=file,
+                where=key.strip(),
+                fix="quote the value or close its brackets, e.g. --set observable.hidden=[64,64]",
+            ) from None
+        node: Any = doc
+        for i, p in enumerate(parts):
+            here = ".".join(parts[:i]) or "the config"
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                try:
+                    idx = int(p)
+                except ValueError:
+                    raise ConfigError(
+                        f"{option}: {p!r} is not an index of {here} (a list)",
+                        file=file,
+                        fix=f"use an index 0 to {len(node) - 1}",
+                    ) from None
+                if not -len(node) <= idx < len(node):
+                    raise ConfigError(
+                        f"{option}: index {idx} is out of range ({here} has {len(node)} items)",
+                        file=file,
+                        fix=f"use an index 0 to {len(node) - 1}, or set the whole list",
+                    )
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[p] = value
+                else:
+                    if node.get(p) is None:
+                        node[p] = {}
+                    node = node[p]
+            else:
+                raise ConfigError(
+                    f"{option}: {here} is not a section or list (it is {node!r})", file=file
+                )
     return doc
 
 
