@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -94,6 +96,12 @@ class ChannelConfig(_Strict):
             raise ValueError(
                 f"edges has {len(self.edges)} values, expected bins + 1 = {self.bins + 1}"
             )
+        if self.edges is not None:
+            e = self.edges
+            if not all(math.isfinite(v) for v in e):
+                raise ValueError(f"edges must be finite numbers, got {e}")
+            if any(b <= a for a, b in itertools.pairwise(e)):
+                raise ValueError(f"edges must be strictly increasing, got {e}")
         if self.observable == "count":
             if self.bins != 1 or self.edges is not None:
                 raise ValueError("a 'count' channel has bins: 1 and no edges")
@@ -177,13 +185,16 @@ class DataConfig(_Strict):
         return self
 
 
+Width = Annotated[int, Field(ge=1)]  # of a hidden layer
+
+
 class ObservableConfig(_Strict):
-    hidden: list[int] = [64, 64]  # a small network; the neos paper's is [1024, 1024]
+    hidden: list[Width] = [64, 64]  # a small network; the neos paper's is [1024, 1024]
     activation: Literal["relu", "tanh", "gelu", "silu", "elu"] = "relu"
     dtype: Literal["float32", "float64"] = "float32"
     # "deepsets": per-object MLP on data.collections, pooled, then `hidden` (event level)
     kind: Literal["mlp", "deepsets"] = "mlp"
-    object_hidden: list[int] = [32, 32]
+    object_hidden: list[Width] = [32, 32]
     latent: int = Field(16, ge=1)
     pooling: Literal["sum", "mean"] = "sum"
 

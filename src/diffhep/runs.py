@@ -6,7 +6,9 @@ its header ``model.json`` (the selected best model), ``workspace.json`` (the tra
 as a pyhf workspace from hard histograms of the test set), ``histograms.json`` (those
 histograms with their sums of squared weights), ``summary.json`` (test metrics),
 ``model.onnx`` + ``preprocess.json`` (the event score for C++ inference), ``plots/`` and
-``report.html``. :func:`evaluate_run` recomputes the test metrics from a saved run.
+``report.html``. :func:`evaluate_run` recomputes the test metrics from a saved run. While a
+run trains or is evaluated, ``run.lock`` (holding its pid) keeps a second process out of the
+directory (:func:`diffhep.writers.run_lock`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from .config import Config, ConfigError, load_config
 from .datasets import DataError, batches, check_events, load_npz, split
 from .pipeline import NN_TERMS, Events, Pipeline
 from .results import histograms_document, write_histograms
-from .training import TrainState, make_optimizer, train
+from .training import TrainState, make_optimizer, read_checkpoint_meta, train
 from .weighting import apply_strategies, check_net_yields, region_yields
-from .writers import write_atomic
+from .writers import check_writable_dir, run_lock, write_atomic
 
 __all__ = ["evaluate_run", "prepare", "restore_run", "train_run"]
 
@@ -112,21 +114,38 @@ def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
             where="data.features",
         )
     # sample normalisation: yield and scale, applied to the sample and its variations
-    for s in cfg.analysis.samples:
-        total = float(np.sum(events[s.name].w))
-        factor = s.scale * (s.yield_ / total if s.yield_ is not None else 1.0)
-        if s.yield_ is not None and total <= 0:
-            raise DataError(f"sample {s.name!r} has a total weight {total} <= 0; cannot "
-                            f"normalise it to yield {s.yield_}", file=file)  # fmt: skip
+    for i, s in enumerate(cfg.analysis.samples):
         names = [s.name] + [
             n
             for sys in cfg.analysis.shape_systematics
             if sys.sample == s.name
             for n in sys.event_sets()
         ]
+        _check_positive(events, s.name, dict.fromkeys(names), i, file)
+        total = float(np.sum(events[s.name].w))
+        factor = s.scale * (s.yield_ / total if s.yield_ is not None else 1.0)
         for n in dict.fromkeys(names):
             events[n] = Events(events[n].x, events[n].w * factor)
     return features, events
+
+
+def _check_positive(events, sample: str, event_sets, index: int, file=None) -> None:
+    """Refuse a sample (or a variation of it) whose event weights sum to <= 0: its expected
+    yield would be <= 0, and a network trained on it learns nothing (the expected CLs is 1)."""
+    for n in event_sets:
+        total = float(np.sum(events[n].w))
+        if total <= 0:
+            what = f"sample {sample!r}" + (f" (its variation {n!r})" if n != sample else "")
+            neg = int(np.sum(np.asarray(events[n].w) < 0))
+            raise DataError(
+                f"{what}: the event weights sum to {total:.6g} <= 0 ({neg} of "
+                f"{len(events[n].w)} events have negative weights); its expected yield must "
+                "be positive",
+                file=file,
+                where=f"analysis.samples[{index}]",
+                fix="check the sample's files and its weight expression (a sign, a missing "
+                "cross-section factor), or remove the sample",
+            )
 
 
 def prepare(cfg: Config, file: str | None = None):
@@ -333,6 +352,17 @@ def train_run(
     ``metrics.jsonl``, for studies of the training curves); they never select the model.
     """
     out = Path(out)
+    created = not out.exists()
+    check_writable_dir(out, where="--out")
+    try:
+        with run_lock(out, where="--out"):
+            return _train_run(out, cfg, file, resume, progress, track_test, plots)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # bad input stopped the run before anything was written
+
+
+def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots) -> dict:
     resolved = cfg.to_yaml()
     cfg_path = out / "config.yaml"
     if (out / "checkpoint.json").is_file() and resume and cfg_path.is_file():
@@ -343,7 +373,6 @@ def train_run(
                 fix="use a new --out directory, or --no-resume to start over",
             )
     pipe, parts, params = prepare(cfg, file)  # bad data fails here, before anything is written
-    out.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(resolved)
     train_ev = parts["train"]
     valid = _as_jax(parts["validation"])
@@ -503,14 +532,19 @@ def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:
     """Recompute the test metrics (and artefacts) of a saved run."""
     run_dir = Path(run_dir)
     cfg, pipe, parts, params = restore_run(run_dir)
-    state = None
-    like = TrainState(params, None, params)
-    if (run_dir / "checkpoint.json").is_file():
-        meta = json.loads((run_dir / "checkpoint.json").read_text())
-        like.history, like.step_seconds = meta["history"], meta["step_seconds"]
-        like.best_epoch, like.epoch, like.status = meta["best_epoch"], meta["epoch"], meta["status"]
-        state = like
-    return _finish(run_dir, pipe, parts, params, state, _metrics_fn(pipe), cfg, plots=plots)
+    with run_lock(run_dir):
+        state = None
+        like = TrainState(params, None, params)
+        if (run_dir / "checkpoint.json").is_file():
+            meta = read_checkpoint_meta(
+                run_dir,
+                fix="restore the file from a copy, or retrain: diffhep train CONFIG --out DIR",
+            )
+            like.history, like.step_seconds = meta["history"], meta["step_seconds"]
+            like.best_epoch, like.epoch = meta["best_epoch"], meta["epoch"]
+            like.status = meta["status"]
+            state = like
+        return _finish(run_dir, pipe, parts, params, state, _metrics_fn(pipe), cfg, plots=plots)
 
 
 def _plot_masks(cfg: Config) -> dict:

@@ -38,7 +38,15 @@ import optax
 from .errors import DiffhepError
 from .writers import write_atomic
 
-__all__ = ["TrainState", "TrainingError", "make_optimizer", "train"]
+__all__ = [
+    "CheckpointError",
+    "TrainState",
+    "TrainingError",
+    "load_checkpoint",
+    "make_optimizer",
+    "read_checkpoint_meta",
+    "train",
+]
 
 CHECKPOINT = "checkpoint.eqx"
 STATE = "checkpoint.json"
@@ -47,6 +55,26 @@ METRICS = "metrics.jsonl"
 
 class TrainingError(DiffhepError):
     """Training stopped (non-finite loss or gradients)."""
+
+
+class CheckpointError(DiffhepError):
+    """A checkpoint file of a run directory is damaged (truncated, empty, not JSON, ...)."""
+
+
+_RESUME_FIX = (
+    "start the run over with --no-resume (the checkpoint is overwritten), or restore the "
+    "file from a copy"
+)
+#: Fields of ``checkpoint.json`` and their types.
+_META_TYPES = {
+    "epoch": int,
+    "step": int,
+    "best_epoch": (int, type(None)),
+    "best_value": (int, float, type(None)),
+    "history": list,
+    "step_seconds": list,
+    "status": str,
+}
 
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
@@ -93,13 +121,70 @@ def save_checkpoint(run_dir: Path, state: TrainState) -> None:
     write_atomic(run_dir / METRICS, lines)
 
 
+def read_checkpoint_meta(run_dir: Path, *, fix: str = _RESUME_FIX) -> dict:
+    """The epoch, history and status of ``run_dir``'s checkpoint (``checkpoint.json``).
+
+    Raises:
+        CheckpointError: The file is not readable, not JSON or lacks a field (naming it).
+    """
+    path = Path(run_dir) / STATE
+    try:
+        meta = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise CheckpointError(f"cannot read the checkpoint: {exc.strerror}", file=str(path),
+                              fix=fix) from None  # fmt: skip
+    except ValueError as exc:  # also UnicodeDecodeError
+        why = "empty" if not path.read_bytes().strip() else f"not JSON: {exc}"
+        raise CheckpointError(
+            f"the checkpoint is damaged ({why})", file=str(path), fix=fix
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"the checkpoint is damaged (a JSON {type(meta).__name__}, not an object)",
+            file=str(path),
+            fix=fix,
+        )
+    for key, types in _META_TYPES.items():
+        if key not in meta or isinstance(meta[key], bool) or not isinstance(meta[key], types):
+            what = "missing" if key not in meta else f"{meta[key]!r} has the wrong type"
+            raise CheckpointError(
+                f"the checkpoint is damaged (field {key!r} {what})",
+                file=str(path),
+                where=key,
+                fix=fix,
+            )
+    return {k: meta[k] for k in _META_TYPES}
+
+
 def load_checkpoint(run_dir: Path, like: TrainState) -> TrainState | None:
-    """The saved state of ``run_dir`` (``like`` gives the pytree structure), or None."""
-    if not (run_dir / STATE).is_file() or not (run_dir / CHECKPOINT).is_file():
+    """The saved state of ``run_dir`` (``like`` gives the pytree structure), or None if
+    there is no checkpoint (a ``checkpoint.eqx`` without ``checkpoint.json`` is an epoch that
+    did not complete its checkpoint: none either).
+
+    Raises:
+        CheckpointError: A checkpoint file is damaged or missing (naming it, with the fix
+            ``--no-resume``).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / STATE).is_file():
         return None
-    meta = json.loads((run_dir / STATE).read_text())
+    meta = read_checkpoint_meta(run_dir)
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(
+            f"the checkpoint is damaged ({CHECKPOINT} is missing beside {STATE})",
+            file=str(path),
+            fix=_RESUME_FIX,
+        )
     tree = (like.params, like.opt_state, like.best_params)
-    params, opt_state, best = eqx.tree_deserialise_leaves(run_dir / CHECKPOINT, tree)
+    try:
+        params, opt_state, best = eqx.tree_deserialise_leaves(path, tree)
+    except Exception as exc:  # truncated or foreign: numpy/equinox raise many kinds
+        raise CheckpointError(
+            f"the checkpoint is damaged ({type(exc).__name__}: {exc})".replace("\n", " "),
+            file=str(path),
+            fix=_RESUME_FIX,
+        ) from None
     return TrainState(params, opt_state, best, **meta)
 
 

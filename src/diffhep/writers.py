@@ -19,14 +19,29 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
+import os
+import socket
+import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import DiffhepError
 
-__all__ = ["METADATA_KEY", "AtomicWriter", "check_writable_dir", "same_file", "write_atomic"]
+__all__ = [
+    "LOCK_FILE",
+    "METADATA_KEY",
+    "AtomicWriter",
+    "RunLocked",
+    "check_writable_dir",
+    "run_lock",
+    "same_file",
+    "write_atomic",
+]
 
 #: Name of the metadata of written event files (parquet schema key, ROOT ``TObjString``).
 METADATA_KEY = "diffhep_metadata"
@@ -68,6 +83,78 @@ def check_writable_dir(path, *, where: str | None = None, create: bool = True) -
             fix="choose a directory you can write to (existing, or under directories only)",
         ) from None
     return path
+
+
+#: The lock file of a run directory (:func:`run_lock`).
+LOCK_FILE = "run.lock"
+
+
+class RunLocked(DiffhepError):
+    """The run directory is in use by another process."""
+
+
+@contextlib.contextmanager
+def run_lock(directory, *, where: str | None = None) -> Iterator[Path]:
+    """Hold the run directory ``directory`` for this process: a second ``train`` (or
+    ``evaluate``) into it stops with :class:`RunLocked` naming the process that holds it.
+
+    The lock is ``LOCK_FILE`` in the directory, locked with ``flock`` (released by the
+    kernel when the process ends, however it ends) and holding the pid, host, start time and
+    command line of its holder, for the message. A lock file left by a process that died is
+    taken over; the file is removed when the lock is released.
+
+    Raises:
+        RunLocked: Another open lock on the directory (another process, or this one).
+    """
+    import fcntl
+
+    path = Path(directory) / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLocked(
+                f"the run directory {directory} is in use by another diffhep run ({_holder(path)})",
+                file=str(path),
+                where=where,
+                fix="wait for that run to finish, or use another --out directory",
+            ) from None
+        try:  # the file may have been removed (and re-created) by its previous holder
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: a waiting opener retries
+        os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    """The holder of a lock file, as its message names it."""
+    try:
+        info = json.loads(path.read_text())
+        return (
+            f"pid {info['pid']} on {info.get('host', '?')}, started {info.get('started', '?')}: "
+            f"{info.get('command', '?')}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that is starting (its lock file is not written yet)"
 
 
 def same_file(a, b) -> bool:
