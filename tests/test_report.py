@@ -70,7 +70,8 @@ def test_html_report_embeds_every_plot(tiny_run):
     text = (tiny_run / "report.html").read_text()
     assert f"{summary['expected_cls']:.6g}" in text
     assert html.escape(summary["selection"]["expression"]) in text
-    assert page.tables == 4  # metrics, yields, training weights, cut flow
+    # metrics, yields, variation templates, bins of SR, training weights, cut flow
+    assert page.tables == 6
     assert "<h2>Training weights</h2>" in text
 
 

@@ -201,6 +201,121 @@ def _cutflow_table(rows) -> str:
     return _table(cells, header)
 
 
+#: What each metric of ``summary.json`` is (the report's "meaning" column).
+METRIC_MEANINGS = {
+    "expected_cls": "median expected CLs of mu = 1 (qtilde, asymptotic), on the "
+    "background-only Asimov data of the test-split histograms",
+    "z0": "median expected discovery significance sqrt(q0) on the mu = 1 Asimov data of the "
+    "test-split histograms",
+    "sigma_mu": "expected uncertainty of mu: sqrt of the inverse Fisher information at mu = 1 "
+    "(nuisances profiled) of the test-split histograms; `diffhep fit workspace.json` gives "
+    "another number, as it fits the workspace's background-only Asimov observations "
+    "(mu-hat = 0, at the POI's lower bound) and takes the Hessian there",
+    "fits_converged": "whether every fit behind these numbers converged",
+    "selected_fraction": "fraction of the test-split events (weighted) the selection keeps",
+    "median_step_seconds": "median wall time of one training step",
+    "best_epoch": "the epoch whose model is kept (best training.select_on on the validation split)",
+    "epochs_run": "epochs trained",
+    "status": "finished, early-stopped, nan (stopped on a non-finite loss) or incomplete (an "
+    "artefact failed)",
+    "onnx": "the event score for C++ inference",
+}
+
+
+def _meaning(key: str) -> str:
+    if key in METRIC_MEANINGS:
+        return METRIC_MEANINGS[key]
+    if key.startswith("sigma_"):
+        return (f"expected uncertainty of the nuisance parameter {key[6:]} (inverse Fisher "
+                "information at mu = 1, as sigma_mu)")  # fmt: skip
+    return ""
+
+
+def _analysis_of(run_dir: Path):
+    """(nominal samples, signal, shape systematics' event sets) from ``config.yaml``, or
+    None if the file is missing or unreadable."""
+    import yaml
+
+    try:
+        a = yaml.safe_load((run_dir / "config.yaml").read_text())["analysis"]
+        samples = [x["name"] for x in a["samples"]]
+        signal = next(x["name"] for x in a["samples"] if x["role"] == "signal")
+        variations = {}
+        for sys in a.get("shape_systematics") or []:
+            for d in ("up", "down"):
+                v = sys[d]
+                variations[v if isinstance(v, str) else f"{sys['sample']}_{sys['name']}_{d}"] = (
+                    sys["name"], d, sys["sample"])  # fmt: skip
+        return samples, signal, variations
+    except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration):
+        return None
+
+
+def _yields_tables(yields: dict, analysis) -> list[str]:
+    """The nominal samples' yields (with the total background and S/B), and apart from
+    them the totals of the systematic variation templates."""
+    if analysis is None:
+        return ["<h3>Yields (test split)</h3>",
+                _table(list(yields.items()), ["event set", "yield"])]  # fmt: skip
+    samples, signal, variations = analysis
+    bkg = sum(float(yields[n]) for n in samples if n != signal and n in yields)
+    rows = [[n, yields[n]] for n in samples if n in yields]
+    rows += [["total background", bkg]]
+    if signal in yields and bkg > 0:
+        rows += [["S/B", float(yields[signal]) / bkg]]
+    out = ["<h3>Yields (test split, expected events)</h3>", _table(rows, ["sample", "yield"])]
+    var = [
+        [name, f"{sys} {d}", sample, yields[name],
+         float(yields[name]) / float(yields[sample]) - 1 if yields.get(sample) else ""]
+        for name, (sys, d, sample) in variations.items() if name in yields
+    ]  # fmt: skip
+    if var:
+        header = ["template", "systematic", "of sample", "yield", "relative to nominal"]
+        out += ["<h3>Systematic variation templates</h3>", _table(var, header)]
+    return out
+
+
+def _bin_tables(run_dir: Path, analysis) -> list[str]:
+    """Per channel, a row per bin: edges, each nominal sample's yield, the total background
+    with its MC statistical uncertainty, and S/B (from ``histograms.json``)."""
+    path = run_dir / "histograms.json"
+    if analysis is None or not path.is_file():
+        return []
+    samples, signal, _ = analysis
+    try:
+        channels = json.loads(path.read_text())["channels"]
+    except (OSError, ValueError, KeyError):
+        return []
+    out = ["<h2>Bins (test split)</h2>"]
+    for name, ch in channels.items():
+        edges = np.asarray(ch["edges"], float)
+        sumw = {n: np.asarray(ch["sumw"][n], float) for n in samples if n in ch["sumw"]}
+        sumw2 = {n: np.asarray(ch["sumw2"][n], float) for n in samples if n in ch["sumw2"]}
+        backgrounds = [n for n in sumw if n != signal]
+        b = sum((sumw[n] for n in backgrounds), np.zeros(len(edges) - 1))
+        b_err = np.sqrt(sum((sumw2[n] for n in backgrounds), np.zeros(len(edges) - 1)))
+        s = sumw.get(signal, np.zeros(len(edges) - 1))
+        header = ["bin", "low edge", "high edge", *sumw, "total background",
+                  "background MC stat.", "S/B"]  # fmt: skip
+        rows = [
+            [k, float(edges[k]), float(edges[k + 1]), *(float(sumw[n][k]) for n in sumw),
+             float(b[k]), float(b_err[k]), float(s[k] / b[k]) if b[k] > 0 else "n/a"]
+            for k in range(len(edges) - 1)
+        ]  # fmt: skip
+        observable = "neural observable" if ch["observable"] == "nn" else ch["observable"]
+        out += [f"<h3>{html.escape(name)} ({html.escape(observable)})</h3>", _table(rows, header)]
+    return out
+
+
+_DEFINITIONS = (
+    "<p>Every number here is computed on the test split (<code>data.split.test</code>), "
+    "never used in training or model selection, with hard (not smoothed) histograms and the "
+    "asymptotic formulae on Asimov data: expected, not observed, results. "
+    "<code>workspace.json</code> holds the same histograms with background-only Asimov "
+    "observations.</p>"
+)
+
+
 def write_html(run_dir, summary: dict | None = None) -> Path:
     """Write ``report.html`` of a run directory from its files (``summary.json`` unless
     ``summary`` is given, ``config.yaml``, ``plots/*.png``); atomically. Returns its path."""
@@ -213,11 +328,14 @@ def write_html(run_dir, summary: dict | None = None) -> Path:
     if summary.get("failed"):
         parts += ["<h2>Incomplete run: these artefacts failed</h2>",
                   _table(list(summary["failed"].items()), ["artefact", "error"])]  # fmt: skip
-    flat = [(k, v) for k, v in summary.items() if not isinstance(v, dict | list)]
+    analysis = _analysis_of(run_dir)
+    flat = [(k, v, _meaning(k)) for k, v in summary.items() if not isinstance(v, dict | list)]
     if flat:
-        parts += ["<h2>Test-set metrics</h2>", _table(flat, ["metric", "value"])]
+        parts += ["<h2>Test-set metrics</h2>", _DEFINITIONS,
+                  _table(flat, ["metric", "value", "meaning"])]  # fmt: skip
     if summary.get("yields"):
-        parts += ["<h3>Yields</h3>", _table(list(summary["yields"].items()), ["sample", "yield"])]
+        parts += _yields_tables(summary["yields"], analysis)
+    parts += _bin_tables(run_dir, analysis)
     weights = summary.get("training_weights")
     if weights:
         parts += ["<h2>Training weights</h2>", _weights_table(weights)]
