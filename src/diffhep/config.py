@@ -290,6 +290,9 @@ class TrainingConfig(_Strict):
 
 class ReportConfig(_Strict):
     style: Literal["plain", "ATLAS", "CMS", "LHCb"] = "plain"  # plots (mplhep style)
+    log_y: bool = False  # histograms on a logarithmic y axis
+    # the signal also drawn unstacked x this factor ("auto": a power of ten if it is small)
+    signal_overlay: Annotated[float, Field(gt=0)] | Literal["auto"] | None = "auto"
 
 
 class Config(_Strict):

@@ -186,23 +186,31 @@ def plot_stacked(
     title=None,
     band=None,
     xlabel="observable",
+    signal_overlay: float | str | None = "auto",
+    logy: bool = False,
 ) -> None:
     """Stacked, step-filled histogram of the sample yields with the signal on top, an
-    uncertainty band on the total and a ratio panel (to the total) below.
+    uncertainty band on the total, and a lower panel: data / total with data, S/B without
+    (a ratio to the total would be 1 by construction).
 
     Args:
         edges: Bin edges, shape ``(n + 1,)``.
         samples: ``{name: per-bin yields}``; backgrounds are stacked in the given order.
         signal: Name of the signal sample in ``samples``, stacked last.
         path: Output file.
-        variations: Optional ``{label: per-bin yields}`` drawn as step lines (e.g. the total
-            yields of the up and down variations of a systematic), and their ratio to the
-            total in the lower panel.
+        variations: Optional ``{label: per-bin yields}`` drawn as step lines over the stack
+            (e.g. the total yields of the up and down variations of a systematic), and with
+            data their ratio to the total in the lower panel.
         data: Optional observed per-bin counts, drawn as points with ``sqrt(n)`` error bars.
         title: Optional axes title.
         band: Optional ``(low, high)`` per-bin totals (e.g. :func:`uncertainty_band`), drawn
-            hatched around the stack and relative to it in the ratio panel.
+            hatched around the stack (and, with data, relative to it in the lower panel).
         xlabel: Label of the x axis.
+        signal_overlay: The signal also drawn unstacked, scaled by this factor (a line
+            labelled ``signal xK``); ``"auto"``: a power of ten bringing its largest bin to
+            the background's when it is below a fifth of it (none otherwise); None: no
+            overlay.
+        logy: A logarithmic y axis (for a small signal under a large background).
 
     Raises:
         ValueError: If ``signal`` is not a sample or a yield vector does not match ``edges``.
@@ -221,40 +229,81 @@ def plot_stacked(
     fig = new_figure((6.4, 6.4))
     ax, rax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     bottom = np.zeros(len(edges) - 1)
+    stack = []
     for name in order:
         top = bottom + _yields(name, samples[name])
-        ax.stairs(top, edges, baseline=bottom, fill=True, alpha=0.8, label=name)
+        stack.append(ax.stairs(top, edges, baseline=bottom, fill=True, alpha=0.8, label=name,
+                               zorder=1))  # fmt: skip
         bottom = top
     total = bottom
+    sig = _yields(signal, samples[signal])
+    bkg = total - sig
     safe = np.where(total > 0, total, np.nan)  # no ratio where nothing is expected
+    above = []  # drawn over the stack, in legend order after it
+    drawn = [total]
     if band is not None:
         lo, hi = _yields("band low", band[0]), _yields("band high", band[1])
         hatch = {"fill": False, "hatch": "////", "color": "0.3", "lw": 0}
-        ax.stairs(hi, edges, baseline=lo, label="uncertainty", **hatch)
-        rax.stairs(hi / safe, edges, baseline=lo / safe, **hatch)
+        above.append(ax.stairs(hi, edges, baseline=lo, label="uncertainty", zorder=4, **hatch))
+        if data is not None:
+            rax.stairs(hi / safe, edges, baseline=lo / safe, **hatch)
     for i, (label, values) in enumerate((variations or {}).items()):
         values = _yields(label, values)
         kw = {"color": f"C{len(order) + i}", "ls": "--", "lw": 1.5}
-        ax.stairs(values, edges, label=label, **kw)
-        rax.stairs(values / safe, edges, **kw)
+        above.append(ax.stairs(values, edges, label=label, zorder=5, **kw))
+        drawn.append(values)
+        if data is not None:
+            rax.stairs(values / safe, edges, **kw)
+    k = _overlay_factor(signal_overlay, sig, bkg)
+    if k is not None:
+        kw = {"color": stack[-1].get_facecolor(), "lw": 2, "zorder": 6}
+        above.append(ax.stairs(k * sig, edges, label=f"{signal} x{k:g}", **kw))
+        drawn.append(k * sig)
     centres = 0.5 * (edges[1:] + edges[:-1])
     if data is not None:
         counts = _yields("data", data)
         err = np.sqrt(np.clip(counts, 0, None))
-        ax.errorbar(centres, counts, yerr=err, fmt="ko", label="data")
+        above.append(ax.errorbar(centres, counts, yerr=err, fmt="ko", label="data", zorder=7))
+        drawn.append(counts)
         rax.errorbar(centres, counts / safe, yerr=err / safe, fmt="ko")
-    rax.axhline(1.0, color="grey", lw=1)
-    rax.set_ylabel("ratio to total")
+        rax.axhline(1.0, color="grey", lw=1)
+        rax.set_ylabel("data / total")
+    else:
+        sb = np.where(bkg > 0, sig / np.where(bkg > 0, bkg, 1.0), np.nan)
+        rax.stairs(sb, edges, color=stack[-1].get_facecolor(), lw=1.5)
+        rax.set_ylabel("S/B")
+        rax.set_ylim(0, None)
     rax.set_xlabel(xlabel)
     ax.set_ylabel("events")
     ax.set_xlim(edges[0], edges[-1])
-    ax.set_ylim(0, None)
+    if logy:
+        positive = np.concatenate([np.ravel(v) for v in drawn])
+        positive = positive[np.isfinite(positive) & (positive > 0)]
+        ax.set_yscale("log")
+        if positive.size:
+            ax.set_ylim(positive.min() / 2, positive.max() * 20)
+    else:
+        ax.set_ylim(0, None)
     plain = STYLES[_STYLE.get()] is None
     if title is not None and plain:
         ax.set_title(title)
-    ax.legend(fontsize="small", title=None if plain else title)  # the label takes the top
+    handles = [*reversed(stack), *above]  # the stack's top first, as it is drawn
+    ax.legend(handles, [h.get_label() for h in handles], fontsize="small",
+              title=None if plain else title)  # fmt: skip  # the label takes the top
     _experiment_label(ax)
     save_figure(fig, path)
+
+
+def _overlay_factor(option, sig, bkg) -> float | None:
+    """The scale of the unstacked signal overlay of :func:`plot_stacked` (None: no overlay)."""
+    if option is None:
+        return None
+    if option != "auto":
+        return float(option)
+    s, b = float(np.max(sig, initial=0.0)), float(np.max(bkg, initial=0.0))
+    if s <= 0 or b <= 0 or s >= 0.2 * b:
+        return None
+    return float(10 ** math.floor(math.log10(b / s)))
 
 
 def uncertainty_band(total, shifts=(), stat=None):

@@ -54,9 +54,20 @@ def _band(pipe, hists, channel, total):
 
 
 def write_plots(
-    plot_dir: Path, pipe, params, test_events, hists, state=None, style=None, masks=None
+    plot_dir: Path,
+    pipe,
+    params,
+    test_events,
+    hists,
+    state=None,
+    style=None,
+    masks=None,
+    stacked: dict | None = None,
 ) -> dict:
     """Write the standard plots (in ``style``: plain, ATLAS, CMS or LHCb).
+
+    ``stacked`` holds keyword arguments of the histograms' :func:`~diffhep.plotting.
+    plot_stacked` (``logy``, ``signal_overlay``: ``report.log_y``, ``report.signal_overlay``).
 
     A plot that fails does not stop the others: it is logged and named in the result.
     ``masks`` (``{object feature: mask feature}``, :func:`diffhep.ntuples.object_masks`)
@@ -76,11 +87,12 @@ def write_plots(
             log.error("plot %s failed: %s: %s", name, type(exc).__name__, exc)
             return None
 
-    auc = _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks)
+    auc = _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks,
+                      stacked or {})  # fmt: skip
     return {"auc": None if auc is None else float(auc), "failed": failed}
 
 
-def _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks):
+def _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks, stacked):
     a = pipe.analysis
     if state is not None and state.history:
         draw("training.png", plotting.plot_training, state.history, plot_dir / "training.png")
@@ -110,6 +122,7 @@ def _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks):
             title=ch.name,
             band=_band(pipe, hists, ch.name, total),
             xlabel="observable" if ch.observable == "nn" else ch.observable,
+            **stacked,
         )
     events = {n: (np.asarray(test_events[n].x), np.asarray(test_events[n].w)) for n in a.event_sets}
     nominal = {n: events[n] for n in a.samples}

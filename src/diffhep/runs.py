@@ -615,7 +615,10 @@ def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
     try:
         masks = _plot_masks(cfg)
         failed |= write_plots(plot_dir, pipe, params, parts["test"], hists, state,
-                              style=cfg.report.style, masks=masks)["failed"]  # fmt: skip
+                              style=cfg.report.style, masks=masks,
+                              stacked={"logy": cfg.report.log_y,
+                                       "signal_overlay": cfg.report.signal_overlay},
+                              )["failed"]  # fmt: skip
     except Exception as exc:
         failed["plots"] = f"{type(exc).__name__}: {exc}"
 

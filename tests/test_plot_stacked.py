@@ -1,0 +1,107 @@
+"""What the stacked-histogram plot draws (issue 18 item 8), checked on the figure's artists,
+not its pixels: legend order as the stack, variations over the stack, a scaled signal
+overlay, a log y axis, and S/B (not a ratio to the total) when there are no data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffhep import plotting
+
+EDGES = np.linspace(0.0, 1.0, 5)
+SAMPLES = {"signal": [0.1, 0.2, 0.5, 0.9], "ttbar": [200, 100, 40, 10], "wjets": [50, 30, 20, 10]}
+VARIATIONS = {"jes up": [270, 140, 70, 25], "jes down": [230, 120, 50, 15]}
+
+
+@pytest.fixture
+def figure(monkeypatch):
+    """The figure plot_stacked draws, captured before it is saved and cleared."""
+    drawn = {}
+
+    def capture(fig, path):
+        ax, rax = fig.axes
+        drawn.update(
+            ax=ax,
+            rax=rax,
+            legend=[t.get_text() for t in ax.get_legend().get_texts()],
+            artists={a.get_label(): a for a in ax.patches + ax.lines},
+            ratio_label=rax.get_ylabel(),
+            ratio_lines=[np.asarray(p.get_data()[0]) for p in rax.patches],
+            yscale=ax.get_yscale(),
+        )
+
+    monkeypatch.setattr(plotting, "save_figure", capture)
+    return drawn
+
+
+def test_legend_lists_the_stack_from_the_top(figure, tmp_path):
+    plotting.plot_stacked(EDGES, SAMPLES, "signal", tmp_path / "x.png", signal_overlay=None)
+    stack = [x for x in figure["legend"] if x in SAMPLES]
+    assert stack == ["signal", "wjets", "ttbar"]  # drawn bottom-up: ttbar, wjets, signal
+
+
+def test_variations_drawn_over_the_stack(figure, tmp_path):
+    plotting.plot_stacked(EDGES, SAMPLES, "signal", tmp_path / "x.png", VARIATIONS)
+    a = figure["artists"]
+    assert a["jes up"].get_zorder() > max(a[n].get_zorder() for n in SAMPLES)
+    assert a["jes down"].get_zorder() > max(a[n].get_zorder() for n in SAMPLES)
+
+
+def test_small_signal_gets_a_scaled_overlay(figure, tmp_path):
+    plotting.plot_stacked(EDGES, SAMPLES, "signal", tmp_path / "x.png")
+    (label,) = [x for x in figure["legend"] if x.startswith("signal x")]
+    k = float(label.removeprefix("signal x"))
+    assert k == 100  # a power of ten: max background 250 / max signal 0.9
+    overlay = figure["artists"][label]
+    np.testing.assert_allclose(overlay.get_data()[0], k * np.asarray(SAMPLES["signal"]))
+    # an explicit factor, and none
+    plotting.plot_stacked(EDGES, SAMPLES, "signal", tmp_path / "x.png", signal_overlay=20)
+    assert "signal x20" in figure["legend"]
+    plotting.plot_stacked(EDGES, SAMPLES, "signal", tmp_path / "x.png", signal_overlay=None)
+    assert not [x for x in figure["legend"] if x.startswith("signal x")]
+
+
+def test_visible_signal_gets_no_overlay(figure, tmp_path):
+    big = {**SAMPLES, "signal": [100.0, 50.0, 20.0, 5.0]}
+    plotting.plot_stacked(EDGES, big, "signal", tmp_path / "x.png")
+    assert not [x for x in figure["legend"] if x.startswith("signal x")]
+
+
+def test_log_y(figure, tmp_path):
+    plotting.plot_stacked(EDGES, SAMPLES, "signal", tmp_path / "x.png", logy=True)
+    assert figure["yscale"] == "log"
+    assert figure["ax"].get_ylim()[0] > 0
+
+
+def test_lower_panel_without_data_is_s_over_b(figure, tmp_path):
+    plotting.plot_stacked(EDGES, SAMPLES, "signal", tmp_path / "x.png", VARIATIONS)
+    assert figure["ratio_label"] == "S/B"
+    b = np.asarray(SAMPLES["ttbar"]) + np.asarray(SAMPLES["wjets"])
+    (line,) = figure["ratio_lines"]
+    np.testing.assert_allclose(line, np.asarray(SAMPLES["signal"]) / b)
+
+
+def test_lower_panel_with_data_is_data_over_total(figure, tmp_path):
+    plotting.plot_stacked(EDGES, SAMPLES, "signal", tmp_path / "x.png", data=[250, 130, 60, 21])
+    assert figure["ratio_label"] == "data / total"
+
+
+def test_report_options_reach_the_histograms(tiny_run, tmp_path, monkeypatch):
+    """``report.log_y`` and ``report.signal_overlay`` of a run's config are what its
+    histograms are drawn with (``diffhep evaluate`` redraws them)."""
+    import shutil
+
+    import yaml
+
+    from diffhep.runs import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["report"] |= {"log_y": True, "signal_overlay": 5.0}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    calls = []
+    monkeypatch.setattr(plotting, "plot_stacked", lambda *a, **kw: calls.append(kw))
+    evaluate_run(run)
+    assert calls and all(kw["logy"] is True and kw["signal_overlay"] == 5.0 for kw in calls)
