@@ -4,6 +4,8 @@ overlay, a log y axis, and S/B (not a ratio to the total) when there are no data
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,47 @@ def test_report_options_reach_the_histograms(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(plotting, "plot_stacked", lambda *a, **kw: calls.append(kw))
     evaluate_run(run)
     assert calls and all(kw["logy"] is True and kw["signal_overlay"] == 5.0 for kw in calls)
+
+
+# ---------------------------------------------------------------- labels inside the figure
+def _outside(fig) -> list:
+    """Texts (axis labels, titles, experiment labels, texts) reaching outside the figure
+    once it is laid out as saved."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.dpi = 100
+    canvas.draw()
+    renderer, box = canvas.get_renderer(), fig.bbox
+    out = []
+    for ax in fig.axes:
+        for t in [*ax.texts, ax.xaxis.label, ax.yaxis.label, ax.title]:
+            if not t.get_visible() or not t.get_text():
+                continue
+            e = t.get_window_extent(renderer)
+            if e.x0 < -1 or e.y0 < -1 or e.x1 > box.x1 + 1 or e.y1 > box.y1 + 1:
+                out.append((t.get_text(), [round(v) for v in e.extents]))
+    return out
+
+
+@pytest.mark.parametrize("style", list(plotting.STYLES))
+def test_labels_are_not_cut_off(style, monkeypatch, tmp_path):
+    found = {}
+
+    def capture(fig, path):
+        found[path.name] = _outside(fig)
+        fig.clear()
+
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: capture(fig, Path(path)))
+    history = [{"epoch": e, "loss": 1.0 / e, "val_expected_cls": 0.1 / e, "val_sigma_mu": 0.5,
+                "val_z0": 2.0 + e, "cut0_threshold": 0.1 * e, "val_selected_fraction": 0.5}
+               for e in range(1, 6)]  # fmt: skip
+    plotting.plot_training(history, tmp_path / "training.png", style=style)
+    plotting.plot_training(history, tmp_path / "cuts.png", style=style,
+                           metrics=["cut0_threshold", "val_selected_fraction"])  # fmt: skip
+    plotting.plot_stacked(EDGES, SAMPLES, "signal", tmp_path / "stack.png", VARIATIONS,
+                          title="SR", style=style)  # fmt: skip
+    rows = [{"cut": c, "s": {"events": 10, "yield": y}, "b": {"events": 10, "yield": 10 * y}}
+            for c, y in (("none", 10.0), ("x0 > 1.5", 5.0), ("x1 in [0, 1]", 2.0))]  # fmt: skip
+    plotting.plot_cutflow(rows, tmp_path / "cutflow.png", style=style)
+    assert found and not any(found.values()), found

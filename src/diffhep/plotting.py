@@ -153,7 +153,9 @@ def plot_training(history, path, metrics: Sequence[str] = DEFAULT_METRICS) -> No
     if not curves:
         raise ValueError(f"none of the metrics {tuple(metrics)} has a value in the history")
 
-    fig = new_figure((6.4, 2.4 * len(curves)))
+    # experiment styles have larger fonts: taller panels keep the y labels inside the figure
+    panel = 2.4 if STYLES[_STYLE.get()] is None else 3.4
+    fig = new_figure((6.4, panel * len(curves)))
     axes = fig.subplots(len(curves), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (metric, lines) in zip(axes, curves.items(), strict=True):
         log = "cls" in metric and any((mean > 0).any() for _, _, mean, _ in lines)
@@ -166,7 +168,7 @@ def plot_training(history, path, metrics: Sequence[str] = DEFAULT_METRICS) -> No
                 ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
         if log:
             ax.set_yscale("log")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric, fontsize="small")
         ax.grid(alpha=0.3)
         if any(label is not None for label, *_ in lines):
             ax.legend(fontsize="small")
