@@ -3,9 +3,10 @@
 An :class:`Analysis` is a static (hashable) description in HistFactory vocabulary. Given
 per-channel histograms of every event set — nominal samples and systematic variations — it
 writes the pyhf workspace of the analysis (:meth:`Analysis.workspace`). The training
-pipeline builds a :class:`~diffhep.Model` from it once and then feeds it the soft histograms
-of every step through :meth:`~diffhep.Model.with_channels`, so one compiled step serves the
-whole training; evaluation writes the same workspace with hard histograms.
+pipeline builds a :class:`~diffhep.Model` from it once, with the
+:class:`~diffhep.layout.Layout` of the histograms in that model, and then fills the soft
+histograms of every step straight into the template arrays (no JSON), so one compiled step
+serves the whole training; evaluation writes the workspace with hard histograms.
 
 Mapping onto HistFactory:
 

@@ -3,10 +3,12 @@
 This module is the only place that wires the pieces together:
 
     events --selection x observable--> weights, scores --(soft|hard) histograms-->
-    Analysis.workspace --Model.with_channels--> HistFactory model --losses--> scalar
+    Layout.fill (one gather into the template) --> HistFactory model --losses--> scalar
 
-:class:`Pipeline` is static (the analysis, the feature names, the loss terms) and holds the
-compiled-once template :class:`~diffhep.Model`; the trainable state is a :class:`Params`
+:class:`Pipeline` is static (the analysis, the feature names, the loss terms, the
+:class:`~diffhep.layout.Layout` of the histograms in the model) and holds the compiled-once
+template :class:`~diffhep.Model`; pyhf JSON is written only for ``workspace.json``
+(:meth:`Pipeline.workspace`). The trainable state is a :class:`Params`
 pytree (the observable, the bin edges of every channel and the selection cuts). Events are
 passed as a dict ``{event set: Events}`` whose weights are already scaled to the expected
 yields. The selection's per-event weights (relaxed with slope ``slope`` during training,
@@ -42,6 +44,7 @@ from .analysis import Analysis
 from .cuts import Selection
 from .histograms import Binning, hard_histogram, relative_bandwidth, soft_histogram
 from .hypotest import hypotest
+from .layout import Layout
 from .model import Model
 from .observables import MLPObservable
 
@@ -92,6 +95,7 @@ class Pipeline(eqx.Module):
     analysis: Analysis = eqx.field(static=True)
     features: tuple = eqx.field(static=True)
     template: Model
+    layout: Layout = eqx.field(static=True)
     z_asimov_rel_uncertainty: float = eqx.field(static=True, default=0.1)
     skim_target: float | None = eqx.field(static=True, default=None)
 
@@ -112,7 +116,9 @@ class Pipeline(eqx.Module):
             for ch in analysis.channels
             for n in analysis.event_sets
         }
-        self.template = Model.from_spec(analysis.workspace(ones), poi_name=analysis.poi)
+        template = Model.from_spec(analysis.workspace(ones), poi_name=analysis.poi)
+        self.layout = Layout.build(analysis, template)
+        self.template = self.layout.fill(template, ones)  # + the structural symmetric params
         self.z_asimov_rel_uncertainty = float(z_asimov_rel_uncertainty)
         self.skim_target = None if skim_target is None else float(skim_target)
 
@@ -203,19 +209,18 @@ class Pipeline(eqx.Module):
         return out
 
     def model(self, histograms) -> Model:
-        """The HistFactory model with these histograms as templates (no recompilation)."""
-        spec = self.analysis.workspace(histograms)
-        return self.template.with_channels(spec["channels"])
+        """The HistFactory model with these histograms (``{(channel, event set): (sumw,
+        sumw2)}``) as templates: :meth:`Layout.fill` of the template (no recompilation)."""
+        return self.layout.fill(self.template, histograms)
 
     def workspace(self, histograms) -> dict:
         """The pyhf workspace (plain floats) with the background-only Asimov observations."""
-        hists = {
-            k: (np.asarray(a).tolist(), np.asarray(b).tolist()) for k, (a, b) in histograms.items()
-        }
+        hists = {k: (np.asarray(a), np.asarray(b)) for k, (a, b) in histograms.items()}
         model = self.model(hists)
         asimov = np.asarray(model.expected_actualdata(L.nominal_pars(model, 0.0)))
         obs = {c: asimov[sl].tolist() for c, sl in model.config.channel_slices.items()}
-        return self.analysis.workspace(hists, obs)
+        lists = {k: (a.tolist(), b.tolist()) for k, (a, b) in hists.items()}
+        return self.analysis.workspace(lists, obs)
 
     # ------------------------------------------------------------------ losses
     def _yields(self, params, events, names, slope):
