@@ -37,11 +37,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-
-from .analysis import Analysis
 
 __all__ = ["Layout"]
 
@@ -103,11 +102,13 @@ class Layout:
         return (Layout, tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
 
     @classmethod
-    def build(cls, analysis: Analysis, model) -> Layout:
+    def build(cls, analysis: Any, model) -> Layout:
         """The layout of ``analysis`` in ``model`` (built from ``analysis.workspace``).
 
         Args:
-            analysis: The analysis whose histograms will be filled in.
+            analysis: The :class:`~diffhep.analysis.Analysis` whose histograms will be
+                filled in (read through its attributes only: this module imports nothing
+                of the analysis layer).
             model: The template :class:`~diffhep.Model` of the analysis (its structure:
                 channel order and bins, sample order, modifier rows).
 
@@ -253,7 +254,7 @@ def _safe_sqrt(x):
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
 
 
-def _symmetric(analysis: Analysis) -> tuple:
+def _symmetric(analysis) -> tuple:
     """Names of the parameters whose variation is symmetrised by construction (the structural
     counterpart of the data check in :func:`diffhep.model._symmetric_parameters`)."""
     names = {
