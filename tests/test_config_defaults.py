@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from diffhep.cli import main
 from diffhep.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,3 +136,34 @@ def test_cli_bad_set_value_exits_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "--set training.epochs=[3" in proc.stderr and "not valid YAML" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "message"),
+    [
+        ("training.epochz=3", "training.epochz", "unknown key"),
+        ("analysis.samples.0.filtr=x > 1", "analysis.samples.0.filtr", "unknown key"),
+        ("training.optimizer.lr.x=1", "training.optimizer.lr", "unknown key"),
+        ("training.epochs=-1", "training.epochs", "greater than or equal to 1"),
+        ("analysis.samples.-1.scale=abc", "analysis.samples.1.scale", "a valid number"),
+    ],
+)
+def test_set_of_a_key_that_does_not_exist_names_the_option(override, key, message):
+    """A key the config has no place for (or a bad value) given by --set names the option,
+    not only the file (which does not contain it)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(text=MINIMAL, overrides=[override])
+    text = str(err.value)
+    assert f"{key}: {message}" in text.replace("Input should be ", ""), text
+    assert f"(from --set {override})" in text, text
+
+
+def test_cli_set_of_an_unknown_key_exits_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(MINIMAL)
+    res = CliRunner().invoke(
+        main, ["train", str(cfg), "--out", str(tmp_path / "run"), "--set", "training.epochz=3"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "training.epochz" in res.output and "--set training.epochz=3" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)

@@ -357,12 +357,15 @@ def _check_expressions(cfg: Config) -> None:
                 raise ValueError(f"{where}: {exc.message}") from None
 
 
-def apply_overrides(doc: dict, overrides, file: str | None = None) -> dict:
+def apply_overrides(
+    doc: dict, overrides, file: str | None = None, *, paths: list | None = None
+) -> dict:
     """Apply ``key.sub=value`` overrides to a raw config dict.
 
     A key is a dotted path; a part that is an integer indexes a list (``analysis.samples.0
     .filter``, ``-1`` for the last item). The value is parsed as YAML. Every error names the
-    ``--set`` option it comes from.
+    ``--set`` option it comes from. ``paths``, if given, receives ``(path, option)`` for each
+    override, the path with list indices resolved (for :func:`load_config`'s messages).
 
     Example:
         >>> apply_overrides({"a": {"b": [{"c": 1}]}}, ["a.b.0.c=[2, 3]"])
@@ -395,6 +398,7 @@ def apply_overrides(doc: dict, overrides, file: str | None = None) -> dict:
                 fix="quote the value or close its brackets, e.g. --set observable.hidden=[64,64]",
             ) from None
         node: Any = doc
+        resolved: list = []
         for i, p in enumerate(parts):
             here = ".".join(parts[:i]) or "the config"
             last = i == len(parts) - 1
@@ -413,11 +417,13 @@ def apply_overrides(doc: dict, overrides, file: str | None = None) -> dict:
                         file=file,
                         fix=f"use an index 0 to {len(node) - 1}, or set the whole list",
                     )
+                resolved.append(idx % len(node))
                 if last:
                     node[idx] = value
                 else:
                     node = node[idx]
             elif isinstance(node, dict):
+                resolved.append(p)
                 if last:
                     node[p] = value
                 else:
@@ -428,26 +434,47 @@ def apply_overrides(doc: dict, overrides, file: str | None = None) -> dict:
                 raise ConfigError(
                     f"{option}: {here} is not a section or list (it is {node!r})", file=file
                 )
+        if paths is not None:
+            paths.append((tuple(resolved), option))
     return doc
 
 
-def _format(err: ValidationError, file: str | None) -> ConfigError:
-    lines = []
+def _origin(loc: tuple, paths) -> str | None:
+    """The ``--set`` option that wrote the field at ``loc`` (or a section holding it)."""
+    loc = tuple(str(x) for x in loc)
+    for path, option in reversed(paths or ()):  # the last override of a key wins
+        path = tuple(str(x) for x in path)
+        if loc[: len(path)] == path or path[: len(loc)] == loc:
+            return option
+    return None
+
+
+def _format(err: ValidationError, file: str | None, paths=()) -> ConfigError:
+    lines, options = [], []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-"))
+        parts = tuple(x for x in e["loc"] if not str(x).startswith("function-"))
+        loc = ".".join(map(str, parts))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see examples/ for valid configs)"
+            msg = "unknown key (check the spelling; docs/config.md lists every key)"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        # a field a --set override wrote: name the option (the file does not contain it)
+        option = _origin(parts, paths) if e["type"] != "missing" else None
+        if option is not None:
+            msg += f" (from {option})"
+            options.append(option)
         lines.append(f"{loc or '<top>'}: {msg}")
     first = err.errors()[0]
     where = ".".join(str(x) for x in first["loc"])
+    fix = "correct the field(s) above"
+    if options:
+        fix += f" in the file or in {', '.join(dict.fromkeys(options))}"
     return ConfigError(
         "invalid configuration:\n  " + "\n  ".join(lines),
         file=file,
         where=where or None,
-        fix="correct the field(s) above",
+        fix=fix,
     )
 
 
@@ -465,8 +492,9 @@ def load_config(path: str | Path | None = None, overrides=(), *, text: str | Non
         raise ConfigError(f"not valid YAML: {exc}", file=file) from None
     if not isinstance(doc, dict):
         raise ConfigError("the config must be a mapping of sections", file=file)
-    doc = apply_overrides(doc, overrides, file)
+    paths: list = []
+    doc = apply_overrides(doc, overrides, file, paths=paths)
     try:
         return Config.model_validate(doc)
     except ValidationError as exc:
-        raise _format(exc, file) from None
+        raise _format(exc, file, paths) from None
