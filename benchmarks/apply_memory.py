@@ -31,7 +31,7 @@ NFEAT = 10
 
 CHILD = r"""
 import json, resource, sys, threading, time
-from diffhep.apply import _load, apply_run
+from diffhep.io.apply import _load, apply_run
 from pathlib import Path
 run, file, out, step = sys.argv[1:5]
 _load(Path(run))  # imports and model loading, as apply does
@@ -59,10 +59,10 @@ def _export(run_dir: Path) -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from diffhep.analysis import Analysis, Channel
-    from diffhep.cuts import CutSpec
-    from diffhep.onnx_export import export_onnx
-    from diffhep.pipeline import Events, Pipeline
+    from diffhep.analysis.spec import Analysis, Channel
+    from diffhep.analysis.cuts import CutSpec
+    from diffhep.io.onnx.export import export_onnx
+    from diffhep.analysis.pipeline import Events, Pipeline
 
     names = tuple(f"f{i}" for i in range(NFEAT))
     rng = np.random.default_rng(0)

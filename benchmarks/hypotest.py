@@ -445,7 +445,7 @@ def build_report(cases, vmaps, info, meta) -> tuple[str, list[str]]:
         "",
         f"One `hypotest` at mu = {POI_TEST:g}, `qtilde`, with the expected band (5 CLs values), "
         "float64 everywhere: pyhf 0.7.6 `pyhf.infer.hypotest(..., return_expected_set=True)` "
-        "against diffhep `jax.jit(lambda m, d: diffhep.hypotest.hypotest(1.0, m, d))`. "
+        "against diffhep `jax.jit(lambda m, d: diffhep.stats.hypotest.hypotest(1.0, m, d))`. "
         "Speed-up = pyhf time / diffhep warm time. |dCLs_obs|, |dCLs_exp| = largest absolute "
         "difference between diffhep and any of the three pyhf configurations (CLs_exp: over the "
         "5 values); 'pyhf spread' = the same between the pyhf configurations themselves.",
@@ -687,7 +687,7 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
 
     import diffhep
-    from diffhep.hypotest import hypotest
+    from diffhep.stats.hypotest import hypotest
 
     diffhep.enable_x64()
     jax.config.update("jax_enable_compilation_cache", False)  # honest compile times

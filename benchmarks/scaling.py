@@ -5,7 +5,7 @@ gradients vs dataset size (time and peak memory).
    events split over 1, 2 and 4 devices (``jax.sharding``; CPU devices simulated with
    ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, one process each).
 2. The exact gradient of the CLs loss over the whole dataset, computed in chunks of a fixed
-   size (``diffhep.chunked``; chunks generated on the fly, as if read from disk) for growing
+   size (``diffhep.analysis.chunked``; chunks generated on the fly, as if read from disk) for growing
    dataset sizes, against the in-memory gradient (all events at once): wall time per
    gradient and the peak resident memory (``ru_maxrss``) of a fresh process per point.
 
@@ -38,8 +38,8 @@ def _setup():
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from diffhep.analysis import Analysis, Channel, ShapeSystematic
-    from diffhep.pipeline import Events, Pipeline
+    from diffhep.analysis.spec import Analysis, Channel, ShapeSystematic
+    from diffhep.analysis.pipeline import Events, Pipeline
 
     analysis = Analysis(
         samples=("signal", "background"),
@@ -55,7 +55,7 @@ def _setup():
 
 def _stream(n_events, chunk, Events, jnp):
     """Chunks of the blob data set with ``n_events`` per blob, generated on the fly."""
-    from diffhep import blobs
+    from diffhep.problems import blobs
 
     def chunks():
         for k in range(-(-n_events // chunk)):
@@ -75,8 +75,9 @@ def child_devices(devices, batch, repeats):
     import equinox as eqx
     import optax
 
-    from diffhep import blobs, sharding
-    from diffhep.training import _make_step
+    from diffhep.problems import blobs
+    from diffhep.nn import sharding
+    from diffhep.nn.training import _make_step
 
     raw = blobs.generate(batch, seed=0)
     host = {n: Events(x, w) for n, (x, w) in raw.items()}
@@ -108,7 +109,8 @@ def child_chunked(n_events, chunk, mode, repeats):
     jax, jnp, pipe, Events = _setup()
     import equinox as eqx
 
-    from diffhep import blobs, chunked
+    from diffhep.problems import blobs
+    from diffhep.analysis import chunked
 
     first = blobs.generate(min(n_events, chunk), seed=0)
     params = pipe.init_params(
@@ -261,7 +263,7 @@ def main():
             f"### Full-dataset gradient vs dataset size (chunks of {chunk:,} events per blob)",
             "",
             "The exact gradient of the CLs loss over all events (4 blobs of N events): chunked "
-            "in two passes (`diffhep.chunked`, chunks generated on the fly as if streamed from "
+            "in two passes (`diffhep.analysis.chunked`, chunks generated on the fly as if streamed from "
             "disk) against the in-memory gradient (all events in one jitted function). Time: "
             "median warm gradient (per event of the 4 blobs in brackets); memory: peak "
             "resident set size of the process (JAX, compiled code and data included). '-': "

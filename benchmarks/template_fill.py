@@ -3,7 +3,7 @@
 The pipeline turns every step's soft histograms into the HistFactory model. It used to write
 them into a pyhf JSON dict (``Analysis.workspace``) and parse that back by name
 (``Model.with_channels``); it now fills the template arrays with one gather
-(``diffhep.layout.Layout.fill``). Both variants run here in one process on the same batch,
+(``diffhep.stats.layout.Layout.fill``). Both variants run here in one process on the same batch,
 network and optimiser (``_JsonPipeline`` restores the former ``Pipeline.model``), for
 - the demo's analysis (one channel, 4 bins, a histosys),
 - a three-channel analysis (score, a feature in a region, a count; three samples, two
@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from diffhep import blobs  # noqa: E402
-from diffhep.analysis import Analysis, Channel, NormSystematic, ShapeSystematic  # noqa: E402
-from diffhep.cuts import CutSpec  # noqa: E402
-from diffhep.pipeline import Events, Pipeline  # noqa: E402
-from diffhep.training import _make_step  # noqa: E402
+from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic  # noqa: E402
+from diffhep.analysis.cuts import CutSpec  # noqa: E402
+from diffhep.analysis.pipeline import Events, Pipeline  # noqa: E402
+from diffhep.nn.training import _make_step  # noqa: E402
 
 HEADING = "## Template fill vs pyhf JSON round trip (`benchmarks/template_fill.py`)"
 

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffhep.analysis import Analysis, Channel, NormSystematic, ShapeSystematic
-from diffhep.cuts import CutSpec
-from diffhep.pipeline import Events, Pipeline
+from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic
+from diffhep.analysis.cuts import CutSpec
+from diffhep.analysis.pipeline import Events, Pipeline
 
 FEATURES = ("x0", "x1", "x2")
 SIZES = {"signal": 301, "background": 410, "bkg_up": 399, "bkg_down": 405, "other": 203}
@@ -129,8 +129,9 @@ def main(terms=TERMS_SMALL, small=True) -> dict:
     """The multi-device checks (run in a process with 4 simulated devices)."""
     import optax
 
-    from diffhep import chunked, sharding
-    from diffhep.training import train
+    from diffhep.analysis import chunked
+    from diffhep.nn import sharding
+    from diffhep.nn.training import train
 
     jax.config.update("jax_enable_x64", True)
     assert jax.device_count() == 4, jax.devices()
@@ -153,7 +154,7 @@ def main(terms=TERMS_SMALL, small=True) -> dict:
     out["grad_single"], out["grad_sharded"] = g_single, g_sharded
 
     # a histogram of sharded events is an all-reduce of per-device sums once compiled
-    from diffhep.histograms import soft_histogram
+    from diffhep.analysis.histograms import soft_histogram
 
     ev = placed["signal"]
     edges = jnp.linspace(-2.0, 2.0, 4)
@@ -168,7 +169,7 @@ def main(terms=TERMS_SMALL, small=True) -> dict:
     out["grad_chunked"] = flat(grads)
 
     # 3. the same trained model after N steps (batches of 150 events: padded to 152)
-    from diffhep.datasets import batches
+    from diffhep.io.datasets import batches
 
     def run(place, start):
         state = train(

@@ -13,7 +13,7 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
-from diffhep import blobs
+from diffhep.problems import blobs
 from diffhep.cli import main
 
 
@@ -24,7 +24,7 @@ def _no_cache(monkeypatch):
 
 @pytest.fixture(scope="module")
 def saved(tiny_run):
-    from diffhep.runs import restore_run
+    from diffhep.runs.core import restore_run
 
     return restore_run(tiny_run)
 
@@ -245,7 +245,7 @@ def test_selected_is_the_analysis_selection_and_weights_are_carried(
             np.testing.assert_array_equal(g[k], cols[k])
         np.testing.assert_allclose(g["diffhep_weight"], cols["w"] * cols["sf"] * 2.0,
                                    rtol=1e-15)  # fmt: skip
-    from diffhep.apply import read_metadata
+    from diffhep.io.apply import read_metadata
 
     for meta in (meta_root, read_metadata(out / "b2.parquet"), read_metadata(out / "b.root")):
         assert meta["filter"] == filt and meta["sample"] is None

@@ -14,7 +14,7 @@ from scipy.special import logit
 from scipy.stats import norm
 
 import oracle
-from diffhep import blobs
+from diffhep.problems import blobs
 from oracle import pyhf_numpy
 
 # direction along which log(s/b) grows: the means of signal and background differ by (-2, 2)

@@ -1,4 +1,4 @@
-"""Isotonic calibration and reliability with signed weights (diffhep.calibration).
+"""Isotonic calibration and reliability with signed weights (diffhep.weights.calibration).
 
 References: scipy's isotonic regression on positive weights, a brute-force pooled dataset
 for signed weights, and a toy with a known posterior."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import isotonic_regression
 
-from diffhep.calibration import fit_isotonic, pooled_blocks, reliability
+from diffhep.weights.calibration import fit_isotonic, pooled_blocks, reliability
 
 
 def test_positive_weights_unbinned_equals_scipy_isotonic_regression():

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import oracle
 from diffhep.cli import main
-from diffhep.workspace import example_spec
+from diffhep.stats.workspace import example_spec
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from diffhep.cli import main
-from diffhep.config import ConfigError, load_config
+from diffhep.runs.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIMAL = """

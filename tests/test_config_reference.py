@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from diffhep.config import Config
+from diffhep.runs.config import Config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 

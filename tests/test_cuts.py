@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from diffhep.cuts import CutSpec, Selection, parse_expression
+from diffhep.analysis.cuts import CutSpec, Selection, parse_expression
 
 FEATURES = ("x1", "x2")
 
@@ -227,8 +227,8 @@ def test_one_cut_trained_on_s_over_sqrt_b_reaches_the_brute_force_optimum(relaxa
 
 # --------------------------------------------------------------------------- in the pipeline
 def _pipeline(channel, cuts, n=300, seed=0):
-    from diffhep.analysis import Analysis
-    from diffhep.pipeline import Events, Pipeline
+    from diffhep.analysis.spec import Analysis
+    from diffhep.analysis.pipeline import Events, Pipeline
 
     rng = np.random.default_rng(seed)
     events = {
@@ -245,7 +245,7 @@ def _pipeline(channel, cuts, n=300, seed=0):
 
 
 def test_hard_histograms_apply_the_hard_cuts():
-    from diffhep.analysis import Channel
+    from diffhep.analysis.spec import Channel
 
     edges = (-12.0, -1.0, 0.5, 2.0, 12.0)
     cuts = [CutSpec("x2", ">", init=0.3), CutSpec("x1", "window", init=(-2.0, 2.5))]
@@ -267,7 +267,7 @@ def test_hard_histograms_apply_the_hard_cuts():
 
 @pytest.mark.parametrize("term", ["b_over_s2", "s_sqrt_sb", "z_asimov", "skim", "cls", "bce"])
 def test_loss_gradients_in_the_cut_thresholds_match_finite_differences(term):
-    from diffhep.analysis import Channel
+    from diffhep.analysis.spec import Channel
 
     channel = Channel("SR", 2) if term == "bce" else Channel("SR", 2, "x1", (-12.0, 0.5, 12.0))
     cuts = [CutSpec("x2", ">", init=-0.5), CutSpec("x1", "<", init=2.0)]
@@ -309,8 +309,8 @@ EXAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "examp
     ],
 )
 def test_bad_cut_config_errors_name_the_field(override, where, message):
-    from diffhep.config import ConfigError, load_config
-    from diffhep.runs import prepare
+    from diffhep.runs.config import ConfigError, load_config
+    from diffhep.runs.core import prepare
 
     path = EXAMPLES / "cuts_1d.yaml"
     with pytest.raises(ConfigError) as err:
@@ -325,8 +325,8 @@ def test_cuts_alone_train_end_to_end(tmp_path):
     the training events."""
     import json
 
-    from diffhep.config import load_config
-    from diffhep.runs import prepare, train_run
+    from diffhep.runs.config import load_config
+    from diffhep.runs.core import prepare, train_run
 
     cfg = load_config(EXAMPLES / "cuts_1d.yaml")
     summary = train_run(cfg, tmp_path, progress=False)
@@ -355,8 +355,8 @@ def test_cuts_trained_with_a_network_do_not_drift_away(tmp_path):
     import json
     from importlib import resources
 
-    from diffhep.config import load_config
-    from diffhep.runs import prepare, train_run
+    from diffhep.runs.config import load_config
+    from diffhep.runs.core import prepare, train_run
 
     path = resources.files("diffhep") / "data" / "cuts_2d.yaml"
     overrides = ["data.n_per_blob=3000", "training.epochs=8", "training.batch_size=600"]

@@ -16,9 +16,9 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
-from diffhep.apply import apply_run
+from diffhep.io.apply import apply_run
 from diffhep.cli import main
-from diffhep.datasets import DataError
+from diffhep.io.datasets import DataError
 from test_apply import _ntuple_run, columns, ntuple_columns  # noqa: F401 (fixtures)
 
 STEP = 700  # partitions of 700 events: 3 + 2 (ROOT, baskets of 1000) + 5 (row groups of 1000)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffhep.deepsets import DeepSetsObservable, Layout
+from diffhep.nn.deepsets import DeepSetsObservable, Layout
 
 # 2 event features, then 3 jets x (pt, eta, mask), then 2 leptons x (pt, mask)
 LAYOUT = Layout(event=(0, 1), collections=((2, 3, 2), (11, 2, 1)))

@@ -524,7 +524,7 @@ def assert_fit_matches(label, bestfit, twice_nll, scipy_ref, minuit_ref=None, ge
     - diffhep found a *lower* minimum (by more than 1e-6): pyhf's likelihood at diffhep's
       best fit confirms the lower value, and diffhep started at pyhf's solution either stays
       in pyhf's (higher) local minimum or descends to diffhep's (the mirrored restart of
-      :func:`diffhep.fit.fit` flips symmetrised nuisance parameters) (measured: sbottom
+      :func:`diffhep.stats.fit.fit` flips symmetrised nuisance parameters) (measured: sbottom
       RegionA/300_205_60 mu=1, 0.14 below both pyhf optimizers; RegionC/450_445_60 mu=1,
       0.44 below);
     - *degenerate* minima: the same twice_nll (within 1e-6) at distant parameters, e.g. the
@@ -856,13 +856,13 @@ def pyhf_tasks(fn):
 
 
 # =========================================================================== jitted diffhep
-fit_jit = eqx.filter_jit(diffhep.fit.fit)
+fit_jit = eqx.filter_jit(diffhep.stats.fit.fit)
 
 
 @eqx.filter_jit
 def fixed_poi_fits(mus, model, data):
     """Several fixed-POI fits at once (one compilation for all POI values)."""
-    return jax.vmap(lambda mu: diffhep.fit.fixed_poi_fit(mu, model, data, uncertainties=False))(mus)
+    return jax.vmap(lambda mu: diffhep.stats.fit.fixed_poi_fit(mu, model, data, uncertainties=False))(mus)
 
 
 FIXED_MUS = (0.0, 1.0, 2.5)
@@ -1028,7 +1028,7 @@ def test_fit_eager_equals_jitted():
     )
     dmodel = diffhep.Model.from_spec(spec)
     ddata = jnp.asarray([17.0])
-    eager = diffhep.fit.fit(dmodel, ddata)
+    eager = diffhep.stats.fit.fit(dmodel, ddata)
     jitted = fit_jit(dmodel, ddata)
     assert float(eager.bestfit[0]) == pytest.approx(7.0 / 4.0, rel=1e-10)
     np.testing.assert_allclose(eager.bestfit, jitted.bestfit, rtol=0, atol=1e-12)
@@ -1075,7 +1075,7 @@ def test_code1_normsys_derivative_at_zero():
     assert left > 0 and right > 0
     assert min(left, right) - 1e-5 <= grad <= max(left, right) + 1e-5, (left, grad, right)
     # the same for the interpolation itself
-    g = float(jax.grad(lambda a: diffhep.interpolation.log_code1(a, 0.85, 1.2))(0.0))
+    g = float(jax.grad(lambda a: diffhep.stats.interpolation.log_code1(a, 0.85, 1.2))(0.0))
     assert -np.log(0.85) - 1e-12 <= g <= np.log(1.2) + 1e-12, g
 
 
@@ -1164,7 +1164,7 @@ def test_vmap_over_signal_yields_equals_loop():
 
     @eqx.filter_jit
     def batched(noms, model, data):
-        return jax.vmap(lambda nom: diffhep.fit.fit(model.with_yields(nominal=nom), data).bestfit)(
+        return jax.vmap(lambda nom: diffhep.stats.fit.fit(model.with_yields(nominal=nom), data).bestfit)(
             noms
         )
 
@@ -1207,8 +1207,8 @@ def _point(dmodel):
     return x + sign * rng.uniform(0.05, 0.25, x.size) * np.maximum(np.abs(x), 0.5) * 0.5
 
 
-fisher_jit = eqx.filter_jit(diffhep.fit.fisher_information)
-hessian_jit = eqx.filter_jit(diffhep.fit.hessian)
+fisher_jit = eqx.filter_jit(diffhep.stats.fit.fisher_information)
+hessian_jit = eqx.filter_jit(diffhep.stats.fit.hessian)
 
 
 @pytest.mark.parametrize("name", ["normsys_code4"])
@@ -1230,14 +1230,14 @@ def test_fisher_information_is_hessian_at_asimov(name):
     hess = np.asarray(hessian_jit(dmodel, jnp.asarray(x), data))
     np.testing.assert_allclose(hess, H2, rtol=1e-5, atol=1e-6 * np.abs(H2).max())
     # covariance = inverse of the information
-    cov = np.asarray(diffhep.fit.covariance(info))
+    cov = np.asarray(diffhep.stats.fit.covariance(info))
     np.testing.assert_allclose(cov @ info, np.eye(x.size), rtol=0, atol=1e-8)
     np.testing.assert_allclose(cov, np.linalg.inv(info), rtol=1e-8, atol=1e-12 * np.abs(cov).max())
     # with fixed parameters: inverse of the free block, zero rows/columns elsewhere
     fixed = np.zeros(x.size, bool)
     fixed[dmodel.config.poi_index] = True
     fixed[-1] = True
-    covf = np.asarray(diffhep.fit.covariance(info, fixed))
+    covf = np.asarray(diffhep.stats.fit.covariance(info, fixed))
     free = ~fixed
     np.testing.assert_allclose(
         covf[np.ix_(free, free)], np.linalg.inv(info[np.ix_(free, free)]), rtol=1e-8,
@@ -1250,7 +1250,7 @@ def test_fit_uncertainties_are_covariance_of_hessian():
     dmodel, ddata, _, _ = small_models("normsys_code4")
     res = fit_with(dmodel, ddata)
     H = hessian_jit(dmodel, res.bestfit, ddata)
-    cov = diffhep.fit.covariance(H, np.asarray(dmodel.config.fixed))
+    cov = diffhep.stats.fit.covariance(H, np.asarray(dmodel.config.fixed))
     np.testing.assert_allclose(res.uncertainty, np.sqrt(np.diag(cov)), rtol=1e-8)
 
 

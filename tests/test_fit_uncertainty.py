@@ -116,7 +116,7 @@ def test_cli_fit_10000_bins_matches_closed_form(tmp_path, kind):
     check_cli_fit(tmp_path, 10_000, kind)
 
 
-_fixed_fit = eqx.filter_jit(diffhep.fit.fixed_poi_fit)
+_fixed_fit = eqx.filter_jit(diffhep.stats.fit.fixed_poi_fit)
 
 
 @pytest.mark.parametrize("nbins", [1000, pytest.param(10_000, marks=pytest.mark.slow)])

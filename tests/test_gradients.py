@@ -47,9 +47,9 @@ def quantities(nominal, model, data):
     """[CLs_exp median (qtilde, mu = 1), q0 (discovery) on the Asimov data of mu = 1 of the
     model with these yields, best fit to ``data``...]."""
     m = model.with_yields(nominal=nominal)
-    cls_exp = diffhep.hypotest.hypotest(1.0, m, data).cls_exp[2]
-    q0 = diffhep.hypotest.discovery(m, _asimov_mu1(m)).teststat
-    bestfit = diffhep.fit.fit(m, data, uncertainties=False).bestfit
+    cls_exp = diffhep.stats.hypotest.hypotest(1.0, m, data).cls_exp[2]
+    q0 = diffhep.stats.hypotest.discovery(m, _asimov_mu1(m)).teststat
+    bestfit = diffhep.stats.fit.fit(m, data, uncertainties=False).bestfit
     return jnp.concatenate([jnp.stack([cls_exp, q0]), bestfit])
 
 
@@ -59,7 +59,7 @@ def value_and_jacobian(nominal, model, data):
 
 
 def bestfit(nominal, model, data):
-    return diffhep.fit.fit(model.with_yields(nominal=nominal), data, uncertainties=False).bestfit
+    return diffhep.stats.fit.fit(model.with_yields(nominal=nominal), data, uncertainties=False).bestfit
 
 
 @eqx.filter_jit
@@ -164,7 +164,7 @@ def test_cls_q0_bestfit_gradients_with_poi_at_its_bound():
 @eqx.filter_jit
 def _bestfit_and_jacobian_wrt_data(data, model):
     def fitted(d):
-        return diffhep.fit.fit(model, d, uncertainties=False).bestfit
+        return diffhep.stats.fit.fit(model, d, uncertainties=False).bestfit
 
     return fitted(data), jax.jacrev(fitted)(data)
 
@@ -212,7 +212,7 @@ def test_jitted_hypotest_does_not_retrace_when_yields_change():
     @eqx.filter_jit
     @eqx.debug.assert_max_traces(max_traces=1)
     def cls(model, data):
-        return diffhep.hypotest.hypotest(1.0, model, data).cls_obs
+        return diffhep.stats.hypotest.hypotest(1.0, model, data).cls_obs
 
     values = [float(cls(model, data))]
     for scale in (0.5, 2.0, 3.0):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from diffhep.histograms import Binning, hard_histogram, relative_bandwidth, soft_histogram
+from diffhep.analysis.histograms import Binning, hard_histogram, relative_bandwidth, soft_histogram
 
 EDGES = np.array([0.0, 0.1, 0.35, 0.5, 0.8, 1.0])
 

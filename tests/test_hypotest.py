@@ -45,9 +45,9 @@ from test_fit import (
 )
 
 CLS_ATOL = 1e-5
-hypotest_jit = eqx.filter_jit(diffhep.hypotest.hypotest)
-discovery_jit = eqx.filter_jit(diffhep.hypotest.discovery)
-stat_value_jit = eqx.filter_jit(diffhep.hypotest.test_statistic)
+hypotest_jit = eqx.filter_jit(diffhep.stats.hypotest.hypotest)
+discovery_jit = eqx.filter_jit(diffhep.stats.hypotest.discovery)
+stat_value_jit = eqx.filter_jit(diffhep.stats.hypotest.test_statistic)
 
 
 # test statistics without the "tilde" need a POI that may go negative
@@ -355,7 +355,7 @@ def _limit_models():
 def test_upper_limit_scan_matches_pyhf():
     dmodel, ddata, pmodel, pdata = _limit_models()
     scan = np.linspace(0, 5, 21)
-    got = diffhep.limits.upper_limit(dmodel, ddata, scan=scan)
+    got = diffhep.stats.limits.upper_limit(dmodel, ddata, scan=scan)
     obs, exp = oracle.upper_limit(pdata, pmodel, scan=scan)
     # both interpolate the same CLs values linearly on the same grid
     assert got.observed == pytest.approx(obs, rel=0, abs=1e-6)
@@ -365,7 +365,7 @@ def test_upper_limit_scan_matches_pyhf():
 
 def test_upper_limit_root_finding_matches_pyhf():
     dmodel, ddata, pmodel, pdata = _limit_models()
-    got = diffhep.limits.upper_limit(dmodel, ddata)
+    got = diffhep.stats.limits.upper_limit(dmodel, ddata)
     obs, exp = oracle.upper_limit(pdata, pmodel)
     # pyhf's toms748 stops at rtol 1e-4
     assert got.observed == pytest.approx(obs, rel=1e-3)

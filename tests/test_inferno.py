@@ -19,9 +19,9 @@ import pytest
 from jax.scipy import stats
 
 import oracle
-from diffhep import inferno as I
-from diffhep import inferno_study as S
-from diffhep import toys
+from diffhep.problems import inferno as I
+from diffhep.studies import inferno as S
+from diffhep.problems import toys
 
 pyhf.set_backend("numpy")
 

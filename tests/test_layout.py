@@ -1,4 +1,4 @@
-"""The layout of an analysis' histograms in its model (``diffhep.layout``).
+"""The layout of an analysis' histograms in its model (``diffhep.stats.layout``).
 
 References: the pyhf JSON round trip the pipeline used before (``Analysis.workspace`` then
 ``Model.with_channels``) and a model built afresh from the written workspace JSON
@@ -24,13 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffhep import Model, runs
-from diffhep.analysis import Analysis, Channel, NormSystematic, ShapeSystematic
-from diffhep.config import load_config
-from diffhep.cuts import CutSpec
-from diffhep.layout import Layout
-from diffhep.pipeline import Events, Pipeline
-from diffhep.training import _make_step
+from diffhep import Model
+from diffhep.runs import core as runs
+from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic
+from diffhep.runs.config import load_config
+from diffhep.analysis.cuts import CutSpec
+from diffhep.stats.layout import Layout
+from diffhep.analysis.pipeline import Events, Pipeline
+from diffhep.nn.training import _make_step
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = {  # the demo, the ntuples example (histosys on two samples, normsys, mc_stat), INFERNO
@@ -306,7 +307,7 @@ _PICKLE_SCRIPT = """
 import pickle, sys
 sys.path.insert(0, {tests!r})
 import test_layout as t
-from diffhep.pipeline import Pipeline
+from diffhep.analysis.pipeline import Pipeline
 sys.stdout.buffer.write(pickle.dumps(Pipeline(t.ANALYSIS, t.FEATURES).layout))
 """
 

@@ -20,7 +20,7 @@ import diffhep
 import oracle
 from diffhep.cli import main
 from diffhep.errors import DiffhepError, FitError
-from diffhep.workspace import example_spec
+from diffhep.stats.workspace import example_spec
 
 # signal scaled so that the observed limit (~5.95) lies inside the POI bounds [0, 10] and the
 # +2 sigma expected limit (~12) above them, as on the workspace of issue 18 item 3
@@ -98,7 +98,7 @@ def test_api_scan_never_returns_the_last_scan_point():
     ws = diffhep.Workspace(weak_signal_spec())
     model = ws.model()
     scan = np.linspace(0, 8, 17)
-    res = diffhep.limits.upper_limit(model, ws.data(model), scan=scan)
+    res = diffhep.stats.limits.upper_limit(model, ws.data(model), scan=scan)
     assert res.expected[3] is None and res.outside[4] == "above"
     assert res.expected[4] is None and res.outside[5] == "above"
     obs, exp = oracle.upper_limit(
@@ -115,7 +115,7 @@ def test_api_scan_outside_the_poi_bounds_is_refused():
     ws = diffhep.Workspace(weak_signal_spec())
     model = ws.model()
     with pytest.raises(DiffhepError, match=r"outside the POI bounds \[0, 10\]"):
-        diffhep.limits.upper_limit(model, ws.data(model), scan=np.linspace(0, 20, 5))
+        diffhep.stats.limits.upper_limit(model, ws.data(model), scan=np.linspace(0, 20, 5))
 
 
 def test_cli_scan_option_and_bad_values(weak_ws):
@@ -141,7 +141,7 @@ def test_cli_level_outside_zero_one_exits_2(weak_ws, level):
 
 def test_cli_unconverged_hypotest_exits_1_naming_the_poi_values(weak_ws, monkeypatch):
     """Issue 20 item 4: the scan's convergence flags were dropped."""
-    real = diffhep.limits.cls_scan
+    real = diffhep.stats.limits.cls_scan
 
     def flaky(model, data, pois, *args, **kwargs):
         vals, conv = real(model, data, pois, *args, **kwargs)
@@ -149,14 +149,14 @@ def test_cli_unconverged_hypotest_exits_1_naming_the_poi_values(weak_ws, monkeyp
         conv[np.isclose(pois, 2.5)] = False
         return vals, conv
 
-    monkeypatch.setattr(diffhep.limits, "cls_scan", flaky)
+    monkeypatch.setattr(diffhep.stats.limits, "cls_scan", flaky)
     result = run(["upper-limit", str(weak_ws), "--scan", "0,10,5"])
     assert result.exit_code == 1, result.output
     assert "did not converge" in result.output and "2.5" in result.output
     with pytest.raises(FitError, match=r"2\.5"):
         ws = diffhep.Workspace(weak_signal_spec())
         model = ws.model()
-        diffhep.limits.upper_limit(model, ws.data(model), scan=np.linspace(0, 10, 5))
+        diffhep.stats.limits.upper_limit(model, ws.data(model), scan=np.linspace(0, 10, 5))
 
 
 def test_cls_poi_value_outside_the_bounds_exits_2(weak_ws):

@@ -18,17 +18,17 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from diffhep import losses
-from diffhep.analysis import Analysis, Channel
+from diffhep.analysis import losses
+from diffhep.analysis.spec import Analysis, Channel
 from diffhep.cli import main
-from diffhep.config import load_config
-from diffhep.cuts import CutSpec, Selection
-from diffhep.datasets import split
-from diffhep.histograms import Binning, soft_histogram
-from diffhep.model import Model
-from diffhep.pipeline import Events, Pipeline
-from diffhep.runs import _analysis, load_events, prepare, train_run
-from diffhep.weighting import (
+from diffhep.runs.config import load_config
+from diffhep.analysis.cuts import CutSpec, Selection
+from diffhep.io.datasets import split
+from diffhep.analysis.histograms import Binning, soft_histogram
+from diffhep.stats.model import Model
+from diffhep.analysis.pipeline import Events, Pipeline
+from diffhep.runs.core import _analysis, load_events, prepare, train_run
+from diffhep.weights.weighting import (
     NetYieldWarning,
     apply_strategies,
     apply_strategy,
@@ -361,7 +361,7 @@ def test_run_warns_on_negative_bins_and_records_the_strategy(tmp_path):
     info = saved["training_weights"]["event_sets"]["background"]
     assert info["negative_fraction_before"] == info["negative_fraction_after"] > 0.1
     # report.html states the strategy of every sample, with the numbers of summary.json
-    from diffhep.report import write_html
+    from diffhep.runs.report import write_html
 
     page = write_html(tmp_path / "run").read_text()
     row = "".join(
@@ -375,7 +375,7 @@ def test_run_warns_on_negative_bins_and_records_the_strategy(tmp_path):
 
 
 def test_unknown_strategy_is_a_config_error():
-    from diffhep.config import ConfigError
+    from diffhep.runs.config import ConfigError
 
     text = (
         "analysis: {samples: [{name: s, role: signal}, {name: b, role: background, "
@@ -388,7 +388,7 @@ def test_unknown_strategy_is_a_config_error():
 # ------------------------------------------------------------------ diffhep reweight
 @pytest.fixture
 def npz(tmp_path):
-    from diffhep.weight_toys import gaussian_toy
+    from diffhep.problems.weight_toys import gaussian_toy
 
     x, w = gaussian_toy(3000, seed=1)
     path = tmp_path / "sample.npz"
@@ -483,7 +483,7 @@ def test_reweight_cli_bad_region_writes_nothing(npz, tmp_path):
 @pytest.mark.slow
 def test_negative_weights_study_smoke(tmp_path):
     """The study end to end on a tiny configuration (slow: ~10 trainings)."""
-    from diffhep.negweights_study import STRATEGY_LABELS, negative_weights_study
+    from diffhep.studies.negative_weights import STRATEGY_LABELS, negative_weights_study
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # net-yield and clipping warnings of tiny samples

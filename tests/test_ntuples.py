@@ -19,12 +19,12 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
-from diffhep.apply import root_branch_names
+from diffhep.io.apply import root_branch_names
 from diffhep.cli import main
-from diffhep.config import ConfigError, load_config
-from diffhep.datasets import DataError
-from diffhep.pipeline import Events
-from diffhep.runs import _analysis, load_events, prepare, restore_run
+from diffhep.runs.config import ConfigError, load_config
+from diffhep.io.datasets import DataError
+from diffhep.analysis.pipeline import Events
+from diffhep.runs.core import _analysis, load_events, prepare, restore_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ntuples"

@@ -11,12 +11,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from diffhep.analysis import Analysis, Channel
-from diffhep.cuts import CutSpec
-from diffhep.deepsets import DeepSetsObservable, Layout
-from diffhep.observables import ACTIVATIONS
-from diffhep.onnx_export import ExportError, export_onnx
-from diffhep.pipeline import Events, Pipeline
+from diffhep.analysis.spec import Analysis, Channel
+from diffhep.analysis.cuts import CutSpec
+from diffhep.nn.deepsets import DeepSetsObservable, Layout
+from diffhep.nn.observables import ACTIVATIONS
+from diffhep.io.onnx.export import ExportError, export_onnx
+from diffhep.analysis.pipeline import Events, Pipeline
 
 FEATURES = ("x0", "x1", "x2")
 CUTS = [CutSpec("x0", ">"), CutSpec("x1", "<"), CutSpec("x2", "window")]
@@ -162,7 +162,7 @@ def test_every_cut_direction_alone(tmp_path):
         _check(d, pipe, _params(pipe, events, cuts=[cut]), events)
 
 
-# 3 event features, then 3 jets x (pt, eta, mask): the layout of diffhep.ntuples
+# 3 event features, then 3 jets x (pt, eta, mask): the layout of diffhep.runs.ntuples
 DS_FEATURES = (
     *FEATURES,
     *(f for j in range(3) for f in (f"pt[{j}]", f"eta[{j}]", f"num(pt) > {j}")),

@@ -22,11 +22,12 @@ import pyhf
 import pytest
 
 import oracle
-from diffhep import Model, losses
-from diffhep.analysis import Analysis, Channel, NormSystematic, ShapeSystematic
-from diffhep.hypotest import hypotest
-from diffhep.pipeline import LOSS_TERMS, Events, Pipeline
-from diffhep.workspace import Workspace, apply_patch, builtin_example
+from diffhep import Model
+from diffhep.analysis import losses
+from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic
+from diffhep.stats.hypotest import hypotest
+from diffhep.analysis.pipeline import LOSS_TERMS, Events, Pipeline
+from diffhep.stats.workspace import Workspace, apply_patch, builtin_example
 
 FEATURES = ("x0", "x1")
 N_EVENTS = 40

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffhep import plotting
+from diffhep.plotting import runs as plotting
 
 EDGES = np.linspace(0.0, 1.0, 5)
 SAMPLES = {"signal": [0.1, 0.2, 0.5, 0.9], "ttbar": [200, 100, 40, 10], "wjets": [50, 30, 20, 10]}
@@ -96,7 +96,7 @@ def test_report_options_reach_the_histograms(tiny_run, tmp_path, monkeypatch):
 
     import yaml
 
-    from diffhep.runs import evaluate_run
+    from diffhep.runs.core import evaluate_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

@@ -1,4 +1,4 @@
-"""Tests of diffhep.plotting: files written, documented input variants, ROC/AUC correctness."""
+"""Tests of diffhep.plotting.runs: files written, documented input variants, ROC/AUC correctness."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gc
 import numpy as np
 import pytest
 
-from diffhep.plotting import (
+from diffhep.plotting.runs import (
     plot_observable_2d,
     plot_roc,
     plot_stacked,
@@ -204,7 +204,7 @@ def test_observable_vs_features_with_a_constant_feature(tmp_path):
     """A feature with one value (``num(Jet_pt) > 0`` after a >= 2-jet preselection) crashed
     the plot (issue 18 item 2); it gets no panel, nor do mask features, and padded objects
     are left out of their panel."""
-    from diffhep.plotting import feature_profiles, plot_observable_vs_features
+    from diffhep.plotting.runs import feature_profiles, plot_observable_vs_features
 
     rng = np.random.default_rng(0)
     n = 200

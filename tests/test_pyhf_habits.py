@@ -19,7 +19,7 @@ pyhf = pytest.importorskip("pyhf")
 import oracle  # noqa: E402
 from oracle import pyhf_numpy  # noqa: E402
 
-SPEC = diffhep.workspace.example_spec()
+SPEC = diffhep.stats.workspace.example_spec()
 
 
 @pytest.fixture
@@ -101,17 +101,17 @@ def test_fit_singular_hessian_is_said_not_printed_as_zero(tmp_path):
 
 
 def test_hypotest_accepts_pyhf_argument_order():
-    """``diffhep.hypotest.hypotest(poi, data, model)`` (pyhf's order) equals the diffhep
+    """``diffhep.stats.hypotest.hypotest(poi, data, model)`` (pyhf's order) equals the diffhep
     order; anything else that is not a model is a clear TypeError."""
     diffhep.enable_x64()
     ws = diffhep.Workspace(SPEC)
     model = ws.model()
     data = jnp.asarray(ws.data(model))
-    a = diffhep.hypotest.hypotest(1.0, model, data)
-    b = diffhep.hypotest.hypotest(1.0, data, model)
+    a = diffhep.stats.hypotest.hypotest(1.0, model, data)
+    b = diffhep.stats.hypotest.hypotest(1.0, data, model)
     assert float(a.cls_obs) == float(b.cls_obs)
     with pytest.raises(TypeError, match="diffhep Model"):
-        diffhep.hypotest.hypotest(1.0, data, data)
+        diffhep.stats.hypotest.hypotest(1.0, data, data)
 
 
 def test_discovery_fields_are_named_p0():
@@ -120,7 +120,7 @@ def test_discovery_fields_are_named_p0():
     diffhep.enable_x64()
     ws = diffhep.Workspace(SPEC)
     model = ws.model()
-    r = diffhep.hypotest.discovery(model, jnp.asarray(ws.data(model)))
+    r = diffhep.stats.hypotest.discovery(model, jnp.asarray(ws.data(model)))
     assert not hasattr(r, "cls_obs")
     with pyhf_numpy():
         pws = pyhf.Workspace(SPEC)

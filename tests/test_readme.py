@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffhep.expressions import Expression
+from diffhep.io.expressions import Expression
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

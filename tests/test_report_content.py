@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 import yaml
 
-from diffhep.report import write_html
+from diffhep.runs.report import write_html
 
 
 class _Tables(HTMLParser):

@@ -1,5 +1,5 @@
-"""Learned positive weights E[w|x] (diffhep.reweight), the toys with a known E[w|x]
-(diffhep.weight_toys) and the verification report (diffhep.weight_report).
+"""Learned positive weights E[w|x] (diffhep.weights.reweight), the toys with a known E[w|x]
+(diffhep.problems.weight_toys) and the verification report (diffhep.weights.verify).
 
 References: closed forms of the toys, brute-force numpy group means, and the N(0, 1)
 distribution of pulls with the true E[w|x]."""
@@ -11,8 +11,8 @@ import warnings
 import numpy as np
 import pytest
 
-from diffhep import weight_toys as T
-from diffhep.reweight import (
+from diffhep.problems import weight_toys as T
+from diffhep.weights.reweight import (
     NegativeMeanWeightWarning,
     fit_mean_weight,
     learn_positive_weights,
@@ -20,7 +20,7 @@ from diffhep.reweight import (
     predict_mean,
     resample,
 )
-from diffhep.weight_report import verify
+from diffhep.weights.verify import verify
 from test_apply import unwritable  # noqa: F401 (fixture)
 
 NAMES = ["x", "z", "u"]
@@ -320,7 +320,7 @@ def test_reweight_cli_adds_the_column_next_to_the_original(tmp_path, ext):
     from click.testing import CliRunner
 
     from diffhep.cli import main
-    from diffhep.reweight_files import reweight_arrays
+    from diffhep.weights.files import reweight_arrays
 
     cols = _toy_columns()
     rntuple, ext = ext == "rntuple", "root" if ext == "rntuple" else ext

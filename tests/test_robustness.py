@@ -27,7 +27,7 @@ from scipy.special import gammaln
 from scipy.stats import norm
 
 import diffhep
-from diffhep.model import POISSON_FLOOR
+from diffhep.stats.model import POISSON_FLOOR
 from test_fit import (
     _restore_pyhf_backend,  # noqa: F401  (autouse fixture: restore pyhf's backend)
     channel,
@@ -46,7 +46,7 @@ BKG_LO = np.array([17.0, 0.0, 8.5])
 OBSERVED = [20.0, 0.0, 10.0, 0.0]  # observed counts (the 1e-8 bin is empty) + auxdatum
 PYHF_ASIMOV = [*BKG.tolist(), 0.0]  # background-only Asimov data (alpha = 0): breaks pyhf
 
-hypotest_jit = eqx.filter_jit(diffhep.hypotest.hypotest)
+hypotest_jit = eqx.filter_jit(diffhep.stats.hypotest.hypotest)
 
 
 def _spec():
@@ -229,7 +229,7 @@ def test_pyhf_scipy_fit_is_stuck_at_its_start_on_this_model(model):
 @eqx.filter_jit
 def _cls_exp_and_grad(nominal, model, data):
     def cls(nom):
-        return diffhep.hypotest.hypotest(1.0, model.with_yields(nominal=nom), data).cls_exp[2]
+        return diffhep.stats.hypotest.hypotest(1.0, model.with_yields(nominal=nom), data).cls_exp[2]
 
     return jax.value_and_grad(cls)(nominal)
 

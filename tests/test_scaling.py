@@ -19,9 +19,10 @@ import pytest
 
 import diffhep
 import scaling_case as case
-from diffhep import chunked, sharding
-from diffhep.config import ConfigError, load_config
-from diffhep.pipeline import LOSS_TERMS
+from diffhep.analysis import chunked
+from diffhep.nn import sharding
+from diffhep.runs.config import ConfigError, load_config
+from diffhep.analysis.pipeline import LOSS_TERMS
 
 HERE = Path(__file__).resolve().parent
 
@@ -183,7 +184,7 @@ analysis:
 
 
 def test_too_many_devices_is_a_config_error(tmp_path):
-    from diffhep.runs import _parallel
+    from diffhep.runs.core import _parallel
 
     cfg = load_config(text=BLOBS + "training: {devices: 64}")
     with pytest.raises(ConfigError, match=r"training\.devices.*64.*1 device") as err:
@@ -197,7 +198,7 @@ def test_too_many_devices_is_a_config_error(tmp_path):
 def test_train_run_with_chunks_gives_the_same_model(tmp_path):
     """``training.chunk_size`` (and ``devices: 1``, ``per_device_batch``) through a full run:
     the same trained model as the plain run, batch for batch."""
-    from diffhep.runs import restore_run, train_run
+    from diffhep.runs.core import restore_run, train_run
 
     base = [
         "data.n_per_blob=200",

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffhep import losses
-from diffhep.significance_study import best_threshold, significance_study
+from diffhep.analysis import losses
+from diffhep.studies.significance import best_threshold, significance_study
 
 
 def _z_no_uncertainty(s, b):

@@ -13,7 +13,7 @@ import pytest
 
 import diffhep
 import oracle
-from diffhep.solver import CONVERGED, Structure, minimize
+from diffhep.stats.solver import CONVERGED, Structure, minimize
 
 MINUIT_FIRST = ("minuit", "scipy")  # the oracle's fits: MINUIT, re-seated with scipy
 
@@ -122,7 +122,7 @@ def test_free_fit_never_stops_above_pyhf_minimum(signal_scale):
     rng = np.random.default_rng(int(signal_scale * 100))
     nominal = np.asarray(model.expected_actualdata(model.config.suggested_init()))
     data = list(rng.poisson(nominal * 0.97).astype(float)) + list(model.config.auxdata)
-    res = diffhep.fit.fit(model, jnp.asarray(data), uncertainties=False)
+    res = diffhep.stats.fit.fit(model, jnp.asarray(data), uncertainties=False)
     assert int(res.status) == CONVERGED
     pmodel = pyhf.Model(spec, poi_name="mu")
     _, twice_nll = oracle.fit(data, pmodel, return_fitted_val=True, optimizers=MINUIT_FIRST)
@@ -136,7 +136,7 @@ def test_fit_with_concave_start_reaches_pyhf_minimum():
     ws = diffhep.Workspace.load(Path(__file__).parent / "data" / "regression_flat_direction.json")
     model = ws.model()
     data = jnp.asarray(ws.data(model))
-    res = diffhep.fit.fit(model, data, uncertainties=False)
+    res = diffhep.stats.fit.fit(model, data, uncertainties=False)
     assert int(res.status) == CONVERGED
     pws = pyhf.Workspace(ws.spec)
     pmodel = pws.model()

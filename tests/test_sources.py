@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import uproot
 
-from diffhep.datasets import DataError
-from diffhep.expressions import Expression, ExpressionError
-from diffhep.sources import iterate, load_sample
+from diffhep.io.datasets import DataError
+from diffhep.io.expressions import Expression, ExpressionError
+from diffhep.io.sources import iterate, load_sample
 
 N = 257  # not a multiple of the step sizes used below
 

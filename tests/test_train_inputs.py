@@ -19,8 +19,8 @@ import yaml
 from click.testing import CliRunner
 
 from diffhep.cli import main
-from diffhep.config import ConfigError, load_config
-from diffhep.runs import DEMO_CONFIG
+from diffhep.runs.config import ConfigError, load_config
+from diffhep.runs.core import DEMO_CONFIG
 from diffhep.writers import LOCK_FILE, RunLocked, run_lock
 from test_apply import unwritable  # noqa: F401 (fixture)
 

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 import oracle
-from diffhep.config import ConfigError, load_config
-from diffhep.datasets import DataError
-from diffhep.training import TrainingError, TrainState, load_checkpoint, train
+from diffhep.runs.config import ConfigError, load_config
+from diffhep.io.datasets import DataError
+from diffhep.nn.training import TrainingError, TrainState, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -197,7 +197,7 @@ def _good(n=50, seed=0):
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
-    from diffhep.runs import prepare
+    from diffhep.runs.core import prepare
 
     sets = ("signal", "background", "background_up", "background_down")
     arrays = {n: _good(seed=i) for i, n in enumerate(sets)}
@@ -339,7 +339,7 @@ def test_run_artefacts_and_pyhf_round_trip(uninterrupted):
 
 
 def test_evaluate_recomputes_the_summary(uninterrupted, tmp_path):
-    from diffhep.runs import evaluate_run
+    from diffhep.runs.core import evaluate_run
 
     before = json.loads((uninterrupted / "summary.json").read_text())
     after = evaluate_run(uninterrupted, plots=False)
@@ -350,8 +350,8 @@ def test_evaluate_recomputes_the_summary(uninterrupted, tmp_path):
 def test_pipeline_step_compiles_once():
     """The real CLs step (soft histograms -> model -> fit -> CLs) is traced once over epochs
     with an annealed bandwidth: the model is never rebuilt or recompiled."""
-    from diffhep import runs
-    from diffhep.datasets import batches
+    from diffhep.runs import core as runs
+    from diffhep.io.datasets import batches
 
     cfg = load_config(CLS_EXAMPLE, [*SMALL, "histogram.bandwidth_final=0.1"])
     pipe, parts, params = runs.prepare(cfg)
@@ -370,7 +370,7 @@ def test_pipeline_step_compiles_once():
 
 
 def test_loss_schedule_switches_objective():
-    from diffhep.runs import phase_index
+    from diffhep.runs.core import phase_index
 
     cfg = load_config(ROOT / "examples" / "blobs_schedule.yaml")
     phases = cfg.training.phases()

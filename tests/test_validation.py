@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from diffhep.cli import main
-from diffhep.workspace import example_spec
+from diffhep.stats.workspace import example_spec
 
 BKG = "channels[0].samples[1]"
 

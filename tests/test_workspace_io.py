@@ -15,7 +15,7 @@ import pytest
 
 import diffhep
 from diffhep.errors import DiffhepError, SchemaError
-from diffhep.workspace import Workspace, load_json, load_patch, validate
+from diffhep.stats.workspace import Workspace, load_json, load_patch, validate
 
 pyhf.set_backend("numpy")
 

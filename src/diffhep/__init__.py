@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import jax
 
-from . import fit as fit
-from . import hypotest as hypotest
-from . import limits as limits
-from . import workspace as workspace
-from .errors import DiffhepError as DiffhepError
-from .model import Model as Model
-from .results import load_run as load_run
-from .workspace import Workspace as Workspace
+from .stats import (fit as fit)
+from .stats import (hypotest as hypotest)
+from .stats import (limits as limits)
+from .stats import (workspace as workspace)
+from .errors import (DiffhepError as DiffhepError)
+from .stats.model import (Model as Model)
+from .runs.results import (load_run as load_run)
+from .stats.workspace import (Workspace as Workspace)
 
 __version__ = "0.1.0"
 

@@ -4,8 +4,8 @@
 beside the target and renames it, so a reader never sees a partial file. :class:`AtomicWriter`
 appends chunks of columns to a temporary file beside the target and
 renames it to the target only when everything is written, so an error leaves no partial
-output. Used by ``diffhep apply`` (:mod:`diffhep.apply`, :mod:`diffhep.dask_apply`) and
-``diffhep reweight`` (:mod:`diffhep.reweight_files`).
+output. Used by ``diffhep apply`` (:mod:`diffhep.io.apply`, :mod:`diffhep.io.dask_apply`) and
+``diffhep reweight`` (:mod:`diffhep.weights.files`).
 
 Example:
     >>> import numpy as np, tempfile, pyarrow.parquet as pq
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import DiffhepError
+from .errors import (DiffhepError)
 
 __all__ = [
     "LOCK_FILE",

@@ -1,0 +1,5 @@
+"""``python -m diffhep``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""``python -m diffhep.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,500 @@
+"""Training configuration: a YAML file validated with a schema (pydantic).
+
+Every error names the file, the field path (``training.optimizer.learning_rate``) and a fix.
+``--set key=value`` overrides are applied to the raw document before validation, with the
+value parsed as YAML (``--set training.epochs=3``, ``--set observable.hidden=[64,64]``).
+
+Example:
+    >>> cfg = load_config(text='''
+    ... data: {generator: blobs}
+    ... analysis:
+    ...   samples: [{name: signal, role: signal}, {name: background, role: background}]
+    ...   channels: [{name: SR, bins: 4}]
+    ... ''', overrides=["analysis.channels.0.bins=5"])
+    >>> cfg.training.loss, cfg.analysis.channels[0].bins, cfg.data.n_per_blob
+    ('cls', 5, 10000)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import (DiffhepError)
+
+__all__ = ["Config", "ConfigError", "apply_overrides", "load_config"]
+
+
+class ConfigError(DiffhepError):
+    """An invalid configuration file or override."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SampleConfig(_Strict):
+    name: str
+    role: Literal["signal", "background"]
+    yield_: float | None = Field(None, alias="yield", gt=0)
+    scale: float = 1.0
+    # training weights (training split only; see diffhep.weights.weighting)
+    weights: Literal["signed", "abs", "drop-negative", "ignore", "learned"] = "signed"
+    # ntuple samples (cabinetry's words): files (globs), tree, weight and filter expressions
+    files: list[str] | None = None
+    tree: str | None = None
+    weight: str = "1"
+    filter: str | None = None
+
+
+class VariationConfig(_Strict):
+    """A systematic variation of an ntuple sample: what differs from the nominal sample."""
+
+    files: list[str] | None = None
+    tree: str | None = None
+    weight: str | None = None
+    filter: str | None = None
+
+
+class ShapeSystematicConfig(_Strict):
+    name: str
+    sample: str
+    up: str | VariationConfig  # an event set, or a variation of an ntuple sample
+    down: str | VariationConfig
+
+    def event_sets(self) -> tuple[str, str]:
+        """Names of the up and down event sets (``<sample>_<name>_up`` for variations)."""
+        return tuple(
+            v if isinstance(v, str) else f"{self.sample}_{self.name}_{d}"
+            for v, d in ((self.up, "up"), (self.down, "down"))
+        )
+
+
+class NormSystematicConfig(_Strict):
+    name: str
+    samples: list[str]
+    lo: float = Field(gt=0)
+    hi: float = Field(gt=0)
+
+
+class ChannelConfig(_Strict):
+    name: str
+    bins: int = Field(ge=1)
+    observable: str = "nn"  # "nn", a feature name, or "count" (one bin: the event count)
+    edges: list[float] | None = None
+    region: dict[str, tuple[float, float]] = {}
+    learnable_edges: bool = False
+
+    @model_validator(mode="after")
+    def _edges(self):
+        if self.edges is not None and len(self.edges) != self.bins + 1:
+            raise ValueError(
+                f"edges has {len(self.edges)} values, expected bins + 1 = {self.bins + 1}"
+            )
+        if self.edges is not None:
+            e = self.edges
+            if not all(math.isfinite(v) for v in e):
+                raise ValueError(f"edges must be finite numbers, got {e}")
+            if any(b <= a for a, b in itertools.pairwise(e)):
+                raise ValueError(f"edges must be strictly increasing, got {e}")
+        if self.observable == "count":
+            if self.bins != 1 or self.edges is not None:
+                raise ValueError("a 'count' channel has bins: 1 and no edges")
+        elif self.observable != "nn" and self.edges is None:
+            raise ValueError("a feature observable needs explicit 'edges'")
+        return self
+
+
+class AnalysisConfig(_Strict):
+    # no defaults taken from the demo: a config names its own samples and systematics
+    samples: list[SampleConfig] = Field(min_length=1)
+    shape_systematics: list[ShapeSystematicConfig] = []
+    norm_systematics: list[NormSystematicConfig] = []
+    mc_stat: bool = False
+    channels: list[ChannelConfig] = Field(min_length=1)
+    poi: str = "mu"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [s.name for s in self.samples]
+        if sum(s.role == "signal" for s in self.samples) != 1:
+            raise ValueError("exactly one sample must have role 'signal'")
+        if len(set(names)) != len(names):
+            raise ValueError(f"sample names must be unique: {names}")
+        for s in self.shape_systematics:
+            if s.sample not in names:
+                raise ValueError(
+                    f"shape systematic {s.name!r}: unknown sample {s.sample!r} "
+                    f"(samples: {', '.join(names)})"
+                )
+        for s in self.norm_systematics:
+            for n in s.samples:
+                if n not in names:
+                    raise ValueError(f"norm systematic {s.name!r}: unknown sample {n!r}")
+        return self
+
+
+class SplitConfig(_Strict):
+    train: float = Field(0.6, gt=0, lt=1)
+    validation: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum(self):
+        if abs(self.train + self.validation + self.test - 1.0) > 1e-9:
+            raise ValueError("train + validation + test must be 1")
+        return self
+
+
+GENERATOR_EVENTS = 10_000  # data.n_per_blob of a generator that does not give it
+
+
+class CollectionConfig(_Strict):
+    """Leading ``n`` objects of a jagged collection (as stored), zero-padded, with a mask."""
+
+    name: str
+    branches: list[str] = Field(min_length=1)  # per-object branches, e.g. [Jet_pt, Jet_eta]
+    n: int = Field(ge=1)
+
+
+class DataConfig(_Strict):
+    generator: Literal["blobs", "cuts_1d", "cuts_2d", "inferno", "negweight_2d"] | None = None
+    # events per event set of a generator (GENERATOR_EVENTS if a generator is given)
+    n_per_blob: int | None = Field(None, ge=10)
+    files: dict[str, str] | None = None  # event set -> .npz with 'x' (n, f) and optional 'w'
+    features: list[str] | None = None  # names; for ntuple samples branch names or expressions
+    split: SplitConfig = SplitConfig()
+    # ntuple samples (analysis.samples[*].files): defaults and jagged collections
+    tree: str | None = None
+    step_size: int = Field(100_000, ge=1)
+    base_dir: str | None = None  # relative sample files start here (default: working dir)
+    constants: dict[str, float] = {}  # names in expressions with fixed values (e.g. lumi)
+    collections: list[CollectionConfig] = []
+
+    @model_validator(mode="after")
+    def _source(self):
+        if self.files:
+            self.generator = None
+        if self.generator is not None and self.n_per_blob is None:
+            self.n_per_blob = GENERATOR_EVENTS
+        return self
+
+
+Width = Annotated[int, Field(ge=1)]  # of a hidden layer
+
+
+class ObservableConfig(_Strict):
+    hidden: list[Width] = [64, 64]  # a small network; the neos paper's is [1024, 1024]
+    activation: Literal["relu", "tanh", "gelu", "silu", "elu"] = "relu"
+    dtype: Literal["float32", "float64"] = "float32"
+    # "deepsets": per-object MLP on data.collections, pooled, then `hidden` (event level)
+    kind: Literal["mlp", "deepsets"] = "mlp"
+    object_hidden: list[Width] = [32, 32]
+    latent: int = Field(16, ge=1)
+    pooling: Literal["sum", "mean"] = "sum"
+
+
+class HistogramConfig(_Strict):
+    bandwidth: float = Field(0.3, gt=0)  # relative to the mean bin width
+    bandwidth_final: float | None = Field(None, gt=0)  # linear annealing to this value
+
+
+class CutConfig(_Strict):
+    feature: str
+    direction: Literal[">", "<", "window"] = ">"
+    init: float | tuple[float, float] | None = None  # None: a data quantile
+    trainable: bool = True
+    relaxation: Literal["sigmoid", "erf", "straight_through"] = "sigmoid"
+
+    @model_validator(mode="after")
+    def _init(self):
+        if self.init is None:
+            return self
+        if self.direction == "window":
+            if not isinstance(self.init, tuple):
+                raise ValueError("a window cut needs init: [a, b]")
+            if not self.init[0] < self.init[1]:
+                raise ValueError(f"window init needs a < b, got {list(self.init)}")
+        elif isinstance(self.init, tuple):
+            raise ValueError(f"a '{self.direction}' cut needs one init value")
+        return self
+
+
+class SelectionConfig(_Strict):
+    cuts: list[CutConfig] = []
+    slope: float = Field(5.0, gt=0)  # sigmoid slope, in units of 1 / (feature spread)
+    slope_final: float | None = Field(None, gt=0)  # geometric annealing to this slope
+    skim_target: float | None = Field(None, gt=0, lt=1)  # 'skim' term: excess over this
+    learning_rate: float = Field(0.05, gt=0)  # of the thresholds (in feature units)
+
+    def specs(self):
+        from ..analysis.cuts import (CutSpec)
+
+        return [
+            CutSpec(c.feature, c.direction, c.init, c.trainable, c.relaxation) for c in self.cuts
+        ]
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+
+
+class LossPhase(_Strict):
+    terms: dict[str, float]
+    epochs: int | None = Field(None, ge=1)  # None: until the end
+
+
+class TrainingConfig(_Strict):
+    loss: str | dict[str, float] | list[LossPhase] = "cls"
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(2000, ge=1)  # events per event set and step
+    optimizer: OptimizerConfig = OptimizerConfig()
+    patience: int | None = Field(None, ge=1)  # early stopping (epochs without improvement)
+    select_on: Literal["expected_cls", "z0", "sigma_mu", "loss"] = "expected_cls"
+    z_asimov_rel_uncertainty: float = Field(0.1, gt=0)
+    init_from: str | None = None  # a run directory: start from its observable and binnings
+    freeze: list[Literal["observable", "binnings", "selection"]] = []  # not trained
+    # data-parallel training: split each batch's events over this many devices ("all": every
+    # device JAX sees); None: the default device, no sharding
+    devices: Annotated[int, Field(ge=1)] | Literal["all"] | None = None
+    per_device_batch: int | None = Field(None, ge=1)  # overrides batch_size (x devices)
+    chunk_size: int | None = Field(None, ge=1)  # exact gradient of a batch in event chunks
+
+    @field_validator("loss")
+    @classmethod
+    def _terms(cls, v):
+        from ..analysis.pipeline import (LOSS_TERMS)
+
+        phases = (
+            v if isinstance(v, list) else [LossPhase(terms={v: 1.0} if isinstance(v, str) else v)]
+        )
+        for p in phases:
+            for t in p.terms:
+                if t not in LOSS_TERMS:
+                    raise ValueError(f"unknown loss term {t!r}; use one of {', '.join(LOSS_TERMS)}")
+        return v
+
+    def phases(self) -> list[LossPhase]:
+        if isinstance(self.loss, str):
+            return [LossPhase(terms={self.loss: 1.0})]
+        if isinstance(self.loss, dict):
+            return [LossPhase(terms=self.loss)]
+        return list(self.loss)
+
+
+class ReportConfig(_Strict):
+    style: Literal["plain", "ATLAS", "CMS", "LHCb"] = "plain"  # plots (mplhep style)
+    log_y: bool = False  # histograms on a logarithmic y axis
+    # the signal also drawn unstacked x this factor ("auto": a power of ten if it is small)
+    signal_overlay: Annotated[float, Field(gt=0)] | Literal["auto"] | None = "auto"
+
+
+class Config(_Strict):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    analysis: AnalysisConfig
+    observable: ObservableConfig = ObservableConfig()
+    histogram: HistogramConfig = HistogramConfig()
+    selection: SelectionConfig = SelectionConfig()
+    training: TrainingConfig = TrainingConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _data_source(self):
+        d, samples = self.data, self.analysis.samples
+        ntuples = [s.name for s in samples if s.files is not None]
+        if ntuples:
+            missing = [s.name for s in samples if s.files is None]
+            if missing:
+                raise ValueError(f"sample(s) {', '.join(missing)} need 'files' (like the others)")
+            if d.files:
+                raise ValueError("give either data.files (.npz event sets) or sample files")
+            d.generator = None
+            if not d.features and not d.collections:
+                raise ValueError("ntuple samples need data.features (branches or expressions)")
+        elif d.generator is None and not d.files:
+            raise ValueError("give a data 'generator', 'files', or samples with 'files'")
+        for s in self.analysis.shape_systematics:
+            if not (isinstance(s.up, str) and isinstance(s.down, str)) and s.sample not in ntuples:
+                raise ValueError(
+                    f"shape systematic {s.name!r}: up/down variations need an ntuple sample"
+                )
+        _check_expressions(self)
+        if self.observable.kind == "deepsets" and not d.collections:
+            raise ValueError("observable.kind 'deepsets' needs data.collections")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def _check_expressions(cfg: Config) -> None:
+    """Parse every expression of the ntuple samples (syntax and grammar errors name the field)."""
+    from ..io.expressions import (Expression, ExpressionError)
+
+    texts = [(f"data.features[{i}]", t) for i, t in enumerate(cfg.data.features or ())]
+    for i, s in enumerate(cfg.analysis.samples):
+        if s.files is not None:
+            texts += [(f"analysis.samples[{i}].weight", s.weight)]
+            texts += [(f"analysis.samples[{i}].filter", s.filter)]
+    for i, s in enumerate(cfg.analysis.shape_systematics):
+        for d in ("up", "down"):
+            v = getattr(s, d)
+            if not isinstance(v, str):
+                texts += [(f"analysis.shape_systematics[{i}].{d}.{k}", getattr(v, k))
+                          for k in ("weight", "filter")]  # fmt: skip
+    for where, text in texts:
+        if text is not None:
+            try:
+                Expression(text)
+            except ExpressionError as exc:
+                raise ValueError(f"{where}: {exc.message}") from None
+
+
+def apply_overrides(
+    doc: dict, overrides, file: str | None = None, *, paths: list | None = None
+) -> dict:
+    """Apply ``key.sub=value`` overrides to a raw config dict.
+
+    A key is a dotted path; a part that is an integer indexes a list (``analysis.samples.0
+    .filter``, ``-1`` for the last item). The value is parsed as YAML. Every error names the
+    ``--set`` option it comes from. ``paths``, if given, receives ``(path, option)`` for each
+    override, the path with list indices resolved (for :func:`load_config`'s messages).
+
+    Example:
+        >>> apply_overrides({"a": {"b": [{"c": 1}]}}, ["a.b.0.c=[2, 3]"])
+        {'a': {'b': [{'c': [2, 3]}]}}
+    """
+    for item in overrides or ():
+        option = f"--set {item}"
+        if "=" not in item:
+            raise ConfigError(
+                f"{option}: not of the form key=value",
+                file=file,
+                fix="e.g. --set training.epochs=3",
+            )
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(
+                f"{option}: empty key part in {key.strip()!r}",
+                file=file,
+                fix="give a dotted path, e.g. --set analysis.samples.0.filter='x > 1'",
+            )
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(
+                f"{option}: the value {text!r} is not valid YAML ({problem})",
+                file=file,
+                where=key.strip(),
+                fix="quote the value or close its brackets, e.g. --set observable.hidden=[64,64]",
+            ) from None
+        node: Any = doc
+        resolved: list = []
+        for i, p in enumerate(parts):
+            here = ".".join(parts[:i]) or "the config"
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                try:
+                    idx = int(p)
+                except ValueError:
+                    raise ConfigError(
+                        f"{option}: {p!r} is not an index of {here} (a list)",
+                        file=file,
+                        fix=f"use an index 0 to {len(node) - 1}",
+                    ) from None
+                if not -len(node) <= idx < len(node):
+                    raise ConfigError(
+                        f"{option}: index {idx} is out of range ({here} has {len(node)} items)",
+                        file=file,
+                        fix=f"use an index 0 to {len(node) - 1}, or set the whole list",
+                    )
+                resolved.append(idx % len(node))
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                resolved.append(p)
+                if last:
+                    node[p] = value
+                else:
+                    if node.get(p) is None:
+                        node[p] = {}
+                    node = node[p]
+            else:
+                raise ConfigError(
+                    f"{option}: {here} is not a section or list (it is {node!r})", file=file
+                )
+        if paths is not None:
+            paths.append((tuple(resolved), option))
+    return doc
+
+
+def _origin(loc: tuple, paths) -> str | None:
+    """The ``--set`` option that wrote the field at ``loc`` (or a section holding it)."""
+    loc = tuple(str(x) for x in loc)
+    for path, option in reversed(paths or ()):  # the last override of a key wins
+        path = tuple(str(x) for x in path)
+        if loc[: len(path)] == path or path[: len(loc)] == loc:
+            return option
+    return None
+
+
+def _format(err: ValidationError, file: str | None, paths=()) -> ConfigError:
+    lines, options = [], []
+    for e in err.errors():
+        parts = tuple(x for x in e["loc"] if not str(x).startswith("function-"))
+        loc = ".".join(map(str, parts))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; docs/config.md lists every key)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        # a field a --set override wrote: name the option (the file does not contain it)
+        option = _origin(parts, paths) if e["type"] != "missing" else None
+        if option is not None:
+            msg += f" (from {option})"
+            options.append(option)
+        lines.append(f"{loc or '<top>'}: {msg}")
+    first = err.errors()[0]
+    where = ".".join(str(x) for x in first["loc"])
+    fix = "correct the field(s) above"
+    if options:
+        fix += f" in the file or in {', '.join(dict.fromkeys(options))}"
+    return ConfigError(
+        "invalid configuration:\n  " + "\n  ".join(lines),
+        file=file,
+        where=where or None,
+        fix=fix,
+    )
+
+
+def load_config(path: str | Path | None = None, overrides=(), *, text: str | None = None) -> Config:
+    """Read, override and validate a YAML config (from ``path`` or ``text``)."""
+    file = str(path) if path is not None else None
+    if text is None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from None
+    try:
+        doc: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=file) from None
+    if not isinstance(doc, dict):
+        raise ConfigError("the config must be a mapping of sections", file=file)
+    paths: list = []
+    doc = apply_overrides(doc, overrides, file, paths=paths)
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as exc:
+        raise _format(exc, file, paths) from None

@@ -1,0 +1,149 @@
+"""Ntuple samples of a config -> event sets: nominal samples and systematic variations.
+
+A config describes ntuple samples in cabinetry's words (``analysis.samples``): ``files``
+(globs), ``tree``, ``weight`` (an expression, e.g. ``xsec * lumi * genWeight / sumw``) and a
+``filter``. The features (``data.features``) are branch names or expressions, followed by the
+leading objects of every jagged collection (``data.collections``) as
+``Jet_pt[0], Jet_eta[0], num(Jet_pt) > 0, Jet_pt[1], ...`` (zero-padded, with a mask; the
+layout of :class:`~diffhep.nn.deepsets.Layout`). A shape systematic's ``up``/``down`` is
+either an event-set name or a variation of the sample: another ``weight`` (a scale-factor
+variation: the *same events* with other weights, read in the same pass and split the same
+way, see :func:`same_events`), other ``files``/``tree`` or another ``filter``. Normalisation
+systematics stay numbers (``norm_systematics``). The result is mapped onto the HistFactory
+model of the training pipeline by :class:`~diffhep.analysis.spec.Analysis` (histosys, normsys).
+
+Example:
+    >>> from diffhep.runs.config import load_config
+    >>> cfg = load_config(text='''
+    ... data: {features: [met], collections: [{name: jets, branches: [Jet_pt, Jet_eta], n: 2}]}
+    ... analysis:
+    ...   samples: [{name: s, role: signal, files: [s.root]},
+    ...             {name: b, role: background, files: [b.root], weight: "w * sf"}]
+    ...   shape_systematics: [{name: sf, sample: b, up: {weight: w * sf_up}, down: {weight: w}}]
+    ...   channels: [{name: SR, bins: 2}]
+    ... ''')
+    >>> feature_names(cfg.data)[:4]
+    ('met', 'Jet_pt[0]', 'Jet_eta[0]', 'num(Jet_pt) > 0')
+    >>> layout(cfg.data)
+    Layout(event=(0,), collections=((1, 2, 2),))
+    >>> same_events(cfg)
+    {'b_sf_up': 'b', 'b_sf_down': 'b'}
+"""
+
+from __future__ import annotations
+
+from .config import (Config, DataConfig, VariationConfig)
+from ..io.datasets import (DataError, check_events)
+from ..nn.deepsets import (Layout)
+from ..analysis.pipeline import (Events)
+from ..io.sources import (load_sample)
+
+__all__ = ["feature_names", "layout", "load_ntuple_events", "object_masks", "same_events"]
+
+
+def feature_names(data: DataConfig) -> tuple:
+    """The feature expressions: ``data.features``, then every collection's object blocks."""
+    out = list(data.features or ())
+    for c in data.collections:
+        for j in range(c.n):
+            out += [f"{b}[{j}]" for b in c.branches] + [f"num({c.branches[0]}) > {j}"]
+    return tuple(out)
+
+
+def object_masks(data: DataConfig) -> dict:
+    """``{object feature: its mask feature}`` of the collections (``Jet_eta[1]`` ->
+    ``num(Jet_pt) > 1``): where the zero padding of :func:`feature_names` is."""
+    out = {}
+    for c in data.collections:
+        for j in range(c.n):
+            out |= {f"{b}[{j}]": f"num({c.branches[0]}) > {j}" for b in c.branches}
+    return out
+
+
+def layout(data: DataConfig) -> Layout:
+    """The :class:`~diffhep.nn.deepsets.Layout` of :func:`feature_names`."""
+    start = len(data.features or ())
+    blocks = []
+    for c in data.collections:
+        blocks.append((start, c.n, len(c.branches)))
+        start += c.n * (len(c.branches) + 1)
+    return Layout(tuple(range(len(data.features or ()))), tuple(blocks))
+
+
+def _weight_only(v) -> bool:
+    return isinstance(v, VariationConfig) and v.files is None and v.tree is None and not v.filter
+
+
+def same_events(cfg: Config) -> dict:
+    """``{variation event set: nominal sample}`` for variations that only change the weight:
+    they hold the same events as their nominal sample and are split and batched alike."""
+    out = {}
+    for s in cfg.analysis.shape_systematics:
+        for v, name in zip((s.up, s.down), s.event_sets(), strict=True):
+            if _weight_only(v):
+                out[name] = s.sample
+    return out
+
+
+def _read(cfg: Config, name, files, tree, weights, filt, features, file):
+    d = cfg.data
+    try:
+        x, ws = load_sample(
+            files,
+            features=features,
+            weights=weights,
+            filter=filt,
+            tree=tree or d.tree,
+            step_size=d.step_size,
+            constants=d.constants,
+            base_dir=d.base_dir,
+            name=name,
+        )
+    except DataError as exc:
+        prefix = "" if exc.message.startswith("sample") else f"event set {name!r}: "
+        raise DataError(prefix + exc.message, file=exc.file or file, where=exc.where,
+                        fix=exc.fix) from None  # fmt: skip
+    return {k: check_events(Events(x, w), k, ", ".join(files)) for k, w in ws.items()}
+
+
+def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
+    """Feature names and ``{event set: Events}`` of the ntuple samples of ``cfg`` (weights as
+    computed by the weight expressions; the sample normalisation is applied by the caller).
+
+    Raises:
+        DataError: Bad files or data (naming the file, the branch or expression and counts).
+    """
+    features = feature_names(cfg.data)
+    samples = {s.name: s for s in cfg.analysis.samples}
+    events = {}
+    for s in cfg.analysis.samples:
+        weights = {s.name: s.weight}
+        for sys in cfg.analysis.shape_systematics:
+            for v, name in zip((sys.up, sys.down), sys.event_sets(), strict=True):
+                if sys.sample == s.name and _weight_only(v):
+                    weights[name] = v.weight or s.weight
+        events |= _read(cfg, s.name, s.files, s.tree, weights, s.filter, features, file)
+    for sys in cfg.analysis.shape_systematics:
+        nominal = samples[sys.sample]
+        for v, name in zip((sys.up, sys.down), sys.event_sets(), strict=True):
+            if isinstance(v, str) or _weight_only(v) or name in events:
+                continue
+            events |= _read(
+                cfg,
+                name,
+                v.files or nominal.files,
+                v.tree or nominal.tree,
+                {name: v.weight or nominal.weight},
+                v.filter or nominal.filter,
+                features,
+                file,
+            )
+    missing = [n for n in analysis.event_sets if n not in events]
+    if missing:
+        raise DataError(
+            f"event set(s) {', '.join(missing)} are neither a sample nor a variation",
+            file=file,
+            where="analysis.shape_systematics",
+            fix="give up/down as a variation ({weight: ...} or {files: [...]}) of the sample",
+        )
+    return features, events

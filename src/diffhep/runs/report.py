@@ -1,0 +1,381 @@
+"""The plots and the HTML report of a run directory.
+
+``plots/``: training curves, cut values and selected fraction vs epoch, stacked histograms
+(with the systematic variations, an uncertainty band and a ratio panel), the cut flow, the
+ROC curve, the observable against each input feature and, for 2-D inputs, the observable
+over the input plane; in the experiment style of ``report.style``.
+
+``report.html``: one self-contained page (no external resources, every plot embedded as a
+base64 PNG) with the metrics, the cut flow, the plots and the configuration.
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "config.yaml").write_text("seed: 0\\n")
+    >>> page = write_html(d).read_text()
+    >>> "<pre>seed: 0" in page and "http" not in page
+    True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..plotting import (runs as plotting)
+from ..writers import (write_atomic)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["write_html", "write_plots"]
+
+
+def _band(pipe, hists, channel, total):
+    """Per-bin (low, high) of the total: shape systematics (up/down templates), normalisation
+    systematics (lo/hi factors of their samples) and MC statistics, in quadrature."""
+    a = pipe.analysis
+    shifts = []
+    for s in a.shape_systematics:
+        nominal = np.asarray(hists[(channel, s.sample)][0])
+        shifts.append(
+            tuple(total - nominal + np.asarray(hists[(channel, n)][0]) for n in (s.up, s.down))
+        )
+    for s in a.norm_systematics:
+        part = sum(np.asarray(hists[(channel, n)][0]) for n in s.samples)
+        shifts.append((total + (s.hi - 1) * part, total + (s.lo - 1) * part))
+    stat = np.sqrt(sum(np.asarray(hists[(channel, n)][1]) for n in a.samples))
+    return plotting.uncertainty_band(total, shifts, stat)
+
+
+def write_plots(
+    plot_dir: Path,
+    pipe,
+    params,
+    test_events,
+    hists,
+    state=None,
+    style=None,
+    masks=None,
+    stacked: dict | None = None,
+) -> dict:
+    """Write the standard plots (in ``style``: plain, ATLAS, CMS or LHCb).
+
+    ``stacked`` holds keyword arguments of the histograms' :func:`~diffhep.plotting.runs.
+    plot_stacked` (``logy``, ``signal_overlay``: ``report.log_y``, ``report.signal_overlay``).
+
+    A plot that fails does not stop the others: it is logged and named in the result.
+    ``masks`` (``{object feature: mask feature}``, :func:`diffhep.runs.ntuples.object_masks`)
+    keeps zero-padded objects and the masks out of the observable-vs-features panels.
+
+    Returns:
+        ``{"auc": ..., "failed": {"plots/<file>": "<error>"}}``.
+    """
+    plot_dir = Path(plot_dir)
+    failed = {}
+
+    def draw(name, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs, style=style)
+        except Exception as exc:  # one broken plot must not lose the run
+            failed[f"plots/{name}"] = f"{type(exc).__name__}: {exc}"
+            log.error("plot %s failed: %s: %s", name, type(exc).__name__, exc)
+            return None
+
+    auc = _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks,
+                      stacked or {})  # fmt: skip
+    return {"auc": None if auc is None else float(auc), "failed": failed}
+
+
+def _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks, stacked):
+    a = pipe.analysis
+    if state is not None and state.history:
+        draw("training.png", plotting.plot_training, state.history, plot_dir / "training.png")
+        cuts = sorted({k for row in state.history for k in row if k.startswith("cut")})
+        if cuts:
+            metrics = [*cuts, "val_selected_fraction"]
+            draw("cuts.png", plotting.plot_training, state.history, plot_dir / "cuts.png",
+                 metrics=metrics)  # fmt: skip
+    for ch, binning in zip(a.channels, params.binnings, strict=True):
+        edges = np.asarray(binning.edges())
+        samples = {n: np.asarray(hists[(ch.name, n)][0]) for n in (*a.backgrounds, a.signal)}
+        total = sum(samples.values())
+        variations = {}
+        for s in a.shape_systematics:
+            for label, name in (("up", s.up), ("down", s.down)):
+                others = sum(np.asarray(hists[(ch.name, n)][0]) for n in a.samples if n != s.sample)
+                variations[f"{s.name} {label}"] = others + np.asarray(hists[(ch.name, name)][0])
+        name = f"histograms_{ch.name}.png"
+        draw(
+            name,
+            plotting.plot_stacked,
+            edges,
+            samples,
+            a.signal,
+            plot_dir / name,
+            variations=variations or None,
+            title=ch.name,
+            band=_band(pipe, hists, ch.name, total),
+            xlabel="observable" if ch.observable == "nn" else ch.observable,
+            **stacked,
+        )
+    events = {n: (np.asarray(test_events[n].x), np.asarray(test_events[n].w)) for n in a.event_sets}
+    nominal = {n: events[n] for n in a.samples}
+    if params.selection is not None:
+        rows = params.selection.cutflow(nominal, pipe.features)
+        draw("cutflow.png", plotting.plot_cutflow, rows, plot_dir / "cutflow.png")
+        # the score plots show the events the selection keeps (hard cuts), as analysed
+        keep = {
+            n: np.asarray(params.selection.passes(x), dtype=bool) for n, (x, _) in events.items()
+        }
+        events = {n: (x[keep[n]], w[keep[n]]) for n, (x, w) in events.items()}
+        nominal = {n: events[n] for n in a.samples}
+    obs = params.observable
+    if obs is None:  # cuts alone: no score to draw
+        return None
+    sig_x, sig_w = nominal[a.signal]
+    bkg_x = np.concatenate([nominal[n][0] for n in a.backgrounds])
+    bkg_w = np.concatenate([nominal[n][1] for n in a.backgrounds])
+    auc = None
+    if np.sum(sig_w) != 0 and np.sum(bkg_w) != 0:
+        auc = draw("roc.png", plotting.plot_roc, np.asarray(obs(sig_x)), sig_w,
+                   np.asarray(obs(bkg_x)), bkg_w, plot_dir / "roc.png")  # fmt: skip
+    else:
+        log.warning("the selection keeps no signal or no background test events: no ROC curve")
+    nominal = {n: (x, w) for n, (x, w) in nominal.items() if len(x)}
+    if nominal:
+        draw(
+            "observable_vs_features.png",
+            plotting.plot_observable_vs_features,
+            {n: np.asarray(obs(x)) for n, (x, _) in nominal.items()},
+            {n: x for n, (x, _) in nominal.items()},
+            pipe.features,
+            plot_dir / "observable_vs_features.png",
+            weights={n: w for n, (_, w) in nominal.items()},
+            masks=masks,
+        )
+    if len(pipe.features) == 2:
+        draw(
+            "observable_2d.png",
+            plotting.plot_observable_2d,
+            lambda x: np.asarray(obs(x)),
+            plot_dir / "observable_2d.png",
+            samples={n: x for n, (x, _) in events.items() if len(x)},
+            feature_names=pipe.features,
+        )
+    return auc
+
+
+_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;
+text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}
+figure{display:inline-block;margin:0.5em;vertical-align:top}img{max-width:520px}
+pre{background:#f4f4f4;padding:1em;overflow:auto}"""
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, bool | int | str) or v is None:
+        return html.escape(str(v))
+    return html.escape(json.dumps(v))
+
+
+def _table(rows, header) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_value(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _weights_table(weights) -> str:
+    """Each sample's training weight strategy (``analysis.samples[].weights``) and, for the
+    event sets it changed, the negative fraction and effective sample size before/after."""
+    sets = weights.get("event_sets", {})
+    rows = []
+    for sample, strategy in weights.get("strategies", {}).items():
+        info = sets.get(sample, {})
+        rows.append([sample, strategy, *(info.get(k, "") for k in _WEIGHT_KEYS)])
+    header = ["sample", "strategy", "negative fraction before", "after", "ESS before", "after"]
+    return _table(rows, header)
+
+
+_WEIGHT_KEYS = ("negative_fraction_before", "negative_fraction_after", "ess_before", "ess_after")
+
+
+def _cutflow_table(rows) -> str:
+    samples = [k for k in rows[0] if k != "cut"]
+    header = ["cut", *[f"{s} ({q})" for s in samples for q in ("events", "yield")]]
+    cells = [[r["cut"], *[r[s][q] for s in samples for q in ("events", "yield")]] for r in rows]
+    return _table(cells, header)
+
+
+#: What each metric of ``summary.json`` is (the report's "meaning" column).
+METRIC_MEANINGS = {
+    "expected_cls": "median expected CLs of mu = 1 (qtilde, asymptotic), on the "
+    "background-only Asimov data of the test-split histograms",
+    "z0": "median expected discovery significance sqrt(q0) on the mu = 1 Asimov data of the "
+    "test-split histograms",
+    "sigma_mu": "expected uncertainty of mu: sqrt of the inverse Fisher information at mu = 1 "
+    "(nuisances profiled) of the test-split histograms; `diffhep fit workspace.json` gives "
+    "another number, as it fits the workspace's background-only Asimov observations "
+    "(mu-hat = 0, at the POI's lower bound) and takes the Hessian there",
+    "fits_converged": "whether every fit behind these numbers converged",
+    "selected_fraction": "fraction of the test-split events (weighted) the selection keeps",
+    "median_step_seconds": "median wall time of one training step",
+    "best_epoch": "the epoch whose model is kept (best training.select_on on the validation split)",
+    "epochs_run": "epochs trained",
+    "status": "finished, early-stopped, nan (stopped on a non-finite loss) or incomplete (an "
+    "artefact failed)",
+    "onnx": "the event score for C++ inference",
+}
+
+
+def _meaning(key: str) -> str:
+    if key in METRIC_MEANINGS:
+        return METRIC_MEANINGS[key]
+    if key.startswith("sigma_"):
+        return (f"expected uncertainty of the nuisance parameter {key[6:]} (inverse Fisher "
+                "information at mu = 1, as sigma_mu)")  # fmt: skip
+    return ""
+
+
+def _analysis_of(run_dir: Path):
+    """(nominal samples, signal, shape systematics' event sets) from ``config.yaml``, or
+    None if the file is missing or unreadable."""
+    import yaml
+
+    try:
+        a = yaml.safe_load((run_dir / "config.yaml").read_text())["analysis"]
+        samples = [x["name"] for x in a["samples"]]
+        signal = next(x["name"] for x in a["samples"] if x["role"] == "signal")
+        variations = {}
+        for sys in a.get("shape_systematics") or []:
+            for d in ("up", "down"):
+                v = sys[d]
+                variations[v if isinstance(v, str) else f"{sys['sample']}_{sys['name']}_{d}"] = (
+                    sys["name"], d, sys["sample"])  # fmt: skip
+        return samples, signal, variations
+    except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration):
+        return None
+
+
+def _yields_tables(yields: dict, analysis) -> list[str]:
+    """The nominal samples' yields (with the total background and S/B), and apart from
+    them the totals of the systematic variation templates."""
+    if analysis is None:
+        return ["<h3>Yields (test split)</h3>",
+                _table(list(yields.items()), ["event set", "yield"])]  # fmt: skip
+    samples, signal, variations = analysis
+    bkg = sum(float(yields[n]) for n in samples if n != signal and n in yields)
+    rows = [[n, yields[n]] for n in samples if n in yields]
+    rows += [["total background", bkg]]
+    if signal in yields and bkg > 0:
+        rows += [["S/B", float(yields[signal]) / bkg]]
+    out = ["<h3>Yields (test split, expected events)</h3>", _table(rows, ["sample", "yield"])]
+    var = [
+        [name, f"{sys} {d}", sample, yields[name],
+         float(yields[name]) / float(yields[sample]) - 1 if yields.get(sample) else ""]
+        for name, (sys, d, sample) in variations.items() if name in yields
+    ]  # fmt: skip
+    if var:
+        header = ["template", "systematic", "of sample", "yield", "relative to nominal"]
+        out += ["<h3>Systematic variation templates</h3>", _table(var, header)]
+    return out
+
+
+def _bin_tables(run_dir: Path, analysis) -> list[str]:
+    """Per channel, a row per bin: edges, each nominal sample's yield, the total background
+    with its MC statistical uncertainty, and S/B (from ``histograms.json``)."""
+    path = run_dir / "histograms.json"
+    if analysis is None or not path.is_file():
+        return []
+    samples, signal, _ = analysis
+    try:
+        channels = json.loads(path.read_text())["channels"]
+    except (OSError, ValueError, KeyError):
+        return []
+    out = ["<h2>Bins (test split)</h2>"]
+    for name, ch in channels.items():
+        edges = np.asarray(ch["edges"], float)
+        sumw = {n: np.asarray(ch["sumw"][n], float) for n in samples if n in ch["sumw"]}
+        sumw2 = {n: np.asarray(ch["sumw2"][n], float) for n in samples if n in ch["sumw2"]}
+        backgrounds = [n for n in sumw if n != signal]
+        b = sum((sumw[n] for n in backgrounds), np.zeros(len(edges) - 1))
+        b_err = np.sqrt(sum((sumw2[n] for n in backgrounds), np.zeros(len(edges) - 1)))
+        s = sumw.get(signal, np.zeros(len(edges) - 1))
+        header = ["bin", "low edge", "high edge", *sumw, "total background",
+                  "background MC stat.", "S/B"]  # fmt: skip
+        rows = [
+            [k, float(edges[k]), float(edges[k + 1]), *(float(sumw[n][k]) for n in sumw),
+             float(b[k]), float(b_err[k]), float(s[k] / b[k]) if b[k] > 0 else "n/a"]
+            for k in range(len(edges) - 1)
+        ]  # fmt: skip
+        observable = "neural observable" if ch["observable"] == "nn" else ch["observable"]
+        out += [f"<h3>{html.escape(name)} ({html.escape(observable)})</h3>", _table(rows, header)]
+    return out
+
+
+_DEFINITIONS = (
+    "<p>Every number here is computed on the test split (<code>data.split.test</code>), "
+    "never used in training or model selection, with hard (not smoothed) histograms and the "
+    "asymptotic formulae on Asimov data: expected, not observed, results. "
+    "<code>workspace.json</code> holds the same histograms with background-only Asimov "
+    "observations.</p>"
+)
+
+
+def write_html(run_dir, summary: dict | None = None) -> Path:
+    """Write ``report.html`` of a run directory from its files (``summary.json`` unless
+    ``summary`` is given, ``config.yaml``, ``plots/*.png``); atomically. Returns its path."""
+    run_dir = Path(run_dir)
+    if summary is None:
+        summary = {}
+        if (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+    parts = [f"<h1>diffhep run {html.escape(run_dir.resolve().name)}</h1>"]
+    if summary.get("failed"):
+        parts += ["<h2>Incomplete run: these artefacts failed</h2>",
+                  _table(list(summary["failed"].items()), ["artefact", "error"])]  # fmt: skip
+    analysis = _analysis_of(run_dir)
+    flat = [(k, v, _meaning(k)) for k, v in summary.items() if not isinstance(v, dict | list)]
+    if flat:
+        parts += ["<h2>Test-set metrics</h2>", _DEFINITIONS,
+                  _table(flat, ["metric", "value", "meaning"])]  # fmt: skip
+    if summary.get("yields"):
+        parts += _yields_tables(summary["yields"], analysis)
+    parts += _bin_tables(run_dir, analysis)
+    weights = summary.get("training_weights")
+    if weights:
+        parts += ["<h2>Training weights</h2>", _weights_table(weights)]
+    selection = summary.get("selection")
+    if selection:
+        parts += [
+            "<h2>Selection</h2>",
+            f"<p><code>{html.escape(selection['expression'])}</code></p>",
+            "<h3>Cut flow (test set)</h3>",
+            _cutflow_table(selection["cutflow"]),
+        ]
+    plots = sorted((run_dir / "plots").glob("*.png"))
+    if plots:
+        parts.append("<h2>Plots</h2>")
+    for p in plots:
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        name = html.escape(p.name)
+        parts.append(
+            f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{name}</figcaption></figure>"
+        )
+    if (run_dir / "config.yaml").is_file():
+        config = html.escape((run_dir / "config.yaml").read_text())
+        parts += ["<h2>Configuration</h2>", f"<pre>{config}</pre>"]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>diffhep run {html.escape(run_dir.resolve().name)}</title>"
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+    return write_atomic(run_dir / "report.html", page)

@@ -1,0 +1,221 @@
+"""Checks of a workspace's content that pyhf's JSON schema does not make.
+
+The schema checks types and required keys; it does not check that a modifier's ``data`` has one
+number per bin, that names are unique, that the numbers are usable (finite, not absurdly
+large, non-negative where they must be) or that a measurement configures parameters the model
+has. Without these checks a workspace is silently misread (a duplicate channel drops the first,
+a wrong-length shapesys reads past its bins) or fails much later as "a fit did not converge".
+:func:`check_workspace` runs when a :class:`~diffhep.stats.workspace.Workspace` is created (after
+every patch), and raises :class:`WorkspaceContentError` naming the JSON path and the fix.
+
+Choices:
+    * A sample may have negative yields in some bins (published likelihoods have small negative
+      bins from negative-weight generators, and pyhf accepts them); a bin whose *total* nominal
+      yield (the sum of all samples) is negative is an error: its Poisson term is undefined.
+    * Numbers above :data:`MAX_YIELD` in absolute value (1e15, where float64 can no longer
+      count single events) are refused as absurd, as are NaN and infinities.
+    * A measurement's parameter configuration must name a parameter of the model, and must not
+      fix the POI (the fit would ignore it).
+
+Example:
+    >>> from diffhep.stats.workspace import example_spec
+    >>> spec = example_spec()
+    >>> spec["observations"][0]["data"][0] = -1.0
+    >>> try:
+    ...     check_workspace(spec)
+    ... except WorkspaceContentError as err:
+    ...     print(err.where)
+    observations[0].data[0]
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import (DiffhepError)
+
+__all__ = ["MAX_YIELD", "WorkspaceContentError", "check_workspace"]
+
+MAX_YIELD = 1e15
+
+
+class WorkspaceContentError(DiffhepError):
+    """A workspace whose content is invalid (bad numbers, lengths, duplicate names)."""
+
+
+def _bad_number(x, *, nonneg=False, positive=False) -> str | None:
+    """Why ``x`` is not a usable number (None if it is)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return f"{x!r} is not a number"
+    if math.isnan(x):
+        return "NaN is not a number"
+    if math.isinf(x):
+        return f"{x} is infinite (JSON numbers such as 1e400 overflow)"
+    if abs(x) > MAX_YIELD:
+        return f"{x:g} is absurdly large (above {MAX_YIELD:g} in absolute value)"
+    if positive and x <= 0:
+        return f"{x:g} must be positive"
+    if nonneg and x < 0:
+        return f"{x:g} must not be negative"
+    return None
+
+
+def _check_numbers(values, where, what, fix, file, **kind):
+    for b, x in enumerate(values):
+        why = _bad_number(x, **kind)
+        if why:
+            raise WorkspaceContentError(f"{what}: {why}", file=file, where=f"{where}[{b}]", fix=fix)
+
+
+def _check_length(values, nbins, where, what, file):
+    if len(values) != nbins:
+        raise WorkspaceContentError(
+            f"{what} has {len(values)} numbers, the channel has {nbins} bins",
+            file=file,
+            where=where,
+            fix="give one number per bin of the channel",
+        )
+
+
+def _unique(items, where, what, file, fix):
+    seen = {}
+    for k, name in enumerate(items):
+        if name in seen:
+            raise WorkspaceContentError(
+                f"two {what} are named {name!r} ({where(seen[name])} and {where(k)}): one "
+                "would silently replace the other",
+                file=file,
+                where=where(k),
+                fix=fix,
+            )
+        seen[name] = k
+
+
+def _check_modifier(m, nbins, path, file):
+    t, data = m["type"], m.get("data")
+    if t in ("shapesys", "staterror"):
+        _check_length(data, nbins, f"{path}.data", f"{t} {m['name']!r}", file)
+        _check_numbers(data, f"{path}.data", f"{t} {m['name']!r} uncertainty",
+                       "give absolute uncertainties (>= 0) per bin", file, nonneg=True)  # fmt: skip
+    elif t == "histosys":
+        for key in ("hi_data", "lo_data"):
+            _check_length(data[key], nbins, f"{path}.data.{key}", f"histosys {key}", file)
+            _check_numbers(data[key], f"{path}.data.{key}", f"histosys {m['name']!r} {key}",
+                           "give the varied yields of the sample per bin", file)  # fmt: skip
+    elif t == "normsys":
+        for key in ("hi", "lo"):
+            why = _bad_number(data[key], positive=True)
+            if why:
+                raise WorkspaceContentError(
+                    f"normsys {m['name']!r} {key}: {why}",
+                    file=file,
+                    where=f"{path}.data.{key}",
+                    fix="hi and lo are multiplicative factors > 0 (e.g. 1.1 and 0.9)",
+                )
+
+
+def _check_channels(spec, file) -> dict:
+    channels = spec["channels"]
+    _unique([c["name"] for c in channels], lambda k: f"channels[{k}].name", "channels", file,
+            "give every channel a unique name")  # fmt: skip
+    nbins = {}
+    for i, ch in enumerate(channels):
+        n = len(ch["samples"][0]["data"])
+        nbins[ch["name"]] = n
+        _unique(
+            [s["name"] for s in ch["samples"]],
+            lambda k, i=i: f"channels[{i}].samples[{k}].name",
+            f"samples of channel {ch['name']!r}",
+            file,
+            "give every sample of a channel a unique name",
+        )
+        total = [0.0] * n
+        for j, s in enumerate(ch["samples"]):
+            path = f"channels[{i}].samples[{j}]"
+            _check_length(s["data"], n, f"{path}.data", f"sample {s['name']!r}", file)
+            _check_numbers(s["data"], f"{path}.data", f"yield of sample {s['name']!r}",
+                           "give finite expected yields per bin", file)  # fmt: skip
+            total = [t + x for t, x in zip(total, s["data"], strict=True)]
+            for k, m in enumerate(s["modifiers"]):
+                _check_modifier(m, n, f"{path}.modifiers[{k}]", file)
+        for b, t in enumerate(total):
+            if t < 0:
+                negative = [
+                    f"{s['name']} ({s['data'][b]:g})" for s in ch["samples"] if s["data"][b] < 0
+                ]
+                raise WorkspaceContentError(
+                    f"the total expected yield of channel {ch['name']!r} is negative in bin {b} "
+                    f"({t:g}; negative samples: {', '.join(negative)}): its Poisson term is "
+                    "undefined",
+                    file=file,
+                    where=f"channels[{i}].samples[*].data[{b}]",
+                    fix="negative yields of single samples are allowed, but the sum over the "
+                    "samples of a bin must be >= 0; check the histograms",
+                )
+    return nbins
+
+
+def _check_observations(spec, nbins, file):
+    obs = spec["observations"]
+    _unique([o["name"] for o in obs], lambda k: f"observations[{k}].name",
+            "observations", file, "give one observation per channel")  # fmt: skip
+    for k, o in enumerate(obs):
+        _check_numbers(o["data"], f"observations[{k}].data", f"observed count in {o['name']!r}",
+                       "observed counts are finite and >= 0", file, nonneg=True)  # fmt: skip
+
+
+def _modifier_names(spec) -> set:
+    return {m["name"] for ch in spec["channels"] for s in ch["samples"] for m in s["modifiers"]}
+
+
+def _check_measurements(spec, file):
+    meas = spec["measurements"]
+    _unique([m["name"] for m in meas], lambda k: f"measurements[{k}].name", "measurements",
+            file, "give every measurement a unique name")  # fmt: skip
+    names = _modifier_names(spec)
+    for k, m in enumerate(meas):
+        poi = m["config"]["poi"]
+        for p, par in enumerate(m["config"].get("parameters", []) or []):
+            where = f"measurements[{k}].config.parameters[{p}]"
+            if par["name"] not in names:
+                raise WorkspaceContentError(
+                    f"measurement {m['name']!r} configures parameter {par['name']!r}, which no "
+                    "modifier of the workspace has",
+                    file=file,
+                    where=f"{where}.name",
+                    fix="remove the configuration or correct the name; the model's parameters: "
+                    + ", ".join(sorted(names)[:15])
+                    + (" ..." if len(names) > 15 else ""),
+                )
+            if par["name"] == poi and par.get("fixed"):
+                raise WorkspaceContentError(
+                    f"the POI {poi!r} of measurement {m['name']!r} is fixed: the hypothesis "
+                    "test and the fit need it free",
+                    file=file,
+                    where=f"{where}.fixed",
+                    fix='remove "fixed": true (to test one value use cls --poi-value)',
+                )
+            for b, bound in enumerate(par.get("bounds", []) or []):
+                lo, hi = bound
+                if _bad_number(lo) or _bad_number(hi) or lo > hi:
+                    raise WorkspaceContentError(
+                        f"bounds {bound} of parameter {par['name']!r} are not an interval",
+                        file=file,
+                        where=f"{where}.bounds[{b}]",
+                        fix="give finite [lower, upper] with lower <= upper",
+                    )
+
+
+def check_workspace(spec: dict, file: str | None = None) -> None:
+    """Check a schema-valid workspace's content.
+
+    Args:
+        spec: The workspace document (already valid against pyhf's schema).
+        file: Its source, for the messages.
+
+    Raises:
+        WorkspaceContentError: The first problem found, with its JSON path and a fix.
+    """
+    nbins = _check_channels(spec, file)
+    _check_observations(spec, nbins, file)
+    _check_measurements(spec, file)

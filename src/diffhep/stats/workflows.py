@@ -1,0 +1,223 @@
+"""Workspace-level workflows: the Python API behind ``diffhep cls|fit|upper-limit|demo``.
+
+Each function takes file paths (or documents), runs the statistical core and returns plain
+JSON-able dictionaries, raising :class:`~diffhep.errors.DiffhepError` on bad input or a fit
+that does not converge.
+
+Example:
+    >>> import diffhep
+    >>> diffhep.enable_x64()
+    >>> from diffhep.stats import workflows
+    >>> spec, patch = diffhep.stats.workspace.builtin_example()
+    >>> out = workflows.cls(spec, patches=[patch])
+    >>> sorted(out)
+    ['CLs_exp', 'CLs_obs']
+"""
+
+from __future__ import annotations
+
+import logging
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import (DiffhepError, FitError)
+from .fit import (fit as _fit)
+from .fit import (undetermined_names)
+from .hypotest import (hypotest as _hypotest)
+from .limits import (LIMIT_NAMES, check_level)
+from .limits import (upper_limit as _upper_limit)
+from .model import (POISSON_FLOOR)
+from .workspace import (Workspace, load_json, load_patch, validate)
+
+__all__ = ["cls", "demo", "fit", "load_workspace", "upper_limit"]
+
+log = logging.getLogger(__name__)
+
+
+def _require_x64():
+    if not jax.config.jax_enable_x64:
+        raise DiffhepError(
+            "the statistical layer needs float64",
+            fix="call diffhep.enable_x64() before building models",
+        )
+
+
+def load_workspace(workspace, patches=(), patch_name=None) -> Workspace:
+    """A workspace from a path (``-`` = stdin) or a dict, with patches (paths or op lists)."""
+    if isinstance(workspace, dict):
+        spec, name = workspace, None
+    else:
+        spec, name = load_json(workspace)
+    validate(spec, "workspace.json", file=name)
+    if patch_name is not None and not patches:
+        raise DiffhepError(
+            f"--patch-name {patch_name!r} given without a patchset",
+            where="--patch-name",
+            fix="give the patchset with -p PATCHSET.json, or drop --patch-name",
+        )
+    ws = Workspace(spec, file=name, validate_schema=False)
+    for patch in patches:
+        ops = patch if isinstance(patch, list) else load_patch(patch, patch_name)
+        ws = ws.patched(ops)
+    return ws
+
+
+def _model_and_data(ws: Workspace, measurement=None, modifier_settings=None):
+    _require_x64()
+    model = ws.model(measurement, modifier_settings=modifier_settings)
+    return model, jnp.asarray(ws.data(model), dtype=jnp.float64)
+
+
+def _warn_clipped(n, where):
+    if int(n) > 0:
+        log.warning(
+            "%s: %d bin(s) with expected yield <= %g were clipped to that floor in the Poisson "
+            "term (the model's interpolation drives them to zero or below)",
+            where,
+            int(n),
+            POISSON_FLOOR,
+        )
+
+
+_hypotest_jit = eqx.filter_jit(_hypotest)
+_fit_jit = eqx.filter_jit(_fit)
+
+
+def cls(
+    workspace,
+    patches=(),
+    *,
+    patch_name=None,
+    measurement=None,
+    poi_value=1.0,
+    test_stat="qtilde",
+    modifier_settings=None,
+) -> dict:
+    """Observed and expected CLs, shaped as ``pyhf cls`` prints them."""
+    if test_stat not in ("qtilde", "q"):
+        raise DiffhepError(
+            f"unknown test statistic {test_stat!r}", where="--test-stat", fix="use 'qtilde' or 'q'"
+        )
+    ws = load_workspace(workspace, patches, patch_name)
+    model, data = _model_and_data(ws, measurement, modifier_settings)
+    lo, hi = model.config.bounds[model.config.poi_index]
+    if not lo <= poi_value <= hi:  # a fit would test the bound instead (also rejects NaN)
+        raise DiffhepError(
+            f"POI value {poi_value:g} is outside the bounds [{lo:g}, {hi:g}] of the POI "
+            f"{model.config.poi_name!r}: a fit cannot test it",
+            file=ws.file,
+            where="--poi-value",
+            fix="test a value inside the bounds, or widen them in the measurement's "
+            f'parameter config ({{"name": "{model.config.poi_name}", "bounds": [[lo, hi]]}})',
+        )
+    r = _hypotest_jit(jnp.asarray(poi_value, dtype=data.dtype), model, data, test_stat=test_stat)
+    if not bool(r.converged):
+        raise FitError(
+            "a fit of the hypothesis test did not converge",
+            file=ws.file,
+            fix="check the model (e.g. with 'diffhep fit'); parameters at bounds or empty bins "
+            "are common causes",
+        )
+    _warn_clipped(r.n_clipped, ws.file or "workspace")
+    return {"CLs_obs": float(r.cls_obs), "CLs_exp": [float(x) for x in r.cls_exp]}
+
+
+def fit(
+    workspace, patches=(), *, patch_name=None, measurement=None, modifier_settings=None
+) -> dict:
+    """Global maximum-likelihood fit: best-fit values and uncertainties by parameter name.
+
+    Also pyhf's ``mle_parameters`` (values by parameter set) and ``twice_nll``. Where the
+    Hessian at the best fit is singular or indefinite (e.g. two normfactors of one sample),
+    the uncertainties of the parameters involved are ``None``, ``uncertainty_ok`` is False
+    and ``undetermined`` names them: the fit converged, the uncertainties do not exist.
+    """
+    ws = load_workspace(workspace, patches, patch_name)
+    model, data = _model_and_data(ws, measurement, modifier_settings)
+    r = _fit_jit(model, data)
+    names = model.config.par_names
+    if not bool(r.converged):
+        raise FitError(
+            f"the fit did not converge: {r.message}",
+            file=ws.file,
+            fix="check parameter bounds and inits in the measurement",
+        )
+    _warn_clipped(r.n_clipped, ws.file or "workspace")
+    best, unc = np.asarray(r.bestfit), np.asarray(r.uncertainty)
+    ok = np.asarray(r.uncertainty_ok, bool)
+    out = {
+        "bestfit": dict(zip(names, map(float, best), strict=True)),
+        "uncertainty": {n: float(u) if k else None for n, u, k in zip(names, unc, ok, strict=True)},
+        "uncertainty_ok": bool(ok.all()),
+        # pyhf's `pyhf fit` fields: values by parameter set, -2 log L at the best fit
+        "mle_parameters": {
+            n: best[model.config.par_slice(n)].tolist() for n in model.config.par_order
+        },
+        "twice_nll": float(r.twice_nll),
+        "converged": True,
+        "message": r.message,
+        "n_steps": int(r.n_steps),
+    }
+    if not ok.all():
+        out["undetermined"] = undetermined_names(model.config, ok)
+    return out
+
+
+def upper_limit(
+    workspace,
+    patches=(),
+    *,
+    patch_name=None,
+    measurement=None,
+    level=0.05,
+    test_stat="qtilde",
+    modifier_settings=None,
+    scan=None,
+    poi_bounds=None,
+) -> dict:
+    """Observed and expected upper limits on the POI at CL = 1 - level.
+
+    Args:
+        scan: POI values to test (the limits are interpolated on them, as pyhf's
+            ``linear_grid_scan``); default: a scan of the POI's bounds refined by root finding.
+        poi_bounds: ``(lo, hi)`` overriding the measurement's POI bounds.
+
+    Returns:
+        ``observed`` and ``expected`` (five, -2 sigma first): a number, or ``None`` when the
+        limit lies outside the tested POI range; ``outside_range`` says where for each
+        (``"above"``/``"below"``, ``None`` when found) and ``poi_range`` is that range.
+    """
+    check_level(level)  # before the (slow) work
+    ws = load_workspace(workspace, patches, patch_name)
+    model, data = _model_and_data(ws, measurement, modifier_settings)
+    res = _upper_limit(model, data, scan, level, test_stat=test_stat, bounds=poi_bounds)
+    lo, hi = res.poi_range
+    for i, (name, side) in enumerate(zip(LIMIT_NAMES, res.outside, strict=True)):
+        if side is not None:
+            bound, cls_at = (hi, res.cls[-1, i]) if side == "above" else (lo, res.cls[0, i])
+            log.warning(
+                "the %s limit is %s the tested POI range [%g, %g] (CLs = %.3g at %s = %g, "
+                "level %g): reported as null; widen the range with --poi-bounds or --scan",
+                name, side, lo, hi, cls_at, model.config.poi_name, bound, level,
+            )  # fmt: skip
+    return {
+        "observed": res.observed,
+        "expected": res.expected,
+        "outside_range": {"observed": res.outside[0], "expected": res.outside[1:]},
+        "poi_range": [lo, hi],
+        "level": level,
+        "poi": model.config.poi_name,
+    }
+
+
+def demo() -> dict:
+    """CLs of a real published likelihood (ATLAS sbottom search, RegionA, one mass point)."""
+    from .workspace import (builtin_example)
+
+    spec, patch = builtin_example()
+    out = cls(spec, patches=[patch])
+    out["workspace"] = "ATLAS sbottom multi-b (ins1748602) RegionA, sbottom_1300_850_60"
+    return out

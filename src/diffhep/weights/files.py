@@ -1,0 +1,639 @@
+"""``diffhep reweight``: learned positive weights for a sample, written next to the original.
+
+:func:`reweight_arrays` is the workflow on arrays (any reader plugs in: it takes features and
+signed weights): learn ``E[w | x]`` (:func:`diffhep.weights.reweight.learn_positive_weights`,
+cross-fitted, optionally resampled) and verify the new weights
+(:func:`diffhep.weights.verify.verify`). :func:`reweight_file` does it for a file of any
+format that diffhep reads (:mod:`diffhep.io.sources`): ROOT TTrees and RNTuples, parquet, HDF5,
+CSV and ``.npz``. The signed weight is a column or an expression (``genWeight * xsec``), the
+features of the report are columns or expressions (default: every flat numeric column but
+the weight's), and the output is a file of the same format (default
+``<stem>_reweighted.<ext>`` beside the input, which is never overwritten: an ``out`` that is
+the input, also through a symbolic link or another relative path, is refused) holding every
+original column unchanged plus the new weight column:
+
+- ROOT: one TTree of the same name (uproot), copied chunk by chunk; jagged branches are
+  carried over when uproot can write them back under the same names (a collection
+  ``nJet``, ``Jet_pt``, ``Jet_eta``, ... or a single ``X`` with counter ``nX``), other
+  non-flat branches (strings, objects, fixed-size arrays) are a :class:`DataError`. An
+  RNTuple gives an RNTuple of the same name, every field copied as it is;
+- parquet: copied batch by batch with pyarrow, every column type kept (lists, strings, ...);
+- HDF5: the file is copied and the column added as a dataset of the group ``tree`` (or the
+  root);
+- CSV: every line is copied as it is, the new value appended (``repr`` of the float);
+- ``.npz``: with ``x`` and ``w`` arrays (:func:`reweight_npz`), or 1-D arrays read by
+  column names when ``weight`` is given.
+
+The report (markdown, JSON, plots) goes to a directory beside the output. Bad input (missing
+file, tree or column, NaN/inf weights or features, an existing output column, options out of
+range, an output that is the input or cannot be written) raises
+:class:`~diffhep.io.datasets.DataError` naming the file, the column or option and the fix
+before anything is trained; nothing is written if anything fails (the output is written to a
+temporary file and renamed).
+
+Example:
+    >>> import numpy as np
+    >>> x = np.array([[15.0], [23.0], [15.0], [15.0], [90.0]])
+    >>> w = np.array([1.0, 1.0, 1.0, -1.0, 1.0])
+    >>> new, report = reweight_arrays(x, w, folds=1, hidden=(16,), epochs=300,
+    ...                               learning_rate=0.05, bins=2, regions={})
+    >>> [round(float(v), 1) for v in new], report["negative_fraction"]["after"]
+    ([0.3, 1.0, 0.3, 0.3, 1.0], 0.0)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..io import (sources)
+from ..io.datasets import (DataError, check_events)
+from ..analysis.pipeline import (Events)
+from .verify import (_region_mask, verify, write_report)
+from ..writers import (AtomicWriter, check_writable_dir, same_file)
+
+__all__ = ["FORMATS", "default_output", "reweight_arrays", "reweight_file", "reweight_npz"]
+
+#: File suffix -> format of the files ``diffhep reweight`` reads and writes.
+FORMATS = {
+    ".root": "root",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".csv": "csv",
+    ".npz": "npz",
+}
+
+
+def reweight_arrays(
+    x,
+    w,
+    *,
+    names=None,
+    inputs=None,
+    regions=None,
+    bins=20,
+    method="regression",
+    resampling=False,
+    seed=0,
+    **fit_options,
+):
+    """Learn positive weights for ``(x, w)`` and verify them.
+
+    Args:
+        x: Features ``(n, f)``.
+        w: Signed weights ``(n,)``.
+        names: Feature names.
+        inputs: Columns used as inputs of the weight network (default: all).
+        regions: ``{name: expression}`` for the per-region sums.
+        bins: Bins per feature in the report.
+        method: ``classifier`` or ``regression`` (:mod:`diffhep.weights.reweight`).
+        resampling: Also resample (Nachman-Thaler); the new weights are then the resampled
+            ones (0 for dropped events).
+        seed: Seeds the network and the resampling.
+        fit_options: Passed to :func:`diffhep.weights.reweight.fit_mean_weight`.
+
+    Returns:
+        ``(new_weights, report)``.
+    """
+    from .reweight import (learn_positive_weights)
+
+    x = np.asarray(x)
+    x = x[:, None] if x.ndim == 1 else x
+    inputs = list(range(x.shape[1])) if inputs is None else [int(i) for i in inputs]
+    res = learn_positive_weights(
+        x, w, method=method, inputs=inputs, resampling=resampling, seed=seed, **fit_options
+    )
+    report = verify(x, w, res.weights, names=names, inputs=inputs, regions=regions, bins=bins)
+    report["learning"] = {
+        "method": method,
+        "resampling": resampling,
+        "negative_mean_weight_fraction": res.negative_fraction,
+        "clipped_events": res.clipped,
+    }
+    if res.kept is not None:
+        report["learning"]["kept_fraction"] = float(np.mean(res.kept))
+    return res.weights, report
+
+
+def _columns(spec, names, option, file=None):
+    """Column indices from names or indices (``--inputs x0,2``)."""
+    out = []
+    for item in spec:
+        item = str(item).strip()
+        if item in names:
+            out.append(names.index(item))
+        elif item.isdigit() and int(item) < len(names):
+            out.append(int(item))
+        else:
+            raise DataError(
+                f"{item!r} is not a feature",
+                file=file,
+                where=option,
+                fix=f"use names or column numbers of: {', '.join(names)}",
+            )
+    return out
+
+
+def default_output(path) -> Path:
+    """``<stem>_reweighted<suffix>`` beside ``path``: the default output of a file."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_reweighted{path.suffix}")
+
+
+def _format(path: Path, where=None) -> str:
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"unknown file type {path.suffix!r}",
+            file=str(path),
+            where=where,
+            fix=f"use one of: {', '.join(FORMATS)}",
+        )
+    return kind
+
+
+#: Fit options of ``diffhep reweight`` that must be positive integers: option -> fix.
+_POSITIVE = {
+    "folds": "give --folds 2 (two-fold cross-fitting, the default) or 1 (one network)",
+    "epochs": "give --epochs N >= 1, or leave it out (60, or enough for 800 steps)",
+    "bins": "give --bins N >= 1 (bins per feature in the report, default 20)",
+    "batch_size": "give a batch size >= 1",
+}
+
+
+def _check_options(file, options: dict) -> None:
+    """Refuse options out of range (``--folds 0``, ``--epochs 0``, ``--bins 0``, a hidden
+    width < 1) before anything is read or trained."""
+    for key, fix in _POSITIVE.items():
+        v = options.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise DataError(
+                f"--{key.replace('_', '-')} must be an integer >= 1, got {v!r}",
+                file=file,
+                where=f"--{key.replace('_', '-')}",
+                fix=fix,
+            )
+    hidden = options.get("hidden")
+    if hidden is not None and any(int(h) < 1 for h in hidden):
+        raise DataError(
+            f"hidden layer widths must be >= 1, got {','.join(map(str, hidden))}",
+            file=file,
+            where="--hidden",
+            fix="give positive widths, e.g. --hidden 32,32",
+        )
+
+
+def _check_folds(file, folds, n: int) -> None:
+    if folds is not None and folds > n:
+        raise DataError(
+            f"--folds {folds} is more than the {n} events",
+            file=file,
+            where="--folds",
+            fix=f"give --folds between 1 and {n}",
+        )
+
+
+def _check_output(path: Path, out: Path, report_dir) -> None:
+    """The output is not the input (symbolic links and relative paths resolved) and it and
+    the report can be written; nothing is created."""
+    if same_file(out, path):
+        raise DataError(
+            f"the output {out} is the input file: diffhep reweight never overwrites its input",
+            file=str(path),
+            where="--out",
+            fix=f"give another --out (default: {default_output(path)})",
+        )
+    if out.is_dir():
+        raise DataError(
+            f"the output {out} is a directory",
+            file=str(path),
+            where="--out",
+            fix=f"give a file name, e.g. {out / default_output(path).name}",
+        )
+    check_writable_dir(out.parent, where="--out", create=False)
+    report = Path(report_dir) if report_dir else out.with_name(out.stem + "_reweight")
+    check_writable_dir(report, where="--report", create=False)
+
+
+def _prepare(x, w, names, inputs, regions, file, weight_where):
+    """Check names, inputs, regions and the sum of weights before the training; returns
+    ``(names, input columns)``."""
+    nf = x.shape[1]
+    if len(names) != nf:
+        raise DataError(
+            f"--names gives {len(names)} names for {nf} features",
+            file=file,
+            where="names",
+            fix=f"give {nf} comma-separated names",
+        )
+    cols = _columns(inputs, names, "--inputs", file) if inputs else list(range(nf))
+    for expr in (regions or {}).values():  # fail before the (long) training
+        try:
+            _region_mask(x[:1], names, expr)
+        except (DataError, ValueError) as exc:
+            raise DataError(
+                str(exc), file=file, where="--region", fix=f"e.g. --region 'low={names[0]} < 0'"
+            ) from None
+    if float(np.sum(w)) <= 0:
+        raise DataError(
+            f"the sum of weights is {np.sum(w):.4g} <= 0: no positive weights can reproduce it",
+            file=file,
+            where=weight_where,
+        )
+    return names, cols
+
+
+def _publish(report, tmp: Path, out: Path, column, report_dir, plots) -> dict:
+    """Write the report, then rename the complete temporary output ``tmp`` to ``out``."""
+    report_dir = Path(report_dir) if report_dir else out.with_name(out.stem + "_reweight")
+    try:
+        md = write_report(report, report_dir, plots=plots)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return {
+        "output": str(out),
+        "report": str(md),
+        "column": column,
+        "summary": {k: report[k] for k in ("negative_fraction", "ess", "global")},
+    }
+
+
+def reweight_npz(
+    path,
+    out=None,
+    *,
+    weights_key: str = "w",
+    column: str = "w_learned",
+    names=None,
+    inputs=None,
+    regions=None,
+    report_dir=None,
+    plots: bool = True,
+    **options,
+) -> dict:
+    """``diffhep reweight``: read ``x`` and ``w`` from an ``.npz`` file, learn positive weights,
+    write every original array plus ``column`` to ``out`` (default
+    :func:`default_output`) and the report to ``report_dir`` (default
+    ``<out stem>_reweight/``). Nothing is written if anything fails.
+
+    Returns:
+        ``{"output", "report", "column", "summary"}``.
+    """
+    path = Path(path)
+    file = str(path)
+    _check_options(file, options)
+    if not path.is_file():
+        raise DataError("file not found", file=file, fix="give an existing .npz file")
+    out = Path(out) if out is not None else default_output(path)
+    _check_output(path, out, report_dir)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: np.asarray(f[k]) for k in f.files}
+    except Exception as exc:
+        raise DataError(
+            f"cannot read as .npz ({exc})", file=file, fix="store the events with numpy.savez"
+        ) from None
+    for key, what in (("x", "the features (n, f)"), (weights_key, "the signed weights (n,)")):
+        if key not in arrays:
+            raise DataError(
+                f"no array {key!r} ({what}); the file has: {', '.join(arrays) or 'nothing'}",
+                file=file,
+                where=key,
+                fix="store x and w arrays, name the weights with --weights-key, or read "
+                "1-D arrays as columns with --weight",
+            )
+    if column in arrays:
+        raise DataError(
+            f"array {column!r} exists already",
+            file=file,
+            where=column,
+            fix="choose another name with --column",
+        )
+    ev = check_events(Events(arrays["x"], arrays[weights_key]), path.stem, file)
+    x, w = np.asarray(ev.x, np.float64), np.asarray(ev.w, np.float64)
+    names = list(names) if names else [f"x{i}" for i in range(x.shape[1])]
+    names, cols = _prepare(x, w, names, inputs, regions, file, weights_key)
+    _check_folds(file, options.get("folds"), len(x))
+    new, report = reweight_arrays(x, w, names=names, inputs=cols, regions=regions, **options)
+    report["input_file"], report["output_file"], report["column"] = file, str(out), column
+    arrays[column] = new
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return _publish(report, tmp, out, column, report_dir, plots)
+
+
+# ------------------------------------------------------------------ columnar files
+#: The layout of an RNTuple (``_root_layout``): its fields are copied as they are.
+RNTUPLE = "RNTuple"
+
+
+def _root_layout(path, tree):
+    """``(tree, flat numeric branches, every branch, jagged groups)`` of a ROOT file; the
+    groups ``{name: [branches]}`` say how jagged branches are written back (a record
+    ``name`` of the fields ``<name>_<field>``, or the jagged branch ``name`` itself), so that
+    uproot recreates the same branch names and counters. For an RNTuple the groups are
+    :data:`RNTUPLE` (fields are written back as they are)."""
+    import uproot
+
+    file = str(path)
+    tree, what = sources.tree_kind(path, tree)
+    if what == "RNTuple":  # every field is written back as it is: no counters to recreate
+        with uproot.open(path) as f:
+            t = f[tree]
+            fields = list(t.keys(recursive=False))
+            types = t.arrays(fields, entry_stop=0)
+        flat = [b for b in fields if types[b].ndim == 1 and sources._is_numeric_ak(types[b])]
+        return tree, flat, fields, RNTUPLE
+    with uproot.open(path) as f:
+        t = f[tree]
+        branches = list(t.keys(recursive=False))
+        flat, by_counter = [], {}
+        for b in branches:
+            br = t[b]
+            interp = br.interpretation
+            if isinstance(interp, uproot.AsDtype) and interp.to_dtype.shape == ():
+                if interp.to_dtype.kind in "biuf":
+                    flat.append(b)
+                continue
+            inner = getattr(interp, "content", None)
+            if (
+                isinstance(interp, uproot.AsJagged)
+                and isinstance(inner, uproot.AsDtype)
+                and inner.to_dtype.shape == ()
+                and br.count_branch is not None
+            ):
+                by_counter.setdefault(br.count_branch.name, []).append(b)
+                continue
+            raise DataError(
+                f"branch {b!r} ({br.typename}) cannot be copied to the output",
+                file=file,
+                where=b,
+                fix="copy flat numeric branches and jagged lists of numbers only "
+                "(drop this branch from the file first)",
+            )
+    groups = {}
+    for counter, members in by_counter.items():
+        name = counter[1:] if counter.startswith("n") else None
+        if name and all(m.startswith(name + "_") for m in members):
+            groups[name] = members
+        elif name and members == [name]:
+            groups[name] = None  # a single jagged branch written as it is
+        else:
+            raise DataError(
+                f"jagged branch {members[0]!r} has the counter {counter!r}, which uproot "
+                "cannot recreate under the same names",
+                file=file,
+                where=members[0],
+                fix="name collections nX with branches X_<field> (as NanoAOD does)",
+            )
+    return tree, flat, branches, groups
+
+
+def _layout(kind, path, tree):
+    """``(tree, flat numeric columns, every column, extra)`` of a columnar file."""
+    file = str(path)
+    if kind == "root":
+        return _root_layout(path, tree)
+    if kind in ("parquet", "csv"):
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        try:
+            if kind == "csv":
+                with pcsv.open_csv(path) as reader:
+                    schema = reader.schema
+            else:
+                schema = pq.ParquetFile(path).schema_arrow
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"cannot read as {kind} ({exc})", file=file) from None
+        numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+        flat = [f.name for f in schema if any(p(f.type) for p in numeric)]
+        return tree, flat, list(schema.names), None
+    if kind == "hdf5":
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                group = f
+                if tree is not None:
+                    if tree not in f or not isinstance(f[tree], h5py.Group):
+                        raise DataError(
+                            f"group {tree!r} not found; the file has: {', '.join(f.keys())}",
+                            file=file,
+                            where=tree,
+                        )
+                    group = f[tree]
+                every = [k for k in group if isinstance(group[k], h5py.Dataset)]
+                flat = [k for k in every if group[k].ndim == 1 and group[k].dtype.kind in "biuf"]
+        except OSError as exc:
+            raise DataError(f"cannot open as HDF5 ({exc})", file=file) from None
+        return tree, flat, every, None
+    try:  # npz with 1-D arrays as columns
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: np.asarray(f[k]) for k in f.files}
+    except Exception as exc:
+        raise DataError(f"cannot read as .npz ({exc})", file=file) from None
+    flat = [k for k, v in arrays.items() if v.ndim == 1 and v.dtype.kind in "biuf"]
+    return tree, flat, list(arrays), arrays
+
+
+def _write_tmp(kind, path: Path, out: Path, tree, extra, column, new, step) -> Path:
+    """The output: every column of ``path`` plus ``column`` = ``new``, in a temporary file
+    beside ``out`` (returned; renamed by the caller)."""
+    tmp = out.with_name(f".{out.name}.part")
+    file = str(path)
+    try:
+        if kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            writer = AtomicWriter(out, "parquet")
+            start = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=step):
+                part = pa.array(new[start : start + batch.num_rows], pa.float64())
+                writer.write(batch.append_column(column, part))
+                start += batch.num_rows
+            _check_count(file, start, len(new))
+            empty = pq.read_schema(path).append(pa.field(column, pa.float64())).empty_table()
+            return writer.finish(empty)
+        if kind == "root":
+            return _write_root(path, out, tree, extra, column, new, step)
+        if kind == "hdf5":
+            import h5py
+
+            shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "a") as f:
+                (f[tree] if tree is not None else f).create_dataset(column, data=new)
+            return tmp
+        if kind == "csv":
+            with open(path, newline="") as src, open(tmp, "w", newline="") as dst:
+                header = src.readline()
+                end = header[len(header.rstrip("\r\n")) :] or "\n"
+                dst.write(f"{header.rstrip(chr(13) + chr(10))},{column}{end}")
+                i = 0
+                for line in src:
+                    body = line.rstrip("\r\n")
+                    if not body:  # empty lines are not events (as in the reader)
+                        dst.write(line)
+                        continue
+                    if i < len(new):
+                        dst.write(f"{body},{float(new[i])!r}{line[len(body) :] or end}")
+                    i += 1
+            _check_count(file, i, len(new))
+            return tmp
+        with open(tmp, "wb") as fh:  # npz
+            np.savez(fh, **extra, **{column: new})
+        return tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _check_count(file, n, expected):
+    if n != expected:
+        raise DataError(
+            f"the file has {n} rows but {expected} events were read",
+            file=file,
+            fix="check the file (quoted line breaks in a CSV?)",
+        )
+
+
+def _write_root(path, out, tree, groups, column, new, step) -> Path:
+    import awkward as ak
+    import uproot
+
+    rntuple = groups == RNTUPLE
+    groups = {} if rntuple else groups
+    counters = {"n" + g for g in groups}
+    members = {m for ms in groups.values() if ms for m in ms}
+    writer = AtomicWriter(out, "root", tree, rntuple=rntuple)
+    start = 0
+    try:
+        with uproot.open(path) as f:
+            for chunk in f[tree].iterate(step_size=step, library="ak"):
+                n = len(chunk)
+                cols = {}
+                if rntuple:
+                    cols = {b: chunk[b] for b in chunk.fields}
+                    cols[column] = np.asarray(new[start : start + n], np.float64)
+                    writer.write(cols)
+                    start += n
+                    continue
+                for b in chunk.fields:
+                    if b in counters or b in members:
+                        continue
+                    cols[b] = ak.to_numpy(chunk[b]) if b not in groups else chunk[b]
+                for g, ms in groups.items():
+                    if ms:
+                        cols[g] = ak.zip({m[len(g) + 1 :]: chunk[m] for m in ms})
+                cols[column] = np.asarray(new[start : start + n], np.float64)
+                writer.write(cols)
+                start += n
+        _check_count(str(path), start, len(new))
+        return writer.finish(None)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def reweight_file(
+    path,
+    out=None,
+    *,
+    weight: str | None = None,
+    weights_key: str = "w",
+    features=None,
+    tree: str | None = None,
+    column: str = "w_learned",
+    names=None,
+    inputs=None,
+    regions=None,
+    report_dir=None,
+    plots: bool = True,
+    step_size: int = sources.DEFAULT_STEP,
+    **options,
+) -> dict:
+    """``diffhep reweight`` for a ROOT, parquet, HDF5, CSV or ``.npz`` file (see the module
+    docstring): learn positive weights for the signed weight ``weight`` (a column or an
+    expression) with the report histogramming ``features`` (columns or expressions; default
+    every flat numeric column but the weight's), write every original column plus
+    ``column`` to ``out`` (default :func:`default_output`, same format) and the report to
+    ``report_dir`` (default ``<out stem>_reweight/``). An ``.npz`` file without ``weight``
+    or ``features`` is read as ``x`` and ``weights_key`` arrays (:func:`reweight_npz`).
+
+    Returns:
+        ``{"output", "report", "column", "summary"}``.
+    """
+    path = Path(path)
+    file = str(path)
+    kind = _format(path)
+    _check_options(file, options)
+    out = Path(out) if out is not None else default_output(path)
+    if _format(out, "--out") != kind:
+        raise DataError(
+            f"the output {out} is not a {kind} file like the input",
+            file=file,
+            where="--out",
+            fix=f"give --out a {path.suffix} name",
+        )
+    if kind == "npz" and weight is None and features is None:
+        return reweight_npz(
+            path, out, weights_key=weights_key, column=column, names=names, inputs=inputs,
+            regions=regions, report_dir=report_dir, plots=plots, **options,
+        )  # fmt: skip
+    if not path.is_file():
+        raise DataError("file not found", file=file, fix="check the path")
+    _check_output(path, out, report_dir)
+    tree, flat, every, extra = _layout(kind, path, tree)
+    if weight is None:
+        raise DataError(
+            "which column is the signed event weight?",
+            file=file,
+            where="--weight",
+            fix=f"give --weight COLUMN or an expression; the file has: {sources._few(every)}",
+        )
+    if column in every:
+        raise DataError(
+            f"column {column!r} exists already",
+            file=file,
+            where=column,
+            fix="choose another name with --column",
+        )
+    wcols = set(sources.columns_of([weight]))
+    features = list(features) if features else [c for c in flat if c not in wcols]
+    if not features:
+        raise DataError(
+            "no feature to histogram: the file has no flat numeric column but the weight's",
+            file=file,
+            where="--features",
+        )
+    x, ws = sources.load_sample(
+        [str(path)],
+        features=features,
+        weights={"w": weight},
+        tree=tree,
+        step_size=step_size,
+        name=path.stem,
+    )
+    w = ws["w"]
+    names = list(names) if names else list(features)
+    names, cols = _prepare(x, w, names, inputs, regions, file, weight)
+    _check_folds(file, options.get("folds"), len(x))
+    new, report = reweight_arrays(x, w, names=names, inputs=cols, regions=regions, **options)
+    report["input_file"], report["output_file"], report["column"] = file, str(out), column
+    report["weight"] = weight
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_tmp(kind, path, out, tree, extra, column, new, step_size)
+    return _publish(report, tmp, out, column, report_dir, plots)
