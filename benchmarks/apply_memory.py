@@ -59,10 +59,10 @@ def _export(run_dir: Path) -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from diffhep.analysis.spec import Analysis, Channel
     from diffhep.analysis.cuts import CutSpec
-    from diffhep.io.onnx.export import export_onnx
     from diffhep.analysis.pipeline import Events, Pipeline
+    from diffhep.analysis.spec import Analysis, Channel
+    from diffhep.io.onnx.export import export_onnx
 
     names = tuple(f"f{i}" for i in range(NFEAT))
     rng = np.random.default_rng(0)

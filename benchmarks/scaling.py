@@ -5,7 +5,8 @@ gradients vs dataset size (time and peak memory).
    events split over 1, 2 and 4 devices (``jax.sharding``; CPU devices simulated with
    ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, one process each).
 2. The exact gradient of the CLs loss over the whole dataset, computed in chunks of a fixed
-   size (``diffhep.analysis.chunked``; chunks generated on the fly, as if read from disk) for growing
+   size (``diffhep.analysis.chunked``; chunks generated on the fly, as if read from disk) for
+   growing
    dataset sizes, against the in-memory gradient (all events at once): wall time per
    gradient and the peak resident memory (``ru_maxrss``) of a fresh process per point.
 
@@ -38,8 +39,8 @@ def _setup():
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from diffhep.analysis.spec import Analysis, Channel, ShapeSystematic
     from diffhep.analysis.pipeline import Events, Pipeline
+    from diffhep.analysis.spec import Analysis, Channel, ShapeSystematic
 
     analysis = Analysis(
         samples=("signal", "background"),
@@ -75,9 +76,9 @@ def child_devices(devices, batch, repeats):
     import equinox as eqx
     import optax
 
-    from diffhep.problems import blobs
     from diffhep.nn import sharding
     from diffhep.nn.training import _make_step
+    from diffhep.problems import blobs
 
     raw = blobs.generate(batch, seed=0)
     host = {n: Events(x, w) for n, (x, w) in raw.items()}
@@ -109,8 +110,8 @@ def child_chunked(n_events, chunk, mode, repeats):
     jax, jnp, pipe, Events = _setup()
     import equinox as eqx
 
-    from diffhep.problems import blobs
     from diffhep.analysis import chunked
+    from diffhep.problems import blobs
 
     first = blobs.generate(min(n_events, chunk), seed=0)
     params = pipe.init_params(
@@ -263,7 +264,8 @@ def main():
             f"### Full-dataset gradient vs dataset size (chunks of {chunk:,} events per blob)",
             "",
             "The exact gradient of the CLs loss over all events (4 blobs of N events): chunked "
-            "in two passes (`diffhep.analysis.chunked`, chunks generated on the fly as if streamed from "
+            "in two passes (`diffhep.analysis.chunked`, chunks generated on the fly as if streamed "
+            "from "
             "disk) against the in-memory gradient (all events in one jitted function). Time: "
             "median warm gradient (per event of the 4 blobs in brackets); memory: peak "
             "resident set size of the process (JAX, compiled code and data included). '-': "

@@ -37,9 +37,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from diffhep import blobs  # noqa: E402
-from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic  # noqa: E402
 from diffhep.analysis.cuts import CutSpec  # noqa: E402
 from diffhep.analysis.pipeline import Events, Pipeline  # noqa: E402
+from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic  # noqa: E402
 from diffhep.nn.training import _make_step  # noqa: E402
 
 HEADING = "## Template fill vs pyhf JSON round trip (`benchmarks/template_fill.py`)"

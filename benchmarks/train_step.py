@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from diffhep import blobs  # noqa: E402
-from diffhep.analysis.spec import Analysis, Channel, ShapeSystematic  # noqa: E402
 from diffhep.analysis.pipeline import Events, Pipeline  # noqa: E402
+from diffhep.analysis.spec import Analysis, Channel, ShapeSystematic  # noqa: E402
 from diffhep.nn.training import _make_step  # noqa: E402
 
 HEADING = "## Training step (neos blobs, `benchmarks/train_step.py`)"

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic
 from diffhep.analysis.cuts import CutSpec
 from diffhep.analysis.pipeline import Events, Pipeline
+from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic
 
 FEATURES = ("x0", "x1", "x2")
 SIZES = {"signal": 301, "background": 410, "bkg_up": 399, "bkg_down": 405, "other": 203}

@@ -13,8 +13,8 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
-from diffhep.problems import blobs
 from diffhep.cli import main
+from diffhep.problems import blobs
 
 
 @pytest.fixture(autouse=True)

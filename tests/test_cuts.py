@@ -227,8 +227,8 @@ def test_one_cut_trained_on_s_over_sqrt_b_reaches_the_brute_force_optimum(relaxa
 
 # --------------------------------------------------------------------------- in the pipeline
 def _pipeline(channel, cuts, n=300, seed=0):
-    from diffhep.analysis.spec import Analysis
     from diffhep.analysis.pipeline import Events, Pipeline
+    from diffhep.analysis.spec import Analysis
 
     rng = np.random.default_rng(seed)
     events = {

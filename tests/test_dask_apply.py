@@ -16,8 +16,8 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
-from diffhep.io.apply import apply_run
 from diffhep.cli import main
+from diffhep.io.apply import apply_run
 from diffhep.io.datasets import DataError
 from test_apply import _ntuple_run, columns, ntuple_columns  # noqa: F401 (fixtures)
 

@@ -862,7 +862,9 @@ fit_jit = eqx.filter_jit(diffhep.stats.fit.fit)
 @eqx.filter_jit
 def fixed_poi_fits(mus, model, data):
     """Several fixed-POI fits at once (one compilation for all POI values)."""
-    return jax.vmap(lambda mu: diffhep.stats.fit.fixed_poi_fit(mu, model, data, uncertainties=False))(mus)
+    return jax.vmap(
+        lambda mu: diffhep.stats.fit.fixed_poi_fit(mu, model, data, uncertainties=False)
+    )(mus)
 
 
 FIXED_MUS = (0.0, 1.0, 2.5)
@@ -1164,9 +1166,9 @@ def test_vmap_over_signal_yields_equals_loop():
 
     @eqx.filter_jit
     def batched(noms, model, data):
-        return jax.vmap(lambda nom: diffhep.stats.fit.fit(model.with_yields(nominal=nom), data).bestfit)(
-            noms
-        )
+        return jax.vmap(
+            lambda nom: diffhep.stats.fit.fit(model.with_yields(nominal=nom), data).bestfit
+        )(noms)
 
     got = np.asarray(batched(noms, dmodel, ddata))
     assert np.all(np.isfinite(got))

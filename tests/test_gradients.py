@@ -59,7 +59,9 @@ def value_and_jacobian(nominal, model, data):
 
 
 def bestfit(nominal, model, data):
-    return diffhep.stats.fit.fit(model.with_yields(nominal=nominal), data, uncertainties=False).bestfit
+    return diffhep.stats.fit.fit(
+        model.with_yields(nominal=nominal), data, uncertainties=False
+    ).bestfit
 
 
 @eqx.filter_jit

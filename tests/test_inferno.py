@@ -20,8 +20,8 @@ from jax.scipy import stats
 
 import oracle
 from diffhep.problems import inferno as I
-from diffhep.studies import inferno as S
 from diffhep.problems import toys
+from diffhep.studies import inferno as S
 
 pyhf.set_backend("numpy")
 

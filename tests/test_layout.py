@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 
 from diffhep import Model
-from diffhep.runs import core as runs
-from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic
-from diffhep.runs.config import load_config
 from diffhep.analysis.cuts import CutSpec
-from diffhep.stats.layout import Layout
 from diffhep.analysis.pipeline import Events, Pipeline
+from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic
 from diffhep.nn.training import _make_step
+from diffhep.runs import core as runs
+from diffhep.runs.config import load_config
+from diffhep.stats.layout import Layout
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = {  # the demo, the ntuples example (histosys on two samples, normsys, mc_stat), INFERNO

@@ -19,15 +19,15 @@ import yaml
 from click.testing import CliRunner
 
 from diffhep.analysis import losses
+from diffhep.analysis.cuts import CutSpec, Selection
+from diffhep.analysis.histograms import Binning, soft_histogram
+from diffhep.analysis.pipeline import Events, Pipeline
 from diffhep.analysis.spec import Analysis, Channel
 from diffhep.cli import main
-from diffhep.runs.config import load_config
-from diffhep.analysis.cuts import CutSpec, Selection
 from diffhep.io.datasets import split
-from diffhep.analysis.histograms import Binning, soft_histogram
-from diffhep.stats.model import Model
-from diffhep.analysis.pipeline import Events, Pipeline
+from diffhep.runs.config import load_config
 from diffhep.runs.core import _analysis, load_events, prepare, train_run
+from diffhep.stats.model import Model
 from diffhep.weights.weighting import (
     NetYieldWarning,
     apply_strategies,

@@ -19,11 +19,11 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
-from diffhep.io.apply import root_branch_names
-from diffhep.cli import main
-from diffhep.runs.config import ConfigError, load_config
-from diffhep.io.datasets import DataError
 from diffhep.analysis.pipeline import Events
+from diffhep.cli import main
+from diffhep.io.apply import root_branch_names
+from diffhep.io.datasets import DataError
+from diffhep.runs.config import ConfigError, load_config
 from diffhep.runs.core import _analysis, load_events, prepare, restore_run
 
 ROOT = Path(__file__).resolve().parents[1]

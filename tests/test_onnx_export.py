@@ -11,12 +11,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from diffhep.analysis.spec import Analysis, Channel
 from diffhep.analysis.cuts import CutSpec
+from diffhep.analysis.pipeline import Events, Pipeline
+from diffhep.analysis.spec import Analysis, Channel
+from diffhep.io.onnx.export import ExportError, export_onnx
 from diffhep.nn.deepsets import DeepSetsObservable, Layout
 from diffhep.nn.observables import ACTIVATIONS
-from diffhep.io.onnx.export import ExportError, export_onnx
-from diffhep.analysis.pipeline import Events, Pipeline
 
 FEATURES = ("x0", "x1", "x2")
 CUTS = [CutSpec("x0", ">"), CutSpec("x1", "<"), CutSpec("x2", "window")]

@@ -24,9 +24,9 @@ import pytest
 import oracle
 from diffhep import Model
 from diffhep.analysis import losses
+from diffhep.analysis.pipeline import LOSS_TERMS, Events, Pipeline
 from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic
 from diffhep.stats.hypotest import hypotest
-from diffhep.analysis.pipeline import LOSS_TERMS, Events, Pipeline
 from diffhep.stats.workspace import Workspace, apply_patch, builtin_example
 
 FEATURES = ("x0", "x1")

@@ -184,8 +184,8 @@ def test_load_run_histograms(tiny_run):
 def test_score_plots_show_the_selected_events(tiny_run, tmp_path, monkeypatch):
     """The ROC curve (and its AUC) is that of the events the hard selection keeps: compared
     with roc_curve on a brute-force selection of the test events."""
-    from diffhep.runs.report import write_plots
     from diffhep.runs.core import restore_run
+    from diffhep.runs.report import write_plots
 
     _, pipe, parts, params = restore_run(tiny_run)
     seen = {}

@@ -20,9 +20,9 @@ import pytest
 import diffhep
 import scaling_case as case
 from diffhep.analysis import chunked
+from diffhep.analysis.pipeline import LOSS_TERMS
 from diffhep.nn import sharding
 from diffhep.runs.config import ConfigError, load_config
-from diffhep.analysis.pipeline import LOSS_TERMS
 
 HERE = Path(__file__).resolve().parent
 

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 import oracle
-from diffhep.runs.config import ConfigError, load_config
 from diffhep.io.datasets import DataError
 from diffhep.nn.training import TrainingError, TrainState, load_checkpoint, train
+from diffhep.runs.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -350,8 +350,8 @@ def test_evaluate_recomputes_the_summary(uninterrupted, tmp_path):
 def test_pipeline_step_compiles_once():
     """The real CLs step (soft histograms -> model -> fit -> CLs) is traced once over epochs
     with an annealed bandwidth: the model is never rebuilt or recompiled."""
-    from diffhep.runs import core as runs
     from diffhep.io.datasets import batches
+    from diffhep.runs import core as runs
 
     cfg = load_config(CLS_EXAMPLE, [*SMALL, "histogram.bandwidth_final=0.1"])
     pipe, parts, params = runs.prepare(cfg)

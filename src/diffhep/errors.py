@@ -79,3 +79,7 @@ class SchemaError(DiffhepError):
 
 class FitError(DiffhepError):
     """A fit did not converge or was configured inconsistently."""
+
+
+class DataError(DiffhepError):
+    """Invalid input data (names the file, the array and the count of bad entries)."""

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import (DiffhepError)
+from .errors import DiffhepError
 
 __all__ = [
     "LOCK_FILE",

@@ -16,7 +16,8 @@ compilation) and may be sharded over devices (:mod:`diffhep.nn.sharding`).
 
 :class:`TwoPass` is physics-free; :func:`pipeline_loss` writes a
 :class:`~diffhep.analysis.pipeline.Pipeline`'s weighted loss terms in this form
-(:meth:`~diffhep.analysis.pipeline.Pipeline.loss_sums`, :meth:`~diffhep.analysis.pipeline.Pipeline.terms_from_sums`),
+(:meth:`~diffhep.analysis.pipeline.Pipeline.loss_sums`,
+:meth:`~diffhep.analysis.pipeline.Pipeline.terms_from_sums`),
 and :func:`gradient` is the one-call version.
 
 Example:
@@ -38,9 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .pipeline import (Events, Pipeline)
-from ..nn.sharding import (mesh_size, pad_events, padded_size, shard_events)
-from ..nn.training import (_finite)
+from ..nn.sharding import mesh_size, pad_events, padded_size, shard_events
+from ..nn.training import all_finite
+from ..types import Events
+from .pipeline import Pipeline
 
 __all__ = [
     "TwoPass",
@@ -134,7 +136,7 @@ def make_step(chunks_of: Callable[[object], Iterable]) -> Callable:
             updates, opt_state = optimizer.update(
                 grads, opt_state, eqx.filter(params, eqx.is_inexact_array)
             )
-            ok = jnp.isfinite(value) & _finite(grads)
+            ok = jnp.isfinite(value) & all_finite(grads)
             return eqx.apply_updates(params, updates), opt_state, ok
 
         def step(params, opt_state, batch, hyper):

@@ -15,7 +15,9 @@ stay strictly increasing by construction.
 
 Example:
     >>> import jax.numpy as jnp
-    >>> from diffhep.analysis.histograms import Binning, hard_histogram, relative_bandwidth, soft_histogram
+    >>> from diffhep.analysis.histograms import (
+    ...     Binning, hard_histogram, relative_bandwidth, soft_histogram,
+    ... )
     >>> x = jnp.array([-3.0, 0.1, 0.4, 0.45, 0.9, 2.0])
     >>> edges = Binning.uniform(4).edges()
     >>> [round(float(v), 4) for v in edges]

@@ -30,9 +30,16 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.special import ndtr
 
-from ..stats.fit import (DEFAULT_MAX_STEPS, DEFAULT_TOL, _defaults, _fit, _poi_index, covariance)
-from ..stats.fit import (fisher_information as _fisher_information)
-from ..stats.model import (Model)
+from ..stats.fit import (
+    DEFAULT_MAX_STEPS,
+    DEFAULT_TOL,
+    covariance,
+    fit_bounded,
+    fit_defaults,
+    poi_index,
+)
+from ..stats.fit import fisher_information as _fisher_information
+from ..stats.model import Model
 
 __all__ = [
     "YIELD_EPS",
@@ -61,7 +68,7 @@ def _safe_sqrt(x):
 def nominal_pars(model: Model, mu) -> jax.Array:
     """The model's suggested parameters with the POI set to ``mu`` (the Asimov origin)."""
     init = jnp.asarray(model.config.init, dtype=model.nominal.dtype)
-    return init.at[_poi_index(model)].set(mu)
+    return init.at[poi_index(model)].set(mu)
 
 
 def _profiled_q(model: Model, mu_asimov, mu_test, tol, max_steps):
@@ -72,9 +79,9 @@ def _profiled_q(model: Model, mu_asimov, mu_test, tol, max_steps):
     """
     origin = nominal_pars(model, mu_asimov)
     data = model.expected_data(origin)
-    init, lower, upper, fixed = _defaults(model, None, None, None, model.nominal.dtype)
-    poi = _poi_index(model)
-    res = _fit(
+    init, lower, upper, fixed = fit_defaults(model, None, None, None, model.nominal.dtype)
+    poi = poi_index(model)
+    res = fit_bounded(
         model,
         data,
         init.at[poi].set(mu_test),
@@ -117,7 +124,7 @@ def sigma_mu(model: Model, mu=1.0) -> jax.Array:
     """Expected standard deviation of the POI with nuisances profiled (INFERNO's objective):
     ``sqrt(inverse Fisher information[poi, poi])`` at the nominal point."""
     cov = fisher_covariance(model, mu)
-    poi = _poi_index(model)
+    poi = poi_index(model)
     return _safe_sqrt(cov[poi, poi])
 
 

@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -39,45 +38,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import (losses as L)
-from .spec import (Analysis)
-from .cuts import (Selection)
-from .histograms import (Binning, hard_histogram, relative_bandwidth, soft_histogram)
-from ..stats.hypotest import (hypotest)
-from ..stats.layout import (Layout)
-from ..stats.model import (Model)
-from ..nn.observables import (MLPObservable)
+from ..nn.observables import MLPObservable
+from ..stats.hypotest import hypotest
+from ..stats.layout import Layout
+from ..stats.model import Model
+from ..types import Events
+from . import losses as L
+from .cuts import Selection
+from .histograms import Binning, hard_histogram, relative_bandwidth, soft_histogram
+from .spec import LOSS_TERMS, NN_TERMS, Analysis
 
 __all__ = ["LOSS_TERMS", "METRICS", "NN_TERMS", "Events", "Params", "Pipeline"]
 
-#: Loss terms a config can combine (each is minimised).
-LOSS_TERMS = (
-    "cls",  # median expected CLs at mu = 1 (qmu_tilde), background-only Asimov
-    "z0",  # -Z0, median expected discovery significance (q0, s+b Asimov)
-    "inv_z0",  # 1 / Z0
-    "sigma_mu",  # POI uncertainty from the inverse Fisher information (INFERNO)
-    "bce",  # binary cross-entropy on logits, signal vs nominal backgrounds
-    "bce_aug",  # BCE with the systematic variations in the background class
-    "s_sqrt_sb",  # (s + b) / s^2 with soft yields (sigmoid outputs as event weights)
-    "z_asimov",  # 1 / Z_A with soft yields and a relative background uncertainty
-    "b_over_s2",  # b / s^2 with soft yields (maximises s / sqrt(b))
-    "skim",  # selected fraction of the expected events (data kept by the skim)
-)
-#: Loss terms that need the neural observable.
-NN_TERMS = ("bce", "bce_aug")
 #: Terms computed from the HistFactory model of the soft histograms.
 LIKELIHOOD_TERMS = ("cls", "z0", "inv_z0", "sigma_mu")
 #: Terms computed from soft yields (signal and backgrounds).
 YIELD_TERMS = ("s_sqrt_sb", "z_asimov", "b_over_s2")
 #: Metrics evaluated with hard histograms and exact fits.
 METRICS = ("expected_cls", "z0", "sigma_mu")
-
-
-class Events(NamedTuple):
-    """Events of one event set: features ``(n, f)`` and weights ``(n,)`` (expected yields)."""
-
-    x: jax.Array
-    w: jax.Array
 
 
 class Params(eqx.Module):

@@ -31,7 +31,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Analysis", "Channel", "NormSystematic", "ShapeSystematic"]
+__all__ = ["LOSS_TERMS", "NN_TERMS", "Analysis", "Channel", "NormSystematic", "ShapeSystematic"]
+
+
+#: Names of the loss terms a config may use (``training.loss``).
+LOSS_TERMS = (
+    "cls",  # median expected CLs at mu = 1 (qmu_tilde), background-only Asimov
+    "z0",  # -Z0, median expected discovery significance (q0, s+b Asimov)
+    "inv_z0",  # 1 / Z0
+    "sigma_mu",  # POI uncertainty from the inverse Fisher information (INFERNO)
+    "bce",  # binary cross-entropy on logits, signal vs nominal backgrounds
+    "bce_aug",  # BCE with the systematic variations in the background class
+    "s_sqrt_sb",  # (s + b) / s^2 with soft yields (sigmoid outputs as event weights)
+    "z_asimov",  # 1 / Z_A with soft yields and a relative background uncertainty
+    "b_over_s2",  # b / s^2 with soft yields (maximises s / sqrt(b))
+    "skim",  # selected fraction of the expected events (data kept by the skim)
+)
+#: The terms that train the network by classification (need an ``nn`` channel).
+NN_TERMS = ("bce", "bce_aug")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import (DiffhepError, FitError)
+from ..errors import DiffhepError, FitError
 
 log = logging.getLogger("diffhep")
 
@@ -124,7 +124,7 @@ def _output(obj, output_file) -> None:
     if output_file is None:
         _emit(obj)
         return
-    from ..writers import (write_atomic)
+    from ..writers import write_atomic
 
     try:
         write_atomic(Path(output_file), json.dumps(obj, indent=4, sort_keys=True) + "\n")
@@ -174,7 +174,7 @@ def cls(
     test_stat,
 ):
     """Observed and expected CLs of WORKSPACE ('-' reads stdin), as `pyhf cls` prints them."""
-    from ..stats import (workflows)
+    from ..stats import workflows
 
     _note_ignored(backend, optimizer, optconf)
     _output(
@@ -211,7 +211,7 @@ def fit(
     """Maximum-likelihood fit: best-fit values and uncertainties by parameter name (and
     pyhf's mle_parameters and twice_nll). Uncertainties the Hessian does not determine
     (singular or indefinite) are null and the command exits 1 naming the parameters."""
-    from ..stats import (workflows)
+    from ..stats import workflows
 
     _note_ignored(backend, optimizer, optconf)
     res = _run(
@@ -295,7 +295,7 @@ def upper_limit(
     exits 1 naming its POI values."""
     import numpy as np
 
-    from ..stats import (workflows)
+    from ..stats import workflows
 
     grid = None
     if scan is not None:
@@ -371,8 +371,8 @@ _overrides = click.option(
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def train(config, out, overrides, resume, progress):
     """Train the analysis described by CONFIG (YAML) into the run directory OUT."""
-    from ..runs.config import (load_config)
-    from ..runs.core import (train_run)
+    from ..runs.config import load_config
+    from ..runs.core import train_run
 
     cfg = _run(load_config, config, overrides)
     summary = _run(train_run, cfg, out, file=config, resume=resume, progress=progress)
@@ -396,7 +396,7 @@ def _exit_if_incomplete(summary: dict, out) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def evaluate(run_dir):
     """Recompute the test-set metrics of the saved run RUN_DIR (writes summary.json)."""
-    from ..runs.core import (evaluate_run)
+    from ..runs.core import evaluate_run
 
     summary = _run(evaluate_run, run_dir)
     _print_summary(summary, run_dir)
@@ -423,7 +423,7 @@ def demo(out, overrides, statistics_only):
 
     start = time.perf_counter()
     if statistics_only:
-        from ..stats import (workflows)
+        from ..stats import workflows
 
         res = _run(workflows.demo)
         click.echo(f"diffhep demo: {res['workspace']}")
@@ -432,8 +432,8 @@ def demo(out, overrides, statistics_only):
         click.echo(f"  expected CLs  = [{band}]  (-2..+2 sigma)")
         click.echo(f"  ({time.perf_counter() - start:.1f} s including compilation)")
         return
-    from ..runs.config import (load_config)
-    from ..runs.core import (DEMO_CONFIG, train_run)
+    from ..runs.config import load_config
+    from ..runs.core import DEMO_CONFIG, train_run
 
     cfg = _run(load_config, DEMO_CONFIG, overrides)
     click.echo("diffhep demo: training a neural observable on the expected CLs (neos blobs)")
@@ -479,7 +479,7 @@ def apply(run_dir, files, out, tree, step_size, keep, sample, fmt, scheduler, wo
     What these mean for the output (filter, cuts, weight) is stored in it as JSON: the
     parquet schema metadata / a ROOT TObjString, both named diffhep_metadata. Local and
     single-process unless --scheduler or --workers is given."""
-    from ..io.apply import (analysis_selection, apply_run)
+    from ..io.apply import analysis_selection, apply_run
 
     if scheduler is not None and workers is not None:
         raise click.UsageError("--scheduler and --workers are mutually exclusive")
@@ -572,7 +572,7 @@ def reweight(
     the same name (jagged collections nX/X_* carried over, other non-flat branches are an
     error), parquet every column type kept, HDF5 a copy of the file plus a dataset, CSV every
     line plus a value. Written atomically: nothing on error."""
-    from ..weights.files import (reweight_file)
+    from ..weights.files import reweight_file
 
     region_map = {}
     for r in regions:
@@ -646,11 +646,11 @@ def study(name, out, seeds, epochs, runs_dir, workers, overrides):
     inferno (INFERNO's benchmark: every model on one protocol) or significance (the
     Elwood-Kruecker significance losses) or negative-weights (training weight strategies
     for negative event weights)."""
-    from ..studies.cuts import (cuts_study)
-    from ..studies.inferno import (inferno_study)
-    from ..studies.negative_weights import (negative_weights_study)
-    from ..studies.significance import (significance_study)
-    from ..studies.neos_blobs import (neos_blobs)
+    from ..studies.cuts import cuts_study
+    from ..studies.inferno import inferno_study
+    from ..studies.negative_weights import negative_weights_study
+    from ..studies.neos_blobs import neos_blobs
+    from ..studies.significance import significance_study
 
     fn = {
         "neos-blobs": neos_blobs,

@@ -52,10 +52,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import (sources)
-from .datasets import (DataError)
-from .onnx.export import (ONNX_FORMAT)
-from ..writers import (METADATA_KEY, AtomicWriter, check_writable_dir, same_file)
+from ..errors import DataError
+from ..writers import METADATA_KEY, AtomicWriter, check_writable_dir, same_file
+from . import sources
+from .onnx.export import ONNX_FORMAT
 
 __all__ = [
     "PREFIX",
@@ -557,7 +557,7 @@ def apply_run(
     meta = metadata(run_dir, prep, selection)
     inputs = _inputs(files)
     if scheduler is not None or workers is not None:
-        from .dask_apply import (apply_dask)
+        from .dask_apply import apply_dask
 
         return apply_dask(
             run_dir, inputs, out, prep=prep, tree=tree, step_size=step_size, keep=keep,

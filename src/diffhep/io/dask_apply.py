@@ -45,10 +45,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import (apply, sources)
-from .datasets import (DataError)
-from ..errors import (DiffhepError)
-from ..writers import (check_writable_dir)
+from ..errors import DataError, DiffhepError
+from ..writers import check_writable_dir
+from . import apply, sources
 
 __all__ = ["apply_dask"]
 

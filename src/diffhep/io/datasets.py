@@ -24,14 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import (DiffhepError)
-from ..analysis.pipeline import (Events)
+from ..errors import DataError
+from ..types import Events
 
 __all__ = ["DataError", "batches", "check_events", "load_npz", "split", "steps_per_epoch"]
-
-
-class DataError(DiffhepError):
-    """Invalid input data (names the file, the array and the count of bad entries)."""
 
 
 def load_npz(path: str | Path, name: str) -> Events:

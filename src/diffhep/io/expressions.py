@@ -33,7 +33,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import (DiffhepError)
+from ..errors import DiffhepError
 
 __all__ = ["FUNCTIONS", "Expression", "ExpressionError"]
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import (DataError)
-from .expressions import (Expression, ExpressionError)
+from ..errors import DataError
+from .expressions import Expression, ExpressionError
 
 __all__ = [
     "FORMATS",

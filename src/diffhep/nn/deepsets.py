@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .observables import (ACTIVATIONS, Standardised, _mlp_with_widths, check_activation)
+from .observables import ACTIVATIONS, Standardised, _mlp_with_widths, check_activation
 
 __all__ = ["DeepSetsObservable", "Layout"]
 

@@ -37,8 +37,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..errors import (DiffhepError)
-from ..analysis.pipeline import (Events)
+from ..errors import DiffhepError
+from ..types import Events
 
 __all__ = [
     "EVENT_AXIS",

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..errors import (DiffhepError)
-from ..writers import (write_atomic)
+from ..errors import DiffhepError
+from ..writers import write_atomic
 
 __all__ = [
     "CheckpointError",
@@ -188,7 +188,7 @@ def load_checkpoint(run_dir: Path, like: TrainState) -> TrainState | None:
     return TrainState(params, opt_state, best, **meta)
 
 
-def _finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
     leaves = [
         jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
     ]
@@ -202,7 +202,7 @@ def _make_step(loss_fn, optimizer):
         updates, opt_state = optimizer.update(
             grads, opt_state, eqx.filter(params, eqx.is_inexact_array)
         )
-        ok = jnp.isfinite(loss) & _finite(grads)
+        ok = jnp.isfinite(loss) & all_finite(grads)
         return eqx.apply_updates(params, updates), opt_state, loss, aux, ok
 
     return step

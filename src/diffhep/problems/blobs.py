@@ -32,9 +32,9 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, logit, ndtr
 
-from ..errors import (DiffhepError, FitError)
-from ..stats.hypotest import (hypotest)
-from ..stats.model import (Model)
+from ..errors import DiffhepError, FitError
+from ..stats.hypotest import hypotest
+from ..stats.model import Model
 
 __all__ = [
     "MEANS",

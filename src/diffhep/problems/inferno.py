@@ -49,8 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import brentq
 
-from ..stats.fit import (covariance, fisher_information, fixed_poi_fit, twice_nll)
-from ..stats.model import (Model)
+from ..stats.fit import covariance, fisher_information, fixed_poi_fit, twice_nll
+from ..stats.model import Model
 
 __all__ = [
     "BENCHMARKS",

@@ -5,7 +5,8 @@
   background mean (0, 0) with covariance diag(9, 9), features ``x1``, ``x2``;
 - :func:`~diffhep.problems.inferno.inferno_3d`: the synthetic benchmark of INFERNO (defined with its
   likelihoods in :mod:`diffhep.problems.inferno`), with its background variations;
-- :func:`~diffhep.problems.weight_toys.negweight_2d`: a signal/background toy whose background has 20%
+- :func:`~diffhep.problems.weight_toys.negweight_2d`: a signal/background toy whose background has
+20%
   negative weights (the toys with negative weights live in :mod:`diffhep.problems.weight_toys`).
 
 Each returns ``{"signal": (x, w), "background": (x, w)}`` with unit weights (``negweight_2d``:
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .inferno import (INFERNO_SHIFTS, inferno_3d, inferno_shift)
-from .weight_toys import (negweight_2d)
+from .inferno import INFERNO_SHIFTS, inferno_3d, inferno_shift
+from .weight_toys import negweight_2d
 
 __all__ = [
     "GENERATORS",

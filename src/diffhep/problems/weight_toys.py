@@ -2,7 +2,8 @@
 
 NLO generators produce events with weights of both signs; what every distribution (and every
 learned weight) must reproduce is the *local mean weight* ``E[w | x]``. These generators give
-it in closed form, so a learned ``E[w | x]`` (:mod:`diffhep.weights.reweight`) can be checked against
+it in closed form, so a learned ``E[w | x]`` (:mod:`diffhep.weights.reweight`) can be checked
+against
 the truth:
 
 - :func:`gaussian_toy`: weight +1 for events from N(0, 1), -1 for events from N(0, 0.5), 25%

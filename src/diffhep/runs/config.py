@@ -269,7 +269,7 @@ class TrainingConfig(_Strict):
     @field_validator("loss")
     @classmethod
     def _terms(cls, v):
-        from ..analysis.pipeline import (LOSS_TERMS)
+        from ..analysis.spec import LOSS_TERMS
 
         phases = (
             v if isinstance(v, list) else [LossPhase(terms={v: 1.0} if isinstance(v, str) else v)]

@@ -29,8 +29,11 @@ from ..analysis import (chunked)
 from ..nn import (sharding)
 from ..analysis.spec import (Analysis, Channel, NormSystematic, ShapeSystematic)
 from .config import (Config, ConfigError, load_config)
-from ..io.datasets import (DataError, batches, check_events, load_npz, split)
-from ..analysis.pipeline import (NN_TERMS, Events, Pipeline)
+from ..io.datasets import batches, check_events, load_npz, split
+from ..errors import DataError
+from ..analysis.pipeline import Pipeline
+from ..analysis.spec import NN_TERMS
+from ..types import Events
 from .results import (histograms_document, write_histograms)
 from ..nn.training import (TrainState, make_optimizer, read_checkpoint_meta, train)
 from ..weights.weighting import (apply_strategies, check_net_yields, region_yields)
@@ -430,7 +433,7 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
     state = train(
         params,
         loss_fns[0],
-        _optimizer(cfg, params),
+        run_optimizer(cfg, params),
         epochs=t.epochs,
         batches=epoch_batches,
         hyper=hyper,
@@ -468,7 +471,7 @@ def _parallel(cfg: Config, file=None):
     return None, batch_size, None, _as_jax
 
 
-def _optimizer(cfg: Config, params):
+def run_optimizer(cfg: Config, params):
     """The configured optimiser; the cut thresholds (in feature units, not network weights)
     get their own learning rate, ``selection.learning_rate``."""
     o = cfg.training.optimizer

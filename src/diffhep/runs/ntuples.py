@@ -33,9 +33,10 @@ Example:
 from __future__ import annotations
 
 from .config import (Config, DataConfig, VariationConfig)
-from ..io.datasets import (DataError, check_events)
+from ..io.datasets import check_events
+from ..errors import DataError
 from ..nn.deepsets import (Layout)
-from ..analysis.pipeline import (Events)
+from ..types import Events
 from ..io.sources import (load_sample)
 
 __all__ = ["feature_names", "layout", "load_ntuple_events", "object_masks", "same_events"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import (DiffhepError)
+from ..errors import DiffhepError
 
 MODIFIER_TYPES = (
     "histosys",

@@ -24,8 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import (Model)
-from .solver import (STATUS_MESSAGES, HessianParts, Structure, _diagonal, _masked, hessian_parts, minimize)
+from .model import Model
+from .solver import (
+    STATUS_MESSAGES,
+    HessianParts,
+    Structure,
+    _diagonal,
+    _masked,
+    hessian_parts,
+    minimize,
+)
 
 __all__ = [
     "FitResult",
@@ -98,7 +106,7 @@ def structure_of(config) -> Structure:
     return Structure.from_perbin(config.npars, config.perbin)
 
 
-def _defaults(model: Model, init, bounds, fixed, dtype):
+def fit_defaults(model: Model, init, bounds, fixed, dtype):
     cfg = model.config
     init = jnp.asarray(cfg.init if init is None else init, dtype=dtype)
     b = np.asarray(cfg.bounds if bounds is None else bounds, dtype=float)
@@ -123,7 +131,7 @@ def _mirrored(config) -> np.ndarray:
     return out
 
 
-def _fit(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties=True):
+def fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties=True):
     data = jnp.asarray(data, dtype=model.nominal.dtype)
     structure = structure_of(model.config)
 
@@ -191,8 +199,8 @@ def fit(
         max_steps: Maximum number of Newton steps.
         uncertainties: Compute Hessian uncertainties (skip for speed inside loss functions).
     """
-    init, lower, upper, fixed = _defaults(model, init, bounds, fixed, model.nominal.dtype)
-    return _fit(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties)
+    init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
+    return fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties)
 
 
 def fixed_poi_fit(
@@ -208,16 +216,16 @@ def fixed_poi_fit(
     uncertainties: bool = True,
 ) -> FitResult:
     """Fit with the POI held at ``poi_value`` (pyhf's ``infer.mle.fixed_poi_fit``)."""
-    poi = _poi_index(model)
-    init, lower, upper, fixed = _defaults(model, init, bounds, fixed, model.nominal.dtype)
+    poi = poi_index(model)
+    init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
     init = init.at[poi].set(poi_value)
     fixed = fixed.at[poi].set(True)
-    return _fit(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties)
+    return fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties)
 
 
-def _poi_index(model: Model) -> int:
+def poi_index(model: Model) -> int:
     if model.config.poi_index is None:
-        from ..errors import (FitError)
+        from ..errors import FitError
 
         raise FitError(
             "the model has no parameter of interest",

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr
 
-from .fit import (DEFAULT_MAX_STEPS, DEFAULT_TOL, _defaults, _fit, _poi_index)
-from .model import (Model)
+from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults, poi_index
+from .model import Model
 
 __all__ = [
     "DiscoveryResult",
@@ -63,13 +63,13 @@ def _fits(model, data, poi_values, free_poi, init, lower, upper, fixed, tol, max
     A loop, not ``vmap``: the fits then stop independently, and tracing and compiling a
     batched while loop costs about twice as much (measured on the 50-bin benchmark model).
     """
-    poi = _poi_index(model)
+    poi = poi_index(model)
 
     def one(args):
         value, free = args
         x0 = jnp.where(free, init, init.at[poi].set(value))
         fx = fixed.at[poi].set(~free)
-        return _fit(model, data, x0, lower, upper, fx, tol, max_steps, uncertainties=False)
+        return fit_bounded(model, data, x0, lower, upper, fx, tol, max_steps, uncertainties=False)
 
     return jax.lax.map(one, (jnp.asarray(poi_values, dtype=init.dtype), jnp.asarray(free_poi)))
 
@@ -122,11 +122,11 @@ def test_statistic(
     """Value of a test statistic: ``qtilde``, ``q``, ``q0``, ``tmu``, ``tmu_tilde``."""
     if name not in TEST_STATS:
         raise ValueError(f"unknown test statistic {name!r}; use one of {TEST_STATS}")
-    init, lower, upper, fixed = _defaults(model, init, bounds, fixed, model.nominal.dtype)
+    init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
     data = jnp.asarray(data, dtype=init.dtype)
     mu = 0.0 if name == "q0" else mu
     fixed_fit, free_fit, _ = _profile(mu, model, data, init, lower, upper, fixed, tol, max_steps)
-    return _stat_from_fits(name, mu, fixed_fit, free_fit, _poi_index(model))
+    return _stat_from_fits(name, mu, fixed_fit, free_fit, poi_index(model))
 
 
 def qmu(mu, model, data, init=None, bounds=None, fixed=None):
@@ -156,7 +156,7 @@ def q0(model, data, init=None, bounds=None, fixed=None):
 
 def asimov_data(asimov_mu, model: Model, data, init=None, bounds=None, fixed=None):
     """Asimov dataset (main + auxiliary) with nuisances fitted to ``data`` at ``asimov_mu``."""
-    init, lower, upper, fixed = _defaults(model, init, bounds, fixed, model.nominal.dtype)
+    init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
     data = jnp.asarray(data, dtype=init.dtype)
     res = _fits(
         model,
@@ -234,8 +234,8 @@ def hypotest(
         )
     if test_stat not in ("qtilde", "q", "q0"):
         raise ValueError(f"test_stat must be 'qtilde', 'q' or 'q0', not {test_stat!r}")
-    poi = _poi_index(model)
-    init, lower, upper, fixed = _defaults(model, init, bounds, fixed, model.nominal.dtype)
+    poi = poi_index(model)
+    init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
     data = jnp.asarray(data, dtype=init.dtype)
     is_q0 = test_stat == "q0"
     mu = jnp.asarray(0.0 if is_q0 else poi_test, dtype=init.dtype)

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import brentq
 
-from ..errors import (DiffhepError, FitError)
-from .hypotest import (hypotest)
-from .model import (Model)
+from ..errors import DiffhepError, FitError
+from .hypotest import hypotest
+from .model import Model
 
 __all__ = ["UpperLimit", "check_level", "cls_scan", "poi_bounds", "upper_limit"]
 

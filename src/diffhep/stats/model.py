@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln, xlogy
 
-from . import (interpolation)
-from .build import (build)
+from . import interpolation
+from .build import build
 
 __all__ = ["POISSON_FLOOR", "Model", "ModelConfig"]
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import (DiffhepError)
+from ..errors import DiffhepError
 
 __all__ = ["MAX_YIELD", "WorkspaceContentError", "check_workspace"]
 

@@ -23,14 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import (DiffhepError, FitError)
-from .fit import (fit as _fit)
-from .fit import (undetermined_names)
-from .hypotest import (hypotest as _hypotest)
-from .limits import (LIMIT_NAMES, check_level)
-from .limits import (upper_limit as _upper_limit)
-from .model import (POISSON_FLOOR)
-from .workspace import (Workspace, load_json, load_patch, validate)
+from ..errors import DiffhepError, FitError
+from .fit import fit as _fit
+from .fit import undetermined_names
+from .hypotest import hypotest as _hypotest
+from .limits import LIMIT_NAMES, check_level
+from .limits import upper_limit as _upper_limit
+from .model import POISSON_FLOOR
+from .workspace import Workspace, load_json, load_patch, validate
 
 __all__ = ["cls", "demo", "fit", "load_workspace", "upper_limit"]
 
@@ -215,7 +215,7 @@ def upper_limit(
 
 def demo() -> dict:
     """CLs of a real published likelihood (ATLAS sbottom search, RegionA, one mass point)."""
-    from .workspace import (builtin_example)
+    from .workspace import builtin_example
 
     spec, patch = builtin_example()
     out = cls(spec, patches=[patch])

@@ -30,9 +30,9 @@ import jsonpatch
 import jsonschema
 import referencing
 
-from ..errors import (DiffhepError, SchemaError, format_json_path)
-from .model import (Model)
-from .validation import (check_workspace)
+from ..errors import DiffhepError, SchemaError, format_json_path
+from .model import Model
+from .validation import check_workspace
 
 __all__ = [
     "Workspace",

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runs.config import (load_config)
-from ..runs.core import (train_run)
+from ..runs.config import load_config
+from ..runs.core import train_run
 
 __all__ = ["VARIANTS", "cuts_study"]
 
@@ -99,7 +99,7 @@ def _median(rows, key):
 
 
 def _plot(sweep, results, path):
-    from ..plotting.runs import (new_figure, save_figure)
+    from ..plotting.runs import new_figure, save_figure
 
     fig = new_figure((5.5, 4.0))
     ax = fig.subplots()

@@ -1,6 +1,7 @@
 """``diffhep study inferno``: the INFERNO benchmark, every model on one evaluation protocol.
 
-On the 3-D synthetic benchmark of de Castro & Dorigo (:func:`diffhep.problems.inferno.inferno_3d`, s = 50,
+On the 3-D synthetic benchmark of de Castro & Dorigo (:func:`diffhep.problems.inferno.inferno_3d`,
+s = 50,
 b = 1000), models are trained and then all evaluated by :func:`diffhep.problems.inferno.
 expected_uncertainty` (10 hard bins, HistFactory templates at r +- 0.2 and lambda +- 0.5) on
 benchmarks 0-4:
@@ -38,11 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..problems import (inferno as I)
-from ..analysis import (losses as L)
-from ..problems.inferno import (INFERNO_SHIFTS, inferno_3d, inferno_shift)
-from ..nn.observables import (ACTIVATIONS, MLPObservable, Standardised)
-from ..nn.training import (train)
+from ..analysis import losses as L
+from ..nn.observables import ACTIVATIONS, MLPObservable, Standardised
+from ..nn.training import train
+from ..problems import inferno as I
+from ..problems.inferno import INFERNO_SHIFTS, inferno_3d, inferno_shift
 
 __all__ = ["SoftmaxObservable", "inferno_study"]
 
@@ -281,7 +282,7 @@ def inferno_study(
     spawned, so a calling script needs the usual ``if __name__ == "__main__":`` guard.
     """
     if overrides:
-        from ..runs.config import (ConfigError)
+        from ..runs.config import ConfigError
 
         raise ConfigError(
             "the inferno study has no YAML config to override",

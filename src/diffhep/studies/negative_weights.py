@@ -39,15 +39,15 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from ..analysis import (losses as L)
-from ..weights.calibration import (fit_isotonic, reliability)
-from ..runs.config import (load_config)
-from ..analysis.histograms import (hard_histogram)
-from .negative_weights_report import (EVAL_EVENTS, NBINS, markdown)
-from ..analysis.pipeline import (Events)
-from ..runs.core import (_optimizer, prepare, train_run)
-from ..nn.training import (TrainState, load_checkpoint)
-from ..problems.weight_toys import (NEG2D_REGION, negweight_2d, negweight_2d_densities)
+from ..analysis import losses as L
+from ..analysis.histograms import hard_histogram
+from ..nn.training import TrainState, load_checkpoint
+from ..problems.weight_toys import NEG2D_REGION, negweight_2d, negweight_2d_densities
+from ..runs.config import load_config
+from ..runs.core import prepare, run_optimizer, train_run
+from ..types import Events
+from ..weights.calibration import fit_isotonic, reliability
+from .negative_weights_report import EVAL_EVENTS, NBINS, markdown
 
 __all__ = ["STRATEGY_LABELS", "negative_weights_study"]
 
@@ -143,7 +143,7 @@ def _truth_metrics(pipe, events) -> dict:
 
 def _last_params(cfg, run_dir, params):
     """The last epoch's parameters from the run's checkpoint."""
-    opt = _optimizer(cfg, params)
+    opt = run_optimizer(cfg, params)
     like = TrainState(params, opt.init(eqx.filter(params, eqx.is_inexact_array)), params)
     return load_checkpoint(Path(run_dir), like).params
 
@@ -284,7 +284,7 @@ def negative_weights_study(
 
 
 def _plot(histories, path):
-    from ..plotting.runs import (new_figure, save_figure)
+    from ..plotting.runs import new_figure, save_figure
 
     fig = new_figure((4.2 * len(histories), 3.8))
     axes = fig.subplots(1, len(histories), squeeze=False)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..problems.weight_toys import (NEG2D_REGION)
+from ..problems.weight_toys import NEG2D_REGION
 
 __all__ = ["EVAL_EVENTS", "NBINS", "markdown"]
 

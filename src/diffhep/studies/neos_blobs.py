@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..problems import (blobs)
-from ..runs.config import (load_config)
-from ..runs.core import (train_run)
+from ..problems import blobs
+from ..runs.config import load_config
+from ..runs.core import train_run
 
 __all__ = ["NEOS_LOSSES", "neos_blobs"]
 
@@ -66,7 +66,7 @@ def neos_blobs(
     Every training run goes into its own directory under ``runs_dir`` (default
     ``runs/neos-blobs``); finished runs are reused, so an interrupted study resumes.
     """
-    from ..plotting.runs import (plot_training)
+    from ..plotting.runs import plot_training
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

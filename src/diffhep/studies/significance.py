@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..runs.config import (load_config)
-from ..problems.inferno import (optimal_score)
-from ..analysis.losses import (asimov_significance)
-from ..runs.core import (prepare, restore_run, train_run)
+from ..analysis.losses import asimov_significance
+from ..problems.inferno import optimal_score
+from ..runs.config import load_config
+from ..runs.core import prepare, restore_run, train_run
 
 __all__ = ["best_threshold", "significance_study"]
 

@@ -49,11 +49,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import (sources)
-from ..io.datasets import (DataError, check_events)
-from ..analysis.pipeline import (Events)
-from .verify import (_region_mask, verify, write_report)
-from ..writers import (AtomicWriter, check_writable_dir, same_file)
+from ..errors import DataError
+from ..io import sources
+from ..io.datasets import check_events
+from ..types import Events
+from ..writers import AtomicWriter, check_writable_dir, same_file
+from .verify import _region_mask, verify, write_report
 
 __all__ = ["FORMATS", "default_output", "reweight_arrays", "reweight_file", "reweight_npz"]
 
@@ -100,7 +101,7 @@ def reweight_arrays(
     Returns:
         ``(new_weights, report)``.
     """
-    from .reweight import (learn_positive_weights)
+    from .reweight import learn_positive_weights
 
     x = np.asarray(x)
     x = x[:, None] if x.ndim == 1 else x

@@ -52,8 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..nn.observables import (MLPObservable)
-from ..nn.training import (train)
+from ..nn.observables import MLPObservable
+from ..nn.training import train
 
 __all__ = [
     "METHODS",

@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import chi2 as chi2_dist
 
-from ..analysis.cuts import (parse_expression)
-from ..io.datasets import (DataError)
-from ..analysis.histograms import (hard_histogram)
-from .weighting import (effective_sample_size, negative_fraction)
-from ..writers import (write_atomic)
+from ..analysis.cuts import parse_expression
+from ..analysis.histograms import hard_histogram
+from ..errors import DataError
+from ..writers import write_atomic
+from .weighting import effective_sample_size, negative_fraction
 
 __all__ = ["feature_comparison", "plot_feature", "verify", "write_report"]
 
@@ -190,7 +190,7 @@ def verify(x, w_orig, w_new, *, names=None, inputs=(0,), regions=None, bins: int
 
 def plot_feature(name: str, result: dict, path) -> None:
     """Distributions with the original and new weights, and the ratio panel."""
-    from ..plotting.runs import (new_figure, save_figure)
+    from ..plotting.runs import new_figure, save_figure
 
     edges = np.asarray(result["edges"])
     centres = 0.5 * (edges[1:] + edges[:-1])

@@ -44,7 +44,7 @@ import warnings
 
 import numpy as np
 
-from ..analysis.pipeline import (Events)
+from ..types import Events
 
 __all__ = [
     "STRATEGIES",
@@ -101,7 +101,7 @@ def apply_strategy(ev: Events, strategy: str, *, seed: int = 0, **learn_options)
     elif strategy == "ignore":
         new_x, new_w = x, np.ones_like(w)
     else:
-        from .reweight import (learn_positive_weights)
+        from .reweight import learn_positive_weights
 
         res = learn_positive_weights(x, w, seed=seed, **learn_options)
         new_x, new_w = x, res.weights
@@ -225,7 +225,7 @@ def region_yields(analysis, features, events: dict) -> dict:
     Returns ``({(channel, event set): (sumw, sumw2)}, whole-region channels)`` (numpy) for
     :func:`check_net_yields`.
     """
-    from ..analysis.histograms import (hard_histogram)
+    from ..analysis.histograms import hard_histogram
 
     out, whole = {}, []
     for ch in analysis.channels:

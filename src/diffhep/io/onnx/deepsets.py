@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...nn.deepsets import (DeepSetsObservable)
-from .export import (Graph, dense, register_observable, standardised)
+from ...nn.deepsets import DeepSetsObservable
+from .export import Graph, dense, register_observable, standardised
 
 
 def _describe(obs: DeepSetsObservable) -> dict:

@@ -10,7 +10,8 @@ with an event:
 - ``selected`` (``(N,)``, bool): the hard selection cuts (``x > c``, ``x < c``, windows
   ``a < x < b``), all true without cuts;
 - ``bin_<channel>`` (``(N,)``, int64): the bin of every channel, ``-1`` when the event fails
-  the selection or the channel's region. Bins follow :func:`diffhep.analysis.histograms.hard_histogram`:
+  the selection or the channel's region. Bins follow
+  :func:`diffhep.analysis.histograms.hard_histogram`:
   bin ``k`` is ``[e_k, e_{k+1})`` in float64, under/overflow go to the outer bins.
 
 Comparisons use the dtypes diffhep uses (cuts and regions in the feature dtype, bin edges in
@@ -43,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import (DiffhepError)
-from ...nn.observables import (ACTIVATIONS, MLPObservable)
-from ...writers import (write_atomic)
+from ...errors import DiffhepError
+from ...nn.observables import ACTIVATIONS, MLPObservable
+from ...writers import write_atomic
 
 __all__ = [
     "ONNX_FORMAT",
@@ -377,6 +378,3 @@ def export_onnx(out_dir, pipe, params, dtype=np.float32) -> dict:
     write_atomic(out_dir / "model.onnx", model.SerializeToString())
     write_atomic(out_dir / "preprocess.json", json.dumps(preprocess, indent=1))
     return preprocess
-
-
-from . import (deepsets as onnx_deepsets)

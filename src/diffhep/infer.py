@@ -1,0 +1,24 @@
+"""Statistical inference on HistFactory models in one namespace (like ``pyhf.infer``).
+
+Example:
+    >>> import diffhep
+    >>> diffhep.enable_x64()
+    >>> from diffhep import infer
+    >>> sorted(n for n in dir(infer) if not n.startswith("_"))[:3]
+    ['FitResult', 'HypotestResult', 'UpperLimit']
+"""
+
+from .stats.fit import FitResult as FitResult
+from .stats.fit import covariance as covariance
+from .stats.fit import fisher_information as fisher_information
+from .stats.fit import fit as fit
+from .stats.fit import fixed_poi_fit as fixed_poi_fit
+from .stats.fit import hessian as hessian
+from .stats.fit import twice_nll as twice_nll
+from .stats.hypotest import HypotestResult as HypotestResult
+from .stats.hypotest import asimov_data as asimov_data
+from .stats.hypotest import discovery as discovery
+from .stats.hypotest import hypotest as hypotest
+from .stats.hypotest import test_statistic as test_statistic
+from .stats.limits import UpperLimit as UpperLimit
+from .stats.limits import upper_limit as upper_limit
