@@ -31,10 +31,11 @@ NFEAT = 10
 
 CHILD = r"""
 import json, resource, sys, threading, time
-from diffhep.io.apply import _load, apply_run
+from diffhep.io.apply import apply_run
+from diffhep.io.scoring import load_export
 from pathlib import Path
 run, file, out, step = sys.argv[1:5]
-_load(Path(run))  # imports and model loading, as apply does
+load_export(Path(run))  # imports and model loading, as apply does
 def rss_kb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024

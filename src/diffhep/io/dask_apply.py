@@ -47,7 +47,8 @@ from pathlib import Path
 
 from ..errors import DataError, DiffhepError
 from ..writers import check_writable_dir
-from . import apply, sources
+from . import scoring, sources
+from .selection import AnalysisSelection, metadata
 
 __all__ = ["apply_dask"]
 
@@ -76,7 +77,7 @@ def _require() -> None:
 def _session(run_dir: str, stamp: tuple):
     """``(preprocess, ONNX session)`` of a run, loaded once per worker process (``stamp``:
     the export's modification times, so that a re-exported run is loaded again)."""
-    return apply._load(Path(run_dir))
+    return scoring.load_export(Path(run_dir))
 
 
 def _stamp(run_dir: Path) -> tuple:
@@ -131,16 +132,16 @@ def _score_partition(
     (``file``, as the user gave it, names the input in error messages; ``out_tree``: the
     output's ``(tree name, RNTuple?)``)."""
     prep, sess = _session(run_dir, stamp)
-    writer = apply._writer(Path(target), fmt, out_tree, meta)
+    writer = scoring.open_writer(Path(target), fmt, out_tree, meta)
     try:
         n = len(part)
         if n:
-            exprs = apply._expressions(prep, keep, selection)
+            exprs = scoring.expressions(prep, keep, selection)
             chunk = sources.evaluate_chunk(
                 file, part, exprs, start=start, tree=tree, constants=selection.constants
             )
-            writer.write(apply._score_chunk(file, chunk, prep, sess, keep, selection))
-        writer.commit(apply._empty(prep, sess, keep, selection))
+            writer.write(scoring.score_chunk(file, chunk, prep, sess, keep, selection))
+        writer.commit(scoring.empty_output(prep, sess, keep, selection))
     except BaseException:
         writer.abort()
         raise
@@ -203,7 +204,7 @@ def apply_dask(
     fmt: str | None,
     scheduler: str | None = None,
     workers: int | None = None,
-    selection: apply.AnalysisSelection | None = None,
+    selection: AnalysisSelection | None = None,
     meta: dict | None = None,
 ) -> list[dict]:
     """Score ``inputs`` on a Dask cluster into ``OUT/<input stem>/part-<k>.<format>``.
@@ -225,9 +226,9 @@ def apply_dask(
     if scheduler is None and workers < 1:
         raise DataError(f"{workers} workers < 1", where="--workers")
     run_dir, out = Path(run_dir).resolve(), Path(out)
-    selection = selection if selection is not None else apply.AnalysisSelection()
-    meta = meta if meta is not None else apply.metadata(run_dir, prep, selection)
-    columns = apply._expressions(prep, keep, selection)
+    selection = selection if selection is not None else AnalysisSelection()
+    meta = meta if meta is not None else metadata(run_dir, prep, selection)
+    columns = scoring.expressions(prep, keep, selection)
     constants = selection.constants
     dirs: dict[Path, Path] = {}
     for f, _ in inputs:
@@ -246,7 +247,7 @@ def apply_dask(
     stamp = _stamp(run_dir)
     for f, kind in inputs:
         parts, firsts = _partitions(f, kind, tree, columns, step_size, constants)
-        out_tree = apply._output_tree(f, kind, tree)
+        out_tree = scoring.output_tree(f, kind, tree)
         if not parts:  # an empty input: one empty output, as the single-process run
             parts, firsts = [[]], [0]
         for k, (part, first) in enumerate(zip(parts, firsts, strict=True)):
