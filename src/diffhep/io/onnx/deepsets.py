@@ -1,5 +1,5 @@
 """ONNX export of :class:`~diffhep.nn.deepsets.DeepSetsObservable` (registered with
-:func:`diffhep.io.onnx.export.register_observable`; imported by :mod:`diffhep.io.onnx.export`).
+:func:`diffhep.io.onnx.graph.register_observable`; imported by :mod:`diffhep.io.onnx.export`).
 
 The graph takes the same ``features`` matrix as every export (the run's feature order, so the
 collections' padded per-object columns ``Jet_pt[0], Jet_eta[0], num(Jet_pt) > 0, ...``) and
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...nn.deepsets import DeepSetsObservable
-from .export import Graph, dense, register_observable, standardised
+from .graph import Graph, dense, register_observable, standardised
 
 
 def _describe(obs: DeepSetsObservable) -> dict:
