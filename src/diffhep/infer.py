@@ -4,8 +4,8 @@ Example:
     >>> import diffhep
     >>> diffhep.enable_x64()
     >>> from diffhep import infer
-    >>> sorted(n for n in dir(infer) if not n.startswith("_"))[:3]
-    ['FitResult', 'HypotestResult', 'UpperLimit']
+    >>> infer.hypotest is diffhep.stats.hypotest.hypotest
+    True
 """
 
 from .stats.fit import FitResult as FitResult
@@ -15,6 +15,7 @@ from .stats.fit import fit as fit
 from .stats.fit import fixed_poi_fit as fixed_poi_fit
 from .stats.fit import hessian as hessian
 from .stats.fit import twice_nll as twice_nll
+from .stats.hypotest import DiscoveryResult as DiscoveryResult
 from .stats.hypotest import HypotestResult as HypotestResult
 from .stats.hypotest import asimov_data as asimov_data
 from .stats.hypotest import discovery as discovery

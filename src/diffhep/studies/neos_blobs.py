@@ -1,6 +1,6 @@
-"""Reproducible studies, one command each (``diffhep study NAME``).
+"""``diffhep study neos-blobs``: the neos paper's Figure 3.
 
-``neos-blobs``: the neos paper's Figure 3. Losses {CLs, BCE, BCE + augmentation, INFERNO,
+Losses {CLs, BCE, BCE + augmentation, INFERNO,
 discovery Z} x seeds x epochs on the Gaussian blobs with the paper's settings (4 bins, MLP
 1024-1024-1, Adam 1e-3, batch 2000 per blob); the test-set expected CLs, sigma_mu and the
 nuisance-parameter uncertainty after every epoch, mean and spread over seeds; beside them the
