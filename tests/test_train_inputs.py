@@ -210,3 +210,23 @@ def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path):
 
 def test_a_finished_run_releases_its_lock(tiny_run):
     assert not (tiny_run / LOCK_FILE).exists()
+
+
+def test_taking_over_a_stale_lock_warns(tmp_path, caplog):
+    """The lock file of a run that died (its pid no longer runs on this host) is taken over
+    with a warning naming the file and the dead pid; a free directory takes no warning."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    info = {"pid": dead.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00"}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(info))
+    with caplog.at_level("WARNING", logger="diffhep"), run_lock(tmp_path):
+        pass
+    (msg,) = [r.getMessage() for r in caplog.records if r.name == "diffhep"]
+    assert str(tmp_path / LOCK_FILE) in msg and f"pid {dead.pid}" in msg, msg
+    assert "no longer running" in msg and "taken over" in msg, msg
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diffhep"), run_lock(tmp_path):
+        pass
+    assert not [r for r in caplog.records if r.name == "diffhep"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import socket
 import sys
@@ -101,7 +102,9 @@ def run_lock(directory, *, where: str | None = None) -> Iterator[Path]:
     The lock is ``LOCK_FILE`` in the directory, locked with ``flock`` (released by the
     kernel when the process ends, however it ends) and holding the pid, host, start time and
     command line of its holder, for the message. A lock file left by a process that died is
-    taken over; the file is removed when the lock is released.
+    taken over with a warning naming its pid; the file is removed when the lock is released.
+    (``flock`` rather than an ``O_EXCL`` file: the kernel releases it however its holder
+    ends, so a dead holder never blocks and a takeover cannot race a live one.)
 
     Raises:
         RunLocked: Another open lock on the directory (another process, or this one).
@@ -131,6 +134,7 @@ def run_lock(directory, *, where: str | None = None) -> Iterator[Path]:
             break
         os.close(fd)
     try:
+        _warn_stale(path, os.pread(fd, 65536, 0))
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -143,6 +147,24 @@ def run_lock(directory, *, where: str | None = None) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)  # while still locked: a waiting opener retries
         os.close(fd)
+
+
+def _warn_stale(path: Path, previous: bytes) -> None:
+    """Warn that the lock file ``path`` of a process that died (``previous``: its content) has
+    been taken over. An empty file is a fresh one (or its writer died before writing)."""
+    if not previous.strip():
+        return
+    try:
+        old = json.loads(previous)
+        who = f"pid {old['pid']} on {old.get('host', '?')}, started {old.get('started', '?')}"
+    except (ValueError, KeyError, TypeError):
+        who = "an unreadable holder"
+    logging.getLogger("diffhep").warning(
+        "the lock file %s was left by %s, which is no longer running (it holds no lock): "
+        "taken over (that run ended without releasing it)",
+        path,
+        who,
+    )
 
 
 def _holder(path: Path) -> str:
