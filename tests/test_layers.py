@@ -158,8 +158,13 @@ def _loaded(code: str) -> set[str]:
         ("import diffhep.cli", {"jax", "diffhep.stats.solver"}),
         ("import diffhep.io.sources", {"diffhep.stats.solver", "diffhep.stats.hypotest"}),
         ("import diffhep.runs.config", {"diffhep.stats.solver", "diffhep.analysis.pipeline"}),
+        *[
+            (f"from diffhep.cli import main\nmain({args!r}, standalone_mode=False)", {"jax"})
+            for args in (["--help"], ["cls", "--help"], ["train", "--help"], ["fit", "-h"])
+        ],
     ],
 )
 def test_light_imports(code, forbidden):
-    """A reader, the config and the CLI's start-up load no statistics (and no JAX)."""
+    """A reader, the config and the CLI's start-up load no statistics (and no JAX); the
+    help of any command starts no JAX (the set-up runs when a command runs)."""
     assert not _loaded(code) & forbidden

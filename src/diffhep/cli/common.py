@@ -1,0 +1,61 @@
+"""What the command groups share: the JAX set-up (run when a command runs, so ``--help`` and
+argument errors import no JAX), errors to exit codes, JSON output, workspace options."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import DiffhepError, FitError
+
+log = logging.getLogger("diffhep")
+
+
+def setup() -> None:
+    """Float64 for the statistics, quiet logs, and a persistent compilation cache so that
+    repeated commands on models of the same structure skip XLA compilation."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    cache = os.environ.get("DIFFHEP_CACHE_DIR")
+    if cache is None:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        cache = str(Path(base) / "diffhep" / "jax")
+    if cache:  # DIFFHEP_CACHE_DIR="" disables the cache
+        try:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            jax.config.update("jax_compilation_cache_dir", cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        except OSError:
+            pass
+    logging.basicConfig(level=logging.WARNING, format="diffhep: %(levelname)s: %(message)s")
+
+
+def run(fn, *args, **kwargs):
+    setup()
+    try:
+        return fn(*args, **kwargs)
+    except FitError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except DiffhepError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+def emit(obj) -> None:
+    click.echo(json.dumps(obj, indent=4, sort_keys=True))
+
+
+overrides = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set training.epochs=3 (repeatable).",
+)

@@ -1,0 +1,287 @@
+"""Statistics on pyhf workspaces: ``cls``, ``fit``, ``upper-limit``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .common import emit, run
+
+
+def _settings(normsys_code, histosys_code):
+    return {"normsys": {"interpcode": normsys_code}, "histosys": {"interpcode": histosys_code}}
+
+
+_workspace = click.argument("workspace", type=str, default="-")
+
+
+_patch = click.option(
+    "-p",
+    "--patch",
+    "patches",
+    multiple=True,
+    help="JSON patch or patchset file to apply (repeatable).",
+)
+
+
+_patch_name = click.option("--patch-name", default=None, help="Patch to take from a patchset.")
+
+
+_measurement = click.option("--measurement", default=None, help="Measurement name.")
+
+
+_codes = [
+    click.option(
+        "--normsys-code",
+        type=click.Choice(["code4", "code1"]),
+        default="code4",
+        show_default=True,
+        help="normsys interpolation.",
+    ),
+    click.option(
+        "--histosys-code",
+        type=click.Choice(["code4p", "code0"]),
+        default="code4p",
+        show_default=True,
+        help="histosys interpolation.",
+    ),
+]
+
+
+_output_file = click.option(
+    "--output-file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the JSON to this file (atomically) instead of standard output (as pyhf).",
+)
+
+
+#: pyhf's computation options: accepted so that pyhf command lines run, and ignored with a
+#: note (diffhep always computes with JAX in float64 and its own Newton solver).
+_pyhf_ignored = [
+    click.option("--backend", default=None, hidden=True),
+    click.option("--optimizer", default=None, hidden=True),
+    click.option("--optconf", multiple=True, hidden=True),
+]
+
+
+def _common(f):
+    decos = [_workspace, _patch, _patch_name, _measurement, *_codes, _output_file, *_pyhf_ignored]
+    for deco in reversed(decos):
+        f = deco(f)
+    return f
+
+
+def _note_ignored(backend, optimizer, optconf) -> None:
+    given = [f"--{k} {v}" for k, v in (("backend", backend), ("optimizer", optimizer)) if v]
+    given += [f"--optconf {v}" for v in optconf]
+    if given:
+        click.echo(
+            f"diffhep: note: {', '.join(given)} ignored: diffhep computes with JAX in float64 "
+            "and its own Newton solver",
+            err=True,
+        )
+
+
+def _output(obj, output_file) -> None:
+    """The JSON on standard output, or written atomically to ``--output-file``."""
+    if output_file is None:
+        emit(obj)
+        return
+    from ..writers import write_atomic
+
+    try:
+        write_atomic(Path(output_file), json.dumps(obj, indent=4, sort_keys=True) + "\n")
+    except OSError as exc:
+        click.echo(f"error: cannot write {output_file}: {exc.strerror or exc}", err=True)
+        click.echo("  fix: choose a writable --output-file", err=True)
+        sys.exit(2)
+
+
+@click.command()
+@_common
+@click.option(
+    "--poi-value",
+    "--testpoi",
+    "--test-poi",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="POI value to test (pyhf: --testpoi / --test-poi).",
+)
+@click.option(
+    "--test-stat",
+    "--teststat",
+    type=click.Choice(["qtilde", "q"]),
+    default="qtilde",
+    show_default=True,
+)
+def cls(
+    workspace,
+    patches,
+    patch_name,
+    measurement,
+    normsys_code,
+    histosys_code,
+    output_file,
+    backend,
+    optimizer,
+    optconf,
+    poi_value,
+    test_stat,
+):
+    """Observed and expected CLs of WORKSPACE ('-' reads stdin), as `pyhf cls` prints them."""
+    from ..stats import workflows
+
+    _note_ignored(backend, optimizer, optconf)
+    _output(
+        run(
+            workflows.cls,
+            workspace,
+            patches,
+            patch_name=patch_name,
+            measurement=measurement,
+            poi_value=poi_value,
+            test_stat=test_stat,
+            modifier_settings=_settings(normsys_code, histosys_code),
+        ),
+        output_file,
+    )
+
+
+@click.command()
+@_common
+@click.option("--value", is_flag=True, hidden=True, help="pyhf's flag: twice_nll is always given.")
+def fit(
+    workspace,
+    patches,
+    patch_name,
+    measurement,
+    normsys_code,
+    histosys_code,
+    output_file,
+    backend,
+    optimizer,
+    optconf,
+    value,
+):
+    """Maximum-likelihood fit: best-fit values and uncertainties by parameter name (and
+    pyhf's mle_parameters and twice_nll). Uncertainties the Hessian does not determine
+    (singular or indefinite) are null and the command exits 1 naming the parameters."""
+    from ..stats import workflows
+
+    _note_ignored(backend, optimizer, optconf)
+    res = run(
+        workflows.fit,
+        workspace,
+        patches,
+        patch_name=patch_name,
+        measurement=measurement,
+        modifier_settings=_settings(normsys_code, histosys_code),
+    )
+    _output(res, output_file)
+    if not res["uncertainty_ok"]:
+        names = ", ".join(res["undetermined"])
+        click.echo(
+            "error: the fit converged, but the Hessian at the best fit is singular or "
+            f"indefinite: the uncertainties of {names} are undetermined (null)\n"
+            "  fix: these parameters are not constrained separately by the data (e.g. two "
+            "normfactors of one sample): fix one, or add a constraint",
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _numbers(text, param, count=None):
+    """Comma-separated numbers of an option (click.BadParameter: exit 2)."""
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or (count is not None and len(values) != count):
+        raise click.BadParameter(
+            f"expected {count or 'some'} comma-separated numbers, got {text!r}", param_hint=param
+        )
+    return values
+
+
+@click.command("upper-limit")
+@_common
+@click.option(
+    "--level", type=float, default=0.05, show_default=True, help="CLs level (0 < level < 1)."
+)
+@click.option(
+    "--test-stat",
+    "--teststat",
+    type=click.Choice(["qtilde", "q"]),
+    default="qtilde",
+    show_default=True,
+)
+@click.option(
+    "--scan",
+    metavar="START,STOP,NUM",
+    default=None,
+    help="Test NUM POI values from START to STOP and interpolate the limits on them (pyhf's "
+    "upper_limit(scan=np.linspace(START, STOP, NUM))); default: scan the POI's bounds and "
+    "refine by root finding.",
+)
+@click.option(
+    "--poi-bounds",
+    metavar="LO,HI",
+    default=None,
+    help="Bounds of the POI for the scan and the fits (default: the measurement's).",
+)
+def upper_limit(
+    workspace,
+    patches,
+    patch_name,
+    measurement,
+    normsys_code,
+    histosys_code,
+    output_file,
+    backend,
+    optimizer,
+    optconf,
+    level,
+    test_stat,
+    scan,
+    poi_bounds,
+):
+    """Observed and expected upper limits on the POI. A limit outside the tested POI range is
+    null, with "outside_range" saying on which side; a hypotest that does not converge
+    exits 1 naming its POI values."""
+    import numpy as np
+
+    from ..stats import workflows
+
+    grid = None
+    if scan is not None:
+        start, stop, num = _numbers(scan, "--scan", 3)
+        if num != int(num) or num < 2:
+            raise click.BadParameter(
+                f"NUM must be an integer >= 2, got {num:g}", param_hint="--scan"
+            )
+        grid = np.linspace(start, stop, int(num))
+    bounds = None if poi_bounds is None else _numbers(poi_bounds, "--poi-bounds", 2)
+    _note_ignored(backend, optimizer, optconf)
+    _output(
+        run(
+            workflows.upper_limit,
+            workspace,
+            patches,
+            patch_name=patch_name,
+            measurement=measurement,
+            level=level,
+            test_stat=test_stat,
+            modifier_settings=_settings(normsys_code, histosys_code),
+            scan=grid,
+            poi_bounds=bounds,
+        ),
+        output_file,
+    )
+
+
+COMMANDS = [cls, fit, upper_limit]

@@ -1,0 +1,78 @@
+"""``diffhep study NAME``: the reproducible studies."""
+
+from __future__ import annotations
+
+import click
+
+from .common import overrides, run
+
+STUDY_DEFAULTS = {  # seeds, epochs
+    "neos-blobs": (7, 15),
+    "cuts": (3, 20),
+    "inferno": (5, 80),
+    "significance": (3, 20),
+    "negative-weights": (3, 60),
+}
+
+
+@click.command()
+@click.argument("name", type=click.Choice(sorted(STUDY_DEFAULTS)))
+@click.option("--out", default="docs/studies", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--seeds",
+    type=int,
+    help="Seeds (neos-blobs: 7, cuts: 3, inferno: 5, significance: 3, negative-weights: 3).",
+)
+@click.option(
+    "--epochs", type=int, help="Epochs per run (neos-blobs: 15, cuts: 20, inferno: 80, ...)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="inferno only: runs trained at once, each in its own process (default 1; on a CPU "
+    "machine, its number of cores).",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    help="Where the training runs go (reused; default runs/NAME).",
+)
+@overrides
+def study(name, out, seeds, epochs, runs_dir, workers, overrides):
+    """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3), cuts
+    (selection cuts and a neural observable, alone and together, and the skim trade-off),
+    inferno (INFERNO's benchmark: every model on one protocol) or significance (the
+    Elwood-Kruecker significance losses) or negative-weights (training weight strategies
+    for negative event weights)."""
+    from ..studies.cuts import cuts_study
+    from ..studies.inferno import inferno_study
+    from ..studies.negative_weights import negative_weights_study
+    from ..studies.neos_blobs import neos_blobs
+    from ..studies.significance import significance_study
+
+    fn = {
+        "neos-blobs": neos_blobs,
+        "cuts": cuts_study,
+        "inferno": inferno_study,
+        "significance": significance_study,
+        "negative-weights": negative_weights_study,
+    }[name]
+    default_seeds, default_epochs = STUDY_DEFAULTS[name]
+    extra = {}
+    if workers is not None:
+        if name != "inferno":
+            raise click.UsageError("--workers applies to the inferno study only")
+        extra["workers"] = workers
+    path = run(
+        fn,
+        out,
+        seeds=seeds or default_seeds,
+        epochs=epochs or default_epochs,
+        overrides=overrides,
+        runs_dir=runs_dir or f"runs/{name}",
+        **extra,
+    )
+    click.echo(f"study written to {path}")
+
+
+COMMANDS = [study]
