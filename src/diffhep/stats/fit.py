@@ -32,6 +32,7 @@ from .solver import (
     _diagonal,
     _masked,
     hessian_parts,
+    is_success,
     minimize,
 )
 
@@ -63,7 +64,8 @@ class FitResult(NamedTuple):
             Hessian does not determine: see ``uncertainty_ok``).
         twice_nll: ``-2 log L`` at the best fit.
         n_steps: Number of Newton steps.
-        status: 0 converged, 1 maximum steps, 2 non-finite start, 3 stalled.
+        status: 0 converged, 1 maximum steps, 2 non-finite start, 3 stalled, 4 converged at
+            the noise floor of ``-log L`` (a success, like 0).
         n_clipped: Bins whose expected yield was clipped to the Poisson floor at the best fit.
         uncertainty_ok: Per parameter, whether its uncertainty is determined: False where
             the Hessian restricted to the free parameters is singular or indefinite along a
@@ -81,7 +83,7 @@ class FitResult(NamedTuple):
 
     @property
     def converged(self):
-        return self.status == 0
+        return is_success(self.status)
 
     @property
     def message(self) -> str:
@@ -163,7 +165,7 @@ def fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertai
             flip = jnp.where(jnp.any(flip), flip, mirror)
             x0 = jnp.where(k == 0, init, jnp.clip(jnp.where(flip, -best.x, best.x), lower, upper))
             new = run(x0)
-            better = (k == 0) | ((new.status == 0) & (new.fun < best.fun))
+            better = (k == 0) | (is_success(new.status) & (new.fun < best.fun))
             out = jax.tree.map(lambda a, b: jnp.where(better, b, a), best, new)
             return out._replace(n_steps=best.n_steps * (k > 0) + new.n_steps), None
 

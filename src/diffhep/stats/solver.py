@@ -32,15 +32,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MinimizeResult", "Structure", "minimize"]
+__all__ = ["MinimizeResult", "Structure", "is_success", "minimize"]
 
-CONVERGED, MAX_STEPS, NONFINITE, STALLED = 0, 1, 2, 3
+CONVERGED, MAX_STEPS, NONFINITE, STALLED, NOISE_FLOOR = 0, 1, 2, 3, 4
+#: Statuses that are a success: the minimum is found to the objective's own precision.
+SUCCESS = (CONVERGED, NOISE_FLOOR)
 STATUS_MESSAGES = {
     CONVERGED: "converged",
     MAX_STEPS: "maximum number of steps reached",
     NONFINITE: "objective or gradient not finite",
     STALLED: "no Newton or gradient step decreases the objective (sizes down to 2^-39)",
+    NOISE_FLOOR: "converged at the noise floor (the predicted decrease is below the rounding "
+    "noise of the objective)",
 }
+#: Relative rounding noise of the objective below which a predicted decrease that no step can
+#: realise counts as convergence (status ``NOISE_FLOOR``)
+NOISE_REL = 1e-9
+
+
+def is_success(status):
+    """Whether a solver status (array or int) is a success (:data:`SUCCESS`)."""
+    return (status == CONVERGED) | (status == NOISE_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -158,10 +170,18 @@ def _inv_apply(M, rhs, modified):
     so that an indefinite Hessian still gives a descent direction."""
     if not modified:
         return jnp.linalg.solve(M, rhs)
-    w, V = jnp.linalg.eigh(M)
+    # Jacobi scaling first (M = S Ms S, S = sqrt|diag M|): the floor on the eigenvalues then
+    # acts per parameter, relative to each one's own curvature. Without it, a shapesys gamma
+    # with tau ~ 1e11 in the same block as one with tau ~ 0.1 had the weak curvature floored
+    # at 1e-10 x 1e11, its Newton steps ~100x too short, and the fits ran out of steps
+    d = jnp.abs(jnp.diagonal(M, axis1=-2, axis2=-1))
+    s = 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0))
+    Ms = M * s[..., :, None] * s[..., None, :]
+    w, V = jnp.linalg.eigh(Ms)
     scale = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
     w = jnp.maximum(jnp.abs(w), 1e-10 * scale + 1e-300)
-    return V @ ((jnp.swapaxes(V, -1, -2) @ rhs) / w[..., None])
+    y = V @ ((jnp.swapaxes(V, -1, -2) @ (rhs * s[..., None])) / w[..., None])
+    return y * s[..., None]
 
 
 def _solve(parts: HessianParts, rhs, structure: Structure, modified: bool = False):
@@ -217,11 +237,11 @@ class MinimizeResult(NamedTuple):
     fun: jax.Array
     grad: jax.Array
     n_steps: jax.Array
-    status: jax.Array  # CONVERGED, MAX_STEPS, NONFINITE, STALLED
+    status: jax.Array  # CONVERGED, MAX_STEPS, NONFINITE, STALLED, NOISE_FLOOR
 
     @property
     def converged(self):
-        return self.status == CONVERGED
+        return is_success(self.status)
 
 
 # backtracking rounds run only while no step passes, so small sizes cost nothing in the common
@@ -365,12 +385,12 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
         x_new = jnp.where(found, x_new, x_g)
         found = found | found_g
         # no step decreases f although the model predicts a decrease at the level of the
-        # rounding errors of f itself: that is convergence, not a failure
-        at_noise = ~found & (decrement < 1e-9 * (1.0 + jnp.abs(f)))
-        converged = converged | (finite & at_noise)
+        # rounding errors of f itself: that is convergence (at the noise floor), not a failure
+        at_noise = finite & ~converged & ~found & (decrement < NOISE_REL * (1.0 + jnp.abs(f)))
         accept = finite & found & ~converged
-        stalled = finite & ~found & ~converged
+        stalled = finite & ~found & ~converged & ~at_noise
         status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, s["status"]))
+        status = jnp.where(at_noise, NOISE_FLOOR, status)
         status = jnp.where(finite, status, NONFINITE)
         return dict(
             x=jnp.where(accept, x_new, x),
@@ -378,7 +398,7 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
             f=f,
             g=g,
             it=s["it"] + 1,
-            done=converged | stalled | ~finite,
+            done=converged | at_noise | stalled | ~finite,
             status=status.astype(jnp.int32),
         )
 
@@ -449,7 +469,8 @@ def minimize(
 
     Returns:
         :class:`MinimizeResult` with the solution, objective, gradient, number of steps and
-        status (``CONVERGED``, ``MAX_STEPS`` or ``NONFINITE``).
+        status (``CONVERGED``, ``NOISE_FLOOR`` (both a success, see :func:`is_success`),
+        ``MAX_STEPS``, ``STALLED`` or ``NONFINITE``).
 
     Example:
         >>> import jax, jax.numpy as jnp
