@@ -230,14 +230,14 @@ def plot_stacked(
     order = [name for name in samples if name != signal] + [signal]
     fig = new_figure((6.4, 6.4))
     ax, rax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
-    bottom = np.zeros(len(edges) - 1)
-    stack = []
-    for name in order:
-        top = bottom + _yields(name, samples[name])
-        stack.append(ax.stairs(top, edges, baseline=bottom, fill=True, alpha=0.8, label=name,
-                               zorder=1))  # fmt: skip
-        bottom = top
-    total = bottom
+    import mplhep
+
+    yields = [_yields(name, samples[name]) for name in order]
+    drawn_stack = mplhep.histplot(yields, edges, stack=True, histtype="fill", label=order,
+                                  alpha=0.8, zorder=1, ax=ax)  # fmt: skip
+    # mplhep returns the stack top first; bottom-up here: the backgrounds, then the signal
+    stack = [a.stairs for a in reversed(drawn_stack)]
+    total = np.sum(yields, axis=0)
     sig = _yields(signal, samples[signal])
     bkg = total - sig
     safe = np.where(total > 0, total, np.nan)  # no ratio where nothing is expected
