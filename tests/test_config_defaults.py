@@ -167,3 +167,17 @@ def test_cli_set_of_an_unknown_key_exits_2(tmp_path):
     assert res.exit_code == 2, res.output
     assert "training.epochz" in res.output and "--set training.epochz=3" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_a_config_dump_names_no_generator_it_does_not_use():
+    """The resolved config (config.yaml, the report's dump) of a config without a generator
+    has no generator keys at all (not even null), and reads back to the same config."""
+    for cfg in (
+        load_config(ROOT / "examples" / "ntuples" / "analysis.yaml"),
+        load_config(text=MINIMAL.replace("{generator: cuts_1d}", "{files: {sig: a.npz}}")),
+    ):
+        dumped = cfg.to_yaml()
+        assert "generator" not in dumped and "n_per_blob" not in dumped, dumped
+        assert load_config(text=dumped) == cfg
+    blobs = load_config(text=MINIMAL.replace("cuts_1d", "blobs")).to_yaml()
+    assert "generator: blobs" in blobs and "n_per_blob: 10000" in blobs

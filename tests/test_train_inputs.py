@@ -230,3 +230,20 @@ def test_taking_over_a_stale_lock_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="diffhep"), run_lock(tmp_path):
         pass
     assert not [r for r in caplog.records if r.name == "diffhep"]
+
+
+def test_resume_compares_configs_as_values(run_copy):
+    """A run's config.yaml spelled differently (keys reordered, as an older diffhep wrote it)
+    is the same config: the run resumes; a different config is refused, naming --no-resume."""
+    path = run_copy / "config.yaml"
+    doc = yaml.safe_load(path.read_text())
+    other = run_copy.parent / "other.yaml"
+    other.write_text(yaml.safe_dump({**doc, "training": {**doc["training"], "epochs": 3}}))
+    res = _train(other, "--out", run_copy)
+    assert res.exit_code == 2 and "different configuration" in res.output, res.output
+    assert "--no-resume" in res.output
+    given = run_copy.parent / "given.yaml"
+    shutil.copy(path, given)
+    path.write_text(yaml.safe_dump(doc, sort_keys=True))
+    res = _train(given, "--out", run_copy)
+    assert res.exit_code == 0, res.output

@@ -331,7 +331,11 @@ class Config(_Strict):
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+        """The resolved config as YAML (every key; a generator's keys only if one is used)."""
+        doc = self.model_dump(mode="json", by_alias=True)
+        if self.data.generator is None:  # not 'generator: null, n_per_blob: null' in a dump
+            del doc["data"]["generator"], doc["data"]["n_per_blob"]
+        return yaml.safe_dump(doc, sort_keys=False)
 
 
 def _check_expressions(cfg: Config) -> None:

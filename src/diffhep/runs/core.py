@@ -367,11 +367,20 @@ def train_run(
             out.rmdir()  # bad input stopped the run before anything was written
 
 
+def _same_config(path: Path, cfg: Config) -> bool:
+    """Whether the run's resolved ``config.yaml`` is ``cfg`` (as values: a dump written by an
+    older diffhep that spells the same config differently is the same config)."""
+    try:
+        return load_config(path) == cfg
+    except ConfigError:
+        return False
+
+
 def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots) -> dict:
     resolved = cfg.to_yaml()
     cfg_path = out / "config.yaml"
     if (out / "checkpoint.json").is_file() and resume and cfg_path.is_file():
-        if cfg_path.read_text() != resolved:
+        if not _same_config(cfg_path, cfg):
             raise ConfigError(
                 "the run directory holds a checkpoint of a different configuration",
                 file=str(cfg_path),
