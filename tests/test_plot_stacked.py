@@ -151,3 +151,12 @@ def test_labels_are_not_cut_off(style, monkeypatch, tmp_path):
             for c, y in (("none", 10.0), ("x0 > 1.5", 5.0), ("x1 in [0, 1]", 2.0))]  # fmt: skip
     plotting.plot_cutflow(rows, tmp_path / "cutflow.png", style=style)
     assert found and not any(found.values()), found
+
+
+def test_an_unscaled_overlay_is_labelled_unstacked(figure, tmp_path):
+    """A signal between a tenth and a fifth of the background gets the overlay at x1: the
+    legend says "unstacked", not "x1"."""
+    samples = {"signal": [12.0, 5.0, 2.0, 0.5], "background": [0.5, 4.0, 18.0, 78.0]}
+    plotting.plot_stacked(EDGES, samples, "signal", tmp_path / "x.png")
+    assert "signal (unstacked)" in figure["legend"]
+    assert not any(x.startswith("signal x") for x in figure["legend"])

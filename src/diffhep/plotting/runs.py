@@ -259,7 +259,8 @@ def plot_stacked(
     k = _overlay_factor(signal_overlay, sig, bkg)
     if k is not None:
         kw = {"color": stack[-1].get_facecolor(), "lw": 2, "zorder": 6}
-        above.append(ax.stairs(k * sig, edges, label=f"{signal} x{k:g}", **kw))
+        label = f"{signal} x{k:g}" if k != 1 else f"{signal} (unstacked)"
+        above.append(ax.stairs(k * sig, edges, label=label, **kw))
         drawn.append(k * sig)
     centres = 0.5 * (edges[1:] + edges[:-1])
     if data is not None:
