@@ -28,6 +28,13 @@ _patch = click.option(
 
 
 _patch_name = click.option("--patch-name", default=None, help="Patch to take from a patchset.")
+_digest = click.option(
+    "--no-digest-check",
+    is_flag=True,
+    default=False,
+    help="Apply a patchset even if its background-only digest (metadata.digests) does not "
+    "match the workspace (pyhf refuses; so does diffhep by default).",
+)
 
 
 _measurement = click.option("--measurement", default=None, help="Measurement name.")
@@ -69,7 +76,16 @@ _pyhf_ignored = [
 
 
 def _common(f):
-    decos = [_workspace, _patch, _patch_name, _measurement, *_codes, _output_file, *_pyhf_ignored]
+    decos = [
+        _workspace,
+        _patch,
+        _patch_name,
+        _digest,
+        _measurement,
+        *_codes,
+        _output_file,
+        *_pyhf_ignored,
+    ]
     for deco in reversed(decos):
         f = deco(f)
     return f
@@ -123,6 +139,7 @@ def cls(
     workspace,
     patches,
     patch_name,
+    no_digest_check,
     measurement,
     normsys_code,
     histosys_code,
@@ -143,6 +160,7 @@ def cls(
             workspace,
             patches,
             patch_name=patch_name,
+            digest_check=not no_digest_check,
             measurement=measurement,
             poi_value=poi_value,
             test_stat=test_stat,
@@ -159,6 +177,7 @@ def fit(
     workspace,
     patches,
     patch_name,
+    no_digest_check,
     measurement,
     normsys_code,
     histosys_code,
@@ -179,6 +198,7 @@ def fit(
         workspace,
         patches,
         patch_name=patch_name,
+        digest_check=not no_digest_check,
         measurement=measurement,
         modifier_settings=_settings(normsys_code, histosys_code),
     )
@@ -238,6 +258,7 @@ def upper_limit(
     workspace,
     patches,
     patch_name,
+    no_digest_check,
     measurement,
     normsys_code,
     histosys_code,
@@ -273,6 +294,7 @@ def upper_limit(
             workspace,
             patches,
             patch_name=patch_name,
+            digest_check=not no_digest_check,
             measurement=measurement,
             level=level,
             test_stat=test_stat,

@@ -45,8 +45,12 @@ def _require_x64():
         )
 
 
-def load_workspace(workspace, patches=(), patch_name=None) -> Workspace:
-    """A workspace from a path (``-`` = stdin) or a dict, with patches (paths or op lists)."""
+def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) -> Workspace:
+    """A workspace from a path (``-`` = stdin) or a dict, with patches (paths or op lists).
+
+    A patchset's ``metadata.digests`` are checked against the workspace it is applied to
+    (as pyhf's ``Patchset.verify``) unless ``digest_check`` is false.
+    """
     if isinstance(workspace, dict):
         spec, name = workspace, None
     else:
@@ -60,7 +64,11 @@ def load_workspace(workspace, patches=(), patch_name=None) -> Workspace:
         )
     ws = Workspace(spec, file=name, validate_schema=False)
     for patch in patches:
-        ops = patch if isinstance(patch, list) else load_patch(patch, patch_name)
+        ops = (
+            patch
+            if isinstance(patch, list)
+            else load_patch(patch, patch_name, verify_against=ws.spec if digest_check else None)
+        )
         ws = ws.patched(ops)
     return ws
 
@@ -91,6 +99,7 @@ def cls(
     patches=(),
     *,
     patch_name=None,
+    digest_check=True,
     measurement=None,
     poi_value=1.0,
     test_stat="qtilde",
@@ -101,7 +110,7 @@ def cls(
         raise DiffhepError(
             f"unknown test statistic {test_stat!r}", where="--test-stat", fix="use 'qtilde' or 'q'"
         )
-    ws = load_workspace(workspace, patches, patch_name)
+    ws = load_workspace(workspace, patches, patch_name, digest_check)
     model, data = _model_and_data(ws, measurement, modifier_settings)
     lo, hi = model.config.bounds[model.config.poi_index]
     if not lo <= poi_value <= hi:  # a fit would test the bound instead (also rejects NaN)
@@ -126,7 +135,13 @@ def cls(
 
 
 def fit(
-    workspace, patches=(), *, patch_name=None, measurement=None, modifier_settings=None
+    workspace,
+    patches=(),
+    *,
+    patch_name=None,
+    digest_check=True,
+    measurement=None,
+    modifier_settings=None,
 ) -> dict:
     """Global maximum-likelihood fit: best-fit values and uncertainties by parameter name.
 
@@ -135,7 +150,7 @@ def fit(
     the uncertainties of the parameters involved are ``None``, ``uncertainty_ok`` is False
     and ``undetermined`` names them: the fit converged, the uncertainties do not exist.
     """
-    ws = load_workspace(workspace, patches, patch_name)
+    ws = load_workspace(workspace, patches, patch_name, digest_check)
     model, data = _model_and_data(ws, measurement, modifier_settings)
     r = _fit_jit(model, data)
     names = model.config.par_names
@@ -171,6 +186,7 @@ def upper_limit(
     patches=(),
     *,
     patch_name=None,
+    digest_check=True,
     measurement=None,
     level=0.05,
     test_stat="qtilde",
@@ -191,7 +207,7 @@ def upper_limit(
         (``"above"``/``"below"``, ``None`` when found) and ``poi_range`` is that range.
     """
     check_level(level)  # before the (slow) work
-    ws = load_workspace(workspace, patches, patch_name)
+    ws = load_workspace(workspace, patches, patch_name, digest_check)
     model, data = _model_and_data(ws, measurement, modifier_settings)
     res = _upper_limit(model, data, scan, level, test_stat=test_stat, bounds=poi_bounds)
     lo, hi = res.poi_range

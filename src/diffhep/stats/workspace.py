@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
 import json
 import sys
 from functools import cache
@@ -37,10 +38,12 @@ from .validation import check_workspace
 __all__ = [
     "Workspace",
     "apply_patch",
+    "digest",
     "example_spec",
     "load_json",
     "load_patch",
     "validate",
+    "verify_patchset",
 ]
 
 SCHEMA_VERSION = "1.0.0"
@@ -179,12 +182,47 @@ def _deepest(errors):
     return best, None
 
 
-def load_patch(path: str | Path, name: str | None = None) -> list[dict]:
+def digest(obj: Any, algorithm: str = "sha256") -> str:
+    """Digest of a JSON document as pyhf computes it (``pyhf.utils.digest``): the hash of its
+    JSON with sorted keys."""
+    try:
+        h = hashlib.new(algorithm)
+    except ValueError:
+        raise DiffhepError(
+            f"unknown digest algorithm {algorithm!r}",
+            where="metadata.digests",
+            fix="use sha256 (or another hashlib algorithm), or skip with --no-digest-check",
+        ) from None
+    h.update(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf8"))
+    return h.hexdigest()
+
+
+def verify_patchset(doc: dict, spec: dict, *, file: str | None = None) -> None:
+    """Check a patchset's ``metadata.digests`` against the background-only workspace ``spec``
+    (as pyhf's ``Patchset.verify``); raise :class:`DiffhepError` on a mismatch."""
+    for algorithm, expected in doc["metadata"]["digests"].items():
+        got = digest(spec, algorithm)
+        if got != expected:
+            raise DiffhepError(
+                f"the patchset was made for another background-only workspace: its {algorithm} "
+                f"digest is {expected}, the workspace's is {got}",
+                file=file,
+                where=f"metadata.digests.{algorithm}",
+                fix="apply it to the workspace it was published with (the same HEPData record); "
+                "--no-digest-check applies it anyway",
+            )
+
+
+def load_patch(
+    path: str | Path, name: str | None = None, *, verify_against: dict | None = None
+) -> list[dict]:
     """Read a JSON patch (a list of operations) or one patch of a pyhf patchset.
 
     Args:
         path: File with a JSON patch, or a pyhf patchset (``{"metadata":..., "patches":[...]}``).
         name: Name of the patch inside a patchset (needed if it holds more than one).
+        verify_against: The background-only workspace the patchset is applied to: its
+            digest must match the patchset's ``metadata.digests`` (``None``: no check).
     """
     doc, fname = load_json(path)
     if isinstance(doc, list):
@@ -198,6 +236,8 @@ def load_patch(path: str | Path, name: str | None = None) -> list[dict]:
             )
         return doc
     validate(doc, "patchset.json", file=fname)
+    if verify_against is not None:
+        verify_patchset(doc, verify_against, file=fname)
     patches = {p["metadata"]["name"]: p["patch"] for p in doc["patches"]}
     if name is None and len(patches) == 1:
         return next(iter(patches.values()))
