@@ -168,3 +168,23 @@ def test_light_imports(code, forbidden):
     """A reader, the config and the CLI's start-up load no statistics (and no JAX); the
     help of any command starts no JAX (the set-up runs when a command runs)."""
     assert not _loaded(code) & forbidden
+
+
+def test_every_package_is_a_regular_package_and_tracked():
+    """Each source folder has an ``__init__.py`` and no source file is git-ignored.
+
+    A folder without ``__init__.py`` imports as a namespace package here, but
+    ``--doctest-modules`` on a clean clone cannot import its modules (this broke CI
+    once, when ``.gitignore``'s ``runs/`` also matched ``src/diffhep/runs/``).
+    """
+    folders = {p.parent for p in SRC.rglob("*.py") if "__pycache__" not in p.parts}
+    missing = sorted(str(f.relative_to(SRC)) for f in folders if not (f / "__init__.py").exists())
+    assert not missing, f"folders without __init__.py: {missing}"
+    root = SRC.parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(root)) for p in SRC.rglob("*.py") if "__pycache__" not in p.parts]
+    out = subprocess.run(
+        ["git", "check-ignore", "--no-index", *files], cwd=root, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "", f"source files ignored by .gitignore:\n{out.stdout}"
