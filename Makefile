@@ -30,7 +30,7 @@ TEST_WORKERS ?= 2
 TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0
 
 test: $(STAMP)
-	XLA_FLAGS="$(TEST_XLA_FLAGS) $(XLA_FLAGS)" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	XLA_FLAGS="$(TEST_XLA_FLAGS) $(XLA_FLAGS)" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/hypotest.py
