@@ -255,7 +255,7 @@ def plot_stacked(
         above.append(ax.stairs(values, edges, label=label, zorder=5, **kw))
         drawn.append(values)
         if data is not None:
-            rax.stairs(values / safe, edges, **kw)
+            rax.stairs(values / safe, edges, baseline=None, **kw)  # no edges down to 0
     k = _overlay_factor(signal_overlay, sig, bkg)
     if k is not None:
         kw = {"color": stack[-1].get_facecolor(), "lw": 2, "zorder": 6}
