@@ -52,7 +52,8 @@ TINY_RUN = [
 def tiny_run(tmp_path_factory) -> Path:
     """The run directory of :data:`TINY_RUN` (trained once per session)."""
     from diffhep.runs.config import load_config
-    from diffhep.runs.core import DEMO_CONFIG, train_run
+    from diffhep.runs.prepare import DEMO_CONFIG
+    from diffhep.runs.train import train_run
 
     out = tmp_path_factory.mktemp("tiny_run")
     train_run(load_config(DEMO_CONFIG, TINY_RUN), out, progress=False)

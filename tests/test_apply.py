@@ -24,7 +24,7 @@ def _no_cache(monkeypatch):
 
 @pytest.fixture(scope="module")
 def saved(tiny_run):
-    from diffhep.runs.core import restore_run
+    from diffhep.runs.prepare import restore_run
 
     return restore_run(tiny_run)
 

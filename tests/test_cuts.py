@@ -310,7 +310,7 @@ EXAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "examp
 )
 def test_bad_cut_config_errors_name_the_field(override, where, message):
     from diffhep.runs.config import ConfigError, load_config
-    from diffhep.runs.core import prepare
+    from diffhep.runs.prepare import prepare
 
     path = EXAMPLES / "cuts_1d.yaml"
     with pytest.raises(ConfigError) as err:
@@ -326,7 +326,8 @@ def test_cuts_alone_train_end_to_end(tmp_path):
     import json
 
     from diffhep.runs.config import load_config
-    from diffhep.runs.core import prepare, train_run
+    from diffhep.runs.prepare import prepare
+    from diffhep.runs.train import train_run
 
     cfg = load_config(EXAMPLES / "cuts_1d.yaml")
     summary = train_run(cfg, tmp_path, progress=False)
@@ -356,7 +357,8 @@ def test_cuts_trained_with_a_network_do_not_drift_away(tmp_path):
     from importlib import resources
 
     from diffhep.runs.config import load_config
-    from diffhep.runs.core import prepare, train_run
+    from diffhep.runs.prepare import prepare
+    from diffhep.runs.train import train_run
 
     path = resources.files("diffhep") / "data" / "cuts_2d.yaml"
     overrides = ["data.n_per_blob=3000", "training.epochs=8", "training.batch_size=600"]

@@ -29,13 +29,14 @@ from diffhep.analysis.cuts import CutSpec
 from diffhep.analysis.pipeline import Events, Pipeline
 from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic
 from diffhep.nn.training import _make_step
-from diffhep.runs import core as runs
 from diffhep.runs.config import load_config
+from diffhep.runs.prepare import DEMO_CONFIG, _analysis
+from diffhep.runs.train import _loss_fn
 from diffhep.stats.layout import Layout
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = {  # the demo, the ntuples example (histosys on two samples, normsys, mc_stat), INFERNO
-    "demo": runs.DEMO_CONFIG,
+    "demo": DEMO_CONFIG,
     "ntuples": ROOT / "examples" / "ntuples" / "analysis.yaml",
     "inferno": ROOT / "examples" / "inferno.yaml",
 }
@@ -161,7 +162,7 @@ def test_fill_equals_the_json_round_trip(setup, histograms, kind):
 def test_config_templates_equal_the_json_round_trip(name):
     """The analyses of the shipped configs: the layout's model is the round trip's, for
     concrete and traced histograms (positive, random, with sumw2)."""
-    analysis = runs._analysis(load_config(CONFIGS[name]))
+    analysis = _analysis(load_config(CONFIGS[name]))
     features = {f for ch in analysis.channels for f, *_ in ch.region}
     features |= {ch.observable for ch in analysis.channels} - {"nn", "count"}
     pipe = Pipeline(analysis, sorted(features) or ("x0",))
@@ -182,7 +183,7 @@ def test_train_step_traces_once_without_json(setup):
     import optax
 
     pipe, params, events = setup
-    loss = eqx.debug.assert_max_traces(runs._loss_fn(pipe, {"cls": 1.0}), max_traces=1)
+    loss = eqx.debug.assert_max_traces(_loss_fn(pipe, {"cls": 1.0}), max_traces=1)
     opt = optax.adam(1e-3)
     step = _make_step(loss, opt)
     opt_state = opt.init(eqx.filter(params, eqx.is_inexact_array))

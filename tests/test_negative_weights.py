@@ -26,7 +26,8 @@ from diffhep.analysis.spec import Analysis, Channel
 from diffhep.cli import main
 from diffhep.io.datasets import split
 from diffhep.runs.config import load_config
-from diffhep.runs.core import _analysis, load_events, prepare, train_run
+from diffhep.runs.prepare import _analysis, load_events, prepare
+from diffhep.runs.train import train_run
 from diffhep.stats.model import Model
 from diffhep.weights.weighting import (
     NetYieldWarning,

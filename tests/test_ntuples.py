@@ -24,7 +24,7 @@ from diffhep.cli import main
 from diffhep.io.apply import root_branch_names
 from diffhep.io.datasets import DataError
 from diffhep.runs.config import ConfigError, load_config
-from diffhep.runs.core import _analysis, load_events, prepare, restore_run
+from diffhep.runs.prepare import _analysis, load_events, prepare, restore_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ntuples"

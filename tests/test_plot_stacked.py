@@ -96,7 +96,7 @@ def test_report_options_reach_the_histograms(tiny_run, tmp_path, monkeypatch):
 
     import yaml
 
-    from diffhep.runs.core import evaluate_run
+    from diffhep.runs.evaluate import evaluate_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

@@ -111,7 +111,7 @@ def test_uncertainty_band_brute_force():
 def test_band_of_a_run_follows_its_workspace(tiny_run):
     """The band drawn for the run: stat from the staterror widths, the normsys from its
     lo/hi factors, the histosys from its templates (all read from workspace.json)."""
-    from diffhep.runs.core import restore_run
+    from diffhep.runs.prepare import restore_run
 
     _, pipe, _, _ = restore_run(tiny_run)
     ws = json.loads((tiny_run / "workspace.json").read_text())
@@ -167,7 +167,7 @@ def test_load_run_histograms(tiny_run):
                         hs["background_down"].values(), m["data"]["lo_data"], rtol=1e-14
                     )
     # brute force: the test events through the saved model, numpy histograms with overflow
-    from diffhep.runs.core import restore_run
+    from diffhep.runs.prepare import restore_run
 
     _, _, parts, params = restore_run(tiny_run)
     e = np.asarray(edges["SR"])
@@ -184,7 +184,7 @@ def test_load_run_histograms(tiny_run):
 def test_score_plots_show_the_selected_events(tiny_run, tmp_path, monkeypatch):
     """The ROC curve (and its AUC) is that of the events the hard selection keeps: compared
     with roc_curve on a brute-force selection of the test events."""
-    from diffhep.runs.core import restore_run
+    from diffhep.runs.prepare import restore_run
     from diffhep.runs.report import write_plots
 
     _, pipe, parts, params = restore_run(tiny_run)

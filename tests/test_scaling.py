@@ -184,7 +184,7 @@ analysis:
 
 
 def test_too_many_devices_is_a_config_error(tmp_path):
-    from diffhep.runs.core import _parallel
+    from diffhep.runs.train import _parallel
 
     cfg = load_config(text=BLOBS + "training: {devices: 64}")
     with pytest.raises(ConfigError, match=r"training\.devices.*64.*1 device") as err:
@@ -198,7 +198,8 @@ def test_too_many_devices_is_a_config_error(tmp_path):
 def test_train_run_with_chunks_gives_the_same_model(tmp_path):
     """``training.chunk_size`` (and ``devices: 1``, ``per_device_batch``) through a full run:
     the same trained model as the plain run, batch for batch."""
-    from diffhep.runs.core import restore_run, train_run
+    from diffhep.runs.prepare import restore_run
+    from diffhep.runs.train import train_run
 
     base = [
         "data.n_per_blob=200",

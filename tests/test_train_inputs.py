@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from diffhep.cli import main
 from diffhep.runs.config import ConfigError, load_config
-from diffhep.runs.core import DEMO_CONFIG
+from diffhep.runs.prepare import DEMO_CONFIG
 from diffhep.writers import LOCK_FILE, RunLocked, run_lock
 from test_apply import unwritable  # noqa: F401 (fixture)
 

@@ -197,7 +197,7 @@ def _good(n=50, seed=0):
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
-    from diffhep.runs.core import prepare
+    from diffhep.runs.prepare import prepare
 
     sets = ("signal", "background", "background_up", "background_down")
     arrays = {n: _good(seed=i) for i, n in enumerate(sets)}
@@ -339,7 +339,7 @@ def test_run_artefacts_and_pyhf_round_trip(uninterrupted):
 
 
 def test_evaluate_recomputes_the_summary(uninterrupted, tmp_path):
-    from diffhep.runs.core import evaluate_run
+    from diffhep.runs.evaluate import evaluate_run
 
     before = json.loads((uninterrupted / "summary.json").read_text())
     after = evaluate_run(uninterrupted, plots=False)
@@ -351,17 +351,19 @@ def test_pipeline_step_compiles_once():
     """The real CLs step (soft histograms -> model -> fit -> CLs) is traced once over epochs
     with an annealed bandwidth: the model is never rebuilt or recompiled."""
     from diffhep.io.datasets import batches
-    from diffhep.runs import core as runs
+    from diffhep.runs.evaluate import _as_jax
+    from diffhep.runs.prepare import prepare
+    from diffhep.runs.train import _loss_fn
 
     cfg = load_config(CLS_EXAMPLE, [*SMALL, "histogram.bandwidth_final=0.1"])
-    pipe, parts, params = runs.prepare(cfg)
-    loss = eqx.debug.assert_max_traces(runs._loss_fn(pipe, {"cls": 1.0}), max_traces=1)
+    pipe, parts, params = prepare(cfg)
+    loss = eqx.debug.assert_max_traces(_loss_fn(pipe, {"cls": 1.0}), max_traces=1)
     state = train(
         params,
         loss,
         optax.adam(1e-3),
         epochs=2,
-        batches=lambda e: [runs._as_jax(b) for b in batches(parts["train"], 400, 0, e)],
+        batches=lambda e: [_as_jax(b) for b in batches(parts["train"], 400, 0, e)],
         hyper=lambda e: {"bandwidth": 0.3 - 0.1 * e},
         progress=False,
     )
@@ -370,7 +372,7 @@ def test_pipeline_step_compiles_once():
 
 
 def test_loss_schedule_switches_objective():
-    from diffhep.runs.core import phase_index
+    from diffhep.runs.train import phase_index
 
     cfg = load_config(ROOT / "examples" / "blobs_schedule.yaml")
     phases = cfg.training.phases()

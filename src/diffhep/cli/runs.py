@@ -49,7 +49,7 @@ def _print_summary(summary: dict, out) -> None:
 def train(config, out, overrides, resume, progress):
     """Train the analysis described by CONFIG (YAML) into the run directory OUT."""
     from ..runs.config import load_config
-    from ..runs.core import train_run
+    from ..runs.train import train_run
 
     cfg = run(load_config, config, overrides)
     summary = run(train_run, cfg, out, file=config, resume=resume, progress=progress)
@@ -73,7 +73,7 @@ def _exit_if_incomplete(summary: dict, out) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def evaluate(run_dir):
     """Recompute the test-set metrics of the saved run RUN_DIR (writes summary.json)."""
-    from ..runs.core import evaluate_run
+    from ..runs.evaluate import evaluate_run
 
     summary = run(evaluate_run, run_dir)
     _print_summary(summary, run_dir)
@@ -110,7 +110,8 @@ def demo(out, overrides, statistics_only):
         click.echo(f"  ({time.perf_counter() - start:.1f} s including compilation)")
         return
     from ..runs.config import load_config
-    from ..runs.core import DEMO_CONFIG, train_run
+    from ..runs.prepare import DEMO_CONFIG
+    from ..runs.train import train_run
 
     cfg = run(load_config, DEMO_CONFIG, overrides)
     click.echo("diffhep demo: training a neural observable on the expected CLs (neos blobs)")

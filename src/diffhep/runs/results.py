@@ -6,8 +6,8 @@ test-set histograms of every channel and event set (``histograms.json``, written
 run) as ``hist.Hist`` objects with ``Weight`` storage (sum of weights and of squared
 weights per bin; under/overflow are already folded into the outer bins, as in the fit).
 
-(:func:`diffhep.runs.core.restore_run` is the other loader: it rebuilds the pipeline, the data and
-the model of a run, to continue working with them.)
+(:func:`diffhep.runs.prepare.restore_run` is the other loader: it rebuilds the pipeline, the data
+and the model of a run, to continue working with them.)
 
 Example:
     >>> import tempfile
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import (Config, ConfigError, load_config)
-from ..writers import (write_atomic)
+from ..writers import write_atomic
+from .config import Config, ConfigError, load_config
 
 __all__ = ["HISTOGRAMS_FORMAT", "RunResult", "load_run", "read_histograms", "write_histograms"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runs.config import load_config
-from ..runs.core import train_run
+from ..runs.train import train_run
 
 __all__ = ["VARIANTS", "cuts_study"]
 

@@ -44,7 +44,8 @@ from ..analysis.histograms import hard_histogram
 from ..nn.training import TrainState, load_checkpoint
 from ..problems.weight_toys import NEG2D_REGION, negweight_2d, negweight_2d_densities
 from ..runs.config import load_config
-from ..runs.core import prepare, run_optimizer, train_run
+from ..runs.prepare import prepare
+from ..runs.train import run_optimizer, train_run
 from ..types import Events
 from ..weights.calibration import fit_isotonic, reliability
 from .negative_weights_report import EVAL_EVENTS, NBINS, markdown

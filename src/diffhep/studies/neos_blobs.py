@@ -18,7 +18,7 @@ import numpy as np
 
 from ..problems import blobs
 from ..runs.config import load_config
-from ..runs.core import train_run
+from ..runs.train import train_run
 
 __all__ = ["NEOS_LOSSES", "neos_blobs"]
 

@@ -26,7 +26,8 @@ import numpy as np
 from ..analysis.losses import asimov_significance
 from ..problems.inferno import optimal_score
 from ..runs.config import load_config
-from ..runs.core import prepare, restore_run, train_run
+from ..runs.prepare import prepare, restore_run
+from ..runs.train import train_run
 
 __all__ = ["best_threshold", "significance_study"]
 

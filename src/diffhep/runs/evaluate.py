@@ -1,0 +1,205 @@
+"""The test metrics and the artefacts of a trained model, and re-evaluating a saved run.
+
+:func:`finish` writes, from the selected model and the test split, ``workspace.json``,
+``histograms.json``, ``selection.json``, ``model.onnx`` + ``preprocess.json``, ``plots/``,
+``report.html`` and (last) ``summary.json``; :func:`save_model` writes ``model.eqx`` and its
+header ``model.json``. :func:`evaluate_run` recomputes them all from a saved run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..analysis.pipeline import Pipeline
+from ..nn.training import TrainState, read_checkpoint_meta
+from ..types import Events
+from ..weights.weighting import check_net_yields
+from ..writers import run_lock, write_atomic
+from .config import Config
+from .prepare import restore_run
+from .results import histograms_document, write_histograms
+
+__all__ = ["MODEL_FORMAT", "evaluate_run", "finish", "save_model"]
+
+MODEL_FORMAT = "diffhep-model/1"
+
+
+def _as_jax(events):
+    return {n: Events(jnp.asarray(e.x), jnp.asarray(e.w)) for n, e in events.items()}
+
+
+def _metrics_fn(pipe: Pipeline):
+    @eqx.filter_jit
+    def metrics(params, events):
+        return pipe.metrics(params, events)
+
+    def run(params, events) -> dict:
+        m = jax.device_get(metrics(params, events))
+        names = pipe.template.config.par_names
+        out = {
+            "expected_cls": float(m["expected_cls"]),
+            "z0": float(m["z0"]),
+            "sigma_mu": float(m["sigma_mu"]),
+            "fits_converged": bool(m["cls_converged"]),
+        }
+        for i, n in enumerate(names):
+            if i != pipe.template.config.poi_index:
+                out[f"sigma_{n}"] = float(m["uncertainties"][i])
+        out["selected_fraction"] = float(m["selected_fraction"])
+        out["yields"] = {k: float(v) for k, v in m["yields"].items()}
+        return out
+
+    return run
+
+
+def save_model(out: Path, state: TrainState, cfg: Config) -> None:
+    eqx.tree_serialise_leaves(out / "model.eqx", state.best_params)
+    header = {
+        "format": MODEL_FORMAT,
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "status": state.status,
+        "observable": cfg.observable.model_dump(),
+        "edges": {
+            c.name: np.asarray(b.edges()).tolist()
+            for c, b in zip(cfg.analysis.channels, state.best_params.binnings, strict=True)
+        },
+    }
+    obs, sel = state.best_params.observable, state.best_params.selection
+    if obs is not None:
+        header["standardisation"] = {
+            "mean": np.asarray(obs.mean).tolist(),
+            "scale": np.asarray(obs.scale).tolist(),
+        }
+    if sel is not None:
+        header["selection"] = {"expression": sel.expression(), "cuts": sel.to_json()}
+    (out / "model.json").write_text(json.dumps(header, indent=1))
+
+
+def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:
+    """Recompute the test metrics (and artefacts) of a saved run."""
+    run_dir = Path(run_dir)
+    cfg, pipe, parts, params = restore_run(run_dir)
+    with run_lock(run_dir):
+        state = None
+        like = TrainState(params, None, params)
+        if (run_dir / "checkpoint.json").is_file():
+            meta = read_checkpoint_meta(
+                run_dir,
+                fix="restore the file from a copy, or retrain: diffhep train CONFIG --out DIR",
+            )
+            like.history, like.step_seconds = meta["history"], meta["step_seconds"]
+            like.best_epoch, like.epoch = meta["best_epoch"], meta["epoch"]
+            like.status = meta["status"]
+            state = like
+        return finish(run_dir, pipe, parts, params, state, _metrics_fn(pipe), cfg, plots=plots)
+
+
+def _plot_masks(cfg: Config) -> dict:
+    """``{object feature: mask feature}`` of the ntuple collections (none otherwise)."""
+    from .ntuples import object_masks
+
+    return object_masks(cfg.data)
+
+
+def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
+    """Write the artefacts of a trained model; ``summary.json`` last.
+
+    A stale ``summary.json`` is removed first, so a crash leaves no summary. A plot or the
+    report that fails does not lose the other artefacts: the summary then says ``"status":
+    "incomplete"`` and names what failed (``"failed"``), and the command exits 1.
+    """
+    (out / "summary.json").unlink(missing_ok=True)
+    test = _as_jax(parts["test"])
+    m = metrics(params, test)
+    hists = jax.device_get(pipe.histograms(params, test))
+    check_net_yields(
+        hists, what=f"test-set histograms ({out / 'workspace.json'})", samples=pipe.analysis.samples
+    )
+    ws = pipe.workspace(hists)
+    write_atomic(out / "workspace.json", json.dumps(ws, indent=1))
+    steps = state.step_seconds if state is not None else []
+    selection = None
+    if params.selection is not None:
+        nominal = {n: (np.asarray(parts["test"][n].x), np.asarray(parts["test"][n].w))
+                   for n in pipe.analysis.samples}  # fmt: skip
+        selection = {
+            "expression": params.selection.expression(),
+            "cuts": params.selection.to_json(),
+            "cutflow": params.selection.cutflow(nominal, pipe.features),
+        }
+        write_atomic(out / "selection.json", json.dumps(selection, indent=1))
+    summary = {
+        **{k: v for k, v in m.items() if k != "yields"},
+        "yields": m["yields"],
+        "median_step_seconds": float(np.median(steps)) if steps else None,
+        "best_epoch": state.best_epoch if state else None,
+        "epochs_run": state.epoch if state else None,
+        "status": state.status if state else None,
+        "test_events": {n: len(e.w) for n, e in parts["test"].items()},
+    }
+    if selection is not None:
+        summary["selection"] = selection
+    if parts.get("training_weights"):
+        summary["training_weights"] = parts["training_weights"]
+    summary["onnx"] = _export(out, pipe, params, parts["test"])
+    write_histograms(out, histograms_document(pipe, params, hists))
+    if plots:
+        _write_report(out, pipe, params, parts, hists, state, cfg, summary)
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
+    """``plots/`` (stale PNGs removed first) and ``report.html``; what fails is named in
+    ``summary["failed"]`` and makes the status ``incomplete``."""
+    from .report import write_html, write_plots
+
+    plot_dir = out / "plots"
+    for old in plot_dir.glob("*.png"):
+        old.unlink()
+    (out / "report.html").unlink(missing_ok=True)
+    failed = {}
+    try:
+        masks = _plot_masks(cfg)
+        failed |= write_plots(plot_dir, pipe, params, parts["test"], hists, state,
+                              style=cfg.report.style, masks=masks,
+                              stacked={"logy": cfg.report.log_y,
+                                       "signal_overlay": cfg.report.signal_overlay},
+                              )["failed"]  # fmt: skip
+    except Exception as exc:
+        failed["plots"] = f"{type(exc).__name__}: {exc}"
+
+    def mark():
+        if failed:
+            summary["status"], summary["failed"] = "incomplete", dict(failed)
+
+    mark()  # the report shows the status
+    try:
+        write_html(out, summary)
+    except Exception as exc:
+        failed["report.html"] = f"{type(exc).__name__}: {exc}"
+    mark()
+    if failed:
+        what = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        logging.getLogger("diffhep").error("the run is incomplete: %s", what)
+
+
+def _export(out, pipe, params, events) -> str:
+    """Write ``model.onnx`` + ``preprocess.json``; returns the file name, or why not."""
+    from ..io.onnx.export import ExportError, export_onnx
+
+    dtype = next(iter(events.values())).x.dtype
+    try:
+        export_onnx(out, pipe, params, dtype)
+    except ExportError as exc:
+        logging.getLogger("diffhep").warning("no ONNX export: %s", exc)
+        return f"not exported: {exc.message}"
+    return "model.onnx"
