@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..writers import AtomicWriter
-from . import sources
+from . import readers
 
 __all__ = ["FORMATS", "RNTUPLE", "file_format", "layout", "write_with_column"]
 
@@ -69,13 +69,13 @@ def _root_layout(path, tree):
     import uproot
 
     file = str(path)
-    tree, what = sources.tree_kind(path, tree)
+    tree, what = readers.tree_kind(path, tree)
     if what == "RNTuple":  # every field is written back as it is: no counters to recreate
         with uproot.open(path) as f:
             t = f[tree]
             fields = list(t.keys(recursive=False))
             types = t.arrays(fields, entry_stop=0)
-        flat = [b for b in fields if types[b].ndim == 1 and sources._is_numeric_ak(types[b])]
+        flat = [b for b in fields if types[b].ndim == 1 and readers.is_numeric_ak(types[b])]
         return tree, flat, fields, RNTUPLE
     with uproot.open(path) as f:
         t = f[tree]

@@ -41,6 +41,7 @@ from ..errors import DataError
 from ..io import sources
 from ..io.columns import FORMATS, file_format, layout, write_with_column
 from ..io.datasets import check_events
+from ..io.readers import few
 from ..types import Events
 from ..writers import check_writable_dir, same_file
 from .verify import _region_mask, verify, write_report
@@ -357,7 +358,7 @@ def reweight_file(
             "which column is the signed event weight?",
             file=file,
             where="--weight",
-            fix=f"give --weight COLUMN or an expression; the file has: {sources._few(every)}",
+            fix=f"give --weight COLUMN or an expression; the file has: {few(every)}",
         )
     if column in every:
         raise DataError(
