@@ -1,0 +1,363 @@
+"""Fit diagnostics by refits: pulls, impacts (ranking), profile-likelihood scans, discovery
+significance and goodness of fit, with every batch of refits in one compiled loop.
+
+Definitions follow cabinetry (``cabinetry.fit``) and pyhf:
+
+- *pull* = (best fit - nominal) / pre-fit width, *constraint* = post-fit / pre-fit width
+  (nominal values and widths: :mod:`diffhep.stats.covariance`);
+- *impact* of a parameter on the POI (cabinetry's ``fit.ranking``): the POI shift when the
+  parameter is fixed at best fit +- its pre-fit / post-fit width and everything else is
+  refitted. ``method="covariance"`` is the linear approximation ``C[poi, i] / C[i, i] * d``;
+- *significance*: pyhf's asymptotic discovery test (q0), observed and median expected;
+- *goodness of fit*: ``-2 log`` ratio to the saturated model (Poisson terms at the data, the
+  constraints at their maximum), chi2 with bins minus free unconstrained parameters degrees
+  of freedom (cabinetry's ``_goodness_of_fit``).
+
+Every function takes a :class:`~diffhep.stats.model.Model` and its data (main + auxiliary);
+fits that do not converge raise :class:`~diffhep.errors.FitError`.
+
+Example:
+    >>> import diffhep
+    >>> diffhep.enable_x64()
+    >>> from diffhep.stats import diagnostics, workspace
+    >>> ws = workspace.Workspace(workspace.example_spec())
+    >>> model = ws.model()
+    >>> r = diagnostics.ranking(model, ws.data(model))
+    >>> r.to_list()[0]["parameter"]
+    'uncorr_bkguncrt[1]'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln, xlogy
+from scipy import stats
+
+from ..errors import DiffhepError, FitError
+from .covariance import (
+    PostFit,
+    constrained,
+    constraint_arrays,
+    modifier_types,
+    nominal_parameters,
+    postfit,
+    prefit_uncertainties,
+    require_poi,
+)
+from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults
+from .hypotest import discovery
+from .model import Model
+
+__all__ = [
+    "CHUNK",
+    "RankingResult",
+    "fixed_fits",
+    "gof",
+    "pulls",
+    "ranking",
+    "saturated_twice_nll",
+    "scan",
+    "significance",
+]
+
+#: Refits per compiled call (one shape for every ranking and scan of a model).
+CHUNK = 64
+
+
+@eqx.filter_jit
+def _fixed_fits(model, data, start, lower, upper, fixed, tol, max_steps, batch):
+    """One fit per row of ``start``/``fixed`` (n, npars), in one compiled loop
+    (``lax.map``; ``batch`` rows at a time under ``vmap``). Bounds widen to the start values
+    of fixed parameters."""
+
+    def one(args):
+        x0, fx = args
+        lo = jnp.where(fx, jnp.minimum(lower, x0), lower)
+        hi = jnp.where(fx, jnp.maximum(upper, x0), upper)
+        r = fit_bounded(model, data, x0, lo, hi, fx, tol, max_steps, uncertainties=False)
+        return r.bestfit, r.twice_nll, r.status
+
+    return jax.lax.map(one, (start, fixed), batch_size=batch)
+
+
+def fixed_fits(
+    model: Model,
+    data,
+    index,
+    values,
+    *,
+    start=None,
+    bounds=None,
+    fixed=None,
+    chunk: int = CHUNK,
+    batch: int | None = None,
+    tol: float = DEFAULT_TOL,
+    max_steps: int = DEFAULT_MAX_STEPS,
+):
+    """Fits with parameters ``index`` (n, k) held at ``values`` (n, k), the others free from
+    ``start`` (default: the suggested init), all in one compiled loop per ``chunk`` rows.
+
+    Every chunk has the same shape (padding rows fix every parameter and cost nothing), so a
+    model compiles once for rankings and scans of any size. ``batch`` fits run at a time
+    under ``vmap`` (``None``: one after the other; on CPU that is fastest, as a batched
+    Newton loop runs until its slowest fit converges).
+
+    Returns:
+        (bestfit (n, npars), twice_nll (n,), status (n,)) as numpy arrays.
+    """
+    dtype = model.nominal.dtype
+    init, lower, upper, fx = fit_defaults(model, start, bounds, fixed, dtype)
+    data = jnp.asarray(data, dtype=dtype)
+    index = np.asarray(index, dtype=int)
+    values = np.asarray(values, dtype=float)
+    n, npars = index.shape[0], model.config.npars
+    rows = np.arange(n)[:, None]
+    x0 = np.tile(np.asarray(init), (n, 1))
+    x0[rows, index] = values
+    fixed_rows = np.tile(np.asarray(fx), (n, 1))
+    fixed_rows[rows, index] = True
+    pad = -n % chunk
+    x0 = np.concatenate([x0, np.tile(np.asarray(init), (pad, 1))])
+    fixed_rows = np.concatenate([fixed_rows, np.ones((pad, npars), dtype=bool)])
+    outs = []
+    for s in range(0, n + pad, chunk):
+        out = _fixed_fits(
+            model, data, jnp.asarray(x0[s : s + chunk], dtype), lower, upper,
+            jnp.asarray(fixed_rows[s : s + chunk]), tol, max_steps, batch,
+        )  # fmt: skip
+        outs.append([np.asarray(o) for o in out])
+    return tuple(np.concatenate(parts)[:n] for parts in zip(*outs, strict=True))
+
+
+# --------------------------------------------------------------------------- pulls
+def pulls(model: Model, post: PostFit) -> dict:
+    """Pulls and constraints of the constrained parameters; normfactors separately.
+
+    Returns:
+        ``{"parameters": [{"name", "modifier", "bestfit", "uncertainty", "nominal",
+        "prefit_uncertainty", "pull", "constraint"}], "normfactors": [{"name", "modifier",
+        "bestfit", "uncertainty"}]}`` (fixed parameters left out).
+    """
+    nominal, width = nominal_parameters(model), prefit_uncertainties(model)
+    cons, types = constrained(model), modifier_types(model)
+    params, free_pars = [], []
+    for k, name in enumerate(post.names):
+        if post.fixed[k]:
+            continue
+        entry = {"name": name, "modifier": types[k], "bestfit": float(post.bestfit[k]),
+                 "uncertainty": float(post.uncertainty[k])}  # fmt: skip
+        if cons[k] and width[k] > 0:
+            entry.update(
+                nominal=float(nominal[k]),
+                prefit_uncertainty=float(width[k]),
+                pull=float((post.bestfit[k] - nominal[k]) / width[k]),
+                constraint=float(post.uncertainty[k] / width[k]),
+            )
+            params.append(entry)
+        else:
+            free_pars.append(entry)
+    return {"parameters": params, "normfactors": free_pars}
+
+
+# --------------------------------------------------------------------------- ranking
+@dataclass(frozen=True)
+class RankingResult:
+    """Impacts on the POI, one entry per parameter other than the POI (pyhf order), as
+    cabinetry's ``RankingResults``."""
+
+    labels: list
+    bestfit: np.ndarray
+    uncertainty: np.ndarray
+    prefit_up: np.ndarray
+    prefit_down: np.ndarray
+    postfit_up: np.ndarray
+    postfit_down: np.ndarray
+    poi: str
+    poi_bestfit: float
+    poi_uncertainty: float
+
+    def order(self) -> np.ndarray:
+        """Indices sorted by the largest post-fit impact (descending), cabinetry's order."""
+        size = np.maximum(np.abs(self.postfit_up), np.abs(self.postfit_down))
+        return np.argsort(-size, kind="stable")
+
+    def to_list(self) -> list[dict]:
+        """``[{"parameter", "prefit_up", "prefit_down", "postfit_up", "postfit_down"}]``,
+        largest post-fit impact first."""
+        return [
+            {
+                "parameter": self.labels[i],
+                "prefit_up": float(self.prefit_up[i]),
+                "prefit_down": float(self.prefit_down[i]),
+                "postfit_up": float(self.postfit_up[i]),
+                "postfit_down": float(self.postfit_down[i]),
+            }
+            for i in self.order()
+        ]
+
+
+def ranking(
+    model: Model,
+    data,
+    post: PostFit | None = None,
+    *,
+    method: str = "refit",
+    chunk: int = CHUNK,
+) -> RankingResult:
+    """Impact of every parameter on the POI, pre-fit and post-fit, up and down.
+
+    Args:
+        model, data: The model and its observed data (main + auxiliary).
+        post: The nominal fit (:func:`postfit`; computed if not given).
+        method: ``"refit"`` (cabinetry's definition: every fit with the parameter fixed,
+            all of them batched) or ``"covariance"`` (linear approximation).
+        chunk: Refits per compiled batch.
+    """
+    if method not in ("refit", "covariance"):
+        raise DiffhepError(f"unknown ranking method {method!r}", where="--method",
+                           fix="use 'refit' or 'covariance'")  # fmt: skip
+    poi = require_poi(model)
+    post = post if post is not None else postfit(model, data)
+    width = prefit_uncertainties(model)
+    others = np.array([k for k in range(model.config.npars) if k != poi])
+    shifts = np.stack([width, -width, post.uncertainty, -post.uncertainty], axis=1)[others]
+    if method == "covariance":
+        c = post.covariance
+        cii = np.where(np.diag(c) > 0, np.diag(c), 1.0)
+        slope = np.where(np.diag(c) > 0, c[poi] / cii, 0.0)[others]
+        impacts = slope[:, None] * shifts
+    else:
+        needed = shifts != 0.0
+        rows, cols = np.nonzero(needed)
+        impacts = np.zeros_like(shifts)
+        if len(rows):
+            index = others[rows][:, None]
+            values = (post.bestfit[others[rows]] + shifts[rows, cols])[:, None]
+            best, _, status = fixed_fits(
+                model,
+                data,
+                index,
+                values,
+                start=post.bestfit,
+                bounds=post.bounds,
+                fixed=post.fixed,
+                chunk=chunk,
+            )
+            bad = np.flatnonzero(status != 0)
+            if len(bad):
+                names = sorted({post.names[others[rows[b]]] for b in bad})
+                raise FitError(
+                    f"{len(bad)} impact fit(s) did not converge (parameters: "
+                    f"{', '.join(names[:10])}{' ...' if len(names) > 10 else ''})",
+                    fix="try --method covariance, or check these parameters' bounds",
+                )
+            impacts[rows, cols] = best[:, poi] - post.bestfit[poi]
+    return RankingResult(
+        labels=[post.names[k] for k in others],
+        bestfit=post.bestfit[others],
+        uncertainty=post.uncertainty[others],
+        prefit_up=impacts[:, 0],
+        prefit_down=impacts[:, 1],
+        postfit_up=impacts[:, 2],
+        postfit_down=impacts[:, 3],
+        poi=post.names[poi],
+        poi_bestfit=float(post.bestfit[poi]),
+        poi_uncertainty=float(post.uncertainty[poi]),
+    )
+
+
+# --------------------------------------------------------------------------- scans
+def scan(model: Model, data, parameters, values, post: PostFit | None = None) -> dict:
+    """Profile-likelihood scan: ``-2 log L`` with ``parameters`` (one or two names) fixed at
+    every row of ``values`` (n, k), the others refitted (one batched call).
+
+    Returns:
+        ``{"parameters", "values" (n, k), "twice_nll" (n,), "delta_twice_nll" (n,),
+        "bestfit" (k,)}``; ``delta`` is relative to the global minimum.
+    """
+    names = list(model.config.par_names)
+    idx = []
+    for p in parameters:
+        if p not in names:
+            raise DiffhepError(f"unknown parameter {p!r}", where="--parameter",
+                               fix=f"use one of {', '.join(names[:20])}")  # fmt: skip
+        idx.append(names.index(p))
+    values = np.asarray(values, dtype=float).reshape(-1, len(idx))
+    post = post if post is not None else postfit(model, data)
+    index = np.tile(np.asarray(idx), (len(values), 1))
+    _, tn, status = fixed_fits(
+        model, data, index, values, start=post.bestfit, bounds=post.bounds, fixed=post.fixed
+    )
+    if np.any(status != 0):
+        bad = values[status != 0]
+        raise FitError(f"{len(bad)} scan fit(s) did not converge (first at {bad[0].tolist()})",
+                       fix="narrow the scan range (--range)")  # fmt: skip
+    ref = min(post.twice_nll, float(tn.min()))
+    return {
+        "parameters": list(parameters),
+        "values": values.tolist(),
+        "twice_nll": tn.tolist(),
+        "delta_twice_nll": (tn - ref).tolist(),
+        "bestfit": [float(post.bestfit[i]) for i in idx],
+        "uncertainty": [float(post.uncertainty[i]) for i in idx],
+    }
+
+
+# --------------------------------------------------------------------------- tests
+_discovery_jit = eqx.filter_jit(discovery)
+
+
+def significance(model: Model, data) -> dict:
+    """Observed and median expected discovery significance (q0, asymptotic)."""
+    r = _discovery_jit(model, jnp.asarray(data, dtype=model.nominal.dtype))
+    if not bool(r.converged):
+        raise FitError("a fit of the discovery test did not converge",
+                       fix="check the model (e.g. with 'diffhep fit')")  # fmt: skip
+    return {
+        "q0": float(r.teststat),
+        "p0_obs": float(r.p0),
+        "Z_obs": float(r.significance),
+        "p0_exp": float(r.p0_exp[2]),
+        "Z_exp": float(r.expected_significance),
+        "poi": model.config.poi_name,
+    }
+
+
+def saturated_twice_nll(model: Model, data) -> float:
+    """``-2 log L`` of the saturated model: Poisson terms at the data, constraint terms at
+    the parameters that maximise them (cabinetry's definition)."""
+    data = np.asarray(data, dtype=float)
+    n = data[: model.config.nmaindata]
+    poisson = float(np.sum(xlogy(n, n) - n - gammaln(n + 1.0)))
+    aux = data[model.config.nmaindata :]
+    cons = 0.0
+    if aux.size:
+        par, is_p, _, factor, _ = constraint_arrays(model)
+        pars = np.asarray(model.config.init, dtype=float).copy()
+        pars[par] = np.where(is_p, aux / np.where(is_p, factor, 1.0), aux)
+        cons = float(model.constraint_logpdf(jnp.asarray(aux), jnp.asarray(pars)))
+    return -2.0 * (poisson + cons)
+
+
+def gof(model: Model, data, post: PostFit | None = None) -> dict:
+    """Goodness of fit against the saturated model: chi2 = 2 (NLL - NLL_saturated) with
+    bins minus free unconstrained parameters degrees of freedom."""
+    post = post if post is not None else postfit(model, data)
+    sat = saturated_twice_nll(model, data)
+    chi2 = post.twice_nll - sat
+    free_unconstrained = ~constrained(model) & ~post.fixed
+    ndf = int(model.config.nmaindata - free_unconstrained.sum())
+    p = float(stats.chi2.sf(chi2, ndf)) if ndf > 0 else float("nan")
+    return {
+        "twice_nll": post.twice_nll,
+        "saturated_twice_nll": sat,
+        "chi2": float(chi2),
+        "ndf": ndf,
+        "chi2_ndf": float(chi2 / ndf) if ndf > 0 else float("nan"),
+        "p_value": p,
+    }

@@ -1,0 +1,161 @@
+"""Refit diagnostics (diffhep.stats.diagnostics: ranking, scans, significance, goodness of
+fit) against references: cabinetry 0.6.0's ``fit.ranking`` and ``_goodness_of_fit``, pyhf's
+asymptotic q0 test and fixed-POI fits, and closed forms on counting models.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pyhf
+import pytest
+from scipy import optimize, stats
+
+import diffhep
+from diagnostics_refs import (
+    cabinetry_ranking,
+    counting,
+    sbottom,
+    small,
+    small_cabinetry_ranking,
+    small_reference,
+)
+from diffhep.stats import covariance as cv
+from diffhep.stats import diagnostics as dg
+from oracle import pyhf_numpy
+
+RANK_RTOL = 1e-3  # impacts vs cabinetry (relative)
+
+
+# =========================================================================== ranking
+def _check_ranking(dmodel, ddata, make, post=None, ref=None):
+    post = post if post is not None else cv.postfit(dmodel, ddata)
+    got = dg.ranking(dmodel, ddata, post)
+    bounds = [tuple(map(float, b)) for b in post.bounds]
+    ref = ref if ref is not None else cabinetry_ranking(make, post, bounds)
+    assert got.labels == list(ref.labels)
+    scale = post.uncertainty[dmodel.config.poi_index]
+    for field in ("prefit_up", "prefit_down", "postfit_up", "postfit_down"):
+        np.testing.assert_allclose(
+            getattr(got, field), getattr(ref, field), rtol=RANK_RTOL, atol=1e-4 * scale,
+            err_msg=field,
+        )  # fmt: skip
+    assert np.abs(got.postfit_up).max() > 1e-2 * scale  # impacts that mean something
+    # the covariance approximation: first order of the same shifts
+    lin = dg.ranking(dmodel, ddata, post, method="covariance")
+    np.testing.assert_allclose(lin.postfit_up, -lin.postfit_down)
+    big = np.abs(got.postfit_up) > 0.1 * np.abs(got.postfit_up).max()
+    np.testing.assert_allclose(lin.postfit_up[big], got.postfit_up[big], rtol=0.3)
+    return got
+
+
+def test_ranking_small_model_matches_cabinetry():
+    post, _ = small_reference("combined")
+    ref = small_cabinetry_ranking("combined")
+    got = _check_ranking(*small("combined"), post=post, ref=ref)
+    listed = got.to_list()
+    assert set(listed[0]) == {"parameter", "prefit_up", "prefit_down", "postfit_up",
+                              "postfit_down"}  # fmt: skip
+    size = [max(abs(r["postfit_up"]), abs(r["postfit_down"])) for r in listed]
+    assert size == sorted(size, reverse=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("region,point", [("RegionA", "sbottom_1000_205_60"),
+                                          ("RegionB", "sbottom_1000_205_60")])  # fmt: skip
+def test_ranking_sbottom_matches_cabinetry(sbottom_dir, region, point):
+    _check_ranking(*sbottom(sbottom_dir, region, point))
+
+
+# =========================================================================== gof, Z, scans
+def test_gof_counting_model_closed_form():
+    s, b, n = np.array([10.0, 5.0]), np.array([50.0, 30.0]), np.array([65.0, 28.0])
+    model, data = counting(s, b, n)
+    out = dg.gof(model, data)
+
+    def chi2(mu):
+        lam = mu * s + b
+        return 2 * np.sum(lam - n + n * np.log(n / lam))
+
+    best = optimize.minimize_scalar(chi2, bounds=(0, 10), method="bounded",
+                                    options={"xatol": 1e-10})  # fmt: skip
+    assert out["ndf"] == 1
+    np.testing.assert_allclose(out["chi2"], best.fun, rtol=1e-6)
+    np.testing.assert_allclose(out["p_value"], stats.chi2.sf(best.fun, 1), rtol=1e-5)
+
+
+def test_gof_with_constraints_matches_cabinetry():
+    import cabinetry
+
+    dmodel, ddata, make = small("combined")
+    out = dg.gof(dmodel, ddata)
+    with pyhf_numpy():
+        pmodel, pdata = make()
+        ref = cabinetry.fit._goodness_of_fit(pmodel, pdata, out["twice_nll"])
+    np.testing.assert_allclose(out["p_value"], ref, rtol=1e-8)
+    assert out["ndf"] == 5 - 4  # bins minus mu, mu_ttbar, wjets_cr_sf[0], wjets_cr_sf[1]
+
+
+def test_significance_counting_model_closed_form():
+    s, b, n = 10.0, 50.0, 65.0
+    model, data = counting([s], [b], [n])
+    out = dg.significance(model, data)
+    z_obs = np.sqrt(2 * (n * np.log(n / b) - (n - b)))
+    z_exp = np.sqrt(2 * ((s + b) * np.log(1 + s / b) - s))
+    np.testing.assert_allclose(out["Z_obs"], z_obs, rtol=1e-6)
+    np.testing.assert_allclose(out["p0_obs"], stats.norm.sf(z_obs), rtol=1e-5)
+    np.testing.assert_allclose(out["Z_exp"], z_exp, rtol=1e-6)
+    np.testing.assert_allclose(out["p0_exp"], stats.norm.sf(z_exp), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_significance_matches_pyhf_q0():
+    dmodel, ddata, make = small("combined")
+    out = dg.significance(dmodel, ddata)
+    with pyhf_numpy():
+        pmodel, pdata = make()
+        obs, exp = pyhf.infer.hypotest(0.0, pdata, pmodel, test_stat="q0", return_expected=True)
+    np.testing.assert_allclose(out["p0_obs"], float(obs), rtol=1e-4)
+    np.testing.assert_allclose(out["p0_exp"], float(exp), rtol=1e-4)
+
+
+def test_scan_counting_model_closed_form():
+    s, b, n = 10.0, 50.0, 65.0
+    model, data = counting([s], [b], [n])
+    mus = np.linspace(0.0, 3.0, 7)
+    out = dg.scan(model, data, ["mu"], mus)
+    lam = mus * s + b
+    expect = 2 * ((lam - n) - n * np.log(lam / n))  # minimum at lam = n (mu = 1.5)
+    np.testing.assert_allclose(out["delta_twice_nll"], expect, atol=1e-8)
+    np.testing.assert_allclose(out["bestfit"], [1.5], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_scan_2d_closed_form_and_profiled_parameter():
+    # mu and a background normalisation k, two bins: at fixed (mu, k) nothing is profiled
+    spec = {
+        "channels": [{"name": "SR", "samples": [
+            {"name": "signal", "data": [10.0, 2.0],
+             "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+            {"name": "bkg", "data": [50.0, 100.0],
+             "modifiers": [{"name": "k", "type": "normfactor", "data": None}]},
+        ]}]
+    }  # fmt: skip
+    model = diffhep.Model.from_spec(spec)
+    n = np.array([62.0, 105.0])
+    grid = np.array([[m, k] for m in (0.5, 1.0, 2.0) for k in (0.9, 1.0, 1.1)])
+    out = dg.scan(model, n, ["mu", "k"], grid)
+    lam = grid[:, :1] * np.array([10.0, 2.0]) + grid[:, 1:] * np.array([50.0, 100.0])
+    t = 2 * np.sum(lam - n * np.log(lam), axis=1)
+    tmin = 2 * np.sum(n - n * np.log(n))  # saturated: two parameters, two bins
+    np.testing.assert_allclose(out["delta_twice_nll"], t - tmin, atol=1e-7)
+    # one parameter fixed, one profiled: pyhf's fixed_poi_fit at the same values
+    pmodel = pyhf.Model(copy.deepcopy(spec), poi_name="mu")
+    one = dg.scan(model, n, ["mu"], [0.5, 2.0])
+    with pyhf_numpy():
+        for mu, got in zip((0.5, 2.0), one["twice_nll"], strict=True):
+            _, tn = pyhf.infer.mle.fixed_poi_fit(mu, list(n), pmodel, return_fitted_val=True)
+            np.testing.assert_allclose(got, float(tn), rtol=1e-8)
+    with pytest.raises(diffhep.DiffhepError, match="unknown parameter"):
+        dg.scan(model, n, ["nope"], [1.0])
