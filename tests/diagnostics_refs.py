@@ -156,7 +156,15 @@ def small_workspace(name):
             {"name": c["name"], "data": [float(x) for x in case.observed[sl]]}
             for c, sl in _channel_slices(case)
         ],
-        "measurements": [{"name": "meas", "config": {"poi": case.poi_name, "parameters": []}}],
+        "measurements": [
+            {
+                "name": "meas",
+                "config": {
+                    "poi": case.poi_name,
+                    "parameters": copy.deepcopy(case.spec.get("parameters", [])),
+                },
+            }
+        ],
     }
 
 

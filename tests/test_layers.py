@@ -160,7 +160,24 @@ def _loaded(code: str) -> set[str]:
         ("import diffhep.runs.config", {"diffhep.stats.solver", "diffhep.analysis.pipeline"}),
         *[
             (f"from diffhep.cli import main\nmain({args!r}, standalone_mode=False)", {"jax"})
-            for args in (["--help"], ["cls", "--help"], ["train", "--help"], ["fit", "-h"])
+            for args in (
+                ["--help"],
+                ["cls", "--help"],
+                ["train", "--help"],
+                ["fit", "-h"],
+                *[
+                    [c, "--help"]
+                    for c in (
+                        "pulls",
+                        "ranking",
+                        "correlations",
+                        "yields",
+                        "scan",
+                        "significance",
+                        "gof",
+                    )
+                ],
+            )
         ],
     ],
 )

@@ -3,14 +3,15 @@
 Commands print JSON on stdout (like ``pyhf``); bad input exits with status 2 and one message
 naming the file, the JSON path and the fix; a fit that does not converge exits with status 1.
 
-One module per command group (stats, runs, weights, studies); each lists its ``COMMANDS``.
+One module per command group (stats, diagnostics, runs, weights, studies); each lists its
+``COMMANDS``.
 """
 
 from __future__ import annotations
 
 import click
 
-from . import runs, stats, studies, weights
+from . import diagnostics, runs, stats, studies, weights
 
 __all__ = ["main"]
 
@@ -21,6 +22,6 @@ def main() -> None:
     """diffhep: differentiable HistFactory inference and analysis optimisation."""
 
 
-for _group in [stats, runs, weights, studies]:
+for _group in [stats, diagnostics, runs, weights, studies]:
     for _command in _group.COMMANDS:
         main.add_command(_command)

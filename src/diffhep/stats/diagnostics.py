@@ -224,7 +224,7 @@ def ranking(
     poi = require_poi(model)
     post = post if post is not None else postfit(model, data)
     width = prefit_uncertainties(model)
-    others = np.array([k for k in range(model.config.npars) if k != poi])
+    others = np.array([k for k in range(model.config.npars) if k != poi], dtype=int)
     shifts = np.stack([width, -width, post.uncertainty, -post.uncertainty], axis=1)[others]
     if method == "covariance":
         c = post.covariance

@@ -1,0 +1,336 @@
+"""Fit diagnostics of pyhf workspaces: ``pulls``, ``ranking``, ``correlations``, ``yields``,
+``scan``, ``significance``, ``gof`` (thin commands over :mod:`diffhep.stats.covariance` and
+:mod:`diffhep.stats.diagnostics`; figures from :mod:`diffhep.plotting.diagnostics`)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import run
+from .stats import _common, _note_ignored, _numbers, _output, _settings
+
+_poi_value = click.option(
+    "--poi-value",
+    type=float,
+    default=None,
+    help="Fit with the POI fixed at this value (default: the POI is fitted).",
+)
+_plot = click.option(
+    "--plot",
+    "plot",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also draw the figure to this file (format from the suffix: .png, .pdf, .svg).",
+)
+_style = click.option(
+    "--style",
+    type=click.Choice(["plain", "ATLAS", "CMS", "LHCb"]),
+    default="plain",
+    show_default=True,
+    help="Plot style (mplhep's experiment styles).",
+)
+
+
+def _opts(f):
+    for deco in reversed([_common, _poi_value, _plot, _style]):
+        f = deco(f)
+    return f
+
+
+def _model(kw):
+    """(workspace, model, data) of the common options; pyhf's ignored options noted."""
+    from ..stats import workflows
+
+    _note_ignored(kw.pop("backend"), kw.pop("optimizer"), kw.pop("optconf"))
+    ws = workflows.load_workspace(
+        kw.pop("workspace"), kw.pop("patches"), kw.pop("patch_name"), not kw.pop("no_digest_check")
+    )
+    settings = _settings(kw.pop("normsys_code"), kw.pop("histosys_code"))
+    model = ws.model(kw.pop("measurement"), modifier_settings=settings)
+    return ws, model, ws.data(model)
+
+
+def _postfit(model, data, poi_value, ws):
+    from ..errors import DiffhepError
+    from ..stats import covariance
+
+    if poi_value is not None:
+        covariance.require_poi(model)
+        lo, hi = model.config.bounds[model.config.poi_index]
+        if not lo <= poi_value <= hi:
+            raise DiffhepError(
+                f"POI value {poi_value:g} is outside the bounds [{lo:g}, {hi:g}] of the POI "
+                f"{model.config.poi_name!r}",
+                file=ws.file,
+                where="--poi-value",
+                fix="give a value inside the bounds, or widen them in the measurement",
+            )
+    return covariance.postfit(model, data, poi_value=poi_value)
+
+
+def _draw(fn, plot, style, *args, **kwargs) -> None:
+    if plot is None:
+        return
+    from ..plotting import diagnostics as figures
+
+    try:
+        getattr(figures, fn)(*args, path=plot, style=None if style == "plain" else style, **kwargs)
+    except OSError as exc:
+        click.echo(f"error: cannot write {plot}: {exc.strerror or exc}", err=True)
+        click.echo("  fix: choose a writable --plot file", err=True)
+        sys.exit(2)
+
+
+@click.command()
+@_opts
+def pulls(plot, style, poi_value, output_file, **kw):
+    """Post-fit pulls and constraints of the constrained parameters (normfactors and other
+    free parameters separately, with their best fits and uncertainties)."""
+
+    def work():
+        from ..stats import diagnostics
+
+        ws, model, data = _model(kw)
+        return diagnostics.pulls(model, _postfit(model, data, poi_value, ws))
+
+    out = run(work)
+    _output(out, output_file)
+    _draw("plot_pulls", plot, style, out)
+
+
+@click.command()
+@_common
+@_plot
+@_style
+@click.option(
+    "--method",
+    type=click.Choice(["refit", "covariance"]),
+    default="refit",
+    show_default=True,
+    help="refit: the POI shift of a fit with the parameter fixed at +-1 sigma (cabinetry's "
+    "definition, all refits batched); covariance: the linear approximation.",
+)
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    metavar="NAME=PATTERN[,PATTERN]",
+    help="Grouped impact of the parameters matching the patterns (fnmatch; repeatable).",
+)
+@click.option("--by-modifier", is_flag=True, help="Grouped impacts per modifier type.")
+@click.option("--top", type=int, default=20, show_default=True, help="Parameters in the plot.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print only the list of {parameter, prefit_up, prefit_down, postfit_up, postfit_down} "
+    "(cabinetry's RankingResults), largest post-fit impact first.",
+)
+def ranking(plot, style, output_file, method, groups, by_modifier, top, as_json, **kw):
+    """Impacts of every parameter on the POI, pre-fit and post-fit, up and down, largest
+    post-fit impact first, with the POI's best fit and optional grouped impacts."""
+    patterns = {}
+    for g in groups:
+        name, sep, pats = g.partition("=")
+        if not sep or not name or not pats:
+            raise click.BadParameter(f"expected NAME=PATTERN[,PATTERN], got {g!r}",
+                                     param_hint="--group")  # fmt: skip
+        patterns[name] = pats.split(",")
+
+    def work():
+        from ..stats import covariance, diagnostics
+
+        ws, model, data = _model(kw)
+        covariance.require_poi(model)
+        sets = covariance.parameter_groups(model, patterns, by_modifier)  # bad input first
+        post = _postfit(model, data, None, ws)
+        r = diagnostics.ranking(model, data, post, method=method)
+        out = {"poi": r.poi, "poi_bestfit": r.poi_bestfit, "poi_uncertainty": r.poi_uncertainty,
+               "method": method, "ranking": r.to_list()}  # fmt: skip
+        if sets:
+            out["grouped"] = covariance.grouped_impacts(model, post, sets)
+        return out, diagnostics.pulls(model, post)
+
+    out, pull = run(work)
+    _output(out["ranking"] if as_json else out, output_file)
+    _draw("plot_ranking", plot, style, out["ranking"], pull, top=top)
+
+
+@click.command()
+@_opts
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Keep only parameters with an off-diagonal |correlation| >= this with another one.",
+)
+def correlations(plot, style, poi_value, output_file, threshold, **kw):
+    """The post-fit correlation matrix of the free parameters."""
+
+    def work():
+        from ..stats import covariance
+
+        ws, model, data = _model(kw)
+        return covariance.correlations(_postfit(model, data, poi_value, ws), threshold)
+
+    out = run(work)
+    _output(out, output_file)
+    _draw("plot_correlations", plot, style, out)
+
+
+def _markdown(pre, post) -> str:
+    lines = []
+    for c in post:
+        nb = len(post[c]["data"])
+        head = ["sample", *[f"bin {b}" for b in range(nb)], "total"]
+        lines += [f"## {c}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for label, res in (("pre-fit", pre), ("post-fit", post)):
+            rows = [*res[c]["samples"].items(), ("total", res[c]["total"])]
+            for name, e in rows:
+                cells = [f"{y:.2f} ± {s:.2f}" for y, s in zip(e["yields"], e["stdev"], strict=True)]
+                cells.append(f"{e['sum']:.2f} ± {e['sum_stdev']:.2f}")
+                lines.append(f"| {name} ({label}) | " + " | ".join(cells) + " |")
+        data = post[c]["data"]
+        lines.append("| data | " + " | ".join(f"{d:g}" for d in data)
+                     + f" | {post[c]['data_sum']:g} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+@click.command()
+@_opts
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "markdown"]),
+    default="json",
+    show_default=True,
+    help="JSON ({prefit, postfit}: per channel, sample and bin) or a markdown table.",
+)
+def yields(plot, style, poi_value, output_file, fmt, **kw):
+    """Pre- and post-fit yields per channel, sample and bin with their uncertainties (post-fit
+    from the full covariance, cabinetry's yield_stdev), and the data."""
+
+    def work():
+        from ..stats import covariance
+
+        ws, model, data = _model(kw)
+        post = _postfit(model, data, poi_value, ws)
+        return {"prefit": covariance.prefit_yields(model, data),
+                "postfit": covariance.postfit_yields(model, data, post)}  # fmt: skip
+
+    out = run(work)
+    if fmt == "markdown":
+        if output_file is not None:
+            from pathlib import Path
+
+            from ..writers import write_atomic
+
+            write_atomic(Path(output_file), _markdown(out["prefit"], out["postfit"]) + "\n")
+        else:
+            click.echo(_markdown(out["prefit"], out["postfit"]))
+    else:
+        _output(out, output_file)
+    _draw("plot_yields", plot, style, out["prefit"], out["postfit"])
+
+
+@click.command()
+@_common
+@_plot
+@_style
+@click.option(
+    "--parameter",
+    "parameters",
+    multiple=True,
+    help="Parameter to scan (default: the POI); twice for a 2-D scan.",
+)
+@click.option(
+    "--range",
+    "ranges",
+    multiple=True,
+    metavar="LO,HI",
+    help="Scan range per --parameter (default: best fit +- 3 uncertainties, within bounds).",
+)
+@click.option(
+    "--points", type=click.IntRange(2, 10000), default=21, show_default=True,
+    help="Points per parameter.",
+)  # fmt: skip
+def scan(plot, style, output_file, parameters, ranges, points, **kw):
+    """Profile-likelihood scan: -2 Delta log L with one parameter (or two) fixed on a grid and
+    the others refitted, all fits batched."""
+    import numpy as np
+
+    if len(parameters) > 2:
+        raise click.BadParameter("scan one or two parameters", param_hint="--parameter")
+    if ranges and len(ranges) != max(len(parameters), 1):
+        raise click.BadParameter("give one --range per --parameter", param_hint="--range")
+    given = [_numbers(r, "--range", 2) for r in ranges]
+
+    def work():
+        from ..errors import DiffhepError
+        from ..stats import covariance, diagnostics
+
+        ws, model, data = _model(kw)
+        names = list(parameters)
+        if not names:
+            names = [model.config.par_names[covariance.require_poi(model)]]
+        for p in names:
+            if p not in model.config.par_names:
+                raise DiffhepError(f"unknown parameter {p!r}", file=ws.file, where="--parameter",
+                                   fix="use a name of 'diffhep fit' output")  # fmt: skip
+        post = covariance.postfit(model, data)
+        axes = []
+        for i, p in enumerate(names):
+            k = model.config.par_names.index(p)
+            lo, hi = post.bounds[k]
+            if given:
+                a, b = given[i]
+            else:
+                a = max(lo, post.bestfit[k] - 3 * post.uncertainty[k])
+                b = min(hi, post.bestfit[k] + 3 * post.uncertainty[k])
+            if not lo <= a < b <= hi:
+                raise DiffhepError(f"scan range [{a:g}, {b:g}] of {p!r} is empty or outside its "
+                                   f"bounds [{lo:g}, {hi:g}]", file=ws.file, where="--range",
+                                   fix="give LO < HI inside the bounds")  # fmt: skip
+            axes.append(np.linspace(a, b, points))
+        grid = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
+        return diagnostics.scan(model, data, names, grid, post)
+
+    out = run(work)
+    _output(out, output_file)
+    _draw("plot_scan", plot, style, out)
+
+
+@click.command()
+@_common
+def significance(output_file, **kw):
+    """Observed and median expected discovery significance (asymptotic q0 test of POI = 0)."""
+
+    def work():
+        from ..stats import diagnostics
+
+        _, model, data = _model(kw)
+        return diagnostics.significance(model, data)
+
+    _output(run(work), output_file)
+
+
+@click.command()
+@_common
+def gof(output_file, **kw):
+    """Goodness of fit against the saturated model: chi2 = -2 log(L / L_saturated), degrees of
+    freedom (bins minus free unconstrained parameters), chi2/ndf and the p-value."""
+
+    def work():
+        from ..stats import diagnostics
+
+        _, model, data = _model(kw)
+        return diagnostics.gof(model, data)
+
+    _output(run(work), output_file)
+
+
+COMMANDS = [pulls, ranking, correlations, yields, scan, significance, gof]

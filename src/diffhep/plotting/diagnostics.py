@@ -1,0 +1,191 @@
+"""Plots of fit diagnostics in cabinetry's style: pulls, the impact ranking, the correlation
+matrix, pre-/post-fit stacked yields with data and a ratio panel, likelihood scans.
+
+Every function takes the plain dictionaries of :mod:`diffhep.stats.diagnostics` and
+:mod:`diffhep.stats.covariance` (the JSON the CLI prints), writes ``path`` (format from the
+suffix) and takes ``style=`` as :mod:`diffhep.plotting.runs` does. matplotlib and mplhep are
+imported when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .runs import _experiment_label, _styled, new_figure, save_figure
+
+__all__ = ["plot_correlations", "plot_pulls", "plot_ranking", "plot_scan", "plot_yields"]
+
+
+@_styled
+def plot_pulls(pulls: Mapping, path) -> None:
+    """Pulls ``(bestfit - nominal) / prefit width`` with the constraints as error bars, the
+    +-1 and +-2 sigma bands in green and yellow (cabinetry's ``pulls`` figure)."""
+    rows = list(pulls["parameters"])
+    n = max(len(rows), 1)
+    fig = new_figure((6.0, 1.0 + 0.3 * n))
+    ax = fig.subplots()
+    y = np.arange(len(rows))[::-1]
+    ax.axvspan(-2, 2, color="#ffdd55", zorder=0)
+    ax.axvspan(-1, 1, color="#77dd77", zorder=0)
+    ax.axvline(0, color="0.3", ls="--", lw=1)
+    ax.errorbar([r["pull"] for r in rows], y, xerr=[r["constraint"] for r in rows],
+                fmt="ko", ms=4)  # fmt: skip
+    ax.set_yticks(y, [r["name"] for r in rows])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    lim = max(3.0, *(abs(r["pull"]) + r["constraint"] + 0.2 for r in rows)) if rows else 3.0
+    ax.set_xlim(-lim, lim)
+    ax.set_xlabel(r"$(\hat{\theta} - \theta_0) / \Delta\theta$")
+    _experiment_label(ax)
+    save_figure(fig, path)
+
+
+@_styled
+def plot_ranking(ranking: Sequence[Mapping], pulls: Mapping, path, top: int = 20) -> None:
+    """The ``top`` parameters by post-fit impact: impacts on the POI (bars, top axis:
+    pre-fit open, post-fit filled, up blue, down teal) and their pulls (points, bottom axis).
+
+    Args:
+        ranking: ``[{"parameter", "prefit_up", "prefit_down", "postfit_up",
+            "postfit_down"}]``, largest impact first (``RankingResult.to_list``).
+        pulls: :func:`diffhep.stats.diagnostics.pulls` of the same fit (unconstrained
+            parameters are shown at their best fit with their uncertainty).
+        path: Output file.
+        top: Number of parameters shown.
+    """
+    rows = list(ranking)[:top]
+    info = {p["name"]: p for p in [*pulls["parameters"], *pulls["normfactors"]]}
+    n = max(len(rows), 1)
+    fig = new_figure((7.0, 1.6 + 0.35 * n))
+    ax = fig.subplots()
+    y = np.arange(len(rows))[::-1]
+    impacts = ax.twiny()
+    open_bar = {"fill": False, "lw": 1.2, "zorder": 2}  # pre-fit outlines over post-fit bars
+    for key, kw in (
+        ("postfit_up", {"color": "C0", "alpha": 0.7, "label": r"post-fit impact, $+\sigma$"}),
+        ("postfit_down", {"color": "C2", "alpha": 0.7, "label": r"post-fit impact, $-\sigma$"}),
+        ("prefit_up", {"edgecolor": "C0", "label": r"pre-fit impact, $+\sigma$", **open_bar}),
+        ("prefit_down", {"edgecolor": "C2", "label": r"pre-fit impact, $-\sigma$", **open_bar}),
+    ):
+        impacts.barh(y, [r[key] for r in rows], height=0.6, **{"zorder": 1, **kw})
+    size = max([abs(r[k]) for r in rows for k in r if k != "parameter"] + [1e-12])
+    impacts.set_xlim(-1.2 * size, 1.2 * size)
+    impacts.set_xlabel(r"$\Delta$POI")
+    centre, err = [], []
+    for r in rows:
+        p = info.get(r["parameter"], {})
+        centre.append(p.get("pull", p.get("bestfit", np.nan)))
+        err.append(p.get("constraint", p.get("uncertainty", np.nan)))
+    ax.errorbar(centre, y, xerr=err, fmt="ko", ms=4, zorder=3, label="pull")
+    ax.set_zorder(impacts.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_xlim(-2.0, 2.0)
+    ax.set_xlabel(r"$(\hat{\theta} - \theta_0) / \Delta\theta$")
+    ax.set_yticks(y, [r["parameter"] for r in rows])
+    ax.set_ylim(-0.7, len(rows) + 1.5)
+    h1, l1 = impacts.get_legend_handles_labels()
+    h2, l2 = ax.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize="x-small", ncol=3, loc="upper center", frameon=False)
+    save_figure(fig, path)
+
+
+@_styled
+def plot_correlations(corr: Mapping, path) -> None:
+    """The correlation matrix (``{"parameters", "correlation"}``) with the values written in
+    the cells when there are few parameters."""
+    names = list(corr["parameters"])
+    c = np.asarray(corr["correlation"], dtype=float).reshape(len(names), len(names))
+    size = 2.0 + 0.35 * len(names)
+    fig = new_figure((size + 1.0, size))
+    ax = fig.subplots()
+    im = ax.imshow(c, vmin=-1, vmax=1, cmap="RdBu_r")
+    fig.colorbar(im, ax=ax, label="correlation")
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    if len(names) <= 25:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{c[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if abs(c[i, j]) > 0.6 else "black")  # fmt: skip
+    save_figure(fig, path)
+
+
+def _stack(ax, rax, entry, edges, title) -> None:
+    import mplhep
+
+    names = list(entry["samples"])
+    stack = [np.asarray(entry["samples"][s]["yields"]) for s in names]
+    mplhep.histplot(stack, edges, stack=True, histtype="fill", label=names, ax=ax, alpha=0.8)
+    total = np.asarray(entry["total"]["yields"])
+    sd = np.asarray(entry["total"]["stdev"])
+    hatch = {"fill": False, "hatch": "////", "color": "0.3", "lw": 0}
+    ax.stairs(total + sd, edges, baseline=total - sd, label="uncertainty", **hatch)
+    safe = np.where(total > 0, total, np.nan)
+    rax.stairs((total + sd) / safe, edges, baseline=(total - sd) / safe, **hatch)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    data = np.asarray(entry["data"], dtype=float)
+    err = np.sqrt(np.clip(data, 0, None))
+    ax.errorbar(centres, data, yerr=err, fmt="ko", label="data")
+    rax.errorbar(centres, data / safe, yerr=err / safe, fmt="ko")
+    rax.axhline(1.0, color="grey", lw=1)
+    top = np.nanmax(np.concatenate([total + sd, data + err]))
+    ax.set_ylim(0, 1.4 * top if np.isfinite(top) and top > 0 else 1.0)
+    rax.set_ylim(0.5, 1.5)
+    rax.set_ylabel("data / model")
+    rax.set_xlabel("bin")
+    rax.set_xticks(np.arange(len(edges) - 1) + 0.5, [str(b) for b in range(len(edges) - 1)])
+    ax.tick_params(labelbottom=False)
+    ax.set_ylabel("events")
+    ax.set_title(title, fontsize="medium")
+    ax.legend(fontsize="x-small", ncol=2)
+
+
+@_styled
+def plot_yields(prefit: Mapping, postfit: Mapping, path) -> None:
+    """Pre-fit (left) and post-fit (right) stacked yields of every channel (rows) with data,
+    the model's uncertainty band (from the full covariance post-fit) and a data/model panel.
+
+    ``prefit``/``postfit``: :func:`diffhep.stats.covariance.yields` dictionaries."""
+    channels = list(postfit)
+    fig = new_figure((11.0, 5.0 * len(channels)))
+    grid = fig.add_gridspec(2 * len(channels), 2, height_ratios=[3, 1] * len(channels))
+    for i, c in enumerate(channels):
+        edges = np.arange(len(postfit[c]["data"]) + 1, dtype=float)
+        for j, (label, res) in enumerate((("pre-fit", prefit), ("post-fit", postfit))):
+            ax = fig.add_subplot(grid[2 * i, j])
+            rax = fig.add_subplot(grid[2 * i + 1, j], sharex=ax)
+            _stack(ax, rax, res[c], edges, f"{c} ({label})")
+            ax.set_xlim(edges[0], edges[-1])
+            if i == 0 and j == 0:
+                _experiment_label(ax)
+    save_figure(fig, path)
+
+
+@_styled
+def plot_scan(scan: Mapping, path) -> None:
+    """``-2 Delta log L`` against one parameter (with the 1 and 4 lines) or, for two, its
+    contours at 2.30 and 5.99 (68 % and 95 % for two parameters)."""
+    names = scan["parameters"]
+    values = np.asarray(scan["values"], dtype=float)
+    delta = np.asarray(scan["delta_twice_nll"], dtype=float)
+    fig = new_figure((6.0, 4.5))
+    ax = fig.subplots()
+    if len(names) == 1:
+        ax.plot(values[:, 0], delta, "k-", marker=".")
+        for level in (1.0, 4.0):
+            ax.axhline(level, color="grey", ls="--", lw=1)
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(r"$-2\,\Delta\ln L$")
+        ax.set_ylim(0, None)
+    else:
+        xs, ys = np.unique(values[:, 0]), np.unique(values[:, 1])
+        z = np.full((len(ys), len(xs)), np.nan)
+        z[np.searchsorted(ys, values[:, 1]), np.searchsorted(xs, values[:, 0])] = delta
+        ax.contour(xs, ys, z, levels=[2.30, 5.99], colors=["k", "grey"])
+        ax.plot(*scan["bestfit"], "k+", ms=10)
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+    _experiment_label(ax)
+    save_figure(fig, path)

@@ -1,0 +1,211 @@
+"""The diagnostics commands (diffhep pulls|ranking|correlations|yields|scan|significance|gof)
+through click: numbers against pyhf's exact Hessian, cabinetry 0.6.0's ranking, yields and
+pulls, closed forms on counting models; figures written; bad input exits 2, a fit that does
+not converge exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from diagnostics_refs import small, small_cabinetry_ranking, small_reference, small_workspace
+from diffhep.cli import main
+from oracle import pyhf_numpy
+
+CASE = "combined"
+
+
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch):
+    monkeypatch.setenv("DIFFHEP_CACHE_DIR", "")
+
+
+@pytest.fixture(scope="module")
+def ws_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("diag") / "ws.json"
+    path.write_text(json.dumps(small_workspace(CASE)))
+    return path
+
+
+def run(args, code=0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+def _json(args):
+    return json.loads(run(args).stdout)
+
+
+def _png(path):
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
+
+
+def test_pulls_and_correlations_match_pyhf_and_cabinetry(ws_file, tmp_path):
+    import cabinetry
+
+    post, (b, _, unc, corr) = small_reference(CASE)
+    with pyhf_numpy():
+        pmodel, _ = small(CASE)[2]()
+        nominal = cabinetry.model_utils.asimov_parameters(pmodel)
+        width = cabinetry.model_utils.prefit_uncertainties(pmodel)
+    names = list(pmodel.config.par_names)
+    out = _json(["pulls", ws_file, "--plot", tmp_path / "pulls.png"])
+    assert out["parameters"]
+    for p in out["parameters"]:
+        k = names.index(p["name"])
+        np.testing.assert_allclose(p["pull"], (b[k] - nominal[k]) / width[k], atol=1e-4)
+        np.testing.assert_allclose(p["constraint"], unc[k] / width[k], rtol=1e-4)
+    for p in out["normfactors"]:
+        k = names.index(p["name"])
+        np.testing.assert_allclose(p["bestfit"], b[k], atol=1e-4)
+        np.testing.assert_allclose(p["uncertainty"], unc[k], rtol=1e-4)
+    _png(tmp_path / "pulls.png")
+    out = _json(["correlations", ws_file, "--plot", tmp_path / "corr.png"])
+    idx = [names.index(n) for n in out["parameters"]]
+    assert len(idx) == int((~post.fixed).sum())
+    np.testing.assert_allclose(out["correlation"], corr[np.ix_(idx, idx)], atol=1e-4)
+    _png(tmp_path / "corr.png")
+    few = _json(["correlations", ws_file, "--threshold", "0.3"])
+    assert 0 < len(few["parameters"]) < len(out["parameters"])
+
+
+def test_ranking_json_matches_cabinetry(ws_file, tmp_path):
+    post, _ = small_reference(CASE)
+    ref = small_cabinetry_ranking(CASE)
+    listed = _json(["ranking", ws_file, "--json", "--plot", tmp_path / "rank.png"])
+    assert [set(r) for r in listed] == [
+        {"parameter", "prefit_up", "prefit_down", "postfit_up", "postfit_down"}
+    ] * len(ref.labels)
+    scale = post.uncertainty[small(CASE)[0].config.poi_index]
+    by_name = {r["parameter"]: r for r in listed}
+    for k, name in enumerate(ref.labels):
+        for field in ("prefit_up", "prefit_down", "postfit_up", "postfit_down"):
+            np.testing.assert_allclose(
+                by_name[name][field], getattr(ref, field)[k], rtol=1e-3, atol=1e-4 * scale,
+                err_msg=f"{name} {field}",
+            )  # fmt: skip
+    size = [max(abs(r["postfit_up"]), abs(r["postfit_down"])) for r in listed]
+    assert size == sorted(size, reverse=True)
+    _png(tmp_path / "rank.png")
+    full = _json(["ranking", ws_file, "--method", "covariance", "--group", "theory=sig_*,jes"])
+    assert full["poi"] == "mu" and full["method"] == "covariance"
+    np.testing.assert_allclose(full["poi_bestfit"], post.bestfit[small(CASE)[0].config.poi_index])
+    assert full["grouped"][0]["group"] == "theory"
+    assert set(full["grouped"][0]["parameters"]) == {"sig_theory", "jes"}
+
+
+def test_yields_match_cabinetry(ws_file, tmp_path):
+    import cabinetry
+
+    post, _ = small_reference(CASE)
+    with pyhf_numpy():
+        pmodel, _ = small(CASE)[2]()
+        per_bin, per_chan = cabinetry.model_utils.yield_stdev(
+            pmodel, post.bestfit, post.uncertainty, post.correlation
+        )
+        pre = cabinetry.model_utils.prediction(pmodel)
+    out = _json(["yields", ws_file, "--plot", tmp_path / "yields.png"])
+    for c_i, c in enumerate(pmodel.config.channels):
+        for s_i, s in enumerate(pmodel.config.samples):
+            got = out["postfit"][c]["samples"][s]
+            np.testing.assert_allclose(got["stdev"], per_bin[c_i][s_i], rtol=1e-4)
+            np.testing.assert_allclose(got["sum_stdev"], per_chan[c_i][s_i], rtol=1e-4)
+            got = out["prefit"][c]["samples"][s]
+            np.testing.assert_allclose(got["yields"], pre.model_yields[c_i][s_i], rtol=1e-10)
+        np.testing.assert_allclose(out["postfit"][c]["total"]["stdev"], per_bin[c_i][-1],
+                                   rtol=1e-4)  # fmt: skip
+    _png(tmp_path / "yields.png")
+    md = run(["yields", ws_file, "--format", "markdown"]).stdout
+    c0 = pmodel.config.channels[0]
+    assert f"## {c0}" in md and "| data |" in md and "(post-fit)" in md
+
+
+@pytest.fixture(scope="module")
+def counting_file(tmp_path_factory):
+    spec = {
+        "version": "1.0.0",
+        "channels": [{"name": "SR", "samples": [
+            {"name": "signal", "data": [10.0],
+             "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+            {"name": "bkg", "data": [50.0], "modifiers": []},
+        ]}],
+        "observations": [{"name": "SR", "data": [65.0]}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+    }  # fmt: skip
+    path = tmp_path_factory.mktemp("counting") / "ws.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_scan_significance_gof_closed_forms(counting_file, tmp_path):
+    s, b, n = 10.0, 50.0, 65.0
+    out = _json(["scan", counting_file, "--range", "0,3", "--points", 7,
+                 "--plot", tmp_path / "scan.png"])  # fmt: skip
+    mus = np.linspace(0, 3, 7)
+    lam = mus * s + b
+    np.testing.assert_allclose(out["values"], mus[:, None])
+    np.testing.assert_allclose(out["delta_twice_nll"], 2 * (lam - n - n * np.log(lam / n)),
+                               atol=1e-8)  # fmt: skip
+    _png(tmp_path / "scan.png")
+    z = _json(["significance", counting_file])
+    np.testing.assert_allclose(z["Z_obs"], np.sqrt(2 * (n * np.log(n / b) - (n - b))), rtol=1e-6)
+    np.testing.assert_allclose(z["Z_exp"], np.sqrt(2 * ((s + b) * np.log(1 + s / b) - s)),
+                               rtol=1e-6)  # fmt: skip
+    assert _json(["ranking", counting_file, "--json"]) == []  # nothing but the POI
+    g = _json(["gof", counting_file])  # one bin, one free parameter: a perfect fit
+    assert g["ndf"] == 0 and abs(g["chi2"]) < 1e-8
+
+
+def test_bad_input_exits_2_and_non_convergence_exits_1(counting_file, monkeypatch):
+    r = run(["scan", counting_file, "--parameter", "nope"], code=2)
+    assert "unknown parameter 'nope'" in r.output and "Traceback" not in r.output
+    r = run(["scan", counting_file, "--range", "5,1"], code=2)
+    assert "--range" in r.output
+    r = run(["pulls", counting_file, "--poi-value", "99"], code=2)
+    assert "outside the bounds" in r.output
+    r = run(["ranking", counting_file, "--group", "nogroup"], code=2)
+    assert "NAME=PATTERN" in r.output
+    r = run(["ranking", counting_file, "--group", "g=zzz*"], code=2)
+    assert "matches no parameter" in r.output
+
+    from diffhep.errors import FitError
+    from diffhep.stats import covariance
+
+    def fails(*a, **k):
+        raise FitError("the fit did not converge: max steps", fix="check bounds")
+
+    monkeypatch.setattr(covariance, "postfit", fails)
+    r = run(["pulls", counting_file], code=1)
+    assert "did not converge" in r.output and r.stdout == ""
+
+
+@pytest.mark.slow
+def test_ranking_sbottom_through_cli_matches_cabinetry(sbottom_dir, tmp_path):
+    """A published likelihood (sbottom RegionA with a signal patch) end to end."""
+    from diagnostics_refs import cabinetry_ranking, sbottom
+    from diffhep.stats import covariance as cv
+
+    dmodel, ddata, make = sbottom(sbottom_dir, "RegionA", "sbottom_1000_205_60")
+    root = sbottom_dir / "RegionA"
+    spec = json.loads((root / "BkgOnly.json").read_text())
+    meas = spec["measurements"][0]["config"]
+    meas["parameters"] = [p for p in meas["parameters"] if p["name"] != "mu_SIG"]
+    meas["parameters"].append({"name": "mu_SIG", "bounds": [[-10.0, 10.0]]})
+    ws = tmp_path / "bkg.json"
+    ws.write_text(json.dumps(spec))
+    listed = _json(["ranking", ws, "-p", root / "patch.sbottom_1000_205_60.json", "--json"])
+    post = cv.postfit(dmodel, ddata)
+    ref = cabinetry_ranking(make, post, [tuple(map(float, b)) for b in post.bounds])
+    by_name = {r["parameter"]: r for r in listed}
+    scale = post.uncertainty[dmodel.config.poi_index]
+    for k, name in enumerate(ref.labels):
+        for field in ("prefit_up", "prefit_down", "postfit_up", "postfit_down"):
+            np.testing.assert_allclose(
+                by_name[name][field], getattr(ref, field)[k], rtol=1e-3, atol=1e-4 * scale,
+                err_msg=f"{name} {field}",
+            )  # fmt: skip
