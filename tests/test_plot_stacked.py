@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffhep.plotting import histograms
 from diffhep.plotting import runs as plotting
 
 EDGES = np.linspace(0.0, 1.0, 5)
@@ -33,7 +34,7 @@ def figure(monkeypatch):
             yscale=ax.get_yscale(),
         )
 
-    monkeypatch.setattr(plotting, "save_figure", capture)
+    monkeypatch.setattr(histograms, "save_figure", capture)
     return drawn
 
 
@@ -138,7 +139,8 @@ def test_labels_are_not_cut_off(style, monkeypatch, tmp_path):
         found[path.name] = _outside(fig)
         fig.clear()
 
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: capture(fig, Path(path)))
+    for module in (plotting, histograms):  # plot_training and plot_cutflow, plot_stacked
+        monkeypatch.setattr(module, "save_figure", lambda fig, path: capture(fig, Path(path)))
     history = [{"epoch": e, "loss": 1.0 / e, "val_expected_cls": 0.1 / e, "val_sigma_mu": 0.5,
                 "val_z0": 2.0 + e, "cut0_threshold": 0.1 * e, "val_selected_fraction": 0.5}
                for e in range(1, 6)]  # fmt: skip

@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .runs import _experiment_label, _styled, new_figure, save_figure
+from .style import experiment_label as _experiment_label
+from .style import new_figure, save_figure
+from .style import styled as _styled
 
 __all__ = ["plot_correlations", "plot_pulls", "plot_ranking", "plot_scan", "plot_yields"]
 
