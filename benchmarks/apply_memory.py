@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _docs import write_section
+from _docs import publish
 
 HEADING = "## Memory of `diffhep apply` (`benchmarks/apply_memory.py`)"
 NFEAT = 10
@@ -145,9 +145,10 @@ def main():
         one, ten = peaks[(kind, "1x", chunk)], peaks[(kind, "10x", chunk)]
         verdicts.append(f"{kind}: {ten:.0f} MB vs {one:.0f} MB ({ten / one:.2f}x)")
     ok = all(peaks[(k, "10x", chunk)] <= 1.1 * peaks[(k, "1x", chunk)] for k in ("parquet", "ROOT"))
-    text = "\n".join(
+    publish(
+        args.output,
+        HEADING,
         [
-            HEADING,
             "",
             f"`diffhep apply` on inputs of 1x, 3x and 10x the chunk size ({chunk:,} events of "
             f"{NFEAT} float32 features and an int64 event number), each in a fresh process: "
@@ -164,11 +165,8 @@ def main():
             f"Target peak RSS (10x) <= 1.1 x peak RSS (1x): **{'met' if ok else 'NOT met'}** "
             f"({'; '.join(verdicts)}).",
             "",
-        ]
+        ],
     )
-    print(text)
-    if args.output:
-        write_section(args.output, HEADING, text)
 
 
 if __name__ == "__main__":

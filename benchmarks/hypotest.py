@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _docs import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 SBOTTOM_TARBALL = ROOT / "tests" / "data" / "pyhf-ins1748602-probability-models.tar.gz"
 SBOTTOM_POINT = "sbottom_1300_850_60"
@@ -638,23 +640,6 @@ def build_report(cases, vmaps, info, meta) -> tuple[str, list[str]]:
     return "\n".join(lines) + "\n", summary
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (or append it); keep everything else."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == HEADING), None)
-    if start is None:
-        body = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines)
-        )
-        rest = "".join(lines[end:])
-        body = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(body, encoding="utf-8")
-
-
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -866,7 +851,7 @@ def main(argv=None) -> int:
     section, _ = build_report(cases, vmaps, info, meta)
     print("\n" + section)
     if output is not None:
-        write_section(output, section)
+        write_section(output, HEADING, section)
         print(f"wrote {output}")
     return 0
 

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _docs import write_section
+from _docs import blob_analysis, publish
 
 HEADING = "## Scaling: devices and chunked gradients (`benchmarks/scaling.py`)"
 HIDDEN = (128, 128)
@@ -40,16 +40,8 @@ def _setup():
     import jax.numpy as jnp
 
     from diffhep.analysis.pipeline import Events, Pipeline
-    from diffhep.analysis.spec import Analysis, Channel, ShapeSystematic
 
-    analysis = Analysis(
-        samples=("signal", "background"),
-        signal="signal",
-        channels=(Channel("SR", 4),),
-        shape_systematics=(
-            ShapeSystematic("bkg_shape", "background", "background_up", "background_down"),
-        ),
-    )
+    analysis = blob_analysis()
     pipe = Pipeline(analysis, ("x0", "x1"))
     return jax, jnp, pipe, Events
 
@@ -234,9 +226,10 @@ def main():
             cells.append(" - |")
         rows.append("".join(cells))
     minutes = (time.time() - t_start) / 60
-    text = "\n".join(
+    publish(
+        args.output,
+        HEADING,
         [
-            HEADING,
             "",
             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: "
             f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), shared; "
@@ -276,11 +269,8 @@ def main():
             "|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
-        ]
+        ],
     )
-    print(text)
-    if args.output:
-        write_section(args.output, HEADING, text)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 import diffhep  # noqa: E402
+from _docs import write_section  # noqa: E402
 from diffhep.stats.fit import nll, structure_of  # noqa: E402
 from diffhep.stats.solver import _masked, _solve, hessian_parts  # noqa: E402
 
@@ -130,11 +130,7 @@ def write(rows):
         )
     lines.append("")
     section = "\n".join(lines) + "\n"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(HEADING) + r".*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + section
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text)
+    write_section(DOC, HEADING, section)
 
 
 def main():

@@ -27,7 +27,7 @@ import time
 
 import jax
 
-from _docs import write_section
+from _docs import blob_analysis, interleaved, median_iqr_ms, publish
 
 jax.config.update("jax_enable_x64", True)
 
@@ -36,22 +36,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from diffhep import blobs  # noqa: E402
 from diffhep.analysis.cuts import CutSpec  # noqa: E402
 from diffhep.analysis.pipeline import Events, Pipeline  # noqa: E402
 from diffhep.analysis.spec import Analysis, Channel, NormSystematic, ShapeSystematic  # noqa: E402
 from diffhep.nn.training import _make_step  # noqa: E402
+from diffhep.problems import blobs  # noqa: E402
 
 HEADING = "## Template fill vs pyhf JSON round trip (`benchmarks/template_fill.py`)"
 
-DEMO = Analysis(
-    samples=("signal", "background"),
-    signal="signal",
-    channels=(Channel("SR", 4),),
-    shape_systematics=(
-        ShapeSystematic("bkg_shape", "background", "background_up", "background_down"),
-    ),
-)
+DEMO = blob_analysis()
 MULTI = Analysis(
     samples=("signal", "background", "other"),
     signal="signal",
@@ -157,21 +150,14 @@ def main():
         runs[key] = setup(cls, analysis)
         runs[key]()  # compile
         runs[key]()  # warm
-    times = {k: [] for k in variants}
-    for _ in range(args.repeats):
-        for key, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - t0)
+    times = interleaved(runs, args.repeats)
     med = {k: float(np.median(t)) for k, t in times.items()}
     rows = []
     for a in ("demo analysis", "three channels"):
         old, new = (a, "JSON round trip"), (a, "layout fill")
         for key in (old, new):
-            t = times[key]
             rows.append(
-                f"| {a} | {key[1]} | {1e3 * med[key]:.1f} ms | {1e3 * np.percentile(t, 25):.1f}-"
-                f"{1e3 * np.percentile(t, 75):.1f} ms | {first[key]:.1f} s | "
+                f"| {a} | {key[1]} | {median_iqr_ms(times[key])} | {first[key]:.1f} s | "
                 f"{fill[key][0]} | {1e3 * fill[key][1]:.1f} ms |"
             )
         rows.append(
@@ -179,9 +165,10 @@ def main():
             f"**{first[new] / first[old]:.2f}** | **{fill[new][0] / fill[old][0]:.2f}** | "
             f"**{fill[new][1] / fill[old][1]:.2f}** |"
         )
-    text = "\n".join(
+    publish(
+        args.output,
+        HEADING,
         [
-            HEADING,
             "",
             f"One compiled CLs step (forward, backward, Adam update), MLP 32-32-1 in float64, "
             f"2000 events per event set; {args.repeats} interleaved repeats, median and "
@@ -201,11 +188,8 @@ def main():
             "trace time and the name-based parsing (and its try/except on tracers) from the "
             "step.",
             "",
-        ]
+        ],
     )
-    print(text)
-    if args.output:
-        write_section(args.output, HEADING, text)
 
 
 if __name__ == "__main__":

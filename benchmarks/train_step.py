@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import jax
 
-from _docs import write_section
+from _docs import blob_analysis, interleaved, median_iqr_ms, publish, seconds
 
 jax.config.update("jax_enable_x64", True)
 
@@ -30,23 +29,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from diffhep import blobs  # noqa: E402
 from diffhep.analysis.pipeline import Events, Pipeline  # noqa: E402
-from diffhep.analysis.spec import Analysis, Channel, ShapeSystematic  # noqa: E402
 from diffhep.nn.training import _make_step  # noqa: E402
+from diffhep.problems import blobs  # noqa: E402
 
 HEADING = "## Training step (neos blobs, `benchmarks/train_step.py`)"
 
 
 def setup(dtype, loss, batch=2000, hidden=(1024, 1024)):
-    analysis = Analysis(
-        samples=("signal", "background"),
-        signal="signal",
-        channels=(Channel("SR", 4),),
-        shape_systematics=(
-            ShapeSystematic("bkg_shape", "background", "background_up", "background_down"),
-        ),
-    )
+    analysis = blob_analysis()
     pipe = Pipeline(analysis, ("x0", "x1"))
     raw = blobs.generate(batch, seed=0)
     events = {n: Events(jnp.asarray(x), jnp.asarray(w)) for n, (x, w) in raw.items()}
@@ -82,27 +73,20 @@ def main():
     runs, compile_s = {}, {}
     for name, (dtype, loss) in variants.items():
         runs[name] = setup(dtype, loss)
-        t0 = time.perf_counter()
-        runs[name]()
-        compile_s[name] = time.perf_counter() - t0
+        compile_s[name] = seconds(runs[name])
         runs[name]()  # warm
-    times = {n: [] for n in variants}
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved(runs, args.repeats)
     med = {n: float(np.median(t)) for n, t in times.items()}
     bce = med["BCE, float32 network"]
     ratio = med["CLs, float32 network"] / med["BCE + augmentation, float32 network"]
     rows = [
-        f"| {n} | {1e3 * med[n]:.1f} ms | {1e3 * np.percentile(times[n], 25):.1f}-"
-        f"{1e3 * np.percentile(times[n], 75):.1f} ms | {med[n] / bce:.2f} | {compile_s[n]:.1f} s |"
+        f"| {n} | {median_iqr_ms(times[n])} | {med[n] / bce:.2f} | {compile_s[n]:.1f} s |"
         for n in variants
     ]
-    text = "\n".join(
+    publish(
+        args.output,
+        HEADING,
         [
-            HEADING,
             "",
             f"One compiled step (forward, backward, Adam update) on the same batch of 2000 "
             f"events per blob (8000 events) and the same MLP 1024-1024-1; {args.repeats} "
@@ -126,11 +110,8 @@ def main():
             f"costs {med['CLs, float64 network'] / med['CLs, float32 network']:.1f}x the float32 "
             "one.",
             "",
-        ]
+        ],
     )
-    print(text)
-    if args.output:
-        write_section(args.output, HEADING, text)
 
 
 if __name__ == "__main__":
