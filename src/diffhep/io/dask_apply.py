@@ -50,7 +50,7 @@ from ..writers import check_writable_dir
 from . import scoring, sources
 from .selection import AnalysisSelection, metadata
 
-__all__ = ["apply_dask"]
+__all__ = ["apply_dask", "dask_client"]
 
 INSTALL = "pip install 'diffhep[dask]'"
 
@@ -189,6 +189,22 @@ def _client(scheduler: str | None, workers: int | None):
         ) as cluster,
         Client(cluster) as client,
     ):
+        yield client
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int | None):
+    """A quiet Dask client of ``scheduler`` or of a local cluster of ``workers`` processes,
+    as ``apply`` uses it (for other commands that spread tasks: ``diffhep exclusion``)."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        raise DiffhepError(
+            f"spreading work over Dask needs dask and distributed ({exc})",
+            where="--scheduler/--workers",
+            fix=f"install them: {INSTALL}",
+        ) from None
+    with _quiet(), _client(scheduler, workers) as client:
         yield client
 
 

@@ -1,0 +1,180 @@
+"""``diffhep exclusion``: CLs of every signal point of a patchset (or of patch files)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .common import run, setup
+
+COLUMNS = ["point", "CLs_obs", "CLs_exp_m2", "CLs_exp_m1", "CLs_exp_0", "CLs_exp_p1",
+           "CLs_exp_p2", "converged"]  # fmt: skip
+
+
+def _batch_task(spec, points, options):
+    """One batch on a Dask worker (or here): the JAX set-up, then the library."""
+    from ..stats import grid
+
+    setup()
+    return grid.run_batch(spec, points, **options)
+
+
+def _csv(rows) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in rows:
+        exp = r["CLs_exp"] or [None] * 5
+        w.writerow([r["point"], r["CLs_obs"], *exp, r["converged"]])
+    return buf.getvalue()
+
+
+def _compute(workspace, patches, digest_check, batch_size, workers, scheduler, options):
+    from ..stats import grid
+    from ..stats.workspace import load_json, validate
+
+    spec, name = load_json(workspace)
+    validate(spec, "workspace.json", file=name)
+    points = grid.load_points(spec, patches, digest_check=digest_check)
+    chunks = grid.batches(points, batch_size)
+    opts = {**options, "pad_to": min(batch_size, len(points))}
+    if workers is None and scheduler is None:
+        for chunk in chunks:
+            yield from grid.run_batch(spec, chunk, **opts)
+        return
+    from ..io.dask_apply import dask_client
+
+    with dask_client(scheduler, workers) as client:
+        spec_f = client.scatter(spec, broadcast=True)
+        futures = [client.submit(_batch_task, spec_f, c, opts, pure=False) for c in chunks]
+        for fut in futures:  # in order, as they finish
+            yield from fut.result()
+
+
+def _plot(rows, path, pattern, x, y, xlabel, ylabel):
+    from ..plotting.exclusion import parse_points, plot_exclusion
+
+    ok = [r for r in rows if r["converged"]]
+    coords = parse_points([r["point"] for r in ok], pattern, x, y)
+    plot_exclusion(
+        coords,
+        [r["CLs_obs"] for r in ok],
+        [r["CLs_exp"] for r in ok],
+        path,
+        xlabel=xlabel or x,
+        ylabel=ylabel or y,
+    )
+
+
+@click.command()
+@click.argument("workspace", type=str)
+@click.argument("patches", nargs=-1, required=True)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Points per vectorised batch (memory grows with it).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the results as CSV (atomically).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Spread the batches over a local Dask cluster of N processes.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Spread the batches over this Dask scheduler (e.g. tcp://host:8786).",
+)
+@click.option(
+    "--no-digest-check",
+    is_flag=True,
+    default=False,
+    help="Apply patchsets even if their metadata.digests do not match WORKSPACE.",
+)
+@click.option("--poi-value", type=float, default=1.0, show_default=True)
+@click.option(
+    "--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True
+)
+@click.option("--measurement", default=None, help="Measurement name.")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Newton iteration cap of each fit (default: the library's).",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Draw the observed and expected contours (CLs = 0.05) to this file.",
+)
+@click.option(
+    "--mass-pattern",
+    default=None,
+    metavar="PATTERN",
+    help="Point names as e.g. 'sbottom_{m1}_{m2}_{m3}' (for --plot).",
+)
+@click.option("--x", "x_axis", default=None, help="Pattern field on the x axis (e.g. m1).")
+@click.option("--y", "y_axis", default=None, help="Pattern field on the y axis (e.g. m2).")
+@click.option("--xlabel", default=None)
+@click.option("--ylabel", default=None)
+def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest_check,
+              poi_value, test_stat, measurement, max_steps, plot_path, mass_pattern, x_axis,
+              y_axis, xlabel, ylabel):  # fmt: skip
+    """Observed and expected CLs of every signal point: WORKSPACE (background only) with
+    each PATCH applied (a pyhf patchset: all its patches; a JSON patch file: one point;
+    globs allowed). One JSON line per point; points whose fits do not converge are
+    reported with null CLs and the command exits 1."""
+    if scheduler is not None and workers is not None:
+        raise click.UsageError("--scheduler and --workers are mutually exclusive")
+    if batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    if plot_path and not (mass_pattern and x_axis and y_axis):
+        raise click.UsageError("--plot needs --mass-pattern, --x and --y")
+    options = {"poi_value": poi_value, "test_stat": test_stat, "measurement": measurement}
+    if max_steps is not None:
+        options["max_steps"] = max_steps
+
+    def compute():
+        rows = []
+        for row in _compute(workspace, patches, not no_digest_check, batch_size, workers,
+                            scheduler, options):  # fmt: skip
+            click.echo(json.dumps(row))
+            rows.append(row)
+        if out is not None:
+            from ..writers import write_atomic
+
+            write_atomic(Path(out), _csv(rows))
+        if plot_path:
+            _plot(rows, plot_path, mass_pattern, x_axis, y_axis, xlabel, ylabel)
+        return rows
+
+    rows = run(compute)
+    bad = [r["point"] for r in rows if not r["converged"]]
+    if bad:
+        click.echo(
+            f"error: {len(bad)} of {len(rows)} point(s) did not converge (CLs null): "
+            f"{', '.join(bad[:20])}{' ...' if len(bad) > 20 else ''}\n"
+            "  fix: check these models with 'diffhep fit -p PATCH' (parameters at bounds and "
+            "empty bins are common causes)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+COMMANDS = [exclusion]

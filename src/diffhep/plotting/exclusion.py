@@ -1,0 +1,87 @@
+"""Exclusion contours in a two-dimensional mass plane: observed and expected CLs = level,
+with the +-1 sigma band of the expected contour, interpolated on the signal points
+(matplotlib's triangulation)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import DiffhepError
+from .style import new_figure, save_figure, styled
+
+__all__ = ["parse_points", "plot_exclusion"]
+
+
+def parse_points(names, pattern: str, x: str, y: str) -> np.ndarray:
+    """``(n, 2)`` coordinates read from point names by a pattern such as
+    ``sbottom_{m1}_{m2}_{m3}`` (fields are numbers), ``x`` and ``y`` naming two fields."""
+    fields = re.findall(r"\{(\w+)\}", pattern)
+    for axis, field in (("--x", x), ("--y", y)):
+        if field not in fields:
+            raise DiffhepError(
+                f"{field!r} is not a field of the pattern {pattern!r}",
+                where=axis,
+                fix=f"use one of {', '.join(fields) or '(none: write fields as {m1})'}",
+            )
+    regex = "".join(
+        f"(?P<{part[1:-1]}>[-+0-9.eE]+)" if re.fullmatch(r"\{\w+\}", part) else re.escape(part)
+        for part in re.split(r"(\{\w+\})", pattern)
+    )
+    out = []
+    for name in names:
+        m = re.fullmatch(regex, name)
+        if m is None:
+            raise DiffhepError(
+                f"point {name!r} does not match the pattern {pattern!r}",
+                where="--mass-pattern",
+                fix="write the point names with {field} for each number",
+            )
+        out.append((float(m[x]), float(m[y])))
+    return np.asarray(out, dtype=float).reshape(-1, 2)
+
+
+@styled
+def plot_exclusion(coords, cls_obs, cls_exp, path, *, level=0.05, xlabel="m1", ylabel="m2"):
+    """Observed (solid) and expected (dashed) contours at ``level`` with the expected
+    +-1 sigma band (filled), and the points.
+
+    Args:
+        coords: ``(n, 2)`` point coordinates (at least 3 points, not all on a line).
+        cls_obs: Observed CLs per point.
+        cls_exp: ``(n, 5)`` expected CLs per point, in ``pyhf cls`` order (-2 sigma first).
+        path: Output file.
+    """
+    xy = np.asarray(coords, float)
+    if len(xy) < 3:
+        raise DiffhepError(
+            f"{len(xy)} converged point(s): a contour needs at least 3", fix="give more points"
+        )
+    import matplotlib.tri as mtri
+
+    tri = mtri.Triangulation(xy[:, 0], xy[:, 1])
+    log = lambda v: np.log(np.clip(np.asarray(v, float), 1e-300, None) / level)  # noqa: E731
+    exp = np.asarray(cls_exp, float)
+    fig = new_figure((6.0, 4.5))
+    ax = fig.add_subplot()
+    lo, hi = log(exp[:, 1]), log(exp[:, 3])
+    band = np.maximum(np.minimum(lo, hi), -np.maximum(lo, hi))  # < 0 between the contours
+    ax.tricontourf(tri, band, levels=[band.min() - 1.0, 0.0], colors=["gold"], alpha=0.6)
+    ax.tricontour(tri, log(exp[:, 2]), levels=[0.0], colors="k", linestyles="--")
+    ax.tricontour(tri, log(cls_obs), levels=[0.0], colors="r", linestyles="-")
+    ax.plot(xy[:, 0], xy[:, 1], ".", color="0.6", ms=3)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    ax.legend(
+        handles=[
+            Line2D([], [], color="r", label=f"observed (CLs = {level:g})"),
+            Line2D([], [], color="k", ls="--", label="expected"),
+            Patch(color="gold", alpha=0.6, label=r"expected $\pm 1\sigma$"),
+        ],
+        loc="best",
+    )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    save_figure(fig, path)

@@ -1,0 +1,187 @@
+"""``diffhep exclusion`` (issue 21): the CLs of every signal point of a patchset in vmapped
+batches, each equal to a single ``diffhep cls`` call and to pyhf; CSV and JSON output;
+non-converged points reported (exit 1); bad patch files exit 2 naming the file.
+
+The patchset is built from the published sbottom likelihoods (ATLAS ins1748602, RegionA)
+the way HEPData's are, with pyhf's own digest (the reference)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pyhf
+import pytest
+from click.testing import CliRunner
+
+import oracle
+from diffhep.cli import main
+from diffhep.stats.workspace import example_spec
+
+POINTS = ("sbottom_1300_850_60", "sbottom_1000_205_60", "sbottom_800_131_1")
+
+
+def run(args):
+    return CliRunner().invoke(main, args)
+
+
+def lines(result):
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def sbottom_patchset(sbottom_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exclusion")
+    region = sbottom_dir / "RegionA"
+    bkg = json.loads((region / "BkgOnly.json").read_text())
+    patchset = {
+        "metadata": {
+            "name": "sbottom_RegionA",
+            "description": "signal patchset for the SUSY multi-b-jet sbottom analysis",
+            "digests": {"sha256": pyhf.utils.digest(bkg, "sha256")},
+            "labels": ["m_sb", "m_N2", "m_N1"],
+            "references": {"hepdata": "ins1748602"},
+        },
+        "patches": [
+            {
+                "metadata": {"name": p, "values": [float(x) for x in p.split("_")[1:]]},
+                "patch": json.loads((region / f"patch.{p}.json").read_text()),
+            }
+            for p in POINTS
+        ],
+        "version": "1.0.0",
+    }
+    pyhf.PatchSet(patchset).verify(bkg)
+    ws_path, ps_path = tmp / "BkgOnly.json", tmp / "patchset.json"
+    ws_path.write_text(json.dumps(bkg))
+    ps_path.write_text(json.dumps(patchset))
+    return ws_path, ps_path, tmp
+
+
+@pytest.fixture(scope="module")
+def sbottom_grid(sbottom_patchset):
+    """One run over the three points, in batches of 2 (the last one padded)."""
+    ws_path, ps_path, tmp = sbottom_patchset
+    out = tmp / "grid.csv"
+    result = run(["exclusion", str(ws_path), str(ps_path), "--batch-size", "2", "--out", str(out)])
+    return result, out
+
+
+@pytest.mark.slow
+def test_every_point_equals_single_cls_and_pyhf(sbottom_patchset, sbottom_grid):
+    ws_path, ps_path, _ = sbottom_patchset
+    result, _ = sbottom_grid
+    assert result.exit_code == 0, result.output
+    rows = lines(result)
+    assert [r["point"] for r in rows] == list(POINTS)
+    ws = pyhf.Workspace(json.loads(ws_path.read_text()))
+    ps = pyhf.PatchSet(json.loads(ps_path.read_text()))
+    assert all(row["converged"] is True for row in rows)
+    for row in rows[1:]:  # the padded last batch, and a point of a full batch
+        single = run(["cls", str(ws_path), "-p", str(ps_path), "--patch-name", row["point"]])
+        assert single.exit_code == 0, single.output
+        one = json.loads(single.stdout)
+        assert row["CLs_obs"] == pytest.approx(one["CLs_obs"], rel=1e-6, abs=1e-9)
+        assert row["CLs_exp"] == pytest.approx(one["CLs_exp"], rel=1e-6, abs=1e-9)
+    for row in rows[:1]:  # pyhf (numpy, guarded): ~8 s per point
+        model = ws.model(patches=[ps[row["point"]]])
+        obs, exp = oracle.hypotest(1.0, ws.data(model), model, return_expected_set=True)
+        assert row["CLs_obs"] == pytest.approx(float(obs), abs=1e-5)
+        assert row["CLs_exp"] == pytest.approx([float(e) for e in exp], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_csv_matches_the_json_lines(sbottom_grid):
+    result, out = sbottom_grid
+    assert result.exit_code == 0, result.output
+    with out.open() as f:
+        table = list(csv.DictReader(f))
+    rows = lines(result)
+    assert [t["point"] for t in table] == [r["point"] for r in rows]
+    for t, r in zip(table, rows, strict=True):
+        assert float(t["CLs_obs"]) == r["CLs_obs"]
+        exp = [float(t[k]) for k in ("CLs_exp_m2", "CLs_exp_m1", "CLs_exp_0", "CLs_exp_p1",
+                                     "CLs_exp_p2")]  # fmt: skip
+        assert exp == r["CLs_exp"] and t["converged"] == "True"
+
+
+def _small_points(tmp_path):
+    """The 2-bin example workspace without signal, and two signal patch files."""
+    spec = example_spec()
+    bkg = json.loads(json.dumps(spec))
+    signal = bkg["channels"][0]["samples"].pop(0)
+    ws_path = tmp_path / "bkg.json"
+    ws_path.write_text(json.dumps(bkg))
+    for name, scale in (("s1", 1.0), ("s2", 2.0)):
+        sample = {**signal, "name": f"signal_{name}", "data": [scale * x for x in signal["data"]]}
+        ops = [{"op": "add", "path": "/channels/0/samples/0", "value": sample}]
+        (tmp_path / f"patch.{name}.json").write_text(json.dumps(ops))
+    return ws_path, spec
+
+
+def test_small_grid_from_a_glob_equals_pyhf(tmp_path):
+    ws_path, spec = _small_points(tmp_path)
+    result = run(["exclusion", str(ws_path), str(tmp_path / "patch.*.json")])
+    assert result.exit_code == 0, result.output
+    rows = lines(result)
+    assert [r["point"] for r in rows] == ["s1", "s2"]
+    for row, scale in zip(rows, (1.0, 2.0), strict=True):
+        s = json.loads(json.dumps(spec))
+        s["channels"][0]["samples"][0]["data"] = [scale * x for x in [12.0, 11.0]]
+        ws = pyhf.Workspace(s)
+        model = ws.model()
+        obs, exp = oracle.hypotest(1.0, ws.data(model), model, return_expected_set=True)
+        assert row["CLs_obs"] == pytest.approx(float(obs), abs=1e-6)
+        assert row["CLs_exp"] == pytest.approx([float(e) for e in exp], abs=1e-6)
+
+
+def test_non_converged_points_are_reported_and_exit_1(tmp_path):
+    ws_path, _ = _small_points(tmp_path)
+    out = tmp_path / "grid.csv"
+    result = run(
+        ["exclusion", str(ws_path), str(tmp_path / "patch.*.json"), "--max-steps", "1",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    rows = lines(result)
+    assert [r["point"] for r in rows] == ["s1", "s2"]  # reported, not dropped
+    assert all(r["converged"] is False and r["CLs_obs"] is None for r in rows)
+    assert "did not converge" in result.stderr and "s1" in result.stderr
+    assert "False" in out.read_text()
+
+
+def test_bad_patch_file_exits_2_naming_it(tmp_path):
+    ws_path, _ = _small_points(tmp_path)
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"op": "add"')
+    result = run(["exclusion", str(ws_path), str(tmp_path / "patch.s1.json"), str(bad)])
+    assert result.exit_code == 2, result.output
+    assert str(bad) in result.output and "Traceback" not in result.output
+    notpatch = tmp_path / "notpatch.json"
+    notpatch.write_text('{"channels": []}')
+    result = run(["exclusion", str(ws_path), str(notpatch)])
+    assert result.exit_code == 2 and str(notpatch) in result.output
+    result = run(["exclusion", str(ws_path), str(tmp_path / "nothing*.json")])
+    assert result.exit_code == 2 and "nothing*.json" in result.output
+
+
+def test_plot_draws_the_contours(tmp_path):
+    from diffhep.plotting.exclusion import parse_points, plot_exclusion
+
+    names = [f"sb_{a}_{b}_60" for a in (100, 200, 300) for b in (10, 50, 90)]
+    xy = parse_points(names, "sb_{m1}_{m2}_{m3}", "m1", "m2")
+    assert xy[4].tolist() == [200.0, 50.0]
+    obs = [0.5 * 10 ** (-(x - 100) / 100) for x, _ in xy]  # crosses 0.05 near m1 = 200
+    exp = [[c * f for f in (0.5, 0.7, 1.0, 1.4, 2.0)] for c in obs]
+    path = tmp_path / "excl.png"
+    plot_exclusion(xy, obs, exp, path)
+    assert path.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_workers_give_the_same_points(tmp_path):
+    ws_path, _ = _small_points(tmp_path)
+    args = ["exclusion", str(ws_path), str(tmp_path / "patch.*.json"), "--batch-size", "1"]
+    local, spread = run(args), run([*args, "--workers", "1"])
+    assert local.exit_code == 0 and spread.exit_code == 0, spread.output
+    assert lines(spread) == lines(local)
