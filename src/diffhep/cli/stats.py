@@ -38,6 +38,14 @@ _digest = click.option(
 
 
 _measurement = click.option("--measurement", default=None, help="Measurement name.")
+_test_stat = click.option(
+    "--test-stat",
+    "--teststat",
+    type=click.Choice(["qtilde", "q"]),
+    default="qtilde",
+    show_default=True,
+    help="Test statistic: q~_mu (qtilde, bounded POI) or q_mu (pyhf: --teststat).",
+)
 
 
 _codes = [
@@ -102,6 +110,23 @@ def _note_ignored(backend, optimizer, optconf) -> None:
         )
 
 
+def _on_workspace(fn, common: dict, **kwargs):
+    """``fn`` (a function of :mod:`diffhep.stats.workflows`) on the workspace named by the
+    options of :func:`_common` (patched, measurement, interpolation codes), run as the CLI
+    runs them (errors -> exit codes); pyhf's ignored options get their note first."""
+    _note_ignored(common["backend"], common["optimizer"], common["optconf"])
+    return run(
+        fn,
+        common["workspace"],
+        common["patches"],
+        patch_name=common["patch_name"],
+        digest_check=not common["no_digest_check"],
+        measurement=common["measurement"],
+        modifier_settings=_settings(common["normsys_code"], common["histosys_code"]),
+        **kwargs,
+    )
+
+
 def _output(obj, output_file) -> None:
     """The JSON on standard output, or written atomically to ``--output-file``."""
     if output_file is None:
@@ -128,80 +153,25 @@ def _output(obj, output_file) -> None:
     show_default=True,
     help="POI value to test (pyhf: --testpoi / --test-poi).",
 )
-@click.option(
-    "--test-stat",
-    "--teststat",
-    type=click.Choice(["qtilde", "q"]),
-    default="qtilde",
-    show_default=True,
-)
-def cls(
-    workspace,
-    patches,
-    patch_name,
-    no_digest_check,
-    measurement,
-    normsys_code,
-    histosys_code,
-    output_file,
-    backend,
-    optimizer,
-    optconf,
-    poi_value,
-    test_stat,
-):
+@_test_stat
+def cls(output_file, poi_value, test_stat, **common):
     """Observed and expected CLs of WORKSPACE ('-' reads stdin), as `pyhf cls` prints them."""
     from ..stats import workflows
 
-    _note_ignored(backend, optimizer, optconf)
-    _output(
-        run(
-            workflows.cls,
-            workspace,
-            patches,
-            patch_name=patch_name,
-            digest_check=not no_digest_check,
-            measurement=measurement,
-            poi_value=poi_value,
-            test_stat=test_stat,
-            modifier_settings=_settings(normsys_code, histosys_code),
-        ),
-        output_file,
-    )
+    res = _on_workspace(workflows.cls, common, poi_value=poi_value, test_stat=test_stat)
+    _output(res, output_file)
 
 
 @click.command()
 @_common
 @click.option("--value", is_flag=True, hidden=True, help="pyhf's flag: twice_nll is always given.")
-def fit(
-    workspace,
-    patches,
-    patch_name,
-    no_digest_check,
-    measurement,
-    normsys_code,
-    histosys_code,
-    output_file,
-    backend,
-    optimizer,
-    optconf,
-    value,
-):
+def fit(output_file, value, **common):
     """Maximum-likelihood fit: best-fit values and uncertainties by parameter name (and
     pyhf's mle_parameters and twice_nll). Uncertainties the Hessian does not determine
     (singular or indefinite) are null and the command exits 1 naming the parameters."""
     from ..stats import workflows
 
-    _note_ignored(backend, optimizer, optconf)
-    res = run(
-        workflows.fit,
-        workspace,
-        patches,
-        patch_name=patch_name,
-        digest_check=not no_digest_check,
-        measurement=measurement,
-        modifier_settings=_settings(normsys_code, histosys_code),
-    )
+    res = _on_workspace(workflows.fit, common)
     _output(res, output_file)
     if not res["uncertainty_ok"]:
         names = ", ".join(res["undetermined"])
@@ -233,13 +203,7 @@ def _numbers(text, param, count=None):
 @click.option(
     "--level", type=float, default=0.05, show_default=True, help="CLs level (0 < level < 1)."
 )
-@click.option(
-    "--test-stat",
-    "--teststat",
-    type=click.Choice(["qtilde", "q"]),
-    default="qtilde",
-    show_default=True,
-)
+@_test_stat
 @click.option(
     "--scan",
     metavar="START,STOP,NUM",
@@ -254,23 +218,7 @@ def _numbers(text, param, count=None):
     default=None,
     help="Bounds of the POI for the scan and the fits (default: the measurement's).",
 )
-def upper_limit(
-    workspace,
-    patches,
-    patch_name,
-    no_digest_check,
-    measurement,
-    normsys_code,
-    histosys_code,
-    output_file,
-    backend,
-    optimizer,
-    optconf,
-    level,
-    test_stat,
-    scan,
-    poi_bounds,
-):
+def upper_limit(output_file, level, test_stat, scan, poi_bounds, **common):
     """Observed and expected upper limits on the POI. A limit outside the tested POI range is
     null, with "outside_range" saying on which side; a hypotest that does not converge
     exits 1 naming its POI values."""
@@ -287,23 +235,9 @@ def upper_limit(
             )
         grid = np.linspace(start, stop, int(num))
     bounds = None if poi_bounds is None else _numbers(poi_bounds, "--poi-bounds", 2)
-    _note_ignored(backend, optimizer, optconf)
-    _output(
-        run(
-            workflows.upper_limit,
-            workspace,
-            patches,
-            patch_name=patch_name,
-            digest_check=not no_digest_check,
-            measurement=measurement,
-            level=level,
-            test_stat=test_stat,
-            modifier_settings=_settings(normsys_code, histosys_code),
-            scan=grid,
-            poi_bounds=bounds,
-        ),
-        output_file,
-    )
+    res = _on_workspace(workflows.upper_limit, common, level=level, test_stat=test_stat,
+                        scan=grid, poi_bounds=bounds)  # fmt: skip
+    _output(res, output_file)
 
 
 COMMANDS = [cls, fit, upper_limit]
