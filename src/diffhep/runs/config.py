@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import (DiffhepError)
+from ..errors import DiffhepError
 
 __all__ = ["Config", "ConfigError", "apply_overrides", "load_config"]
 
@@ -233,7 +233,7 @@ class SelectionConfig(_Strict):
     learning_rate: float = Field(0.05, gt=0)  # of the thresholds (in feature units)
 
     def specs(self):
-        from ..analysis.cuts import (CutSpec)
+        from ..analysis.cuts import CutSpec
 
         return [
             CutSpec(c.feature, c.direction, c.init, c.trainable, c.relaxation) for c in self.cuts
@@ -340,7 +340,7 @@ class Config(_Strict):
 
 def _check_expressions(cfg: Config) -> None:
     """Parse every expression of the ntuple samples (syntax and grammar errors name the field)."""
-    from ..io.expressions import (Expression, ExpressionError)
+    from ..io.expressions import Expression, ExpressionError
 
     texts = [(f"data.features[{i}]", t) for i, t in enumerate(cfg.data.features or ())]
     for i, s in enumerate(cfg.analysis.samples):

@@ -32,12 +32,12 @@ Example:
 
 from __future__ import annotations
 
-from .config import (Config, DataConfig, VariationConfig)
-from ..io.datasets import check_events
 from ..errors import DataError
-from ..nn.deepsets import (Layout)
+from ..io.datasets import check_events
+from ..io.sources import load_sample
+from ..nn.deepsets import Layout
 from ..types import Events
-from ..io.sources import (load_sample)
+from .config import Config, DataConfig, VariationConfig
 
 __all__ = ["feature_names", "layout", "load_ntuple_events", "object_masks", "same_events"]
 

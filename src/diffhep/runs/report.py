@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plotting import (runs as plotting)
-from ..writers import (write_atomic)
+from ..plotting import runs as plotting
+from ..writers import write_atomic
 
 log = logging.getLogger(__name__)
 
