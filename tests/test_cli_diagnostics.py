@@ -185,27 +185,26 @@ def test_bad_input_exits_2_and_non_convergence_exits_1(counting_file, monkeypatc
 
 
 @pytest.mark.slow
-def test_ranking_sbottom_through_cli_matches_cabinetry(sbottom_dir, tmp_path):
-    """A published likelihood (sbottom RegionA with a signal patch) end to end."""
-    from diagnostics_refs import cabinetry_ranking, sbottom
+def test_ranking_sbottom_through_cli_matches_pyhf_refits(sbottom_dir, tmp_path):
+    """A published likelihood (sbottom RegionA with a signal patch) end to end: the largest
+    impacts against pyhf refits with cabinetry's definition (diagnostics_refs.pyhf_impacts)."""
+    from diagnostics_refs import pyhf_impacts, sbottom
     from diffhep.stats import covariance as cv
 
     dmodel, ddata, make = sbottom(sbottom_dir, "RegionA", "sbottom_1000_205_60")
     root = sbottom_dir / "RegionA"
-    spec = json.loads((root / "BkgOnly.json").read_text())
-    meas = spec["measurements"][0]["config"]
-    meas["parameters"] = [p for p in meas["parameters"] if p["name"] != "mu_SIG"]
-    meas["parameters"].append({"name": "mu_SIG", "bounds": [[-10.0, 10.0]]})
-    ws = tmp_path / "bkg.json"
-    ws.write_text(json.dumps(spec))
-    listed = _json(["ranking", ws, "-p", root / "patch.sbottom_1000_205_60.json", "--json"])
+    bounds = tmp_path / "bounds.json"  # mu_SIG's bounds opened as in diagnostics_refs.sbottom
+    bounds.write_text(json.dumps([{
+        "op": "add", "path": "/measurements/0/config/parameters/-",
+        "value": {"name": "mu_SIG", "bounds": [[-10.0, 10.0]]},
+    }]))  # fmt: skip
+    listed = _json(["ranking", root / "BkgOnly.json", "-p", root / "patch.sbottom_1000_205_60.json",
+                    "-p", bounds, "--json"])  # fmt: skip
     post = cv.postfit(dmodel, ddata)
-    ref = cabinetry_ranking(make, post, [tuple(map(float, b)) for b in post.bounds])
-    by_name = {r["parameter"]: r for r in listed}
+    top = [r["parameter"] for r in listed[:4]]
+    ref = pyhf_impacts(make, post, top, fields=("postfit_up", "postfit_down"))
     scale = post.uncertainty[dmodel.config.poi_index]
-    for k, name in enumerate(ref.labels):
-        for field in ("prefit_up", "prefit_down", "postfit_up", "postfit_down"):
-            np.testing.assert_allclose(
-                by_name[name][field], getattr(ref, field)[k], rtol=1e-3, atol=1e-4 * scale,
-                err_msg=f"{name} {field}",
-            )  # fmt: skip
+    for r in listed[:4]:
+        for field, value in ref[r["parameter"]].items():
+            np.testing.assert_allclose(r[field], value, rtol=1e-3, atol=1e-4 * scale,
+                                       err_msg=f"{r['parameter']} {field}")  # fmt: skip
