@@ -119,7 +119,7 @@ def test_gof_with_constraints_matches_cabinetry():
     import cabinetry
 
     dmodel, ddata, make = small("combined")
-    out = dg.gof(dmodel, ddata)
+    out = dg.gof(dmodel, ddata, small_reference("combined")[0])
     with pyhf_numpy():
         pmodel, pdata = make()
         ref = cabinetry.fit._goodness_of_fit(pmodel, pdata, out["twice_nll"])

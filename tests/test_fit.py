@@ -54,7 +54,20 @@ import pytest
 
 import diffhep
 import oracle
+import specs
 from oracle import pyhf_numpy
+from specs import (
+    CODES_1,
+    CODES_4,
+    channel,
+    histosys,
+    model_spec,
+    normfactor,
+    normsys,
+    sample,
+    shapefactor,
+    staterror,
+)
 
 BESTFIT_ATOL = 1e-4  # best-fit parameters vs pyhf (absolute)
 TWICE_NLL_ATOL = 1e-6  # twice_nll vs pyhf when pyhf's optimizers agree
@@ -63,8 +76,6 @@ FD_UNC_RTOL = 1e-4  # uncertainties vs the finite-difference Hessian of pyhf's l
 MINUIT_RTOL = 1e-2  # uncertainties vs pyhf's MINUIT (see _check_fit for why not 1e-3)
 SCIPY_TOL = 1e-12
 MINUIT_TOL = 1e-7
-CODES_1 = {"normsys": {"interpcode": "code1"}, "histosys": {"interpcode": "code0"}}
-CODES_4 = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 LUMI_CONFIG = {
     "name": "lumi",
     "auxdata": [1.0],
@@ -106,51 +117,6 @@ def pyhf_backend(optimizer: str = "scipy"):
     return pyhf_numpy(pyhf_optimizer(optimizer))
 
 
-# =========================================================================== spec helpers
-def normfactor(name="mu"):
-    return {"name": name, "type": "normfactor", "data": None}
-
-
-def shapefactor(name):
-    return {"name": name, "type": "shapefactor", "data": None}
-
-
-def lumi():
-    return {"name": "lumi", "type": "lumi", "data": None}
-
-
-def normsys(name, lo, hi):
-    return {"name": name, "type": "normsys", "data": {"lo": lo, "hi": hi}}
-
-
-def histosys(name, lo, hi):
-    return {
-        "name": name,
-        "type": "histosys",
-        "data": {"lo_data": [float(x) for x in lo], "hi_data": [float(x) for x in hi]},
-    }
-
-
-def shapesys(name, unc):
-    return {"name": name, "type": "shapesys", "data": [float(x) for x in unc]}
-
-
-def staterror(name, unc):
-    return {"name": name, "type": "staterror", "data": [float(x) for x in unc]}
-
-
-def sample(name, data, *modifiers):
-    return {"name": name, "data": [float(x) for x in data], "modifiers": list(modifiers)}
-
-
-def channel(name, *samples):
-    return {"name": name, "samples": list(samples)}
-
-
-def model_spec(*channels, parameters=()):
-    return {"channels": list(channels), "parameters": [dict(p) for p in parameters]}
-
-
 # =========================================================================== model cases
 @dataclass(eq=False)
 class Case:
@@ -164,26 +130,15 @@ class Case:
 
 
 def _simple_uncorrelated():
-    return pyhf.simplemodels.uncorrelated_background(
-        signal=[12.0, 11.0], bkg=[50.0, 52.0], bkg_uncertainty=[3.0, 7.0]
-    ).spec
+    return specs.simple_uncorrelated()
 
 
 def _simple_correlated():
-    return pyhf.simplemodels.correlated_background(
-        signal=[12.0, 11.0], bkg=[50.0, 52.0], bkg_up=[45.0, 57.0], bkg_down=[55.0, 47.0]
-    ).spec
+    return specs.simple_correlated()
 
 
 def _spec_normfactor():
-    return model_spec(
-        channel(
-            "SR",
-            sample("signal", [5.0, 10.0, 3.0], normfactor("mu")),
-            sample("bkg", [50.0, 40.0, 20.0], normfactor("bkgnorm")),
-            sample("other", [4.0, 4.0, 1.0]),
-        )
-    )
+    return specs.normfactors()
 
 
 def _spec_shapefactor():
@@ -199,14 +154,7 @@ def _spec_shapefactor():
 
 
 def _spec_lumi():
-    return model_spec(
-        channel(
-            "SR",
-            sample("signal", [5.0, 8.0], normfactor("mu"), lumi()),
-            sample("bkg", [40.0, 30.0], lumi()),
-        ),
-        parameters=[LUMI_CONFIG],
-    )
+    return specs.lumi_model(LUMI_CONFIG)
 
 
 def _spec_normsys():
@@ -234,13 +182,7 @@ def _spec_histosys():
 
 
 def _spec_shapesys():
-    return model_spec(
-        channel(
-            "SR",
-            sample("signal", [5.0, 8.0, 2.0], normfactor("mu")),
-            sample("bkg", [40.0, 30.0, 12.0], shapesys("bkg_unc", [4.0, 6.0, 1.5])),
-        )
-    )
+    return specs.shapesys_model()
 
 
 def _spec_staterror():
@@ -257,69 +199,12 @@ def _spec_staterror():
 
 def _spec_combined():
     """Every modifier type, two channels (3 + 2 bins)."""
-    return model_spec(
-        channel(
-            "SR",
-            sample(
-                "signal",
-                [5.0, 8.0, 2.0],
-                normfactor("mu"),
-                lumi(),
-                normsys("sig_theory", 0.9, 1.08),
-                staterror("stat_SR", [0.5, 0.6, 0.3]),
-            ),
-            sample(
-                "ttbar",
-                [40.0, 30.0, 12.0],
-                lumi(),
-                normfactor("mu_ttbar"),
-                normsys("jes", 0.93, 1.06),
-                histosys("jes", [37.0, 29.0, 11.0], [43.0, 31.5, 12.5]),
-                staterror("stat_SR", [2.0, 3.0, 1.2]),
-            ),
-            sample(
-                "wjets",
-                [10.0, 6.0, 3.0],
-                shapesys("wjets_mcstat", [1.5, 1.0, 0.9]),
-                histosys("wjets_shape", [9.0, 6.5, 3.2], [11.5, 5.8, 2.6]),
-            ),
-        ),
-        channel(
-            "CR",
-            sample(
-                "ttbar", [200.0, 150.0], lumi(), normfactor("mu_ttbar"), normsys("jes", 0.95, 1.04)
-            ),
-            sample("wjets", [60.0, 40.0], shapefactor("wjets_cr_sf")),
-            sample("signal", [0.5, 0.2], normfactor("mu"), lumi()),
-        ),
-        parameters=[LUMI_CONFIG],
-    )
+    return specs.combined(LUMI_CONFIG, "stat_SR")
 
 
 def _spec_multichannel():
     """Three channels with 1, 2 and 4 bins; samples absent from some channels."""
-    return model_spec(
-        channel(
-            "ch_b",
-            sample("bkg1", [20.0, 15.0], normsys("bkg1_xsec", 0.9, 1.1)),
-            sample("signal", [4.0, 2.0], normfactor("mu")),
-        ),
-        channel(
-            "ch_a",
-            sample("bkg2", [7.0], normsys("bkg2_xsec", 0.8, 1.3), staterror("stat_a", [0.7])),
-        ),
-        channel(
-            "ch_c",
-            sample("signal", [1.0, 3.0, 3.0, 1.0], normfactor("mu")),
-            sample(
-                "bkg2",
-                [10.0, 8.0, 6.0, 4.0],
-                normsys("bkg2_xsec", 0.85, 1.2),
-                histosys("bkg2_shape", [9.0, 8.0, 6.3, 4.6], [11.0, 8.1, 5.6, 3.5]),
-            ),
-            sample("bkg3", [3.0, 3.0, 3.0, 3.0], shapesys("bkg3_stat", [0.3, 0.6, 0.9, 1.2])),
-        ),
-    )
+    return specs.three_channels(("ch_b", "ch_a", "ch_c"), (4.0, 2.0), "stat_a")
 
 
 def _observed(spec, mu, wiggle, settings=None, poi_name="mu"):

@@ -23,12 +23,25 @@ import pyhf
 import pytest
 
 import diffhep
+import specs
+from specs import (
+    CODES_1,
+    CODES_4,
+    channel,
+    histosys,
+    lumi,
+    normfactor,
+    normsys,
+    sample,
+    shapefactor,
+    shapesys,
+    staterror,
+)
+from specs import model_spec as spec
 
 pyhf.set_backend("numpy")
 
 RTOL = 1e-9
-CODES_4 = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
-CODES_1 = {"normsys": {"interpcode": "code1"}, "histosys": {"interpcode": "code0"}}
 LUMI_CONFIG = {
     "name": "lumi",
     "auxdata": [1.0],
@@ -39,61 +52,13 @@ LUMI_CONFIG = {
 SBOTTOM_POINTS = ["sbottom_1300_850_60", "sbottom_1000_205_60"]
 
 
-# --------------------------------------------------------------------------- spec helpers
-def normfactor(name="mu"):
-    return {"name": name, "type": "normfactor", "data": None}
-
-
-def shapefactor(name):
-    return {"name": name, "type": "shapefactor", "data": None}
-
-
-def lumi():
-    return {"name": "lumi", "type": "lumi", "data": None}
-
-
-def normsys(name, lo, hi):
-    return {"name": name, "type": "normsys", "data": {"lo": lo, "hi": hi}}
-
-
-def histosys(name, lo, hi):
-    return {"name": name, "type": "histosys", "data": {"lo_data": list(lo), "hi_data": list(hi)}}
-
-
-def shapesys(name, unc):
-    return {"name": name, "type": "shapesys", "data": list(unc)}
-
-
-def staterror(name, unc):
-    return {"name": name, "type": "staterror", "data": list(unc)}
-
-
-def sample(name, data, *modifiers):
-    return {"name": name, "data": [float(x) for x in data], "modifiers": list(modifiers)}
-
-
-def channel(name, *samples):
-    return {"name": name, "samples": list(samples)}
-
-
-def spec(*channels, parameters=()):
-    return {"channels": list(channels), "parameters": list(parameters)}
-
-
 def _scaled(values, factor):
     return [v * factor for v in values]
 
 
 # --------------------------------------------------------------------------- model specs
 def _spec_normfactor():
-    return spec(
-        channel(
-            "SR",
-            sample("signal", [5.0, 10.0, 3.0], normfactor("mu")),
-            sample("bkg", [50.0, 40.0, 20.0], normfactor("bkgnorm")),
-            sample("other", [4.0, 4.0, 1.0]),
-        )
-    )
+    return specs.normfactors()
 
 
 def _spec_shapefactor():
@@ -107,14 +72,7 @@ def _spec_shapefactor():
 
 
 def _spec_lumi():
-    return spec(
-        channel(
-            "SR",
-            sample("signal", [5.0, 8.0], normfactor("mu"), lumi()),
-            sample("bkg", [40.0, 30.0], lumi()),
-        ),
-        parameters=[LUMI_CONFIG],
-    )
+    return specs.lumi_model(LUMI_CONFIG)
 
 
 def _spec_normsys():
@@ -148,13 +106,7 @@ def _spec_histosys():
 
 
 def _spec_shapesys():
-    return spec(
-        channel(
-            "SR",
-            sample("signal", [5.0, 8.0, 2.0], normfactor("mu")),
-            sample("bkg", [40.0, 30.0, 12.0], shapesys("bkg_unc", [4.0, 6.0, 1.5])),
-        )
-    )
+    return specs.shapesys_model()
 
 
 def _spec_staterror():
@@ -169,43 +121,7 @@ def _spec_staterror():
 
 def _spec_combined():
     """Every modifier type, two channels with 3 and 2 bins."""
-    return spec(
-        channel(
-            "SR",
-            sample(
-                "signal",
-                [5.0, 8.0, 2.0],
-                normfactor("mu"),
-                lumi(),
-                normsys("sig_theory", 0.9, 1.08),
-                staterror("staterror_SR", [0.5, 0.6, 0.3]),
-            ),
-            sample(
-                "ttbar",
-                [40.0, 30.0, 12.0],
-                lumi(),
-                normfactor("mu_ttbar"),
-                normsys("jes", 0.93, 1.06),
-                histosys("jes", [37.0, 29.0, 11.0], [43.0, 31.5, 12.5]),
-                staterror("staterror_SR", [2.0, 3.0, 1.2]),
-            ),
-            sample(
-                "wjets",
-                [10.0, 6.0, 3.0],
-                shapesys("wjets_mcstat", [1.5, 1.0, 0.9]),
-                histosys("wjets_shape", [9.0, 6.5, 3.2], [11.5, 5.8, 2.6]),
-            ),
-        ),
-        channel(
-            "CR",
-            sample(
-                "ttbar", [200.0, 150.0], lumi(), normfactor("mu_ttbar"), normsys("jes", 0.95, 1.04)
-            ),
-            sample("wjets", [60.0, 40.0], shapefactor("wjets_cr_sf")),
-            sample("signal", [0.5, 0.2], normfactor("mu"), lumi()),
-        ),
-        parameters=[LUMI_CONFIG],
-    )
+    return specs.combined(LUMI_CONFIG, "staterror_SR")
 
 
 def _spec_correlated():
@@ -252,27 +168,8 @@ def _spec_correlated():
 
 def _spec_missing_samples():
     """Three channels with 1, 2 and 4 bins; samples absent from some channels."""
-    return spec(
-        channel(
-            "ch_b_twobins",
-            sample("bkg1", [20.0, 15.0], normsys("bkg1_xsec", 0.9, 1.1)),
-            sample("signal", [2.0, 1.0], normfactor("mu")),
-        ),
-        channel(
-            "ch_a_onebin",
-            sample("bkg2", [7.0], normsys("bkg2_xsec", 0.8, 1.3), staterror("staterror_a", [0.7])),
-        ),
-        channel(
-            "ch_c_fourbins",
-            sample("signal", [1.0, 3.0, 3.0, 1.0], normfactor("mu")),
-            sample(
-                "bkg2",
-                [10.0, 8.0, 6.0, 4.0],
-                normsys("bkg2_xsec", 0.85, 1.2),
-                histosys("bkg2_shape", [9.0, 8.0, 6.3, 4.6], [11.0, 8.1, 5.6, 3.5]),
-            ),
-            sample("bkg3", [3.0, 3.0, 3.0, 3.0], shapesys("bkg3_stat", [0.3, 0.6, 0.9, 1.2])),
-        ),
+    return specs.three_channels(
+        ("ch_b_twobins", "ch_a_onebin", "ch_c_fourbins"), (2.0, 1.0), "staterror_a"
     )
 
 
@@ -419,15 +316,11 @@ def _spec_no_poi():
 
 
 def _simplemodel_uncorrelated():
-    return pyhf.simplemodels.uncorrelated_background(
-        signal=[12.0, 11.0], bkg=[50.0, 52.0], bkg_uncertainty=[3.0, 7.0]
-    ).spec
+    return specs.simple_uncorrelated()
 
 
 def _simplemodel_correlated():
-    return pyhf.simplemodels.correlated_background(
-        signal=[12.0, 11.0], bkg=[50.0, 52.0], bkg_up=[45.0, 57.0], bkg_down=[55.0, 47.0]
-    ).spec
+    return specs.simple_correlated()
 
 
 # case id -> (spec factory, poi_name, modifier_settings)

@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 
 from matplotlib.testing.compare import compare_images  # noqa: E402
 
+from diffhep.plotting import diagnostics as fit_plots  # noqa: E402
 from diffhep.plotting import runs as plotting  # noqa: E402
 
 BASELINES = Path(__file__).parent / "data" / "plots"
@@ -106,6 +107,48 @@ CASES = {
         *_features(), ["x", "sin(3x)", "constant"], p, n_bins=10
     ),
 }
+
+_NPS = ["jes", "lumi", "mu_ttbar", "stat[0]", "stat[1]", "theory"]
+_RANKING = [
+    {"parameter": n, "prefit_up": 0.3 / (k + 1), "prefit_down": -0.25 / (k + 1),
+     "postfit_up": 0.2 / (k + 1), "postfit_down": -0.22 / (k + 1)}
+    for k, n in enumerate(_NPS)
+]  # fmt: skip
+_PULLS = {
+    "parameters": [
+        {"name": n, "pull": 0.4 * np.sin(k + 1), "constraint": 1.0 - 0.1 * k}
+        for k, n in enumerate(_NPS)
+        if n != "mu_ttbar"
+    ],
+    "normfactors": [{"name": "mu_ttbar", "bestfit": 1.1, "uncertainty": 0.2}],
+}
+
+
+def _yields(scale):
+    def entry(values, sd):
+        v = np.asarray(values) * scale
+        return {"yields": v.tolist(), "stdev": (sd * v).tolist(), "sum": float(v.sum()),
+                "sum_stdev": float(sd * v.sum())}  # fmt: skip
+
+    return {
+        "SR": {
+            "samples": {n: entry(v, 0.1) for n, v in SAMPLES.items()},
+            "total": entry(sum(SAMPLES.values()), 0.08 / scale),
+            "data": DATA.tolist(),
+            "data_sum": float(DATA.sum()),
+        }
+    }
+
+
+_CORR = np.array([[1.0, 0.5, -0.3], [0.5, 1.0, 0.1], [-0.3, 0.1, 1.0]])
+CASES.update({
+    "fit_ranking": lambda p: fit_plots.plot_ranking(_RANKING, _PULLS, p),
+    "fit_yields": lambda p: fit_plots.plot_yields(_yields(1.0), _yields(1.1), p),
+    "fit_pulls": lambda p: fit_plots.plot_pulls(_PULLS, p),
+    "fit_correlations": lambda p: fit_plots.plot_correlations(
+        {"parameters": ["jes", "lumi", "mu"], "correlation": _CORR.tolist()}, p
+    ),
+})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

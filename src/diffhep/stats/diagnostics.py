@@ -104,8 +104,9 @@ def fixed_fits(
 
     Every chunk has the same shape (padding rows fix every parameter and cost nothing), so a
     model compiles once for rankings and scans of any size. ``batch`` fits run at a time
-    under ``vmap`` (``None``: one after the other; on CPU that is fastest, as a batched
-    Newton loop runs until its slowest fit converges).
+    under ``vmap`` (``None``: the whole chunk in one ``vmap``; ``1``: one after the other,
+    about as fast on CPU, where a batched Newton loop runs until its slowest fit converges).
+    Fewer than ``chunk`` fits run in a chunk of the next power of two.
 
     Returns:
         (bestfit (n, npars), twice_nll (n,), status (n,)) as numpy arrays.
@@ -121,6 +122,7 @@ def fixed_fits(
     x0[rows, index] = values
     fixed_rows = np.tile(np.asarray(fx), (n, 1))
     fixed_rows[rows, index] = True
+    chunk = min(chunk, 1 << max(n - 1, 0).bit_length())
     pad = -n % chunk
     x0 = np.concatenate([x0, np.tile(np.asarray(init), (pad, 1))])
     fixed_rows = np.concatenate([fixed_rows, np.ones((pad, npars), dtype=bool)])
@@ -128,7 +130,7 @@ def fixed_fits(
     for s in range(0, n + pad, chunk):
         out = _fixed_fits(
             model, data, jnp.asarray(x0[s : s + chunk], dtype), lower, upper,
-            jnp.asarray(fixed_rows[s : s + chunk]), tol, max_steps, batch,
+            jnp.asarray(fixed_rows[s : s + chunk]), tol, max_steps, batch or chunk,
         )  # fmt: skip
         outs.append([np.asarray(o) for o in out])
     return tuple(np.concatenate(parts)[:n] for parts in zip(*outs, strict=True))
