@@ -86,7 +86,7 @@ _TEMPLATES = (
 
 @jax.jit
 def _value_and_grad(model, data, x):
-    return jax.value_and_grad(lambda p: -2.0 * model.logpdf_relative(p, data))(x)
+    return jax.value_and_grad(lambda p: -2.0 * model.logpdf(p, data))(x)
 
 
 def _multi_start(model, data, init, bounds, fixed, rng, n_starts):
