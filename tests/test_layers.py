@@ -1,7 +1,7 @@
 """The package's layers: imports only go downward, no cycles, no cross-package private names.
 
 The layers (ARCHITECTURE.md), from the bottom: the top-level helpers (errors, types, writers),
-plotting, stats, nn, analysis, io, weights, problems, runs, studies, cli, and the public API
+plotting, stats, nn, analysis, io, weights, problems, runs, search, studies, cli, and the public API
 (``diffhep/__init__``). A module may import from its own layer and the layers below it.
 """
 
@@ -25,6 +25,7 @@ LAYERS = [
     {"weights"},
     {"problems"},
     {"runs"},
+    {"search"},
     {"studies"},
     {"cli", "__main__"},
     {"__init__", "infer"},
@@ -165,6 +166,7 @@ def _loaded(code: str) -> set[str]:
                 ["cls", "--help"],
                 ["train", "--help"],
                 ["fit", "-h"],
+                ["optimize", "--help"],
                 *[
                     [c, "--help"]
                     for c in (

@@ -295,6 +295,57 @@ class ReportConfig(_Strict):
     signal_overlay: Annotated[float, Field(gt=0)] | Literal["auto"] | None = "auto"
 
 
+class SearchParamConfig(_Strict):
+    """One parameter of a black-box search (``diffhep optimize``): a config path and its
+    range (``low``/``high``, optionally ``log`` and ``int``) or its ``choices``."""
+
+    name: str  # a dotted config path, as for --set (selection.cuts.0.init)
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = Field(False, alias="int")
+    choices: list[str | float | bool] | None = None
+    steps: int | None = Field(None, ge=2)  # grid points of the `grid` method
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices is empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (or choices)")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"low and high must be finite, got {self.low}, {self.high}")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
+        if self.integer and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError(f"an int range needs integer bounds, got {self.low}, {self.high}")
+        return self
+
+
+class SearchConfig(_Strict):
+    """What ``diffhep optimize`` searches (``diffhep train`` ignores this section)."""
+
+    params: list[SearchParamConfig] = []
+    # the exact validation metric minimised (expected_cls, sigma_mu) or maximised (z0);
+    # None: training.select_on (expected_cls if that is 'loss')
+    objective: Literal["expected_cls", "z0", "sigma_mu"] | None = None
+    train: bool = True  # False: evaluate the config's cuts and edges as given, no training
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [p.name for p in self.params]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"parameter(s) {', '.join(dup)} given twice")
+        return self
+
+
 class Config(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -304,6 +355,7 @@ class Config(_Strict):
     selection: SelectionConfig = SelectionConfig()
     training: TrainingConfig = TrainingConfig()
     report: ReportConfig = ReportConfig()
+    search: SearchConfig = SearchConfig()
 
     @model_validator(mode="after")
     def _data_source(self):
@@ -482,8 +534,15 @@ def _format(err: ValidationError, file: str | None, paths=()) -> ConfigError:
     )
 
 
-def load_config(path: str | Path | None = None, overrides=(), *, text: str | None = None) -> Config:
-    """Read, override and validate a YAML config (from ``path`` or ``text``)."""
+def load_config(
+    path: str | Path | None = None, overrides=(), *, text: str | None = None, edit=None
+) -> Config:
+    """Read, override and validate a YAML config (from ``path`` or ``text``).
+
+    ``edit``, if given, changes the raw document after the overrides (``edit(doc)``) and
+    returns ``[(path, option), ...]``: the fields it wrote and the option they come from,
+    named in validation errors (``diffhep optimize --param``).
+    """
     file = str(path) if path is not None else None
     if text is None:
         try:
@@ -498,6 +557,8 @@ def load_config(path: str | Path | None = None, overrides=(), *, text: str | Non
         raise ConfigError("the config must be a mapping of sections", file=file)
     paths: list = []
     doc = apply_overrides(doc, overrides, file, paths=paths)
+    if edit is not None:
+        paths += list(edit(doc) or ())
     try:
         return Config.model_validate(doc)
     except ValidationError as exc:
