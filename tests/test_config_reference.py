@@ -27,8 +27,27 @@ def _render(value) -> str:
     return str(value).replace("'", "")
 
 
+def _sections(annotation, suffix=""):
+    """(section model, path suffix) inside an annotation: through unions and ``Annotated``,
+    ``[]`` for a list item, ``.<term>`` for a value of a dict keyed by name."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation, suffix
+        return
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        args = args[:1]
+    elif origin is list:
+        suffix += "[]"
+    elif origin is dict:  # a section keyed by name (e.g. a loss term's parameter)
+        suffix, args = suffix + ".<term>", args[1:]
+    for a in args:
+        yield from _sections(a, suffix)
+
+
 def keys(model: type[BaseModel] = Config, prefix: str = ""):
-    """(dotted key, rendered default) of every field, lists of sections as ``key[]``."""
+    """(dotted key, rendered default) of every field, lists of sections as ``key[]``, the
+    sections valued by a dict's keys as ``key.<term>``."""
     for name, f in model.model_fields.items():
         path = prefix + (f.alias or name)
         if f.is_required():
@@ -36,15 +55,12 @@ def keys(model: type[BaseModel] = Config, prefix: str = ""):
         else:
             default = _render(f.default_factory() if f.default_factory else f.default)
         yield path, default
-        subs = [
-            b
-            for a in (f.annotation, *typing.get_args(f.annotation))
-            for b in (a, *typing.get_args(a))
-            if isinstance(b, type) and issubclass(b, BaseModel)
-        ]
-        if subs:
-            is_list = "list" in str(f.annotation)
-            yield from keys(subs[0], path + ("[]." if is_list else "."))
+        seen = []  # a dict value that is a section or a list of them: documented once
+        for sub, suffix in _sections(f.annotation):
+            suffix = suffix.removesuffix("[]") if suffix.endswith(".<term>[]") else suffix
+            if (sub, suffix) not in seen:
+                seen.append((sub, suffix))
+                yield from keys(sub, path + suffix + ".")
 
 
 def _documented() -> dict[str, str]:

@@ -6,9 +6,12 @@ Two kinds, on the same footing (scalars to minimise or metrics to report):
   histograms: :func:`expected_cls` (median expected CLs at mu = 1 on the background-only
   Asimov data, ``qmu_tilde``), :func:`discovery_significance` (median expected Z0 from ``q0``
   on the signal-plus-background Asimov data), :func:`sigma_mu` (the POI's standard deviation
-  from the inverse Fisher information with the nuisance parameters, as INFERNO). Each needs
-  at most one profile fit, differentiated implicitly; on an Asimov dataset the unconditional
-  fit is known exactly (the generating parameters), so it is not run.
+  from the inverse Fisher information with the nuisance parameters, as INFERNO), and the
+  nuisance-parameter terms of :mod:`diffhep.analysis.nuisance`: :func:`sigma_theta` (a
+  parameter's post-fit width over its pre-fit width), :func:`nuisance_pull` (its pull in
+  the expected-CLs profile fit) and :func:`impact` (``rho * sigma_mu``). Each needs at most
+  one profile fit, differentiated implicitly; on an Asimov dataset the unconditional fit is
+  known exactly (the generating parameters), so it is not run.
 - **event based**: :func:`binary_cross_entropy` on logits; the soft-yield losses of the
   Elwood-Kruecker talk, :func:`inverse_s_over_sqrt_s_plus_b` (``(s+b)/s^2``),
   :func:`b_over_s2` and :func:`inverse_asimov_significance` (``1/Z_A`` with a relative
@@ -48,10 +51,15 @@ __all__ = [
     "binary_cross_entropy",
     "discovery_significance",
     "expected_cls",
+    "impact",
     "inverse_asimov_significance",
     "inverse_s_over_sqrt_s_plus_b",
     "nominal_pars",
+    "nuisance_pull",
+    "prefit_width",
+    "profile_fit",
     "sigma_mu",
+    "sigma_theta",
 ]
 
 
@@ -77,6 +85,16 @@ def _profiled_q(model: Model, mu_asimov, mu_test, tol, max_steps):
     The unconditional fit of an Asimov dataset is its origin, so one fit (POI fixed at
     ``mu_test``) suffices. Returns the test statistic and whether that fit converged.
     """
+    q, res = profile_fit(model, mu_asimov, mu_test, tol=tol, max_steps=max_steps)
+    return q, res.converged
+
+
+def profile_fit(
+    model: Model, mu_asimov=0.0, mu_test=1.0, *, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
+):
+    """The fit with the POI fixed at ``mu_test`` on the Asimov data of ``mu_asimov`` (nominal
+    nuisances): ``(-2 ln lambda(mu_test) clipped at 0, FitResult)``. With the defaults it is
+    the fit of :func:`expected_cls`; :func:`nuisance_pull` reads its parameters."""
     origin = nominal_pars(model, mu_asimov)
     data = model.expected_data(origin)
     init, lower, upper, fixed = fit_defaults(model, None, None, None, model.nominal.dtype)
@@ -93,17 +111,20 @@ def _profiled_q(model: Model, mu_asimov, mu_test, tol, max_steps):
         uncertainties=False,
     )
     q = res.twice_nll - model.twice_nll(origin, data)
-    return jnp.clip(q, 0.0), res.converged
+    return jnp.clip(q, 0.0), res
 
 
-def expected_cls(model: Model, mu=1.0, *, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
+def expected_cls(
+    model: Model, mu=1.0, *, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS, profiled=None
+):
     """Median expected CLs of ``mu`` under the background-only hypothesis (``qmu_tilde``).
 
     On the background-only Asimov data the observed and Asimov test statistics coincide,
     so CLs = CLsb / CLb = Phi(-sqrt(q_A)) / (1/2). This equals ``cls_exp[2]`` of
-    :func:`diffhep.stats.hypotest.hypotest` (and pyhf's) on that dataset.
+    :func:`diffhep.stats.hypotest.hypotest` (and pyhf's) on that dataset. ``profiled``: the
+    :func:`profile_fit` of ``(model, 0, mu)`` if already computed (it is reused).
     """
-    q, _ = _profiled_q(model, 0.0, mu, tol, max_steps)
+    q, _ = profiled if profiled is not None else _profiled_q(model, 0.0, mu, tol, max_steps)
     return 2.0 * ndtr(-_safe_sqrt(q))
 
 
@@ -120,12 +141,69 @@ def fisher_covariance(model: Model, mu=1.0) -> jax.Array:
     return covariance(info, jnp.asarray(model.config.fixed))
 
 
-def sigma_mu(model: Model, mu=1.0) -> jax.Array:
+def sigma_mu(model: Model, mu=1.0, cov=None) -> jax.Array:
     """Expected standard deviation of the POI with nuisances profiled (INFERNO's objective):
-    ``sqrt(inverse Fisher information[poi, poi])`` at the nominal point."""
-    cov = fisher_covariance(model, mu)
+    ``sqrt(inverse Fisher information[poi, poi])`` at the nominal point. ``cov``: the
+    :func:`fisher_covariance` if already computed."""
+    cov = fisher_covariance(model, mu) if cov is None else cov
     poi = poi_index(model)
     return _safe_sqrt(cov[poi, poi])
+
+
+def prefit_width(model: Model, index: int) -> jax.Array:
+    """Pre-fit width of parameter ``index``: ``1 / sqrt`` of its constraint term's curvature
+    at the nominal point (sigma of a Gaussian constraint, ``1 / sqrt(factor)`` of a Poisson
+    one; staterror widths follow the templates). 1 for an unconstrained parameter (its
+    widths are then absolute)."""
+    nominal = nominal_pars(model, 1.0)
+    aux = model.expected_auxdata(nominal)
+
+    def nll(t):
+        return -model.constraint_logpdf(aux, nominal.at[index].set(t))
+
+    curvature = jax.grad(jax.grad(nll))(nominal[index])
+    return jnp.where(curvature > 0, 1.0 / _safe_sqrt(jnp.where(curvature > 0, curvature, 1.0)), 1.0)
+
+
+def sigma_theta(model: Model, index: int, mu=1.0, cov=None) -> jax.Array:
+    """Post-fit width of parameter ``index`` (inverse Fisher information at the nominal point
+    with POI ``mu``, as :func:`sigma_mu`) over its :func:`prefit_width`: 1 when the data add
+    nothing to the constraint, < 1 when the analysis constrains it. ``cov``: the
+    :func:`fisher_covariance` if already computed."""
+    cov = fisher_covariance(model, mu) if cov is None else cov
+    return _safe_sqrt(cov[index, index]) / prefit_width(model, index)
+
+
+def impact(model: Model, index: int, mu=1.0, cov=None) -> jax.Array:
+    """Shift of mu-hat when parameter ``index`` moves by its post-fit one sigma and the others
+    are profiled, to first order: ``cov[mu, theta] / sigma_theta = rho * sigma_mu`` (signed),
+    from the inverse Fisher information at the nominal point with POI ``mu``. The refit impact
+    of a ranking (theta fixed at +-1 sigma, refit) agrees with it where the likelihood is
+    quadratic in (mu, theta)."""
+    cov = fisher_covariance(model, mu) if cov is None else cov
+    poi = poi_index(model)
+    width = _safe_sqrt(cov[index, index])
+    return cov[poi, index] / jnp.where(width > 0, width, 1.0)
+
+
+def nuisance_pull(
+    model: Model,
+    index: int,
+    mu_asimov=0.0,
+    mu_test=1.0,
+    *,
+    tol=DEFAULT_TOL,
+    max_steps=DEFAULT_MAX_STEPS,
+    profiled=None,
+) -> jax.Array:
+    """Pull ``(theta_hat - theta_0) / prefit_width`` of parameter ``index`` in the fit with
+    the POI fixed at ``mu_test`` on the Asimov data of ``mu_asimov`` (the defaults: the fit of
+    :func:`expected_cls`; a nuisance that can mimic the signal is pulled to absorb it).
+    Differentiated implicitly through the fit. ``profiled``: that :func:`profile_fit`."""
+    if profiled is None:
+        profiled = profile_fit(model, mu_asimov, mu_test, tol=tol, max_steps=max_steps)
+    theta = profiled[1].bestfit[index]
+    return (theta - nominal_pars(model, mu_asimov)[index]) / prefit_width(model, index)
 
 
 def binary_cross_entropy(logits_signal, w_signal, logits_background, w_background):

@@ -46,6 +46,7 @@ from ..types import Events
 from . import losses as L
 from .cuts import Selection
 from .histograms import Binning, hard_histogram, relative_bandwidth, soft_histogram
+from .nuisance import parse as parse_nuisance_term
 from .spec import LOSS_TERMS, NN_TERMS, Analysis
 
 __all__ = ["LOSS_TERMS", "METRICS", "NN_TERMS", "Events", "Params", "Pipeline"]
@@ -233,12 +234,13 @@ class Pipeline(eqx.Module):
         (selected and total weight of the nominal samples)."""
         a = self.analysis
         out = {}
-        unknown = [t for t in terms if t not in LOSS_TERMS]
+        unknown = [t for t in terms if t not in LOSS_TERMS and parse_nuisance_term(t) is None]
         if unknown:
             raise ValueError(
-                f"unknown loss term {unknown[0]!r}; use one of {', '.join(LOSS_TERMS)}"
+                f"unknown loss term {unknown[0]!r}; use one of {', '.join(LOSS_TERMS)}, "
+                "or sigma_theta[name], pull_theta[name], impact[name]"
             )
-        if any(t in LIKELIHOOD_TERMS for t in terms):
+        if any(t in LIKELIHOOD_TERMS or parse_nuisance_term(t) for t in terms):
             out["histograms"] = self.histograms(params, events, bandwidth, slope)
         nn_terms = [t for t in terms if t in NN_TERMS]
         if nn_terms:
@@ -269,14 +271,24 @@ class Pipeline(eqx.Module):
         a = self.analysis
         out = {}
         model = self.model(sums["histograms"]) if "histograms" in sums else None
+        shared = {}  # the CLs profile fit and the Fisher covariance, computed once
+
+        def once(key, fn):
+            if key not in shared:
+                shared[key] = fn()
+            return shared[key]
+
         for t in terms:
-            if t == "cls":
-                out[t] = L.expected_cls(model)
+            nuisance = parse_nuisance_term(t)
+            if nuisance is not None:
+                out[t] = self._nuisance_term(model, nuisance, once)
+            elif t == "cls":
+                out[t] = L.expected_cls(model, profiled=once("fit", lambda: L.profile_fit(model)))
             elif t in ("z0", "inv_z0"):
                 z = L.discovery_significance(model)
                 out[t] = -z if t == "z0" else 1.0 / z
             elif t == "sigma_mu":
-                out[t] = L.sigma_mu(model)
+                out[t] = L.sigma_mu(model, cov=once("cov", lambda: L.fisher_covariance(model)))
             elif t in NN_TERMS:  # class-balanced: each class's weights normalised to one
                 bkg = a.backgrounds + (a.variations if t == "bce_aug" else ())
                 sig_loss, sig_w = sums["bce"][a.signal]
@@ -296,6 +308,25 @@ class Pipeline(eqx.Module):
                 f = sums["skim"][0] / sums["skim"][1]
                 out[t] = f if self.skim_target is None else jax.nn.relu(f - self.skim_target)
         return out
+
+    def _nuisance_term(self, model, term, once):
+        """The loss value of a :class:`~diffhep.analysis.nuisance.NuisanceTerm`."""
+        names = list(model.config.par_names)
+        if term.name not in names:
+            raise ValueError(
+                f"loss term {term.kind!r}: unknown parameter {term.name!r}; the model has "
+                f"{', '.join(names)}"
+            )
+        k = names.index(term.name)
+        if term.kind == "pull_theta":
+            x = L.nuisance_pull(model, k, profiled=once("fit", lambda: L.profile_fit(model)))
+            return (x - (term.target or 0.0)) ** 2
+        cov = once("cov", lambda: L.fisher_covariance(model))
+        if term.kind == "sigma_theta":
+            x = L.sigma_theta(model, k, cov=cov)
+        else:
+            x = jnp.abs(L.impact(model, k, cov=cov))
+        return x if term.target is None else (x - term.target) ** 2
 
     # ------------------------------------------------------------------ metrics
     def metrics(self, params: Params, events) -> dict:

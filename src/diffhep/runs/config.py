@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import DiffhepError
 
@@ -245,13 +254,90 @@ class OptimizerConfig(_Strict):
     learning_rate: float = Field(1e-3, gt=0)
 
 
+class NuisanceTermConfig(_Strict):
+    """A loss term on a named parameter (``sigma_theta``, ``pull_theta``, ``impact``: see
+    :mod:`diffhep.analysis.nuisance`); ``target``: the loss is ``(x - target)^2``."""
+
+    name: str = Field(min_length=1)
+    weight: float = 1.0
+    target: float | None = None
+
+
+def _kind(tags: dict):
+    """A callable discriminator: the union member by the raw value's Python type, so an
+    error names the member's fields (``training.loss.sigma_theta.name``), not every member's
+    (the tags, ``<...>``, are dropped from the messages' paths)."""
+
+    def pick(v):
+        for types, tag in tags.items():
+            if isinstance(v, types):
+                return tag
+        return next(iter(tags.values()))
+
+    return Discriminator(pick)
+
+
+TermWeight = Annotated[
+    Annotated[float, Tag("<weight>")]
+    | Annotated[NuisanceTermConfig, Tag("<parameter>")]
+    | Annotated[list[NuisanceTermConfig], Tag("<parameters>")],
+    _kind({(int, float): "<weight>", (list,): "<parameters>", (dict, BaseModel): "<parameter>"}),
+]
+
+
+def _flat_terms(terms: dict) -> dict[str, float]:
+    """``{term: weight}`` with each nuisance term under its key (``sigma_theta[gamma]``)."""
+    from ..analysis.nuisance import NuisanceTerm
+
+    out = {}
+    for t, v in terms.items():
+        if isinstance(v, int | float):
+            out[t] = float(v)
+            continue
+        for n in v if isinstance(v, list) else [v]:
+            key = NuisanceTerm(t, n.name, n.target).key
+            out[key] = out.get(key, 0.0) + n.weight
+    return out
+
+
+def _check_terms(terms: dict) -> None:
+    from ..analysis.nuisance import NUISANCE_TERMS, parse
+    from ..analysis.spec import LOSS_TERMS
+
+    for t, v in terms.items():
+        if t in NUISANCE_TERMS:
+            if isinstance(v, int | float):
+                raise ValueError(
+                    f"loss term {t!r} needs a parameter: {t}: {{name: <parameter>, weight: "
+                    f"{v}}} (optionally target: 1.0; or a list of them)"
+                )
+        elif t in LOSS_TERMS or parse(t) is not None:
+            if not isinstance(v, int | float):
+                raise ValueError(f"loss term {t!r} takes a weight (a number), not {v!r}")
+        else:
+            raise ValueError(
+                f"unknown loss term {t!r}; use one of {', '.join(LOSS_TERMS + NUISANCE_TERMS)}"
+            )
+
+
 class LossPhase(_Strict):
-    terms: dict[str, float]
+    terms: dict[str, TermWeight]
     epochs: int | None = Field(None, ge=1)  # None: until the end
+
+    @field_validator("terms")
+    @classmethod
+    def _known(cls, v):
+        _check_terms(v)
+        return v
 
 
 class TrainingConfig(_Strict):
-    loss: str | dict[str, float] | list[LossPhase] = "cls"
+    loss: Annotated[
+        Annotated[str, Tag("<name>")]
+        | Annotated[dict[str, TermWeight], Tag("<terms>")]
+        | Annotated[list[LossPhase], Tag("<phases>")],
+        _kind({(dict,): "<terms>", (list,): "<phases>", (str,): "<name>"}),
+    ] = "cls"
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(2000, ge=1)  # events per event set and step
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -269,23 +355,41 @@ class TrainingConfig(_Strict):
     @field_validator("loss")
     @classmethod
     def _terms(cls, v):
-        from ..analysis.spec import LOSS_TERMS
-
-        phases = (
-            v if isinstance(v, list) else [LossPhase(terms={v: 1.0} if isinstance(v, str) else v)]
-        )
-        for p in phases:
-            for t in p.terms:
-                if t not in LOSS_TERMS:
-                    raise ValueError(f"unknown loss term {t!r}; use one of {', '.join(LOSS_TERMS)}")
+        if isinstance(v, str):
+            _check_terms({v: 1.0})
+        elif isinstance(v, dict):
+            _check_terms(v)
         return v
 
     def phases(self) -> list[LossPhase]:
+        """The loss phases, each with flat ``{term key: weight}`` terms (a nuisance term under
+        its key, e.g. ``sigma_theta[gamma;target=1.0]``)."""
         if isinstance(self.loss, str):
             return [LossPhase(terms={self.loss: 1.0})]
         if isinstance(self.loss, dict):
-            return [LossPhase(terms=self.loss)]
-        return list(self.loss)
+            return [LossPhase(terms=_flat_terms(self.loss))]
+        return [LossPhase(terms=_flat_terms(p.terms), epochs=p.epochs) for p in self.loss]
+
+    def nuisance_terms(self) -> list[tuple[str, str, str]]:
+        """``(YAML path, kind, parameter name)`` of every nuisance-parameter loss term."""
+        from ..analysis.nuisance import NUISANCE_TERMS
+
+        if isinstance(self.loss, str):
+            return []
+        if isinstance(self.loss, dict):
+            phases = [("training.loss", self.loss)]
+        else:
+            phases = [(f"training.loss[{i}].terms", p.terms) for i, p in enumerate(self.loss)]
+        out = []
+        for where, terms in phases:
+            for t, v in terms.items():
+                if t not in NUISANCE_TERMS:
+                    continue
+                items = v if isinstance(v, list) else [v]
+                for i, n in enumerate(items):
+                    at = f"{where}.{t}" + (f"[{i}]" if isinstance(v, list) else "")
+                    out.append((f"{at}.name", t, n.name))
+        return out
 
 
 class ReportConfig(_Strict):
@@ -508,7 +612,7 @@ def _origin(loc: tuple, paths) -> str | None:
 def _format(err: ValidationError, file: str | None, paths=()) -> ConfigError:
     lines, options = [], []
     for e in err.errors():
-        parts = tuple(x for x in e["loc"] if not str(x).startswith("function-"))
+        parts = tuple(x for x in e["loc"] if not str(x).startswith(("function-", "<")))
         loc = ".".join(map(str, parts))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -522,7 +626,7 @@ def _format(err: ValidationError, file: str | None, paths=()) -> ConfigError:
             options.append(option)
         lines.append(f"{loc or '<top>'}: {msg}")
     first = err.errors()[0]
-    where = ".".join(str(x) for x in first["loc"])
+    where = ".".join(str(x) for x in first["loc"] if not str(x).startswith(("function-", "<")))
     fix = "correct the field(s) above"
     if options:
         fix += f" in the file or in {', '.join(dict.fromkeys(options))}"

@@ -170,6 +170,7 @@ def prepare(cfg: Config, file: str | None = None):
             where="training.loss",
             fix="give a channel 'observable: nn', or use cls, z0, s_sqrt_sb, b_over_s2, ...",
         )
+    _check_nuisance_terms(cfg, pipe, file)
     parts = split(events, cfg.data.split.model_dump(), cfg.seed, same_as=_same_events(cfg))
     parts["train"], parts["training_weights"] = _training_weights(cfg, analysis, parts, file)
     hists, whole = region_yields(analysis, features, parts["train"])
@@ -259,3 +260,19 @@ def restore_run(run_dir: str | Path):
     pipe, parts, like = prepare(cfg, str(cfg_path))
     params = eqx.tree_deserialise_leaves(run_dir / "model.eqx", like)
     return cfg, pipe, parts, params
+
+
+def _check_nuisance_terms(cfg: Config, pipe: Pipeline, file) -> None:
+    """Every nuisance loss term names a parameter of the model other than the POI."""
+    names = list(pipe.template.config.par_names)
+    poi = cfg.analysis.poi
+    for where, kind, name in cfg.training.nuisance_terms():
+        if name not in names or name == poi:
+            nps = [n for n in names if n != poi]
+            raise ConfigError(
+                f"loss term {kind!r}: {name!r} is not a nuisance parameter of the analysis"
+                + (" (it is the POI)" if name == poi else ""),
+                file=file,
+                where=where,
+                fix=f"use one of: {', '.join(nps)}" if nps else "add a systematic to the analysis",
+            )
