@@ -15,9 +15,13 @@ import numpy as np
 import pytest
 
 import diffhep
+from diffhep.errors import FitError
 from diffhep.plotting import runs as plotting
 from diffhep.runs.config import ConfigError, load_config
 from diffhep.runs.report import _band
+from diffhep.stats import covariance
+from diffhep.stats import diagnostics as stats_diagnostics
+from diffhep.stats.workspace import Workspace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,7 +58,8 @@ def test_html_report_embeds_every_plot(tiny_run):
     page.feed((tiny_run / "report.html").read_text(encoding="utf-8"))
     plots = {p.name: p.read_bytes() for p in (tiny_run / "plots").glob("*.png")}
     expected = {"training.png", "cuts.png", "histograms_SR.png", "cutflow.png", "roc.png",
-                "observable_vs_features.png", "observable_2d.png"}  # fmt: skip
+                "observable_vs_features.png", "observable_2d.png",
+                "pulls.png", "ranking.png", "yields_fit.png"}  # fmt: skip
     assert set(plots) == expected
     decoded = {}
     for img in page.images:
@@ -70,8 +75,9 @@ def test_html_report_embeds_every_plot(tiny_run):
     text = (tiny_run / "report.html").read_text()
     assert f"{summary['expected_cls']:.6g}" in text
     assert html.escape(summary["selection"]["expression"]) in text
-    # metrics, yields, variation templates, bins of SR, training weights, cut flow
-    assert page.tables == 6
+    # metrics, yields, variation templates, bins of SR, training weights, cut flow; fit
+    # diagnostics: pulls, unconstrained parameters, ranking, pre-/post-fit yields of SR
+    assert page.tables == 10
     assert "<h2>Training weights</h2>" in text
 
 
@@ -220,9 +226,10 @@ def test_load_run_of_a_non_run_is_a_clear_error(tmp_path):
 
 
 def test_a_failed_plot_leaves_the_run_incomplete_not_finished(tiny_run, tmp_path, monkeypatch):
-    """A plot that raises (issue 18 item 2: the report crashed on a constant feature) keeps
-    the other artefacts, but summary.json says "incomplete" and names it, and the command
-    exits 1; evaluating again without the fault gives "finished"."""
+    """A plot that raises (issue 18 item 2: the report crashed on a constant feature) or a
+    fit diagnostic that fails keeps the other artefacts, but summary.json says "incomplete"
+    and names them, the report shows it, ``run.ranking`` says so, and the command exits 1;
+    evaluating again without the faults gives "finished" and the diagnostics back."""
     import json
     import shutil
 
@@ -236,16 +243,163 @@ def test_a_failed_plot_leaves_the_run_incomplete_not_finished(tiny_run, tmp_path
     def broken(*args, **kwargs):
         raise ValueError("'list' argument must have no negative elements")
 
+    def no_ranking(*args, **kwargs):
+        raise FitError("3 impact fit(s) did not converge (parameters: bkg_norm)")
+
     monkeypatch.setattr(plotting, "plot_roc", broken)
+    monkeypatch.setattr(stats_diagnostics, "ranking", no_ranking)  # a failed fit diagnostic
     res = CliRunner().invoke(main, ["evaluate", str(run)])
     assert res.exit_code == 1, res.output
     assert "incomplete" in res.output and "roc" in res.output
+    assert "diagnostics.json" in res.output and "impact fit" in res.output
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "incomplete"
     assert any("roc" in k for k in summary["failed"])
+    assert "did not converge" in summary["failed"]["diagnostics.json"]
     assert (run / "report.html").is_file() and (run / "workspace.json").is_file()
+    assert not (run / "diagnostics.json").exists() and not (run / "plots/pulls.png").exists()
+    page = (run / "report.html").read_text()
+    assert "impact fit(s) did not converge" in page and "Fit diagnostics" not in page
+    with pytest.raises(ConfigError, match=r"no fit diagnostics \(they failed: FitError"):
+        _ = diffhep.load_run(run).ranking
     monkeypatch.undo()
     res = CliRunner().invoke(main, ["evaluate", str(run)])
     assert res.exit_code == 0, res.output
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and "failed" not in summary
+    _assert_close(diffhep.load_run(run).ranking, diffhep.load_run(tiny_run).ranking)
+
+
+class _Tables(HTMLParser):
+    """Every table of a page as ``{preceding heading: rows of cell texts}``."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.heading, self._cell, self._in = {}, "", None, False
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("h2", "h3"):
+            self._in, self.heading = True, ""
+        elif tag == "table":
+            self.tables[self.heading] = []
+        elif tag == "tr":
+            self.tables[self.heading].append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[self.heading][-1].append(self._cell)
+            self._cell = None
+        elif tag in ("h2", "h3"):
+            self._in = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+        elif self._in:
+            self.heading += data
+
+
+def _assert_close(a, b, path="") -> None:
+    """Nested dicts/lists equal, floats to 1e-9 relative."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), path
+        for k in a:
+            _assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+def test_run_diagnostics_are_the_library_on_its_workspace(tiny_run):
+    """``run.pulls``/``ranking``/``yields`` (diagnostics.json) are diffhep.stats' pulls,
+    ranking (batched refits) and yields of the run's workspace.json on its Asimov data at the
+    nominal parameters, and that fit is the training's: its post-fit uncertainties are the
+    summary's sigma_mu and sigma_<parameter> (inverse Fisher information at mu = 1), every
+    pull is 0 and the post-fit yields are the workspace's histograms."""
+    run = diffhep.load_run(tiny_run)
+    spec = json.loads((tiny_run / "workspace.json").read_text())
+    model = Workspace(spec).model()
+    data = model.expected_data(covariance.nominal_parameters(model))
+    post = covariance.postfit(model, data)
+    r = stats_diagnostics.ranking(model, data, post)
+    _assert_close(run.pulls, stats_diagnostics.pulls(model, post))
+    _assert_close(run.ranking["ranking"], r.to_list())
+    assert run.ranking["poi"] == "mu" and run.ranking["method"] == "refit"
+    assert run.ranking["poi_bestfit"] == pytest.approx(r.poi_bestfit, rel=1e-9)
+    pre, postfit = (
+        covariance.prefit_yields(model, data),
+        covariance.postfit_yields(model, data, post),
+    )
+    _assert_close(run.yields, {"prefit": pre, "postfit": postfit})
+    # the references of the training (summary.json) and of the workspace itself
+    summary = run.metrics
+    assert run.ranking["poi_bestfit"] == pytest.approx(1.0, abs=1e-6)
+    assert run.ranking["poi_uncertainty"] == pytest.approx(summary["sigma_mu"], rel=1e-6)
+    params = run.pulls["parameters"]
+    assert {p["modifier"] for p in params} == {"histosys", "normsys", "staterror"}
+    for p in params:
+        assert p["pull"] == pytest.approx(0.0, abs=1e-6)
+        assert p["uncertainty"] == pytest.approx(summary[f"sigma_{p['name']}"], rel=1e-6)
+    (channel,) = spec["channels"]
+    yields = run.yields["postfit"]["SR"]
+    for s in channel["samples"]:
+        np.testing.assert_allclose(yields["samples"][s["name"]]["yields"], s["data"], rtol=1e-9)
+    np.testing.assert_allclose(yields["data"], yields["total"]["yields"], rtol=1e-9)
+    ranked = [x["parameter"] for x in run.ranking["ranking"]]
+    assert ranked[0] in ("bkg_shape", "bkg_norm") and set(ranked) == {
+        n for n in model.config.par_names if n != "mu"
+    }
+    assert any(x["postfit_down"] > 0 > x["postfit_up"] for x in run.ranking["ranking"])
+
+
+def test_report_shows_the_run_diagnostics(tiny_run):
+    """report.html's fit-diagnostics tables hold the numbers of ``diagnostics.json``, with its
+    three figures embedded in that section."""
+    run = diffhep.load_run(tiny_run)
+    text = (tiny_run / "report.html").read_text(encoding="utf-8")
+    page = _Tables()
+    page.feed(text)
+    t = page.tables
+    g = "{:.6g}".format
+    assert t["Pulls"][1:] == [[p["name"], p["modifier"], g(p["pull"]), g(p["constraint"])]
+                              for p in run.pulls["parameters"]]  # fmt: skip
+    (mu,) = run.pulls["normfactors"]
+    assert t["Unconstrained parameters"][1:] == [
+        ["mu", "normfactor", f"{g(mu['bestfit'])} ± {g(mu['uncertainty'])}"]
+    ]
+    keys = ("prefit_up", "prefit_down", "postfit_up", "postfit_down")
+    assert t["Ranking (impact on mu)"][1:] == [[r["parameter"], *(g(r[k]) for k in keys)]
+                                               for r in run.ranking["ranking"]]  # fmt: skip
+    rows = {r[0]: r[1:] for r in t["Yields in SR (pre- and post-fit)"][1:]}
+    for label in ("prefit", "postfit"):
+        res = run.yields[label]["SR"]
+        for name, e in [*res["samples"].items(), ("total", res["total"])]:
+            row = rows[f"{name} ({label[:-3]}-fit)"]
+            cells = [f"{g(y)} ± {g(s)}" for y, s in zip(e["yields"], e["stdev"], strict=True)]
+            assert row == [*cells, f"{g(e['sum'])} ± {g(e['sum_stdev'])}"]
+    assert rows["data"] == [*(g(d) for d in run.yields["postfit"]["SR"]["data"]),
+                            g(run.yields["postfit"]["SR"]["data_sum"])]  # fmt: skip
+    section = text[text.index("<h2>Fit diagnostics</h2>") : text.index("<h2>Plots</h2>")]
+    for name in ("pulls.png", "ranking.png", "yields_fit.png"):
+        data = base64.b64encode((tiny_run / "plots" / name).read_bytes()).decode("ascii")
+        assert f'alt="{name}" src="data:image/png;base64,{data}"' in section
+        assert text.count(f'alt="{name}"') == 1
+
+
+def test_run_without_diagnostics_says_how_to_get_them(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "diagnostics.json").unlink()
+    res = diffhep.load_run(run)
+    assert res.diagnostics is None
+    with pytest.raises(ConfigError, match=r"(?s)no fit diagnostics.*diffhep evaluate"):
+        _ = res.pulls

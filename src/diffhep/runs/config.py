@@ -397,6 +397,8 @@ class ReportConfig(_Strict):
     log_y: bool = False  # histograms on a logarithmic y axis
     # the signal also drawn unstacked x this factor ("auto": a power of ten if it is small)
     signal_overlay: Annotated[float, Field(gt=0)] | Literal["auto"] | None = "auto"
+    # pulls, ranking and pre-/post-fit yields of the trained analysis (diagnostics.json)
+    diagnostics: bool = True
 
 
 class SearchParamConfig(_Strict):

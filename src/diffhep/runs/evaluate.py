@@ -2,8 +2,9 @@
 
 :func:`finish` writes, from the selected model and the test split, ``workspace.json``,
 ``histograms.json``, ``selection.json``, ``model.onnx`` + ``preprocess.json``, ``plots/``,
-``report.html`` and (last) ``summary.json``; :func:`save_model` writes ``model.eqx`` and its
-header ``model.json``. :func:`evaluate_run` recomputes them all from a saved run.
+``diagnostics.json`` (fit diagnostics), ``report.html`` and (last) ``summary.json``;
+:func:`save_model` writes ``model.eqx`` and its header ``model.json``. :func:`evaluate_run`
+recomputes them all from a saved run.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
     "incomplete"`` and names what failed (``"failed"``), and the command exits 1.
     """
     (out / "summary.json").unlink(missing_ok=True)
+    (out / "diagnostics.json").unlink(missing_ok=True)  # only the report writes it anew
     test = _as_jax(parts["test"])
     m = metrics(params, test)
     hists = jax.device_get(pipe.histograms(params, test))
@@ -158,8 +160,10 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
 
 
 def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
-    """``plots/`` (stale PNGs removed first) and ``report.html``; what fails is named in
+    """``plots/`` (stale PNGs removed first), the fit diagnostics (``diagnostics.json``,
+    :mod:`diffhep.runs.diagnostics`) and ``report.html``; what fails is named in
     ``summary["failed"]`` and makes the status ``incomplete``."""
+    from .diagnostics import write_diagnostics
     from .report import write_html, write_plots
 
     plot_dir = out / "plots"
@@ -176,6 +180,8 @@ def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
                               )["failed"]  # fmt: skip
     except Exception as exc:
         failed["plots"] = f"{type(exc).__name__}: {exc}"
+    if cfg.report.diagnostics:
+        failed |= write_diagnostics(out, plot_dir, style=cfg.report.style)
 
     def mark():
         if failed:

@@ -6,7 +6,9 @@ ROC curve, the observable against each input feature and, for 2-D inputs, the ob
 over the input plane; in the experiment style of ``report.style``.
 
 ``report.html``: one self-contained page (no external resources, every plot embedded as a
-base64 PNG) with the metrics, the cut flow, the plots and the configuration.
+base64 PNG) with the metrics, the cut flow, the fit diagnostics of the trained analysis
+(pulls, ranking, pre-/post-fit yields: ``diagnostics.json``, :mod:`diffhep.runs.diagnostics`),
+the plots and the configuration.
 
 Example:
     >>> import tempfile
@@ -30,6 +32,7 @@ import numpy as np
 
 from ..plotting import runs as plotting
 from ..writers import write_atomic
+from .diagnostics import PLOTS as DIAGNOSTIC_PLOTS
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +323,66 @@ def _bin_tables(run_dir: Path, analysis) -> list[str]:
     return out
 
 
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    name = html.escape(path.name)
+    return (f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{name}</figcaption></figure>")  # fmt: skip
+
+
+def _pm(value: float, sd: float) -> str:
+    return f"{value:.6g} ± {sd:.6g}"
+
+
+def _diagnostics_section(run_dir: Path) -> list[str]:
+    """Pulls, ranking and pre-/post-fit yields of ``diagnostics.json`` (none without it) and
+    their figures."""
+    path = run_dir / "diagnostics.json"
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    rank = doc["ranking"]
+    out = [
+        "<h2>Fit diagnostics</h2>",
+        f"<p>Fits of the trained analysis (<code>workspace.json</code>) to the "
+        f"{html.escape(doc['data'])} ({html.escape(rank['poi'])} = {doc['poi_value']:g}); "
+        "the same numbers as <code>diffhep pulls</code>, <code>ranking</code> and "
+        "<code>yields</code> on these data (<code>diagnostics.json</code>). Post-fit "
+        f"{html.escape(rank['poi'])} = {_pm(rank['poi_bestfit'], rank['poi_uncertainty'])}.</p>",
+        "<h3>Pulls</h3>",
+        _table([[p["name"], p["modifier"], p["pull"], p["constraint"]]
+                for p in doc["pulls"]["parameters"]],
+               ["parameter", "modifier", "pull", "constraint"]),
+    ]  # fmt: skip
+    if doc["pulls"]["normfactors"]:
+        out += ["<h3>Unconstrained parameters</h3>",
+                _table([[p["name"], p["modifier"], _pm(p["bestfit"], p["uncertainty"])]
+                        for p in doc["pulls"]["normfactors"]],
+                       ["parameter", "modifier", "best fit"])]  # fmt: skip
+    keys = ("prefit_up", "prefit_down", "postfit_up", "postfit_down")
+    out += [f"<h3>Ranking (impact on {html.escape(rank['poi'])})</h3>",
+            _table([[r["parameter"], *(r[k] for k in keys)] for r in rank["ranking"]],
+                   ["parameter", "pre-fit up", "pre-fit down", "post-fit up",
+                    "post-fit down"])]  # fmt: skip
+    pre, post = doc["yields"]["prefit"], doc["yields"]["postfit"]
+    for c in post:
+        nb = len(post[c]["data"])
+        rows = []
+        for label, res in (("pre-fit", pre[c]), ("post-fit", post[c])):
+            for name, e in [*res["samples"].items(), ("total", res["total"])]:
+                cells = [_pm(y, sd) for y, sd in zip(e["yields"], e["stdev"], strict=True)]
+                rows.append([f"{name} ({label})", *cells, _pm(e["sum"], e["sum_stdev"])])
+        rows.append(["data", *post[c]["data"], post[c]["data_sum"]])
+        out += [f"<h3>Yields in {html.escape(c)} (pre- and post-fit)</h3>",
+                _table(rows, ["sample", *[f"bin {b}" for b in range(nb)], "total"])]  # fmt: skip
+    out += [
+        _figure(run_dir / "plots" / n)
+        for n in DIAGNOSTIC_PLOTS
+        if (run_dir / "plots" / n).is_file()
+    ]
+    return out
+
+
 _DEFINITIONS = (
     "<p>Every number here is computed on the test split (<code>data.split.test</code>), "
     "never used in training or model selection, with hard (not smoothed) histograms and the "
@@ -360,16 +423,13 @@ def write_html(run_dir, summary: dict | None = None) -> Path:
             "<h3>Cut flow (test set)</h3>",
             _cutflow_table(selection["cutflow"]),
         ]
-    plots = sorted((run_dir / "plots").glob("*.png"))
+    diagnostics = _diagnostics_section(run_dir)
+    parts += diagnostics
+    shown = DIAGNOSTIC_PLOTS if diagnostics else ()
+    plots = sorted(p for p in (run_dir / "plots").glob("*.png") if p.name not in shown)
     if plots:
         parts.append("<h2>Plots</h2>")
-    for p in plots:
-        data = base64.b64encode(p.read_bytes()).decode("ascii")
-        name = html.escape(p.name)
-        parts.append(
-            f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{name}</figcaption></figure>"
-        )
+    parts += [_figure(p) for p in plots]
     if (run_dir / "config.yaml").is_file():
         config = html.escape((run_dir / "config.yaml").read_text())
         parts += ["<h2>Configuration</h2>", f"<pre>{config}</pre>"]

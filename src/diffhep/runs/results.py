@@ -1,10 +1,12 @@
 """A finished run for notebooks: config, metrics, history and ``hist.Hist`` histograms.
 
 :func:`load_run` reads a run directory (no data, no JAX compilation): the configuration,
-the test-set metrics (``summary.json``), the per-epoch history (``metrics.jsonl``) and the
+the test-set metrics (``summary.json``), the per-epoch history (``metrics.jsonl``), the
 test-set histograms of every channel and event set (``histograms.json``, written with the
 run) as ``hist.Hist`` objects with ``Weight`` storage (sum of weights and of squared
-weights per bin; under/overflow are already folded into the outer bins, as in the fit).
+weights per bin; under/overflow are already folded into the outer bins, as in the fit) and
+the fit diagnostics of the trained analysis (``diagnostics.json``, written with the report:
+``run.pulls``, ``run.ranking``, ``run.yields``; :mod:`diffhep.runs.diagnostics`).
 
 (:func:`diffhep.runs.prepare.restore_run` is the other loader: it rebuilds the pipeline, the data
 and the model of a run, to continue working with them.)
@@ -30,8 +32,16 @@ import numpy as np
 
 from ..writers import write_atomic
 from .config import Config, ConfigError, load_config
+from .diagnostics import DIAGNOSTICS_FORMAT
 
-__all__ = ["HISTOGRAMS_FORMAT", "RunResult", "load_run", "read_histograms", "write_histograms"]
+__all__ = [
+    "HISTOGRAMS_FORMAT",
+    "RunResult",
+    "load_run",
+    "read_diagnostics",
+    "read_histograms",
+    "write_histograms",
+]
 
 HISTOGRAMS_FORMAT = "diffhep-histograms/1"
 
@@ -92,17 +102,67 @@ def read_histograms(run_dir) -> dict:
 class RunResult:
     """A finished run: ``config`` (:class:`~diffhep.runs.config.Config`), ``metrics`` (the
     test-set summary), ``history`` (one dict per epoch), ``hists`` (``{channel: {event set:
-    hist.Hist}}``, the test-set histograms) and ``path``."""
+    hist.Hist}}``, the test-set histograms), ``diagnostics`` (the fit diagnostics of the
+    trained analysis, ``diagnostics.json``, or ``None``: see :attr:`pulls`, :attr:`ranking`,
+    :attr:`yields`) and ``path``."""
 
     path: Path
     config: Config
     metrics: dict
     history: list = field(default_factory=list)
     hists: dict = field(default_factory=dict)
+    diagnostics: dict | None = None
 
     def __repr__(self) -> str:
         chans = ", ".join(f"{c}: {len(s)} sets" for c, s in self.hists.items())
         return f"RunResult({str(self.path)!r}, channels=[{chans}])"
+
+    def _diagnostic(self, key: str):
+        if self.diagnostics is None:
+            failed = (self.metrics.get("failed") or {}).get("diagnostics.json")
+            raise ConfigError(
+                "the run has no fit diagnostics"
+                + (f" (they failed: {failed})" if failed else " (diagnostics.json missing)"),
+                file=str(self.path / "diagnostics.json"),
+                fix=f"recompute the run's artefacts with its report: diffhep evaluate {self.path}",
+            )
+        return self.diagnostics[key]
+
+    @property
+    def pulls(self) -> dict:
+        """Post-fit pulls and constraints of the trained analysis' nuisance parameters
+        (``{"parameters": [{"name", "modifier", "bestfit", "uncertainty", "nominal",
+        "prefit_uncertainty", "pull", "constraint"}], "normfactors": [...]}``, as
+        :func:`diffhep.stats.diagnostics.pulls` and ``diffhep pulls``), from a fit of
+        ``workspace.json`` to its Asimov data at the nominal parameters (POI = 1).
+
+        Raises:
+            ConfigError: The run has no ``diagnostics.json`` (written with the report).
+        """
+        return self._diagnostic("pulls")
+
+    @property
+    def ranking(self) -> dict:
+        """Impacts of every parameter on the POI, pre-/post-fit, up/down, by refits (as
+        ``diffhep ranking``): ``{"poi", "poi_bestfit", "poi_uncertainty", "method",
+        "ranking": [{"parameter", "prefit_up", "prefit_down", "postfit_up",
+        "postfit_down"}]}``, largest post-fit impact first; same fit as :attr:`pulls`.
+
+        Raises:
+            ConfigError: The run has no ``diagnostics.json`` (written with the report).
+        """
+        return self._diagnostic("ranking")
+
+    @property
+    def yields(self) -> dict:
+        """Pre- and post-fit yields per channel, sample and bin with their uncertainties
+        (``{"prefit", "postfit"}`` of :func:`diffhep.stats.covariance.yields` dictionaries,
+        as ``diffhep yields``; post-fit from the full covariance); same fit as :attr:`pulls`.
+
+        Raises:
+            ConfigError: The run has no ``diagnostics.json`` (written with the report).
+        """
+        return self._diagnostic("yields")
 
 
 def load_run(run_dir) -> RunResult:
@@ -129,4 +189,16 @@ def load_run(run_dir) -> RunResult:
         metrics=json.loads((run_dir / "summary.json").read_text()),
         history=history,
         hists=read_histograms(run_dir),
+        diagnostics=read_diagnostics(run_dir),
     )
+
+
+def read_diagnostics(run_dir) -> dict | None:
+    """The run's ``diagnostics.json`` (:mod:`diffhep.runs.diagnostics`), ``None`` if absent."""
+    path = Path(run_dir) / "diagnostics.json"
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("format") != DIAGNOSTICS_FORMAT:
+        raise ConfigError(f"unknown format {doc.get('format')!r}", file=str(path), where="format")
+    return doc

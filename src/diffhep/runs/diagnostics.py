@@ -1,0 +1,132 @@
+"""Fit diagnostics of a trained run: pulls, the impact ranking and the pre-/post-fit yields
+of the trained analysis (its ``workspace.json``), with their figures.
+
+The numbers are those of :mod:`diffhep.stats.covariance` and :mod:`diffhep.stats.diagnostics`
+(the library behind ``diffhep pulls``, ``ranking`` and ``yields``; same JSON), applied to the
+model of the run's ``workspace.json`` and its **Asimov data at the nominal parameters** (POI
+at its initial value 1, constrained parameters at their auxiliary data: cabinetry's
+``asimov=True``). A run has no observed data: ``workspace.json``'s observations are the
+background-only Asimov data, on which the POI sits at its lower bound 0 and the refits of the
+ranking are cut off there; at ``mu = 1`` the post-fit uncertainties are those the training
+optimised (the POI's is the summary's ``sigma_mu``).
+
+They are computed when the run's report is written (``diffhep train``/``evaluate``) and kept
+in ``diagnostics.json`` (atomically) with ``plots/pulls.png``, ``plots/ranking.png`` and
+``plots/yields_fit.png``, so that :func:`diffhep.load_run` reads them without JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DiffhepError
+from ..writers import write_atomic
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DIAGNOSTICS_FORMAT", "PLOTS", "compute", "write_diagnostics"]
+
+DIAGNOSTICS_FORMAT = "diffhep-diagnostics/1"
+
+#: The figures of :func:`write_diagnostics` in ``plots/`` (file name -> what they show).
+PLOTS = {
+    "pulls.png": "post-fit pulls and constraints",
+    "ranking.png": "impacts on the POI (pre-/post-fit, up/down) with the pulls",
+    "yields_fit.png": "pre- and post-fit yields with their uncertainties",
+}
+
+#: How the data of the diagnostics are made (stored in ``diagnostics.json``).
+DATA_NOTE = (
+    "Asimov data of the trained analysis (workspace.json) at its nominal parameters: POI at "
+    "its initial value, constrained parameters at their auxiliary data"
+)
+
+
+def compute(spec: dict) -> dict:
+    """Pulls, ranking and yields of a workspace on its nominal Asimov data.
+
+    Args:
+        spec: A pyhf workspace (a run's ``workspace.json``).
+
+    Returns:
+        ``{"format", "data", "poi_value", "pulls", "ranking", "yields"}``: ``pulls`` as
+        :func:`diffhep.stats.diagnostics.pulls`; ``ranking`` as ``diffhep ranking``'s JSON
+        (``{"poi", "poi_bestfit", "poi_uncertainty", "method", "ranking": [...]}``);
+        ``yields`` as ``diffhep yields``' (``{"prefit", "postfit"}``).
+
+    Raises:
+        DiffhepError: float64 is not enabled; :class:`~diffhep.errors.FitError` if a fit
+            does not converge.
+    """
+    import jax
+
+    from ..stats import covariance, diagnostics
+    from ..stats.workspace import Workspace
+
+    if not jax.config.jax_enable_x64:
+        raise DiffhepError(
+            "the fit diagnostics need float64",
+            fix="call diffhep.enable_x64() before training or evaluating",
+        )
+    model = Workspace(spec).model()
+    poi = covariance.require_poi(model)
+    pars = covariance.nominal_parameters(model)
+    data = np.asarray(model.expected_data(pars), dtype=float)
+    post = covariance.postfit(model, data)
+    r = diagnostics.ranking(model, data, post, method="refit")
+    return {
+        "format": DIAGNOSTICS_FORMAT,
+        "data": DATA_NOTE,
+        "poi_value": float(pars[poi]),
+        "pulls": diagnostics.pulls(model, post),
+        "ranking": {
+            "poi": r.poi,
+            "poi_bestfit": r.poi_bestfit,
+            "poi_uncertainty": r.poi_uncertainty,
+            "method": "refit",
+            "ranking": r.to_list(),
+        },
+        "yields": {
+            "prefit": covariance.prefit_yields(model, data),
+            "postfit": covariance.postfit_yields(model, data, post),
+        },
+    }
+
+
+def write_diagnostics(run_dir, plot_dir, style=None) -> dict:
+    """Write ``diagnostics.json`` (from ``run_dir/workspace.json``) and its figures.
+
+    A stale ``diagnostics.json`` is removed first, so a failure leaves none. Nothing raises:
+    what fails is logged and returned.
+
+    Returns:
+        ``{artefact: "<error>"}`` of what failed (``diagnostics.json``, ``plots/<file>``).
+    """
+    from ..plotting import diagnostics as figures
+
+    run_dir, plot_dir = Path(run_dir), Path(plot_dir)
+    path = run_dir / "diagnostics.json"
+    path.unlink(missing_ok=True)
+    try:
+        doc = compute(json.loads((run_dir / "workspace.json").read_text()))
+        write_atomic(path, json.dumps(doc, indent=1))
+    except Exception as exc:  # a failed diagnostic must not lose the run
+        log.error("fit diagnostics failed: %s: %s", type(exc).__name__, exc)
+        return {"diagnostics.json": f"{type(exc).__name__}: {exc}"}
+    failed = {}
+    draws = {
+        "pulls.png": (figures.plot_pulls, doc["pulls"]),
+        "ranking.png": (figures.plot_ranking, doc["ranking"]["ranking"], doc["pulls"]),
+        "yields_fit.png": (figures.plot_yields, doc["yields"]["prefit"], doc["yields"]["postfit"]),
+    }
+    for name, (fn, *args) in draws.items():
+        try:
+            fn(*args, path=plot_dir / name, style=style)
+        except Exception as exc:
+            failed[f"plots/{name}"] = f"{type(exc).__name__}: {exc}"
+            log.error("plot %s failed: %s: %s", name, type(exc).__name__, exc)
+    return failed
