@@ -95,9 +95,12 @@ class Pipeline(eqx.Module):
             for ch in analysis.channels
             for n in analysis.event_sets
         }
-        template = Model.from_spec(analysis.workspace(ones), poi_name=analysis.poi)
+        ws = analysis.workspace(ones)
+        spec = {"channels": ws["channels"], "parameters": analysis.parameters}
+        template = Model.from_spec(spec, poi_name=analysis.poi)
         self.layout = Layout.build(analysis, template)
-        self.template = self.layout.fill(template, ones)  # + the structural symmetric params
+        # + the structural symmetric params
+        self.template = self.layout.fill(template, analysis.with_derived(ones))
         self.z_asimov_rel_uncertainty = float(z_asimov_rel_uncertainty)
         self.skim_target = None if skim_target is None else float(skim_target)
 
@@ -165,26 +168,33 @@ class Pipeline(eqx.Module):
             raise ValueError("soft histograms with selection cuts need the cut slope")
         out = {}
         for name in self.analysis.event_sets:
-            ev = events[name]
-            score = params.observable(ev.x) if self.uses_nn else None
-            selected = self.event_weights(params, ev, None if bandwidth is None else slope)
-            for ch, binning in zip(self.analysis.channels, params.binnings, strict=True):
-                w = selected
-                for f, lo, hi in ch.region:
-                    v = ev.x[:, self._feature(f)]
-                    w = w * ((v >= lo) & (v < hi))
-                if ch.observable == "nn":
-                    values = score
-                elif ch.observable == "count":
-                    values = jnp.zeros(w.shape, dtype=w.dtype)
-                else:
-                    values = ev.x[:, self._feature(ch.observable)]
-                edges = binning.edges()
-                if bandwidth is None:
-                    out[(ch.name, name)] = hard_histogram(values, edges, w)
-                else:
-                    h = relative_bandwidth(edges, bandwidth)
-                    out[(ch.name, name)] = soft_histogram(values, edges, h, w)
+            for ch, h in self.event_set_histograms(params, events[name], bandwidth, slope).items():
+                out[(ch, name)] = h
+        return self.analysis.with_derived(out)
+
+    def event_set_histograms(self, params: Params, ev: Events, bandwidth=None, slope=None):
+        """``{channel: (sumw, sumw2)}`` of one event set (soft or hard as :meth:`histograms`):
+        the selection, each channel's region and observable."""
+        score = params.observable(ev.x) if self.uses_nn else None
+        selected = self.event_weights(params, ev, None if bandwidth is None else slope)
+        out = {}
+        for ch, binning in zip(self.analysis.channels, params.binnings, strict=True):
+            w = selected
+            for f, lo, hi in ch.region:
+                v = ev.x[:, self._feature(f)]
+                w = w * ((v >= lo) & (v < hi))
+            if ch.observable == "nn":
+                values = score
+            elif ch.observable == "count":
+                values = jnp.zeros(w.shape, dtype=w.dtype)
+            else:
+                values = ev.x[:, self._feature(ch.observable)]
+            edges = binning.edges()
+            if bandwidth is None:
+                out[ch.name] = hard_histogram(values, edges, w)
+            else:
+                h = relative_bandwidth(edges, bandwidth)
+                out[ch.name] = soft_histogram(values, edges, h, w)
         return out
 
     def model(self, histograms) -> Model:
@@ -192,12 +202,16 @@ class Pipeline(eqx.Module):
         sumw2)}``) as templates: :meth:`Layout.fill` of the template (no recompilation)."""
         return self.layout.fill(self.template, histograms)
 
-    def workspace(self, histograms) -> dict:
-        """The pyhf workspace (plain floats) with the background-only Asimov observations."""
+    def workspace(self, histograms, observed=None) -> dict:
+        """The pyhf workspace (plain floats): observations are ``observed`` (``{channel:
+        counts}``, e.g. the hard histograms of the data sample) if given, otherwise the
+        background-only Asimov data (normfactors at their nominal values)."""
         hists = {k: (np.asarray(a), np.asarray(b)) for k, (a, b) in histograms.items()}
         model = self.model(hists)
         asimov = np.asarray(model.expected_actualdata(L.nominal_pars(model, 0.0)))
         obs = {c: asimov[sl].tolist() for c, sl in model.config.channel_slices.items()}
+        if observed is not None:
+            obs = {c: np.asarray(observed[c], dtype=np.float64).tolist() for c in obs}
         lists = {k: (a.tolist(), b.tolist()) for k, (a, b) in hists.items()}
         return self.analysis.workspace(lists, obs)
 

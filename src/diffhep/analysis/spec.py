@@ -12,7 +12,12 @@ Mapping onto HistFactory:
 
 - the signal sample carries the POI normfactor;
 - a :class:`ShapeSystematic` (up/down variation samples of one nominal sample) -> ``histosys``;
+  one-sided when ``down`` is the nominal sample itself, symmetrised (``symmetrize``: the down
+  template is ``2 x nominal - up``, cabinetry's ``Symmetrize``) when the down histogram is
+  derived from the up one (:attr:`Analysis.derived`);
 - a :class:`NormSystematic` (relative lo/hi factors) -> ``normsys``;
+- a :class:`NormFactor` (a free normalisation, e.g. ttbar floating in a control region)
+  -> ``normfactor`` with its initial value, bounds and ``fixed`` in the measurement;
 - ``mc_stat`` -> one ``staterror`` per channel from the per-bin sum of squared weights
   (pyhf's convention: absolute uncertainty ``sqrt(sum w^2)`` per sample and bin).
 
@@ -31,7 +36,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["LOSS_TERMS", "NN_TERMS", "Analysis", "Channel", "NormSystematic", "ShapeSystematic"]
+__all__ = [
+    "LOSS_TERMS",
+    "NN_TERMS",
+    "Analysis",
+    "Channel",
+    "NormFactor",
+    "NormSystematic",
+    "ShapeSystematic",
+]
 
 
 #: Names of the loss terms a config may use (``training.loss``).
@@ -74,12 +87,18 @@ class Channel:
 
 @dataclass(frozen=True)
 class ShapeSystematic:
-    """A shape uncertainty from up/down variation samples of a nominal sample (histosys)."""
+    """A shape uncertainty from up/down variation samples of a nominal sample (histosys).
+
+    ``down`` equal to ``sample`` is a one-sided variation (the down template is the nominal);
+    with ``symmetrize`` the down template is ``2 x nominal - up`` and ``down`` only names
+    that derived histogram (no events of its own).
+    """
 
     name: str
     sample: str
     up: str
     down: str
+    symmetrize: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,25 @@ class NormSystematic:
 
 
 @dataclass(frozen=True)
+class NormFactor:
+    """A free normalisation factor on samples (normfactor), e.g. ttbar floating.
+
+    Attributes:
+        name: Parameter name.
+        samples: Samples it multiplies (in every channel).
+        nominal: Initial value (and the value of background-only Asimov data).
+        bounds: ``(low, high)`` of the fits.
+        fixed: Held at ``nominal`` in every fit.
+    """
+
+    name: str
+    samples: tuple
+    nominal: float = 1.0
+    bounds: tuple = (0.0, 10.0)
+    fixed: bool = False
+
+
+@dataclass(frozen=True)
 class Analysis:
     """Samples, systematics and channels of an analysis (static and hashable).
 
@@ -102,6 +140,7 @@ class Analysis:
         channels: The channels (regions).
         shape_systematics: histosys from variation samples.
         norm_systematics: normsys factors.
+        normfactors: Free normalisation factors (:class:`NormFactor`).
         mc_stat: Add a staterror per channel from the sum of squared weights.
         poi: Name of the POI normfactor.
     """
@@ -114,6 +153,7 @@ class Analysis:
     mc_stat: bool = False
     poi: str = "mu"
     measurement: str = field(default="measurement")
+    normfactors: tuple = ()
 
     def __post_init__(self):
         if self.signal not in self.samples:
@@ -125,6 +165,12 @@ class Analysis:
             for name in s.samples:
                 if name not in self.samples:
                     raise ValueError(f"systematic {s.name!r}: unknown sample {name!r}")
+        for f in self.normfactors:
+            for name in f.samples:
+                if name not in self.samples:
+                    raise ValueError(f"normfactor {f.name!r}: unknown sample {name!r}")
+            if f.name == self.poi:
+                raise ValueError(f"normfactor {f.name!r} has the name of the POI")
 
     @property
     def backgrounds(self) -> tuple:
@@ -135,13 +181,35 @@ class Analysis:
         """Event sets of systematic variations (up, down, ...) in order of appearance."""
         out = []
         for s in self.shape_systematics:
-            out += [n for n in (s.up, s.down) if n not in out and n not in self.samples]
+            sets = (s.up,) if s.symmetrize else (s.up, s.down)
+            out += [n for n in sets if n not in out and n not in self.samples]
         return tuple(out)
 
     @property
     def event_sets(self) -> tuple:
         """Every event set that is histogrammed: nominal samples, then variations."""
         return self.samples + self.variations
+
+    @property
+    def derived(self) -> tuple:
+        """``(name, nominal sample, up event set)`` of the symmetrised down histograms:
+        ``2 x nominal - up`` (computed from the histograms, no events of their own)."""
+        return tuple((s.down, s.sample, s.up) for s in self.shape_systematics if s.symmetrize)
+
+    @property
+    def histogram_sets(self) -> tuple:
+        """Every histogram of a channel: the event sets, then the derived ones."""
+        return self.event_sets + tuple(d[0] for d in self.derived)
+
+    def with_derived(self, histograms: dict) -> dict:
+        """``histograms`` (``{(channel, event set): (sumw, sumw2)}``) plus the symmetrised
+        down histograms: ``sumw = 2 nominal - up``, ``sumw2`` that of the up variation."""
+        out = dict(histograms)
+        for ch in self.channels:
+            for name, sample, up in self.derived:
+                nom, var = histograms[(ch.name, sample)], histograms[(ch.name, up)]
+                out[(ch.name, name)] = (_mirror(nom[0], var[0]), var[1])
+        return out
 
     def workspace(self, histograms, observations=None) -> dict:
         """The pyhf workspace of the analysis.
@@ -152,6 +220,8 @@ class Analysis:
             observations: ``{channel: data}`` (default: zeros; replace them with the
                 background-only Asimov data for expected results).
         """
+        if any((ch.name, d[0]) not in histograms for ch in self.channels for d in self.derived):
+            histograms = self.with_derived(histograms)
         channels = []
         for ch in self.channels:
             samples = []
@@ -160,6 +230,9 @@ class Analysis:
                 mods = []
                 if name == self.signal:
                     mods.append({"name": self.poi, "type": "normfactor", "data": None})
+                for f in self.normfactors:
+                    if name in f.samples:
+                        mods.append({"name": f.name, "type": "normfactor", "data": None})
                 for s in self.shape_systematics:
                     if s.sample == name:
                         lo = histograms[(ch.name, s.down)][0]
@@ -189,10 +262,32 @@ class Analysis:
                 {"name": ch.name, "data": obs.get(ch.name, [0.0] * ch.bins)} for ch in self.channels
             ],
             "measurements": [
-                {"name": self.measurement, "config": {"poi": self.poi, "parameters": []}}
+                {
+                    "name": self.measurement,
+                    "config": {"poi": self.poi, "parameters": self.parameters},
+                }
             ],
             "version": "1.0.0",
         }
+
+    @property
+    def parameters(self) -> list:
+        """The measurement's parameter configuration: every normfactor's init, bounds, fixed."""
+        return [
+            {
+                "name": f.name,
+                "inits": [float(f.nominal)],
+                "bounds": [[float(f.bounds[0]), float(f.bounds[1])]],
+                **({"fixed": True} if f.fixed else {}),
+            }
+            for f in self.normfactors
+        ]
+
+
+def _mirror(nominal, up):
+    if isinstance(nominal, list | tuple):
+        return [2.0 * float(n) - float(u) for n, u in zip(nominal, up, strict=True)]
+    return 2.0 * nominal - up
 
 
 def _sqrt(x):

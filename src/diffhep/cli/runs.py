@@ -19,6 +19,8 @@ def _print_summary(summary: dict, out) -> None:
     table.add_column("value", justify="right")
     for key in ("expected_cls", "z0", "sigma_mu"):
         table.add_row(key, f"{summary[key]:.4g}")
+    if "observed_cls" in summary:
+        table.add_row("observed_cls", f"{summary['observed_cls']:.4g}")
     for key, value in summary.items():
         if key.startswith("sigma_") and key != "sigma_mu":
             table.add_row(key, f"{value:.4g}")
@@ -46,12 +48,15 @@ def _print_summary(summary: dict, out) -> None:
     help="Continue from a checkpoint in the run directory.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
-def train(config, out, overrides, resume, progress):
+@click.option("--signal", default=None, metavar="NAME",
+              help="The signal sample of this run among several (analysis.signal).")  # fmt: skip
+def train(config, out, overrides, resume, progress, signal):
     """Train the analysis described by CONFIG (YAML) into the run directory OUT."""
     from ..runs.config import load_config
     from ..runs.train import train_run
 
-    cfg = run(load_config, config, overrides)
+    extra = [f"analysis.signal={signal}"] if signal is not None else []
+    cfg = run(load_config, config, [*overrides, *extra])
     summary = run(train_run, cfg, out, file=config, resume=resume, progress=progress)
     _print_summary(summary, out)
     click.echo(f"run directory: {out} (summary.json, workspace.json, model.eqx, plots/)")

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import DiffhepError
 
-__all__ = ["FUNCTIONS", "Expression", "ExpressionError"]
+__all__ = ["BIG", "FUNCTIONS", "Expression", "ExpressionError", "windows"]
 
 
 class ExpressionError(DiffhepError):
@@ -194,6 +194,29 @@ class Expression:
             return self._check(node.value)
         raise self._bad(f"{type(node).__name__} ({ast.unparse(node)!r})")
 
+    @property
+    def canonical(self) -> str:
+        """The expression in Python spelling, normalised (``a&&b`` -> ``a and b``)."""
+        return ast.unparse(self._tree)
+
+    def renamed(self, columns: Mapping[str, str]) -> Expression:
+        """The same expression reading other columns (``{"Jet_pt": "Jet_pt_jesTotalUp"}``).
+
+        Example:
+            >>> Expression("sum(Jet_pt > 30) >= 4 && MET_pt > 20").renamed(
+            ...     {"Jet_pt": "Jet_pt_jerUp"}).text
+            'sum(Jet_pt_jerUp > 30) >= 4 and MET_pt > 20'
+        """
+        if not set(columns) & self.names:
+            return self
+
+        class _Rename(ast.NodeTransformer):
+            def visit_Name(self, node):
+                return ast.Name(columns.get(node.id, node.id), node.ctx)
+
+        tree = _Rename().visit(ast.parse(ast.unparse(self._tree), mode="eval"))
+        return Expression(ast.unparse(tree.body))
+
     def evaluate(self, columns: Mapping, n: int) -> np.ndarray:
         """The values for ``n`` events: a 1-D numpy array (booleans for a logical expression).
 
@@ -265,3 +288,87 @@ class Expression:
             )
         ak = _ak()
         return ak.to_numpy(ak.fill_none(ak.pad_none(v, i + 1, axis=1)[:, i], 0))
+
+
+#: The open ends of a window (the largest float32: features are float32 and finite).
+BIG = float(np.finfo(np.float32).max)
+
+
+def _f32_next(c: float) -> float:
+    """The next float32 above ``c`` (features are float32: ``v > c`` is ``v >= next(c)``)."""
+    return float(np.nextafter(np.float32(c), np.float32(np.inf)))
+
+
+def windows(text: str, features) -> list[tuple[str, float, float]]:
+    """A conjunction of comparisons of features with numbers as windows ``[lo, hi)``.
+
+    ``text`` is a filter (``&&``/``and`` of comparisons such as ``nb >= 2``, ``0 < x < 1``,
+    ``n == 4``); each compared side that is not a number must be one of ``features`` (written
+    as that feature is, up to spacing and ROOT/Python spelling). Strict bounds become the next
+    float32 value (features are float32); open ends are ``+-BIG`` (the largest float32, so
+    that the windows stay finite numbers in JSON).
+
+    Example:
+        >>> w = windows("sum(Jet_btag > 0.5) >= 2 && MET_pt < 80", ["MET_pt", "sum(Jet_btag>0.5)"])
+        >>> w == [("sum(Jet_btag>0.5)", 2.0, BIG), ("MET_pt", -BIG, 80.0)]
+        True
+
+    Raises:
+        ExpressionError: Anything but a conjunction of feature-number comparisons, or a
+            feature that is not among ``features``.
+    """
+    e = Expression(text)
+    canon = {Expression(f).canonical: f for f in features}
+    fix = (
+        "write the filter as comparisons of features with numbers joined by && "
+        "(e.g. 'nb >= 2 && MET_pt > 20'); a compared quantity must be one of data.features: "
+        + ", ".join(map(str, features))
+    )
+    parts = e._tree.values if isinstance(e._tree, ast.BoolOp) else [e._tree]
+    if isinstance(e._tree, ast.BoolOp) and not isinstance(e._tree.op, ast.And):
+        raise ExpressionError(f"filter {text!r}: 'or' is not a window", fix=fix)
+    out = []
+
+    def number(node):
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            v = number(node.operand)
+            return None if v is None else -v
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return float(node.value)
+        if isinstance(node, ast.Name) and node.id in ("inf",):
+            return BIG
+        return None
+
+    flip = {ast.Gt: ast.Lt, ast.GtE: ast.LtE, ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Eq: ast.Eq}
+    for node in parts:
+        if not isinstance(node, ast.Compare):
+            raise ExpressionError(
+                f"filter {text!r}: {ast.unparse(node)!r} is not a comparison", fix=fix
+            )
+        sides = [node.left, *node.comparators]
+        for op, a, b in zip(node.ops, sides, sides[1:], strict=False):
+            kind = type(op)
+            if kind not in flip:
+                raise ExpressionError(
+                    f"filter {text!r}: the comparison {type(op).__name__} is not a window", fix=fix
+                )
+            if number(a) is not None and number(b) is None:
+                a, b, kind = b, a, flip[kind]
+            c = number(b)
+            f = canon.get(ast.unparse(a))
+            if c is None or f is None:
+                what = ast.unparse(a if f is None else b)
+                raise ExpressionError(
+                    f"filter {text!r}: {what!r} is not "
+                    + ("a feature" if f is None else "a number"),
+                    fix=fix,
+                )
+            lo, hi = {
+                ast.GtE: (c, BIG),
+                ast.Gt: (_f32_next(c), BIG),
+                ast.Lt: (-BIG, c),
+                ast.LtE: (-BIG, _f32_next(c)),
+                ast.Eq: (c, _f32_next(c)),
+            }[kind]
+            out.append((f, lo, hi))
+    return out

@@ -49,7 +49,9 @@ class _Strict(BaseModel):
 
 class SampleConfig(_Strict):
     name: str
-    role: Literal["signal", "background"]
+    # "signal": a signal hypothesis (several allowed: mass points; analysis.signal chooses);
+    # "data": observed events, read from files -> the workspace's observations
+    role: Literal["signal", "background", "data"]
     yield_: float | None = Field(None, alias="yield", gt=0)
     scale: float = 1.0
     # training weights (training split only; see diffhep.weights.weighting)
@@ -62,26 +64,106 @@ class SampleConfig(_Strict):
 
 
 class VariationConfig(_Strict):
-    """A systematic variation of an ntuple sample: what differs from the nominal sample."""
+    """A systematic variation of an ntuple sample: what differs from the nominal sample.
+
+    ``columns`` renames branches in every expression of the sample (features, filter, weight):
+    ``{Jet_pt: Jet_pt_jesTotalUp}`` re-evaluates the selection and the observable on the
+    varied jets (a feature-level variation; events migrate in and out of the selection).
+    ``symmetrize`` (on ``down`` only, cabinetry's word): the down template is
+    ``2 x nominal - up``; the other keys must then be absent.
+    """
 
     files: list[str] | None = None
     tree: str | None = None
     weight: str | None = None
     filter: str | None = None
+    columns: dict[str, str] = {}
+    symmetrize: bool = False
+
+    def is_nominal(self) -> bool:
+        """Nothing differs from the nominal sample (``down: {}``: a one-sided variation)."""
+        return self == VariationConfig()
 
 
 class ShapeSystematicConfig(_Strict):
-    name: str
-    sample: str
-    up: str | VariationConfig  # an event set, or a variation of an ntuple sample
-    down: str | VariationConfig
+    """A shape systematic (histosys) of one sample (``sample``) or several (``samples``: one
+    parameter, a variation event set per sample). ``down`` omitted or ``{}``: one-sided (the
+    down template is the nominal); ``down: {symmetrize: true}``: mirrored from ``up``."""
 
-    def event_sets(self) -> tuple[str, str]:
-        """Names of the up and down event sets (``<sample>_<name>_up`` for variations)."""
-        return tuple(
-            v if isinstance(v, str) else f"{self.sample}_{self.name}_{d}"
-            for v, d in ((self.up, "up"), (self.down, "down"))
+    name: str
+    sample: str | None = None
+    samples: list[str] | None = None
+    up: str | VariationConfig  # an event set, or a variation of an ntuple sample
+    down: str | VariationConfig | None = None
+
+    @model_validator(mode="after")
+    def _targets(self):
+        if (self.sample is None) == (self.samples is None):
+            raise ValueError(
+                f"shape systematic {self.name!r}: give either 'sample' or 'samples' (a list)"
+            )
+        if self.samples is not None and not self.samples:
+            raise ValueError(f"shape systematic {self.name!r}: 'samples' is empty")
+        if self.samples is not None and len(self.samples) > 1:
+            named = [d for d in ("up", "down") if isinstance(getattr(self, d), str)]
+            if named:
+                raise ValueError(
+                    f"shape systematic {self.name!r}: {named[0]} names one event set, which "
+                    "cannot vary several samples; give it as a variation ({weight: ...}, "
+                    "{columns: ...} or {files: [...]})"
+                )
+        if isinstance(self.up, VariationConfig) and self.up.symmetrize:
+            raise ValueError(
+                f"shape systematic {self.name!r}: symmetrize belongs to 'down' (mirrored from up)"
+            )
+        d = self.down
+        if (
+            isinstance(d, VariationConfig)
+            and d.symmetrize
+            and d != VariationConfig(symmetrize=True)
+        ):
+            raise ValueError(
+                f"shape systematic {self.name!r}: a symmetrised down has no other keys"
+            )
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        """The samples the systematic varies."""
+        return list(self.samples) if self.samples is not None else [self.sample]
+
+    @property
+    def one_sided(self) -> bool:
+        return self.down is None or (
+            isinstance(self.down, VariationConfig) and self.down.is_nominal()
         )
+
+    @property
+    def symmetrize(self) -> bool:
+        return isinstance(self.down, VariationConfig) and self.down.symmetrize
+
+    def event_sets(self, sample: str | None = None) -> tuple[str, str]:
+        """Names of the up and down event sets of ``sample`` (default: the only one):
+        ``<sample>_<name>_up`` for variations, the sample itself for a one-sided down, and
+        ``<sample>_<name>_down`` (a derived histogram) for a symmetrised one."""
+        sample = sample if sample is not None else self.targets[0]
+        up = self.up if isinstance(self.up, str) else f"{sample}_{self.name}_up"
+        if self.one_sided:
+            down = sample
+        elif isinstance(self.down, str):
+            down = self.down
+        else:
+            down = f"{sample}_{self.name}_down"
+        return up, down
+
+    def variations(self, sample: str):
+        """``((variation, event set), ...)`` of ``sample`` that need events (not the nominal,
+        not a derived symmetrised histogram)."""
+        up, down = self.event_sets(sample)
+        out = [(self.up, up)]
+        if not (self.one_sided or self.symmetrize):
+            out.append((self.down, down))
+        return tuple(out)
 
 
 class NormSystematicConfig(_Strict):
@@ -91,12 +173,36 @@ class NormSystematicConfig(_Strict):
     hi: float = Field(gt=0)
 
 
+class NormFactorConfig(_Strict):
+    """A free normalisation factor (cabinetry's NormFactors: Name, Samples, Nominal, Bounds;
+    ``fixed`` as cabinetry's General.Fixed), e.g. ttbar floating in a control region."""
+
+    name: str
+    samples: list[str] = Field(min_length=1)
+    nominal: float = 1.0
+    bounds: tuple[float, float] = (0.0, 10.0)
+    fixed: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        lo, hi = self.bounds
+        if not lo < hi:
+            raise ValueError(f"normfactor {self.name!r}: bounds need low < high, got {[lo, hi]}")
+        if not lo <= self.nominal <= hi:
+            raise ValueError(
+                f"normfactor {self.name!r}: nominal {self.nominal} is outside bounds {[lo, hi]}"
+            )
+        return self
+
+
 class ChannelConfig(_Strict):
     name: str
     bins: int = Field(ge=1)
     observable: str = "nn"  # "nn", a feature name, or "count" (one bin: the event count)
     edges: list[float] | None = None
     region: dict[str, tuple[float, float]] = {}
+    # comparisons of features with numbers joined by && ("nb >= 2 && MET_pt > 20"): windows
+    filter: str | None = None
     learnable_edges: bool = False
 
     @model_validator(mode="after")
@@ -122,8 +228,11 @@ class ChannelConfig(_Strict):
 class AnalysisConfig(_Strict):
     # no defaults taken from the demo: a config names its own samples and systematics
     samples: list[SampleConfig] = Field(min_length=1)
+    # the signal sample of this run when several samples have role 'signal' (--signal NAME)
+    signal: str | None = None
     shape_systematics: list[ShapeSystematicConfig] = []
     norm_systematics: list[NormSystematicConfig] = []
+    normfactors: list[NormFactorConfig] = []
     mc_stat: bool = False
     channels: list[ChannelConfig] = Field(min_length=1)
     poi: str = "mu"
@@ -131,21 +240,72 @@ class AnalysisConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self):
         names = [s.name for s in self.samples]
-        if sum(s.role == "signal" for s in self.samples) != 1:
-            raise ValueError("exactly one sample must have role 'signal'")
         if len(set(names)) != len(names):
             raise ValueError(f"sample names must be unique: {names}")
-        for s in self.shape_systematics:
-            if s.sample not in names:
-                raise ValueError(
-                    f"shape systematic {s.name!r}: unknown sample {s.sample!r} "
-                    f"(samples: {', '.join(names)})"
-                )
-        for s in self.norm_systematics:
+        signals = [s.name for s in self.samples if s.role == "signal"]
+        if not signals:
+            raise ValueError("no sample has role 'signal': give the signal sample role: signal")
+        if self.signal is None and len(signals) > 1:
+            raise ValueError(
+                f"analysis.signal: several signal samples ({', '.join(signals)}); choose the "
+                f"signal of this run with analysis.signal (or diffhep train --signal NAME)"
+            )
+        if self.signal is not None and self.signal not in signals:
+            raise ValueError(
+                f"analysis.signal: {self.signal!r} is not a signal sample; use one of "
+                f"{', '.join(signals)}"
+            )
+        data = [s.name for s in self.samples if s.role == "data"]
+        if len(data) > 1:
+            raise ValueError(
+                f"analysis.samples: several samples with role 'data' ({', '.join(data)}); "
+                "give one data sample with all its files"
+            )
+        mc = [n for n in names if n not in data]
+
+        def check(where, n):
+            if n not in names:
+                raise ValueError(f"{where}: unknown sample {n!r} (samples: {', '.join(mc)})")
+            if n in data:
+                raise ValueError(f"{where}: {n!r} is the data sample; vary simulated samples")
+
+        for i, s in enumerate(self.shape_systematics):
+            for n in s.targets:
+                check(f"analysis.shape_systematics[{i}] ({s.name!r})", n)
+        for i, s in enumerate(self.norm_systematics):
             for n in s.samples:
-                if n not in names:
-                    raise ValueError(f"norm systematic {s.name!r}: unknown sample {n!r}")
+                check(f"analysis.norm_systematics[{i}] ({s.name!r})", n)
+        for i, f in enumerate(self.normfactors):
+            for n in f.samples:
+                check(f"analysis.normfactors[{i}] ({f.name!r})", n)
+            if f.name == self.poi:
+                raise ValueError(
+                    f"analysis.normfactors[{i}]: {f.name!r} is the POI's name; rename it"
+                )
+        mods = [s.name for s in self.norm_systematics] + [s.name for s in self.shape_systematics]
+        for i, f in enumerate(self.normfactors):
+            if f.name in mods:
+                raise ValueError(
+                    f"analysis.normfactors[{i}]: {f.name!r} is also a systematic's name; "
+                    "a normfactor needs its own parameter name"
+                )
         return self
+
+    @property
+    def chosen_signal(self) -> str:
+        """The signal sample of the run."""
+        return self.signal or next(s.name for s in self.samples if s.role == "signal")
+
+    @property
+    def used_samples(self) -> list[SampleConfig]:
+        """The simulated samples of the run: the chosen signal and the backgrounds."""
+        sig = self.chosen_signal
+        return [s for s in self.samples if s.role == "background" or s.name == sig]
+
+    @property
+    def data_sample(self) -> SampleConfig | None:
+        """The sample with role ``data`` (observed events), if any."""
+        return next((s for s in self.samples if s.role == "data"), None)
 
 
 class SplitConfig(_Strict):
@@ -478,10 +638,22 @@ class Config(_Strict):
                 raise ValueError("ntuple samples need data.features (branches or expressions)")
         elif d.generator is None and not d.files:
             raise ValueError("give a data 'generator', 'files', or samples with 'files'")
-        for s in self.analysis.shape_systematics:
-            if not (isinstance(s.up, str) and isinstance(s.down, str)) and s.sample not in ntuples:
+        for i, s in enumerate(samples):
+            if s.role == "data" and s.files is None:
                 raise ValueError(
-                    f"shape systematic {s.name!r}: up/down variations need an ntuple sample"
+                    f"analysis.samples[{i}] ({s.name!r}): a 'data' sample is read from files; "
+                    "give its files"
+                )
+        for i, s in enumerate(self.analysis.shape_systematics):
+            dn = s.down
+            varied = isinstance(s.up, VariationConfig) or (
+                isinstance(dn, VariationConfig) and not (dn.is_nominal() or dn.symmetrize)
+            )
+            if varied and any(n not in ntuples for n in s.targets):
+                raise ValueError(
+                    f"analysis.shape_systematics[{i}] ({s.name!r}): up/down variations "
+                    "({weight: ...}, {columns: ...}, {files: ...}) need an ntuple sample (files); "
+                    "give event-set names otherwise"
                 )
         _check_expressions(self)
         if self.observable.kind == "deepsets" and not d.collections:
@@ -508,9 +680,17 @@ def _check_expressions(cfg: Config) -> None:
     for i, s in enumerate(cfg.analysis.shape_systematics):
         for d in ("up", "down"):
             v = getattr(s, d)
-            if not isinstance(v, str):
+            if isinstance(v, VariationConfig):
                 texts += [(f"analysis.shape_systematics[{i}].{d}.{k}", getattr(v, k))
                           for k in ("weight", "filter")]  # fmt: skip
+                for old, new in v.columns.items():
+                    if not (old.isidentifier() and new.isidentifier()):
+                        raise ValueError(
+                            f"analysis.shape_systematics[{i}].{d}.columns: {old!r}: {new!r} "
+                            "must map a branch name to a branch name"
+                        )
+    texts += [(f"analysis.channels[{i}].filter", c.filter)
+              for i, c in enumerate(cfg.analysis.channels)]  # fmt: skip
     for where, text in texts:
         if text is not None:
             try:

@@ -27,7 +27,14 @@ from .config import Config
 from .prepare import restore_run
 from .results import histograms_document, write_histograms
 
-__all__ = ["MODEL_FORMAT", "evaluate_run", "finish", "save_model"]
+__all__ = [
+    "MODEL_FORMAT",
+    "evaluate_run",
+    "finish",
+    "observed_summary",
+    "run_workspace",
+    "save_model",
+]
 
 MODEL_FORMAT = "diffhep-model/1"
 
@@ -125,7 +132,8 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
     check_net_yields(
         hists, what=f"test-set histograms ({out / 'workspace.json'})", samples=pipe.analysis.samples
     )
-    ws = pipe.workspace(hists)
+    ws = run_workspace(pipe, params, parts, hists)
+    observed = parts.get("observed")
     write_atomic(out / "workspace.json", json.dumps(ws, indent=1))
     steps = state.step_seconds if state is not None else []
     selection = None
@@ -147,6 +155,8 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
         "status": state.status if state else None,
         "test_events": {n: len(e.w) for n, e in parts["test"].items()},
     }
+    if observed is not None:
+        summary |= observed_summary(ws, observed)
     if selection is not None:
         summary["selection"] = selection
     if parts.get("training_weights"):
@@ -157,6 +167,37 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
         _write_report(out, pipe, params, parts, hists, state, cfg, summary)
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def run_workspace(pipe, params, parts, hists=None) -> dict:
+    """The workspace of a run: hard histograms of the test split (``hists`` if computed
+    already) and, as observations, the hard histograms of every event of the data sample
+    (``parts["observed"]``) or, without one, the background-only Asimov data."""
+    if hists is None:
+        hists = jax.device_get(pipe.histograms(params, _as_jax(parts["test"])))
+    observed = None
+    if parts.get("observed") is not None:
+        ev = _as_jax({"data": parts["observed"]})["data"]
+        observed = jax.device_get(
+            {c: h[0] for c, h in pipe.event_set_histograms(params, ev).items()}
+        )
+    return pipe.workspace(hists, observed)
+
+
+def observed_summary(ws: dict, events) -> dict:
+    """Observed CLs (mu = 1, qtilde) of the written workspace, as pyhf computes it from
+    ``workspace.json``: the data sample's histograms are its observations."""
+    from ..stats.hypotest import hypotest
+    from ..stats.workspace import Workspace
+
+    w = Workspace(ws)
+    model = w.model()
+    res = hypotest(1.0, model, w.data(model))
+    return {
+        "observed_cls": float(res.cls_obs),
+        "observed_cls_converged": bool(res.converged),
+        "observed_events": len(events.w),
+    }
 
 
 def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:

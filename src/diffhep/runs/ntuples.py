@@ -39,7 +39,14 @@ from ..nn.deepsets import Layout
 from ..types import Events
 from .config import Config, DataConfig, VariationConfig
 
-__all__ = ["feature_names", "layout", "load_ntuple_events", "object_masks", "same_events"]
+__all__ = [
+    "feature_names",
+    "layout",
+    "load_data_events",
+    "load_ntuple_events",
+    "object_masks",
+    "same_events",
+]
 
 
 def feature_names(data: DataConfig) -> tuple:
@@ -72,28 +79,49 @@ def layout(data: DataConfig) -> Layout:
 
 
 def _weight_only(v) -> bool:
-    return isinstance(v, VariationConfig) and v.files is None and v.tree is None and not v.filter
+    return (
+        isinstance(v, VariationConfig)
+        and v.files is None
+        and v.tree is None
+        and not v.filter
+        and not v.columns
+        and not v.symmetrize
+    )
 
 
 def same_events(cfg: Config) -> dict:
     """``{variation event set: nominal sample}`` for variations that only change the weight:
     they hold the same events as their nominal sample and are split and batched alike."""
     out = {}
+    used = {s.name for s in cfg.analysis.used_samples}
     for s in cfg.analysis.shape_systematics:
-        for v, name in zip((s.up, s.down), s.event_sets(), strict=True):
-            if _weight_only(v):
-                out[name] = s.sample
+        for sample in s.targets:
+            if sample not in used:
+                continue
+            for v, name in s.variations(sample):
+                if _weight_only(v):
+                    out[name] = sample
     return out
 
 
-def _read(cfg: Config, name, files, tree, weights, filt, features, file):
+def _renamed(text, columns):
+    """``text`` reading the renamed columns (a feature-level variation), or ``text``."""
+    if not columns or text is None:
+        return text
+    from ..io.expressions import Expression
+
+    return Expression(text).renamed(columns).text
+
+
+def _read(cfg: Config, name, files, tree, weights, filt, features, file, columns=None):
     d = cfg.data
+    columns = columns or {}
     try:
         x, ws = load_sample(
             files,
-            features=features,
-            weights=weights,
-            filter=filt,
+            features=[_renamed(f, columns) for f in features],
+            weights={k: _renamed(w, columns) for k, w in weights.items()},
+            filter=_renamed(filt, columns),
             tree=tree or d.tree,
             step_size=d.step_size,
             constants=d.constants,
@@ -111,34 +139,45 @@ def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
     """Feature names and ``{event set: Events}`` of the ntuple samples of ``cfg`` (weights as
     computed by the weight expressions; the sample normalisation is applied by the caller).
 
+    Only the samples of the run are read (the chosen signal and the backgrounds). A variation
+    with ``columns`` reads the sample's files again with the branches renamed in every
+    expression (features, filter, weight): the selection and the features of the varied
+    events.
+
     Raises:
         DataError: Bad files or data (naming the file, the branch or expression and counts).
     """
     features = feature_names(cfg.data)
-    samples = {s.name: s for s in cfg.analysis.samples}
+    used = cfg.analysis.used_samples
+    samples = {s.name: s for s in used}
     events = {}
-    for s in cfg.analysis.samples:
+    for s in used:
         weights = {s.name: s.weight}
         for sys in cfg.analysis.shape_systematics:
-            for v, name in zip((sys.up, sys.down), sys.event_sets(), strict=True):
-                if sys.sample == s.name and _weight_only(v):
-                    weights[name] = v.weight or s.weight
+            if s.name in sys.targets:
+                for v, name in sys.variations(s.name):
+                    if _weight_only(v):
+                        weights[name] = v.weight or s.weight
         events |= _read(cfg, s.name, s.files, s.tree, weights, s.filter, features, file)
     for sys in cfg.analysis.shape_systematics:
-        nominal = samples[sys.sample]
-        for v, name in zip((sys.up, sys.down), sys.event_sets(), strict=True):
-            if isinstance(v, str) or _weight_only(v) or name in events:
+        for sample in sys.targets:
+            if sample not in samples:
                 continue
-            events |= _read(
-                cfg,
-                name,
-                v.files or nominal.files,
-                v.tree or nominal.tree,
-                {name: v.weight or nominal.weight},
-                v.filter or nominal.filter,
-                features,
-                file,
-            )
+            nominal = samples[sample]
+            for v, name in sys.variations(sample):
+                if isinstance(v, str) or _weight_only(v) or name in events:
+                    continue
+                events |= _read(
+                    cfg,
+                    name,
+                    v.files or nominal.files,
+                    v.tree or nominal.tree,
+                    {name: v.weight or nominal.weight},
+                    v.filter or nominal.filter,
+                    features,
+                    file,
+                    v.columns,
+                )
     missing = [n for n in analysis.event_sets if n not in events]
     if missing:
         raise DataError(
@@ -148,3 +187,17 @@ def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
             fix="give up/down as a variation ({weight: ...} or {files: [...]}) of the sample",
         )
     return features, events
+
+
+def load_data_events(cfg: Config, sample, features, file: str | None = None) -> Events:
+    """All events of the ``data`` sample (its filter and weight, default 1), with the
+    features of the simulated samples: the observations of the workspace."""
+    if cfg.data.generator is not None or cfg.data.files:
+        raise DataError(
+            f"the data sample {sample.name!r} needs ntuple samples (files)",
+            file=file,
+            where="analysis.samples",
+        )
+    out = _read(cfg, sample.name, sample.files, sample.tree, {sample.name: sample.weight},
+                sample.filter, list(features), file)  # fmt: skip
+    return out[sample.name]

@@ -6,6 +6,7 @@ saved run directory and loads its selected model.
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import resources
 from pathlib import Path
 
@@ -15,7 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..analysis.pipeline import Pipeline
-from ..analysis.spec import NN_TERMS, Analysis, Channel, NormSystematic, ShapeSystematic
+from ..analysis.spec import (
+    NN_TERMS,
+    Analysis,
+    Channel,
+    NormFactor,
+    NormSystematic,
+    ShapeSystematic,
+)
 from ..errors import DataError
 from ..io.datasets import check_events, load_npz, split
 from ..problems import blobs, toys
@@ -30,10 +38,17 @@ DEMO_CONFIG = Path(str(resources.files("diffhep") / "data" / "demo.yaml"))
 
 
 def _analysis(cfg: Config) -> Analysis:
+    """The static analysis of the run: the chosen signal and the backgrounds, the
+    systematics and normfactors of these samples (channel filters: :func:`with_filters`)."""
     a = cfg.analysis
+    used = [s.name for s in a.used_samples]
+
+    def on(names):
+        return tuple(n for n in names if n in used)
+
     return Analysis(
-        samples=tuple(s.name for s in a.samples),
-        signal=next(s.name for s in a.samples if s.role == "signal"),
+        samples=tuple(used),
+        signal=a.chosen_signal,
         channels=tuple(
             Channel(
                 c.name,
@@ -46,14 +61,46 @@ def _analysis(cfg: Config) -> Analysis:
             for c in a.channels
         ),
         shape_systematics=tuple(
-            ShapeSystematic(s.name, s.sample, *s.event_sets()) for s in a.shape_systematics
+            ShapeSystematic(s.name, n, *s.event_sets(n), s.symmetrize)
+            for s in a.shape_systematics
+            for n in on(s.targets)
         ),
         norm_systematics=tuple(
-            NormSystematic(s.name, tuple(s.samples), s.lo, s.hi) for s in a.norm_systematics
+            NormSystematic(s.name, on(s.samples), s.lo, s.hi)
+            for s in a.norm_systematics
+            if on(s.samples)
+        ),
+        normfactors=tuple(
+            NormFactor(f.name, on(f.samples), f.nominal, tuple(f.bounds), f.fixed)
+            for f in a.normfactors
+            if on(f.samples)
         ),
         mc_stat=a.mc_stat,
         poi=a.poi,
     )
+
+
+def with_filters(cfg: Config, analysis: Analysis, features, file=None) -> Analysis:
+    """``analysis`` with each channel's ``filter`` (comparisons of features with numbers)
+    added to its region windows (intersected per feature)."""
+    from ..io.expressions import ExpressionError, windows
+
+    channels = []
+    for i, (c, ch) in enumerate(zip(cfg.analysis.channels, analysis.channels, strict=True)):
+        if not c.filter:
+            channels.append(ch)
+            continue
+        try:
+            extra = windows(c.filter, features)
+        except ExpressionError as exc:
+            raise ConfigError(exc.message, file=file, where=f"analysis.channels[{i}].filter",
+                              fix=exc.fix) from None  # fmt: skip
+        box = {}
+        for f, lo, hi in (*ch.region, *extra):
+            a, b = box.get(f, (lo, hi))
+            box[f] = (max(a, lo), min(b, hi))
+        channels.append(dataclasses.replace(ch, region=tuple((f, *box[f]) for f in sorted(box))))
+    return dataclasses.replace(analysis, channels=tuple(channels))
 
 
 def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
@@ -103,12 +150,12 @@ def load_events(cfg: Config, analysis: Analysis, file: str | None = None):
         )
     # sample normalisation: yield and scale, applied to the sample and its variations
     for i, s in enumerate(cfg.analysis.samples):
+        if s.name not in analysis.samples:
+            continue  # the data, or a signal not chosen
         names = [s.name] + [
-            n
-            for sys in cfg.analysis.shape_systematics
-            if sys.sample == s.name
-            for n in sys.event_sets()
+            e for v in analysis.shape_systematics if v.sample == s.name for e in (v.up, v.down)
         ]
+        names = [n for n in names if n in events]  # not the derived (symmetrised) ones
         _check_positive(events, s.name, dict.fromkeys(names), i, file)
         total = float(np.sum(events[s.name].w))
         factor = s.scale * (s.yield_ / total if s.yield_ is not None else 1.0)
@@ -145,6 +192,8 @@ def prepare(cfg: Config, file: str | None = None):
     """
     analysis = _analysis(cfg)
     features, events = load_events(cfg, analysis, file)
+    analysis = with_filters(cfg, analysis, features, file)
+    observed = _observed(cfg, features, file)
     try:
         pipe = Pipeline(
             analysis,
@@ -173,6 +222,8 @@ def prepare(cfg: Config, file: str | None = None):
     _check_nuisance_terms(cfg, pipe, file)
     parts = split(events, cfg.data.split.model_dump(), cfg.seed, same_as=_same_events(cfg))
     parts["train"], parts["training_weights"] = _training_weights(cfg, analysis, parts, file)
+    if observed is not None:
+        parts["observed"] = observed
     hists, whole = region_yields(analysis, features, parts["train"])
     check_net_yields(hists, what="training data", samples=analysis.samples, whole_regions=whole)
     dtype = jnp.float32 if cfg.observable.dtype == "float32" else jnp.float64
@@ -200,6 +251,17 @@ def prepare(cfg: Config, file: str | None = None):
     return pipe, parts, params
 
 
+def _observed(cfg: Config, features, file=None) -> Events | None:
+    """The events of the ``data`` sample (all of them: observations are not split), read with
+    the features of the simulated samples; ``None`` without a data sample."""
+    d = cfg.analysis.data_sample
+    if d is None:
+        return None
+    from .ntuples import load_data_events
+
+    return load_data_events(cfg, d, features, file)
+
+
 def _same_events(cfg: Config) -> dict:
     """Variation event sets holding the same events as their nominal sample (weight-only)."""
     if cfg.data.generator is None and not cfg.data.files:
@@ -212,11 +274,14 @@ def _same_events(cfg: Config) -> dict:
 def _training_weights(cfg: Config, analysis: Analysis, parts: dict, file=None):
     """The training split with each sample's weight strategy (applied to the sample and its
     variations), and the report recorded in ``summary.json``."""
-    strategies = {s.name: s.weights for s in cfg.analysis.samples}
+    strategies = {s.name: s.weights for s in cfg.analysis.used_samples}
     groups = {
-        s: (s, *(n for v in analysis.shape_systematics if v.sample == s for n in (v.up, v.down)))
+        s: tuple(dict.fromkeys(
+            (s, *(n for v in analysis.shape_systematics if v.sample == s
+                  for n in (v.up, v.down) if n in parts["train"]))
+        ))
         for s in strategies
-    }
+    }  # fmt: skip
     try:
         train, report = apply_strategies(parts["train"], strategies, groups, seed=cfg.seed)
     except ValueError as exc:

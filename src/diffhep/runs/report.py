@@ -43,17 +43,26 @@ def _band(pipe, hists, channel, total):
     """Per-bin (low, high) of the total: shape systematics (up/down templates), normalisation
     systematics (lo/hi factors of their samples) and MC statistics, in quadrature."""
     a = pipe.analysis
-    shifts = []
-    for s in a.shape_systematics:
-        nominal = np.asarray(hists[(channel, s.sample)][0])
-        shifts.append(
-            tuple(total - nominal + np.asarray(hists[(channel, n)][0]) for n in (s.up, s.down))
-        )
+    shifts = [
+        tuple(total + d for d in delta) for delta in _shape_deltas(a, hists, channel).values()
+    ]
     for s in a.norm_systematics:
         part = sum(np.asarray(hists[(channel, n)][0]) for n in s.samples)
         shifts.append((total + (s.hi - 1) * part, total + (s.lo - 1) * part))
     stat = np.sqrt(sum(np.asarray(hists[(channel, n)][1]) for n in a.samples))
     return plotting.uncertainty_band(total, shifts, stat)
+
+
+def _shape_deltas(a, hists, channel) -> dict:
+    """``{systematic: (up - nominal, down - nominal)}`` summed over the samples it varies
+    (one parameter: the samples move together)."""
+    out = {}
+    for s in a.shape_systematics:
+        nominal = np.asarray(hists[(channel, s.sample)][0])
+        d = tuple(np.asarray(hists[(channel, n)][0]) - nominal for n in (s.up, s.down))
+        old = out.get(s.name)
+        out[s.name] = d if old is None else (old[0] + d[0], old[1] + d[1])
+    return out
 
 
 def write_plots(
@@ -109,10 +118,9 @@ def _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks, 
         samples = {n: np.asarray(hists[(ch.name, n)][0]) for n in (*a.backgrounds, a.signal)}
         total = sum(samples.values())
         variations = {}
-        for s in a.shape_systematics:
-            for label, name in (("up", s.up), ("down", s.down)):
-                others = sum(np.asarray(hists[(ch.name, n)][0]) for n in a.samples if n != s.sample)
-                variations[f"{s.name} {label}"] = others + np.asarray(hists[(ch.name, name)][0])
+        for sys_name, (up, down) in _shape_deltas(a, hists, ch.name).items():
+            variations[f"{sys_name} up"] = total + up
+            variations[f"{sys_name} down"] = total + down
         name = f"histograms_{ch.name}.png"
         draw(
             name,

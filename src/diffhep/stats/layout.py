@@ -126,7 +126,8 @@ class Layout:
                 raise ValueError(f"{what} {key!r} of the analysis is not in the model")
             return keys.index(key)
 
-        sumw_keys = tuple((ch.name, n) for ch in analysis.channels for n in analysis.event_sets)
+        sets = getattr(analysis, "histogram_sets", analysis.event_sets)  # + derived histograms
+        sumw_keys = tuple((ch.name, n) for ch in analysis.channels for n in sets)
         sumw2_keys = ()
         if analysis.mc_stat:
             sumw2_keys = tuple((ch.name, n) for ch in analysis.channels for n in analysis.samples)
