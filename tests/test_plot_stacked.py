@@ -162,3 +162,44 @@ def test_an_unscaled_overlay_is_labelled_unstacked(figure, tmp_path):
     plotting.plot_stacked(EDGES, samples, "signal", tmp_path / "x.png")
     assert "signal (unstacked)" in figure["legend"]
     assert not any(x.startswith("signal x") for x in figure["legend"])
+
+
+@pytest.mark.parametrize("style", list(plotting.STYLES))
+def test_fit_yields_titles_clear_of_the_experiment_label(style, monkeypatch, tmp_path):
+    """The pre-/post-fit yields figure (``diffhep yields --plot``, a run's report): each
+    panel's title ("SR (pre-fit)": above the axes in the plain style, the legend's title in
+    an experiment's) overlaps no experiment label; the data's legend entry is
+    ``data_label``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from diffhep.plotting import diagnostics as fit_plots
+
+    def entry(v):
+        return {"yields": v, "stdev": [0.1 * x for x in v], "sum": sum(v), "sum_stdev": 1.0}
+
+    res = {"SR": {"samples": {n: entry(v) for n, v in SAMPLES.items()},
+                  "total": entry([sum(x) for x in zip(*SAMPLES.values(), strict=True)]),
+                  "data": [250.0, 130.0, 60.0, 21.0], "data_sum": 461.0}}  # fmt: skip
+    titles, labels, entries = [], [], []
+
+    def capture(fig, path):
+        canvas = FigureCanvasAgg(fig)
+        fig.dpi = 100
+        canvas.draw()
+        r = canvas.get_renderer()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            shown = [ax.title] + ([legend.get_title()] if legend is not None else [])
+            titles.extend((t.get_text(), t.get_window_extent(r)) for t in shown if t.get_text())
+            labels.extend(t.get_window_extent(r) for t in ax.texts if t.get_text())
+            if legend is not None:
+                entries.append([t.get_text() for t in legend.texts])
+        fig.clear()
+
+    monkeypatch.setattr(fit_plots, "save_figure", capture)
+    fit_plots.plot_yields(res, res, tmp_path / "y.png", style=style, data_label="Asimov data")
+    assert sorted(t for t, _ in titles) == ["SR (post-fit)", "SR (pre-fit)"]
+    assert len(entries) == 2 and all("Asimov data" in e for e in entries)
+    assert bool(labels) == (style != "plain")
+    for text, box in titles:
+        assert not any(box.overlaps(label) for label in labels), (style, text)

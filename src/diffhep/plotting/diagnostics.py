@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .style import experiment_label as _experiment_label
-from .style import new_figure, save_figure
+from .style import new_figure, plain, save_figure
 from .style import styled as _styled
 
 __all__ = ["plot_correlations", "plot_pulls", "plot_ranking", "plot_scan", "plot_yields"]
@@ -114,7 +114,7 @@ def plot_correlations(corr: Mapping, path) -> None:
     save_figure(fig, path)
 
 
-def _stack(ax, rax, entry, edges, title) -> None:
+def _stack(ax, rax, entry, edges, title, data_label="data") -> None:
     import mplhep
 
     names = list(entry["samples"])
@@ -129,7 +129,7 @@ def _stack(ax, rax, entry, edges, title) -> None:
     centres = 0.5 * (edges[1:] + edges[:-1])
     data = np.asarray(entry["data"], dtype=float)
     err = np.sqrt(np.clip(data, 0, None))
-    ax.errorbar(centres, data, yerr=err, fmt="ko", label="data")
+    ax.errorbar(centres, data, yerr=err, fmt="ko", label=data_label)
     rax.errorbar(centres, data / safe, yerr=err / safe, fmt="ko")
     rax.axhline(1.0, color="grey", lw=1)
     top = np.nanmax(np.concatenate([total + sd, data + err]))
@@ -140,16 +140,20 @@ def _stack(ax, rax, entry, edges, title) -> None:
     rax.set_xticks(np.arange(len(edges) - 1) + 0.5, [str(b) for b in range(len(edges) - 1)])
     ax.tick_params(labelbottom=False)
     ax.set_ylabel("events")
-    ax.set_title(title, fontsize="medium")
-    ax.legend(fontsize="x-small", ncol=2)
+    if plain():
+        ax.set_title(title, fontsize="medium")
+        ax.legend(fontsize="x-small", ncol=2)
+    else:  # an experiment's label sits above the axes: the title goes in the legend
+        ax.legend(fontsize="x-small", ncol=2, title=title, title_fontsize="small")
 
 
 @_styled
-def plot_yields(prefit: Mapping, postfit: Mapping, path) -> None:
+def plot_yields(prefit: Mapping, postfit: Mapping, path, data_label: str = "data") -> None:
     """Pre-fit (left) and post-fit (right) stacked yields of every channel (rows) with data,
     the model's uncertainty band (from the full covariance post-fit) and a data/model panel.
 
-    ``prefit``/``postfit``: :func:`diffhep.stats.covariance.yields` dictionaries."""
+    ``prefit``/``postfit``: :func:`diffhep.stats.covariance.yields` dictionaries;
+    ``data_label``: the data's legend entry (e.g. ``"Asimov data"``)."""
     channels = list(postfit)
     fig = new_figure((11.0, 5.0 * len(channels)))
     grid = fig.add_gridspec(2 * len(channels), 2, height_ratios=[3, 1] * len(channels))
@@ -158,7 +162,7 @@ def plot_yields(prefit: Mapping, postfit: Mapping, path) -> None:
         for j, (label, res) in enumerate((("pre-fit", prefit), ("post-fit", postfit))):
             ax = fig.add_subplot(grid[2 * i, j])
             rax = fig.add_subplot(grid[2 * i + 1, j], sharex=ax)
-            _stack(ax, rax, res[c], edges, f"{c} ({label})")
+            _stack(ax, rax, res[c], edges, f"{c} ({label})", data_label)
             ax.set_xlim(edges[0], edges[-1])
             if i == 0 and j == 0:
                 _experiment_label(ax)

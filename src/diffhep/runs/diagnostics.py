@@ -119,13 +119,17 @@ def write_diagnostics(run_dir, plot_dir, style=None) -> dict:
         return {"diagnostics.json": f"{type(exc).__name__}: {exc}"}
     failed = {}
     draws = {
-        "pulls.png": (figures.plot_pulls, doc["pulls"]),
-        "ranking.png": (figures.plot_ranking, doc["ranking"]["ranking"], doc["pulls"]),
-        "yields_fit.png": (figures.plot_yields, doc["yields"]["prefit"], doc["yields"]["postfit"]),
+        "pulls.png": (figures.plot_pulls, (doc["pulls"],), {}),
+        "ranking.png": (figures.plot_ranking, (doc["ranking"]["ranking"], doc["pulls"]), {}),
+        "yields_fit.png": (
+            figures.plot_yields,
+            (doc["yields"]["prefit"], doc["yields"]["postfit"]),
+            {"data_label": "Asimov data"},
+        ),
     }
-    for name, (fn, *args) in draws.items():
+    for name, (fn, args, kwargs) in draws.items():
         try:
-            fn(*args, path=plot_dir / name, style=style)
+            fn(*args, path=plot_dir / name, style=style, **kwargs)
         except Exception as exc:
             failed[f"plots/{name}"] = f"{type(exc).__name__}: {exc}"
             log.error("plot %s failed: %s: %s", name, type(exc).__name__, exc)
