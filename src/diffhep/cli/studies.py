@@ -33,12 +33,18 @@ STUDY_DEFAULTS = {  # seeds, epochs
     "machine, its number of cores).",
 )
 @click.option(
+    "--rows",
+    help="neos-blobs only: comma-separated run names of the rows to train (default: all; "
+    "cls, bce, bce_aug, sigma_mu, z0, sigma_mu+sigma_gamma, neos_objective, sigma_mu+impact, "
+    "sigma_mu+pull).",
+)
+@click.option(
     "--runs-dir",
     type=click.Path(file_okay=False),
     help="Where the training runs go (reused; default runs/NAME).",
 )
 @overrides
-def study(name, out, seeds, epochs, runs_dir, workers, overrides):
+def study(name, out, seeds, epochs, rows, runs_dir, workers, overrides):
     """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3), cuts
     (selection cuts and a neural observable, alone and together, and the skim trade-off),
     inferno (INFERNO's benchmark: every model on one protocol) or significance (the
@@ -63,6 +69,15 @@ def study(name, out, seeds, epochs, runs_dir, workers, overrides):
         if name != "inferno":
             raise click.UsageError("--workers applies to the inferno study only")
         extra["workers"] = workers
+    if rows is not None:
+        if name != "neos-blobs":
+            raise click.UsageError("--rows applies to the neos-blobs study only")
+        from ..studies.neos_blobs import rows as study_rows
+
+        try:
+            extra["losses"] = study_rows([r.strip() for r in rows.split(",") if r.strip()])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rows") from None
     path = run(
         fn,
         out,

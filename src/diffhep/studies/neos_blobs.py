@@ -20,7 +20,7 @@ from ..problems import blobs
 from ..runs.config import load_config
 from ..runs.train import train_run
 
-__all__ = ["NEOS_LOSSES", "neos_blobs"]
+__all__ = ["NEOS_LOSSES", "OBJECTIVES", "neos_blobs", "rows"]
 
 #: label -> loss of the neos Figure 3 comparison
 NEOS_LOSSES = {
@@ -30,7 +30,44 @@ NEOS_LOSSES = {
     "INFERNO (sigma_mu)": "sigma_mu",
     "discovery Z0": "z0",
 }
+#: label -> (run name, training.loss): multi-term objectives with nuisance-parameter terms
+#: (neos section 4). sigma_mu and (1 - sigma_gamma)^2 are both O(0.1) here; CLs (~1e-6 once
+#: trained) is scaled by 1e5 to be of that order too (a fixed weight: its share falls as
+#: CLs falls).
+OBJECTIVES = {
+    "sigma_mu + (1 - sigma_gamma)^2": (
+        "sigma_mu+sigma_gamma",
+        "{sigma_mu: 1.0, sigma_theta: {name: bkg_shape, weight: 1.0, target: 1.0}}",
+    ),
+    "1e5 CLs + sigma_mu + (1 - sigma_gamma)^2 (neos sec. 4)": (
+        "neos_objective",
+        "{cls: 1.0e5, sigma_mu: 1.0, sigma_theta: {name: bkg_shape, weight: 1.0, target: 1.0}}",
+    ),
+    "sigma_mu + abs(impact of gamma)": (
+        "sigma_mu+impact",
+        "{sigma_mu: 1.0, impact: {name: bkg_shape, weight: 1.0}}",
+    ),
+    "sigma_mu + pull_gamma^2": (
+        "sigma_mu+pull",
+        "{sigma_mu: 1.0, pull_theta: {name: bkg_shape, weight: 1.0}}",
+    ),
+}
 CURVES = ("test_expected_cls", "test_sigma_mu", "test_sigma_bkg_shape")
+
+
+def rows(names=None) -> dict[str, tuple[str, str]]:
+    """label -> (run name, loss) of the study's rows: every plain loss and objective, or those
+    whose run name is in ``names``."""
+    out = {label: (loss, loss) for label, loss in NEOS_LOSSES.items()} | OBJECTIVES
+    if names is None:
+        return out
+    unknown = set(names) - {slug for slug, _ in out.values()}
+    if unknown:
+        raise ValueError(
+            f"unknown row(s) {', '.join(sorted(unknown))}; use "
+            + ", ".join(slug for slug, _ in out.values())
+        )
+    return {label: v for label, v in out.items() if v[0] in names}
 
 
 def _base_config() -> Path:
@@ -65,22 +102,23 @@ def neos_blobs(
 
     Every training run goes into its own directory under ``runs_dir`` (default
     ``runs/neos-blobs``); finished runs are reused, so an interrupted study resumes.
+    ``losses``: label -> (run name, ``training.loss``), default :func:`rows` (all of them).
     """
     from ..plotting.runs import plot_training
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(runs_dir) if runs_dir else Path("runs") / "neos-blobs"
-    losses = losses or NEOS_LOSSES
+    losses = losses or rows()
     results: dict[str, dict] = {}
-    for label, loss in losses.items():
+    for label, (slug, loss) in losses.items():
         histories, finals, steps = [], [], []
         for seed in range(seeds):
             cfg = load_config(
                 _base_config(),
                 [f"seed={seed}", f"training.epochs={epochs}", f"training.loss={loss}", *overrides],
             )
-            run = runs_dir / f"{loss}-seed{seed}"
+            run = runs_dir / f"{slug}-seed{seed}"
             summary = train_run(cfg, run, progress=False, track_test=True)
             history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
             histories.append(history)
@@ -88,13 +126,14 @@ def neos_blobs(
             steps.append(summary["median_step_seconds"])
         results[label] = {
             "loss": loss,
+            "run": slug,
             "curves": _curves(histories),
             "selected": {
                 k: [f[k] for f in finals] for k in ("expected_cls", "sigma_mu", "sigma_bkg_shape")
             },
             "last_epoch_cls": [h[-1]["test_expected_cls"] for h in histories],
             "best_epochs": [f["best_epoch"] for f in finals],
-            "median_step_seconds": float(np.median(steps)),
+            "median_step_seconds": float(np.median([s for s in steps if s is not None] or [0])),
         }
     ref_lr, ref_edges = blobs.reference_cls_lr(4)
     ref_2d, ref_2d_bins = blobs.reference_cls_2d()
@@ -111,7 +150,9 @@ def neos_blobs(
             {"references": {"lr_4bins": ref_lr, "fine_2d": ref_2d}, "results": results}, indent=1
         )
     )
-    md = _markdown(results, ref_lr, ref_edges, ref_2d, ref_2d_bins, seeds, epochs, overrides)
+    md = _markdown(
+        results, ref_lr, ref_edges, ref_2d, ref_2d_bins, seeds, epochs, overrides, runs_dir
+    )
     path = out / "neos-blobs.md"
     path.write_text(md)
     return path
@@ -121,14 +162,14 @@ def _fmt(x):
     return f"{x:.3g}"
 
 
-def _markdown(results, ref_lr, ref_edges, ref_2d, ref_2d_bins, seeds, epochs, overrides):
+def _markdown(results, ref_lr, ref_edges, ref_2d, ref_2d_bins, seeds, epochs, overrides, runs_dir):
     lines = [
         "# Study: neos Gaussian blobs (the neos paper's Figure 3)",
         "",
         "Reproduce with `diffhep study neos-blobs` (config: `src/diffhep/data/neos_blobs.yaml`; "
         f"{seeds} seeds x {epochs} epochs per loss"
         + (f"; overrides: `{' '.join(overrides)}`" if overrides else "")
-        + "; finished runs under `runs/neos-blobs` are reused).",
+        + f"; finished runs under `{runs_dir}` are reused).",
         "",
         "Setup: signal N((-1, 1), I), background N((1, -1), I) with a histosys from the "
         "variations N((2.5, 2), I) (up) and N((-2.5, -1.5), I) (down); 20 signal and 100 "
@@ -185,6 +226,7 @@ def _markdown(results, ref_lr, ref_edges, ref_2d, ref_2d_bins, seeds, epochs, ov
             f"Acceptance (CLs-trained median expected CLs <= 2e-6): **{ok}** ({med:.3g}; "
             f"reference neos reported 1.5e-6, BCE 3.8e-5).",
         ]
+    lines += _objective_findings(results)
     lines += [
         "",
         "## Curves",
@@ -197,3 +239,52 @@ def _markdown(results, ref_lr, ref_edges, ref_2d, ref_2d_bins, seeds, epochs, ov
         "",
     ]
     return "\n".join(lines)
+
+
+def _objective_findings(results: dict) -> list[str]:
+    """The answer for the :data:`OBJECTIVES` rows, computed from the table: at least as good
+    on CLs as the CLs loss (median, and seed by seed: the same seed is the same data and
+    initial network), and sigma_gamma at least the CLs loss's (no more constraint on gamma)?"""
+    base = next((k for k, v in results.items() if v["loss"] == "cls"), None)
+    objectives = [k for k, v in results.items() if v["run"] in {s for s, _ in OBJECTIVES.values()}]
+    if base is None or not objectives:
+        return []
+    b = results[base]["selected"]
+    b_cls, b_gamma = np.median(b["expected_cls"]), np.median(b["sigma_bkg_shape"])
+    lines = [
+        "",
+        "## Objectives with nuisance-parameter terms (neos section 4)",
+        "",
+        f"Against the CLs loss (median selected CLs {_fmt(b_cls)}, sigma_gamma "
+        f"{_fmt(b_gamma)}): 'as good on CLs' = median selected CLs <= the CLs loss's; "
+        "'gamma kept' = median sigma_gamma >= the CLs loss's (gamma constrained no more than "
+        "by the CLs-trained observable; 1 = not constrained by the data at all).",
+        "",
+        "| objective | median CLs / CLs loss's | seeds with CLs <= CLs loss's | median sigma_gamma "
+        "| median abs(1 - sigma_gamma) | as good on CLs | gamma kept |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    found = []
+    for label in objectives:
+        r = results[label]["selected"]
+        cls, gamma = np.median(r["expected_cls"]), np.median(r["sigma_bkg_shape"])
+        n = min(len(r["expected_cls"]), len(b["expected_cls"]))
+        wins = sum(r["expected_cls"][i] <= b["expected_cls"][i] for i in range(n))
+        good, kept = cls <= b_cls, gamma >= b_gamma
+        if good and kept:
+            found.append(label)
+        lines.append(
+            f"| {label} | {cls / b_cls:.3g} | {wins} of {n} | {_fmt(gamma)} | "
+            f"{_fmt(abs(1 - gamma))} | {'yes' if good else 'no'} | {'yes' if kept else 'no'} |"
+        )
+    lines += [
+        "",
+        (
+            "**An objective at least as good on CLs that keeps sigma_gamma at least as close "
+            f"to 1: {', '.join(found)}.**"
+            if found
+            else "**No objective here is both at least as good on CLs and keeps sigma_gamma "
+            "as close to 1 as the CLs loss: no gain over training on CLs alone.**"
+        ),
+    ]
+    return lines
