@@ -47,6 +47,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+Strategy = Literal["signed", "abs", "drop-negative", "ignore", "learned"]
+
+
+class WeightsConfig(_Strict):
+    """A sample's training weights with options: ``joint`` trains the ``learned`` weight
+    networks together with the analysis (:mod:`diffhep.weights.joint`)."""
+
+    strategy: Strategy = "signed"
+    joint: bool = False
+    hidden: list[Annotated[int, Field(ge=1)]] = [32, 32]  # the joint weight networks
+    learning_rate: float = Field(3e-3, gt=0)  # of the joint weight networks (Adam)
+
+    @model_validator(mode="after")
+    def _joint(self):
+        if self.joint and self.strategy != "learned":
+            raise ValueError(f"joint: true needs strategy: learned (not {self.strategy!r})")
+        return self
+
+
 class SampleConfig(_Strict):
     name: str
     # "signal": a signal hypothesis (several allowed: mass points; analysis.signal chooses);
@@ -54,13 +73,26 @@ class SampleConfig(_Strict):
     role: Literal["signal", "background", "data"]
     yield_: float | None = Field(None, alias="yield", gt=0)
     scale: float = 1.0
-    # training weights (training split only; see diffhep.weights.weighting)
-    weights: Literal["signed", "abs", "drop-negative", "ignore", "learned"] = "signed"
+    # training weights (training split only; see diffhep.weights.weighting), or with options
+    weights: Annotated[
+        Annotated[Strategy, Tag("<strategy>")] | Annotated[WeightsConfig, Tag("<options>")],
+        Discriminator(lambda v: "<options>" if isinstance(v, dict | BaseModel) else "<strategy>"),
+    ] = "signed"
     # ntuple samples (cabinetry's words): files (globs), tree, weight and filter expressions
     files: list[str] | None = None
     tree: str | None = None
     weight: str = "1"
     filter: str | None = None
+
+    @property
+    def strategy(self) -> str:
+        """The training weight strategy."""
+        return self.weights if isinstance(self.weights, str) else self.weights.strategy
+
+    @property
+    def joint(self) -> bool:
+        """Whether the learned weights train jointly with the analysis."""
+        return not isinstance(self.weights, str) and self.weights.joint
 
 
 class VariationConfig(_Strict):

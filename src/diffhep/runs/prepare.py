@@ -274,7 +274,7 @@ def _same_events(cfg: Config) -> dict:
 def _training_weights(cfg: Config, analysis: Analysis, parts: dict, file=None):
     """The training split with each sample's weight strategy (applied to the sample and its
     variations), and the report recorded in ``summary.json``."""
-    strategies = {s.name: s.weights for s in cfg.analysis.used_samples}
+    strategies = {s.name: s.strategy for s in cfg.analysis.used_samples}
     groups = {
         s: tuple(dict.fromkeys(
             (s, *(n for v in analysis.shape_systematics if v.sample == s
@@ -282,11 +282,18 @@ def _training_weights(cfg: Config, analysis: Analysis, parts: dict, file=None):
         ))
         for s in strategies
     }  # fmt: skip
+    # joint: the weights are learned during training (runs.train); the split keeps the
+    # signed weights, the regression targets
+    joint = {s.name for s in cfg.analysis.used_samples if s.joint}
+    applied = {k: v for k, v in strategies.items() if k not in joint}
     try:
-        train, report = apply_strategies(parts["train"], strategies, groups, seed=cfg.seed)
+        train, report = apply_strategies(parts["train"], applied, groups, seed=cfg.seed)
     except ValueError as exc:
         raise DataError(str(exc), file=file, where="analysis.samples[].weights") from None
-    return train, {"strategies": strategies, "event_sets": report}
+    out = {"strategies": strategies, "event_sets": report}
+    if joint:
+        out["joint"] = sorted(n for s in joint for n in groups[s])
+    return train, out
 
 
 def _init_from(params, run_dir, file=None):

@@ -13,6 +13,7 @@ is evaluated, ``run.lock`` (holding its pid) keeps a second process out of the d
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import equinox as eqx
@@ -26,6 +27,7 @@ from ..io.datasets import batches
 from ..nn import sharding
 from ..nn.training import make_optimizer, train
 from ..writers import check_writable_dir, run_lock
+from . import joint
 from .config import Config, ConfigError, load_config
 from .evaluate import _as_jax, _metrics_fn, finish, save_model
 from .prepare import _same_events, prepare
@@ -148,6 +150,20 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
             chunked.pipeline_loss(pipe, p.terms, lambda q: _frozen(q, freeze)) for p in phases
         ]
 
+    names = parts["training_weights"].get("joint") if parts.get("training_weights") else None
+    optimizer = run_optimizer(cfg, params)
+    if names:  # the weight networks train with the analysis (runs.joint)
+        if mesh is not None or t.chunk_size is not None:
+            raise ConfigError(
+                "jointly learned weights (weights: {joint: true}) run on one device, unchunked",
+                file=file,
+                where="training.devices" if mesh is not None else "training.chunk_size",
+                fix="remove training.devices/chunk_size, or use the two-stage learned weights",
+            )
+        params = joint.create(cfg, params, train_ev, names)
+        loss_fns = [joint.joint_loss(f) for f in loss_fns]
+        optimizer = joint.joint_optimizer(optimizer, joint.options(cfg).learning_rate)
+
     def phase(epoch):
         return loss_fns[phase_index(phases, epoch)]
 
@@ -163,9 +179,9 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
             "slope": sel.slope * (slope / sel.slope) ** f,
         }
 
-    if params.selection is not None:
+    if joint.analysis_params(params).selection is not None:
         x_all = np.concatenate([np.asarray(train_ev[n].x) for n in pipe.analysis.samples])
-        params.selection.warn_dead(x_all, sel.slope)
+        joint.analysis_params(params).selection.warn_dead(x_all, sel.slope)
 
     def epoch_batches(epoch):
         for b in batches(train_ev, batch_size, cfg.seed, epoch, same_as=_same_events(cfg)):
@@ -174,6 +190,7 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
     test = _as_jax(parts["test"]) if track_test else None
 
     def validate(p):
+        p = joint.analysis_params(p)
         rec = {f"val_{k}": v for k, v in metrics(p, valid).items() if k != "yields"}
         rec |= cut_values(p)
         if test is not None:
@@ -186,7 +203,7 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
     state = train(
         params,
         loss_fns[0],
-        run_optimizer(cfg, params),
+        optimizer,
         epochs=t.epochs,
         batches=epoch_batches,
         hyper=hyper,
@@ -201,6 +218,15 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
         describe=describe,
         make_step=make_step,
     )
+    if names:
+        parts["training_weights"]["joint_report"] = joint.report(
+            state.best_params, train_ev, pipe.features
+        )
+        state = dataclasses.replace(
+            state,
+            params=joint.analysis_params(state.params),
+            best_params=joint.analysis_params(state.best_params),
+        )
     save_model(out, state, cfg)
     return finish(out, pipe, parts, state.best_params, state, metrics, cfg, plots=plots)
 
