@@ -9,7 +9,8 @@ import sys
 import click
 
 from .common import run
-from .stats import _common, _note_ignored, _numbers, _output, _settings
+from .stats import _common, _note_ignored, _numbers, _on_workspace, _output, _settings
+from .toys import check_toy_options, finish, run_toys, toy_options
 
 _poi_value = click.option(
     "--poi-value",
@@ -306,8 +307,19 @@ def scan(plot, style, output_file, parameters, ranges, points, **kw):
 
 @click.command()
 @_common
-def significance(output_file, **kw):
-    """Observed and median expected discovery significance (asymptotic q0 test of POI = 0)."""
+@toy_options
+def significance(output_file, ntoys, seed, first_toy, save_toys, max_nonconverged, chunk_size,
+                 **kw):  # fmt: skip
+    """Observed and median expected discovery significance (asymptotic q0 test of POI = 0).
+
+    With --toys N: toy-based (pyhf's calctype='toybased', test_stat='q0'): p0 from the
+    mu = 0 toys, its expected band from the mu = 1 toys, Z the normal quantiles."""
+    check_toy_options(ntoys, seed, first_toy, save_toys, chunk_size)
+    if ntoys is not None:
+        res = run_toys({"test_stat": "q0"}, ntoys, seed, first_toy, chunk_size,
+                       lambda fn, **a: _on_workspace(fn, kw, **a))  # fmt: skip
+        finish(res, save_toys, output_file, max_nonconverged)
+        return
 
     def work():
         from ..stats import diagnostics

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .common import emit, run
+from .toys import check_toy_options, finish, run_toys, toy_options
 
 
 def _settings(normsys_code, histosys_code):
@@ -154,10 +155,21 @@ def _output(obj, output_file) -> None:
     help="POI value to test (pyhf: --testpoi / --test-poi).",
 )
 @_test_stat
-def cls(output_file, poi_value, test_stat, **common):
-    """Observed and expected CLs of WORKSPACE ('-' reads stdin), as `pyhf cls` prints them."""
+@toy_options
+def cls(output_file, poi_value, test_stat, ntoys, seed, first_toy, save_toys, max_nonconverged,
+        chunk_size, **common):  # fmt: skip
+    """Observed and expected CLs of WORKSPACE ('-' reads stdin), as `pyhf cls` prints them.
+
+    With --toys N: toy-based (pyhf's calctype='toybased'), the same fields plus "toys"
+    (counts, non-converged toys, CLsb/CLb, Monte-Carlo errors)."""
     from ..stats import workflows
 
+    check_toy_options(ntoys, seed, first_toy, save_toys, chunk_size)
+    if ntoys is not None:
+        res = run_toys({"poi_value": poi_value, "test_stat": test_stat}, ntoys, seed, first_toy,
+                       chunk_size, lambda fn, **kw: _on_workspace(fn, common, **kw))  # fmt: skip
+        finish(res, save_toys, output_file, max_nonconverged)
+        return
     res = _on_workspace(workflows.cls, common, poi_value=poi_value, test_stat=test_stat)
     _output(res, output_file)
 

@@ -27,15 +27,11 @@ Non-converged toy fits are kept (their test statistic is the one at the fit's la
 clipped at 0) and counted (``ToyResult.nonconverged``): dropping them would bias the
 distributions towards the easy toys. pyhf raises ``FailedMinimization`` on the first one.
 
-Example:
-    >>> import diffhep
-    >>> diffhep.enable_x64()
-    >>> from diffhep.stats import toys, workspace
-    >>> ws = workspace.Workspace(workspace.example_spec())
-    >>> model = ws.model()
-    >>> r = toys.toys(1.0, model, ws.data(model), ntoys=64, seed=0)
-    >>> sorted(r.cls_json())
-    ['CLs_exp', 'CLs_obs', 'toys']
+Example (``toys(1.0, model, data, ntoys=10_000, seed=1)`` runs a test; its p-values count
+toys as here):
+    >>> from diffhep.stats import toys
+    >>> float(toys.pvalue([0.0, 0.5, 1.0, 2.0], 1.0))
+    0.5
 """
 
 from __future__ import annotations
@@ -236,7 +232,11 @@ class ToyResult:
             "teststat_obs": self.teststat,
             "CLsb_obs": clsb,
             "CLb_obs": clb,
-            "mc_error": {k: _finite(v) for k, v in self.errors().items()},
+            "mc_error": (
+                {"p0_obs": _finite(self.errors()["CLsb_obs"])}
+                if self.test_stat == "q0"
+                else {k: _finite(v) for k, v in self.errors().items()}
+            ),
         }
 
     def cls_json(self) -> dict:

@@ -32,7 +32,7 @@ from .limits import upper_limit as _upper_limit
 from .model import POISSON_FLOOR
 from .workspace import Workspace, load_json, load_patch, validate
 
-__all__ = ["cls", "demo", "fit", "load_workspace", "upper_limit"]
+__all__ = ["cls", "demo", "fit", "load_workspace", "toys", "upper_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,59 @@ def cls(
         )
     _warn_clipped(r.n_clipped, ws.file or "workspace")
     return {"CLs_obs": float(r.cls_obs), "CLs_exp": [float(x) for x in r.cls_exp]}
+
+
+def _check_poi_value(model, ws, poi_value):
+    lo, hi = model.config.bounds[model.config.poi_index]
+    if not lo <= poi_value <= hi:  # a fit would test the bound instead (also rejects NaN)
+        raise DiffhepError(
+            f"POI value {poi_value:g} is outside the bounds [{lo:g}, {hi:g}] of the POI "
+            f"{model.config.poi_name!r}: a fit cannot test it",
+            file=ws.file,
+            where="--poi-value",
+            fix="test a value inside the bounds, or widen them in the measurement's "
+            f'parameter config ({{"name": "{model.config.poi_name}", "bounds": [[lo, hi]]}})',
+        )
+
+
+def toys(
+    workspace,
+    patches=(),
+    *,
+    patch_name=None,
+    digest_check=True,
+    measurement=None,
+    poi_value=1.0,
+    test_stat="qtilde",
+    modifier_settings=None,
+    ntoys=1000,
+    seed=0,
+    first=0,
+    progress=None,
+    **options,
+):
+    """Toy-based test (:func:`diffhep.stats.toys.toys`) of a workspace: a
+    :class:`~diffhep.stats.toys.ToyResult` (``cls_json()`` / ``significance_json()``).
+
+    ``test_stat="q0"`` is the discovery test (``poi_value`` is not used); ``progress`` is
+    called with the number of toys done; ``options`` go to :func:`~diffhep.stats.toys.toys`
+    (``chunk``, ``batch``).
+    """
+    from . import toys as _toys
+
+    ws = load_workspace(workspace, patches, patch_name, digest_check)
+    model, data = _model_and_data(ws, measurement, modifier_settings)
+    if model.config.poi_index is None:
+        raise DiffhepError("the model has no parameter of interest", file=ws.file,
+                           where="measurements[].config.poi",
+                           fix="name the POI in the measurement")  # fmt: skip
+    if test_stat != "q0":
+        _check_poi_value(model, ws, poi_value)
+    try:
+        return _toys.toys(poi_value, model, data, ntoys=ntoys, seed=seed, first=first,
+                          test_stat=test_stat, progress=progress, **options)  # fmt: skip
+    except FitError as err:
+        raise FitError(err.message, file=ws.file, where=err.where, fix=err.fix) from None
 
 
 def fit(
