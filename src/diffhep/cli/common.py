@@ -30,7 +30,10 @@ def setup() -> None:
         try:
             Path(cache).mkdir(parents=True, exist_ok=True)
             jax.config.update("jax_compilation_cache_dir", cache)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            from ..stats import exported
+
+            exported.set_cache_dir(Path(cache) / "exported")
         except OSError:
             pass
     logging.basicConfig(level=logging.WARNING, format="diffhep: %(levelname)s: %(message)s")

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import DiffhepError
+from . import exported
 from .fit import DEFAULT_MAX_STEPS
 from .hypotest import hypotest
 from .workspace import Workspace, apply_patch, load_json, validate, verify_patchset
@@ -116,8 +117,7 @@ def _structure(model, data):
     return treedef, tuple((x.shape, x.dtype) for x in leaves), data.shape
 
 
-@eqx.filter_jit
-def _batched(poi_value, models, data, test_stat, max_steps):
+def _batched(models, poi_value, data, *, test_stat, max_steps):
     def one(model, d):
         r = hypotest(poi_value, model, d, test_stat=test_stat, max_steps=max_steps)
         return r.cls_obs, r.cls_exp, r.converged
@@ -195,8 +195,13 @@ def run_batch(
         models = [built[i][0] for i in padded]
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *models)
         data = jnp.stack([built[i][1] for i in padded])
-        cls_obs, cls_exp, converged = _batched(
-            jnp.asarray(poi_value, dtype=jnp.float64), stacked, data, test_stat, max_steps
+        cls_obs, cls_exp, converged = exported.call(
+            _batched,
+            stacked,
+            jnp.asarray(poi_value, dtype=jnp.float64),
+            data,
+            test_stat=test_stat,
+            max_steps=max_steps,
         )
         cls_obs, cls_exp, converged = map(np.asarray, (cls_obs, cls_exp, converged))
         for k, i in enumerate(idx):

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["code0", "code0_weights", "code1", "code4", "code4p", "code4p_weights", "log_code1"]
 
@@ -90,7 +91,7 @@ def log_code1(alpha, lo, hi):
 
 # pyhf's code4 polynomial coefficients for alpha0 = 1 (inverse of the boundary-condition
 # matrix; see pyhf.interpolators.code4).
-_A_INV = jnp.asarray(
+_A_INV = np.asarray(
     [
         [15.0 / 16, -15.0 / 16, -7.0 / 16, -7.0 / 16, 1.0 / 16, -1.0 / 16],
         [3.0 / 2, 3.0 / 2, -9.0 / 16, 9.0 / 16, 1.0 / 16, 1.0 / 16],

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import brentq
 
 from ..errors import DiffhepError, FitError
+from . import exported
 from .hypotest import hypotest
 from .model import Model
 
@@ -70,10 +69,14 @@ class UpperLimit:
         yield self.expected
 
 
-@eqx.filter_jit
-def _cls_many(pois, model, data, test_stat, bounds):
+def _cls_many(model, pois, data, *, test_stat, bounds):
     res = jax.vmap(lambda mu: hypotest(mu, model, data, bounds=bounds, test_stat=test_stat))(pois)
     return jnp.concatenate([res.cls_obs[:, None], res.cls_exp], axis=1), res.converged
+
+
+def _cls_one(model, poi, data, *, test_stat, bounds):
+    res = hypotest(poi, model, data, bounds=bounds, test_stat=test_stat)
+    return res.cls_obs, res.cls_exp, res.converged
 
 
 def cls_scan(model: Model, data, pois, test_stat: str = "qtilde", bounds=None):
@@ -81,7 +84,8 @@ def cls_scan(model: Model, data, pois, test_stat: str = "qtilde", bounds=None):
     and whether every fit of each hypotest converged."""
     data = jnp.asarray(data, dtype=model.nominal.dtype)
     bounds = None if bounds is None else tuple(tuple(map(float, b)) for b in bounds)
-    vals, conv = _cls_many(jnp.asarray(pois, dtype=data.dtype), model, data, test_stat, bounds)
+    pois = jnp.asarray(pois, dtype=data.dtype)
+    vals, conv = exported.call(_cls_many, model, pois, data, test_stat=test_stat, bounds=bounds)
     return np.asarray(vals), np.asarray(conv)
 
 
@@ -188,7 +192,6 @@ def upper_limit(
     grid = np.linspace(start, hi, npoints)
     vals, conv = cls_scan(model, data, grid, test_stat, par_bounds)
     _check_converged(grid, conv)
-    one = eqx.filter_jit(lambda mu, m, d, b: hypotest(mu, m, d, bounds=b, test_stat=test_stat))
     pb = None if par_bounds is None else tuple(par_bounds)
 
     def crossing(col):
@@ -196,10 +199,15 @@ def upper_limit(
         a, b = float(grid[j - 1]), float(grid[j])
 
         def f(mu):
-            r = one(jnp.asarray(mu, dtype=data.dtype), model, data, pb)
-            _check_converged([mu], [bool(r.converged)])
-            v = r.cls_obs if col == 0 else r.cls_exp[col - 1]
+            mu = jnp.asarray(mu, dtype=data.dtype)
+            obs, exp, converged = exported.call(
+                _cls_one, model, mu, data, test_stat=test_stat, bounds=pb
+            )
+            _check_converged([mu], [bool(converged)])
+            v = obs if col == 0 else exp[col - 1]
             return float(v) - level
+
+        from scipy.optimize import brentq  # lazily: scipy.optimize takes ~1 s to import
 
         return float(brentq(f, a, b, rtol=rtol, xtol=1e-12))
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import DiffhepError, FitError
+from . import exported
 from .fit import fit as _fit
 from .fit import undetermined_names
 from .hypotest import hypotest as _hypotest
@@ -94,6 +95,16 @@ _hypotest_jit = eqx.filter_jit(_hypotest)
 _fit_jit = eqx.filter_jit(_fit)
 
 
+def _cls_kernel(model, poi_value, data, *, test_stat):
+    r = _hypotest(poi_value, model, data, test_stat=test_stat)
+    return {
+        "cls_obs": r.cls_obs,
+        "cls_exp": r.cls_exp,
+        "converged": r.converged,
+        "n_clipped": r.n_clipped,
+    }
+
+
 def cls(
     workspace,
     patches=(),
@@ -122,16 +133,18 @@ def cls(
             fix="test a value inside the bounds, or widen them in the measurement's "
             f'parameter config ({{"name": "{model.config.poi_name}", "bounds": [[lo, hi]]}})',
         )
-    r = _hypotest_jit(jnp.asarray(poi_value, dtype=data.dtype), model, data, test_stat=test_stat)
-    if not bool(r.converged):
+    r = exported.call(
+        _cls_kernel, model, jnp.asarray(poi_value, dtype=data.dtype), data, test_stat=test_stat
+    )
+    if not bool(r["converged"]):
         raise FitError(
             "a fit of the hypothesis test did not converge",
             file=ws.file,
             fix="check the model (e.g. with 'diffhep fit'); parameters at bounds or empty bins "
             "are common causes",
         )
-    _warn_clipped(r.n_clipped, ws.file or "workspace")
-    return {"CLs_obs": float(r.cls_obs), "CLs_exp": [float(x) for x in r.cls_exp]}
+    _warn_clipped(r["n_clipped"], ws.file or "workspace")
+    return {"CLs_obs": float(r["cls_obs"]), "CLs_exp": [float(x) for x in r["cls_exp"]]}
 
 
 def _check_poi_value(model, ws, poi_value):

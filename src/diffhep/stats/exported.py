@@ -1,0 +1,175 @@
+"""Compiled statistical kernels stored on disk per model *structure*, so that a command on
+another workspace of the same structure (every signal point of one analysis) traces and
+compiles nothing.
+
+JAX's persistent compilation cache skips XLA's compilation, but not Python's tracing of the
+kernel, which costs seconds for a hypothesis test (nested while loops, vmapped restarts). Here a
+kernel is traced once per structure, exported with :mod:`jax.export` as StableHLO and written
+to ``<store>/<key>.bin`` (the CLI's store is ``<compilation cache>/exported``); later commands
+deserialise and call it, and its XLA compilation is found in the persistent cache.
+
+The key is everything the traced program depends on and nothing else: the kernel and its
+static options, the model's index tables, its configuration with names replaced by their rank
+among the model's names (so points whose signal sample is called ``sbottom_1300_850_60`` or
+``sbottom_1000_600_60`` share a structure, while any behaviour that depends on names, through
+equality or order, is unchanged), the shapes and dtypes of the arrays, the versions of jax and
+jaxlib, the platform, and a hash of the sources of :mod:`diffhep.stats` (a code change makes
+new entries). Templates, data and the tested POI value are arguments, never constants.
+
+Example:
+    >>> import copy
+    >>> import diffhep
+    >>> from diffhep.stats import exported
+    >>> from diffhep.stats.workspace import builtin_example
+    >>> diffhep.enable_x64()
+    >>> spec, patch = builtin_example()
+    >>> other = copy.deepcopy(patch)  # another signal point: only the sample name differs
+    >>> for op in other:
+    ...     if op["op"] == "add":
+    ...         op["value"]["name"] = "sbottom_1000_600_60"
+    >>> key = exported.structure_key(diffhep.Workspace(spec).patched(patch).model())
+    >>> key == exported.structure_key(diffhep.Workspace(spec).patched(other).model())
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from ..writers import write_atomic
+
+__all__ = ["cache_dir", "call", "set_cache_dir", "structure_key"]
+
+log = logging.getLogger(__name__)
+
+_CACHE_DIR: Path | None = None
+_LOADED: dict[str, Callable] = {}  # key -> jitted call of the exported kernel
+_JITTED: dict[Callable, Callable] = {}  # kernel -> its filter_jit (without a store)
+_SOURCES: str | None = None
+
+
+def set_cache_dir(path: str | os.PathLike | None) -> None:
+    """Store exported kernels under ``path`` (``None`` switches the store off)."""
+    global _CACHE_DIR
+    _CACHE_DIR = None if path is None else Path(path)
+
+
+def cache_dir() -> Path | None:
+    """The directory of exported kernels, or ``None`` when the store is off."""
+    return _CACHE_DIR
+
+
+def _sources_hash() -> str:
+    global _SOURCES
+    if _SOURCES is None:
+        h = hashlib.sha256()
+        for f in sorted(Path(__file__).parent.glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        _SOURCES = h.hexdigest()
+    return _SOURCES
+
+
+def _strings(value, out: set) -> None:
+    if isinstance(value, str):
+        out.add(value)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _strings(v, out)
+
+
+def _ranked(value, rank: dict):
+    if isinstance(value, str):
+        return ("#", rank[value])
+    if isinstance(value, (tuple, list)):
+        return tuple(_ranked(v, rank) for v in value)
+    return value
+
+
+def structure_key(model, *args, **static) -> str:
+    """A hex digest that is equal for two calls exactly when their traced programs are.
+
+    Args:
+        model: A :class:`~diffhep.stats.model.Model` (possibly stacked along a batch axis).
+        *args: The other array arguments of the kernel (their shapes and dtypes count).
+        **static: Static options of the kernel (their ``repr`` counts).
+    """
+    config = model.config
+    values = tuple(getattr(config, f.name) for f in dataclasses.fields(config))
+    names: set = set()
+    _strings(values, names)
+    rank = {name: i for i, name in enumerate(sorted(names))}
+    h = hashlib.sha256()
+    h.update(repr(_ranked(values, rank)).encode())
+    tables = model.tables
+    for name in tables._names:
+        a = getattr(tables, name)
+        h.update(f"{name}{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    for leaf in jax.tree.leaves((eqx.filter(model, eqx.is_array), args)):
+        h.update(f"{np.shape(leaf)}{jax.numpy.result_type(leaf)}".encode())
+    h.update(repr(sorted(static.items())).encode())
+    h.update(f"{jax.__version__}|{jax.lib.__version__}|{jax.default_backend()}".encode())
+    h.update(f"x64={jax.config.jax_enable_x64}|{_sources_hash()}".encode())
+    return h.hexdigest()[:32]
+
+
+def _jitted(kernel: Callable) -> Callable:
+    fn = _JITTED.get(kernel)
+    if fn is None:
+        fn = _JITTED[kernel] = eqx.filter_jit(kernel)
+    return fn
+
+
+def _spec(x):
+    return jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x))
+
+
+def call(kernel: Callable, model, *args, **static) -> Any:
+    """``kernel(model, *args, **static)``, from the store when its structure was seen before.
+
+    ``kernel`` must be a module-level function returning arrays in tuples, lists or dicts
+    (what :mod:`jax.export` serialises). Without a store (:func:`set_cache_dir`), or when
+    the kernel cannot be exported, it runs under :func:`equinox.filter_jit` as usual.
+    """
+    if _CACHE_DIR is None:
+        return _jitted(kernel)(model, *args, **static)
+    key = f"{kernel.__module__}.{kernel.__qualname__}-" + structure_key(model, *args, **static)
+    arrays, rest = eqx.partition(model, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(arrays)
+    fn = _LOADED.get(key)
+    if fn is None:
+        path = _CACHE_DIR / f"{key}.bin"
+        exp = None
+        if path.exists():
+            try:
+                exp = jax.export.deserialize(bytearray(path.read_bytes()))
+            except Exception as err:  # a damaged or foreign entry: rebuild it
+                log.debug("ignoring %s: %s", path, err)
+        if exp is None:
+
+            def flat(leaves, *args):
+                m = eqx.combine(jax.tree.unflatten(treedef, leaves), rest)
+                return kernel(m, *args, **static)
+
+            try:
+                exp = jax.export.export(jax.jit(flat))(
+                    [_spec(x) for x in leaves], *jax.tree.map(_spec, args)
+                )
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, bytes(exp.serialize()))
+            except Exception as err:  # not exportable here: run it as usual
+                log.debug("kernel %s not exported: %s", key, err)
+                return _jitted(kernel)(model, *args, **static)
+        fn = _LOADED[key] = jax.jit(exp.call)
+    return fn(leaves, *args)

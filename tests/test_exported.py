@@ -1,0 +1,167 @@
+"""Kernels stored per model structure (diffhep.stats.exported): another signal point of the
+same analysis traces and compiles nothing, and gives the numbers of a fresh computation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from diffhep.stats import exported, workflows
+from diffhep.stats.workspace import example_spec
+
+SRC = str(Path(__file__).parents[1] / "src")
+
+
+def _analysis():
+    """A small background-only workspace and the patch of one signal point."""
+    spec = example_spec()
+    signal = spec["channels"][0]["samples"].pop(0)
+    signal["name"] = "signal_300"
+    signal["modifiers"] += [
+        {"name": "sig_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.92}},
+        {"name": "sig_shape", "type": "histosys",
+         "data": {"hi_data": [13.0, 10.5], "lo_data": [11.0, 11.6]}},
+    ]  # fmt: skip
+    return spec, [{"op": "add", "path": "/channels/0/samples/0", "value": signal}]
+
+
+def _other_point(patch: list, name: str, scale: float) -> list:
+    """The patch of another signal point: the signal renamed and its yields scaled."""
+    out = copy.deepcopy(patch)
+    for op in out:
+        if op["op"] == "add":
+            op["value"]["name"] = name
+            op["value"]["data"] = [scale * x for x in op["value"]["data"]]
+            for m in op["value"]["modifiers"]:
+                if m["type"] == "histosys":
+                    for k in ("hi_data", "lo_data"):
+                        m["data"][k] = [scale * x for x in m["data"][k]]
+    return out
+
+
+@pytest.fixture
+def store(tmp_path):
+    exported.set_cache_dir(tmp_path / "exported")
+    exported._LOADED.clear()
+    yield tmp_path / "exported"
+    exported.set_cache_dir(None)
+    exported._LOADED.clear()
+
+
+@pytest.fixture
+def exports(monkeypatch):
+    """Count the kernels traced and exported."""
+    calls = []
+    real = jax.export.export
+
+    def counting(fn, *a, **k):
+        calls.append(fn)
+        return real(fn, *a, **k)
+
+    monkeypatch.setattr(jax.export, "export", counting)
+    return calls
+
+
+def _pyhf_cls(spec, patch):
+    """pyhf's CLs (numpy backend, scipy) of the patched workspace: the reference."""
+    import jsonpatch
+    import pyhf
+
+    ws = pyhf.Workspace(jsonpatch.apply_patch(spec, patch))
+    model = ws.model()
+    for tolerance in (None, 1e-10):  # guard the oracle: re-seat a failed fit once
+        if tolerance is not None:
+            pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer(tolerance=tolerance))
+        obs, exp = pyhf.infer.hypotest(
+            1.0, ws.data(model), model, test_stat="qtilde", return_expected_set=True
+        )
+        obs, exp = float(obs), np.asarray(exp, dtype=float).ravel()
+        if np.isfinite([obs, *exp]).all():
+            break
+    pyhf.set_backend("numpy", "scipy")
+    return obs, exp
+
+
+def test_another_signal_point_reuses_the_stored_kernel(store, exports):
+    spec, patch = _analysis()
+    other = _other_point(patch, "signal_500", 0.4)
+    first = workflows.cls(spec, patches=[patch])
+    assert len(exports) == 1 and len(list(store.glob("*.bin"))) == 1
+    exported._LOADED.clear()  # as a new process: only the file is left
+    second = workflows.cls(spec, patches=[other])
+    assert len(exports) == 1, "the second point traced its kernel again"
+    for out, p in ((first, patch), (second, other)):
+        obs, exp = _pyhf_cls(spec, p)
+        assert out["CLs_obs"] == pytest.approx(obs, rel=1e-4)
+        np.testing.assert_allclose(out["CLs_exp"], exp, rtol=1e-4)
+    assert first["CLs_obs"] != pytest.approx(second["CLs_obs"], rel=1e-3)  # not a stale result
+
+
+def test_another_structure_gets_its_own_kernel_and_damaged_entries_are_rebuilt(store, exports):
+    spec, patch = _analysis()
+    workflows.cls(spec, patches=[patch])
+    smaller = copy.deepcopy(patch)
+    for op in smaller:  # the signal without its histosys: other tables
+        if op["op"] == "add":
+            op["value"]["modifiers"] = [
+                m for m in op["value"]["modifiers"] if m["type"] != "histosys"
+            ]
+    out = workflows.cls(spec, patches=[smaller])
+    assert len(exports) == 2 and len(list(store.glob("*.bin"))) == 2
+    obs, _ = _pyhf_cls(spec, smaller)
+    assert out["CLs_obs"] == pytest.approx(obs, rel=1e-4)
+    for entry in store.glob("*.bin"):
+        entry.write_bytes(b"not a kernel")
+    exported._LOADED.clear()
+    again = workflows.cls(spec, patches=[smaller])
+    assert len(exports) == 3 and again == out
+
+
+@pytest.mark.slow  # ~15 s: a scan and a dozen root-finding hypotests
+def test_the_upper_limit_scan_uses_the_store(store, exports):
+    spec, patch = _analysis()
+    a = workflows.upper_limit(spec, patches=[patch])
+    n = len(exports)
+    assert n >= 1
+    exported._LOADED.clear()
+    b = workflows.upper_limit(spec, patches=[patch])
+    assert len(exports) == n
+    assert a == b
+
+
+def test_second_command_on_another_point_compiles_nothing(tmp_path):
+    """Two ``diffhep cls`` processes: the second, on another signal point, finds every
+    compilation in the persistent cache and traces no kernel."""
+    spec, patch = _analysis()
+    (tmp_path / "bkg.json").write_text(json.dumps(spec))
+    (tmp_path / "a.json").write_text(json.dumps(patch))
+    (tmp_path / "b.json").write_text(json.dumps(_other_point(patch, "signal_700", 2.0)))
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC,
+        "DIFFHEP_CACHE_DIR": str(tmp_path / "cache"),
+        "JAX_LOG_COMPILES": "1",
+    }
+    cmd = [sys.executable, "-m", "diffhep", "cls", str(tmp_path / "bkg.json"), "-p"]
+    first = subprocess.run([*cmd, str(tmp_path / "a.json")], env=env, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "Finished tracing flat" in first.stderr
+    second = subprocess.run([*cmd, str(tmp_path / "b.json")], env=env, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert second.returncode == 0, second.stderr[-2000:]
+    lines = second.stderr.splitlines()
+    compiled = [x for x in lines if "Compiling " in x]
+    hits = [x for x in lines if "Persistent compilation cache hit" in x]
+    assert compiled and len(hits) == len(compiled), "\n".join(compiled)
+    assert "Finished tracing flat" not in second.stderr
+    fresh = _pyhf_cls(spec, _other_point(patch, "signal_700", 2.0))
+    assert json.loads(second.stdout)["CLs_obs"] == pytest.approx(fresh[0], rel=1e-4)
