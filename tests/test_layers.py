@@ -20,6 +20,7 @@ LAYERS = [
     {"plotting"},
     {"stats"},
     {"nn"},
+    {"surrogate"},
     {"analysis"},
     {"io"},
     {"weights"},
