@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from . import diagnostics, grid, optimize, runs, stats, studies, toys, weights
+from . import diagnostics, generate, grid, optimize, runs, stats, studies, toys, weights
 
 __all__ = ["main"]
 
@@ -22,6 +22,6 @@ def main() -> None:
     """diffhep: differentiable HistFactory inference and analysis optimisation."""
 
 
-for _group in [stats, grid, diagnostics, toys, runs, optimize, weights, studies]:
+for _group in [stats, grid, diagnostics, toys, runs, optimize, weights, studies, generate]:
     for _command in _group.COMMANDS:
         main.add_command(_command)
