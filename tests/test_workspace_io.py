@@ -626,3 +626,40 @@ def test_same_name_for_incompatible_modifiers():
     )
     with pytest.raises(DiffhepError, match="jes"):
         Workspace(spec).model()
+
+
+def _signal_patch(**modifier_data):
+    signal = {"name": "signal_2", "data": [3.0, 4.0],
+              "modifiers": [{"name": "mu", "type": "normfactor", "data": None},
+                            {"name": "sig_norm", "type": "normsys",
+                             "data": modifier_data or {"hi": 1.1, "lo": 0.9}}]}  # fmt: skip
+    return [{"op": "add", "path": "/channels/0/samples/0", "value": signal}]
+
+
+def test_sample_patches_validate_only_the_new_samples(monkeypatch):
+    """A patch that adds samples (what signal patches do) validates the new samples, not the
+    whole document again; an invalid sample, or a removal that empties a list, is still
+    reported at its place in the document."""
+    import diffhep.stats.workspace as module
+
+    ws = Workspace(diffhep.stats.workspace.example_spec())
+    schemas = []
+    real = module.validate
+    monkeypatch.setattr(
+        module, "validate", lambda doc, schema="workspace.json", **k: (
+            schemas.append(schema), real(doc, schema, **k))[1]
+    )  # fmt: skip
+    patched = ws.patched(_signal_patch())
+    assert schemas == ["defs.json#/definitions/sample"]
+    assert patched.spec["channels"][0]["samples"][0]["name"] == "signal_2"
+    with pytest.raises(SchemaError) as err:
+        ws.patched(_signal_patch(hi="high", lo=0.9))
+    assert "channels[0].samples[0].modifiers[1].data.hi" in str(err.value)
+    with pytest.raises(SchemaError, match=r"at channels: .*non-empty"):
+        ws.patched([{"op": "remove", "path": "/channels/0"}])
+    with pytest.raises(SchemaError, match="samples"):
+        ws.patched([{"op": "remove", "path": "/channels/0/samples/1"},
+                    {"op": "remove", "path": "/channels/0/samples/0"}])  # fmt: skip
+    schemas.clear()
+    ws.patched([{"op": "replace", "path": "/observations/0/data", "value": [50.0, 49.0]}])
+    assert schemas == ["workspace.json"]  # any other operation: the whole document

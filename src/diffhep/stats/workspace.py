@@ -21,6 +21,7 @@ import copy
 import gzip
 import hashlib
 import json
+import re
 import sys
 from functools import cache
 from importlib import resources
@@ -104,6 +105,20 @@ def _schema(name: str) -> dict:
     # pyhf's top-level schemas are a bare "$ref" (draft 6 ignores a sibling "$id"), so refer
     # to them by absolute URI and let the registry resolve relative references from there.
     return {"$ref": f"https://scikit-hep.org/pyhf/schemas/{SCHEMA_VERSION}/{name}"}
+
+
+_SAMPLE_PATH = re.compile(r"^/channels/\d+/samples/(\d+|-)$")
+_CHANNEL_PATH = re.compile(r"^/channels/\d+$")
+
+
+def _local_op(op) -> bool:
+    """A patch operation whose effect on schema validity is checked by its value alone."""
+    if not isinstance(op, dict):
+        return False
+    kind, path = op.get("op"), str(op.get("path"))
+    if kind in ("add", "replace"):
+        return bool(_SAMPLE_PATH.match(path)) and "value" in op
+    return kind == "remove" and bool(_SAMPLE_PATH.match(path) or _CHANNEL_PATH.match(path))
 
 
 _FIXES = {
@@ -382,8 +397,25 @@ class Workspace:
         return data
 
     def patched(self, patch: list[dict]) -> Workspace:
-        """A new workspace with a JSON patch applied."""
-        return Workspace(apply_patch(self.spec, patch, file=self.file), file=self.file)
+        """A new workspace with a JSON patch applied.
+
+        When every operation adds or replaces a sample, or removes a sample or a channel
+        (what published signal patches do), only the new samples are validated against the
+        schema, and the lists that lost an item must not be empty: the rest of the document
+        was valid and stays so. Otherwise, or if a sample is invalid, the whole document is
+        (so that errors name their place in it).
+        """
+        doc = apply_patch(self.spec, patch, file=self.file)
+        local = all(_local_op(op) for op in patch) and all(
+            c.get("samples") for c in doc.get("channels") or [{}]
+        )
+        try:
+            for op in patch if local else ():
+                if op["op"] != "remove":
+                    validate(op["value"], "defs.json#/definitions/sample")
+        except SchemaError:
+            local = False
+        return Workspace(doc, file=self.file, validate_schema=not local)
 
     def to_json(self) -> str:
         return json.dumps(self.spec, indent=2, sort_keys=True)
