@@ -219,6 +219,11 @@ def test_train_writes_the_fields_and_pyhf_agrees(files, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["observed_events"] == 250
     assert summary["observed_cls"] == pytest.approx(_pyhf_cls(ws), rel=1e-4, abs=1e-7)
+    # the report's fit diagnostics (issue 22) fit the observed data, not the Asimov data
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert diag["data"] == "observed"
+    for o in ws["observations"]:
+        assert diag["yields"]["postfit"][o["name"]]["data"] == o["data"]
 
 
 BASE = """

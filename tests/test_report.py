@@ -338,6 +338,7 @@ def test_run_diagnostics_are_the_library_on_its_workspace(tiny_run):
         covariance.postfit_yields(model, data, post),
     )
     _assert_close(run.yields, {"prefit": pre, "postfit": postfit})
+    assert run.diagnostics["data"] == "asimov" and run.diagnostics["poi_value"] == 1.0
     # the references of the training (summary.json) and of the workspace itself
     summary = run.metrics
     assert run.ranking["poi_bestfit"] == pytest.approx(1.0, abs=1e-6)
@@ -391,6 +392,37 @@ def test_report_shows_the_run_diagnostics(tiny_run):
         data = base64.b64encode((tiny_run / "plots" / name).read_bytes()).decode("ascii")
         assert f'alt="{name}" src="data:image/png;base64,{data}"' in section
         assert text.count(f'alt="{name}"') == 1
+
+
+def test_run_with_observed_data_fits_them(tiny_run, tmp_path):
+    """With a data sample (workspace.json's observations are its histograms) the diagnostics
+    are those of ``diffhep pulls``/``ranking``/``yields`` on the workspace as written: its
+    observations, not the Asimov data; the report says which."""
+    import shutil
+
+    from diffhep.runs.diagnostics import write_diagnostics
+    from diffhep.runs.report import write_html
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    spec = json.loads((run / "workspace.json").read_text())
+    spec["observations"][0]["data"] = [0.0, 58.0, 41.0, 0.0]
+    (run / "workspace.json").write_text(json.dumps(spec))
+    assert write_diagnostics(run, run / "plots", observed=True) == {}
+    write_html(run)
+    res = diffhep.load_run(run)
+    ws = Workspace(spec)
+    model = ws.model()
+    data = ws.data(model)
+    post = covariance.postfit(model, data)
+    _assert_close(res.pulls, stats_diagnostics.pulls(model, post))
+    _assert_close(res.ranking["ranking"], stats_diagnostics.ranking(model, data, post).to_list())
+    _assert_close(res.yields["postfit"], covariance.postfit_yields(model, data, post))
+    assert res.diagnostics["data"] == "observed" and res.diagnostics["poi_value"] is None
+    assert res.yields["postfit"]["SR"]["data"] == [0.0, 58.0, 41.0, 0.0]
+    assert max(abs(p["pull"]) for p in res.pulls["parameters"]) > 0.05
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "to the observed data (workspace.json" in page
 
 
 def test_run_without_diagnostics_says_how_to_get_them(tiny_run, tmp_path):

@@ -3,12 +3,16 @@ of the trained analysis (its ``workspace.json``), with their figures.
 
 The numbers are those of :mod:`diffhep.stats.covariance` and :mod:`diffhep.stats.diagnostics`
 (the library behind ``diffhep pulls``, ``ranking`` and ``yields``; same JSON), applied to the
-model of the run's ``workspace.json`` and its **Asimov data at the nominal parameters** (POI
-at its initial value 1, constrained parameters at their auxiliary data: cabinetry's
-``asimov=True``). A run has no observed data: ``workspace.json``'s observations are the
-background-only Asimov data, on which the POI sits at its lower bound 0 and the refits of the
-ranking are cut off there; at ``mu = 1`` the post-fit uncertainties are those the training
-optimised (the POI's is the summary's ``sigma_mu``).
+model of the run's ``workspace.json`` and to the run's data:
+
+- with a data sample (``role: data``), the **observed data**: ``workspace.json``'s
+  observations (``diffhep pulls workspace.json`` gives the same numbers);
+- otherwise the **Asimov data at the nominal parameters** (POI at its initial value 1,
+  constrained parameters at their auxiliary data: cabinetry's ``asimov=True``), the data of
+  the training. ``workspace.json``'s observations are then the background-only Asimov data,
+  on which the POI sits at its lower bound 0 and the ranking's refits are cut off there; at
+  ``mu = 1`` the post-fit uncertainties are those the training optimised (the POI's is the
+  summary's ``sigma_mu``).
 
 They are computed when the run's report is written (``diffhep train``/``evaluate``) and kept
 in ``diagnostics.json`` (atomically) with ``plots/pulls.png``, ``plots/ranking.png`` and
@@ -39,24 +43,29 @@ PLOTS = {
     "yields_fit.png": "pre- and post-fit yields with their uncertainties",
 }
 
-#: How the data of the diagnostics are made (stored in ``diagnostics.json``).
-DATA_NOTE = (
-    "Asimov data of the trained analysis (workspace.json) at its nominal parameters: POI at "
-    "its initial value, constrained parameters at their auxiliary data"
-)
+#: What the data of the diagnostics are (``diagnostics.json``'s ``data_description``).
+DATA_DESCRIPTIONS = {
+    "asimov": "Asimov data of the trained analysis at its nominal parameters (POI at its "
+    "initial value, constrained parameters at their auxiliary data)",
+    "observed": "observed data (workspace.json's observations: the hard histograms of the "
+    "data sample)",
+}
 
 
-def compute(spec: dict) -> dict:
-    """Pulls, ranking and yields of a workspace on its nominal Asimov data.
+def compute(spec: dict, observed: bool = False) -> dict:
+    """Pulls, ranking and yields of a workspace on its observations or its Asimov data.
 
     Args:
         spec: A pyhf workspace (a run's ``workspace.json``).
+        observed: Fit the workspace's observations (a run with a data sample); otherwise
+            the Asimov data at the nominal parameters.
 
     Returns:
-        ``{"format", "data", "poi_value", "pulls", "ranking", "yields"}``: ``pulls`` as
-        :func:`diffhep.stats.diagnostics.pulls`; ``ranking`` as ``diffhep ranking``'s JSON
-        (``{"poi", "poi_bestfit", "poi_uncertainty", "method", "ranking": [...]}``);
-        ``yields`` as ``diffhep yields``' (``{"prefit", "postfit"}``).
+        ``{"format", "data" ("asimov" or "observed"), "data_description", "poi_value" (the
+        Asimov data's POI; ``None`` for observed data), "pulls", "ranking", "yields"}``:
+        ``pulls`` as :func:`diffhep.stats.diagnostics.pulls`; ``ranking`` as ``diffhep
+        ranking``'s JSON (``{"poi", "poi_bestfit", "poi_uncertainty", "method", "ranking":
+        [...]}``); ``yields`` as ``diffhep yields``' (``{"prefit", "postfit"}``).
 
     Raises:
         DiffhepError: float64 is not enabled; :class:`~diffhep.errors.FitError` if a fit
@@ -72,16 +81,22 @@ def compute(spec: dict) -> dict:
             "the fit diagnostics need float64",
             fix="call diffhep.enable_x64() before training or evaluating",
         )
-    model = Workspace(spec).model()
+    ws = Workspace(spec)
+    model = ws.model()
     poi = covariance.require_poi(model)
     pars = covariance.nominal_parameters(model)
-    data = np.asarray(model.expected_data(pars), dtype=float)
+    if observed:
+        data = np.asarray(ws.data(model), dtype=float)
+    else:
+        data = np.asarray(model.expected_data(pars), dtype=float)
     post = covariance.postfit(model, data)
     r = diagnostics.ranking(model, data, post, method="refit")
+    kind = "observed" if observed else "asimov"
     return {
         "format": DIAGNOSTICS_FORMAT,
-        "data": DATA_NOTE,
-        "poi_value": float(pars[poi]),
+        "data": kind,
+        "data_description": DATA_DESCRIPTIONS[kind],
+        "poi_value": None if observed else float(pars[poi]),
         "pulls": diagnostics.pulls(model, post),
         "ranking": {
             "poi": r.poi,
@@ -97,8 +112,9 @@ def compute(spec: dict) -> dict:
     }
 
 
-def write_diagnostics(run_dir, plot_dir, style=None) -> dict:
-    """Write ``diagnostics.json`` (from ``run_dir/workspace.json``) and its figures.
+def write_diagnostics(run_dir, plot_dir, style=None, observed: bool = False) -> dict:
+    """Write ``diagnostics.json`` (:func:`compute` of ``run_dir/workspace.json``; on its
+    observations if ``observed``) and its figures in ``plot_dir``.
 
     A stale ``diagnostics.json`` is removed first, so a failure leaves none. Nothing raises:
     what fails is logged and returned.
@@ -112,7 +128,7 @@ def write_diagnostics(run_dir, plot_dir, style=None) -> dict:
     path = run_dir / "diagnostics.json"
     path.unlink(missing_ok=True)
     try:
-        doc = compute(json.loads((run_dir / "workspace.json").read_text()))
+        doc = compute(json.loads((run_dir / "workspace.json").read_text()), observed)
         write_atomic(path, json.dumps(doc, indent=1))
     except Exception as exc:  # a failed diagnostic must not lose the run
         log.error("fit diagnostics failed: %s: %s", type(exc).__name__, exc)
@@ -124,7 +140,7 @@ def write_diagnostics(run_dir, plot_dir, style=None) -> dict:
         "yields_fit.png": (
             figures.plot_yields,
             (doc["yields"]["prefit"], doc["yields"]["postfit"]),
-            {"data_label": "Asimov data"},
+            {"data_label": "data" if observed else "Asimov data"},
         ),
     }
     for name, (fn, args, kwargs) in draws.items():

@@ -222,7 +222,8 @@ def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
     except Exception as exc:
         failed["plots"] = f"{type(exc).__name__}: {exc}"
     if cfg.report.diagnostics:
-        failed |= write_diagnostics(out, plot_dir, style=cfg.report.style)
+        observed = parts.get("observed") is not None  # a data sample: fit its histograms
+        failed |= write_diagnostics(out, plot_dir, style=cfg.report.style, observed=observed)
 
     def mark():
         if failed:

@@ -350,13 +350,15 @@ def _diagnostics_section(run_dir: Path) -> list[str]:
         return []
     doc = json.loads(path.read_text())
     rank = doc["ranking"]
+    poi = html.escape(rank["poi"])
+    at = f" ({poi} = {doc['poi_value']:g})" if doc.get("poi_value") is not None else ""
     out = [
         "<h2>Fit diagnostics</h2>",
         f"<p>Fits of the trained analysis (<code>workspace.json</code>) to the "
-        f"{html.escape(doc['data'])} ({html.escape(rank['poi'])} = {doc['poi_value']:g}); "
-        "the same numbers as <code>diffhep pulls</code>, <code>ranking</code> and "
-        "<code>yields</code> on these data (<code>diagnostics.json</code>). Post-fit "
-        f"{html.escape(rank['poi'])} = {_pm(rank['poi_bestfit'], rank['poi_uncertainty'])}.</p>",
+        f"{html.escape(doc['data_description'])}{at}; the same numbers as "
+        "<code>diffhep pulls</code>, <code>ranking</code> and <code>yields</code> on these "
+        f"data (<code>diagnostics.json</code>). Post-fit {poi} = "
+        f"{_pm(rank['poi_bestfit'], rank['poi_uncertainty'])}.</p>",
         "<h3>Pulls</h3>",
         _table([[p["name"], p["modifier"], p["pull"], p["constraint"]]
                 for p in doc["pulls"]["parameters"]],
@@ -368,7 +370,7 @@ def _diagnostics_section(run_dir: Path) -> list[str]:
                         for p in doc["pulls"]["normfactors"]],
                        ["parameter", "modifier", "best fit"])]  # fmt: skip
     keys = ("prefit_up", "prefit_down", "postfit_up", "postfit_down")
-    out += [f"<h3>Ranking (impact on {html.escape(rank['poi'])})</h3>",
+    out += [f"<h3>Ranking (impact on {poi})</h3>",
             _table([[r["parameter"], *(r[k] for k in keys)] for r in rank["ranking"]],
                    ["parameter", "pre-fit up", "pre-fit down", "post-fit up",
                     "post-fit down"])]  # fmt: skip

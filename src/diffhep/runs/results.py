@@ -134,7 +134,9 @@ class RunResult:
         (``{"parameters": [{"name", "modifier", "bestfit", "uncertainty", "nominal",
         "prefit_uncertainty", "pull", "constraint"}], "normfactors": [...]}``, as
         :func:`diffhep.stats.diagnostics.pulls` and ``diffhep pulls``), from a fit of
-        ``workspace.json`` to its Asimov data at the nominal parameters (POI = 1).
+        ``workspace.json`` to the run's observed data if it has a data sample, otherwise
+        to its Asimov data at the nominal parameters (POI = 1); ``diagnostics["data"]``
+        says which (:mod:`diffhep.runs.diagnostics`).
 
         Raises:
             ConfigError: The run has no ``diagnostics.json`` (written with the report).
