@@ -12,6 +12,7 @@ STUDY_DEFAULTS = {  # seeds, epochs
     "inferno": (5, 80),
     "significance": (3, 20),
     "negative-weights": (3, 60),
+    "black-box": (3, 20),
 }
 
 
@@ -49,7 +50,9 @@ def study(name, out, seeds, epochs, rows, runs_dir, workers, overrides):
     (selection cuts and a neural observable, alone and together, and the skim trade-off),
     inferno (INFERNO's benchmark: every model on one protocol) or significance (the
     Elwood-Kruecker significance losses) or negative-weights (training weight strategies
-    for negative event weights)."""
+    for negative event weights) or black-box (gradients, L-GSO and Bayesian optimisation
+    on exact objectives; a smoke form for now)."""
+    from ..studies.black_box import black_box_study
     from ..studies.cuts import cuts_study
     from ..studies.inferno import inferno_study
     from ..studies.negative_weights import negative_weights_study
@@ -62,6 +65,7 @@ def study(name, out, seeds, epochs, rows, runs_dir, workers, overrides):
         "inferno": inferno_study,
         "significance": significance_study,
         "negative-weights": negative_weights_study,
+        "black-box": black_box_study,
     }[name]
     default_seeds, default_epochs = STUDY_DEFAULTS[name]
     extra = {}

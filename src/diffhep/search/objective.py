@@ -21,7 +21,7 @@ from ..nn.training import METRICS, TrainingError
 from ..runs.config import Config, ConfigError, SearchConfig, load_config
 from .space import trial_overrides
 
-__all__ = ["DIRECTIONS", "Objective", "TrialFailed", "objective_name"]
+__all__ = ["DIRECTIONS", "Objective", "TrialFailed", "exact_evaluator", "objective_name"]
 
 #: Whether each metric is minimised or maximised.
 DIRECTIONS = {"expected_cls": "minimize", "sigma_mu": "minimize", "z0": "maximize"}
@@ -49,7 +49,9 @@ def trial_key(values: dict) -> str:
 _EVALUATORS: dict = {}  # a few prepared and compiled evaluators, reused within a process
 
 
-def _evaluator(cfg: Config, file: str):
+def exact_evaluator(cfg: Config, file: str):
+    """The :class:`~diffhep.runs.exact.ExactEvaluator` of ``cfg`` (prepared and compiled once
+    per config within a process)."""
     from ..runs.exact import ExactEvaluator
 
     key = (file, cfg.model_copy(update={"search": SearchConfig()}).to_yaml())
@@ -74,7 +76,7 @@ class Objective:
         self.path, self.overrides, self.out = path, list(overrides), Path(out)
         self.name = objective_name(cfg)
         self.train = cfg.search.train
-        self._exact = None if self.train else _evaluator(cfg, str(path))
+        self._exact = None if self.train else exact_evaluator(cfg, str(path))
 
     def config(self, values: dict) -> Config:
         """The config at ``values`` (without its search section)."""
