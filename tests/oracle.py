@@ -28,6 +28,7 @@ __all__ = [
     "ReferenceFailure",
     "finite_fits",
     "fit",
+    "global_fit",
     "hypotest",
     "optimizer",
     "pyhf_numpy",
@@ -204,6 +205,47 @@ def test_statistic(name, mu, data, model, init_pars, par_bounds, fixed_params,
 
 
 test_statistic.__test__ = False  # not a pytest test
+
+
+def global_fit(data, model, *, poi_value=None, n_starts=20, seed=0):
+    """The lowest ``-2 log L`` pyhf finds from many starts: :func:`fit` (re-seated) from the
+    suggested init, then pyhf's scipy fit from ``n_starts`` random starts, each free
+    parameter uniform within 0.9 x min(1, half its bound range) of its suggested init
+    (starts that fail are skipped). The reference where the likelihood has several minima:
+    pyhf's fit from one start can stop in the worse one (tests/test_pipeline.py's model at
+    mu = 0: -2 log L 17.9428 at alpha = +0.26 instead of 17.9236 at alpha = -0.31).
+
+    Returns:
+        ``(bestfit, twice_nll)`` of the lowest fit, as a numpy array and a float.
+    """
+    cfg = model.config
+    init = np.asarray(cfg.suggested_init(), dtype=float)
+    bounds = np.asarray(cfg.suggested_bounds(), dtype=float)
+    free = ~np.asarray(cfg.suggested_fixed(), dtype=bool)
+    if poi_value is not None:
+        init[cfg.poi_index] = poi_value
+        free[cfg.poi_index] = False
+    half = 0.9 * np.minimum(1.0, 0.5 * (bounds[:, 1] - bounds[:, 0]))
+    rng = np.random.default_rng(seed)
+    starts = [init + free * rng.uniform(-half, half) for _ in range(n_starts)]
+
+    def one(opt, start):
+        with pyhf_numpy(opt):
+            kw = {"init_pars": list(start), "return_fitted_val": True}
+            if poi_value is None:
+                return pyhf.infer.mle.fit(_tensor(data), model, **kw)
+            return pyhf.infer.mle.fixed_poi_fit(poi_value, _tensor(data), model, **kw)
+
+    results = [fit(data, model, poi_value=poi_value, return_fitted_val=True)]
+    for start in starts:
+        try:
+            out = one("scipy", np.clip(start, bounds[:, 0], bounds[:, 1]))
+        except Exception:  # a start the optimiser cannot leave: another start covers it
+            continue
+        if _finite(out):
+            results.append(out)
+    best = min(results, key=lambda r: float(r[1]))
+    return np.asarray(best[0], dtype=float), float(best[1])
 
 
 def _poi_bounds(model):

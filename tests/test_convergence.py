@@ -361,15 +361,7 @@ class BruteForce:
 
 COUPLED_CASES = [
     # issue 20: CLs_obs 0.1140 with the global minima (pyhf printed 0.278, diffhep 0.090)
-    pytest.param(
-        "multichan_coupledhistosys",
-        None,
-        "qtilde",
-        id="multichan-code4p-qtilde",
-        # the restart that found these minima (a4deb81) moved Z0 of test_pipeline.py's model
-        # away from pyhf by 1% and was taken back at the end of the session; open (issue 20)
-        marks=pytest.mark.xfail(strict=True, reason="issue 20 item 3: restart taken back"),
-    ),
+    pytest.param("multichan_coupledhistosys", None, "qtilde", id="multichan-code4p-qtilde"),
     pytest.param("2bin_2channel_coupledhistosys", CODE1_CODE0, "q", id="2bin-code0-q"),
 ]
 

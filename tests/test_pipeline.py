@@ -530,10 +530,25 @@ def _fd_hessian(f, x, h=1e-4):
     return H
 
 
+def _global_q0(model, data):
+    """q0 = -2 ln L(0) / L(muhat) (0 for muhat < 0) with the lowest fits pyhf's logpdf has
+    from 20 random starts (:func:`oracle.global_fit`)."""
+    free_pars, free = oracle.global_fit(data, model)
+    _, at_zero = oracle.global_fit(data, model, poi_value=0.0)
+    return max(at_zero - free, 0.0) if free_pars[model.config.poi_index] >= 0 else 0.0
+
+
 def _pyhf_results(spec):
     """pyhf's median expected CLs (qtilde, mu = 1, on the workspace's observations), Z0 =
     sqrt(q0) on the mu = 1 Asimov data and the POI's standard deviation from the inverse of a
-    finite-difference Hessian of -log L on that data, at the nominal point."""
+    finite-difference Hessian of -log L on that data, at the nominal point.
+
+    Z0 comes from the lowest fits of pyhf's logpdf from many starts (``z0``), not from pyhf's
+    q0 (``z0_pyhf``): the profile at mu = 0 of these models has two minima in the histosys
+    parameter, and pyhf's fit from the suggested init stops in the worse one (hard-histogram
+    model: -2 ln L 17.9428 at alpha = +0.259 instead of 17.9236 at alpha = -0.307, Z0
+    0.93249 instead of 0.92211; checked on a dense grid in alpha with the other nuisances
+    profiled). Where pyhf finds the lowest minimum, the two are equal."""
     ws = pyhf.Workspace(copy.deepcopy(spec))
     model = ws.model()
     data = ws.data(model)
@@ -541,7 +556,9 @@ def _pyhf_results(spec):
     _, cls_exp = oracle.hypotest(1.0, data, model, test_stat="qtilde", return_expected=True)
     init, bounds, fixed = cfg.suggested_init(), cfg.suggested_bounds(), cfg.suggested_fixed()
     asimov_sb = model.expected_data(_pyhf_pars(model, 1.0))
-    q0 = oracle.test_statistic("q0", 0.0, asimov_sb, model, init, bounds, fixed)
+    q0_pyhf = oracle.test_statistic("q0", 0.0, asimov_sb, model, init, bounds, fixed)
+    q0 = _global_q0(model, asimov_sb)
+    assert q0 <= q0_pyhf + 1e-9  # a lower minimum of L(0) only lowers q0
 
     def nll(pars):
         return -float(model.logpdf(pars, asimov_sb)[0])
@@ -552,6 +569,7 @@ def _pyhf_results(spec):
     return {
         "cls": float(cls_exp),
         "z0": float(np.sqrt(q0)),
+        "z0_pyhf": float(np.sqrt(q0_pyhf)),
         "sigma_mu": float(np.sqrt(np.linalg.inv(hess)[poi, poi])),
         "model": model,
         "data": data,
@@ -578,6 +596,8 @@ def test_expected_cls_matches_hypotest_and_pyhf(core, pyhf_reference):
 
 
 def test_discovery_significance_matches_pyhf(core, pyhf_reference):
+    """Z0 of pyhf's logpdf with the global minimum at mu = 0 (see :func:`_pyhf_results`:
+    pyhf's own q0 comes from the worse of two minima here, Z0 0.93249 instead of 0.92211)."""
     assert core["z0"] > 0.1
     np.testing.assert_allclose(core["z0"], pyhf_reference["z0"], rtol=RTOL_PYHF)
 
@@ -589,7 +609,8 @@ def test_sigma_mu_matches_finite_difference_fisher_information(core, pyhf_refere
 
 def test_soft_loss_terms_match_pyhf(pipes, params, events, compiled):
     """The likelihood loss terms (soft histograms) are pyhf's numbers for the workspace of
-    those histograms, with z0 = -Z0 and inv_z0 = 1 / Z0."""
+    those histograms, with z0 = -Z0 and inv_z0 = 1 / Z0 (Z0 with the global minimum at
+    mu = 0, see :func:`_pyhf_results`)."""
     pipe, p = pipes["basic"], params["basic"]
     dyn, static = eqx.partition(p, _trainable_spec(p))
     got = {t: float(v) for t, (v, _) in compiled["basic"](dyn, static, events, BANDWIDTH).items()}

@@ -530,16 +530,32 @@ class Model(eqx.Module):
         (Asimov data of a bin whose net yield is negative, from signed event weights) keeps the
         plain clip: its tangent would slope the wrong way and reward ever more negative yields.
         """
+        n = jnp.asarray(maindata, dtype=self.nominal.dtype)
+        return self._main_relative(n, pars) + self._main_constant(n)
+
+    def _main_relative(self, n, pars) -> jax.Array:
+        """:meth:`mainlogpdf` without its parameter-independent part (:meth:`_main_constant`):
+        ``n log(lam / n) - (lam - n)`` per bin with events, ``n log(lam) - lam`` elsewhere."""
         lam = self.expected_actualdata(pars)
-        n = jnp.asarray(maindata, dtype=lam.dtype)
+        n = jnp.asarray(n, dtype=lam.dtype)
         pos = n > 0
         ns = jnp.where(pos, n, 1.0)
-        floored = jnp.where(lam > POISSON_FLOOR, lam, POISSON_FLOOR)
+        above = lam > POISSON_FLOOR
+        floored = jnp.where(above, lam, POISSON_FLOOR)
         tangent = ns * (jnp.log(POISSON_FLOOR / ns) + (lam - POISSON_FLOOR) / POISSON_FLOOR)
-        rel = jnp.where(lam > POISSON_FLOOR, _poisson_rel(ns, floored), tangent - (lam - ns))
-        positive = rel + _poisson_const(ns)
-        other = xlogy(n, floored) - lam - gammaln(jnp.where(pos, 1.0, n + 1.0))
-        return jnp.sum(jnp.where(pos, positive, other))
+        rel = jnp.where(above, _poisson_rel(ns, floored), tangent - (lam - ns))
+        return jnp.sum(jnp.where(pos, rel, xlogy(n, floored) - lam))
+
+    @staticmethod
+    def _main_constant(n) -> jax.Array:
+        """The part of :meth:`mainlogpdf` that depends on the counts only:
+        ``n log n - n - log(n!)`` per bin with events, ``-log(n!)`` elsewhere."""
+        pos = n > 0
+        return jnp.sum(
+            jnp.where(
+                pos, _poisson_const(jnp.where(pos, n, 1.0)), -gammaln(jnp.where(pos, 1.0, n + 1.0))
+            )
+        )
 
     def n_clipped(self, pars) -> jax.Array:
         """Number of bins whose expected yield is below :data:`POISSON_FLOOR` at ``pars``."""
@@ -592,19 +608,42 @@ class Model(eqx.Module):
         """Gaussian and Poisson constraint terms (pyhf's continuous Poisson)."""
         if not self.tables.aux_par.shape[0]:
             return jnp.zeros((), dtype=self.nominal.dtype)
+        aux = jnp.asarray(auxdata, dtype=self.nominal.dtype)
+        return self._constraint_relative(aux, pars) + self._constraint_constant(aux)
+
+    def _constraint_relative(self, aux, pars) -> jax.Array:
+        """:meth:`constraint_logpdf` without its parameter-independent part
+        (:meth:`_constraint_constant`): ``-z^2 / 2`` for Gaussian terms, the cancellation-free
+        ``aux log(rate / aux) - (rate - aux)`` for Poisson terms with ``aux > 0`` (aux ~ 1e11
+        for a shapesys of relative width 3e-6: the naive ``aux log(rate) - rate - log(aux!)``,
+        three terms of ~3e12, moves in steps of ~1e-3)."""
+        if not self.tables.aux_par.shape[0]:
+            return jnp.zeros((), dtype=self.nominal.dtype)
         pars = jnp.asarray(pars, dtype=self.nominal.dtype)
-        aux = jnp.asarray(auxdata, dtype=pars.dtype)
+        aux = jnp.asarray(aux, dtype=pars.dtype)
         sigma, factor, _ = self._constraint_terms()
         theta = pars[self.tables.aux_par]
-        normal = -0.5 * ((aux - theta) / sigma) ** 2 - jnp.log(sigma) - 0.5 * np.log(2 * np.pi)
+        normal = -0.5 * ((aux - theta) / sigma) ** 2
         rate = theta * factor
         safe_rate = jnp.where(rate > 0, rate, POISSON_FLOOR)
-        # aux ~ 1e11 for a shapesys of relative width 3e-6: the naive sum of three terms of
-        # ~3e12 moves in steps of ~1e-3 (see mainlogpdf for the cancellation-free form)
         pos = aux > 0
-        safe_aux = jnp.where(pos, aux, 1.0)
-        stable = _poisson_rel(safe_aux, safe_rate) + _poisson_const(safe_aux)
-        poisson = jnp.where(pos, stable, xlogy(aux, safe_rate) - safe_rate - gammaln(aux + 1.0))
+        stable = _poisson_rel(jnp.where(pos, aux, 1.0), safe_rate)
+        poisson = jnp.where(pos, stable, xlogy(aux, safe_rate) - safe_rate)
+        return jnp.sum(jnp.where(self.tables.aux_poisson, poisson, normal))
+
+    def _constraint_constant(self, aux) -> jax.Array:
+        """The parameter-independent part of :meth:`constraint_logpdf`: ``-log(sigma) -
+        log(2 pi) / 2`` per Gaussian term, ``aux log aux - aux - log(aux!)`` per Poisson term
+        (``-log(aux!)`` for ``aux <= 0``)."""
+        if not self.tables.aux_par.shape[0]:
+            return jnp.zeros((), dtype=self.nominal.dtype)
+        aux = jnp.asarray(aux, dtype=self.nominal.dtype)
+        sigma, _, _ = self._constraint_terms()
+        normal = -jnp.log(sigma) - _HALF_LOG_2PI
+        pos = aux > 0
+        poisson = jnp.where(
+            pos, _poisson_const(jnp.where(pos, aux, 1.0)), -gammaln(jnp.where(pos, 1.0, aux + 1.0))
+        )
         return jnp.sum(jnp.where(self.tables.aux_poisson, poisson, normal))
 
     # ------------------------------------------------------------------ full model
@@ -620,6 +659,9 @@ class Model(eqx.Module):
         pyhf returns a length-1 array; diffhep returns a scalar so it can be differentiated
         directly.
         """
+        return self.logpdf_relative(pars, data) + self.logpdf_constant(data)
+
+    def _split(self, data):
         data = jnp.asarray(data, dtype=self.nominal.dtype)
         nmain = self.config.nmaindata
         if data.shape[-1] != nmain + self.config.nauxdata:
@@ -627,7 +669,21 @@ class Model(eqx.Module):
                 f"data has {data.shape[-1]} entries, expected {nmain} main + "
                 f"{self.config.nauxdata} auxiliary"
             )
-        return self.mainlogpdf(data[:nmain], pars) + self.constraint_logpdf(data[nmain:], pars)
+        return data[:nmain], data[nmain:]
+
+    def logpdf_relative(self, pars, data) -> jax.Array:
+        """:meth:`logpdf` minus :meth:`logpdf_constant` (which does not depend on ``pars``):
+        the objective of the fits. Its terms vanish where every expected count equals its
+        observed one, so it carries no rounding noise of large constants (``log(n!)``), and
+        the constants are computed once per fit instead of at every step."""
+        main, aux = self._split(data)
+        return self._main_relative(main, pars) + self._constraint_relative(aux, pars)
+
+    def logpdf_constant(self, data) -> jax.Array:
+        """The part of :meth:`logpdf` that does not depend on the parameters (it depends on
+        the data and, through the constraint widths, on the templates)."""
+        main, aux = self._split(data)
+        return self._main_constant(main) + self._constraint_constant(aux)
 
     def twice_nll(self, pars, data) -> jax.Array:
         """-2 log L, the objective of every fit."""
@@ -640,14 +696,26 @@ _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 _STIRLING_FROM = 100.0
 
 
+@jax.custom_jvp
 def _poisson_rel(n, lam):
     """``n log(lam / n) - (lam - n)`` for ``n, lam > 0``: the Poisson log-likelihood minus its
     value at ``lam = n``, without cancellation (``log1p`` near ``lam = n``, where the naive
-    ``n log lam - lam`` subtracts two large numbers)."""
+    ``n log lam - lam`` subtracts two large numbers).
+
+    Its derivatives are given directly (``-(lam - n) / lam`` in ``lam``, ``log(lam / n)`` in
+    ``n``): differentiating the two branches of the value made every Hessian-vector product
+    of a fit ~25% more expensive (50-bin benchmark model)."""
     d = (lam - n) / n
     near = jnp.abs(d) < 0.5
     log_ratio = jnp.where(near, jnp.log1p(jnp.where(near, d, 0.0)), jnp.log(lam / n))
     return n * (log_ratio - d)
+
+
+@_poisson_rel.defjvp
+def _poisson_rel_jvp(primals, tangents):
+    n, lam = primals
+    dn, dlam = tangents
+    return _poisson_rel(n, lam), jnp.log(lam / n) * dn - (lam - n) / lam * dlam
 
 
 def _poisson_const(n):
