@@ -199,3 +199,14 @@ def test_training_search(tmp_path):
     trained = load_config(run / "config.yaml")
     assert trained.observable.hidden == [best["best"]["params"]["observable.hidden.0"]]
     assert trained.search.params == []  # the trial's config, not the search
+
+
+def test_gp_without_pytorch_exits_2(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("PyTorch is installed: the GP sampler is available")
+    res = CliRunner().invoke(main, ["optimize", str(CONFIG), "--out", str(tmp_path),
+                                    "--method", "gp", "--budget", "2"])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "needs PyTorch" in res.output and "--method bo" in res.output
