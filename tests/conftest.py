@@ -34,6 +34,8 @@ def sbottom_dir(tmp_path_factory) -> Path:
 
 #: A tiny but complete training run (blobs, a network, cuts of two directions, a norm
 #: systematic, MC statistics, BCE loss, ATLAS-style plots): about 20 s on a loaded machine.
+#: Without the report's fit diagnostics (their fits compile for ~13 s of CPU, in every
+#: process training this run): tests/test_report.py adds them to a copy.
 TINY_RUN = [
     "data.n_per_blob=800",
     "observable.hidden=[8]",
@@ -45,6 +47,7 @@ TINY_RUN = [
     "selection.cuts=[{feature: x0, direction: '>'}, {feature: x1, direction: window}]",
     "training.loss=bce",
     "report.style=ATLAS",
+    "report.diagnostics=false",
 ]
 
 

@@ -53,10 +53,35 @@ class _Page(HTMLParser):
             self.pre.append(data)
 
 
-def test_html_report_embeds_every_plot(tiny_run):
+@pytest.fixture(scope="module")
+def diag_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with the report's fit diagnostics (``report.diagnostics``, off
+    in the shared fixture), written as ``diffhep evaluate`` writes them."""
+    import shutil
+
+    from diffhep.runs.diagnostics import write_diagnostics
+    from diffhep.runs.report import write_html
+
+    run = tmp_path_factory.mktemp("diag_run") / "run"
+    shutil.copytree(tiny_run, run)
+    _enable_diagnostics(run)
+    assert write_diagnostics(run, run / "plots", style="ATLAS") == {}
+    write_html(run)
+    return run
+
+
+def _enable_diagnostics(run) -> None:
+    text = (run / "config.yaml").read_text()
+    assert "  diagnostics: false\n" in text
+    (run / "config.yaml").write_text(
+        text.replace("  diagnostics: false\n", "  diagnostics: true\n")
+    )
+
+
+def test_html_report_embeds_every_plot(diag_run):
     page = _Page()
-    page.feed((tiny_run / "report.html").read_text(encoding="utf-8"))
-    plots = {p.name: p.read_bytes() for p in (tiny_run / "plots").glob("*.png")}
+    page.feed((diag_run / "report.html").read_text(encoding="utf-8"))
+    plots = {p.name: p.read_bytes() for p in (diag_run / "plots").glob("*.png")}
     expected = {"training.png", "cuts.png", "histograms_SR.png", "cutflow.png", "roc.png",
                 "observable_vs_features.png", "observable_2d.png",
                 "pulls.png", "ranking.png", "yields_fit.png"}  # fmt: skip
@@ -70,9 +95,9 @@ def test_html_report_embeds_every_plot(tiny_run):
         decoded[img["alt"]] = data
     assert decoded == plots  # every plot, byte for byte, and nothing else
     assert page.links == []  # no external resources
-    assert "".join(page.pre) == (tiny_run / "config.yaml").read_text()
-    summary = json.loads((tiny_run / "summary.json").read_text())
-    text = (tiny_run / "report.html").read_text()
+    assert "".join(page.pre) == (diag_run / "config.yaml").read_text()
+    summary = json.loads((diag_run / "summary.json").read_text())
+    text = (diag_run / "report.html").read_text()
     assert f"{summary['expected_cls']:.6g}" in text
     assert html.escape(summary["selection"]["expression"]) in text
     # metrics, yields, variation templates, bins of SR, training weights, cut flow; fit
@@ -225,7 +250,9 @@ def test_load_run_of_a_non_run_is_a_clear_error(tmp_path):
         diffhep.load_run(tmp_path)
 
 
-def test_a_failed_plot_leaves_the_run_incomplete_not_finished(tiny_run, tmp_path, monkeypatch):
+def test_a_failed_plot_leaves_the_run_incomplete_not_finished(
+    tiny_run, diag_run, tmp_path, monkeypatch
+):
     """A plot that raises (issue 18 item 2: the report crashed on a constant feature) or a
     fit diagnostic that fails keeps the other artefacts, but summary.json says "incomplete"
     and names them, the report shows it, ``run.ranking`` says so, and the command exits 1;
@@ -239,6 +266,7 @@ def test_a_failed_plot_leaves_the_run_incomplete_not_finished(tiny_run, tmp_path
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
+    _enable_diagnostics(run)
 
     def broken(*args, **kwargs):
         raise ValueError("'list' argument must have no negative elements")
@@ -267,7 +295,10 @@ def test_a_failed_plot_leaves_the_run_incomplete_not_finished(tiny_run, tmp_path
     assert res.exit_code == 0, res.output
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and "failed" not in summary
-    _assert_close(diffhep.load_run(run).ranking, diffhep.load_run(tiny_run).ranking)
+    _assert_close(diffhep.load_run(run).ranking, diffhep.load_run(diag_run).ranking)
+    assert (run / "plots" / "ranking.png").is_file() and "Fit diagnostics" in (
+        run / "report.html"
+    ).read_text()
 
 
 class _Tables(HTMLParser):
@@ -317,14 +348,14 @@ def _assert_close(a, b, path="") -> None:
         assert a == b, path
 
 
-def test_run_diagnostics_are_the_library_on_its_workspace(tiny_run):
+def test_run_diagnostics_are_the_library_on_its_workspace(diag_run):
     """``run.pulls``/``ranking``/``yields`` (diagnostics.json) are diffhep.stats' pulls,
     ranking (batched refits) and yields of the run's workspace.json on its Asimov data at the
     nominal parameters, and that fit is the training's: its post-fit uncertainties are the
     summary's sigma_mu and sigma_<parameter> (inverse Fisher information at mu = 1), every
     pull is 0 and the post-fit yields are the workspace's histograms."""
-    run = diffhep.load_run(tiny_run)
-    spec = json.loads((tiny_run / "workspace.json").read_text())
+    run = diffhep.load_run(diag_run)
+    spec = json.loads((diag_run / "workspace.json").read_text())
     model = Workspace(spec).model()
     data = model.expected_data(covariance.nominal_parameters(model))
     post = covariance.postfit(model, data)
@@ -360,11 +391,11 @@ def test_run_diagnostics_are_the_library_on_its_workspace(tiny_run):
     assert any(x["postfit_down"] > 0 > x["postfit_up"] for x in run.ranking["ranking"])
 
 
-def test_report_shows_the_run_diagnostics(tiny_run):
+def test_report_shows_the_run_diagnostics(diag_run):
     """report.html's fit-diagnostics tables hold the numbers of ``diagnostics.json``, with its
     three figures embedded in that section."""
-    run = diffhep.load_run(tiny_run)
-    text = (tiny_run / "report.html").read_text(encoding="utf-8")
+    run = diffhep.load_run(diag_run)
+    text = (diag_run / "report.html").read_text(encoding="utf-8")
     page = _Tables()
     page.feed(text)
     t = page.tables
@@ -389,7 +420,7 @@ def test_report_shows_the_run_diagnostics(tiny_run):
                             g(run.yields["postfit"]["SR"]["data_sum"])]  # fmt: skip
     section = text[text.index("<h2>Fit diagnostics</h2>") : text.index("<h2>Plots</h2>")]
     for name in ("pulls.png", "ranking.png", "yields_fit.png"):
-        data = base64.b64encode((tiny_run / "plots" / name).read_bytes()).decode("ascii")
+        data = base64.b64encode((diag_run / "plots" / name).read_bytes()).decode("ascii")
         assert f'alt="{name}" src="data:image/png;base64,{data}"' in section
         assert text.count(f'alt="{name}"') == 1
 
@@ -425,13 +456,10 @@ def test_run_with_observed_data_fits_them(tiny_run, tmp_path):
     assert "to the observed data (workspace.json" in page
 
 
-def test_run_without_diagnostics_says_how_to_get_them(tiny_run, tmp_path):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    (run / "diagnostics.json").unlink()
-    res = diffhep.load_run(run)
+def test_run_without_diagnostics_says_how_to_get_them(tiny_run):
+    assert not (tiny_run / "diagnostics.json").exists()  # report.diagnostics: false
+    assert "Fit diagnostics" not in (tiny_run / "report.html").read_text()
+    res = diffhep.load_run(tiny_run)
     assert res.diagnostics is None
     with pytest.raises(ConfigError, match=r"(?s)no fit diagnostics.*diffhep evaluate"):
         _ = res.pulls
