@@ -94,7 +94,7 @@ def main() -> None:
         rows.append((label, warm, cold, ref))
 
     env = {"DIFFHEP_CACHE_DIR": str(tmp / "cache-grid")}
-    grid_cmd = [diffhep, "exclusion", str(bkg), *map(str, patches), "--batch-size", "32"]
+    grid_cmd = [diffhep, "exclusion", str(bkg), *map(str, patches)]
     grid_cold = _run(grid_cmd, env)[0]
     grid_warm = _run(grid_cmd, env)[0]
     ten = sum(

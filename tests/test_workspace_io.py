@@ -663,3 +663,18 @@ def test_sample_patches_validate_only_the_new_samples(monkeypatch):
     schemas.clear()
     ws.patched([{"op": "replace", "path": "/observations/0/data", "value": [50.0, 49.0]}])
     assert schemas == ["workspace.json"]  # any other operation: the whole document
+
+
+def test_a_signal_patch_leaves_workspace_and_patch_unchanged():
+    """apply_patch shares the untouched samples for signal patches: the result equals
+    jsonpatch's, and neither input changes, also when the result is changed afterwards."""
+    from diffhep.stats.workspace import apply_patch
+
+    spec = diffhep.stats.workspace.example_spec()
+    patch = [*_signal_patch(), {"op": "remove", "path": "/channels/0/samples/2"}]
+    spec_before, patch_before = copy.deepcopy(spec), copy.deepcopy(patch)
+    doc = apply_patch(spec, patch)
+    assert doc == jsonpatch.apply_patch(spec, patch)
+    doc["channels"][0]["samples"][0]["name"] = "renamed"
+    doc["channels"][0]["samples"].pop()
+    assert spec == spec_before and patch == patch_before

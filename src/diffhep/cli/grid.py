@@ -34,6 +34,12 @@ def _csv(rows) -> str:
     return buf.getvalue()
 
 
+#: Points per batch by JAX backend: on CPU a vmapped batch costs more than its points one
+#: by one (measured on sbottom RegionA: 16 points in 14 s one at a time, 25 s in batches
+#: of 4, 31 s in one batch of 16), an accelerator runs the batch in parallel.
+_DEFAULT_BATCH = {"cpu": 1, "gpu": 32}
+
+
 def _compute(workspace, patches, digest_check, batch_size, workers, scheduler, options):
     from ..stats import grid
     from ..stats.workspace import load_json, validate
@@ -41,6 +47,10 @@ def _compute(workspace, patches, digest_check, batch_size, workers, scheduler, o
     spec, name = load_json(workspace)
     validate(spec, "workspace.json", file=name)
     points = grid.load_points(spec, patches, digest_check=digest_check)
+    if batch_size is None:
+        import jax
+
+        batch_size = _DEFAULT_BATCH.get(jax.default_backend(), _DEFAULT_BATCH["gpu"])
     chunks = grid.batches(points, batch_size)
     opts = {**options, "pad_to": min(batch_size, len(points))}
     if workers is None and scheduler is None:
@@ -77,9 +87,10 @@ def _plot(rows, path, pattern, x, y, xlabel, ylabel):
 @click.option(
     "--batch-size",
     type=int,
-    default=32,
-    show_default=True,
-    help="Points per vectorised batch (memory grows with it).",
+    default=None,
+    help="Points per vectorised batch (memory grows with it). Default: 1 on CPU, where "
+    "the fits of a batch wait for its slowest and one point at a time is faster "
+    "(docs/benchmarks-commands.md); 32 on GPU.",
 )
 @click.option(
     "--out",
@@ -142,7 +153,7 @@ def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest
     reported with null CLs and the command exits 1."""
     if scheduler is not None and workers is not None:
         raise click.UsageError("--scheduler and --workers are mutually exclusive")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     if plot_path and not (mass_pattern and x_axis and y_axis):
         raise click.UsageError("--plot needs --mass-pattern, --x and --y")

@@ -270,8 +270,17 @@ def load_patch(
 
 
 def apply_patch(spec: dict, patch: list[dict], *, file: str | None = None) -> dict:
-    """Apply a JSON patch to a workspace document and return the new document."""
+    """Apply a JSON patch to a workspace document and return the new document.
+
+    ``spec`` is left unchanged. A patch that only adds, replaces or removes samples or
+    channels (a signal point) shares the untouched samples with ``spec`` instead of copying
+    the whole document; treat both documents as read-only.
+    """
     try:
+        if isinstance(patch, list) and all(_local_op(op) for op in patch):
+            doc = dict(spec)
+            doc["channels"] = [dict(c, samples=list(c["samples"])) for c in spec["channels"]]
+            return jsonpatch.JsonPatch(copy.deepcopy(patch)).apply(doc, in_place=True)
         return jsonpatch.JsonPatch(patch).apply(spec)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
         raise DiffhepError(
