@@ -9,6 +9,7 @@ black box with common random numbers.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -92,3 +93,18 @@ def test_surrogate_gradient_matches_finite_differences(psi):
         settings=Settings(max_iterations=1, n_psi=24, m_x=128, epsilon=0.15),
     )
     _check_gradient(res.surrogate, psi)
+
+
+def test_batch_level_risk():
+    """A risk that is one number for the batch (e.g. a significance of summed yields) is
+    accepted; its validation has no per-sample standard error."""
+    res = lgso(
+        lambda x, p, rng: bb.detector(x, p, rng),
+        lambda rng, n: bb.sample_truth(rng, n),
+        lambda y, x: jnp.sqrt(((y - x) ** 2).mean()),
+        [1.0],
+        settings=Settings(max_iterations=2, surrogate_steps=5, first_fit=1, k_x=64),
+    )
+    assert len(res.records) == 2
+    assert res.records[0]["val_risk_se"] is None
+    assert np.isfinite(res.records[0]["val_risk_error"])

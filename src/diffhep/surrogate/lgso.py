@@ -152,7 +152,9 @@ def lgso(
     Args:
         simulate: The black box ``(x (n, dx), psi (d,), rng) -> y (n, dy)`` (NumPy).
         sample_x: ``(rng, n) -> x (n, dx)``, the input distribution ``q(x)``.
-        risk: ``(y, x) -> (n,)`` per-sample risk, in JAX (differentiable in ``y``).
+        risk: ``(y, x) -> (n,)`` per-sample risk, in JAX (differentiable in ``y``), or one
+            number for the batch (e.g. a significance of summed yields: the objective is
+            then ``R`` of the batch, not a mean over samples).
         psi0: The starting parameters.
         cost: ``psi -> scalar``, a known differentiable term in ``psi`` (JAX), or None.
         bounds: ``[(low, high)]`` per parameter: the trust region and the steps stay inside.
@@ -239,9 +241,10 @@ def _validate(model, checks, held, rng) -> dict:
         surrogate = float(risk_mean(model, z, x, p))
         per = np.asarray(risk(y, x))
         errors.append(surrogate - float(per.mean()))
-        ses.append(float(per.std(ddof=1) / np.sqrt(len(per))))
+        if per.ndim:  # a batch-level risk (one number) has no per-sample spread
+            ses.append(float(per.std(ddof=1) / np.sqrt(len(per))))
     return {
         "val_nll": float(np.mean(nll)),
         "val_risk_error": float(np.sqrt(np.mean(np.square(errors)))),
-        "val_risk_se": float(np.sqrt(np.mean(np.square(ses)))),
+        "val_risk_se": float(np.sqrt(np.mean(np.square(ses)))) if ses else None,
     }
