@@ -1,0 +1,194 @@
+"""Benchmark: toy-based CLs on sbottom RegionA (1300/850/60), diffhep against pyhf 0.7.6.
+
+diffhep: ``diffhep.stats.toys.toys(1.0, model, data, ntoys=N)`` (qtilde, both hypotheses,
+every toy's two fits in compiled chunks), in a fresh process: the first call (compilation +
+``--small`` toys), then ``N`` toys warm; peak RSS after each (memory flat in the number of
+toys: the second, larger run must not raise it). pyhf: ``ToyCalculator(ntoys=M)`` with its
+default numpy backend and scipy optimiser (what ``hypotest(..., calctype="toybased")`` runs),
+``teststatistic`` + ``distributions``, in its own fresh process, extrapolated linearly to
+``--target`` toys (pyhf fits the toys one by one: its time is linear in the toys).
+The two run one after the other in one invocation, so the ratio is measured under one load.
+
+Usage:
+    python benchmarks/toys.py                     # 10,000 diffhep toys, 200 pyhf toys
+    python benchmarks/toys.py --ntoys 512 --pyhf-toys 8 --output docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _docs import publish
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADING = "## Toy-based CLs (benchmarks/toys.py)"
+POI = 1.0
+
+
+def _model():
+    import diffhep
+    from diffhep.stats import workspace
+
+    diffhep.enable_x64()
+    spec, patch = workspace.builtin_example()
+    return spec, patch
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker_diffhep(small: int, ntoys: int) -> dict:
+    from diffhep.stats import toys, workspace
+
+    spec, patch = _model()
+    ws = workspace.Workspace(spec).patched(patch)
+    model = ws.model()
+    data = ws.data(model)
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    # one chunk shape for both runs: the second compiles nothing, its RSS growth is the toys'
+    first = toys.toys(POI, model, data, ntoys=small, seed=1, chunk=small)
+    t_first = time.perf_counter() - t0
+    rss1 = _rss_mb()
+    t0 = time.perf_counter()
+    big = toys.toys(POI, model, data, ntoys=ntoys, seed=2, chunk=small)
+    t_big = time.perf_counter() - t0
+    rss2 = _rss_mb()
+    return {
+        "t_first": t_first, "n_first": small, "t_warm": t_big, "n_warm": ntoys,
+        "rss_start": rss0, "rss_small": rss1, "rss_big": rss2,
+        "cls": big.cls_json(), "nonconverged": big.nonconverged, "chunk": small,
+        "first_nonconverged": first.nonconverged, "batch": toys.default_batch(model),
+    }  # fmt: skip
+
+
+def worker_pyhf(ntoys: int) -> dict:
+    import numpy as np
+    import pyhf
+
+    spec, patch = _model()
+    pyhf.set_backend("numpy")
+    ws = pyhf.Workspace(spec)
+    model = ws.model(patches=[patch])
+    data = ws.data(model)
+    np.random.seed(0)  # noqa: NPY002 (pyhf samples from numpy's global state)
+    calc = pyhf.infer.calculators.ToyCalculator(data, model, ntoys=ntoys, track_progress=False)
+    t0 = time.perf_counter()
+    q = calc.teststatistic(POI)
+    sb, b = calc.distributions(POI)
+    clsb, clb, cls = calc.pvalues(q, sb, b)
+    dt = time.perf_counter() - t0
+    return {"t": dt, "ntoys": ntoys, "CLs_obs": float(cls), "CLsb": float(clsb),
+            "CLb": float(clb), "pyhf": pyhf.__version__}  # fmt: skip
+
+
+def _spawn(*args) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), DIFFHEP_CACHE_DIR="")
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", *map(str, args)],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _num(x) -> str:
+    return "null" if x is None else f"{x:.4g}"
+
+
+def _fmt_s(t: float) -> str:
+    return f"{t:,.0f} s" if t >= 100 else f"{t:.1f} s"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ntoys", type=int, default=10_000, help="diffhep toys (warm run)")
+    ap.add_argument(
+        "--small", type=int, default=64, help="diffhep toys of the first call = chunk size"
+    )
+    ap.add_argument("--pyhf-toys", type=int, default=200, help="pyhf toys (extrapolated)")
+    ap.add_argument("--target", type=int, default=10_000, help="toys the ratio is quoted at")
+    ap.add_argument("--output", default=None, help="markdown file to write the section to")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        res = worker_diffhep(*map(int, rest)) if kind == "diffhep" else worker_pyhf(int(rest[0]))
+        print(json.dumps(res))
+        return
+
+    load0 = os.getloadavg()[0]
+    start = time.perf_counter()
+    d = _spawn("diffhep", args.small, args.ntoys)
+    p = _spawn("pyhf", args.pyhf_toys)
+    wall = time.perf_counter() - start
+    load1 = os.getloadavg()[0]
+    print(json.dumps({"diffhep": d, "pyhf": p}), file=sys.stderr)  # the raw numbers, first
+
+    compile_s = max(0.0, d["t_first"] - d["t_warm"] * d["n_first"] / d["n_warm"])
+    per_toy_d = d["t_warm"] / d["n_warm"]  # both hypotheses
+    per_toy_p = p["t"] / p["ntoys"]
+    n = args.target
+    diffhep_n = compile_s + n * per_toy_d
+    pyhf_n = n * per_toy_p
+    ratio = pyhf_n / diffhep_n
+    ratio_warm = per_toy_p / per_toy_d
+    growth = d["rss_big"] - d["rss_small"]
+    measured_n = "measured" if args.ntoys == n else f"{args.ntoys:,} toys measured, extrapolated"
+    import jax
+
+    cmd = "python benchmarks/toys.py " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--output") and "docs/" not in a
+    )
+    lines = [
+        "",
+        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ",
+        f"Machine: {os.cpu_count()} CPUs, {platform.platform()}; jax {jax.__version__}, "
+        f"pyhf {p['pyhf']}  ",
+        f"Run: `{cmd.strip()}`, {wall / 60:.1f} min; load average (1 min) {load0:.1f} at start, "
+        f"{load1:.1f} at end (the machine is shared: both sides ran under this load, one after "
+        "the other).",
+        "",
+        "Toy-based CLs at mu = 1 (qtilde) of sbottom RegionA (`RegionA/BkgOnly.json` + "
+        "`patch.sbottom_1300_850_60.json`, 64 parameters, 6 bins), N toys per hypothesis. "
+        "diffhep: `diffhep.stats.toys.toys` in a fresh process (compilation included once; "
+        f"{d['batch']} toy(s) per vmapped batch, the default for this model). pyhf 0.7.6: "
+        "`ToyCalculator` (numpy backend, scipy optimiser: `hypotest(..., "
+        f"calctype='toybased')`'s defaults), {p['ntoys']} toys timed and extrapolated "
+        "linearly (it fits toy after toy).",
+        "",
+        "| | diffhep | pyhf (numpy + scipy) | ratio |",
+        "|---|---:|---:|---:|",
+        f"| time per toy (both hypotheses, warm) | {per_toy_d * 1e3:.1f} ms "
+        f"({d['n_warm']:,} toys) | {per_toy_p:.2f} s ({p['ntoys']} toys) | {ratio_warm:,.0f}x |",
+        f"| compilation (first call) | {_fmt_s(compile_s)} | - | |",
+        f"| {n:,} toys | {_fmt_s(diffhep_n)} ({measured_n}) | {_fmt_s(pyhf_n)} (extrapolated) "
+        f"| **{ratio:,.0f}x** |",
+        f"| CLs_obs (CLsb, CLb) | {_num(d['cls']['CLs_obs'])} ({_num(d['cls']['toys']['CLsb_obs'])}"
+        f", {_num(d['cls']['toys']['CLb_obs'])}; {d['n_warm']:,} toys) | {_num(p['CLs_obs'])} "
+        f"({_num(p['CLsb'])}, {_num(p['CLb'])}; {p['ntoys']} toys) | |",
+        f"| non-converged toys | {d['nonconverged']} | (pyhf raises) | |",
+        "",
+        f"Peak RSS (ru_maxrss) of the diffhep process: {d['rss_start']:.0f} MB after loading, "
+        f"{d['rss_small']:.0f} MB after the first call ({d['n_first']} toys, compilation), "
+        f"{d['rss_big']:.0f} MB after {d['n_warm']:,} toys: +{growth:.0f} MB "
+        f"({'flat' if growth < 0.05 * d['rss_small'] + 16 else 'NOT flat'}; toys run in chunks "
+        f"of {d['chunk']}, one compiled shape for both runs, only the test statistics are kept).",
+        "",
+        f"Target >= 100x for 10,000 toys: **{'met' if ratio >= 100 else 'not met'}** "
+        f"({ratio:,.0f}x).",
+    ]
+    publish(args.output, HEADING, lines)
+
+
+if __name__ == "__main__":
+    main()
