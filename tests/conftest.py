@@ -14,6 +14,9 @@ jax.config.update("jax_enable_x64", True)
 # no persistent compilation cache in tests (the CLI enables one): entries written by other
 # processes with other XLA flags (e.g. simulated devices) must not be read back here
 os.environ["DIFFHEP_CACHE_DIR"] = ""
+# no fit diagnostics in the reports of the runs tests train (their fits compile for ~13 s of
+# CPU per model structure and process); tests/test_report.py turns them on where it tests them
+os.environ["DIFFHEP_REPORT_DIAGNOSTICS"] = "0"
 
 SBOTTOM_TARBALL = Path(__file__).parent / "data" / "pyhf-ins1748602-probability-models.tar.gz"
 
@@ -34,8 +37,6 @@ def sbottom_dir(tmp_path_factory) -> Path:
 
 #: A tiny but complete training run (blobs, a network, cuts of two directions, a norm
 #: systematic, MC statistics, BCE loss, ATLAS-style plots): about 20 s on a loaded machine.
-#: Without the report's fit diagnostics (their fits compile for ~13 s of CPU, in every
-#: process training this run): tests/test_report.py adds them to a copy.
 TINY_RUN = [
     "data.n_per_blob=800",
     "observable.hidden=[8]",
@@ -47,7 +48,6 @@ TINY_RUN = [
     "selection.cuts=[{feature: x0, direction: '>'}, {feature: x1, direction: window}]",
     "training.loss=bce",
     "report.style=ATLAS",
-    "report.diagnostics=false",
 ]
 
 

@@ -205,7 +205,8 @@ def test_workspace_cls_equals_pyhf(prepared):
 
 
 @pytest.mark.slow
-def test_train_writes_the_fields_and_pyhf_agrees(files, tmp_path):
+def test_train_writes_the_fields_and_pyhf_agrees(files, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFHEP_REPORT_DIAGNOSTICS", "1")  # the report's fit diagnostics too
     out = tmp_path / "r"
     cfg_file = tmp_path / "analysis.yaml"
     cfg_file.write_text(_yaml(files))

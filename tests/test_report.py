@@ -55,8 +55,8 @@ class _Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def diag_run(tiny_run, tmp_path_factory):
-    """A copy of the tiny run with the report's fit diagnostics (``report.diagnostics``, off
-    in the shared fixture), written as ``diffhep evaluate`` writes them."""
+    """A copy of the tiny run with the report's fit diagnostics (off in the tests' trainings:
+    ``DIFFHEP_REPORT_DIAGNOSTICS=0``), written as ``diffhep evaluate`` writes them."""
     import shutil
 
     from diffhep.runs.diagnostics import write_diagnostics
@@ -64,18 +64,9 @@ def diag_run(tiny_run, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("diag_run") / "run"
     shutil.copytree(tiny_run, run)
-    _enable_diagnostics(run)
     assert write_diagnostics(run, run / "plots", style="ATLAS") == {}
     write_html(run)
     return run
-
-
-def _enable_diagnostics(run) -> None:
-    text = (run / "config.yaml").read_text()
-    assert "  diagnostics: false\n" in text
-    (run / "config.yaml").write_text(
-        text.replace("  diagnostics: false\n", "  diagnostics: true\n")
-    )
 
 
 def test_html_report_embeds_every_plot(diag_run):
@@ -266,7 +257,7 @@ def test_a_failed_plot_leaves_the_run_incomplete_not_finished(
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    _enable_diagnostics(run)
+    monkeypatch.setenv("DIFFHEP_REPORT_DIAGNOSTICS", "1")  # as users have them
 
     def broken(*args, **kwargs):
         raise ValueError("'list' argument must have no negative elements")
@@ -291,6 +282,7 @@ def test_a_failed_plot_leaves_the_run_incomplete_not_finished(
     with pytest.raises(ConfigError, match=r"no fit diagnostics \(they failed: FitError"):
         _ = diffhep.load_run(run).ranking
     monkeypatch.undo()
+    monkeypatch.setenv("DIFFHEP_REPORT_DIAGNOSTICS", "1")
     res = CliRunner().invoke(main, ["evaluate", str(run)])
     assert res.exit_code == 0, res.output
     summary = json.loads((run / "summary.json").read_text())
@@ -457,9 +449,21 @@ def test_run_with_observed_data_fits_them(tiny_run, tmp_path):
 
 
 def test_run_without_diagnostics_says_how_to_get_them(tiny_run):
-    assert not (tiny_run / "diagnostics.json").exists()  # report.diagnostics: false
+    assert not (tiny_run / "diagnostics.json").exists()  # DIFFHEP_REPORT_DIAGNOSTICS=0
     assert "Fit diagnostics" not in (tiny_run / "report.html").read_text()
     res = diffhep.load_run(tiny_run)
     assert res.diagnostics is None
     with pytest.raises(ConfigError, match=r"(?s)no fit diagnostics.*diffhep evaluate"):
         _ = res.pulls
+
+
+def test_diagnostics_switches(monkeypatch):
+    """``report.diagnostics`` and ``DIFFHEP_REPORT_DIAGNOSTICS=0`` (the tests' setting)."""
+    from diffhep.runs.config import ReportConfig
+    from diffhep.runs.diagnostics import enabled
+
+    assert ReportConfig().diagnostics is True  # users get them by default
+    monkeypatch.delenv("DIFFHEP_REPORT_DIAGNOSTICS")
+    assert enabled(True) and not enabled(False)
+    monkeypatch.setenv("DIFFHEP_REPORT_DIAGNOSTICS", "0")
+    assert not enabled(True)

@@ -32,7 +32,12 @@ from ..writers import write_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DIAGNOSTICS_FORMAT", "PLOTS", "compute", "write_diagnostics"]
+__all__ = ["DIAGNOSTICS_FORMAT", "ENV_SWITCH", "PLOTS", "compute", "enabled", "write_diagnostics"]
+
+#: ``DIFFHEP_REPORT_DIAGNOSTICS=0`` skips the diagnostics of every run, whatever its
+#: ``report.diagnostics`` (the test suite does: their fits compile for ~13 s of CPU per model
+#: structure and process, in every test that trains).
+ENV_SWITCH = "DIFFHEP_REPORT_DIAGNOSTICS"
 
 DIAGNOSTICS_FORMAT = "diffhep-diagnostics/1"
 
@@ -50,6 +55,14 @@ DATA_DESCRIPTIONS = {
     "observed": "observed data (workspace.json's observations: the hard histograms of the "
     "data sample)",
 }
+
+
+def enabled(config_switch: bool) -> bool:
+    """Whether a run's report gets the diagnostics: ``report.diagnostics`` and not
+    ``DIFFHEP_REPORT_DIAGNOSTICS=0``."""
+    import os
+
+    return bool(config_switch) and os.environ.get(ENV_SWITCH, "1") != "0"
 
 
 def compute(spec: dict, observed: bool = False) -> dict:

@@ -204,7 +204,7 @@ def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
     """``plots/`` (stale PNGs removed first), the fit diagnostics (``diagnostics.json``,
     :mod:`diffhep.runs.diagnostics`) and ``report.html``; what fails is named in
     ``summary["failed"]`` and makes the status ``incomplete``."""
-    from .diagnostics import write_diagnostics
+    from .diagnostics import enabled, write_diagnostics
     from .report import write_html, write_plots
 
     plot_dir = out / "plots"
@@ -221,7 +221,7 @@ def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
                               )["failed"]  # fmt: skip
     except Exception as exc:
         failed["plots"] = f"{type(exc).__name__}: {exc}"
-    if cfg.report.diagnostics:
+    if enabled(cfg.report.diagnostics):
         observed = parts.get("observed") is not None  # a data sample: fit its histograms
         failed |= write_diagnostics(out, plot_dir, style=cfg.report.style, observed=observed)
 
