@@ -57,7 +57,7 @@ CURVES = ("test_expected_cls", "test_sigma_mu", "test_sigma_bkg_shape")
 
 def rows(names=None) -> dict[str, tuple[str, str]]:
     """label -> (run name, loss) of the study's rows: every plain loss and objective, or those
-    whose run name is in ``names``."""
+    whose run name is in ``names`` (in that order)."""
     out = {label: (loss, loss) for label, loss in NEOS_LOSSES.items()} | OBJECTIVES
     if names is None:
         return out
@@ -67,7 +67,8 @@ def rows(names=None) -> dict[str, tuple[str, str]]:
             f"unknown row(s) {', '.join(sorted(unknown))}; use "
             + ", ".join(slug for slug, _ in out.values())
         )
-    return {label: v for label, v in out.items() if v[0] in names}
+    by_slug = {v[0]: label for label, v in out.items()}
+    return {by_slug[n]: out[by_slug[n]] for n in dict.fromkeys(names)}  # in the given order
 
 
 def _base_config() -> Path:
