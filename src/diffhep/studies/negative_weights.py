@@ -6,7 +6,8 @@ weights, all around one point on the signal's flank where positive- and negative
 events nearly cancel; its net density and the true posterior are known), the talk's network
 (5 x 100 ReLU, sigmoid output) is trained as a classifier (BCE) and on the expected CLs,
 with each training weight strategy of the background (:mod:`diffhep.weights.weighting`: signed, abs,
-drop-negative, ignore, learned), 5,000 events per class (60/20/20). A *stress test* trains
+drop-negative, ignore, learned, and learned-joint: the weight networks trained with the
+analysis, :mod:`diffhep.weights.joint`), 5,000 events per class (60/20/20). A *stress test* trains
 the classifier on 500 events per class for 600 epochs (signed, abs, learned), where the
 network can resolve single events.
 
@@ -43,6 +44,7 @@ from ..analysis import losses as L
 from ..analysis.histograms import hard_histogram
 from ..nn.training import TrainState, load_checkpoint
 from ..problems.weight_toys import NEG2D_REGION, negweight_2d, negweight_2d_densities
+from ..runs import joint
 from ..runs.config import load_config
 from ..runs.prepare import prepare
 from ..runs.train import run_optimizer, train_run
@@ -52,7 +54,9 @@ from .negative_weights_report import EVAL_EVENTS, NBINS, markdown
 
 __all__ = ["STRATEGY_LABELS", "negative_weights_study"]
 
-STRATEGY_LABELS = ("signed", "abs", "drop-negative", "ignore", "learned")
+STRATEGY_LABELS = ("signed", "abs", "drop-negative", "ignore", "learned", "learned-joint")
+#: the config of a strategy label that is not a strategy name
+_WEIGHTS = {"learned-joint": "{strategy: learned, joint: true}"}
 LOSSES = {"BCE classifier": "bce", "CLs-trained": "cls"}
 STRESS = {  # the stress test: few events, many epochs
     "strategies": ("signed", "abs", "learned"),
@@ -69,7 +73,7 @@ def _base_config() -> Path:
 def _samples_override(strategy: str) -> str:
     return (
         "analysis.samples=[{name: signal, role: signal, yield: 50}, {name: background, "
-        f"role: background, yield: 1000, weights: {strategy}}}]"
+        f"role: background, yield: 1000, weights: {_WEIGHTS.get(strategy, strategy)}}}]"
     )
 
 
@@ -142,11 +146,15 @@ def _truth_metrics(pipe, events) -> dict:
     return _binned_metrics(pipe, scores, events)
 
 
-def _last_params(cfg, run_dir, params):
-    """The last epoch's parameters from the run's checkpoint."""
+def _last_params(cfg, run_dir, params, train=None, joint_sets=None):
+    """The last epoch's parameters from the run's checkpoint (of the analysis, when the
+    checkpoint also holds jointly trained weight networks for ``joint_sets`` of ``train``)."""
     opt = run_optimizer(cfg, params)
+    if joint_sets:
+        params = joint.create(cfg, params, train, joint_sets)
+        opt = joint.joint_optimizer(opt, joint.options(cfg).learning_rate)
     like = TrainState(params, opt.init(eqx.filter(params, eqx.is_inexact_array)), params)
-    return load_checkpoint(Path(run_dir), like).params
+    return joint.analysis_params(load_checkpoint(Path(run_dir), like).params)
 
 
 def _evaluate(pipe, params, validation, raw_train, evaluation) -> dict:
@@ -221,9 +229,17 @@ def _one_run(cfg, run_dir, cache) -> dict:
         "train_loss_last": history[-1]["loss"],
         "train_loss_min": min(h["loss"] for h in history),
         "learned_negative_fraction": bkg.get("learned_negative_fraction"),
+        "learned_sum_ratio": bkg.get("learned_sum_ratio"),
     }
+    joint = summary.get("training_weights", {}).get("joint_report", {}).get("background")
+    if joint is not None:  # the jointly learned weights verified on the training split
+        feats = joint["verification"]["features"]
+        rec["learned_sum_ratio"] = joint["sum_ratio"]
+        rec["learned_chi2_ndf"] = {k: v["chi2_ndf"] for k, v in feats.items()}
+        rec["learned_max_pull"] = max(max(abs(p) for p in v["pulls"]) for v in feats.values())
     rec["selected"] = _evaluate(pipe, params, parts["validation"], raw_train, evaluation)
-    last = _last_params(cfg, run_dir, like)
+    joint_sets = summary.get("training_weights", {}).get("joint")
+    last = _last_params(cfg, run_dir, like, parts["train"], joint_sets)
     rec["last"] = _evaluate(pipe, last, parts["validation"], raw_train, evaluation)
     return rec, history
 
