@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..problems import blobs
-from ..runs.config import load_config
+from ..runs.config import ConfigError, load_config
 from ..runs.train import train_run
 
 __all__ = ["NEOS_LOSSES", "OBJECTIVES", "neos_blobs", "rows"]
@@ -75,6 +75,18 @@ def _base_config() -> Path:
     return Path(str(resources.files("diffhep") / "data" / "neos_blobs.yaml"))
 
 
+def _finished(run: Path, cfg) -> dict | None:
+    """The summary of a finished run of this very config (reused as it is: no evaluation
+    again), else None."""
+    path = run / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+        same = load_config(run / "config.yaml") == cfg
+    except (OSError, ValueError, ConfigError):
+        return None
+    return summary if same and summary.get("status") != "incomplete" else None
+
+
 def _curves(histories: list[list[dict]]) -> list[dict]:
     """Mean and spread over seeds of every curve, per epoch."""
     n = min(len(h) for h in histories)
@@ -120,7 +132,7 @@ def neos_blobs(
                 [f"seed={seed}", f"training.epochs={epochs}", f"training.loss={loss}", *overrides],
             )
             run = runs_dir / f"{slug}-seed{seed}"
-            summary = train_run(cfg, run, progress=False, track_test=True)
+            summary = _finished(run, cfg) or train_run(cfg, run, progress=False, track_test=True)
             history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
             histories.append(history)
             finals.append(summary)
