@@ -417,3 +417,81 @@ def test_coupled_histosys_every_fit_in_the_global_minimum(name, settings, test_s
         r = eqx.filter_jit(F.fit)(model, jnp.asarray(data))
         assert bool(r.converged)
         np.testing.assert_allclose(float(r.twice_nll), ref, rtol=0, atol=1e-7)
+
+
+def _two_minima_spec() -> dict:
+    """Two bins, one histosys ``alpha`` whose variations both raise the first bin (an even
+    response) and move the second one oddly: with 14 and 10.6 observed the profile in alpha
+    has a minimum on either side of 0, the one at alpha > 0 lower."""
+    bkg = {
+        "name": "bkg",
+        "data": [10.0, 10.0],
+        "modifiers": [
+            {
+                "name": "alpha",
+                "type": "histosys",
+                "data": {"hi_data": [15.0, 11.0], "lo_data": [15.0, 9.0]},
+            }
+        ],
+    }
+    sig = {
+        "name": "sig",
+        "data": [1.0, 1.0],
+        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+    }
+    return {
+        "channels": [{"name": "SR", "samples": [sig, bkg]}],
+        "observations": [{"name": "SR", "data": [14.0, 10.6]}],
+        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
+
+
+def test_restart_flag_of_fit_bounded():
+    """``fit_bounded(..., restart=False)`` keeps the minimum its start leads to (what the
+    hypotest's Asimov stage uses where the start is the global minimum); with the restart the
+    fit from the worse side ends in the global minimum of pyhf's logpdf (a grid in alpha)."""
+    import pyhf
+    from scipy.optimize import minimize_scalar
+
+    from diffhep.stats.fit import fit_bounded, fit_defaults
+    from oracle import pyhf_numpy
+
+    spec = _two_minima_spec()
+    with pyhf_numpy():
+        pm = pyhf.Workspace(spec).model()
+        data = pyhf.Workspace(spec).data(pm)
+        a = pm.config.par_order.index("alpha")
+
+        def twice_nll(x):
+            p = np.asarray(pm.config.suggested_init(), float)
+            p[pm.config.poi_index], p[a] = 0.0, x
+            return -2.0 * float(pm.logpdf(p, data)[0])
+
+        grid = np.linspace(-3.0, 3.0, 601)
+        values = np.asarray([twice_nll(x) for x in grid])
+        inner = np.flatnonzero((values[1:-1] < values[:-2]) & (values[1:-1] <= values[2:])) + 1
+        assert len(inner) == 2 and grid[inner[0]] < 0 < grid[inner[1]]  # one on either side
+        minima = [
+            minimize_scalar(
+                twice_nll,
+                bounds=(grid[i - 1], grid[i + 1]),
+                method="bounded",
+                options={"xatol": 1e-10},
+            ).fun
+            for i in inner
+        ]
+    worse, best = sorted(minima)[::-1]
+
+    ws = diffhep.Workspace(spec)
+    model = ws.model()
+    init, lower, upper, fixed = fit_defaults(model, None, None, None, jnp.float64)
+    poi, alpha = model.config.poi_index, model.config.par_order.index("alpha")
+    init = init.at[poi].set(0.0).at[alpha].set(-1.0)  # on the worse side
+    fixed = fixed.at[poi].set(True)
+    run = eqx.filter_jit(fit_bounded)
+    for restart, want in ((False, worse), (True, best)):
+        r = run(model, jnp.asarray(ws.data(model)), init, lower, upper, fixed, 1e-12, 200,
+                uncertainties=False, restart=jnp.asarray(restart))  # fmt: skip
+        assert bool(r.converged), restart
+        np.testing.assert_allclose(float(r.twice_nll), want, rtol=0, atol=1e-6, err_msg=restart)

@@ -176,7 +176,15 @@ _PROBES = (0.0, -1.0, 1.0)
 _RESTART_GAIN = 1e-9
 
 
-def fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties=True):
+def fit_bounded(
+    model, data, init, lower, upper, fixed, tol, max_steps, uncertainties=True, restart=True
+):
+    """The fit behind :func:`fit` and :func:`fixed_poi_fit` (bounds and fixed mask given).
+
+    ``restart`` (a bool, may be traced) allows the restart for several minima; a caller that
+    knows its start is the global minimum (the free fit of Asimov data from the parameters
+    that generated it, where every term of ``log L`` is at its maximum) turns it off.
+    """
     data = jnp.asarray(data, dtype=model.nominal.dtype)
     structure = structure_of(model.config)
     args = (model, data)
@@ -209,7 +217,7 @@ def fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertai
         # (0.016 apart); multichan_coupledhistosys (code4p) on the Asimov data at mu = 1 at
         # -0.54 and +0.62 (30.13 and 33.99)
         mirror = jnp.asarray(always) & ~fixed
-        eligible = mirror | (_even_response(model) & ~fixed)
+        eligible = (mirror | (_even_response(model) & ~fixed)) & jnp.asarray(restart)
         cand = jnp.asarray(candidates)
         probes = jnp.asarray(_PROBES, dtype=init.dtype)
 
