@@ -265,16 +265,26 @@ def _train_cmd(config, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def run_env(tmp_path_factory):
+    """The environment of this module's ``diffhep train`` processes: the CLI's persistent
+    compilation cache (its default) in a directory of their own, so that the killed and the
+    resumed run load what the uninterrupted run compiled (37 -> 14 s CPU each)."""
+    return {**os.environ, "DIFFHEP_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, run_env):
     out = tmp_path_factory.mktemp("runs") / "full"
-    subprocess.run(_train_cmd(CLS_EXAMPLE, out), check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        _train_cmd(CLS_EXAMPLE, out), env=run_env, check=True, capture_output=True, timeout=600
+    )
     return out
 
 
-def test_resume_after_kill_gives_the_same_result(tmp_path, uninterrupted):
+def test_resume_after_kill_gives_the_same_result(tmp_path, uninterrupted, run_env):
     """kill -9 once epoch 2 is checkpointed, then resume: the same final numbers as the
     uninterrupted run."""
-    env = {**os.environ, "DIFFHEP_CACHE_DIR": ""}
+    env = run_env
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         _train_cmd(CLS_EXAMPLE, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -290,7 +300,9 @@ def test_resume_after_kill_gives_the_same_result(tmp_path, uninterrupted):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads(state.read_text())["epoch"] < 12
-    subprocess.run(_train_cmd(CLS_EXAMPLE, out), check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        _train_cmd(CLS_EXAMPLE, out), env=env, check=True, capture_output=True, timeout=600
+    )
     a = json.loads((uninterrupted / "summary.json").read_text())
     b = json.loads((out / "summary.json").read_text())
     for key in ("expected_cls", "z0", "sigma_mu", "best_epoch", "epochs_run"):
