@@ -182,3 +182,30 @@ def test_example_config_on_generated_files(generated):
     assert tt_cr > 0.6 * sum(
         np.sum(events[n].w[events[n].x[:, 4] == 1]) for n in analysis.backgrounds
     )
+
+
+@pytest.mark.slow
+def test_smoke_training_on_the_example_config_and_pyhf_cls(tmp_path):
+    """``diffhep train`` with the example config on a tiny generated sample (every systematic,
+    the data sample, the free ttbar normalisation): its workspace.json gives the observed CLs
+    of summary.json in pyhf. Slow: ~70 event sets to compile (2 min CPU, longer on a loaded
+    machine)."""
+    import pyhf
+
+    import oracle
+
+    data = tmp_path / "zp"
+    generate(data, events=4000, seed=2, lumi=0.05, formats=("root",))
+    out = tmp_path / "run"
+    sets = ["training.epochs=1", "training.batch_size=500", "training.loss=bce",
+            "observable.hidden=[8]", f"data.base_dir={data}"]  # fmt: skip
+    args = ["train", str(CONFIG), "--out", str(out), "--no-progress"]
+    res = CliRunner().invoke(main, args + [a for s in sets for a in ("--set", s)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    w = pyhf.Workspace(json.loads((out / "workspace.json").read_text()))
+    model = w.model()
+    assert len(model.config.par_order) >= 24  # 20 named + k_ttbar, mu, 2 staterror sets
+    ref = float(oracle.hypotest(1.0, w.data(model), model, test_stat="qtilde"))
+    assert summary["observed_cls_converged"]
+    assert summary["observed_cls"] == pytest.approx(ref, rel=1e-4, abs=1e-7)
