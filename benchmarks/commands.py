@@ -112,13 +112,13 @@ def main() -> None:
     top = _importtime()
     load1 = os.getloadavg()
 
+    loaded = ": a shared, loaded machine" if max(load0[0], load1[0]) > 3 else ""
     lines = [
         "# Whole commands: diffhep next to pyhf",
         "",
         f"Produced by `python benchmarks/commands.py --repeats {args.repeats}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPU cores, "
-        f"load average {load0[0]:.1f} before and {load1[0]:.1f} after: a shared, loaded "
-        "machine). Wall times of whole commands in seconds, medians of "
+        f"load average {load0[0]:.1f} before and {load1[0]:.1f} after{loaded}). Wall times of whole commands in seconds, medians of "
         f"{args.repeats} runs (cold: one run with a fresh compilation cache). pyhf 0.7.6 on "
         "its numpy backend. The pyhf grid time is 10 `pyhf cls` commands extrapolated.",
         "",
