@@ -118,7 +118,8 @@ def main() -> None:
         "",
         f"Produced by `python benchmarks/commands.py --repeats {args.repeats}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPU cores, "
-        f"load average {load0[0]:.1f} before and {load1[0]:.1f} after{loaded}). Wall times of whole commands in seconds, medians of "
+        f"load average {load0[0]:.1f} before and {load1[0]:.1f} after{loaded}). "
+        "Wall times of whole commands in seconds, medians of "
         f"{args.repeats} runs (cold: one run with a fresh compilation cache). pyhf 0.7.6 on "
         "its numpy backend. The pyhf grid time is 10 `pyhf cls` commands extrapolated.",
         "",
