@@ -16,7 +16,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffhep"
 LAYERS = [
-    {"errors", "types", "writers"},
+    {"errors", "lazy", "types", "writers"},
     {"plotting"},
     {"stats"},
     {"nn"},

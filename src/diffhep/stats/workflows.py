@@ -123,16 +123,7 @@ def cls(
         )
     ws = load_workspace(workspace, patches, patch_name, digest_check)
     model, data = _model_and_data(ws, measurement, modifier_settings)
-    lo, hi = model.config.bounds[model.config.poi_index]
-    if not lo <= poi_value <= hi:  # a fit would test the bound instead (also rejects NaN)
-        raise DiffhepError(
-            f"POI value {poi_value:g} is outside the bounds [{lo:g}, {hi:g}] of the POI "
-            f"{model.config.poi_name!r}: a fit cannot test it",
-            file=ws.file,
-            where="--poi-value",
-            fix="test a value inside the bounds, or widen them in the measurement's "
-            f'parameter config ({{"name": "{model.config.poi_name}", "bounds": [[lo, hi]]}})',
-        )
+    _check_poi_value(model, ws, poi_value)
     r = exported.call(
         _cls_kernel, model, jnp.asarray(poi_value, dtype=data.dtype), data, test_stat=test_stat
     )

@@ -1,13 +1,5 @@
 """Reproducible studies, one module each (`diffhep study NAME`)."""
 
-import importlib as _importlib
+from ..lazy import submodule_getattr
 
-
-def __getattr__(name: str):
-    """Submodules load on first use (``diffhep.<pkg>.<module>``)."""
-    try:
-        return _importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = submodule_getattr(__name__)
