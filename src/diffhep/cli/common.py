@@ -55,6 +55,21 @@ def emit(obj) -> None:
     click.echo(json.dumps(obj, indent=4, sort_keys=True))
 
 
+def output(obj, output_file) -> None:
+    """The JSON on standard output, or written atomically to ``--output-file``."""
+    if output_file is None:
+        emit(obj)
+        return
+    from ..writers import write_atomic
+
+    try:
+        write_atomic(Path(output_file), json.dumps(obj, indent=4, sort_keys=True) + "\n")
+    except OSError as exc:
+        click.echo(f"error: cannot write {output_file}: {exc.strerror or exc}", err=True)
+        click.echo("  fix: choose a writable --output-file", err=True)
+        sys.exit(2)
+
+
 overrides = click.option(
     "--set",
     "overrides",

@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from .common import run
-from .stats import _common, _note_ignored, _numbers, _on_workspace, _output, _settings
+from .common import output, run
+from .stats import _common, _note_ignored, _numbers, _on_workspace, _settings
 from .toys import check_toy_options, finish, run_toys, toy_options
 
 _poi_value = click.option(
@@ -84,6 +84,12 @@ def _draw(fn, plot, style, *args, **kwargs) -> None:
         sys.exit(2)
 
 
+def _show(out, output_file, figure, plot, style) -> None:
+    """``out`` as JSON (standard output or ``--output-file``), drawn by ``figure`` to ``--plot``."""
+    output(out, output_file)
+    _draw(figure, plot, style, out)
+
+
 @click.command()
 @_opts
 def pulls(plot, style, poi_value, output_file, **kw):
@@ -96,9 +102,7 @@ def pulls(plot, style, poi_value, output_file, **kw):
         ws, model, data = _model(kw)
         return diagnostics.pulls(model, _postfit(model, data, poi_value, ws))
 
-    out = run(work)
-    _output(out, output_file)
-    _draw("plot_pulls", plot, style, out)
+    _show(run(work), output_file, "plot_pulls", plot, style)
 
 
 @click.command()
@@ -155,7 +159,7 @@ def ranking(plot, style, output_file, method, groups, by_modifier, top, as_json,
         return out, diagnostics.pulls(model, post)
 
     out, pull = run(work)
-    _output(out["ranking"] if as_json else out, output_file)
+    output(out["ranking"] if as_json else out, output_file)
     _draw("plot_ranking", plot, style, out["ranking"], pull, top=top)
 
 
@@ -177,9 +181,7 @@ def correlations(plot, style, poi_value, output_file, threshold, **kw):
         ws, model, data = _model(kw)
         return covariance.correlations(_postfit(model, data, poi_value, ws), threshold)
 
-    out = run(work)
-    _output(out, output_file)
-    _draw("plot_correlations", plot, style, out)
+    _show(run(work), output_file, "plot_correlations", plot, style)
 
 
 def _markdown(pre, post) -> str:
@@ -234,7 +236,7 @@ def yields(plot, style, poi_value, output_file, fmt, **kw):
         else:
             click.echo(_markdown(out["prefit"], out["postfit"]))
     else:
-        _output(out, output_file)
+        output(out, output_file)
     _draw("plot_yields", plot, style, out["prefit"], out["postfit"])
 
 
@@ -300,9 +302,7 @@ def scan(plot, style, output_file, parameters, ranges, points, **kw):
         grid = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
         return diagnostics.scan(model, data, names, grid, post)
 
-    out = run(work)
-    _output(out, output_file)
-    _draw("plot_scan", plot, style, out)
+    _show(run(work), output_file, "plot_scan", plot, style)
 
 
 @click.command()
@@ -327,7 +327,7 @@ def significance(output_file, ntoys, seed, first_toy, save_toys, max_nonconverge
         _, model, data = _model(kw)
         return diagnostics.significance(model, data)
 
-    _output(run(work), output_file)
+    output(run(work), output_file)
 
 
 @click.command()
@@ -342,7 +342,7 @@ def gof(output_file, **kw):
         _, model, data = _model(kw)
         return diagnostics.gof(model, data)
 
-    _output(run(work), output_file)
+    output(run(work), output_file)
 
 
 COMMANDS = [pulls, ranking, correlations, yields, scan, significance, gof]

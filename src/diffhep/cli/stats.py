@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import click
 
-from .common import emit, run
+from .common import output, run
 from .toys import check_toy_options, finish, run_toys, toy_options
 
 
@@ -128,21 +126,6 @@ def _on_workspace(fn, common: dict, **kwargs):
     )
 
 
-def _output(obj, output_file) -> None:
-    """The JSON on standard output, or written atomically to ``--output-file``."""
-    if output_file is None:
-        emit(obj)
-        return
-    from ..writers import write_atomic
-
-    try:
-        write_atomic(Path(output_file), json.dumps(obj, indent=4, sort_keys=True) + "\n")
-    except OSError as exc:
-        click.echo(f"error: cannot write {output_file}: {exc.strerror or exc}", err=True)
-        click.echo("  fix: choose a writable --output-file", err=True)
-        sys.exit(2)
-
-
 @click.command()
 @_common
 @click.option(
@@ -171,7 +154,7 @@ def cls(output_file, poi_value, test_stat, ntoys, seed, first_toy, save_toys, ma
         finish(res, save_toys, output_file, max_nonconverged)
         return
     res = _on_workspace(workflows.cls, common, poi_value=poi_value, test_stat=test_stat)
-    _output(res, output_file)
+    output(res, output_file)
 
 
 @click.command()
@@ -184,7 +167,7 @@ def fit(output_file, value, **common):
     from ..stats import workflows
 
     res = _on_workspace(workflows.fit, common)
-    _output(res, output_file)
+    output(res, output_file)
     if not res["uncertainty_ok"]:
         names = ", ".join(res["undetermined"])
         click.echo(
@@ -249,7 +232,7 @@ def upper_limit(output_file, level, test_stat, scan, poi_bounds, **common):
     bounds = None if poi_bounds is None else _numbers(poi_bounds, "--poi-bounds", 2)
     res = _on_workspace(workflows.upper_limit, common, level=level, test_stat=test_stat,
                         scan=grid, poi_bounds=bounds)  # fmt: skip
-    _output(res, output_file)
+    output(res, output_file)
 
 
 COMMANDS = [cls, fit, upper_limit]

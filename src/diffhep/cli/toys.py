@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .common import emit, run
+from .common import output, run
 
 #: Non-converged toys above this fraction (default of ``--max-nonconverged``) exit 1.
 MAX_NONCONVERGED = 0.01
@@ -119,23 +119,6 @@ def run_toys(workflow_kwargs: dict, ntoys, seed, first_toy, chunk_size, on_works
                             progress=update, **workflow_kwargs, **options)  # fmt: skip
 
 
-def _output(obj, output_file) -> None:
-    """The JSON on standard output, or written atomically to ``--output-file``."""
-    if output_file is None:
-        emit(obj)
-        return
-    import json
-
-    from ..writers import write_atomic
-
-    try:
-        write_atomic(Path(output_file), json.dumps(obj, indent=4, sort_keys=True) + "\n")
-    except OSError as exc:
-        click.echo(f"error: cannot write {output_file}: {exc.strerror or exc}", err=True)
-        click.echo("  fix: choose a writable --output-file", err=True)
-        sys.exit(2)
-
-
 def finish(result, save_toys, output_file, max_nonconverged) -> None:
     """Save the toys, print the JSON (``cls``'s fields, or ``significance``'s for q0), and
     exit 1 when too many toys did not converge or CLs is 0/0."""
@@ -148,7 +131,7 @@ def finish(result, save_toys, output_file, max_nonconverged) -> None:
             sys.exit(2)
     is_q0 = result.test_stat == "q0"
     out = result.significance_json() if is_q0 else result.cls_json()
-    _output(out, output_file)
+    output(out, output_file)
     bad = result.nonconverged
     nbad, total = bad["sb"] + bad["b"], result.ts_sb.size + result.ts_b.size
     if nbad:
