@@ -135,6 +135,25 @@ def test_small_grid_from_a_glob_equals_pyhf(tmp_path):
         assert row["CLs_exp"] == pytest.approx([float(e) for e in exp], abs=1e-6)
 
 
+def test_one_point_at_a_time_is_the_cls_kernel_compiled_once(tmp_path):
+    """On CPU (batch size 1) every point runs the kernel of ``diffhep cls``: the same
+    numbers, bit for bit, and one compilation for both points (their signal samples are
+    named differently) and for the single ``cls`` calls after them."""
+    from diffhep.stats import exported
+
+    ws_path, _ = _small_points(tmp_path)
+    exported._LOADED.clear()
+    result = run(["exclusion", str(ws_path), str(tmp_path / "patch.*.json")])
+    assert result.exit_code == 0, result.output
+    assert len(exported._LOADED) == 1
+    for row in lines(result):
+        single = run(["cls", str(ws_path), "-p", str(tmp_path / f"patch.{row['point']}.json")])
+        assert single.exit_code == 0, single.output
+        one = json.loads(single.stdout)
+        assert (row["CLs_obs"], row["CLs_exp"]) == (one["CLs_obs"], one["CLs_exp"])
+    assert len(exported._LOADED) == 1
+
+
 def test_non_converged_points_are_reported_and_exit_1(tmp_path):
     ws_path, _ = _small_points(tmp_path)
     out = tmp_path / "grid.csv"

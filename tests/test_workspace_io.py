@@ -678,3 +678,40 @@ def test_a_signal_patch_leaves_workspace_and_patch_unchanged():
     doc["channels"][0]["samples"][0]["name"] = "renamed"
     doc["channels"][0]["samples"].pop()
     assert spec == spec_before and patch == patch_before
+
+
+def test_a_validated_text_is_not_validated_again_with_a_store(tmp_path, monkeypatch):
+    """With the kernel store on, a file whose exact text passed the schema is not validated
+    again (a marker named by its digest); another text, or an invalid one, always is."""
+    from diffhep.stats import exported
+    from diffhep.stats import workspace as wsmod
+
+    calls = []
+    real = wsmod.validate
+
+    def counting(doc, schema, **kwargs):
+        calls.append(schema)
+        return real(doc, schema, **kwargs)
+
+    monkeypatch.setattr(wsmod, "validate", counting)
+    monkeypatch.setattr(exported, "_CACHE_DIR", tmp_path / "cache" / "exported")
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    spec = make_workspace()
+    good.write_text(json.dumps(spec))
+    broken = copy.deepcopy(spec)
+    del broken["observations"]
+    bad.write_text(json.dumps(broken))
+    for _ in range(2):
+        assert load_json(good, schema="workspace.json")[0] == spec
+    assert calls == ["workspace.json"]
+    assert load_json(good)[0] == spec  # no schema: not validated
+    for _ in range(2):
+        with pytest.raises(SchemaError, match="observations"):
+            load_json(bad, schema="workspace.json")
+    assert calls == ["workspace.json"] * 3
+    good.write_text(json.dumps(spec, indent=1))  # the same document, another text
+    load_json(good, schema="workspace.json")
+    assert calls == ["workspace.json"] * 4
+    monkeypatch.setattr(exported, "_CACHE_DIR", None)  # no store: always validated
+    load_json(good, schema="workspace.json")
+    assert calls == ["workspace.json"] * 5

@@ -42,10 +42,9 @@ _DEFAULT_BATCH = {"cpu": 1, "gpu": 32}
 
 def _compute(workspace, patches, digest_check, batch_size, workers, scheduler, options):
     from ..stats import grid
-    from ..stats.workspace import load_json, validate
+    from ..stats.workspace import load_json
 
-    spec, name = load_json(workspace)
-    validate(spec, "workspace.json", file=name)
+    spec, _ = load_json(workspace, schema="workspace.json")
     points = grid.load_points(spec, patches, digest_check=digest_check)
     if batch_size is None:
         import jax
@@ -54,6 +53,9 @@ def _compute(workspace, patches, digest_check, batch_size, workers, scheduler, o
     chunks = grid.batches(points, batch_size)
     opts = {**options, "pad_to": min(batch_size, len(points))}
     if workers is None and scheduler is None:
+        if batch_size == 1:  # one stream: the next model is built while a kernel runs
+            yield from grid.run_points(spec, points, **options)
+            return
         for chunk in chunks:
             yield from grid.run_batch(spec, chunk, **opts)
         return

@@ -139,16 +139,24 @@ def call(kernel: Callable, model, *args, **static) -> Any:
     """``kernel(model, *args, **static)``, from the store when its structure was seen before.
 
     ``kernel`` must be a module-level function returning arrays in tuples, lists or dicts
-    (what :mod:`jax.export` serialises). Without a store (:func:`set_cache_dir`), or when
-    the kernel cannot be exported, it runs under :func:`equinox.filter_jit` as usual.
+    (what :mod:`jax.export` serialises), and ``args`` arrays. Without a store
+    (:func:`set_cache_dir`) the kernel is jitted in memory per structure (models that differ
+    only in their names share one compilation); when it cannot be exported, it runs under
+    :func:`equinox.filter_jit` as usual.
     """
-    if _CACHE_DIR is None:
-        return _jitted(kernel)(model, *args, **static)
     key = f"{kernel.__module__}.{kernel.__qualname__}-" + structure_key(model, *args, **static)
     arrays, rest = eqx.partition(model, eqx.is_array)
     leaves, treedef = jax.tree.flatten(arrays)
     fn = _LOADED.get(key)
     if fn is None:
+
+        def flat(leaves, *args):
+            m = eqx.combine(jax.tree.unflatten(treedef, leaves), rest)
+            return kernel(m, *args, **static)
+
+        if _CACHE_DIR is None:
+            fn = _LOADED[key] = jax.jit(flat)
+            return fn(leaves, *args)
         path = _CACHE_DIR / f"{key}.bin"
         exp = None
         if path.exists():
@@ -157,11 +165,6 @@ def call(kernel: Callable, model, *args, **static) -> Any:
             except Exception as err:  # a damaged or foreign entry: rebuild it
                 log.debug("ignoring %s: %s", path, err)
         if exp is None:
-
-            def flat(leaves, *args):
-                m = eqx.combine(jax.tree.unflatten(treedef, leaves), rest)
-                return kernel(m, *args, **static)
-
             try:
                 exp = jax.export.export(jax.jit(flat))(
                     [_spec(x) for x in leaves], *jax.tree.map(_spec, args)

@@ -2,12 +2,16 @@
 workspace, computed in ``vmap``-ed batches (the library behind ``diffhep exclusion``).
 
 Every point is the workspace with one JSON patch applied (a file holding a JSON patch, or
-each patch of a pyhf patchset). Points whose models share one structure (the same static
-tables and template shapes: every signal patch of a published analysis, as a rule) are
-stacked and go through one compiled, vectorised :func:`~diffhep.stats.hypotest.hypotest`;
-a batch holds at most ``batch_size`` points (memory is bounded by it), and a short last
-batch is padded with copies of its last point so that every batch of a structure reuses
-one compilation. Each point gives the same numbers as a single ``diffhep cls`` call.
+each patch of a pyhf patchset). One point at a time (:func:`run_points`, the default on CPU),
+each point runs the kernel of a single ``diffhep cls`` call (the same compilation, shared
+with it through :mod:`~diffhep.stats.exported`), and the next point's model is built while
+the kernel of the previous one runs. In batches (:func:`run_batch` with ``pad_to > 1``),
+points whose models share one structure (the same static tables and template shapes: every
+signal patch of a published analysis, as a rule) are stacked and go through one compiled,
+vectorised :func:`~diffhep.stats.hypotest.hypotest`; a batch holds at most ``batch_size``
+points (memory is bounded by it), and a short last batch is padded with copies of its last
+point so that every batch of a structure reuses one compilation. Each point gives the same
+numbers as a single ``diffhep cls`` call.
 
 :func:`run_batch` takes plain data (the workspace document and the patches), so batches can
 be sent to other processes (``diffhep exclusion --workers``) as they are.
@@ -24,6 +28,8 @@ Example:
 from __future__ import annotations
 
 import glob
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +42,9 @@ from ..errors import DiffhepError
 from . import exported
 from .fit import DEFAULT_MAX_STEPS
 from .hypotest import hypotest
-from .workspace import Workspace, apply_patch, load_json, validate, verify_patchset
+from .workspace import Workspace, apply_patch, load_json, verify_patchset
 
-__all__ = ["batches", "expand_paths", "load_points", "run_batch"]
+__all__ = ["batches", "expand_paths", "load_points", "run_batch", "run_points"]
 
 
 def expand_paths(patterns) -> list[str]:
@@ -65,6 +71,12 @@ def _point_name(path: str) -> str:
     return name.removeprefix("patch.")
 
 
+def _point_schema(doc) -> str | None:
+    if isinstance(doc, list):
+        return "jsonpatch.json"
+    return "patchset.json" if isinstance(doc, dict) and "patches" in doc else None
+
+
 def load_points(spec: dict, patterns, *, digest_check: bool = True) -> list[tuple[str, list]]:
     """``(name, JSON patch)`` of every signal point in ``patterns`` (paths or globs).
 
@@ -75,12 +87,10 @@ def load_points(spec: dict, patterns, *, digest_check: bool = True) -> list[tupl
     points: list[tuple[str, list]] = []
     seen: dict[str, str] = {}
     for path in expand_paths(patterns):
-        doc, fname = load_json(path)
+        doc, fname = load_json(path, schema=_point_schema)
         if isinstance(doc, list):
-            validate(doc, "jsonpatch.json", file=fname)
             found = [(_point_name(path), doc)]
         elif isinstance(doc, dict) and "patches" in doc:
-            validate(doc, "patchset.json", file=fname)
             if digest_check:
                 verify_patchset(doc, spec, file=fname)
             found = [(p["metadata"]["name"], p["patch"]) for p in doc["patches"]]
@@ -140,6 +150,78 @@ def _canonical_samples(spec: dict, doc: dict) -> dict:
     return doc
 
 
+def _check_x64() -> None:
+    if not jax.config.jax_enable_x64:
+        raise DiffhepError(
+            "the statistical layer needs float64",
+            fix="call diffhep.enable_x64() before building models",
+        )
+
+
+def _model_and_data(doc, name, poi_value, measurement, modifier_settings):
+    ws = Workspace(doc, file=name, validate_schema=False)
+    model = ws.model(measurement, modifier_settings=modifier_settings)
+    lo, hi = model.config.bounds[model.config.poi_index]
+    if not lo <= poi_value <= hi:
+        raise DiffhepError(
+            f"POI value {poi_value:g} is outside the bounds [{lo:g}, {hi:g}] of the POI "
+            f"{model.config.poi_name!r}",
+            file=name,
+            where="--poi-value",
+            fix="test a value inside the bounds",
+        )
+    return model, jnp.asarray(ws.data(model), dtype=jnp.float64)
+
+
+def _row(name, cls_obs, cls_exp, converged) -> dict[str, Any]:
+    ok = bool(converged)
+    return {
+        "point": name,
+        "CLs_obs": float(cls_obs) if ok else None,
+        "CLs_exp": [float(x) for x in np.asarray(cls_exp)] if ok else None,
+        "converged": ok,
+    }
+
+
+def run_points(
+    spec: dict,
+    points,
+    *,
+    poi_value: float = 1.0,
+    test_stat: str = "qtilde",
+    measurement: str | None = None,
+    modifier_settings: dict | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    ahead: int = 2,
+) -> Iterator[dict[str, Any]]:
+    """CLs of each point, one at a time, yielded in order as :func:`run_batch` gives them.
+
+    Each point runs the compiled kernel of ``diffhep cls`` (the numbers of a single call;
+    one compilation per structure, shared with ``cls`` through the store of
+    :mod:`~diffhep.stats.exported`). JAX dispatches a kernel and returns at once, so the
+    models of up to ``ahead`` further points are built (in Python) while it runs.
+    """
+    from .workflows import _cls_kernel
+
+    _check_x64()
+    static = {"test_stat": test_stat}
+    if max_steps != DEFAULT_MAX_STEPS:  # the default: the very kernel of `diffhep cls`
+        static["max_steps"] = max_steps
+    poi = jnp.asarray(poi_value, dtype=jnp.float64)
+    pending: deque = deque()
+    for name, ops in points:
+        doc = apply_patch(spec, ops, file=name)
+        model, data = _model_and_data(doc, name, poi_value, measurement, modifier_settings)
+        r = exported.call(_cls_kernel, model, poi, data, **static)
+        pending.append((name, r))
+        if len(pending) > ahead:
+            name, r = pending.popleft()
+            yield _row(name, r["cls_obs"], r["cls_exp"], r["converged"])
+    while pending:
+        name, r = pending.popleft()
+        yield _row(name, r["cls_obs"], r["cls_exp"], r["converged"])
+
+
 def run_batch(
     spec: dict,
     points: list[tuple[str, list]],
@@ -165,26 +247,15 @@ def run_batch(
         One dict per point, in order: ``point``, ``CLs_obs``, ``CLs_exp`` (five values, the
         order of ``pyhf cls``) and ``converged``; the CLs are ``None`` when not converged.
     """
-    if not jax.config.jax_enable_x64:
-        raise DiffhepError(
-            "the statistical layer needs float64",
-            fix="call diffhep.enable_x64() before building models",
-        )
+    _check_x64()
+    if (pad_to or len(points)) <= 1:  # one point at a time: the kernel of `diffhep cls`
+        return list(run_points(spec, points, poi_value=poi_value, test_stat=test_stat,
+                               measurement=measurement, modifier_settings=modifier_settings,
+                               max_steps=max_steps))  # fmt: skip
     built = []
     for name, ops in points:
         doc = _canonical_samples(spec, apply_patch(spec, ops, file=name))
-        ws = Workspace(doc, file=name, validate_schema=False)
-        model = ws.model(measurement, modifier_settings=modifier_settings)
-        lo, hi = model.config.bounds[model.config.poi_index]
-        if not lo <= poi_value <= hi:
-            raise DiffhepError(
-                f"POI value {poi_value:g} is outside the bounds [{lo:g}, {hi:g}] of the POI "
-                f"{model.config.poi_name!r}",
-                file=name,
-                where="--poi-value",
-                fix="test a value inside the bounds",
-            )
-        built.append((model, jnp.asarray(ws.data(model), dtype=jnp.float64)))
+        built.append(_model_and_data(doc, name, poi_value, measurement, modifier_settings))
     groups: dict[Any, list[int]] = {}
     for i, (model, data) in enumerate(built):
         groups.setdefault(_structure(model, data), []).append(i)
@@ -205,11 +276,5 @@ def run_batch(
         )
         cls_obs, cls_exp, converged = map(np.asarray, (cls_obs, cls_exp, converged))
         for k, i in enumerate(idx):
-            ok = bool(converged[k])
-            out[i] = {
-                "point": points[i][0],
-                "CLs_obs": float(cls_obs[k]) if ok else None,
-                "CLs_exp": [float(x) for x in cls_exp[k]] if ok else None,
-                "converged": ok,
-            }
+            out[i] = _row(points[i][0], cls_obs[k], cls_exp[k], converged[k])
     return out  # type: ignore[return-value]

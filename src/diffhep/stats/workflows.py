@@ -25,8 +25,8 @@ import numpy as np
 
 from ..errors import DiffhepError, FitError
 from . import exported
+from .fit import DEFAULT_MAX_STEPS, undetermined_names
 from .fit import fit as _fit
-from .fit import undetermined_names
 from .hypotest import hypotest as _hypotest
 from .limits import LIMIT_NAMES, check_level
 from .limits import upper_limit as _upper_limit
@@ -54,9 +54,9 @@ def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) ->
     """
     if isinstance(workspace, dict):
         spec, name = workspace, None
+        validate(spec, "workspace.json", file=name)
     else:
-        spec, name = load_json(workspace)
-    validate(spec, "workspace.json", file=name)
+        spec, name = load_json(workspace, schema="workspace.json")
     if patch_name is not None and not patches:
         raise DiffhepError(
             f"--patch-name {patch_name!r} given without a patchset",
@@ -95,8 +95,9 @@ _hypotest_jit = eqx.filter_jit(_hypotest)
 _fit_jit = eqx.filter_jit(_fit)
 
 
-def _cls_kernel(model, poi_value, data, *, test_stat):
-    r = _hypotest(poi_value, model, data, test_stat=test_stat)
+def _cls_kernel(model, poi_value, data, *, test_stat, max_steps=DEFAULT_MAX_STEPS):
+    """The kernel of ``diffhep cls`` (and of every point of ``diffhep exclusion`` on CPU)."""
+    r = _hypotest(poi_value, model, data, test_stat=test_stat, max_steps=max_steps)
     return {
         "cls_obs": r.cls_obs,
         "cls_exp": r.cls_exp,
