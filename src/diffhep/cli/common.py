@@ -3,6 +3,7 @@ argument errors import no JAX), errors to exit codes, JSON output, workspace opt
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -14,6 +15,10 @@ import click
 from ..errors import DiffhepError, FitError
 
 log = logging.getLogger("diffhep")
+
+#: Whether the cyclic garbage collector is paused for the start-up of the process's command
+#: (set by :class:`diffhep.cli._Main`, ended by :func:`run`).
+GC_PAUSED = False
 
 
 def setup() -> None:
@@ -41,6 +46,11 @@ def setup() -> None:
 
 def run(fn, *args, **kwargs):
     setup()
+    global GC_PAUSED
+    if GC_PAUSED:  # start-up without the cyclic collector (cli._Main) is over: what exists
+        GC_PAUSED = False  # now (modules, functions, the command's imports) lives to the end
+        gc.freeze()  # of the process; later collections do not traverse it again
+        gc.enable()
     try:
         return fn(*args, **kwargs)
     except FitError as err:

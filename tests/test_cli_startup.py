@@ -1,0 +1,63 @@
+"""The process's own command runs its start-up without the cyclic garbage collector and
+switches it back on for the work (cli._Main, cli.common.run); click's test runner (which
+passes the arguments) is left alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from diffhep.cli import common, main
+from diffhep.stats.workspace import example_spec
+
+SRC = str(Path(__file__).parents[1] / "src")
+
+PROBE = """
+import gc, sys
+from diffhep.cli import main
+seen = []
+import diffhep.cli.common as common
+real_run = common.run
+def run(fn, *a, **k):
+    seen.append(("before", gc.isenabled()))
+    out = real_run(lambda *x, **y: (seen.append(("during", gc.isenabled())), fn(*x, **y))[1],
+                   *a, **k)
+    return out
+common.run = run
+import diffhep.cli.stats as stats
+stats.run = run
+sys.argv = ["diffhep", "cls", sys.argv[1]]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print(seen, gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)
+"""
+
+
+def test_the_collector_is_paused_for_start_up_only(tmp_path):
+    ws = tmp_path / "ws.json"
+    ws.write_text(json.dumps(example_spec()))
+    env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_CACHE_DIR": ""}
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(ws)], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["CLs_obs"] > 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "[('before', False), ('during', True)] True True", last
+
+
+def test_the_test_runner_keeps_the_collector(tmp_path):
+    import gc
+
+    ws = tmp_path / "ws.json"
+    ws.write_text(json.dumps(example_spec()))
+    frozen = gc.get_freeze_count()
+    result = CliRunner().invoke(main, ["cls", str(ws)])
+    assert result.exit_code == 0, result.output
+    assert gc.isenabled() and gc.get_freeze_count() == frozen and not common.GC_PAUSED
