@@ -175,3 +175,39 @@ def _drop_unused_lumi(spec) -> None:
     )
     if not has_lumi:
         spec["measurements"][0]["config"]["parameters"] = []
+
+
+def features(spec) -> dict:
+    """What a workspace has, for coverage checks: modifier ``types``; shapesys ``taus``
+    (``(nominal / width)^2`` per bin); ``near_zero_staterror`` (a staterror on a bin whose MC
+    yield is below 1e-3); ``symmetrised_histosys`` and ``same_side_normsys`` (up and down
+    variations on the same side of the nominal in every bin: an even response, a profile
+    with two minima); ``coupled`` (a histosys or normsys name on more than one sample);
+    ``npars``."""
+    types, taus, near_zero, sym, same_side, users = set(), [], False, False, False, {}
+    for ch in spec["channels"]:
+        for s in ch["samples"]:
+            nom = np.asarray(s["data"], dtype=float)
+            for m in s["modifiers"]:
+                types.add(m["type"])
+                if m["type"] == "shapesys":
+                    taus += list((nom / np.asarray(m["data"], dtype=float)) ** 2)
+                elif m["type"] == "staterror":
+                    near_zero |= bool(np.any(nom < 1e-3))
+                elif m["type"] == "histosys":
+                    up = np.asarray(m["data"]["hi_data"]) - nom
+                    dn = np.asarray(m["data"]["lo_data"]) - nom
+                    sym |= bool(np.all(up * dn > 0))
+                elif m["type"] == "normsys":
+                    same_side |= (m["data"]["hi"] - 1.0) * (m["data"]["lo"] - 1.0) > 0
+                if m["type"] in ("histosys", "normsys"):
+                    users[m["name"]] = users.get(m["name"], 0) + 1
+    return {
+        "types": types,
+        "taus": taus,
+        "near_zero_staterror": near_zero,
+        "symmetrised_histosys": sym,
+        "same_side_normsys": bool(same_side),
+        "coupled": any(n > 1 for n in users.values()),
+        "npars": _npars(spec),
+    }

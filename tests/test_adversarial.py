@@ -3,36 +3,52 @@ reference (issue 20).
 
 For each generated workspace, three fits: the free fit and the fits with the POI fixed at
 0 and 1. Every diffhep fit must converge, and its ``-2 ln L``, evaluated with **pyhf's own
-logpdf** at diffhep's best fit, must be no higher than pyhf's scipy fit (from pyhf's
-suggested start) and than the best of a multi-start reference (pyhf's scipy fits from random
-starts), both evaluated the same way. Where pyhf's fit is at least as good, the two
-therefore agree. A reference fit that fails or returns a non-finite value is no reference:
-it is skipped (the case is not).
+logpdf** at diffhep's best fit, must be no higher than that of every reference, evaluated
+the same way:
+
+- pyhf's scipy fit from pyhf's suggested start (tolerance 1e-12, re-seated at 1e-10);
+- pyhf's MINUIT fit (slow run);
+- the multi-start reference (:func:`multi_start`): scipy L-BFGS-B from the suggested start
+  and 19 random ones, in curvature-scaled coordinates, by successive halving.
+
+Where pyhf's fit is at least as good, the two therefore agree. A reference's point counts
+wherever it stopped (also a failed fit's last point: every point of the domain bounds the
+minimum from above), once checked to be in the domain (bounds, fixed parameters) with a
+finite ``-2 ln L``. A reference that has no such point is no reference; a fit for which
+every reference fails is reported as a skip (pytest counts them), never as a pass.
 
 Tolerance: 1e-6 relative plus an absolute part for the rounding noise of pyhf's logpdf,
 which adds terms of size ``aux log aux`` (~3e13 for a shapesys with tau = 1e12): 1e-6 plus
 1e-14 times the sum of those terms' magnitudes.
+
+Cost (loaded 2-core machine): the 30 default-run workspaces take ~70 CPU-s, about 10 s
+per model structure (diffhep's fits and the search compile once per structure, shared by
+its draws through ``with_yields``) and ~1-2 s per workspace.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+import zlib
 
 import numpy as np
 import pytest
 
-from adversarial import generate
-from oracle import optimizer, pyhf_numpy
+from adversarial import features, generate
+from oracle import one_blas_thread, optimizer, pyhf_numpy
 
 jax = pytest.importorskip("jax")
 pyhf = pytest.importorskip("pyhf")
+
+import jax.numpy as jnp  # noqa: E402
 
 import diffhep  # noqa: E402
 from diffhep.stats.hypotest import _fits  # noqa: E402
 
 N_DEFAULT = 30
 N_SLOW = 500
-N_STARTS = 2  # random starts of the multi-start reference (default run)
+N_STARTS = 20  # starts of the multi-start reference (suggested init + 19 random)
 
 _diffhep_fits = jax.jit(
     lambda model, data, values, free, init, lower, upper, fixed: _fits(
@@ -46,31 +62,135 @@ def _twice_nll(model, data, x) -> float:
     return v if np.isfinite(v) else np.inf
 
 
-def _scipy_fit(model, data, init, fixed, poi_value):
-    """pyhf's scipy fit (tight, then loose tolerance) from ``init``: ``-2 ln L`` or None."""
-    for name in ("scipy", "scipy-loose"):
-        with pyhf_numpy(optimizer(name)), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                if poi_value is None:
-                    x = pyhf.infer.mle.fit(data, model, init_pars=init, fixed_params=fixed)
-                else:
-                    x = pyhf.infer.mle.fixed_poi_fit(
-                        poi_value, data, model, init_pars=init, fixed_params=fixed
-                    )
-                v = _twice_nll(model, data, np.asarray(x, float).tolist())
-            except Exception:
-                continue
-        if np.isfinite(v):
-            return v
-    return None
+def _feasible(x, start, bounds, fixed) -> bool:
+    """``x`` is a point of the fit's domain: within the bounds, fixed parameters at their
+    values (a reference point elsewhere would prove nothing about diffhep's minimum)."""
+    x = np.asarray(x, float)
+    if x.shape != start.shape or not np.all(np.isfinite(x)):
+        return False
+    slack = 1e-9 * (1.0 + np.abs(bounds))
+    inside = np.all(x >= bounds[:, 0] - slack[:, 0]) and np.all(x <= bounds[:, 1] + slack[:, 1])
+    return bool(inside and np.allclose(x[fixed], start[fixed], rtol=1e-12, atol=1e-12))
+
+
+def _pyhf_fit_point(model, data, init, fixed, poi_value, name, maxiter=None):
+    """Where pyhf's own fit with optimiser ``name`` (``scipy``, ``scipy-loose``, ``minuit``;
+    numpy backend, pyhf's suggested start) ends: its best fit, or, if it raises
+    ``FailedMinimization``, the point it stopped at (any point of the domain bounds the
+    minimum from above). None if it has no point."""
+    opt = optimizer(name)
+    if maxiter is not None:
+        opt.maxiter = maxiter
+    with pyhf_numpy(opt), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if poi_value is None:
+                return pyhf.infer.mle.fit(data, model, init_pars=init, fixed_params=fixed)
+            return pyhf.infer.mle.fixed_poi_fit(
+                poi_value, data, model, init_pars=init, fixed_params=fixed
+            )
+        except pyhf.exceptions.FailedMinimization as err:
+            return getattr(err.result, "x", None)
+        except Exception:
+            return None
+
+
+@jax.jit
+def _search_value_and_grad(model, data, x):
+    return jax.value_and_grad(lambda p: -2.0 * model.logpdf(p, data))(x)
+
+
+@jax.jit
+def _search_curvature(model, data, x):
+    """The diagonal of the Hessian of ``-2 ln L`` at ``x`` (forward over reverse)."""
+    grad = jax.grad(lambda p: -2.0 * model.logpdf(p, data))
+    return jax.vmap(lambda e: jnp.vdot(e, jax.jvp(grad, (x,), (e,))[1]))(jnp.eye(x.size))
+
+
+def _lbfgsb_round(model, data, x0, bounds, free, maxiter):
+    """One scipy L-BFGS-B run from ``x0`` in coordinates scaled by the curvature at ``x0``
+    (``x = x0 + z / sqrt(H_ii)``: a shapesys gamma with tau = 1e12 and a free normalisation
+    of a 1e-6 yield become steps of the same size). Returns ``(-2 ln L, x, evaluations)``."""
+    from scipy.optimize import minimize
+
+    lo, hi = bounds[:, 0][free], bounds[:, 1][free]
+    h = np.asarray(_search_curvature(model, data, jnp.asarray(x0)), float)[free]
+    h = np.where(np.isfinite(h), h, 1.0)
+    scale = np.minimum(1.0 / np.sqrt(np.maximum(h, 1e-12)), hi - lo)
+    base = x0.copy()
+
+    def point(z):
+        x = base.copy()
+        x[free] = np.clip(x0[free] + z * scale, lo, hi)
+        return x
+
+    def fun(z):
+        v, g = _search_value_and_grad(model, data, jnp.asarray(point(z)))
+        v, g = float(v), np.asarray(g, float)[free] * scale
+        if not (np.isfinite(v) and np.all(np.isfinite(g))):
+            return 1e300, np.zeros_like(z)
+        return v, g
+
+    z_bounds = list(zip((lo - x0[free]) / scale, (hi - x0[free]) / scale, strict=True))
+    options = {"maxiter": maxiter, "maxcor": 30, "ftol": 1e-15, "gtol": 1e-11}
+    r = minimize(fun, np.zeros(free.sum()), jac=True, method="L-BFGS-B", bounds=z_bounds,
+                 options=options)  # fmt: skip
+    x = point(r.x)
+    v = float(_search_value_and_grad(model, data, jnp.asarray(x))[0])
+    return (v if np.isfinite(v) else np.inf), x, int(r.nfev)
 
 
 def _random_start(rng, init, bounds, fixed):
+    """Uniform within +-min(1, a quarter of the bound range) of the suggested init, clipped
+    to the bounds (gammas kept 1e-6 above their lower bound): diffhep plays no part."""
     lo, hi = bounds[:, 0], bounds[:, 1]
     width = np.minimum(1.0, (hi - lo) / 4.0)
     x = np.clip(init + rng.uniform(-1.0, 1.0, init.size) * width, lo + 1e-6, hi)
     return np.where(fixed, init, x)
+
+
+# successive halving: (starts kept, L-BFGS-B iterations) per stage; the last stage repeats
+# (re-scaled at each round's start) until a round gains less than 1e-9
+STAGES = ((None, 25), (5, 50), (2, 500))
+MAX_POLISH_ROUNDS = 8
+
+
+def multi_start(model, data, start, bounds, fixed, rng, n_starts=N_STARTS):
+    """The multi-start reference: scipy L-BFGS-B (curvature-scaled, see
+    :func:`_lbfgsb_round`) from pyhf's suggested init and ``n_starts - 1`` random starts
+    (:func:`_random_start`); all are run for 25 iterations, the best 5 for 50 more, the best
+    2 to convergence (rounds of 500 iterations, re-scaled, until a round gains < 1e-9).
+
+    The search minimises diffhep's ``-2 ln L`` (one compilation per model structure,
+    shared by all draws; pyhf's jax backend would compile per workspace); the points it
+    returns are judged with pyhf's logpdf by the caller, so the search function only guides.
+
+    Returns:
+        ``(points, evaluations)``: every start's final point (best first) and the number
+        of function evaluations.
+    """
+    free = ~fixed
+    if not free.any():
+        return [start], 0
+    starts = [start] + [_random_start(rng, start, bounds, fixed) for _ in range(n_starts - 1)]
+    runs = [(np.inf, x) for x in starts]
+    nfev = 0
+    for keep, maxiter in STAGES:
+        order = sorted(range(len(runs)), key=lambda i: runs[i][0])
+        chosen = order if keep is None else order[:keep]
+        for i in chosen:
+            value, x = runs[i]
+            for _ in range(1 if keep is None or maxiter < 500 else MAX_POLISH_ROUNDS):
+                new, x_new, n = _lbfgsb_round(model, data, x, bounds, free, maxiter)
+                nfev += n
+                gain = value - new
+                if new < value:
+                    value, x = new, x_new
+                if not gain > 1e-9 * max(1.0, abs(new)):
+                    break
+            runs[i] = (value, x)
+    runs.sort(key=lambda r: r[0])
+    return [x for _, x in runs], nfev
 
 
 _TEMPLATES = (
@@ -84,49 +204,47 @@ _TEMPLATES = (
 )
 
 
-@jax.jit
-def _value_and_grad(model, data, x):
-    return jax.value_and_grad(lambda p: -2.0 * model.logpdf(p, data))(x)
+class Outcome:
+    """What a set of draws found: ``problems`` (each a failed check, named), ``unchecked``
+    (fits for which every reference form failed: counted, not passed), ``fits`` (fits
+    checked) and ``nfev`` (multi-start evaluations)."""
+
+    def __init__(self):
+        self.problems, self.unchecked, self.fits, self.nfev = [], [], 0, 0
+
+    def __iadd__(self, other):
+        self.problems += other.problems
+        self.unchecked += other.unchecked
+        self.fits += other.fits
+        self.nfev += other.nfev
+        return self
 
 
-def _multi_start(model, data, init, bounds, fixed, rng, n_starts):
-    """The best of scipy L-BFGS-B fits from ``n_starts`` random starts (gradients of
-    diffhep's logpdf: an optimiser independent of diffhep's), as parameter vectors."""
-    from scipy.optimize import minimize
+@functools.cache
+def _base_model(seed, small):
+    """The diffhep model of draw 0 of structure ``seed``: the other draws are this model
+    with their templates (``with_yields``), so they share its compiled fits and search."""
+    return diffhep.Workspace(generate(seed, small, values_seed=0)).model()
 
-    b = [(v, v) if f else (lo, hi) for v, f, (lo, hi) in zip(init, fixed, bounds, strict=True)]
 
-    def fun(x):
-        v, g = _value_and_grad(model, data, jax.numpy.asarray(x))
-        v, g = float(v), np.asarray(g, float)
-        return (v, g) if np.isfinite(v) and np.all(np.isfinite(g)) else (1e300, np.zeros_like(x))
+def check_draw(seed, small, draw, n_starts=N_STARTS, minuit_calls=None) -> Outcome:
+    """Check diffhep's fits on draw ``draw`` of structure ``seed``."""
+    spec = generate(seed, small, values_seed=draw)
+    fresh = diffhep.Workspace(spec).model()
+    model = _base_model(seed, small).with_yields(**{t: getattr(fresh, t) for t in _TEMPLATES})
+    with one_blas_thread():  # scipy's optimisers on tiny vectors (see oracle.one_blas_thread)
+        return _check_one(f"seed {seed}/{draw}", spec, model, n_starts, minuit_calls)
 
-    out = []
-    for _ in range(n_starts):
-        x0 = _random_start(rng, init, bounds, fixed)
-        r = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=b,
-                     options={"maxiter": 300, "ftol": 1e-13, "gtol": 1e-9})  # fmt: skip
-        out.append(np.asarray(r.x, float))
+
+def check_workspace(seed, small, draws=1, n_starts=N_STARTS, minuit_calls=None) -> Outcome:
+    """:func:`check_draw` for draws 0 .. ``draws`` - 1 of structure ``seed``."""
+    out = Outcome()
+    for draw in range(draws):
+        out += check_draw(seed, small, draw, n_starts, minuit_calls)
     return out
 
 
-def check_workspace(seed: int, small: bool, n_starts: int, draws: int = 1) -> list[str]:
-    """Problems found on the workspaces of structure ``seed`` (``draws`` sets of numbers;
-    empty: every fit holds). The draws share one diffhep model structure (``with_yields``),
-    so one compilation."""
-    problems, base = [], None
-    for draw in range(draws):
-        spec = generate(seed, small, values_seed=draw)
-        ws = diffhep.Workspace(spec)
-        fresh = ws.model()
-        if base is None:
-            base = fresh
-        model = base.with_yields(**{t: getattr(fresh, t) for t in _TEMPLATES})
-        problems += _check_one(f"seed {seed}/{draw}", spec, model, n_starts)
-    return problems
-
-
-def _check_one(name, spec, model, n_starts) -> list[str]:
+def _check_one(name, spec, model, n_starts, minuit_calls) -> Outcome:
     with pyhf_numpy():
         pmodel = pyhf.Workspace(spec).model()
         pdata = pyhf.tensorlib.astensor(pyhf.Workspace(spec).data(pmodel))
@@ -137,14 +255,14 @@ def _check_one(name, spec, model, n_starts) -> list[str]:
         data_np = np.asarray(pdata, float)
         at_init = _twice_nll(pmodel, pdata, init.tolist())
     assert list(model.config.par_order) == list(cfg.par_order)
-    dd = jax.numpy.asarray(data_np)
+    dd = jnp.asarray(data_np)
     aux = data_np[cfg.nmaindata :]
     main = data_np[: cfg.nmaindata]
     scale = np.sum(np.abs(main) * (np.abs(np.log(np.maximum(main, 1.0))) + 1.0))
     scale += np.sum(np.abs(aux) * (np.abs(np.log(np.maximum(np.abs(aux), 1.0))) + 1.0))
     noise = 1e-14 * scale  # of pyhf's logpdf (see the module's docstring)
     # the model with these templates is the spec's: same -2 ln L as pyhf's at the start
-    ours_init = float(-2.0 * model.logpdf(jax.numpy.asarray(init), dd))
+    ours_init = float(_search_value_and_grad(model, dd, jnp.asarray(init))[0])
     assert ours_init == pytest.approx(at_init, rel=1e-9, abs=1e-6 + noise), name
 
     poi = cfg.poi_index
@@ -152,40 +270,68 @@ def _check_one(name, spec, model, n_starts) -> list[str]:
     res = _diffhep_fits(
         model,
         dd,
-        jax.numpy.asarray([0.0 if v is None else v for v in poi_values]),
-        jax.numpy.asarray([v is None for v in poi_values]),
-        jax.numpy.asarray(init),
-        jax.numpy.asarray(bounds[:, 0]),
-        jax.numpy.asarray(bounds[:, 1]),
-        jax.numpy.asarray(fixed),
+        jnp.asarray([0.0 if v is None else v for v in poi_values]),
+        jnp.asarray([v is None for v in poi_values]),
+        jnp.asarray(init),
+        jnp.asarray(bounds[:, 0]),
+        jnp.asarray(bounds[:, 1]),
+        jnp.asarray(fixed),
     )
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
-    problems = []
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    out = Outcome()
     for i, mu in enumerate(poi_values):
         what = f"{name} ({cfg.npars} pars), {'free fit' if mu is None else f'mu = {mu}'}"
-        if not bool(res.converged[i]):
-            problems.append(f"{what}: diffhep did not converge (status {int(res.status[i])})")
-            continue
-        x = np.asarray(res.bestfit[i], float)
+        out.fits += 1
         start, fx = init.copy(), fixed.copy()
         if mu is not None:
             start[poi], fx[poi] = mu, True
-        starts = _multi_start(model, dd, start, bounds, fx, rng, n_starts)
+        x = np.asarray(res.bestfit[i], float)
+        converged = bool(res.converged[i])
+        if not converged:
+            out.problems.append(f"{what}: diffhep did not converge (status {int(res.status[i])})")
+
+        def pyhf_point(opt, calls=None, start=start, fx=fx, mu=mu):
+            return _pyhf_fit_point(pmodel, pdata, start.tolist(), fx.tolist(), mu, opt, calls)
+
+        points = {"pyhf scipy": [pyhf_point("scipy")], "pyhf minuit": []}
+        if points["pyhf scipy"][0] is None:  # re-seated: the looser tolerance
+            points["pyhf scipy"] = [pyhf_point("scipy-loose")]
+        if minuit_calls != 0:
+            points["pyhf minuit"] = [pyhf_point("minuit", minuit_calls)]
+        points["multi-start"], nfev = multi_start(model, dd, start, bounds, fx, rng, n_starts)
+        out.nfev += nfev
         with pyhf_numpy():
-            ours = _twice_nll(pmodel, pdata, x.tolist())
-            refs = {"pyhf scipy": _scipy_fit(pmodel, pdata, start.tolist(), fx.tolist(), mu)}
-            multi = [_twice_nll(pmodel, pdata, p.tolist()) for p in starts]
-        multi = [v for v in multi if np.isfinite(v)]
-        refs["multi-start"] = min(multi) if multi else None
-        for ref_name, ref in refs.items():
-            if ref is None:
-                continue
+            ours = (
+                _twice_nll(pmodel, pdata, x.tolist()) if _feasible(x, start, bounds, fx) else np.inf
+            )
+            refs = {}
+            for ref_name, pts in points.items():
+                vals = [(_twice_nll(pmodel, pdata, np.asarray(p, float).tolist()), k)
+                        for k, p in enumerate(pts)
+                        if p is not None and _feasible(p, start, bounds, fx)]  # fmt: skip
+                vals = [v for v in vals if np.isfinite(v[0])]
+                if vals:
+                    best = min(vals)
+                    refs[ref_name] = (best[0], np.asarray(pts[best[1]], float))
+        if not refs:
+            out.unchecked.append(f"{what}: every reference failed")
+            continue
+        if not np.isfinite(ours):
+            out.problems.append(f"{what}: diffhep's best fit is outside the domain or its "
+                                "-2lnL (pyhf) is not finite")  # fmt: skip
+            continue
+        for ref_name, (ref, p) in refs.items():
             tol = 1e-6 * abs(ref) + 1e-6 + noise
             if not ours <= ref + tol:
-                problems.append(
-                    f"{what}: diffhep -2lnL {ours:.10g} > {ref_name} {ref:.10g} (tol {tol:.2g})"
+                # the search ran on diffhep's logpdf: where pyhf's value is lower, diffhep's
+                # logpdf must agree (else the failure is the logpdf's, say so)
+                mine = float(_search_value_and_grad(model, dd, jnp.asarray(p))[0])
+                note = "" if abs(mine - ref) <= tol else f" (diffhep's logpdf there: {mine:.10g})"
+                out.problems.append(
+                    f"{what}: diffhep -2lnL {ours:.10g} > {ref_name} {ref:.10g} "
+                    f"(tol {tol:.2g}){note}"
                 )
-    return problems
+    return out
 
 
 def test_generator_covers_the_issue():
@@ -211,21 +357,66 @@ def test_generator_covers_the_issue():
     assert min(yields) < 1e-5 and max(yields) > 1e5
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("structure", range(3))
-def test_adversarial_fits_small(structure):
-    """30 small adversarial workspaces: 3 structures x 10 draws of their numbers, 3 fits
-    each. Slow: 2-3 min per structure on a loaded 2-core machine (the multi-start reference
-    and pyhf's finite-difference scipy fits dominate), far above the default run's budget."""
-    problems = check_workspace(structure, small=True, n_starts=N_STARTS, draws=N_DEFAULT // 3)
-    assert not problems, "\n".join(problems)
+#: The default run: draws 0-9 of three small structures (1-3 channels, 1-6 bins, 2-4
+#: samples, 13-14 parameters: the cheap end of the generator), chosen for what they hold
+#: between them (test_default_run_covers_the_issue checks it): every modifier type,
+#: shapesys tau from 1e-2 to 1e11 and more, staterror on bins with near-zero MC,
+#: symmetrised histosys and same-side normsys coupled across samples (bimodal profiles).
+DEFAULT_STRUCTURES = (31, 27, 57)
+DEFAULT_DRAWS = 10
+
+#: Draws of the default run on which diffhep's fits are known to be worse than the
+#: reference (issue 20, several minima): strict xfails, so a fix shows up as XPASS.
+KNOWN_FAILURES = {
+    (31, 4): "two minima (hs2 ~ +1.34 and ~ -3.82, sf_0 at 0 or at 10): diffhep's fits "
+    "converge in the worse one (free fit -2lnL 107.60 vs 90.43, mu = 0: 205.13 vs 90.43, "
+    "mu = 1: 196.81 vs 91.54; pyhf's scipy fit and the multi-start find the better one)",
+}
+
+
+def _default_cases():
+    for seed in DEFAULT_STRUCTURES:
+        for draw in range(DEFAULT_DRAWS):
+            reason = KNOWN_FAILURES.get((seed, draw))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            yield pytest.param(seed, draw, id=f"s{seed}-d{draw}", marks=marks)
+
+
+def _assert_holds(out: Outcome):
+    assert not out.problems, "\n".join(out.problems)
+    if out.unchecked:  # counted as skips in pytest's summary, never passed silently
+        pytest.skip(f"{len(out.unchecked)} of {out.fits} fits unchecked: "
+                    + "; ".join(out.unchecked))  # fmt: skip
+
+
+def test_default_run_covers_the_issue():
+    """The default run's workspaces hold every kind of difficulty the generator draws."""
+    feats = [features(generate(s, True, values_seed=d))
+             for s in DEFAULT_STRUCTURES for d in range(DEFAULT_DRAWS)]  # fmt: skip
+    assert len(feats) >= 30
+    types = {"normfactor", "normsys", "histosys", "shapesys", "staterror", "shapefactor", "lumi"}
+    assert set().union(*(f["types"] for f in feats)) == types
+    taus = [t for f in feats for t in f["taus"]]
+    assert min(taus) < 0.1 and max(taus) > 1e11
+    for kind in ("near_zero_staterror", "symmetrised_histosys", "same_side_normsys", "coupled"):
+        assert sum(f[kind] for f in feats) >= 10, kind
+
+
+@pytest.mark.parametrize(("seed", "draw"), list(_default_cases()))
+def test_adversarial_fits(seed, draw):
+    """The free, mu = 0 and mu = 1 fits of one small adversarial workspace converge and
+    are no worse than pyhf's scipy fit or the 20-start reference (module docstring)."""
+    _assert_holds(check_draw(seed, True, draw, minuit_calls=0))
 
 
 @pytest.mark.slow
-def test_adversarial_fits_sweep():
+@pytest.mark.parametrize("seed", range(1000, 1000 + N_SLOW // 5))
+def test_adversarial_fits_sweep(seed):
     """500 full-size adversarial workspaces (1-8 channels, up to 300 parameters): 100
-    structures x 5 draws."""
-    problems = []
-    for seed in range(100):
-        problems += check_workspace(1000 + seed, small=False, n_starts=5, draws=N_SLOW // 100)
-    assert not problems, "\n".join(problems)
+    structures x 5 draws, with pyhf's MINUIT fit as a third reference. Select a sample
+    with ``-k``, e.g. ``-m slow -k "sweep and (1000 or 1001)"``.
+
+    Seed 1017 draw 0 (223 parameters) fails on diffhep as of this writing: its mu = 0 fit
+    needs ~700 Newton steps (limit 200) in a narrow valley of stat_5[5] and ss_5_4[5]; the
+    solver's Hessian is being changed for it (issue 20)."""
+    _assert_holds(check_workspace(seed, False, draws=5))
