@@ -715,3 +715,32 @@ def test_a_validated_text_is_not_validated_again_with_a_store(tmp_path, monkeypa
     monkeypatch.setattr(exported, "_CACHE_DIR", None)  # no store: always validated
     load_json(good, schema="workspace.json")
     assert calls == ["workspace.json"] * 5
+
+
+def test_samples_checked_once_are_not_checked_again_but_new_ones_are():
+    """check_samples checks every sample's numbers once; a patched document then checks only
+    the samples its patch added (a NaN there is found), while lengths and channel totals
+    are checked for all."""
+    from diffhep.stats.validation import WorkspaceContentError, check_samples, check_workspace
+    from diffhep.stats.workspace import apply_patch
+
+    spec = make_workspace()
+    checked = check_samples(spec)
+    bad = copy.deepcopy(spec["channels"][0]["samples"][0])
+    bad["name"], bad["data"] = "signal_nan", [1.0, float("nan"), 2.0]
+    doc = apply_patch(spec, [{"op": "add", "path": "/channels/0/samples/0", "value": bad}])
+    with pytest.raises(WorkspaceContentError, match="NaN") as err:
+        check_workspace(doc, checked_samples=checked)
+    assert err.value.where == "channels[0].samples[0].data[1]"
+    # a checked sample is trusted for its numbers (here: altered behind the check's back) ...
+    spec["channels"][0]["samples"][0]["data"][1] = float("nan")
+    check_workspace(spec, checked_samples=checked)
+    with pytest.raises(WorkspaceContentError, match="NaN"):
+        check_workspace(spec)
+    # ... not for its length, nor for the channel's totals
+    spec["channels"][0]["samples"][0]["data"] = [-1e6, 1.0, 1.0]
+    with pytest.raises(WorkspaceContentError, match="total expected yield"):
+        check_workspace(spec, checked_samples=checked)
+    spec["channels"][0]["samples"][0]["data"] = [1.0, 1.0]
+    with pytest.raises(WorkspaceContentError, match="bins"):
+        check_workspace(spec, checked_samples=checked)

@@ -42,6 +42,7 @@ from ..errors import DiffhepError
 from . import exported
 from .fit import DEFAULT_MAX_STEPS
 from .hypotest import hypotest
+from .validation import check_samples
 from .workspace import Workspace, apply_patch, load_json, verify_patchset
 
 __all__ = ["batches", "expand_paths", "load_points", "run_batch", "run_points"]
@@ -158,8 +159,8 @@ def _check_x64() -> None:
         )
 
 
-def _model_and_data(doc, name, poi_value, measurement, modifier_settings):
-    ws = Workspace(doc, file=name, validate_schema=False)
+def _model_and_data(doc, name, poi_value, measurement, modifier_settings, checked):
+    ws = Workspace(doc, file=name, validate_schema=False, checked_samples=checked)
     model = ws.model(measurement, modifier_settings=modifier_settings)
     lo, hi = model.config.bounds[model.config.poi_index]
     if not lo <= poi_value <= hi:
@@ -208,10 +209,12 @@ def run_points(
     if max_steps != DEFAULT_MAX_STEPS:  # the default: the very kernel of `diffhep cls`
         static["max_steps"] = max_steps
     poi = jnp.asarray(poi_value, dtype=jnp.float64)
+    checked = check_samples(spec)  # once: a point checks only the samples its patch adds
     pending: deque = deque()
     for name, ops in points:
         doc = apply_patch(spec, ops, file=name)
-        model, data = _model_and_data(doc, name, poi_value, measurement, modifier_settings)
+        model, data = _model_and_data(doc, name, poi_value, measurement, modifier_settings,
+                                      checked)  # fmt: skip
         r = exported.call(_cls_kernel, model, poi, data, **static)
         pending.append((name, r))
         if len(pending) > ahead:
@@ -252,10 +255,12 @@ def run_batch(
         return list(run_points(spec, points, poi_value=poi_value, test_stat=test_stat,
                                measurement=measurement, modifier_settings=modifier_settings,
                                max_steps=max_steps))  # fmt: skip
+    checked = check_samples(spec)
     built = []
     for name, ops in points:
         doc = _canonical_samples(spec, apply_patch(spec, ops, file=name))
-        built.append(_model_and_data(doc, name, poi_value, measurement, modifier_settings))
+        built.append(_model_and_data(doc, name, poi_value, measurement, modifier_settings,
+                                     checked))  # fmt: skip
     groups: dict[Any, list[int]] = {}
     for i, (model, data) in enumerate(built):
         groups.setdefault(_structure(model, data), []).append(i)

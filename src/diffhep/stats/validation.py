@@ -34,7 +34,7 @@ import math
 
 from ..errors import DiffhepError
 
-__all__ = ["MAX_YIELD", "WorkspaceContentError", "check_workspace"]
+__all__ = ["MAX_YIELD", "WorkspaceContentError", "check_samples", "check_workspace"]
 
 MAX_YIELD = 1e15
 
@@ -114,7 +114,29 @@ def _check_modifier(m, nbins, path, file):
                 )
 
 
-def _check_channels(spec, file) -> dict:
+def _check_sample(s, n, path, file):
+    """The numbers of a sample and its modifiers (``n`` bins)."""
+    _check_numbers(s["data"], f"{path}.data", f"yield of sample {s['name']!r}",
+                   "give finite expected yields per bin", file)  # fmt: skip
+    for k, m in enumerate(s["modifiers"]):
+        _check_modifier(m, n, f"{path}.modifiers[{k}]", file)
+
+
+def check_samples(spec: dict, file: str | None = None) -> frozenset[int]:
+    """Check the numbers and modifiers of every sample of a schema-valid workspace (each
+    against its own number of bins) and return the ``id`` of each sample checked, for
+    :func:`check_workspace`'s ``checked_samples``: the samples a signal patch leaves as they
+    are (shared with the background-only document, see
+    :func:`~diffhep.stats.workspace.apply_patch`) are not checked again at every point."""
+    ids = []
+    for i, ch in enumerate(spec["channels"]):
+        for j, s in enumerate(ch["samples"]):
+            _check_sample(s, len(s["data"]), f"channels[{i}].samples[{j}]", file)
+            ids.append(id(s))
+    return frozenset(ids)
+
+
+def _check_channels(spec, file, checked=frozenset()) -> dict:
     channels = spec["channels"]
     _unique([c["name"] for c in channels], lambda k: f"channels[{k}].name", "channels", file,
             "give every channel a unique name")  # fmt: skip
@@ -133,11 +155,9 @@ def _check_channels(spec, file) -> dict:
         for j, s in enumerate(ch["samples"]):
             path = f"channels[{i}].samples[{j}]"
             _check_length(s["data"], n, f"{path}.data", f"sample {s['name']!r}", file)
-            _check_numbers(s["data"], f"{path}.data", f"yield of sample {s['name']!r}",
-                           "give finite expected yields per bin", file)  # fmt: skip
+            if id(s) not in checked:  # (checked: its numbers and modifiers for n bins)
+                _check_sample(s, n, path, file)
             total = [t + x for t, x in zip(total, s["data"], strict=True)]
-            for k, m in enumerate(s["modifiers"]):
-                _check_modifier(m, n, f"{path}.modifiers[{k}]", file)
         for b, t in enumerate(total):
             if t < 0:
                 negative = [
@@ -206,16 +226,21 @@ def _check_measurements(spec, file):
                     )
 
 
-def check_workspace(spec: dict, file: str | None = None) -> None:
+def check_workspace(
+    spec: dict, file: str | None = None, *, checked_samples: frozenset[int] = frozenset()
+) -> None:
     """Check a schema-valid workspace's content.
 
     Args:
         spec: The workspace document (already valid against pyhf's schema).
         file: Its source, for the messages.
+        checked_samples: ``id`` of sample objects whose numbers and modifiers were checked
+            already (:func:`check_samples`, or a workspace checked before that shares them);
+            their lengths, names and the channel totals are still checked.
 
     Raises:
         WorkspaceContentError: The first problem found, with its JSON path and a fix.
     """
-    nbins = _check_channels(spec, file)
+    nbins = _check_channels(spec, file, checked_samples)
     _check_observations(spec, nbins, file)
     _check_measurements(spec, file)
