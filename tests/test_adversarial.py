@@ -29,6 +29,7 @@ its draws through ``with_yields``) and ~1-2 s per workspace.
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 import zlib
 
@@ -44,6 +45,7 @@ pyhf = pytest.importorskip("pyhf")
 import jax.numpy as jnp  # noqa: E402
 
 import diffhep  # noqa: E402
+from diffhep.stats.fit import poi_index  # noqa: E402
 from diffhep.stats.hypotest import _fits  # noqa: E402
 
 N_DEFAULT = 30
@@ -207,12 +209,15 @@ _TEMPLATES = (
 class Outcome:
     """What a set of draws found: ``problems`` (each a failed check, named), ``unchecked``
     (fits for which every reference form failed: counted, not passed), ``fits`` (fits
-    checked) and ``nfev`` (multi-start evaluations)."""
+    checked), ``nfev`` (multi-start evaluations) and ``values`` (per fit: its name,
+    diffhep's ``-2 ln L`` and each reference's, all from pyhf's logpdf)."""
 
     def __init__(self):
         self.problems, self.unchecked, self.fits, self.nfev = [], [], 0, 0
+        self.values = []
 
     def __iadd__(self, other):
+        self.values += other.values
         self.problems += other.problems
         self.unchecked += other.unchecked
         self.fits += other.fits
@@ -298,8 +303,11 @@ def _check_one(name, spec, model, n_starts, minuit_calls) -> Outcome:
             points["pyhf scipy"] = [pyhf_point("scipy-loose")]
         if minuit_calls != 0:
             points["pyhf minuit"] = [pyhf_point("minuit", minuit_calls)]
-        points["multi-start"], nfev = multi_start(model, dd, start, bounds, fx, rng, n_starts)
-        out.nfev += nfev
+        try:
+            points["multi-start"], nfev = multi_start(model, dd, start, bounds, fx, rng, n_starts)
+            out.nfev += nfev
+        except Exception:  # a reference that raises is no reference (the others may be)
+            points["multi-start"] = []
         with pyhf_numpy():
             ours = (
                 _twice_nll(pmodel, pdata, x.tolist()) if _feasible(x, start, bounds, fx) else np.inf
@@ -313,6 +321,7 @@ def _check_one(name, spec, model, n_starts, minuit_calls) -> Outcome:
                 if vals:
                     best = min(vals)
                     refs[ref_name] = (best[0], np.asarray(pts[best[1]], float))
+        out.values.append((what, ours, {k: v for k, (v, _) in refs.items()}))
         if not refs:
             out.unchecked.append(f"{what}: every reference failed")
             continue
@@ -407,6 +416,48 @@ def test_adversarial_fits(seed, draw):
     """The free, mu = 0 and mu = 1 fits of one small adversarial workspace converge and
     are no worse than pyhf's scipy fit or the 20-start reference (module docstring)."""
     _assert_holds(check_draw(seed, True, draw, minuit_calls=0))
+
+
+def test_the_oracle_catches_a_point_that_is_not_a_minimum(monkeypatch):
+    """The check can fail: diffhep's fits replaced by the start point (claimed converged)
+    are found worse than the references, for each of the three fits."""
+    real = _diffhep_fits
+
+    def at_start(model, data, values, free, init, *rest):
+        res = real(model, data, values, free, init, *rest)
+        poi = poi_index(model)
+        start = [jnp.where(f, init, init.at[poi].set(v)) for v, f in zip(values, free, strict=True)]
+        return res._replace(bestfit=jnp.stack(start))
+
+    monkeypatch.setattr(sys.modules[__name__], "_diffhep_fits", at_start)
+    out = check_draw(DEFAULT_STRUCTURES[0], True, 0, minuit_calls=0)
+    assert out.fits == 3 and not out.unchecked
+    assert {p.split(":")[0] for p in out.problems} == {v[0] for v in out.values}
+
+
+def test_failing_references_are_counted_skips_not_passes(monkeypatch):
+    """Every reference form failing (pyhf's fits without a point, the multi-start raising)
+    leaves the fits unchecked: reported, and a skip in the test, never a pass."""
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("simulated reference failure")
+
+    monkeypatch.setattr(sys.modules[__name__], "_pyhf_fit_point", lambda *a, **k: None)
+    monkeypatch.setattr(sys.modules[__name__], "multi_start", broken)
+    out = check_draw(DEFAULT_STRUCTURES[0], True, 0, minuit_calls=0)
+    assert out.fits == 3 and len(out.unchecked) == 3 and not out.problems
+    with pytest.raises(pytest.skip.Exception, match="3 of 3 fits unchecked"):
+        _assert_holds(out)
+
+
+def test_one_blas_thread_restores_the_thread_count():
+    from oracle import _openblas_thread_setters
+
+    setters = _openblas_thread_setters()
+    before = [get() for get, _ in setters]
+    with one_blas_thread():
+        assert all(get() == 1 for get, _ in setters)
+    assert [get() for get, _ in setters] == before
 
 
 @pytest.mark.slow
