@@ -19,7 +19,9 @@ SRC = str(Path(__file__).parents[1] / "src")
 
 PROBE = """
 import gc, sys
+import diffhep.cli as cli
 from diffhep.cli import main
+cli._quick_exit = lambda code: None  # (tested below) print what was seen after the command
 seen = []
 import diffhep.cli.common as common
 real_run = common.run
@@ -61,3 +63,32 @@ def test_the_test_runner_keeps_the_collector(tmp_path):
     result = CliRunner().invoke(main, ["cls", str(ws)])
     assert result.exit_code == 0, result.output
     assert gc.isenabled() and gc.get_freeze_count() == frozen and not common.GC_PAUSED
+
+
+QUICK = """
+import atexit, sys
+atexit.register(lambda: print("finalised", file=sys.stderr))
+from diffhep.cli import main
+sys.argv = ["diffhep", *sys.argv[1:]]
+main()
+"""
+
+
+def test_stats_commands_end_without_finalisation_their_output_and_code_intact(tmp_path):
+    ws = tmp_path / "ws.json"
+    ws.write_text(json.dumps(example_spec()))
+    env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_CACHE_DIR": ""}
+
+    def diffhep(*args):
+        return subprocess.run([sys.executable, "-c", QUICK, *args], env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    done = diffhep("cls", str(ws))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(json.loads(done.stdout)) == {"CLs_obs", "CLs_exp"}
+    assert "finalised" not in done.stderr
+    bad = diffhep("cls", str(ws), "--poi-value", "1e9")
+    assert bad.returncode == 2 and "outside the bounds" in bad.stderr
+    assert "finalised" not in bad.stderr
+    other = diffhep("--version")  # not a statistics command: the usual end
+    assert other.returncode == 0 and "finalised" in other.stderr

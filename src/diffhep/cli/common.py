@@ -20,6 +20,10 @@ log = logging.getLogger("diffhep")
 #: (set by :class:`diffhep.cli._Main`, ended by :func:`run`).
 GC_PAUSED = False
 
+#: Whether the process may end without the interpreter's finalisation once the command is
+#: done (set by commands that hold no resources needing it; see ``diffhep.cli._quick_exit``).
+QUICK_EXIT = False
+
 
 def setup() -> None:
     """Float64 for the statistics, quiet logs, and a persistent compilation cache so that

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from . import common
 from .common import run, setup
 
 COLUMNS = ["point", "CLs_obs", "CLs_exp_m2", "CLs_exp_m1", "CLs_exp_0", "CLs_exp_p1",
@@ -162,6 +163,9 @@ def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest
     options = {"poi_value": poi_value, "test_stat": test_stat, "measurement": measurement}
     if max_steps is not None:
         options["max_steps"] = max_steps
+
+    if workers is None and scheduler is None:  # (a Dask cluster is closed by its finaliser)
+        common.QUICK_EXIT = True
 
     def compute():
         rows = []

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from . import common as cli_common
 from .common import output, run
 from .toys import check_toy_options, finish, run_toys, toy_options
 
@@ -114,6 +115,10 @@ def _on_workspace(fn, common: dict, **kwargs):
     options of :func:`_common` (patched, measurement, interpolation codes), run as the CLI
     runs them (errors -> exit codes); pyhf's ignored options get their note first."""
     _note_ignored(common["backend"], common["optimizer"], common["optconf"])
+    from ..stats import workflows
+
+    if fn in (workflows.cls, workflows.fit, workflows.upper_limit):  # no resources held
+        cli_common.QUICK_EXIT = True
     return run(
         fn,
         common["workspace"],
