@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import hessian as hessian_mod
 from .model import Model
 from .solver import (
     STATUS_MESSAGES,
@@ -123,6 +124,19 @@ def _objective(pars, args):
     constants, and the constants are computed once per fit, not at every step."""
     model, data = args
     return -model.logpdf_relative(pars, data)
+
+
+def _objective_local(pars, args, directions):
+    """Value, gradient and dense Hessian of :func:`_objective` from the rate Jacobians
+    (:mod:`diffhep.stats.hessian`) where that is cheaper than ``directions`` Hessian-vector
+    products; ``None`` elsewhere (static: decided from the model's structure)."""
+    model, data = args
+    if not hessian_mod.supports(model, directions):
+        return None
+    return hessian_mod.value_grad_hessian(model, data, pars)
+
+
+_objective.local = _objective_local
 
 
 @cache

@@ -536,7 +536,11 @@ class Model(eqx.Module):
     def _main_relative(self, n, pars) -> jax.Array:
         """:meth:`mainlogpdf` without its parameter-independent part (:meth:`_main_constant`):
         ``n log(lam / n) - (lam - n)`` per bin with events, ``n log(lam) - lam`` elsewhere."""
-        lam = self.expected_actualdata(pars)
+        return self._main_relative_at(n, self.expected_actualdata(pars))
+
+    @staticmethod
+    def _main_relative_at(n, lam) -> jax.Array:
+        """:meth:`_main_relative` at the expected yields ``lam`` (elementwise per bin)."""
         n = jnp.asarray(n, dtype=lam.dtype)
         pos = n > 0
         ns = jnp.where(pos, n, 1.0)

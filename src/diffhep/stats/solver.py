@@ -142,6 +142,17 @@ def _parts_from_products(hv, structure: Structure) -> HessianParts:
     return HessianParts(A, C, D)
 
 
+def parts_from_dense(H, structure: Structure) -> HessianParts:
+    """The structured parts of a dense Hessian ``(npars, npars)``."""
+    gidx, table = structure.arrays()
+    valid = table >= 0
+    safe = np.where(valid, table, 0)
+    A = H[gidx][:, gidx]
+    C = H[safe][..., gidx] * valid[..., None]  # (nb, k, G)
+    D = H[safe[:, :, None], safe[:, None, :]] * (valid[..., None] & valid[:, None, :])
+    return HessianParts(A, C, D)
+
+
 def hessian_parts(grad_fn, x, structure: Structure) -> HessianParts:
     """Exact Hessian in structured form from ``G + k`` Hessian-vector products."""
     dirs = _directions(structure, x.dtype)
@@ -177,11 +188,36 @@ def _inv_apply(M, rhs, modified):
     d = jnp.abs(jnp.diagonal(M, axis1=-2, axis2=-1))
     s = 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0))
     Ms = M * s[..., :, None] * s[..., None, :]
-    w, V = jnp.linalg.eigh(Ms)
-    scale = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
-    w = jnp.maximum(jnp.abs(w), 1e-10 * scale + 1e-300)
-    y = V @ ((jnp.swapaxes(V, -1, -2) @ (rhs * s[..., None])) / w[..., None])
-    return y * s[..., None]
+    r = rhs * s[..., None]
+
+    def by_eigh(_):
+        w, V = jnp.linalg.eigh(Ms)
+        scale = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+        w = jnp.maximum(jnp.abs(w), 1e-10 * scale + 1e-300)
+        return V @ ((jnp.swapaxes(V, -1, -2) @ r) / w[..., None])
+
+    n = M.shape[-1]
+    if M.ndim != 2 or n < _CHOLESKY_FROM:
+        return by_eigh(None) * s[..., None]
+    # One matrix of many parameters: a Cholesky factorisation costs a fraction of eigh (and
+    # eigh's cost jumps beyond ~64 rows on CPU). Where it proves that no eigenvalue would be
+    # modified, its solution is eigh's: Ms positive definite (Cholesky succeeds) with unit
+    # diagonal, so lambda_max <= trace = n, and lambda_min >= 1 / ||L^-1||_F^2 > 1e-10 n, above
+    # the floor. Otherwise (indefinite or near-singular, far from a minimum) eigh as before
+    L = jnp.linalg.cholesky(Ms)
+    eye = jnp.eye(n, dtype=Ms.dtype)
+    Linv = jax.scipy.linalg.solve_triangular(L, eye, lower=True)
+    inv_norm = jnp.sum(Linv * Linv)
+    safe = jnp.all(jnp.isfinite(Linv)) & (inv_norm * n < 1e10)
+
+    def by_cholesky(_):
+        return Linv.T @ (Linv @ r)
+
+    return jax.lax.cond(safe, by_cholesky, by_eigh, None) * s[..., None]
+
+
+#: Single matrices with at least this many rows try a Cholesky factorisation before eigh.
+_CHOLESKY_FROM = 16
 
 
 def _solve(parts: HessianParts, rhs, structure: Structure, modified: bool = False):
@@ -287,8 +323,14 @@ def _direction(parts, g, x, free, lower, upper, structure):
     hit = free & ((target < lower) | (target > upper))
     held = jnp.where(hit, jnp.clip(target, lower, upper) - x, 0.0) + edge
     free2 = free & ~hit
-    step2 = _free_solve(parts, free2, g + _matvec(parts, held, structure), structure)
-    return step, step2 + held
+
+    def resolve(_):
+        return _free_solve(parts, free2, g + _matvec(parts, held, structure), structure) + held
+
+    # with no variable at a bound's edge or pushed through one the second step is the first:
+    # its solve is skipped (the common case; under vmap both branches run, as before)
+    needed = jnp.any(hit) | jnp.any(lo | hi)
+    return step, jax.lax.cond(needed, resolve, lambda _: step, None)
 
 
 def _diagonal(parts: HessianParts, structure: Structure):
@@ -309,8 +351,17 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
     ts = jnp.asarray(_STEP_SIZES, dtype=x0.dtype)
     dirs = _directions(structure, x0.dtype)
 
+    own = getattr(fun, "local", None)
+
     def local(x):
-        """Objective, gradient and structured Hessian at x, sharing one linearisation."""
+        """Objective, gradient and structured Hessian at x: the objective's own ``local``
+        where it has one for these arguments, else from one linearisation (``G + k``
+        Hessian-vector products)."""
+        if own is not None:
+            out = own(x, args, dirs.shape[0])
+            if out is not None:
+                f, g, H = out
+                return f, g, parts_from_dense(H, structure)
         (f, g), lin = jax.linearize(value_and_grad, x)
         hv = jax.vmap(lambda v: lin(v)[1])(dirs)
         return f, g, _parts_from_products(hv, structure)
@@ -458,7 +509,10 @@ def minimize(
     """Minimise ``fun(x, args)`` within box bounds; differentiable in ``args`` and ``x0``.
 
     Args:
-        fun: Scalar objective ``fun(x, args)`` (a hashable Python callable).
+        fun: Scalar objective ``fun(x, args)`` (a hashable Python callable). It may have an
+            attribute ``local(x, args, directions)`` returning ``(value, gradient, dense
+            Hessian)`` at ``x``, or ``None`` where the solver's own Hessian (``directions``
+            Hessian-vector products) is to be used.
         args: PyTree of arrays the objective depends on; gradients flow to its float leaves.
         x0: Starting point (values of fixed parameters are taken from here).
         lower, upper: Bounds, arrays like ``x0``.

@@ -1,0 +1,173 @@
+"""The Hessian from the rate Jacobians (diffhep.stats.hessian) against automatic
+differentiation of the same objective, and the solver's Cholesky shortcut against eigh."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adversarial import generate
+from diffhep.stats import fit as fit_mod
+from diffhep.stats import hessian, solver
+from diffhep.stats.model import Model
+from diffhep.stats.workspace import Workspace, builtin_example
+from specs import (
+    CODES_1,
+    CODES_4,
+    channel,
+    combined,
+    histosys,
+    lumi,
+    model_spec,
+    normfactor,
+    normsys,
+    sample,
+    shapesys_model,
+)
+
+jax.config.update("jax_enable_x64", True)
+
+LUMI = {"name": "lumi", "auxdata": [1.0], "sigmas": [0.02], "inits": [1.0], "bounds": [[0.5, 1.5]]}
+
+
+def _from_spec(spec, codes=None):
+    """Model and data (the expected counts at the suggested start, rounded) of a model spec."""
+    model = Model.from_spec(spec, modifier_settings=codes)
+    main = np.round(np.asarray(model.expected_actualdata(model.config.suggested_init())))
+    return model, jnp.asarray(np.concatenate([main, np.asarray(model.config.auxdata)]))
+
+
+def _from_workspace(spec, patch=None):
+    ws = Workspace(spec)
+    ws = ws.patched(patch) if patch else ws
+    model = ws.model()
+    return model, jnp.asarray(ws.data(model))
+
+
+def _cases():
+    yield "sbottom", *_from_workspace(*builtin_example())
+    for name, codes in (("combined code1/code0", CODES_1), ("combined code4/code4p", CODES_4)):
+        yield name, *_from_spec(combined(LUMI, "staterror_SR"), codes)
+    yield "shapesys", *_from_spec(shapesys_model())
+    for seed in (3, 11, 1017):
+        yield f"adversarial {seed}", *_from_workspace(generate(seed, small=True))
+
+
+CASES = list(_cases())
+
+
+def _points(model, rng, n=4):
+    """Points inside the bounds: the suggested start, the POI at 0, and random points with
+    alphas beyond +-1 (the extrapolation branches) and gammas near 0."""
+    cfg = model.config
+    init = np.asarray(cfg.suggested_init(), float)
+    b = np.asarray(cfg.suggested_bounds(), float)
+    yield init
+    at_zero = init.copy()
+    at_zero[cfg.par_slice(cfg.poi_name)] = 0.0
+    yield at_zero
+    for _ in range(n):
+        x = init + rng.normal(0.0, 1.0, init.shape) * np.minimum(b[:, 1] - b[:, 0], 3.0) / 3
+        yield np.clip(x, b[:, 0] + 1e-3 * (b[:, 1] - b[:, 0]), b[:, 1])
+
+
+@pytest.mark.parametrize("name, model, data", CASES, ids=[c[0] for c in CASES])
+def test_hessian_equals_autodiff(name, model, data):
+    rng = np.random.default_rng(7)
+    # data with empty bins too (the n = 0 branch of the Poisson term)
+    nmain = model.config.nmaindata
+    sparse = data.at[:nmain:2].set(0.0)
+    vgh = jax.jit(hessian.value_grad_hessian)
+    auto = jax.jit(
+        lambda m, d, x: (
+            fit_mod._objective(x, (m, d)),
+            jax.grad(fit_mod._objective)(x, (m, d)),
+            jax.hessian(fit_mod._objective)(x, (m, d)),
+        )
+    )
+    for d in (data, sparse):
+        for x in _points(model, rng):
+            x = jnp.asarray(x)
+            f1, g1, h1 = vgh(model, d, x)
+            f0, g0, h0 = auto(model, d, x)
+            scale_g = float(jnp.max(jnp.abs(g0))) + 1.0
+            scale_h = float(jnp.max(jnp.abs(h0))) + 1.0
+            assert abs(float(f1 - f0)) <= 1e-10 * (abs(float(f0)) + 1.0), name
+            np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-11 * scale_g, err_msg=name)
+            np.testing.assert_allclose(h1, h0, rtol=0, atol=1e-11 * scale_h, err_msg=name)
+
+
+def test_hessian_below_the_poisson_floor():
+    """Negative expected yields (a histosys pulled far down): the tangent continuation of the
+    Poisson term below its floor is differentiated like autodiff does."""
+    spec = model_spec(
+        channel(
+            "SR",
+            sample("signal", [3.0, 1.0], normfactor("mu")),
+            sample("bkg", [5.0, 5.0], histosys("shape", [0.5, 1.0], [9.5, 9.0]), lumi()),
+            sample("other", [2.0, 4.0], normsys("xsec", 0.8, 1.3)),
+        ),
+        parameters=[LUMI],
+    )
+    model, _ = _from_spec(spec)
+    data = jnp.asarray([4.0, 0.0, *model.config.auxdata])  # an empty bin too
+    values = {"lumi": 1.1, "mu": 0.2, "shape": -3.0, "xsec": 0.7}  # bkg 5 + 3 (0.5 - 5) < 0
+    x = jnp.asarray([values[n] for n in model.config.par_names])
+    assert float(jnp.min(model.expected_actualdata(x))) < 0  # the case is reached
+    f1, g1, h1 = hessian.value_grad_hessian(model, data, x)
+    f0 = fit_mod._objective(x, (model, data))
+    assert abs(float(f1 - f0)) <= 1e-10 * (abs(float(f0)) + 1.0)
+    h0 = jax.hessian(fit_mod._objective)(x, (model, data))
+    g0 = jax.grad(fit_mod._objective)(x, (model, data))
+    np.testing.assert_allclose(g1, g0, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(g0))))
+    np.testing.assert_allclose(h1, h0, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(h0))))
+
+
+def test_sbottom_uses_it_and_fits_agree():
+    """sbottom RegionA (58 global parameters) takes the rate-Jacobian Hessian; its fits and
+    CLs equal those with the generic Hessian."""
+    from diffhep.stats import hypotest
+
+    model, data = _from_workspace(*builtin_example())
+    assert hessian.supports(model, 59)
+    run = jax.jit(lambda m, d: hypotest.hypotest(1.0, m, d))
+    fast = run(model, data)
+    old = hessian._MIN_DIRECTIONS
+    try:
+        hessian._MIN_DIRECTIONS = 10**9  # the generic way
+        generic = jax.jit(lambda m, d: hypotest.hypotest(1.0, m, d))(model, data)
+    finally:
+        hessian._MIN_DIRECTIONS = old
+    assert bool(fast.converged) and bool(generic.converged)
+    np.testing.assert_allclose(fast.cls_obs, generic.cls_obs, rtol=1e-9)
+    np.testing.assert_allclose(fast.cls_exp, generic.cls_exp, rtol=1e-9, atol=1e-15)
+
+
+def _random_matrix(rng, n, kind):
+    Q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    if kind == "pd":
+        w = rng.uniform(0.1, 10.0, n)
+    elif kind == "indefinite":
+        w = rng.uniform(-5.0, 5.0, n)
+    else:  # near-singular: the floor of the eigenvalues acts
+        w = np.concatenate([rng.uniform(1.0, 10.0, n - 2), [1e-13, 3e-12]])
+    scale = np.exp(rng.uniform(-10, 10, n))  # very different curvatures per parameter
+    return (Q * w) @ Q.T * scale[:, None] * scale[None, :]
+
+
+@pytest.mark.parametrize("kind", ["pd", "indefinite", "near-singular"])
+def test_cholesky_shortcut_equals_eigh(kind):
+    rng = np.random.default_rng(5)
+    for n in (16, 40, 70):
+        M = jnp.asarray(_random_matrix(rng, n, kind))
+        rhs = jnp.asarray(rng.normal(size=(n, 2)))
+        fast = solver._inv_apply(M, rhs, True)
+        old = solver._CHOLESKY_FROM
+        try:
+            solver._CHOLESKY_FROM = 10**9
+            ref = solver._inv_apply(M, rhs, True)
+        finally:
+            solver._CHOLESKY_FROM = old
+        np.testing.assert_allclose(fast, ref, rtol=1e-7, atol=1e-9 * float(jnp.max(jnp.abs(ref))))
