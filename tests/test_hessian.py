@@ -131,7 +131,7 @@ def test_sbottom_uses_it_and_fits_agree():
     from diffhep.stats import hypotest
 
     model, data = _from_workspace(*builtin_example())
-    assert hessian.supports(model, 59)
+    assert hessian.supports(model, fit_mod.structure_of(model.config))
     run = jax.jit(lambda m, d: hypotest.hypotest(1.0, m, d))
     fast = run(model, data)
     old = hessian._MIN_DIRECTIONS

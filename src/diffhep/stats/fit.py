@@ -126,12 +126,12 @@ def _objective(pars, args):
     return -model.logpdf_relative(pars, data)
 
 
-def _objective_local(pars, args, directions):
+def _objective_local(pars, args, structure):
     """Value, gradient and dense Hessian of :func:`_objective` from the rate Jacobians
-    (:mod:`diffhep.stats.hessian`) where that is cheaper than ``directions`` Hessian-vector
-    products; ``None`` elsewhere (static: decided from the model's structure)."""
+    (:mod:`diffhep.stats.hessian`) where that is cheaper than the solver's Hessian-vector
+    products along ``structure``; ``None`` elsewhere (static: decided from the model)."""
     model, data = args
-    if not hessian_mod.supports(model, directions):
+    if not hessian_mod.supports(model, structure):
         return None
     return hessian_mod.value_grad_hessian(model, data, pars)
 

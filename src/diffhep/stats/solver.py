@@ -358,7 +358,7 @@ def _run(fun, args, x0, lower, upper, fixed, structure, tol, max_steps) -> Minim
         where it has one for these arguments, else from one linearisation (``G + k``
         Hessian-vector products)."""
         if own is not None:
-            out = own(x, args, dirs.shape[0])
+            out = own(x, args, structure)
             if out is not None:
                 f, g, H = out
                 return f, g, parts_from_dense(H, structure)
@@ -510,9 +510,9 @@ def minimize(
 
     Args:
         fun: Scalar objective ``fun(x, args)`` (a hashable Python callable). It may have an
-            attribute ``local(x, args, directions)`` returning ``(value, gradient, dense
-            Hessian)`` at ``x``, or ``None`` where the solver's own Hessian (``directions``
-            Hessian-vector products) is to be used.
+            attribute ``local(x, args, structure)`` returning ``(value, gradient, dense
+            Hessian)`` at ``x``, or ``None`` where the solver's own Hessian (Hessian-vector
+            products along the structure) is to be used.
         args: PyTree of arrays the objective depends on; gradients flow to its float leaves.
         x0: Starting point (values of fixed parameters are taken from here).
         lower, upper: Bounds, arrays like ``x0``.
