@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from specs import lumi_parameter, measurement
+
 MAX_PARS = 300
 MIN_PARS = 10
 
@@ -134,23 +136,7 @@ def generate(seed: int, small: bool = False, values_seed: int | None = None) -> 
     spec = {
         "channels": channels,
         "observations": observations,
-        "measurements": [
-            {
-                "name": "meas",
-                "config": {
-                    "poi": "mu",
-                    "parameters": [
-                        {
-                            "name": "lumi",
-                            "auxdata": [1.0],
-                            "sigmas": [0.02],
-                            "bounds": [[0.5, 1.5]],
-                            "inits": [1.0],
-                        }
-                    ],
-                },
-            }
-        ],
+        "measurements": [measurement("meas", "mu", lumi_parameter(0.02, (0.5, 1.5)))],
         "version": "1.0.0",
     }
     # at least MIN_PARS parameters: more normsys on the first background

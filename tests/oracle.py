@@ -11,7 +11,8 @@ bound), keeping the first finite result. :class:`ReferenceFailure` is raised, na
 attempt and why it failed, only when all of them fail.
 
 The wrappers (:func:`hypotest`, :func:`fit`, :func:`test_statistic`, :func:`upper_limit`)
-take pyhf's own arguments in pyhf's order and return what pyhf returns.
+take pyhf's own arguments in pyhf's order and return what pyhf returns. The other reference
+that several files use, central finite differences of a Hessian, is :func:`fd_hessian`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pyhf
 
 __all__ = [
     "ReferenceFailure",
+    "fd_hessian",
     "finite_fits",
     "fit",
     "global_fit",
@@ -392,3 +394,20 @@ def upper_limit(data, model, scan=None, level=0.05, *, optimizers=DEFAULT_OPTIMI
         for opt in optimizers
     ]
     return reseat("upper_limit", attempts)
+
+
+def fd_hessian(f, x, h=1e-4):
+    """Central second differences of the scalar function ``f`` at ``x``, with the step ``h``
+    (one for every coordinate, or one per coordinate)."""
+    x = np.asarray(x, dtype=float)
+    n = x.size
+    h = np.broadcast_to(np.asarray(h, dtype=float), (n,))
+    H = np.empty((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            ei, ej = np.zeros(n), np.zeros(n)
+            ei[i], ej[j] = h[i], h[j]
+            H[i, j] = H[j, i] = (
+                f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
+            ) / (4 * h[i] * h[j])
+    return H

@@ -9,6 +9,9 @@ Example:
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pyhf
 
 CODES_1 = {"normsys": {"interpcode": "code1"}, "histosys": {"interpcode": "code0"}}
@@ -175,3 +178,59 @@ def three_channels(names, signal_b, staterror_name):
             sample("bkg3", [3.0, 3.0, 3.0, 3.0], shapesys("bkg3_stat", [0.3, 0.6, 0.9, 1.2])),
         ),
     )
+
+
+#: The templates of a model that ``Model.with_yields`` swaps (keyword names).
+YIELD_TEMPLATES = (
+    "nominal",
+    "histosys_lo",
+    "histosys_hi",
+    "normsys_lo",
+    "normsys_hi",
+    "staterror_uncrt",
+    "shapesys_uncrt",
+)
+
+
+# --------------------------------------------------------------------------- measurements
+def lumi_parameter(sigma, bounds, init=1.0):
+    """The ``lumi`` entry of a measurement's parameters (auxiliary datum 1)."""
+    return {
+        "name": "lumi",
+        "auxdata": [1.0],
+        "sigmas": [sigma],
+        "inits": [init],
+        "bounds": [[float(b) for b in bounds]],
+    }
+
+
+def measurement(name, poi, *parameters):
+    """A measurement: its name, POI and parameter configurations."""
+    return {"name": name, "config": {"poi": poi, "parameters": list(parameters)}}
+
+
+# --------------------------------------------------------------------------- patchsets
+def make_sbottom_patchset(region: Path, points) -> tuple[dict, dict]:
+    """``(background-only workspace, patchset)`` of the published sbottom likelihoods of
+    ``region`` (a RegionA/B/C folder) with the signal ``points`` (``sbottom_<m>_<m>_<m>``),
+    as pyhf's PatchSet format has them; pyhf verifies the patchset against the workspace."""
+    bkg = json.loads((region / "BkgOnly.json").read_text())
+    patchset = {
+        "metadata": {
+            "name": f"sbottom_{region.name}",
+            "description": "signal patchset for the SUSY multi-b-jet sbottom analysis",
+            "digests": {"sha256": pyhf.utils.digest(bkg, "sha256")},
+            "labels": ["m_sb", "m_N2", "m_N1"],
+            "references": {"hepdata": "ins1748602"},
+        },
+        "patches": [
+            {
+                "metadata": {"name": p, "values": [float(x) for x in p.split("_")[1:]]},
+                "patch": json.loads((region / f"patch.{p}.json").read_text()),
+            }
+            for p in points
+        ],
+        "version": "1.0.0",
+    }
+    pyhf.PatchSet(patchset).verify(bkg)  # a valid patchset for this workspace, says pyhf
+    return bkg, patchset

@@ -38,6 +38,7 @@ import pytest
 
 from adversarial import features, generate
 from oracle import one_blas_thread, optimizer, pyhf_numpy
+from specs import YIELD_TEMPLATES
 
 jax = pytest.importorskip("jax")
 pyhf = pytest.importorskip("pyhf")
@@ -195,17 +196,6 @@ def multi_start(model, data, start, bounds, fixed, rng, n_starts=N_STARTS):
     return [x for _, x in runs], nfev
 
 
-_TEMPLATES = (
-    "nominal",
-    "histosys_lo",
-    "histosys_hi",
-    "normsys_lo",
-    "normsys_hi",
-    "staterror_uncrt",
-    "shapesys_uncrt",
-)
-
-
 class Outcome:
     """What a set of draws found: ``problems`` (each a failed check, named), ``unchecked``
     (fits for which every reference form failed: counted, not passed), ``fits`` (fits
@@ -236,7 +226,7 @@ def check_draw(seed, small, draw, n_starts=N_STARTS, minuit_calls=None) -> Outco
     """Check diffhep's fits on draw ``draw`` of structure ``seed``."""
     spec = generate(seed, small, values_seed=draw)
     fresh = diffhep.Workspace(spec).model()
-    model = _base_model(seed, small).with_yields(**{t: getattr(fresh, t) for t in _TEMPLATES})
+    model = _base_model(seed, small).with_yields(**{t: getattr(fresh, t) for t in YIELD_TEMPLATES})
     with one_blas_thread():  # scipy's optimisers on tiny vectors (see oracle.one_blas_thread)
         return _check_one(f"seed {seed}/{draw}", spec, model, n_starts, minuit_calls)
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import oracle
 from diffhep.cli import main
 from diffhep.stats.workspace import example_spec
+from specs import make_sbottom_patchset
 
 POINTS = ("sbottom_1300_850_60", "sbottom_1000_205_60", "sbottom_800_131_1")
 
@@ -33,25 +34,7 @@ def lines(result):
 def sbottom_patchset(sbottom_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("exclusion")
     region = sbottom_dir / "RegionA"
-    bkg = json.loads((region / "BkgOnly.json").read_text())
-    patchset = {
-        "metadata": {
-            "name": "sbottom_RegionA",
-            "description": "signal patchset for the SUSY multi-b-jet sbottom analysis",
-            "digests": {"sha256": pyhf.utils.digest(bkg, "sha256")},
-            "labels": ["m_sb", "m_N2", "m_N1"],
-            "references": {"hepdata": "ins1748602"},
-        },
-        "patches": [
-            {
-                "metadata": {"name": p, "values": [float(x) for x in p.split("_")[1:]]},
-                "patch": json.loads((region / f"patch.{p}.json").read_text()),
-            }
-            for p in POINTS
-        ],
-        "version": "1.0.0",
-    }
-    pyhf.PatchSet(patchset).verify(bkg)
+    bkg, patchset = make_sbottom_patchset(region, POINTS)
     ws_path, ps_path = tmp / "BkgOnly.json", tmp / "patchset.json"
     ws_path.write_text(json.dumps(bkg))
     ps_path.write_text(json.dumps(patchset))

@@ -61,6 +61,7 @@ from specs import (
     CODES_4,
     channel,
     histosys,
+    lumi_parameter,
     model_spec,
     normfactor,
     normsys,
@@ -76,13 +77,7 @@ FD_UNC_RTOL = 1e-4  # uncertainties vs the finite-difference Hessian of pyhf's l
 MINUIT_RTOL = 1e-2  # uncertainties vs pyhf's MINUIT (see _check_fit for why not 1e-3)
 SCIPY_TOL = 1e-12
 MINUIT_TOL = 1e-7
-LUMI_CONFIG = {
-    "name": "lumi",
-    "auxdata": [1.0],
-    "sigmas": [0.02],
-    "inits": [1.0],
-    "bounds": [[0.9, 1.1]],
-}
+LUMI_CONFIG = lumi_parameter(0.02, (0.9, 1.1))
 REGIONS = ("RegionA", "RegionB", "RegionC")
 SBOTTOM_POINTS = ("sbottom_1300_850_60", "sbottom_1000_205_60")
 
@@ -790,7 +785,7 @@ def pyhf_fd_uncertainties(pmodel, pdata, pars, free):
             return 0.5 * float(pyhf.infer.mle.twice_nll(full, data, pmodel)[0])
 
         x = pars[idx]
-        H = _fd_hessian(nll, x, 1e-4 * np.maximum(np.abs(x), 1.0))
+        H = oracle.fd_hessian(nll, x, 1e-4 * np.maximum(np.abs(x), 1.0))
     out = np.zeros_like(pars)
     out[idx] = np.sqrt(np.diag(np.linalg.inv(H)))
     return out
@@ -1071,21 +1066,6 @@ def test_vmap_over_signal_yields_equals_loop():
 
 
 # =========================================================================== tests: information
-def _fd_hessian(f, x, h):
-    n = x.size
-    H = np.zeros((n, n))
-    for i in range(n):
-        for j in range(i, n):
-            ei = np.zeros(n)
-            ej = np.zeros(n)
-            ei[i] = h[i]
-            ej[j] = h[j]
-            H[i, j] = H[j, i] = (
-                f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
-            ) / (4 * h[i] * h[j])
-    return H
-
-
 def _point(dmodel):
     """A parameter point away from the bounds and from the interpolation kinks (alpha = 0)."""
     x = np.asarray(dmodel.config.init, dtype=float)
@@ -1107,13 +1087,13 @@ def test_fisher_information_is_hessian_at_asimov(name):
     asimov = dmodel.expected_data(x)
     nll = jax.jit(lambda p, d: -dmodel.logpdf(p, d))
     h = 1e-4 * np.maximum(np.abs(x), 1.0)
-    H = _fd_hessian(lambda p: float(nll(jnp.asarray(p), asimov)), x, h)
+    H = oracle.fd_hessian(lambda p: float(nll(jnp.asarray(p), asimov)), x, h)
     np.testing.assert_allclose(info, info.T, rtol=0, atol=1e-10 * np.abs(info).max())
     np.testing.assert_allclose(info, H, rtol=1e-5, atol=1e-6 * np.abs(H).max())
     assert np.linalg.eigvalsh(info).min() > 0
     # hessian() on other data is the FD Hessian of -log L there
     data = jnp.asarray(np.asarray(asimov) * 1.1)
-    H2 = _fd_hessian(lambda p: float(nll(jnp.asarray(p), data)), x, h)
+    H2 = oracle.fd_hessian(lambda p: float(nll(jnp.asarray(p), data)), x, h)
     hess = np.asarray(hessian_jit(dmodel, jnp.asarray(x), data))
     np.testing.assert_allclose(hess, H2, rtol=1e-5, atol=1e-6 * np.abs(H2).max())
     # covariance = inverse of the information

@@ -27,9 +27,11 @@ import specs
 from specs import (
     CODES_1,
     CODES_4,
+    YIELD_TEMPLATES,
     channel,
     histosys,
     lumi,
+    lumi_parameter,
     normfactor,
     normsys,
     sample,
@@ -42,13 +44,7 @@ from specs import model_spec as spec
 pyhf.set_backend("numpy")
 
 RTOL = 1e-9
-LUMI_CONFIG = {
-    "name": "lumi",
-    "auxdata": [1.0],
-    "sigmas": [0.017],
-    "inits": [1.0],
-    "bounds": [[0.915, 1.085]],
-}
+LUMI_CONFIG = lumi_parameter(0.017, (0.915, 1.085))
 SBOTTOM_POINTS = ["sbottom_1300_850_60", "sbottom_1000_205_60"]
 
 
@@ -772,15 +768,7 @@ def test_with_yields_all_templates_equals_model_from_spec():
                     m["data"] = _scaled(m["data"], 1.3)
     _, dmodel = build_pair(base, "mu", CODES_4)
     pnew, dnew = build_pair(new_spec, "mu", CODES_4)
-    names = [
-        "nominal",
-        "histosys_lo",
-        "histosys_hi",
-        "normsys_lo",
-        "normsys_hi",
-        "staterror_uncrt",
-        "shapesys_uncrt",
-    ]
+    names = YIELD_TEMPLATES
     for name in names:
         assert not np.allclose(getattr(dmodel, name), getattr(dnew, name)), name
     swapped = dmodel.with_yields(**{name: getattr(dnew, name) for name in names})

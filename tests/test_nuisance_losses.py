@@ -107,19 +107,6 @@ def ours(quantities):
     return jax.tree.map(float, quantities(0.0)[1])
 
 
-def _fd_hessian(f, x, h=1e-4):
-    n = len(x)
-    H = np.empty((n, n))
-    for i in range(n):
-        for j in range(i, n):
-            ei, ej = np.zeros(n), np.zeros(n)
-            ei[i], ej[j] = h, h
-            H[i, j] = H[j, i] = (
-                f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
-            ) / (4 * h * h)
-    return H
-
-
 @pytest.fixture(scope="module")
 def reference(pipe):
     """pyhf: the Fisher covariance at the nominal point (mu = 1), the pre-fit widths and the
@@ -133,7 +120,7 @@ def reference(pipe):
         nominal = init.copy()
         nominal[cfg.poi_index] = 1.0
         asimov = model.expected_data(nominal)
-        hess = _fd_hessian(lambda p: -float(model.logpdf(p, asimov)[0]), nominal)
+        hess = oracle.fd_hessian(lambda p: -float(model.logpdf(p, asimov)[0]), nominal)
         cov = np.linalg.inv(hess)
         bkg_only = pyhf.Workspace(spec).data(model)
         fitted = np.asarray(oracle.fit(bkg_only, model, poi_value=1.0))

@@ -516,20 +516,6 @@ def _pyhf_pars(model, mu):
     return pars
 
 
-def _fd_hessian(f, x, h=1e-4):
-    """Central second differences of a scalar function."""
-    n = len(x)
-    H = np.empty((n, n))
-    for i in range(n):
-        for j in range(i, n):
-            ei, ej = np.zeros(n), np.zeros(n)
-            ei[i], ej[j] = h, h
-            H[i, j] = H[j, i] = (
-                f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
-            ) / (4 * h * h)
-    return H
-
-
 def _global_q0(model, data):
     """q0 = -2 ln L(0) / L(muhat) (0 for muhat < 0) with the lowest fits pyhf's logpdf has
     from 20 random starts (:func:`oracle.global_fit`)."""
@@ -564,7 +550,7 @@ def _pyhf_results(spec):
         return -float(model.logpdf(pars, asimov_sb)[0])
 
     free = ~np.asarray(fixed)
-    hess = _fd_hessian(nll, _pyhf_pars(model, 1.0))[np.ix_(free, free)]
+    hess = oracle.fd_hessian(nll, _pyhf_pars(model, 1.0))[np.ix_(free, free)]
     poi = int(np.searchsorted(np.flatnonzero(free), cfg.poi_index))  # POI among the free
     return {
         "cls": float(cls_exp),

@@ -16,6 +16,7 @@ import pytest
 import diffhep
 from diffhep.errors import DiffhepError, SchemaError
 from diffhep.stats.workspace import Workspace, load_json, load_patch, validate
+from specs import lumi_parameter, measurement
 
 pyhf.set_backend("numpy")
 
@@ -81,36 +82,8 @@ def make_workspace() -> dict:
             {"name": "CR", "data": [205.0, 144.0]},
         ],
         "measurements": [
-            {
-                "name": "meas",
-                "config": {
-                    "poi": "mu",
-                    "parameters": [
-                        {
-                            "name": "lumi",
-                            "auxdata": [1.0],
-                            "sigmas": [0.017],
-                            "inits": [1.0],
-                            "bounds": [[0.9, 1.1]],
-                        }
-                    ],
-                },
-            },
-            {
-                "name": "meas_bkgonly",
-                "config": {
-                    "poi": "",
-                    "parameters": [
-                        {
-                            "name": "lumi",
-                            "auxdata": [1.0],
-                            "sigmas": [0.03],
-                            "inits": [1.0],
-                            "bounds": [[0.8, 1.2]],
-                        }
-                    ],
-                },
-            },
+            measurement("meas", "mu", lumi_parameter(0.017, (0.9, 1.1))),
+            measurement("meas_bkgonly", "", lumi_parameter(0.03, (0.8, 1.2))),
         ],
     }
 

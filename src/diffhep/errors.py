@@ -8,7 +8,7 @@ command-line interface prints ``str(error)`` and exits non-zero, never a traceba
 
 from __future__ import annotations
 
-__all__ = ["DiffhepError", "FitError", "SchemaError", "format_json_path"]
+__all__ = ["DiffhepError", "FitError", "SchemaError", "format_json_path", "require_x64"]
 
 
 def format_json_path(path) -> str:
@@ -83,3 +83,12 @@ class FitError(DiffhepError):
 
 class DataError(DiffhepError):
     """Invalid input data (names the file, the array and the count of bad entries)."""
+
+
+def require_x64(fix: str = "call diffhep.enable_x64() before building models") -> None:
+    """Raise a :class:`DiffhepError` unless JAX computes in float64 (the statistical layer
+    needs it); ``fix`` is the hint of the error. JAX is imported here, not with this module."""
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        raise DiffhepError("the statistical layer needs float64", fix=fix)

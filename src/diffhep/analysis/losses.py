@@ -43,6 +43,7 @@ from ..stats.fit import (
 )
 from ..stats.fit import fisher_information as _fisher_information
 from ..stats.model import Model
+from ..stats.numerics import safe_sqrt
 
 __all__ = [
     "YIELD_EPS",
@@ -67,10 +68,6 @@ def _soft_yields(s, b):
     """``max(s, 0) + YIELD_EPS`` and the same for ``b`` (signed weights can make them < 0)."""
     s, b = jnp.asarray(s), jnp.asarray(b)
     return jnp.where(s >= 0, s, 0.0) + YIELD_EPS, jnp.where(b >= 0, b, 0.0) + YIELD_EPS
-
-
-def _safe_sqrt(x):
-    return jnp.where(x > 0, jnp.sqrt(jnp.where(x > 0, x, 1.0)), 0.0)
 
 
 def nominal_pars(model: Model, mu) -> jax.Array:
@@ -125,13 +122,13 @@ def expected_cls(
     :func:`profile_fit` of ``(model, 0, mu)`` if already computed (it is reused).
     """
     q, _ = profiled if profiled is not None else _profiled_q(model, 0.0, mu, tol, max_steps)
-    return 2.0 * ndtr(-_safe_sqrt(q))
+    return 2.0 * ndtr(-safe_sqrt(q))
 
 
 def discovery_significance(model: Model, *, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
     """Median expected discovery significance Z0 = sqrt(q0) on the mu = 1 Asimov data."""
     q, _ = _profiled_q(model, 1.0, 0.0, tol, max_steps)
-    return _safe_sqrt(q)
+    return safe_sqrt(q)
 
 
 def fisher_covariance(model: Model, mu=1.0) -> jax.Array:
@@ -147,7 +144,7 @@ def sigma_mu(model: Model, mu=1.0, cov=None) -> jax.Array:
     :func:`fisher_covariance` if already computed."""
     cov = fisher_covariance(model, mu) if cov is None else cov
     poi = poi_index(model)
-    return _safe_sqrt(cov[poi, poi])
+    return safe_sqrt(cov[poi, poi])
 
 
 def prefit_width(model: Model, index: int) -> jax.Array:
@@ -162,7 +159,7 @@ def prefit_width(model: Model, index: int) -> jax.Array:
         return -model.constraint_logpdf(aux, nominal.at[index].set(t))
 
     curvature = jax.grad(jax.grad(nll))(nominal[index])
-    return jnp.where(curvature > 0, 1.0 / _safe_sqrt(jnp.where(curvature > 0, curvature, 1.0)), 1.0)
+    return jnp.where(curvature > 0, 1.0 / safe_sqrt(jnp.where(curvature > 0, curvature, 1.0)), 1.0)
 
 
 def sigma_theta(model: Model, index: int, mu=1.0, cov=None) -> jax.Array:
@@ -171,7 +168,7 @@ def sigma_theta(model: Model, index: int, mu=1.0, cov=None) -> jax.Array:
     nothing to the constraint, < 1 when the analysis constrains it. ``cov``: the
     :func:`fisher_covariance` if already computed."""
     cov = fisher_covariance(model, mu) if cov is None else cov
-    return _safe_sqrt(cov[index, index]) / prefit_width(model, index)
+    return safe_sqrt(cov[index, index]) / prefit_width(model, index)
 
 
 def impact(model: Model, index: int, mu=1.0, cov=None) -> jax.Array:
@@ -182,7 +179,7 @@ def impact(model: Model, index: int, mu=1.0, cov=None) -> jax.Array:
     quadratic in (mu, theta)."""
     cov = fisher_covariance(model, mu) if cov is None else cov
     poi = poi_index(model)
-    width = _safe_sqrt(cov[index, index])
+    width = safe_sqrt(cov[index, index])
     return cov[poi, index] / jnp.where(width > 0, width, 1.0)
 
 
@@ -256,4 +253,4 @@ def asimov_significance(s, b, sigma_b):
     t1 = (s + b) * jnp.log1p(s * b / (b**2 + (s + b) * sb2))
     t2 = b**2 / sb2 * jnp.log1p(sb2 * s / (b * (b + sb2)))
     limit = (s + b) * jnp.log1p(s / b) - s
-    return _safe_sqrt(2.0 * jnp.where(exact, t1 - t2, limit))
+    return safe_sqrt(2.0 * jnp.where(exact, t1 - t2, limit))

@@ -26,13 +26,12 @@ from __future__ import annotations
 import functools
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, logit, ndtr
 
-from ..errors import DiffhepError, FitError
+from ..errors import FitError, require_x64
 from ..stats.hypotest import hypotest
 from ..stats.model import Model
 
@@ -217,13 +216,6 @@ def _cls(model: Model, yields):
     return res.cls_exp[2], res.converged
 
 
-def _require_x64():
-    if not jax.config.jax_enable_x64:
-        raise DiffhepError(
-            "the statistical layer needs float64", fix="call diffhep.enable_x64() first"
-        )
-
-
 def _cls_value(yields) -> tuple[float, bool]:
     yields = np.asarray(yields, dtype=float)
     cls, ok = _cls(_model(yields.shape[1]), jnp.asarray(yields))
@@ -240,7 +232,7 @@ def expected_cls(yields) -> float:
     Raises:
         FitError: A fit did not converge.
     """
-    _require_x64()
+    require_x64(fix="call diffhep.enable_x64() first")
     cls, ok = _cls_value(yields)
     if not ok:
         raise FitError("a fit of the expected-CLs hypothesis test did not converge")
@@ -256,7 +248,7 @@ def reference_cls_lr(nbins: int = 4, n_grid: int = 800) -> tuple[float, np.ndarr
     Returns:
         The lowest expected CLs and the bin edges ``[0, ..., 1]`` that give it.
     """
-    _require_x64()
+    require_x64(fix="call diffhep.enable_x64() first")
 
     def edges_of(z):
         return np.concatenate([[0.0], expit(np.sort(z)), [1.0]])
@@ -319,6 +311,6 @@ def reference_cls_2d(
     Returns:
         The expected CLs and the number of bins of the model.
     """
-    _require_x64()
+    require_x64(fix="call diffhep.enable_x64() first")
     y = plane_yields(nbins_per_axis, min_density, n_merged)
     return expected_cls(y), y.shape[1]

@@ -153,27 +153,8 @@ def generate_chunk(sample: str, n: int, rng, *, data: bool = False) -> dict:
     yield_per_event = 1.0  # rescaled by the caller (expected yield / events)
     sign = np.where(rng.random(n) < negative, -1.0, 1.0)
     gen = sign * yield_per_event / max(1.0 - 2.0 * negative, 1e-3)
-    tagged = jet["btagDeepFlavB"] > BTAG_WP
-    jb = jet["hadronFlavour"] == 5
-    n_tb = np.bincount(idx, tagged & jb, n)
-    n_tl = np.bincount(idx, tagged & ~jb, n)
-    btag_w = {
-        "": 0.95**n_tb * 1.10**n_tl,
-        "_bUp": 0.98**n_tb * 1.10**n_tl,
-        "_bDown": 0.92**n_tb * 1.10**n_tl,
-        "_lightUp": 0.95**n_tb * 1.20**n_tl,
-        "_lightDown": 0.95**n_tb * 1.00**n_tl,
-    }
-    r = 0.08 + 0.04 * np.log(mtt / 400.0)  # scale variations grow with m_tt (a shape)
-    scale = np.stack(
-        [1 + 1.4 * r, 1 + r, 1 + 0.5 * r, 1 + 0.5 * r, np.ones(n), 1 - 0.4 * r,
-         1 - 0.3 * r, 1 - 0.8 * r, 1 - 1.2 * r],
-        axis=1,
-    )  # fmt: skip
-    p = 0.02 + 0.03 * mtt / 1000.0
-    pdf = np.stack([np.ones(n), 1 + p, 1 - p], axis=1)
-    k = 0.04 * (njet - njet0)
-    ps = np.stack([1 + k, 1 + 0.5 * k, 1 - k, 1 - 0.5 * k], axis=1)
+    btag_w = _btag_weights(jet, idx, n)
+    scale, pdf, ps = _theory_weights(mtt, njet - njet0)
     if data:
         gen = np.ones(n)
         btag_w = dict.fromkeys(btag_w, np.ones(n))
@@ -192,6 +173,39 @@ def generate_chunk(sample: str, n: int, rng, *, data: bool = False) -> dict:
         "PSWeight": (np.full(n, 4), {"": ps.ravel()}),
     }
     return out
+
+
+def _btag_weights(jet, idx, n) -> dict:
+    """Per-event b-tagging scale factors (nominal, b and light up/down) of the tagged true b
+    and light jets of the (pT-ordered) ``jet`` columns; ``idx``: each jet's event."""
+    tagged = jet["btagDeepFlavB"] > BTAG_WP
+    jb = jet["hadronFlavour"] == 5
+    n_tb = np.bincount(idx, tagged & jb, n)
+    n_tl = np.bincount(idx, tagged & ~jb, n)
+    return {
+        "": 0.95**n_tb * 1.10**n_tl,
+        "_bUp": 0.98**n_tb * 1.10**n_tl,
+        "_bDown": 0.92**n_tb * 1.10**n_tl,
+        "_lightUp": 0.95**n_tb * 1.20**n_tl,
+        "_lightDown": 0.95**n_tb * 1.00**n_tl,
+    }
+
+
+def _theory_weights(mtt, extra_jets):
+    """The 9 scale, 3 PDF and 4 parton-shower weights per event: the scale variations grow
+    with m_tt (a shape), the PDF ones with m_tt / 1 TeV, the shower ones with the extra jets."""
+    n = len(mtt)
+    r = 0.08 + 0.04 * np.log(mtt / 400.0)
+    scale = np.stack(
+        [1 + 1.4 * r, 1 + r, 1 + 0.5 * r, 1 + 0.5 * r, np.ones(n), 1 - 0.4 * r,
+         1 - 0.3 * r, 1 - 0.8 * r, 1 - 1.2 * r],
+        axis=1,
+    )  # fmt: skip
+    p = 0.02 + 0.03 * mtt / 1000.0
+    pdf = np.stack([np.ones(n), 1 + p, 1 - p], axis=1)
+    k = 0.04 * extra_jets
+    ps = np.stack([1 + k, 1 + 0.5 * k, 1 - k, 1 - 0.5 * k], axis=1)
+    return scale, pdf, ps
 
 
 def _lepton(lep, keep, mass, iso):

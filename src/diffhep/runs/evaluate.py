@@ -88,7 +88,7 @@ def save_model(out: Path, state: TrainState, cfg: Config) -> None:
         }
     if sel is not None:
         header["selection"] = {"expression": sel.expression(), "cuts": sel.to_json()}
-    (out / "model.json").write_text(json.dumps(header, indent=1))
+    write_atomic(out / "model.json", json.dumps(header, indent=1))
 
 
 def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:

@@ -40,6 +40,7 @@ __all__ = [
     "load_run",
     "read_diagnostics",
     "read_histograms",
+    "read_history",
     "write_histograms",
 ]
 
@@ -181,10 +182,7 @@ def load_run(run_dir) -> RunResult:
                 file=str(run_dir),
                 fix="train first: diffhep train CONFIG --out DIR",
             )
-    history = []
-    if (run_dir / "metrics.jsonl").is_file():
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        history = [json.loads(x) for x in lines if x.strip()]
+    history = read_history(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
     return RunResult(
         path=run_dir,
         config=load_config(run_dir / "config.yaml"),
@@ -193,6 +191,12 @@ def load_run(run_dir) -> RunResult:
         hists=read_histograms(run_dir),
         diagnostics=read_diagnostics(run_dir),
     )
+
+
+def read_history(run_dir) -> list[dict]:
+    """The per-epoch records of ``run_dir`` (``metrics.jsonl``: a JSON object a line)."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def read_diagnostics(run_dir) -> dict | None:

@@ -26,7 +26,7 @@ from ..analysis.pipeline import Pipeline
 from ..io.datasets import batches
 from ..nn import sharding
 from ..nn.training import make_optimizer, train
-from ..writers import check_writable_dir, run_lock
+from ..writers import check_writable_dir, run_lock, write_atomic
 from . import joint
 from .config import Config, ConfigError, load_config
 from .evaluate import _as_jax, _metrics_fn, finish, save_model
@@ -133,7 +133,7 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
                 fix="use a new --out directory, or --no-resume to start over",
             )
     pipe, parts, params = prepare(cfg, file)  # bad data fails here, before anything is written
-    cfg_path.write_text(resolved)
+    write_atomic(cfg_path, resolved)
     train_ev = parts["train"]
     valid = _as_jax(parts["validation"])
     metrics = _metrics_fn(pipe)

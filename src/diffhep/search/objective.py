@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 
 from ..errors import FitError
-from ..nn.training import METRICS, TrainingError
+from ..nn.training import TrainingError
 from ..runs.config import Config, ConfigError, SearchConfig, load_config
+from ..runs.results import read_history
 from .space import trial_overrides
 
 __all__ = ["DIRECTIONS", "Objective", "TrialFailed", "exact_evaluator", "objective_name"]
@@ -110,7 +111,7 @@ class Objective:
             summary = train_run(cfg, run, progress=False, plots=False)
         except (TrainingError, ConfigError) as exc:
             raise TrialFailed(f"training failed: {exc.message}") from None
-        records = [json.loads(line) for line in (run / METRICS).read_text().splitlines() if line]
+        records = read_history(run)
         best = next(r for r in records if r["epoch"] == summary["best_epoch"])
         val = {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_")}
         return val, summary, str(run)

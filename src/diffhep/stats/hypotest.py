@@ -34,6 +34,7 @@ from jax.scipy.special import ndtr
 
 from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults, poi_index
 from .model import Model
+from .numerics import safe_sqrt
 
 __all__ = [
     "DiscoveryResult",
@@ -51,10 +52,6 @@ __all__ = [
 
 TEST_STATS = ("qtilde", "q", "q0", "tmu", "tmu_tilde")
 _NSIGMA = np.asarray([2.0, 1.0, 0.0, -1.0, -2.0])  # numpy: no computation at import
-
-
-def _safe_sqrt(x):
-    return jnp.where(x > 0, jnp.sqrt(jnp.where(x > 0, x, 1.0)), 0.0)
 
 
 def _fits(
@@ -181,6 +178,16 @@ def asimov_data(asimov_mu, model: Model, data, init=None, bounds=None, fixed=Non
     return model.expected_data(res.bestfit[0])
 
 
+#: The significances of a test result (:class:`HypotestResult`, :class:`DiscoveryResult`).
+_SIGNIFICANCE = property(
+    lambda r: safe_sqrt(r.teststat), doc="Observed significance sqrt(q) (Z0 for ``q0``)."
+)
+_EXPECTED_SIGNIFICANCE = property(
+    lambda r: safe_sqrt(r.teststat_asimov),
+    doc="Median expected significance sqrt(q_A) (q on the Asimov data; Z for ``q0``).",
+)
+
+
 class HypotestResult(NamedTuple):
     """Asymptotic hypothesis test at one POI value (pyhf's ``hypotest`` outputs).
 
@@ -198,15 +205,8 @@ class HypotestResult(NamedTuple):
     n_clipped: jax.Array  # bins clipped to the Poisson floor in any fit
     bestfit: jax.Array  # unconditional best fit to the data
 
-    @property
-    def significance(self):
-        """Observed significance sqrt(q) (Z0 for ``q0``)."""
-        return _safe_sqrt(self.teststat)
-
-    @property
-    def expected_significance(self):
-        """Median expected significance sqrt(q_A)."""
-        return _safe_sqrt(self.teststat_asimov)
+    significance = _SIGNIFICANCE
+    expected_significance = _EXPECTED_SIGNIFICANCE
 
 
 def hypotest(
@@ -274,7 +274,7 @@ def hypotest(
 
     q = _stat_from_fits(test_stat, mu, fixed_d, free_d, poi)
     qA = _stat_from_fits(test_stat, mu, fixed_a, free_a, poi)
-    sq, sqA = _safe_sqrt(q), _safe_sqrt(qA)
+    sq, sqA = safe_sqrt(q), safe_sqrt(qA)
     if test_stat in ("q", "q0"):
         stat = sq - sqA
     else:
@@ -316,15 +316,8 @@ class DiscoveryResult(NamedTuple):
     n_clipped: jax.Array
     bestfit: jax.Array
 
-    @property
-    def significance(self):
-        """Observed significance Z0 = sqrt(q0)."""
-        return _safe_sqrt(self.teststat)
-
-    @property
-    def expected_significance(self):
-        """Median expected significance sqrt(q0 on the Asimov data)."""
-        return _safe_sqrt(self.teststat_asimov)
+    significance = _SIGNIFICANCE
+    expected_significance = _EXPECTED_SIGNIFICANCE
 
 
 def discovery(model: Model, data, init=None, bounds=None, fixed=None) -> DiscoveryResult:

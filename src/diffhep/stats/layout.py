@@ -42,6 +42,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from .numerics import safe_sqrt
+
 __all__ = ["Layout"]
 
 _ARRAYS = ("nominal", "histosys_lo", "histosys_hi", "staterror_uncrt")
@@ -209,7 +211,7 @@ class Layout:
         dtype = jnp.result_type(*sumw, *sumw2)
         pieces = [p.astype(dtype) for p in sumw]
         if sumw2:  # pyhf's convention: absolute uncertainty sqrt(sum w^2)
-            pieces.append(_safe_sqrt(jnp.concatenate([p.astype(dtype) for p in sumw2])))
+            pieces.append(safe_sqrt(jnp.concatenate([p.astype(dtype) for p in sumw2])))
         mdtype = model.nominal.dtype
         source = jnp.concatenate(
             [
@@ -247,12 +249,6 @@ def _histogram(histograms, key, part, bins):
             f"expected ({bins[key[0]]},)"
         )
     return values
-
-
-def _safe_sqrt(x):
-    """``sqrt(x)`` for ``x > 0``, 0 elsewhere, with a zero (not NaN) gradient at 0."""
-    pos = x > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
 
 
 def _symmetric(analysis) -> tuple:

@@ -33,6 +33,7 @@ import jsonschema
 import referencing
 
 from ..errors import DiffhepError, SchemaError, format_json_path
+from ..writers import write_atomic
 from .model import Model
 from .validation import check_workspace
 
@@ -504,7 +505,7 @@ class Workspace:
     def write(self, path: str | Path) -> None:
         """Write the workspace as JSON (validated before writing)."""
         validate(self.spec, "workspace.json", file=str(path))
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        write_atomic(Path(path), self.to_json() + "\n")
 
     def copy(self) -> Workspace:
         return Workspace(copy.deepcopy(self.spec), file=self.file, validate_schema=False)

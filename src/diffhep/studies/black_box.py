@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -27,28 +26,26 @@ import numpy as np
 from ..plotting.search import best_so_far, plot_search_history
 from ..problems import black_box as bb
 from ..runs.config import load_config
+from ..runs.results import read_history
 from ..writers import write_atomic
+from .common import median, shipped_config
 
 __all__ = ["black_box_study"]
 
 SEARCHES = ("grid", "random", "bo")
 
 
-def _config() -> Path:
-    return Path(str(resources.files("diffhep") / "data" / "black_box_cuts.yaml"))
-
-
 def _dense_optimum(points: int) -> dict:
     """The exact validation Z0 on a ``points x points`` grid of the search box."""
     from ..search.objective import exact_evaluator
 
-    cfg = load_config(_config())
-    ev = exact_evaluator(cfg, str(_config()))
+    cfg = load_config(shipped_config("black_box_cuts"))
+    ev = exact_evaluator(cfg, str(shipped_config("black_box_cuts")))
     (p1, p2) = cfg.search.params
     best = {"value": -np.inf}
     for a in np.linspace(p1.low, p1.high, points):
         for b in np.linspace(p2.low, p2.high, points):
-            c = load_config(_config(), [f"{p1.name}={a}", f"{p2.name}={b}"])
+            c = load_config(shipped_config("black_box_cuts"), [f"{p1.name}={a}", f"{p2.name}={b}"])
             z = float(ev.evaluate(c)["validation"]["z0"])
             if z > best["value"]:
                 best = {"value": z, "params": [float(a), float(b)]}
@@ -64,7 +61,9 @@ def _searches(out: Path, seeds: int, budget: int) -> dict:
         for seed in range(seeds):
             d = out / f"{method}-seed{seed}"
             t0 = time.perf_counter()
-            best = optimize(_config(), d, method=method, budget=budget, seed=seed)
+            best = optimize(
+                shipped_config("black_box_cuts"), d, method=method, budget=budget, seed=seed
+            )
             trials = json.loads((d / "trials.json").read_text())
             values = [r["value"] if r["state"] == "complete" else np.nan for r in trials]
             rows[method].append({"seed": seed, "values": values, "best": best["best"],
@@ -75,14 +74,13 @@ def _searches(out: Path, seeds: int, budget: int) -> dict:
 def _gradient(out: Path, epochs: int, overrides) -> dict:
     from ..runs.train import train_run
 
-    cfg = load_config(_config(), ["training.loss=z0", f"training.epochs={epochs}",
-                                  "selection.slope=2.0", "selection.slope_final=50.0",
-                                  *overrides])  # fmt: skip
+    cfg = load_config(shipped_config("black_box_cuts"),
+                      ["training.loss=z0", f"training.epochs={epochs}", "selection.slope=2.0",
+                       "selection.slope_final=50.0", *overrides])  # fmt: skip
     cfg = cfg.model_copy(update={"search": type(cfg.search)()})
     t0 = time.perf_counter()
     summary = train_run(cfg, out / "gradient", progress=False, plots=False)
-    lines = (out / "gradient" / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(x) for x in lines if x]
+    records = read_history(out / "gradient")
     return {"values": [r["val_z0"] for r in records], "test": summary["z0"],
             "selection": summary["selection"]["expression"],
             "seconds": time.perf_counter() - t0}  # fmt: skip
@@ -175,10 +173,6 @@ def black_box_study(
     return path
 
 
-def _median(rows, key):
-    return float(np.median([r[key] for r in rows]))
-
-
 def _markdown(doc, seeds, epochs, budget) -> str:
     cuts, det = doc["cuts"], doc["detector"]
     opt = cuts["optimum"]["value"]
@@ -204,7 +198,7 @@ def _markdown(doc, seeds, epochs, budget) -> str:
         best = float(np.median([r["best"]["value"] for r in rows]))
         test = float(np.median([r["best"]["test"] for r in rows]))
         lines.append(f"| {m} | {len(rows[0]['values'])} | {best:.4f} | {best / opt:.1%} | "
-                     f"{test:.4f} | {_median(rows, 'seconds'):.1f} |")  # fmt: skip
+                     f"{test:.4f} | {median(rows, 'seconds'):.1f} |")  # fmt: skip
     g = cuts["gradient"]
     gbest = max(g["values"])
     lines += [
@@ -226,9 +220,9 @@ def _markdown(doc, seeds, epochs, budget) -> str:
     ]
     for name, table in (("L-GSO", det["lgso"]), ("TPE", det["tpe"])):
         for d, rows in table.items():
-            lines.append(f"| {name} | {d} | {_median(rows, 'distance'):.3f} | "
-                         f"{_median(rows, 'excess'):.2%} | {_median(rows, 'calls'):.0f} | "
-                         f"{_median(rows, 'seconds'):.1f} |")  # fmt: skip
+            lines.append(f"| {name} | {d} | {median(rows, 'distance'):.3f} | "
+                         f"{median(rows, 'excess'):.2%} | {median(rows, 'calls'):.0f} | "
+                         f"{median(rows, 'seconds'):.1f} |")  # fmt: skip
     l1, t1 = det["lgso"]["1"], det["tpe"]["1"]
     l2 = det["lgso"]["2"]
     best_search = max(cuts["searches"], key=lambda m: np.median(
@@ -242,12 +236,12 @@ def _markdown(doc, seeds, epochs, budget) -> str:
         f"epochs (each epoch one exact evaluation, plus its training steps), starting from "
         f"the config's cuts (0, 0) at Z0 = {g['values'][0]:.4f} after its first epoch, where "
         "the searches start anywhere in the box.",
-        f"- Detector, 1 parameter: L-GSO ends {_median(l1, 'distance'):.3f} from the optimum "
-        f"with {_median(l1, 'calls'):.0f} events, TPE {_median(t1, 'distance'):.3f} with "
-        f"{_median(t1, 'calls'):.0f}.",
-        f"- L-GSO from 1 to 2 parameters: distance {_median(l1, 'distance'):.3f} -> "
-        f"{_median(l2, 'distance'):.3f}, events {_median(l1, 'calls'):.0f} -> "
-        f"{_median(l2, 'calls'):.0f}.",
+        f"- Detector, 1 parameter: L-GSO ends {median(l1, 'distance'):.3f} from the optimum "
+        f"with {median(l1, 'calls'):.0f} events, TPE {median(t1, 'distance'):.3f} with "
+        f"{median(t1, 'calls'):.0f}.",
+        f"- L-GSO from 1 to 2 parameters: distance {median(l1, 'distance'):.3f} -> "
+        f"{median(l2, 'distance'):.3f}, events {median(l1, 'calls'):.0f} -> "
+        f"{median(l2, 'calls'):.0f}.",
         "",
         "Numbers per seed: `black-box.json`.",
         "",

@@ -16,13 +16,14 @@ skim-size weight on (d) gives the trade-off curve sensitivity vs fraction kept.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ..runs.config import load_config
 from ..runs.train import train_run
+from ..writers import write_atomic
+from .common import median, reproduce, shipped_config
 
 __all__ = ["VARIANTS", "cuts_study"]
 
@@ -37,12 +38,8 @@ VARIANTS = {
 SKIM_WEIGHTS = (0.0, 0.3, 1.0, 3.0, 10.0)
 
 
-def _base_config() -> Path:
-    return Path(str(resources.files("diffhep") / "data" / "cuts_2d.yaml"))
-
-
 def _run(runs_dir: Path, name: str, overrides) -> dict:
-    cfg = load_config(_base_config(), overrides)
+    cfg = load_config(shipped_config("cuts_2d"), overrides)
     summary = train_run(cfg, runs_dir / name, progress=False)
     thresholds = [c["thresholds"] for c in summary.get("selection", {}).get("cuts", [])]
     return {
@@ -85,17 +82,14 @@ def cuts_study(
         for w in skim_weights:
             loss = f"training.loss={{z0: 1.0, skim: {w:g}}}"
             sweep[w].append(_run(runs_dir, f"skim{w:g}-{tag}", [*base, loss]))
-    (out / "cuts.json").write_text(
-        json.dumps({"variants": results, "skim_sweep": {str(k): v for k, v in sweep.items()}})
+    write_atomic(
+        out / "cuts.json",
+        json.dumps({"variants": results, "skim_sweep": {str(k): v for k, v in sweep.items()}}),
     )
     _plot(sweep, results, out / "cuts.png")
     path = out / "cuts.md"
-    path.write_text(_markdown(results, sweep, seeds, epochs, overrides))
+    write_atomic(path, _markdown(results, sweep, seeds, epochs, overrides))
     return path
-
-
-def _median(rows, key):
-    return float(np.median([r[key] for r in rows]))
 
 
 def _plot(sweep, results, path):
@@ -103,13 +97,13 @@ def _plot(sweep, results, path):
 
     fig = new_figure((5.5, 4.0))
     ax = fig.subplots()
-    f = [_median(rows, "selected_fraction") for rows in sweep.values()]
-    z = [_median(rows, "z0") for rows in sweep.values()]
+    f = [median(rows, "selected_fraction") for rows in sweep.values()]
+    z = [median(rows, "z0") for rows in sweep.values()]
     ax.plot(f, z, marker="o", label="(d) with skim weight")
     for w, fi, zi in zip(sweep, f, z, strict=True):
         ax.annotate(f"{w:g}", (fi, zi), textcoords="offset points", xytext=(4, 4))
     for label, rows in results.items():
-        ax.scatter(_median(rows, "selected_fraction"), _median(rows, "z0"), marker="s", label=label)
+        ax.scatter(median(rows, "selected_fraction"), median(rows, "z0"), marker="s", label=label)
     ax.set_xlabel("selected fraction of the expected events")
     ax.set_ylabel("expected Z0 (test set, hard cuts)")
     ax.grid(alpha=0.3)
@@ -121,10 +115,7 @@ def _markdown(results, sweep, seeds, epochs, overrides) -> str:
     lines = [
         "# Study: selection cuts and a neural observable (G. Watts' toy)",
         "",
-        "Reproduce with `diffhep study cuts` (config `src/diffhep/data/cuts_2d.yaml`; "
-        f"{seeds} seeds x {epochs} epochs"
-        + (f"; overrides `{' '.join(overrides)}`" if overrides else "")
-        + "; finished runs under `runs/cuts` are reused).",
+        reproduce("cuts", "cuts_2d", seeds, epochs, overrides),
         "",
         "Setup: signal N((1.5, 2.0), [[0.5, 0.2], [0.2, 0.5]]), background N((0, 0), "
         "diag(9, 9)); 10,000 events each split 60/20/20; 50 signal and 1000 background events "
@@ -144,7 +135,7 @@ def _markdown(results, sweep, seeds, epochs, overrides) -> str:
         z = [r["z0"] for r in rows]
         lines.append(
             f"| {label} | {np.median(z):.3f} | {min(z):.3f} - {max(z):.3f} | "
-            f"{_median(rows, 'expected_cls'):.3g} | {_median(rows, 'selected_fraction'):.3f} | "
+            f"{median(rows, 'expected_cls'):.3g} | {median(rows, 'selected_fraction'):.3f} | "
             f"`{rows[0]['expression'] or '(none)'}` |"
         )
     lines += [
@@ -156,11 +147,11 @@ def _markdown(results, sweep, seeds, epochs, overrides) -> str:
     ]
     for w, rows in sweep.items():
         lines.append(
-            f"| {w:g} | {_median(rows, 'z0'):.3f} | {_median(rows, 'selected_fraction'):.3f} | "
+            f"| {w:g} | {median(rows, 'z0'):.3f} | {median(rows, 'selected_fraction'):.3f} | "
             f"`{rows[0]['expression']}` |"
         )
-    z = {label.split()[0]: _median(rows, "z0") for label, rows in results.items()}
-    f = {label.split()[0]: _median(rows, "selected_fraction") for label, rows in results.items()}
+    z = {label.split()[0]: median(rows, "z0") for label, rows in results.items()}
+    f = {label.split()[0]: median(rows, "selected_fraction") for label, rows in results.items()}
     (w0, r0), (w1, r1) = next(iter(sweep.items())), list(sweep.items())[-1]
     lines += [
         "",
@@ -170,9 +161,9 @@ def _markdown(results, sweep, seeds, epochs, overrides) -> str:
         f"{z['(b)']:.3f}, keeping {f['(d)']:.0%} of the expected events instead of all.",
         f"- Cuts tuned after the network (c): Z0 {z['(c)']:.3f}, fraction {f['(c)']:.0%}; "
         f"cuts alone (a): Z0 {z['(a)']:.3f}, fraction {f['(a)']:.0%}.",
-        f"- Skim weight {w0:g} -> {w1:g}: selected fraction {_median(r0, 'selected_fraction'):.3f}"
-        f" -> {_median(r1, 'selected_fraction'):.3f}, Z0 {_median(r0, 'z0'):.3f} -> "
-        f"{_median(r1, 'z0'):.3f}.",
+        f"- Skim weight {w0:g} -> {w1:g}: selected fraction {median(r0, 'selected_fraction'):.3f}"
+        f" -> {median(r1, 'selected_fraction'):.3f}, Z0 {median(r0, 'z0'):.3f} -> "
+        f"{median(r1, 'z0'):.3f}.",
         "",
         "![trade-off](cuts.png)",
         "",

@@ -44,6 +44,7 @@ from ..nn.observables import ACTIVATIONS, MLPObservable, Standardised
 from ..nn.training import train
 from ..problems import inferno as I
 from ..problems.inferno import INFERNO_SHIFTS, inferno_3d, inferno_shift
+from ..writers import write_atomic
 
 __all__ = ["SoftmaxObservable", "inferno_study"]
 
@@ -249,11 +250,11 @@ def _run_one(kind, k, seed, epochs, s, run) -> dict:
     stamp = run / "settings.json"  # resume only a checkpoint of these settings
     resume = stamp.is_file() and stamp.read_text() == key
     run.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(key)
+    write_atomic(stamp, key)
     data = _data(seed, s)
     obs = train_model(kind, k, data, seed, epochs, s, run, resume=resume)
     res = {"seconds": time.perf_counter() - t0, **_evaluate(_bin_fn(obs), data["test"])}
-    cached.write_text(json.dumps({"key": key, "result": res}))
+    write_atomic(cached, json.dumps({"key": key, "result": res}))
     return res
 
 
@@ -324,9 +325,9 @@ def inferno_study(
               "rows": table, "analytic": analytic, "analytic_n80": check,
               "train_seconds": seconds,
               "wall_seconds": time.perf_counter() - t0}  # fmt: skip
-    (out / "inferno.json").write_text(json.dumps(result, indent=1, default=list))
+    write_atomic(out / "inferno.json", json.dumps(result, indent=1, default=list))
     path = out / "inferno.md"
-    path.write_text(_markdown(result))
+    write_atomic(path, _markdown(result))
     return path
 
 

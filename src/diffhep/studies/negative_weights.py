@@ -33,7 +33,6 @@ comparison is not limited by the test split's statistics):
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import equinox as eqx
@@ -47,9 +46,12 @@ from ..problems.weight_toys import NEG2D_REGION, negweight_2d, negweight_2d_dens
 from ..runs import joint
 from ..runs.config import load_config
 from ..runs.prepare import prepare
+from ..runs.results import read_history
 from ..runs.train import run_optimizer, train_run
 from ..types import Events
 from ..weights.calibration import fit_isotonic, reliability
+from ..writers import write_atomic
+from .common import shipped_config
 from .negative_weights_report import EVAL_EVENTS, NBINS, markdown
 
 __all__ = ["STRATEGY_LABELS", "negative_weights_study"]
@@ -64,10 +66,6 @@ STRESS = {  # the stress test: few events, many epochs
 }
 CLEAR_EVERY = 6  # runs between clearing JAX's compilation caches
 REGION_RADIUS = 0.5  # the disk around NEG2D_REGION of the exploitation diagnostic
-
-
-def _base_config() -> Path:
-    return Path(str(resources.files("diffhep") / "data" / "negative_weights.yaml"))
 
 
 def _samples_override(strategy: str) -> str:
@@ -222,7 +220,7 @@ def _one_run(cfg, run_dir, cache) -> dict:
         cache[("eval", cfg.seed)] = _eval_sample(cfg, cfg.seed)
         cache[("truth", cfg.seed)] = _truth_metrics(pipe, cache[("eval", cfg.seed)])
     raw_train, evaluation = parts["train"], cache[("eval", cfg.seed)]
-    history = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    history = read_history(run_dir)
     bkg = summary.get("training_weights", {}).get("event_sets", {}).get("background", {})
     rec = {
         "best_epoch": summary["best_epoch"],
@@ -279,7 +277,9 @@ def negative_weights_study(
             tag = "stress-" if "stress" in label else ""
             for strategy in strategies:
                 more = [f"training.loss={loss}", _samples_override(strategy)]
-                cfg = load_config(_base_config(), [f"seed={seed}", *extra, *overrides, *more])
+                cfg = load_config(
+                    shipped_config("negative_weights"), [f"seed={seed}", *extra, *overrides, *more]
+                )
                 run = runs_dir / f"{tag}{loss}-{strategy}-seed{seed}"
                 rec, history = _one_run(cfg, run, cache)
                 done += 1
@@ -292,11 +292,11 @@ def negative_weights_study(
                 histories.setdefault(label, {}).setdefault(strategy, []).append(history)
     truth = [cache[("truth", s)] for s in range(seeds)]
     _plot(histories, out / "negative-weights.png")
-    (out / "negative-weights.json").write_text(
-        json.dumps({"results": results, "truth": truth}, indent=1)
+    write_atomic(
+        out / "negative-weights.json", json.dumps({"results": results, "truth": truth}, indent=1)
     )
     path = out / "negative-weights.md"
-    path.write_text(markdown(results, truth, seeds, epochs, overrides))
+    write_atomic(path, markdown(results, truth, seeds, epochs, overrides))
     return path
 
 

@@ -6,20 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..problems.weight_toys import NEG2D_REGION
+from .common import median, reproduce
 
 __all__ = ["EVAL_EVENTS", "NBINS", "markdown"]
 
 EVAL_EVENTS = 100_000  # per class: the study's independent evaluation sample
 NBINS = 5  # equal bins of every observable in the evaluation
-
-
-def _med(rows, *keys):
-    vals = []
-    for r in rows:
-        for k in keys:
-            r = r[k]
-        vals.append(r)
-    return float(np.median(vals))
 
 
 def markdown(results, truth, seeds, epochs, overrides) -> str:
@@ -29,10 +21,7 @@ def markdown(results, truth, seeds, epochs, overrides) -> str:
     lines = [
         "# Study: training with negative event weights",
         "",
-        "Reproduce with `diffhep study negative-weights` (config "
-        f"`src/diffhep/data/negative_weights.yaml`; {seeds} seeds x {epochs} epochs"
-        + (f"; overrides `{' '.join(overrides)}`" if overrides else "")
-        + "; finished runs under `runs/negative-weights` are reused).",
+        reproduce("negative-weights", "negative_weights", seeds, epochs, overrides),
         "",
         "Setup: the toy `negweight_2d` (`diffhep.problems.weight_toys`): signal N((1.5, 2.0), "
         "[[0.5, 0.2], [0.2, 0.5]]) with w = 1; background N(0, 9 I) (48% of its events, w = 1) "
@@ -75,26 +64,27 @@ def markdown(results, truth, seeds, epochs, overrides) -> str:
             z = [r["selected"]["z0"] for r in rows]
             raw = (
                 (
-                    f"{_med(rows, 'selected', 'ece_raw'):.3f}",
-                    f"{_med(rows, 'selected', 'dist_raw'):.3f}",
+                    f"{median(rows, 'selected', 'ece_raw'):.3f}",
+                    f"{median(rows, 'selected', 'dist_raw'):.3f}",
                 )
                 if bce
                 else ("-", "-")
             )
             loss = (
                 (
-                    f"{_med(rows, 'last', 'train_bce'):+.3f}",
-                    f"{_med(rows, 'last', 'train_bce_truth'):.3f}",
+                    f"{median(rows, 'last', 'train_bce'):+.3f}",
+                    f"{median(rows, 'last', 'train_bce_truth'):.3f}",
                 )
                 if bce
                 else ("-", "-")
             )
             lines.append(
                 f"| {strategy} | {np.median(z):.3f} | {min(z):.3f} - {max(z):.3f} | "
-                f"{_med(rows, 'last', 'z0'):.3f} | {_med(rows, 'selected', 'expected_cls'):.3g} | "
-                f"{raw[0]} | {_med(rows, 'selected', 'ece_isotonic'):.3f} | {raw[1]} | "
-                f"{_med(rows, 'selected', 'dist_isotonic'):.3f} | {loss[0]} | {loss[1]} | "
-                + (f"{_med(rows, 'last', 'exploitation'):+.3f} |" if bce else "- |")
+                f"{median(rows, 'last', 'z0'):.3f} | "
+                f"{median(rows, 'selected', 'expected_cls'):.3g} | "
+                f"{raw[0]} | {median(rows, 'selected', 'ece_isotonic'):.3f} | {raw[1]} | "
+                f"{median(rows, 'selected', 'dist_isotonic'):.3f} | {loss[0]} | {loss[1]} | "
+                + (f"{median(rows, 'last', 'exploitation'):+.3f} |" if bce else "- |")
             )
         lines.append("")
     lines += _findings(results, z_truth)
@@ -120,10 +110,10 @@ def _discussion(results) -> list:
     if {"signed", *biased} <= set(cls) and {"signed", *biased} <= set(main):
 
         def lost(by):
-            z = {k: _med(v, "selected", "z0") for k, v in by.items()}
+            z = {k: median(v, "selected", "z0") for k, v in by.items()}
             return ", ".join(f"{100 * (1 - z[k] / z['signed']):.1f}% (`{k}`)" for k in biased)
 
-        dist = ", ".join(f"{_med(main[k], 'selected', 'dist_raw'):.3f}" for k in biased)
+        dist = ", ".join(f"{median(main[k], 'selected', 'dist_raw'):.3f}" for k in biased)
         lines.append(
             "- **The work-arounds bias the shapes.** Around the cancellation point the net "
             "background is small (E[w|x] = 0.024 at the centre), but `abs`, `ignore` and "
@@ -132,19 +122,19 @@ def _discussion(results) -> list:
             f"the CLs-trained observable, whose loss sees the background histograms directly, "
             f"loses {lost(cls)} of Z0, the classifier {lost(main)}; the classifiers are "
             f"further from the true posterior (dist raw {dist} vs "
-            f"{_med(main['signed'], 'selected', 'dist_raw'):.3f} signed)."
+            f"{median(main['signed'], 'selected', 'dist_raw'):.3f} signed)."
         )
     if {"signed", "learned"} <= set(main) and {"signed", "learned"} <= set(cls):
 
         def compare(by, label):
             z = [r["selected"]["z0"] for r in by["signed"]]
-            zs, zl = _med(by["signed"], "selected", "z0"), _med(by["learned"], "selected", "z0")
+            zs, zl = median(by["signed"], "selected", "z0"), median(by["learned"], "selected", "z0")
             return (
                 f"{zs:.3f} signed (runs {min(z):.3f}-{max(z):.3f}) vs {zl:.3f} learned, "
                 f"{100 * (zl / zs - 1):+.1f}%, {label}"
             )
 
-        dist = {k: _med(v, "selected", "dist_raw") for k, v in main.items()}
+        dist = {k: median(v, "selected", "dist_raw") for k, v in main.items()}
         closest = min(dist, key=dist.get)
         lines.append(
             "- **Signed and learned weights are close in sensitivity** (Z0 "
@@ -174,27 +164,27 @@ def _discussion(results) -> list:
             lines.append(
                 "- **The talk's pathology appears when the network can single out "
                 f"events** ({label}): the naive signed training loss falls without bound "
-                f"(signed training BCE {_med(by['signed'], 'last', 'train_bce'):+.2f} at the "
+                f"(signed training BCE {median(by['signed'], 'last', 'train_bce'):+.2f} at the "
                 "last epoch, see the plot), because raising the loss of its negative-weight "
                 "training events lowers the total: their background loss exceeds that of the "
                 "positive-weight events near them by "
-                f"{_med(by['signed'], 'last', 'exploitation'):+.1f} more on the training "
+                f"{median(by['signed'], 'last', 'exploitation'):+.1f} more on the training "
                 f"events than on new ones (learned weights: "
-                f"{_med(by['learned'], 'last', 'exploitation'):+.2f}). The learned-weight "
+                f"{median(by['learned'], 'last', 'exploitation'):+.2f}). The learned-weight "
                 "classifier overfits like any classifier on 300 events, but its loss is "
                 "bounded below by 0. On new events the damage is smaller than the loss "
                 "suggests (the memorised events are single points): Z0 of the last models "
-                f"{_med(by['signed'], 'last', 'z0'):.3f} (signed) vs "
-                f"{_med(by['learned'], 'last', 'z0'):.3f} (learned), raw ECE "
-                f"{_med(by['signed'], 'last', 'ece_raw'):.3f} vs "
-                f"{_med(by['learned'], 'last', 'ece_raw'):.3f}; selected on the validation "
-                f"CLs, {_med(by['signed'], 'selected', 'z0'):.3f} vs "
-                f"{_med(by['learned'], 'selected', 'z0'):.3f}. The runs' own test splits "
+                f"{median(by['signed'], 'last', 'z0'):.3f} (signed) vs "
+                f"{median(by['learned'], 'last', 'z0'):.3f} (learned), raw ECE "
+                f"{median(by['signed'], 'last', 'ece_raw'):.3f} vs "
+                f"{median(by['learned'], 'last', 'ece_raw'):.3f}; selected on the validation "
+                f"CLs, {median(by['signed'], 'selected', 'z0'):.3f} vs "
+                f"{median(by['learned'], 'selected', 'z0'):.3f}. The runs' own test splits "
                 "(100 events per class) have bins with a net background <= 0: they warn "
                 "(`NetYieldWarning`) and stay finite; the independent sample avoids them."
             )
     ece = {
-        label: [_med(rows, "selected", "ece_isotonic") for rows in by.values()]
+        label: [median(rows, "selected", "ece_isotonic") for rows in by.values()]
         for label, by in results.items()
     }
     lines.append(
@@ -211,17 +201,17 @@ def _findings(results, z_truth) -> list:
     """Statements computed from the tables."""
     lines = ["## Findings (computed from the tables)", ""]
     for label, by_strategy in results.items():
-        ranking = sorted(by_strategy, key=lambda s: -_med(by_strategy[s], "selected", "z0"))
+        ranking = sorted(by_strategy, key=lambda s: -median(by_strategy[s], "selected", "z0"))
         lines.append(
             f"- {label}: ranking by median Z0 of the selected model: "
-            + " > ".join(f"{s} ({_med(by_strategy[s], 'selected', 'z0'):.3f})" for s in ranking)
+            + " > ".join(f"{s} ({median(by_strategy[s], 'selected', 'z0'):.3f})" for s in ranking)
             + f"; true posterior {z_truth:.3f}."
         )
         if "signed" in by_strategy and "learned" in by_strategy and "cls" not in label.lower():
             rows = by_strategy["signed"]
-            last, bayes = _med(rows, "last", "train_bce"), _med(rows, "last", "train_bce_truth")
+            last, bayes = median(rows, "last", "train_bce"), median(rows, "last", "train_bce_truth")
             learned = by_strategy["learned"]
-            lw = _med(learned, "last", "train_bce")
+            lw = median(learned, "last", "train_bce")
             verdict = (
                 "below 0, which no classifier reaches with positive weights (a BCE with "
                 "positive weights is >= 0): the loss is unbounded below and the network "
@@ -233,8 +223,8 @@ def _findings(results, z_truth) -> list:
             lines.append(
                 f"  Naive signed BCE: signed training BCE of the last model {last:+.3f} (true "
                 f"posterior on the same events: {bayes:.3f}; learned weights: {lw:+.3f}): "
-                f"{verdict}. Exploitation {_med(rows, 'last', 'exploitation'):+.3f} "
-                f"(learned {_med(learned, 'last', 'exploitation'):+.3f})."
+                f"{verdict}. Exploitation {median(rows, 'last', 'exploitation'):+.3f} "
+                f"(learned {median(learned, 'last', 'exploitation'):+.3f})."
             )
     return lines
 
@@ -274,16 +264,16 @@ def _joint(results) -> list:
             )
             pulls = [r["learned_max_pull"] for r in rows if r.get("learned_max_pull")]
             lines.append(
-                f"| {label} | {strategy} | {_med(rows, 'selected', 'z0'):.3f} | "
-                f"{_med(rows, 'selected', 'expected_cls'):.3g} | "
+                f"| {label} | {strategy} | {median(rows, 'selected', 'z0'):.3f} | "
+                f"{median(rows, 'selected', 'expected_cls'):.3g} | "
                 f"{np.median([r['best_epoch'] for r in rows]):.0f} | "
                 + (f"{np.median(ratio):.3f}" if ratio else "-")
                 + f" | {chi_s} | "
                 + (f"{np.median(pulls):.2f}" if pulls else "-")
                 + " |"
             )
-        zl = _med(by["learned"], "selected", "z0")
-        zj = _med(by["learned-joint"], "selected", "z0")
+        zl = median(by["learned"], "selected", "z0")
+        zj = median(by["learned-joint"], "selected", "z0")
         el = np.median([r["best_epoch"] for r in by["learned"]])
         ej = np.median([r["best_epoch"] for r in by["learned-joint"]])
         verdicts.append(

@@ -11,14 +11,16 @@ bins, and a fine 2-D binning of the true densities).
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ..problems import blobs
 from ..runs.config import ConfigError, load_config
+from ..runs.results import read_history
 from ..runs.train import train_run
+from ..writers import write_atomic
+from .common import reproduce, shipped_config
 
 __all__ = ["NEOS_LOSSES", "OBJECTIVES", "neos_blobs", "rows"]
 
@@ -69,10 +71,6 @@ def rows(names=None) -> dict[str, tuple[str, str]]:
         )
     by_slug = {v[0]: label for label, v in out.items()}
     return {by_slug[n]: out[by_slug[n]] for n in dict.fromkeys(names)}  # in the given order
-
-
-def _base_config() -> Path:
-    return Path(str(resources.files("diffhep") / "data" / "neos_blobs.yaml"))
 
 
 def _finished(run: Path, cfg) -> dict | None:
@@ -128,13 +126,12 @@ def neos_blobs(
         histories, finals, steps = [], [], []
         for seed in range(seeds):
             cfg = load_config(
-                _base_config(),
+                shipped_config("neos_blobs"),
                 [f"seed={seed}", f"training.epochs={epochs}", f"training.loss={loss}", *overrides],
             )
             run = runs_dir / f"{slug}-seed{seed}"
             summary = _finished(run, cfg) or train_run(cfg, run, progress=False, track_test=True)
-            history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-            histories.append(history)
+            histories.append(read_history(run))
             finals.append(summary)
             steps.append(summary["median_step_seconds"])
         results[label] = {
@@ -158,16 +155,17 @@ def neos_blobs(
             metrics=(key,),
         )
     plot_training({k: v["curves"] for k, v in results.items()}, plot, metrics=CURVES)
-    (out / "neos-blobs.json").write_text(
+    write_atomic(
+        out / "neos-blobs.json",
         json.dumps(
             {"references": {"lr_4bins": ref_lr, "fine_2d": ref_2d}, "results": results}, indent=1
-        )
+        ),
     )
     md = _markdown(
         results, ref_lr, ref_edges, ref_2d, ref_2d_bins, seeds, epochs, overrides, runs_dir
     )
     path = out / "neos-blobs.md"
-    path.write_text(md)
+    write_atomic(path, md)
     return path
 
 
@@ -179,10 +177,7 @@ def _markdown(results, ref_lr, ref_edges, ref_2d, ref_2d_bins, seeds, epochs, ov
     lines = [
         "# Study: neos Gaussian blobs (the neos paper's Figure 3)",
         "",
-        "Reproduce with `diffhep study neos-blobs` (config: `src/diffhep/data/neos_blobs.yaml`; "
-        f"{seeds} seeds x {epochs} epochs per loss"
-        + (f"; overrides: `{' '.join(overrides)}`" if overrides else "")
-        + f"; finished runs under `{runs_dir}` are reused).",
+        reproduce("neos-blobs", "neos_blobs", seeds, epochs, overrides, runs_dir, " per loss"),
         "",
         "Setup: signal N((-1, 1), I), background N((1, -1), I) with a histosys from the "
         "variations N((2.5, 2), I) (up) and N((-2.5, -1.5), I) (down); 20 signal and 100 "

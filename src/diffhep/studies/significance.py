@@ -16,7 +16,6 @@ signal and 20,762 background events (config ``data/significance.yaml``).
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import jax
@@ -28,6 +27,8 @@ from ..problems.inferno import optimal_score
 from ..runs.config import load_config
 from ..runs.prepare import prepare, restore_run
 from ..runs.train import train_run
+from ..writers import write_atomic
+from .common import median, reproduce, shipped_config
 
 __all__ = ["best_threshold", "significance_study"]
 
@@ -86,10 +87,6 @@ def best_threshold(
         "n_signal": int(ns[i]),
         "n_background": int(nb[i]),
     }
-
-
-def _base_config() -> Path:
-    return Path(str(resources.files("diffhep") / "data" / "significance.yaml"))
 
 
 def _pretrained(rel, epochs=PRETRAIN_EPOCHS):
@@ -178,7 +175,7 @@ def significance_study(
     results: dict[str, list[dict]] = {}
     for seed in range(seeds):
         for name, (_, _, extra) in variants(rels, batch_sizes, pretrain_epochs).items():
-            cfg = load_config(_base_config(), [f"seed={seed}", *common, *extra])
+            cfg = load_config(shipped_config("significance"), [f"seed={seed}", *common, *extra])
             run = runs_dir / f"{name}-seed{seed}"
             cached = run / "significance.json"
             at = sorted({*rels, BATCH_REL})
@@ -195,23 +192,23 @@ def significance_study(
                     ).read_text() == cfg.to_yaml()  # resume only a run of this config
                     summary = train_run(cfg, run, progress=False, plots=False, resume=same)
                 res = {"best_epoch": summary["best_epoch"], **_evaluate(run, at)}
-                cached.write_text(json.dumps({**key, "result": res}))
+                write_atomic(cached, json.dumps({**key, "result": res}))
             results.setdefault(name, []).append(res)
         # the reference: the true likelihood ratio on the same test events
         at = sorted({*rels, BATCH_REL})
         results.setdefault("truth", []).append(_evaluate(runs_dir / f"bce-seed{seed}", at, True))
-    start = _initial_gradient(load_config(_base_config(), common), rels)
+    start = _initial_gradient(load_config(shipped_config("significance"), common), rels)
     result = {"seeds": seeds, "epochs": epochs, "overrides": list(overrides), "rels": list(rels),
               "batch_sizes": list(batch_sizes), "pretrain_epochs": pretrain_epochs,
               "runs": results, "start": start}  # fmt: skip
-    (out / "significance.json").write_text(json.dumps(result, indent=1))
+    write_atomic(out / "significance.json", json.dumps(result, indent=1))
     path = out / "significance.md"
-    path.write_text(_markdown(result))
+    write_atomic(path, _markdown(result))
     return path
 
 
 def _med(rows, rel, key):
-    return float(np.median([r[f"{rel:g}"][key] for r in rows]))
+    return median(rows, f"{rel:g}", key)
 
 
 def _z_cell(rows, rel):
@@ -220,14 +217,11 @@ def _z_cell(rows, rel):
 
 
 def _markdown(r) -> str:
-    rels, runs = r["rels"], r["runs"]
+    rels = r["rels"]
     lines = [
         "# Study: directly optimising the discovery significance (Elwood & Kruecker)",
         "",
-        f"Reproduce with `diffhep study significance` (config "
-        f"`src/diffhep/data/significance.yaml`; {r['seeds']} seeds x {r['epochs']} epochs"
-        + (f"; overrides `{' '.join(r['overrides'])}`" if r["overrides"] else "")
-        + "; finished runs under `runs/significance` are reused).",
+        reproduce("significance", "significance", r["seeds"], r["epochs"], r["overrides"]),
         "",
         "Toy: INFERNO's 3-D generator (signal N(0, 1) x N(0, 1) x Exp(2), background "
         "N(2, 5) x N(0, 9) x Exp(3)) with the talk's yields, 31.2 signal and 20,762 "
@@ -253,6 +247,17 @@ def _markdown(r) -> str:
         "| loss | " + " | ".join(f"sigma_b/b = {x:g}: s | b | Z_A" for x in rels) + " |",
         "|---" * (1 + 3 * len(rels)) + "|",
     ]
+    lines += _best_threshold_rows(r)
+    lines += _pretraining(r)
+    lines += _batch_sizes(r)
+    lines += _findings(r)
+    lines += ["", "Numbers per seed: `significance.json`.", ""]
+    return "\n".join(lines)
+
+
+def _best_threshold_rows(r) -> list[str]:
+    """The rows of the table of s, b and Z_A at the best threshold, one per loss."""
+    rels, runs, lines = r["rels"], r["runs"], []
 
     def row(label, per_rel):
         cells = []
@@ -267,8 +272,13 @@ def _markdown(r) -> str:
     row("s/sqrt(s+b)", lambda rel: runs["s_sqrt_sb"])
     row("Z_A, pre-trained (trained for this sigma_b)", lambda rel: runs[f"za_pre_{rel:g}"])
     row("Z_A alone, random start", lambda rel: runs[f"za_alone_{rel:g}"])
-    st = r["start"]
-    lines += [
+    return lines
+
+
+def _pretraining(r) -> list[str]:
+    """Z_A and dZ_A/ds of the untrained network, and Z_A with and without pre-training."""
+    rels, runs, st = r["rels"], r["runs"], r["start"]
+    lines = [
         "",
         "## Why Z_A needs pre-training",
         "",
@@ -285,7 +295,13 @@ def _markdown(r) -> str:
         lines.append(
             f"| {rel:g} | {st[k]['z']:.2e} | {st[k]['dz_ds']:.2e} | {alone:.2f} | {pre:.2f} |"
         )
-    lines += [
+    return lines
+
+
+def _batch_sizes(r) -> list[str]:
+    """Z_A pre-trained at BATCH_REL against the batch size."""
+    runs = r["runs"]
+    lines = [
         "",
         f"## Batch-size dependence (Z_A pre-trained, sigma_b/b = {BATCH_REL:g})",
         "",
@@ -301,7 +317,13 @@ def _markdown(r) -> str:
             f"| {bs} | {_med(rows, BATCH_REL, 's'):.1f} | {_med(rows, BATCH_REL, 'b'):.1f} | "
             f"{_z_cell(rows, BATCH_REL)} |"
         )
-    lines += ["", "## Findings (computed from the tables)", ""]
+    return lines
+
+
+def _findings(r) -> list[str]:
+    """The findings, computed from the tables (ties within the statistical uncertainty)."""
+    rels, runs = r["rels"], r["runs"]
+    lines = ["", "## Findings (computed from the tables)", ""]
     tied = 0
     for rel in rels:
         za = _med(runs[f"za_pre_{rel:g}"], rel, "z")
@@ -339,5 +361,4 @@ def _markdown(r) -> str:
         "- At a fixed number of epochs the number of steps falls with the batch size, which "
         "the batch-size table mixes with the noise of per-batch s and b.",
     ]
-    lines += ["", "Numbers per seed: `significance.json`.", ""]
-    return "\n".join(lines)
+    return lines
