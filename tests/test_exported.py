@@ -165,3 +165,24 @@ def test_second_command_on_another_point_compiles_nothing(tmp_path):
     assert "Finished tracing flat" not in second.stderr
     fresh = _pyhf_cls(spec, _other_point(patch, "signal_700", 2.0))
     assert json.loads(second.stdout)["CLs_obs"] == pytest.approx(fresh[0], rel=1e-4)
+
+
+def test_a_warm_cls_command_compiles_only_its_kernel(tmp_path):
+    """Around the stored kernel, a second ``diffhep cls`` on another point stages no array
+    through a jit (jnp.asarray of numpy arrays does, one compilation or cache read per
+    shape): at most the one left in Model.from_spec (shapesys_uncrt)."""
+    spec, patch = _analysis()
+    (tmp_path / "bkg.json").write_text(json.dumps(spec))
+    (tmp_path / "a.json").write_text(json.dumps(patch))
+    (tmp_path / "b.json").write_text(json.dumps(_other_point(patch, "signal_900", 1.5)))
+    env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_CACHE_DIR": str(tmp_path / "cache"),
+           "JAX_LOG_COMPILES": "1"}  # fmt: skip
+    cmd = [sys.executable, "-m", "diffhep", "cls", str(tmp_path / "bkg.json"), "-p"]
+    for point in ("a", "b"):
+        done = subprocess.run([*cmd, str(tmp_path / f"{point}.json")], env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    compiled = [x.split(" with ")[0] for x in done.stderr.splitlines() if "Compiling " in x]
+    assert "diffhep: WARNING: Compiling jit(call)" in compiled
+    others = [x for x in compiled if not x.endswith("jit(call)")]
+    assert len(others) <= 1 and all(x.endswith("jit(stage)") for x in others), compiled

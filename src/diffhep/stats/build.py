@@ -48,7 +48,10 @@ _ALLOWED_CODES = {"normsys": ("code1", "code4"), "histosys": ("code0", "code4p")
 
 @dataclass
 class Built:
-    """Everything :class:`~diffhep.stats.model.Model` needs, as numpy arrays and Python data."""
+    """Everything :class:`~diffhep.stats.model.Model` needs, as numpy arrays and Python data;
+    the templates (``nominal``, ``histosys_lo``/``hi``, ``normsys_lo``/``hi``,
+    ``staterror_uncrt``, ``aux_data``/``sigma``/``factor``) already on JAX's device
+    (:func:`_on_device`)."""
 
     channels: list
     channel_nbins: dict
@@ -277,6 +280,19 @@ def _staterror_member(st: Structure, se_masks: dict, apps: dict) -> np.ndarray:
     return member
 
 
+def _on_device(a):
+    """``a`` on JAX's default device, as ``jnp.asarray`` would give it (the same dtype).
+
+    ``jnp.asarray`` of a numpy array stages it through a jit, one compilation or
+    persistent-cache read per shape (40-75 ms each for the 8 shapes of sbottom RegionA, on a
+    loaded machine: ~0.3-0.6 s of a command); ``jax.device_put`` takes ~1 ms, and
+    :meth:`Model.from_spec <diffhep.stats.model.Model.from_spec>`'s ``jnp.asarray`` of the
+    result is free."""
+    import jax
+
+    return jax.device_put(np.asarray(a))
+
+
 def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
     """Build the arrays of a model from a ``model.json``-like dict (channels + parameters)."""
     settings = _settings(modifier_settings)
@@ -305,25 +321,27 @@ def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
         poi_index=poi,
         poi_name=poi_name if poi is not None else None,
         settings=settings,
-        nominal=st.nominal,
+        nominal=_on_device(st.nominal),
         direct_table=_pack(tb.direct, len(st.samples) * B, start),
         normsys_par=arr(tb.n_par, np.int32),
-        normsys_lo=arr(tb.n_lo),
-        normsys_hi=arr(tb.n_hi),
+        normsys_lo=_on_device(arr(tb.n_lo)),
+        normsys_hi=_on_device(arr(tb.n_hi)),
         normsys_table=_pack(tb.norm, len(st.samples) * B, len(tb.n_par)),
         histosys_par=arr(tb.h_par, np.int32),
         histosys_sample=arr(tb.h_sample, np.int32),
-        histosys_lo=arr(tb.h_lo, shape=(nh, B)),
-        histosys_hi=arr(tb.h_hi, shape=(nh, B)),
+        histosys_lo=_on_device(arr(tb.h_lo, shape=(nh, B))),
+        histosys_hi=_on_device(arr(tb.h_hi, shape=(nh, B))),
         histosys_mask=arr(tb.h_mask, bool, shape=(nh, B)),
         staterror_member=_staterror_member(st, se_masks, apps),
         staterror_entry_mod=np.array([k for k, _ in se_entries], dtype=np.int32),
-        staterror_uncrt=np.array([u for _, u in se_entries]).reshape(len(se_entries), B),
+        staterror_uncrt=_on_device(
+            np.array([u for _, u in se_entries]).reshape(len(se_entries), B)
+        ),
         aux_par=arr(aux["par"], np.int32),
         aux_poisson=arr(aux["pois"], bool),
-        aux_data=arr(aux["data"]),
-        aux_sigma=arr(aux["sigma"]),
-        aux_factor=arr(aux["factor"]),
+        aux_data=_on_device(arr(aux["data"])),
+        aux_sigma=_on_device(arr(aux["sigma"])),
+        aux_factor=_on_device(arr(aux["factor"])),
         se_pos=arr(aux["se_pos"], np.int32),
         se_mod=arr(aux["se_mod"], np.int32),
         se_bin=arr(aux["se_bin"], np.int32),

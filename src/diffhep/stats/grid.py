@@ -43,6 +43,7 @@ from . import exported
 from .fit import DEFAULT_MAX_STEPS
 from .hypotest import hypotest
 from .validation import check_samples
+from .workflows import _cls_kernel, _f64
 from .workspace import Workspace, apply_patch, load_json, verify_patchset
 
 __all__ = ["batches", "expand_paths", "load_points", "run_batch", "run_points"]
@@ -171,7 +172,7 @@ def _model_and_data(doc, name, poi_value, measurement, modifier_settings, checke
             where="--poi-value",
             fix="test a value inside the bounds",
         )
-    return model, jnp.asarray(ws.data(model), dtype=jnp.float64)
+    return model, _f64(ws.data(model))
 
 
 def _row(name, cls_obs, cls_exp, converged) -> dict[str, Any]:
@@ -202,13 +203,11 @@ def run_points(
     :mod:`~diffhep.stats.exported`). JAX dispatches a kernel and returns at once, so the
     models of up to ``ahead`` further points are built (in Python) while it runs.
     """
-    from .workflows import _cls_kernel
-
     _check_x64()
     static = {"test_stat": test_stat}
     if max_steps != DEFAULT_MAX_STEPS:  # the default: the very kernel of `diffhep cls`
         static["max_steps"] = max_steps
-    poi = jnp.asarray(poi_value, dtype=jnp.float64)
+    poi = _f64(poi_value)
     checked = check_samples(spec)  # once: a point checks only the samples its patch adds
     pending: deque = deque()
     for name, ops in points:
@@ -274,7 +273,7 @@ def run_batch(
         cls_obs, cls_exp, converged = exported.call(
             _batched,
             stacked,
-            jnp.asarray(poi_value, dtype=jnp.float64),
+            _f64(poi_value),
             data,
             test_stat=test_stat,
             max_steps=max_steps,

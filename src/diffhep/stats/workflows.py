@@ -20,7 +20,6 @@ import logging
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..errors import DiffhepError, FitError
@@ -74,10 +73,16 @@ def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) ->
     return ws
 
 
+def _f64(x) -> jax.Array:
+    """``jnp.asarray(x, dtype=float64)`` without the jit that stages it (a compilation or a
+    persistent-cache read per shape, tens of ms each)."""
+    return jax.device_put(np.asarray(x, dtype=np.float64))
+
+
 def _model_and_data(ws: Workspace, measurement=None, modifier_settings=None):
     _require_x64()
     model = ws.model(measurement, modifier_settings=modifier_settings)
-    return model, jnp.asarray(ws.data(model), dtype=jnp.float64)
+    return model, _f64(ws.data(model))
 
 
 def _warn_clipped(n, where):
@@ -125,9 +130,7 @@ def cls(
     ws = load_workspace(workspace, patches, patch_name, digest_check)
     model, data = _model_and_data(ws, measurement, modifier_settings)
     _check_poi_value(model, ws, poi_value)
-    r = exported.call(
-        _cls_kernel, model, jnp.asarray(poi_value, dtype=data.dtype), data, test_stat=test_stat
-    )
+    r = exported.call(_cls_kernel, model, _f64(poi_value), data, test_stat=test_stat)
     if not bool(r["converged"]):
         raise FitError(
             "a fit of the hypothesis test did not converge",
@@ -136,7 +139,7 @@ def cls(
             "are common causes",
         )
     _warn_clipped(r["n_clipped"], ws.file or "workspace")
-    return {"CLs_obs": float(r["cls_obs"]), "CLs_exp": [float(x) for x in r["cls_exp"]]}
+    return {"CLs_obs": float(r["cls_obs"]), "CLs_exp": [float(x) for x in np.asarray(r["cls_exp"])]}
 
 
 def _check_poi_value(model, ws, poi_value):
