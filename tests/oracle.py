@@ -65,15 +65,16 @@ def optimizer(name: str):
 
 
 @contextlib.contextmanager
-def pyhf_numpy(opt=None):
-    """pyhf on numpy/float64 with optimiser ``opt`` (default: scipy with tolerance 1e-12).
+def pyhf_numpy(opt=None, backend="numpy"):
+    """pyhf on numpy/float64 with optimiser ``opt`` (default: scipy with tolerance 1e-12);
+    ``backend="jax"``: pyhf's jax backend (float64), whose fits get exact gradients.
 
     pyhf's warnings (e.g. overflow in its numpy code) are silenced: the test suite turns
     warnings into errors, and pyhf is only the oracle here.
     """
     saved = pyhf.get_backend()
     opt = optimizer(opt) if isinstance(opt, str) else opt or optimizer("scipy")
-    pyhf.set_backend("numpy", opt, precision="64b")
+    pyhf.set_backend(backend, opt, precision="64b")
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
