@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
+from diffhep.errors import DataError
 from diffhep.problems import weight_toys as T
 from diffhep.weights.reweight import (
     NegativeMeanWeightWarning,
@@ -173,6 +174,21 @@ def test_pull_variance_floor_where_no_negative_weight_fell():
     f = verify(x, w, new, bins=2, regions={})["features"]["x0"]
     assert np.all(np.isfinite(f["pulls"]))
     assert abs(f["pulls"][1]) < 1.0  # -1 event / sqrt(1000 * 1e-6 + 1.5^2)
+
+
+def test_regions_are_column_expressions():
+    """A region is an expression over the feature names (io.expressions' grammar): its events
+    are counted by hand; a syntax error, an unknown feature and a non-selection are DataErrors
+    naming the region."""
+    x = np.stack([np.linspace(0, 1, 101), np.linspace(1, 0, 101)], axis=1)
+    w = np.ones(101)
+    r = verify(x, w, w, bins=2, regions={"r": "x0 > 0.25 && x1 >= 0.5"})["regions"]["r"]
+    assert r["events"] == int(np.sum((x[:, 0] > 0.25) & (x[:, 1] >= 0.5)))
+    for bad, message in [("x0 >> ", "cannot parse"), ("q > 1", "unknown feature 'q'"),
+                         ("x0 + 1", "not a selection")]:  # fmt: skip
+        with pytest.raises(DataError, match=message) as err:
+            verify(x, w, w, bins=2, regions={"r": bad})
+        assert err.value.where == "regions" and repr(bad) in str(err.value)
 
 
 # ------------------------------------------------------------------ negative E and resampling

@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 
@@ -36,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
-__all__ = ["DIRECTIONS", "RELAXATIONS", "Cut", "CutSpec", "Selection", "parse_expression"]
+__all__ = ["DIRECTIONS", "RELAXATIONS", "Cut", "CutSpec", "Selection"]
 
 RELAXATIONS = ("sigmoid", "erf", "straight_through")
 DIRECTIONS = (">", "<", "window")
@@ -203,7 +202,7 @@ class Selection(eqx.Module):
         """Relaxed selection weight of every event (the product over cuts), ``(n,)``."""
         out = jnp.ones(jnp.shape(x)[0], dtype=jnp.result_type(float))
         for cut in self.cuts:
-            out = out * cut.weight(x, slope)
+            out = out * cut.weight(x, slope).astype(out.dtype)
         return out
 
     def passes(self, x) -> jax.Array:
@@ -273,23 +272,3 @@ class Selection(eqx.Module):
                 }
             rows.append(row)
         return rows
-
-
-_TERM = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>|<)\s*([-+0-9.eE]+|[-+]?inf)\s*$")
-
-
-def parse_expression(expression: str) -> list[tuple[str, str, float]]:
-    """Parse ``"x1 > 1.2 && x2 < 4.5"`` into ``[("x1", ">", 1.2), ("x2", "<", 4.5)]``.
-
-    A window ``a < x < b`` is written (and read) as ``x > a && x < b``.
-    """
-    out = []
-    for k, term in enumerate(expression.split("&&")):
-        m = _TERM.match(term)
-        if not m:
-            raise ValueError(
-                f"selection expression term {k + 1} ({term.strip()!r}) is not of the form "
-                f"'feature > value' or 'feature < value'"
-            )
-        out.append((m.group(1), m.group(2), float(m.group(3))))
-    return out

@@ -47,9 +47,11 @@ def _prepare(values, edges, weights):
     values = jnp.asarray(values)
     edges = jnp.asarray(edges)
     arrays = [values, edges] if weights is None else [values, edges, jnp.asarray(weights)]
-    dtype = jnp.result_type(*arrays)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(dtype, float)
+    # one dtype by design (float32 events, float64 edges or weights): promoted as JAX does
+    with jax.numpy_dtype_promotion("standard"):
+        dtype = jnp.result_type(*arrays)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            dtype = jnp.result_type(dtype, float)
     if values.ndim != 1:
         raise ValueError(f"values must be 1-D (use jax.vmap for batches), got shape {values.shape}")
     if edges.ndim != 1 or edges.shape[0] < 2:

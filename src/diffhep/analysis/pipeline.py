@@ -182,7 +182,7 @@ class Pipeline(eqx.Module):
             w = selected
             for f, lo, hi in ch.region:
                 v = ev.x[:, self._feature(f)]
-                w = w * ((v >= lo) & (v < hi))
+                w = w * ((v >= lo) & (v < hi)).astype(w.dtype)
             if ch.observable == "nn":
                 values = score
             elif ch.observable == "count":
@@ -269,7 +269,8 @@ class Pipeline(eqx.Module):
                 label = jnp.full_like(logits, 1.0 if n == a.signal else 0.0)
                 w = self.event_weights(params, events[n], slope)
                 loss = optax.sigmoid_binary_cross_entropy(logits, label)
-                out["bce"][n] = (jnp.sum(w * loss), jnp.sum(w))
+                dtype = np.promote_types(w.dtype, loss.dtype)  # float32 network, float64 weights
+                out["bce"][n] = (jnp.sum(w.astype(dtype) * loss.astype(dtype)), jnp.sum(w))
         if any(t in YIELD_TERMS for t in terms):
             out["yields"] = {
                 n: self._yields(params, events, (n,), slope) for n in (a.signal, *a.backgrounds)

@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import chi2 as chi2_dist
 
-from ..analysis.cuts import parse_expression
 from ..analysis.histograms import hard_histogram
 from ..errors import DataError
+from ..io.expressions import Expression, ExpressionError
 from ..writers import write_atomic
 from .weighting import effective_sample_size, negative_fraction
 
@@ -99,16 +99,23 @@ def feature_comparison(values, w_orig, w_new, *, bins: int = 20) -> dict | None:
 
 
 def _region_mask(x, names, expression):
-    mask = np.ones(len(x), dtype=bool)
-    for feature, op, value in parse_expression(expression):
+    """The events of ``x`` in the region ``expression`` (a selection over ``names``)."""
+    try:
+        e = Expression(expression)
+    except ExpressionError as exc:
+        raise DataError(f"region {expression!r}: {exc.message}", where="regions",
+                        fix=exc.fix) from None  # fmt: skip
+    for feature in sorted(e.names):
         if feature not in names:
             raise DataError(
                 f"region {expression!r}: unknown feature {feature!r}",
                 where="regions",
                 fix=f"use the feature names {', '.join(names)}",
             )
-        col = x[:, list(names).index(feature)]
-        mask &= col > value if op == ">" else col < value
+    mask = e.evaluate({n: x[:, i] for i, n in enumerate(names)}, len(x))
+    if mask.dtype != bool:
+        raise DataError(f"region {expression!r}: not a selection", where="regions",
+                        fix="compare features with numbers, e.g. 'x0 > 1 && x0 < 2'")  # fmt: skip
     return mask
 
 
