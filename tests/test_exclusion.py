@@ -187,3 +187,16 @@ def test_workers_give_the_same_points(tmp_path):
     local, spread = run(args), run([*args, "--workers", "1"])
     assert local.exit_code == 0 and spread.exit_code == 0, spread.output
     assert lines(spread) == lines(local)
+
+
+def test_a_poi_value_outside_the_bounds_exits_2_as_cls_does(tmp_path):
+    ws_path, _ = _small_points(tmp_path)
+    grid = run(["exclusion", str(ws_path), str(tmp_path / "patch.*.json"), "--poi-value", "1e9"])
+    single = run(["cls", str(ws_path), "-p", str(tmp_path / "patch.s1.json"), "--poi-value",
+                  "1e9"])  # fmt: skip
+    assert grid.exit_code == single.exit_code == 2
+    assert "outside the bounds" in grid.output and "a fit cannot test it" in grid.output
+    message = next(x for x in grid.output.splitlines() if "outside the bounds" in x)
+    assert message.startswith("error: s1: ")  # the point, then the message of cls
+    cut = "at --poi-value: "
+    assert message.split(cut)[1] == single.output.splitlines()[0].split(cut)[1]

@@ -43,7 +43,7 @@ from . import exported
 from .fit import DEFAULT_MAX_STEPS
 from .hypotest import hypotest
 from .validation import check_samples
-from .workflows import _cls_kernel, _f64
+from .workflows import _check_poi_value, _cls_kernel, _f64
 from .workspace import Workspace, apply_patch, load_json, verify_patchset
 
 __all__ = ["batches", "expand_paths", "load_points", "run_batch", "run_points"]
@@ -163,15 +163,7 @@ def _check_x64() -> None:
 def _model_and_data(doc, name, poi_value, measurement, modifier_settings, checked):
     ws = Workspace(doc, file=name, validate_schema=False, checked_samples=checked)
     model = ws.model(measurement, modifier_settings=modifier_settings)
-    lo, hi = model.config.bounds[model.config.poi_index]
-    if not lo <= poi_value <= hi:
-        raise DiffhepError(
-            f"POI value {poi_value:g} is outside the bounds [{lo:g}, {hi:g}] of the POI "
-            f"{model.config.poi_name!r}",
-            file=name,
-            where="--poi-value",
-            fix="test a value inside the bounds",
-        )
+    _check_poi_value(model, ws, poi_value)  # the check and message of `diffhep cls`
     return model, _f64(ws.data(model))
 
 
