@@ -304,3 +304,20 @@ def test_jit_vmap_and_dtypes():
     for out in (*soft_histogram(x32, EDGES, 0.07, w32), *hard_histogram(x32, EDGES, w32)):
         assert out.dtype == jnp.float64
     assert soft_histogram(x32, e32, 0.07, wts[0])[0].dtype == jnp.float64
+
+
+def test_float32_events_with_float64_edges_under_strict_promotion():
+    """This module runs with strict dtype promotion (tests/conftest.py): mixing float32 and
+    float64 implicitly raises here, and the histograms promote their inputs explicitly, so
+    float32 events with float64 edges and weights give the float64 numpy histogram."""
+    with pytest.raises(jax.dtypes.TypePromotionError):
+        _ = jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.float64)
+    x = np.random.default_rng(3).uniform(-0.2, 1.2, 60).astype(np.float32)
+    w = np.linspace(0.5, 1.5, 60)
+    sumw, sumw2 = hard_histogram(jnp.asarray(x), EDGES, w)
+    assert sumw.dtype == jnp.float64
+    ref = _np_hist(x.astype(np.float64), EDGES, w)
+    np.testing.assert_allclose(sumw, ref[0], rtol=1e-13)
+    np.testing.assert_allclose(sumw2, ref[1], rtol=1e-13)
+    soft = soft_histogram(jnp.asarray(x), EDGES, 0.07, w)[0]
+    assert soft.dtype == jnp.float64 and np.isclose(float(soft.sum()), w.sum(), rtol=1e-6)
