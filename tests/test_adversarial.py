@@ -21,9 +21,13 @@ Tolerance: 1e-6 relative plus an absolute part for the rounding noise of pyhf's 
 which adds terms of size ``aux log aux`` (~3e13 for a shapesys with tau = 1e12): 1e-6 plus
 1e-14 times the sum of those terms' magnitudes.
 
-Cost (loaded 2-core machine): the 30 default-run workspaces take ~70 CPU-s, about 10 s
-per model structure (diffhep's fits and the search compile once per structure, shared by
-its draws through ``with_yields``) and ~1-2 s per workspace.
+Cost (2-core machine shared with other sessions, load ~18): this module's default run
+(30 workspaces and 5 small tests) took 73.9 s user + 2.8 s sys: ~10-15 CPU-s per model
+structure (diffhep's fits and the search compile once per structure, shared by its draws
+through ``with_yields``) and ~1-2 CPU-s per workspace. The 20-start reference cost 58-86
+CPU-s per small workspace before (raw-coordinate L-BFGS-B, OpenBLAS threads spinning) and
+0.6-0.9 s now; on a 205-parameter workspace 125 s before, 22 s now (and there the old
+one's best was ~2000x the minimum's -2lnL).
 """
 
 from __future__ import annotations
@@ -469,9 +473,14 @@ def test_adversarial_fits_sweep(seed):
     structures x 5 draws, with pyhf's MINUIT fit as a third reference. Select a sample
     with ``-k``, e.g. ``-m slow -k "sweep and (1000 or 1001)"``.
 
-    Seed 1017 draw 0 (223 parameters) fails on diffhep as of this writing: its mu = 0 fit
-    needs ~700 Newton steps (limit 200) in a narrow valley of stat_5[5] and ss_5_4[5]; the
-    solver's Hessian is being changed for it (issue 20)."""
+    Seed 1017 draw 0 (223 parameters) fails on diffhep as of this writing (main a093d25):
+    its mu = 0 fit needs ~700 Newton steps (limit 200) in a narrow valley of stat_5[5] and
+    ss_5_4[5] (status 1), issue 20. There diffhep's unconverged point is 267 below the
+    multi-start's best: at this size the references are far from exhaustive.
+
+    Cost: 77 CPU-s for that draw (multi-start 34 s, pyhf 28 s, diffhep 7 s; with pyhf's
+    numpy scipy fits and uncapped MINUIT it was 265 s). MINUIT capped at 20000 calls stops
+    far from the minimum on such models (-2lnL +68560 there; uncapped: +0.2, ~200 s)."""
     try:
         out = check_workspace(seed, False, draws=5, minuit_calls=MINUIT_CALLS, scipy_backend="jax")
     finally:  # pyhf's jax fits compile per model and keep it (static argument)
