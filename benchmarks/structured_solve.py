@@ -24,7 +24,7 @@ jax.config.update("jax_enable_x64", True)
 import diffhep  # noqa: E402
 from _docs import write_section  # noqa: E402
 from diffhep.stats.fit import nll, structure_of  # noqa: E402
-from diffhep.stats.solver import _masked, _solve, hessian_parts  # noqa: E402
+from diffhep.stats.linalg import _masked, _solve, hessian_parts  # noqa: E402
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADING = "## Newton step (benchmarks/structured_solve.py)"

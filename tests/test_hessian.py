@@ -10,7 +10,7 @@ import pytest
 
 from adversarial import generate
 from diffhep.stats import fit as fit_mod
-from diffhep.stats import hessian, solver
+from diffhep.stats import hessian, linalg
 from diffhep.stats.model import Model
 from diffhep.stats.workspace import Workspace, builtin_example
 from specs import (
@@ -163,11 +163,11 @@ def test_cholesky_shortcut_equals_eigh(kind):
     for n in (16, 40, 70):
         M = jnp.asarray(_random_matrix(rng, n, kind))
         rhs = jnp.asarray(rng.normal(size=(n, 2)))
-        fast = solver._inv_apply(M, rhs, True)
-        old = solver._CHOLESKY_FROM
+        fast = linalg._inv_apply(M, rhs, True)
+        old = linalg._CHOLESKY_FROM
         try:
-            solver._CHOLESKY_FROM = 10**9
-            ref = solver._inv_apply(M, rhs, True)
+            linalg._CHOLESKY_FROM = 10**9
+            ref = linalg._inv_apply(M, rhs, True)
         finally:
-            solver._CHOLESKY_FROM = old
+            linalg._CHOLESKY_FROM = old
         np.testing.assert_allclose(fast, ref, rtol=1e-7, atol=1e-9 * float(jnp.max(jnp.abs(ref))))

@@ -21,6 +21,7 @@ from jax.scipy import stats
 import oracle
 from diffhep.problems import inferno as I
 from diffhep.problems import toys
+from diffhep.stats.model import Model
 from diffhep.studies import inferno as S
 
 pyhf.set_backend("numpy")
@@ -227,6 +228,30 @@ def test_protocol_model_first_built_inside_a_trace():
     np.testing.assert_allclose(float(jitted(t)), want, rtol=1e-12)
     out = I.expected_uncertainty({k: np.asarray(v) for k, v in t.items()}, 4)
     assert np.isfinite(out["hessian"])
+
+
+@pytest.mark.parametrize("symmetrised", [False, True])
+def test_protocol_model_equals_the_model_of_its_workspace(symmetrised):
+    """protocol_model fills the template arrays directly (no pyhf dict in a training step):
+    with concrete templates it is the model pyhf's route builds from ``workspace`` (every
+    array and the whole config, symmetrised variations included), and traced templates give
+    the same likelihood."""
+    t = {k: np.asarray(v, float) for k, v in _templates().items()}
+    if symmetrised:  # r's up and down on the same side: a symmetrised variation
+        t["background_r_down"] = t["background_r_up"].copy()
+    for k in (0, 2, 4):
+        got = I.protocol_model(t, k)
+        want = Model.from_spec(I.workspace({n: v.tolist() for n, v in t.items()}, k), poi_name="mu")
+        assert got.config == want.config
+        assert got.config.symmetric == (("r",) if symmetrised else ())
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        pars = jnp.asarray(want.config.init) * 1.1
+        data = jnp.asarray(want.expected_data(jnp.asarray(want.config.init)))
+        logpdf = jax.jit(
+            lambda tt, kk, x, d: I.protocol_model(tt, kk).logpdf(x, d), static_argnums=1
+        )
+        np.testing.assert_allclose(logpdf(t, k, pars, data), want.logpdf(pars, data), rtol=1e-13)
 
 
 def _numpy_sigma_r(t):

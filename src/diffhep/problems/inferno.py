@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -49,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import brentq
 
+from ..stats.channels import symmetric_parameters
 from ..stats.fit import covariance, fisher_information, fixed_poi_fit, twice_nll
 from ..stats.model import Model
 
@@ -308,10 +310,28 @@ def _template_model(benchmark, nbins) -> Model:
 
 def protocol_model(templates, benchmark) -> Model:
     """The protocol's model with these templates (JAX arrays allowed: differentiable, and one
-    compiled function per benchmark and number of bins)."""
-    nbins = len(templates["signal"])
-    model = _template_model(benchmark, nbins)
-    return model.with_channels(workspace(templates, benchmark)["channels"])
+    compiled function per benchmark and number of bins).
+
+    The templates go straight into the model's arrays (rows fixed by the model's structure),
+    so a training step builds no pyhf dict; concrete templates also set the model's
+    symmetrised variations, as :meth:`Model.from_spec` of :func:`workspace` would.
+    """
+    model = _template_model(benchmark, len(templates["signal"]))
+    cfg = model.config
+    dtype = model.nominal.dtype
+
+    def rows(names):
+        return jnp.stack([jnp.asarray(templates[n], dtype) for n in names])
+
+    model = model.with_yields(
+        nominal=rows(cfg.samples),
+        histosys_lo=rows(f"{s}_{name}_down" for name, s in cfg.histosys_keys),
+        histosys_hi=rows(f"{s}_{name}_up" for name, s in cfg.histosys_keys),
+    )
+    if isinstance(model.nominal, jax.core.Tracer):
+        return model  # a training step: the structure (and its symmetrised set) is static
+    symmetric = symmetric_parameters(workspace(templates, benchmark))
+    return dataclasses.replace(model, config=dataclasses.replace(cfg, symmetric=symmetric))
 
 
 @eqx.filter_jit

@@ -25,17 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import hessian as hessian_mod
+from .linalg import HessianParts, Structure, _diagonal, _masked, hessian_parts
 from .model import Model
-from .solver import (
-    STATUS_MESSAGES,
-    HessianParts,
-    Structure,
-    _diagonal,
-    _masked,
-    hessian_parts,
-    is_success,
-    minimize,
-)
+from .solver import STATUS_MESSAGES, is_success, minimize
 
 __all__ = [
     "FitResult",

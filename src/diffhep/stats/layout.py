@@ -253,7 +253,7 @@ def _histogram(histograms, key, part, bins):
 
 def _symmetric(analysis) -> tuple:
     """Names of the parameters whose variation is symmetrised by construction (the structural
-    counterpart of the data check in :func:`diffhep.stats.model._symmetric_parameters`)."""
+    counterpart of the data check in :func:`diffhep.stats.channels.symmetric_parameters`)."""
     names = {
         s.name
         for s in analysis.shape_systematics

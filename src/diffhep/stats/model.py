@@ -28,10 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-from dataclasses import dataclass
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -40,188 +36,14 @@ from jax.scipy.special import gammaln, xlogy
 
 from . import interpolation
 from .build import build
+from .channels import symmetric_parameters
+from .channels import with_channels as _with_channels
+from .poisson import _HALF_LOG_2PI, POISSON_FLOOR, _poisson_const, _poisson_rel
+from .structure import ModelConfig, Tables, _onehot, _per_aux, _scatter
 
 __all__ = ["POISSON_FLOOR", "Model", "ModelConfig"]
 
-log = logging.getLogger(__name__)
-
-#: Expected yields below this value are clipped inside the Poisson log-likelihood.
-#: Small enough not to change any physical model (1e-10 events), large enough that
-#: log(lambda) stays finite and well-conditioned.
-POISSON_FLOOR = 1e-10
 _TINY = 1e-300
-#: Models with at most this many (cell, normsys entry) pairs combine normsys factors with a
-#: dense one-hot matrix instead of a gather (faster, but memory grows as cells x entries).
-_DENSE_NORMSYS_LIMIT = 2**22
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Static description of a model, with pyhf's ``model.config`` vocabulary."""
-
-    channels: tuple
-    channel_nbins_items: tuple
-    samples: tuple
-    modifiers: tuple
-    par_order: tuple
-    par_slices: tuple
-    par_is_scalar: tuple
-    par_kinds: tuple
-    par_modtypes: tuple
-    init: tuple
-    bounds: tuple
-    fixed: tuple
-    poi_name: str | None
-    poi_index: int | None
-    auxdata: tuple
-    auxdata_order: tuple
-    modifier_settings: tuple
-    perbin: tuple  # (parameter index, tuple of global bins) for per-bin parameters
-    normsys_keys: tuple = ()  # (modifier, channel, sample) of each normsys entry
-    histosys_keys: tuple = ()  # (modifier, sample) of each histosys template row
-    staterror_keys: tuple = ()  # (modifier, sample) of each staterror template row
-    symmetric: tuple = ()  # names of parameters with a symmetrised (even) variation
-
-    @property
-    def channel_nbins(self) -> dict:
-        return dict(self.channel_nbins_items)
-
-    @property
-    def channel_slices(self) -> dict:
-        out, start = {}, 0
-        for c, n in self.channel_nbins_items:
-            out[c] = slice(start, start + n)
-            start += n
-        return out
-
-    @property
-    def npars(self) -> int:
-        return len(self.init)
-
-    @property
-    def nmaindata(self) -> int:
-        return sum(n for _, n in self.channel_nbins_items)
-
-    @property
-    def nauxdata(self) -> int:
-        return len(self.auxdata)
-
-    @property
-    def parameters(self) -> list:
-        return sorted(self.par_order)
-
-    def par_slice(self, name: str) -> slice:
-        return slice(*self.par_slices[self.par_order.index(name)])
-
-    @property
-    def par_names(self) -> list:
-        """Names including the bin index of per-bin parameters, e.g. ``gamma[0]``."""
-        names = []
-        for name, (a, b), scalar in zip(
-            self.par_order, self.par_slices, self.par_is_scalar, strict=True
-        ):
-            names += [name] if scalar else [f"{name}[{i}]" for i in range(b - a)]
-        return names
-
-    def suggested_init(self) -> list:
-        return list(self.init)
-
-    def suggested_bounds(self) -> list:
-        return [tuple(b) for b in self.bounds]
-
-    def suggested_fixed(self) -> list:
-        return list(self.fixed)
-
-    def interpcode(self, modtype: str) -> str:
-        return dict(self.modifier_settings)[modtype]
-
-
-def _scatter(values, positions, size, fill):
-    out = np.full(size, fill, dtype=np.asarray(values).dtype if len(values) else type(fill))
-    out[np.asarray(positions, dtype=int)] = values
-    return out
-
-
-def _per_aux(b) -> dict:
-    """Per auxiliary datum: which staterror (modifier, bin) gives its width and which shapesys
-    (sample, bin) gives its rate factor; the masks ``se_pos``/``ss_pos`` say where they apply."""
-    A = len(b.aux_par)
-    return dict(
-        se_pos=_scatter(np.ones(len(b.se_pos), bool), b.se_pos, A, False),
-        se_mod=_scatter(b.se_mod, b.se_pos, A, 0),
-        se_bin=_scatter(b.se_bin, b.se_pos, A, 0),
-        ss_pos=_scatter(np.ones(len(b.ss_pos), bool), b.ss_pos, A, False),
-        ss_sample=_scatter(b.ss_sample, b.ss_pos, A, 0),
-        ss_bin=_scatter(b.ss_bin, b.ss_pos, A, 0),
-    )
-
-
-def _onehot(index, n: int) -> np.ndarray:
-    """``out[i, j] = (index[j] == i)``, shape ``(n, len(index))``."""
-    return (np.asarray(index)[None, :] == np.arange(n)[:, None]).astype(float)
-
-
-@dataclass(frozen=True, eq=False)
-class Tables:
-    """The integer structure of a model: index tables and masks as read-only numpy arrays.
-
-    They are a *static* part of :class:`Model` (hashable, compared by value), so compiled
-    functions see them as constants whether the model is closed over or passed as an
-    argument: XLA then folds the gathers and one-hot matrices, which halves both the
-    compile time and the run time of a fit.
-    """
-
-    direct_table: np.ndarray  # (layers, S*B): index into pars + [1]
-    normsys_par: np.ndarray  # (normsys entries,): parameter index
-    normsys_table: np.ndarray  # (layers, S*B): index into normsys entries + [none]
-    histosys_par: np.ndarray  # (histosys entries,)
-    histosys_sample: np.ndarray
-    histosys_mask: np.ndarray  # (histosys entries, bins)
-    staterror_member: np.ndarray  # (staterror modifiers, samples), 0/1
-    staterror_entry_mod: np.ndarray  # (staterror entries,)
-    aux_par: np.ndarray  # (auxiliary data,): parameter index
-    aux_poisson: np.ndarray
-    se_pos: np.ndarray
-    se_mod: np.ndarray
-    se_bin: np.ndarray
-    ss_pos: np.ndarray
-    ss_sample: np.ndarray
-    ss_bin: np.ndarray
-
-    def __post_init__(self):
-        for name in self.__dataclass_fields__:
-            value = np.array(getattr(self, name))
-            if value.dtype.kind in "iu":
-                value = value.astype(np.int32)
-            value.setflags(write=False)
-            object.__setattr__(self, name, value)
-        arrays = [getattr(self, n) for n in self._names]
-        object.__setattr__(self, "_hash", hash(tuple((a.shape, a.tobytes()) for a in arrays)))
-
-    @property
-    def _names(self):
-        return tuple(self.__dataclass_fields__)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, Tables) or hash(self) != hash(other):
-            return False
-        return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in self._names)
-
-    def normsys_onehot(self, entries: int) -> np.ndarray | None:
-        """``(S*B, entries)`` count of each normsys entry per cell, or ``None`` when larger
-        than :data:`_DENSE_NORMSYS_LIMIT` (then a gather is used)."""
-        cells = self.normsys_table.shape[1]
-        if cells * entries > _DENSE_NORMSYS_LIMIT:
-            return None
-        out = np.zeros((cells, entries + 1))
-        for layer in self.normsys_table:
-            out[np.arange(cells), layer] += 1.0
-        return out[:, :entries]
 
 
 class Model(eqx.Module):
@@ -304,7 +126,7 @@ class Model(eqx.Module):
             normsys_keys=tuple(b.normsys_keys),
             histosys_keys=tuple(b.histosys_keys),
             staterror_keys=tuple(b.staterror_keys),
-            symmetric=_symmetric_parameters(spec),
+            symmetric=symmetric_parameters(spec),
         )
         f = jnp.asarray
         return cls(
@@ -376,89 +198,7 @@ class Model(eqx.Module):
             >>> model.with_channels(spec["channels"]).expected_actualdata([1.0]).tolist()
             [8.0, 9.0]
         """
-        cfg = self.config
-        slices = cfg.channel_slices
-        sidx = {s: i for i, s in enumerate(cfg.samples)}
-        dtype = self.nominal.dtype
-        nominal = self.nominal
-        by_sample: dict = {}  # (type, modifier, sample) -> [(slice, data)]
-        normsys: dict = {}
-        for ci, ch in enumerate(channels):
-            if ch["name"] not in slices:
-                raise ValueError(f"channels[{ci}]: channel {ch['name']!r} is not in the model")
-            sl = slices[ch["name"]]
-            for si, sample in enumerate(ch["samples"]):
-                where = f"channels[{ci}].samples[{si}]"
-                if sample["name"] not in sidx:
-                    raise ValueError(f"{where}: sample {sample['name']!r} is not in the model")
-                data = jnp.asarray(sample["data"], dtype=dtype)
-                if data.shape != (sl.stop - sl.start,):
-                    raise ValueError(
-                        f"{where}.data has shape {data.shape}, expected ({sl.stop - sl.start},)"
-                    )
-                nominal = nominal.at[sidx[sample["name"]], sl].set(data)
-                for m in sample.get("modifiers", []):
-                    if m["type"] == "normsys":
-                        normsys[(m["name"], ch["name"], sample["name"])] = m["data"]
-                    elif m["type"] in ("histosys", "staterror"):
-                        key = (m["type"], m["name"], sample["name"])
-                        by_sample.setdefault(key, []).append((sl, m["data"]))
-
-        def assemble(row, pieces, field=None):
-            for sl, d in pieces:
-                values = jnp.asarray(d if field is None else d[field], dtype=dtype)
-                if values.shape != (sl.stop - sl.start,):
-                    what = "staterror data" if field is None else f"histosys {field}"
-                    raise ValueError(
-                        f"{what} has shape {values.shape}, expected ({sl.stop - sl.start},)"
-                    )
-                row = row.at[sl].set(values)
-            return row
-
-        histosys_lo, histosys_hi = self.histosys_lo, self.histosys_hi
-        if cfg.histosys_keys:
-            found = [by_sample.get(("histosys", n, s), []) for n, s in cfg.histosys_keys]
-            starts = [nominal[sidx[s]] for _, s in cfg.histosys_keys]
-            pairs = list(zip(starts, found, strict=True))
-            histosys_lo = jnp.stack([assemble(a, p, "lo_data") for a, p in pairs])
-            histosys_hi = jnp.stack([assemble(a, p, "hi_data") for a, p in pairs])
-        normsys_lo, normsys_hi = self.normsys_lo, self.normsys_hi
-        if cfg.normsys_keys:
-            d = [normsys.get(k) for k in cfg.normsys_keys]
-            normsys_lo = jnp.stack(
-                [
-                    self.normsys_lo[k] if x is None else jnp.asarray(x["lo"], dtype)
-                    for k, x in enumerate(d)
-                ]
-            )
-            normsys_hi = jnp.stack(
-                [
-                    self.normsys_hi[k] if x is None else jnp.asarray(x["hi"], dtype)
-                    for k, x in enumerate(d)
-                ]
-            )
-        staterror = self.staterror_uncrt
-        if cfg.staterror_keys:
-            zeros = jnp.zeros(nominal.shape[1], dtype=dtype)
-            staterror = jnp.stack(
-                [
-                    assemble(zeros, by_sample.get(("staterror", n, s), []))
-                    for n, s in cfg.staterror_keys
-                ]
-            )
-        model = self.with_yields(
-            nominal=nominal,
-            histosys_lo=histosys_lo,
-            histosys_hi=histosys_hi,
-            normsys_lo=normsys_lo,
-            normsys_hi=normsys_hi,
-            staterror_uncrt=staterror,
-        )
-        try:  # concrete templates: their symmetrised variations (traced ones keep this model's)
-            symmetric = _symmetric_parameters({"channels": channels})
-        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-            return model
-        return dataclasses.replace(model, config=dataclasses.replace(cfg, symmetric=symmetric))
+        return _with_channels(self, channels)
 
     # ------------------------------------------------------------------ main model
     def expected_actualdata_by_sample(self, pars) -> jax.Array:
@@ -692,70 +432,3 @@ class Model(eqx.Module):
     def twice_nll(self, pars, data) -> jax.Array:
         """-2 log L, the objective of every fit."""
         return -2.0 * self.logpdf(pars, data)
-
-
-_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
-#: Above this count the constant of the Poisson term comes from Stirling's series (its first
-#: omitted term, 1/(1188 n^9), is below 1e-21 there).
-_STIRLING_FROM = 100.0
-
-
-@jax.custom_jvp
-def _poisson_rel(n, lam):
-    """``n log(lam / n) - (lam - n)`` for ``n, lam > 0``: the Poisson log-likelihood minus its
-    value at ``lam = n``, without cancellation (``log1p`` near ``lam = n``, where the naive
-    ``n log lam - lam`` subtracts two large numbers).
-
-    Its derivatives are given directly (``-(lam - n) / lam`` in ``lam``, ``log(lam / n)`` in
-    ``n``): differentiating the two branches of the value made every Hessian-vector product
-    of a fit ~25% more expensive (50-bin benchmark model)."""
-    d = (lam - n) / n
-    near = jnp.abs(d) < 0.5
-    log_ratio = jnp.where(near, jnp.log1p(jnp.where(near, d, 0.0)), jnp.log(lam / n))
-    return n * (log_ratio - d)
-
-
-@_poisson_rel.defjvp
-def _poisson_rel_jvp(primals, tangents):
-    n, lam = primals
-    dn, dlam = tangents
-    return _poisson_rel(n, lam), jnp.log(lam / n) * dn - (lam - n) / lam * dlam
-
-
-def _poisson_const(n):
-    """``n log n - n - log Gamma(n + 1)`` for ``n > 0`` (the Poisson log-likelihood at its
-    maximum): Stirling's series above :data:`_STIRLING_FROM`, where the three terms cancel to
-    ``-log(2 pi n) / 2``, and the direct formula below."""
-    big = n > _STIRLING_FROM
-    nb = jnp.where(big, n, 2.0 * _STIRLING_FROM)
-    inv = 1.0 / nb
-    inv2 = inv * inv
-    series = -0.5 * jnp.log(nb) - _HALF_LOG_2PI
-    series = series - inv * (1 / 12 - inv2 * (1 / 360 - inv2 * (1 / 1260 - inv2 / 1680)))
-    ns = jnp.where(big, 1.0, n)
-    direct = xlogy(ns, ns) - ns - gammaln(ns + 1.0)
-    return jnp.where(big, series, direct)
-
-
-def _symmetric_parameters(spec) -> tuple:
-    """Names of the histosys/normsys parameters with at least one symmetrised variation
-    (up and down shift the yields the same way: ``hi_data == lo_data``, or ``hi == lo`` for
-    normsys, not nominal). Experiments symmetrise one-sided systematics (e.g. jet energy
-    resolution) so; the likelihood is then (nearly) even in the parameter, with mirror-image
-    minima at +-alpha, and a fit started at 0, where its gradient vanishes, may reach either
-    (see :func:`diffhep.stats.fit.fit`)."""
-    names = set()
-    for channel in spec.get("channels", []):
-        for sample in channel["samples"]:
-            nominal = np.asarray(sample["data"], dtype=float)
-            for m in sample.get("modifiers", []):
-                if m["type"] == "histosys":
-                    hi = np.asarray(m["data"]["hi_data"], dtype=float)
-                    lo = np.asarray(m["data"]["lo_data"], dtype=float)
-                    if np.array_equal(hi, lo) and not np.array_equal(hi, nominal):
-                        names.add(m["name"])
-                elif m["type"] == "normsys":
-                    hi, lo = float(m["data"]["hi"]), float(m["data"]["lo"])
-                    if hi == lo != 1.0:
-                        names.add(m["name"])
-    return tuple(sorted(names))
