@@ -247,3 +247,19 @@ def test_resume_compares_configs_as_values(run_copy):
     path.write_text(yaml.safe_dump(doc, sort_keys=True))
     res = _train(given, "--out", run_copy)
     assert res.exit_code == 0, res.output
+
+
+def test_annealing_schedule():
+    """Bandwidth linear, cut slope geometric from epoch 1 to the last; constant without a
+    final value or with one epoch."""
+    from diffhep.runs.train import annealing
+
+    cfg = load_config(DEMO_CONFIG, ["training.epochs=5", "histogram.bandwidth=0.4",
+                                    "histogram.bandwidth_final=0.2", "selection.slope=2",
+                                    "selection.slope_final=50"])  # fmt: skip
+    hyper = annealing(cfg)
+    assert hyper(1) == pytest.approx({"bandwidth": 0.4, "slope": 2.0})
+    assert hyper(5) == pytest.approx({"bandwidth": 0.2, "slope": 50.0})
+    assert hyper(3) == pytest.approx({"bandwidth": 0.3, "slope": 10.0})  # sqrt(2 * 50)
+    flat = annealing(load_config(DEMO_CONFIG, ["training.epochs=1", "histogram.bandwidth=0.4"]))
+    assert flat(1) == pytest.approx({"bandwidth": 0.4, "slope": 5.0})

@@ -32,7 +32,7 @@ from .config import Config, ConfigError, load_config
 from .evaluate import _as_jax, _metrics_fn, finish, save_model
 from .prepare import _same_events, prepare
 
-__all__ = ["cut_values", "phase_index", "run_optimizer", "train_run"]
+__all__ = ["annealing", "cut_values", "phase_index", "run_optimizer", "train_run"]
 
 
 def _frozen(params, parts):
@@ -167,18 +167,8 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
     def phase(epoch):
         return loss_fns[phase_index(phases, epoch)]
 
-    h, sel = cfg.histogram, cfg.selection
-
-    def hyper(epoch):
-        """Bandwidth annealed linearly, cut slope geometrically, over the epochs."""
-        f = (epoch - 1) / (t.epochs - 1) if t.epochs > 1 else 0.0
-        bw = h.bandwidth if h.bandwidth_final is None else h.bandwidth_final
-        slope = sel.slope if sel.slope_final is None else sel.slope_final
-        return {
-            "bandwidth": h.bandwidth + f * (bw - h.bandwidth),
-            "slope": sel.slope * (slope / sel.slope) ** f,
-        }
-
+    sel = cfg.selection
+    hyper = annealing(cfg)
     if joint.analysis_params(params).selection is not None:
         x_all = np.concatenate([np.asarray(train_ev[n].x) for n in pipe.analysis.samples])
         joint.analysis_params(params).selection.warn_dead(x_all, sel.slope)
@@ -229,6 +219,23 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
         )
     save_model(out, state, cfg)
     return finish(out, pipe, parts, state.best_params, state, metrics, cfg, plots=plots)
+
+
+def annealing(cfg: Config):
+    """``hyper(epoch)`` of a run: the histogram bandwidth annealed linearly and the cut slope
+    geometrically from their values at epoch 1 to their ``*_final`` values at the last."""
+    t, h, sel = cfg.training, cfg.histogram, cfg.selection
+
+    def hyper(epoch):
+        f = (epoch - 1) / (t.epochs - 1) if t.epochs > 1 else 0.0
+        bw = h.bandwidth if h.bandwidth_final is None else h.bandwidth_final
+        slope = sel.slope if sel.slope_final is None else sel.slope_final
+        return {
+            "bandwidth": h.bandwidth + f * (bw - h.bandwidth),
+            "slope": sel.slope * (slope / sel.slope) ** f,
+        }
+
+    return hyper
 
 
 def _parallel(cfg: Config, file=None):
