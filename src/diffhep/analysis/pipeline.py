@@ -223,7 +223,9 @@ class Pipeline(eqx.Module):
         for n in names:
             w = self.event_weights(params, events[n], slope)
             if params.observable is not None:
-                w = w * params.observable(events[n].x)
+                score = params.observable(events[n].x)
+                dtype = np.promote_types(w.dtype, score.dtype)  # float32 network, float64 weights
+                w = w.astype(dtype) * score.astype(dtype)
             total = total + jnp.sum(w)
         return total
 
