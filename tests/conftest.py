@@ -84,9 +84,11 @@ STRICT_PROMOTION = {
     "test_histograms",
     "test_layers",
     "test_likelihood",
+    "test_onnx_export",
     "test_plot_images",
     "test_plotting",
     "test_readme",
+    "test_report_content",
 }
 
 
