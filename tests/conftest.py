@@ -89,6 +89,7 @@ STRICT_PROMOTION = {
     "test_plotting",
     "test_readme",
     "test_report_content",
+    "test_sources",
 }
 
 
