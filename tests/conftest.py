@@ -90,6 +90,7 @@ STRICT_PROMOTION = {
     "test_readme",
     "test_report_content",
     "test_sources",
+    "test_workspace_io",
 }
 
 
