@@ -67,9 +67,10 @@ def tiny_run(tmp_path_factory) -> Path:
 #: implicit promotion (float32 with float64, floats times a bool mask) in the code they call
 #: is an error there, to be written as an explicit cast. The other modules keep the standard
 #: promotion because code they reach still promotes implicitly (issue 19):
-#: - stats/solver.py multiplies Hessian blocks by bool masks (_parts_from_products and its
-#:   dense counterpart: ``* valid[..., None]``), stats/fit.py multiplies the int32 step count
-#:   by a bool (``best.n_steps * (k > 0)``): every fit with per-bin parameters or a restart;
+#: - stats/linalg.py multiplies Hessian blocks by bool masks (the structured parts from
+#:   Hessian-vector products and from a dense Hessian: ``* valid[..., None]``), stats/fit.py
+#:   the int32 step count by a bool (``best.n_steps * (k > 0)``): every fit with per-bin
+#:   parameters or a restart;
 #: - optax's Adam raises a Python float to its int32 step count (bias correction), so every
 #:   training with Adam.
 #: Session fixtures (e.g. ``tiny_run``) are built before a module's setting, with the standard
