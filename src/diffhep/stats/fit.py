@@ -262,7 +262,7 @@ def fit_bounded(
             gain = lower_by > _RESTART_GAIN * jnp.maximum(1.0, jnp.abs(best.fun))
             better = (k == 0) | (need & is_success(new.status) & gain)
             out = jax.tree.map(lambda a, b: jnp.where(better, b, a), best, new)
-            steps = best.n_steps * (k > 0) + jnp.where(need, new.n_steps, 0)
+            steps = jnp.where(k > 0, best.n_steps, 0) + jnp.where(need, new.n_steps, 0)
             return out._replace(n_steps=steps), None
 
         shapes = jax.eval_shape(run, init)  # the carry's structure; replaced at k = 0

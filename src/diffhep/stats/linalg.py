@@ -105,8 +105,9 @@ def _parts_from_products(hv, structure: Structure) -> HessianParts:
     A = hv[:G][:, gidx]
     valid = table >= 0
     safe = jnp.asarray(np.where(valid, table, 0))
-    C = jnp.transpose(hv[:G][:, safe], (1, 2, 0)) * valid[..., None]  # (nb, k, G)
-    D = jnp.transpose(hv[G:][:, safe], (1, 2, 0)) * (valid[..., None] & valid[:, None, :])
+    C = jnp.where(valid[..., None], jnp.transpose(hv[:G][:, safe], (1, 2, 0)), 0.0)  # (nb, k, G)
+    pair = valid[..., None] & valid[:, None, :]
+    D = jnp.where(pair, jnp.transpose(hv[G:][:, safe], (1, 2, 0)), 0.0)
     return HessianParts(A, C, D)
 
 
@@ -116,8 +117,8 @@ def parts_from_dense(H, structure: Structure) -> HessianParts:
     valid = table >= 0
     safe = np.where(valid, table, 0)
     A = H[gidx][:, gidx]
-    C = H[safe][..., gidx] * valid[..., None]  # (nb, k, G)
-    D = H[safe[:, :, None], safe[:, None, :]] * (valid[..., None] & valid[:, None, :])
+    C = jnp.where(valid[..., None], H[safe][..., gidx], 0.0)  # (nb, k, G)
+    D = jnp.where(valid[..., None] & valid[:, None, :], H[safe[:, :, None], safe[:, None, :]], 0.0)
     return HessianParts(A, C, D)
 
 
