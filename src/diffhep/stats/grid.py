@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import DiffhepError
+from ..errors import DiffhepError, require_x64
 from . import exported
 from .fit import DEFAULT_MAX_STEPS
 from .hypotest import hypotest
@@ -152,14 +152,6 @@ def _canonical_samples(spec: dict, doc: dict) -> dict:
     return doc
 
 
-def _check_x64() -> None:
-    if not jax.config.jax_enable_x64:
-        raise DiffhepError(
-            "the statistical layer needs float64",
-            fix="call diffhep.enable_x64() before building models",
-        )
-
-
 def _model_and_data(doc, name, poi_value, measurement, modifier_settings, checked):
     ws = Workspace(doc, file=name, validate_schema=False, checked_samples=checked)
     model = ws.model(measurement, modifier_settings=modifier_settings)
@@ -195,7 +187,7 @@ def run_points(
     :mod:`~diffhep.stats.exported`). JAX dispatches a kernel and returns at once, so the
     models of up to ``ahead`` further points are built (in Python) while it runs.
     """
-    _check_x64()
+    require_x64()
     static = {"test_stat": test_stat}
     if max_steps != DEFAULT_MAX_STEPS:  # the default: the very kernel of `diffhep cls`
         static["max_steps"] = max_steps
@@ -241,7 +233,7 @@ def run_batch(
         One dict per point, in order: ``point``, ``CLs_obs``, ``CLs_exp`` (five values, the
         order of ``pyhf cls``) and ``converged``; the CLs are ``None`` when not converged.
     """
-    _check_x64()
+    require_x64()
     if (pad_to or len(points)) <= 1:  # one point at a time: the kernel of `diffhep cls`
         return list(run_points(spec, points, poi_value=poi_value, test_stat=test_stat,
                                measurement=measurement, modifier_settings=modifier_settings,

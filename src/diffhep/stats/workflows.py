@@ -22,7 +22,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from ..errors import DiffhepError, FitError
+from ..errors import DiffhepError, FitError, require_x64
 from . import exported
 from .fit import DEFAULT_MAX_STEPS, undetermined_names
 from .fit import fit as _fit
@@ -35,14 +35,6 @@ from .workspace import Workspace, load_json, load_patch, validate
 __all__ = ["cls", "demo", "fit", "load_workspace", "toys", "upper_limit"]
 
 log = logging.getLogger(__name__)
-
-
-def _require_x64():
-    if not jax.config.jax_enable_x64:
-        raise DiffhepError(
-            "the statistical layer needs float64",
-            fix="call diffhep.enable_x64() before building models",
-        )
 
 
 def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) -> Workspace:
@@ -80,7 +72,7 @@ def _f64(x) -> jax.Array:
 
 
 def _model_and_data(ws: Workspace, measurement=None, modifier_settings=None):
-    _require_x64()
+    require_x64()
     model = ws.model(measurement, modifier_settings=modifier_settings)
     return model, _f64(ws.data(model))
 
