@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import interpolation
+from .structure import _onehot
 
 __all__ = ["supports", "value_grad_hessian"]
 
@@ -69,7 +70,7 @@ def _plan(tables, config):
         sp = np.zeros((S * P, E))
         sp[tables.histosys_sample * P + tables.histosys_par, np.arange(E)] = 1.0
         plan["histosys"] = sp  # (S*P, E): entry -> (sample, parameter)
-        plan["histosys_sample"] = (tables.histosys_sample[None, :] == np.arange(S)[:, None]) * 1.0
+        plan["histosys_sample"] = _onehot(tables.histosys_sample, S)  # (S, E)
     if En:
         plan["normsys_cells"] = tables.normsys_onehot(En)  # (cells, En)
         par = np.zeros((En, P))
