@@ -9,11 +9,8 @@ Example:
 """
 
 from .stats.fit import FitResult as FitResult
-from .stats.fit import covariance as covariance
-from .stats.fit import fisher_information as fisher_information
 from .stats.fit import fit as fit
 from .stats.fit import fixed_poi_fit as fixed_poi_fit
-from .stats.fit import hessian as hessian
 from .stats.fit import twice_nll as twice_nll
 from .stats.hypotest import DiscoveryResult as DiscoveryResult
 from .stats.hypotest import HypotestResult as HypotestResult
@@ -23,3 +20,6 @@ from .stats.hypotest import hypotest as hypotest
 from .stats.hypotest import test_statistic as test_statistic
 from .stats.limits import UpperLimit as UpperLimit
 from .stats.limits import upper_limit as upper_limit
+from .stats.uncertainties import covariance as covariance
+from .stats.uncertainties import fisher_information as fisher_information
+from .stats.uncertainties import hessian as hessian

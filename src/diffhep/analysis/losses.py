@@ -36,14 +36,14 @@ from jax.scipy.special import ndtr
 from ..stats.fit import (
     DEFAULT_MAX_STEPS,
     DEFAULT_TOL,
-    covariance,
     fit_bounded,
     fit_defaults,
     poi_index,
 )
-from ..stats.fit import fisher_information as _fisher_information
 from ..stats.model import Model
 from ..stats.numerics import safe_sqrt
+from ..stats.uncertainties import covariance
+from ..stats.uncertainties import fisher_information as _fisher_information
 
 __all__ = [
     "YIELD_EPS",

@@ -51,8 +51,9 @@ import numpy as np
 from scipy.optimize import brentq
 
 from ..stats.channels import symmetric_parameters
-from ..stats.fit import covariance, fisher_information, fixed_poi_fit, twice_nll
+from ..stats.fit import fixed_poi_fit, twice_nll
 from ..stats.model import Model
+from ..stats.uncertainties import covariance, fisher_information
 
 __all__ = [
     "BENCHMARKS",

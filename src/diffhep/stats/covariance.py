@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import DiffhepError, FitError
-from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, covariance, fit_bounded, fit_defaults, hessian
+from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults
 from .model import Model
+from .uncertainties import covariance, hessian
 
 __all__ = [
     "PostFit",

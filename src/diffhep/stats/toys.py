@@ -122,7 +122,7 @@ def default_batch(model: Model) -> int:
     slower than one by one (memory-bound, and a batched Newton loop runs until its slowest
     toy converges), so it gets 1.
     """
-    from .fit import structure_of
+    from .uncertainties import structure_of
 
     st = structure_of(model.config)
     gidx, table = st.arrays()

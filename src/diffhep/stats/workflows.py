@@ -24,12 +24,13 @@ import numpy as np
 
 from ..errors import DiffhepError, FitError, require_x64
 from . import exported
-from .fit import DEFAULT_MAX_STEPS, undetermined_names
+from .fit import DEFAULT_MAX_STEPS
 from .fit import fit as _fit
 from .hypotest import hypotest as _hypotest
 from .limits import LIMIT_NAMES, check_level
 from .limits import upper_limit as _upper_limit
 from .model import POISSON_FLOOR
+from .uncertainties import undetermined_names
 from .workspace import Workspace, load_json, load_patch, validate
 
 __all__ = ["cls", "demo", "fit", "load_workspace", "toys", "upper_limit"]
