@@ -657,7 +657,7 @@ def test_a_validated_text_is_not_validated_again_with_a_store(tmp_path, monkeypa
     """With the kernel store on, a file whose exact text passed the schema is not validated
     again (a marker named by its digest); another text, or an invalid one, always is."""
     from diffhep.stats import exported
-    from diffhep.stats import workspace as wsmod
+    from diffhep.stats import schema as wsmod  # where load_json looks validate up
 
     calls = []
     real = wsmod.validate

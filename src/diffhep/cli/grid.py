@@ -43,7 +43,7 @@ _DEFAULT_BATCH = {"cpu": 1, "gpu": 32}
 
 def _compute(workspace, patches, digest_check, batch_size, workers, scheduler, options):
     from ..stats import grid
-    from ..stats.workspace import load_json
+    from ..stats.schema import load_json
 
     spec, _ = load_json(workspace, schema="workspace.json")
     points = grid.load_points(spec, patches, digest_check=digest_check)

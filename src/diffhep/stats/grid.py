@@ -42,9 +42,11 @@ from ..errors import DiffhepError, require_x64
 from . import exported
 from .fit import DEFAULT_MAX_STEPS
 from .hypotest import hypotest
+from .patches import apply_patch, verify_patchset
+from .schema import load_json
 from .validation import check_samples
 from .workflows import _check_poi_value, _cls_kernel, _f64
-from .workspace import Workspace, apply_patch, load_json, verify_patchset
+from .workspace import Workspace
 
 __all__ = ["batches", "expand_paths", "load_points", "run_batch", "run_points"]
 

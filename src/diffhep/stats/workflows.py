@@ -30,8 +30,10 @@ from .hypotest import hypotest as _hypotest
 from .limits import LIMIT_NAMES, check_level
 from .limits import upper_limit as _upper_limit
 from .model import POISSON_FLOOR
+from .patches import load_patch
+from .schema import load_json, validate
 from .uncertainties import undetermined_names
-from .workspace import Workspace, load_json, load_patch, validate
+from .workspace import Workspace
 
 __all__ = ["cls", "demo", "fit", "load_workspace", "toys", "upper_limit"]
 
