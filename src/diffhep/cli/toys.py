@@ -176,9 +176,9 @@ def merge_toys(files, save_toys, max_nonconverged, output_file):
     check_toy_options(1, None, None, save_toys, None)
 
     def work():
-        from ..stats import toys
+        from ..stats import toy_results
 
-        return toys.merge([toys.load(f) for f in files], list(files))
+        return toy_results.merge([toy_results.load(f) for f in files], list(files))
 
     finish(run(work), save_toys, output_file, max_nonconverged)
 
