@@ -205,7 +205,8 @@ def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
     :mod:`diffhep.runs.diagnostics`) and ``report.html``; what fails is named in
     ``summary["failed"]`` and makes the status ``incomplete``."""
     from .diagnostics import enabled, write_diagnostics
-    from .report import write_html, write_plots
+    from .plots import write_plots
+    from .report import write_html
 
     plot_dir = out / "plots"
     for old in plot_dir.glob("*.png"):

@@ -1,9 +1,5 @@
-"""The plots and the HTML report of a run directory.
-
-``plots/``: training curves, cut values and selected fraction vs epoch, stacked histograms
-(with the systematic variations, an uncertainty band and a ratio panel), the cut flow, the
-ROC curve, the observable against each input feature and, for 2-D inputs, the observable
-over the input plane; in the experiment style of ``report.style``.
+"""The HTML report of a run directory (its plots: :mod:`diffhep.runs.plots`, whose
+``write_plots`` is importable from here).
 
 ``report.html``: one self-contained page (no external resources, every plot embedded as a
 base64 PNG) with the metrics, the cut flow, the fit diagnostics of the trained analysis
@@ -25,161 +21,16 @@ from __future__ import annotations
 import base64
 import html
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
-from ..plotting import runs as plotting
 from ..writers import write_atomic
 from .diagnostics import PLOTS as DIAGNOSTIC_PLOTS
-
-log = logging.getLogger(__name__)
+from .plots import _band as _band
+from .plots import write_plots
 
 __all__ = ["write_html", "write_plots"]
-
-
-def _band(pipe, hists, channel, total):
-    """Per-bin (low, high) of the total: shape systematics (up/down templates), normalisation
-    systematics (lo/hi factors of their samples) and MC statistics, in quadrature."""
-    a = pipe.analysis
-    shifts = [
-        tuple(total + d for d in delta) for delta in _shape_deltas(a, hists, channel).values()
-    ]
-    for s in a.norm_systematics:
-        part = sum(np.asarray(hists[(channel, n)][0]) for n in s.samples)
-        shifts.append((total + (s.hi - 1) * part, total + (s.lo - 1) * part))
-    stat = np.sqrt(sum(np.asarray(hists[(channel, n)][1]) for n in a.samples))
-    return plotting.uncertainty_band(total, shifts, stat)
-
-
-def _shape_deltas(a, hists, channel) -> dict:
-    """``{systematic: (up - nominal, down - nominal)}`` summed over the samples it varies
-    (one parameter: the samples move together)."""
-    out = {}
-    for s in a.shape_systematics:
-        nominal = np.asarray(hists[(channel, s.sample)][0])
-        d = tuple(np.asarray(hists[(channel, n)][0]) - nominal for n in (s.up, s.down))
-        old = out.get(s.name)
-        out[s.name] = d if old is None else (old[0] + d[0], old[1] + d[1])
-    return out
-
-
-def write_plots(
-    plot_dir: Path,
-    pipe,
-    params,
-    test_events,
-    hists,
-    state=None,
-    style=None,
-    masks=None,
-    stacked: dict | None = None,
-) -> dict:
-    """Write the standard plots (in ``style``: plain, ATLAS, CMS or LHCb).
-
-    ``stacked`` holds keyword arguments of the histograms' :func:`~diffhep.plotting.runs.
-    plot_stacked` (``logy``, ``signal_overlay``: ``report.log_y``, ``report.signal_overlay``).
-
-    A plot that fails does not stop the others: it is logged and named in the result.
-    ``masks`` (``{object feature: mask feature}``, :func:`diffhep.runs.ntuples.object_masks`)
-    keeps zero-padded objects and the masks out of the observable-vs-features panels.
-
-    Returns:
-        ``{"auc": ..., "failed": {"plots/<file>": "<error>"}}``.
-    """
-    plot_dir = Path(plot_dir)
-    failed = {}
-
-    def draw(name, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs, style=style)
-        except Exception as exc:  # one broken plot must not lose the run
-            failed[f"plots/{name}"] = f"{type(exc).__name__}: {exc}"
-            log.error("plot %s failed: %s: %s", name, type(exc).__name__, exc)
-            return None
-
-    auc = _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks,
-                      stacked or {})  # fmt: skip
-    return {"auc": None if auc is None else float(auc), "failed": failed}
-
-
-def _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks, stacked):
-    a = pipe.analysis
-    if state is not None and state.history:
-        draw("training.png", plotting.plot_training, state.history, plot_dir / "training.png")
-        cuts = sorted({k for row in state.history for k in row if k.startswith("cut")})
-        if cuts:
-            metrics = [*cuts, "val_selected_fraction"]
-            draw("cuts.png", plotting.plot_training, state.history, plot_dir / "cuts.png",
-                 metrics=metrics)  # fmt: skip
-    for ch, binning in zip(a.channels, params.binnings, strict=True):
-        edges = np.asarray(binning.edges())
-        samples = {n: np.asarray(hists[(ch.name, n)][0]) for n in (*a.backgrounds, a.signal)}
-        total = sum(samples.values())
-        variations = {}
-        for sys_name, (up, down) in _shape_deltas(a, hists, ch.name).items():
-            variations[f"{sys_name} up"] = total + up
-            variations[f"{sys_name} down"] = total + down
-        name = f"histograms_{ch.name}.png"
-        draw(
-            name,
-            plotting.plot_stacked,
-            edges,
-            samples,
-            a.signal,
-            plot_dir / name,
-            variations=variations or None,
-            title=ch.name,
-            band=_band(pipe, hists, ch.name, total),
-            xlabel="observable" if ch.observable == "nn" else ch.observable,
-            **stacked,
-        )
-    events = {n: (np.asarray(test_events[n].x), np.asarray(test_events[n].w)) for n in a.event_sets}
-    nominal = {n: events[n] for n in a.samples}
-    if params.selection is not None:
-        rows = params.selection.cutflow(nominal, pipe.features)
-        draw("cutflow.png", plotting.plot_cutflow, rows, plot_dir / "cutflow.png")
-        # the score plots show the events the selection keeps (hard cuts), as analysed
-        keep = {
-            n: np.asarray(params.selection.passes(x), dtype=bool) for n, (x, _) in events.items()
-        }
-        events = {n: (x[keep[n]], w[keep[n]]) for n, (x, w) in events.items()}
-        nominal = {n: events[n] for n in a.samples}
-    obs = params.observable
-    if obs is None:  # cuts alone: no score to draw
-        return None
-    sig_x, sig_w = nominal[a.signal]
-    bkg_x = np.concatenate([nominal[n][0] for n in a.backgrounds])
-    bkg_w = np.concatenate([nominal[n][1] for n in a.backgrounds])
-    auc = None
-    if np.sum(sig_w) != 0 and np.sum(bkg_w) != 0:
-        auc = draw("roc.png", plotting.plot_roc, np.asarray(obs(sig_x)), sig_w,
-                   np.asarray(obs(bkg_x)), bkg_w, plot_dir / "roc.png")  # fmt: skip
-    else:
-        log.warning("the selection keeps no signal or no background test events: no ROC curve")
-    nominal = {n: (x, w) for n, (x, w) in nominal.items() if len(x)}
-    if nominal:
-        draw(
-            "observable_vs_features.png",
-            plotting.plot_observable_vs_features,
-            {n: np.asarray(obs(x)) for n, (x, _) in nominal.items()},
-            {n: x for n, (x, _) in nominal.items()},
-            pipe.features,
-            plot_dir / "observable_vs_features.png",
-            weights={n: w for n, (_, w) in nominal.items()},
-            masks=masks,
-        )
-    if len(pipe.features) == 2:
-        draw(
-            "observable_2d.png",
-            plotting.plot_observable_2d,
-            lambda x: np.asarray(obs(x)),
-            plot_dir / "observable_2d.png",
-            samples={n: x for n, (x, _) in events.items() if len(x)},
-            feature_names=pipe.features,
-        )
-    return auc
 
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
