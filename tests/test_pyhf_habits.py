@@ -50,6 +50,21 @@ def test_pyhf_spellings_and_output_file(ws_file, tmp_path):
     assert res.exit_code == 2 and "--output-file" in res.stderr
 
 
+def test_every_command_with_a_test_statistic_takes_pyhf_teststat():
+    """cls, upper-limit and exclusion share one --test-stat option: each parses pyhf's
+    ``--teststat q`` (exclusion did not before) and offers the same choices and help."""
+    from diffhep.cli.grid import exclusion
+    from diffhep.cli.stats import cls, upper_limit
+
+    options = []
+    for cmd, args in ((cls, ["ws.json"]), (upper_limit, ["ws.json"]),
+                      (exclusion, ["ws.json", "patch.json"])):  # fmt: skip
+        assert cmd.make_context(cmd.name, [*args, "--teststat", "q"]).params["test_stat"] == "q"
+        opt = next(p for p in cmd.params if p.name == "test_stat")
+        options.append((tuple(opt.opts), tuple(opt.type.choices), opt.default, opt.help))
+    assert len(set(options)) == 1, options
+
+
 def test_fit_has_pyhf_fields(ws_file):
     """``fit --value`` gives pyhf's ``mle_parameters`` (values by parameter set) and
     ``twice_nll`` beside the by-name fields; compared with pyhf's ``mle.fit``."""

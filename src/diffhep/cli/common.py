@@ -91,3 +91,13 @@ overrides = click.option(
     metavar="KEY=VALUE",
     help="Override a config value, e.g. --set training.epochs=3 (repeatable).",
 )
+
+#: The test statistic of ``cls``, ``upper-limit`` and ``exclusion`` (pyhf spells it --teststat).
+with_test_stat = click.option(
+    "--test-stat",
+    "--teststat",
+    type=click.Choice(["qtilde", "q"]),
+    default="qtilde",
+    show_default=True,
+    help="Test statistic: q~_mu (qtilde, bounded POI) or q_mu (pyhf: --teststat).",
+)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import common
-from .common import run, setup
+from .common import run, setup, with_test_stat
 
 COLUMNS = ["point", "CLs_obs", "CLs_exp_m2", "CLs_exp_m1", "CLs_exp_0", "CLs_exp_p1",
            "CLs_exp_p2", "converged"]  # fmt: skip
@@ -120,9 +120,7 @@ def _plot(rows, path, pattern, x, y, xlabel, ylabel):
     help="Apply patchsets even if their metadata.digests do not match WORKSPACE.",
 )
 @click.option("--poi-value", type=float, default=1.0, show_default=True)
-@click.option(
-    "--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True
-)
+@with_test_stat
 @click.option("--measurement", default=None, help="Measurement name.")
 @click.option(
     "--max-steps",

@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import common as cli_common
-from .common import output, run
+from .common import output, run, with_test_stat
 from .toys import check_toy_options, finish, run_toys, toy_options
 
 
@@ -38,14 +38,6 @@ _digest = click.option(
 
 
 _measurement = click.option("--measurement", default=None, help="Measurement name.")
-_test_stat = click.option(
-    "--test-stat",
-    "--teststat",
-    type=click.Choice(["qtilde", "q"]),
-    default="qtilde",
-    show_default=True,
-    help="Test statistic: q~_mu (qtilde, bounded POI) or q_mu (pyhf: --teststat).",
-)
 
 
 _codes = [
@@ -142,7 +134,7 @@ def _on_workspace(fn, common: dict, **kwargs):
     show_default=True,
     help="POI value to test (pyhf: --testpoi / --test-poi).",
 )
-@_test_stat
+@with_test_stat
 @toy_options
 def cls(output_file, poi_value, test_stat, ntoys, seed, first_toy, save_toys, max_nonconverged,
         chunk_size, **common):  # fmt: skip
@@ -203,7 +195,7 @@ def _numbers(text, param, count=None):
 @click.option(
     "--level", type=float, default=0.05, show_default=True, help="CLs level (0 < level < 1)."
 )
-@_test_stat
+@with_test_stat
 @click.option(
     "--scan",
     metavar="START,STOP,NUM",
