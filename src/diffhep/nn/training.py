@@ -254,15 +254,7 @@ def train(
             ``loss_fn`` (e.g. :func:`diffhep.analysis.chunked.make_step` for chunked gradients).
     """
     run_dir = Path(run_dir) if run_dir is not None else None
-    opt_state = optimizer.init(eqx.filter(params, eqx.is_inexact_array))
-    state = TrainState(params, opt_state, params)
-    if run_dir is not None and resume:
-        state = load_checkpoint(run_dir, state) or state
-    if state.status in ("nan",):
-        raise TrainingError(
-            f"the run in {run_dir} stopped on a non-finite loss; not resuming",
-            fix="change the configuration and start a new run",
-        )
+    state = _initial_state(params, optimizer, run_dir, resume)
     steps = {}
 
     def step_for(fn):
@@ -270,17 +262,7 @@ def train(
             steps[fn] = (make_step or _make_step)(fn, optimizer)
         return steps[fn]
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=not progress,
-        transient=False,
-    )
+    bar = _progress_bar(progress)
     with bar:
         while state.epoch < epochs and state.status == "running":
             epoch = state.epoch + 1
@@ -292,50 +274,97 @@ def train(
             hp = {k: jnp.asarray(v) for k, v in (hyper(epoch) if hyper else {}).items()}
             epoch_batches = list(batches(epoch))
             task = bar.add_task("", total=len(epoch_batches), epoch=epoch, info="")
-            losses, auxes = [], []
-            for i, batch in enumerate(epoch_batches):
-                t0 = time.perf_counter()
-                new_params, new_opt, loss, aux, ok = step(state.params, state.opt_state, batch, hp)
-                loss = float(loss)  # blocks until the step is done
-                dt = time.perf_counter() - t0
-                if not bool(ok):
-                    state.status = "nan"
-                    if run_dir is not None:
-                        save_checkpoint(run_dir, state)
-                    raise TrainingError(
-                        f"non-finite loss or gradient at epoch {epoch}, step {state.step + 1} "
-                        f"(loss = {loss}); the last good state is saved"
-                        + (f" in {run_dir}" if run_dir else ""),
-                        fix="lower the learning rate, widen the histogram bandwidth, or check "
-                        "the inputs",
-                    )
-                if not (compiles and i == 0):
-                    state.step_seconds.append(dt)
-                state.params, state.opt_state = new_params, new_opt
-                state.step += 1
-                losses.append(loss)
-                auxes.append({k: float(v) for k, v in aux.items()})
-                bar.update(task, advance=1, info=f"loss {loss:.4g}")
-            record = {"epoch": epoch, "step": state.step, "loss": float(np.mean(losses))}
-            for k in auxes[0] if auxes else ():
-                record[k] = float(np.mean([a[k] for a in auxes]))
-            if validate is not None:
-                record.update(validate(state.params))
-            value = record[select_on] if select_on else record["loss"]
-            better = state.best_value is None or (
-                value > state.best_value if maximize else value < state.best_value
-            )
-            if better and np.isfinite(value):
-                state.best_value, state.best_epoch, state.best_params = value, epoch, state.params
-            record["best_epoch"] = state.best_epoch
-            state.history.append(record)
-            state.epoch = epoch
-            if patience is not None and state.best_epoch is not None:
-                if epoch - state.best_epoch >= patience:
-                    state.status = "early-stopped"
-            if state.epoch >= epochs and state.status == "running":
-                state.status = "finished"
-            if run_dir is not None:
-                save_checkpoint(run_dir, state)
+            losses, auxes = _run_steps(state, step, epoch_batches, hp, epoch, compiles, run_dir,
+                                       bar, task)  # fmt: skip
+            record = _end_epoch(state, epoch, losses, auxes, epochs, validate, select_on,
+                                maximize, patience, run_dir)  # fmt: skip
             bar.update(task, info=describe(record) if describe else f"loss {record['loss']:.4g}")
     return state
+
+
+def _initial_state(params, optimizer, run_dir, resume) -> TrainState:
+    """Fresh parameters and optimiser state, or the checkpoint in ``run_dir`` to resume (not
+    one that stopped on a non-finite loss)."""
+    opt_state = optimizer.init(eqx.filter(params, eqx.is_inexact_array))
+    state = TrainState(params, opt_state, params)
+    if run_dir is not None and resume:
+        state = load_checkpoint(run_dir, state) or state
+    if state.status in ("nan",):
+        raise TrainingError(
+            f"the run in {run_dir} stopped on a non-finite loss; not resuming",
+            fix="change the configuration and start a new run",
+        )
+    return state
+
+
+def _progress_bar(progress: bool):
+    """The rich progress line of :func:`train` (disabled: ``progress=False``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not progress,
+        transient=False,
+    )
+
+
+def _run_steps(state, step, epoch_batches, hp, epoch, compiles, run_dir, bar, task):
+    """One epoch's optimiser steps on ``state`` (updated in place): their losses and aux
+    values. A non-finite loss or gradient saves the last good state and raises; the first
+    step of a new objective (it compiles) is not timed."""
+    losses, auxes = [], []
+    for i, batch in enumerate(epoch_batches):
+        t0 = time.perf_counter()
+        new_params, new_opt, loss, aux, ok = step(state.params, state.opt_state, batch, hp)
+        loss = float(loss)  # blocks until the step is done
+        dt = time.perf_counter() - t0
+        if not bool(ok):
+            state.status = "nan"
+            if run_dir is not None:
+                save_checkpoint(run_dir, state)
+            raise TrainingError(
+                f"non-finite loss or gradient at epoch {epoch}, step {state.step + 1} "
+                f"(loss = {loss}); the last good state is saved"
+                + (f" in {run_dir}" if run_dir else ""),
+                fix="lower the learning rate, widen the histogram bandwidth, or check the inputs",
+            )
+        if not (compiles and i == 0):
+            state.step_seconds.append(dt)
+        state.params, state.opt_state = new_params, new_opt
+        state.step += 1
+        losses.append(loss)
+        auxes.append({k: float(v) for k, v in aux.items()})
+        bar.update(task, advance=1, info=f"loss {loss:.4g}")
+    return losses, auxes
+
+
+def _end_epoch(state, epoch, losses, auxes, epochs, validate, select_on, maximize, patience,
+               run_dir) -> dict:  # fmt: skip
+    """The epoch's record (mean loss and aux values, validation metrics) added to the
+    history, the best parameters, the stop conditions and the checkpoint."""
+    record = {"epoch": epoch, "step": state.step, "loss": float(np.mean(losses))}
+    for k in auxes[0] if auxes else ():
+        record[k] = float(np.mean([a[k] for a in auxes]))
+    if validate is not None:
+        record.update(validate(state.params))
+    value = record[select_on] if select_on else record["loss"]
+    better = state.best_value is None or (
+        value > state.best_value if maximize else value < state.best_value
+    )
+    if better and np.isfinite(value):
+        state.best_value, state.best_epoch, state.best_params = value, epoch, state.params
+    record["best_epoch"] = state.best_epoch
+    state.history.append(record)
+    state.epoch = epoch
+    if patience is not None and state.best_epoch is not None:
+        if epoch - state.best_epoch >= patience:
+            state.status = "early-stopped"
+    if state.epoch >= epochs and state.status == "running":
+        state.status = "finished"
+    if run_dir is not None:
+        save_checkpoint(run_dir, state)
+    return record
