@@ -208,3 +208,26 @@ def test_every_package_is_a_regular_package_and_tracked():
         ["git", "check-ignore", "--no-index", *files], cwd=root, capture_output=True, text=True
     )
     assert out.stdout.strip() == "", f"source files ignored by .gitignore:\n{out.stdout}"
+
+
+def test_every_module_is_listed_in_architecture():
+    """ARCHITECTURE.md's module list has a line for every module (package ``__init__`` and
+    ``__main__`` files apart): a new or moved module gets its line in the same change."""
+    text = (SRC.parents[1] / "ARCHITECTURE.md").read_text()
+    block = text.split("## Modules")[1].split("```")[1]
+    listed = set()
+    for line in block.splitlines():
+        words = line.split()
+        names = words[:1]
+        while names and names[-1].endswith(",") and len(names) < len(words):
+            names.append(words[len(names)])
+        names = [n.rstrip(",") for n in names]
+        folder = names[0].rpartition("/")[0] if names else ""
+        listed |= {(folder, n.rpartition("/")[2]) for n in names}
+    missing = [
+        str(p.relative_to(SRC))
+        for p in sorted(SRC.rglob("*.py"))
+        if p.name not in ("__init__.py", "__main__.py")
+        and (str(p.parent.relative_to(SRC)).replace(".", ""), p.name) not in listed
+    ]
+    assert not missing, "modules without a line in ARCHITECTURE.md:\n" + "\n".join(missing)
