@@ -265,11 +265,13 @@ def _train_cmd(config, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def run_env(tmp_path_factory):
+def run_env():
     """The environment of this module's ``diffhep train`` processes: the CLI's persistent
-    compilation cache (its default) in a directory of their own, so that the killed and the
-    resumed run load what the uninterrupted run compiled (37 -> 14 s CPU each)."""
-    return {**os.environ, "DIFFHEP_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
+    compilation cache (its default) in the test session's cache (tests/conftest.py; same XLA
+    flags), so that the killed and the resumed run load what the uninterrupted run compiled
+    (37 -> 14 s CPU each), and the in-process tests here (the run's step, its evaluation)
+    load what the runs compiled, or the runs what they compiled."""
+    return {**os.environ, "DIFFHEP_CACHE_DIR": os.environ["DIFFHEP_TEST_COMPILATION_CACHE"]}
 
 
 @pytest.fixture(scope="module")
@@ -361,22 +363,26 @@ def test_evaluate_recomputes_the_summary(uninterrupted, tmp_path):
 
 def test_pipeline_step_compiles_once():
     """The real CLs step (soft histograms -> model -> fit -> CLs) is traced once over epochs
-    with an annealed bandwidth: the model is never rebuilt or recompiled."""
+    with an annealed bandwidth: the model is never rebuilt or recompiled. (The step of this
+    module's runs: their optimiser and hyperparameters, so the session's compilation cache
+    serves whichever compiles it second; see ``run_env``.)"""
     from diffhep.io.datasets import batches
     from diffhep.runs.evaluate import _as_jax
     from diffhep.runs.prepare import prepare
-    from diffhep.runs.train import _loss_fn
+    from diffhep.runs.train import _loss_fn, annealing, run_optimizer
 
     cfg = load_config(CLS_EXAMPLE, [*SMALL, "histogram.bandwidth_final=0.1"])
     pipe, parts, params = prepare(cfg)
     loss = eqx.debug.assert_max_traces(_loss_fn(pipe, {"cls": 1.0}), max_traces=1)
+    hyper = annealing(cfg)
+    assert hyper(2)["bandwidth"] < hyper(1)["bandwidth"]  # changes every epoch
     state = train(
         params,
         loss,
-        optax.adam(1e-3),
+        run_optimizer(cfg, params),
         epochs=2,
         batches=lambda e: [_as_jax(b) for b in batches(parts["train"], 400, 0, e)],
-        hyper=lambda e: {"bandwidth": 0.3 - 0.1 * e},
+        hyper=hyper,
         progress=False,
     )
     assert state.step == 2 * (len(parts["train"]["signal"].w) // 400)
