@@ -12,6 +12,8 @@ from pathlib import Path
 import jax
 import pytest
 
+import session_shared
+
 jax.config.update("jax_enable_x64", True)
 # no user-level persistent compilation cache in tests (the CLI enables one): entries written by
 # other processes with other XLA flags (e.g. simulated devices) must not be read back here
@@ -33,18 +35,21 @@ def pytest_configure(config):
     103.7 -> 94.5 s; elsewhere it neither gains nor costs (four analysis test files in one
     process: 101.8 s without, 98.4 s with). Only this session's pytest processes read it:
     subprocesses do not (``DIFFHEP_CACHE_DIR`` is empty), nor does a later session."""
+    config._diffhep_owned = []
     if not os.environ.get(_CACHE_ENV):
         os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="diffhep-test-jax-cache-")
-        config._diffhep_cache_owner = os.environ[_CACHE_ENV]
+        config._diffhep_owned.append(_CACHE_ENV)
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # results built once per session for every worker (tests/session_shared.py)
+    if not os.environ.get(session_shared.ENV):
+        os.environ[session_shared.ENV] = tempfile.mkdtemp(prefix="diffhep-test-shared-")
+        config._diffhep_owned.append(session_shared.ENV)
 
 
 def pytest_unconfigure(config):
-    owned = getattr(config, "_diffhep_cache_owner", None)
-    if owned:
-        shutil.rmtree(owned, ignore_errors=True)
-        os.environ.pop(_CACHE_ENV, None)
+    for env in getattr(config, "_diffhep_owned", ()):
+        shutil.rmtree(os.environ.pop(env), ignore_errors=True)
 
 
 SBOTTOM_TARBALL = Path(__file__).parent / "data" / "pyhf-ins1748602-probability-models.tar.gz"
@@ -81,15 +86,18 @@ TINY_RUN = [
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """The run directory of :data:`TINY_RUN` (trained once per session)."""
+def tiny_run() -> Path:
+    """The run directory of :data:`TINY_RUN`, trained once per session by the first worker
+    that needs it (tests/session_shared.py). Tests read it; tests that evaluate, resume or
+    damage a run work on a copy."""
     from diffhep.runs.config import load_config
     from diffhep.runs.prepare import DEMO_CONFIG
     from diffhep.runs.train import train_run
 
-    out = tmp_path_factory.mktemp("tiny_run")
-    train_run(load_config(DEMO_CONFIG, TINY_RUN), out, progress=False)
-    return out
+    def train(out):
+        train_run(load_config(DEMO_CONFIG, TINY_RUN), out, progress=False)
+
+    return session_shared.directory("tiny_run", train)
 
 
 #: Test modules run with JAX's strict dtype promotion (as equinox and optimistix test): an

@@ -21,6 +21,7 @@ import numpy as np
 import pyhf
 
 import diffhep
+import session_shared
 from diffhep.stats.covariance import PostFit
 from oracle import pyhf_numpy
 from test_fit import CASES, _settings_kw, small_models
@@ -108,13 +109,14 @@ def small(name):
 
 @functools.cache
 def small_reference(name):
-    """(diffhep's PostFit, pyhf's reference) of a small case, computed once per session
-    (shared by the library's and the CLI's tests)."""
+    """(diffhep's PostFit, pyhf's reference) of a small case; pyhf's numbers computed once
+    per session for every worker (shared by the library's and the CLI's tests), diffhep's
+    fit in every process that asks."""
     from diffhep.stats import covariance
 
     dmodel, ddata, make = small(name)
     post = covariance.postfit(dmodel, ddata)
-    return post, pyhf_reference(make, post)
+    return post, session_shared.value(f"pyhf_reference-{name}", lambda: pyhf_reference(make, post))
 
 
 def cabinetry_ranking(make, post, bounds):
@@ -193,9 +195,13 @@ def pyhf_impacts(make, post, labels, fields=("prefit_up", "prefit_down", "postfi
 
 @functools.cache
 def small_cabinetry_ranking(name):
-    """cabinetry's ranking of a small case at diffhep's nominal fit, once per session."""
+    """cabinetry's ranking of a small case at diffhep's nominal fit, once per session (for
+    every worker)."""
     post, _ = small_reference(name)
-    return cabinetry_ranking(small(name)[2], post, [tuple(map(float, b)) for b in post.bounds])
+    bounds = [tuple(map(float, b)) for b in post.bounds]
+    return session_shared.value(
+        f"cabinetry_ranking-{name}", lambda: cabinetry_ranking(small(name)[2], post, bounds)
+    )
 
 
 def small_workspace(name):
