@@ -96,15 +96,19 @@ class Built:
 def _pack(entries, ncells, fill):
     """Greedy layer packing. ``entries`` is a list of (cells, values) pairs."""
     layers: list[np.ndarray] = []
+    used: list[int] = []  # per layer, its occupied cells as the bits of an int
     for cells, values in entries:
-        for layer in layers:
-            if np.all(layer[cells] == fill):
+        bits = sum(1 << int(c) for c in set(np.asarray(cells).tolist()))
+        for k, layer in enumerate(layers):
+            if not used[k] & bits:
                 layer[cells] = values
+                used[k] |= bits
                 break
         else:
             layer = np.full(ncells, fill, dtype=np.int32)
             layer[cells] = values
             layers.append(layer)
+            used.append(bits)
     if not layers:
         return np.full((0, ncells), fill, dtype=np.int32)
     return np.stack(layers)

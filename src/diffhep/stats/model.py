@@ -136,7 +136,7 @@ class Model(eqx.Module):
             normsys_lo=f(b.normsys_lo),
             normsys_hi=f(b.normsys_hi),
             staterror_uncrt=f(b.staterror_uncrt),
-            shapesys_uncrt=f(_scatter(b.ss_uncrt, b.ss_pos, len(b.aux_par), 0.0)),
+            shapesys_uncrt=jax.device_put(_scatter(b.ss_uncrt, b.ss_pos, len(b.aux_par), 0.0)),
             aux_data_static=f(b.aux_data),
             aux_sigma_static=f(b.aux_sigma),
             aux_factor_static=f(b.aux_factor),

@@ -183,24 +183,33 @@ def required_paramsets(st: Structure, file=None):
     """
     required: dict[str, list[Paramset]] = {}
     apps: dict[tuple[str, str], list] = {}
+    # pyhf's order: by type, then channel, sample and modifier name; each (channel, sample)
+    # visits only the modifiers it carries (grouped by type once), not all of the model's
+    by_type: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for key, (_, mods, _) in st.lookup.items():
+        group = by_type[key] = {}
+        for t, name in mods:
+            group.setdefault(t, []).append(name)
+        for names in group.values():
+            names.sort()
     for mtype in MODIFIER_TYPES:
         if mtype == "staterror":
             continue
+        seen: set[str] = set()
         for c in st.channels:
             for s in st.samples:
                 entry = st.lookup.get((c, s))
                 if entry is None:
                     continue
                 sd, mods, _ = entry
-                for name, t in st.modifiers:
-                    if t != mtype or (t, name) not in mods:
-                        continue
-                    m, path = mods[(t, name)]
-                    apps.setdefault((t, name), []).append((c, s, m, path))
-                    if name not in [p.name for p in required.get(("__" + mtype), [])]:
-                        data = m["data"] if t == "shapesys" else None
-                        ps = _default_paramset(name, t, st.channel_nbins[c], sd["data"], data)
-                        ps.modtype = t
+                for name in by_type[(c, s)].get(mtype, ()):
+                    m, path = mods[(mtype, name)]
+                    apps.setdefault((mtype, name), []).append((c, s, m, path))
+                    if name not in seen:
+                        seen.add(name)
+                        data = m["data"] if mtype == "shapesys" else None
+                        ps = _default_paramset(name, mtype, st.channel_nbins[c], sd["data"], data)
+                        ps.modtype = mtype
                         required.setdefault("__" + mtype, []).append(ps)
                         required.setdefault(name, []).append(ps)
     return required, apps, _staterror_paramsets(st, required, apps, file)
