@@ -495,3 +495,71 @@ def test_restart_flag_of_fit_bounded():
                 uncertainties=False, restart=jnp.asarray(restart))  # fmt: skip
         assert bool(r.converged), restart
         np.testing.assert_allclose(float(r.twice_nll), want, rtol=0, atol=1e-6, err_msg=restart)
+
+
+def _valley_spec(nominal: float, observed: float) -> dict:
+    """One bin of ``nominal`` background with a shapesys (relative width 1.16) and a staterror
+    (0.78) on it, a signal of 0.41 events: with the POI at 0 the rate depends on the product
+    of the two gammas only, whose constraints are weak. The minimum lies along the hyperbola
+    ``gamma_ss * gamma_stat = observed / nominal`` (the bin of adversarial seed 1017 draw 0
+    that took its mu = 0 fit ~300 Newton steps)."""
+    return {
+        "channels": [
+            {
+                "name": "SR",
+                "samples": [
+                    {
+                        "name": "signal",
+                        "data": [0.41],
+                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                    },
+                    {
+                        "name": "background",
+                        "data": [nominal],
+                        "modifiers": [
+                            {"name": "ss", "type": "shapesys", "data": [1.16 * nominal]},
+                            {"name": "stat", "type": "staterror", "data": [0.78 * nominal]},
+                        ],
+                    },
+                ],
+            }
+        ],
+        "observations": [{"name": "SR", "data": [observed]}],
+        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
+
+
+def test_product_valley_converges_within_the_step_limit():
+    """A narrow curved valley of two multiplicative gammas (2.4e7 events, the minimum at
+    gamma_ss * gamma_stat = 0.15): Newton steps in the gammas themselves follow the hyperbola
+    ~1e-3 at a time (294 steps, so the default limit of 200 ended the fit with status 1);
+    the solver's steps in log(gamma), where the valley is straight, converge in a few. The
+    reference: scipy's Nelder-Mead on pyhf's logpdf in (log gamma_ss, log gamma_stat)."""
+    import pyhf
+    from scipy.optimize import minimize as sp_minimize
+
+    from diffhep.stats.fit import fixed_poi_fit
+    from oracle import pyhf_numpy
+
+    nominal = 2374737.5 * 10
+    spec = _valley_spec(nominal, round(0.15 * nominal))
+    with pyhf_numpy():
+        pm = pyhf.Workspace(spec).model()
+        pdata = pyhf.Workspace(spec).data(pm)
+        order = pm.config.par_order
+        assert order == ["mu", "ss", "stat"]
+
+        def twice_nll(z):
+            return -2.0 * float(pm.logpdf([0.0, *np.exp(z)], pdata)[0])
+
+        ref = sp_minimize(twice_nll, np.zeros(2), method="Nelder-Mead",
+                          options={"xatol": 1e-12, "fatol": 1e-12, "maxiter": 20000})  # fmt: skip
+        ws = diffhep.Workspace(spec)
+        model = ws.model()
+        res = fixed_poi_fit(0.0, model, ws.data(model))
+        assert bool(res.converged), STATUS_MESSAGES[int(res.status)]
+        ours = -2.0 * float(pm.logpdf(np.asarray(res.bestfit, float).tolist(), pdata)[0])
+    assert np.prod(np.exp(ref.x)) == pytest.approx(0.15, rel=0.01)  # the valley's floor
+    assert ours <= ref.fun + 1e-7
+    assert ours == pytest.approx(ref.fun, abs=1e-6)

@@ -147,6 +147,20 @@ def _mirrored(config) -> np.ndarray:
     return out
 
 
+#: Modifiers whose parameter multiplies the rates (positive factors): the solver also tries
+#: its Newton steps in their logarithms (:func:`diffhep.stats.solver.minimize`'s ``logscale``)
+_FACTORS = ("normfactor", "lumi", "staterror", "shapesys", "shapefactor")
+
+
+@cache
+def _factors(config) -> np.ndarray:
+    """Parameters of multiplicative modifiers (:data:`_FACTORS`)."""
+    out = np.zeros(config.npars, dtype=bool)
+    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
+        out[a:b] = modtype in _FACTORS
+    return out
+
+
 @cache
 def _interpolated(config) -> np.ndarray:
     """Parameters of histosys and normsys modifiers (candidates for :func:`_even_response`)."""
@@ -195,9 +209,21 @@ def fit_bounded(
     structure = structure_of(model.config)
     args = (model, data)
 
+    factors = _factors(model.config)
+    logscale = jnp.asarray(factors) if factors.any() else None
+
     def run(x0):
         return minimize(
-            _objective, args, x0, lower, upper, fixed, structure, tol=tol, max_steps=max_steps
+            _objective,
+            args,
+            x0,
+            lower,
+            upper,
+            fixed,
+            structure,
+            tol=tol,
+            max_steps=max_steps,
+            logscale=logscale,
         )
 
     always = _mirrored(model.config)

@@ -241,3 +241,19 @@ def _diagonal(parts: HessianParts, structure: Structure):
     if table.shape[0]:
         out = out.at[table[valid]].set(jnp.diagonal(parts.D, axis1=1, axis2=2)[valid])
     return out
+
+
+def _rescaled(parts: HessianParts, s, add, structure: Structure) -> HessianParts:
+    """The parts of ``diag(s) H diag(s) + diag(add)``: the Hessian in coordinates ``u`` with
+    ``dx = s du`` (``s = x``, ``add = x * g`` for ``u = log x``)."""
+    gidx, table = structure.arrays()
+    valid = table >= 0
+    safe = np.where(valid, table, 0)
+    sG, aG = s[gidx], add[gidx]
+    sP = jnp.where(valid, s[safe], 1.0)
+    aP = jnp.where(valid, add[safe], 0.0)
+    A = parts.A * sG[:, None] * sG[None, :] + jnp.diag(aG)
+    C = parts.C * sP[..., None] * sG[None, None, :]
+    eye = jnp.eye(table.shape[1], dtype=parts.D.dtype)
+    D = parts.D * sP[..., :, None] * sP[..., None, :] + eye * aP[..., None]
+    return HessianParts(A, C, D)
