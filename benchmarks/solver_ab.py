@@ -3,6 +3,9 @@ log-coordinate Newton candidate and the reflection restart (today's default) aga
 solver without them (their masks emptied: no log candidate, no reflection fit, no second
 probe restart), interleaved in one process so that both run under the same load.
 
+``AB_WITHOUT=factors`` or ``AB_WITHOUT=global_shift`` removes one of the two only;
+``AB_ORDER=without-first`` compiles the variant without them first.
+
 Usage (from the repository root, with ``PYTHONPATH=src:benchmarks``):
     python benchmarks/solver_ab.py sbottom_A [repeats]
     python benchmarks/solver_ab.py model_50 [repeats]
@@ -37,13 +40,26 @@ def main(case: str, repeats: int) -> None:
         out = jax.block_until_ready(run(model, data))
         return run, out, time.perf_counter() - t
 
-    new, r_new, c_new = compiled()
     # without the log candidate and the reflection (read from these functions when traced)
     none = lambda config: np.zeros(config.npars, bool)  # noqa: E731
-    parts = os.environ.get("AB_WITHOUT", "factors,global_shift").split(",")
-    for name in parts:
-        setattr(fit, f"_{name}", none)
-    old, r_old, c_old = compiled()
+    names = [f"_{n}" for n in os.environ.get("AB_WITHOUT", "factors,global_shift").split(",")]
+    saved = {n: getattr(fit, n) for n in names}
+
+    def without():
+        for n in names:
+            setattr(fit, n, none)
+        try:
+            return compiled()
+        finally:
+            for n, f in saved.items():
+                setattr(fit, n, f)
+
+    if os.environ.get("AB_ORDER") == "without-first":  # the second compilation's share
+        old, r_old, c_old = without()
+        new, r_new, c_new = compiled()
+    else:
+        new, r_new, c_new = compiled()
+        old, r_old, c_old = without()
     print(f"{case}: CLs_obs {float(r_new.cls_obs):.12g} (without {float(r_old.cls_obs):.12g})")
     print(f"{case}: converged {bool(r_new.converged)} (without {bool(r_old.converged)})")
     print(f"{case}: first call (compile + run) {c_new:.2f} s (without {c_old:.2f} s)")

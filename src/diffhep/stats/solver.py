@@ -80,6 +80,10 @@ class MinimizeResult(NamedTuple):
         return is_success(self.status)
 
 
+#: The log-coordinate candidate is tried where the Newton decrement fell by less than this
+#: factor over a full step (slow, linear progress; Newton's own is quadratic)
+_SLOW_RATE = 0.25
+
 # backtracking rounds run only while no step passes, so small sizes cost nothing in the common
 # case; an eigenvalue-modified Newton direction far from the minimum can need them (sbottom
 # RegionB/C points stalled with 12 sizes, at points with a gradient of order 1)
@@ -165,6 +169,7 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
         done=jnp.zeros((), bool),
         status=jnp.asarray(MAX_STEPS, jnp.int32),
         full=jnp.zeros((), bool),  # the last step was a full Newton step
+        decrement=jnp.full((), jnp.inf, x0.dtype),  # the last step's Newton decrement
     )
 
     def cond(s):
@@ -176,19 +181,25 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
         free = _free_set(x, g, lower, upper, fixed)
         step, step2 = _direction(parts, g, x, free, lower, upper, structure)
-        # a third candidate in the Newton phase (the previous step a full step): the Newton
-        # step in u = log x for the multiplicative parameters (``logscale``, where x > 0),
-        # tried as a full step only. Their products are straight lines in u: a valley along
-        # gamma_1 * gamma_2 = c (a bin of 2.4e6 events with a staterror and a shapesys of
-        # ~80% each, adversarial seed 1017 draw 0) is a hyperbola in x, along which the
-        # x-space Newton steps, their model spoilt by the residual's curvature, gain ~1e-4
-        # per step (300 steps at mu = 0; 114 in all with this candidate). Far from the
-        # minimum (shortened steps) the x-space path is kept: the log candidate there led
-        # that fit into another minimum (-2lnL 13875.66 instead of 13608.38)
+        # Newton decrement over the free variables (>= 0: the modified Hessian is positive
+        # definite): twice the predicted decrease of f; the KKT measure of convergence
+        decrement = -(g @ step)
+        converged = finite & (decrement < tol)
+        # a third candidate where the Newton phase is slow (the previous step a full step,
+        # and the decrement down by less than _SLOW_RATE since, where Newton's own rate is
+        # quadratic): the Newton step in u = log x for the multiplicative parameters
+        # (``logscale``, where x > 0), tried as a full step only. Their products are straight
+        # lines in u: a valley along gamma_1 * gamma_2 = c (a bin of 2.4e6 events with a
+        # staterror and a shapesys of ~80% each, adversarial seed 1017 draw 0) is a hyperbola
+        # in x, along which the x-space Newton steps, their model spoilt by the residual's
+        # curvature, gain ~1e-4 per step (300 steps at mu = 0). Far from the minimum
+        # (shortened steps) the x-space path is kept: the log candidate there led that fit
+        # into another minimum (-2lnL 13875.66 instead of 13608.38)
         use_log = jnp.zeros((), bool)
         if logscale is not None:
             lm = logscale & (x > 0) & (lower >= 0)
-            use_log = s["full"] & jnp.any(lm & free)
+            slow = decrement > _SLOW_RATE * s["decrement"]
+            use_log = s["full"] & slow & ~converged & jnp.any(lm & free)
             sx = jnp.where(lm, x, 1.0)
             u = jnp.where(lm, jnp.log(sx), x)
             lu = jnp.where(lm, jnp.log(jnp.where(lm, lower, 1.0)), lower)
@@ -200,10 +211,6 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
                 return _direction(parts_u, gu, u, free, lu, uu, structure)[1]
 
             step_u = jax.lax.cond(use_log, log_step, jnp.zeros_like, x)
-        # Newton decrement over the free variables (>= 0: the modified Hessian is positive
-        # definite): twice the predicted decrease of f; the KKT measure of convergence
-        decrement = -(g @ step)
-        converged = finite & (decrement < tol)
 
         # backtracking along both projected paths at once (the two candidates of one step
         # size per round, halving until one passes Armijo on the actual displacement). The
@@ -277,6 +284,7 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
             done=converged | at_noise | stalled | ~finite,
             status=status.astype(jnp.int32),
             full=found & (rounds == 1),
+            decrement=decrement,
         )
 
     s = jax.lax.while_loop(cond, body, init)
