@@ -201,3 +201,54 @@ def test_cholesky_shortcut_equals_eigh(kind):
         finally:
             linalg._CHOLESKY_FROM = old
         np.testing.assert_allclose(fast, ref, rtol=1e-7, atol=1e-9 * float(jnp.max(jnp.abs(ref))))
+
+
+_BATCHED = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+from diffhep.stats import linalg
+rng = np.random.default_rng(0)
+n, batch = 64, 64
+Q = np.linalg.qr(rng.normal(size=(batch, n, n)))[0]
+w = rng.uniform(-1.0, 10.0, size=(batch, n))  # indefinite and positive definite matrices
+w[::2] = np.abs(w[::2]) + 0.5
+M = np.einsum("bij,bj,bkj->bik", Q, w, Q)
+r = rng.normal(size=(batch, n, 1))
+f = jax.jit(jax.vmap(lambda m, v: linalg._inv_apply(m, v, True)))
+for _ in range(5):
+    out = np.asarray(jax.block_until_ready(f(jnp.asarray(M), jnp.asarray(r))))
+np.save(sys.argv[1], out)
+"""
+
+
+def test_batched_modified_solves_finish_and_equal_eigh(tmp_path):
+    """Many modified solves under vmap (the batched fits of a ranking or a scan), with jaxlib's
+    default thread pool: they finish (a batched Cholesky and eigh at once used to deadlock the
+    2-thread pool: `diffhep ranking` of sbottom RegionA hung) and equal the floored
+    eigendecomposition computed with numpy."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "batched.py"
+    script.write_text(_BATCHED)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI's own threads
+    out_file = tmp_path / "out.npy"
+    proc = subprocess.run([sys.executable, str(script), str(out_file)], env=env, timeout=300,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = np.load(out_file)
+    rng = np.random.default_rng(0)
+    n, batch = 64, 64
+    Q = np.linalg.qr(rng.normal(size=(batch, n, n)))[0]
+    w = rng.uniform(-1.0, 10.0, size=(batch, n))
+    w[::2] = np.abs(w[::2]) + 0.5
+    M = np.einsum("bij,bj,bkj->bik", Q, w, Q)
+    r = rng.normal(size=(batch, n, 1))
+    for b in range(batch):
+        s = 1.0 / np.sqrt(np.abs(np.diag(M[b])))
+        lam, V = np.linalg.eigh(M[b] * s[:, None] * s[None, :])
+        lam = np.maximum(np.abs(lam), 1e-10 * np.max(np.abs(lam)))
+        ref = s[:, None] * (V @ ((V.T @ (r[b] * s[:, None])) / lam[:, None]))
+        np.testing.assert_allclose(out[b], ref, rtol=1e-8, atol=1e-10 * np.max(np.abs(ref)))

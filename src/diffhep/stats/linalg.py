@@ -158,31 +158,46 @@ def _inv_apply(M, rhs, modified):
     s = 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0))
     Ms = M * s[..., :, None] * s[..., None, :]
     r = rhs * s[..., None]
+    if M.ndim != 2 or M.shape[-1] < _CHOLESKY_FROM:
+        return _by_eigh(Ms, r) * s[..., None]
+    return _cholesky_or_eigh(Ms, r) * s[..., None]
 
-    def by_eigh(_):
-        w, V = jnp.linalg.eigh(Ms)
-        scale = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
-        w = jnp.maximum(jnp.abs(w), 1e-10 * scale + 1e-300)
-        return V @ ((jnp.swapaxes(V, -1, -2) @ r) / w[..., None])
 
-    n = M.shape[-1]
-    if M.ndim != 2 or n < _CHOLESKY_FROM:
-        return by_eigh(None) * s[..., None]
-    # One matrix of many parameters: a Cholesky factorisation costs a fraction of eigh (and
-    # eigh's cost jumps beyond ~64 rows on CPU). Where it proves that no eigenvalue would be
-    # modified, its solution is eigh's: Ms positive definite (Cholesky succeeds) with unit
-    # diagonal, so lambda_max <= trace = n, and lambda_min >= 1 / ||L^-1||_F^2 > 1e-10 n, above
-    # the floor. Otherwise (indefinite or near-singular, far from a minimum) eigh as before
+def _by_eigh(Ms, r):
+    """``Ms^-1 r`` with the eigenvalues' magnitudes floored at 1e-10 of the largest."""
+    w, V = jnp.linalg.eigh(Ms)
+    scale = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+    w = jnp.maximum(jnp.abs(w), 1e-10 * scale + 1e-300)
+    return V @ ((jnp.swapaxes(V, -1, -2) @ r) / w[..., None])
+
+
+@jax.custom_batching.custom_vmap
+def _cholesky_or_eigh(Ms, r):
+    """:func:`_by_eigh` of one matrix of many parameters, by a Cholesky factorisation where it
+    proves that no eigenvalue would be modified: a fraction of eigh's cost (and eigh's cost
+    jumps beyond ~64 rows on CPU). ``Ms`` positive definite (Cholesky succeeds) with unit
+    diagonal has lambda_max <= trace = n and lambda_min >= 1 / ||L^-1||_F^2 > 1e-10 n, above the
+    floor. Otherwise (indefinite or near-singular, far from a minimum) eigh as before."""
+    n = Ms.shape[-1]
     L = jnp.linalg.cholesky(Ms)
-    eye = jnp.eye(n, dtype=Ms.dtype)
-    Linv = jax.scipy.linalg.solve_triangular(L, eye, lower=True)
-    inv_norm = jnp.sum(Linv * Linv)
-    safe = jnp.all(jnp.isfinite(Linv)) & (inv_norm * n < 1e10)
+    Linv = jax.scipy.linalg.solve_triangular(L, jnp.eye(n, dtype=Ms.dtype), lower=True)
+    safe = jnp.all(jnp.isfinite(Linv)) & (jnp.sum(Linv * Linv) * n < 1e10)
+    return jax.lax.cond(safe, lambda _: Linv.T @ (Linv @ r), lambda _: _by_eigh(Ms, r), None)
 
-    def by_cholesky(_):
-        return Linv.T @ (Linv @ r)
 
-    return jax.lax.cond(safe, by_cholesky, by_eigh, None) * s[..., None]
+@_cholesky_or_eigh.def_vmap
+def _cholesky_or_eigh_vmap(axis_size, in_batched, Ms, r):
+    """Batched (fits under ``vmap``: ranking, scans, toys): one matrix after the other. Under
+    ``vmap`` ``lax.cond`` would run both branches, and jaxlib's batched LAPACK kernels (a
+    Cholesky and an eigh at once) split their batches over the intra-op thread pool and wait
+    there for the pieces: on a 2-thread pool they waited for each other forever (`diffhep
+    ranking` of sbottom RegionA hung with both pool threads in ParallelBatchMap). One matrix at
+    a time takes one branch and no pool."""
+    Ms, r = (
+        x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+        for x, batched in zip((Ms, r), in_batched, strict=True)
+    )
+    return jax.lax.map(lambda a: _cholesky_or_eigh(*a), (Ms, r)), True
 
 
 #: Single matrices with at least this many rows try a Cholesky factorisation before eigh.
