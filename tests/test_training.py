@@ -352,6 +352,36 @@ def test_run_artefacts_and_pyhf_round_trip(uninterrupted):
     assert summary["median_step_seconds"] > 0
 
 
+def test_metrics_pad_both_splits_to_one_shape():
+    """The test metrics pad every event set with zero-weight events to a bucket of its size,
+    so that a run's validation and test splits (a few events apart) compile one metrics
+    program, not two; the events themselves are kept (that the metrics are unchanged: the
+    summary's CLs equals pyhf's on the unpadded histograms, test_run_artefacts_and_pyhf_...)."""
+    from diffhep.runs.evaluate import _bucket, _padded
+    from diffhep.types import Events
+
+    rng = np.random.default_rng(0)
+    sizes = {"a": 1000, "b": 1003, "c": 16, "d": 0, "e": 1}
+
+    def events(extra):
+        return {n: Events(rng.normal(size=(k + extra, 3)), rng.uniform(1, 2, k + extra))
+                for n, k in sizes.items()}  # fmt: skip
+
+    valid, test = events(0), events(7)
+    pv, pt = _padded(valid), _padded(test)
+    for n, k in sizes.items():
+        for ev, p in ((valid, pv[n]), (test, pt[n])):
+            m = len(ev[n].w)
+            assert m <= len(p.w) <= m + m // 8 and p.x.shape == (len(p.w), 3)
+            np.testing.assert_array_equal(np.asarray(p.x[:m]), ev[n].x)
+            np.testing.assert_array_equal(np.asarray(p.w[:m]), ev[n].w)
+            assert not np.asarray(p.w[m:]).any()
+        if k >= 1000:
+            assert pv[n].w.shape == pt[n].w.shape, n  # a few events apart: one shape
+    assert [_bucket(n) for n in (1, 15, 16, 17, 1000, 1024, 1025)] == [1, 15, 16, 18, 1024,
+                                                                      1024, 1152]  # fmt: skip
+
+
 def test_evaluate_recomputes_the_summary(uninterrupted, tmp_path):
     from diffhep.runs.evaluate import evaluate_run
 

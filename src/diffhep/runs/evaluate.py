@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..analysis.pipeline import Pipeline
+from ..nn.sharding import pad_events
 from ..nn.training import TrainState, read_checkpoint_meta
 from ..types import Events
 from ..weights.weighting import check_net_yields
@@ -43,13 +44,36 @@ def _as_jax(events):
     return {n: Events(jnp.asarray(e.x), jnp.asarray(e.w)) for n, e in events.items()}
 
 
+def _bucket(n: int) -> int:
+    """``n`` rounded up to a multiple of 2**(bits of n - 4): at most 1/8 more events, and
+    event sets of about the same size (a run's validation and test splits) round to the same."""
+    step = 1 << max(0, n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+def _padded(events) -> dict:
+    """Every event set padded to :func:`_bucket` of its size with zero-weight events (which
+    change no histogram, yield or fraction), on the devices of its arrays: the metrics of the
+    validation and of the test split then run one compiled program, not one per shape."""
+    out = {}
+    for name, ev in events.items():
+        n = len(ev.w)
+        if n == 0 or _bucket(n) == n:
+            out[name] = ev
+            continue
+        padded = pad_events(Events(np.asarray(ev.x), np.asarray(ev.w)), _bucket(n))
+        sharding = getattr(ev.w, "sharding", None)
+        out[name] = Events(*(jax.device_put(a, sharding) for a in padded))
+    return out
+
+
 def _metrics_fn(pipe: Pipeline):
     @eqx.filter_jit
     def metrics(params, events):
         return pipe.metrics(params, events)
 
     def run(params, events) -> dict:
-        m = jax.device_get(metrics(params, events))
+        m = jax.device_get(metrics(params, _padded(events)))
         names = pipe.template.config.par_names
         out = {
             "expected_cls": float(m["expected_cls"]),
