@@ -278,6 +278,10 @@ def test_results_do_not_depend_on_the_chunk_size(count_model, count_toys):
     np.testing.assert_allclose(other.ts_sb, count_toys.ts_sb, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(other.ts_b, count_toys.ts_b, rtol=1e-9, atol=1e-12)
     assert other.cls_json()["CLs_exp"] == count_toys.cls_json()["CLs_exp"]
+    # batch 1: a plain loop (no vmap), the path of large models
+    loop = toys.toys(1.0, model, data, ntoys=256, seed=3, chunk=32, batch=1)
+    np.testing.assert_allclose(loop.ts_sb, count_toys.ts_sb, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(loop.ts_b, count_toys.ts_b, rtol=1e-9, atol=1e-12)
 
 
 def test_two_halves_merge_into_the_whole_run(count_model, count_toys, tmp_path):
