@@ -232,9 +232,21 @@ def test_taking_over_a_stale_lock_warns(tmp_path, caplog):
     assert not [r for r in caplog.records if r.name == "diffhep"]
 
 
-def test_resume_compares_configs_as_values(run_copy):
+class _Resumed(Exception):
+    """Raised where a run that passed the config check prepares its data."""
+
+
+def test_resume_compares_configs_as_values(run_copy, monkeypatch):
     """A run's config.yaml spelled differently (keys reordered, as an older diffhep wrote it)
-    is the same config: the run resumes; a different config is refused, naming --no-resume."""
+    is the same config: the run resumes; a different config is refused, naming --no-resume.
+    (The resumed run stops where it prepares its data, after the check: that a resumed run
+    gives the uninterrupted run's numbers is test_training's test_resume_after_kill_...)"""
+    from diffhep.runs import train as train_mod
+
+    def resumed(cfg, file):
+        raise _Resumed(file)
+
+    monkeypatch.setattr(train_mod, "prepare", resumed)
     path = run_copy / "config.yaml"
     doc = yaml.safe_load(path.read_text())
     other = run_copy.parent / "other.yaml"
@@ -246,7 +258,8 @@ def test_resume_compares_configs_as_values(run_copy):
     shutil.copy(path, given)
     path.write_text(yaml.safe_dump(doc, sort_keys=True))
     res = _train(given, "--out", run_copy)
-    assert res.exit_code == 0, res.output
+    assert isinstance(res.exception, _Resumed), res.output  # past the check, with its data
+    assert str(res.exception.args[0]) == str(given)
 
 
 def test_annealing_schedule():
