@@ -92,21 +92,28 @@ def test_lower_panel_with_data_is_data_over_total(figure, tmp_path):
 
 def test_report_options_reach_the_histograms(tiny_run, tmp_path, monkeypatch):
     """``report.log_y`` and ``report.signal_overlay`` of a run's config are what its
-    histograms are drawn with (``diffhep evaluate`` redraws them)."""
+    histograms are drawn with (``diffhep evaluate`` redraws them). The test metrics are the
+    run's own summary here (computing them compiles the hypotest, ~15 s, and is not what is
+    tested; tests/test_training.py's test_evaluate_recomputes_the_summary does)."""
+    import json
     import shutil
 
     import yaml
 
-    from diffhep.runs.evaluate import evaluate_run
+    from diffhep.runs import evaluate
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["report"] |= {"log_y": True, "signal_overlay": 5.0}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    summary = json.loads((run / "summary.json").read_text())
+    keys = {"expected_cls", "z0", "sigma_mu", "fits_converged", "selected_fraction", "yields"}
+    stored = {k: v for k, v in summary.items() if k in keys or k.startswith("sigma_")}
+    monkeypatch.setattr(evaluate, "_metrics_fn", lambda pipe: lambda params, events: stored)
     calls = []
     monkeypatch.setattr(plotting, "plot_stacked", lambda *a, **kw: calls.append(kw))
-    evaluate_run(run)
+    evaluate.evaluate_run(run)
     assert calls and all(kw["logy"] is True and kw["signal_overlay"] == 5.0 for kw in calls)
 
 
