@@ -112,29 +112,60 @@ def _near_bound(x, g, lower, upper, free):
     return lo, hi
 
 
-def _direction(parts, g, x, free, lower, upper, structure):
+def _direction(parts, g, x, free, lower, upper, structure, log=None):
     """Projected Newton directions with an eigenvalue-modified (positive definite) Hessian.
 
-    Returns the plain step over the free variables (those at a bound's edge taken to it) and
-    a second step in which variables the plain step would push through a bound are held at
-    that bound and the others re-solved.
+    Returns the plain step over the free variables (those at a bound's edge taken to it), a
+    second step in which variables the plain step would push through a bound are held at
+    that bound and the others re-solved, and, with ``log = (parts_u, g_u, use)``, the plain
+    step in other coordinates (the log-coordinate candidate of :func:`_run`) where
+    ``use(step)`` holds for the plain step (zeros elsewhere), and whether it did.
+
+    The (up to) three solves are requests to one loop over a single solve: its code (a
+    Schur-complement solve with eigenvalue modification) is then compiled once, not three
+    times, and each request runs only when needed: the second where a variable is at a
+    bound's edge or pushed through one (the common case has none), the third where ``use``.
     """
     lo, hi = _near_bound(x, g, lower, upper, free)
     edge = jnp.where(lo, lower - x, 0.0) + jnp.where(hi, upper - x, 0.0)
-    free = free & ~lo & ~hi
-    step = _free_solve(parts, free, g, structure) + edge
-    target = x + step
-    hit = free & ((target < lower) | (target > upper))
-    held = jnp.where(hit, jnp.clip(target, lower, upper) - x, 0.0) + edge
-    free2 = free & ~hit
+    inner = free & ~lo & ~hi
+    last = 1 if log is None else 2
 
-    def resolve(_):
-        return _free_solve(parts, free2, g + _matvec(parts, held, structure), structure) + held
+    def pushed(step):
+        target = x + step
+        hit = inner & ((target < lower) | (target > upper))
+        held = jnp.where(hit, jnp.clip(target, lower, upper) - x, 0.0) + edge
+        return hit, held
 
-    # with no variable at a bound's edge or pushed through one the second step is the first:
-    # its solve is skipped (the common case; under vmap both branches run, as before)
-    needed = jnp.any(hit) | jnp.any(lo | hi)
-    return step, jax.lax.cond(needed, resolve, lambda _: step, None)
+    def after(k, step, use_log):
+        """The request after ``k`` (``last + 1``: done)."""
+        hit, _ = pushed(step)
+        needed = jnp.any(hit) | jnp.any(lo | hi)
+        nxt = jnp.where((k == 0) & needed, 1, jnp.where((k <= 1) & use_log, 2, last + 1))
+        return nxt.astype(k.dtype)
+
+    def body(c):
+        k, step, step2, step_u, use_log = c
+        hit, held = pushed(step)
+        fr = jnp.where(k == 0, inner, inner & ~hit)
+        rhs = jnp.where(k == 0, g, g + _matvec(parts, held, structure))
+        p = parts
+        if log is not None:
+            p = jax.tree.map(lambda a, b: jnp.where(k == 2, b, a), parts, log[0])
+            fr = jnp.where(k == 2, free, fr)
+            rhs = jnp.where(k == 2, log[1], rhs)
+        sol = _free_solve(p, fr, rhs, structure)
+        step = jnp.where(k == 0, sol + edge, step)
+        step2 = jnp.where(k == 1, sol + held, jnp.where(k == 0, step, step2))
+        step_u = jnp.where(k == 2, sol, step_u)
+        if log is not None:
+            use_log = jnp.where(k == 0, log[2](step), use_log)
+        return after(k, step, use_log), step, step2, step_u, use_log
+
+    zero = jnp.zeros_like(x)
+    c = (jnp.zeros((), jnp.int32), zero, zero, zero, jnp.zeros((), bool))
+    _, step, step2, step_u, use_log = jax.lax.while_loop(lambda c: c[0] <= last, body, c)
+    return step, step2, step_u, use_log
 
 
 def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps) -> MinimizeResult:
@@ -180,11 +211,6 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
         f, g, parts = local(x)
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
         free = _free_set(x, g, lower, upper, fixed)
-        step, step2 = _direction(parts, g, x, free, lower, upper, structure)
-        # Newton decrement over the free variables (>= 0: the modified Hessian is positive
-        # definite): twice the predicted decrease of f; the KKT measure of convergence
-        decrement = -(g @ step)
-        converged = finite & (decrement < tol)
         # a third candidate where the Newton phase is slow (the previous step a full step,
         # and the decrement down by less than _SLOW_RATE since, where Newton's own rate is
         # quadratic): the Newton step in u = log x for the multiplicative parameters
@@ -194,35 +220,57 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
         # in x, along which the x-space Newton steps, their model spoilt by the residual's
         # curvature, gain ~1e-4 per step (300 steps at mu = 0). Far from the minimum
         # (shortened steps) the x-space path is kept: the log candidate there led that fit
-        # into another minimum (-2lnL 13875.66 instead of 13608.38)
-        use_log = jnp.zeros((), bool)
+        # into another minimum (-2lnL 13875.66 instead of 13608.38). The step is the plain
+        # one over the free variables, clipped to the bounds (in u far: log 0 = -inf)
+        log = None
         if logscale is not None:
             lm = logscale & (x > 0) & (lower >= 0)
-            slow = decrement > _SLOW_RATE * s["decrement"]
-            use_log = s["full"] & slow & ~converged & jnp.any(lm & free)
             sx = jnp.where(lm, x, 1.0)
             u = jnp.where(lm, jnp.log(sx), x)
             lu = jnp.where(lm, jnp.log(jnp.where(lm, lower, 1.0)), lower)
             uu = jnp.where(lm, jnp.log(jnp.where(lm, upper, 1.0)), upper)
             gu = sx * g
 
-            def log_step(_):
-                parts_u = _rescaled(parts, sx, jnp.where(lm, x * g, 0.0), structure)
-                return _direction(parts_u, gu, u, free, lu, uu, structure)[1]
+            def use(step):
+                slow = -(g @ step) > _SLOW_RATE * s["decrement"]
+                return s["full"] & slow & finite & ~(-(g @ step) < tol) & jnp.any(lm & free)
 
-            step_u = jax.lax.cond(use_log, log_step, jnp.zeros_like, x)
+            parts_u = _rescaled(parts, sx, jnp.where(lm, x * g, 0.0), structure)
+            log = (parts_u, gu, use)
+        step, step2, step_u, use_log = _direction(parts, g, x, free, lower, upper, structure, log)
+        # Newton decrement over the free variables (>= 0: the modified Hessian is positive
+        # definite): twice the predicted decrease of f; the KKT measure of convergence
+        decrement = -(g @ step)
+        converged = finite & (decrement < tol)
 
-        # backtracking along both projected paths at once (the two candidates of one step
-        # size per round, halving until one passes Armijo on the actual displacement). The
-        # rounds run only while needed: a full Newton step, the common case, costs two
-        # evaluations, also under vmap
-        def trial(t, with_log):
-            cand = jnp.clip(x + t * jnp.stack([step2, step]), lower, upper)
+        # fallback when no Newton step decreases f (a modified Hessian far from the minimum
+        # or a bound that the projection turns into an ascent): the projected, diagonally
+        # scaled gradient path, which descends for a small enough step unless x is a KKT point
+        scaled = -jnp.where(fixed, 0.0, g) / jnp.maximum(jnp.abs(_diagonal(parts, structure)), 1.0)
+        n_sizes = len(_STEP_SIZES)
+
+        # One backtracking loop, one evaluation of the objective in the compiled program
+        # (its code is the bulk of the fit's, and compile time grows with it): rounds
+        # 0 .. n_sizes - 1 try both projected Newton paths at once (the two candidates of
+        # one step size per round, halving until one passes Armijo on the actual
+        # displacement), plus, in the first round where the Newton phase is slow, the log
+        # candidate; rounds n_sizes .. 2 n_sizes - 1 the gradient path. The rounds run only
+        # while needed: a full Newton step, the common case, is one round
+        def trial(k):
+            newton = k < n_sizes
+            t = ts[jnp.where(newton, k, k - n_sizes)]
+            rows = jnp.where(newton, jnp.stack([step2, step]), scaled[None])
+            cand = jnp.clip(x + t * rows, lower, upper)
             predicted = -((cand - x) @ g)
-            if with_log:
+            if logscale is not None:
                 cu = jnp.clip(u + t * step_u, lu, uu)
-                cand = jnp.concatenate([cand, jnp.where(lm, jnp.exp(cu), cu)[None]])
-                predicted = jnp.concatenate([predicted, -((cu - u) @ gu)[None]])
+                with_log = (k == 0) & use_log
+                cand = jnp.concatenate(
+                    [cand, jnp.where(with_log, jnp.where(lm, jnp.exp(cu), cu), cand[0])[None]]
+                )
+                predicted = jnp.concatenate(
+                    [predicted, jnp.where(with_log, -((cu - u) @ gu), predicted[0])[None]]
+                )
             f_c = value(cand)
             ok = jnp.isfinite(f_c) & (predicted > 0) & (f - f_c >= 1e-4 * predicted)
             best = jnp.argmin(jnp.where(ok, f_c, jnp.inf))
@@ -230,43 +278,16 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
 
         def ls_cond(c):
             k, found, _ = c
-            return ~found & (k < len(_STEP_SIZES)) & ~converged & finite
+            return ~found & (k < 2 * n_sizes) & ~converged & finite
 
         def ls_body(c):
             k, _, _ = c
-            if logscale is None:
-                found, xn = trial(ts[k], False)
-            else:  # the log candidate only in the first round (a full step)
-                found, xn = jax.lax.cond(
-                    (k == 0) & use_log,
-                    lambda t: trial(t, True),
-                    lambda t: trial(t, False),
-                    ts[k],
-                )
+            found, xn = trial(k)
             return k + 1, found, xn
 
         rounds, found, x_new = jax.lax.while_loop(
             ls_cond, ls_body, (jnp.zeros((), jnp.int32), jnp.zeros((), bool), x)
         )
-
-        # fallback when no Newton step decreases f (a modified Hessian far from the minimum
-        # or a bound that the projection turns into an ascent): the projected, diagonally
-        # scaled gradient path, which descends for a small enough step unless x is a KKT point
-        scaled = -jnp.where(fixed, 0.0, g) / jnp.maximum(jnp.abs(_diagonal(parts, structure)), 1.0)
-
-        def g_body(c):
-            k, _, _ = c
-            cand = jnp.clip(x + ts[k] * scaled, lower, upper)
-            f_c = value(cand[None])[0]
-            predicted = -((cand - x) @ g)
-            ok = jnp.isfinite(f_c) & (predicted > 0) & (f - f_c >= 1e-4 * predicted)
-            return k + 1, ok, cand
-
-        _, found_g, x_g = jax.lax.while_loop(
-            ls_cond, g_body, (jnp.zeros((), jnp.int32), found, x_new)
-        )
-        x_new = jnp.where(found, x_new, x_g)
-        found = found | found_g
         # no step decreases f although the model predicts a decrease at the level of the
         # rounding errors of f itself: that is convergence (at the noise floor), not a failure
         at_noise = finite & ~converged & ~found & (decrement < NOISE_REL * (1.0 + jnp.abs(f)))
