@@ -186,3 +186,37 @@ def test_a_warm_cls_command_compiles_only_its_kernel(tmp_path):
     assert "diffhep: WARNING: Compiling jit(call)" in compiled
     others = [x for x in compiled if not x.endswith("jit(call)")]
     assert len(others) <= 1 and all(x.endswith("jit(stage)") for x in others), compiled
+
+
+_SAME_PROGRAM = r"""
+import json, sys
+import jax, jax.numpy as jnp
+jax.config.update("jax_enable_x64", True)
+from diffhep.stats import hypotest
+from diffhep.stats.workspace import Workspace
+spec = json.load(open(sys.argv[1]))
+texts = []
+for _ in range(2):  # two models with equal (not identical) tables, as a training makes
+    ws = Workspace(spec)
+    model = ws.model()
+    f = jax.jit(lambda m, d: hypotest.hypotest(1.0, m, d))
+    texts.append(f.lower(model, jnp.asarray(ws.data(model))).as_text())
+print(json.dumps([len(t) for t in texts] + [texts[0] == texts[1]]))
+"""
+
+
+def test_a_program_traced_again_is_the_same_program(tmp_path):
+    """The hypotest of an equal model traced a second time in one process lowers to the same
+    program as the first (the persistent cache's key): a cached structure plan that aliased the
+    first model's tables made it another (two constants more after a training run, so every
+    re-evaluation of a run in the same process recompiled its metrics)."""
+    path = Path(__file__).parent / "data" / "validation" / "multichan_coupledhistosys.json"
+    out = subprocess.run(
+        [sys.executable, "-c", _SAME_PROGRAM, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    n1, n2, same = json.loads(out.stdout.strip().splitlines()[-1])
+    assert same, f"program text differs: {n1} vs {n2} characters"

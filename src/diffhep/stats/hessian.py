@@ -69,10 +69,14 @@ def _plan(tables, config):
         # one-hot product (S*P, E) @ (E, B) cost ~90 us per call on CPU (B = 6: a skinny dot),
         # the segment sum ~15 us (sbottom RegionA, one core)
         plan["histosys"] = np.asarray(tables.histosys_sample * P + tables.histosys_par)
-        plan["histosys_sample"] = np.asarray(tables.histosys_sample)
+        plan["histosys_sample"] = np.array(tables.histosys_sample)  # a copy: see below
     if En:
         plan["normsys_cells"] = tables.normsys_onehot(En)  # (cells, En)
-        plan["normsys_par"] = np.asarray(tables.normsys_par)  # entry -> parameter
+        # a copy, never the tables' own array: the plan is cached by value, so a later model
+        # with equal tables would get the first model's array object, which JAX then does not
+        # deduplicate with its own (a constant more in the program: another persistent-cache
+        # key than in a fresh process, where they were one object)
+        plan["normsys_par"] = np.array(tables.normsys_par)  # entry -> parameter
     if layers:
         # (layers, cells, P): the parameter of each layer in each cell (the padding index P,
         # a constant 1, has no column)

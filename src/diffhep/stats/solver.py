@@ -18,7 +18,6 @@ move (fixed ones follow their given value).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import equinox as eqx
@@ -90,11 +89,10 @@ _SLOW_RATE = 0.25
 _STEP_SIZES = tuple(2.0**-k for k in range(40))
 
 
-@partial(jax.jit, static_argnums=3)
 def _free_solve(parts: HessianParts, free, rhs, structure: Structure):
     """Newton step ``-H^-1 rhs`` over the ``free`` variables (0 elsewhere), with the
-    eigenvalue-modified Hessian. Jitted so that its two uses per Newton step are traced,
-    batched and differentiated once."""
+    eigenvalue-modified Hessian. One call site per Newton step (:func:`_direction`); not a
+    nested ``jax.jit`` (see :func:`diffhep.stats.uncertainties.nll`)."""
     mparts, _, _ = _masked(parts, free, structure, 0.0)
     return jnp.where(free, -_solve(mparts, jnp.where(free, rhs, 0.0), structure, True), 0.0)
 

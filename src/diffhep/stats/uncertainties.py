@@ -43,9 +43,13 @@ __all__ = [
 ]
 
 
-@jax.jit
 def nll(pars, args):
-    """``-log L(pars)``; ``args = (model, data)``. The objective of every fit."""
+    """``-log L(pars)``; ``args = (model, data)``. The objective of every fit.
+
+    Not a nested ``jax.jit``: the trace of a nested jit is cached across calls, and the
+    numpy constants it closes over were then shared with (and deduplicated against) the
+    enclosing program's differently from a fresh process, so a program traced after a
+    training run had other constants and missed the persistent compilation cache."""
     model, data = args
     return -model.logpdf(pars, data)
 
