@@ -38,7 +38,7 @@ from .linalg import (
     parts_from_dense,
 )
 
-__all__ = ["MinimizeResult", "Structure", "is_success", "minimize"]
+__all__ = ["MinimizeResult", "Structure", "implicit_vjp", "is_success", "minimize"]
 
 CONVERGED, MAX_STEPS, NONFINITE, STALLED, NOISE_FLOOR = 0, 1, 2, 3, 4
 #: Statuses that are a success: the minimum is found to the objective's own precision.
@@ -330,6 +330,14 @@ def _minimize_bwd(
     res, ct, perturbed, diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps
 ):
     args, _ = diff
+    return implicit_vjp(res, ct, fun, args, lower, upper, fixed, structure)
+
+
+def implicit_vjp(res: MinimizeResult, ct, fun, args, lower, upper, fixed, structure):
+    """Cotangents ``(args_bar, x0_bar)`` of a minimum ``res`` of ``fun(x, args)`` (from any
+    start: a search over several starts that keeps the lowest minimum has this derivative
+    too) by the implicit function theorem: the gradient over the free variables vanishes at
+    the minimum; variables at an active bound stay there, fixed ones follow their start."""
     x = jax.lax.stop_gradient(res.x)
     zero = jnp.zeros_like(x)
     xbar = zero if ct.x is None else ct.x
