@@ -10,10 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from diffhep.cli import common, main
-from diffhep.stats.workspace import example_spec
+from diffhep.stats.workspace import builtin_example, example_spec
 
 SRC = str(Path(__file__).parents[1] / "src")
 
@@ -60,9 +61,12 @@ def test_the_test_runner_keeps_the_collector(tmp_path):
     ws = tmp_path / "ws.json"
     ws.write_text(json.dumps(example_spec()))
     frozen = gc.get_freeze_count()
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     result = CliRunner().invoke(main, ["cls", str(ws)])
     assert result.exit_code == 0, result.output
     assert gc.isenabled() and gc.get_freeze_count() == frozen and not common.GC_PAUSED
+    if cores is not None:  # the test runner's process keeps its cores (cli.common.ONE_CORE)
+        assert os.sched_getaffinity(0) == cores
 
 
 QUICK = """
@@ -92,3 +96,38 @@ def test_stats_commands_end_without_finalisation_their_output_and_code_intact(tm
     assert "finalised" not in bad.stderr
     other = diffhep("--version")  # not a statistics command: the usual end
     assert other.returncode == 0 and "finalised" in other.stderr
+
+
+CORES = """
+import os, sys
+import diffhep.cli as cli
+cli._quick_exit = lambda code: None
+from diffhep.cli import main
+sys.argv = ["diffhep", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print("cores", len(os.sched_getaffinity(0)), file=sys.stderr)
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs a process allowed on two or more cores",
+)
+def test_a_local_exclusion_runs_on_one_core(tmp_path):
+    """XLA's CPU thread pool costs a one-point-at-a-time exclusion (and cls) ~10x its CPU
+    time on a shared machine (cli.common.ONE_CORE): the process's own command keeps to one
+    core; points are those of the same command on all cores (the kernel is the same)."""
+    spec, patch = builtin_example()
+    ws, p = tmp_path / "ws.json", tmp_path / "patch.point.json"
+    ws.write_text(json.dumps(spec))
+    p.write_text(json.dumps(patch))
+    env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_CACHE_DIR": ""}
+    proc = subprocess.run([sys.executable, "-c", CORES, "exclusion", str(ws), str(p)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "cores 1"
+    row = json.loads(proc.stdout)
+    assert row["point"] == "point" and row["converged"]

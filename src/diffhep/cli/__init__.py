@@ -27,6 +27,7 @@ class _Main(click.Group):
         # (importing JAX and the statistics, ~10^5 objects, no garbage cycles) runs without
         # the cyclic garbage collector, which would traverse everything imported so far again
         # and again (~0.25 s of CPU of a `cls` command); common.run() switches it back on.
+        common.OWN_PROCESS = args is None
         if args is None and gc.isenabled():
             gc.disable()
             common.GC_PAUSED = True

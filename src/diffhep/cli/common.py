@@ -24,10 +24,38 @@ GC_PAUSED = False
 #: done (set by commands that hold no resources needing it; see ``diffhep.cli._quick_exit``).
 QUICK_EXIT = False
 
+#: Whether :func:`setup` keeps the process on one CPU core (set by the commands whose work is
+#: small statistical kernels: cls, fit, upper-limit, a local exclusion one point at a time).
+#: XLA's CPU runtime spreads the operations of a kernel over a pool of threads, one per core,
+#: that wait on each other (one spins) at each of the thousands of small operations of a
+#: hypothesis test: on the shared 2-core machine (load 7-9) a warm sbottom RegionA hypotest
+#: took 130-680 ms of CPU time on two cores, 13-22 ms on one, with the same numbers.
+ONE_CORE = False
+
+#: Whether the command is the process's own (set by :class:`diffhep.cli._Main`; not click's
+#: test runner in another program, whose process is left on its cores).
+OWN_PROCESS = False
+
+
+def _one_core() -> None:
+    """Run this process (and the threads JAX starts later) on the core it is running on."""
+    try:
+        cores = os.sched_getaffinity(0)
+        if len(cores) <= 1:
+            return
+        with open("/proc/self/stat") as f:  # field 39: the core the process last ran on
+            here = int(f.read().rsplit(")", 1)[1].split()[36])
+        os.sched_setaffinity(0, {here if here in cores else min(cores)})
+    except (AttributeError, OSError, ValueError, IndexError):  # not Linux: leave it
+        pass
+
 
 def setup() -> None:
     """Float64 for the statistics, quiet logs, and a persistent compilation cache so that
-    repeated commands on models of the same structure skip XLA compilation."""
+    repeated commands on models of the same structure skip XLA compilation (and, with
+    :data:`ONE_CORE`, one CPU core: before JAX starts its threads)."""
+    if ONE_CORE and OWN_PROCESS:
+        _one_core()
     import jax
 
     jax.config.update("jax_enable_x64", True)

@@ -164,6 +164,7 @@ def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest
 
     if workers is None and scheduler is None:  # (a Dask cluster is closed by its finaliser)
         common.QUICK_EXIT = True
+        common.ONE_CORE = batch_size in (None, 1)  # one point at a time: small kernels
 
     def compute():
         rows = []

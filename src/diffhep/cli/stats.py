@@ -111,6 +111,7 @@ def _on_workspace(fn, common: dict, **kwargs):
 
     if fn in (workflows.cls, workflows.fit, workflows.upper_limit):  # no resources held
         cli_common.QUICK_EXIT = True
+        cli_common.ONE_CORE = True  # small kernels: faster on one core (cli.common.ONE_CORE)
     return run(
         fn,
         common["workspace"],
