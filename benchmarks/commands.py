@@ -18,6 +18,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,17 +32,32 @@ TARBALL = ROOT / "tests" / "data" / "pyhf-ins1748602-probability-models.tar.gz"
 BIN = Path(sys.executable).parent
 
 
-def _run(cmd, env=None) -> tuple[float, subprocess.CompletedProcess]:
-    t0 = time.perf_counter()
+#: CPU seconds (user + system) of every command run, by its label (the load-robust figure).
+CPU: dict[str, list[float]] = {}
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _run(cmd, env=None, label=None) -> tuple[float, subprocess.CompletedProcess]:
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-2000:]}")
+    if label is not None:
+        CPU.setdefault(label, []).append(_children_cpu() - c0)
     return dt, proc
 
 
-def _median(cmd, repeats, env=None) -> float:
-    return statistics.median(_run(cmd, env)[0] for _ in range(repeats))
+def _median(cmd, repeats, env=None, label=None) -> float:
+    return statistics.median(_run(cmd, env, label)[0] for _ in range(repeats))
+
+
+def _cpu(label) -> str:
+    return f"{statistics.median(CPU[label]):.2f}" if label in CPU else ""
 
 
 def _importtime(n=8) -> list[tuple[str, float]]:
@@ -79,8 +95,8 @@ def main() -> None:
     small = _small_workspace(tmp)
     rows = []
 
-    help_d = _median([diffhep, "--help"], args.repeats)
-    help_p = _median([pyhf, "--help"], args.repeats)
+    help_d = _median([diffhep, "--help"], args.repeats, label="`--help`")
+    help_p = _median([pyhf, "--help"], args.repeats, label="`--help` pyhf")
     rows.append(("`--help`", help_d, None, help_p))
     for label, cmd in (
         ("`cls` sbottom RegionA (1 patch)", ["cls", str(bkg), "-p", str(patch)]),
@@ -89,26 +105,29 @@ def main() -> None:
         cache = tmp / f"cache-{len(rows)}"
         env = {"DIFFHEP_CACHE_DIR": str(cache)}
         cold = _run([diffhep, *cmd], env)[0]
-        warm = _median([diffhep, *cmd], args.repeats, env)
-        ref = _median([pyhf, *cmd, "--backend", "numpy"], args.repeats)
+        warm = _median([diffhep, *cmd], args.repeats, env, label)
+        ref = _median([pyhf, *cmd, "--backend", "numpy"], args.repeats, label=label + " pyhf")
         rows.append((label, warm, cold, ref))
         if "-p" in cmd:  # another signal point of the same structure (192 of the 217 are)
             other = region / "patch.sbottom_1400_550_60.json"
             cmd = ["cls", str(bkg), "-p", str(other)]
-            nxt = _run([diffhep, *cmd], env)[0]
-            ref = _median([pyhf, *cmd, "--backend", "numpy"], args.repeats)
-            rows.append(("`cls` sbottom RegionA, next point (first run on it)", nxt, None, ref))
+            label = "`cls` sbottom RegionA, next point (first run on it)"
+            nxt = _run([diffhep, *cmd], env, label)[0]
+            ref = _median([pyhf, *cmd, "--backend", "numpy"], args.repeats, label=label + " pyhf")
+            rows.append((label, nxt, None, ref))
 
     env = {"DIFFHEP_CACHE_DIR": str(tmp / "cache-grid")}
     grid_cmd = [diffhep, "exclusion", str(bkg), *map(str, patches)]
+    label = f"`exclusion`, all {len(patches)} RegionA patches"
     grid_cold = _run(grid_cmd, env)[0]
-    grid_warm = _run(grid_cmd, env)[0]
+    grid_warm = _median(grid_cmd, args.repeats, env, label)
     ten = sum(
-        _run([pyhf, "cls", str(bkg), "-p", str(p), "--backend", "numpy"])[0] for p in patches[:10]
+        _run([pyhf, "cls", str(bkg), "-p", str(p), "--backend", "numpy"], label="ten")[0]
+        for p in patches[:10]
     )
     grid_ref = ten / 10 * len(patches)
-    rows.append((f"`exclusion`, all {len(patches)} RegionA patches", grid_warm, grid_cold,
-                 grid_ref))  # fmt: skip
+    CPU[label + " pyhf"] = [sum(CPU.pop("ten")) / 10 * len(patches)]
+    rows.append((label, grid_warm, grid_cold, grid_ref))
     top = _importtime()
     load1 = os.getloadavg()
 
@@ -120,16 +139,18 @@ def main() -> None:
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPU cores, "
         f"load average {load0[0]:.1f} before and {load1[0]:.1f} after{loaded}). "
         "Wall times of whole commands in seconds, medians of "
-        f"{args.repeats} runs (cold: one run with a fresh compilation cache). pyhf 0.7.6 on "
+        f"{args.repeats} runs (cold: one run with a fresh compilation cache), and their CPU "
+        "times (user + system, medians; less sensitive to the load). pyhf 0.7.6 on "
         "its numpy backend. The pyhf grid time is 10 `pyhf cls` commands extrapolated.",
         "",
         "| command | diffhep warm cache (s) | diffhep cold cache (s) | pyhf (s) "
-        "| pyhf / diffhep warm |",
-        "|---|---|---|---|---|",
+        "| pyhf / diffhep warm | diffhep warm CPU (s) | pyhf CPU (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, warm, cold, ref in rows:
         cold_s = "" if cold is None else f"{cold:.2f}"
-        lines.append(f"| {label} | {warm:.2f} | {cold_s} | {ref:.2f} | {ref / warm:.2f}x |")
+        lines.append(f"| {label} | {warm:.2f} | {cold_s} | {ref:.2f} | {ref / warm:.2f}x "
+                     f"| {_cpu(label)} | {_cpu(label + ' pyhf')} |")  # fmt: skip
     lines += [
         "",
         "`python -X importtime -m diffhep --help`, largest cumulative imports:",
