@@ -128,6 +128,17 @@ def main() -> None:
     grid_ref = ten / 10 * len(patches)
     CPU[label + " pyhf"] = [sum(CPU.pop("ten")) / 10 * len(patches)]
     rows.append((label, grid_warm, grid_cold, grid_ref))
+    # pyhf with one BLAS thread: on a loaded machine its default threads cost it ~2.4x its
+    # CPU time (diffhep keeps its kernels on one core), so the ratio is also given without
+    one = {f"{v}_NUM_THREADS": "1" for v in ("OPENBLAS", "OMP", "MKL")}
+    ten = sum(
+        _run([pyhf, "cls", str(bkg), "-p", str(p), "--backend", "numpy"], one, "ten")[0]
+        for p in patches[:10]
+    )
+    label1 = label + ", pyhf with one BLAS thread"
+    CPU[label1] = CPU[label]
+    CPU[label1 + " pyhf"] = [sum(CPU.pop("ten")) / 10 * len(patches)]
+    rows.append((label1, grid_warm, None, ten / 10 * len(patches)))
     top = _importtime()
     load1 = os.getloadavg()
 
