@@ -13,6 +13,7 @@ STUDY_DEFAULTS = {  # seeds, epochs
     "significance": (3, 20),
     "negative-weights": (3, 60),
     "black-box": (3, 20),
+    "realistic": (3, 8),
 }
 
 
@@ -40,23 +41,35 @@ STUDY_DEFAULTS = {  # seeds, epochs
     "sigma_mu+pull).",
 )
 @click.option(
+    "--events",
+    type=click.IntRange(min=1000),
+    help="realistic only: simulated events generated for the study (default 300000).",
+)
+@click.option(
+    "--lumi",
+    type=click.FloatRange(min=0, min_open=True),
+    help="realistic only: integrated luminosity in fb^-1 of the expected yields (default 10).",
+)
+@click.option(
     "--runs-dir",
     type=click.Path(file_okay=False),
     help="Where the training runs go (reused; default runs/NAME).",
 )
 @overrides
-def study(name, out, seeds, epochs, rows, runs_dir, workers, overrides):
+def study(name, out, seeds, epochs, rows, events, lumi, runs_dir, workers, overrides):
     """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3), cuts
     (selection cuts and a neural observable, alone and together, and the skim trade-off),
     inferno (INFERNO's benchmark: every model on one protocol) or significance (the
     Elwood-Kruecker significance losses) or negative-weights (training weight strategies
     for negative event weights) or black-box (gradients, L-GSO and Bayesian optimisation
-    on exact objectives; a smoke form for now)."""
+    on exact objectives; a smoke form for now) or realistic (the Z' -> ttbar search of
+    ttbar_resonance.yaml: every loss and selection, 20 nuisance parameters)."""
     from ..studies.black_box import black_box_study
     from ..studies.cuts import cuts_study
     from ..studies.inferno import inferno_study
     from ..studies.negative_weights import negative_weights_study
     from ..studies.neos_blobs import neos_blobs
+    from ..studies.realistic import realistic_study
     from ..studies.significance import significance_study
 
     fn = {
@@ -66,6 +79,7 @@ def study(name, out, seeds, epochs, rows, runs_dir, workers, overrides):
         "significance": significance_study,
         "negative-weights": negative_weights_study,
         "black-box": black_box_study,
+        "realistic": realistic_study,
     }[name]
     default_seeds, default_epochs = STUDY_DEFAULTS[name]
     extra = {}
@@ -73,6 +87,11 @@ def study(name, out, seeds, epochs, rows, runs_dir, workers, overrides):
         if name != "inferno":
             raise click.UsageError("--workers applies to the inferno study only")
         extra["workers"] = workers
+    for key, value in (("events", events), ("lumi", lumi)):
+        if value is not None:
+            if name != "realistic":
+                raise click.UsageError(f"--{key} applies to the realistic study only")
+            extra[key] = value
     if rows is not None:
         if name != "neos-blobs":
             raise click.UsageError("--rows applies to the neos-blobs study only")

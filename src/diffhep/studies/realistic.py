@@ -1,0 +1,258 @@
+"""``diffhep study realistic``: does systematic-aware training still win on an analysis?
+
+The semileptonic Z' -> ttbar search of issue 23 (:mod:`diffhep.problems.ttbar_resonance`,
+config ``data/ttbar_resonance.yaml``: signal region >= 2 b-tags with the trained observable,
+ttbar control region with a free ttbar normalisation, 20 named nuisance parameters of which
+four are feature-level jet-pT variations, MC statistics) trained with each loss and each way
+of building the selection of :data:`ROWS`, on files generated once per study
+(:func:`generate_events`).
+
+Every trained analysis is evaluated on its run's test split (events never used for training
+nor for choosing the epoch) with hard histograms and exact fits, on the background-only
+Asimov data at the nominal parameters (:func:`exact_metrics`): the expected CLs (mu = 1),
+Z0 and sigma_mu of the run's summary, the expected 95% CL upper limit on mu, and the
+post-fit width and impact on mu of every nuisance parameter from the covariance at the
+Asimov fit with mu = 1 (impact: ``cov(mu, theta) / sigma_theta``, the shift of mu when
+theta moves by its post-fit width). Next to them the cost of each run: median step time,
+time per epoch, events per second (every event set of a step) and the peak resident memory
+of the process during the run (``VmHWM`` reset before it, so it counts the compilations too).
+
+All rows of a seed train on the same events with the same batches, so their times per
+step are comparable with the BCE row's. The markdown, the table and the findings are
+written by :mod:`diffhep.studies.realistic_report` from the numbers of the run only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..runs.config import load_config
+from ..runs.results import read_history
+from ..runs.train import train_run
+from ..writers import write_atomic
+from .common import shipped_config
+from .realistic_report import write_report
+
+__all__ = ["ROWS", "exact_metrics", "generate_events", "realistic_study", "row_overrides"]
+
+CONFIG = "ttbar_resonance"
+HT = "sum(Jet_pt * (Jet_pt > 30))"
+#: the trained cuts of the rows with cuts (started at the 10% quantiles of the data)
+CUTS = [{"feature": HT, "direction": ">"}, {"feature": "MET_pt", "direction": ">"}]
+#: label -> (loss, selection). NN only for every loss; the other selections with the
+#: expected CLs (BCE gives no gradient to cuts or to bin edges): 8 of the 20 combinations.
+ROWS = {
+    "BCE | NN": ("bce", "nn"),
+    "BCE + syst. augmentation | NN": ("bce_aug", "nn"),
+    "INFERNO (sigma_mu) | NN": ("sigma_mu", "nn"),
+    "expected CLs | NN": ("cls", "nn"),
+    "discovery Z0 | NN": ("z0", "nn"),
+    "expected CLs | cuts only": ("cls", "cuts"),
+    "expected CLs | NN + cuts": ("cls", "nn+cuts"),
+    "expected CLs | learnable bin edges": ("cls", "edges"),
+}
+BASELINE = "BCE | NN"
+#: the study's defaults for the training (every row; ``overrides`` change them)
+TRAINING = ("observable.hidden=[32, 32]", "training.batch_size=4000",
+            "report.diagnostics=false", "training.select_on=expected_cls")  # fmt: skip
+CLEAR_EVERY = 6  # runs between clearing JAX's in-process caches (memory maps)
+
+
+def generate_events(data_dir: Path, events: int, seed: int, lumi: float) -> Path:
+    """The study's ROOT files (reused if ``samples.json`` records the same settings)."""
+    from ..problems.ttbar_resonance import generate
+
+    record = data_dir / "samples.json"
+    if record.is_file():
+        old = json.loads(record.read_text())
+        total = sum(s["events"] for n, s in old["samples"].items() if n != "data")
+        if old.get("seed") == seed and total == events and old.get("lumi_fb") == lumi:
+            return data_dir
+    generate(data_dir, events=events, seed=seed, lumi=lumi, formats=("root",))
+    return data_dir
+
+
+def row_overrides(base, loss: str, selection: str) -> list[str]:
+    """The ``--set`` overrides of one row on the loaded base config ``base``."""
+    out = [f"training.loss={loss}"]
+    channels = [c.model_dump(exclude_defaults=True) for c in base.analysis.channels]
+    if selection in ("cuts", "nn+cuts"):
+        out.append("selection=" + json.dumps({"cuts": CUTS, "slope": 2.0, "slope_final": 50.0}))
+    if selection == "cuts":  # the signal region counts the selected events
+        channels[0] = {k: v for k, v in channels[0].items() if k not in ("edges",)}
+        channels[0] |= {"bins": 1, "observable": "count"}
+    elif selection == "edges":
+        channels[0]["learnable_edges"] = True
+    if selection in ("cuts", "edges"):
+        out.append("analysis.channels=" + json.dumps(channels))
+    return out
+
+
+def exact_metrics(workspace: dict) -> dict:
+    """Expected upper limit, post-fit widths and impacts of a trained analysis's workspace
+    on its background-only Asimov data (nominal parameters, mu = 0 for the limit; mu = 1
+    for the covariance, as the training's sigma_mu).
+
+    Returns:
+        ``{"upper_limit", "limit_range", "widths": {name: sigma}, "impacts": {name: ...}}``
+        for every nuisance parameter with a Gaussian constraint of width 1 (the alphas);
+        the limit is ``None`` outside the scanned range ``limit_range``.
+    """
+    from ..stats import covariance, limits
+    from ..stats.workspace import Workspace
+
+    model = Workspace(workspace).model()
+    poi = model.config.poi_index
+    pars = covariance.nominal_parameters(model)
+    pars[poi] = 1.0
+    post = covariance.postfit(model, np.asarray(model.expected_data(pars)))
+    sigma_mu = float(post.uncertainty[poi])
+    pars[poi] = 0.0
+    asimov_b = np.asarray(model.expected_data(pars))
+    hi = float(max(10.0, 6.0 * sigma_mu))
+    lim = limits.upper_limit(model, asimov_b, bounds=(0.0, hi))
+    widths, impacts = {}, {}
+    for i, name in enumerate(post.names):
+        if i == poi or "[" in name or post.fixed[i]:
+            continue  # the POI, per-bin (MC-stat) and fixed parameters
+        if name.startswith("k_"):  # free normalisations: no pre-fit width
+            continue
+        widths[name] = float(post.uncertainty[i])
+        impacts[name] = float(post.covariance[poi, i] / max(post.uncertainty[i], 1e-300))
+    return {
+        "upper_limit": lim.expected[2],
+        "limit_range": [0.0, hi],
+        "sigma_mu_covariance": sigma_mu,
+        "widths": widths,
+        "impacts": impacts,
+    }
+
+
+def _peak_reset() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cost(cfg, summary, run_dir) -> dict:
+    """Step and epoch times and events per second of a run (from its summary/history)."""
+    history = read_history(run_dir)
+    steps = history[0]["step"] if history else None
+    step_s = summary.get("median_step_seconds")
+    ratio = cfg.data.split.train / cfg.data.split.test
+    bs = cfg.training.batch_size
+    per_step = sum(min(bs, round(n * ratio)) for n in summary["test_events"].values())
+    return {
+        "step_seconds": step_s,
+        "steps_per_epoch": steps,
+        "epoch_seconds": step_s * steps if step_s and steps else None,
+        "events_per_step": per_step,
+        "events_per_second": per_step / step_s if step_s else None,
+    }
+
+
+def _one(cfg, run_dir: Path) -> dict:
+    """Train (or reuse) one run and evaluate it."""
+    record = run_dir / "study.json"
+    if record.is_file() and (run_dir / "config.yaml").is_file():
+        if load_config(run_dir / "config.yaml") == cfg:
+            return json.loads(record.read_text())
+    exact_ok = _peak_reset()
+    t0 = time.perf_counter()
+    summary = train_run(cfg, run_dir, progress=False, plots=False, resume=False)
+    wall = time.perf_counter() - t0
+    peak = _peak_mb() if exact_ok else None
+    ws = json.loads((run_dir / "workspace.json").read_text())
+    rec = {
+        "expected_cls": summary["expected_cls"],
+        "z0": summary["z0"],
+        "sigma_mu": summary["sigma_mu"],
+        "observed_cls": summary.get("observed_cls"),
+        "selected_fraction": summary["selected_fraction"],
+        "selection": summary.get("selection", {}).get("expression"),
+        "best_epoch": summary["best_epoch"],
+        **exact_metrics(ws),
+        **_cost(cfg, summary, run_dir),
+        "run_seconds": wall,
+        "peak_rss_mb": peak,
+    }
+    write_atomic(record, json.dumps(rec, indent=1))
+    return rec
+
+
+def realistic_study(
+    out: str | Path = "docs/studies",
+    *,
+    seeds: int = 3,
+    epochs: int = 8,
+    events: int = 300_000,
+    lumi: float = 10.0,
+    data_seed: int = 0,
+    rows=None,
+    overrides=(),
+    runs_dir: str | Path | None = None,
+    name: str = "realistic-analysis",
+) -> Path:
+    """Run the study and write ``<name>.md``, ``.json`` and ``.png`` figures into ``out``.
+
+    Args:
+        out: Directory of the markdown, JSON and figures.
+        seeds: Training seeds per row (the events are the same for every seed).
+        epochs: Epochs per run.
+        events: Simulated events generated (all samples), split 60/20/20 per run.
+        lumi: Integrated luminosity (fb^-1) of the expected yields.
+        data_seed: Seed of the generator.
+        rows: Labels of :data:`ROWS` to train (default: all).
+        overrides: Config overrides for every run (after the study's own).
+        runs_dir: Where data and runs go (default ``runs/realistic``); finished runs are
+            reused.
+        name: Base name of the written files.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_dir = Path(runs_dir) if runs_dir else Path("runs") / "realistic"
+    rows = list(rows or ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    t0 = time.perf_counter()
+    data = generate_events(runs_dir / "data", events, data_seed, lumi)
+    common = [f"data.base_dir={data.resolve()}", f"training.epochs={epochs}", *TRAINING]
+    base = load_config(shipped_config(CONFIG), common)
+    results: dict = {r: [] for r in rows}
+    import jax
+
+    done = 0
+    for seed in range(seeds):
+        for label in rows:
+            loss, selection = ROWS[label]
+            sets = [*common, f"seed={seed}", *row_overrides(base, loss, selection), *overrides]
+            cfg = load_config(shipped_config(CONFIG), sets)
+            slug = f"{loss}-{selection.replace('+', '_')}-seed{seed}"
+            results[label].append(_one(cfg, runs_dir / slug))
+            done += 1
+            if done % CLEAR_EVERY == 0:
+                jax.clear_caches()
+    settings = {"seeds": seeds, "epochs": epochs, "events": events, "lumi": lumi,
+                "data_seed": data_seed, "overrides": list(overrides),
+                "training": list(TRAINING), "signal": base.analysis.signal,
+                "wall_seconds": time.perf_counter() - t0}  # fmt: skip
+    kinds = {r: list(ROWS[r]) for r in rows}
+    result = {"settings": settings, "kinds": kinds, "rows": results}
+    return write_report(out, name, result, BASELINE if BASELINE in rows else rows[0])

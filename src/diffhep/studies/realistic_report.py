@@ -1,0 +1,259 @@
+"""The report of ``diffhep study realistic`` (``docs/studies/realistic-analysis.md``): the
+tables (sensitivity, nuisance parameters, cost), two mplhep figures and the findings, every
+number computed from the per-run records of :mod:`diffhep.studies.realistic`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..writers import write_atomic
+
+__all__ = ["LEADING", "findings", "leading_parameters", "markdown", "write_report"]
+
+LEADING = 6  # nuisance parameters in the tables: the largest |impact| in the baseline row
+AWARE = ("bce_aug", "sigma_mu", "cls", "z0")  # losses that see the systematics
+
+
+def _values(runs, key):
+    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in runs])
+
+
+def _med(runs, key) -> float:
+    v = _values(runs, key)
+    return float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
+
+
+def _cell(runs, key, fmt="{:.3g}") -> str:
+    v = _values(runs, key)
+    if not np.isfinite(v).any():
+        return "n/a"
+    med = fmt.format(np.nanmedian(v))
+    if len(v) == 1:
+        return med
+    return f"{med} ({fmt.format(np.nanmin(v))}-{fmt.format(np.nanmax(v))})"
+
+
+def leading_parameters(rows: dict, baseline: str, n: int = LEADING) -> list[str]:
+    """The ``n`` nuisance parameters with the largest median |impact| on mu in ``baseline``.
+
+    Example:
+        >>> r = {"b": [{"impacts": {"a": 0.1, "c": -0.3, "d": 0.2}}]}
+        >>> leading_parameters(r, "b", 2)
+        ['c', 'd']
+    """
+    runs = rows[baseline]
+    names = list(runs[0]["impacts"])
+    size = {k: float(np.median([abs(r["impacts"][k]) for r in runs])) for k in names}
+    return sorted(names, key=lambda k: -size[k])[:n]
+
+
+def _np_med(runs, what, name) -> float:
+    return float(np.median([abs(r[what][name]) for r in runs]))
+
+
+def _spread(runs, key):
+    v = _values(runs, key)
+    return float(np.nanmin(v)), float(np.nanmax(v))
+
+
+def findings(result: dict, baseline: str) -> list[str]:
+    """The findings, each sentence computed from the records (no number written ahead);
+    ``result["kinds"]`` gives each row's ``[loss, selection]``."""
+    ROWS = result["kinds"]
+    rows = result["rows"]
+    base = rows[baseline]
+    out = []
+    b_cls, b_lim = _med(base, "expected_cls"), _med(base, "upper_limit")
+    b_lo, b_hi = _spread(base, "upper_limit")
+    for label, runs in rows.items():
+        if label == baseline or not runs:
+            continue
+        cls, lim = _med(runs, "expected_cls"), _med(runs, "upper_limit")
+        lo, hi = _spread(runs, "upper_limit")
+        verdict = "wins" if lim < b_lim else "loses"
+        sep = (
+            "the seeds' ranges do not overlap"
+            if hi < b_lo or lo > b_hi
+            else "within the seeds' spread"
+        )
+        out.append(
+            f"{label} vs {baseline}: expected limit on mu {lim:.3g} vs {b_lim:.3g} "
+            f"({verdict}, {100 * (lim / b_lim - 1):+.0f}%; {sep}); expected CLs {cls:.3g} vs "
+            f"{b_cls:.3g} ({100 * (cls / b_cls - 1):+.0f}%)."
+        )
+    ranked = sorted((r for r in rows if rows[r]), key=lambda r: _med(rows[r], "upper_limit"))
+    out.append(
+        f"Best expected limit: {ranked[0]} ({_med(rows[ranked[0]], 'upper_limit'):.3g}); "
+        f"worst: {ranked[-1]} ({_med(rows[ranked[-1]], 'upper_limit'):.3g})."
+    )
+    lead = leading_parameters(rows, baseline)
+    for label, runs in rows.items():
+        loss, selection = ROWS.get(label, (None, None))
+        if loss not in AWARE or selection != "nn" or not runs:
+            continue
+        change = {k: _np_med(runs, "impacts", k) / max(_np_med(base, "impacts", k), 1e-300)
+                  for k in lead}  # fmt: skip
+        down = min(change, key=change.get)
+        up = max(change, key=change.get)
+        out.append(
+            f"{label}: of the leading nuisance parameters, the impact on mu shrinks most for "
+            f"{down} (x{change[down]:.2f} of BCE's: {_np_med(base, 'impacts', down):.3g} -> "
+            f"{_np_med(runs, 'impacts', down):.3g}) and grows most for {up} "
+            f"(x{change[up]:.2f}); sigma_mu {_med(runs, 'sigma_mu'):.3g} vs BCE's "
+            f"{_med(base, 'sigma_mu'):.3g}."
+        )
+    b_eps = _med(base, "events_per_second")
+    nn_rows = [r for r in rows if rows[r] and r != baseline and ROWS.get(r, ("", ""))[1] == "nn"]
+    speed = ", ".join(
+        f"{r.split(' |')[0]} x{_med(rows[r], 'events_per_second') / b_eps:.2g}" for r in nn_rows
+    )
+    out.append(f"Training speed (events/s relative to BCE on the same events): {speed}.")
+    peaks = [r["peak_rss_mb"] for runs in rows.values() for r in runs if r.get("peak_rss_mb")]
+    if peaks:
+        out.append(f"Peak resident memory per run: {min(peaks):.0f}-{max(peaks):.0f} MB.")
+    return out
+
+
+def markdown(result: dict, baseline: str, name: str) -> str:
+    """The study's markdown from its result (``<name>.json``)."""
+    s, rows = result["settings"], result["rows"]
+    runs_n = sum(len(v) for v in rows.values())
+    total = sum(r["run_seconds"] for v in rows.values() for r in v)
+    lines = [
+        "# Study: a realistic analysis -- does systematic-aware training still win?",
+        "",
+        f"Reproduce with `diffhep study realistic --seeds {s['seeds']} --epochs {s['epochs']} "
+        f"--events {s['events']} --lumi {s['lumi']:g}`"
+        + (f" `{' '.join('--set ' + o for o in s['overrides'])}`" if s["overrides"] else "")
+        + f" (generator seed {s['data_seed']}; finished runs under `runs/realistic` are "
+        f"reused). {runs_n} runs, {total / 60:.1f} min of training and evaluation in all "
+        f"(wall time of the call that wrote this file: {s['wall_seconds'] / 60:.1f} min)"
+        + (f" ({s['note']})" if s.get("note") else "")
+        + ".",
+        "",
+        "Analysis: `src/diffhep/data/ttbar_resonance.yaml` on files of `diffhep generate "
+        f"ttbar-resonance --events {s['events']} --lumi {s['lumi']:g} --seed {s['data_seed']}`"
+        f", signal {s['signal']}; SR (>= 2 b-tags, the trained observable, 8 bins) and "
+        "CR_ttbar (1 b-tag, HT in 4 fixed bins) fitted together with a free ttbar "
+        "normalisation, 20 named nuisance parameters (JES x3 and JER as feature-level jet-pT "
+        "variations: events migrate; b-tag, scale, PDF, ISR/FSR weights; one-sided top-pT; "
+        "symmetrised ttbar and W+jets modelling; 5 normalisations) and MC statistics. "
+        f"Study settings for every run: `{' '.join(s['training'])}`.",
+        "",
+        "Evaluation: each run's test split (20% of the events, never used for training nor "
+        "for choosing the epoch), hard histograms, exact fits on the background-only Asimov "
+        "data at the nominal parameters. Expected CLs at mu = 1 (qtilde), Z0 and sigma_mu "
+        "(inverse Fisher information at mu = 1) from the run's summary; the expected 95% CL "
+        "upper limit on mu; post-fit width and impact on mu (`cov(mu, theta) / sigma_theta`) "
+        "of every nuisance parameter from the covariance of the Asimov fit at mu = 1. "
+        "Cells: median (min-max) over seeds.",
+        "",
+        "Rows: every loss with the NN observable, and the expected-CLs loss with the other "
+        "selections (cuts only: SR counting with trained cuts on HT and MET; NN + cuts; "
+        "learnable SR bin edges) -- 8 of the 5 x 4 combinations: BCE gives no gradient to "
+        "cuts or bin edges, and the cost of the others did not fit this run.",
+        "",
+        "## Sensitivity (test split, exact fits)",
+        "",
+        "| row | expected CLs | expected limit on mu | Z0 | sigma_mu | selected fraction |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, runs in rows.items():
+        if runs:
+            lines.append(
+                f"| {label} | {_cell(runs, 'expected_cls')} | {_cell(runs, 'upper_limit')} | "
+                f"{_cell(runs, 'z0')} | {_cell(runs, 'sigma_mu')} | "
+                f"{_cell(runs, 'selected_fraction', '{:.2f}')} |"
+            )
+    lead = leading_parameters(rows, baseline)
+    for what, title in (("impacts", "|impact| on mu"), ("widths", "post-fit width")):
+        lines += [
+            "",
+            f"## Leading nuisance parameters: {title} (median over seeds)",
+            "",
+            "| row | " + " | ".join(lead) + " |",
+            "|---" * (len(lead) + 1) + "|",
+        ]
+        for label, runs in rows.items():
+            if runs:
+                cells = [f"{_np_med(runs, what, k):.3g}" for k in lead]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Cost (same events and batches for every row of a seed)",
+        "",
+        "| row | step (ms) | epoch (s) | events/s | vs BCE | peak RSS (MB) | run incl. "
+        "compilation and evaluation (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    b_eps = _med(rows[baseline], "events_per_second")
+    for label, runs in rows.items():
+        if runs:
+            eps = _med(runs, "events_per_second")
+            lines.append(
+                f"| {label} | {1e3 * _med(runs, 'step_seconds'):.1f} | "
+                f"{_cell(runs, 'epoch_seconds', '{:.2f}')} | {eps:,.0f} | "
+                f"x{eps / b_eps:.2f} | {_med(runs, 'peak_rss_mb'):.0f} | "
+                f"{_med(runs, 'run_seconds'):.0f} |"
+            )
+    lines += ["", "## Findings (computed from the tables above)", ""]
+    lines += [f"- {f}" for f in findings(result, baseline)]
+    lines += [
+        "",
+        f"![sensitivity]({name}.png)",
+        "",
+        f"![impacts]({name}-impacts.png)",
+        "",
+        f"Numbers per run: `{name}.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plots(result, baseline, path, path_impacts) -> None:
+    from ..plotting.style import experiment_label, experiment_style, new_figure, save_figure
+
+    rows = {k: v for k, v in result["rows"].items() if v}
+    labels = list(rows)
+    y = np.arange(len(labels))
+    with experiment_style("CMS"):
+        fig = new_figure((11, 0.55 * len(labels) + 2.5))
+        axes = fig.subplots(1, 2, sharey=True)
+        panels = (("expected_cls", "expected CLs (mu = 1)"),
+                  ("upper_limit", "expected 95% CL limit on mu"))  # fmt: skip
+        for ax, (key, xlabel) in zip(axes, panels, strict=True):
+            for i, runs in enumerate(rows.values()):
+                v = _values(runs, key)
+                ax.plot(v, np.full(len(v), i), "o", alpha=0.5, color="C0")
+                ax.plot([np.nanmedian(v)], [i], "s", color="C1")
+            ax.set_xlabel(xlabel)
+            if key == "expected_cls":
+                ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+        axes[0].set_yticks(y, labels, fontsize="small")
+        axes[0].invert_yaxis()
+        experiment_label(axes[0])
+        save_figure(fig, path)
+        lead = leading_parameters(result["rows"], baseline)
+        grid = np.array([[_np_med(runs, "impacts", k) for k in lead] for runs in rows.values()])
+        fig = new_figure((11, 0.55 * len(labels) + 3))
+        ax = fig.subplots()
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        ax.set_xticks(np.arange(len(lead)), lead, rotation=30, fontsize="small")
+        ax.set_yticks(y, labels, fontsize="small")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:.2g}", ha="center", va="center", color="w", fontsize="x-small")
+        fig.colorbar(im, ax=ax, label="|impact| on mu (median over seeds)")
+        save_figure(fig, path_impacts)
+
+
+def write_report(out: Path, name: str, result: dict, baseline: str) -> Path:
+    """Write ``<name>.json``, ``<name>.png``, ``<name>-impacts.png`` and ``<name>.md``."""
+    write_atomic(out / f"{name}.json", json.dumps(result, indent=1))
+    _plots(result, baseline, out / f"{name}.png", out / f"{name}-impacts.png")
+    path = out / f"{name}.md"
+    write_atomic(path, markdown(result, baseline, name))
+    return path
