@@ -24,12 +24,12 @@ def test_findings_are_the_numbers_of_the_records():
     imp_b = {"jes": 0.4, "btag": 0.2, "lumi": 0.1}
     imp_c = {"jes": 0.1, "btag": 0.3, "lumi": 0.1}
     rows = {
-        "BCE | NN": [_rec(0.2, 2.0, imp_b), _rec(0.3, 3.0, imp_b), _rec(0.25, 2.5, imp_b)],
-        "expected CLs | NN": [_rec(0.1, 1.5, imp_c, eps=250.0)] * 3,
+        "BCE / NN": [_rec(0.2, 2.0, imp_b), _rec(0.3, 3.0, imp_b), _rec(0.25, 2.5, imp_b)],
+        "expected CLs / NN": [_rec(0.1, 1.5, imp_c, eps=250.0)] * 3,
     }
-    assert leading_parameters(rows, "BCE | NN", 2) == ["jes", "btag"]
-    kinds = {"BCE | NN": ["bce", "nn"], "expected CLs | NN": ["cls", "nn"]}
-    text = "\n".join(findings({"rows": rows, "kinds": kinds}, "BCE | NN"))
+    assert leading_parameters(rows, "BCE / NN", 2) == ["jes", "btag"]
+    kinds = {"BCE / NN": ["bce", "nn"], "expected CLs / NN": ["cls", "nn"]}
+    text = "\n".join(findings({"rows": rows, "kinds": kinds}, "BCE / NN"))
     # 1.5 / 2.5 - 1 = -40%, outside BCE's seed range [2, 3]; CLs 0.1 / 0.25 - 1 = -60%
     assert "expected limit on mu 1.5 vs 2.5 (wins, -40%; the seeds' ranges do not overlap)" in text
     assert "expected CLs 0.1 vs 0.25 (-60%)" in text
@@ -82,7 +82,7 @@ def test_realistic_study_smoke_matches_pyhf(tmp_path):
     from diffhep.stats.workspace import Workspace
     from diffhep.studies.realistic import realistic_study
 
-    rows = ["BCE | NN", "expected CLs | NN + cuts"]
+    rows = ["BCE / NN", "expected CLs / NN + cuts"]
     path = realistic_study(tmp_path / "doc", seeds=1, epochs=1, events=20_000, lumi=1.0,
                            rows=rows, overrides=REDUCED, runs_dir=tmp_path / "runs",
                            name="smoke")  # fmt: skip
