@@ -102,8 +102,10 @@ def exact_metrics(workspace: dict) -> dict:
     Returns:
         ``{"upper_limit", "limit_range", "widths": {name: sigma}, "impacts": {name: ...}}``
         for every nuisance parameter with a Gaussian constraint of width 1 (the alphas);
-        the limit is ``None`` outside the scanned range ``limit_range``.
+        the limit is ``None`` outside the scanned range ``limit_range`` or where a
+        hypotest of the scan does not converge (``limit_error`` says which).
     """
+    from ..errors import FitError
     from ..stats import covariance, limits
     from ..stats.workspace import Workspace
 
@@ -116,7 +118,10 @@ def exact_metrics(workspace: dict) -> dict:
     pars[poi] = 0.0
     asimov_b = np.asarray(model.expected_data(pars))
     hi = float(max(10.0, 6.0 * sigma_mu))
-    lim = limits.upper_limit(model, asimov_b, bounds=(0.0, hi))
+    try:
+        limit, limit_error = limits.upper_limit(model, asimov_b, bounds=(0.0, hi)).expected[2], None
+    except FitError as exc:  # recorded, not hidden: the table shows n/a and the JSON why
+        limit, limit_error = None, exc.message
     widths, impacts = {}, {}
     for i, name in enumerate(post.names):
         if i == poi or "[" in name or post.fixed[i]:
@@ -126,7 +131,8 @@ def exact_metrics(workspace: dict) -> dict:
         widths[name] = float(post.uncertainty[i])
         impacts[name] = float(post.covariance[poi, i] / max(post.uncertainty[i], 1e-300))
     return {
-        "upper_limit": lim.expected[2],
+        "upper_limit": limit,
+        "limit_error": limit_error,
         "limit_range": [0.0, hi],
         "sigma_mu_covariance": sigma_mu,
         "widths": widths,

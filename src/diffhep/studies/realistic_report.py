@@ -72,6 +72,9 @@ def findings(result: dict, baseline: str) -> list[str]:
         if label == baseline or not runs:
             continue
         cls, lim = _med(runs, "expected_cls"), _med(runs, "upper_limit")
+        if not (np.isfinite(lim) and np.isfinite(b_lim)):
+            out.append(f"{label}: no expected limit to compare (a scan did not converge; JSON).")
+            continue
         lo, hi = _spread(runs, "upper_limit")
         verdict = "wins" if lim < b_lim else "loses"
         if min(len(runs), len(base)) < 2:
@@ -85,7 +88,8 @@ def findings(result: dict, baseline: str) -> list[str]:
             f"({verdict}, {100 * (lim / b_lim - 1):+.0f}%; {sep}); expected CLs {cls:.3g} vs "
             f"{b_cls:.3g} ({100 * (cls / b_cls - 1):+.0f}%)."
         )
-    ranked = sorted((r for r in rows if rows[r]), key=lambda r: _med(rows[r], "upper_limit"))
+    ranked = sorted((r for r in rows if rows[r] and np.isfinite(_med(rows[r], "upper_limit"))),
+                    key=lambda r: _med(rows[r], "upper_limit"))  # fmt: skip
     out.append(
         f"Best expected limit: {ranked[0]} ({_med(rows[ranked[0]], 'upper_limit'):.3g}); "
         f"worst: {ranked[-1]} ({_med(rows[ranked[-1]], 'upper_limit'):.3g})."
