@@ -60,7 +60,7 @@ ROWS = {
 BASELINE = "BCE / NN"
 #: the study's defaults for the training (every row; ``overrides`` change them)
 TRAINING = ("observable.hidden=[32, 32]", "training.batch_size=4000",
-            "report.diagnostics=false", "training.select_on=expected_cls")  # fmt: skip
+            "report.diagnostics=false", "training.select_on=sigma_mu")  # fmt: skip
 CLEAR_EVERY = 6  # runs between clearing JAX's in-process caches (memory maps)
 
 
@@ -102,8 +102,10 @@ def exact_metrics(workspace: dict) -> dict:
     Returns:
         ``{"upper_limit", "limit_range", "widths": {name: sigma}, "impacts": {name: ...}}``
         for every nuisance parameter with a Gaussian constraint of width 1 (the alphas);
-        the limit is ``None`` outside the scanned range ``limit_range`` or where a
-        hypotest of the scan does not converge (``limit_error`` says which).
+        ``"empty_background_bins"``: bins with signal and no background (where the
+        asymptotic CLs tends to 0 whatever the signal); the limit is ``None`` outside
+        the scanned range ``limit_range`` or where a hypotest of the scan does not
+        converge (``limit_error`` says which).
     """
     from ..errors import FitError
     from ..stats import covariance, limits
@@ -123,6 +125,16 @@ def exact_metrics(workspace: dict) -> dict:
     except FitError as exc:  # recorded, not hidden: the table shows n/a and the JSON why
         limit, limit_error = None, exc.message
     widths, impacts = {}, {}
+    poi_name = model.config.par_names[poi]
+    empty = 0  # bins where the signal is > 0 and the background's nominal total is not
+    for channel in workspace["channels"]:
+        sig = np.zeros(len(channel["samples"][0]["data"]))
+        bkg = np.zeros_like(sig)
+        for sample in channel["samples"]:
+            is_signal = any(m["type"] == "normfactor" and m["name"] == poi_name
+                            for m in sample["modifiers"])  # fmt: skip
+            (sig if is_signal else bkg)[:] += np.asarray(sample["data"], float)
+        empty += int(np.sum((sig > 0) & (bkg <= 1e-9)))
     for i, name in enumerate(post.names):
         if i == poi or "[" in name or post.fixed[i]:
             continue  # the POI, per-bin (MC-stat) and fixed parameters
@@ -133,6 +145,7 @@ def exact_metrics(workspace: dict) -> dict:
     return {
         "upper_limit": limit,
         "limit_error": limit_error,
+        "empty_background_bins": empty,
         "limit_range": [0.0, hi],
         "sigma_mu_covariance": sigma_mu,
         "widths": widths,

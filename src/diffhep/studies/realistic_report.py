@@ -88,6 +88,16 @@ def findings(result: dict, baseline: str) -> list[str]:
             f"({verdict}, {100 * (lim / b_lim - 1):+.0f}%; {sep}); expected CLs {cls:.3g} vs "
             f"{b_cls:.3g} ({100 * (cls / b_cls - 1):+.0f}%)."
         )
+    empty = {r: _med(v, "empty_background_bins") for r, v in rows.items() if v}
+    hit = [r for r, n in empty.items() if n > 0]
+    if hit:
+        out.append(
+            "Bins with signal and no background in the test histograms (median): "
+            + ", ".join(f"{r} {empty[r]:.0f}" for r in hit)
+            + ". There the asymptotic expected CLs and limit are not a sensitivity (the "
+            "background-only Asimov data have 0 events where mu = 1 predicts some: CLs -> 0, "
+            "and the limit scans' fits may fail); compare those rows on sigma_mu and Z0."
+        )
     ranked = sorted((r for r in rows if rows[r] and np.isfinite(_med(rows[r], "upper_limit"))),
                     key=lambda r: _med(rows[r], "upper_limit"))  # fmt: skip
     out.append(
@@ -172,15 +182,17 @@ def markdown(result: dict, baseline: str, name: str) -> str:
         "",
         "## Sensitivity (test split, exact fits)",
         "",
-        "| row | expected CLs | expected limit on mu | Z0 | sigma_mu | selected fraction |",
-        "|---|---|---|---|---|---|",
+        "| row | expected CLs | expected limit on mu | Z0 | sigma_mu | selected fraction "
+        "| bins with s > 0, b = 0 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, runs in rows.items():
         if runs:
             lines.append(
                 f"| {label} | {_cell(runs, 'expected_cls')} | {_cell(runs, 'upper_limit')} | "
                 f"{_cell(runs, 'z0')} | {_cell(runs, 'sigma_mu')} | "
-                f"{_cell(runs, 'selected_fraction', '{:.2f}')} |"
+                f"{_cell(runs, 'selected_fraction', '{:.2f}')} | "
+                f"{_cell(runs, 'empty_background_bins', '{:.0f}')} |"
             )
     lead = leading_parameters(rows, baseline)
     for what, title in (("impacts", "|impact| on mu"), ("widths", "post-fit width")):
