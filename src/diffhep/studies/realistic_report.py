@@ -13,6 +13,7 @@ from ..writers import write_atomic
 
 __all__ = ["LEADING", "findings", "leading_parameters", "markdown", "write_report"]
 
+CLS_FLOOR = 1e-4  # the figure's lowest expected CLs (empty-background bins give ~1e-45)
 LEADING = 6  # nuisance parameters in the tables: the largest |impact| in the baseline row
 AWARE = ("bce_aug", "sigma_mu", "cls", "z0")  # losses that see the systematics
 
@@ -214,7 +215,9 @@ def markdown(result: dict, baseline: str, name: str) -> str:
         "Events/s: nominal events of the training split per step (what BCE sees) over the "
         "median step time; the likelihood losses and BCE with augmentation also pass every "
         "variation's events (event sets per step in the JSON). Peak RSS: the process's "
-        "high-water mark during the run, reset before it (compilation included).",
+        "high-water mark during the run, reset before it (compilation included); the runs "
+        "share one process, so it also holds what earlier runs left there (compiled "
+        "programs, the events): an upper bound of a run's own footprint, in run order.",
         "",
         "| row | step (ms) | epoch (s) | nominal events/s | vs BCE | peak RSS (MB) | run incl. "
         "compilation and evaluation (s) |",
@@ -263,18 +266,26 @@ def _plots(result, baseline, path, path_impacts) -> None:
     labels = list(rows)
     y = np.arange(len(labels))
     with experiment_style("CMS"):
-        fig = new_figure((11, 0.55 * len(labels) + 2.5))
+        fig = new_figure((14, 0.6 * len(labels) + 3))
         axes = fig.subplots(1, 2, sharey=True)
         panels = (("expected_cls", "expected CLs (mu = 1)"),
                   ("upper_limit", "expected 95% CL limit on mu"))  # fmt: skip
         for ax, (key, xlabel) in zip(axes, panels, strict=True):
             for i, runs in enumerate(rows.values()):
                 v = _values(runs, key)
+                if not np.isfinite(v).any():
+                    continue  # no limit (the table says n/a)
+                if key == "expected_cls":  # below CLS_FLOOR: drawn at the floor, as "<"
+                    low = v < CLS_FLOOR
+                    ax.plot(np.full(low.sum(), CLS_FLOOR), np.full(low.sum(), i), "<", color="C3")
+                    v = v[~low]
                 ax.plot(v, np.full(len(v), i), "o", alpha=0.5, color="C0")
-                ax.plot([np.nanmedian(v)], [i], "s", color="C1")
-            ax.set_xlabel(xlabel)
+                if len(v):
+                    ax.plot([np.nanmedian(v)], [i], "s", color="C1")
+            ax.set_xlabel(xlabel, fontsize="small")
             if key == "expected_cls":
                 ax.set_xscale("log")
+                ax.set_xlim(CLS_FLOOR / 2, 1.5)
             ax.grid(alpha=0.3)
         axes[0].set_yticks(y, labels, fontsize="small")
         axes[0].invert_yaxis()
