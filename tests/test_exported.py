@@ -220,3 +220,29 @@ def test_a_program_traced_again_is_the_same_program(tmp_path):
     )
     n1, n2, same = json.loads(out.stdout.strip().splitlines()[-1])
     assert same, f"program text differs: {n1} vs {n2} characters"
+
+
+def _double(model, x):
+    return {"y": 2.0 * x}
+
+
+def test_unknown_compiler_options_fall_back_to_xla_defaults(monkeypatch):
+    """The kernels compile with XLA's older CPU emitters where jaxlib knows the option; a
+    jaxlib that does not (it raises at the first compilation) gets a plain jit, same result."""
+    from diffhep.stats.workspace import Workspace
+
+    model = Workspace(example_spec()).model()
+    x = np.arange(3.0)
+    for options in (
+        {"xla_cpu_no_such_option_in_any_jaxlib": False},
+        exported._CPU_COMPILER_OPTIONS,
+    ):
+        monkeypatch.setattr(exported, "_CPU_COMPILER_OPTIONS", options)
+        monkeypatch.setattr(exported, "_OPTIONS", None)
+        monkeypatch.setattr(exported, "_LOADED", {})
+        monkeypatch.setattr(exported, "_CACHE_DIR", None)
+        out = exported.call(_double, model, x)
+        np.testing.assert_array_equal(np.asarray(out["y"]), 2.0 * x)
+        # decided at the first compilation: the bogus option dropped, the real one kept
+        want = options if "emitters" in next(iter(options)) else {}
+        assert exported._OPTIONS == (want if jax.default_backend() == "cpu" else None)
