@@ -146,28 +146,26 @@ def structure_key(model, *args, **static) -> str:
 #: hypothesis test of sbottom RegionA compiled in 71-77 s instead of 114-127 s (pinned, loaded
 #: machine) with the same CLs and the same warm time; a jit(fit) 2.3 instead of 6.2 s of CPU.
 _CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-_OPTIONS: dict | None = None  # what this jaxlib and platform accept (decided at first use)
+_OPTIONS_KNOWN: bool | None = None  # whether this jaxlib accepts them (its first compile says)
 
 
 def _jit(fn: Callable) -> Callable:
     """``jax.jit(fn)`` compiled with :data:`_CPU_COMPILER_OPTIONS` on CPU, without them when
     this jaxlib does not know them (it says so at the first compilation)."""
     plain = jax.jit(fn)
-    if _OPTIONS == {} or jax.default_backend() != "cpu":
+    if _OPTIONS_KNOWN is False or jax.default_backend() != "cpu":
         return plain
     fast = jax.jit(fn, compiler_options=_CPU_COMPILER_OPTIONS)
 
     def run(*args):
-        global _OPTIONS
-        if _OPTIONS is None or _OPTIONS:
+        global _OPTIONS_KNOWN
+        if _OPTIONS_KNOWN is not False:
             try:
-                out = fast(*args)
-                _OPTIONS = _CPU_COMPILER_OPTIONS
-                return out
+                return fast(*args)
             except jax.errors.JaxRuntimeError as err:
                 if "compile option" not in str(err):
                     raise
-                _OPTIONS = {}
+                _OPTIONS_KNOWN = False
         return plain(*args)
 
     return run
