@@ -125,6 +125,54 @@ def test_another_structure_gets_its_own_kernel_and_damaged_entries_are_rebuilt(s
     assert len(exports) == 3 and again == out
 
 
+def _symmetrised(patch: list, modifier: str) -> list:
+    """The patch with the signal's variation ``modifier`` symmetrised (down = up)."""
+    out = copy.deepcopy(patch)
+    for op in out:
+        if op["op"] == "add":
+            for m in op["value"]["modifiers"]:
+                if m["name"] == modifier and m["type"] == "normsys":
+                    m["data"]["lo"] = m["data"]["hi"]
+                elif m["name"] == modifier:
+                    m["data"]["lo_data"] = list(m["data"]["hi_data"])
+    return out
+
+
+def _mirrored_kernel(model):
+    from diffhep.stats import fit
+
+    return {"mirrored": fit._mirrored(model)}
+
+
+def test_which_variations_are_symmetrised_is_an_input_of_one_program(store, exports, tmp_path):
+    """Workspaces that differ only in which parameters have a symmetrised variation (5 of the
+    7 structures of sbottom RegionA's signal points) share one stored program: the
+    symmetrised set (the fits' mirrored restart) is an array input, not a constant, and each
+    point gets its own set and the numbers of a separately traced program (and pyhf's)."""
+    from diffhep.stats.workspace import Workspace
+
+    spec, patch = _analysis()
+    points = [_symmetrised(patch, "sig_norm"), _symmetrised(patch, "sig_shape")]
+    models = [Workspace(spec).patched(p).model() for p in points]
+    assert [m.config.symmetric for m in models] == [("sig_norm",), ("sig_shape",)]
+    masks = [exported.call(_mirrored_kernel, m)["mirrored"] for m in models]
+    for model, mask, name in zip(models, masks, ("sig_norm", "sig_shape"), strict=True):
+        expected = np.zeros(model.config.npars, bool)
+        expected[model.config.par_slice(name)] = True  # code4/code4p: no kinks
+        np.testing.assert_array_equal(np.asarray(mask), expected)
+    shared = [workflows.cls(spec, patches=[p]) for p in points]
+    assert len(exports) == 2 and len(list(store.glob("*.bin"))) == 2  # mask kernel + cls
+    exported.set_cache_dir(tmp_path / "separate")
+    exported._LOADED.clear()
+    separate = workflows.cls(spec, patches=[points[1]])  # traced for this point alone
+    assert len(exports) == 3
+    assert separate == shared[1]
+    for out, p in zip(shared, points, strict=True):
+        obs, exp = _pyhf_cls(spec, p)
+        assert out["CLs_obs"] == pytest.approx(obs, rel=1e-4)
+        np.testing.assert_allclose(out["CLs_exp"], exp, rtol=1e-4)
+
+
 @pytest.mark.slow  # ~15 s: a scan and a dozen root-finding hypotests
 def test_the_upper_limit_scan_uses_the_store(store, exports):
     spec, patch = _analysis()

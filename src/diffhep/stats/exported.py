@@ -9,7 +9,8 @@ to ``<store>/<key>.bin`` (the CLI's store is ``<compilation cache>/exported``); 
 deserialise and call it, and its XLA compilation is found in the persistent cache.
 
 The key is everything the traced program depends on and nothing else: the kernel and its
-static options, the model's index tables, its configuration with names replaced by their rank
+static options, the model's index tables, its configuration (but for ``symmetric``, an array
+input: ``Model.symmetric_pars``) with names replaced by their rank
 among the model's names (so points whose signal sample is called ``sbottom_1300_850_60`` or
 ``sbottom_1000_600_60`` share a structure, while any behaviour that depends on names, through
 equality or order, is unchanged), the shapes and dtypes of the arrays, the versions of jax and
@@ -97,17 +98,24 @@ def _ranked(value, rank: dict):
     return value
 
 
+#: Fields of the configuration that compiled programs read from an array of the model, not
+#: as constants: ``symmetric`` (``Model.symmetric_pars``); not part of the key
+_INPUTS = frozenset({"symmetric"})
+
+
 def _config_digest(config) -> bytes:
-    """Digest of the model's configuration with names replaced by their rank, remembered by
-    value (every point of an exclusion has a new but mostly equal configuration: ~2.5 ms of
-    ranking each on sbottom RegionA, a dictionary look-up here)."""
+    """Digest of the model's configuration (without :data:`_INPUTS`) with names replaced by
+    their rank, remembered by value (every point of an exclusion has a new but mostly equal
+    configuration: ~2.5 ms of ranking each on sbottom RegionA, a dictionary look-up here)."""
     try:
         found = _CONFIGS.get(config)
         hashable = True
     except TypeError:  # an unhashable configuration: computed every time
         found, hashable = None, False
     if found is None:
-        values = tuple(getattr(config, f.name) for f in dataclasses.fields(config))
+        values = tuple(
+            getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in _INPUTS
+        )
         names: set = set()
         _strings(values, names)
         rank = {name: i for i, name in enumerate(sorted(names))}

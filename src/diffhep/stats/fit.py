@@ -133,19 +133,24 @@ _objective.local = _objective_local
 
 
 @cache
-def _mirrored(config) -> np.ndarray:
-    """Parameters whose likelihood can have a local minimum on either side of alpha = 0:
-    interpolations with a kink there (normsys code1, histosys code0) and symmetrised
-    variations (``config.symmetric``: an even response, mirror-image minima)."""
+def _kinked(config) -> np.ndarray:
+    """Parameters of interpolations with a kink at alpha = 0 (normsys code1, histosys code0)."""
     out = np.zeros(config.npars, dtype=bool)
     codes = dict(config.modifier_settings)
     kinked = {t for t, code in (("normsys", "code1"), ("histosys", "code0")) if codes[t] == code}
-    symmetric = set(config.symmetric)
-    for name, (a, b), modtype in zip(
-        config.par_order, config.par_slices, config.par_modtypes, strict=True
-    ):
-        out[a:b] = modtype in kinked or name in symmetric
+    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
+        out[a:b] = modtype in kinked
     return out
+
+
+def _mirrored(model: Model) -> jax.Array:
+    """Parameters whose likelihood can have a local minimum on either side of alpha = 0:
+    interpolations with a kink there (:func:`_kinked`) and symmetrised variations
+    (``config.symmetric``: an even response, mirror-image minima). The symmetrised ones are
+    an array of the model (``Model.symmetric_pars``), not a constant of the compiled fit;
+    they are histosys/normsys parameters, so the static candidates of :func:`_restarts`
+    (``_kinked | _interpolated``) include them."""
+    return jnp.asarray(_kinked(model.config)) | model.symmetric_pars
 
 
 #: Modifiers whose parameter multiplies the rates (positive factors): the solver also tries
@@ -263,8 +268,8 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     def run(x0):
         return _run_fit(model, data, x0, lower, upper, fixed, tol, max_steps)
 
-    always = _mirrored(model.config)
-    candidates = np.flatnonzero(always | _interpolated(model.config))
+    always = _mirrored(model)
+    candidates = np.flatnonzero(_kinked(model.config) | _interpolated(model.config))
     # A restart where the likelihood may have several minima, keeping the lower -log L;
     # all fits are one loop body (lax.while_loop, compiled once). Candidates: parameters with a
     # kink at 0 or a symmetrised variation (``always``) and those with an even response
@@ -282,7 +287,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     # +-0.8 (0.137 apart in twice_nll), 550_180_50 at one of them at +0.31 or -0.34
     # (0.016 apart); multichan_coupledhistosys (code4p) on the Asimov data at mu = 1 at
     # -0.54 and +0.62 (30.13 and 33.99)
-    mirror = jnp.asarray(always) & ~fixed
+    mirror = always & ~fixed
     eligible = (mirror | (_even_response(model) & ~fixed)) & jnp.asarray(restart)
     cand = jnp.asarray(candidates)
     probes = jnp.asarray(_PROBES, dtype=init.dtype)
@@ -429,7 +434,7 @@ def fit_bounded(
     that generated it, where every term of ``log L`` is at its maximum) turns it off.
     """
     data = jnp.asarray(data, dtype=model.nominal.dtype)
-    if not np.any(_mirrored(model.config) | _interpolated(model.config)):
+    if not np.any(_kinked(model.config) | _interpolated(model.config)):
         res = _run_fit(model, data, init, lower, upper, fixed, tol, max_steps)
     else:
         res = _search(

@@ -6,8 +6,9 @@ each patch of a pyhf patchset). One point at a time (:func:`run_points`, the def
 each point runs the kernel of a single ``diffhep cls`` call (the same compilation, shared
 with it through :mod:`~diffhep.stats.exported`), and the next point's model is built while
 the kernel of the previous one runs. In batches (:func:`run_batch` with ``pad_to > 1``),
-points whose models share one structure (the same static tables and template shapes: every
-signal patch of a published analysis, as a rule) are stacked and go through one compiled,
+points whose models share one structure (:func:`~diffhep.stats.exported.structure_key`:
+the same static tables, configuration and template shapes; every signal patch of a
+published analysis, as a rule) are stacked and go through one compiled,
 vectorised :func:`~diffhep.stats.hypotest.hypotest`; a batch holds at most ``batch_size``
 points (memory is bounded by it), and a short last batch is padded with copies of its last
 point so that every batch of a structure reuses one compilation. Each point gives the same
@@ -126,9 +127,16 @@ def batches(points: list, batch_size: int) -> list[list]:
     return [points[i : i + batch_size] for i in range(0, len(points), batch_size)]
 
 
-def _structure(model, data):
-    leaves, treedef = jax.tree.flatten(eqx.filter(model, eqx.is_array))
-    return treedef, tuple((x.shape, x.dtype) for x in leaves), data.shape
+def _stack(models):
+    """One model whose arrays are those of ``models`` stacked (models of one structure key:
+    their static parts differ at most in what the compiled programs read from arrays,
+    ``config.symmetric``, which the stacked model takes from each point's
+    ``symmetric_pars``, as :func:`diffhep.stats.exported.call` does)."""
+    arrays, rest = eqx.partition(models[0], eqx.is_array)
+    treedef = jax.tree.structure(arrays)
+    columns = zip(*(jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in models), strict=True)
+    stacked = [jnp.stack(xs) for xs in columns]
+    return eqx.combine(jax.tree.unflatten(treedef, stacked), rest)
 
 
 def _batched(models, poi_value, data, *, test_stat, max_steps):
@@ -248,13 +256,14 @@ def run_batch(
                                      checked))  # fmt: skip
     groups: dict[Any, list[int]] = {}
     for i, (model, data) in enumerate(built):
-        groups.setdefault(_structure(model, data), []).append(i)
+        key = exported.structure_key(model, data)
+        groups.setdefault(key, []).append(i)
     size = max(pad_to or 0, len(points))
     out: list[dict[str, Any] | None] = [None] * len(points)
     for idx in groups.values():
         padded = idx + [idx[-1]] * (size - len(idx))
         models = [built[i][0] for i in padded]
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *models)
+        stacked = _stack(models)
         data = jnp.stack([built[i][1] for i in padded])
         cls_obs, cls_exp, converged = exported.call(
             _batched,

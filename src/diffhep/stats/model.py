@@ -67,6 +67,20 @@ class Model(eqx.Module):
     aux_factor_static: jax.Array
     tables: Tables = eqx.field(static=True)
     config: ModelConfig = eqx.field(static=True)
+    # ``config.symmetric`` as a per-parameter mask, always derived from it (below): an array
+    # input of the compiled fits (their mirrored restart, :mod:`diffhep.stats.fit`), not a
+    # constant, so that workspaces that differ only in which variations are symmetrised (5
+    # of the 7 structures of sbottom RegionA's 217 signal points) share one program
+    symmetric_pars: np.ndarray = eqx.field(init=False)
+
+    def __post_init__(self):
+        cfg = self.config
+        mask = np.zeros(cfg.npars, dtype=bool)
+        if cfg.symmetric:
+            names = set(cfg.symmetric)
+            for name, (a, b) in zip(cfg.par_order, cfg.par_slices, strict=True):
+                mask[a:b] = name in names
+        self.symmetric_pars = mask
 
     @property
     def ss_present(self) -> bool:

@@ -177,7 +177,8 @@ def model_digest(model: Model, data) -> str:
     """SHA-256 of what the toys depend on: the templates, constraint constants and data, the
     parameters' names, inits, bounds and fixed flags, the POI and the interpolation codes."""
     h = hashlib.sha256()
-    for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_array)):
+    # the float arrays (not the mask Model.symmetric_pars, derived from the configuration)
+    for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)):
         h.update(np.ascontiguousarray(np.asarray(leaf, dtype=float)).tobytes())
     h.update(np.ascontiguousarray(np.asarray(data, dtype=float)).tobytes())
     cfg = model.config
