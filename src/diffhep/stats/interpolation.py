@@ -23,25 +23,25 @@ import numpy as np
 __all__ = ["code0", "code0_weights", "code1", "code4", "code4p", "code4p_weights", "log_code1"]
 
 
-def code0_weights(alpha):
+def code0_weights(alpha, xp=jnp):
     """Weights ``(w_lo, w_nom, w_hi)`` with code0's change = w_lo*lo + w_nom*nom + w_hi*hi.
 
     The additive codes are linear in the templates at fixed alpha; computing the weights on
     one value per modifier (not per bin) makes derivatives with respect to alpha cheap.
     """
     up = alpha > 0
-    zero = jnp.zeros_like(alpha)
-    return jnp.where(up, zero, -alpha), alpha * jnp.where(up, -1.0, 1.0), jnp.where(up, alpha, zero)
+    zero = xp.zeros_like(alpha)
+    return xp.where(up, zero, -alpha), alpha * xp.where(up, -1.0, 1.0), xp.where(up, alpha, zero)
 
 
-def code4p_weights(alpha):
+def code4p_weights(alpha, xp=jnp):
     """Weights ``(w_lo, w_nom, w_hi)`` of :func:`code4p` (see :func:`code0_weights`)."""
     a2 = alpha * alpha
     # inside |alpha| <= 1: alpha/2 (hi - lo) + alpha^2 (3 a^4 - 10 a^2 + 15)/16 (hi - 2 nom + lo)
     q = a2 * (a2 * (a2 * 3.0 - 10.0) + 15.0) * 0.0625
-    w_lo = jnp.where(alpha > 1, 0.0, jnp.where(alpha < -1, -alpha, q - 0.5 * alpha))
-    w_nom = jnp.where(alpha > 1, -alpha, jnp.where(alpha < -1, alpha, -2.0 * q))
-    w_hi = jnp.where(alpha > 1, alpha, jnp.where(alpha < -1, 0.0, q + 0.5 * alpha))
+    w_lo = xp.where(alpha > 1, 0.0, xp.where(alpha < -1, -alpha, q - 0.5 * alpha))
+    w_nom = xp.where(alpha > 1, -alpha, xp.where(alpha < -1, alpha, -2.0 * q))
+    w_hi = xp.where(alpha > 1, alpha, xp.where(alpha < -1, 0.0, q + 0.5 * alpha))
     return w_lo, w_nom, w_hi
 
 
@@ -63,30 +63,30 @@ def code4p(alpha, lo, nom, hi):
     return _apply(code4p_weights(alpha), lo, nom, hi)
 
 
-def _safe_pow(base, exponent):
+def _safe_pow(base, exponent, xp=jnp):
     ok = base > 0
-    safe = jnp.where(ok, base, 1.0)
-    return jnp.where(ok, safe**exponent, jnp.where(exponent == 0, 1.0, 0.0))
+    safe = xp.where(ok, base, 1.0)
+    return xp.where(ok, safe**exponent, xp.where(exponent == 0, 1.0, 0.0))
 
 
-def _safe_log(x):
-    return jnp.log(jnp.where(x > 0, x, 1.0))
+def _safe_log(x, xp=jnp):
+    return xp.log(xp.where(x > 0, x, 1.0))
 
 
-def code1(alpha, lo, hi):
+def code1(alpha, lo, hi, xp=jnp):
     """Exponential multiplicative interpolation (normsys ``code1``): hi^alpha or lo^-alpha."""
-    return jnp.where(alpha > 0, _safe_pow(hi, alpha), _safe_pow(lo, -alpha))
+    return xp.where(alpha > 0, _safe_pow(hi, alpha, xp), _safe_pow(lo, -alpha, xp))
 
 
-def log_code1(alpha, lo, hi):
+def log_code1(alpha, lo, hi, xp=jnp):
     """Logarithm of :func:`code1`, computed directly (``alpha log hi`` or ``-alpha log lo``).
 
     Written with signed exponents (not ``|alpha|``) so that the derivative at alpha = 0 is the
     one-sided derivative of the lo branch, as the value is, rather than its negative.
     """
-    log_hi = jnp.log(jnp.where(hi > 0, hi, 1e-300))
-    log_lo = jnp.log(jnp.where(lo > 0, lo, 1e-300))
-    return jnp.where(alpha > 0, alpha * log_hi, -alpha * log_lo)
+    log_hi = xp.log(xp.where(hi > 0, hi, 1e-300))
+    log_lo = xp.log(xp.where(lo > 0, lo, 1e-300))
+    return xp.where(alpha > 0, alpha * log_hi, -alpha * log_lo)
 
 
 # pyhf's code4 polynomial coefficients for alpha0 = 1 (inverse of the boundary-condition
@@ -103,23 +103,24 @@ _A_INV = np.asarray(
 )
 
 
-def code4(alpha, lo, hi):
+def code4(alpha, lo, hi, xp=jnp):
     """Exponential extrapolation with a 6th-order polynomial for |alpha| < 1 (normsys ``code4``).
 
     pyhf's default for normsys. Continuous with continuous first and second derivatives.
+    ``xp``: ``jax.numpy``, or numpy for an eager evaluation on concrete values.
     """
-    alpha, lo, hi = jnp.broadcast_arrays(
-        jnp.asarray(alpha), jnp.asarray(lo, dtype=jnp.result_type(float)), jnp.asarray(hi)
+    alpha, lo, hi = xp.broadcast_arrays(
+        xp.asarray(alpha), xp.asarray(lo, dtype=jnp.result_type(float)), xp.asarray(hi)
     )
-    log_hi, log_lo = _safe_log(hi), _safe_log(lo)
-    b = jnp.stack([hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
-    coeff = jnp.tensordot(_A_INV.astype(b.dtype), b, axes=1)  # (6, ...)
+    log_hi, log_lo = _safe_log(hi, xp), _safe_log(lo, xp)
+    b = xp.stack([hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
+    coeff = xp.tensordot(_A_INV.astype(b.dtype), b, axes=1)  # (6, ...)
     c = coeff
     inner = 1.0 + alpha * (
         c[0] + alpha * (c[1] + alpha * (c[2] + alpha * (c[3] + alpha * (c[4] + alpha * c[5]))))
     )
-    return jnp.where(
+    return xp.where(
         alpha >= 1.0,
-        _safe_pow(hi, jnp.abs(alpha)),
-        jnp.where(alpha > -1.0, inner, _safe_pow(lo, jnp.abs(alpha))),
+        _safe_pow(hi, xp.abs(alpha), xp),
+        xp.where(alpha > -1.0, inner, _safe_pow(lo, xp.abs(alpha), xp)),
     )
