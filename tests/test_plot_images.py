@@ -142,7 +142,7 @@ def _yields(scale):
 
 _CORR = np.array([[1.0, 0.5, -0.3], [0.5, 1.0, 0.1], [-0.3, 0.1, 1.0]])
 CASES.update({
-    "fit_ranking": lambda p: fit_plots.plot_ranking(_RANKING, _PULLS, p),
+    "fit_ranking": lambda p: fit_plots.plot_ranking(_RANKING, _PULLS, p, poi="mu_SIG"),
     "fit_yields": lambda p: fit_plots.plot_yields(_yields(1.0), _yields(1.1), p),
     "fit_pulls": lambda p: fit_plots.plot_pulls(_PULLS, p),
     "fit_correlations": lambda p: fit_plots.plot_correlations(

@@ -44,7 +44,9 @@ def plot_pulls(pulls: Mapping, path) -> None:
 
 
 @_styled
-def plot_ranking(ranking: Sequence[Mapping], pulls: Mapping, path, top: int = 20) -> None:
+def plot_ranking(
+    ranking: Sequence[Mapping], pulls: Mapping, path, top: int = 20, poi: str | None = None
+) -> None:
     """The ``top`` parameters by post-fit impact: impacts on the POI (bars, top axis:
     pre-fit open, post-fit filled, up blue, down teal) and their pulls (points, bottom axis).
 
@@ -55,11 +57,13 @@ def plot_ranking(ranking: Sequence[Mapping], pulls: Mapping, path, top: int = 20
             parameters are shown at their best fit with their uncertainty).
         path: Output file.
         top: Number of parameters shown.
+        poi: The POI's name for the impact axis (``"Delta mu_SIG"``; default ``"Delta POI"``).
     """
     rows = list(ranking)[:top]
     info = {p["name"]: p for p in [*pulls["parameters"], *pulls["normfactors"]]}
     n = max(len(rows), 1)
-    fig = new_figure((7.0, 1.6 + 0.35 * n))
+    # an experiment's style has larger fonts: more width for the parameter names
+    fig = new_figure((7.0 if plain() else 9.0, 1.6 + 0.35 * n))
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
     impacts = ax.twiny()
@@ -73,7 +77,7 @@ def plot_ranking(ranking: Sequence[Mapping], pulls: Mapping, path, top: int = 20
         impacts.barh(y, [r[key] for r in rows], height=0.6, **{"zorder": 1, **kw})
     size = max([abs(r[k]) for r in rows for k in r if k != "parameter"] + [1e-12])
     impacts.set_xlim(-1.2 * size, 1.2 * size)
-    impacts.set_xlabel(r"$\Delta$POI")
+    impacts.set_xlabel(r"$\Delta$" + (f" {poi}" if poi else "POI"))
     centre, err = [], []
     for r in rows:
         p = info.get(r["parameter"], {})
@@ -86,10 +90,12 @@ def plot_ranking(ranking: Sequence[Mapping], pulls: Mapping, path, top: int = 20
     ax.set_xlim(-2.0, 2.0)
     ax.set_xlabel(r"$(\hat{\theta} - \theta_0) / \Delta\theta$")
     ax.set_yticks(y, [r["parameter"] for r in rows])
-    ax.set_ylim(-0.7, len(rows) + 1.5)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
     h1, l1 = impacts.get_legend_handles_labels()
     h2, l2 = ax.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize="x-small", ncol=3, loc="upper center", frameon=False)
+    # below the axes (constrained layout makes room): never over the bars or cut at the edge
+    fig.legend(h1 + h2, l1 + l2, fontsize="x-small", ncol=3, loc="outside lower center",
+               frameon=False)  # fmt: skip
     save_figure(fig, path)
 
 
@@ -159,13 +165,19 @@ def plot_yields(prefit: Mapping, postfit: Mapping, path, data_label: str = "data
     grid = fig.add_gridspec(2 * len(channels), 2, height_ratios=[3, 1] * len(channels))
     for i, c in enumerate(channels):
         edges = np.arange(len(postfit[c]["data"]) + 1, dtype=float)
+        axes = []
         for j, (label, res) in enumerate((("pre-fit", prefit), ("post-fit", postfit))):
             ax = fig.add_subplot(grid[2 * i, j])
             rax = fig.add_subplot(grid[2 * i + 1, j], sharex=ax)
             _stack(ax, rax, res[c], edges, f"{c} ({label})", data_label)
             ax.set_xlim(edges[0], edges[-1])
+            axes.append(ax)
             if i == 0 and j == 0:
                 _experiment_label(ax)
+        # one y range for both: pre- and post-fit yields compare by eye
+        top = max(a.get_ylim()[1] for a in axes)
+        for a in axes:
+            a.set_ylim(0, top)
     save_figure(fig, path)
 
 
