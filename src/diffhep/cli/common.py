@@ -30,6 +30,14 @@ QUICK_EXIT = False
 #: that wait on each other (one spins) at each of the thousands of small operations of a
 #: hypothesis test: on the shared 2-core machine (load 7-9) a warm sbottom RegionA hypotest
 #: took 130-680 ms of CPU time on two cores, 13-22 ms on one, with the same numbers.
+#: Single-threaded XLA without the affinity does not replace it (A/B at 21:42-21:50 UTC, load
+#: 5-8, warm cache, three runs each): 'diffhep exclusion' over 16 sbottom RegionA patches took
+#: 1.5-1.6 s of CPU (2.2-2.4 s wall) pinned, 3.7-8.7 s (4-26 s) without the affinity, 6.9-9.1 s
+#: (11-18 s) with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false, 6.7-7.7 s (two runs) with
+#: JAX_CPU_ENABLE_ASYNC_DISPATCH=false, 4.4-8.5 s with
+#: --xla_cpu_enable_concurrency_optimized_scheduler=false, 4.3-6.9 s when only the start of
+#: JAX's CPU client is pinned (every thread back on both cores after jax.devices()); one
+#: 'diffhep cls' 1.2 s pinned vs 1.5-1.6 s otherwise. The same rows in every case.
 ONE_CORE = False
 
 #: Whether the command is the process's own (set by :class:`diffhep.cli._Main`; not click's
