@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import DiffhepError, FitError
-from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_defaults, poi_index
+from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults, poi_index
 from .hypotest import _profile, _stat_from_fits
 from .model import Model
 
@@ -144,12 +144,33 @@ def default_batch(model: Model) -> int:
 def _chunk(model, pars, keys, mu, lower, upper, fixed, tol, max_steps, test_stat, batch):
     """Test statistic and convergence of one toy per key, generated at ``pars``."""
     poi = poi_index(model)
+    values, free = jnp.stack([jnp.zeros_like(mu), mu]), jnp.asarray([True, False])
 
     def one(key):
         data = sample(model, pars, key)
-        fixed_fit, free_fit, _ = _profile(
-            mu, model, data, pars, lower, upper, fixed, tol, max_steps
-        )
+
+        def fit(value, is_free):
+            x0 = jnp.where(is_free, pars, pars.at[poi].set(value))
+            fx = fixed.at[poi].set(~is_free)
+            return fit_bounded(model, data, x0, lower, upper, fx, tol, max_steps,
+                               uncertainties=False)  # fmt: skip
+
+        def step(muhat, args):
+            # the free fit first; the fixed fit only where the statistic needs it: qtilde
+            # and q are 0 for muhat > mu, q0 for muhat < 0 whatever the fixed fit gives
+            # (pyhf's definitions, _stat_from_fits). One fit body (scan), and lax.cond
+            # skips it in the plain loop of large models (under vmap both branches run)
+            value, is_free = args
+            zero = (muhat < 0) if test_stat == "q0" else (muhat > mu)
+            res = jax.lax.cond(~is_free & zero, lambda: skipped, lambda: fit(value, is_free))
+            return jnp.where(is_free, res.bestfit[poi], muhat), res
+
+        skipped = jax.tree.map(
+            lambda a: jnp.zeros(a.shape, a.dtype),
+            jax.eval_shape(lambda: fit(mu, jnp.asarray(False))),
+        )  # status 0 (converged): a toy's convergence is that of the fits its statistic uses
+        _, res = jax.lax.scan(step, jnp.zeros_like(mu), (values, free))
+        free_fit, fixed_fit = (jax.tree.map(lambda a, i=i: a[i], res) for i in (0, 1))
         q = _stat_from_fits(test_stat, mu, fixed_fit, free_fit, poi)
         return q, fixed_fit.converged & free_fit.converged
 
