@@ -9,9 +9,10 @@ For a tested POI value ``mu`` and test statistic ``qtilde``/``q`` (``q0``: disco
   yields) and the auxiliary data of every constraint term (Gaussian around the parameter
   with its width, Poisson with rate parameter x factor for shapesys), pyhf's ``make_pdf``;
 - every toy's test statistic at ``mu`` comes from two fits (POI fixed, POI free), as for the
-  observed data (:mod:`diffhep.stats.hypotest`). The fits start from the parameters the toys
-  were generated with (pyhf starts from the suggested init; the minimum is the same, it is
-  found in fewer steps);
+  observed data (:mod:`diffhep.stats.hypotest`); the fixed fit is skipped where the free
+  fit's muhat already makes the statistic 0 (``qtilde``/``q``: muhat > mu; ``q0``:
+  muhat < 0). The fits start from the parameters the toys were generated with (pyhf starts
+  from the suggested init; the minimum is the same, it is found in fewer steps);
 - p-values count toys: ``CLsb = P(q_sb >= q_obs)``, ``CLb = P(q_b >= q_obs)``, ``CLs =
   CLsb / CLb``; the expected band takes the same three p-values at every background-only
   toy's test statistic and their percentiles at the normal quantiles of -2..2 sigma
