@@ -140,7 +140,13 @@ def _stack(ax, rax, entry, edges, title, data_label="data") -> None:
     rax.axhline(1.0, color="grey", lw=1)
     top = np.nanmax(np.concatenate([total + sd, data + err]))
     ax.set_ylim(0, 1.4 * top if np.isfinite(top) and top > 0 else 1.0)
-    rax.set_ylim(0.5, 1.5)
+    # 0.5-1.5, widened (up to 0-3) to show every data point with its error bar and the band
+    ratio, rerr = data / safe, err / safe
+    ends = np.concatenate([ratio - rerr, ratio + rerr, (total - sd) / safe, (total + sd) / safe])
+    ends = ends[np.isfinite(ends)]
+    lo = min(0.5, max(0.0, ends.min() - 0.05)) if ends.size else 0.5
+    hi = max(1.5, min(3.0, ends.max() + 0.05)) if ends.size else 1.5
+    rax.set_ylim(lo, hi)
     rax.set_ylabel("data / model")
     rax.set_xlabel("bin")
     rax.set_xticks(np.arange(len(edges) - 1) + 0.5, [str(b) for b in range(len(edges) - 1)])
@@ -171,13 +177,17 @@ def plot_yields(prefit: Mapping, postfit: Mapping, path, data_label: str = "data
             rax = fig.add_subplot(grid[2 * i + 1, j], sharex=ax)
             _stack(ax, rax, res[c], edges, f"{c} ({label})", data_label)
             ax.set_xlim(edges[0], edges[-1])
-            axes.append(ax)
+            axes += [ax, rax]
             if i == 0 and j == 0:
                 _experiment_label(ax)
-        # one y range for both: pre- and post-fit yields compare by eye
-        top = max(a.get_ylim()[1] for a in axes)
-        for a in axes:
+        # one y range for both (and one for both ratio panels): pre- and post-fit compare by eye
+        top = max(a.get_ylim()[1] for a in axes[::2])
+        lo = min(a.get_ylim()[0] for a in axes[1::2])
+        hi = max(a.get_ylim()[1] for a in axes[1::2])
+        for a in axes[::2]:
             a.set_ylim(0, top)
+        for a in axes[1::2]:
+            a.set_ylim(lo, hi)
     save_figure(fig, path)
 
 
