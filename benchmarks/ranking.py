@@ -294,6 +294,13 @@ def main() -> None:
         "nominal mu_SIG -0.0883 against diffhep's -0.0869, 2026-12-04); the tests compare "
         "with cabinetry at tolerance 1e-6 to 1e-3 (tests/test_diagnostics.py).",
         "",
+        "Where diffhep's warm 2.3 CPU-s go (2026-12-04 22:04 UTC, the command's stages timed "
+        "in one process, pinned, load 7.3): imports 0.7 CPU-s, workspace and model 0.1, the "
+        "nominal fit with its Hessian 0.4, the 250 refits 0.4 (1.6 CPU-ms each, once "
+        "compiled), the remaining ~0.7 the CLI's start-up and loading the compiled kernels "
+        "(not timed separately). The refits no longer dominate: 15.6-20.5 s wall was measured "
+        "at 16:46-16:55 UTC (load 3-9, sbottom_1000_205_60).",
+        "",
         "Why this signal point (measured 2026-12-04 20:58-21:41 UTC, pinned, load 5-10): "
         "until then the benchmark ranked `sbottom_1000_205_60` with the POI bounds opened, "
         "and every cabinetry setting failed (the section below: its nominal fit already "
