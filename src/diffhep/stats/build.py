@@ -23,6 +23,7 @@ The structure and the parameter sets come from :mod:`diffhep.stats.paramsets`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain as _chain
 
 import numpy as np
 
@@ -152,9 +153,7 @@ class _Tables:
     n_keys: list = field(default_factory=list)
     h_par: list = field(default_factory=list)
     h_sample: list = field(default_factory=list)
-    h_lo: list = field(default_factory=list)
-    h_hi: list = field(default_factory=list)
-    h_mask: list = field(default_factory=list)
+    h_fill: list = field(default_factory=list)  # (row, first bin, lo_data, hi_data)
     h_keys: list = field(default_factory=list)
     perbin: dict = field(default_factory=dict)  # parameter index -> global bins
 
@@ -171,19 +170,36 @@ class _Tables:
         self.n_lo.append(float(m["data"]["lo"]))
         self.n_hi.append(float(m["data"]["hi"]))
 
-    def histosys(self, rows: dict, nominal, s, bins, p0, m, key) -> None:
-        """Fill the bins of one channel into the histosys row of ``(modifier, sample)``."""
+    def histosys(self, rows: dict, s, first, p0, m, key) -> None:
+        """The bins of one channel (from global bin ``first``) for the histosys row of
+        ``(modifier, sample)`` (filled by :meth:`histosys_arrays`)."""
         row = rows.setdefault(s, len(self.h_par))
         if row == len(self.h_par):
             self.h_par.append(p0)
             self.h_sample.append(s)
-            self.h_lo.append(nominal[s].copy())
-            self.h_hi.append(nominal[s].copy())
-            self.h_mask.append(np.zeros(self.B, dtype=bool))
             self.h_keys.append(key)
-        self.h_lo[row][bins] = m["data"]["lo_data"]
-        self.h_hi[row][bins] = m["data"]["hi_data"]
-        self.h_mask[row][bins] = True
+        self.h_fill.append((row, first, m["data"]["lo_data"], m["data"]["hi_data"]))
+
+    def histosys_arrays(self, nominal) -> tuple:
+        """``(lo, hi, mask)``, each ``(rows, B)``: the nominal of the row's sample outside
+        the bins its channels fill, in one assignment per array (per use, numpy calls cost
+        ~4 ms of each sbottom RegionA model build, ~900 uses)."""
+        B = self.B
+        lo = nominal[np.asarray(self.h_sample, dtype=int)].reshape(len(self.h_par), B)
+        hi, mask = lo.copy(), np.zeros(lo.shape, dtype=bool)
+        if self.h_fill:
+            n = np.array([len(f[2]) for f in self.h_fill])
+            start = np.array([f[0] * B + f[1] for f in self.h_fill])
+            within = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+            index = np.repeat(start, n) + within
+            lo.flat[index] = np.fromiter(
+                _chain.from_iterable(f[2] for f in self.h_fill), float, n.sum()
+            )
+            hi.flat[index] = np.fromiter(
+                _chain.from_iterable(f[3] for f in self.h_fill), float, n.sum()
+            )
+            mask.flat[index] = True
+        return lo, hi, mask
 
 
 def _check_modifier(t, name, m, nb, n, path, file) -> None:
@@ -228,15 +244,16 @@ def _modifier_tables(st: Structure, apps: dict, slices: dict, se_masks: dict, fi
         hist_rows = {}
         for c, s, m, path in uses:
             nb = st.channel_nbins[c]
+            _check_modifier(t, name, m, nb, p1 - p0, path, file)
+            if t == "histosys":  # the most frequent: no arrays per use
+                tb.histosys(hist_rows, st.sidx[s], st.offset[c], p0, m, (name, s))
+                continue
             bins = np.arange(st.offset[c], st.offset[c] + nb)
             cells = st.sidx[s] * st.B + bins
-            _check_modifier(t, name, m, nb, p1 - p0, path, file)
             if t in ("normfactor", "lumi"):
                 tb.direct.append((cells, np.full(nb, p0)))
             elif t == "normsys":
                 tb.normsys(cells, p0, m, (name, c, s))
-            elif t == "histosys":
-                tb.histosys(hist_rows, st.nominal, st.sidx[s], bins, p0, m, (name, s))
             elif t in ("shapefactor", "shapesys"):
                 tb.per_bin(cells, bins, p0 + np.arange(nb))
             elif t == "staterror":
@@ -310,7 +327,8 @@ def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
     poi = poi_index(paramsets, slices, poi_name, file)
     tb = _modifier_tables(st, apps, slices, se_masks, file)
     aux = _constraints(st, paramsets, slices, se_masks, apps)
-    B, nh = st.B, len(tb.h_par)
+    B = st.B
+    h_lo, h_hi, h_mask = tb.histosys_arrays(np.asarray(st.nominal, dtype=float))
 
     def arr(x, dtype=float, shape=None):
         a = np.asarray(x, dtype=dtype)
@@ -333,9 +351,9 @@ def build(spec: dict, poi_name, modifier_settings=None, file=None) -> Built:
         normsys_table=_pack(tb.norm, len(st.samples) * B, len(tb.n_par)),
         histosys_par=arr(tb.h_par, np.int32),
         histosys_sample=arr(tb.h_sample, np.int32),
-        histosys_lo=_on_device(arr(tb.h_lo, shape=(nh, B))),
-        histosys_hi=_on_device(arr(tb.h_hi, shape=(nh, B))),
-        histosys_mask=arr(tb.h_mask, bool, shape=(nh, B)),
+        histosys_lo=_on_device(h_lo),
+        histosys_hi=_on_device(h_hi),
+        histosys_mask=h_mask,
         staterror_member=_staterror_member(st, se_masks, apps),
         staterror_entry_mod=np.array([k for k, _ in se_entries], dtype=np.int32),
         staterror_uncrt=_on_device(
