@@ -160,7 +160,7 @@ def ranking(plot, style, output_file, method, groups, by_modifier, top, as_json,
 
     out, pull = run(work)
     output(out["ranking"] if as_json else out, output_file)
-    _draw("plot_ranking", plot, style, out["ranking"], pull, top=top)
+    _draw("plot_ranking", plot, style, out["ranking"], pull, top=top, poi=out["poi"])
 
 
 @click.command()

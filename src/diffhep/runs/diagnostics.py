@@ -149,7 +149,11 @@ def write_diagnostics(run_dir, plot_dir, style=None, observed: bool = False) -> 
     failed = {}
     draws = {
         "pulls.png": (figures.plot_pulls, (doc["pulls"],), {}),
-        "ranking.png": (figures.plot_ranking, (doc["ranking"]["ranking"], doc["pulls"]), {}),
+        "ranking.png": (
+            figures.plot_ranking,
+            (doc["ranking"]["ranking"], doc["pulls"]),
+            {"poi": doc["ranking"]["poi"]},
+        ),
         "yields_fit.png": (
             figures.plot_yields,
             (doc["yields"]["prefit"], doc["yields"]["postfit"]),
