@@ -80,8 +80,14 @@ class MinimizeResult(NamedTuple):
 
 
 #: The log-coordinate candidate is tried where the Newton decrement fell by less than this
-#: factor over a full step (slow, linear progress; Newton's own is quadratic)
+#: factor since the last step (slow, linear progress; Newton's own is quadratic)
 _SLOW_RATE = 0.25
+#: ... and only near a minimum: where the Newton decrement (twice the predicted decrease of
+#: the objective) is below this. Farther, the log candidate can lead into another basin
+#: (adversarial seed 1031 draw 3: the free fit at -2lnL 2619.55 instead of 2615.20, seed 1017
+#: draw 0 at mu = 0: 13875.66 instead of 13608.38 before this gate and the full-step gate
+#: it replaces); nearer, the basin is decided and the candidate only changes the path
+_NEAR = 1.0
 
 # backtracking rounds run only while no step passes, so small sizes cost nothing in the common
 # case; an eigenvalue-modified Newton direction far from the minimum can need them (sbottom
@@ -197,7 +203,6 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
         it=jnp.zeros((), jnp.int32),
         done=jnp.zeros((), bool),
         status=jnp.asarray(MAX_STEPS, jnp.int32),
-        full=jnp.zeros((), bool),  # the last step was a full Newton step
         decrement=jnp.full((), jnp.inf, x0.dtype),  # the last step's Newton decrement
     )
 
@@ -209,17 +214,23 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
         f, g, parts = local(x)
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
         free = _free_set(x, g, lower, upper, fixed)
-        # a third candidate where the Newton phase is slow (the previous step a full step,
-        # and the decrement down by less than _SLOW_RATE since, where Newton's own rate is
-        # quadratic): the Newton step in u = log x for the multiplicative parameters
-        # (``logscale``, where x > 0), tried as a full step only. Their products are straight
-        # lines in u: a valley along gamma_1 * gamma_2 = c (a bin of 2.4e6 events with a
-        # staterror and a shapesys of ~80% each, adversarial seed 1017 draw 0) is a hyperbola
-        # in x, along which the x-space Newton steps, their model spoilt by the residual's
-        # curvature, gain ~1e-4 per step (300 steps at mu = 0). Far from the minimum
-        # (shortened steps) the x-space path is kept: the log candidate there led that fit
-        # into another minimum (-2lnL 13875.66 instead of 13608.38). The step is the plain
-        # one over the free variables, clipped to the bounds (in u far: log 0 = -inf)
+        # a third candidate where the Newton phase is slow near a minimum (the decrement
+        # below _NEAR and down by less than _SLOW_RATE since the last step, where Newton's own
+        # rate is quadratic): the Newton step in u = log x for the multiplicative parameters
+        # (``logscale``, where x > 0), backtracked in u like the x-space steps. Their products
+        # are straight lines in u: a valley along gamma_1 * gamma_2 = c (a bin of 2.4e6 events
+        # with a staterror and a shapesys of ~80% each, adversarial seed 1017 draw 0) is a
+        # hyperbola in x, along which the x-space Newton steps, their model spoilt by the
+        # residual's curvature, gain ~1e-4 per step (300 steps at mu = 0). Products of free
+        # factors (a shapefactor, the gammas of its bins, a normfactor) make -log L
+        # indefinite in x (seed 1035 draw 4, 130 steps into the free fit: 5 negative
+        # eigenvalues, down to -25, along sf_0 x stat_0 x ss_0_5 x ns1; positive definite in
+        # u where the bin's rate is one sample's): the eigenvalue-modified x-space step is a
+        # poor model there, cut 2^-3 to 2^-15 at most steps, and 1035/4's fits took 400-530
+        # steps (limit 200) while the log candidate ran only after a full step (rare there)
+        # and only at full length (too long: the u-space model holds for a part of it). The
+        # step is the plain one over the free variables, clipped to the bounds (in u far:
+        # log 0 = -inf)
         log = None
         if logscale is not None:
             lm = logscale & (x > 0) & (lower >= 0)
@@ -231,7 +242,8 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
 
             def use(step):
                 slow = -(g @ step) > _SLOW_RATE * s["decrement"]
-                return s["full"] & slow & finite & ~(-(g @ step) < tol) & jnp.any(lm & free)
+                near = -(g @ step) < _NEAR
+                return slow & near & finite & ~(-(g @ step) < tol) & jnp.any(lm & free)
 
             parts_u = _rescaled(parts, sx, jnp.where(lm, x * g, 0.0), structure)
             log = (parts_u, gu, use)
@@ -251,8 +263,8 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
         # (its code is the bulk of the fit's, and compile time grows with it): rounds
         # 0 .. n_sizes - 1 try both projected Newton paths at once (the two candidates of
         # one step size per round, halving until one passes Armijo on the actual
-        # displacement), plus, in the first round where the Newton phase is slow, the log
-        # candidate; rounds n_sizes .. 2 n_sizes - 1 the gradient path. The rounds run only
+        # displacement), plus, where the Newton phase is slow, the log candidate of the
+        # same size; rounds n_sizes .. 2 n_sizes - 1 the gradient path. The rounds run only
         # while needed: a full Newton step, the common case, is one round
         def trial(k):
             newton = k < n_sizes
@@ -262,7 +274,7 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
             predicted = -((cand - x) @ g)
             if logscale is not None:
                 cu = jnp.clip(u + t * step_u, lu, uu)
-                with_log = (k == 0) & use_log
+                with_log = newton & use_log
                 cand = jnp.concatenate(
                     [cand, jnp.where(with_log, jnp.where(lm, jnp.exp(cu), cu), cand[0])[None]]
                 )
@@ -283,7 +295,7 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
             found, xn = trial(k)
             return k + 1, found, xn
 
-        rounds, found, x_new = jax.lax.while_loop(
+        _, found, x_new = jax.lax.while_loop(
             ls_cond, ls_body, (jnp.zeros((), jnp.int32), jnp.zeros((), bool), x)
         )
         # no step decreases f although the model predicts a decrease at the level of the
@@ -302,7 +314,6 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
             it=s["it"] + 1,
             done=converged | at_noise | stalled | ~finite,
             status=status.astype(jnp.int32),
-            full=found & (rounds == 1),
             decrement=decrement,
         )
 
