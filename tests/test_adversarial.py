@@ -579,6 +579,12 @@ def test_sweep_minima_found(seed):
 #: (free fit at 2567.95); the log-coordinate candidate, tried at every step size near a
 #: minimum, converges (solver._run).
 VALLEY_REFERENCES = {(1035, 4): (2546.132857, 2546.152590, 2546.153977)}
+#: Open (test_adversarial_fits_sweep fails on them; logs in the session notes, fixtures/h20d):
+#: 1040/4 mu = 1 not converged (status 1, reported) in a valley of k_bkg x ss_0_7[2] x
+#: stat_0[2] with negative curvature in x, where neither coordinate's quadratic model holds
+#: over a full step (the fit from the start needs 165-250 steps); 1048/0 mu = 1 converged in
+#: a worse minimum, -2lnL 3647.13 against the multi-start's 3642.75 (tolerance 2.8; the free
+#: fit's 3645.48 is within tolerance of that point).
 
 
 @pytest.mark.slow
