@@ -139,9 +139,9 @@ def _symmetrised(patch: list, modifier: str) -> list:
 
 
 def _mirrored_kernel(model):
-    from diffhep.stats import fit
+    from diffhep.stats import restarts
 
-    return {"mirrored": fit._mirrored(model)}
+    return {"mirrored": restarts._mirrored(model)}
 
 
 def test_which_variations_are_symmetrised_is_an_input_of_one_program(store, exports, tmp_path):

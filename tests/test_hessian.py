@@ -10,7 +10,7 @@ import pytest
 
 from adversarial import generate
 from diffhep.stats import fit as fit_mod
-from diffhep.stats import hessian, linalg
+from diffhep.stats import hessian, linalg, restarts
 from diffhep.stats.model import Model
 from diffhep.stats.workspace import Workspace, builtin_example
 from specs import (
@@ -82,9 +82,9 @@ def test_hessian_equals_autodiff(name, model, data):
     vgh = jax.jit(hessian.value_grad_hessian)
     auto = jax.jit(
         lambda m, d, x: (
-            fit_mod._objective(x, (m, d)),
-            jax.grad(fit_mod._objective)(x, (m, d)),
-            jax.hessian(fit_mod._objective)(x, (m, d)),
+            restarts._objective(x, (m, d)),
+            jax.grad(restarts._objective)(x, (m, d)),
+            jax.hessian(restarts._objective)(x, (m, d)),
         )
     )
     for d in (data, sparse):
@@ -103,7 +103,7 @@ def test_hessian_equals_autodiff(name, model, data):
 def test_probes_equal_direct_evaluation(name, model, data):
     """The restart's probes from the rate decomposition (one histosys/normsys parameter moved
     at a time) equal the objective evaluated at each moved point, with empty bins too."""
-    cand = np.flatnonzero(fit_mod._interpolated(model.config))
+    cand = np.flatnonzero(restarts._interpolated(model.config))
     if not cand.size:
         pytest.skip(f"{name}: no histosys or normsys parameter (no restart, no probes)")
     # pyhf forbids one parameter name for a histosys/normsys and a direct modifier, so every
@@ -116,7 +116,7 @@ def test_probes_equal_direct_evaluation(name, model, data):
 
     @jax.jit
     def direct(m, d, x, v):
-        moved = lambda c, val: fit_mod._objective(x.at[c].set(val), (m, d))  # noqa: E731
+        moved = lambda c, val: restarts._objective(x.at[c].set(val), (m, d))  # noqa: E731
         return jax.vmap(lambda row: jax.vmap(moved)(jnp.asarray(cand), row))(v)
 
     for d in (data, sparse):
@@ -147,10 +147,10 @@ def test_hessian_below_the_poisson_floor():
     x = jnp.asarray([values[n] for n in model.config.par_names])
     assert float(jnp.min(model.expected_actualdata(x))) < 0  # the case is reached
     f1, g1, h1 = hessian.value_grad_hessian(model, data, x)
-    f0 = fit_mod._objective(x, (model, data))
+    f0 = restarts._objective(x, (model, data))
     assert abs(float(f1 - f0)) <= 1e-10 * (abs(float(f0)) + 1.0)
-    h0 = jax.hessian(fit_mod._objective)(x, (model, data))
-    g0 = jax.grad(fit_mod._objective)(x, (model, data))
+    h0 = jax.hessian(restarts._objective)(x, (model, data))
+    g0 = jax.grad(restarts._objective)(x, (model, data))
     np.testing.assert_allclose(g1, g0, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(g0))))
     np.testing.assert_allclose(h1, h0, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(h0))))
 

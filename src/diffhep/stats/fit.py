@@ -17,17 +17,15 @@ Example:
 
 from __future__ import annotations
 
-from functools import cache
 from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import hessian as hessian_mod
+from . import restarts
 from .model import Model
-from .solver import STATUS_MESSAGES, implicit_vjp, is_success, minimize
+from .solver import STATUS_MESSAGES, is_success
 
 # the fit's uncertainties and the information matrices (stats.uncertainties), importable
 # from here as before
@@ -38,7 +36,7 @@ from .uncertainties import (
     fisher_information,
     hessian,
     nll,
-    structure_of,
+    structure_of,  # noqa: F401 (re-exported)
     structured_variances,
     undetermined_names,
 )
@@ -111,364 +109,6 @@ def fit_defaults(model: Model, init, bounds, fixed, dtype):
     return init, lower, upper, fixed
 
 
-def _objective(pars, args):
-    """``-log L`` without its parameter-independent part (``Model.logpdf_constant``): what the
-    fits minimise. Its terms are small near the minimum, so it has no rounding noise of large
-    constants, and the constants are computed once per fit, not at every step."""
-    model, data = args
-    return -model.logpdf_relative(pars, data)
-
-
-def _objective_local(pars, args, structure):
-    """Value, gradient and dense Hessian of :func:`_objective` from the rate Jacobians
-    (:mod:`diffhep.stats.hessian`) where that is cheaper than the solver's Hessian-vector
-    products along ``structure``; ``None`` elsewhere (static: decided from the model)."""
-    model, data = args
-    if not hessian_mod.supports(model, structure):
-        return None
-    return hessian_mod.value_grad_hessian(model, data, pars)
-
-
-_objective.local = _objective_local
-
-
-@cache
-def _kinked(config) -> np.ndarray:
-    """Parameters of interpolations with a kink at alpha = 0 (normsys code1, histosys code0)."""
-    out = np.zeros(config.npars, dtype=bool)
-    codes = dict(config.modifier_settings)
-    kinked = {t for t, code in (("normsys", "code1"), ("histosys", "code0")) if codes[t] == code}
-    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
-        out[a:b] = modtype in kinked
-    return out
-
-
-def _mirrored(model: Model) -> jax.Array:
-    """Parameters whose likelihood can have a local minimum on either side of alpha = 0:
-    interpolations with a kink there (:func:`_kinked`) and symmetrised variations
-    (``config.symmetric``: an even response, mirror-image minima). The symmetrised ones are
-    an array of the model (``Model.symmetric_pars``), not a constant of the compiled fit;
-    they are histosys/normsys parameters, so the static candidates of :func:`_restarts`
-    (``_kinked | _interpolated``) include them."""
-    return jnp.asarray(_kinked(model.config)) | model.symmetric_pars
-
-
-#: Modifiers whose parameter multiplies the rates (positive factors): the solver also tries
-#: its Newton steps in their logarithms (:func:`diffhep.stats.solver.minimize`'s ``logscale``)
-_FACTORS = ("normfactor", "lumi", "staterror", "shapesys", "shapefactor")
-
-
-@cache
-def _factors(config) -> np.ndarray:
-    """Parameters of multiplicative modifiers (:data:`_FACTORS`)."""
-    out = np.zeros(config.npars, dtype=bool)
-    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
-        out[a:b] = modtype in _FACTORS
-    return out
-
-
-@cache
-def _global_shift(config) -> np.ndarray:
-    """Parameters reflected through the start by the third fit of :func:`fit_bounded`:
-    histosys/normsys parameters and normfactors (not the per-bin gammas, whose reflection
-    through 1 would often land at their bound 0, nor lumi)."""
-    out = np.zeros(config.npars, dtype=bool)
-    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
-        out[a:b] = modtype in ("histosys", "normsys", "normfactor")
-    return out
-
-
-@cache
-def _interpolated(config) -> np.ndarray:
-    """Parameters of histosys and normsys modifiers (candidates for :func:`_even_response`)."""
-    out = np.zeros(config.npars, dtype=bool)
-    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
-        out[a:b] = modtype in ("histosys", "normsys")
-    return out
-
-
-def _even_response(model: Model) -> jax.Array:
-    """Per parameter, whether its up and down variations move some yield the same way (both
-    above or both below the nominal in a bin of a sample, or normsys ``hi`` and ``lo`` on the
-    same side of 1): the response then has an even part, and the profile can have two minima
-    in the parameter whatever the interpolation code (pyhf's ``multichan_coupledhistosys``
-    at mu = 1, code4p: minima at -0.45 and +0.59). Computed from the templates, so it follows
-    templates that change (training) and runs under ``jit``."""
-    t = model.tables
-    out = jnp.zeros(model.config.npars, bool)
-    if t.histosys_par.shape[0]:
-        nom = model.nominal[t.histosys_sample]
-        same = (model.histosys_hi - nom) * (model.histosys_lo - nom) > 0
-        out = out.at[t.histosys_par].max(jnp.any(same & t.histosys_mask, axis=1))
-    if t.normsys_par.shape[0]:
-        same = (model.normsys_hi - 1.0) * (model.normsys_lo - 1.0) > 0
-        out = out.at[t.normsys_par].max(same)
-    return out
-
-
-#: Values tried for each restart candidate (besides its mirror image -x): a parameter whose
-#: change to one of them alone lowers -log L starts the restart there
-_PROBES = (0.0, -1.0, 1.0)
-#: The reflection restart runs where a reflected parameter ends farther than this from its
-#: start (:func:`fit_bounded`)
-_REFLECT_FROM = 1.0
-#: A restart is kept if it lowers -log L by more than this (relative, at least 1 absolute)
-_RESTART_GAIN = 1e-9
-#: The flip restart runs where the best fit's deviance (twice the objective, which is 0 where
-#: every expected count equals its observation and every constrained parameter its auxiliary
-#: datum) exceeds this many times the number of data (main and auxiliary) (:func:`fit_bounded`)
-_STRAINED = 4.0
-
-
-def _run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
-    """One fit of ``model`` to ``data`` from ``x0`` (the solver with the fit's objective)."""
-    factors = _factors(model.config)
-    return minimize(
-        _objective,
-        (model, data),
-        x0,
-        lower,
-        upper,
-        fixed,
-        structure_of(model.config),
-        tol=tol,
-        max_steps=max_steps,
-        logscale=jnp.asarray(factors) if factors.any() else None,
-    )
-
-
-@eqx.filter_custom_vjp
-def _search(diff, lower, upper, fixed, restart, tol, max_steps):
-    """The lowest minimum of :func:`_restarts`; its derivative is the implicit one at that
-    minimum (:func:`diffhep.stats.solver.implicit_vjp`), whichever start found it, so the
-    search itself (a ``lax.while_loop`` of as many fits as it needs) is not differentiated."""
-    (model, data), init = diff
-    return _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps)
-
-
-@_search.def_fwd
-def _search_fwd(perturbed, diff, lower, upper, fixed, restart, tol, max_steps):
-    (model, data), init = diff
-    res = _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps)
-    return res, res
-
-
-@_search.def_bwd
-def _search_bwd(res, ct, perturbed, diff, lower, upper, fixed, restart, tol, max_steps):
-    args, _ = diff
-    structure = structure_of(args[0].config)
-    return implicit_vjp(res, ct, _objective, args, lower, upper, fixed, structure)
-
-
-def _probes(model, data, lower, upper, candidates, dtype):
-    """``probes_at(x)``: for each candidate parameter (``candidates``, static), the lowest
-    ``-log L`` when it alone is moved from ``x`` to ``-x`` or to one of :data:`_PROBES` (the
-    others held), and the value that gives it."""
-    args = (model, data)
-    cand = jnp.asarray(candidates)
-    probes = jnp.asarray(_PROBES, dtype=dtype)
-
-    if hessian_mod.supports_probes(model, candidates):
-        # the same probes from the rate decomposition: ~10x cheaper (sbottom RegionA: 220
-        # evaluations 1.9 ms -> 0.15 ms), equal up to rounding; shifted by the base row so
-        # that a probe equal to x has the value of x as the solver sees it
-
-        def probes_at(x):
-            n = len(_PROBES)
-            v = jnp.concatenate([-x[cand][None], jnp.broadcast_to(probes[:, None], (n, cand.size))])
-            v = jnp.clip(jnp.concatenate([v, x[cand][None]]), lower[cand], upper[cand])
-            f = hessian_mod.probe_objective(model, data, x, candidates, v)
-            f = f[:-1] - f[-1] + _objective(x, args)
-            f = jnp.where(jnp.isfinite(f), f, jnp.inf)
-            i = jnp.argmin(f, axis=0)
-            pick = jnp.arange(cand.size)
-            return f[i, pick], v[i, pick]
-
-        return probes_at
-
-    def probe(x, c):
-        values = jnp.concatenate([-x[c][None], probes])
-        xs = jnp.clip(jnp.where(jnp.arange(x.size) == c, values[:, None], x), lower, upper)
-        f = jax.vmap(lambda y: _objective(y, args))(xs)
-        f = jnp.where(jnp.isfinite(f), f, jnp.inf)
-        i = jnp.argmin(f)
-        return f[i], xs[i, c]
-
-    def probes_at(x):
-        return jax.vmap(lambda c: probe(x, c))(cand)
-
-    return probes_at
-
-
-def _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, mirror):
-    """The start of the probe/mirror restart from the best fit ``best``.
-
-    The likelihood may have several minima in the parameters with a kink at 0 or a
-    symmetrised variation (``mirror``: :func:`_mirrored`) and in those with an even response
-    (:func:`_even_response`); ``eligible`` are those of them the restart may move. It starts
-    where changing single ``candidates`` (to -x, or one of :data:`_PROBES`) lowers -log L at
-    the best fit; if none does, from the mirror image of all ``mirror`` parameters, or of all
-    eligible ones if there are none (the probes alone miss minima of the profile that are not
-    lower along the axis: multichan_coupledhistosys at mu = 1 from +0.59; mirroring all 38
-    candidates of sbottom RegionA instead of its 10 symmetrised ones made its hypotest 1.7x
-    slower, the restart then ran longer). The probes run only where ``probing`` (a
-    ``lax.cond``: without vmap, models without eligible parameters pay nothing).
-
-    Measured minima: pyhf's "combined" model with code1/code0 at jes = -0.0046 and +0.0058;
-    sbottom RegionA/400_205_60 at mu = 1 on Asimov data at three JER NPs all at +-0.8 (0.137
-    apart in twice_nll), 550_180_50 at one of them at +0.31 or -0.34 (0.016 apart);
-    multichan_coupledhistosys (code4p) on the Asimov data at mu = 1 at -0.54 and +0.62
-    (30.13 and 33.99).
-    """
-    cand = jnp.asarray(candidates)
-
-    def no_probes(x):
-        return jnp.full(cand.shape, jnp.inf, x.dtype), x[cand]
-
-    f_c, v_c = jax.lax.cond(probing, probes_at, no_probes, best.x)
-    gain = (f_c < best.fun) & eligible[cand]
-    moved = jnp.zeros(best.x.shape, bool).at[cand].set(gain)
-    start = best.x.at[cand].set(jnp.where(gain, v_c, best.x[cand]))
-    flip = jnp.where(jnp.any(mirror), mirror, eligible)
-    mirrored = jnp.clip(jnp.where(flip, -best.x, best.x), lower, upper)
-    return jnp.where(jnp.any(moved), start, mirrored)
-
-
-def _reflection_start(best, init, lower, upper, reflect):
-    """The start of the reflection restart and whether it is needed.
-
-    The best fit's histosys/normsys/normfactor parameters (``reflect``: :func:`_global_shift`)
-    reflected through the start (per-bin gammas and lumi back at the start): the other side
-    of the start, where a second basin lies that neither the first fit's path nor
-    single-parameter probes reach (adversarial s31-d4: from mu = 1 the fit ends at mu = 10,
-    hs2 = +4.45, -2lnL 107.60; from the reflection at mu = 0, hs2 = -3.82, 90.43, pyhf's
-    minimum; small seed 0 draw 1 at mu = 0: 2692.51, from the reflection 2631.37 with hs0 and
-    hs1 at -5, then the probes from there 2470.43).
-
-    Needed only where the best fit lies more than :data:`_REFLECT_FROM` (the +-1 sigma
-    variations) from the start in one of them: nearer, the fit stayed where the
-    interpolation interpolates and the probes cover the other side (sbottom RegionA: at most
-    0.81, its hypotest 1.6x slower with the reflection in every fit; s31-d4: 1.34 to 9).
-    """
-    reflected = jnp.clip(jnp.where(reflect, 2.0 * init - best.x, init), lower, upper)
-    far = jnp.any(reflect & (jnp.abs(best.x - init) > _REFLECT_FROM))
-    return reflected, far
-
-
-def _flip_start(best, init, lower, upper, j):
-    """The start of flip restart ``j``: histosys/normsys parameter ``j`` moved to the other
-    side of its start, at least 1 (the +-1 sigma variation) from it, the others left at the
-    best fit.
-
-    That reaches a basin on the other side of one systematic that neither the reflection of
-    all of them nor the probes (single-parameter values with the others held, which are
-    higher: the profile's barrier) reach. Which parameter's other side holds the lower basin
-    is not told by local quantities at the best fit (its distance from the start, evenness of
-    its response, the flip's cost with the others held, or that cost over its quadratic
-    prediction each pick a wrong parameter in one of the three cases below), so each
-    histosys/normsys parameter is flipped once, one fit each, from the best fit so far.
-    Measured at mu = 0, the flip that finds the lower basin: adversarial seed 1001, ns1 = -5
-    -> +5 (20554.92 -> 20485.37 at +3.59); seed 1014, hs1 = +0.795 -> -1 (14189.90 ->
-    12876.70 at hs1 = -5); seed 1031, ns1 = +0.69 -> -1 (43097.80 -> 41899.07 at -1.42; its
-    profile in ns1 is bimodal: 42948 at -1.5, 68683 at 0, 51042 at +0.5). The flips run only
-    while the best fit is strained (:func:`_strained`).
-    """
-    dist = jnp.abs(best.x[j] - init[j])
-    side = jnp.where(best.x[j] >= init[j], -1.0, 1.0)
-    to = jnp.clip(init[j] + side * jnp.maximum(dist, 1.0), lower[j], upper[j])
-    return best.x.at[j].set(to)
-
-
-def _strained(best, data):
-    """Whether the best fit's deviance (twice the objective, 0 where every expected count
-    equals its observation and every constrained parameter its auxiliary datum) exceeds
-    :data:`_STRAINED` per datum (main and auxiliary): far from the data the parameters are
-    pushed into the extrapolated, non-convex part of the interpolation (the three flip cases
-    of :func:`_flip_start`: 11566 on 278 data, 18316 on 275, ~41000 on 264); a fit that
-    describes the data pays nothing (sbottom RegionA/1000_205_60: deviance 3.5 (mu = 0) to
-    147 (mu = 10) on 68 data, gate 272)."""
-    return 2.0 * best.fun > _STRAINED * data.size
-
-
-def _keep_lower(k, best, new, need):
-    """``new`` replaces ``best`` at attempt ``k`` > 0 if it ran, converged and is clearly
-    lower (by :data:`_RESTART_GAIN`): the same minimum found twice differs by rounding, and
-    switching between the two would make the best fit jump by ~1e-8 where the templates
-    cross the eligibility test (measured: a finite difference of d(alpha)/d(yield) 20% off on
-    histosys_code4p). Returns the kept result (its ``n_steps`` the sum over the attempts that
-    ran) and whether ``new`` was kept."""
-    lower_by = best.fun - new.fun
-    gain = lower_by > _RESTART_GAIN * jnp.maximum(1.0, jnp.abs(best.fun))
-    better = (k == 0) | (need & is_success(new.status) & gain)
-    out = jax.tree.map(lambda a, b: jnp.where(better, b, a), best, new)
-    steps = jnp.where(k > 0, best.n_steps, 0) + jnp.where(need, new.n_steps, 0)
-    return out._replace(n_steps=steps), better
-
-
-def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
-    """The fit from ``init`` and the restarts for several minima, keeping the lowest
-    (:func:`fit_bounded`). All fits are one loop body (``lax.while_loop``, compiled once;
-    not differentiated: :func:`_search`), attempt ``k``:
-
-    - 0: the fit from ``init``;
-    - 1: the probe/mirror restart from the best fit (:func:`_probe_start`), where a
-      parameter is eligible;
-    - 2: the fit from the best fit reflected through the start (:func:`_reflection_start`),
-      where it lies far from the start;
-    - 3: the probe/mirror restart again if the reflection found a lower minimum;
-    - 4, 5, ...: while the best fit is strained (:func:`_strained`), one flip per
-      histosys/normsys parameter (:func:`_flip_start`); a fit that needs no flip, or a
-      vmapped batch in which none does, runs no flip attempt.
-
-    ``restart`` (may be traced) allows attempts 1-3 and the flips.
-    """
-
-    def run(x0):
-        return _run_fit(model, data, x0, lower, upper, fixed, tol, max_steps)
-
-    interpolated = _interpolated(model.config)
-    candidates = np.flatnonzero(_kinked(model.config) | interpolated)
-    mirror = _mirrored(model) & ~fixed
-    eligible = (mirror | (_even_response(model) & ~fixed)) & jnp.asarray(restart)
-    probes_at = _probes(model, data, lower, upper, candidates, init.dtype)
-    reflect = jnp.asarray(_global_shift(model.config)) & ~fixed
-    may_reflect = jnp.any(reflect) & jnp.asarray(restart)
-    flippable = jnp.asarray(interpolated) & ~fixed
-    may_flip = jnp.any(flippable) & jnp.asarray(restart)
-    flips = np.flatnonzero(interpolated)  # static: one flip attempt each
-    n_attempts = 4 + flips.size
-    flip_par = jnp.asarray(np.concatenate([np.zeros(4, int), flips]))
-
-    def attempt(k, best, found_lower):
-        probing = ((k == 1) | ((k == 3) & found_lower)) & jnp.any(eligible)
-        start = _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, mirror)
-        reflected, far = _reflection_start(best, init, lower, upper, reflect)
-        j = flip_par[k]
-        flipped = _flip_start(best, init, lower, upper, j)
-        flipping = (k >= 4) & flippable[j] & may_flip & _strained(best, data)
-        need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping
-        x0 = jnp.where(k == 2, reflected, jnp.where(flipping, flipped, start))
-        x0 = jnp.where(k == 0, init, x0)
-        new = jax.lax.cond(need, run, lambda _: best, x0)
-        out, better = _keep_lower(k, best, new, need)
-        return out, jnp.where(k == 2, better, found_lower)
-
-    def more(c):
-        k, best, _ = c
-        return (k < 4) | ((k < n_attempts) & may_flip & _strained(best, data))
-
-    def step(c):
-        k, best, found_lower = c
-        best, found_lower = attempt(k, best, found_lower)
-        return k + 1, best, found_lower
-
-    shapes = jax.eval_shape(run, init)  # the carry's structure; replaced at k = 0
-    empty = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-    zero = jnp.zeros((), jnp.int32)
-    _, res, _ = jax.lax.while_loop(more, step, (zero, empty, jnp.zeros((), bool)))
-    return res
-
-
 def fit_bounded(
     model, data, init, lower, upper, fixed, tol, max_steps, uncertainties=True, restart=True
 ):
@@ -479,12 +119,10 @@ def fit_bounded(
     that generated it, where every term of ``log L`` is at its maximum) turns it off.
     """
     data = jnp.asarray(data, dtype=model.nominal.dtype)
-    if not np.any(_kinked(model.config) | _interpolated(model.config)):
-        res = _run_fit(model, data, init, lower, upper, fixed, tol, max_steps)
+    if not restarts.may_restart(model.config):
+        res = restarts.run_fit(model, data, init, lower, upper, fixed, tol, max_steps)
     else:
-        res = _search(
-            ((model, data), init), lower, upper, fixed, jnp.asarray(restart), tol, max_steps
-        )
+        res = restarts.search(model, data, init, lower, upper, fixed, restart, tol, max_steps)
     if uncertainties:
         unc, ok = _uncertainties(model, data, jax.lax.stop_gradient(res.x), fixed)
     else:
