@@ -160,6 +160,11 @@ def test_which_variations_are_symmetrised_is_an_input_of_one_program(store, expo
         expected = np.zeros(model.config.npars, bool)
         expected[model.config.par_slice(name)] = True  # code4/code4p: no kinks
         np.testing.assert_array_equal(np.asarray(mask), expected)
+    # an exclusion's vmapped batch (stats.grid) stacks the models: each row keeps its own set
+    from diffhep.stats import grid, restarts
+
+    stacked = jax.vmap(restarts._mirrored)(grid._stack(models))
+    np.testing.assert_array_equal(np.asarray(stacked), np.asarray(masks))
     shared = [workflows.cls(spec, patches=[p]) for p in points]
     assert len(exports) == 2 and len(list(store.glob("*.bin"))) == 2  # mask kernel + cls
     exported.set_cache_dir(tmp_path / "separate")

@@ -629,6 +629,31 @@ def test_eager_calls_evaluate_in_numpy_and_match_pyhf(case_id, caplog):
         np.testing.assert_allclose(main, ref, rtol=RTOL)
 
 
+def test_a_model_is_a_pytree_of_float_arrays():
+    """Every leaf of a model is a float array (the symmetrised-parameter mask too), so the
+    JAX idioms on pytrees work: ``jax.grad`` with respect to a model (its template gradient
+    equals central finite differences) and a tree map over its leaves, after which the model
+    fits exactly as before (a bool leaf broke both: grad refuses bools, the fit's restart
+    masks refused floats)."""
+    ws = diffhep.Workspace(diffhep.stats.workspace.example_spec())
+    model = ws.model()
+    data = jnp.asarray(ws.data(model))
+    assert all(jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)
+               for leaf in jax.tree.leaves(model))  # fmt: skip
+    pars = jnp.asarray(model.config.suggested_init(), jnp.float64) + 0.1
+    grad = jax.grad(lambda m: m.logpdf(pars, data))(model)
+    h = 1e-5
+    nominal = np.asarray(model.nominal)
+    for i, j in ((0, 0), (1, 1)):
+        up = model.with_yields(nominal=jnp.asarray(nominal).at[i, j].add(h))
+        down = model.with_yields(nominal=jnp.asarray(nominal).at[i, j].add(-h))
+        fd = (float(up.logpdf(pars, data)) - float(down.logpdf(pars, data))) / (2 * h)
+        assert float(grad.nominal[i, j]) == pytest.approx(fd, rel=1e-6)
+    fit = jax.jit(lambda m, d: diffhep.infer.fit(m, d).bestfit)
+    mapped = jax.tree.map(lambda x: x * 1.0, model)
+    np.testing.assert_array_equal(np.asarray(fit(mapped, data)), np.asarray(fit(model, data)))
+
+
 def test_interpolation_codes_differ():
     """Guard against a comparison that passes trivially: the codes give different numbers."""
     _, d4 = case_models("combined_code4")

@@ -79,6 +79,11 @@ class Model(eqx.Module):
 
     Build it from a workspace (:meth:`diffhep.Workspace.model`) or a model spec
     (:meth:`Model.from_spec`); replace its templates with :meth:`with_yields`.
+
+    The likelihood's methods (``logpdf``, ``expected_data``, ...) return JAX arrays under a
+    JAX transformation (``jit``, ``grad``, ``vmap``); called eagerly on concrete values they
+    evaluate with numpy and return numpy arrays and scalars (no XLA compilation per
+    operation), equal up to rounding.
     """
 
     # templates (differentiable)
@@ -95,19 +100,24 @@ class Model(eqx.Module):
     aux_factor_static: jax.Array
     tables: Tables = eqx.field(static=True)
     config: ModelConfig = eqx.field(static=True)
-    # ``config.symmetric`` as a per-parameter mask, always derived from it (below): an array
-    # input of the compiled fits (their mirrored restart, :mod:`diffhep.stats.fit`), not a
-    # constant, so that workspaces that differ only in which variations are symmetrised (5
-    # of the 7 structures of sbottom RegionA's 217 signal points) share one program
-    symmetric_pars: np.ndarray = eqx.field(init=False)
+    # ``config.symmetric`` as a per-parameter mask (1.0 where symmetrised), always derived
+    # from it (below): an array input of the compiled fits (their mirrored restart,
+    # :mod:`diffhep.stats.restarts`), not a constant, so that workspaces that differ only in
+    # which variations are symmetrised (5 of the 7 structures of sbottom RegionA's 217 signal
+    # points) share one program. Floats, not bools: every leaf of a model stays inexact, so
+    # ``jax.grad`` with respect to a model and tree maps over its leaves keep working. Set at
+    # every construction from ``config`` (a value passed is replaced, so a model rebuilt with
+    # another configuration, e.g. ``dataclasses.replace(model, config=...)``, stays in step);
+    # a defaulted argument, not ``init=False``: equinox warns on derived float fields.
+    symmetric_pars: np.ndarray | None = None
 
     def __post_init__(self):
         cfg = self.config
-        mask = np.zeros(cfg.npars, dtype=bool)
+        mask = np.zeros(cfg.npars)
         if cfg.symmetric:
             names = set(cfg.symmetric)
             for name, (a, b) in zip(cfg.par_order, cfg.par_slices, strict=True):
-                mask[a:b] = name in names
+                mask[a:b] = float(name in names)
         self.symmetric_pars = mask
 
     @property

@@ -82,7 +82,7 @@ def _mirrored(model: Model) -> jax.Array:
     an array of the model (``Model.symmetric_pars``), not a constant of the compiled fit;
     they are histosys/normsys parameters, so the static candidates of :func:`_restarts`
     (``_kinked | _interpolated``) include them."""
-    return jnp.asarray(_kinked(model.config)) | model.symmetric_pars
+    return jnp.asarray(_kinked(model.config)) | (jnp.asarray(model.symmetric_pars) > 0.5)
 
 
 #: Modifiers whose parameter multiplies the rates (positive factors): the solver also tries

@@ -27,6 +27,9 @@ For a tested POI value ``mu`` and test statistic ``qtilde``/``q`` (``q0``: disco
 Non-converged toy fits are kept (their test statistic is the one at the fit's last point,
 clipped at 0) and counted (``ToyResult.nonconverged``): dropping them would bias the
 distributions towards the easy toys. pyhf raises ``FailedMinimization`` on the first one.
+A toy counts the fits its statistic uses: where the fixed-POI fit is skipped (the statistic
+is 0 whatever it gives) only the free fit's convergence counts, as in files written since
+that change (earlier ``--save-toys`` files, with the same digest, counted both fits).
 
 The samples, their p-values and the ``--save-toys`` files are :mod:`diffhep.stats.toy_results`
 (:class:`ToyResult`, :func:`pvalue`, :func:`load`, :func:`merge` are importable from here).
@@ -199,8 +202,10 @@ def model_digest(model: Model, data) -> str:
     """SHA-256 of what the toys depend on: the templates, constraint constants and data, the
     parameters' names, inits, bounds and fixed flags, the POI and the interpolation codes."""
     h = hashlib.sha256()
-    # the float arrays (not the mask Model.symmetric_pars, derived from the configuration)
-    for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)):
+    # the float arrays, not the mask Model.symmetric_pars (derived from the configuration;
+    # digests of toy files written before it existed stay valid)
+    arrays = eqx.tree_at(lambda m: m.symmetric_pars, model, np.zeros(0))
+    for leaf in jax.tree.leaves(eqx.filter(arrays, eqx.is_inexact_array)):
         h.update(np.ascontiguousarray(np.asarray(leaf, dtype=float)).tobytes())
     h.update(np.ascontiguousarray(np.asarray(data, dtype=float)).tobytes())
     cfg = model.config
