@@ -32,11 +32,6 @@ def may_restart(config) -> bool:
     return bool(np.any(_kinked(config) | _interpolated(config)))
 
 
-def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
-    """One fit of ``model`` to ``data`` from ``x0`` (the solver with the fit's objective)."""
-    return _run_fit(model, data, x0, lower, upper, fixed, tol, max_steps)
-
-
 def search(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     """The lowest minimum of the fit from ``init`` and its restarts (:func:`_restarts`;
     ``restart``, a bool that may be traced, allows the restarts)."""
@@ -152,7 +147,7 @@ _RESTART_GAIN = 1e-9
 _STRAINED = 4.0
 
 
-def _run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
+def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
     """One fit of ``model`` to ``data`` from ``x0`` (the solver with the fit's objective)."""
     factors = _factors(model.config)
     return minimize(
@@ -356,7 +351,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     """
 
     def run(x0):
-        return _run_fit(model, data, x0, lower, upper, fixed, tol, max_steps)
+        return run_fit(model, data, x0, lower, upper, fixed, tol, max_steps)
 
     interpolated = _interpolated(model.config)
     candidates = np.flatnonzero(_kinked(model.config) | interpolated)
