@@ -629,6 +629,58 @@ def test_eager_calls_evaluate_in_numpy_and_match_pyhf(case_id, caplog):
         np.testing.assert_allclose(main, ref, rtol=RTOL)
 
 
+@pytest.mark.parametrize("mu", [1e-12, 0.0, -1e-3, 0.7])
+def test_eager_equals_jitted_and_closed_form_at_the_poisson_floor(mu):
+    """At and below :data:`POISSON_FLOOR` (tiny, zero and negative expected yields, which pyhf
+    cannot evaluate) the eager numpy evaluation equals the jitted one and the closed form:
+    ``n log(lam) - lam - log(n!)`` above the floor; below it the tangent at the floor for a bin
+    with events and ``-lam`` for a bin without."""
+    from scipy.special import gammaln
+
+    floor = diffhep.stats.model.POISSON_FLOOR
+    ws = diffhep.Workspace(
+        {
+            "channels": [
+                {
+                    "name": "ch",
+                    "samples": [
+                        {
+                            "name": "sig",
+                            "data": [5.0, 2.0],
+                            "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                        }
+                    ],
+                }
+            ],
+            "observations": [{"name": "ch", "data": [3.0, 0.0]}],
+            "measurements": [
+                {
+                    "name": "m",
+                    "config": {"poi": "mu", "parameters": [{"name": "mu", "bounds": [[-5, 5]]}]},
+                }
+            ],
+            "version": "1.0.0",
+        }
+    )
+    model = ws.model()
+    data = np.asarray(ws.data(model), dtype=float)
+    pars = np.array([mu])
+    eager = model.logpdf(pars, data)
+    jitted = jax.jit(lambda m, p, d: m.logpdf(p, d))(model, jnp.asarray(pars), jnp.asarray(data))
+    assert isinstance(eager, np.floating)
+    expected = 0.0
+    for n, lam in zip((3.0, 0.0), (5.0 * mu, 2.0 * mu), strict=True):
+        if lam > floor:
+            term = n * np.log(lam) - lam
+        elif n > 0:
+            term = n * (np.log(floor) + (lam - floor) / floor) - lam
+        else:
+            term = -lam
+        expected += term - gammaln(n + 1.0)
+    np.testing.assert_allclose(float(eager), expected, rtol=1e-12)
+    np.testing.assert_allclose(float(jitted), float(eager), rtol=1e-12)
+
+
 def test_a_model_is_a_pytree_of_float_arrays():
     """Every leaf of a model is a float array (the symmetrised-parameter mask too), so the
     JAX idioms on pytrees work: ``jax.grad`` with respect to a model (its template gradient

@@ -32,13 +32,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln, xlogy
 
 from . import interpolation
 from .build import build
 from .channels import symmetric_parameters
 from .channels import with_channels as _with_channels
-from .poisson import _HALF_LOG_2PI, POISSON_FLOOR, _poisson_const, _poisson_rel
+from .poisson import _HALF_LOG_2PI, POISSON_FLOOR, _poisson_const, _poisson_rel, _special
 from .structure import ModelConfig, Tables, _onehot, _per_aux, _scatter
 
 __all__ = ["POISSON_FLOOR", "Model", "ModelConfig"]
@@ -56,22 +55,6 @@ def _module(*values):
         if isinstance(leaf, jax.core.Tracer):
             return jnp
     return np
-
-
-def _xlogy(xp):
-    if xp is np:
-        from scipy.special import xlogy as np_xlogy
-
-        return np_xlogy
-    return xlogy
-
-
-def _gammaln(xp):
-    if xp is np:
-        from scipy.special import gammaln as np_gammaln
-
-        return np_gammaln
-    return gammaln
 
 
 class Model(eqx.Module):
@@ -347,7 +330,8 @@ class Model(eqx.Module):
         tangent = ns * (xp.log(POISSON_FLOOR / ns) + (lam - POISSON_FLOOR) / POISSON_FLOOR)
         with np.errstate(all="ignore"):  # numpy (eager): the branches not taken
             rel = xp.where(above, _poisson_rel(ns, floored, xp=xp), tangent - (lam - ns))
-            return xp.sum(xp.where(pos, rel, _xlogy(xp)(n, floored) - lam))
+            xlogy, _ = _special(xp)
+            return xp.sum(xp.where(pos, rel, xlogy(n, floored) - lam))
 
     @staticmethod
     def _main_constant(n) -> jax.Array:
@@ -356,7 +340,8 @@ class Model(eqx.Module):
         xp = _module(n)
         pos = n > 0
         const = _poisson_const(xp.where(pos, n, 1.0), xp=xp)
-        return xp.sum(xp.where(pos, const, -_gammaln(xp)(xp.where(pos, 1.0, n + 1.0))))
+        _, gammaln = _special(xp)
+        return xp.sum(xp.where(pos, const, -gammaln(xp.where(pos, 1.0, n + 1.0))))
 
     def n_clipped(self, pars) -> jax.Array:
         """Number of bins whose expected yield is below :data:`POISSON_FLOOR` at ``pars``."""
@@ -436,7 +421,8 @@ class Model(eqx.Module):
         pos = aux > 0
         with np.errstate(all="ignore"):  # numpy (eager): the branches not taken
             stable = _poisson_rel(xp.where(pos, aux, 1.0), safe_rate, xp=xp)
-            poisson = xp.where(pos, stable, _xlogy(xp)(aux, safe_rate) - safe_rate)
+            xlogy, _ = _special(xp)
+            poisson = xp.where(pos, stable, xlogy(aux, safe_rate) - safe_rate)
         return xp.sum(xp.where(self.tables.aux_poisson, poisson, normal))
 
     def _constraint_constant(self, aux) -> jax.Array:
@@ -452,7 +438,8 @@ class Model(eqx.Module):
             normal = -xp.log(sigma) - _HALF_LOG_2PI
             pos = aux > 0
             const = _poisson_const(xp.where(pos, aux, 1.0), xp=xp)
-            poisson = xp.where(pos, const, -_gammaln(xp)(xp.where(pos, 1.0, aux + 1.0)))
+            _, gammaln = _special(xp)
+            poisson = xp.where(pos, const, -gammaln(xp.where(pos, 1.0, aux + 1.0)))
         return xp.sum(xp.where(self.tables.aux_poisson, poisson, normal))
 
     # ------------------------------------------------------------------ full model

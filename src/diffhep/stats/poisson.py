@@ -58,15 +58,21 @@ def _poisson_rel_jvp(primals, tangents):
     return _poisson_rel_jax(n, lam), jnp.log(lam / n) * dn - (lam - n) / lam * dlam
 
 
+def _special(xp):
+    """``(xlogy, gammaln)`` of the array module ``xp``: scipy's for numpy, JAX's otherwise."""
+    if xp is np:
+        from scipy.special import gammaln as np_gammaln
+        from scipy.special import xlogy as np_xlogy
+
+        return np_xlogy, np_gammaln
+    return xlogy, gammaln
+
+
 def _poisson_const(n, xp=jnp):
     """``n log n - n - log Gamma(n + 1)`` for ``n > 0`` (the Poisson log-likelihood at its
     maximum): Stirling's series above :data:`_STIRLING_FROM`, where the three terms cancel to
     ``-log(2 pi n) / 2``, and the direct formula below (``xp`` as :func:`_poisson_rel`)."""
-    if xp is np:
-        from scipy.special import gammaln as lgamma
-        from scipy.special import xlogy as xlog
-    else:
-        lgamma, xlog = gammaln, xlogy
+    xlog, lgamma = _special(xp)
     big = n > _STIRLING_FROM
     nb = xp.where(big, n, 2.0 * _STIRLING_FROM)
     inv = 1.0 / nb
