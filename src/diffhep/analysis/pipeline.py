@@ -77,9 +77,16 @@ class Pipeline(eqx.Module):
     layout: Layout = eqx.field(static=True)
     z_asimov_rel_uncertainty: float = eqx.field(static=True, default=0.1)
     skim_target: float | None = eqx.field(static=True, default=None)
+    min_background: float = eqx.field(static=True, default=0.0)
 
     def __init__(
-        self, analysis: Analysis, features, *, z_asimov_rel_uncertainty=0.1, skim_target=None
+        self,
+        analysis: Analysis,
+        features,
+        *,
+        z_asimov_rel_uncertainty=0.1,
+        skim_target=None,
+        min_background=0.0,
     ):
         self.analysis = analysis
         self.features = tuple(features)
@@ -103,6 +110,9 @@ class Pipeline(eqx.Module):
         self.template = self.layout.fill(template, analysis.with_derived(ones))
         self.z_asimov_rel_uncertainty = float(z_asimov_rel_uncertainty)
         self.skim_target = None if skim_target is None else float(skim_target)
+        if not min_background >= 0:
+            raise ValueError(f"min_background must be >= 0, got {min_background}")
+        self.min_background = float(min_background)
 
     @property
     def uses_nn(self) -> bool:
@@ -197,6 +207,45 @@ class Pipeline(eqx.Module):
                 out[ch.name] = soft_histogram(values, edges, h, w)
         return out
 
+    def floor_background(self, histograms) -> dict:
+        """``histograms`` with the total nominal background of every bin raised to at least
+        :attr:`min_background` expected events (unchanged if it is 0): a bin's deficit
+        ``max(min_background - b, 0)`` is added to the background samples in proportion to
+        their (non-negative) yields in the channel, equally if they have none, and the
+        same amount to every histogram of that sample's shape systematics (the variations'
+        differences to the nominal, the histosys, are unchanged); the sums of squared
+        weights are unchanged.
+
+        The likelihood losses see these histograms: the soft histograms of a finite MC
+        sample give a bin beyond the last background event a background close to 0 and
+        the expected CLs, Z0 and sigma_mu of any signal there an unbounded sensitivity,
+        which the training would otherwise exploit (a bin without background MC does not
+        measure a background of 0, only one below what an MC event weighs)."""
+        b_min = self.min_background
+        if not b_min:
+            return histograms
+        a = self.analysis
+        out = dict(histograms)
+        for ch in a.channels:
+            totals = jnp.stack([jnp.sum(histograms[(ch.name, n)][0]) for n in a.backgrounds])
+            totals = jax.lax.stop_gradient(jnp.clip(totals, 0.0))
+            share = jnp.where(
+                jnp.sum(totals) > 0,
+                totals / jnp.where(jnp.sum(totals) > 0, jnp.sum(totals), 1.0),
+                1.0 / len(a.backgrounds),
+            )
+            b = sum(histograms[(ch.name, n)][0] for n in a.backgrounds)
+            deficit = jnp.clip(b_min - b, 0.0)  # per bin
+            for j, n in enumerate(a.backgrounds):
+                sets = {n}
+                for s in a.shape_systematics:
+                    if s.sample == n:
+                        sets |= {s.up, s.down}
+                for k in sets:
+                    sumw, sumw2 = out[(ch.name, k)]
+                    out[(ch.name, k)] = (sumw + share[j] * deficit, sumw2)
+        return out
+
     def model(self, histograms) -> Model:
         """The HistFactory model with these histograms (``{(channel, event set): (sumw,
         sumw2)}``) as templates: :meth:`Layout.fill` of the template (no recompilation)."""
@@ -284,10 +333,12 @@ class Pipeline(eqx.Module):
         return out
 
     def terms_from_sums(self, sums: dict, terms) -> dict:
-        """The loss ``terms`` from the :meth:`loss_sums` of a batch (or of all events)."""
+        """The loss ``terms`` from the :meth:`loss_sums` of a batch (or of all events); the
+        likelihood terms on the :meth:`floor_background` of its soft histograms."""
         a = self.analysis
         out = {}
-        model = self.model(sums["histograms"]) if "histograms" in sums else None
+        hists = sums.get("histograms")
+        model = None if hists is None else self.model(self.floor_background(hists))
         shared = {}  # the CLs profile fit and the Fisher covariance, computed once
 
         def once(key, fn):

@@ -200,6 +200,7 @@ def prepare(cfg: Config, file: str | None = None):
             features,
             z_asimov_rel_uncertainty=cfg.training.z_asimov_rel_uncertainty,
             skim_target=cfg.selection.skim_target,
+            min_background=cfg.histogram.min_background,
         )
     except ValueError as exc:
         raise ConfigError(str(exc), file=file, where="analysis") from None

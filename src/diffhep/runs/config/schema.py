@@ -80,6 +80,8 @@ class ObservableConfig(_Strict):
 class HistogramConfig(_Strict):
     bandwidth: float = Field(0.3, gt=0)  # relative to the mean bin width
     bandwidth_final: float | None = Field(None, gt=0)  # linear annealing to this value
+    # floor on every bin's total background (expected events) seen by the likelihood losses
+    min_background: float = Field(0.0, ge=0)
 
 
 class CutConfig(_Strict):
