@@ -28,9 +28,11 @@ import numpy as np
 __all__ = [
     "COSTS",
     "DIGIT",
+    "FOCUS",
     "cost",
     "detector",
     "expected_objective",
+    "focus",
     "objective_mc",
     "optimum",
     "sample_truth",
@@ -52,6 +54,19 @@ def detector(x, psi, rng: np.random.Generator, digit: float = DIGIT, noise=None)
     x = np.asarray(x, dtype=float)
     e = rng.normal(size=x.shape) if noise is None else noise
     return digit * np.round((x + np.asarray(psi, dtype=float) * e) / digit)
+
+
+FOCUS = 0.4  # the best setting of :func:`focus`
+
+
+def focus(x, psi, rng: np.random.Generator, best: float = FOCUS, digit: float = DIGIT):
+    """A detector that must be focused: resolution ``|psi - best|`` (the stage of
+    ``diffhep train``'s black-box tests and example; ``psi`` ``(n, 1)``, a row per event, or
+    ``(d,)``), then the digitised read-out. Every analysis gains from sharper features, so a
+    training that steps ``psi`` with the analysis loss should move it towards ``best``."""
+    x = np.asarray(x, dtype=float)
+    resolution = np.abs(np.asarray(psi, dtype=float) - best)
+    return digit * np.round((x + resolution * rng.normal(size=x.shape)) / digit)
 
 
 def squared_error(y, x):

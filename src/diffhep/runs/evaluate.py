@@ -185,6 +185,8 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
         summary["selection"] = selection
     if parts.get("training_weights"):
         summary["training_weights"] = parts["training_weights"]
+    if parts.get("black_box"):  # the stage's psi and L-GSO state (runs.black_box)
+        summary["black_box"] = parts["black_box"]
     summary["onnx"] = _export(out, pipe, params, parts["test"])
     write_histograms(out, histograms_document(pipe, params, hists))
     if plots:

@@ -331,6 +331,10 @@ def restore_run(run_dir: str | Path):
         )
     cfg = load_config(cfg_path)
     pipe, parts, like = prepare(cfg, str(cfg_path))
+    if cfg.black_box is not None:  # the splits through the black box at the run's psi
+        from .black_box import restore_parts
+
+        parts = restore_parts(cfg, pipe.features, parts, run_dir, str(cfg_path))
     params = eqx.tree_deserialise_leaves(run_dir / "model.eqx", like)
     return cfg, pipe, parts, params
 

@@ -27,6 +27,7 @@ from ..io.datasets import batches
 from ..nn import sharding
 from ..nn.training import make_optimizer, train
 from ..writers import check_writable_dir, run_lock, write_atomic
+from . import black_box as stage_run
 from . import joint
 from .config import Config, ConfigError, load_config
 from .evaluate import _as_jax, _metrics_fn, finish, save_model
@@ -163,28 +164,52 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
         params = joint.create(cfg, params, train_ev, names)
         loss_fns = [joint.joint_loss(f) for f in loss_fns]
         optimizer = joint.joint_optimizer(optimizer, joint.options(cfg).learning_rate)
+    stage = None
+    if cfg.black_box is not None:  # a non-differentiable stage, stepped by L-GSO (runs.black_box)
+        if names or mesh is not None or t.chunk_size is not None:
+            raise ConfigError(
+                "a black-box stage runs on one device, unchunked, without joint weights",
+                file=file,
+                where="black_box",
+                fix="remove training.devices/chunk_size or the joint weights",
+            )
+        stage = stage_run.StageRun(cfg, pipe.features, parts, file)
+        stage.resume_from(out, resume)
+        params = stage.create(params)
+        loss_fns = [stage.loss(f) for f in loss_fns]
+        optimizer = stage.optimizer(optimizer)
+
+    def analysis(p):
+        return joint.analysis_params(stage_run.analysis_params(p))
 
     def phase(epoch):
         return loss_fns[phase_index(phases, epoch)]
 
     sel = cfg.selection
     hyper = annealing(cfg)
-    if joint.analysis_params(params).selection is not None:
+    if analysis(params).selection is not None:
         x_all = np.concatenate([np.asarray(train_ev[n].x) for n in pipe.analysis.samples])
-        joint.analysis_params(params).selection.warn_dead(x_all, sel.slope)
+        analysis(params).selection.warn_dead(x_all, sel.slope)
 
     def epoch_batches(epoch):
-        for b in batches(train_ev, batch_size, cfg.seed, epoch, same_as=_same_events(cfg)):
-            yield place(b)
+        events = train_ev if stage is None else stage.epoch_events(train_ev, epoch)
+        for b in batches(events, batch_size, cfg.seed, epoch, same_as=_same_events(cfg)):
+            yield place(b) if stage is None else stage.batch(place(b))
 
     test = _as_jax(parts["test"]) if track_test else None
 
     def validate(p):
-        p = joint.analysis_params(p)
-        rec = {f"val_{k}": v for k, v in metrics(p, valid).items() if k != "yields"}
+        ev, extra = valid, {}
+        if stage is not None:  # the black box at the epoch's psi
+            ev, extra = stage.validation(p, parts["validation"])
+            ev = _as_jax(ev)
+        p = analysis(p)
+        rec = {f"val_{k}": v for k, v in metrics(p, ev).items() if k != "yields"}
+        rec |= extra
         rec |= cut_values(p)
         if test is not None:
-            rec |= {f"test_{k}": v for k, v in metrics(p, test).items() if k != "yields"}
+            tev = test if stage is None else _as_jax(stage.test_events(parts["test"]))
+            rec |= {f"test_{k}": v for k, v in metrics(p, tev).items() if k != "yields"}
         return rec
 
     def describe(r):
@@ -217,6 +242,10 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
             params=joint.analysis_params(state.params),
             best_params=joint.analysis_params(state.best_params),
         )
+    if stage is not None:
+        parts = stage.finish_parts(parts, state.best_params, out)
+        state = dataclasses.replace(state, params=analysis(state.params),
+                                    best_params=analysis(state.best_params))  # fmt: skip
     save_model(out, state, cfg)
     return finish(out, pipe, parts, state.best_params, state, metrics, cfg, plots=plots)
 

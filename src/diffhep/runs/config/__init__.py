@@ -30,6 +30,7 @@ from .analysis import (
     WeightsConfig,
 )
 from .base import ConfigError
+from .black_box import BlackBoxConfig, BlackBoxParamConfig
 from .load import load_config
 from .overrides import apply_overrides
 from .schema import (
@@ -59,6 +60,8 @@ from .training import (
 __all__ = [
     "GENERATOR_EVENTS",
     "AnalysisConfig",
+    "BlackBoxConfig",
+    "BlackBoxParamConfig",
     "ChannelConfig",
     "CollectionConfig",
     "Config",

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from .analysis import AnalysisConfig, VariationConfig
 from .base import _Strict
+from .black_box import BlackBoxConfig
 from .training import TrainingConfig
 
 
@@ -190,6 +191,7 @@ class Config(_Strict):
     training: TrainingConfig = TrainingConfig()
     report: ReportConfig = ReportConfig()
     search: SearchConfig = SearchConfig()
+    black_box: BlackBoxConfig | None = None  # a non-differentiable stage (L-GSO)
 
     @model_validator(mode="after")
     def _data_source(self):
@@ -233,6 +235,8 @@ class Config(_Strict):
         doc = self.model_dump(mode="json", by_alias=True)
         if self.data.generator is None:  # not 'generator: null, n_per_blob: null' in a dump
             del doc["data"]["generator"], doc["data"]["n_per_blob"]
+        if self.black_box is None:  # the section only where a config has a stage
+            del doc["black_box"]
         return yaml.safe_dump(doc, sort_keys=False)
 
 
