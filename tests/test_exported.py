@@ -299,3 +299,79 @@ def test_unknown_compiler_options_fall_back_to_xla_defaults(monkeypatch):
         # decided at the first compilation: the bogus option dropped, the real one kept
         known = "emitters" in next(iter(options)) or jax.default_backend() != "cpu"
         assert exported._OPTIONS_KNOWN is (None if known else False)
+
+
+def _by_rank(value, rank):
+    """A value with every string (in tuples and lists) replaced by its rank: the reference."""
+    if isinstance(value, str):
+        return ("#", rank[value])
+    if isinstance(value, (tuple, list)):
+        return tuple(_by_rank(v, rank) for v in value)
+    return value
+
+
+def _reference_digest(config) -> bytes:
+    import dataclasses
+    import hashlib
+
+    values = tuple(
+        getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "symmetric"
+    )
+    names: list = []
+    stack = [values]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            names.append(v)
+        elif isinstance(v, (tuple, list)):
+            stack.extend(v)
+    rank = {n: i for i, n in enumerate(sorted(set(names)))}
+    return hashlib.sha256(repr(_by_rank(values, rank)).encode()).digest()
+
+
+class _Quoted:
+    """Not a configuration value: its repr looks like a string literal."""
+
+    def __repr__(self):
+        return "'zzz'"
+
+
+def test_configuration_digest_is_remembered_without_names(monkeypatch):
+    """Points whose signal sample has another name share the remembered digest of their
+    configuration without ranking it again; every digest is that of the configuration with
+    names replaced by their rank (names that sort elsewhere, quotes and backslashes in
+    names, a value that only looks like a name)."""
+    import dataclasses
+
+    from diffhep.stats.workspace import Workspace
+
+    spec, patch = _analysis()
+    configs = {
+        name: Workspace(spec).patched(_other_point(patch, name, 1.0)).model().config
+        for name in ("signal_300", "signal_500", "aaa_first", "signal'q", "sig\\b", "x\"y'z")
+    }
+    configs["quoted"] = dataclasses.replace(
+        configs["signal_300"], poi_name=(_Quoted(), configs["signal_300"].poi_name)
+    )
+    monkeypatch.setattr(exported, "_CONFIGS", {})
+    traversals = []
+    real = exported._strings
+    monkeypatch.setattr(exported, "_strings",
+                        lambda v, out: (traversals.append(1), real(v, out))[1])  # fmt: skip
+    digests = {}
+    for name, config in configs.items():
+        n = len(traversals)
+        digests[name] = exported._config_digest(config)
+        assert digests[name] == _reference_digest(config), name
+        if name == "signal_500":  # another name, the same ranks: remembered
+            assert len(traversals) == n, "the configuration was ranked again"
+    assert digests["signal_300"] == digests["signal_500"] == digests["signal'q"]
+    assert digests["aaa_first"] != digests["signal_300"]  # its rank among the names differs
+    assert digests["quoted"] != digests["signal_300"]
+    # the lookalike's form was not remembered: a configuration with a real name there
+    # (the same text) is ranked, not taken for it
+    real_name = dataclasses.replace(
+        configs["signal_300"], poi_name=("zzz", configs["signal_300"].poi_name)
+    )
+    assert exported._config_digest(real_name) == _reference_digest(real_name)
+    assert digests["quoted"] != _reference_digest(real_name)
