@@ -124,7 +124,7 @@ _PULLS = {
 }
 
 
-def _yields(scale):
+def _yields(scale, data=DATA):
     def entry(values, sd):
         v = np.asarray(values) * scale
         return {"yields": v.tolist(), "stdev": (sd * v).tolist(), "sum": float(v.sum()),
@@ -134,16 +134,23 @@ def _yields(scale):
         "SR": {
             "samples": {n: entry(v, 0.1) for n, v in SAMPLES.items()},
             "total": entry(sum(SAMPLES.values()), 0.08 / scale),
-            "data": DATA.tolist(),
-            "data_sum": float(DATA.sum()),
+            "data": np.asarray(data).tolist(),
+            "data_sum": float(np.sum(data)),
         }
     }
 
 
+#: Data outside the ratio panel's default 0.5-1.5 (bin 2: 14 on a model of 44, data/model 0.32
+#: pre-fit; bin 3: 60 on 33, 1.82): the panels widen to show both points with their error
+#: bars (0.18-2.10, one range for the pre- and post-fit panels)
+_WIDE_DATA = np.array([82.0, 66.0, 14.0, 60.0, 25.0])
 _CORR = np.array([[1.0, 0.5, -0.3], [0.5, 1.0, 0.1], [-0.3, 0.1, 1.0]])
 CASES.update({
     "fit_ranking": lambda p: fit_plots.plot_ranking(_RANKING, _PULLS, p, poi="mu_SIG"),
     "fit_yields": lambda p: fit_plots.plot_yields(_yields(1.0), _yields(1.1), p),
+    "fit_yields_wide_ratio": lambda p: fit_plots.plot_yields(
+        _yields(1.0, _WIDE_DATA), _yields(1.1, _WIDE_DATA), p
+    ),
     "fit_pulls": lambda p: fit_plots.plot_pulls(_PULLS, p),
     "fit_correlations": lambda p: fit_plots.plot_correlations(
         {"parameters": ["jes", "lumi", "mu"], "correlation": _CORR.tolist()}, p
