@@ -5,7 +5,10 @@
   (pyhf's 2-bin example), diffhep with a cold and a warm persistent compilation cache (a
   fresh ``DIFFHEP_CACHE_DIR``), pyhf on its numpy backend;
 - ``diffhep exclusion`` over all RegionA patches against ``pyhf cls`` on 10 patches,
-  extrapolated to all.
+  extrapolated to all;
+- where the time of one ``diffhep cls`` goes (:func:`_timeline`): the command run in a child
+  process whose stages (imports, set-up, workspace, model, tracing and lowering, LAPACK set-up,
+  compilation-cache read or XLA compilation, the rest) are timed by wrapping JAX's functions.
 
 Writes docs/benchmarks-commands.md (the command line and the machine load included).
 
@@ -71,6 +74,118 @@ def _importtime(n=8) -> list[tuple[str, float]]:
     return sorted(rows, key=lambda r: -r[1])[:n]
 
 
+#: Functions timed in the child of :func:`_timeline` (module, attribute, stage); nested ones
+#: (LAPACK set-up inside lowering) are subtracted from the stage around them.
+_STAGES = [
+    ("diffhep.stats.workflows", "load_workspace", "read and patch the workspace"),
+    ("diffhep.stats.workflows", "_model_and_data", "build the model"),
+    ("jax", "export.export", "trace the kernel (cold)"),
+    ("jax", "export.deserialize", "read the stored kernel"),
+    ("jax._src.interpreters.mlir", "lower_jaxpr_to_module", "lowering to StableHLO"),
+    ("jaxlib.lapack", "_lapack.initialize", "LAPACK set-up (imports scipy.linalg)"),
+    ("jax._src.compilation_cache", "get_executable_and_time", "compilation cache: load"),
+    ("jax._src.compiler", "backend_compile_and_load", "XLA compilation (cold)"),
+    ("diffhep.cli.stats", "output", "write the JSON"),
+]
+
+
+def _timeline_child(argv: list[str]) -> None:
+    """Run ``diffhep ARGV`` in this process with the functions of :data:`_STAGES` timed; print
+    the stages (wall and CPU seconds) as JSON on stderr's last line."""
+    import importlib
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    spent: dict[str, list[float]] = {}
+    stack: list[list[float]] = []  # [wall, cpu] of the nested stages of each open stage
+
+    def timed(fn, stage):
+        def run(*a, **k):
+            w, c = time.perf_counter(), time.process_time()
+            stack.append([0.0, 0.0])
+            try:
+                return fn(*a, **k)
+            finally:
+                inner = stack.pop()
+                dw, dc = time.perf_counter() - w, time.process_time() - c
+                tot = spent.setdefault(stage, [0.0, 0.0])
+                tot[0] += dw - inner[0]
+                tot[1] += dc - inner[1]
+                if stack:
+                    stack[-1][0] += dw
+                    stack[-1][1] += dc
+
+        return run
+
+    def _timed_result(fn, stage):
+        return lambda *a, **k: timed(fn(*a, **k), stage)
+
+    def done():
+        spent["(total in Python)"] = [time.perf_counter() - t0, time.process_time() - c0]
+        print(json.dumps(spent), file=sys.stderr, flush=True)
+
+    from diffhep.cli import common, main
+
+    spent["import diffhep.cli"] = [time.perf_counter() - t0, time.process_time() - c0]
+    real_setup = common.setup
+
+    def setup():
+        w, c = time.perf_counter(), time.process_time()
+        import diffhep.stats.workflows  # noqa: F401 (imported by the command already)
+
+        for module, attr, stage in _STAGES:
+            owner = importlib.import_module(module)
+            *path, name = attr.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            if not hasattr(owner, name):  # JAX's private functions may move
+                continue
+            fn = getattr(owner, name)
+            wrap = _timed_result if attr == "export.export" else timed  # export: its result traces
+            setattr(owner, name, wrap(fn, stage))
+        real_setup()
+        spent["set-up (cache, threads, JAX's CPU client)"] = [
+            time.perf_counter() - w,
+            time.process_time() - c,
+        ]
+        spent["imports of the command (JAX, equinox, diffhep.stats)"] = [
+            w - t0 - spent["import diffhep.cli"][0],
+            c - c0 - spent["import diffhep.cli"][1],
+        ]
+
+    common.setup = setup
+    real_exit = os._exit
+
+    def quick_exit(code):
+        done()
+        real_exit(code)
+
+    os._exit = quick_exit
+    sys.argv = ["diffhep", *argv]
+    try:
+        main()
+    finally:
+        done()
+
+
+def _timeline(cmd: list[str], env: dict) -> list[tuple[str, float, float]]:
+    """Stages of ``diffhep CMD`` (wall s, CPU s), from a child running
+    :func:`_timeline_child`; "interpreter start-up" is the command's wall time before it."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--timeline-child", *cmd],
+                          capture_output=True, text=True, env={**os.environ, **env})  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"timeline of {cmd} failed:\n{proc.stderr[-2000:]}")
+    spent = json.loads(proc.stderr.strip().splitlines()[-1])
+    total_w, total_c = spent.pop("(total in Python)")
+    rows = [("interpreter start-up and exit", wall - total_w, float("nan"))]
+    rows += [(k, w, c) for k, (w, c) in spent.items()]
+    named_w, named_c = sum(w for _, w, _ in rows[1:]), sum(c for _, _, c in rows[1:])
+    rows.append(("the rest (execution of the kernel, glue)", total_w - named_w, total_c - named_c))
+    rows.append(("whole command", wall, float("nan")))
+    return rows
+
+
 def _small_workspace(tmp: Path) -> Path:
     from diffhep.stats.workspace import example_spec
 
@@ -79,10 +194,160 @@ def _small_workspace(tmp: Path) -> Path:
     return path
 
 
+#: Imports of a ``cls`` command, each including those before it (:func:`_import_ladder`)
+_LADDER = [
+    ("Python alone", "pass"),
+    ("numpy", "import numpy"),
+    ("jaxlib (XLA's C++ extension)", "import jaxlib._jax"),
+    ("jax", "import jax"),
+    ("jax + scipy.linalg (JAX's LAPACK set-up imports it)", "import jax, scipy.linalg"),
+    ("equinox (imports jax)", "import equinox"),
+    ("diffhep.stats.workflows (the cls command's imports)", "from diffhep.stats import workflows"),
+    ("pyhf (for comparison; its cls imports more)", "import pyhf"),
+]
+
+
+def _import_ladder(repeats: int = 5) -> list[tuple[str, float, float]]:
+    """Wall and CPU seconds of ``python -c IMPORT`` (least of ``repeats``: the cost itself,
+    not the load's) for each of :data:`_LADDER`."""
+    out = []
+    for label, stmt in _LADDER:
+        walls, cpus = [], []
+        for _ in range(repeats):
+            c0, t0 = _children_cpu(), time.perf_counter()
+            subprocess.run([sys.executable, "-c", stmt], check=True)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(_children_cpu() - c0)
+        out.append((label, min(walls), min(cpus)))
+    return out
+
+
+def _ladder_lines(ladder) -> list[str]:
+    return [
+        "",
+        "What importing costs (`python -c IMPORT`, least of 5 runs; each row includes the "
+        "imports above it that it needs):",
+        "",
+        "| import | wall (s) | CPU (s) |",
+        "|---|---|---|",
+        *(f"| {label} | {w:.3f} | {c:.3f} |" for label, w, c in ladder),
+        "",
+    ]
+
+
+def _timelines(tmp: Path, bkg: Path, patch: Path, small: Path) -> dict:
+    """The stages of ``cls`` on the small model (warm) and sbottom RegionA (cold, warm)."""
+    out = {}
+    for label, cmd in (("small model, warm", ["cls", str(small)]),
+                       ("sbottom RegionA, cold", ["cls", str(bkg), "-p", str(patch)]),
+                       ("sbottom RegionA, warm", ["cls", str(bkg), "-p", str(patch)])):  # fmt: skip
+        env = {"DIFFHEP_CACHE_DIR": str(tmp / f"cache-timeline-{label.split(',')[0]}")}
+        if "warm" in label and "small" in label:
+            _run([str(BIN / "diffhep"), *cmd], env)  # fill the cache
+        out[label] = _timeline(cmd, env)
+    return out
+
+
+def _timeline_lines(timelines: dict) -> list[str]:
+    labels = list(timelines)
+    first = next(iter(timelines.values()))
+    stages = [k for k, _, _ in first[:4]] + [st for _, _, st in _STAGES]
+    stages += [k for k, _, _ in first[-2:]]
+    by = {lab: {k: (w, c) for k, w, c in rows} for lab, rows in timelines.items()}
+
+    def cell(lab, k):
+        w, c = by[lab].get(k, (0.0, 0.0))
+        return f"{w:.3f}" + ("" if c != c else f" ({c:.3f})")  # c != c: NaN, not measured
+
+    return [
+        "",
+        "Where the time of one `diffhep cls` goes: the command in a child process whose stages "
+        "are timed by wrapping diffhep's and JAX's functions (`benchmarks/commands.py "
+        "--timeline-only` prints this table alone). Wall seconds, CPU seconds in parentheses; "
+        "a stage nested in another (LAPACK set-up inside lowering) is counted once.",
+        "",
+        "| stage | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+        *(f"| {k} | " + " | ".join(cell(lab, k) for lab in labels) + " |" for k in stages),
+        "",
+    ]
+
+
+def _verdict(rows, timelines, ladder) -> list[str]:
+    """Issue 21's whole-command targets for ``cls``, from this run's numbers."""
+    by = {label: (warm, cold, ref) for label, warm, cold, ref in rows}
+    stage = {lab: {k: w for k, w, _ in r} for lab, r in timelines.items()}
+    imports = {label: w for label, w, _ in ladder}
+    warm, _, ref = by["`cls` small model (2 bins)"]
+    small = stage["small model, warm"]
+    jax_import = imports["jax"] - imports["Python alone"]
+    warm_sb, cold, ref_sb = by["`cls` sbottom RegionA (1 patch)"]
+    sb = stage["sbottom RegionA, cold"]
+
+    def met(x, target):
+        return "met" if x <= target else "not met"
+
+    return [
+        "Issue 21's targets for `cls` in this run:",
+        "",
+        f"- small model, warm cache: {warm:.2f} s, target 0.5 x pyhf's {ref:.2f} s = "
+        f"{0.5 * ref:.2f} s: {met(warm, 0.5 * ref)}. Importing JAX alone takes "
+        f"{jax_import:.2f} s (import table), the command's imports "
+        f"{small['imports of the command (JAX, equinox, diffhep.stats)']:.2f} s and loading "
+        f"the compiled program {small['compilation cache: load']:.2f} s (timeline)"
+        + (
+            ": JAX's import alone exceeds the target, a command that imports JAX cannot meet it."
+            if jax_import > 0.5 * ref
+            else "."
+        ),
+        f"- sbottom RegionA, warm cache: {warm_sb:.2f} s, target 0.5 x pyhf's {ref_sb:.2f} s "
+        f"= {0.5 * ref_sb:.2f} s: {met(warm_sb, 0.5 * ref_sb)}.",
+        f"- sbottom RegionA, cold cache: {cold:.2f} s, target 1.5 x pyhf's {ref_sb:.2f} s = "
+        f"{1.5 * ref_sb:.2f} s: {met(cold, 1.5 * ref_sb)}. Of it XLA's compilation "
+        f"{sb['XLA compilation (cold)']:.2f} s, tracing {sb['trace the kernel (cold)']:.2f} s, "
+        f"lowering {sb['lowering to StableHLO']:.2f} s (timeline).",
+        "",
+    ]
+
+
+#: Measured once (not by this script), 2026-12-05 00:00-00:20 UTC, load 9-13, pinned:
+#: what was tried to shorten the cold compilation and the warm start, and why it is not used.
+NOTES = [
+    "Tried and not used (measured 2026-12-05 on the loaded machine, CPU seconds, pinned; "
+    "not by this script):",
+    "",
+    "- XLA's LLVM options `xla_cpu_disable_loop_unrolling` and `xla_cpu_optimize_for_size` "
+    "(through `XLA_FLAGS=--xla_backend_extra_options=...`; jax.jit's compiler options cannot "
+    "set them) compile the sbottom RegionA hypothesis test in 3.4 instead of 5.7-5.9 s with "
+    "the same warm time, but each changes the last digits of the results (floating-point "
+    "contraction follows LLVM's pipeline): 94 of the 217 RegionA points of `exclusion` "
+    "differ, by up to 1.1e-13 relative, and the fit's values. `xla_backend_optimization_level"
+    "=0`: 2.0 s, 2.6x slower execution, other digits; level 1: 5.2 s (the same CLs on one "
+    "point, not checked further); "
+    "`xla_llvm_disable_expensive_passes`, `xla_cpu_parallel_codegen_split_count=1`: no gain.",
+    "- Compiling on both cores: XLA sizes its compilation threads by the CPU affinity when its "
+    "CPU client starts; the statistics commands pin it to one core before (the kernels run "
+    "faster there), so the compilation runs on one thread (two threads unpinned). Widening "
+    "the affinity after the client has started does not add threads.",
+    "- The LAPACK set-up imports scipy.linalg (JAX's CPU LAPACK kernels take their routines "
+    "from it): the hypothesis test calls LAPACK (Cholesky, eigh, triangular solve), so it "
+    "is needed before the program runs.",
+    "- Loading the compiled program from JAX's cache is XLA's deserialisation of the "
+    "executable (~0.1 CPU-s for the 2-bin model's 0.8 MB, ~0.25 for sbottom's 2.7 MB; "
+    "the same on a second load in one process): not file reading.",
+    "",
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--output", default=str(ROOT / "docs" / "benchmarks-commands.md"))
+    ap.add_argument("--timeline-only", action="store_true",
+                    help="only the stages of cls commands (printed, no file written)")  # fmt: skip
+    if sys.argv[1:2] == ["--timeline-child"]:
+        _timeline_child(sys.argv[2:])
+        return
     args = ap.parse_args()
     diffhep, pyhf = str(BIN / "diffhep"), str(BIN / "pyhf")
     load0 = os.getloadavg()
@@ -94,6 +359,11 @@ def main() -> None:
     patch = region / "patch.sbottom_1300_850_60.json"
     small = _small_workspace(tmp)
     rows = []
+    timelines = _timelines(tmp, bkg, patch, small)
+    ladder = _import_ladder()
+    if args.timeline_only:
+        print("\n".join(_timeline_lines(timelines) + _ladder_lines(ladder)))
+        return
 
     help_d = _median([diffhep, "--help"], args.repeats, label="`--help`")
     help_p = _median([pyhf, "--help"], args.repeats, label="`--help` pyhf")
@@ -171,6 +441,8 @@ def main() -> None:
         *(f"| `{name}` | {sec:.3f} |" for name, sec in top),
         "",
     ]
+    lines += _timeline_lines(timelines) + _ladder_lines(ladder)
+    lines += _verdict(rows, timelines, ladder) + NOTES
     text = "\n".join(lines)
     Path(args.output).write_text(text)
     print(text)
