@@ -335,6 +335,11 @@ NOTES = [
     "- Loading the compiled program from JAX's cache is XLA's deserialisation of the "
     "executable (~0.1 CPU-s for the 2-bin model's 0.8 MB, ~0.25 for sbottom's 2.7 MB; "
     "the same on a second load in one process): not file reading.",
+    "- Storing the compiled executable itself (jax.experimental.serialize_executable, a pickle "
+    "of JAX's internal objects) instead of the exported kernel would skip lowering its call "
+    "and JAX's cache-key hashing: the 2-bin model's kernel ready and run in 190-212 instead "
+    "of 267-284 CPU-ms (one process, pinned, load ~10), ~80 ms of a ~1 s command. Not done "
+    "(no target within reach by it; a format private to JAX).",
     "",
 ]
 
