@@ -108,3 +108,59 @@ def test_batch_level_risk():
     assert len(res.records) == 2
     assert res.records[0]["val_risk_se"] is None
     assert np.isfinite(res.records[0]["val_risk_error"])
+
+
+# ---------------------------------------------------------------- a selection as the black box
+def _cut_pool():
+    """The 2-D cut toy's shapes (signal at (1.5, 2), background N(0, 9 I)), 3000 events each:
+    rows (x1, x2, is_signal)."""
+    rng = np.random.default_rng(0)
+    sig = rng.multivariate_normal((1.5, 2.0), [[0.5, 0.2], [0.2, 0.5]], 3000)
+    bkg = rng.normal(0.0, 3.0, (3000, 2))
+    return np.concatenate([np.column_stack([sig, np.ones(3000)]),
+                           np.column_stack([bkg, np.zeros(3000)])])  # fmt: skip
+
+
+def _cut_risk(y, x):
+    """-Z0 of one counting bin, 50 signal and 1000 background events expected."""
+    p, sig = y[:, 0], x[:, 2]
+    s = 50 * jnp.sum(sig * p) / jnp.sum(sig)
+    b = 1000 * jnp.sum((1 - sig) * p) / jnp.sum(1 - sig)
+    return -jnp.sqrt(2 * ((s + b) * jnp.log1p(s / b) - s))
+
+
+def _passes(x, psi, rng=None):
+    return ((x[:, 0] > psi[0]) & (x[:, 1] > psi[1])).astype(float)[:, None]
+
+
+@pytest.mark.parametrize(
+    "psi, cheap",
+    [((0.0, 0.0), True),
+     pytest.param((1.0, 0.3), False, marks=pytest.mark.slow),
+     pytest.param((-0.5, 1.5), False, marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_bernoulli_surrogate_of_a_selection(psi, cheap):
+    """Hard cuts x1 > psi_1, x2 > psi_2 as the black box (0/1 per event), the Bernoulli
+    surrogate p(pass | x, psi) after one L-GSO iteration: its gradient of -Z0 agrees in sign
+    and within 35% per component with central finite differences of the hard cuts on 6000
+    events (observed within 17% at (0, 0) with the cheap settings, 25% otherwise)."""
+    pool = _cut_pool()
+    size = dict(n_psi=12, m_x=128, first_fit=5) if cheap else dict(n_psi=16, m_x=256)
+    res = lgso(_passes, lambda rng, n: pool[rng.integers(0, len(pool), n)], _cut_risk,
+               list(psi), bounds=[(-1.0, 3.0)] * 2,
+               settings=Settings(surrogate="bernoulli", columns=(0, 1), hidden=(16, 16),
+                                 max_iterations=1, epsilon=0.3, k_x=64, **size))  # fmt: skip
+    _, grad = surrogate_gradient(res.surrogate, _cut_risk, list(psi), pool,
+                                 np.zeros((len(pool), 1)))  # fmt: skip
+
+    def exact(p):
+        return float(_cut_risk(jnp.asarray(_passes(pool, p)), jnp.asarray(pool)))
+
+    h = 0.15
+    fd = np.array([(exact(np.add(psi, h * e)) - exact(np.subtract(psi, h * e))) / (2 * h)
+                   for e in np.eye(2)])  # fmt: skip
+    assert np.all(np.abs(fd) > 0.1)  # the reference is not noise
+    assert np.all(np.sign(grad) == np.sign(fd)), (grad, fd)
+    np.testing.assert_allclose(grad, fd, rtol=0.35)
+    # its own validation: the held-out psi's Z0 from the surrogate vs the black box's
+    assert res.records[-1]["val_risk_error"] < 0.15

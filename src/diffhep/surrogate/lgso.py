@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .bernoulli import BernoulliSurrogate, Columns
 from .gaussian import GaussianSurrogate, make_fit
 
 __all__ = ["Result", "Settings", "lgso", "surrogate_gradient"]
@@ -68,6 +69,9 @@ class Settings:
     hidden: tuple = (8,)  # small: a wider net fits the noise of each psi_i (bad slopes)
     capacity: int | None = None  # local samples used at most (default 3 N M; the newest)
     seed: int = 0
+    # "gaussian" (continuous outputs) or "bernoulli" (0/1 outputs: a selection's pass/fail)
+    surrogate: str = "gaussian"
+    columns: tuple | None = None  # the columns of x the surrogate sees (default: all)
 
 
 @dataclass
@@ -169,8 +173,14 @@ def lgso(
     capacity = s.capacity or 3 * s.n_psi * s.m_x
     x_probe = np.asarray(sample_x(rng, 2))
     y_probe = np.asarray(simulate(x_probe, psi, rng))
-    model = GaussianSurrogate.create(x_probe.shape[1], d, y_probe.shape[1], s.hidden,
-                                     key=jax.random.key(s.seed))  # fmt: skip
+    kinds = {"gaussian": GaussianSurrogate, "bernoulli": BernoulliSurrogate}
+    if s.surrogate not in kinds:
+        raise ValueError(f"surrogate {s.surrogate!r}: use one of {', '.join(kinds)}")
+    dx = x_probe.shape[1] if s.columns is None else len(s.columns)
+    model = kinds[s.surrogate].create(dx, d, y_probe.shape[1], s.hidden,
+                                      key=jax.random.key(s.seed))  # fmt: skip
+    if s.columns is not None:
+        model = Columns(model, tuple(s.columns))
     fit, init = make_fit(s.surrogate_learning_rate, s.surrogate_steps)
     fit_state = init(model)
     gradient = eqx.filter_jit(lambda m, p, x, z: _value_and_grad(m, risk, p, x, z, cost))
