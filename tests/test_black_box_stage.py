@@ -189,3 +189,21 @@ def test_config_errors():
     cfg = _config("black_box.inputs=[x3]")
     with pytest.raises(ConfigError, match="not a feature"):
         StageRun(cfg, ("x1", "x2"), {"train": {"signal": None}})
+
+
+def test_resume_starts_from_the_checkpoint_psi(staged, tmp_path):
+    """A resumed run's stage starts from the psi of the checkpoint's last epoch."""
+    import json
+
+    from diffhep.runs.black_box import StageRun
+
+    cfg, pipe, parts, *_ = staged
+    meta = {"epoch": 3, "step": 18, "best_epoch": 2, "best_value": 2.9, "step_seconds": [],
+            "history": [{"psi_focus": 0.9}, {"psi_focus": 0.7}], "status": "running"}  # fmt: skip
+    (tmp_path / "checkpoint.json").write_text(json.dumps(meta))
+    stage = StageRun(cfg, pipe.features, parts)
+    stage.resume_from(tmp_path, resume=False)
+    assert stage.psi.tolist() == [1.2]
+    stage.resume_from(tmp_path, resume=True)
+    assert stage.psi.tolist() == [0.7]
+    assert float(stage.create(None).psi[0]) == pytest.approx(0.7)

@@ -18,7 +18,7 @@ def test_black_box_study_smoke(tmp_path):
     assert set(doc["cuts"]["searches"]) == {"grid", "random", "bo"}
     assert len(doc["cuts"]["gradient"]["values"]) == 2
     assert set(doc["detector"]) == {"lgso", "tpe", "random", "grid"}
-    assert all(set(t) == {"1", "2"} for t in doc["detector"].values())
+    assert all(set(t) == {"1", "2", "4", "6"} for t in doc["detector"].values())
     assert len(doc["cuts"]["lgso"][0]["values"]) == 2  # the exact Z0 of each iterate
     rows = ("| grid |", "| random |", "| bo |", "| gradient", "| L-GSO (cuts", "| L-GSO | 1 |",
             "| TPE | 2 |", "| random | 2 |", "| grid | 1 |")  # fmt: skip

@@ -62,8 +62,8 @@ def study(name, out, seeds, epochs, rows, events, lumi, runs_dir, workers, overr
     inferno (INFERNO's benchmark: every model on one protocol) or significance (the
     Elwood-Kruecker significance losses) or negative-weights (training weight strategies
     for negative event weights) or black-box (gradients, L-GSO and Bayesian optimisation
-    on exact objectives; a smoke form for now) or realistic (the Z' -> ttbar search of
-    ttbar_resonance.yaml: every loss and selection, 20 nuisance parameters)."""
+    on exact objectives: cut thresholds, a detector resolution) or realistic (the Z' ->
+    ttbar search of ttbar_resonance.yaml: every loss and selection, 20 nuisance parameters)."""
     from ..studies.black_box import black_box_study
     from ..studies.cuts import cuts_study
     from ..studies.inferno import inferno_study

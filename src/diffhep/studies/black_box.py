@@ -6,13 +6,14 @@ Bayesian optimisation (TPE) with ``diffhep optimize``'s machinery, and gradient 
 through relaxed cuts (``train_run``; one exact validation evaluation per epoch). The true
 optimum comes from a dense grid of the same exact objective.
 
-Problem 2 (:mod:`diffhep.problems.black_box`): the resolution of a black-box detector against
-its cost, known optimum ``(c / 2)^(1/3)`` per parameter, with 1 and 2 parameters: L-GSO
-(:mod:`diffhep.surrogate.lgso`) against TPE on a Monte-Carlo estimate of the objective, both
-counted in black-box events.
+L-GSO treats the hard selection as a black box with a Bernoulli surrogate
+(:mod:`diffhep.studies.black_box_cuts`).
 
-This session's form is a smoke version: problem 1 without L-GSO on the cuts, problem 2
-without random/grid; the findings are computed from the tables it writes.
+Problem 2 (:mod:`diffhep.problems.black_box`): the resolution of a black-box detector against
+its cost, known optimum ``(c / 2)^(1/3)`` per parameter, with 1, 2, 4 and 6 parameters: L-GSO
+(:mod:`diffhep.surrogate.lgso`) against TPE, random and grid search on a Monte-Carlo estimate
+of the objective, all counted in black-box events. The findings are computed from the tables
+the study writes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .common import median, shipped_config
 __all__ = ["black_box_study"]
 
 SEARCHES = ("grid", "random", "bo")
+DIMS = (1, 2, 4, 6)  # problem 2's numbers of parameters
 
 
 def _dense_optimum(points: int) -> dict:
@@ -88,7 +90,7 @@ def _gradient(out: Path, epochs: int, overrides) -> dict:
             "seconds": time.perf_counter() - t0}  # fmt: skip
 
 
-def _lgso_runs(seeds: int, dims=(1, 2), iterations: int = 60) -> dict:
+def _lgso_runs(seeds: int, dims=DIMS, iterations: int = 60) -> dict:
     from ..surrogate.lgso import Settings, lgso
 
     out = {}
@@ -120,7 +122,7 @@ def _excess(psi, costs) -> float:
     return f / bb.expected_objective(bb.optimum(costs), costs) - 1
 
 
-def _searches_detector(seeds: int, dims=(1, 2), budget: int = 40, events: int = 2000) -> dict:
+def _searches_detector(seeds: int, dims=DIMS, budget: int = 40, events: int = 2000) -> dict:
     """TPE, random and grid search on the Monte-Carlo objective (``events`` black-box events
     per trial, fresh random numbers each trial), psi in [0.05, 3] per parameter; the best trial
     is the one with the lowest Monte-Carlo value (judged by the closed form)."""
@@ -150,7 +152,8 @@ def _searches_detector(seeds: int, dims=(1, 2), budget: int = 40, events: int = 
 
 def _detector_search(method, d, budget, seed, f, t0):
     """The trials' psi, values and times: Optuna's TPE (multivariate), uniform random, or a
-    grid of ``floor(budget^(1/d))`` points per parameter visited in a seeded order."""
+    grid of the centres of ``floor(budget^(1/d))`` cells per parameter, visited in a seeded
+    order (with 6 parameters and 40 trials: one point, the centre of the box)."""
     lo, hi = 0.05, 3.0
     rng = np.random.default_rng(seed)
     psis, values, stamps = [], [], []
@@ -163,7 +166,7 @@ def _detector_search(method, d, budget, seed, f, t0):
         study = optuna.create_study(sampler=sampler)
     elif method == "grid":
         m = int(np.floor(budget ** (1 / d) + 1e-9))
-        axes = np.linspace(lo, hi, m)
+        axes = lo + (hi - lo) * (np.arange(m) + 0.5) / m
         grid = np.stack(np.meshgrid(*[axes] * d, indexing="ij"), -1).reshape(-1, d)
         grid = grid[rng.permutation(len(grid))]
     for k in range(budget if method != "grid" else len(grid)):
@@ -200,28 +203,35 @@ def black_box_study(
     runs_dir: str | Path | None = None,
     budget: int = 30,
     dense: int = 41,
-    lgso_iterations: int = 40,
+    lgso_iterations: int | None = None,
 ) -> Path:
     """Run the study; writes ``black-box.md``, ``black-box.json`` and the plots
     ``black-box-cuts.png`` (exact Z0 vs evaluations), ``black-box-cuts-time.png`` (vs wall
     time) and ``black-box-detector.png`` (problem 2: objective excess vs black-box events and
     vs wall time) into ``out`` (searches and the gradient run under ``runs_dir``, default
-    ``runs/black-box``); ``lgso_iterations`` caps L-GSO on the cuts (on the detector: at
-    least its default 60)."""
+    ``runs/black-box``); ``lgso_iterations`` caps L-GSO's iterations (default 40 on the cuts,
+    60 on the detector)."""
+    import os
+
     from .black_box_cuts import cuts_lgso
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(runs_dir) if runs_dir else Path("runs") / "black-box"
+    load, cpu0, t0 = [os.getloadavg()[0]], time.process_time(), time.perf_counter()
     reference = _dense_optimum(dense)
     searches = _searches(runs, seeds, budget)
     gradient = _gradient(runs, epochs, overrides)
-    lgso_cuts = [cuts_lgso(seed, iterations=lgso_iterations) for seed in range(seeds)]
-    detector = {"lgso": _lgso_runs(seeds, iterations=max(lgso_iterations, 60))}
+    lgso_cuts = [cuts_lgso(seed, iterations=lgso_iterations or 40) for seed in range(seeds)]
+    detector = {"lgso": _lgso_runs(seeds, iterations=lgso_iterations or 60)}
     detector |= _searches_detector(seeds)
+    load.append(os.getloadavg()[0])
+    machine = {"load_start": load[0], "load_end": load[1], "cpu_count": os.cpu_count(),
+               "cpu_seconds": time.process_time() - cpu0,
+               "wall_seconds": time.perf_counter() - t0}  # fmt: skip
     doc = {"cuts": {"optimum": reference, "searches": searches, "gradient": gradient,
                     "lgso": lgso_cuts},
-           "detector": detector}  # fmt: skip
+           "detector": detector, "machine": machine}  # fmt: skip
     write_atomic(out / "black-box.json", json.dumps(doc, indent=1, default=float))
     _plot_cuts(doc["cuts"], out)
     _plot_detector(detector, out / "black-box-detector.png")
@@ -285,7 +295,7 @@ def _plot_detector(detector, path: Path) -> None:
     fig = new_figure((10.0, 4.2))
     axes = fig.subplots(1, 2)
     for i, (m, table) in enumerate(detector.items()):
-        for d, ls in (("1", "-"), ("2", "--")):
+        for d, ls in zip(table, ("-", "--", "-.", ":"), strict=False):
             rows = table[d]
             k = min(len(r["curve"]["excess"]) for r in rows)
             exc = np.median([r["curve"]["excess"][:k] for r in rows], 0)
@@ -356,15 +366,22 @@ def _markdown(doc, seeds, epochs, budget) -> str:
         "![objective vs wall time](black-box-cuts-time.png)",
         "",
         "Curves: a search's best so far; gradient training's and L-GSO's current iterate "
-        "(the gradient run's time spread evenly over its epochs).",
+        "(the gradient run's time spread evenly over its epochs). Wall times are from a "
+        "machine shared with other jobs (see the load below): compare them within this run.",
+        "",
+        "| method (median curve) | evaluations to 99% of the optimum | seconds to 99% |",
+        "|---|---|---|",
+        *[f"| {m} | {a} | {b} |" for m, a, b in _to_fraction(cuts, 0.99)],
         "",
         "## Problem 2: detector resolution against cost (known optimum)",
         "",
         "`diffhep.problems.black_box`: y = w round((x + psi e) / w), risk (y - x)^2, cost "
         "sum c_j / psi_j, optimum psi_j* = (c_j / 2)^(1/3); psi in [0.05, 3]. L-GSO with its "
-        "default settings from 1.5; TPE, random and grid search on the Monte-Carlo objective "
-        "with 2000 events per trial, 40 trials (grid: 40 points for 1 parameter, 6 x 6 for "
-        "2), the best trial by its Monte-Carlo value.",
+        "default settings from 1.5 (the same epsilon, N, M for every number of parameters); "
+        "TPE, random and grid search on the Monte-Carlo objective with 2000 events per trial, "
+        "40 trials (grid: cell centres, 40 for 1 parameter, 6^2 for 2, 2^4 for 4, 1 for 6), "
+        "the best trial by its Monte-Carlo value. Costs c_j = "
+        f"{', '.join(f'{c:g}' for c in bb.COSTS)}.",
         "",
         "| method | parameters | max abs(psi - psi*) | objective excess "
         "| black-box events | wall time (s) |",
@@ -378,8 +395,27 @@ def _markdown(doc, seeds, epochs, budget) -> str:
                          f"{median(rows, 'seconds'):.1f} |")  # fmt: skip
     lines += ["", "![problem 2: excess vs events and wall time](black-box-detector.png)", ""]
     lines += _findings(doc)
-    lines += ["", "Numbers per seed: `black-box.json`.", ""]
+    m = doc["machine"]
+    lines += ["", f"The run: {m['wall_seconds']:.0f} s wall, {m['cpu_seconds']:.0f} CPU-s of "
+              f"this process, on {m['cpu_count']} cores with load average {m['load_start']:.1f}"
+              f" at the start and {m['load_end']:.1f} at the end (other jobs running: the wall "
+              "times above are inflated by them, uniformly to first order).",
+              "", "Numbers per seed: `black-box.json`.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _to_fraction(cuts, fraction):
+    """Per method, the evaluations and seconds at which its median curve first reaches
+    ``fraction`` of the optimum ("not reached" otherwise)."""
+    out = []
+    target = fraction * cuts["optimum"]["value"]
+    for m, (evals, secs, vals) in _cut_curves(cuts).items():
+        hit = np.flatnonzero(np.asarray(vals) >= target)
+        if hit.size:
+            out.append((m, f"{float(evals[hit[0]]):.0f}", f"{float(secs[hit[0]]):.1f}"))
+        else:
+            out.append((m, "not reached", "-"))
+    return out
 
 
 def _findings(doc) -> list[str]:
@@ -396,6 +432,8 @@ def _findings(doc) -> list[str]:
     n_top = len(cuts["searches"][top][0]["values"])
     d1 = {k: det[k]["1"] for k in det}
     d2 = {k: det[k]["2"] for k in det}
+    dims = list(det["lgso"])
+    reach = {m: a for m, a, _ in _to_fraction(cuts, 0.99)}
 
     def fmt(rows):
         return f"{median(rows, 'excess'):.2%} with {median(rows, 'calls'):.0f} events"
@@ -421,9 +459,18 @@ def _findings(doc) -> list[str]:
         + "; ".join(f"{k} {fmt(v)}" for k, v in d1.items())
         + ".",
         "- Detector, 2 parameters: " + "; ".join(f"{k} {fmt(v)}" for k, v in d2.items()) + ".",
-        f"- L-GSO from 1 to 2 parameters: excess {median(d1['lgso'], 'excess'):.2%} -> "
-        f"{median(d2['lgso'], 'excess'):.2%}, events {median(d1['lgso'], 'calls'):.0f} -> "
-        f"{median(d2['lgso'], 'calls'):.0f}; grid search "
-        f"{median(d1['grid'], 'excess'):.2%} -> {median(d2['grid'], 'excess'):.2%} at a fixed "
-        "budget (its spacing grows as budget^(1/d)).",
+        "- Scaling with the number of parameters d = " + ", ".join(dims) + " (objective "
+        "excess; events): "
+        + "; ".join(
+            f"{k} "
+            + ", ".join(f"{median(det[k][d], 'excess'):.2%}" for d in dims)
+            + " ("
+            + ", ".join(f"{median(det[k][d], 'calls'):.0f}" for d in dims)
+            + ")"
+            for k in det
+        )
+        + ".",
+        "- To 99% of the cuts' optimum (median curves): "
+        + ", ".join(f"{m} {a}" for m, a in reach.items())
+        + " evaluations (gradient: epochs; L-GSO: evaluation-equivalents of events).",
     ]
