@@ -17,7 +17,7 @@ def test_black_box_study_smoke(tmp_path):
     doc = json.loads((tmp_path / "doc" / "black-box.json").read_text())
     assert set(doc["cuts"]["searches"]) == {"grid", "random", "bo"}
     assert len(doc["cuts"]["gradient"]["values"]) == 2
-    assert set(doc["detector"]) == {"lgso", "tpe", "random", "grid"}
+    assert set(doc["detector"]) == {"lgso", "lgso_scaled", "tpe", "random", "grid"}
     assert all(set(t) == {"1", "2", "4", "6"} for t in doc["detector"].values())
     assert len(doc["cuts"]["lgso"][0]["values"]) == 2  # the exact Z0 of each iterate
     rows = ("| grid |", "| random |", "| bo |", "| gradient", "| L-GSO (cuts", "| L-GSO | 1 |",
