@@ -239,12 +239,22 @@ def black_box_study(
     doc = {"cuts": {"optimum": reference, "searches": searches, "gradient": gradient,
                     "lgso": lgso_cuts},
            "detector": detector, "machine": machine}  # fmt: skip
-    write_atomic(out / "black-box.json", json.dumps(doc, indent=1, default=float))
+    write_atomic(out / "black-box.json", _dumps(doc))
     _plot_cuts(doc["cuts"], out)
     _plot_detector(detector, out / "black-box-detector.png")
     path = out / "black-box.md"
     write_atomic(path, _markdown(doc, seeds, epochs, budget))
     return path
+
+
+def _dumps(doc) -> str:
+    """JSON with one object key per line and each list of numbers on one line."""
+    import re
+
+    text = json.dumps(doc, indent=1, default=float)
+    number = r"-?[0-9][0-9.eE+-]*|null|NaN|-?Infinity|true|false"
+    flat = re.compile(rf"\[\s*((?:(?:{number})\s*,\s*)*(?:{number}))\s*\]")
+    return flat.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
 
 
 def _cut_curves(cuts) -> dict:
