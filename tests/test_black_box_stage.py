@@ -177,6 +177,9 @@ def test_command_on_files_equals_the_function(tmp_path):
                                 "{output}"])  # fmt: skip
     with pytest.raises(BlackBoxError, match="boom"):
         failing(x, psi, seed=0)
+    one = BlackBox(function="diffhep.problems.black_box:focus", outputs=1)
+    with pytest.raises(BlackBoxError, match="2 output column"):
+        one(x, psi, seed=0)  # focus returns both columns, the config wants one
 
 
 def test_config_errors():

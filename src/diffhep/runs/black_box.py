@@ -83,7 +83,7 @@ class StageRun:
         eps = [p.epsilon or (p.high - p.low) / 10 for p in b.params]
         try:
             box = BlackBox(function=b.function, command=b.command, options=dict(b.options),
-                           timeout=b.timeout)  # fmt: skip
+                           timeout=b.timeout, outputs=len(b.outputs))  # fmt: skip
             self.cost = load_function(b.cost) if b.cost else None
         except BlackBoxError as exc:
             raise ConfigError(str(exc), file=file, where=where) from None

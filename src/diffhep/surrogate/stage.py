@@ -50,14 +50,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import DiffhepError
 from .gaussian import GaussianSurrogate, make_fit
 from .lgso import _History
 
 __all__ = ["BlackBox", "BlackBoxError", "Stage", "StageSettings", "load_function", "transported"]
 
 
-class BlackBoxError(RuntimeError):
-    """The black box failed or returned something unusable."""
+class BlackBoxError(DiffhepError):
+    """The black box failed or returned something unusable (the command line prints the
+    message, no traceback)."""
 
 
 def load_function(spec: str) -> Callable:
@@ -85,6 +87,7 @@ class BlackBox:
     command: Sequence[str] | None = None
     options: dict | None = None
     timeout: float | None = None  # seconds per command call
+    outputs: int | None = None  # columns of y expected (checked)
 
     def __post_init__(self):
         if (self.function is None) == (self.command is None):
@@ -110,6 +113,9 @@ class BlackBox:
                 f"the black box returned {y.shape} for {len(x)} rows"
                 + ("" if y.shape[0] != len(x) else " with non-finite values")
             )
+        if self.outputs is not None and y.shape[1] != self.outputs:
+            raise BlackBoxError(f"the black box returned {y.shape[1]} output column(s) where "
+                                f"{self.outputs} are expected (the config's outputs)")  # fmt: skip
         self.calls += len(x)
         return y
 
