@@ -309,7 +309,7 @@ def _plot_cuts(cuts, out: Path) -> None:
 def _plot_detector(detector, path: Path) -> None:
     from ..plotting.style import new_figure
 
-    fig = new_figure((10.0, 4.2))
+    fig = new_figure((12.5, 4.4))
     axes = fig.subplots(1, 2)
     for i, (m, table) in enumerate(detector.items()):
         for d, ls in zip(table, ("-", "--", "-.", ":"), strict=False):
@@ -325,7 +325,8 @@ def _plot_detector(detector, path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("objective excess over the optimum (median)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="x-small")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper",
+               fontsize="x-small")  # fmt: skip
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     fig.clear()
 
@@ -418,7 +419,9 @@ def _markdown(doc, seeds, epochs, budget) -> str:
             lines.append(f"| {names[key]} | {d} | {median(rows, 'distance'):.3f} | "
                          f"{median(rows, 'excess'):.2%} | {median(rows, 'calls'):.0f} | "
                          f"{median(rows, 'seconds'):.1f} |")  # fmt: skip
-    lines += ["", "![problem 2: excess vs events and wall time](black-box-detector.png)", ""]
+    lines += ["", "![problem 2: excess vs events and wall time](black-box-detector.png)", "",
+              "Curves (closed-form excess): L-GSO's current iterate; a search's best trial so "
+              "far (best by its Monte-Carlo value).", ""]  # fmt: skip
     lines += _findings(doc)
     m = doc["machine"]
     lines += ["", f"The run: {m['wall_seconds']:.0f} s wall, {m['cpu_seconds']:.0f} CPU-s of "
