@@ -350,8 +350,8 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     ``restart`` (may be traced) allows attempts 1-3 and the flips.
     """
 
-    def run(x0):
-        return run_fit(model, data, x0, lower, upper, fixed, tol, max_steps)
+    def run(x0, steps=max_steps):
+        return run_fit(model, data, x0, lower, upper, fixed, tol, steps)
 
     interpolated = _interpolated(model.config)
     candidates = np.flatnonzero(_kinked(model.config) | interpolated)
@@ -376,7 +376,10 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
         need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping
         x0 = jnp.where(k == 2, reflected, jnp.where(flipping, flipped, start))
         x0 = jnp.where(k == 0, init, x0)
-        new = jax.lax.cond(need, run, lambda _: best, x0)
+        # an attempt not needed runs no step (not lax.cond: under vmap it becomes a select
+        # that runs every attempt's fit for every member; a while_loop whose condition is
+        # false for every member runs no iteration)
+        new = run(x0, jnp.where(need, max_steps, 0).astype(jnp.int32))
         out, better = _keep_lower(k, best, new, need)
         return out, jnp.where(k == 2, better, found_lower)
 
