@@ -39,6 +39,20 @@ def test_findings_are_the_numbers_of_the_records():
     assert "expected CLs x0.25" in text  # 250 / 1000 events/s
 
 
+def test_min_background_is_three_background_mc_events(tmp_path):
+    from diffhep.studies.realistic import min_background
+
+    samples = {
+        "zprime_1500": {"events": 10, "expected_yield": 600.0},
+        "ttbar": {"events": 100, "expected_yield": 200.0},
+        "wjets": {"events": 50, "expected_yield": 160.0},
+        "data": {"events": 999, "expected_yield": None},
+    }
+    (tmp_path / "samples.json").write_text(json.dumps({"samples": samples}))
+    # (200 + 160) / (100 + 50) = 2.4 per generated event, x 1 / 0.6 in the training split
+    assert min_background(tmp_path, 0.6) == pytest.approx(3 * 2.4 / 0.6)
+
+
 def test_row_overrides_build_the_selections():
     from diffhep.runs.config import load_config
     from diffhep.studies.common import shipped_config

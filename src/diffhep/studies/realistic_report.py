@@ -166,7 +166,19 @@ def markdown(result: dict, baseline: str, name: str) -> str:
         "normalisation, 20 named nuisance parameters (JES x3 and JER as feature-level jet-pT "
         "variations: events migrate; b-tag, scale, PDF, ISR/FSR weights; one-sided top-pT; "
         "symmetrised ttbar and W+jets modelling; 5 normalisations) and MC statistics. "
-        f"Study settings for every run: `{' '.join(s['training'])}`.",
+        f"Study settings for every run: `{' '.join(s['training'])}`"
+        + (
+            f"; the likelihood losses see every bin's total nominal background floored at "
+            f"{s['min_background']:.3g} expected events (`histogram.min_background`: "
+            f"{s['min_background_mc_events']:g} background MC events of the training split, "
+            "the 95% CL upper limit on a Poisson mean where none is seen; without it the "
+            "losses put signal in a bin beyond the last background MC event, whose soft "
+            "background is ~0: a statistical artefact with an unbounded sensitivity). The "
+            "evaluation is not floored: the column 'bins with s > 0, b = 0' shows whether a "
+            "trained analysis still has such a bin in its test histograms."
+            if s.get("min_background")
+            else "."
+        ),
         "",
         "Evaluation: each run's test split (20% of the events, never used for training nor "
         "for choosing the epoch), hard histograms, exact fits on the background-only Asimov "
