@@ -53,6 +53,42 @@ def test_min_background_is_three_background_mc_events(tmp_path):
     assert min_background(tmp_path, 0.6) == pytest.approx(3 * 2.4 / 0.6)
 
 
+def test_floor_workspace_is_the_pipelines_floor():
+    """The evaluation's floor on a pyhf workspace against the training's on histograms
+    (two implementations of one rule) and against max(b, floor)."""
+    from diffhep.analysis.pipeline import Pipeline
+    from diffhep.analysis.spec import Analysis, Channel, ShapeSystematic
+    from diffhep.studies.realistic import floor_workspace
+
+    analysis = Analysis(
+        samples=("sig", "b1", "b2"),
+        signal="sig",
+        channels=(Channel("SR", 3),),
+        shape_systematics=(ShapeSystematic("shape", "b1", "b1_up", "b1_down"),),
+        mc_stat=True,
+    )
+    h = {("SR", "sig"): ([1.0, 2.0, 3.0], [0.1, 0.2, 0.3]),
+         ("SR", "b1"): ([0.0, 4.0, 40.0], [0.0, 1.0, 9.0]),
+         ("SR", "b2"): ([0.5, 1.0, 10.0], [0.2, 0.5, 1.0]),
+         ("SR", "b1_up"): ([0.1, 5.0, 44.0], [0.0, 1.0, 9.0]),
+         ("SR", "b1_down"): ([0.0, 3.0, 36.0], [0.0, 1.0, 9.0])}  # fmt: skip
+    floored = floor_workspace(analysis.workspace(h), 10.0)
+    pipe = Pipeline(analysis, ("x",), min_background=10.0)
+    arrays = {k: (np.asarray(a), np.asarray(b)) for k, (a, b) in h.items()}
+    want = analysis.workspace(pipe.floor_background(arrays))
+    for got, ref in zip(floored["channels"][0]["samples"], want["channels"][0]["samples"],
+                        strict=True):  # fmt: skip
+        np.testing.assert_allclose(got["data"], np.asarray(ref["data"]), rtol=1e-12)
+        for m, r in zip(got["modifiers"], ref["modifiers"], strict=True):
+            if m["type"] == "histosys":
+                for key in ("hi_data", "lo_data"):
+                    np.testing.assert_allclose(m["data"][key], np.asarray(r["data"][key]))
+            elif m["type"] == "staterror":
+                np.testing.assert_allclose(m["data"], np.asarray(r["data"]))
+    bkg = sum(np.asarray(s["data"]) for s in floored["channels"][0]["samples"][1:])
+    np.testing.assert_allclose(bkg, [10.0, 10.0, 50.0])
+
+
 def test_row_overrides_build_the_selections():
     from diffhep.runs.config import load_config
     from diffhep.studies.common import shipped_config
@@ -94,7 +130,7 @@ def test_realistic_study_smoke_matches_pyhf(tmp_path):
     import oracle
     from diffhep.stats import covariance
     from diffhep.stats.workspace import Workspace
-    from diffhep.studies.realistic import realistic_study
+    from diffhep.studies.realistic import floor_workspace, realistic_study
 
     rows = ["BCE / NN", "expected CLs / NN + cuts"]
     path = realistic_study(tmp_path / "doc", seeds=1, epochs=1, events=20_000, lumi=1.0,
@@ -119,6 +155,15 @@ def test_realistic_study_smoke_matches_pyhf(tmp_path):
     data = np.asarray(model.expected_data(pars))
     ref_model = pyhf.Workspace(spec).model()
     assert list(ref_model.config.par_order) == list(model.config.par_order)
+    ref = float(oracle.hypotest(1.0, data, ref_model, test_stat="qtilde"))
+    assert rec["expected_cls_unfloored"] == pytest.approx(ref, abs=1e-5)
+    # the study's numbers: on the workspace with the evaluation's background floor
+    floor = result["settings"]["evaluation_floor"]
+    assert floor > 0
+    spec = floor_workspace(spec, floor)
+    model = Workspace(spec).model()
+    data = np.asarray(model.expected_data(pars))
+    ref_model = pyhf.Workspace(spec).model()
     ref = float(oracle.hypotest(1.0, data, ref_model, test_stat="qtilde"))
     assert rec["expected_cls"] == pytest.approx(ref, abs=1e-5)
     at_limit = float(oracle.hypotest(rec["upper_limit"], data, ref_model, test_stat="qtilde"))

@@ -91,7 +91,23 @@ def findings(result: dict, baseline: str) -> list[str]:
         )
     empty = {r: _med(v, "empty_background_bins") for r, v in rows.items() if v}
     hit = [r for r, n in empty.items() if n > 0]
-    if hit:
+    floor = result.get("settings", {}).get("evaluation_floor")
+    if hit and floor:
+        out.append(
+            "Bins with signal and no background MC in the test histograms (median), despite "
+            "the training's floor: "
+            + ", ".join(
+                f"{r} {empty[r]:.0f} (Z0 {_med(rows[r], 'z0_unfloored'):.3g} without the "
+                f"evaluation's floor, {_med(rows[r], 'z0'):.3g} with it; expected CLs "
+                f"{_med(rows[r], 'expected_cls_unfloored'):.3g} vs "
+                f"{_med(rows[r], 'expected_cls'):.3g})"
+                for r in hit
+            )
+            + ". Unfloored, such a bin's background-only Asimov data have 0 events where "
+            "mu = 1 predicts some (CLs -> 0, Z0 unbounded): the table's numbers are the "
+            "floored ones."
+        )
+    elif hit:
         out.append(
             "Bins with signal and no background in the test histograms (median): "
             + ", ".join(f"{r} {empty[r]:.0f}" for r in hit)
@@ -185,8 +201,17 @@ def markdown(result: dict, baseline: str, name: str) -> str:
         "data at the nominal parameters. Expected CLs at mu = 1 (qtilde), Z0 and sigma_mu "
         "(inverse Fisher information at mu = 1) from the run's summary; the expected 95% CL "
         "upper limit on mu; post-fit width and impact on mu (`cov(mu, theta) / sigma_theta`) "
-        "of every nuisance parameter from the covariance of the Asimov fit at mu = 1. "
-        "Cells: median (min-max) over seeds.",
+        "of every nuisance parameter from the covariance of the Asimov fit at mu = 1"
+        + (
+            f"; all of them on the test histograms with every bin's total background floored "
+            f"at {s['evaluation_floor']:.3g} expected events ({s['min_background_mc_events']:g}"
+            " test-split MC events' weight, the same rule as the training's floor: a bin "
+            "without background MC events is given the 95% CL upper limit of its background; "
+            "the unfloored expected CLs, Z0 and sigma_mu are in the JSON)"
+            if s.get("evaluation_floor")
+            else ""
+        )
+        + ". Cells: median (min-max) over seeds.",
         "",
         "Rows: every loss with the NN observable, and the expected-CLs loss with the other "
         "selections (cuts only: SR counting with trained cuts on HT and MET; NN + cuts; "
