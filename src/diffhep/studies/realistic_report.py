@@ -190,8 +190,8 @@ def markdown(result: dict, baseline: str, name: str) -> str:
             "the 95% CL upper limit on a Poisson mean where none is seen; without it the "
             "losses put signal in a bin beyond the last background MC event, whose soft "
             "background is ~0: a statistical artefact with an unbounded sensitivity). The "
-            "evaluation is not floored: the column 'bins with s > 0, b = 0' shows whether a "
-            "trained analysis still has such a bin in its test histograms."
+            "column 'bins with s > 0, b = 0' counts the bins with signal and no background "
+            "MC in a trained analysis's unfloored test histograms."
             if s.get("min_background")
             else "."
         ),
@@ -199,7 +199,9 @@ def markdown(result: dict, baseline: str, name: str) -> str:
         "Evaluation: each run's test split (20% of the events, never used for training nor "
         "for choosing the epoch), hard histograms, exact fits on the background-only Asimov "
         "data at the nominal parameters. Expected CLs at mu = 1 (qtilde), Z0 and sigma_mu "
-        "(inverse Fisher information at mu = 1) from the run's summary; the expected 95% CL "
+        "(inverse Fisher information at mu = 1)"
+        + ("" if s.get("evaluation_floor") else " from the run's summary")
+        + "; the expected 95% CL "
         "upper limit on mu; post-fit width and impact on mu (`cov(mu, theta) / sigma_theta`) "
         "of every nuisance parameter from the covariance of the Asimov fit at mu = 1"
         + (
