@@ -7,9 +7,18 @@ events nearly cancel; its net density and the true posterior are known), the tal
 (5 x 100 ReLU, sigmoid output) is trained as a classifier (BCE) and on the expected CLs,
 with each training weight strategy of the background (:mod:`diffhep.weights.weighting`: signed, abs,
 drop-negative, ignore, learned, and learned-joint: the weight networks trained with the
-analysis, :mod:`diffhep.weights.joint`), 5,000 events per class (60/20/20). A *stress test* trains
-the classifier on 500 events per class for 600 epochs (signed, abs, learned), where the
-network can resolve single events.
+analysis, :mod:`diffhep.weights.joint`), 5,000 events per class (60/20/20). Two-stage
+(learned) and joint (learned-joint) weights are also trained on a reduced budget: a quarter
+of the epochs, or 1,000 events per class. A *stress test* trains the classifier on 500
+events per class for 600 epochs (signed, abs, learned, learned-joint), where the network can
+resolve single events.
+
+The learned weights of every learned and learned-joint run are verified on the training
+split against the signed ones (:func:`diffhep.weights.verify.verify`, before normalisation):
+sum ratio, the difference of the sums over sqrt(sum w^2), per-feature chi2/ndf, p-values and
+the largest |pull|; for joint runs at the selected epoch and at the last (the weight networks
+keep training), for two-stage runs the weights fitted again with the run's seed (checked
+against the sum ratio in its ``summary.json``).
 
 Every model, the one selected on the validation CLs and the last epoch's, is evaluated with
 the *signed* weights on an independent sample of 100,000 events per class (so that the
@@ -33,6 +42,8 @@ comparison is not limited by the test split's statistics):
 from __future__ import annotations
 
 import json
+import time
+import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -50,6 +61,8 @@ from ..runs.results import read_history
 from ..runs.train import run_optimizer, train_run
 from ..types import Events
 from ..weights.calibration import fit_isotonic, reliability
+from ..weights.reweight import NegativeMeanWeightWarning, learn_positive_weights
+from ..weights.verify import verify
 from ..writers import write_atomic
 from .common import shipped_config
 from .negative_weights_report import EVAL_EVENTS, NBINS, markdown
@@ -61,9 +74,12 @@ STRATEGY_LABELS = ("signed", "abs", "drop-negative", "ignore", "learned", "learn
 _WEIGHTS = {"learned-joint": "{strategy: learned, joint: true}"}
 LOSSES = {"BCE classifier": "bce", "CLs-trained": "cls"}
 STRESS = {  # the stress test: few events, many epochs
-    "strategies": ("signed", "abs", "learned"),
+    "strategies": ("signed", "abs", "learned", "learned-joint"),
     "overrides": ("data.n_per_blob=500", "training.epochs=600", "training.batch_size=300"),
 }
+#: Joint against two-stage learned weights on a reduced budget: a quarter of the epochs
+#: (5,000 events per class), or 1,000 events per class (all epochs).
+REDUCED = {"strategies": ("learned", "learned-joint"), "epoch_divisor": 4, "events": 1000}
 CLEAR_EVERY = 6  # runs between clearing JAX's compilation caches
 REGION_RADIUS = 0.5  # the disk around NEG2D_REGION of the exploitation diagnostic
 
@@ -144,15 +160,56 @@ def _truth_metrics(pipe, events) -> dict:
     return _binned_metrics(pipe, scores, events)
 
 
-def _last_params(cfg, run_dir, params, train=None, joint_sets=None):
-    """The last epoch's parameters from the run's checkpoint (of the analysis, when the
-    checkpoint also holds jointly trained weight networks for ``joint_sets`` of ``train``)."""
+def _last_state(cfg, run_dir, params, train=None, joint_sets=None):
+    """The last epoch's trained state from the run's checkpoint: the analysis's parameters,
+    or :class:`~diffhep.runs.joint.WithWeights` when the checkpoint also holds jointly
+    trained weight networks for ``joint_sets`` of ``train``."""
     opt = run_optimizer(cfg, params)
     if joint_sets:
         params = joint.create(cfg, params, train, joint_sets)
         opt = joint.joint_optimizer(opt, joint.options(cfg).learning_rate)
     like = TrainState(params, opt.init(eqx.filter(params, eqx.is_inexact_array)), params)
-    return joint.analysis_params(load_checkpoint(Path(run_dir), like).params)
+    return load_checkpoint(Path(run_dir), like).params
+
+
+def _weight_check(verification: dict, sum_ratio: float) -> dict:
+    """The unbiasedness of learned weights from :func:`diffhep.weights.verify.verify` (training
+    split, before normalisation): sum ratio, the difference of the sums over the signed sum's
+    uncertainty sqrt(sum w^2) and verify's pull of it, per feature chi2/ndf, p-value and max
+    |pull|."""
+    g, feats = verification["global"], verification["features"]
+    return {
+        "sum_ratio": sum_ratio,
+        "sum_sigma": (g["sum_w_new"] - g["sum_w_orig"]) / g["uncertainty_orig"],
+        "sum_pull": g["pull"],
+        "chi2_ndf": {k: v["chi2_ndf"] for k, v in feats.items()},
+        "p_value": {k: v["p_value"] for k, v in feats.items()},
+        "max_pull": max(v["max_abs_pull"] for v in feats.values()),
+    }
+
+
+def _two_stage_check(cfg, pipe, raw_train, summary, cache) -> dict:
+    """The two-stage learned weights of the run, fitted again as
+    :func:`~diffhep.weights.weighting.apply_strategies` did (background: the first sample
+    by name, seed offset 0; deterministic), verified like the joint ones. Checked to be the
+    run's weights through their sum ratio recorded in ``summary.json``."""
+    key = ("two-stage", cfg.seed, cfg.data.n_per_blob)
+    if key not in cache:
+        x = np.asarray(raw_train["background"].x)
+        w = np.asarray(raw_train["background"].w, np.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NegativeMeanWeightWarning)  # the run warned
+            learned = learn_positive_weights(x, w, seed=cfg.seed).weights
+        v = verify(x, w, learned, names=list(pipe.features), inputs=range(x.shape[1]))
+        cache[key] = _weight_check(v, float(learned.sum() / w.sum()))
+    out = cache[key]
+    recorded = summary["training_weights"]["event_sets"]["background"]["learned_sum_ratio"]
+    if abs(out["sum_ratio"] - recorded) > 1e-9:
+        raise RuntimeError(
+            f"the refitted two-stage weights are not the run's (sum ratio {out['sum_ratio']} "
+            f"vs {recorded} in summary.json)"
+        )
+    return out
 
 
 def _evaluate(pipe, params, validation, raw_train, evaluation) -> dict:
@@ -213,7 +270,10 @@ def _prepared(cfg, cache):
 
 def _one_run(cfg, run_dir, cache) -> dict:
     """Train (or reuse) one run and evaluate its selected and last models."""
+    trained = not (Path(run_dir) / "summary.json").is_file()
+    cpu = time.process_time()
     summary = train_run(cfg, run_dir, progress=False, track_test=True, plots=False)
+    cpu = time.process_time() - cpu
     pipe, parts, like = _prepared(cfg, cache)
     params = eqx.tree_deserialise_leaves(Path(run_dir) / "model.eqx", like)
     if ("eval", cfg.seed) not in cache:
@@ -221,24 +281,32 @@ def _one_run(cfg, run_dir, cache) -> dict:
         cache[("truth", cfg.seed)] = _truth_metrics(pipe, cache[("eval", cfg.seed)])
     raw_train, evaluation = parts["train"], cache[("eval", cfg.seed)]
     history = read_history(run_dir)
-    bkg = summary.get("training_weights", {}).get("event_sets", {}).get("background", {})
+    weights = summary.get("training_weights", {})
+    bkg = weights.get("event_sets", {}).get("background", {})
     rec = {
         "best_epoch": summary["best_epoch"],
         "train_loss_last": history[-1]["loss"],
         "train_loss_min": min(h["loss"] for h in history),
         "learned_negative_fraction": bkg.get("learned_negative_fraction"),
         "learned_sum_ratio": bkg.get("learned_sum_ratio"),
+        # CPU seconds of the training run in this process (None: reused from disk)
+        "train_cpu_seconds": cpu if trained else None,
     }
-    joint = summary.get("training_weights", {}).get("joint_report", {}).get("background")
-    if joint is not None:  # the jointly learned weights verified on the training split
-        feats = joint["verification"]["features"]
-        rec["learned_sum_ratio"] = joint["sum_ratio"]
-        rec["learned_chi2_ndf"] = {k: v["chi2_ndf"] for k, v in feats.items()}
-        rec["learned_max_pull"] = max(max(abs(p) for p in v["pulls"]) for v in feats.values())
+    joint_sets = weights.get("joint")
+    state = _last_state(cfg, run_dir, like, raw_train, joint_sets)
+    if joint_sets:  # the jointly learned weights at the selected and the last epoch
+        sel = weights["joint_report"]["background"]
+        rec["learned_negative_fraction"] = sel["zero_fraction"]
+        rec["weights_selected"] = _weight_check(sel["verification"], sel["sum_ratio"])
+        last = joint.report(state, raw_train, pipe.features)["background"]
+        rec["weights_last"] = _weight_check(last["verification"], last["sum_ratio"])
+    elif bkg.get("strategy") == "learned":  # fixed weights: the same at every epoch
+        rec["weights_selected"] = _two_stage_check(cfg, pipe, raw_train, summary, cache)
+        rec["weights_last"] = rec["weights_selected"]
     rec["selected"] = _evaluate(pipe, params, parts["validation"], raw_train, evaluation)
-    joint_sets = summary.get("training_weights", {}).get("joint")
-    last = _last_params(cfg, run_dir, like, parts["train"], joint_sets)
-    rec["last"] = _evaluate(pipe, last, parts["validation"], raw_train, evaluation)
+    rec["last"] = _evaluate(
+        pipe, joint.analysis_params(state), parts["validation"], raw_train, evaluation
+    )
     return rec, history
 
 
@@ -250,18 +318,40 @@ def negative_weights_study(
     overrides=(),
     runs_dir: str | Path | None = None,
     stress: bool = True,
+    reduced: bool = True,
+    joint_only: bool = False,
 ) -> Path:
     """Run the study and write ``negative-weights.md``, ``.json`` and ``.png`` into ``out``.
 
     Runs go to ``runs_dir`` (default ``runs/negative-weights``); finished runs are reused.
+    ``reduced`` adds the joint-vs-two-stage rows on a reduced budget (:data:`REDUCED`),
+    ``stress`` the stress test (:data:`STRESS`). ``joint_only``: learned and learned-joint
+    only, on the full and the reduced budgets, no stress test, into
+    ``negative-weights-joint.md``, ``.json`` and ``.png`` (the comparison of issue 25 at a
+    third of the full study's cost).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(runs_dir) if runs_dir else Path("runs") / "negative-weights"
-    grids = {
-        label: (loss, STRATEGY_LABELS, [f"training.epochs={epochs}"])
-        for label, loss in LOSSES.items()
-    }
+    labels = REDUCED["strategies"] if joint_only else STRATEGY_LABELS
+    stress = stress and not joint_only
+    stem = "negative-weights-joint" if joint_only else "negative-weights"
+    grids = {label: (loss, labels, [f"training.epochs={epochs}"]) for label, loss in LOSSES.items()}
+    if reduced:
+        short = max(1, epochs // REDUCED["epoch_divisor"])
+        n = REDUCED["events"]
+        for label, loss in LOSSES.items():
+            grids[f"{label}, {short} epochs"] = (
+                loss,
+                REDUCED["strategies"],
+                [f"training.epochs={short}"],
+            )
+        for label, loss in LOSSES.items():
+            grids[f"{label}, {n:,} events per class"] = (
+                loss,
+                REDUCED["strategies"],
+                [f"training.epochs={epochs}", f"data.n_per_blob={n}"],
+            )
     if stress:
         grids["stress test (BCE, 500 events per class, 600 epochs)"] = (
             "bce",
@@ -272,9 +362,12 @@ def negative_weights_study(
     histories: dict = {}
     cache: dict = {}
     done = 0
-    for seed in range(seeds):
-        for label, (loss, strategies, extra) in grids.items():
-            tag = "stress-" if "stress" in label else ""
+    path = out / f"{stem}.md"
+    # grid by grid, every seed, the outputs written after each grid: an interrupted study
+    # leaves the finished grids' tables (and says which grids are missing)
+    for label, (loss, strategies, extra) in grids.items():
+        tag = _tag(label)
+        for seed in range(seeds):
             for strategy in strategies:
                 more = [f"training.loss={loss}", _samples_override(strategy)]
                 cfg = load_config(
@@ -290,22 +383,39 @@ def negative_weights_study(
                     jax.clear_caches()
                 results.setdefault(label, {}).setdefault(strategy, []).append(rec)
                 histories.setdefault(label, {}).setdefault(strategy, []).append(history)
-    truth = [cache[("truth", s)] for s in range(seeds)]
-    _plot(histories, out / "negative-weights.png")
-    write_atomic(
-        out / "negative-weights.json", json.dumps({"results": results, "truth": truth}, indent=1)
-    )
-    path = out / "negative-weights.md"
-    write_atomic(path, markdown(results, truth, seeds, epochs, overrides))
+        truth = [cache[("truth", s)] for s in range(seeds)]
+        missing = [g for g in grids if g not in results]
+        _plot(histories, out / f"{stem}.png")
+        write_atomic(
+            out / f"{stem}.json",
+            json.dumps({"results": results, "truth": truth, "missing": missing}, indent=1),
+        )
+        text = markdown(results, truth, seeds, epochs, overrides, missing, stem=stem)
+        write_atomic(path, text)
     return path
+
+
+def _tag(label: str) -> str:
+    """The run-name prefix of a grid (none for the full-budget grids)."""
+    if "stress" in label:
+        return "stress-"
+    if label.endswith(" epochs"):
+        return f"ep{label.rsplit(', ', 1)[1].split()[0]}-"
+    if label.endswith(" events per class"):
+        return f"n{label.rsplit(', ', 1)[1].split()[0].replace(',', '')}-"
+    return ""
 
 
 def _plot(histories, path):
     from ..plotting.runs import new_figure, save_figure
 
-    fig = new_figure((4.2 * len(histories), 3.8))
-    axes = fig.subplots(1, len(histories), squeeze=False)[0]
-    for ax, (label, by_strategy) in zip(axes, histories.items(), strict=True):
+    ncols = min(4, len(histories))
+    nrows = -(-len(histories) // ncols)
+    fig = new_figure((4.2 * ncols, 3.8 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(histories) :]:
+        ax.set_visible(False)
+    for ax, (label, by_strategy) in zip(axes, histories.items(), strict=False):
         for strategy, runs in by_strategy.items():
             n = min(len(h) for h in runs)
             loss = np.array([[h[e]["loss"] for e in range(n)] for h in runs])
