@@ -9,6 +9,11 @@ optimum comes from a dense grid of the same exact objective.
 L-GSO treats the hard selection as a black box with a Bernoulli surrogate
 (:mod:`diffhep.studies.black_box_cuts`).
 
+Problem 1b (:mod:`diffhep.studies.black_box_blobs`): 2, 4 and 6 bin edges of a fixed
+observable of the neos blobs on the exact expected CLs: gradients through a soft histogram
+against TPE, random and grid search, the optimum from a multi-start Nelder-Mead (and a dense
+grid for 2 edges).
+
 Problem 2 (:mod:`diffhep.problems.black_box`): the resolution of a black-box detector against
 its cost, known optimum ``(c / 2)^(1/3)`` per parameter, with 1, 2, 4 and 6 parameters: L-GSO
 (:mod:`diffhep.surrogate.lgso`) against TPE, random and grid search on a Monte-Carlo estimate
@@ -208,15 +213,20 @@ def black_box_study(
     budget: int = 30,
     dense: int = 41,
     lgso_iterations: int | None = None,
+    blobs_budget: int = 60,
+    blobs_dense: int = 141,
 ) -> Path:
     """Run the study; writes ``black-box.md``, ``black-box.json`` and the plots
     ``black-box-cuts.png`` (exact Z0 vs evaluations), ``black-box-cuts-time.png`` (vs wall
     time) and ``black-box-detector.png`` (problem 2: objective excess vs black-box events and
     vs wall time) into ``out`` (searches and the gradient run under ``runs_dir``, default
     ``runs/black-box``); ``lgso_iterations`` caps L-GSO's iterations (default 40 on the cuts,
-    60 on the detector)."""
+    60 on the detector). Problem 1b (``black-box-blobs.png``): the blobs' bin edges
+    (:mod:`diffhep.studies.black_box_blobs`), ``blobs_budget`` evaluations per method and
+    seed, a ``blobs_dense`` x ``blobs_dense`` grid checking the 2-edge optimum."""
     import os
 
+    from .black_box_blobs import blobs_problem, plot_blobs
     from .black_box_cuts import cuts_lgso
 
     out = Path(out)
@@ -227,6 +237,7 @@ def black_box_study(
     searches = _searches(runs, seeds, budget)
     gradient = _gradient(runs, epochs, overrides)
     lgso_cuts = [cuts_lgso(seed, iterations=lgso_iterations or 40) for seed in range(seeds)]
+    blob_edges = blobs_problem(seeds, blobs_budget, dense=blobs_dense)
     detector = {
         "lgso": _lgso_runs(seeds, iterations=lgso_iterations or 60),
         "lgso_scaled": _lgso_runs(seeds, iterations=lgso_iterations or 60, scaled=True),
@@ -238,10 +249,11 @@ def black_box_study(
                "wall_seconds": time.perf_counter() - t0}  # fmt: skip
     doc = {"cuts": {"optimum": reference, "searches": searches, "gradient": gradient,
                     "lgso": lgso_cuts},
-           "detector": detector, "machine": machine}  # fmt: skip
+           "blobs": blob_edges, "detector": detector, "machine": machine}  # fmt: skip
     write_atomic(out / "black-box.json", _dumps(doc))
     _plot_cuts(doc["cuts"], out)
     _plot_detector(detector, out / "black-box-detector.png")
+    plot_blobs(blob_edges, out / "black-box-blobs.png")
     path = out / "black-box.md"
     write_atomic(path, _markdown(doc, seeds, epochs, budget))
     return path
@@ -391,6 +403,7 @@ def _markdown(doc, seeds, epochs, budget) -> str:
         "|---|---|---|",
         *[f"| {m} | {a} | {b} |" for m, a, b in _to_fraction(cuts, 0.99)],
         "",
+        *_blobs_section(doc),
         "## Problem 2: detector resolution against cost (known optimum)",
         "",
         "`diffhep.problems.black_box`: y = w round((x + psi e) / w), risk (y - x)^2, cost "
@@ -430,6 +443,16 @@ def _markdown(doc, seeds, epochs, budget) -> str:
               "times above are inflated by them, uniformly to first order).",
               "", "Numbers per seed: `black-box.json`.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _blobs_section(doc) -> list[str]:
+    from .black_box_blobs import blobs_markdown
+
+    if "blobs" not in doc:
+        return []
+    table = doc["blobs"]
+    n = len(next(iter(next(iter(table.values()))["methods"].values()))[0]["values"])
+    return blobs_markdown(table, n)
 
 
 def _to_fraction(cuts, fraction):
