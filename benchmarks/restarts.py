@@ -12,7 +12,10 @@ cache. Writes the section "## Restarts for several minima (benchmarks/restarts.p
 ``docs/benchmarks.md``.
 
 Usage:
-    python benchmarks/restarts.py --before REV [--after REV]   # --after: the working tree
+    python benchmarks/restarts.py --before REV [--after REV] [--rounds N]  # --after: working tree
+
+Under load, pin it (``taskset -c 1 python benchmarks/restarts.py ...``: the workers inherit
+the core) and read the CPU columns; ``--rounds`` alternates the two revisions.
 """
 
 from __future__ import annotations
@@ -82,17 +85,20 @@ def worker(repeats: int, budget: float, only: str = "") -> dict:
             model, data = load_case(key, settings, sbottom)
             fn = jax.jit(lambda m, d, ts=test_stat: hypotest(1.0, m, d, test_stat=ts))
             data = jax.numpy.asarray(data)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             r = jax.block_until_ready(fn(model, data))
-            first = time.perf_counter() - t0
-            times = []
+            first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
+            times, cpu = [], []
             while len(times) < repeats and (len(times) < 3 or sum(times) < budget):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 r = jax.block_until_ready(fn(model, data))
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
             out[label] = {
                 "first": first,
+                "first_cpu": first_cpu,
                 "warm": statistics.median(times),
+                "warm_cpu": statistics.median(cpu),
                 "n": len(times),
                 "cls_obs": float(r.cls_obs),
                 "converged": bool(r.converged),
@@ -130,6 +136,18 @@ def describe(rev: str | None) -> str:
     ).stdout.strip()[:90]
 
 
+def _merge(runs: list[dict]) -> dict:
+    """Per case, the median over alternating rounds of each measured time (CLs, convergence
+    and size from the last round; they do not change between rounds)."""
+    out = {}
+    for label in runs[-1]:
+        out[label] = dict(runs[-1][label])
+        for key in ("first", "first_cpu", "warm", "warm_cpu"):
+            out[label][key] = statistics.median(r[label][key] for r in runs)
+        out[label]["n"] = sum(r[label]["n"] for r in runs)
+    return out
+
+
 def report(before, after, revs, argv, minutes, loads) -> str:
     import jax
 
@@ -151,20 +169,24 @@ def report(before, after, revs, argv, minutes, loads) -> str:
         "down variations move a yield the same way, from single-parameter probes; the "
         "Asimov stage's free fit and refit of its origin, started at their global minimum, "
         "do not restart). Warm: "
-        "median of repeated calls; first: trace + compile + run.",
+        "median of repeated calls; first: trace + compile + run. CPU: the process's CPU "
+        "time (`time.process_time`, all its threads), the measure that a loaded machine "
+        "disturbs least; wall: elapsed time.",
         "",
-        "| model | pars | warm before | warm after | after / before | first call before | "
-        "first call after | CLs_obs before | CLs_obs after | converged (before, after) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | pars | warm CPU before | warm CPU after | after / before | warm wall before | "
+        "warm wall after | first call CPU before | first call CPU after | CLs_obs before | "
+        "CLs_obs after | converged (before, after) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, *_ in CASES:
         if label not in after:
             continue
         b, a = before[label], after[label]
         lines.append(
-            f"| {label} | {a['npars']} | {ms(b['warm'])} | {ms(a['warm'])} | "
-            f"{a['warm'] / b['warm']:.2f}x | {b['first']:.1f} s | {a['first']:.1f} s | "
-            f"{b['cls_obs']:.4f} | {a['cls_obs']:.4f} | {b['converged']}, {a['converged']} |"
+            f"| {label} | {a['npars']} | {ms(b['warm_cpu'])} | {ms(a['warm_cpu'])} | "
+            f"{a['warm_cpu'] / b['warm_cpu']:.2f}x | {ms(b['warm'])} | {ms(a['warm'])} | "
+            f"{b['first_cpu']:.1f} s | {a['first_cpu']:.1f} s | {b['cls_obs']:.10g} | "
+            f"{a['cls_obs']:.10g} | {b['converged']}, {a['converged']} |"
         )
     return "\n".join(lines) + "\n\n"
 
@@ -177,6 +199,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--budget", type=float, default=10.0, help="seconds of warm calls per case")
     p.add_argument("--only", default="", help="run only the cases whose label contains this")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="alternate before/after this many times (medians)"
+    )
     p.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -186,8 +211,11 @@ def main(argv=None) -> int:
     if not args.before:
         p.error("--before REV is required")
     t0, load0 = time.time(), os.getloadavg()[0]
-    before = run_revision(args.before, args.repeats, args.budget, args.only)
-    after = run_revision(args.after, args.repeats, args.budget, args.only)
+    befores, afters = [], []
+    for _ in range(args.rounds):  # alternating: both sides see the same changes of load
+        befores.append(run_revision(args.before, args.repeats, args.budget, args.only))
+        afters.append(run_revision(args.after, args.repeats, args.budget, args.only))
+    before, after = _merge(befores), _merge(afters)
     text = report(
         before,
         after,

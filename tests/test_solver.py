@@ -144,3 +144,23 @@ def test_fit_with_concave_start_reaches_pyhf_minimum():
         pws.data(pmodel), pmodel, return_fitted_val=True, optimizers=MINUIT_FIRST
     )
     assert float(res.twice_nll) <= float(twice_nll) + 1e-6
+
+
+def test_fit_that_runs_out_of_steps_is_continued():
+    """A fit whose search ran out of Newton steps is continued from where it stopped
+    (restarts._CONTINUATIONS; issue 20, adversarial sweep seed 1040 draw 4, which needs ~240
+    steps): with a budget of 3 steps (this fit needs 5 from the start) it converges to the
+    minimum of the fit with the default budget. Before, status 1 (maximum number of steps)."""
+    from diffhep.stats.restarts import may_restart
+
+    spec = degenerate_spec(0.05)
+    model = diffhep.Model.from_spec(spec)
+    assert may_restart(model.config)  # the fit runs the search
+    rng = np.random.default_rng(5)
+    nominal = np.asarray(model.expected_actualdata(model.config.suggested_init()))
+    data = jnp.asarray(list(rng.poisson(nominal * 0.97).astype(float)) + list(model.config.auxdata))
+    full = diffhep.stats.fit.fit(model, data, uncertainties=False)
+    short = diffhep.stats.fit.fit(model, data, uncertainties=False, max_steps=3)
+    assert int(full.status) == CONVERGED and int(short.status) == CONVERGED, int(short.status)
+    assert float(short.twice_nll) == pytest.approx(float(full.twice_nll), rel=1e-12, abs=1e-9)
+    np.testing.assert_allclose(short.bestfit, full.bestfit, atol=1e-5)

@@ -5,9 +5,10 @@
 :mod:`diffhep.stats.solver` from a start; where the model can have several minima (kinked or
 smoothly interpolated shape and normalisation variations: :func:`may_restart`) it runs
 :func:`search` instead: the fit and its restarts (probe/mirror, reflection through the start,
-flips of strained interpolated parameters) in one ``lax.while_loop``, keeping the lowest
-minimum, differentiated implicitly at that minimum. Issue 20 holds the cases behind each
-restart; the gates' measurements are in the functions' docstrings.
+flips of interpolated parameters where the fit is strained or they may have a mirror minimum
+beyond +-1, and the continuation of a fit that ran out of steps) in one ``lax.while_loop``,
+keeping the lowest minimum, differentiated implicitly at that minimum. Issue 20 holds the
+cases behind each restart; the gates' measurements are in the functions' docstrings.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import hessian as hessian_mod
 from .model import Model
-from .solver import implicit_vjp, is_success, minimize
+from .solver import MAX_STEPS, implicit_vjp, is_success, minimize
 from .uncertainties import structure_of
 
 __all__ = ["may_restart", "run_fit", "search"]
@@ -137,7 +138,7 @@ def _even_response(model: Model) -> jax.Array:
 #: change to one of them alone lowers -log L starts the restart there
 _PROBES = (0.0, -1.0, 1.0)
 #: The reflection restart runs where a reflected parameter ends farther than this from its
-#: start (:func:`search`)
+#: start, and an eligible histosys/normsys parameter that does is flipped (:func:`search`)
 _REFLECT_FROM = 1.0
 #: A restart is kept if it lowers -log L by more than this (relative, at least 1 absolute)
 _RESTART_GAIN = 1e-9
@@ -145,6 +146,9 @@ _RESTART_GAIN = 1e-9
 #: every expected count equals its observation and every constrained parameter its auxiliary
 #: datum) exceeds this many times the number of data (main and auxiliary) (:func:`search`)
 _STRAINED = 4.0
+#: A best fit that ran out of steps is continued from where it stopped at most this many
+#: times (each with ``max_steps`` more steps) (:func:`_restarts`)
+_CONTINUATIONS = 2
 
 
 def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
@@ -297,8 +301,11 @@ def _flip_start(best, init, lower, upper, j):
     Measured at mu = 0, the flip that finds the lower basin: adversarial seed 1001, ns1 = -5
     -> +5 (20554.92 -> 20485.37 at +3.59); seed 1014, hs1 = +0.795 -> -1 (14189.90 ->
     12876.70 at hs1 = -5); seed 1031, ns1 = +0.69 -> -1 (43097.80 -> 41899.07 at -1.42; its
-    profile in ns1 is bimodal: 42948 at -1.5, 68683 at 0, 51042 at +0.5). The flips run only
-    while the best fit is strained (:func:`_strained`).
+    profile in ns1 is bimodal: 42948 at -1.5, 68683 at 0, 51042 at +0.5). The flips run
+    while the best fit is strained (:func:`_strained`), and for a parameter farther than
+    :data:`_REFLECT_FROM` from its start and eligible for the mirror restart (an even
+    response, a kink or a symmetrised variation) also where it is not (seed 1048 draw 0 at
+    mu = 1: ns2 = -2.11 -> +2.11, 3647.13 -> 3642.39 at +2.46; :func:`_restarts`).
     """
     dist = jnp.abs(best.x[j] - init[j])
     side = jnp.where(best.x[j] >= init[j], -1.0, 1.0)
@@ -343,11 +350,25 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     - 2: the fit from the best fit reflected through the start (:func:`_reflection_start`),
       where it lies far from the start;
     - 3: the probe/mirror restart again if the reflection found a lower minimum;
-    - 4, 5, ...: while the best fit is strained (:func:`_strained`), one flip per
-      histosys/normsys parameter (:func:`_flip_start`); a fit that needs no flip, or a
-      vmapped batch in which none does, runs no flip attempt.
+    - 4, 5, ...: one flip per histosys/normsys parameter (:func:`_flip_start`), of every
+      one while the best fit is strained (:func:`_strained`), else of those eligible for the
+      probe/mirror restart (a kink at 0, a symmetrised variation or an even response: a
+      possible minimum on the other side) that lie farther than :data:`_REFLECT_FROM` from
+      the start (adversarial seed 1048 draw 0 at mu = 1, not strained (deviance 907 on 298
+      data), ended at ns2 = -2.11 (even response), -2lnL 3647.13, the probe/mirror restart,
+      which moves every parameter whose probe gains, at 3956; the flip of ns2 alone reaches
+      3642.39 at ns2 = +2.46); a fit that needs no flip, or a vmapped batch in which none
+      does, runs no flip attempt.
 
-    ``restart`` (may be traced) allows attempts 1-3 and the flips.
+    Before any attempt after the first, a best fit that ran out of steps (``MAX_STEPS``: the
+    restarts only keep converged fits, so that is the first one) is continued from where it
+    stopped, at most :data:`_CONTINUATIONS` times: a long valley can need more than
+    ``max_steps`` Newton steps (adversarial seed 1040 draw 4 at mu = 1: the free
+    normalisation k_bkg falls from 7.8 to 2.0 along compensating gammas with a near-flat,
+    at times concave Hessian, linear progress of 0.01-0.2 per step, ~240 steps; the
+    restarts from the unconverged point end higher). Fits that converge pay nothing.
+
+    ``restart`` (may be traced) allows attempts 1-3 and the flips, not the continuation.
     """
 
     def run(x0, steps=max_steps):
@@ -366,34 +387,50 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     n_attempts = 4 + flips.size
     flip_par = jnp.asarray(np.concatenate([np.zeros(4, int), flips]))
 
-    def attempt(k, best, found_lower):
-        probing = ((k == 1) | ((k == 3) & found_lower)) & jnp.any(eligible)
+    def far_out(best):
+        """Flippable parameters with a possible mirror minimum (``eligible``: a kink at 0, a
+        symmetrised variation or an even response) farther than :data:`_REFLECT_FROM` from
+        the start."""
+        return flippable & eligible & (jnp.abs(best.x - init) > _REFLECT_FROM)
+
+    def attempt(k, best, found_lower, cont):
+        probing = ((k == 1) | ((k == 3) & found_lower)) & jnp.any(eligible) & ~cont
         start = _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, mirror)
         reflected, far = _reflection_start(best, init, lower, upper, reflect)
         j = flip_par[k]
         flipped = _flip_start(best, init, lower, upper, j)
-        flipping = (k >= 4) & flippable[j] & may_flip & _strained(best, data)
+        flipping = (k >= 4) & flippable[j] & may_flip & (_strained(best, data) | far_out(best)[j])
         need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping
         x0 = jnp.where(k == 2, reflected, jnp.where(flipping, flipped, start))
         x0 = jnp.where(k == 0, init, x0)
+        x0 = jnp.where(cont, best.x, x0)
         # an attempt not needed runs no step (not lax.cond: under vmap it becomes a select
         # that runs every attempt's fit for every member; a while_loop whose condition is
         # false for every member runs no iteration)
-        new = run(x0, jnp.where(need, max_steps, 0).astype(jnp.int32))
-        out, better = _keep_lower(k, best, new, need)
+        new = run(x0, jnp.where(need | cont, max_steps, 0).astype(jnp.int32))
+        out, better = _keep_lower(k, best, new, need & ~cont)
+        resumed = new._replace(n_steps=best.n_steps + new.n_steps)
+        out = jax.tree.map(lambda a, b: jnp.where(cont, a, b), resumed, out)
+        better = better & ~cont
         return out, jnp.where(k == 2, better, found_lower)
 
+    def continues(k, best, conts):
+        """Whether the best fit ran out of steps and is continued from where it stopped."""
+        return (k > 0) & (best.status == MAX_STEPS) & (conts < _CONTINUATIONS)
+
     def more(c):
-        k, best, _ = c
-        return (k < 4) | ((k < n_attempts) & may_flip & _strained(best, data))
+        k, best, _, conts = c
+        flips_left = (k < n_attempts) & may_flip & (_strained(best, data) | jnp.any(far_out(best)))
+        return (k < 4) | flips_left | continues(k, best, conts)
 
     def step(c):
-        k, best, found_lower = c
-        best, found_lower = attempt(k, best, found_lower)
-        return k + 1, best, found_lower
+        k, best, found_lower, conts = c
+        cont = continues(k, best, conts)
+        best, found_lower = attempt(k, best, found_lower, cont)
+        return jnp.where(cont, k, k + 1), best, found_lower, conts + cont.astype(conts.dtype)
 
     shapes = jax.eval_shape(run, init)  # the carry's structure; replaced at k = 0
     empty = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
     zero = jnp.zeros((), jnp.int32)
-    _, res, _ = jax.lax.while_loop(more, step, (zero, empty, jnp.zeros((), bool)))
+    _, res, _, _ = jax.lax.while_loop(more, step, (zero, empty, jnp.zeros((), bool), zero))
     return res
