@@ -596,6 +596,13 @@ def test_sweep_minima_found(seed):
 #:   for histosys/normsys parameters farther than 1 from the start that may have a mirror
 #:   minimum (ns2's response is even) (restarts._restarts).
 #:
+#: Within tolerance but not the lowest minimum (not fixed): 1034/4's fits end 0.45-0.81 above
+#: the multi-start (tolerance 1.11); real, not rounding: at mu = 0 the noise-free objective
+#: differs by the same 0.81 (126.637 vs 125.827). A second minimum in the histosys hs0
+#: (-0.60 vs +0.54, a barrier of ~5500 between them on the straight line; hs0 alone moved
+#: costs +242): both within +-1 of the start and the fit not strained, so neither the
+#: reflection nor a flip runs, and the probe/mirror restart does not reach it.
+#:
 #: The free fit's reference is the lowest of the three (a fixed-POI point is in its domain).
 SWEEP_REFERENCES = {
     (1035, 4): (2546.132857, 2546.152590, 2546.153977),
