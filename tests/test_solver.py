@@ -164,3 +164,23 @@ def test_fit_that_runs_out_of_steps_is_continued():
     assert int(full.status) == CONVERGED and int(short.status) == CONVERGED, int(short.status)
     assert float(short.twice_nll) == pytest.approx(float(full.twice_nll), rel=1e-12, abs=1e-9)
     np.testing.assert_allclose(short.bestfit, full.bestfit, atol=1e-5)
+
+
+def test_float32_fit_with_open_bounds_warns_nothing():
+    """In float32 (a script without float64) with an infinite bound, the solver's constants
+    fit the dtype: no ``overflow encountered in cast`` (1e300 did not fit in float32)."""
+    import warnings
+
+    f32 = jnp.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = minimize(
+            lambda x, a: jnp.sum((x - a) ** 2),
+            jnp.array([0.5, 3.0], f32),
+            jnp.zeros(2, f32),
+            jnp.zeros(2, f32),
+            jnp.array([1.0, jnp.inf], f32),
+            jnp.array([False, False]),
+        )
+    assert r.x.dtype == f32
+    np.testing.assert_allclose(np.asarray(r.x), [0.5, 3.0], rtol=1e-6)

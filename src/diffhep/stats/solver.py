@@ -108,7 +108,7 @@ def _near_bound(x, g, lower, upper, free):
     (Bertsekas' epsilon-active set). A Newton direction that moves them through the bound is
     cut by the projection to a path that can ascend (sbottom RegionB/1200_205_60: mu_SIG at
     9e-10 above 0); they are moved to the bound instead and the others solved without them."""
-    width = jnp.minimum(upper - lower, 1e300)
+    width = jnp.minimum(upper - lower, jnp.finfo(x.dtype).max)  # finite (inf: open bounds)
     w = jnp.max(jnp.where(free, jnp.abs(x - jnp.clip(x - g, lower, upper)), 0.0))
     eps = jnp.minimum(1e-6 * jnp.maximum(width, 1.0), w)
     lo = free & (x - lower <= eps) & (g > 0)
