@@ -600,3 +600,24 @@ def test_ttbar_check_features_match_a_loop_over_events():
     np.testing.assert_allclose(ref, 0.7 * np.abs(w))
     # E[ref] = E[w]: the sums agree within the signed sum's uncertainty
     assert abs(ref.sum() - w.sum()) < 3 * np.sqrt(np.sum(w**2))
+
+
+def test_cli_joint_only_runs_the_joint_form_of_the_study(monkeypatch, tmp_path):
+    """``diffhep study negative-weights --joint-only`` is the study's joint-only form (the
+    command its document names); the flag is refused for the other studies."""
+    import diffhep.studies.negative_weights as nw
+
+    seen = {}
+
+    def fake(out, **kwargs):
+        seen.update(kwargs)
+        return tmp_path / "negative-weights-joint.md"
+
+    monkeypatch.setattr(nw, "negative_weights_study", fake)
+    res = CliRunner().invoke(
+        main, ["study", "negative-weights", "--joint-only", "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 0, res.output
+    assert seen["joint_only"] is True and seen["seeds"] == 3 and seen["epochs"] == 60
+    res = CliRunner().invoke(main, ["study", "cuts", "--joint-only"])
+    assert res.exit_code == 2 and "--joint-only applies to the negative-weights" in res.output

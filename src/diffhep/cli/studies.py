@@ -51,12 +51,18 @@ STUDY_DEFAULTS = {  # seeds, epochs
     help="realistic only: integrated luminosity in fb^-1 of the expected yields (default 10).",
 )
 @click.option(
+    "--joint-only",
+    is_flag=True,
+    help="negative-weights only: learned and learned-joint weights on the full and reduced "
+    "budgets, no stress test (negative-weights-joint.md).",
+)
+@click.option(
     "--runs-dir",
     type=click.Path(file_okay=False),
     help="Where the training runs go (reused; default runs/NAME).",
 )
 @overrides
-def study(name, out, seeds, epochs, rows, events, lumi, runs_dir, workers, overrides):
+def study(name, out, seeds, epochs, rows, events, lumi, joint_only, runs_dir, workers, overrides):
     """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3), cuts
     (selection cuts and a neural observable, alone and together, and the skim trade-off),
     inferno (INFERNO's benchmark: every model on one protocol) or significance (the
@@ -92,6 +98,10 @@ def study(name, out, seeds, epochs, rows, events, lumi, runs_dir, workers, overr
             if name != "realistic":
                 raise click.UsageError(f"--{key} applies to the realistic study only")
             extra[key] = value
+    if joint_only:
+        if name != "negative-weights":
+            raise click.UsageError("--joint-only applies to the negative-weights study only")
+        extra["joint_only"] = True
     if rows is not None:
         if name != "neos-blobs":
             raise click.UsageError("--rows applies to the neos-blobs study only")

@@ -22,13 +22,14 @@ def markdown(results, truth, seeds, epochs, overrides, missing=(), stem="negativ
     z_truth = float(np.median([t["z0"] for t in truth]))
     cls_truth = float(np.median([t["expected_cls"] for t in truth]))
     joint_only = stem != "negative-weights"
-    how = reproduce("negative-weights", "negative_weights", seeds, epochs, overrides)
-    if joint_only:
-        how = (
-            "Reproduce with `python -c 'from diffhep.studies.negative_weights import "
-            f"negative_weights_study as s; s(seeds={seeds}, epochs={epochs}, joint_only=True)'`"
-            + how[how.index(" (config") :]
-        )
+    how = reproduce(
+        "negative-weights" + (" --joint-only" if joint_only else ""),
+        "negative_weights",
+        seeds,
+        epochs,
+        overrides,
+        runs_dir="runs/negative-weights",
+    )
     lines = [
         "# Study: training with negative event weights"
         + (": jointly trained vs two-stage learned weights" if joint_only else ""),
