@@ -76,7 +76,7 @@ TERMS = (
     NuisanceTerm("pull_theta", "bkg_shape"),
     NuisanceTerm("impact", "bkg_shape"),
 )
-KEYS = (*(t.key for t in TERMS), "cls", "sigma_mu")
+KEYS = (*(t.key for t in TERMS), "cls", "log_cls", "sigma_mu")
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def term_fn(quantities):
 @pytest.fixture(scope="module")
 def gradients(quantities):
     """d(term)/dt of every term at t = 0, all from one compiled reverse-mode Jacobian."""
-    keys = [t.key for t in TERMS]
+    keys = [*(t.key for t in TERMS), "cls", "log_cls"]
 
     @jax.jit
     def grad(one_hot):  # one compiled backward pass, called once per term
@@ -194,6 +194,27 @@ def test_gradients_match_finite_differences(term_fn, gradients, term):
     fd = (float(term_fn(FD_STEP)[term.key]) - float(term_fn(-FD_STEP)[term.key])) / (2 * FD_STEP)
     assert abs(fd) > 1e-4  # a non-trivial dependence on the histograms
     np.testing.assert_allclose(grad, fd, rtol=RTOL_FD)
+
+
+def test_log_cls_is_the_log_of_cls_with_its_gradient(term_fn, gradients):
+    """log_cls (the CLs loss's fix for small CLs) against log(cls) and finite differences;
+    its gradient is the CLs gradient divided by CLs."""
+    v = term_fn(0.0)
+    np.testing.assert_allclose(float(v["log_cls"]), np.log(float(v["cls"])), rtol=1e-12)
+    fd = (float(term_fn(FD_STEP)["log_cls"]) - float(term_fn(-FD_STEP)["log_cls"])) / (2 * FD_STEP)
+    assert abs(fd) > 1e-3
+    np.testing.assert_allclose(gradients["log_cls"], fd, rtol=RTOL_FD)
+    np.testing.assert_allclose(gradients["log_cls"], gradients["cls"] / float(v["cls"]), rtol=1e-8)
+
+
+def test_log_cls_stays_finite_where_cls_underflows():
+    """At q_A = 1600 (CLs ~ 1e-350, 0 in float64) log CLs = log 2 + log Phi(-40) (scipy)."""
+    from scipy.special import log_ndtr
+
+    q = jnp.asarray(1600.0, dtype=jnp.float64)
+    got = losses.log_expected_cls(None, profiled=(q, None))
+    assert float(losses.expected_cls(None, profiled=(q, None))) == 0.0
+    np.testing.assert_allclose(float(got), np.log(2.0) + log_ndtr(-40.0), rtol=1e-12)
 
 
 def test_keys_round_trip():

@@ -31,7 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from jax.scipy.special import ndtr
+from jax.scipy.special import log_ndtr, ndtr
 
 from ..stats.fit import (
     DEFAULT_MAX_STEPS,
@@ -52,6 +52,7 @@ __all__ = [
     "binary_cross_entropy",
     "discovery_significance",
     "expected_cls",
+    "log_expected_cls",
     "impact",
     "inverse_asimov_significance",
     "inverse_s_over_sqrt_s_plus_b",
@@ -123,6 +124,19 @@ def expected_cls(
     """
     q, _ = profiled if profiled is not None else _profiled_q(model, 0.0, mu, tol, max_steps)
     return 2.0 * ndtr(-safe_sqrt(q))
+
+
+def log_expected_cls(
+    model: Model, mu=1.0, *, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS, profiled=None
+):
+    """``log`` of :func:`expected_cls`, ``log 2 + log Phi(-sqrt(q_A))`` (stable in the tail).
+
+    The same minimum as expected CLs, but its gradient is the CLs gradient divided by CLs, so
+    it does not shrink as CLs falls (at CLs ~ 1e-6 the gradient of CLs itself is ~1e-6 of
+    the log's, which brings many network weights' gradients near Adam's ``eps``).
+    """
+    q, _ = profiled if profiled is not None else _profiled_q(model, 0.0, mu, tol, max_steps)
+    return jnp.log(2.0) + log_ndtr(-safe_sqrt(q))
 
 
 def discovery_significance(model: Model, *, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):

@@ -52,7 +52,7 @@ from .spec import LOSS_TERMS, NN_TERMS, Analysis
 __all__ = ["LOSS_TERMS", "METRICS", "NN_TERMS", "Events", "Params", "Pipeline"]
 
 #: Terms computed from the HistFactory model of the soft histograms.
-LIKELIHOOD_TERMS = ("cls", "z0", "inv_z0", "sigma_mu")
+LIKELIHOOD_TERMS = ("cls", "log_cls", "z0", "inv_z0", "sigma_mu")
 #: Terms computed from soft yields (signal and backgrounds).
 YIELD_TERMS = ("s_sqrt_sb", "z_asimov", "b_over_s2")
 #: Metrics evaluated with hard histograms and exact fits.
@@ -350,8 +350,9 @@ class Pipeline(eqx.Module):
             nuisance = parse_nuisance_term(t)
             if nuisance is not None:
                 out[t] = self._nuisance_term(model, nuisance, once)
-            elif t == "cls":
-                out[t] = L.expected_cls(model, profiled=once("fit", lambda: L.profile_fit(model)))
+            elif t in ("cls", "log_cls"):
+                f = L.expected_cls if t == "cls" else L.log_expected_cls
+                out[t] = f(model, profiled=once("fit", lambda: L.profile_fit(model)))
             elif t in ("z0", "inv_z0"):
                 z = L.discovery_significance(model)
                 out[t] = -z if t == "z0" else 1.0 / z

@@ -50,6 +50,7 @@ __all__ = [
 #: Names of the loss terms a config may use (``training.loss``).
 LOSS_TERMS = (
     "cls",  # median expected CLs at mu = 1 (qmu_tilde), background-only Asimov
+    "log_cls",  # log of it (same minimum; its gradient does not shrink with CLs)
     "z0",  # -Z0, median expected discovery significance (q0, s+b Asimov)
     "inv_z0",  # 1 / Z0
     "sigma_mu",  # POI uncertainty from the inverse Fisher information (INFERNO)
