@@ -37,8 +37,14 @@ STUDY_DEFAULTS = {  # seeds, epochs
 @click.option(
     "--rows",
     help="neos-blobs only: comma-separated run names of the rows to train (default: all; "
-    "cls, bce, bce_aug, sigma_mu, z0, sigma_mu+sigma_gamma, neos_objective, sigma_mu+impact, "
-    "sigma_mu+pull).",
+    "cls, bce, bce_aug, sigma_mu, z0, log_cls, sigma_mu+sigma_gamma, neos_objective, "
+    "sigma_mu+impact, sigma_mu+pull).",
+)
+@click.option(
+    "--prefix-runs",
+    type=click.Path(file_okay=False),
+    help="neos-blobs only: a directory of longer runs of the same rows (e.g. a convergence "
+    "study); a row's run found there gives this study's run as its first --epochs epochs.",
 )
 @click.option(
     "--events",
@@ -62,7 +68,20 @@ STUDY_DEFAULTS = {  # seeds, epochs
     help="Where the training runs go (reused; default runs/NAME).",
 )
 @overrides
-def study(name, out, seeds, epochs, rows, events, lumi, joint_only, runs_dir, workers, overrides):
+def study(
+    name,
+    out,
+    seeds,
+    epochs,
+    rows,
+    prefix_runs,
+    events,
+    lumi,
+    joint_only,
+    runs_dir,
+    workers,
+    overrides,
+):
     """Run a reproducible study into OUT: neos-blobs (the neos paper's Figure 3), cuts
     (selection cuts and a neural observable, alone and together, and the skim trade-off),
     inferno (INFERNO's benchmark: every model on one protocol) or significance (the
@@ -102,6 +121,10 @@ def study(name, out, seeds, epochs, rows, events, lumi, joint_only, runs_dir, wo
         if name != "negative-weights":
             raise click.UsageError("--joint-only applies to the negative-weights study only")
         extra["joint_only"] = True
+    if prefix_runs is not None:
+        if name != "neos-blobs":
+            raise click.UsageError("--prefix-runs applies to the neos-blobs study only")
+        extra["prefix_runs"] = prefix_runs
     if rows is not None:
         if name != "neos-blobs":
             raise click.UsageError("--rows applies to the neos-blobs study only")
