@@ -523,8 +523,10 @@ def _convergence_findings(results: dict, epochs: int) -> list[str]:
                     "of the first epoch, when the training loss (soft CLs) was "
                     f"{_fmt(first)} (median over seeds; {_fmt(last)} in the last epoch); the "
                     "current gradient is divided by that memory, so the CLs loss takes ever "
-                    "smaller steps as it improves. The log's gradient, the CLs gradient "
-                    "divided by CLs, keeps its scale, and Adam its step size."
+                    "smaller steps as it improves (while it is still improving: see its "
+                    "selected epoch). The log's gradient is the CLs gradient divided by CLs: "
+                    "it does not shrink by the factor CLs fell by, so Adam's memory does not "
+                    "damp its steps by that factor."
                     if slow
                     else "Not a factor 10 apart: Adam's memory of early gradients does not "
                     "explain the difference here."
