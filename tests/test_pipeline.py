@@ -40,7 +40,7 @@ BLOBS = (
 )
 SHAPE = (ShapeSystematic("bkg_shape", "background", "background_up", "background_down"),)
 BANDWIDTH = 0.1  # soft histograms, in units of the mean bin width
-FIT_TERMS = ("cls", "z0", "inv_z0", "sigma_mu")  # terms that need a likelihood model
+FIT_TERMS = ("cls", "log_cls", "z0", "inv_z0", "sigma_mu")  # terms that need a likelihood model
 FD_STEP = 1e-5
 # Event-based terms are plain compositions of smooth functions: FD agrees to ~1e-10.
 RTOL_EVENT = 1e-7
