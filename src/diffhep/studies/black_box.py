@@ -34,7 +34,7 @@ from ..problems import black_box as bb
 from ..runs.config import load_config
 from ..runs.results import read_history
 from ..writers import write_atomic
-from .common import median, shipped_config
+from .common import median, proposals, shipped_config
 
 __all__ = ["black_box_study"]
 
@@ -160,35 +160,12 @@ def _searches_detector(seeds: int, dims=DIMS, budget: int = 40, events: int = 20
 
 
 def _detector_search(method, d, budget, seed, f, t0):
-    """The trials' psi, values and times: Optuna's TPE (multivariate), uniform random, or a
-    grid of the centres of ``floor(budget^(1/d))`` cells per parameter, visited in a seeded
-    order (with 6 parameters and 40 trials: one point, the centre of the box)."""
-    lo, hi = 0.05, 3.0
-    rng = np.random.default_rng(seed)
+    """The trials' psi, values and times of one search (:func:`.common.proposals`; a grid
+    with 6 parameters and 40 trials: one point, the centre of the box)."""
     psis, values, stamps = [], [], []
-    study = None
-    if method == "tpe":
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
-        study = optuna.create_study(sampler=sampler)
-    elif method == "grid":
-        m = int(np.floor(budget ** (1 / d) + 1e-9))
-        axes = lo + (hi - lo) * (np.arange(m) + 0.5) / m
-        grid = np.stack(np.meshgrid(*[axes] * d, indexing="ij"), -1).reshape(-1, d)
-        grid = grid[rng.permutation(len(grid))]
-    for k in range(budget if method != "grid" else len(grid)):
-        if study is not None:
-            trial = study.ask()
-            psi = [trial.suggest_float(f"psi{j}", lo, hi) for j in range(d)]
-        elif method == "random":
-            psi = rng.uniform(lo, hi, d).tolist()
-        else:
-            psi = grid[k].tolist()
+    for k, (psi, tell) in enumerate(proposals(method, d, budget, seed, 0.05, 3.0, "psi")):
         value = f(psi, k)
-        if study is not None:
-            study.tell(trial, value)
+        tell(value)
         psis.append(psi)
         values.append(value)
         stamps.append(time.perf_counter() - t0)

@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from ..problems import blobs
+from .common import proposals
 
 __all__ = ["BOX", "blobs_problem", "exact_cls", "projected_yields"]
 
@@ -89,38 +90,11 @@ def _optimum(d: int, extra_starts, seed: int = 0, dense: int = 0) -> dict:
 
 
 def _search(method: str, d: int, budget: int, seed: int) -> dict:
-    lo, hi = BOX
-    rng = np.random.default_rng(seed)
-    study, grid = None, None
-    if method == "tpe":
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
-        study = optuna.create_study(sampler=sampler)
-    elif method == "grid":
-        m = int(np.floor(budget ** (1 / d) + 1e-9))
-        axis = lo + (hi - lo) * (np.arange(m) + 0.5) / m
-        grid = np.stack(np.meshgrid(*[axis] * d, indexing="ij"), -1).reshape(-1, d)
-        grid = grid[rng.permutation(len(grid))]
     t0 = time.perf_counter()
     values, stamps, points = [], [], []
-    for k in range(budget if grid is None else len(grid)):
-        if study is not None:
-            trial = study.ask()
-            z = [trial.suggest_float(f"e{j}", lo, hi) for j in range(d)]
-        elif grid is None:
-            z = rng.uniform(lo, hi, d).tolist()
-        else:
-            z = grid[k].tolist()
+    for z, tell in proposals(method, d, budget, seed, *BOX, "e"):
         v = exact_cls(z)
-        if study is not None:
-            import optuna
-
-            if np.isfinite(v):
-                study.tell(trial, float(np.log(v)))
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        tell(float(np.log(v)) if np.isfinite(v) else None)
         values.append(v)
         points.append(sorted(z))
         stamps.append(time.perf_counter() - t0)

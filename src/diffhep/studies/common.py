@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["median", "reproduce", "shipped_config"]
+__all__ = ["median", "proposals", "reproduce", "shipped_config"]
 
 
 def shipped_config(name: str) -> Path:
@@ -45,3 +45,51 @@ def reproduce(study: str, config: str, seeds, epochs, overrides, runs_dir=None, 
         + (f"; overrides `{' '.join(overrides)}`" if overrides else "")
         + f"; finished runs under `{runs_dir or f'runs/{study}'}` are reused)."
     )
+
+
+def proposals(method: str, d: int, budget: int, seed: int, lo: float, hi: float, prefix: str):
+    """The points a black-box search proposes in the box ``[lo, hi]^d``, with a function that
+    tells the search a point's value: Optuna's TPE (``"tpe"``, multivariate; parameters
+    ``prefix0``, ``prefix1``, ...), uniform ``"random"`` points, or a ``"grid"`` of the centres
+    of ``floor(budget^(1/d))`` cells per parameter in a seeded order. ``tell(value)`` (``None``
+    for a failed evaluation) matters for TPE only.
+
+    Example:
+        >>> sorted(z for z, _ in proposals("grid", 2, 4, 0, 0.0, 1.0, "x"))  # the cell centres
+        [[0.25, 0.25], [0.25, 0.75], [0.75, 0.25], [0.75, 0.75]]
+    """
+    rng = np.random.default_rng(seed)
+    study, grid = None, None
+    if method == "tpe":
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        study = optuna.create_study(sampler=sampler)
+    elif method == "grid":
+        m = int(np.floor(budget ** (1 / d) + 1e-9))
+        axis = lo + (hi - lo) * (np.arange(m) + 0.5) / m
+        grid = np.stack(np.meshgrid(*[axis] * d, indexing="ij"), -1).reshape(-1, d)
+        grid = grid[rng.permutation(len(grid))]
+    elif method != "random":
+        raise ValueError(f"unknown search method {method!r}")
+    for k in range(budget if grid is None else len(grid)):
+        if study is not None:
+            trial = study.ask()
+            z = [trial.suggest_float(f"{prefix}{j}", lo, hi) for j in range(d)]
+
+            def tell(value, trial=trial):
+                if value is None:
+                    import optuna
+
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(trial, value)
+
+        else:
+            z = (rng.uniform(lo, hi, d) if grid is None else grid[k]).tolist()
+
+            def tell(value):
+                pass
+
+        yield z, tell
