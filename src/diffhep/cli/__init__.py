@@ -17,6 +17,7 @@ import sys
 import click
 
 from . import common, diagnostics, generate, grid, optimize, runs, stats, studies, toys, weights
+from . import worker as worker_commands
 
 __all__ = ["main"]
 
@@ -28,6 +29,10 @@ class _Main(click.Group):
         # the cyclic garbage collector, which would traverse everything imported so far again
         # and again (~0.25 s of CPU of a `cls` command); common.run() switches it back on.
         common.OWN_PROCESS = args is None
+        if args is None:  # a running worker (`diffhep worker start`) runs it, if there is one
+            code = worker_commands.forward(sys.argv[1:])
+            if code is not None:
+                sys.exit(code)
         if args is None and gc.isenabled():
             gc.disable()
             common.GC_PAUSED = True
@@ -65,6 +70,7 @@ def main() -> None:
     """diffhep: differentiable HistFactory inference and analysis optimisation."""
 
 
-for _group in [stats, grid, diagnostics, toys, runs, optimize, weights, studies, generate]:
+_GROUPS = [stats, grid, diagnostics, toys, runs, optimize, weights, studies, generate]
+for _group in [*_GROUPS, worker_commands]:
     for _command in _group.COMMANDS:
         main.add_command(_command)

@@ -1,0 +1,317 @@
+"""The opt-in persistent worker, client side: ``diffhep worker start|stop|status`` and the
+forwarding of statistics commands to a running worker (standard library and click only: the
+client never imports JAX; the worker itself is :mod:`diffhep.cli.server`).
+
+A whole ``diffhep cls`` spends ~0.5 s importing JAX and the statistics before it computes
+anything (docs/benchmarks-commands.md). ``diffhep worker start`` starts a background process
+that has done that once (like ``dmypy`` or gradle's daemon); while it runs, the commands of
+:data:`FORWARDED` are sent to it over a local socket (:mod:`multiprocessing.connection` with a
+random authkey, in a private 0700 directory) and their standard output, standard error and
+exit status are the worker's, streamed back; standard input is read on demand. Without a
+worker (or with ``DIFFHEP_NO_WORKER=1``) every command runs in its own process, as before.
+
+A worker serves only clients of the same installation and configuration (:func:`key`: the
+source files' paths, sizes and modification times, the Python executable, the installed
+packages' directory, the environment variables that set JAX's process-wide state); its socket
+is named by that key, so a client whose code or configuration changed never finds a stale
+worker, and a worker whose code changed on disk exits. Training and other long commands
+(``train``, ``apply``, ``study``, ...) always run in their own process: 0.5 s does not matter
+to them and they change process-wide state (threads, plotting styles, Dask clusters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+#: Commands sent to a running worker: the statistics on workspaces (short, JSON out).
+FORWARDED = frozenset(
+    {
+        "cls", "fit", "upper-limit", "exclusion", "pulls", "ranking", "correlations",
+        "yields", "scan", "significance", "gof", "merge-toys",
+    }
+)  # fmt: skip
+
+#: Environment variables that set process-wide state of the worker (JAX/XLA flags, the
+#: compilation cache, the code imported): part of :func:`key`, not switched per command.
+_KEYED_PREFIXES = ("JAX_", "XLA_", "TF_", "DIFFHEP_", "MPL", "CUDA_", "OMP_", "PYTHON")
+_KEYED_NAMES = ("HOME", "XDG_CACHE_HOME")
+_UNKEYED = ("DIFFHEP_NO_WORKER", "DIFFHEP_WORKER_DIR")
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+#: Seconds a client waits for a worker to accept a command before running it itself.
+CONNECT_TIMEOUT = 5.0
+
+
+def directory() -> Path:
+    """The private directory of the workers' sockets: ``$DIFFHEP_WORKER_DIR``, else
+    ``$XDG_RUNTIME_DIR/diffhep``, else ``~/.cache/diffhep/worker`` (made 0700)."""
+    given = os.environ.get("DIFFHEP_WORKER_DIR")
+    if given:
+        return Path(given)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "diffhep"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "diffhep" / "worker"
+
+
+def private(path: Path, create: bool = False) -> bool:
+    """Whether ``path`` is a directory only this user can use (made so if ``create``)."""
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and (st.st_mode & 0o077) == 0
+
+
+def key(environ=None) -> str:
+    """The installation and configuration a worker serves (see the module's docstring)."""
+    import sysconfig
+
+    environ = os.environ if environ is None else environ
+    from .. import __version__
+
+    h = hashlib.sha256()
+    h.update(f"{__version__}\0{sys.executable}\0{sys.version}\0{_PACKAGE}\0".encode())
+    try:
+        h.update(str(os.stat(sysconfig.get_paths()["purelib"]).st_mtime_ns).encode())
+    except OSError:
+        pass
+    for root, dirs, files in os.walk(_PACKAGE):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            h.update(f"{root}/{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    for name in sorted(environ):
+        if name not in _UNKEYED and (name.startswith(_KEYED_PREFIXES) or name in _KEYED_NAMES):
+            h.update(f"{name}={environ[name]}\0".encode())
+    return h.hexdigest()[:20]
+
+
+def _info(dir_: Path, k: str) -> dict | None:
+    """The running worker of key ``k`` (its pid and authkey), or None."""
+    try:
+        info = json.loads((dir_ / f"{k}.json").read_text())
+        os.kill(info["pid"], 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout
+
+
+def _connect(dir_: Path, k: str, info: dict, first: tuple, timeout: float = CONNECT_TIMEOUT):
+    """A connection to the worker with ``first`` sent and its first reply, within ``timeout``
+    seconds (None, None: no answer; a frozen or busy worker never blocks the client)."""
+    from multiprocessing.connection import Client
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        conn = Client(str(dir_ / f"{k}.sock"), "AF_UNIX", authkey=bytes.fromhex(info["authkey"]))
+        conn.send(first)
+        return conn, conn.recv()
+    except (_Timeout, OSError, EOFError, ValueError):
+        return None, None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _command_name(argv: list[str]) -> str | None:
+    for arg in argv:
+        if arg in ("-h", "--help", "--version"):
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _prog_name() -> str:
+    try:
+        from click.utils import _detect_program_name
+
+        return _detect_program_name()
+    except Exception:  # a private click helper: fall back to what click did before it
+        return os.path.basename(sys.argv[0])
+
+
+def forward(argv: list[str]) -> int | None:
+    """Run ``diffhep ARGV`` in the worker of this installation if one is running: its exit
+    status, its output written here; None when the command is to run in this process."""
+    if os.environ.get("DIFFHEP_NO_WORKER") or _command_name(argv) not in FORWARDED:
+        return None
+    if any(a in ("-h", "--help") for a in argv):
+        return None
+    dir_ = directory()
+    try:
+        if not any(n.endswith(".sock") for n in os.listdir(dir_)) or not private(dir_):
+            return None
+    except OSError:
+        return None
+    k = key()
+    info = _info(dir_, k)
+    if info is None:
+        return None
+    streams = (sys.stdin, sys.stdout, sys.stderr)
+    request = {
+        "key": k,
+        "argv": [sys.argv[0], *argv],
+        "prog": _prog_name(),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "tty": [bool(s is not None and s.isatty()) for s in streams],
+        "encoding": [(s.encoding, s.errors) if s is not None else None for s in streams],
+    }
+    conn, reply = _connect(dir_, k, info, ("run", request))
+    if reply != ("started",):
+        if conn is not None:
+            conn.close()
+        return None  # busy, stale, or not answering: this process runs it
+    return _relay(conn, argv)
+
+
+def _relay(conn, argv) -> int | None:
+    """Copy the worker's output here and feed it standard input until it sends the exit."""
+    touched = False  # whether output was written or input read (no silent re-run then)
+    try:
+        while True:
+            tag, value = conn.recv()
+            if tag == "exit":
+                return value
+            touched = True
+            if tag == "read":
+                conn.send(("in", sys.stdin.buffer.read1(value) if sys.stdin else b""))
+            else:
+                stream = sys.stdout if tag == "out" else sys.stderr
+                stream.buffer.write(value)
+                stream.buffer.flush()
+    except (EOFError, OSError):
+        if touched:
+            click.echo("diffhep: error: the worker ended during the command", err=True)
+            return 1
+        click.echo(
+            "diffhep: warning: the worker ended before the command; running it here", err=True
+        )
+        return None
+    finally:
+        conn.close()
+
+
+# --- diffhep worker start|stop|status -----------------------------------------------------
+
+
+@click.group()
+def worker() -> None:
+    """The opt-in persistent worker: statistics commands without JAX's start-up (~0.5 s).
+
+    While a worker runs, `cls`, `fit`, `upper-limit`, `exclusion` and the diagnostics are
+    run by it (same output and exit status); DIFFHEP_NO_WORKER=1 runs them here.
+    """
+
+
+@worker.command()
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="Minutes without a command after which the worker exits.",
+)
+def start(idle_timeout: float) -> None:
+    """Start a worker for this installation (nothing if one runs already)."""
+    dir_ = directory()
+    if not private(dir_, create=True):
+        click.echo(f"error: {dir_} is not a private directory (0700, yours)", err=True)
+        sys.exit(2)
+    k = key()
+    info = _info(dir_, k)
+    if info is not None:
+        click.echo(f"worker running (pid {info['pid']})")
+        return
+    log = open(dir_ / f"{k}.log", "ab")  # handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffhep.cli.server", str(dir_), k, str(idle_timeout * 60)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = _info(dir_, k)
+        if info is not None and info["pid"] == proc.pid:
+            click.echo(f"worker started (pid {proc.pid}, idle timeout {idle_timeout:g} min)")
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    click.echo(f"error: the worker did not start; see {dir_ / (k + '.log')}", err=True)
+    sys.exit(1)
+
+
+def _ask(what: str) -> list[tuple[str, dict]]:
+    """``what`` ('status' or 'stop') sent to every worker in the directory (also stale
+    ones: their key is not this installation's); their answers with their keys."""
+    dir_ = directory()
+    out = []
+    try:
+        names = sorted(n[:-5] for n in os.listdir(dir_) if n.endswith(".json"))
+    except OSError:
+        return out
+    for k in names:
+        info = _info(dir_, k)
+        if info is None:
+            continue
+        conn, reply = _connect(dir_, k, info, (what,))
+        if conn is not None:
+            conn.close()
+        out.append((k, reply[1] if reply and len(reply) > 1 else {**info, "answer": reply}))
+    return out
+
+
+@worker.command()
+def status() -> None:
+    """The workers running, as JSON lines (``current``: serves this installation)."""
+    here = key()
+    running = _ask("status")
+    for k, info in running:
+        click.echo(json.dumps({"current": k == here, **info}, sort_keys=True))
+    if not any(k == here for k, _ in running):
+        click.echo("no worker for this installation", err=True)
+        sys.exit(1)
+
+
+@worker.command()
+def stop() -> None:
+    """Stop the workers (this installation's and stale ones)."""
+    stopped = _ask("stop")
+    dir_ = directory()
+    for k, _ in stopped:
+        for _ in range(100):  # it removes its files on the way out
+            if _info(dir_, k) is None:
+                break
+            time.sleep(0.05)
+    click.echo(f"stopped {len(stopped)} worker(s)")
+
+
+COMMANDS = [worker]

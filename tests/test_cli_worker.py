@@ -1,0 +1,134 @@
+"""The opt-in persistent worker (diffhep.cli.worker, diffhep.cli.server): a forwarded command
+prints and exits exactly as the same command run in its own process (DIFFHEP_NO_WORKER=1, the
+reference), a worker of another configuration is never used, `worker stop` stops it, and the
+client never imports JAX.
+
+One worker for the module (a private temporary directory, a temporary compilation cache);
+the module costs ~6-10 s (the worker's start-up and the in-process reference runs), so all
+but the client-only test are marked slow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffhep.stats.workspace import example_spec
+
+SRC = str(Path(__file__).parents[1] / "src")
+
+
+def _env(tmp: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFHEP_")}
+    env.update(PYTHONPATH=SRC, DIFFHEP_WORKER_DIR=str(tmp / "w"))
+    env.update(DIFFHEP_CACHE_DIR=str(tmp / "cache"), **extra)
+    return env
+
+
+def _diffhep(args, env, stdin=None, cwd=None, flags=()):
+    return subprocess.run(
+        [sys.executable, *flags, "-m", "diffhep.cli", *args],
+        env=env, input=stdin, capture_output=True, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+def _commands(env) -> int:
+    """The number of commands the current worker has run."""
+    proc = _diffhep(["worker", "status"], env)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [json.loads(x) for x in proc.stdout.splitlines() if json.loads(x)["current"]]
+    return line["commands"]
+
+
+def test_the_client_without_a_worker_imports_no_jax(tmp_path):
+    env = _env(tmp_path)
+    proc = _diffhep(["worker", "status"], env, flags=["-X", "importtime"])
+    assert proc.returncode == 1 and b"no worker for this installation" in proc.stderr
+    assert b" jax" not in proc.stderr and b"diffhep.cli.worker" in proc.stderr
+    probe = "import sys; from diffhep.cli import worker; print(worker.forward(['cls', 'x.json']),"
+    probe += " 'jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["None", "False"], out.stderr
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("worker")
+    (tmp / "ws.json").write_text(json.dumps(example_spec()))
+    (tmp / "bad.json").write_text("{}")
+    env = _env(tmp)
+    start = _diffhep(["worker", "start", "--idle-timeout", "3"], env)
+    assert start.returncode == 0, start.stderr
+    yield tmp, env
+    _diffhep(["worker", "stop"], env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, stdin, code",
+    [(["cls", "ws.json"], None, 0), (["cls", "-"], "ws.json", 0), (["cls", "bad.json"], None, 2),
+     (["cls", "--bogus", "ws.json"], None, 2), (["fit", "ws.json"], None, 0)],
+)  # fmt: skip
+def test_a_forwarded_command_is_its_own_process(served, args, stdin, code):
+    tmp, env = served
+    data = None if stdin is None else (tmp / stdin).read_bytes()
+    before = _commands(env)
+    there = _diffhep(args, env, data, cwd=tmp)
+    assert _commands(env) == before + 1  # the worker ran it
+    here = _diffhep(args, {**env, "DIFFHEP_NO_WORKER": "1"}, data, cwd=tmp)
+    assert _commands(env) == before + 1  # ... and not this one
+    assert (there.returncode, there.stdout, there.stderr) == (code, here.stdout, here.stderr)
+    if code == 0:
+        assert json.loads(there.stdout)
+
+
+@pytest.mark.slow
+def test_the_forwarding_client_imports_no_jax(served):
+    tmp, env = served
+    proc = _diffhep(["cls", "ws.json"], env, cwd=tmp, flags=["-X", "importtime"])
+    assert proc.returncode == 0 and json.loads(proc.stdout)["CLs_obs"] > 0
+    assert b" jax" not in proc.stderr and b"diffhep.cli.worker" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_of_another_configuration_is_not_used(served):
+    tmp, env = served
+    before = _commands(env)
+    other = {**env, "DIFFHEP_SOMETHING": "1"}  # another key (the source files: the same way)
+    proc = _diffhep(["cls", "ws.json"], other, cwd=tmp)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["CLs_obs"] > 0
+    assert _commands(env) == before
+    assert _diffhep(["worker", "status"], other).returncode == 1
+
+
+@pytest.mark.slow
+def test_a_stale_request_is_refused_and_stop_stops(tmp_path):
+    import time
+    from multiprocessing.connection import Client
+
+    env = _env(tmp_path)
+    assert _diffhep(["worker", "start", "--idle-timeout", "1"], env).returncode == 0
+    assert _commands(env) == 0
+    (key,) = [p.name[:-5] for p in (tmp_path / "w").glob("*.json")]
+    info = json.loads((tmp_path / "w" / f"{key}.json").read_text())
+    address = str(tmp_path / "w" / f"{key}.sock")
+    conn = Client(address, "AF_UNIX", authkey=bytes.fromhex(info["authkey"]))
+    conn.send(("run", {"key": "0" * 20}))
+    assert conn.recv() == ("stale",)  # and that worker exits
+    conn.close()
+    for _ in range(100):
+        if _diffhep(["worker", "status"], env).returncode == 1:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the worker did not exit")
+    assert not list((tmp_path / "w").glob("*.sock"))
+    assert _diffhep(["worker", "start", "--idle-timeout", "1"], env).returncode == 0
+    stop = _diffhep(["worker", "stop"], env)
+    assert stop.returncode == 0 and stop.stdout == b"stopped 1 worker(s)\n"
+    assert _diffhep(["worker", "status"], env).returncode == 1
+    assert not list((tmp_path / "w").glob("*.sock"))
