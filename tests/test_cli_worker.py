@@ -132,3 +132,69 @@ def test_a_stale_request_is_refused_and_stop_stops(tmp_path):
     assert stop.returncode == 0 and stop.stdout == b"stopped 1 worker(s)\n"
     assert _diffhep(["worker", "status"], env).returncode == 1
     assert not list((tmp_path / "w").glob("*.sock"))
+
+
+def _fake_worker(tmp: Path, monkeypatch, behave):
+    """A stand-in worker (a thread of this process) for the client's failure paths: it
+    answers each connection with ``behave(conn)``."""
+    import threading
+    from multiprocessing.connection import Listener
+
+    from diffhep.cli import worker
+
+    d = tmp / "w"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("DIFFHEP_WORKER_DIR", str(d))
+    monkeypatch.delenv("DIFFHEP_NO_WORKER", raising=False)
+    key = worker.key()
+    authkey = os.urandom(16)
+    listener = Listener(str(d / f"{key}.sock"), "AF_UNIX", authkey=authkey)
+    (d / f"{key}.json").write_text(json.dumps({"pid": os.getpid(), "authkey": authkey.hex()}))
+
+    def serve():
+        conn = listener.accept()
+        listener.close()
+        conn.recv()
+        behave(conn)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+@pytest.mark.parametrize("case", ["busy", "crash before output", "frozen"])
+def test_the_client_runs_the_command_itself_when_the_worker_cannot(
+    tmp_path, monkeypatch, capsys, case
+):
+    import threading
+
+    hold = threading.Event()
+
+    def behave(conn):
+        if case == "busy":
+            conn.send(("busy",))
+        elif case == "crash before output":
+            conn.send(("started",))
+        else:
+            hold.wait(10)  # never answers
+
+    worker, thread = _fake_worker(tmp_path, monkeypatch, behave)
+    monkeypatch.setattr(worker, "CONNECT_TIMEOUT", 0.3)
+    assert worker.forward(["cls", "ws.json"]) is None  # None: run it in this process
+    hold.set()
+    thread.join(10)
+    err = capsys.readouterr().err
+    assert ("ended before the command" in err) == (case == "crash before output"), err
+
+
+def test_a_worker_that_ends_after_writing_is_an_error(tmp_path, monkeypatch, capfdbinary):
+    def behave(conn):
+        conn.send(("started",))
+        conn.send(("out", b"{\n"))
+
+    worker, thread = _fake_worker(tmp_path, monkeypatch, behave)
+    assert worker.forward(["cls", "ws.json"]) == 1  # not run again: output was written
+    thread.join(10)
+    out, err = capfdbinary.readouterr()
+    assert out == b"{\n" and b"the worker ended during the command" in err

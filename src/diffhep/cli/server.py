@@ -116,6 +116,8 @@ def run_command(conn, request: dict) -> int:
                 code = 0
             except SystemExit as done:
                 code = _exit_code(done.code, stderr)
+            except KeyboardInterrupt:  # the client's Ctrl-C between click's handlers
+                code = 1
             except Exception:
                 traceback.print_exc(file=stderr)
                 code = 1
@@ -171,7 +173,11 @@ def serve(dir_: Path, k: str, idle: float) -> None:
     from ..stats import workflows  # noqa: F401 (the imports a command would pay for)
     from . import common, main  # noqa: F401
 
+    # XLA's threads on one core and this (the Python) thread beside, as the statistics
+    # commands set themselves up in their own process (cli.common.ONE_CORE)
+    common.ONE_CORE = common.OWN_PROCESS = True
     common.setup()
+    common.ONE_CORE = common.OWN_PROCESS = False
     _SET_BY_IMPORTS.update({n: v for n, v in os.environ.items() if n not in _START_ENV})
     gc.collect()
     gc.freeze()  # what is imported lives to the end: later collections skip it
@@ -236,6 +242,9 @@ def serve(dir_: Path, k: str, idle: float) -> None:
             if json.loads(path.read_text()).get("pid") == os.getpid():
                 path.unlink()
                 sock.unlink(missing_ok=True)
+                log = dir_ / f"{k}.log"  # kept if it says something (worker start names it)
+                if log.exists() and log.stat().st_size == 0:
+                    log.unlink()
         except (OSError, ValueError):
             pass
         logging.shutdown()

@@ -118,13 +118,13 @@ def _alarm(signum, frame):
     raise _Timeout
 
 
-def _connect(dir_: Path, k: str, info: dict, first: tuple, timeout: float = CONNECT_TIMEOUT):
+def _connect(dir_: Path, k: str, info: dict, first: tuple, timeout: float | None = None):
     """A connection to the worker with ``first`` sent and its first reply, within ``timeout``
     seconds (None, None: no answer; a frozen or busy worker never blocks the client)."""
     from multiprocessing.connection import Client
 
     old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
+    signal.setitimer(signal.ITIMER_REAL, CONNECT_TIMEOUT if timeout is None else timeout)
     try:
         conn = Client(str(dir_ / f"{k}.sock"), "AF_UNIX", authkey=bytes.fromhex(info["authkey"]))
         conn.send(first)
@@ -186,10 +186,10 @@ def forward(argv: list[str]) -> int | None:
         if conn is not None:
             conn.close()
         return None  # busy, stale, or not answering: this process runs it
-    return _relay(conn, argv)
+    return _relay(conn, info["pid"])
 
 
-def _relay(conn, argv) -> int | None:
+def _relay(conn, pid: int) -> int | None:
     """Copy the worker's output here and feed it standard input until it sends the exit."""
     touched = False  # whether output was written or input read (no silent re-run then)
     try:
@@ -204,6 +204,13 @@ def _relay(conn, argv) -> int | None:
                 stream = sys.stdout if tag == "out" else sys.stderr
                 stream.buffer.write(value)
                 stream.buffer.flush()
+    except KeyboardInterrupt:  # Ctrl-C: the worker's command is interrupted too (click's
+        try:  # Abort there, as here)
+            os.kill(pid, signal.SIGINT)
+        except OSError:
+            pass
+        click.echo("\nAborted!", err=True)
+        return 1
     except (EOFError, OSError):
         if touched:
             click.echo("diffhep: error: the worker ended during the command", err=True)
@@ -285,7 +292,10 @@ def _ask(what: str) -> list[tuple[str, dict]]:
         conn, reply = _connect(dir_, k, info, (what,))
         if conn is not None:
             conn.close()
-        out.append((k, reply[1] if reply and len(reply) > 1 else {**info, "answer": reply}))
+        if reply and len(reply) > 1:
+            out.append((k, reply[1]))
+        else:  # busy with a command (a stop is not heard then), or not answering
+            out.append((k, {"pid": info["pid"], "busy": bool(reply and reply[0] == "busy")}))
     return out
 
 
@@ -303,15 +313,27 @@ def status() -> None:
 
 @worker.command()
 def stop() -> None:
-    """Stop the workers (this installation's and stale ones)."""
-    stopped = _ask("stop")
+    """Stop the workers (this installation's and stale ones; one busy with a command is
+    terminated, and its client reports the command's end as an error)."""
     dir_ = directory()
-    for k, _ in stopped:
+    answers = _ask("stop")
+    for k, info in answers:
+        if "busy" in info:  # it cannot hear the request while it runs a command
+            try:
+                os.kill(info["pid"], signal.SIGTERM)
+            except OSError:
+                pass
         for _ in range(100):  # it removes its files on the way out
             if _info(dir_, k) is None:
                 break
             time.sleep(0.05)
-    click.echo(f"stopped {len(stopped)} worker(s)")
+        else:
+            click.echo(f"error: worker pid {info['pid']} did not stop", err=True)
+            sys.exit(1)
+        if "busy" in info:
+            for suffix in (".sock", ".json"):
+                (dir_ / f"{k}{suffix}").unlink(missing_ok=True)
+    click.echo(f"stopped {len(answers)} worker(s)")
 
 
 COMMANDS = [worker]
