@@ -21,11 +21,9 @@ to them and they change process-wide state (threads, plotting styles, Dask clust
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -78,6 +76,7 @@ def private(path: Path, create: bool = False) -> bool:
 
 def key(environ=None) -> str:
     """The installation and configuration a worker serves (see the module's docstring)."""
+    import hashlib  # (here: --help and commands without a worker need none of it)
     import sysconfig
 
     environ = os.environ if environ is None else environ
@@ -254,6 +253,8 @@ def start(idle_timeout: float) -> None:
     if info is not None:
         click.echo(f"worker running (pid {info['pid']})")
         return
+    import subprocess
+
     log = open(dir_ / f"{k}.log", "ab")  # handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "diffhep.cli.server", str(dir_), k, str(idle_timeout * 60)],
