@@ -198,3 +198,23 @@ def test_a_worker_that_ends_after_writing_is_an_error(tmp_path, monkeypatch, cap
     thread.join(10)
     out, err = capfdbinary.readouterr()
     assert out == b"{\n" and b"the worker ended during the command" in err
+
+
+def test_the_key_follows_the_source_files_and_the_keyed_environment(tmp_path, monkeypatch):
+    from diffhep.cli import worker
+
+    (tmp_path / "pkg").mkdir()
+    source = tmp_path / "pkg" / "a.py"
+    source.write_text("x = 1\n")
+    monkeypatch.setattr(worker, "_PACKAGE", tmp_path / "pkg")
+    env = {"HOME": "/h", "PATH": "/bin"}
+    k = worker.key(env)
+    assert worker.key(env) == k
+    assert worker.key({**env, "PATH": "/usr/bin", "DIFFHEP_NO_WORKER": "1", "TERM": "x"}) == k
+    for changed in ({"XLA_FLAGS": "--x"}, {"JAX_ENABLE_X64": "1"}, {"DIFFHEP_CACHE_DIR": ""}):
+        assert worker.key({**env, **changed}) != k, changed
+    os.utime(source, ns=(0, source.stat().st_mtime_ns + 1))  # the code changed on disk
+    assert worker.key(env) != k
+    k = worker.key(env)
+    (tmp_path / "pkg" / "b.py").write_text("")  # a new module
+    assert worker.key(env) != k
