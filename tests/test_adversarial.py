@@ -638,3 +638,119 @@ def test_sweep_draw_fits_reach_the_reference(seed, draw):
         with pyhf_numpy():
             ours = _twice_nll(pmodel, pdata, np.asarray(res.bestfit[k], float).tolist())
         assert ours <= ref + 1e-6 * abs(ref) + 1e-6 + noise, (k, ours, ref, noise)
+
+
+#: The slow sweep's references, stored: per draw ``"seed/draw"`` and fit (``free fit``,
+#: ``mu = 0.0``, ``mu = 1.0``), the ``-2 ln L`` (pyhf's numpy logpdf) of the best point of each
+#: reference (pyhf scipy, pyhf MINUIT, the 20-start search), as :func:`check_draw` found them.
+#: They do not depend on diffhep, so a solver change is re-checked on all stored draws at
+#: the cost of diffhep's own fits (~1-10 CPU-s per draw instead of 30-80 with the oracle).
+#: Written by ``tests/sweep_references.py`` (which also logs diffhep's values at the time).
+SWEEP_STORE = "adversarial_sweep_references.json"
+
+
+def _stored_references() -> dict:
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / SWEEP_STORE
+    return json.loads(path.read_text())["draws"] if path.exists() else {}
+
+
+def check_against_stored(seed: int, draw: int, refs: dict, small: bool = False) -> Outcome:
+    """diffhep's three fits of sweep draw ``seed/draw`` against the stored references
+    ``refs`` (``{fit: {reference: -2lnL}}``), with :func:`_check_one`'s tolerance and
+    checks: converged, in the domain, no higher than any reference, and the free fit no
+    higher than any fixed-POI value (mu = 0 and 1 lie inside the POI's bounds)."""
+    spec = generate(seed, small, values_seed=draw)
+    pmodel, pdata, init, bounds, fixed = _pyhf_problem(spec)
+    fresh = diffhep.Workspace(spec).model()
+    model = _base_model(seed, small).with_yields(**{t: getattr(fresh, t) for t in YIELD_TEMPLATES})
+    data_np = np.asarray(pdata, float)
+    noise = _noise(pmodel.config, data_np)
+    poi = pmodel.config.poi_index
+    res = _diffhep_fits(
+        model,
+        jnp.asarray(data_np),
+        jnp.asarray([0.0, 0.0, 1.0]),
+        jnp.asarray([True, False, False]),
+        jnp.asarray(init),
+        jnp.asarray(bounds[:, 0]),
+        jnp.asarray(bounds[:, 1]),
+        jnp.asarray(fixed),
+    )
+    out, values = Outcome(), {}
+    for i, (fit, mu) in enumerate([("free fit", None), ("mu = 0.0", 0.0), ("mu = 1.0", 1.0)]):
+        what = f"seed {seed}/{draw} ({pmodel.config.npars} pars), {fit}"
+        out.fits += 1
+        start, fx = init.copy(), fixed.copy()
+        if mu is not None:
+            assert bounds[poi, 0] <= mu <= bounds[poi, 1]
+            start[poi], fx[poi] = mu, True
+        x = np.asarray(res.bestfit[i], float)
+        if not bool(res.converged[i]):
+            out.problems.append(f"{what}: diffhep did not converge (status {int(res.status[i])})")
+        with pyhf_numpy():
+            ours = (
+                _twice_nll(pmodel, pdata, x.tolist()) if _feasible(x, start, bounds, fx) else np.inf
+            )
+        values[fit] = ours
+        stored = {k: v for k, v in refs.get(fit, {}).items() if np.isfinite(v)}
+        out.values.append((what, ours, stored))
+        if not stored:
+            out.unchecked.append(f"{what}: no stored reference")
+            continue
+        if not np.isfinite(ours):
+            out.problems.append(f"{what}: diffhep's best fit is outside the domain")
+            continue
+        for ref_name, ref in stored.items():
+            tol = 1e-6 * abs(ref) + 1e-6 + noise
+            if not ours <= ref + tol:
+                out.problems.append(f"{what}: diffhep -2lnL {ours:.10g} > {ref_name} {ref:.10g}")
+    lowest_fixed = min(
+        [values[f] for f in ("mu = 0.0", "mu = 1.0")]
+        + [v for f in ("mu = 0.0", "mu = 1.0") for v in refs.get(f, {}).values()]
+    )
+    if np.isfinite(values["free fit"]) and np.isfinite(lowest_fixed):
+        tol = 1e-6 * abs(lowest_fixed) + 1e-6 + noise
+        if not values["free fit"] <= lowest_fixed + tol:
+            out.problems.append(
+                f"seed {seed}/{draw}: free fit {values['free fit']:.10g} > a fixed-POI "
+                f"value {lowest_fixed:.10g}"
+            )
+    return out
+
+
+def _stored_seeds():
+    return sorted({int(k.split("/")[0]) for k in _stored_references()})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", _stored_seeds())
+def test_adversarial_fits_against_stored_references(seed):
+    """The slow sweep (:func:`test_adversarial_fits_sweep`) re-checked from its stored
+    references (:data:`SWEEP_STORE`): every stored draw of structure ``seed``. Select with
+    ``-m slow -k stored_references``; ~1 CPU-hour for 500 draws (the full sweep: ~6)."""
+    refs = _stored_references()
+    out = Outcome()
+    try:
+        for key in sorted(k for k in refs if int(k.split("/")[0]) == seed):
+            out += check_against_stored(seed, int(key.split("/")[1]), refs[key])
+    finally:
+        jax.clear_caches()
+    _assert_holds(out)
+
+
+@pytest.mark.slow
+def test_stored_references_catch_a_fit_above_them():
+    """The stored-reference check passes references at diffhep's own values and fails one
+    just below them (a small default-run structure; its fits compile in ~10 s)."""
+    seed = DEFAULT_STRUCTURES[0]
+    first = check_against_stored(seed, 0, {}, small=True)
+    assert len(first.unchecked) == 3 and not first.problems
+    ours = {what.rsplit(", ", 1)[1]: value for what, value, _ in first.values}
+    same = check_against_stored(seed, 0, {f: {"ref": v} for f, v in ours.items()}, small=True)
+    assert not same.problems and not same.unchecked
+    lower = {f: {"ref": v - 1e-3 * abs(v) - 1.0} for f, v in ours.items()}
+    problems = check_against_stored(seed, 0, lower, small=True).problems
+    assert sum("diffhep -2lnL" in p for p in problems) == 3, problems
