@@ -149,6 +149,8 @@ _STRAINED = 4.0
 #: A best fit that ran out of steps is continued from where it stopped at most this many
 #: times (each with ``max_steps`` more steps) (:func:`_restarts`)
 _CONTINUATIONS = 2
+#: Random restarts of a fit that is still strained after the flips (:func:`_random_start`)
+_RANDOM_STARTS = 4
 
 
 def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
@@ -313,6 +315,26 @@ def _flip_start(best, init, lower, upper, j):
     return best.x.at[j].set(to)
 
 
+def _random_start(init, lower, upper, fixed, r):
+    """The start of random restart ``r``: every free parameter drawn uniformly within
+    +-min(1, a quarter of its bound range) of the start (the +-1 sigma variations of the
+    systematics, +-1 around 1 for the gammas), clipped to the bounds; the key is fixed, so
+    the fit is deterministic.
+
+    Where the best fit is still strained after the flips (:func:`_strained`), the data lie
+    far from the model, the rates sit in the extrapolated parts of several interpolations
+    at once, and the basins are not told apart by moving one parameter: adversarial seed
+    1002 draw 2 at mu = 0 (178 parameters, deviance 1335 on 210 data) ends at 3606.95 from
+    the start and every restart; from random starts around the start 5 of 8 fits reach
+    3551.20 (hs1 and ns0 both at their bound -5, the gammas following; a 20-start L-BFGS-B
+    search found 3564.86), after 240-410 Newton steps (so these fits get
+    ``(1 + _CONTINUATIONS) * max_steps``)."""
+    width = jnp.minimum(1.0, (upper - lower) / 4.0)
+    u = jax.random.uniform(jax.random.fold_in(jax.random.key(0), r), init.shape, init.dtype)
+    x = jnp.clip(init + (2.0 * u - 1.0) * width, lower, upper)
+    return jnp.where(fixed, init, x)
+
+
 def _strained(best, data):
     """Whether the best fit's deviance (twice the objective, 0 where every expected count
     equals its observation and every constrained parameter its auxiliary datum) exceeds
@@ -329,10 +351,14 @@ def _keep_lower(k, best, new, need):
     lower (by :data:`_RESTART_GAIN`): the same minimum found twice differs by rounding, and
     switching between the two would make the best fit jump by ~1e-8 where the templates
     cross the eligibility test (measured: a finite difference of d(alpha)/d(yield) 20% off on
-    histosys_code4p). Returns the kept result (its ``n_steps`` the sum over the attempts that
-    ran) and whether ``new`` was kept."""
+    histosys_code4p). A converged ``new`` also replaces a ``best`` that did not converge
+    where it is no higher than it by more than that (the same minimum, reached this time:
+    adversarial seed 1052 draw 4 at mu = 0, where the fit from the start stalls at 13389.6515
+    after its continuations and the random restarts converge there). Returns the kept result
+    (its ``n_steps`` the sum over the attempts that ran) and whether ``new`` was kept."""
     lower_by = best.fun - new.fun
-    gain = lower_by > _RESTART_GAIN * jnp.maximum(1.0, jnp.abs(best.fun))
+    rounding = _RESTART_GAIN * jnp.maximum(1.0, jnp.abs(best.fun))
+    gain = (lower_by > rounding) | (~is_success(best.status) & (lower_by > -rounding))
     better = (k == 0) | (need & is_success(new.status) & gain)
     out = jax.tree.map(lambda a, b: jnp.where(better, b, a), best, new)
     steps = jnp.where(k > 0, best.n_steps, 0) + jnp.where(need, new.n_steps, 0)
@@ -358,7 +384,9 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
       data), ended at ns2 = -2.11 (even response), -2lnL 3647.13, the probe/mirror restart,
       which moves every parameter whose probe gains, at 3956; the flip of ns2 alone reaches
       3642.39 at ns2 = +2.46); a fit that needs no flip, or a vmapped batch in which none
-      does, runs no flip attempt.
+      does, runs no flip attempt;
+    - then :data:`_RANDOM_STARTS` fits from random starts around the start
+      (:func:`_random_start`) while the best fit is still strained.
 
     Before any attempt after the first, a best fit that ran out of steps (``MAX_STEPS``: the
     restarts only keep converged fits, so that is the first one) is continued from where it
@@ -384,8 +412,9 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     flippable = jnp.asarray(interpolated) & ~fixed
     may_flip = jnp.any(flippable) & jnp.asarray(restart)
     flips = np.flatnonzero(interpolated)  # static: one flip attempt each
-    n_attempts = 4 + flips.size
-    flip_par = jnp.asarray(np.concatenate([np.zeros(4, int), flips]))
+    first_random = 4 + flips.size
+    n_attempts = first_random + _RANDOM_STARTS
+    flip_par = jnp.asarray(np.concatenate([np.zeros(4, int), flips, np.zeros(_RANDOM_STARTS, int)]))
 
     def far_out(best):
         """Flippable parameters with a possible mirror minimum (``eligible``: a kink at 0, a
@@ -399,15 +428,20 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
         reflected, far = _reflection_start(best, init, lower, upper, reflect)
         j = flip_par[k]
         flipped = _flip_start(best, init, lower, upper, j)
-        flipping = (k >= 4) & flippable[j] & may_flip & (_strained(best, data) | far_out(best)[j])
-        need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping
+        strained = _strained(best, data)
+        flipping = (k >= 4) & (k < first_random) & flippable[j] & may_flip
+        flipping = flipping & (strained | far_out(best)[j])
+        randomly = (k >= first_random) & jnp.asarray(restart) & strained
+        need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping | randomly
         x0 = jnp.where(k == 2, reflected, jnp.where(flipping, flipped, start))
+        x0 = jnp.where(randomly, _random_start(init, lower, upper, fixed, k), x0)
         x0 = jnp.where(k == 0, init, x0)
         x0 = jnp.where(cont, best.x, x0)
         # an attempt not needed runs no step (not lax.cond: under vmap it becomes a select
         # that runs every attempt's fit for every member; a while_loop whose condition is
         # false for every member runs no iteration)
-        new = run(x0, jnp.where(need | cont, max_steps, 0).astype(jnp.int32))
+        budget = jnp.where(randomly, (1 + _CONTINUATIONS) * max_steps, max_steps)
+        new = run(x0, jnp.where(need | cont, budget, 0).astype(jnp.int32))
         out, better = _keep_lower(k, best, new, need & ~cont)
         resumed = new._replace(n_steps=best.n_steps + new.n_steps)
         out = jax.tree.map(lambda a, b: jnp.where(cont, a, b), resumed, out)
@@ -420,8 +454,10 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
 
     def more(c):
         k, best, _, conts = c
-        flips_left = (k < n_attempts) & may_flip & (_strained(best, data) | jnp.any(far_out(best)))
-        return (k < 4) | flips_left | continues(k, best, conts)
+        strained = _strained(best, data)
+        flips_left = (k < first_random) & may_flip & (strained | jnp.any(far_out(best)))
+        randoms_left = (k < n_attempts) & jnp.asarray(restart) & strained
+        return (k < 4) | flips_left | randoms_left | continues(k, best, conts)
 
     def step(c):
         k, best, found_lower, conts = c
