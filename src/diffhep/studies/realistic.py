@@ -46,8 +46,10 @@ __all__ = [
     "ROWS",
     "exact_metrics",
     "generate_events",
+    "memory_maps",
     "min_background",
     "realistic_study",
+    "release_compiled",
     "row_overrides",
 ]
 
@@ -71,7 +73,10 @@ BASELINE = "BCE / NN"
 #: the study's defaults for the training (every row; ``overrides`` change them)
 TRAINING = ("observable.hidden=[32, 32]", "training.batch_size=4000",
             "report.diagnostics=false", "training.select_on=sigma_mu")  # fmt: skip
-CLEAR_EVERY = 6  # runs between clearing JAX's in-process caches (memory maps)
+#: clear JAX's in-process caches after a run when the process's memory maps exceed this
+#: fraction of ``vm.max_map_count`` (:func:`release_compiled`)
+MAPS_FRACTION = 0.4
+CLEAR_EVERY = 6  # runs between clearing the caches where the memory maps cannot be read
 #: the likelihood losses' floor on every bin's background (``histogram.min_background``), in
 #: background MC events of the training split: 3 is the 95% CL upper limit on a Poisson mean
 #: when 0 events are seen, so a bin without background MC events has at most about this
@@ -219,6 +224,54 @@ def exact_metrics(workspace: dict, floor: float = 0.0) -> dict:
     }
 
 
+def _count_lines(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def memory_maps() -> tuple[int, int] | None:
+    """(memory maps of this process, the kernel's limit ``vm.max_map_count``), or None where
+    they cannot be read (not Linux)."""
+    used = _count_lines("/proc/self/maps")
+    try:
+        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if used is None else (used, limit)
+
+
+def release_compiled(maps=None, fraction: float = MAPS_FRACTION, clear=None) -> bool:
+    """Clear JAX's in-process caches (the compiled programs) if the process's memory maps
+    ``maps = (used, limit)`` (default :func:`memory_maps`) exceed ``fraction`` of the
+    limit; returns whether it cleared.
+
+    Every compiled XLA CPU program stays loaded as JIT code, three memory maps per object
+    (code, read-only data, data), until its cache entry goes: one run of the study, the
+    learnable-edges row trained and evaluated in a fresh process, took it from 38 to 17,400
+    maps (``jax.clear_caches()`` and a garbage collection: back to 1,400). At the
+    kernel's limit (``vm.max_map_count``, 65,530 by default) every further mmap fails
+    and XLA aborts the next compilation with "LLVM compilation error: Cannot allocate
+    memory" whatever the free RAM: the 3-seed study died so on its 6th trained run after
+    a clear (clearing every 6 runs, reused runs included). ``clear`` (default
+    ``jax.clear_caches`` and ``gc.collect``) is for tests."""
+    maps = memory_maps() if maps is None else maps
+    if maps is None or maps[0] <= fraction * maps[1]:
+        return False
+    if clear is None:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
+    else:
+        clear()
+    return True
+
+
 def _peak_reset() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -357,7 +410,9 @@ def realistic_study(
             slug = f"{loss}-{selection.replace('+', '_')}-seed{seed}"
             results[label].append(_one(cfg, runs_dir / slug, floor))
             done += 1
-            if done % CLEAR_EVERY == 0:
+            if memory_maps() is not None:
+                release_compiled()  # before the process runs out of memory maps
+            elif done % CLEAR_EVERY == 0:
                 jax.clear_caches()
     settings = {"seeds": seeds, "epochs": epochs, "events": events, "lumi": lumi,
                 "data_seed": data_seed, "overrides": list(overrides),

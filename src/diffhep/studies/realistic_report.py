@@ -34,7 +34,9 @@ def _cell(runs, key, fmt="{:.3g}") -> str:
     med = fmt.format(np.nanmedian(v))
     if len(v) == 1:
         return med
-    return f"{med} ({fmt.format(np.nanmin(v))}-{fmt.format(np.nanmax(v))})"
+    missing = int(np.sum(~np.isfinite(v)))  # e.g. a limit scan that did not converge
+    gap = f"; n/a in {missing} of {len(v)} seeds" if missing else ""
+    return f"{med} ({fmt.format(np.nanmin(v))}-{fmt.format(np.nanmax(v))}{gap})"
 
 
 def leading_parameters(rows: dict, baseline: str, n: int = LEADING) -> list[str]:
@@ -84,6 +86,13 @@ def findings(result: dict, baseline: str) -> list[str]:
             sep = "the seeds' ranges do not overlap"
         else:
             sep = "within the seeds' spread"
+        limits = [np.isfinite(_values(r, "upper_limit")) for r in (runs, base)]
+        if not all(f.all() for f in limits):
+            sep += (
+                "; limits of "
+                + " and ".join(f"{int(f.sum())} of {len(f)} seeds" for f in limits)
+                + ", a scan did not converge (JSON)"
+            )
         out.append(
             f"{label} vs {baseline}: expected limit on mu {lim:.3g} vs {b_lim:.3g} "
             f"({verdict}, {100 * (lim / b_lim - 1):+.0f}%; {sep}); expected CLs {cls:.3g} vs "
