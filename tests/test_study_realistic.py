@@ -31,7 +31,10 @@ def test_findings_are_the_numbers_of_the_records():
     kinds = {"BCE / NN": ["bce", "nn"], "expected CLs / NN": ["cls", "nn"]}
     text = "\n".join(findings({"rows": rows, "kinds": kinds}, "BCE / NN"))
     # 1.5 / 2.5 - 1 = -40%, outside BCE's seed range [2, 3]; CLs 0.1 / 0.25 - 1 = -60%
-    assert "expected limit on mu 1.5 vs 2.5 (wins, -40%; the seeds' ranges do not overlap)" in text
+    assert (
+        "expected limit on mu 1.5 vs 2.5 (wins, -40%; the seeds' ranges do not overlap; "
+        "lower in 3 of 3 seeds)" in text
+    )
     assert "expected CLs 0.1 vs 0.25 (-60%)" in text
     # jes 0.4 -> 0.1 (x0.25), btag 0.2 -> 0.3 (x1.5)
     assert "shrinks most for jes (x0.25 of BCE's: 0.4 -> 0.1)" in text
@@ -46,8 +49,13 @@ def test_findings_are_the_numbers_of_the_records():
     text = "\n".join(findings({"rows": rows, "kinds": kinds}, "BCE / NN"))
     assert (
         "expected limit on mu 1.6 vs 2.5 (wins, -36%; the seeds' ranges do not overlap; "
-        "limits of 2 of 3 seeds and 3 of 3 seeds, a scan did not converge (JSON))" in text
+        "lower in 2 of 2 seeds; limits of 2 of 3 seeds and 3 of 3 seeds, a scan did not "
+        "converge (JSON))" in text
     )
+    rows["expected CLs / NN"][2] = _rec(0.1, 2.8, imp_c)  # seed 2: 2.8 vs BCE's 2.5
+    text = "\n".join(findings({"rows": rows, "kinds": kinds}, "BCE / NN"))
+    assert "lower in 1 of 2 seeds" in text
+    rows["expected CLs / NN"][2] = _rec(0.1, 1.7, imp_c)
     assert _cell(rows["expected CLs / NN"], "upper_limit") == "1.6 (1.5-1.7; n/a in 1 of 3 seeds)"
 
 

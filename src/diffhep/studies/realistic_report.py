@@ -86,6 +86,11 @@ def findings(result: dict, baseline: str) -> list[str]:
             sep = "the seeds' ranges do not overlap"
         else:
             sep = "within the seeds' spread"
+        pairs = [(a, b) for a, b in zip(_values(runs, "upper_limit"),
+                                        _values(base, "upper_limit"), strict=False)
+                 if np.isfinite(a) and np.isfinite(b)]  # fmt: skip
+        if len(pairs) > 1:  # same seed: same events, same split, same batches
+            sep += f"; lower in {sum(a < b for a, b in pairs)} of {len(pairs)} seeds"
         limits = [np.isfinite(_values(r, "upper_limit")) for r in (runs, base)]
         if not all(f.all() for f in limits):
             sep += (
