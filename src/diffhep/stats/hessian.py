@@ -64,6 +64,13 @@ def _plan(tables, config):
     if En and tables.normsys_onehot(En) is None:
         return None
     plan = {}
+    # the parameters each Jacobian can be nonzero in (static): the cross terms' product
+    # runs over these rows and columns only (:func:`_cross_terms`)
+    plan["columns"] = (
+        np.unique(np.asarray(tables.histosys_par, dtype=np.int64)),
+        np.setdiff1d(np.unique(np.asarray(tables.direct_table, dtype=np.int64)), [P]),
+        np.unique(np.asarray(tables.normsys_par, dtype=np.int64)),
+    )
     if E:
         # entry -> (sample, parameter) and entry -> sample, summed by segment sums: a dense
         # one-hot product (S*P, E) @ (E, B) cost ~90 us per call on CPU (B = 6: a skinny dot),
@@ -239,20 +246,13 @@ def value_grad_hessian(model, data, pars):
 
     H = U.T @ (phi2[:, None] * U)
     diag = jnp.sum((w * DE)[:, None] * hA + (w * lam_c)[:, None] * hN, axis=0) + h_con
-    # the cross terms of d^2 (A D e^N) as one product: with the Jacobians Z = (dA, dD, dN)
-    # stacked over cells, sum_c w_c Z_c^T K_c Z_c where K_c pairs each factor's derivative
-    # with the others' values (E, D E, A E; lam for dN dN): dA^T w(E dD + DE dN) +
-    # dD^T w(E dA + AE dN) + dN^T w(DE dA + AE dD + lam dN), symmetric by construction
+    # the cross terms of d^2 (A D e^N): with the Jacobians Z = (dA, dD, dN) stacked over
+    # cells, sum_c w_c Z_c^T K_c Z_c where K_c pairs each factor's derivative with the
+    # others' values (E, D E, A E; lam for dN dN): dA^T w(E dD + DE dN) +
+    # dD^T w(E dA + AE dN) + dN^T w(DE dA + AE dD + lam dN), symmetric by construction;
+    # each product over the columns its Jacobian can be nonzero in (_cross_terms)
     AE = A * E
-    Z = jnp.concatenate([dA, dD, dN])
-    T = jnp.concatenate(
-        [
-            (w * E)[:, None] * dD + (w * DE)[:, None] * dN,
-            (w * E)[:, None] * dA + (w * AE)[:, None] * dN,
-            (w * DE)[:, None] * dA + (w * AE)[:, None] * dD + (w * lam_c)[:, None] * dN,
-        ]
-    )
-    H = H + jnp.diag(diag) + Z.T @ T
+    H = H + jnp.diag(diag) + _cross_terms(plan["columns"], (dA, dD, dN), A, E, DE, lam_c, w)
     if plan.get("direct_pairs"):
         # pairs of direct layers (e.g. mu x lumi x staterror in one cell): scattered into
         # (parameter of layer i, parameter of layer j), then symmetrised
@@ -265,6 +265,44 @@ def value_grad_hessian(model, data, pars):
         H = H + M + M.T
     g = U.T @ phi1 + g_con
     return f_main + f_con, g, H
+
+
+def _cross_terms(columns, jacobians, A, E, DE, lam_c, w):
+    """``sum_c w_c Z_c^T K_c Z_c``, the cross terms of ``d^2 (A D e^N)`` (see
+    :func:`value_grad_hessian`): ``dA^T T_A + dD^T T_D + dN^T T_N`` with ``T_A = w(E dD + DE
+    dN)``, ``T_D = w(E dA + AE dN)``, ``T_N = w(DE dA + AE dD + lam dN)``.
+
+    Each Jacobian is nonzero only in the columns of its own parameters (``columns``:
+    histosys, direct, normsys), so each product runs over those rows, and ``T_A`` over the
+    direct and normsys columns: the same products as the dense ``Z^T T`` of the stacked
+    Jacobians (the rows and columns left out hold zeros) at a fraction of its cost (sbottom
+    RegionA: 52 histosys, 9 direct and 3 normsys of 64 parameters; (162 x 64)^T (162 x 64),
+    0.053 ms of the 0.073 ms of a Hessian, one core)."""
+    dA, dD, dN = jacobians
+    hc, dc, nc = columns
+    AE = A * E
+    P = dA.shape[1]
+    rows, owner = [], []
+    if hc.size:
+        rows.append(dA[:, hc].T @ ((w * E)[:, None] * dD + (w * DE)[:, None] * dN))
+        owner.append(hc)
+    if dc.size:
+        rows.append(dD[:, dc].T @ ((w * E)[:, None] * dA + (w * AE)[:, None] * dN))
+        owner.append(dc)
+    if nc.size:
+        t_n = (w * DE)[:, None] * dA + (w * AE)[:, None] * dD + (w * lam_c)[:, None] * dN
+        rows.append(dN[:, nc].T @ t_n)
+        owner.append(nc)
+    if not rows:
+        return jnp.zeros((P, P), dA.dtype)
+    owner = np.concatenate(owner)
+    stacked = jnp.concatenate([*rows, jnp.zeros((1, P), dA.dtype)])
+    if np.unique(owner).size == owner.size:
+        # each parameter's row from its own product (a static gather), 0 for the others
+        index = np.full(P, owner.size)
+        index[owner] = np.arange(owner.size)
+        return stacked[index]
+    return jnp.zeros((P, P), dA.dtype).at[owner].add(stacked[:-1])  # a parameter in two
 
 
 def supports_probes(model, candidates) -> bool:
