@@ -226,6 +226,7 @@ def train(
     progress: bool = True,
     describe: Callable[[dict], str] | None = None,
     make_step: Callable | None = None,
+    count: Callable[[Any], int] | None = None,
 ) -> TrainState:
     """Train ``params`` for ``epochs`` epochs.
 
@@ -252,6 +253,10 @@ def train(
         make_step: ``(loss_fn, optimizer) -> step`` with ``step(params, opt_state, batch,
             hyper) -> (params, opt_state, loss, aux, ok)``; default: one compiled step of
             ``loss_fn`` (e.g. :func:`diffhep.analysis.chunked.make_step` for chunked gradients).
+        count: ``batch -> number of events``: the progress line then shows events/s.
+
+    ``batches(epoch)`` may return a sized iterable (``len`` and one pass of iteration, e.g.
+    batches read from files as they are needed); any other iterable is made a list first.
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     state = _initial_state(params, optimizer, run_dir, resume)
@@ -272,10 +277,12 @@ def train(
             compiles = fn not in steps  # the first step of each objective compiles
             step = step_for(fn)
             hp = {k: jnp.asarray(v) for k, v in (hyper(epoch) if hyper else {}).items()}
-            epoch_batches = list(batches(epoch))
+            epoch_batches = batches(epoch)
+            if not hasattr(epoch_batches, "__len__"):
+                epoch_batches = list(epoch_batches)
             task = bar.add_task("", total=len(epoch_batches), epoch=epoch, info="")
             losses, auxes = _run_steps(state, step, epoch_batches, hp, epoch, compiles, run_dir,
-                                       bar, task)  # fmt: skip
+                                       bar, task, count)  # fmt: skip
             record = _end_epoch(state, epoch, losses, auxes, epochs, validate, select_on,
                                 maximize, patience, run_dir)  # fmt: skip
             bar.update(task, info=describe(record) if describe else f"loss {record['loss']:.4g}")
@@ -312,11 +319,12 @@ def _progress_bar(progress: bool):
     )
 
 
-def _run_steps(state, step, epoch_batches, hp, epoch, compiles, run_dir, bar, task):
+def _run_steps(state, step, epoch_batches, hp, epoch, compiles, run_dir, bar, task, count=None):
     """One epoch's optimiser steps on ``state`` (updated in place): their losses and aux
     values. A non-finite loss or gradient saves the last good state and raises; the first
     step of a new objective (it compiles) is not timed."""
     losses, auxes = [], []
+    start, events = time.perf_counter(), 0
     for i, batch in enumerate(epoch_batches):
         t0 = time.perf_counter()
         new_params, new_opt, loss, aux, ok = step(state.params, state.opt_state, batch, hp)
@@ -338,7 +346,11 @@ def _run_steps(state, step, epoch_batches, hp, epoch, compiles, run_dir, bar, ta
         state.step += 1
         losses.append(loss)
         auxes.append({k: float(v) for k, v in aux.items()})
-        bar.update(task, advance=1, info=f"loss {loss:.4g}")
+        info = f"loss {loss:.4g}"
+        if count is not None:
+            events += count(batch)
+            info += f"  {events / max(time.perf_counter() - start, 1e-9):,.0f} events/s"
+        bar.update(task, advance=1, info=info)
     return losses, auxes
 
 

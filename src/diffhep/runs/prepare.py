@@ -31,7 +31,7 @@ from ..types import Events
 from ..weights.weighting import apply_strategies, check_net_yields, region_yields
 from .config import Config, ConfigError, load_config
 
-__all__ = ["DEMO_CONFIG", "load_events", "prepare", "restore_run"]
+__all__ = ["DEMO_CONFIG", "load_events", "prepare", "prepare_streamed", "restore_run"]
 
 #: The configuration of ``diffhep demo``.
 DEMO_CONFIG = Path(str(resources.files("diffhep") / "data" / "demo.yaml"))
@@ -194,33 +194,7 @@ def prepare(cfg: Config, file: str | None = None):
     features, events = load_events(cfg, analysis, file)
     analysis = with_filters(cfg, analysis, features, file)
     observed = _observed(cfg, features, file)
-    try:
-        pipe = Pipeline(
-            analysis,
-            features,
-            z_asimov_rel_uncertainty=cfg.training.z_asimov_rel_uncertainty,
-            skim_target=cfg.selection.skim_target,
-            min_background=cfg.histogram.min_background,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc), file=file, where="analysis") from None
-    for i, c in enumerate(cfg.selection.cuts):
-        if c.feature not in features:
-            raise ConfigError(
-                f"cut on unknown feature {c.feature!r}",
-                file=file,
-                where=f"selection.cuts[{i}].feature",
-                fix=f"use one of the features: {', '.join(features)}",
-            )
-    nn_terms = sorted({t for p in cfg.training.phases() for t in p.terms} & set(NN_TERMS))
-    if nn_terms and not pipe.uses_nn:
-        raise ConfigError(
-            f"loss term(s) {', '.join(nn_terms)} need a neural observable",
-            file=file,
-            where="training.loss",
-            fix="give a channel 'observable: nn', or use cls, z0, s_sqrt_sb, b_over_s2, ...",
-        )
-    _check_nuisance_terms(cfg, pipe, file)
+    pipe = _pipeline(cfg, analysis, features, file)
     parts = split(events, cfg.data.split.model_dump(), cfg.seed, same_as=_same_events(cfg))
     parts["train"], parts["training_weights"] = _training_weights(cfg, analysis, parts, file)
     if observed is not None:
@@ -250,6 +224,66 @@ def prepare(cfg: Config, file: str | None = None):
     if cfg.training.init_from:
         params = _init_from(params, cfg.training.init_from, file)
     return pipe, parts, params
+
+
+def prepare_streamed(cfg: Config, file: str | None = None):
+    """The pipeline, the streamed data (:class:`~diffhep.runs.streaming.StreamData`, after
+    its first pass over the files) and the initial parameters of a ``training.chunk_events``
+    run: the network is standardised and the cut thresholds placed on the first
+    ``chunk_events`` training events of each nominal sample."""
+    from .ntuples import feature_names
+    from .streaming import StreamData, check_streamable
+
+    check_streamable(cfg, file)
+    analysis = _analysis(cfg)
+    features = feature_names(cfg.data)
+    analysis = with_filters(cfg, analysis, features, file)
+    pipe = _pipeline(cfg, analysis, features, file)
+    data = StreamData(cfg, pipe, file)
+    dtype = jnp.float32 if cfg.observable.dtype == "float32" else jnp.float64
+    params = pipe.init_params(
+        data.scan.init_events,
+        key=jax.random.key(cfg.seed),
+        hidden=tuple(cfg.observable.hidden),
+        activation=cfg.observable.activation,
+        dtype=dtype,
+        cuts=cfg.selection.specs(),
+    )
+    if cfg.training.init_from:
+        params = _init_from(params, cfg.training.init_from, file)
+    return pipe, data, params
+
+
+def _pipeline(cfg: Config, analysis: Analysis, features, file=None) -> Pipeline:
+    """The pipeline of a run, its cuts, loss terms and nuisance terms checked."""
+    try:
+        pipe = Pipeline(
+            analysis,
+            features,
+            z_asimov_rel_uncertainty=cfg.training.z_asimov_rel_uncertainty,
+            skim_target=cfg.selection.skim_target,
+            min_background=cfg.histogram.min_background,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=file, where="analysis") from None
+    for i, c in enumerate(cfg.selection.cuts):
+        if c.feature not in features:
+            raise ConfigError(
+                f"cut on unknown feature {c.feature!r}",
+                file=file,
+                where=f"selection.cuts[{i}].feature",
+                fix=f"use one of the features: {', '.join(features)}",
+            )
+    nn_terms = sorted({t for p in cfg.training.phases() for t in p.terms} & set(NN_TERMS))
+    if nn_terms and not pipe.uses_nn:
+        raise ConfigError(
+            f"loss term(s) {', '.join(nn_terms)} need a neural observable",
+            file=file,
+            where="training.loss",
+            fix="give a channel 'observable: nn', or use cls, z0, s_sqrt_sb, b_over_s2, ...",
+        )
+    _check_nuisance_terms(cfg, pipe, file)
+    return pipe
 
 
 def _observed(cfg: Config, features, file=None) -> Events | None:

@@ -133,6 +133,8 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
                 file=str(cfg_path),
                 fix="use a new --out directory, or --no-resume to start over",
             )
+    if cfg.training.chunk_events is not None:  # the files streamed in chunks (runs.streaming)
+        return _train_streamed(out, cfg, file, resume, progress)
     pipe, parts, params = prepare(cfg, file)  # bad data fails here, before anything is written
     write_atomic(cfg_path, resolved)
     train_ev = parts["train"]
@@ -248,6 +250,51 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
                                     best_params=analysis(state.best_params))  # fmt: skip
     save_model(out, state, cfg)
     return finish(out, pipe, parts, state.best_params, state, metrics, cfg, plots=plots)
+
+
+def _describe(r):
+    return f"loss {r['loss']:.4g}  val CLs {r.get('val_expected_cls', float('nan')):.3g}"
+
+
+def _train_streamed(out: Path, cfg: Config, file, resume, progress) -> dict:
+    """A ``training.chunk_events`` run: batches, validation and test histograms read from
+    the files chunk by chunk (:mod:`diffhep.runs.streaming`)."""
+    from . import streaming
+    from .prepare import prepare_streamed
+
+    pipe, data, params = prepare_streamed(cfg, file)
+    write_atomic(out / "config.yaml", cfg.to_yaml())
+    t = cfg.training
+    phases = t.phases()
+    loss_fns = [_loss_fn(pipe, p.terms, tuple(t.freeze)) for p in phases]
+
+    def validate(p):
+        hists, fraction = data.histograms(p, 1)
+        m = streaming.metrics(pipe, hists, fraction)
+        rec = {f"val_{k}": v for k, v in m.items() if k != "yields"}
+        rec["events_per_second"] = data.events_per_second
+        return rec | cut_values(p)
+
+    state = train(
+        params,
+        loss_fns[0],
+        run_optimizer(cfg, params),
+        epochs=t.epochs,
+        batches=data.batches,
+        hyper=annealing(cfg),
+        phase=lambda epoch: loss_fns[phase_index(phases, epoch)],
+        validate=validate,
+        select_on=f"val_{t.select_on}" if t.select_on != "loss" else None,
+        maximize=t.select_on == "z0",
+        patience=t.patience,
+        run_dir=out,
+        resume=resume,
+        progress=progress,
+        describe=_describe,
+        count=lambda batch: data.events_per_step,
+    )
+    save_model(out, state, cfg)
+    return streaming.finish(out, pipe, data, state.best_params, state, cfg)
 
 
 def annealing(cfg: Config):

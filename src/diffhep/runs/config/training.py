@@ -114,6 +114,9 @@ class TrainingConfig(_Strict):
     devices: Annotated[int, Field(ge=1)] | Literal["all"] | None = None
     per_device_batch: int | None = Field(None, ge=1)  # overrides batch_size (x devices)
     chunk_size: int | None = Field(None, ge=1)  # exact gradient of a batch in event chunks
+    # ntuple files streamed in chunks of this many entries per file (memory bounded by it, not
+    # by the events; runs.streaming); None: every event in memory
+    chunk_events: int | None = Field(None, ge=100)
 
     @field_validator("loss")
     @classmethod

@@ -1,0 +1,520 @@
+"""Training on ntuple files read chunk by chunk: memory bounded by the chunk, not the events.
+
+With ``training.chunk_events: N`` a run on ntuple samples (``analysis.samples[].files``)
+never holds its events in memory: every pass over the data reads the files in chunks of
+``N`` entries per file (``io.sources.iterate``), evaluates the features, filter and weights of
+each *read group* on the chunk and keeps only what the current step needs. A read group is a
+sample with its weight-only variations (the same events, several weights) or a feature-level
+variation of a sample (``columns``: the branches renamed, features and filter re-evaluated).
+
+Split. Every entry of a sample's files gets a uniform number from a counter-based hash of
+(seed, sample, file index, entry), the same for the sample and its feature-level
+variations (a varied event lands in the split of its nominal event); entries below
+``split.train`` are training events, the next ``split.validation`` validation, the rest test.
+The split fractions are therefore met on average, not exactly; the weights of a split are
+divided by the fraction of the event set's events it got (counted in the first pass).
+
+Passes. A first pass (:func:`scan`) counts the events of each event set and split and sums
+the nominal weights (the sample normalisation ``yield``/``scale``), and keeps the first
+``N`` training events of each nominal sample to standardise the network and place the initial
+cut thresholds (the in-memory path uses all training events). Each epoch then reads the
+training events once and each validation reads the validation events once (one more pass over
+the files per epoch); the test histograms are accumulated chunk by chunk.
+
+Epoch semantics. An epoch is one pass over every training event: with ``M`` the largest
+number of training events of an event set, it has ``ceil(M / batch_size)`` steps and each step
+takes the next ``ceil(n_g / steps)`` events of every read group ``g`` (so a step holds a
+``1/steps`` slice of every event set, the weights scaled by ``n_g / b_g`` to estimate the full
+yield; a small set wraps around to its first events to fill its last batch). This differs from
+the in-memory batches (``min(batch_size, n)`` random events of every set, small sets repeated
+within the epoch): a streamed run and an in-memory run give different numbers; both are
+deterministic in the seed and config.
+
+Shuffling is within a bounded buffer: the events of each chunk are permuted (a stream seeded
+by seed, epoch, read group and chunk), chunks and files keep their order. A step therefore
+holds events of one or two consecutive chunks per group: the files should not be sorted by a
+physics quantity (the generator's are not).
+
+Memory: about one chunk per read group (its raw columns while evaluating, then its features
+and weights) plus one batch, independent of the number of events
+(``benchmarks/training_memory.py``).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..analysis import losses as L
+from ..errors import DataError
+from ..io.sources import expand, iterate
+from ..stats.hypotest import hypotest
+from ..types import Events
+from .config import Config, ConfigError
+from .ntuples import _renamed, _weight_only, feature_names
+
+__all__ = [
+    "Group",
+    "StreamData",
+    "check_streamable",
+    "finish",
+    "metrics",
+    "read_groups",
+    "scan",
+    "split_labels",
+]
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Events read together: a sample (with its weight-only variations) or a feature-level
+    variation of a sample. ``weights`` maps each event set to its weight expression; the split
+    stream is the nominal ``sample``'s."""
+
+    name: str
+    sample: str
+    files: tuple
+    tree: str | None
+    filter: str | None
+    weights: dict = field(hash=False)
+    columns: dict = field(default_factory=dict, hash=False)
+
+
+def read_groups(cfg: Config) -> list[Group]:
+    """The read groups of the run's samples (the chosen signal and the backgrounds), in the
+    order :func:`~diffhep.runs.ntuples.load_ntuple_events` reads them."""
+    used = cfg.analysis.used_samples
+    samples = {s.name: s for s in used}
+    out, seen = [], set()
+    for s in used:
+        weights = {s.name: s.weight}
+        for sys in cfg.analysis.shape_systematics:
+            if s.name in sys.targets:
+                for v, name in sys.variations(s.name):
+                    if _weight_only(v):
+                        weights[name] = v.weight or s.weight
+        out.append(Group(s.name, s.name, tuple(s.files), s.tree, s.filter, weights))
+        seen |= set(weights)
+    for sys in cfg.analysis.shape_systematics:
+        for sample in sys.targets:
+            if sample not in samples:
+                continue
+            nom = samples[sample]
+            for v, name in sys.variations(sample):
+                if isinstance(v, str) or _weight_only(v) or name in seen:
+                    continue
+                seen.add(name)
+                out.append(Group(name, sample, tuple(v.files or nom.files), v.tree or nom.tree,
+                                 v.filter or nom.filter, {name: v.weight or nom.weight},
+                                 dict(v.columns or {})))  # fmt: skip
+    return out
+
+
+def _hash_uniform(seed: int, stream: int, file_index: int, entries: np.ndarray) -> np.ndarray:
+    """Uniform numbers in [0, 1) of (seed, stream, file, entry) (splitmix64): independent of
+    how the file is chunked."""
+    with np.errstate(over="ignore"):
+        z = entries.astype(np.uint64) + np.uint64((file_index & 0xFFFF) << 40)
+        z ^= np.uint64((stream * 0x9E3779B1 + seed * 0x85EBCA77) & 0xFFFFFFFFFFFFFFFF)
+        for _ in range(2):
+            z = (z + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+            z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+            z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+            z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def split_labels(cfg: Config, sample: str, file_index: int, entries: np.ndarray) -> np.ndarray:
+    """0 (train), 1 (validation) or 2 (test) of the entries of a sample's file."""
+    f = cfg.data.split
+    u = _hash_uniform(cfg.seed, zlib.crc32(sample.encode()), file_index, entries)
+    return np.where(u < f.train, 0, np.where(u < f.train + f.validation, 1, 2)).astype(np.int8)
+
+
+def _group_chunks(cfg: Config, g: Group, features, step: int, file=None):
+    """``(x float32 (n, f), {event set: w float64}, split labels)`` of the events passing the
+    group's filter, chunk by chunk."""
+    d = cfg.data
+    feats = [_renamed(f, g.columns) for f in features]
+    wexpr = {k: _renamed(w, g.columns) or "1" for k, w in g.weights.items()}
+    filt = _renamed(g.filter, g.columns)
+    exprs = list(dict.fromkeys([*feats, *wexpr.values(), *([filt] if filt else [])]))
+    for fi, path in enumerate(expand(list(g.files), d.base_dir)):
+        start = 0
+        for out in iterate(path, tree=g.tree or d.tree, expressions=exprs, step_size=step,
+                           constants=d.constants, check_finite=False):  # fmt: skip
+            n = len(next(iter(out.values())))
+            keep = np.ones(n, bool)
+            if filt:
+                keep = out[filt] if out[filt].dtype.kind == "b" else out[filt] != 0
+            labels = split_labels(cfg, g.sample, fi, np.arange(start, start + n))[keep]
+            start += n
+            x = np.stack([out[f][keep] for f in feats], axis=1)
+            ws = {k: np.asarray(out[e], np.float64)[keep] if out[e].ndim else
+                  np.full(int(keep.sum()), float(out[e])) for k, e in wexpr.items()}  # fmt: skip
+            for what, v in (("features", x), *ws.items()):
+                if not np.all(np.isfinite(v)):
+                    raise DataError(
+                        f"event set {g.name!r}: NaN/inf values of {what} among the selected "
+                        "events", file=path, fix="repair these events or filter them",
+                    )  # fmt: skip
+            yield x.astype(np.float32), ws, labels
+
+
+@dataclass
+class Scan:
+    """What the first pass found: events per event set and split, the weight scale of each
+    event set and split (sample normalisation / split fraction), a bounded sample of
+    training events per nominal sample (for initialisation)."""
+
+    counts: dict  # {event set: [train, validation, test]}
+    scale: dict  # {event set: [factor / fraction for each split]}
+    init_events: dict  # {sample: Events}
+    group_counts: dict  # {group: [train, validation, test]}
+
+
+def scan(cfg: Config, analysis, groups, features, step: int, file=None) -> Scan:
+    """The first pass over the files (see the module docstring)."""
+    counts, totals, gcounts, init = {}, {}, {}, {}
+    for g in groups:
+        c = np.zeros(3, np.int64)
+        t = dict.fromkeys(g.weights, 0.0)
+        xs, ws, kept = [], [], 0
+        for x, w, lab in _group_chunks(cfg, g, features, step, file):
+            c += np.bincount(lab, minlength=3)
+            for k in t:
+                t[k] += float(np.sum(w[k]))
+            if g.name == g.sample and kept < step:
+                tr = lab == 0
+                xs.append(x[tr][: step - kept])
+                ws.append(w[g.name][tr][: step - kept])
+                kept += len(xs[-1])
+        if c.sum() == 0:
+            raise DataError(f"event set {g.name!r} is empty after its filter",
+                            file=", ".join(g.files), where=g.filter)  # fmt: skip
+        for split_i, what in enumerate(("train", "validation", "test")):
+            if c[split_i] == 0:
+                raise DataError(f"event set {g.name!r}: the {what} split is empty "
+                                f"({int(c.sum())} events)", fix="use more events")  # fmt: skip
+        gcounts[g.name] = c
+        for k in g.weights:
+            counts[k], totals[k] = c, t[k]
+        if xs:
+            init[g.sample] = Events(np.concatenate(xs), np.concatenate(ws))
+    missing = [n for n in analysis.event_sets if n not in counts]
+    if missing:
+        raise DataError(f"event set(s) {', '.join(missing)} are neither a sample nor a "
+                        "variation", file=file, where="analysis.shape_systematics")  # fmt: skip
+    scale = {}
+    for i, s in enumerate(cfg.analysis.samples):
+        if s.name not in analysis.samples:
+            continue
+        names = [s.name] + [e for v in analysis.shape_systematics if v.sample == s.name
+                            for e in (v.up, v.down) if e in counts]  # fmt: skip
+        for n in dict.fromkeys(names):
+            if totals[n] <= 0:
+                raise DataError(f"sample {s.name!r} (event set {n!r}): the event weights sum "
+                                f"to {totals[n]:.6g} <= 0", file=file,
+                                where=f"analysis.samples[{i}]")  # fmt: skip
+        factor = s.scale * (s.yield_ / totals[s.name] if s.yield_ is not None else 1.0)
+        for n in dict.fromkeys(names):
+            frac = counts[n] / counts[n].sum()
+            scale[n] = [factor / f for f in frac]
+    return Scan(counts, scale, init, gcounts)
+
+
+def check_streamable(cfg: Config, file=None) -> None:
+    """Refuse what the streamed path does not do (naming the option)."""
+    t = cfg.training
+
+    def no(where, what):
+        fix = "remove training.chunk_events, or this option"
+        raise ConfigError(f"training.chunk_events (streamed input) {what}", file=file,
+                          where=where, fix=fix)  # fmt: skip
+
+    if cfg.data.generator is not None or cfg.data.files:
+        no("data", "needs ntuple samples (analysis.samples[].files)")
+    if t.devices is not None or t.chunk_size is not None:
+        no(
+            "training.devices" if t.devices is not None else "training.chunk_size",
+            "runs on one device with whole batches",
+        )
+    if cfg.black_box is not None:
+        no("black_box", "does not run a black-box stage")
+    if cfg.observable.kind == "deepsets":
+        no("observable.kind", "supports the MLP observable only")
+    for i, s in enumerate(cfg.analysis.used_samples):
+        if s.strategy != "signed":
+            no(f"analysis.samples[{i}].weights", "uses the signed weights only")
+
+
+class StreamData:
+    """The streamed data of a run: batches of an epoch, histograms of a split."""
+
+    def __init__(self, cfg: Config, pipe, file=None):
+        self.cfg, self.pipe, self.file = cfg, pipe, file
+        self.step = int(cfg.training.chunk_events)
+        self.features = feature_names(cfg.data)
+        self.groups = read_groups(cfg)
+        self.scan = scan(cfg, pipe.analysis, self.groups, self.features, self.step, file)
+        self.sets = pipe.analysis.event_sets
+        self.events_per_second = None
+        counts = self.scan.group_counts
+        steps = self.n_steps()
+        self.events_per_step = sum(
+            -(-int(counts[g.name][0]) // steps) for g in self.groups
+            if any(n in self.sets for n in g.weights)
+        )  # fmt: skip
+
+        @eqx.filter_jit
+        def hist(params, x, ws, nominal):
+            def one(w):
+                return pipe.event_set_histograms(params, Events(x, w))
+
+            h = jax.vmap(one)(ws)
+            sel = jax.vmap(lambda w: jnp.sum(pipe.event_weights(params, Events(x, w))))(ws)
+            tot = jnp.sum(ws, axis=1)
+            return h, jnp.sum(sel * nominal), jnp.sum(tot * nominal)
+
+        self._hist = hist
+
+    # ------------------------------------------------------------------ training
+    def n_steps(self) -> int:
+        m = max(int(self.scan.counts[n][0]) for n in self.sets)
+        return max(1, -(-m // self.cfg.training.batch_size))
+
+    def _train_events(self, g: Group, epoch: int):
+        """Endless stream of ``(x, {set: w})`` of the group's training events, each chunk
+        permuted; it starts over after the last event."""
+        stream = zlib.crc32(g.name.encode())
+        cycle = 0
+        while True:
+            k = 0
+            for x, ws, lab in _group_chunks(self.cfg, g, self.features, self.step, self.file):
+                tr = lab == 0
+                if not tr.any():
+                    continue
+                perm = np.random.default_rng([self.cfg.seed, epoch, stream, cycle, k])
+                perm = perm.permutation(int(tr.sum()))
+                k += 1
+                yield x[tr][perm], {n: w[tr][perm] for n, w in ws.items()}
+            cycle += 1
+
+    def batches(self, epoch: int) -> _EpochBatches:
+        return _EpochBatches(self, epoch)
+
+    # ------------------------------------------------------------------ histograms
+    def histograms(self, params, split: int):
+        """Hard ``{(channel, event set): (sumw, sumw2)}`` of a split (0 train, 1 validation,
+        2 test) accumulated chunk by chunk, and the selected fraction of the nominal
+        samples."""
+        acc, sel, tot = {}, 0.0, 0.0
+        for g in self.groups:
+            names = [n for n in g.weights if n in self.sets]
+            if not names:
+                continue
+            nominal = np.array([n in self.pipe.analysis.samples for n in names], np.float64)
+            for x, ws, lab in _group_chunks(self.cfg, g, self.features, self.step, self.file):
+                keep = lab == split
+                if not keep.any():
+                    continue
+                xs = _pad(x[keep], self.step)
+                w = np.zeros((len(names), self.step))
+                for i, n in enumerate(names):
+                    w[i, : keep.sum()] = ws[n][keep] * self.scan.scale[n][split]
+                h, s, t = self._hist(params, jnp.asarray(xs), jnp.asarray(w), jnp.asarray(nominal))
+                sel, tot = sel + float(s), tot + float(t)
+                h = jax.device_get(h)
+                for ch, (sw, sw2) in h.items():
+                    for i, n in enumerate(names):
+                        key = (ch, n)
+                        a = (np.asarray(sw[i]), np.asarray(sw2[i]))
+                        acc[key] = a if key not in acc else (acc[key][0] + a[0], acc[key][1] + a[1])
+        return self.pipe.analysis.with_derived(acc), sel / tot
+
+    def observed(self, params) -> dict | None:
+        """``{channel: counts}`` of every event of the ``data`` sample (hard), or None."""
+        d = self.cfg.analysis.data_sample
+        if d is None:
+            return None
+        g = Group(d.name, d.name, tuple(d.files), d.tree, d.filter, {d.name: d.weight})
+        acc = None
+        for x, ws, _ in _group_chunks(self.cfg, g, self.features, self.step, self.file):
+            w = np.zeros((1, self.step))
+            w[0, : len(x)] = ws[d.name]
+            h, _, _ = self._hist(params, jnp.asarray(_pad(x, self.step)), jnp.asarray(w),
+                                 jnp.zeros(1))  # fmt: skip
+            h = {c: np.asarray(v[0][0]) for c, v in jax.device_get(h).items()}
+            acc = h if acc is None else {c: acc[c] + h[c] for c in acc}
+        return acc
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros((size, x.shape[1]), x.dtype)
+    out[: len(x)] = x
+    if len(x):
+        out[len(x) :] = x[-1]  # a real event (finite network output), weight 0
+    return out
+
+
+class _EpochBatches:
+    """The batches of one epoch (a length and one pass of iteration; see the module
+    docstring): every read group's next ``ceil(n_g / steps)`` training events per step."""
+
+    def __init__(self, data: StreamData, epoch: int):
+        self.data, self.epoch = data, epoch
+        self.steps = data.n_steps()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        d = self.data
+        streams, sizes, buffers = {}, {}, {}
+        for g in d.groups:
+            if not any(n in d.sets for n in g.weights):
+                continue
+            n = int(d.scan.group_counts[g.name][0])
+            streams[g.name] = d._train_events(g, self.epoch)
+            sizes[g.name] = (n, -(-n // self.steps))
+            buffers[g.name] = None
+        t0, seen = time.perf_counter(), 0
+        for _ in range(self.steps):
+            batch = {}
+            for g in d.groups:
+                if g.name not in streams:
+                    continue
+                n, b = sizes[g.name]
+                x, ws = _take(streams[g.name], buffers, g.name, b)
+                seen += b
+                for k, w in ws.items():
+                    if k in d.sets:
+                        w = w * (d.scan.scale[k][0] * n / b)
+                        batch[k] = Events(jnp.asarray(x), jnp.asarray(w))
+            yield {k: batch[k] for k in d.sets}
+        dt = time.perf_counter() - t0
+        d.events_per_second = seen / dt if dt > 0 else None
+
+
+def _take(stream, buffers, name, b):
+    """The next ``b`` events of a group's stream (its partly used chunk in ``buffers``)."""
+    xs, ws, need = [], [], b
+    while need:
+        buf = buffers[name]
+        if buf is None or len(buf[0]) == 0:
+            buf = buffers[name] = next(stream)
+        x, w = buf
+        k = min(need, len(x))
+        xs.append(x[:k])
+        ws.append({n: v[:k] for n, v in w.items()})
+        buffers[name] = (x[k:], {n: v[k:] for n, v in w.items()})
+        need -= k
+    x = np.concatenate(xs)
+    return x, {n: np.concatenate([w[n] for w in ws]) for n in ws[0]}
+
+
+@eqx.filter_jit
+def _metrics_from(pipe, hists):
+    """The exact metrics of :meth:`~diffhep.analysis.pipeline.Pipeline.metrics` from hard
+    histograms accumulated over chunks."""
+    model = pipe.model(hists)
+    data = model.expected_data(L.nominal_pars(model, 0.0))
+    res = hypotest(1.0, model, data)
+    cov = L.fisher_covariance(model)
+    unc = jnp.sqrt(jnp.clip(jnp.diag(cov), 0.0))
+    return {
+        "expected_cls": res.cls_exp[2],
+        "cls_converged": res.converged,
+        "z0": L.discovery_significance(model),
+        "uncertainties": unc,
+    }
+
+
+def metrics(pipe, hists, fraction) -> dict:
+    """The metrics of a run (as ``runs.evaluate``'s) from accumulated hard histograms."""
+    hists = {k: (jnp.asarray(a), jnp.asarray(b)) for k, (a, b) in hists.items()}
+    m = jax.device_get(_metrics_from(pipe, hists))
+    cfg = pipe.template.config
+    out = {
+        "expected_cls": float(m["expected_cls"]),
+        "z0": float(m["z0"]),
+        "sigma_mu": float(m["uncertainties"][cfg.poi_index]),
+        "fits_converged": bool(m["cls_converged"]),
+    }
+    for i, n in enumerate(cfg.par_names):
+        if i != cfg.poi_index:
+            out[f"sigma_{n}"] = float(m["uncertainties"][i])
+    out["selected_fraction"] = float(fraction)
+    out["yields"] = {
+        n: float(sum(np.sum(hists[(c.name, n)][0]) for c in pipe.analysis.channels))
+        for n in pipe.analysis.event_sets
+    }
+    return out
+
+
+def finish(out, pipe, data: StreamData, params, state, cfg: Config) -> dict:
+    """The artefacts of a streamed run from its test split, accumulated chunk by chunk:
+    ``workspace.json``, ``histograms.json``, ``model.onnx``, ``summary.json`` (last). Not
+    written (they need the test events in memory): ``selection.json``'s cut flow, ``plots/``,
+    ``report.html``."""
+    import json
+    import resource
+
+    from ..io.onnx.export import ExportError, export_onnx
+    from ..weights.weighting import check_net_yields
+    from ..writers import write_atomic
+    from .results import histograms_document, write_histograms
+
+    (out / "summary.json").unlink(missing_ok=True)
+    hists, fraction = data.histograms(params, 2)
+    m = metrics(pipe, hists, fraction)
+    check_net_yields(hists, what=f"test-set histograms ({out / 'workspace.json'})",
+                     samples=pipe.analysis.samples)  # fmt: skip
+    observed = data.observed(params)
+    ws = pipe.workspace(hists, observed)
+    write_atomic(out / "workspace.json", json.dumps(ws, indent=1))
+    write_histograms(out, histograms_document(pipe, params, hists))
+    steps = state.step_seconds
+    summary = {
+        **{k: v for k, v in m.items() if k != "yields"},
+        "yields": m["yields"],
+        "median_step_seconds": float(np.median(steps)) if steps else None,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "status": state.status,
+        "test_events": {n: int(data.scan.counts[n][2]) for n in pipe.analysis.event_sets},
+        "streamed": {
+            "chunk_events": data.step,
+            "training_events": {n: int(data.scan.counts[n][0]) for n in pipe.analysis.event_sets},
+            "events_per_step": data.events_per_step,
+            "events_per_second_last_epoch": data.events_per_second,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "not_written": ["selection.json cut flow", "plots/", "report.html"],
+        },
+    }
+    if observed is not None:
+        from ..stats.workspace import Workspace
+
+        w = Workspace(ws)
+        model = w.model()
+        res = hypotest(1.0, model, w.data(model))
+        summary |= {"observed_cls": float(res.cls_obs),
+                    "observed_cls_converged": bool(res.converged)}  # fmt: skip
+    if params.selection is not None:
+        summary["selection"] = {"expression": params.selection.expression(),
+                                "cuts": params.selection.to_json()}  # fmt: skip
+    try:
+        export_onnx(out, pipe, params, np.float32)
+        summary["onnx"] = "model.onnx"
+    except ExportError as exc:
+        summary["onnx"] = f"not exported: {exc.message}"
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
