@@ -39,7 +39,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ _CACHE_DIR: Path | None = None
 _LOADED: dict[str, Callable] = {}  # key -> jitted call of the exported kernel
 _JITTED: dict[Callable, Callable] = {}  # kernel -> its filter_jit (without a store)
 _SOURCES: str | None = None
-_CONFIGS: dict = {}  # model configuration, or its ranked form -> its digest in structure keys
+_CONFIGS: dict = {}  # model configuration -> its digest in structure keys
 
 
 def set_cache_dir(path: str | os.PathLike | None) -> None:
@@ -104,46 +103,10 @@ def _ranked(value, rank: dict):
 _INPUTS = frozenset({"symmetric"})
 
 
-#: A string literal in the ``repr`` of a configuration without backslashes (see
-#: :func:`_ranked_form`)
-_LITERAL = re.compile(r"('[^'\n]*'|\"[^\"\n]*\")")
-
-
-def _ranked_form(values) -> tuple | None:
-    """``repr(values)`` with names replaced by their rank, from the text (~3x faster than
-    the traversal of :func:`_ranked` on sbottom RegionA): the text between the string
-    literals, and the rank of each literal. ``None`` when the text has a backslash (an
-    escaped quote would hide where a literal ends). A quote is outside the string literals
-    only in the ``repr`` of other types than those of a configuration (tuples, lists,
-    strings, numbers, booleans, None): :func:`_config_digest` compares the form with the
-    traversal before trusting it."""
-    text = repr(values)
-    if "\\" in text:
-        return None
-    if '"' in text:  # a name with a single quote: its literal is in double quotes
-        parts = [p[1:-1] if i % 2 else p for i, p in enumerate(_LITERAL.split(text))]
-    else:  # every literal in single quotes, none inside: split at the quotes
-        parts = text.split("'")
-    literals = parts[1::2]
-    rank = {name: i for i, name in enumerate(sorted(set(literals)))}
-    return tuple(parts[0::2]), tuple(map(rank.__getitem__, literals))
-
-
-def _form_text(form: tuple) -> str:
-    """The text of a :func:`_ranked_form`: ``repr`` of the ranked configuration."""
-    between, ranks = form
-    out = [between[0]]
-    for r, after in zip(ranks, between[1:], strict=True):
-        out += [repr(("#", r)), after]
-    return "".join(out)
-
-
 def _config_digest(config) -> bytes:
     """Digest of the model's configuration (without :data:`_INPUTS`) with names replaced by
-    their rank. Remembered by value, and by the configuration with names replaced by ranks
-    (:func:`_ranked_form`): every point of an exclusion has a new configuration, and its
-    signal sample has a new name, but its ranked form is that of the points before. The
-    form stands for the traversal only once the two were seen to agree on it."""
+    their rank (every point of an exclusion has a signal sample of another name, and the
+    same compiled program). Remembered by value."""
     try:
         found = _CONFIGS.get(config)
         hashable = True
@@ -154,21 +117,13 @@ def _config_digest(config) -> bytes:
     values = tuple(
         getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in _INPUTS
     )
-    form = _ranked_form(values)
-    found = _CONFIGS.get(form) if form is not None else None
-    if found is None:
-        names: set = set()
-        _strings(values, names)
-        rank = {name: i for i, name in enumerate(sorted(names))}
-        ranked = repr(_ranked(values, rank))
-        found = hashlib.sha256(ranked.encode()).digest()
-        if form is not None and _form_text(form) != ranked:  # not a plain configuration
-            form = None
-    if len(_CONFIGS) >= 256:  # bounded: a long process sees many structures
-        _CONFIGS.clear()
-    if form is not None:
-        _CONFIGS[form] = found
+    names: set = set()
+    _strings(values, names)
+    rank = {name: i for i, name in enumerate(sorted(names))}
+    found = hashlib.sha256(repr(_ranked(values, rank)).encode()).digest()
     if hashable:
+        if len(_CONFIGS) >= 256:  # bounded: a long process sees many structures
+            _CONFIGS.clear()
         _CONFIGS[config] = found
     return found
 
