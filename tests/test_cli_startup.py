@@ -138,3 +138,67 @@ def test_a_local_exclusion_runs_on_one_core(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "cores 1 True True"
     row = json.loads(proc.stdout)
     assert row["point"] == "point" and row["converged"]
+
+
+COMPILING = """
+import os, sys
+import diffhep.cli as cli
+cli._quick_exit = lambda code: None
+import diffhep.cli.common as common
+cores = len(os.sched_getaffinity(0))
+seen, pre = [], {}
+real_setup = common.setup
+
+def tasks():
+    out = {}
+    for t in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{t}/comm") as f:
+            out[int(t)] = (f.read().startswith("tf_XLAEigen"), len(os.sched_getaffinity(int(t))))
+    return out
+
+def setup():  # JAX imported after the process is pinned, as by the command itself
+    real_setup()
+    import jax._src.compiler as compiler
+
+    real = compiler.backend_compile_and_load
+
+    def compile_and_load(*a, **k):
+        seen.append(tasks())
+        return real(*a, **k)
+
+    compiler.backend_compile_and_load = compile_and_load
+    pre.update(tasks())
+
+common.setup = setup
+from diffhep.cli import main
+sys.argv = ["diffhep", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+during, after = seen[0], tasks()
+widened = all(n == cores for t, (eigen, n) in during.items() if not eigen and t in pre)
+one = all(n == 1 for eigen, n in during.values() if eigen)
+back = all(after[t] == pre[t] for t in pre if t in after)
+new = all(n == 1 for t, (_, n) in after.items() if t not in pre)
+print("compiled", widened, one, back, new, file=sys.stderr)
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs a process allowed on two or more cores",
+)
+def test_a_pinned_command_compiles_on_every_core(tmp_path):
+    """XLA compiles a new kernel's LLVM modules on a pool of one thread per core its creator
+    may run on (cli.common._compiling_on_all_cores): during the compilation every thread but
+    the intra-op pool's may run on all of the process's cores, the intra-op pool on one;
+    afterwards every thread is back on its core(s), those started meanwhile on one."""
+    ws = tmp_path / "ws.json"
+    ws.write_text(json.dumps(example_spec()))
+    env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_CACHE_DIR": ""}
+    proc = subprocess.run([sys.executable, "-c", COMPILING, "cls", str(ws)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "compiled True True True True"
+    assert json.loads(proc.stdout)["CLs_obs"] > 0

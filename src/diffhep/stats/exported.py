@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -49,7 +50,7 @@ import numpy as np
 
 from ..writers import write_atomic
 
-__all__ = ["cache_dir", "call", "set_cache_dir", "structure_key"]
+__all__ = ["cache_dir", "call", "set_cache_dir", "set_compile_context", "structure_key"]
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,20 @@ _LOADED: dict[str, Callable] = {}  # key -> jitted call of the exported kernel
 _JITTED: dict[Callable, Callable] = {}  # kernel -> its filter_jit (without a store)
 _SOURCES: str | None = None
 _CONFIGS: dict = {}  # model configuration -> its digest in structure keys
+_COMPILING: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 def set_cache_dir(path: str | os.PathLike | None) -> None:
     """Store exported kernels under ``path`` (``None`` switches the store off)."""
     global _CACHE_DIR
     _CACHE_DIR = None if path is None else Path(path)
+
+
+def set_compile_context(context: Callable[[], contextlib.AbstractContextManager]) -> None:
+    """Run the first call of each new kernel (its compilation, or its load from JAX's
+    cache, and one execution) within ``context()`` (the CLI's: compile on every core)."""
+    global _COMPILING
+    _COMPILING = context
 
 
 def cache_dir() -> Path | None:
@@ -212,7 +221,8 @@ def call(kernel: Callable, model, *args, **static) -> Any:
 
         if _CACHE_DIR is None:
             fn = _LOADED[key] = _jit(flat)
-            return fn(leaves, *args)
+            with _COMPILING():
+                return fn(leaves, *args)
         path = _CACHE_DIR / f"{key}.bin"
         exp = None
         if path.exists():
@@ -229,6 +239,9 @@ def call(kernel: Callable, model, *args, **static) -> Any:
                 write_atomic(path, bytes(exp.serialize()))
             except Exception as err:  # not exportable here: run it as usual
                 log.debug("kernel %s not exported: %s", key, err)
-                return _jitted(kernel)(model, *args, **static)
+                with _COMPILING():
+                    return _jitted(kernel)(model, *args, **static)
         fn = _LOADED[key] = _jit(exp.call)
+        with _COMPILING():
+            return fn(leaves, *args)
     return fn(leaves, *args)
