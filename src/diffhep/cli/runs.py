@@ -59,8 +59,24 @@ def train(config, out, overrides, resume, progress, signal):
     cfg = run(load_config, config, [*overrides, *extra])
     summary = run(train_run, cfg, out, file=config, resume=resume, progress=progress)
     _print_summary(summary, out)
-    click.echo(f"run directory: {out} (summary.json, workspace.json, model.eqx, plots/)")
+    click.echo(_written(summary, out))
     _exit_if_incomplete(summary, out)
+
+
+#: The artefacts of a run directory named after training, in this order.
+_ARTEFACTS = ("summary.json", "workspace.json", "histograms.json", "model.eqx", "model.onnx",
+              "plots", "report.html")  # fmt: skip
+
+
+def _written(summary: dict, out) -> str:
+    """The line naming the artefacts the run directory holds (and, for a streamed run, those
+    it does not write)."""
+    names = [n + ("/" if n == "plots" else "") for n in _ARTEFACTS if (Path(out) / n).exists()]
+    line = f"run directory: {out} ({', '.join(names)})"
+    missing = summary.get("streamed", {}).get("not_written")
+    if missing:
+        line += f"; not written for streamed input: {', '.join(missing)}"
+    return line
 
 
 def _exit_if_incomplete(summary: dict, out) -> None:

@@ -25,7 +25,7 @@ from ..types import Events
 from ..weights.weighting import check_net_yields
 from ..writers import run_lock, write_atomic
 from .config import Config
-from .prepare import restore_run
+from .prepare import is_streamed_run, restore_run, restore_streamed
 from .results import histograms_document, write_histograms
 
 __all__ = [
@@ -116,22 +116,36 @@ def save_model(out: Path, state: TrainState, cfg: Config) -> None:
 
 
 def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:
-    """Recompute the test metrics (and artefacts) of a saved run."""
+    """Recompute the test metrics (and artefacts) of a saved run; a run on streamed input
+    (``training.chunk_events``) is evaluated streamed, as its training did
+    (:func:`diffhep.runs.streaming.finish`)."""
     run_dir = Path(run_dir)
+    if is_streamed_run(run_dir):
+        from .streaming import finish as finish_streamed
+
+        cfg, pipe, data, params = restore_streamed(run_dir)
+        with run_lock(run_dir):
+            state = _saved_state(run_dir, params)
+            return finish_streamed(run_dir, pipe, data, params, state, cfg)
     cfg, pipe, parts, params = restore_run(run_dir)
     with run_lock(run_dir):
-        state = None
-        like = TrainState(params, None, params)
-        if (run_dir / "checkpoint.json").is_file():
-            meta = read_checkpoint_meta(
-                run_dir,
-                fix="restore the file from a copy, or retrain: diffhep train CONFIG --out DIR",
-            )
-            like.history, like.step_seconds = meta["history"], meta["step_seconds"]
-            like.best_epoch, like.epoch = meta["best_epoch"], meta["epoch"]
-            like.status = meta["status"]
-            state = like
+        state = _saved_state(run_dir, params)
         return finish(run_dir, pipe, parts, params, state, _metrics_fn(pipe), cfg, plots=plots)
+
+
+def _saved_state(run_dir: Path, params) -> TrainState | None:
+    """The training record of a run (epochs, step times, status) from its checkpoint, or
+    None without one."""
+    if not (run_dir / "checkpoint.json").is_file():
+        return None
+    meta = read_checkpoint_meta(
+        run_dir, fix="restore the file from a copy, or retrain: diffhep train CONFIG --out DIR"
+    )
+    state = TrainState(params, None, params)
+    state.history, state.step_seconds = meta["history"], meta["step_seconds"]
+    state.best_epoch, state.epoch = meta["best_epoch"], meta["epoch"]
+    state.status = meta["status"]
+    return state
 
 
 def _plot_masks(cfg: Config) -> dict:

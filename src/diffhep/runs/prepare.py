@@ -1,7 +1,8 @@
 """Preparing a run: config -> analysis, events, data splits, training weights, parameters.
 
 :func:`prepare` is the data side of a training run; :func:`restore_run` does the same for a
-saved run directory and loads its selected model.
+saved run directory and loads its selected model (:func:`prepare_streamed` and
+:func:`restore_streamed` for runs on streamed input, ``training.chunk_events``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from ..types import Events
 from ..weights.weighting import apply_strategies, check_net_yields, region_yields
 from .config import Config, ConfigError, load_config
 
-__all__ = ["DEMO_CONFIG", "load_events", "prepare", "prepare_streamed", "restore_run"]
+__all__ = [
+    "DEMO_CONFIG",
+    "is_streamed_run",
+    "load_events",
+    "prepare",
+    "prepare_streamed",
+    "restore_run",
+    "restore_streamed",
+]
 
 #: The configuration of ``diffhep demo``.
 DEMO_CONFIG = Path(str(resources.files("diffhep") / "data" / "demo.yaml"))
@@ -335,7 +344,10 @@ def _init_from(params, run_dir, file=None):
     """``params`` with the observable and binnings of a saved run (e.g. to tune cuts on a
     trained network)."""
     try:
-        _, _, _, saved = restore_run(run_dir)
+        if is_streamed_run(run_dir):
+            _, _, _, saved = restore_streamed(run_dir)
+        else:
+            _, _, _, saved = restore_run(run_dir)
     except ConfigError as exc:
         raise ConfigError(
             f"training.init_from: {exc}", file=file, where="training.init_from"
@@ -352,10 +364,8 @@ def _init_from(params, run_dir, file=None):
     )
 
 
-def restore_run(run_dir: str | Path):
-    """Config, pipeline, data splits and the selected model of a saved run (to evaluate or
-    continue it; :func:`diffhep.load_run` gives its results as ``hist.Hist`` instead)."""
-    run_dir = Path(run_dir)
+def _saved_config(run_dir: Path) -> Config:
+    """The config of a finished run directory."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file() or not (run_dir / "model.eqx").is_file():
         raise ConfigError(
@@ -363,7 +373,43 @@ def restore_run(run_dir: str | Path):
             file=str(run_dir),
             fix="train first: diffhep train CONFIG --out DIR",
         )
-    cfg = load_config(cfg_path)
+    return load_config(cfg_path)
+
+
+def is_streamed_run(run_dir: str | Path) -> bool:
+    """Whether the finished run in ``run_dir`` was trained on streamed input."""
+    return _saved_config(Path(run_dir)).training.chunk_events is not None
+
+
+def restore_streamed(run_dir: str | Path):
+    """Config, pipeline, streamed data (after its first pass over the files) and the
+    selected model of a saved ``training.chunk_events`` run."""
+    run_dir = Path(run_dir)
+    cfg = _saved_config(run_dir)
+    pipe, data, like = prepare_streamed(cfg, str(run_dir / "config.yaml"))
+    return cfg, pipe, data, eqx.tree_deserialise_leaves(run_dir / "model.eqx", like)
+
+
+def restore_run(run_dir: str | Path):
+    """Config, pipeline, data splits and the selected model of a saved run (to evaluate or
+    continue it; :func:`diffhep.load_run` gives its results as ``hist.Hist`` instead). A
+    streamed run (``training.chunk_events``) has no in-memory splits: :func:`restore_streamed`.
+
+    Raises:
+        ConfigError: Not a finished run, or a streamed one.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    cfg = _saved_config(run_dir)
+    if cfg.training.chunk_events is not None:
+        raise ConfigError(
+            "the run was trained on streamed input (training.chunk_events): its data splits "
+            "are not held in memory, and the in-memory splits differ from the run's",
+            file=str(cfg_path),
+            where="training.chunk_events",
+            fix=f"evaluate it with `diffhep evaluate {run_dir}` (streamed); read its results "
+            "with diffhep.load_run",
+        )
     pipe, parts, like = prepare(cfg, str(cfg_path))
     if cfg.black_box is not None:  # the splits through the black box at the run's psi
         from .black_box import restore_parts

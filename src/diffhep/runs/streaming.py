@@ -482,20 +482,23 @@ def finish(out, pipe, data: StreamData, params, state, cfg: Config) -> dict:
     ws = pipe.workspace(hists, observed)
     write_atomic(out / "workspace.json", json.dumps(ws, indent=1))
     write_histograms(out, histograms_document(pipe, params, hists))
-    steps = state.step_seconds
+    steps = state.step_seconds if state is not None else []
+    rate = data.events_per_second  # None when re-evaluated: the last epoch's record then
+    if rate is None and state is not None and state.history:
+        rate = state.history[-1].get("events_per_second")
     summary = {
         **{k: v for k, v in m.items() if k != "yields"},
         "yields": m["yields"],
         "median_step_seconds": float(np.median(steps)) if steps else None,
-        "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch,
-        "status": state.status,
+        "best_epoch": state.best_epoch if state else None,
+        "epochs_run": state.epoch if state else None,
+        "status": state.status if state else None,
         "test_events": {n: int(data.scan.counts[n][2]) for n in pipe.analysis.event_sets},
         "streamed": {
             "chunk_events": data.step,
             "training_events": {n: int(data.scan.counts[n][0]) for n in pipe.analysis.event_sets},
             "events_per_step": data.events_per_step,
-            "events_per_second_last_epoch": data.events_per_second,
+            "events_per_second_last_epoch": rate,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "not_written": ["selection.json cut flow", "plots/", "report.html"],
         },
