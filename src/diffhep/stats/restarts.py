@@ -22,7 +22,7 @@ import numpy as np
 
 from . import hessian as hessian_mod
 from .model import Model
-from .solver import MAX_STEPS, implicit_vjp, is_success, minimize
+from .solver import MAX_STEPS, MinimizeResult, implicit_vjp, is_success, minimize
 from .uncertainties import structure_of
 
 __all__ = ["may_restart", "run_fit", "search"]
@@ -465,8 +465,12 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
         best, found_lower = attempt(k, best, found_lower, cont)
         return jnp.where(cont, k, k + 1), best, found_lower, conts + cont.astype(conts.dtype)
 
-    shapes = jax.eval_shape(run, init)  # the carry's structure; replaced at k = 0
-    empty = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    # the carry's initial value, replaced at k = 0: zeros of run's result (its structure
+    # written out: jax.eval_shape(run, init) traced a whole solver run for it, a third of
+    # the hypothesis test's tracing; a mismatch fails the while loop's type check)
+    count = jnp.zeros((), jnp.int32)
+    empty = MinimizeResult(jnp.zeros_like(init), jnp.zeros((), init.dtype), jnp.zeros_like(init),
+                           count, count)  # fmt: skip
     zero = jnp.zeros((), jnp.int32)
     _, res, _, _ = jax.lax.while_loop(more, step, (zero, empty, jnp.zeros((), bool), zero))
     return res
