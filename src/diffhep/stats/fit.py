@@ -110,19 +110,24 @@ def fit_defaults(model: Model, init, bounds, fixed, dtype):
 
 
 def fit_bounded(
-    model, data, init, lower, upper, fixed, tol, max_steps, uncertainties=True, restart=True
-):
+    model, data, init, lower, upper, fixed, tol, max_steps, uncertainties=True, restart=True,
+    centre=None,
+):  # fmt: skip
     """The fit behind :func:`fit` and :func:`fixed_poi_fit` (bounds and fixed mask given).
 
     ``restart`` (a bool, may be traced) allows the restart for several minima; a caller that
     knows its start is the global minimum (the free fit of Asimov data from the parameters
     that generated it, where every term of ``log L`` is at its maximum) turns it off.
+    ``centre``: where the constraint terms pull the parameters if not at ``init`` (a toy's
+    auxiliary data; :func:`diffhep.stats.restarts.search`).
     """
     data = jnp.asarray(data, dtype=model.nominal.dtype)
     if not restarts.may_restart(model.config):
         res = restarts.run_fit(model, data, init, lower, upper, fixed, tol, max_steps)
     else:
-        res = restarts.search(model, data, init, lower, upper, fixed, restart, tol, max_steps)
+        res = restarts.search(
+            model, data, init, lower, upper, fixed, restart, tol, max_steps, centre=centre
+        )
     if uncertainties:
         unc, ok = _uncertainties(model, data, jax.lax.stop_gradient(res.x), fixed)
     else:

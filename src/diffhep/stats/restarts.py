@@ -33,10 +33,16 @@ def may_restart(config) -> bool:
     return bool(np.any(_kinked(config) | _interpolated(config)))
 
 
-def search(model, data, init, lower, upper, fixed, restart, tol, max_steps):
+def search(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre=None):
     """The lowest minimum of the fit from ``init`` and its restarts (:func:`_restarts`;
-    ``restart``, a bool that may be traced, allows the restarts)."""
-    return _search(((model, data), init), lower, upper, fixed, jnp.asarray(restart), tol, max_steps)
+    ``restart``, a bool that may be traced, allows the restarts). ``centre`` (default
+    ``init``) is where the constraint terms pull the parameters, if not at ``init``: a toy's
+    auxiliary data (:mod:`diffhep.stats.toys`); the flips are judged from it, and a fit from
+    it and the reflection through it are restarts of their own."""
+    centre = init if centre is None else jnp.asarray(centre, init.dtype)
+    return _search(
+        ((model, data), init), lower, upper, fixed, jnp.asarray(restart), tol, max_steps, centre
+    )
 
 
 def _objective(pars, args):
@@ -171,23 +177,23 @@ def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
 
 
 @eqx.filter_custom_vjp
-def _search(diff, lower, upper, fixed, restart, tol, max_steps):
+def _search(diff, lower, upper, fixed, restart, tol, max_steps, centre):
     """The lowest minimum of :func:`_restarts`; its derivative is the implicit one at that
     minimum (:func:`diffhep.stats.solver.implicit_vjp`), whichever start found it, so the
     search itself (a ``lax.while_loop`` of as many fits as it needs) is not differentiated."""
     (model, data), init = diff
-    return _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps)
+    return _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre)
 
 
 @_search.def_fwd
-def _search_fwd(perturbed, diff, lower, upper, fixed, restart, tol, max_steps):
+def _search_fwd(perturbed, diff, lower, upper, fixed, restart, tol, max_steps, centre):
     (model, data), init = diff
-    res = _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps)
+    res = _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre)
     return res, res
 
 
 @_search.def_bwd
-def _search_bwd(res, ct, perturbed, diff, lower, upper, fixed, restart, tol, max_steps):
+def _search_bwd(res, ct, perturbed, diff, lower, upper, fixed, restart, tol, max_steps, centre):
     args, _ = diff
     structure = structure_of(args[0].config)
     return implicit_vjp(res, ct, _objective, args, lower, upper, fixed, structure)
@@ -365,7 +371,7 @@ def _keep_lower(k, best, new, need):
     return out._replace(n_steps=steps), better
 
 
-def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
+def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre):
     """The fit from ``init`` and the restarts for several minima, keeping the lowest
     (:func:`search`). All fits are one loop body (``lax.while_loop``, compiled once;
     not differentiated: :func:`_search`), attempt ``k``:
@@ -376,15 +382,22 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     - 2: the fit from the best fit reflected through the start (:func:`_reflection_start`),
       where it lies far from the start;
     - 3: the probe/mirror restart again if the reflection found a lower minimum;
-    - 4, 5, ...: one flip per histosys/normsys parameter (:func:`_flip_start`), of every
-      one while the best fit is strained (:func:`_strained`), else of those eligible for the
-      probe/mirror restart (a kink at 0, a symmetrised variation or an even response: a
-      possible minimum on the other side) that lie farther than :data:`_REFLECT_FROM` from
-      the start (adversarial seed 1048 draw 0 at mu = 1, not strained (deviance 907 on 298
-      data), ended at ns2 = -2.11 (even response), -2lnL 3647.13, the probe/mirror restart,
-      which moves every parameter whose probe gains, at 3956; the flip of ns2 alone reaches
-      3642.39 at ns2 = +2.46); a fit that needs no flip, or a vmapped batch in which none
-      does, runs no flip attempt;
+    - 4: the fit from ``centre``, where it is not ``init`` (a toy's auxiliary data,
+      :mod:`diffhep.stats.toys`: toy fits start at the generating parameters, and the far
+      flips judged from there ran for every toy, ~60 steps per fit; judged from the toy's
+      own auxiliary data, with these two restarts, ~30, and no fit higher: the measurement
+      in docs/benchmarks.md, toys);
+    - 5: the fit from the best fit reflected through ``centre``, where it is not ``init``
+      and the best fit lies far from it;
+    - 6, 7, ...: one flip per histosys/normsys parameter (:func:`_flip_start`, to the other
+      side of ``centre``), of every one while the best fit is strained (:func:`_strained`),
+      else of those eligible for the probe/mirror restart (a kink at 0, a symmetrised
+      variation or an even response: a possible minimum on the other side) that lie farther
+      than :data:`_REFLECT_FROM` from ``centre`` (adversarial seed 1048 draw 0 at mu = 1,
+      not strained (deviance 907 on 298 data), ended at ns2 = -2.11 (even response), -2lnL
+      3647.13, the probe/mirror restart, which moves every parameter whose probe gains, at
+      3956; the flip of ns2 alone reaches 3642.39 at ns2 = +2.46); a fit that needs no
+      flip, or a vmapped batch in which none does, runs no flip attempt;
     - then :data:`_RANDOM_STARTS` fits from random starts around the start
       (:func:`_random_start`) while the best fit is still strained.
 
@@ -412,29 +425,37 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
     flippable = jnp.asarray(interpolated) & ~fixed
     may_flip = jnp.any(flippable) & jnp.asarray(restart)
     flips = np.flatnonzero(interpolated)  # static: one flip attempt each
-    first_random = 4 + flips.size
+    first_flip = 6
+    first_random = first_flip + flips.size
     n_attempts = first_random + _RANDOM_STARTS
-    flip_par = jnp.asarray(np.concatenate([np.zeros(4, int), flips, np.zeros(_RANDOM_STARTS, int)]))
+    flip_par = jnp.asarray(
+        np.concatenate([np.zeros(first_flip, int), flips, np.zeros(_RANDOM_STARTS, int)])
+    )
+    off_centre = jnp.any(centre != init) & jnp.asarray(restart)
 
     def far_out(best):
         """Flippable parameters with a possible mirror minimum (``eligible``: a kink at 0, a
         symmetrised variation or an even response) farther than :data:`_REFLECT_FROM` from
-        the start."""
-        return flippable & eligible & (jnp.abs(best.x - init) > _REFLECT_FROM)
+        ``centre``."""
+        return flippable & eligible & (jnp.abs(best.x - centre) > _REFLECT_FROM)
 
     def attempt(k, best, found_lower, cont):
         probing = ((k == 1) | ((k == 3) & found_lower)) & jnp.any(eligible) & ~cont
         start = _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, mirror)
         reflected, far = _reflection_start(best, init, lower, upper, reflect)
+        around, far_centre = _reflection_start(best, centre, lower, upper, reflect)
         j = flip_par[k]
-        flipped = _flip_start(best, init, lower, upper, j)
+        flipped = _flip_start(best, centre, lower, upper, j)
         strained = _strained(best, data)
-        flipping = (k >= 4) & (k < first_random) & flippable[j] & may_flip
+        flipping = (k >= first_flip) & (k < first_random) & flippable[j] & may_flip
         flipping = flipping & (strained | far_out(best)[j])
         randomly = (k >= first_random) & jnp.asarray(restart) & strained
         need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping | randomly
+        need = need | ((k == 4) & off_centre) | ((k == 5) & off_centre & may_reflect & far_centre)
         x0 = jnp.where(k == 2, reflected, jnp.where(flipping, flipped, start))
-        x0 = jnp.where(randomly, _random_start(init, lower, upper, fixed, k), x0)
+        x0 = jnp.where(k == 4, centre, jnp.where(k == 5, around, x0))
+        # the random keys as before attempts 4 and 5 existed (the same starts)
+        x0 = jnp.where(randomly, _random_start(init, lower, upper, fixed, k - 2), x0)
         x0 = jnp.where(k == 0, init, x0)
         x0 = jnp.where(cont, best.x, x0)
         # an attempt not needed runs no step (not lax.cond: under vmap it becomes a select
@@ -457,7 +478,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps):
         strained = _strained(best, data)
         flips_left = (k < first_random) & may_flip & (strained | jnp.any(far_out(best)))
         randoms_left = (k < n_attempts) & jnp.asarray(restart) & strained
-        return (k < 4) | flips_left | randoms_left | continues(k, best, conts)
+        return (k < first_flip) | flips_left | randoms_left | continues(k, best, conts)
 
     def step(c):
         k, best, found_lower, conts = c

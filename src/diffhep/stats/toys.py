@@ -12,7 +12,9 @@ For a tested POI value ``mu`` and test statistic ``qtilde``/``q`` (``q0``: disco
   observed data (:mod:`diffhep.stats.hypotest`); the fixed fit is skipped where the free
   fit's muhat already makes the statistic 0 (``qtilde``/``q``: muhat > mu; ``q0``:
   muhat < 0). The fits start from the parameters the toys were generated with (pyhf starts
-  from the suggested init; the minimum is the same, it is found in fewer steps);
+  from the suggested init; the minimum is the same, it is found in fewer steps); their
+  search for several minima also starts from, reflects through and judges its flips from
+  the toy's own auxiliary data (:func:`aux_centre`);
 - p-values count toys: ``CLsb = P(q_sb >= q_obs)``, ``CLb = P(q_b >= q_obs)``, ``CLs =
   CLsb / CLb``; the expected band takes the same three p-values at every background-only
   toy's test statistic and their percentiles at the normal quantiles of -2..2 sigma
@@ -77,6 +79,7 @@ __all__ = [
     "NORMAL_PERCENTILES",
     "TIE_RTOL",
     "ToyResult",
+    "aux_centre",
     "default_batch",
     "load",
     "merge",
@@ -116,6 +119,29 @@ def sample(model: Model, pars, key) -> jax.Array:
     return jnp.concatenate([main.astype(lam.dtype), aux])
 
 
+def aux_centre(model: Model, pars, data, lower, upper, fixed) -> jax.Array:
+    """Where a toy's constraint terms pull the parameters: ``pars`` with every constrained
+    parameter at its auxiliary datum (Gaussian) or datum / factor (Poisson, shapesys),
+    clipped to the bounds; fixed and unconstrained parameters keep ``pars``.
+
+    A toy's minimum lies near there, not at the generating ``pars`` (the auxiliary data
+    scatter by one width around them): judged from ``pars``, the restart search of
+    :mod:`diffhep.stats.restarts` found every toy's fit far out and flipped ~8 parameters
+    per fit (sbottom RegionA, ~60 Newton steps per fit); judged from here it runs ~30, and
+    starting from here finds lower minima the search from ``pars`` missed (36 of 2048 fits,
+    docs/benchmarks.md).
+    """
+    nmain = model.config.nmaindata
+    if not model.config.nauxdata:
+        return pars
+    _, factor, _ = model._constraint_terms()
+    aux = data[nmain:]
+    t = model.tables
+    centre = jnp.where(t.aux_poisson, aux / jnp.where(factor > 0, factor, 1.0), aux)
+    x = jnp.clip(pars.at[t.aux_par].set(centre), lower, upper)
+    return jnp.where(fixed, pars, x)
+
+
 def toy_keys(seed: int, hypothesis: int, indices) -> jax.Array:
     """The keys of toys ``indices`` of one hypothesis (0: signal + background, 1: background
     only) of a seeded run."""
@@ -152,12 +178,14 @@ def _chunk(model, pars, keys, mu, lower, upper, fixed, tol, max_steps, test_stat
 
     def one(key):
         data = sample(model, pars, key)
+        centre = aux_centre(model, pars, data, lower, upper, fixed)
 
         def fit(value, is_free):
             x0 = jnp.where(is_free, pars, pars.at[poi].set(value))
+            c0 = jnp.where(is_free, centre, centre.at[poi].set(value))
             fx = fixed.at[poi].set(~is_free)
             return fit_bounded(model, data, x0, lower, upper, fx, tol, max_steps,
-                               uncertainties=False)  # fmt: skip
+                               uncertainties=False, centre=c0)  # fmt: skip
 
         def step(muhat, args):
             # the free fit first; the fixed fit only where the statistic needs it: qtilde
