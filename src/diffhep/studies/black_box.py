@@ -11,8 +11,9 @@ L-GSO treats the hard selection as a black box with a Bernoulli surrogate
 
 Problem 1b (:mod:`diffhep.studies.black_box_blobs`): 2, 4 and 6 bin edges of a fixed
 observable of the neos blobs on the exact expected CLs: gradients through a soft histogram
-against TPE, random and grid search, the optimum from a multi-start Nelder-Mead (and a dense
-grid for 2 edges).
+against L-GSO (the hard histogram as the black box), TPE, random and grid search, the optimum
+from a multi-start Nelder-Mead (and a dense grid for 2 edges); problem 1c: the same on the
+exact median expected Z0.
 
 Problem 2 (:mod:`diffhep.problems.black_box`): the resolution of a black-box detector against
 its cost, known optimum ``(c / 2)^(1/3)`` per parameter, with 1, 2, 4 and 6 parameters: L-GSO
@@ -196,11 +197,13 @@ def black_box_study(
     """Run the study; writes ``black-box.md``, ``black-box.json`` and the plots
     ``black-box-cuts.png`` (exact Z0 vs evaluations), ``black-box-cuts-time.png`` (vs wall
     time) and ``black-box-detector.png`` (problem 2: objective excess vs black-box events and
-    vs wall time) into ``out`` (searches and the gradient run under ``runs_dir``, default
+    vs wall time), ``black-box-blobs.png`` and ``black-box-blobs-z0.png`` into ``out``
+    (searches and the gradient run under ``runs_dir``, default
     ``runs/black-box``); ``lgso_iterations`` caps L-GSO's iterations (default 40 on the cuts,
-    60 on the detector). Problem 1b (``black-box-blobs.png``): the blobs' bin edges
-    (:mod:`diffhep.studies.black_box_blobs`), ``blobs_budget`` evaluations per method and
-    seed, a ``blobs_dense`` x ``blobs_dense`` grid checking the 2-edge optimum."""
+    60 on the detector and the blobs). Problems 1b and 1c: the blobs' bin edges on the exact
+    CLs and Z0 (:mod:`diffhep.studies.black_box_blobs`), ``blobs_budget`` evaluations per
+    search / gradient run and seed, a ``blobs_dense`` x ``blobs_dense`` grid checking the
+    2-edge optima."""
     import os
 
     from .black_box_blobs import blobs_problem, plot_blobs
@@ -214,7 +217,11 @@ def black_box_study(
     searches = _searches(runs, seeds, budget)
     gradient = _gradient(runs, epochs, overrides)
     lgso_cuts = [cuts_lgso(seed, iterations=lgso_iterations or 40) for seed in range(seeds)]
-    blob_edges = blobs_problem(seeds, blobs_budget, dense=blobs_dense)
+    lgso_blobs = lgso_iterations or 60
+    blob_edges = blobs_problem(seeds, blobs_budget, dense=blobs_dense, lgso_iterations=lgso_blobs,
+                               lgso_long=True)  # fmt: skip
+    blob_z0 = blobs_problem(seeds, blobs_budget, dense=blobs_dense, metric="z0",
+                            lgso_iterations=lgso_blobs)  # fmt: skip
     detector = {
         "lgso": _lgso_runs(seeds, iterations=lgso_iterations or 60),
         "lgso_scaled": _lgso_runs(seeds, iterations=lgso_iterations or 60, scaled=True),
@@ -226,11 +233,13 @@ def black_box_study(
                "wall_seconds": time.perf_counter() - t0}  # fmt: skip
     doc = {"cuts": {"optimum": reference, "searches": searches, "gradient": gradient,
                     "lgso": lgso_cuts},
-           "blobs": blob_edges, "detector": detector, "machine": machine}  # fmt: skip
+           "blobs": blob_edges, "blobs_z0": blob_z0, "detector": detector,
+           "machine": machine}  # fmt: skip
     write_atomic(out / "black-box.json", _dumps(doc))
     _plot_cuts(doc["cuts"], out)
     _plot_detector(detector, out / "black-box-detector.png")
     plot_blobs(blob_edges, out / "black-box-blobs.png")
+    plot_blobs(blob_z0, out / "black-box-blobs-z0.png", metric="z0")
     path = out / "black-box.md"
     write_atomic(path, _markdown(doc, seeds, epochs, budget))
     return path
@@ -425,11 +434,13 @@ def _markdown(doc, seeds, epochs, budget) -> str:
 def _blobs_section(doc) -> list[str]:
     from .black_box_blobs import blobs_markdown
 
-    if "blobs" not in doc:
-        return []
-    table = doc["blobs"]
-    n = len(next(iter(next(iter(table.values()))["methods"].values()))[0]["values"])
-    return blobs_markdown(table, n)
+    out = []
+    for key, metric in (("blobs", "cls"), ("blobs_z0", "z0")):
+        if key in doc:
+            table = doc[key]
+            n = len(table[next(iter(table))]["methods"]["gradient"][0]["values"])
+            out += blobs_markdown(table, n, metric)
+    return out
 
 
 def _to_fraction(cuts, fraction):

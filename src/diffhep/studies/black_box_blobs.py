@@ -30,12 +30,14 @@ from __future__ import annotations
 import functools
 import time
 
+import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 
 from ..problems import blobs
 from .common import proposals
 
-__all__ = ["BOX", "blobs_problem", "exact_cls", "projected_yields"]
+__all__ = ["BOX", "blobs_problem", "exact_cls", "exact_z0", "hard_histogram", "projected_yields"]
 
 BOX = (-3.0, 4.0)  # search range of every edge, in u
 DIMS = (2, 4, 6)
@@ -60,12 +62,60 @@ def exact_cls(edges) -> float:
     return cls if ok and np.isfinite(cls) and cls > 0 else float("nan")
 
 
-def _optimum(d: int, extra_starts, seed: int = 0, dense: int = 0) -> dict:
+@eqx.filter_jit
+def _z0(model, yields):
+    """Median expected discovery significance Z0 = sqrt(q0) on the mu = 1 Asimov data
+    (:func:`diffhep.analysis.losses.profile_fit` with the POI fixed at 0; exact fit) and
+    whether the fit converged, for yields in ``blobs.SAMPLES`` order."""
+    from ..analysis.losses import profile_fit
+    from ..stats.numerics import safe_sqrt
+
+    s, b, up, down = yields
+    by_name = {"signal": s, "background": b}
+    model = model.with_yields(nominal=jnp.stack([by_name[n] for n in model.config.samples]),
+                              histosys_lo=down[None], histosys_hi=up[None])  # fmt: skip
+    q, res = profile_fit(model, 1.0, 0.0)
+    return safe_sqrt(q), res.converged
+
+
+def exact_z0(edges) -> float:
+    """The second exact objective: the median expected Z0 at these interior edges (NaN if
+    the fit fails); no edges: one counting bin."""
+    y = projected_yields(edges)
+    z, ok = _z0(blobs._model(y.shape[1]), jnp.asarray(y))
+    return float(z) if bool(ok) and np.isfinite(float(z)) else float("nan")
+
+
+#: Per metric: the exact objective, whether larger is better, and the loss a search
+#: minimises (log CLs; -Z0).
+METRICS = {"cls": (exact_cls, False, np.log), "z0": (exact_z0, True, np.negative)}
+
+
+def gap(values, opt: float, metric: str) -> np.ndarray:
+    """Distance to the optimum, >= 0: CLs / optimum - 1, or 1 - Z0 / optimum (non-finite
+    values: +inf)."""
+    v = np.asarray(values, dtype=float) / opt
+    v = 1 - v if METRICS[metric][1] else v - 1
+    return np.where(np.isfinite(v), v, np.inf)
+
+
+def _better(a: float, b: float, metric: str) -> bool:
+    """Whether value ``a`` is better than ``b`` (NaN never is)."""
+    if not np.isfinite(a):
+        return False
+    return not np.isfinite(b) or (a > b if METRICS[metric][1] else a < b)
+
+
+def _optimum(d: int, extra_starts, seed: int = 0, dense: int = 0, metric: str = "cls") -> dict:
     from scipy.optimize import minimize
 
+    value, larger, _ = METRICS[metric]
+
     def f(z):
-        v = exact_cls(z)
-        return np.log(v) if np.isfinite(v) else np.inf
+        v = value(z)
+        if not (np.isfinite(v) and v > 0):
+            return np.inf
+        return -np.log(v) if larger else np.log(v)
 
     rng = np.random.default_rng(seed)
     lo, hi = BOX
@@ -79,35 +129,44 @@ def _optimum(d: int, extra_starts, seed: int = 0, dense: int = 0) -> dict:
                        options={"xatol": 1e-6, "fatol": 1e-10, "maxiter": 4000 * d})  # fmt: skip
         if best is None or res.fun < best[0]:
             best = (float(res.fun), np.sort(res.x))
-    out = {"value": float(np.exp(best[0])), "edges": best[1].tolist(), "how": how,
-           "starts": len(starts)}  # fmt: skip
+    v = float(np.exp(-best[0] if larger else best[0]))
+    out = {"value": v, "edges": best[1].tolist(), "how": how, "starts": len(starts)}
     if dense and d == 2:
         axis = np.linspace(lo, hi, dense)
-        grid_best = min((exact_cls([a, b]), a, b) for a in axis for b in axis if a < b)
+        pts = [(value([a, b]), a, b) for a in axis for b in axis if a < b]
+        pts = [p for p in pts if np.isfinite(p[0])]
+        grid_best = (max if larger else min)(pts)
         out["dense_grid"] = {"points": f"{dense} x {dense}", "value": float(grid_best[0]),
                              "edges": [float(grid_best[1]), float(grid_best[2])]}  # fmt: skip
     return out
 
 
-def _search(method: str, d: int, budget: int, seed: int) -> dict:
+def _search(method: str, d: int, budget: int, seed: int, metric: str = "cls") -> dict:
+    value, _, loss = METRICS[metric]
     t0 = time.perf_counter()
     values, stamps, points = [], [], []
     for z, tell in proposals(method, d, budget, seed, *BOX, "e"):
-        v = exact_cls(z)
-        tell(float(np.log(v)) if np.isfinite(v) else None)
+        v = value(z)
+        tell(float(loss(v)) if np.isfinite(v) and v > 0 else None)
         values.append(v)
         points.append(sorted(z))
         stamps.append(time.perf_counter() - t0)
-    i = int(np.nanargmin(values))
+    i = int(np.argmin(gap(values, 1.0, metric)))
     return {"seed": seed, "values": values, "stamps": stamps, "edges": points[i],
             "value": float(values[i]), "seconds": time.perf_counter() - t0}  # fmt: skip
 
 
+def _metric_of(model, y, metric: str):
+    """log CLs or -Z0 of yields ``y`` (JAX: the losses the gradient methods minimise)."""
+    if metric == "cls":
+        return jnp.log(blobs._cls(model, y)[0])
+    return -_z0(model, y)[0]
+
+
 @functools.lru_cache(maxsize=8)
-def _step_function(d: int):
-    """The jitted value and gradient of log CLs of soft yields in the edges (one per d)."""
+def _step_function(d: int, metric: str = "cls"):
+    """The jitted value and gradient of log CLs (or -Z0) of soft yields in the edges."""
     import jax
-    import jax.numpy as jnp
 
     from ..analysis.histograms import relative_bandwidth, soft_histogram
 
@@ -118,21 +177,22 @@ def _step_function(d: int):
         edges = jnp.concatenate([jnp.array([lo]), jnp.sort(z), jnp.array([hi])])
         h = relative_bandwidth(edges, 0.3)
         y = jnp.stack([soft_histogram(u, edges, h, w)[0] for u, w in zip(us, ws, strict=True)])
-        return jnp.log(blobs._cls(model, y)[0])
+        return _metric_of(model, y, metric)
 
     return jax.jit(jax.value_and_grad(loss))
 
 
-def _gradient(d: int, steps: int, seed: int, learning_rate: float = 0.05) -> dict:
-    import jax.numpy as jnp
+def _gradient(d: int, steps: int, seed: int, learning_rate: float = 0.05,
+              metric: str = "cls") -> dict:  # fmt: skip
     import optax
 
     lo, hi = BOX
+    value = METRICS[metric][0]
     data = blobs.generate(n_per_blob=2000, seed=seed)
     us = [jnp.asarray((x[:, 1] - x[:, 0]) / SQRT2, dtype=jnp.float64) for x, _ in
           (data[s] for s in blobs.SAMPLES)]  # fmt: skip
     ws = [jnp.asarray(data[s][1]) for s in blobs.SAMPLES]
-    step_fn = _step_function(d)
+    step_fn = _step_function(d, metric)
     opt = optax.adam(learning_rate)
     z = jnp.asarray(np.linspace(lo, hi, d + 2)[1:-1])
     state = opt.init(z)
@@ -146,54 +206,132 @@ def _gradient(d: int, steps: int, seed: int, learning_rate: float = 0.05) -> dic
         else:
             upd, state = opt.update(g, state)
             z = jnp.clip(optax.apply_updates(z, upd), lo, hi)
-        values.append(exact_cls(np.asarray(z)))
+        values.append(value(np.asarray(z)))
         stamps.append(time.perf_counter() - t0)
     return {"seed": seed, "values": values, "stamps": stamps,
             "edges": sorted(np.asarray(z).tolist()), "value": float(values[-1]),
             "seconds": time.perf_counter() - t0, "skipped_steps": skipped}  # fmt: skip
 
 
-def blobs_problem(seeds: int = 3, budget: int = 60, dims=DIMS, dense: int = 141) -> dict:
+def blobs_events(rng, n: int) -> np.ndarray:
+    """``n`` events of the blobs for L-GSO's black box: columns ``(u, one-hot of the
+    sample)``, the sample uniform over ``blobs.SAMPLES``, ``u ~ N(U_MEANS[sample], 1)``."""
+    k = rng.integers(0, len(blobs.SAMPLES), size=n)
+    means = np.array([U_MEANS[s] for s in blobs.SAMPLES])
+    return np.column_stack([means[k] + rng.normal(size=n), np.eye(len(blobs.SAMPLES))[k]])
+
+
+def hard_histogram(x, psi, rng=None) -> np.ndarray:
+    """L-GSO's black box: the hard binning of each event's ``u`` (``x[:, 0]``) by the
+    interior edges ``psi`` (sorted), as cumulative indicators ``y_j = [u > e_(j)]``
+    (``(n, d)`` of 0/1; the event is in bin ``sum_j y_j``)."""
+    return (np.asarray(x)[:, :1] > np.sort(np.asarray(psi, dtype=float))[None, :]).astype(float)
+
+
+def histogram_yields(y, x):
+    """Yields ``(4, d + 1)`` of a batch from its (expected) cumulative indicators ``y`` (JAX):
+    bin k holds ``y_(k-1) - y_k``; every sample normalised to its total yield; at least
+    1e-6 per bin (a surrogate's cumulative probabilities need not be monotone)."""
+    n = y.shape[0]
+    y = jnp.concatenate([jnp.ones((n, 1)), y, jnp.zeros((n, 1))], axis=1)
+    member = y[:, :-1] - y[:, 1:]  # (n, d + 1)
+    onehot = x[:, 1:]
+    totals = jnp.asarray([blobs.YIELDS[s] for s in blobs.SAMPLES])
+    counts = onehot.T @ member / jnp.maximum(jnp.sum(onehot, axis=0), 1.0)[:, None]
+    return jnp.maximum(totals[:, None] * counts, 1e-6)
+
+
+def _lgso(d: int, seed: int, iterations: int = 60, metric: str = "cls", **extra) -> dict:
+    """L-GSO on the edges with the hard histogram as the black box, its default settings
+    except the surrogate's family (Bernoulli: the outputs are 0/1) and the columns it sees
+    (u only; the sample's one-hot is for the risk); the risk is log CLs (or -Z0) of the
+    batch's yields. Evaluations: black-box histograms (N per iteration, M events each).
+    ``extra``: other settings (e.g. ``tolerance=0.0``: no early stop)."""
+    from ..surrogate.lgso import Settings, lgso
+
+    value = METRICS[metric][0]
+    model = blobs._model(d + 1)
+
+    def risk(y, x):
+        return _metric_of(model, histogram_yields(y, x), metric)
+
+    settings = Settings(
+        seed=seed, surrogate="bernoulli", columns=(0,), max_iterations=iterations, **extra
+    )
+    t0, stamps = time.perf_counter(), []
+    res = lgso(hard_histogram, blobs_events, risk, np.linspace(*BOX, d + 2)[1:-1].tolist(),
+               bounds=[BOX] * d, settings=settings,
+               callback=lambda r: stamps.append(time.perf_counter() - t0))  # fmt: skip
+    seconds = time.perf_counter() - t0
+    values = [value(p) for p in res.path[1:]]
+    final = value(res.psi)
+    last = res.records[-1]
+    return {"seed": seed, "values": values, "stamps": stamps, "seconds": seconds,
+            "evaluations": [settings.n_psi * (k + 1) for k in range(len(values))],
+            "events": int(res.calls), "edges": sorted(res.psi.tolist()), "value": float(final),
+            "converged": bool(res.converged), "iterations": len(res.records),
+            "val_risk_error": last.get("val_risk_error"),
+            "objective_surrogate": last.get("objective_surrogate")}  # fmt: skip
+
+
+def blobs_problem(seeds: int = 3, budget: int = 60, dims=DIMS, dense: int = 141,
+                  metric: str = "cls", lgso_iterations: int = 60,
+                  lgso_long: bool = False) -> dict:  # fmt: skip
     """Every method at every number of edges; ``{str(d): {"optimum": ..., "methods":
-    {name: [row per seed]}}}`` with each row's exact CLs per evaluation, seconds after each,
-    and its answer (a search's best trial, the gradient's last iterate)."""
+    {name: [row per seed]}}}`` with each row's exact CLs (``metric="z0"``: Z0) per
+    evaluation, seconds after each, and its answer (a search's best trial, the gradient's
+    last iterate, L-GSO's mean of its last iterates). ``lgso_long``: also L-GSO without its
+    early stop (``tolerance=0``: all ``lgso_iterations`` iterations), method ``lgso_long``."""
+    value = METRICS[metric][0]
     out = {}
     for d in dims:
-        exact_cls(np.linspace(*BOX, d + 2)[1:-1])  # compile this number of bins once
-        methods = {"gradient": [_gradient(d, budget, s) for s in range(seeds)]}
+        value(np.linspace(*BOX, d + 2)[1:-1])  # compile this number of bins once
+        methods = {"gradient": [_gradient(d, budget, s, metric=metric) for s in range(seeds)]}
+        methods["lgso"] = [_lgso(d, s, lgso_iterations, metric) for s in range(seeds)]
+        if lgso_long:
+            methods["lgso_long"] = [_lgso(d, s, lgso_iterations, metric, tolerance=0.0)
+                                    for s in range(seeds)]  # fmt: skip
         for m in ("tpe", "random", "grid"):
-            methods[m] = [_search(m, d, budget, s) for s in range(seeds)]
-        rows = [r for rs in methods.values() for r in rs if np.isfinite(r["value"])]
-        found = min(rows, key=lambda r: r["value"])
-        opt = _optimum(d, [found["edges"]], dense=dense)
+            methods[m] = [_search(m, d, budget, s, metric) for s in range(seeds)]
+        found = None
+        for r in (r for rs in methods.values() for r in rs):
+            if found is None or _better(r["value"], found["value"], metric):
+                found = r
+        opt = _optimum(d, [found["edges"]], dense=dense, metric=metric)
         out[str(d)] = {"optimum": opt, "methods": methods}
     return out
 
 
-NAMES = {"gradient": "gradient (soft histogram)", "tpe": "TPE", "random": "random",
-         "grid": "grid"}  # fmt: skip
+NAMES = {"gradient": "gradient (soft histogram)", "lgso": "L-GSO (histogram as a black box)",
+         "lgso_long": "L-GSO, no early stop",
+         "tpe": "TPE", "random": "random", "grid": "grid"}  # fmt: skip
+LABELS = {"cls": "CLs", "z0": "Z0"}
+#: Methods whose curve is the current iterate (the searches': the best so far).
+ITERATES = ("gradient", "lgso", "lgso_long")
 
 
-def _curve(rows, opt: float, best_so_far: bool):
-    """Median over seeds of CLs / optimum per evaluation (a search's best so far, the
-    gradient's current iterate) and the median seconds after each evaluation."""
+def _curve(rows, opt: float, method: str, metric: str = "cls"):
+    """Median over seeds, per evaluation, of the distance to the optimum (:func:`gap`; a
+    search's best so far, the gradient's and L-GSO's current iterate): the evaluations
+    (L-GSO: black-box histograms), the median seconds and the median gap."""
     k = min(len(r["values"]) for r in rows)
     vals = []
     for r in rows:
-        v = np.asarray(r["values"][:k], dtype=float) / opt
-        v = np.where(np.isfinite(v), v, np.inf)
-        vals.append(np.minimum.accumulate(v) if best_so_far else v)
-    return np.median([r["stamps"][:k] for r in rows], 0), np.median(vals, 0)
+        v = gap(r["values"][:k], opt, metric)
+        vals.append(v if method in ITERATES else np.minimum.accumulate(v))
+    evals = rows[0].get("evaluations", list(range(1, k + 1)))[:k]
+    return np.asarray(evals), np.median([r["stamps"][:k] for r in rows], 0), np.median(vals, 0)
 
 
-def _reach(rows, opt, name, within):
-    secs, vals = _curve(rows, opt, name != "gradient")
-    hit = np.flatnonzero(vals <= 1 + within)
-    return (int(hit[0]) + 1, float(secs[hit[0]])) if hit.size else (None, None)
+def _reach(rows, opt, name, within, metric: str = "cls"):
+    evals, secs, vals = _curve(rows, opt, name, metric)
+    hit = np.flatnonzero(vals <= within)
+    return (int(evals[hit[0]]), float(secs[hit[0]])) if hit.size else (None, None)
 
 
-def plot_blobs(table: dict, path) -> None:
-    """CLs / optimum - 1 against evaluations (top) and wall time (bottom), one column per d."""
+def plot_blobs(table: dict, path, metric: str = "cls") -> None:
+    """Distance to the optimum against evaluations (top) and wall time (bottom), one column
+    per number of edges, one line per method."""
     from ..plotting.style import new_figure
     from ..writers import write_atomic
 
@@ -202,51 +340,90 @@ def plot_blobs(table: dict, path) -> None:
     for j, (d, t) in enumerate(table.items()):
         opt = t["optimum"]["value"]
         for i, (m, rows) in enumerate(t["methods"].items()):
-            secs, vals = _curve(rows, opt, m != "gradient")
-            x = np.arange(1, len(vals) + 1)
-            axes[0, j].plot(x, vals - 1, color=f"C{i}", label=NAMES[m], drawstyle="steps-post")
-            axes[1, j].plot(secs, vals - 1, color=f"C{i}", label=NAMES[m], drawstyle="steps-post")
+            evals, secs, vals = _curve(rows, opt, m, metric)
+            axes[0, j].plot(evals, vals, color=f"C{i}", label=NAMES[m], drawstyle="steps-post")
+            axes[1, j].plot(secs, vals, color=f"C{i}", label=NAMES[m], drawstyle="steps-post")
         axes[0, j].set_title(f"{d} edges ({int(d) + 1} bins)")
-        axes[0, j].set_xlabel("exact CLs evaluations")
+        axes[0, j].set_xlabel(f"exact {LABELS[metric]} evaluations (L-GSO: black-box histograms)")
+        axes[0, j].set_xscale("log")
         axes[1, j].set_xlabel("wall time (s)")
         axes[1, j].set_xscale("log")
         for ax in axes[:, j]:
             ax.set_yscale("log")
-            ax.set_ylim(1e-5, 1e3)
+            ax.set_ylim(1e-5, 1e3 if metric == "cls" else 1.5)
             ax.grid(alpha=0.3)
+    what = "CLs / optimum - 1" if metric == "cls" else "1 - Z0 / optimum"
     for ax in axes[:, 0]:
-        ax.set_ylabel("CLs / optimum - 1 (median)")
+        ax.set_ylabel(f"{what} (median)")
     axes[0, 0].legend(fontsize="small")
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     fig.clear()
 
 
-def blobs_markdown(table: dict, budget: int) -> list[str]:
-    """The section of problem 1b: setup, optimum, table, plot and findings from ``table``."""
-    lines = [
-        "## Problem 1b: bin edges of the neos blobs, exact expected CLs (2, 4, 6 parameters)",
-        "",
-        "`diffhep.studies.black_box_blobs`: the four Gaussian blobs of "
-        "`src/diffhep/data/neos_blobs.yaml` (`diffhep.problems.blobs`: 20 signal, 100 background"
-        " events, the background shape systematic from the up/down blobs). Fixed observable: "
-        "the projection u = (x2 - x1)/sqrt(2), a monotone function of the likelihood ratio "
-        "s/(s+b); the parameters are its d interior bin edges (d + 1 bins, open outer bins), "
-        f"each in [{BOX[0]:g}, {BOX[1]:g}], sorted. Exact objective: the median expected CLs "
-        "(mu = 1, qtilde, Asimov background-only data; exact fits) of the true expected "
-        "yields in the bins (differences of normal CDFs: a hard histogram of infinitely many "
-        "events), about 1 ms per evaluation. Methods, "
-        f"{budget} exact evaluations each: gradient = Adam (learning rate 0.05) on the edges "
-        "from evenly spaced ones through a soft histogram (bandwidth 0.3 of the mean bin width) "
-        "of 2000 simulated events per blob (a new sample per seed), loss log CLs of the soft "
-        "yields, one exact evaluation of the current edges per step (compilation not timed; "
-        "the searches' hypothesis test is compiled before them too); TPE (Optuna, "
-        "multivariate) on log CLs, uniform random search, and a grid of cell centres "
-        "(floor(budget^(1/d)) per edge, sorted: many grid points coincide after sorting). "
-        "L-GSO is **not** run on this problem (not built in this session; it is on the 2-cut "
-        "toy above). Optimum: Nelder-Mead on the exact log CLs from evenly spaced edges, 5 "
-        "random starts and the best point any method found (so no method can beat it).",
-        "",
-    ]
+def _lgso_setup(table) -> str:
+    rows = [r for t in table.values() for r in t["methods"].get("lgso", [])]
+    if not rows:
+        return "L-GSO is not in this run. "
+    return (
+        "L-GSO treats the hard histogram as the black box: psi = the edges, F(x; psi) = the "
+        "cumulative indicators [u > e_(j)] of an event (its bin), the rest of the chain (yields "
+        "-> the hypothesis test) stays differentiable; risk the loss of the batch's yields; "
+        "`Settings()`'s defaults (N = 16 edge vectors of M = 64 events per iteration, K = 4096 "
+        "surrogate events per gradient, trust region +-0.3, Adam 0.05, 8 hidden units, at "
+        "most 60 iterations) except the surrogate's family: Bernoulli p(u > e_(j) | u, psi) "
+        "(the outputs are 0/1, as for the cuts) seeing u only; from evenly spaced edges; its "
+        "answer is the mean of its last 5 iterates, and it is counted in black-box histograms "
+        "(N per iteration, each of M events: not exact evaluations, cheaper, noisier). "
+        + ("'L-GSO, no early stop': the same with tolerance 0 (its stopping rule, a net move "
+           "under half the trust region over 5 iterations, never fires: all 60 iterations). "
+           if any("lgso_long" in t["methods"] for t in table.values()) else "")
+    )  # fmt: skip
+
+
+def blobs_markdown(table: dict, budget: int, metric: str = "cls") -> list[str]:
+    """The section of problem 1b (``metric="cls"``) or 1c (Z0): setup, optimum, table, plot
+    and findings from ``table``."""
+    label = LABELS[metric]
+    larger = METRICS[metric][1]
+    png = "black-box-blobs.png" if metric == "cls" else "black-box-blobs-z0.png"
+    if metric == "cls":
+        lines = [
+            "## Problem 1b: bin edges of the neos blobs, exact expected CLs (2, 4, 6 parameters)",
+            "",
+            "`diffhep.studies.black_box_blobs`: the four Gaussian blobs of "
+            "`src/diffhep/data/neos_blobs.yaml` (`diffhep.problems.blobs`: 20 signal, 100 "
+            "background events, the background shape systematic from the up/down blobs). Fixed "
+            "observable: the projection u = (x2 - x1)/sqrt(2), a monotone function of the "
+            "likelihood ratio s/(s+b); the parameters are its d interior bin edges (d + 1 bins, "
+            f"open outer bins), each in [{BOX[0]:g}, {BOX[1]:g}], sorted. Exact objective: the "
+            "median expected CLs (mu = 1, qtilde, Asimov background-only data; exact fits) of "
+            "the true expected yields in the bins (differences of normal CDFs: a hard histogram "
+            "of infinitely many events), about 1 ms per evaluation. Methods, "
+            f"{budget} exact evaluations each: gradient = Adam (learning rate 0.05) on the edges "
+            "from evenly spaced ones through a soft histogram (bandwidth 0.3 of the mean bin "
+            "width) of 2000 simulated events per blob (a new sample per seed), loss log CLs of "
+            "the soft yields, one exact evaluation of the current edges per step (compilation "
+            "not timed; the searches' hypothesis test is compiled before them too); TPE "
+            "(Optuna, multivariate) on log CLs, uniform random search, and a grid of cell "
+            "centres (floor(budget^(1/d)) per edge, sorted: many grid points coincide after "
+            "sorting). " + _lgso_setup(table) + "Optimum: Nelder-Mead on the exact log CLs "
+            "from evenly spaced edges, 5 random starts and the best point any method found "
+            "(so no method can beat it).",
+            "",
+        ]
+    else:
+        lines = [
+            "## Problem 1c: the same bin edges, exact median expected Z0 (2, 4, 6 parameters)",
+            "",
+            "The blobs and methods of problem 1b with the second metric: the median expected "
+            "discovery significance Z0 = sqrt(q0) on the signal-plus-background (mu = 1) Asimov "
+            "data, the background shape parameter profiled (`diffhep.analysis.losses."
+            "profile_fit` with mu fixed at 0; exact fit) of the true yields; maximised. The "
+            "gradient and L-GSO minimise -Z0 of their soft / surrogate yields, TPE -Z0, the "
+            "optimum is Nelder-Mead on -log Z0 from the same starts (dense grid for 2 edges). "
+            f"{budget} exact evaluations per search and gradient run.",
+            "",
+        ]
     for d, t in table.items():
         o = t["optimum"]
         extra = ""
@@ -254,32 +431,39 @@ def blobs_markdown(table: dict, budget: int) -> list[str]:
             g = o["dense_grid"]
             extra = (f"; dense grid {g['points']}: {g['value']:.5g} at "
                      f"({', '.join(f'{v:.3g}' for v in g['edges'])})")  # fmt: skip
-        lines.append(f"- {d} edges: optimum CLs = {o['value']:.5g} at "
+        lines.append(f"- {d} edges: optimum {label} = {o['value']:.5g} at "
                      f"({', '.join(f'{v:.3f}' for v in o['edges'])}){extra}.")  # fmt: skip
+    within = "1%"
     lines += [
         "",
-        "| method | edges | evaluations | CLs reached | CLs / optimum | evaluations to 1% "
-        "| seconds to 1% | wall time (s) |",
+        f"| method | edges | evaluations | {label} reached | {label} / optimum | evaluations "
+        f"to {within} | seconds to {within} | wall time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for d, t in table.items():
         opt = t["optimum"]["value"]
         for m, rows in t["methods"].items():
             v = float(np.nanmedian([r["value"] for r in rows]))
-            n, s = _reach(rows, opt, m, 0.01)
+            n, s = _reach(rows, opt, m, 0.01, metric)
             secs = float(np.median([r["seconds"] for r in rows]))
-            lines.append(f"| {NAMES[m]} | {d} | {len(rows[0]['values'])} | {v:.4g} | "
+            evals = float(
+                np.median(
+                    [r["evaluations"][-1] if "evaluations" in r else len(r["values"]) for r in rows]
+                )
+            )
+            lines.append(f"| {NAMES[m]} | {d} | {evals:.0f} | {v:.4g} | "
                          f"{v / opt:.4f} | {n if n else 'not reached'} | "
                          f"{f'{s:.2f}' if s is not None else '-'} | {secs:.2f} |")  # fmt: skip
     lines += [
         "",
-        "CLs reached: a search's best trial, the gradient's last iterate (median over seeds); "
-        "'to 1%': the first evaluation where the median curve is within 1% of the optimum's "
-        "CLs.",
+        f"{label} reached: a search's best trial, the gradient's last iterate, L-GSO's answer "
+        "(median over seeds); evaluations: exact ones (L-GSO: black-box histograms, median); "
+        f"'to {within}': the first evaluation where the median curve is within {within} of the "
+        f"optimum's {label} (L-GSO's curve: its iterates, one point per iteration).",
         "",
-        "![blobs: CLs over the optimum vs evaluations and wall time](black-box-blobs.png)",
+        f"![blobs: {label} against the optimum vs evaluations and wall time]({png})",
         "",
-        "Findings on the blobs (computed from the table):",
+        f"Findings on the blobs, {label} (computed from the table):",
         "",
     ]
     dims = list(table)
@@ -288,12 +472,12 @@ def blobs_markdown(table: dict, budget: int) -> list[str]:
         opt = t["optimum"]["value"]
         ratio = {m: float(np.nanmedian([r["value"] for r in rows])) / opt
                  for m, rows in t["methods"].items()}  # fmt: skip
-        ranked = sorted(ratio, key=ratio.get)
-        reach = {m: _reach(rows, opt, m, 0.01) for m, rows in t["methods"].items()}
+        ranked = sorted(ratio, key=lambda m: -ratio[m] if larger else ratio[m])
+        reach = {m: _reach(rows, opt, m, 0.01, metric) for m, rows in t["methods"].items()}
         first = [m for m in ranked if reach[m][0]]
         fastest = min(first, key=lambda m: reach[m][0]) if first else None
         lines.append(
-            f"- {d} edges: ranking by the CLs reached: "
+            f"- {d} edges: ranking by the {label} reached: "
             + ", ".join(f"{NAMES[m]} {ratio[m]:.4f}" for m in ranked)
             + " x the optimum. "
             + (f"Fewest evaluations to within 1%: {NAMES[fastest]} ({reach[fastest][0]})."
@@ -303,14 +487,41 @@ def blobs_markdown(table: dict, budget: int) -> list[str]:
         vals = [float(np.nanmedian([r["value"] for r in table[d]["methods"][m]]))
                 / table[d]["optimum"]["value"] for d in dims]  # fmt: skip
         lines.append(f"- {NAMES[m]} against the number of edges d = {', '.join(dims)}: "
-                     f"CLs / optimum {', '.join(f'{v:.4f}' for v in vals)}.")  # fmt: skip
-    best_it = [float(np.median([np.nanmin(r["values"]) for r in table[d]["methods"]["gradient"]]))
+                     f"{label} / optimum {', '.join(f'{v:.4f}' for v in vals)}.")  # fmt: skip
+    pick = np.nanmax if larger else np.nanmin
+    best_it = [float(np.median([pick(r["values"]) for r in table[d]["methods"]["gradient"]]))
                / table[d]["optimum"]["value"] for d in dims]  # fmt: skip
-    lines.append("- The gradient's best iterate along the way (median over seeds, CLs / optimum, "
-                 f"d = {', '.join(dims)}): {', '.join(f'{v:.4f}' for v in best_it)}; where this "
-                 "is below its last iterate, the soft-histogram loss's minimum is not the exact "
-                 "one (kernel bias) or the steps oscillate.")  # fmt: skip
+    lines.append(f"- The gradient's best iterate along the way (median over seeds, {label} / "
+                 f"optimum, d = {', '.join(dims)}): {', '.join(f'{v:.4f}' for v in best_it)}; "
+                 "where this is better than its last iterate, the soft-histogram loss's "
+                 "optimum is not the exact one (kernel bias) or the steps oscillate.")  # fmt: skip
+    for key in ("lgso", "lgso_long"):
+        if key in next(iter(table.values()))["methods"]:
+            lines.append(_lgso_finding(table, dims, label, pick, key))
     skipped = sum(r.get("skipped_steps", 0) for t in table.values()
                   for r in t["methods"]["gradient"])  # fmt: skip
     lines.append(f"- Gradient steps skipped for a non-finite gradient: {skipped}.")
     return [*lines, ""]
+
+
+def _lgso_finding(table, dims, label, pick, key: str = "lgso") -> str:
+    """L-GSO's scaling with the number of edges: answer and best iterate against the
+    optimum, iterations, convergence, black-box histograms and events."""
+    parts = []
+    for d in dims:
+        rows = table[d]["methods"][key]
+        opt = table[d]["optimum"]["value"]
+        v = float(np.nanmedian([r["value"] for r in rows])) / opt
+        b = float(np.median([pick(r["values"]) for r in rows])) / opt
+        conv = sum(r["converged"] for r in rows)
+        parts.append(
+            f"d = {d}: {v:.4f} (best iterate {b:.4f}), "
+            f"{np.median([r['iterations'] for r in rows]):.0f} iterations, converged "
+            f"{conv}/{len(rows)}, {np.median([r['evaluations'][-1] for r in rows]):.0f} "
+            f"histograms of {np.median([r['events'] for r in rows]):.0f} events in all"
+        )
+    return (
+        f"- L-GSO with its defaults, {label} / optimum by the number of edges: "
+        + "; ".join(parts)
+        + "."
+    )
