@@ -1,4 +1,4 @@
-"""Problem 1b of ``diffhep study black-box``: bin edges of the neos blobs (2, 4, 6 parameters).
+"""Problems 1b and 1c of ``diffhep study black-box``: bin edges of the neos blobs (2, 4, 6 edges).
 
 The observable is fixed: the projection ``u = (x2 - x1) / sqrt(2)`` of the plane on the line
 through the signal and background means. With unit covariances the likelihood ratio s/(s+b)
@@ -18,11 +18,17 @@ Methods, each counted in exact evaluations and wall time:
   (``blobs.generate(seed=seed)``), loss log CLs of the soft yields (the same hypothesis test,
   differentiated); the exact CLs of the current edges after every step is one evaluation;
 - TPE (Optuna, multivariate), uniform random search, and a grid (cell centres of
-  ``floor(budget^(1/d))`` values per parameter, visited in a seeded order) on the exact CLs.
+  ``floor(budget^(1/d))`` values per parameter, visited in a seeded order) on the exact CLs;
+- L-GSO (:func:`diffhep.surrogate.lgso.lgso`) with the hard histogram as the black box:
+  ``psi`` = the edges, ``F(x; psi)`` = an event's cumulative indicators ``[u > e_(j)]``
+  (:func:`hard_histogram`), a Bernoulli surrogate ``p(u > e_(j) | u, psi)``, the rest of the
+  chain (yields, hypothesis test) differentiated exactly; counted in black-box histograms.
 
 The optimum: Nelder-Mead on the exact objective from several starts (evenly spaced edges,
 5 random ones and the best point any method found), and for d = 2 also a dense grid.
-L-GSO is not run on this problem (see the study's markdown).
+
+The second metric (``metric="z0"``): the median expected discovery significance Z0 on the
+signal-plus-background Asimov data (:func:`exact_z0`), maximised by the same methods.
 """
 
 from __future__ import annotations
