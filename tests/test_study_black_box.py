@@ -13,19 +13,22 @@ def test_black_box_study_smoke(tmp_path):
 
     path = black_box_study(tmp_path / "doc", seeds=1, epochs=2, budget=6, dense=9,
                            runs_dir=tmp_path / "runs", lgso_iterations=2, blobs_budget=4,
-                           blobs_dense=9)  # fmt: skip
+                           blobs_dense=9, detector_seeds=2)  # fmt: skip
     text = path.read_text()
     doc = json.loads((tmp_path / "doc" / "black-box.json").read_text())
     assert set(doc["cuts"]["searches"]) == {"grid", "random", "bo"}
     assert len(doc["cuts"]["gradient"]["values"]) == 2
     assert set(doc["detector"]) == {"lgso", "lgso_scaled", "tpe", "random", "grid"}
     assert all(set(t) == {"1", "2", "4", "6"} for t in doc["detector"].values())
+    assert all(len(rows) == 2 for t in doc["detector"].values() for rows in t.values())
+    within = sum(r["distance"] < 0.1 for r in doc["detector"]["lgso"]["1"])
+    row = next(r for r in text.splitlines() if r.startswith("| L-GSO | 1 |"))
+    assert f" | {within}/2 | " in row and "problem 2: 2 seeds" in text
     assert len(doc["cuts"]["lgso"][0]["values"]) == 2  # the exact Z0 of each iterate
     for key, sign in (("blobs", 1.0), ("blobs_z0", -1.0)):
         assert set(doc[key]) == {"2", "4", "6"}
         for d, t in doc[key].items():
-            long = {"lgso_long"} if key == "blobs" else set()
-            assert set(t["methods"]) == {"gradient", "lgso", "tpe", "random", "grid"} | long
+            assert set(t["methods"]) == {"gradient", "lgso", "tpe", "random", "grid"}
             assert len(t["methods"]["gradient"][0]["values"]) == 4
             assert len(t["methods"]["lgso"][0]["values"]) == 2  # lgso_iterations
             # the optimum starts from the best point found, so no method beats it
