@@ -169,3 +169,25 @@ def test_blobs_lgso_two_edges_near_dense_grid_optimum():
     row = _lgso(2, 0)
     assert row["value"] < 1.5 * ref, (row["value"], ref, start)
     assert row["value"] < start / 3
+
+
+def test_parts_are_reused_with_the_same_settings(tmp_path):
+    """A finished part is read back (an interrupted study resumes), not computed again;
+    other settings compute it again."""
+    import numpy as np
+
+    from diffhep.studies.black_box import _part
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"values": [1.5, float("nan")], "edges": (0.1, 0.2)}
+
+    _, m1 = _part(tmp_path, "blobs", {"seeds": 3, "dims": (2, 4)}, compute)
+    again, m2 = _part(tmp_path, "blobs", {"seeds": 3, "dims": (2, 4)}, compute)
+    assert len(calls) == 1 and m2["reused"] and "reused" not in m1
+    assert again["values"][0] == 1.5 and np.isnan(again["values"][1])
+    assert m2["cpu_seconds"] == m1["cpu_seconds"]
+    _, m3 = _part(tmp_path, "blobs", {"seeds": 5, "dims": (2, 4)}, compute)
+    assert len(calls) == 2 and "reused" not in m3

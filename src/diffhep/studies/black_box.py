@@ -204,7 +204,11 @@ def black_box_study(
     CLs and Z0 (:mod:`diffhep.studies.black_box_blobs`), ``blobs_budget`` evaluations per
     search / gradient run and seed, a ``blobs_dense`` x ``blobs_dense`` grid checking the
     2-edge optima. Problem 2 runs ``detector_seeds`` seeds (5: its acceptance counts the
-    seeds within :data:`TOLERANCE` of the known optimum)."""
+    seeds within :data:`TOLERANCE` of the known optimum).
+
+    Each finished part (the cuts, the blobs per metric, the detector) is kept in
+    ``runs_dir/parts`` with its settings and reused by a run with the same settings, so an
+    interrupted study resumes (:func:`_part`)."""
     import os
 
     from .black_box_blobs import blobs_problem
@@ -214,30 +218,67 @@ def black_box_study(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(runs_dir) if runs_dir else Path("runs") / "black-box"
-    load, cpu0, t0 = [os.getloadavg()[0]], time.process_time(), time.perf_counter()
-    reference = _dense_optimum(dense)
-    searches = _searches(runs, seeds, budget)
-    gradient = _gradient(runs, epochs, overrides)
-    lgso_cuts = [cuts_lgso(seed, iterations=lgso_iterations or 40) for seed in range(seeds)]
     lgso_blobs = lgso_iterations or 60
-    blob_edges = blobs_problem(seeds, blobs_budget, dense=blobs_dense, lgso_iterations=lgso_blobs)
-    blob_z0 = blobs_problem(seeds, blobs_budget, dense=blobs_dense, metric="z0",
-                            lgso_iterations=lgso_blobs)  # fmt: skip
-    detector = {
-        "lgso": _lgso_runs(detector_seeds, iterations=lgso_iterations or 60),
-        "lgso_scaled": _lgso_runs(detector_seeds, iterations=lgso_iterations or 60, scaled=True),
+
+    def cuts():
+        return {"optimum": _dense_optimum(dense), "searches": _searches(runs, seeds, budget),
+                "gradient": _gradient(runs, epochs, overrides),
+                "lgso": [cuts_lgso(seed, iterations=lgso_iterations or 40)
+                         for seed in range(seeds)]}  # fmt: skip
+
+    def detector():
+        it = lgso_iterations or 60
+        return {"lgso": _lgso_runs(detector_seeds, iterations=it),
+                "lgso_scaled": _lgso_runs(detector_seeds, iterations=it, scaled=True),
+                **_searches_detector(detector_seeds)}  # fmt: skip
+
+    common = {"seeds": seeds, "lgso_iterations": lgso_iterations}
+    parts = {
+        "cuts": ({**common, "epochs": epochs, "budget": budget, "dense": dense,
+                  "overrides": list(overrides)}, cuts),
+        "blobs": ({**common, "budget": blobs_budget, "dense": blobs_dense},
+                  lambda: blobs_problem(seeds, blobs_budget, dense=blobs_dense,
+                                        lgso_iterations=lgso_blobs)),
+        "blobs_z0": ({**common, "budget": blobs_budget, "dense": blobs_dense},
+                     lambda: blobs_problem(seeds, blobs_budget, dense=blobs_dense, metric="z0",
+                                           lgso_iterations=lgso_blobs)),
+        "detector": ({"seeds": detector_seeds, "lgso_iterations": lgso_iterations}, detector),
+    }  # fmt: skip
+    doc, machines = {}, {}
+    for name, (settings, compute) in parts.items():
+        doc[name], machines[name] = _part(runs, name, settings, compute)
+    doc["machine"] = {
+        "load_start": machines["cuts"]["load_start"],
+        "load_end": machines["detector"]["load_end"],
+        "cpu_count": os.cpu_count(),
+        "cpu_seconds": sum(m["cpu_seconds"] for m in machines.values()),
+        "wall_seconds": sum(m["wall_seconds"] for m in machines.values()),
+        "reused": [n for n, m in machines.items() if m.get("reused")],
     }
-    detector |= _searches_detector(detector_seeds)
-    load.append(os.getloadavg()[0])
-    machine = {"load_start": load[0], "load_end": load[1], "cpu_count": os.cpu_count(),
-               "cpu_seconds": time.process_time() - cpu0,
-               "wall_seconds": time.perf_counter() - t0}  # fmt: skip
-    doc = {"cuts": {"optimum": reference, "searches": searches, "gradient": gradient,
-                    "lgso": lgso_cuts},
-           "blobs": blob_edges, "blobs_z0": blob_z0, "detector": detector,
-           "machine": machine}  # fmt: skip
     write_atomic(out / "black-box.json", _dumps(doc))
     return render(out)
+
+
+def _part(runs: Path, name: str, settings: dict, compute) -> tuple[dict, dict]:
+    """A part of the study and its machine record (CPU and wall seconds, load): read back from
+    ``runs/parts/NAME.json`` if a run with the same ``settings`` finished it (marked
+    ``reused``), else computed and saved there."""
+    import os
+
+    path = runs / "parts" / f"{name}.json"
+    settings = json.loads(json.dumps(settings))
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["settings"] == settings:
+            return saved["result"], saved["machine"] | {"reused": True}
+    load, cpu, t0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
+    result = compute()
+    machine = {"load_start": load, "load_end": os.getloadavg()[0],
+               "cpu_seconds": time.process_time() - cpu,
+               "wall_seconds": time.perf_counter() - t0}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, _dumps({"settings": settings, "result": result, "machine": machine}))
+    return result, machine
 
 
 def _dumps(doc) -> str:

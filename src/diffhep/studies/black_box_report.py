@@ -212,9 +212,12 @@ def _markdown(doc, seeds, epochs, budget) -> str:
     lines += _findings(doc)
     m = doc["machine"]
     lines += ["", f"The run: {m['wall_seconds']:.0f} s wall, {m['cpu_seconds']:.0f} CPU-s of "
-              f"this process, on {m['cpu_count']} cores with load average {m['load_start']:.1f}"
-              f" at the start and {m['load_end']:.1f} at the end (other jobs running: the wall "
-              "times above are inflated by them, uniformly to first order).",
+              f"the study's process, on {m['cpu_count']} cores with load average "
+              f"{m['load_start']:.1f} at the start and {m['load_end']:.1f} at the end (other "
+              "jobs running: the wall times above are inflated by them, uniformly to first order)"
+              + (f"; the parts {', '.join(m['reused'])} were read back from an earlier, "
+                 "interrupted run of the same command (`runs/black-box/parts`), their seconds "
+                 "included." if m.get("reused") else "."),
               "", "Numbers per seed: `black-box.json`.", ""]  # fmt: skip
     return "\n".join(lines)
 
