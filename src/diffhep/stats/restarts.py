@@ -39,7 +39,8 @@ def search(model, data, init, lower, upper, fixed, restart, tol, max_steps, cent
     ``init``) is where the constraint terms pull the parameters, if not at ``init``: a toy's
     auxiliary data (:mod:`diffhep.stats.toys`); the flips are judged from it, and a fit from
     it and the reflection through it are restarts of their own."""
-    centre = init if centre is None else jnp.asarray(centre, init.dtype)
+    # where the restarts start is a discrete choice: no gradient flows through ``centre``
+    centre = jax.lax.stop_gradient(init if centre is None else jnp.asarray(centre, init.dtype))
     return _search(
         ((model, data), init), lower, upper, fixed, jnp.asarray(restart), tol, max_steps, centre
     )
