@@ -29,6 +29,14 @@ class _Main(click.Group):
         # the cyclic garbage collector, which would traverse everything imported so far again
         # and again (~0.25 s of CPU of a `cls` command); common.run() switches it back on.
         common.OWN_PROCESS = args is None
+        if args is None:
+            # OpenBLAS (numpy's, and scipy's under JAX's LAPACK calls on CPU) starts a thread
+            # per core it may run on when it loads, which spins between calls: the heavy work
+            # is XLA's (its own threads), the BLAS calls small. scipy's loaded within
+            # cli.common._compiling_on_all_cores, and its second thread spun on the Python
+            # thread's core: warm 'diffhep exclusion' of the 217 sbottom RegionA patches
+            # 20.6 s instead of 13.2-14.0 s (idle machine, the same rows as before b3e3794).
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         if args is None:  # a running worker (`diffhep worker start`) runs it, if there is one
             code = worker_commands.forward(sys.argv[1:])
             if code is not None:
