@@ -9,9 +9,12 @@ black box with common random numbers.
 
 from __future__ import annotations
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.tree_util import Partial
 
 from diffhep.problems import black_box as bb
 from diffhep.surrogate.lgso import Settings, lgso, surrogate_gradient
@@ -164,3 +167,48 @@ def test_bernoulli_surrogate_of_a_selection(psi, cheap):
     np.testing.assert_allclose(grad, fd, rtol=0.35)
     # its own validation: the held-out psi's Z0 from the surrogate vs the black box's
     assert res.records[-1]["val_risk_error"] < 0.15
+
+
+# ------------------------------------------------------------------- compiled code is reused
+class _ScaledError(eqx.Module):
+    """A risk made afresh for every run (equal instances: the same compiled code)."""
+
+    scale: float = eqx.field(static=True)
+
+    def __call__(self, y, x):
+        return self.scale * bb.squared_error(y, x)
+
+
+def _run_small():
+    settings = Settings(max_iterations=2, n_psi=4, m_x=16, k_x=64, surrogate_steps=3,
+                        first_fit=1, columns=(0,))  # fmt: skip
+    return lgso(
+        lambda x, p, rng: bb.detector(x, p, rng),
+        lambda rng, n: bb.sample_truth(rng, n),
+        _ScaledError(1.0),
+        [1.0],
+        cost=Partial(bb.cost, costs=(0.25,)),
+        bounds=[(0.05, 3.0)],
+        settings=settings,
+    )
+
+
+def test_a_second_run_compiles_nothing():
+    """lgso() compiles its surrogate fit, gradient and checks once per problem and shapes:
+    a second run, with its risk (an equinox Module) and cost (a jax.tree_util.Partial) made
+    afresh, traces nothing (before: every run traced and compiled them again, ~40 CPU-s per
+    run on the blobs) and follows the same path."""
+    traces = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            traces.append(event)
+
+    first = _run_small()
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        second = _run_small()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(traces) == 0
+    np.testing.assert_array_equal(first.path, second.path)

@@ -43,7 +43,15 @@ import numpy as np
 from ..problems import blobs
 from .common import proposals
 
-__all__ = ["BOX", "blobs_problem", "exact_cls", "exact_z0", "hard_histogram", "projected_yields"]
+__all__ = [
+    "BOX",
+    "HistogramRisk",
+    "blobs_problem",
+    "exact_cls",
+    "exact_z0",
+    "hard_histogram",
+    "projected_yields",
+]
 
 BOX = (-3.0, 4.0)  # search range of every edge, in u
 DIMS = (2, 4, 6)
@@ -247,6 +255,22 @@ def histogram_yields(y, x):
     return jnp.maximum(totals[:, None] * counts, 1e-6)
 
 
+class HistogramRisk(eqx.Module):
+    """L-GSO's risk on the blobs: log CLs (or -Z0) of the yields of a batch's (expected)
+    cumulative indicators (:func:`histogram_yields`), ``nbins`` bins. A Module with static
+    fields: equal for equal settings, so every seed's run reuses lgso's compiled code."""
+
+    nbins: int = eqx.field(static=True)
+    metric: str = eqx.field(static=True)
+
+    def __call__(self, y, x):
+        import jax
+
+        with jax.ensure_compile_time_eval():  # concrete (cached) arrays: constants in a trace
+            model = blobs._model(self.nbins)
+        return _metric_of(model, histogram_yields(y, x), self.metric)
+
+
 def _lgso(d: int, seed: int, iterations: int = 60, metric: str = "cls", **extra) -> dict:
     """L-GSO on the edges with the hard histogram as the black box, its default settings
     except the surrogate's family (Bernoulli: the outputs are 0/1) and the columns it sees
@@ -256,11 +280,7 @@ def _lgso(d: int, seed: int, iterations: int = 60, metric: str = "cls", **extra)
     from ..surrogate.lgso import Settings, lgso
 
     value = METRICS[metric][0]
-    model = blobs._model(d + 1)
-
-    def risk(y, x):
-        return _metric_of(model, histogram_yields(y, x), metric)
-
+    risk = HistogramRisk(d + 1, metric)
     settings = Settings(
         seed=seed, surrogate="bernoulli", columns=(0,), max_iterations=iterations, **extra
     )

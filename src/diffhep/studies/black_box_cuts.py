@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import time
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
 from ..runs.config import load_config
 from .common import shipped_config
 
-__all__ = ["cuts_lgso", "z0_counting"]
+__all__ = ["CountingRisk", "cuts_lgso", "z0_counting"]
 
 
 def z0_counting(s, b):
@@ -60,6 +61,22 @@ def _exact(psi_list) -> list[float]:
     return out
 
 
+class CountingRisk(eqx.Module):
+    """L-GSO's risk on the cuts: ``-Z0`` of one counting bin whose signal and background
+    yields are the totals ``s_tot``, ``b_tot`` times the weighted pass fractions of the batch
+    (rows ``(x1, x2, is_signal, w)``, ``y`` the pass probability). Static fields: equal for
+    equal totals, so every seed's run reuses lgso's compiled code."""
+
+    s_tot: float = eqx.field(static=True)
+    b_tot: float = eqx.field(static=True)
+
+    def __call__(self, y, x):
+        p, sig, w = y[:, 0], x[:, 2], x[:, 3]
+        s = self.s_tot * jnp.sum(w * sig * p) / jnp.sum(w * sig)
+        b = self.b_tot * jnp.sum(w * (1 - sig) * p) / jnp.sum(w * (1 - sig))
+        return -z0_counting(s, jnp.maximum(b, 1e-3))
+
+
 def cuts_lgso(seed: int, start=(0.0, 0.0), settings=None, iterations: int = 40) -> dict:
     """L-GSO from the config's cuts (0, 0); the exact validation Z0 of every iterate (for
     the curves; L-GSO never sees it), the black-box events and seconds after each iteration,
@@ -74,12 +91,7 @@ def cuts_lgso(seed: int, start=(0.0, 0.0), settings=None, iterations: int = 40) 
     def sample_x(rng, n):
         return pool[rng.integers(0, len(pool), size=n)]
 
-    def risk(y, x):
-        p, sig, w = y[:, 0], x[:, 2], x[:, 3]
-        s = s_tot * jnp.sum(w * sig * p) / jnp.sum(w * sig)
-        b = b_tot * jnp.sum(w * (1 - sig) * p) / jnp.sum(w * (1 - sig))
-        return -z0_counting(s, jnp.maximum(b, 1e-3))
-
+    risk = CountingRisk(s_tot, b_tot)
     settings = settings or Settings(seed=seed, surrogate="bernoulli", columns=(0, 1),
                                     hidden=(16, 16), n_psi=16, m_x=256, k_x=len(pool),
                                     epsilon=0.3, learning_rate=0.1,

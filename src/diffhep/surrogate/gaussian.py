@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -105,10 +106,13 @@ class GaussianSurrogate(eqx.Module):
         return jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+@functools.lru_cache(maxsize=16)
 def make_fit(learning_rate: float, steps: int):
     """``(fit, init)``: ``fit(model, opt_state, x, psi, y, mask) -> (model, opt_state, final
     nll)`` runs ``steps`` full-batch Adam steps on the masked NLL, compiled once for a fixed
-    data shape (pad and mask the data); ``init(model)`` gives the optimiser state."""
+    data shape (pad and mask the data); ``init(model)`` gives the optimiser state. Cached on
+    ``(learning_rate, steps)``: every L-GSO run with these settings shares the compiled
+    ``fit``."""
     optimizer = optax.adam(learning_rate)
 
     @eqx.filter_jit

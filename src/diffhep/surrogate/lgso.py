@@ -126,6 +126,28 @@ def _value_and_grad(model, risk, psi, x, z, cost):
     return jax.value_and_grad(objective)(psi)
 
 
+# Compiled once per process for each (surrogate structure, risk, cost, shapes): the functions
+# are arguments, static for eqx.filter_jit (hashed: module-level functions by identity,
+# equinox Modules and jax.tree_util.Partial by their fields), so a second lgso() call on the
+# same problem reuses the compiled code (a closure or lambda made per call recompiles).
+_gradient = eqx.filter_jit(_value_and_grad)
+
+
+@eqx.filter_jit
+def _nll(model, x, psi, y):
+    return model.nll(x, psi, y)
+
+
+@eqx.filter_jit
+def _risk_mean(model, risk, z, x, psi):
+    return jnp.mean(risk(model.sample(z, x, psi), x))
+
+
+@eqx.filter_jit
+def _risk(risk, y, x):
+    return risk(y, x)
+
+
 def surrogate_gradient(model, risk, psi, x, z, cost=None):
     """The surrogate's estimate of the objective and of its gradient in ``psi``:
     ``mean_k R(S(z_k, x_k; psi), x_k) + C(psi)`` and its ``jax.grad`` (fixed ``z``, ``x``)."""
@@ -164,6 +186,11 @@ def lgso(
         bounds: ``[(low, high)]`` per parameter: the trust region and the steps stay inside.
         settings: :class:`Settings`.
         callback: Called with each iteration's record.
+
+    The compiled surrogate code is shared by every call with equal ``risk`` and ``cost``
+    (for ``eqx.filter_jit``: the same module-level function, or equal ``equinox.Module`` /
+    ``jax.tree_util.Partial`` instances; arrays in them are arguments, not constants) and
+    equal shapes; a lambda or closure made per call compiles anew (tens of CPU seconds).
     """
     s = settings
     rng = np.random.default_rng(s.seed)
@@ -183,12 +210,6 @@ def lgso(
         model = Columns(model, tuple(s.columns))
     fit, init = make_fit(s.surrogate_learning_rate, s.surrogate_steps)
     fit_state = init(model)
-    gradient = eqx.filter_jit(lambda m, p, x, z: _value_and_grad(m, risk, p, x, z, cost))
-    checks = (
-        eqx.filter_jit(lambda m, x, p, y: m.nll(x, p, y)),
-        eqx.filter_jit(lambda m, z, x, p: jnp.mean(risk(m.sample(z, x, p), x))),
-        jax.jit(risk),
-    )
     opt = optax.adam(s.learning_rate)
     opt_state = opt.init(jnp.asarray(psi))
     history, path, records = _History(), [psi.copy()], []
@@ -215,12 +236,12 @@ def lgso(
             model, fit_state, train_nll = fit(model, fit_state, lx, lp, ly, mask)
         record = {"iteration": it, "psi": psi.tolist(), "local_samples": int(mask.sum()),
                   "train_nll": float(train_nll)}  # fmt: skip
-        record |= _validate(model, checks, held, rng)
+        record |= _validate(model, risk, held, rng)
         for p, x, y in held:
             history.add(p, x, y, it)
         xk = np.asarray(sample_x(rng, s.k_x))
         zk = rng.normal(size=(s.k_x, ly.shape[1]))
-        value, grad = gradient(model, jnp.asarray(psi), xk, zk)
+        value, grad = _gradient(model, risk, jnp.asarray(psi), xk, zk, cost)
         value, grad = float(value), np.asarray(grad, dtype=float)
         updates, opt_state = opt.update(jnp.asarray(grad), opt_state)
         psi = _clip(np.asarray(optax.apply_updates(jnp.asarray(psi), updates)), bounds)
@@ -238,18 +259,17 @@ def lgso(
     return Result(final, converged, np.asarray(path), records, calls, model)
 
 
-def _validate(model, checks, held, rng) -> dict:
+def _validate(model, risk, held, rng) -> dict:
     """The surrogate on the held-out samples: NLL, and its mean risk at each held-out psi
     against the black box's (RMS error, and the black box's Monte-Carlo standard error)."""
     if not held:
         return {}
-    nll_fn, risk_mean, risk = checks
     nll, errors, ses = [], [], []
     for p, x, y in held:
-        nll.append(float(nll_fn(model, x, p, y)))
+        nll.append(float(_nll(model, x, p, y)))
         z = rng.normal(size=y.shape)
-        surrogate = float(risk_mean(model, z, x, p))
-        per = np.asarray(risk(y, x))
+        surrogate = float(_risk_mean(model, risk, z, x, p))
+        per = np.asarray(_risk(risk, y, x))
         errors.append(surrogate - float(per.mean()))
         if per.ndim:  # a batch-level risk (one number) has no per-sample spread
             ses.append(float(per.std(ddof=1) / np.sqrt(len(per))))
