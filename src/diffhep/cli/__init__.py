@@ -37,7 +37,7 @@ class _Main(click.Group):
             # thread's core: warm 'diffhep exclusion' of the 217 sbottom RegionA patches
             # 20.6 s instead of 13.2-14.0 s (idle machine, the same rows as before b3e3794).
             os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        if args is None:  # a running worker (`diffhep worker start`) runs it, if there is one
+            # a running worker (`diffhep worker start`) runs it, if there is one
             code = worker_commands.forward(sys.argv[1:])
             if code is not None:
                 sys.exit(code)

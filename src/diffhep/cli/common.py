@@ -108,10 +108,11 @@ def _compiling_on_all_cores():
     XLA compiles a program's LLVM modules on a thread pool that a thread of its CPU client
     starts at the first compilation, one thread per core that thread may run on: on one
     pinned core, one. Every other thread is let onto all cores for the compilation and put
-    back after it. Threads started meanwhile go where the calling (Python) thread was: the
-    thread that runs the kernels, started by the first call of a kernel loaded from the cache,
-    on XLA's core would share it with the intra-op pool (a warm 'diffhep exclusion' of the
-    217 sbottom RegionA patches took 120 instead of 27 s). The compiled code is the same
+    back after it. Threads started meanwhile go where the calling (Python) thread was, as
+    they would have without the context: on XLA's core they competed with the intra-op pool
+    (scipy's OpenBLAS, loaded by the first call, started its pool there: a warm 'diffhep
+    exclusion' of the 217 sbottom RegionA patches took 120 s; since :class:`diffhep.cli._Main`
+    keeps OpenBLAS on one thread, 12.6-12.8 s). The compiled code is the same
     (byte-identical results: sbottom RegionA's 217 points of 'diffhep exclusion'); the cold
     'diffhep cls' of sbottom RegionA compiled its modules on two threads (5.4 + 5.2 CPU-s
     instead of 11.2 on one) with the same warm time."""

@@ -37,6 +37,7 @@ import functools
 import time
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -264,8 +265,6 @@ class HistogramRisk(eqx.Module):
     metric: str = eqx.field(static=True)
 
     def __call__(self, y, x):
-        import jax
-
         with jax.ensure_compile_time_eval():  # concrete (cached) arrays: constants in a trace
             model = blobs._model(self.nbins)
         return _metric_of(model, histogram_yields(y, x), self.metric)
