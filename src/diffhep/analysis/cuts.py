@@ -247,12 +247,15 @@ class Selection(eqx.Module):
         )
         return Selection(cuts)
 
-    def cutflow(self, events: dict, features) -> list[dict]:
+    def cutflow(self, events: dict, features, passes: dict | None = None) -> list[dict]:
         """Hard cut flow: per sample, the events and weighted yield after each successive cut.
 
         Args:
             events: ``{sample: (x, w)}``.
             features: Feature names (columns of ``x``).
+            passes: Optional ``{sample: bool (n_cuts, n)}``, each cut's :meth:`Cut.passes`
+                of the sample's events computed already (e.g. in one compiled call per
+                chunk of a streamed run).
 
         Returns:
             Rows ``{"cut": expression, sample: {"events": n, "yield": sum w}, ...}``, the
@@ -262,10 +265,11 @@ class Selection(eqx.Module):
         masks = {s: np.ones(len(np.asarray(w)), dtype=bool) for s, (_, w) in events.items()}
         for s, (_, w) in events.items():
             rows[0][s] = {"events": int(masks[s].sum()), "yield": float(np.sum(w))}
-        for cut in self.cuts:
+        for i, cut in enumerate(self.cuts):
             row = {"cut": cut.expression()}
             for s, (x, w) in events.items():
-                masks[s] &= np.asarray(cut.passes(np.asarray(x)))
+                hard = cut.passes(np.asarray(x)) if passes is None else passes[s][i]
+                masks[s] &= np.asarray(hard)
                 row[s] = {
                     "events": int(masks[s].sum()),
                     "yield": float(np.sum(np.asarray(w)[masks[s]])),

@@ -59,7 +59,7 @@ def train(config, out, overrides, resume, progress, signal):
     cfg = run(load_config, config, [*overrides, *extra])
     summary = run(train_run, cfg, out, file=config, resume=resume, progress=progress)
     _print_summary(summary, out)
-    click.echo(_written(summary, out))
+    click.echo(_written(out))
     _exit_if_incomplete(summary, out)
 
 
@@ -68,15 +68,10 @@ _ARTEFACTS = ("summary.json", "workspace.json", "histograms.json", "model.eqx", 
               "plots", "report.html")  # fmt: skip
 
 
-def _written(summary: dict, out) -> str:
-    """The line naming the artefacts the run directory holds (and, for a streamed run, those
-    it does not write)."""
+def _written(out) -> str:
+    """The line naming the artefacts the run directory holds."""
     names = [n + ("/" if n == "plots" else "") for n in _ARTEFACTS if (Path(out) / n).exists()]
-    line = f"run directory: {out} ({', '.join(names)})"
-    missing = summary.get("streamed", {}).get("not_written")
-    if missing:
-        line += f"; not written for streamed input: {', '.join(missing)}"
-    return line
+    return f"run directory: {out} ({', '.join(names)})"
 
 
 def _exit_if_incomplete(summary: dict, out) -> None:

@@ -35,6 +35,8 @@ __all__ = [
     "observed_summary",
     "run_workspace",
     "save_model",
+    "summary_head",
+    "write_selection",
 ]
 
 MODEL_FORMAT = "diffhep-model/1"
@@ -118,15 +120,15 @@ def save_model(out: Path, state: TrainState, cfg: Config) -> None:
 def evaluate_run(run_dir: str | Path, *, plots=True) -> dict:
     """Recompute the test metrics (and artefacts) of a saved run; a run on streamed input
     (``training.chunk_events``) is evaluated streamed, as its training did
-    (:func:`diffhep.runs.streaming.finish`)."""
+    (:func:`diffhep.runs.streaming_finish.finish`)."""
     run_dir = Path(run_dir)
     if is_streamed_run(run_dir):
-        from .streaming import finish as finish_streamed
+        from .streaming_finish import finish as finish_streamed
 
         cfg, pipe, data, params = restore_streamed(run_dir)
         with run_lock(run_dir):
             state = _saved_state(run_dir, params)
-            return finish_streamed(run_dir, pipe, data, params, state, cfg)
+            return finish_streamed(run_dir, pipe, data, params, state, cfg, plots=plots)
     cfg, pipe, parts, params = restore_run(run_dir)
     with run_lock(run_dir):
         state = _saved_state(run_dir, params)
@@ -173,26 +175,13 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
     ws = run_workspace(pipe, params, parts, hists)
     observed = parts.get("observed")
     write_atomic(out / "workspace.json", json.dumps(ws, indent=1))
-    steps = state.step_seconds if state is not None else []
     selection = None
     if params.selection is not None:
         nominal = {n: (np.asarray(parts["test"][n].x), np.asarray(parts["test"][n].w))
                    for n in pipe.analysis.samples}  # fmt: skip
-        selection = {
-            "expression": params.selection.expression(),
-            "cuts": params.selection.to_json(),
-            "cutflow": params.selection.cutflow(nominal, pipe.features),
-        }
-        write_atomic(out / "selection.json", json.dumps(selection, indent=1))
-    summary = {
-        **{k: v for k, v in m.items() if k != "yields"},
-        "yields": m["yields"],
-        "median_step_seconds": float(np.median(steps)) if steps else None,
-        "best_epoch": state.best_epoch if state else None,
-        "epochs_run": state.epoch if state else None,
-        "status": state.status if state else None,
-        "test_events": {n: len(e.w) for n, e in parts["test"].items()},
-    }
+        selection = write_selection(out, params.selection,
+                                    params.selection.cutflow(nominal, pipe.features))  # fmt: skip
+    summary = summary_head(m, state, {n: len(e.w) for n, e in parts["test"].items()})
     if observed is not None:
         summary |= observed_summary(ws, observed)
     if selection is not None:
@@ -204,7 +193,8 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
     summary["onnx"] = _export(out, pipe, params, parts["test"])
     write_histograms(out, histograms_document(pipe, params, hists))
     if plots:
-        _write_report(out, pipe, params, parts, hists, state, cfg, summary)
+        _write_report(out, pipe, params, parts["test"], hists, state, cfg, summary,
+                      observed=observed is not None)  # fmt: skip
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
@@ -224,26 +214,50 @@ def run_workspace(pipe, params, parts, hists=None) -> dict:
     return pipe.workspace(hists, observed)
 
 
-def observed_summary(ws: dict, events) -> dict:
+def summary_head(m: dict, state, test_events: dict) -> dict:
+    """The first entries of a run's ``summary.json``: the test metrics ``m``, the training
+    record of ``state`` (None: not known) and ``test_events`` (``{event set: count}``)."""
+    steps = state.step_seconds if state is not None else []
+    return {
+        **{k: v for k, v in m.items() if k != "yields"},
+        "yields": m["yields"],
+        "median_step_seconds": float(np.median(steps)) if steps else None,
+        "best_epoch": state.best_epoch if state else None,
+        "epochs_run": state.epoch if state else None,
+        "status": state.status if state else None,
+        "test_events": test_events,
+    }
+
+
+def write_selection(out: Path, selection, cutflow: list) -> dict:
+    """Write ``selection.json``: the trained cuts (expression, thresholds) and their cut flow
+    on the test split; returns its content (also the summary's ``selection``)."""
+    doc = {"expression": selection.expression(), "cuts": selection.to_json(), "cutflow": cutflow}
+    write_atomic(out / "selection.json", json.dumps(doc, indent=1))
+    return doc
+
+
+def observed_summary(ws: dict, events=None) -> dict:
     """Observed CLs (mu = 1, qtilde) of the written workspace, as pyhf computes it from
-    ``workspace.json``: the data sample's histograms are its observations."""
+    ``workspace.json``: the data sample's histograms are its observations (``events``, if
+    given, are counted: ``observed_events``)."""
     from ..stats.hypotest import hypotest
     from ..stats.workspace import Workspace
 
     w = Workspace(ws)
     model = w.model()
     res = hypotest(1.0, model, w.data(model))
-    return {
-        "observed_cls": float(res.cls_obs),
-        "observed_cls_converged": bool(res.converged),
-        "observed_events": len(events.w),
-    }
+    out = {"observed_cls": float(res.cls_obs), "observed_cls_converged": bool(res.converged)}
+    if events is not None:
+        out["observed_events"] = len(events.w)
+    return out
 
 
-def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
+def _write_report(out, pipe, params, test_events, hists, state, cfg, summary, observed) -> None:
     """``plots/`` (stale PNGs removed first), the fit diagnostics (``diagnostics.json``,
-    :mod:`diffhep.runs.diagnostics`) and ``report.html``; what fails is named in
-    ``summary["failed"]`` and makes the status ``incomplete``."""
+    :mod:`diffhep.runs.diagnostics`; of the observed data if ``observed``, a data sample's
+    histograms) and ``report.html``; what fails is named in ``summary["failed"]`` and makes
+    the status ``incomplete``. ``test_events``: as :func:`~diffhep.runs.plots.write_plots`'."""
     from .diagnostics import enabled, write_diagnostics
     from .plots import write_plots
     from .report import write_html
@@ -255,7 +269,7 @@ def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
     failed = {}
     try:
         masks = _plot_masks(cfg)
-        failed |= write_plots(plot_dir, pipe, params, parts["test"], hists, state,
+        failed |= write_plots(plot_dir, pipe, params, test_events, hists, state,
                               style=cfg.report.style, masks=masks,
                               stacked={"logy": cfg.report.log_y,
                                        "signal_overlay": cfg.report.signal_overlay},
@@ -263,7 +277,6 @@ def _write_report(out, pipe, params, parts, hists, state, cfg, summary) -> None:
     except Exception as exc:
         failed["plots"] = f"{type(exc).__name__}: {exc}"
     if enabled(cfg.report.diagnostics):
-        observed = parts.get("observed") is not None  # a data sample: fit its histograms
         failed |= write_diagnostics(out, plot_dir, style=cfg.report.style, observed=observed)
 
     def mark():

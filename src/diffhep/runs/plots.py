@@ -8,6 +8,7 @@ input plane. A plot that fails is logged and named; the others are still drawn.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from ..plotting import runs as plotting
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_plots"]
+__all__ = ["PlotEvents", "plot_events", "write_plots"]
 
 
 def _band(pipe, hists, channel, total):
@@ -62,6 +63,8 @@ def write_plots(
     plot_stacked` (``logy``, ``signal_overlay``: ``report.log_y``, ``report.signal_overlay``).
 
     A plot that fails does not stop the others: it is logged and named in the result.
+    ``test_events`` are the test split's ``{event set: Events}`` or, for a run that never
+    holds them in memory, their :class:`PlotEvents`.
     ``masks`` (``{object feature: mask feature}``, :func:`diffhep.runs.ntuples.object_masks`)
     keeps zero-padded objects and the masks out of the observable-vs-features panels.
 
@@ -115,35 +118,25 @@ def _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks, 
             xlabel="observable" if ch.observable == "nn" else ch.observable,
             **stacked,
         )
-    events = {n: (np.asarray(test_events[n].x), np.asarray(test_events[n].w)) for n in a.event_sets}
-    nominal = {n: events[n] for n in a.samples}
-    if params.selection is not None:
-        rows = params.selection.cutflow(nominal, pipe.features)
-        draw("cutflow.png", plotting.plot_cutflow, rows, plot_dir / "cutflow.png")
-        # the score plots show the events the selection keeps (hard cuts), as analysed
-        keep = {
-            n: np.asarray(params.selection.passes(x), dtype=bool) for n, (x, _) in events.items()
-        }
-        events = {n: (x[keep[n]], w[keep[n]]) for n, (x, w) in events.items()}
-        nominal = {n: events[n] for n in a.samples}
+    ev = test_events
+    if not isinstance(ev, PlotEvents):
+        ev = plot_events(pipe, params, test_events)
+    if ev.cutflow is not None:
+        draw("cutflow.png", plotting.plot_cutflow, ev.cutflow, plot_dir / "cutflow.png")
     obs = params.observable
     if obs is None:  # cuts alone: no score to draw
         return None
-    sig_x, sig_w = nominal[a.signal]
-    bkg_x = np.concatenate([nominal[n][0] for n in a.backgrounds])
-    bkg_w = np.concatenate([nominal[n][1] for n in a.backgrounds])
     auc = None
-    if np.sum(sig_w) != 0 and np.sum(bkg_w) != 0:
-        auc = draw("roc.png", plotting.plot_roc, np.asarray(obs(sig_x)), sig_w,
-                   np.asarray(obs(bkg_x)), bkg_w, plot_dir / "roc.png")  # fmt: skip
+    if ev.roc is not None:
+        auc = draw("roc.png", plotting.plot_roc, *ev.roc, plot_dir / "roc.png")
     else:
         log.warning("the selection keeps no signal or no background test events: no ROC curve")
-    nominal = {n: (x, w) for n, (x, w) in nominal.items() if len(x)}
+    nominal = {n: ev.events[n] for n in a.samples if len(ev.events[n][0])}
     if nominal:
         draw(
             "observable_vs_features.png",
             plotting.plot_observable_vs_features,
-            {n: np.asarray(obs(x)) for n, (x, _) in nominal.items()},
+            {n: ev.scores[n] for n in nominal},
             {n: x for n, (x, _) in nominal.items()},
             pipe.features,
             plot_dir / "observable_vs_features.png",
@@ -156,7 +149,55 @@ def _draw_plots(draw, plot_dir, pipe, params, test_events, hists, state, masks, 
             plotting.plot_observable_2d,
             lambda x: np.asarray(obs(x)),
             plot_dir / "observable_2d.png",
-            samples={n: x for n, (x, _) in events.items() if len(x)},
+            samples={n: x for n, (x, _) in ev.events.items() if len(x)},
             feature_names=pipe.features,
         )
     return auc
+
+
+@dataclass
+class PlotEvents:
+    """What the plots of the test events draw: from the events in memory
+    (:func:`plot_events`) or accumulated chunk by chunk (:mod:`diffhep.runs.streaming_finish`).
+
+    Attributes:
+        cutflow: The selection's cut flow (:meth:`~diffhep.analysis.cuts.Selection.cutflow`)
+            of the nominal samples; None without a selection.
+        events: ``{event set: (x, w)}`` of the events the hard selection keeps (all of them,
+            or a subsample).
+        scores: ``{nominal sample: observable (n,)}`` of those events (empty without one).
+        roc: :func:`~diffhep.plotting.runs.plot_roc`'s ``(signal scores, weights,
+            background scores, weights)``; None when the selected signal or background
+            weights sum to zero.
+    """
+
+    cutflow: list | None
+    events: dict
+    scores: dict = field(default_factory=dict)
+    roc: tuple | None = None
+
+
+def plot_events(pipe, params, test_events) -> PlotEvents:
+    """The :class:`PlotEvents` of the test events in memory (``{event set: Events}``)."""
+    a = pipe.analysis
+    events = {n: (np.asarray(test_events[n].x), np.asarray(test_events[n].w)) for n in a.event_sets}
+    cutflow = None
+    if params.selection is not None:
+        cutflow = params.selection.cutflow({n: events[n] for n in a.samples}, pipe.features)
+        # the score plots show the events the selection keeps (hard cuts), as analysed
+        keep = {
+            n: np.asarray(params.selection.passes(x), dtype=bool) for n, (x, _) in events.items()
+        }
+        events = {n: (x[keep[n]], w[keep[n]]) for n, (x, w) in events.items()}
+    obs = params.observable
+    if obs is None:
+        return PlotEvents(cutflow, events)
+    scores = {n: np.asarray(obs(x)) if len(x) else np.zeros(0)
+              for n, (x, _) in events.items() if n in a.samples}  # fmt: skip
+    sig_w = events[a.signal][1]
+    bkg_w = np.concatenate([events[n][1] for n in a.backgrounds])
+    roc = None
+    if np.sum(sig_w) != 0 and np.sum(bkg_w) != 0:
+        bkg = np.concatenate([scores[n] for n in a.backgrounds])
+        roc = (scores[a.signal], sig_w, bkg, bkg_w)
+    return PlotEvents(cutflow, events, scores, roc)

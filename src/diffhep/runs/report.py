@@ -290,6 +290,11 @@ def write_html(run_dir, summary: dict | None = None) -> Path:
     plots = sorted(p for p in (run_dir / "plots").glob("*.png") if p.name not in shown)
     if plots:
         parts.append("<h2>Plots</h2>")
+        notes = (summary.get("streamed") or {}).get("plots") or {}
+        if notes:  # a streamed run: some plots are not drawn from every test event
+            parts.append("<p>Streamed input: " + "; ".join(
+                f"<code>{html.escape(k)}</code> shows {html.escape(v)}" for k, v in notes.items()
+            ) + ".</p>")  # fmt: skip
     parts += [_figure(p) for p in plots]
     if (run_dir / "config.yaml").is_file():
         config = html.escape((run_dir / "config.yaml").read_text())

@@ -19,7 +19,8 @@ the nominal weights (the sample normalisation ``yield``/``scale``), and keeps th
 ``N`` training events of each nominal sample to standardise the network and place the initial
 cut thresholds (the in-memory path uses all training events). Each epoch then reads the
 training events once and each validation reads the validation events once (one more pass over
-the files per epoch); the test histograms are accumulated chunk by chunk.
+the files per epoch); the test histograms are accumulated chunk by chunk, in the pass that
+also gathers what the run's cut flow and plots need (:mod:`diffhep.runs.streaming_finish`).
 
 Epoch semantics. An epoch is one pass over every training event: with ``M`` the largest
 number of training events of an event set, it has ``ceil(M / batch_size)`` steps and each step
@@ -52,10 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..analysis import losses as L
 from ..errors import DataError
 from ..io.sources import expand, iterate
-from ..stats.hypotest import hypotest
 from ..types import Events
 from .config import Config, ConfigError
 from .ntuples import _renamed, _weight_only, feature_names
@@ -64,8 +63,6 @@ __all__ = [
     "Group",
     "StreamData",
     "check_streamable",
-    "finish",
-    "metrics",
     "read_groups",
     "scan",
     "split_labels",
@@ -333,10 +330,11 @@ class StreamData:
         return _EpochBatches(self, epoch)
 
     # ------------------------------------------------------------------ histograms
-    def histograms(self, params, split: int):
+    def histograms(self, params, split: int, visit=None):
         """Hard ``{(channel, event set): (sumw, sumw2)}`` of a split (0 train, 1 validation,
         2 test) accumulated chunk by chunk, and the selected fraction of the nominal
-        samples."""
+        samples. ``visit(x, {event set: w})``, if given, sees every chunk's events of the
+        split with their weights as histogrammed (the same pass over the files)."""
         acc, sel, tot = {}, 0.0, 0.0
         for g in self.groups:
             names = [n for n in g.weights if n in self.sets]
@@ -348,9 +346,12 @@ class StreamData:
                 if not keep.any():
                     continue
                 xs = _pad(x[keep], self.step)
+                wk = {n: ws[n][keep] * self.scan.scale[n][split] for n in names}
                 w = np.zeros((len(names), self.step))
                 for i, n in enumerate(names):
-                    w[i, : keep.sum()] = ws[n][keep] * self.scan.scale[n][split]
+                    w[i, : keep.sum()] = wk[n]
+                if visit is not None:
+                    visit(x[keep], wk)
                 h, s, t = self._hist(params, jnp.asarray(xs), jnp.asarray(w), jnp.asarray(nominal))
                 sel, tot = sel + float(s), tot + float(t)
                 h = jax.device_get(h)
@@ -440,105 +441,3 @@ def _take(stream, buffers, name, b):
         need -= k
     x = np.concatenate(xs)
     return x, {n: np.concatenate([w[n] for w in ws]) for n in ws[0]}
-
-
-@eqx.filter_jit
-def _metrics_from(pipe, hists):
-    """The exact metrics of :meth:`~diffhep.analysis.pipeline.Pipeline.metrics` from hard
-    histograms accumulated over chunks."""
-    model = pipe.model(hists)
-    data = model.expected_data(L.nominal_pars(model, 0.0))
-    res = hypotest(1.0, model, data)
-    cov = L.fisher_covariance(model)
-    unc = jnp.sqrt(jnp.clip(jnp.diag(cov), 0.0))
-    return {
-        "expected_cls": res.cls_exp[2],
-        "cls_converged": res.converged,
-        "z0": L.discovery_significance(model),
-        "uncertainties": unc,
-    }
-
-
-def metrics(pipe, hists, fraction) -> dict:
-    """The metrics of a run (as ``runs.evaluate``'s) from accumulated hard histograms."""
-    hists = {k: (jnp.asarray(a), jnp.asarray(b)) for k, (a, b) in hists.items()}
-    m = jax.device_get(_metrics_from(pipe, hists))
-    cfg = pipe.template.config
-    out = {
-        "expected_cls": float(m["expected_cls"]),
-        "z0": float(m["z0"]),
-        "sigma_mu": float(m["uncertainties"][cfg.poi_index]),
-        "fits_converged": bool(m["cls_converged"]),
-    }
-    for i, n in enumerate(cfg.par_names):
-        if i != cfg.poi_index:
-            out[f"sigma_{n}"] = float(m["uncertainties"][i])
-    out["selected_fraction"] = float(fraction)
-    out["yields"] = {
-        n: float(sum(np.sum(hists[(c.name, n)][0]) for c in pipe.analysis.channels))
-        for n in pipe.analysis.event_sets
-    }
-    return out
-
-
-def finish(out, pipe, data: StreamData, params, state, cfg: Config) -> dict:
-    """The artefacts of a streamed run from its test split, accumulated chunk by chunk:
-    ``workspace.json``, ``histograms.json``, ``model.onnx``, ``summary.json`` (last). Not
-    written (they need the test events in memory): ``selection.json``'s cut flow, ``plots/``,
-    ``report.html``."""
-    import json
-    import resource
-
-    from ..io.onnx.export import ExportError, export_onnx
-    from ..weights.weighting import check_net_yields
-    from ..writers import write_atomic
-    from .results import histograms_document, write_histograms
-
-    (out / "summary.json").unlink(missing_ok=True)
-    hists, fraction = data.histograms(params, 2)
-    m = metrics(pipe, hists, fraction)
-    check_net_yields(hists, what=f"test-set histograms ({out / 'workspace.json'})",
-                     samples=pipe.analysis.samples)  # fmt: skip
-    observed = data.observed(params)
-    ws = pipe.workspace(hists, observed)
-    write_atomic(out / "workspace.json", json.dumps(ws, indent=1))
-    write_histograms(out, histograms_document(pipe, params, hists))
-    steps = state.step_seconds if state is not None else []
-    rate = data.events_per_second  # None when re-evaluated: the last epoch's record then
-    if rate is None and state is not None and state.history:
-        rate = state.history[-1].get("events_per_second")
-    summary = {
-        **{k: v for k, v in m.items() if k != "yields"},
-        "yields": m["yields"],
-        "median_step_seconds": float(np.median(steps)) if steps else None,
-        "best_epoch": state.best_epoch if state else None,
-        "epochs_run": state.epoch if state else None,
-        "status": state.status if state else None,
-        "test_events": {n: int(data.scan.counts[n][2]) for n in pipe.analysis.event_sets},
-        "streamed": {
-            "chunk_events": data.step,
-            "training_events": {n: int(data.scan.counts[n][0]) for n in pipe.analysis.event_sets},
-            "events_per_step": data.events_per_step,
-            "events_per_second_last_epoch": rate,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "not_written": ["selection.json cut flow", "plots/", "report.html"],
-        },
-    }
-    if observed is not None:
-        from ..stats.workspace import Workspace
-
-        w = Workspace(ws)
-        model = w.model()
-        res = hypotest(1.0, model, w.data(model))
-        summary |= {"observed_cls": float(res.cls_obs),
-                    "observed_cls_converged": bool(res.converged)}  # fmt: skip
-    if params.selection is not None:
-        summary["selection"] = {"expression": params.selection.expression(),
-                                "cuts": params.selection.to_json()}  # fmt: skip
-    try:
-        export_onnx(out, pipe, params, np.float32)
-        summary["onnx"] = "model.onnx"
-    except ExportError as exc:
-        summary["onnx"] = f"not exported: {exc.message}"
-    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
-    return summary

@@ -134,7 +134,7 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
                 fix="use a new --out directory, or --no-resume to start over",
             )
     if cfg.training.chunk_events is not None:  # the files streamed in chunks (runs.streaming)
-        return _train_streamed(out, cfg, file, resume, progress)
+        return _train_streamed(out, cfg, file, resume, progress, plots)
     pipe, parts, params = prepare(cfg, file)  # bad data fails here, before anything is written
     write_atomic(cfg_path, resolved)
     train_ev = parts["train"]
@@ -256,11 +256,12 @@ def _describe(r):
     return f"loss {r['loss']:.4g}  val CLs {r.get('val_expected_cls', float('nan')):.3g}"
 
 
-def _train_streamed(out: Path, cfg: Config, file, resume, progress) -> dict:
+def _train_streamed(out: Path, cfg: Config, file, resume, progress, plots) -> dict:
     """A ``training.chunk_events`` run: batches, validation and test histograms read from
     the files chunk by chunk (:mod:`diffhep.runs.streaming`)."""
-    from . import streaming
     from .prepare import prepare_streamed
+    from .streaming_finish import finish as finish_streamed
+    from .streaming_finish import metrics as streamed_metrics
 
     pipe, data, params = prepare_streamed(cfg, file)
     write_atomic(out / "config.yaml", cfg.to_yaml())
@@ -270,7 +271,7 @@ def _train_streamed(out: Path, cfg: Config, file, resume, progress) -> dict:
 
     def validate(p):
         hists, fraction = data.histograms(p, 1)
-        m = streaming.metrics(pipe, hists, fraction)
+        m = streamed_metrics(pipe, hists, fraction)
         rec = {f"val_{k}": v for k, v in m.items() if k != "yields"}
         rec["events_per_second"] = data.events_per_second
         return rec | cut_values(p)
@@ -294,7 +295,7 @@ def _train_streamed(out: Path, cfg: Config, file, resume, progress) -> dict:
         count=lambda batch: data.events_per_step,
     )
     save_model(out, state, cfg)
-    return streaming.finish(out, pipe, data, state.best_params, state, cfg)
+    return finish_streamed(out, pipe, data, state.best_params, state, cfg, plots=plots)
 
 
 def annealing(cfg: Config):
