@@ -236,6 +236,38 @@ def test_score_plots_show_the_selected_events(tiny_run, tmp_path, monkeypatch):
     assert auc == pytest.approx(ref, abs=1e-12)
 
 
+def test_test_pass_gives_the_plot_events_of_the_events_in_memory(tiny_run):
+    """The accumulator of a streamed run's test pass (runs.streaming_finish), fed an
+    in-memory run's test events in chunks of 300 (two features: every event set kept; a '>'
+    and a window cut), gives plot_events' cut flow, selected events (all: fewer than k) and
+    scores, and an AUC from the binned logit within 1e-3 of the per-event one."""
+    from diffhep.runs import streaming_finish
+    from diffhep.runs.plots import plot_events
+    from diffhep.runs.prepare import restore_run
+
+    _, pipe, parts, params = restore_run(tiny_run)
+    test = streaming_finish.TestPass(pipe, params, 300, seed=0)
+    for n in pipe.analysis.event_sets:
+        x, w = np.asarray(parts["test"][n].x), np.asarray(parts["test"][n].w)
+        for i in range(0, len(w), 300):
+            test(x[i : i + 300], {n: w[i : i + 300]})
+    got, ref = test.plot_events(), plot_events(pipe, params, parts["test"])
+    assert [r["cut"] for r in got.cutflow] == [r["cut"] for r in ref.cutflow]
+    for a, b in zip(got.cutflow, ref.cutflow, strict=True):
+        for s in pipe.analysis.samples:
+            assert a[s]["events"] == b[s]["events"]
+            assert a[s]["yield"] == pytest.approx(b[s]["yield"], rel=1e-12)
+    assert list(got.events) == list(ref.events) == list(pipe.analysis.event_sets)
+    for n, (x, w) in ref.events.items():
+        np.testing.assert_array_equal(got.events[n][0], x)
+        np.testing.assert_array_equal(got.events[n][1], w)
+    for n, score in ref.scores.items():
+        np.testing.assert_allclose(got.scores[n], score, rtol=1e-5, atol=1e-7)
+    assert ref.cutflow[-1]["background"]["events"] < ref.cutflow[0]["background"]["events"]
+    auc = plotting.roc_curve(*got.roc)[2]
+    assert auc == pytest.approx(plotting.roc_curve(*ref.roc)[2], abs=1e-3)
+
+
 def test_load_run_of_a_non_run_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a finished diffhep run"):
         diffhep.load_run(tmp_path)

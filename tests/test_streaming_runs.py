@@ -148,8 +148,8 @@ def test_evaluate_streamed_run_gives_the_training_numbers(cli_run, monkeypatch):
     picked, sizes = {}, []
     for s, e in _reference(load_config(run / "config.yaml"), 2).items():
         keep = np.asarray(params.selection.passes(e.x))
-        assert test.selected[s] == keep.sum()
         if s in ev.events:
+            assert test.selected[s] == keep.sum()
             assert len(ev.events[s][0]) == min(50, keep.sum()), s
             sizes.append(keep.sum())
         picked[s] = (np.asarray(params.observable(e.x[keep])), e.w[keep])

@@ -106,13 +106,16 @@ class TestPass:
         a = pipe.analysis
         self.samples, self.signal = list(a.samples), a.signal
         # the input-plane panel (2 features) shows every event set; otherwise nominal only
-        self.kept_sets = set(a.event_sets if len(pipe.features) == 2 else a.samples)
+        two = len(pipe.features) == 2
+        self.kept_sets = [n for n in a.event_sets if two or n in a.samples]  # in order
         self.rng = np.random.default_rng([seed, 23])
         self.rows = None
         self.roc = {s: np.zeros(len(ROC_BINS) - 1) for s in ("signal", "background")}
-        self.kept, self.selected = {}, dict.fromkeys(a.event_sets, 0)
+        self.kept, self.selected = {}, dict.fromkeys(self.kept_sets, 0)
 
     def __call__(self, x: np.ndarray, ws: dict) -> None:
+        if not any(s in self.kept_sets for s in ws):
+            return  # a feature-level variation: no panel shows it
         n = len(x)
         cuts, logit = jax.device_get(_chunk(self.params, jnp.asarray(_pad(x, self.step))))
         cuts, logit = np.asarray(cuts)[:, :n], np.asarray(logit)[:n]
@@ -129,11 +132,11 @@ class TestPass:
         key = self.rng.random(len(x))
         for s, w in ws.items():
             w = w[keep]
-            self.selected[s] += len(w)
             if s in self.samples:
                 kind = "signal" if s == self.signal else "background"
                 self.roc[kind] += np.bincount(b, weights=w, minlength=len(ROC_BINS) - 1)
             if s in self.kept_sets:
+                self.selected[s] += len(w)
                 self._keep(s, key, x, w, logit)
 
     def _keep(self, s, key, x, w, logit) -> None:
@@ -172,8 +175,7 @@ class TestPass:
         """``{plot: how it was drawn}`` for the plots not drawn from every test event."""
         if self.params.observable is None:
             return {}
-        shown = ", ".join(f"{s} {min(self.k, n)} of {n}" for s, n in self.selected.items()
-                          if s in self.kept_sets)  # fmt: skip
+        shown = ", ".join(f"{s} {min(self.k, n)} of {n}" for s, n in self.selected.items())
         sub = (f"a uniform random subsample of the selected test events (at most {self.k} "
                f"per event set: {shown})")  # fmt: skip
         out = {
