@@ -91,6 +91,34 @@ def test_generator_is_deterministic_per_chunk(tmp_path):
     assert record["samples"]["ttbar"]["events"] == 450 and record["seed"] == 5
 
 
+def test_files_are_written_in_bounded_baskets(tmp_path, monkeypatch):
+    """ROOT baskets and parquet row groups of at most BASKET_ENTRIES entries (a reader
+    decompresses whole baskets: with one per file, a streamed run's memory grew with the
+    events per file), with the same events as files written in one piece."""
+    from diffhep.problems import ttbar_resonance as tr
+
+    monkeypatch.setattr(tr, "BASKET_ENTRIES", 300)
+    generate(tmp_path / "a", events=1000, seed=4, chunk_size=700, formats=("root", "parquet"),
+             samples=["ttbar"], data=False)  # fmt: skip
+    monkeypatch.setattr(tr, "BASKET_ENTRIES", 10**9)
+    generate(tmp_path / "b", events=1000, seed=4, chunk_size=700, formats=("root", "parquet"),
+             samples=["ttbar"], data=False)  # fmt: skip
+    for f in ("ttbar_000", "ttbar_001"):  # 700 + 300 events
+        t = uproot.open(tmp_path / "a" / f"{f}.root")["Events"]
+        n = t.num_entries
+        for b in ("Jet_pt", "MET_pt", "genWeight"):
+            stops = [t[b].basket_entry_start_stop(i) for i in range(t[b].num_baskets)]
+            assert len(stops) == -(-n // 300) and max(b - a for a, b in stops) <= 300
+        assert pq.ParquetFile(tmp_path / "a" / f"{f}.parquet").num_row_groups == -(-n // 300)
+        one = uproot.open(tmp_path / "b" / f"{f}.root")["Events"]
+        assert one["Jet_pt"].num_baskets == 1
+        for b in t.keys():
+            assert t[b].array(library="ak").tolist() == one[b].array(library="ak").tolist(), b
+        assert pq.read_table(tmp_path / "a" / f"{f}.parquet").equals(
+            pq.read_table(tmp_path / "b" / f"{f}.parquet")
+        )
+
+
 def test_ttbar_has_nlo_like_negative_weights_and_yields(generated):
     w = np.concatenate([pq.read_table(p)["genWeight"].to_numpy()
                         for p in sorted(generated.glob("ttbar_*.parquet"))])  # fmt: skip

@@ -261,10 +261,25 @@ def _parquet_columns(chunk: dict, ids: dict):
     return pa.table(cols)
 
 
+#: Entries per ROOT basket / parquet row group. A reader decompresses whole baskets: with
+#: one basket per 500,000-event file each open read stream of a streamed run held ~54 MB
+#: (9 streams: 489 MB for the 1e7 benchmark files, 305 MB for the 1e6 files, whose small
+#: samples' files were smaller), so the memory of training grew with the events per file;
+#: with baskets of this size it is bounded by it (as for NanoAOD, written in many baskets).
+BASKET_ENTRIES = 50_000
+
+
 def _write(path: Path, fmt: str, chunk: dict, ids: dict) -> None:
     w = AtomicWriter(path, fmt, "Events", title="diffhep ttbar-resonance")
+    columns = _parquet_columns(chunk, ids) if fmt == "parquet" else _root_columns(chunk, ids)
+    n = len(next(iter(ids.values())))
     try:
-        w.write(_parquet_columns(chunk, ids) if fmt == "parquet" else _root_columns(chunk, ids))
+        for start in range(0, max(n, 1), BASKET_ENTRIES):  # one basket / row group each
+            stop = start + BASKET_ENTRIES
+            if fmt == "parquet":
+                w.write(columns.slice(start, BASKET_ENTRIES))
+            else:
+                w.write({k: v[start:stop] for k, v in columns.items()})
         w.commit({})
     except BaseException:
         w.abort()

@@ -39,7 +39,10 @@ physics quantity (the generator's are not).
 Memory: about one chunk per read group (its raw columns while evaluating, then its features
 and weights) plus one batch, independent of the number of events
 (``benchmarks/training_memory.py``). glibc's heap is kept from growing with the number of
-chunks read (:func:`_bound_heap`).
+chunks read (:func:`_bound_heap`). A reader decompresses whole ROOT baskets (parquet row
+groups): each open read group also holds its current basket of every branch it reads, so
+files written in one basket per file cost memory that grows with the events per file (the
+generator writes baskets of ``problems.ttbar_resonance.BASKET_ENTRIES``).
 """
 
 from __future__ import annotations
