@@ -33,6 +33,7 @@ import numpy as np
 
 from ..analysis import losses as L
 from ..stats.hypotest import hypotest
+from .artefacts import observed_summary, summary_head, write_report, write_selection
 from .config import Config
 from .plots import PlotEvents
 from .streaming import StreamData, _pad
@@ -211,7 +212,6 @@ def finish(out, pipe, data: StreamData, params, state, cfg: Config, plots: bool 
     from ..io.onnx.export import ExportError, export_onnx
     from ..weights.weighting import check_net_yields
     from ..writers import write_atomic
-    from .evaluate import _write_report, observed_summary, summary_head, write_selection
     from .results import histograms_document, write_histograms
 
     (out / "summary.json").unlink(missing_ok=True)
@@ -249,7 +249,7 @@ def finish(out, pipe, data: StreamData, params, state, cfg: Config, plots: bool 
         summary["onnx"] = f"not exported: {exc.message}"
     write_histograms(out, histograms_document(pipe, params, hists))
     if plots:
-        _write_report(out, pipe, params, test.plot_events(), hists, state, cfg, summary,
+        write_report(out, pipe, params, test.plot_events(), hists, state, cfg, summary,
                       observed=observed is not None)  # fmt: skip
     summary["streamed"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
