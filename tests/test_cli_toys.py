@@ -126,3 +126,45 @@ def test_bad_toy_options_exit_2_and_nonconverged_toys_exit_1(ws_file, tmp_path):
     assert "did not converge" in r.stderr and "--max-nonconverged" in r.stderr
     r = run(["merge-toys", tmp_path / "bad.npz", "--max-nonconverged", 0.05])
     assert "3 of 200 toys" in r.stderr
+
+
+def test_toys_spread_over_workers_equal_the_single_run(ws_file, tmp_path, monkeypatch):
+    """``--workers 2``: the toy ranges of the seed run in two local Dask worker processes
+    (each on its own core where there are two) and merge into the single run's output,
+    byte for byte (the ranges listed as the one run); ``--workers`` needs ``--toys`` and
+    excludes ``--scheduler``; bad input raised on a worker exits 2 as it does here."""
+    pytest.importorskip("distributed")
+    monkeypatch.setenv("DIFFHEP_CACHE_DIR", str(tmp_path / "cache"))  # the workers load it
+    args = ["cls", ws_file, "--toys", 40, "--seed", 7, "--chunk-size", 16]  # ranges of 14
+    single = run(args).stdout
+    spread = run([*args, "--workers", 2]).stdout
+    assert spread == single
+    assert json.loads(spread)["toys"]["runs"] == [{"seed": 7, "first": 0, "ntoys": 40}]
+    assert "--toys" in run(["cls", ws_file, "--workers", 2], code=2).output
+    r = run([*args, "--workers", 2, "--scheduler", "tcp://127.0.0.1:1"], code=2)
+    assert "mutually exclusive" in r.output
+    r = run(["cls", ws_file, "--toys", 10, "--poi-value", 99, "--workers", 1], code=2)
+    assert "outside the bounds" in r.output
+
+
+def test_local_toy_workers_are_pinned_one_per_core():
+    """A local cluster's workers each run on one core, a different one per worker (XLA's
+    threads of one process on two cores wait on each other: cli.spread_toys)."""
+    import os
+
+    pytest.importorskip("distributed")
+    from diffhep.cli.spread_toys import coalesce, pin_workers
+    from diffhep.io.dask_apply import dask_client
+
+    cores = sorted(os.sched_getaffinity(0))
+    with dask_client(None, 2) as client:
+        pinned = pin_workers(client)
+        seen = client.run(lambda: sorted(os.sched_getaffinity(0)))
+    assert sorted(pinned) == sorted(seen)
+    assert all(seen[a] == [pinned[a]] for a in seen)
+    assert sorted(pinned.values()) == sorted(cores[i % len(cores)] for i in range(2))
+    runs = [{"seed": 1, "first": 0, "ntoys": 16}, {"seed": 1, "first": 16, "ntoys": 8},
+            {"seed": 1, "first": 30, "ntoys": 2}, {"seed": 2, "first": 32, "ntoys": 4}]  # fmt: skip
+    assert coalesce(runs) == [{"seed": 1, "first": 0, "ntoys": 24},
+                              {"seed": 1, "first": 30, "ntoys": 2},
+                              {"seed": 2, "first": 32, "ntoys": 4}]  # fmt: skip

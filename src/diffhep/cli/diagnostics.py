@@ -309,15 +309,16 @@ def scan(plot, style, output_file, parameters, ranges, points, **kw):
 @_common
 @toy_options
 def significance(output_file, ntoys, seed, first_toy, save_toys, max_nonconverged, chunk_size,
-                 **kw):  # fmt: skip
+                 workers, scheduler, **kw):  # fmt: skip
     """Observed and median expected discovery significance (asymptotic q0 test of POI = 0).
 
     With --toys N: toy-based (pyhf's calctype='toybased', test_stat='q0'): p0 from the
     mu = 0 toys, its expected band from the mu = 1 toys, Z the normal quantiles."""
-    check_toy_options(ntoys, seed, first_toy, save_toys, chunk_size)
+    check_toy_options(ntoys, seed, first_toy, save_toys, chunk_size, workers, scheduler)
     if ntoys is not None:
         res = run_toys({"test_stat": "q0"}, ntoys, seed, first_toy, chunk_size,
-                       lambda fn, **a: _on_workspace(fn, kw, **a))  # fmt: skip
+                       lambda fn, **a: _on_workspace(fn, kw, **a), workers,
+                       scheduler)  # fmt: skip
         finish(res, save_toys, output_file, max_nonconverged)
         return
 

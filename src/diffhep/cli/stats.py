@@ -111,6 +111,7 @@ def _on_workspace(fn, common: dict, **kwargs):
 
     if fn in (workflows.cls, workflows.fit, workflows.upper_limit):  # no resources held
         cli_common.QUICK_EXIT = True
+    if fn in (workflows.cls, workflows.fit, workflows.upper_limit, workflows.toys):
         cli_common.ONE_CORE = True  # small kernels: faster on one core (cli.common.ONE_CORE)
     return run(
         fn,
@@ -138,17 +139,18 @@ def _on_workspace(fn, common: dict, **kwargs):
 @with_test_stat
 @toy_options
 def cls(output_file, poi_value, test_stat, ntoys, seed, first_toy, save_toys, max_nonconverged,
-        chunk_size, **common):  # fmt: skip
+        chunk_size, workers, scheduler, **common):  # fmt: skip
     """Observed and expected CLs of WORKSPACE ('-' reads stdin), as `pyhf cls` prints them.
 
     With --toys N: toy-based (pyhf's calctype='toybased'), the same fields plus "toys"
     (counts, non-converged toys, CLsb/CLb, Monte-Carlo errors)."""
     from ..stats import workflows
 
-    check_toy_options(ntoys, seed, first_toy, save_toys, chunk_size)
+    check_toy_options(ntoys, seed, first_toy, save_toys, chunk_size, workers, scheduler)
     if ntoys is not None:
         res = run_toys({"poi_value": poi_value, "test_stat": test_stat}, ntoys, seed, first_toy,
-                       chunk_size, lambda fn, **kw: _on_workspace(fn, common, **kw))  # fmt: skip
+                       chunk_size, lambda fn, **kw: _on_workspace(fn, common, **kw), workers,
+                       scheduler)  # fmt: skip
         finish(res, save_toys, output_file, max_nonconverged)
         return
     res = _on_workspace(workflows.cls, common, poi_value=poi_value, test_stat=test_stat)

@@ -57,6 +57,20 @@ TOY_OPTIONS = [
         default=None,
         help="Toys per compiled batch (memory does not grow with --toys; default 256).",
     ),
+    click.option(
+        "--workers",
+        type=click.IntRange(1, None),
+        default=None,
+        help="Run the toys in N local processes (a Dask cluster), each on its own CPU core "
+        "where there are enough; their toy ranges merge exactly into the single run.",
+    ),
+    click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Run the toys on this Dask scheduler (e.g. tcp://host:8786), merged as with "
+        "--workers.",
+    ),
 ]
 
 
@@ -67,15 +81,19 @@ def toy_options(f):
     return f
 
 
-def check_toy_options(ntoys, seed, first_toy, save_toys, chunk_size) -> None:
-    """Toy options without ``--toys`` and an unwritable ``--save-toys`` directory: exit 2
-    before any work."""
+def check_toy_options(ntoys, seed, first_toy, save_toys, chunk_size, workers=None,
+                      scheduler=None) -> None:  # fmt: skip
+    """Toy options without ``--toys``, ``--workers`` with ``--scheduler`` and an unwritable
+    ``--save-toys`` directory: exit 2 before any work."""
     if ntoys is None:
         given = [n for n, v in (("--seed", seed), ("--first-toy", first_toy),
-                                ("--save-toys", save_toys), ("--chunk-size", chunk_size))
+                                ("--save-toys", save_toys), ("--chunk-size", chunk_size),
+                                ("--workers", workers), ("--scheduler", scheduler))
                  if v is not None]  # fmt: skip
         if given:
             raise click.BadParameter(f"{', '.join(given)} need --toys N", param_hint="--toys")
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("--scheduler and --workers are mutually exclusive")
     if save_toys is not None and not Path(save_toys).resolve().parent.is_dir():
         raise click.BadParameter(f"the directory of {save_toys} does not exist",
                                  param_hint="--save-toys")  # fmt: skip
@@ -107,15 +125,22 @@ def progress_bar(total: int):
     return bar, lambda done: bar.update(task, completed=done)
 
 
-def run_toys(workflow_kwargs: dict, ntoys, seed, first_toy, chunk_size, on_workspace):
+def run_toys(workflow_kwargs: dict, ntoys, seed, first_toy, chunk_size, on_workspace,
+             workers=None, scheduler=None):  # fmt: skip
     """The toys of a workspace with a progress bar: ``on_workspace(fn, **kwargs)`` runs the
-    workflow as the command runs others (errors -> exit codes)."""
+    workflow as the command runs others (errors -> exit codes); with ``workers`` or
+    ``scheduler`` spread over Dask (:func:`diffhep.cli.spread_toys.spread_toys`)."""
     from ..stats import workflows
 
     bar, update = progress_bar(2 * ntoys)
     options = {"chunk": chunk_size} if chunk_size is not None else {}
+    fn = workflows.toys
+    if workers is not None or scheduler is not None:
+        from .spread_toys import spread_toys
+
+        fn, options = spread_toys, {**options, "workers": workers, "scheduler": scheduler}
     with bar:
-        return on_workspace(workflows.toys, ntoys=ntoys, seed=seed or 0, first=first_toy or 0,
+        return on_workspace(fn, ntoys=ntoys, seed=seed or 0, first=first_toy or 0,
                             progress=update, **workflow_kwargs, **options)  # fmt: skip
 
 

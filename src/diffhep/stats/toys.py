@@ -256,6 +256,7 @@ def toys(
     bounds=None,
     fixed=None,
     chunk: int = CHUNK,
+    fixed_chunk: bool = False,
     batch: int | None = None,
     progress: Callable[[int], object] | None = None,
     tol: float = DEFAULT_TOL,
@@ -271,7 +272,10 @@ def toys(
             ``first + ntoys - 1`` of that seed: disjoint ranges merge into one run).
         test_stat: ``qtilde`` (default), ``q`` or ``q0``.
         init, bounds, fixed: Override the suggested values.
-        chunk: Toys per compiled call (memory is flat in ``ntoys``).
+        chunk: Toys per compiled call (memory is flat in ``ntoys``); a smaller run uses
+            the next power of two above ``ntoys`` unless ``fixed_chunk``.
+        fixed_chunk: Compile ``chunk`` toys per call whatever ``ntoys`` (the ranges of one
+            run spread over processes share one compiled shape).
         batch: Toys fitted at a time under ``vmap`` (default: :func:`default_batch`).
         progress: Called with the number of toys done (both hypotheses) after each chunk.
 
@@ -306,7 +310,9 @@ def toys(
                        "observed test statistic) did not converge",
                        fix="check the model (e.g. with 'diffhep fit')")  # fmt: skip
 
-    chunk = max(1, min(int(chunk), 1 << max(ntoys - 1, 0).bit_length()))
+    if not fixed_chunk:
+        chunk = min(int(chunk), 1 << max(ntoys - 1, 0).bit_length())
+    chunk = max(1, int(chunk))
     batch = max(1, min(int(batch or default_batch(model)), chunk))
     out = {h: ([], []) for h in _HYPOTHESES}
     done = 0

@@ -41,12 +41,17 @@ log = logging.getLogger(__name__)
 
 
 def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) -> Workspace:
-    """A workspace from a path (``-`` = stdin) or a dict, with patches (paths or op lists).
+    """A workspace from a path (``-`` = stdin), a dict or a :class:`Workspace` (taken as it
+    is: validated when it was made), with patches (paths or op lists).
 
     A patchset's ``metadata.digests`` are checked against the workspace it is applied to
     (as pyhf's ``Patchset.verify``) unless ``digest_check`` is false.
     """
-    if isinstance(workspace, dict):
+    if isinstance(workspace, Workspace) and not patches:
+        return workspace
+    if isinstance(workspace, Workspace):
+        spec, name = workspace.spec, workspace.file
+    elif isinstance(workspace, dict):
         spec, name = workspace, None
         validate(spec, "workspace.json", file=name)
     else:
