@@ -331,7 +331,17 @@ NOTES = [
     "differ, by up to 1.1e-13 relative, and the fit's values. `xla_backend_optimization_level"
     "=0`: 2.0 s, 2.6x slower execution, other digits; level 1: 5.2 s (the same CLs on one "
     "point, not checked further); "
-    "`xla_llvm_disable_expensive_passes`, `xla_cpu_parallel_codegen_split_count=1`: no gain.",
+    "`xla_llvm_disable_expensive_passes`, `xla_cpu_parallel_codegen_split_count=1`: no gain. "
+    "Measured again 2026-12-06 01:33 UTC (idle, whole commands, both options): cold `cls` "
+    "sbottom RegionA 12.9 -> 9.6 s (the same CLs on that point), but the toy kernel runs "
+    "23% slower (768 toys, warm: 53.3 -> 65.7 s), and XLA_FLAGS hold for a whole process "
+    "(a kernel's compiler options reject the map field: INVALID_ARGUMENT), so the options "
+    "would differ by command and the same point's CLs in its last digits between `cls`, "
+    "`exclusion`, the worker and the library.",
+    "- What is compiled: the sbottom RegionA hypothesis test lowers to ~5,000 StableHLO "
+    "operations with one copy of the solver (the five fits and all restarts are one loop "
+    "body): about half are the solver's run, a quarter the restarts' probes "
+    "(2026-12-06, counted by source line).",
     "- Compiling on both cores (done since 2026-12-05 12:20 UTC): XLA compiles a program's "
     "LLVM modules on a pool that a thread of its CPU client starts at the first compilation, "
     "one thread per core that thread may run on; the statistics commands pin XLA to one core "
