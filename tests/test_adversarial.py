@@ -238,7 +238,8 @@ def check_draw(seed, small, draw, n_starts=N_STARTS, minuit_calls=None, scipy_ba
     ``minuit_calls``: MINUIT's call limit (0: no MINUIT reference; None: pyhf's default).
     ``scipy_backend``: pyhf's backend for its scipy fit, ``"jax"`` for large models
     (exact gradients: 2-4 s for the three fits of a 223-parameter model, where numpy's
-    finite differences cost minutes); the -2lnL of every point is pyhf's numpy logpdf."""
+    finite differences cost minutes) and for its MINUIT fit (still finite differences, of the
+    jitted logpdf); the -2lnL of every point is pyhf's numpy logpdf."""
     spec = generate(seed, small, values_seed=draw)
     fresh = diffhep.Workspace(spec).model()
     model = _base_model(seed, small).with_yields(**{t: getattr(fresh, t) for t in YIELD_TEMPLATES})
