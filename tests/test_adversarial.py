@@ -625,6 +625,12 @@ def test_sweep_minima_found(seed):
 #:   reaches 3642.38 (the multi-start: 3642.75; the free fit 3642.20). Flips now also run
 #:   for histosys/normsys parameters farther than 1 from the start that may have a mirror
 #:   minimum (ns2's response is even) (restarts._restarts).
+#: - 1015/1 (mu = 1) and 1059/1 (free fit): a second minimum on the other side of a
+#:   parameter near its start whose response is strongly even (ns0: hi and lo below 1 in
+#:   several samples; hs1: both variations below the nominal), the fits ended at ns0 = -0.67
+#:   (2313.653 against 2312.362 at +0.84) and hs1 = +0.245 (2223.781 against 2222.510 at
+#:   -0.342): within +-1 of the start and not strained, so no flip ran. Such a parameter is
+#:   now flipped in every fit (restarts._even_size).
 #:
 #: Within tolerance but not the lowest minimum (not fixed): 1034/4's fits end 0.45-0.81 above
 #: the multi-start (tolerance 1.11); real, not rounding: at mu = 0 the noise-free objective
@@ -638,6 +644,8 @@ SWEEP_REFERENCES = {
     (1035, 4): (2546.132857, 2546.152590, 2546.153977),
     (1040, 4): (3342.475695, 3434.233453, 3346.211466),
     (1048, 0): (3646.870126, 4216.303310, 3642.747588),
+    (1015, 1): (2311.416340, 2412.478667, 2312.362035),
+    (1059, 1): (2222.509824, 2309.311631, 2241.393915),
 }
 
 

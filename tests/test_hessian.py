@@ -129,6 +129,24 @@ def test_probes_equal_direct_evaluation(name, model, data):
             np.testing.assert_allclose(f1, f0, rtol=0, atol=1e-11 * scale, err_msg=name)
 
 
+@pytest.mark.parametrize("name, model, data", CASES, ids=[c[0] for c in CASES])
+def test_even_size_equals_the_rates_at_pm1(name, model, data):
+    """The even part of each histosys/normsys parameter's response that gates the flip
+    restarts, computed from the templates, equals the one of the expected counts with the
+    parameter alone at +1 and -1 (histosys and normsys of one name on one sample included)."""
+    x0 = jnp.asarray(model.config.suggested_init(), dtype=float)
+    cand = np.flatnonzero(restarts._interpolated(model.config))
+    lam = np.asarray(model.expected_actualdata(x0))
+
+    def moved(v):
+        return np.asarray(jax.vmap(lambda j: model.expected_actualdata(x0.at[j].add(v)))(cand))
+
+    even = 0.5 * (moved(1.0) + moved(-1.0)) - lam
+    ref = np.zeros(model.config.npars)
+    ref[cand] = np.sqrt(np.sum(even**2 / np.maximum(lam, 1.0), axis=1))
+    np.testing.assert_allclose(restarts._even_size(model), ref, rtol=1e-9, atol=1e-9, err_msg=name)
+
+
 def test_hessian_below_the_poisson_floor():
     """Negative expected yields (a histosys pulled far down): the tangent continuation of the
     Poisson term below its floor is differentiated like autodiff does."""
