@@ -53,6 +53,63 @@ def test_the_client_without_a_worker_imports_no_jax(tmp_path):
     probe += " 'jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["None", "False"], out.stderr
+    # not at a terminal (standard error is a pipe): no worker was started either
+    assert not list((tmp_path / "w").glob("*.json"))
+
+
+@pytest.mark.parametrize(
+    "setting, stdin_tty, stderr_tty, starts",
+    [(None, True, True, True), (None, False, True, False), (None, True, False, False),
+     ("tty", True, True, True), ("always", False, False, True), ("never", True, True, False)],
+)  # fmt: skip
+def test_a_worker_is_started_for_a_person_at_a_terminal(
+    monkeypatch, setting, stdin_tty, stderr_tty, starts
+):
+    from diffhep.cli import worker
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    monkeypatch.setattr(sys, "stdin", Stream(stdin_tty))
+    monkeypatch.setattr(sys, "stderr", Stream(stderr_tty))
+    if setting is None:
+        monkeypatch.delenv("DIFFHEP_WORKER_START", raising=False)
+    else:
+        monkeypatch.setenv("DIFFHEP_WORKER_START", setting)
+    assert worker._auto_start() is starts
+
+
+def test_a_bad_worker_start_setting_is_an_error(tmp_path):
+    proc = _diffhep(["cls", "ws.json"], _env(tmp_path, DIFFHEP_WORKER_START="sometimes"))
+    assert proc.returncode == 2, proc.stderr
+    assert b"DIFFHEP_WORKER_START='sometimes': expected tty, always or never" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_command_at_a_terminal_starts_the_worker_that_runs_the_next(tmp_path):
+    """The first statistics command with no worker running starts one (here forced with
+    ``always``: the test has no terminal) and is run by it, as is the next; the output is
+    the same as in its own process, plus the notice of the start."""
+    (tmp_path / "ws.json").write_text(json.dumps(example_spec()))
+    env = _env(tmp_path, DIFFHEP_WORKER_START="always")
+    here = _diffhep(["cls", "ws.json"], {**env, "DIFFHEP_NO_WORKER": "1"}, cwd=tmp_path)
+    assert here.returncode == 0, here.stderr
+    try:
+        first = _diffhep(["cls", "ws.json"], env, cwd=tmp_path)
+        assert first.returncode == 0 and first.stdout == here.stdout, first.stderr
+        assert first.stderr.startswith(b"diffhep: started a worker for the next commands")
+        assert _commands(env) == 1
+        second = _diffhep(["cls", "ws.json"], env, cwd=tmp_path)
+        assert (second.returncode, second.stdout, second.stderr) == (0, here.stdout, here.stderr)
+        assert _commands(env) == 2
+        never = _diffhep(["cls", "ws.json"], {**env, "DIFFHEP_WORKER_START": "never"}, cwd=tmp_path)
+        assert never.returncode == 0 and _commands(env) == 3  # never starts one, uses a running one
+    finally:
+        assert _diffhep(["worker", "stop"], env).returncode == 0
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,29 @@
-"""The opt-in persistent worker, client side: ``diffhep worker start|stop|status`` and the
-forwarding of statistics commands to a running worker (standard library and click only: the
-client never imports JAX; the worker itself is :mod:`diffhep.cli.server`).
+"""The persistent worker, client side: ``diffhep worker start|stop|status``, the forwarding
+of statistics commands to a running worker, and its start by the first command typed at a
+terminal (standard library and click only: the client never imports JAX; the worker itself
+is :mod:`diffhep.cli.server`).
 
-A whole ``diffhep cls`` spends ~0.5 s importing JAX and the statistics before it computes
-anything (docs/benchmarks-commands.md). ``diffhep worker start`` starts a background process
-that has done that once (like ``dmypy`` or gradle's daemon); while it runs, the commands of
-:data:`FORWARDED` are sent to it over a local socket (:mod:`multiprocessing.connection` with a
-random authkey, in a private 0700 directory) and their standard output, standard error and
-exit status are the worker's, streamed back; standard input is read on demand. Without a
-worker (or with ``DIFFHEP_NO_WORKER=1``) every command runs in its own process, as before.
+A whole ``diffhep cls`` spends ~0.5-1 s importing JAX and the statistics before it computes
+anything (docs/benchmarks-commands.md). A worker is a background process that has done that
+once (like ``dmypy`` or gradle's daemon); while it runs, the commands of :data:`FORWARDED` are
+sent to it over a local socket (:mod:`multiprocessing.connection` with a random authkey, in a
+private 0700 directory) and their standard output, standard error and exit status are the
+worker's, streamed back; standard input is read on demand. ``diffhep worker start`` starts
+one; so does the first forwarded command that finds none where a person types it
+(:func:`_auto_start`: standard input and error are terminals; ``DIFFHEP_WORKER_START``), and
+says so on standard error; it exits after :data:`AUTO_IDLE_TIMEOUT` minutes without a command.
+Scripts, batch jobs and pipelines (no terminal), ``DIFFHEP_WORKER_START=never`` and
+``DIFFHEP_NO_WORKER=1`` start none, and without a worker every command runs in its own
+process.
 
 A worker serves only clients of the same installation and configuration (:func:`key`: the
 source files' paths, sizes and modification times, the Python executable, the installed
 packages' directory, the environment variables that set JAX's process-wide state); its socket
 is named by that key, so a client whose code or configuration changed never finds a stale
 worker, and a worker whose code changed on disk exits. Training and other long commands
-(``train``, ``apply``, ``study``, ...) always run in their own process: 0.5 s does not matter
-to them and they change process-wide state (threads, plotting styles, Dask clusters).
+(``train``, ``apply``, ``study``, ...) and commands with a Dask cluster (``--workers``,
+``--scheduler``) always run in their own process: 0.5 s does not matter to them and they
+change process-wide state (threads, plotting styles, Dask clusters).
 """
 
 from __future__ import annotations
@@ -42,12 +49,16 @@ FORWARDED = frozenset(
 #: compilation cache, the code imported): part of :func:`key`, not switched per command.
 _KEYED_PREFIXES = ("JAX_", "XLA_", "TF_", "DIFFHEP_", "MPL", "CUDA_", "OMP_", "PYTHON")
 _KEYED_NAMES = ("HOME", "XDG_CACHE_HOME")
-_UNKEYED = ("DIFFHEP_NO_WORKER", "DIFFHEP_WORKER_DIR")
+_UNKEYED = ("DIFFHEP_NO_WORKER", "DIFFHEP_WORKER_DIR", "DIFFHEP_WORKER_START")
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 #: Seconds a client waits for a worker to accept a command before running it itself.
 CONNECT_TIMEOUT = 5.0
+#: Minutes without a command after which a worker started by a command (:func:`forward`) exits.
+AUTO_IDLE_TIMEOUT = 15.0
+#: Seconds to wait for a starting worker (importing JAX on a loaded machine) before giving up.
+START_TIMEOUT = 120.0
 
 
 def directory() -> Path:
@@ -153,23 +164,56 @@ def _prog_name() -> str:
         return os.path.basename(sys.argv[0])
 
 
+def _auto_start() -> bool:
+    """Whether a forwarded command that finds no worker starts one (``DIFFHEP_WORKER_START``:
+    ``tty``, the default: where standard input and standard error are terminals, i.e. a
+    person at a shell, not a script, a batch job or a pipeline fed from a file; ``always``;
+    ``never``)."""
+    how = os.environ.get("DIFFHEP_WORKER_START", "tty")
+    if how not in ("tty", "always", "never"):
+        click.echo(
+            f"diffhep: error: DIFFHEP_WORKER_START={how!r}: expected tty, always or never "
+            "(fix: unset it for the default, tty)",
+            err=True,
+        )
+        sys.exit(2)
+    if how == "tty":
+        return all(s is not None and s.isatty() for s in (sys.stdin, sys.stderr))
+    return how == "always"
+
+
 def forward(argv: list[str]) -> int | None:
-    """Run ``diffhep ARGV`` in the worker of this installation if one is running: its exit
-    status, its output written here; None when the command is to run in this process."""
+    """Run ``diffhep ARGV`` in the worker of this installation: its exit status, its output
+    written here; None when the command is to run in this process. Without a running worker,
+    one is started first where :func:`_auto_start` says so."""
     if os.environ.get("DIFFHEP_NO_WORKER") or _command_name(argv) not in FORWARDED:
         return None
     if any(a in ("-h", "--help") for a in argv):
         return None
+    if any(a.split("=")[0] in ("--workers", "--scheduler") for a in argv):
+        return None  # a Dask cluster of its own: long, and process-wide state
     dir_ = directory()
     try:
-        if not any(n.endswith(".sock") for n in os.listdir(dir_)) or not private(dir_):
-            return None
+        running = any(n.endswith(".sock") for n in os.listdir(dir_)) and private(dir_)
     except OSError:
-        return None
-    k = key()
-    info = _info(dir_, k)
+        running = False
+    k = key() if running else None
+    info = _info(dir_, k) if running else None
     if info is None:
-        return None
+        if not _auto_start() or not private(dir_, create=True):
+            return None
+        k = k or key()
+        info, started = _spawn(dir_, k, AUTO_IDLE_TIMEOUT)
+        if info is None:
+            click.echo(f"diffhep: warning: no worker started (see {dir_}); running here", err=True)
+            return None
+        if started:
+            click.echo(
+                f"diffhep: started a worker for the next commands (pid {info['pid']}; it exits "
+                f"after {AUTO_IDLE_TIMEOUT:g} min without one; `diffhep worker stop`; "
+                "DIFFHEP_WORKER_START=never: no worker)",
+                err=True,
+            )
     streams = (sys.stdin, sys.stdout, sys.stderr)
     request = {
         "key": k,
@@ -227,10 +271,12 @@ def _relay(conn, pid: int) -> int | None:
 
 @click.group()
 def worker() -> None:
-    """The opt-in persistent worker: statistics commands without JAX's start-up (~0.5 s).
+    """The persistent worker: statistics commands without JAX's start-up (~0.5-1 s).
 
     While a worker runs, `cls`, `fit`, `upper-limit`, `exclusion` and the diagnostics are
-    run by it (same output and exit status); DIFFHEP_NO_WORKER=1 runs them here.
+    run by it (same output and exit status); DIFFHEP_NO_WORKER=1 runs them here. The first
+    of them typed at a terminal starts one (it exits after 15 minutes without a command);
+    DIFFHEP_WORKER_START=never: only `worker start` does, always: also without a terminal.
     """
 
 
@@ -249,32 +295,47 @@ def start(idle_timeout: float) -> None:
         click.echo(f"error: {dir_} is not a private directory (0700, yours)", err=True)
         sys.exit(2)
     k = key()
-    info = _info(dir_, k)
-    if info is not None:
+    info, started = _spawn(dir_, k, idle_timeout)
+    if info is None:
+        click.echo(f"error: the worker did not start; see {dir_ / (k + '.log')}", err=True)
+        sys.exit(1)
+    if started:
+        click.echo(f"worker started (pid {info['pid']}, idle timeout {idle_timeout:g} min)")
+    else:
         click.echo(f"worker running (pid {info['pid']})")
-        return
+
+
+def _spawn(dir_: Path, k: str, idle_minutes: float) -> tuple[dict | None, bool]:
+    """The worker of key ``k``, started unless one runs: its info (None if it did not start
+    within :data:`START_TIMEOUT`) and whether this call started it. Under a lock, so that
+    two commands started at once start one worker."""
+    import fcntl
     import subprocess
 
-    log = open(dir_ / f"{k}.log", "ab")  # handed to the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "diffhep.cli.server", str(dir_), k, str(idle_timeout * 60)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    log.close()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    with open(dir_ / f"{k}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         info = _info(dir_, k)
-        if info is not None and info["pid"] == proc.pid:
-            click.echo(f"worker started (pid {proc.pid}, idle timeout {idle_timeout:g} min)")
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    click.echo(f"error: the worker did not start; see {dir_ / (k + '.log')}", err=True)
-    sys.exit(1)
+        if info is not None:
+            return info, False
+        log = open(dir_ / f"{k}.log", "ab")  # handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "diffhep.cli.server", str(dir_), k, str(idle_minutes * 60)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            info = _info(dir_, k)
+            if info is not None and info["pid"] == proc.pid:
+                return info, True
+            if proc.poll() is not None:
+                return None, False
+            time.sleep(0.05)
+        proc.terminate()
+        return None, False
 
 
 def _ask(what: str) -> list[tuple[str, dict]]:
