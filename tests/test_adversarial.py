@@ -630,7 +630,7 @@ def test_sweep_minima_found(seed):
 #:   several samples; hs1: both variations below the nominal), the fits ended at ns0 = -0.67
 #:   (2313.653 against 2312.362 at +0.84) and hs1 = +0.245 (2223.781 against 2222.510 at
 #:   -0.342): within +-1 of the start and not strained, so no flip ran. Such a parameter is
-#:   now flipped in every fit (restarts._even_size).
+#:   now flipped in every fit (multimodal.even_size).
 #:
 #: Within tolerance but not the lowest minimum (not fixed): 1034/4's fits end 0.45-0.81 above
 #: the multi-start (tolerance 1.11); real, not rounding: at mu = 0 the noise-free objective

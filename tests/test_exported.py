@@ -139,9 +139,9 @@ def _symmetrised(patch: list, modifier: str) -> list:
 
 
 def _mirrored_kernel(model):
-    from diffhep.stats import restarts
+    from diffhep.stats import multimodal
 
-    return {"mirrored": restarts._mirrored(model)}
+    return {"mirrored": multimodal.mirrored(model)}
 
 
 def test_which_variations_are_symmetrised_is_an_input_of_one_program(store, exports, tmp_path):
@@ -161,9 +161,9 @@ def test_which_variations_are_symmetrised_is_an_input_of_one_program(store, expo
         expected[model.config.par_slice(name)] = True  # code4/code4p: no kinks
         np.testing.assert_array_equal(np.asarray(mask), expected)
     # an exclusion's vmapped batch (stats.grid) stacks the models: each row keeps its own set
-    from diffhep.stats import grid, restarts
+    from diffhep.stats import grid, multimodal
 
-    stacked = jax.vmap(restarts._mirrored)(grid._stack(models))
+    stacked = jax.vmap(multimodal.mirrored)(grid._stack(models))
     np.testing.assert_array_equal(np.asarray(stacked), np.asarray(masks))
     shared = [workflows.cls(spec, patches=[p]) for p in points]
     assert len(exports) == 2 and len(list(store.glob("*.bin"))) == 2  # mask kernel + cls

@@ -10,7 +10,7 @@ import pytest
 
 from adversarial import generate
 from diffhep.stats import fit as fit_mod
-from diffhep.stats import hessian, linalg, restarts
+from diffhep.stats import hessian, linalg, multimodal, restarts
 from diffhep.stats.model import Model
 from diffhep.stats.workspace import Workspace, builtin_example
 from specs import (
@@ -103,7 +103,7 @@ def test_hessian_equals_autodiff(name, model, data):
 def test_probes_equal_direct_evaluation(name, model, data):
     """The restart's probes from the rate decomposition (one histosys/normsys parameter moved
     at a time) equal the objective evaluated at each moved point, with empty bins too."""
-    cand = np.flatnonzero(restarts._interpolated(model.config))
+    cand = np.flatnonzero(multimodal.interpolated(model.config))
     if not cand.size:
         pytest.skip(f"{name}: no histosys or normsys parameter (no restart, no probes)")
     # pyhf forbids one parameter name for a histosys/normsys and a direct modifier, so every
@@ -135,7 +135,7 @@ def test_even_size_equals_the_rates_at_pm1(name, model, data):
     restarts, computed from the templates, equals the one of the expected counts with the
     parameter alone at +1 and -1 (histosys and normsys of one name on one sample included)."""
     x0 = jnp.asarray(model.config.suggested_init(), dtype=float)
-    cand = np.flatnonzero(restarts._interpolated(model.config))
+    cand = np.flatnonzero(multimodal.interpolated(model.config))
     lam = np.asarray(model.expected_actualdata(x0))
 
     def moved(v):
@@ -144,7 +144,7 @@ def test_even_size_equals_the_rates_at_pm1(name, model, data):
     even = 0.5 * (moved(1.0) + moved(-1.0)) - lam
     ref = np.zeros(model.config.npars)
     ref[cand] = np.sqrt(np.sum(even**2 / np.maximum(lam, 1.0), axis=1))
-    np.testing.assert_allclose(restarts._even_size(model), ref, rtol=1e-9, atol=1e-9, err_msg=name)
+    np.testing.assert_allclose(multimodal.even_size(model), ref, rtol=1e-9, atol=1e-9, err_msg=name)
 
 
 def test_hessian_below_the_poisson_floor():

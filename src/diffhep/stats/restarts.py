@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import hessian as hessian_mod
-from .model import Model
+from . import multimodal
 from .solver import MAX_STEPS, MinimizeResult, implicit_vjp, is_success, minimize
 from .uncertainties import structure_of
 
@@ -31,7 +31,7 @@ __all__ = ["may_restart", "run_fit", "search"]
 
 def may_restart(config) -> bool:
     """Whether a fit of a model of ``config`` searches for several minima (static)."""
-    return bool(np.any(_kinked(config) | _interpolated(config)))
+    return bool(np.any(multimodal.kinked(config) | multimodal.interpolated(config)))
 
 
 def search(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre=None):
@@ -68,27 +68,6 @@ def _objective_local(pars, args, structure):
 _objective.local = _objective_local
 
 
-@cache
-def _kinked(config) -> np.ndarray:
-    """Parameters of interpolations with a kink at alpha = 0 (normsys code1, histosys code0)."""
-    out = np.zeros(config.npars, dtype=bool)
-    codes = dict(config.modifier_settings)
-    kinked = {t for t, code in (("normsys", "code1"), ("histosys", "code0")) if codes[t] == code}
-    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
-        out[a:b] = modtype in kinked
-    return out
-
-
-def _mirrored(model: Model) -> jax.Array:
-    """Parameters whose likelihood can have a local minimum on either side of alpha = 0:
-    interpolations with a kink there (:func:`_kinked`) and symmetrised variations
-    (``config.symmetric``: an even response, mirror-image minima). The symmetrised ones are
-    an array of the model (``Model.symmetric_pars``), not a constant of the compiled fit;
-    they are histosys/normsys parameters, so the static candidates of :func:`_restarts`
-    (``_kinked | _interpolated``) include them."""
-    return jnp.asarray(_kinked(model.config)) | (jnp.asarray(model.symmetric_pars) > 0.5)
-
-
 #: Modifiers whose parameter multiplies the rates (positive factors): the solver also tries
 #: its Newton steps in their logarithms (:func:`diffhep.stats.solver.minimize`'s ``logscale``)
 _FACTORS = ("normfactor", "lumi", "staterror", "shapesys", "shapefactor")
@@ -103,53 +82,15 @@ def _factors(config) -> np.ndarray:
     return out
 
 
-@cache
-def _global_shift(config) -> np.ndarray:
-    """Parameters reflected through the start by the third fit of :func:`search`:
-    histosys/normsys parameters and normfactors (not the per-bin gammas, whose reflection
-    through 1 would often land at their bound 0, nor lumi)."""
-    out = np.zeros(config.npars, dtype=bool)
-    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
-        out[a:b] = modtype in ("histosys", "normsys", "normfactor")
-    return out
-
-
-@cache
-def _interpolated(config) -> np.ndarray:
-    """Parameters of histosys and normsys modifiers (candidates for :func:`_even_response`)."""
-    out = np.zeros(config.npars, dtype=bool)
-    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
-        out[a:b] = modtype in ("histosys", "normsys")
-    return out
-
-
-def _even_response(model: Model) -> jax.Array:
-    """Per parameter, whether its up and down variations move some yield the same way (both
-    above or both below the nominal in a bin of a sample, or normsys ``hi`` and ``lo`` on the
-    same side of 1): the response then has an even part, and the profile can have two minima
-    in the parameter whatever the interpolation code (pyhf's ``multichan_coupledhistosys``
-    at mu = 1, code4p: minima at -0.45 and +0.59). Computed from the templates, so it follows
-    templates that change (training) and runs under ``jit``."""
-    t = model.tables
-    out = jnp.zeros(model.config.npars, bool)
-    if t.histosys_par.shape[0]:
-        nom = model.nominal[t.histosys_sample]
-        same = (model.histosys_hi - nom) * (model.histosys_lo - nom) > 0
-        out = out.at[t.histosys_par].max(jnp.any(same & t.histosys_mask, axis=1))
-    if t.normsys_par.shape[0]:
-        same = (model.normsys_hi - 1.0) * (model.normsys_lo - 1.0) > 0
-        out = out.at[t.normsys_par].max(same)
-    return out
-
-
 #: Values tried for each restart candidate (besides its mirror image -x): a parameter whose
 #: change to one of them alone lowers -log L starts the restart there
 _PROBES = (0.0, -1.0, 1.0)
 #: The reflection restart runs where a reflected parameter ends farther than this from its
 #: start, and an eligible histosys/normsys parameter that does is flipped (:func:`search`)
 _REFLECT_FROM = 1.0
-#: An eligible histosys/normsys parameter whose even response (:func:`_even_size`) moves the
-#: expected counts by at least this many Poisson standard deviations is flipped in every fit
+#: An eligible histosys/normsys parameter whose even response (:func:`multimodal.even_size`)
+#: moves the expected counts by at least this many Poisson standard deviations is flipped in
+#: every fit
 _EVEN_FLIP = 1.0
 #: A restart is kept if it lowers -log L by more than this (relative, at least 1 absolute)
 _RESTART_GAIN = 1e-9
@@ -247,16 +188,16 @@ def _probes(model, data, lower, upper, candidates, dtype):
 def _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, mirror):
     """The start of the probe/mirror restart from the best fit ``best``.
 
-    The likelihood may have several minima in the parameters with a kink at 0 or a
-    symmetrised variation (``mirror``: :func:`_mirrored`) and in those with an even response
-    (:func:`_even_response`); ``eligible`` are those of them the restart may move. It starts
-    where changing single ``candidates`` (to -x, or one of :data:`_PROBES`) lowers -log L at
+    The likelihood may have several minima in the parameters with a kink at 0 or a symmetrised
+    variation (``mirror``: :func:`multimodal.mirrored`) and in those with an even response
+    (:func:`multimodal.even_response`); ``eligible`` are those of them the restart may move. It
+    starts where changing single ``candidates`` (to -x, or one of :data:`_PROBES`) lowers -log L at
     the best fit; if none does, from the mirror image of all ``mirror`` parameters, or of all
-    eligible ones if there are none (the probes alone miss minima of the profile that are not
-    lower along the axis: multichan_coupledhistosys at mu = 1 from +0.59; mirroring all 38
-    candidates of sbottom RegionA instead of its 10 symmetrised ones made its hypotest 1.7x
-    slower, the restart then ran longer). The probes run only where ``probing`` (a
-    ``lax.cond``: without vmap, models without eligible parameters pay nothing).
+    eligible ones if there are none (the probes alone miss minima of the profile that are not lower
+    along the axis: multichan_coupledhistosys at mu = 1 from +0.59; mirroring all 38 candidates of
+    sbottom RegionA instead of its 10 symmetrised ones made its hypotest 1.7x slower, the restart
+    then ran longer). The probes run only where ``probing`` (a ``lax.cond``: without vmap, models
+    without eligible parameters pay nothing).
 
     Measured minima: pyhf's "combined" model with code1/code0 at jes = -0.0046 and +0.0058;
     sbottom RegionA/400_205_60 at mu = 1 on Asimov data at three JER NPs all at +-0.8 (0.137
@@ -281,13 +222,13 @@ def _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, m
 def _reflection_start(best, init, lower, upper, reflect):
     """The start of the reflection restart and whether it is needed.
 
-    The best fit's histosys/normsys/normfactor parameters (``reflect``: :func:`_global_shift`)
-    reflected through the start (per-bin gammas and lumi back at the start): the other side
-    of the start, where a second basin lies that neither the first fit's path nor
-    single-parameter probes reach (adversarial s31-d4: from mu = 1 the fit ends at mu = 10,
-    hs2 = +4.45, -2lnL 107.60; from the reflection at mu = 0, hs2 = -3.82, 90.43, pyhf's
-    minimum; small seed 0 draw 1 at mu = 0: 2692.51, from the reflection 2631.37 with hs0 and
-    hs1 at -5, then the probes from there 2470.43).
+    The best fit's histosys/normsys/normfactor parameters (``reflect``:
+    :func:`multimodal.global_shift`) reflected through the start (per-bin gammas and lumi back at
+    the start): the other side of the start, where a second basin lies that neither the first fit's
+    path nor single-parameter probes reach (adversarial s31-d4: from mu = 1 the fit ends at mu = 10,
+    hs2 = +4.45, -2lnL 107.60; from the reflection at mu = 0, hs2 = -3.82, 90.43, pyhf's minimum;
+    small seed 0 draw 1 at mu = 0: 2692.51, from the reflection 2631.37 with hs0 and hs1 at -5, then
+    the probes from there 2470.43).
 
     Needed only where the best fit lies more than :data:`_REFLECT_FROM` (the +-1 sigma
     variations) from the start in one of them: nearer, the fit stayed where the
@@ -319,54 +260,13 @@ def _flip_start(best, init, lower, upper, j):
     :data:`_REFLECT_FROM` from its start and eligible for the mirror restart (an even
     response, a kink or a symmetrised variation) also where it is not (seed 1048 draw 0 at
     mu = 1: ns2 = -2.11 -> +2.11, 3647.13 -> 3642.39 at +2.46; :func:`_restarts`), as for
-    an eligible parameter with a large even response at any distance (:func:`_even_size`).
+    an eligible parameter with a large even response at any distance
+    (:func:`multimodal.even_size`).
     """
     dist = jnp.abs(best.x[j] - init[j])
     side = jnp.where(best.x[j] >= init[j], -1.0, 1.0)
     to = jnp.clip(init[j] + side * jnp.maximum(dist, 1.0), lower[j], upper[j])
     return best.x.at[j].set(to)
-
-
-def _even_size(model: Model) -> jax.Array:
-    """Per parameter, the size of the even part of its response: the +-1 sigma variations of
-    a histosys/normsys parameter change the nominal counts ``nom`` of each bin (all samples)
-    by ``up - nom`` and ``down - nom``; their even part ``(up + down) / 2 - nom``, in units of
-    ``sqrt(max(nom, 1))``, summed in quadrature over the bins (0 for other parameters). From
-    the templates (the other parameters at their nominal values, normfactors at 1): a few
-    operations per (parameter, cell), no pass through the model.
-
-    A flip restart runs in every fit for an eligible parameter whose even size is at least
-    :data:`_EVEN_FLIP` (:func:`_restarts`): such a parameter can hold a minimum on each side
-    of its start at any distance from it, their barrier raised by the even part; below one
-    standard deviation of the counts, the even part raises no barrier that the fit does not
-    cross on its own. Measured: adversarial seed 1015 draw 1 at mu = 1 (ns0: 16.6; the fit
-    ended at ns0 = -0.67, -2lnL 2313.653, the flip reaches +0.84 at 2312.366) and seed 1059
-    draw 1, free fit (hs1: 143; +0.245 at 2223.781, the flip -0.342 at 2222.521); sbottom
-    RegionA: at most 0.48 in the background (JET_JvtEfficiency), 1.38 with a signal's
-    variations: 14 more flip attempts over 5 of its 217 signal points, its ``exclusion``
-    unchanged (17.0-17.5 CPU-s, the same output).
-    """
-    t = model.tables
-    S, B = model.nominal.shape
-    nom = model.nominal.reshape(S * B)
-    rates = []
-    for hs, ns in ((model.histosys_hi, model.normsys_hi), (model.histosys_lo, model.normsys_lo)):
-        # parameter j alone at +1 (hi) or -1 (lo): each sample's counts plus j's histosys
-        # changes, times j's normsys factors, per (parameter, cell)
-        add = jnp.zeros((model.config.npars, S * B), nom.dtype)
-        if t.histosys_par.shape[0]:
-            cells = t.histosys_sample[:, None] * B + np.arange(B)
-            change = jnp.where(t.histosys_mask, hs - model.nominal[t.histosys_sample], 0.0)
-            add = add.at[t.histosys_par[:, None], cells].add(change)
-        log_f = jnp.zeros((model.config.npars, S * B), nom.dtype)
-        if t.normsys_par.shape[0]:
-            layer, cell = np.nonzero(t.normsys_table < t.normsys_par.shape[0])
-            entry = t.normsys_table[layer, cell]
-            log_f = log_f.at[t.normsys_par[entry], cell].add(jnp.log(ns[entry]))
-        rates.append((nom + add) * jnp.exp(log_f))
-    even = (0.5 * (rates[0] + rates[1]) - nom).reshape(-1, S, B).sum(axis=1)
-    counts = jnp.maximum(jnp.sum(model.nominal, axis=0), 1.0)
-    return jnp.sqrt(jnp.sum(even**2 / counts, axis=1))
 
 
 def _random_start(init, lower, upper, fixed, r):
@@ -442,7 +342,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
       else of those eligible for the probe/mirror restart (a kink at 0, a symmetrised
       variation or an even response: a possible minimum on the other side) that lie farther
       than :data:`_REFLECT_FROM` from ``centre`` or whose even response is large
-      (:func:`_even_size`, anywhere) (adversarial seed 1048 draw 0 at mu = 1,
+      (:func:`multimodal.even_size`, anywhere) (adversarial seed 1048 draw 0 at mu = 1,
       not strained (deviance 907 on 298 data), ended at ns2 = -2.11 (even response), -2lnL
       3647.13, the probe/mirror restart, which moves every parameter whose probe gains, at
       3956; the flip of ns2 alone reaches 3642.39 at ns2 = +2.46); a fit that needs no
@@ -464,12 +364,12 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     def run(x0, steps=max_steps):
         return run_fit(model, data, x0, lower, upper, fixed, tol, steps)
 
-    interpolated = _interpolated(model.config)
-    candidates = np.flatnonzero(_kinked(model.config) | interpolated)
-    mirror = _mirrored(model) & ~fixed
-    eligible = (mirror | (_even_response(model) & ~fixed)) & jnp.asarray(restart)
+    interpolated = multimodal.interpolated(model.config)
+    candidates = np.flatnonzero(multimodal.kinked(model.config) | interpolated)
+    mirror = multimodal.mirrored(model) & ~fixed
+    eligible = (mirror | (multimodal.even_response(model) & ~fixed)) & jnp.asarray(restart)
     probes_at = _probes(model, data, lower, upper, candidates, init.dtype)
-    reflect = jnp.asarray(_global_shift(model.config)) & ~fixed
+    reflect = jnp.asarray(multimodal.global_shift(model.config)) & ~fixed
     may_reflect = jnp.any(reflect) & jnp.asarray(restart)
     flippable = jnp.asarray(interpolated) & ~fixed
     may_flip = jnp.any(flippable) & jnp.asarray(restart)
@@ -482,12 +382,13 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     )
     off_centre = jnp.any(centre != init) & jnp.asarray(restart)
 
-    strong = flippable & eligible & (_even_size(model) >= _EVEN_FLIP)
+    strong = flippable & eligible & (multimodal.even_size(model) >= _EVEN_FLIP)
 
     def far_out(best):
         """Flippable parameters with a possible mirror minimum (``eligible``: a kink at 0, a
         symmetrised variation or an even response) farther than :data:`_REFLECT_FROM` from
-        ``centre``, and those with a large even response (:func:`_even_size`) anywhere."""
+        ``centre``, and those with a large even response (:func:`multimodal.even_size`)
+        anywhere."""
         return (flippable & eligible & (jnp.abs(best.x - centre) > _REFLECT_FROM)) | strong
 
     def attempt(k, best, found_lower, cont):
