@@ -631,6 +631,13 @@ def test_sweep_minima_found(seed):
 #:   (2313.653 against 2312.362 at +0.84) and hs1 = +0.245 (2223.781 against 2222.510 at
 #:   -0.342): within +-1 of the start and not strained, so no flip ran. Such a parameter is
 #:   now flipped in every fit (multimodal.even_size).
+#: - 1078/4 (mu = 0): the same, hs1 (even size 449) at +0.327 (5001.909); its flip to -1
+#:   returns there; the flip to its mirror image through the vertex of its response
+#:   (multimodal.even_vertex: -0.035), -0.397, reaches -0.438 (4993.986, reference 4993.983).
+#: - 1077/3 (mu = 0): shapefactors of several samples in the same bins (degenerate) jump
+#:   between their bounds 0 and 10; the fit needs ~940 Newton steps and stopped after its two
+#:   continuations (status 1, 4633.62); every restart stopped too. The search now continues
+#:   a fit while its continuations gain (restarts._MAX_CONTINUATIONS): converged, 4627.39.
 #:
 #: Within tolerance but not the lowest minimum (not fixed): 1034/4's fits end 0.45-0.81 above
 #: the multi-start (tolerance 1.11); real, not rounding: at mu = 0 the noise-free objective
@@ -646,6 +653,8 @@ SWEEP_REFERENCES = {
     (1048, 0): (3646.870126, 4216.303310, 3642.747588),
     (1015, 1): (2311.416340, 2412.478667, 2312.362035),
     (1059, 1): (2222.509824, 2309.311631, 2241.393915),
+    (1078, 4): (2836.098851, 4993.982756, 2837.333330),
+    (1077, 3): (2604.470204, 4667.601450, 2604.486038),
 }
 
 

@@ -149,6 +149,47 @@ def test_even_size_equals_the_rates_at_pm1(name, model, data):
     np.testing.assert_allclose(multimodal.even_size(model), ref, rtol=1e-9, atol=1e-9, err_msg=name)
 
 
+@pytest.mark.parametrize(("name", "model", "data"), CASES, ids=[c[0] for c in CASES])
+def test_even_vertex_is_the_turn_of_the_parabola_through_pm1(name, model, data):
+    """Each histosys/normsys parameter's vertex, from the templates, equals the least-squares
+    turning point of the parabolas through each bin's expected counts with the parameter
+    alone at -1, 0 and +1 (weights 1 / counts), histosys and normsys of one name on one
+    sample included."""
+    x0 = jnp.asarray(model.config.suggested_init(), dtype=float)
+    cand = np.flatnonzero(multimodal.interpolated(model.config))
+    lam = np.asarray(model.expected_actualdata(x0))
+
+    def moved(v):
+        return np.asarray(jax.vmap(lambda j: model.expected_actualdata(x0.at[j].add(v)))(cand))
+
+    up, down = moved(1.0) - lam, moved(-1.0) - lam
+    a, b, w = 0.5 * (up - down), 0.5 * (up + down), 1.0 / np.maximum(lam, 1.0)
+    bb = np.sum(b * b * w, axis=1)
+    ref = np.zeros(model.config.npars)
+    ref[cand] = np.where(bb > 0, -np.sum(a * b * w, axis=1) / (2 * np.where(bb > 0, bb, 1)), 0)
+    got = np.asarray(multimodal.even_vertex(model))
+    np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-9, err_msg=name)
+
+
+def test_even_vertex_where_every_bin_turns_at_one_point():
+    """A histosys whose parabolas through -1, 0, +1 turn at -0.25 in both bins (counts
+    100 + 10 a + 20 a^2 and 50 + 5 a + 10 a^2) and a normsys whose both variations lower
+    the counts (0.8, 0.9: 0.05 a - 0.15 a^2 of the nominal, turning at +1/6): their
+    vertices; a parameter without an even part has vertex 0."""
+    spec = model_spec(
+        channel("SR", sample("signal", [1.0, 1.0], normfactor("mu")),
+                sample("bkg", [100.0, 50.0], histosys("shape", [110.0, 55.0], [130.0, 65.0]),
+                       normsys("mono", 0.9, 1.1)),
+                sample("other", [20.0, 30.0], normsys("xsec", 0.8, 0.9))),
+    )  # fmt: skip
+    model = Model.from_spec(spec)
+    v = np.asarray(multimodal.even_vertex(model))
+    cfg = model.config
+    assert v[cfg.par_slice("shape")][0] == pytest.approx(-0.25, rel=1e-12)
+    assert v[cfg.par_slice("xsec")][0] == pytest.approx(1.0 / 6.0, rel=1e-12)
+    assert v[cfg.par_slice("mono")][0] == 0.0
+
+
 def test_even_size_of_monotone_and_non_monotone_normsys():
     """A large sample's asymmetric but monotone normsys (+5%/-3%) has no even size; one whose
     both variations lower the counts (-1%/-2%) has its even part in standard deviations."""
