@@ -343,16 +343,19 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
       in docs/benchmarks.md, toys);
     - 5: the fit from the best fit reflected through ``centre``, where it is not ``init``
       and the best fit lies far from it;
-    - 6, 7, ...: one flip per histosys/normsys parameter (:func:`_flip_start`, to the other
-      side of ``centre``), of every one while the best fit is strained (:func:`_strained`),
-      else of those eligible for the probe/mirror restart (a kink at 0, a symmetrised
-      variation or an even response: a possible minimum on the other side) that lie farther
-      than :data:`_REFLECT_FROM` from ``centre`` or whose even response is large
-      (:func:`multimodal.even_size`, anywhere) (adversarial seed 1048 draw 0 at mu = 1,
+    - 6, 7, ...: one flip per histosys/normsys parameter and normfactor (:func:`_flip_start`,
+      to the other side of ``centre``), of every one while the best fit is strained
+      (:func:`_strained`), else of the histosys/normsys parameters eligible for the
+      probe/mirror restart (a kink at 0, a symmetrised variation or an even response: a
+      possible minimum on the other side) that lie farther than :data:`_REFLECT_FROM` from
+      ``centre`` or whose even response is large (:func:`multimodal.even_size`, anywhere)
+      (adversarial seed 1048 draw 0 at mu = 1,
       not strained (deviance 907 on 298 data), ended at ns2 = -2.11 (even response), -2lnL
       3647.13, the probe/mirror restart, which moves every parameter whose probe gains, at
       3956; the flip of ns2 alone reaches 3642.39 at ns2 = +2.46); a fit that needs no
-      flip, or a vmapped batch in which none does, runs no flip attempt;
+      flip, or a vmapped batch in which none does, runs no flip attempt (adversarial seed
+      1098 draw 2 at mu = 1, strained: the fit ends with the normfactor k_bkg at its bound
+      0, -2lnL 2435.31, and no restart moves it; its flip to 2 reaches k_bkg = 10, 2409.04);
     - then, for each parameter with a large even response, a flip to the mirror image of
       its value through the vertex of its response (:func:`multimodal.even_vertex`), where
       two values of it give the same counts (adversarial seed 1078 draw 4 at mu = 0: hs1 at
@@ -386,15 +389,17 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     probes_at = _probes(model, data, lower, upper, candidates, init.dtype)
     reflect = jnp.asarray(multimodal.global_shift(model.config)) & ~fixed
     may_reflect = jnp.any(reflect) & jnp.asarray(restart)
-    flippable = jnp.asarray(interpolated) & ~fixed
+    shifts = multimodal.global_shift(model.config)  # histosys, normsys, normfactor
+    flippable = jnp.asarray(shifts) & ~fixed
     may_flip = jnp.any(flippable) & jnp.asarray(restart)
-    flips = np.flatnonzero(interpolated)  # static: one flip attempt each, and one by vertex
+    flips = np.flatnonzero(shifts)  # static: one flip attempt each
+    by_vertex = np.flatnonzero(interpolated)  # and one by the vertex each
     first_flip = 6
     first_vertex = first_flip + flips.size
-    first_random = first_vertex + flips.size
+    first_random = first_vertex + by_vertex.size
     n_attempts = first_random + _RANDOM_STARTS
     flip_par = jnp.asarray(
-        np.concatenate([np.zeros(first_flip, int), flips, flips, np.zeros(_RANDOM_STARTS, int)])
+        np.concatenate([np.zeros(first_flip, int), flips, by_vertex, np.zeros(_RANDOM_STARTS, int)])
     )
     off_centre = jnp.any(centre != init) & jnp.asarray(restart)
 
@@ -419,18 +424,19 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         flipping = (k >= first_flip) & (k < first_vertex) & flippable[j] & may_flip
         flipping = flipping & (strained | far_out(best)[j])
         mirror_j = jnp.clip(2.0 * vertex[j] - best.x[j], lower[j], upper[j])
-        by_vertex = (k >= first_vertex) & (k < first_random) & strong[j] & may_flip
-        by_vertex = by_vertex & (jnp.abs(mirror_j - best.x[j]) > _VERTEX_MOVE)
-        flipped = jnp.where(by_vertex, best.x.at[j].set(mirror_j), flipped)
-        flipping = flipping | by_vertex
+        vertex_flip = (k >= first_vertex) & (k < first_random) & strong[j] & may_flip
+        vertex_flip = vertex_flip & (jnp.abs(mirror_j - best.x[j]) > _VERTEX_MOVE)
+        flipped = jnp.where(vertex_flip, best.x.at[j].set(mirror_j), flipped)
+        flipping = flipping | vertex_flip
         randomly = (k >= first_random) & jnp.asarray(restart) & strained
         need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping | randomly
         need = need | ((k == 4) & off_centre) | ((k == 5) & off_centre & may_reflect & far_centre)
         x0 = jnp.where(k == 2, reflected, jnp.where(flipping, flipped, start))
         x0 = jnp.where(k == 4, centre, jnp.where(k == 5, around, x0))
-        # the random keys as before attempts 4 and 5 and the vertex flips existed (the same
-        # starts: the random restarts' minima are luck; seed 1063 draw 4's free fit reaches
-        # 13646.70 from the first of these, 14018.66 from all four of the next keys)
+        # the random keys as before attempts 4 and 5, the flips of normfactors and those by
+        # the vertex existed (the same starts: the random restarts' minima are luck; seed 1063
+        # draw 4's free fit reaches 13646.70 from the first of these, 14018.66 from all four
+        # of the next keys)
         key = k - 2 - flips.size
         x0 = jnp.where(randomly, _random_start(init, lower, upper, fixed, key), x0)
         x0 = jnp.where(k == 0, init, x0)
