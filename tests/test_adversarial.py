@@ -638,6 +638,9 @@ def test_sweep_minima_found(seed):
 #:   between their bounds 0 and 10; the fit needs ~940 Newton steps and stopped after its two
 #:   continuations (status 1, 4633.62); every restart stopped too. The search now continues
 #:   a fit while its continuations gain (restarts._MAX_CONTINUATIONS): converged, 4627.39.
+#: - 1098/2 (mu = 1, strained: deviance 1287 on 154 data): the normfactor k_bkg ends at its
+#:   bound 0 (2435.31), where no histosys/normsys flip nor random restart moves it; its flip
+#:   to 2 reaches k_bkg = 10 (2409.04): normfactors are now flipped while the fit is strained.
 #:
 #: Within tolerance but not the lowest minimum (not fixed): 1034/4's fits end 0.45-0.81 above
 #: the multi-start (tolerance 1.11); real, not rounding: at mu = 0 the noise-free objective
@@ -655,6 +658,7 @@ SWEEP_REFERENCES = {
     (1059, 1): (2222.509824, 2309.311631, 2241.393915),
     (1078, 4): (2836.098851, 4993.982756, 2837.333330),
     (1077, 3): (2604.470204, 4667.601450, 2604.486038),
+    (1098, 2): (2404.740699, 2436.891834, 2409.037468),
 }
 
 
