@@ -5,11 +5,12 @@
 :mod:`diffhep.stats.solver` from a start; where the model can have several minima (kinked or
 smoothly interpolated shape and normalisation variations: :func:`may_restart`) it runs
 :func:`search` instead: the fit and its restarts (probe/mirror, reflection through the start,
-flips of interpolated parameters where the fit is strained or they may have a mirror minimum
-beyond +-1 or a large even response, and the continuation of a fit that ran out of steps) in
-one ``lax.while_loop``, keeping the lowest minimum, differentiated implicitly at that minimum.
-Issue 20 holds the cases behind each restart; the gates' measurements are in the functions'
-docstrings.
+flips of interpolated parameters and normfactors where the fit is strained, of interpolated
+ones where they may have a mirror minimum beyond +-1 or a large even response (then also to
+the mirror image through the response's vertex), and the continuation of a fit that ran out
+of steps while it gains) in one ``lax.while_loop``, keeping the lowest minimum,
+differentiated implicitly at that minimum. Issue 20 holds the cases behind each restart; the
+gates' measurements are in the functions' docstrings.
 """
 
 from __future__ import annotations
@@ -247,9 +248,9 @@ def _reflection_start(best, init, lower, upper, reflect):
 
 
 def _flip_start(best, init, lower, upper, j):
-    """The start of flip restart ``j``: histosys/normsys parameter ``j`` moved to the other
-    side of its start, at least 1 (the +-1 sigma variation) from it, the others left at the
-    best fit.
+    """The start of flip restart ``j``: histosys/normsys parameter or normfactor ``j`` moved to
+    the other side of its start, at least 1 (the +-1 sigma variation) from it, the others left
+    at the best fit.
 
     That reaches a basin on the other side of one systematic that neither the reflection of
     all of them nor the probes (single-parameter values with the others held, which are
@@ -349,10 +350,10 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
       probe/mirror restart (a kink at 0, a symmetrised variation or an even response: a
       possible minimum on the other side) that lie farther than :data:`_REFLECT_FROM` from
       ``centre`` or whose even response is large (:func:`multimodal.even_size`, anywhere)
-      (adversarial seed 1048 draw 0 at mu = 1,
-      not strained (deviance 907 on 298 data), ended at ns2 = -2.11 (even response), -2lnL
-      3647.13, the probe/mirror restart, which moves every parameter whose probe gains, at
-      3956; the flip of ns2 alone reaches 3642.39 at ns2 = +2.46); a fit that needs no
+      (adversarial seed 1048 draw 0 at mu = 1, not strained (deviance 907 on 298 data),
+      ended at ns2 = -2.11 (even response), -2lnL 3647.13, the probe/mirror restart, which
+      moves every parameter whose probe gains, at 3956; the flip of ns2 alone reaches
+      3642.39 at ns2 = +2.46); a fit that needs no
       flip, or a vmapped batch in which none does, runs no flip attempt (adversarial seed
       1098 draw 2 at mu = 1, strained: the fit ends with the normfactor k_bkg at its bound
       0, -2lnL 2435.31, and no restart moves it; its flip to 2 reaches k_bkg = 10, 2409.04);
@@ -387,10 +388,10 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     mirror = multimodal.mirrored(model) & ~fixed
     eligible = (mirror | (multimodal.even_response(model) & ~fixed)) & jnp.asarray(restart)
     probes_at = _probes(model, data, lower, upper, candidates, init.dtype)
-    reflect = jnp.asarray(multimodal.global_shift(model.config)) & ~fixed
-    may_reflect = jnp.any(reflect) & jnp.asarray(restart)
     shifts = multimodal.global_shift(model.config)  # histosys, normsys, normfactor
-    flippable = jnp.asarray(shifts) & ~fixed
+    reflect = jnp.asarray(shifts) & ~fixed
+    may_reflect = jnp.any(reflect) & jnp.asarray(restart)
+    flippable = reflect  # the reflected parameters, one by one
     may_flip = jnp.any(flippable) & jnp.asarray(restart)
     flips = np.flatnonzero(shifts)  # static: one flip attempt each
     by_vertex = np.flatnonzero(interpolated)  # and one by the vertex each
