@@ -129,12 +129,9 @@ def test_probes_equal_direct_evaluation(name, model, data):
             np.testing.assert_allclose(f1, f0, rtol=0, atol=1e-11 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("name, model, data", CASES, ids=[c[0] for c in CASES])
-def test_even_size_equals_the_rates_at_pm1(name, model, data):
-    """The not-monotone part of each histosys/normsys parameter's response that gates the
-    flip restarts, computed from the templates, equals the one of the expected counts with
-    the parameter alone at +1 and -1 (histosys and normsys of one name on one sample
-    included): the even part in the bins that both move the same way."""
+def _changes_at_pm1(model):
+    """The histosys/normsys parameters, the changes of the expected counts with each alone at
+    +1 and at -1 (from the model, not the templates), and the nominal expected counts."""
     x0 = jnp.asarray(model.config.suggested_init(), dtype=float)
     cand = np.flatnonzero(multimodal.interpolated(model.config))
     lam = np.asarray(model.expected_actualdata(x0))
@@ -142,7 +139,16 @@ def test_even_size_equals_the_rates_at_pm1(name, model, data):
     def moved(v):
         return np.asarray(jax.vmap(lambda j: model.expected_actualdata(x0.at[j].add(v)))(cand))
 
-    up, down = moved(1.0) - lam, moved(-1.0) - lam
+    return cand, moved(1.0) - lam, moved(-1.0) - lam, lam
+
+
+@pytest.mark.parametrize("name, model, data", CASES, ids=[c[0] for c in CASES])
+def test_even_size_equals_the_rates_at_pm1(name, model, data):
+    """The not-monotone part of each histosys/normsys parameter's response that gates the
+    flip restarts, computed from the templates, equals the one of the expected counts with
+    the parameter alone at +1 and -1 (histosys and normsys of one name on one sample
+    included): the even part in the bins that both move the same way."""
+    cand, up, down, lam = _changes_at_pm1(model)
     even = np.where(up * down > 0, 0.5 * (up + down), 0.0)
     ref = np.zeros(model.config.npars)
     ref[cand] = np.sqrt(np.sum(even**2 / np.maximum(lam, 1.0), axis=1))
@@ -155,14 +161,7 @@ def test_even_vertex_is_the_turn_of_the_parabola_through_pm1(name, model, data):
     turning point of the parabolas through each bin's expected counts with the parameter
     alone at -1, 0 and +1 (weights 1 / counts), histosys and normsys of one name on one
     sample included."""
-    x0 = jnp.asarray(model.config.suggested_init(), dtype=float)
-    cand = np.flatnonzero(multimodal.interpolated(model.config))
-    lam = np.asarray(model.expected_actualdata(x0))
-
-    def moved(v):
-        return np.asarray(jax.vmap(lambda j: model.expected_actualdata(x0.at[j].add(v)))(cand))
-
-    up, down = moved(1.0) - lam, moved(-1.0) - lam
+    cand, up, down, lam = _changes_at_pm1(model)
     a, b, w = 0.5 * (up - down), 0.5 * (up + down), 1.0 / np.maximum(lam, 1.0)
     bb = np.sum(b * b * w, axis=1)
     ref = np.zeros(model.config.npars)
