@@ -159,6 +159,27 @@ def test_cli_unconverged_hypotest_exits_1_naming_the_poi_values(weak_ws, monkeyp
         diffhep.stats.limits.upper_limit(model, ws.data(model), scan=np.linspace(0, 10, 5))
 
 
+def test_unconverged_refinement_hypotest_raises_naming_its_poi_value(weak_ws, monkeypatch):
+    """The root finder's hypotests (default: scan, then refine) are checked too: one that did
+    not converge stops the limit with its POI value, and the command exits 1."""
+    from diffhep.stats import exported, limits
+
+    real, seen = exported.call, []
+
+    def flaky(fn, *args, **kwargs):
+        out = real(fn, *args, **kwargs)
+        if fn is limits._cls_one:  # the refinement's single hypotests
+            seen.append(float(args[1]))
+            return (*out[:2], False)
+        return out
+
+    monkeypatch.setattr(exported, "call", flaky)
+    result = run(["upper-limit", str(weak_ws)])
+    assert result.exit_code == 1, result.output
+    assert seen and "did not converge" in result.output
+    assert f"at POI value(s) {seen[0]:g}" in result.output  # the first refined one, named
+
+
 def test_cls_poi_value_outside_the_bounds_exits_2(weak_ws):
     """Before: every CLs 1.0 (the fit tested the bound)."""
     for value in ("-1", "11", "nan"):
