@@ -642,12 +642,14 @@ def test_sweep_minima_found(seed):
 #:   bound 0 (2435.31), where no histosys/normsys flip nor random restart moves it; its flip
 #:   to 2 reaches k_bkg = 10 (2409.04): normfactors are now flipped while the fit is strained.
 #:
-#: Within tolerance but not the lowest minimum (not fixed): 1034/4's fits end 0.45-0.81 above
-#: the multi-start (tolerance 1.11); real, not rounding: at mu = 0 the noise-free objective
-#: differs by the same 0.81 (126.637 vs 125.827). A second minimum in the histosys hs0
-#: (-0.60 vs +0.54, a barrier of ~5500 between them on the straight line; hs0 alone moved
-#: costs +242): both within +-1 of the start and the fit not strained, so neither the
-#: reflection nor a flip runs, and the probe/mirror restart does not reach it.
+#: Within tolerance but not the lowest minimum until 2026-12-06: 1034/4's fits ended 0.45-0.81
+#: above the multi-start (tolerance 1.11); real, not rounding: at mu = 0 the noise-free
+#: objective differed by the same 0.81 (126.637 vs 125.827). A second minimum in the histosys
+#: hs0 (-0.60 vs +0.54, a barrier of ~5500 between them on the straight line; hs0 alone moved
+#: costs +242), both within +-1 of the start and the fit not strained. hs0's response is
+#: strongly even (even size 148, vertex -0.047: the mirror image of +0.54 is -0.63), and with
+#: the flips of such parameters the fits now end at 2456.097 (free; multi-start 2456.092),
+#: 2571.711 and 2456.578 (mu = 0 and 1; multi-start 2571.713 and 2456.581).
 #:
 #: The free fit's reference is the lowest of the three (a fixed-POI point is in its domain).
 SWEEP_REFERENCES = {
