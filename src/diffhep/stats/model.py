@@ -412,9 +412,16 @@ class Model(eqx.Module):
         if not self.tables.aux_par.shape[0]:
             return xp.zeros((), dtype=self.nominal.dtype)
         pars = xp.asarray(pars, dtype=self.nominal.dtype)
-        aux = xp.asarray(aux, dtype=pars.dtype)
+        return xp.sum(self._constraint_relative_terms(aux, pars[self.tables.aux_par]))
+
+    def _constraint_relative_terms(self, aux, theta) -> jax.Array:
+        """The terms of :meth:`_constraint_relative`, one per auxiliary datum, at the values
+        ``theta`` of their parameters (``pars[tables.aux_par]``): each term depends on its
+        own entry of ``theta`` only."""
+        xp = _module(self, aux, theta)
+        theta = xp.asarray(theta, dtype=self.nominal.dtype)
+        aux = xp.asarray(aux, dtype=theta.dtype)
         sigma, factor, _ = self._constraint_terms()
-        theta = pars[self.tables.aux_par]
         normal = -0.5 * ((aux - theta) / sigma) ** 2
         rate = theta * factor
         safe_rate = xp.where(rate > 0, rate, POISSON_FLOOR)
@@ -423,7 +430,7 @@ class Model(eqx.Module):
             stable = _poisson_rel(xp.where(pos, aux, 1.0), safe_rate, xp=xp)
             xlogy, _ = _special(xp)
             poisson = xp.where(pos, stable, xlogy(aux, safe_rate) - safe_rate)
-        return xp.sum(xp.where(self.tables.aux_poisson, poisson, normal))
+        return xp.where(self.tables.aux_poisson, poisson, normal)
 
     def _constraint_constant(self, aux) -> jax.Array:
         """The parameter-independent part of :meth:`constraint_logpdf`: ``-log(sigma) -

@@ -416,7 +416,6 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
 
     def attempt(k, best, found_lower, cont):
         probing = ((k == 1) | ((k == 3) & found_lower)) & jnp.any(eligible) & ~cont
-        start = _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, mirror)
         reflected, far = _reflection_start(best, init, lower, upper, reflect)
         around, far_centre = _reflection_start(best, centre, lower, upper, reflect)
         j = flip_par[k]
@@ -432,26 +431,39 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         randomly = (k >= first_random) & jnp.asarray(restart) & strained
         need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping | randomly
         need = need | ((k == 4) & off_centre) | ((k == 5) & off_centre & may_reflect & far_centre)
-        x0 = jnp.where(k == 2, reflected, jnp.where(flipping, flipped, start))
-        x0 = jnp.where(k == 4, centre, jnp.where(k == 5, around, x0))
-        # the random keys as before attempts 4 and 5, the flips of normfactors and those by
-        # the vertex existed (the same starts: the random restarts' minima are luck; seed 1063
-        # draw 4's free fit reaches 13646.70 from the first of these, 14018.66 from all four
-        # of the next keys)
-        key = k - 2 - flips.size
-        x0 = jnp.where(randomly, _random_start(init, lower, upper, fixed, key), x0)
-        x0 = jnp.where(k == 0, init, x0)
-        x0 = jnp.where(cont, best.x, x0)
-        # an attempt not needed runs no step (not lax.cond: under vmap it becomes a select
-        # that runs every attempt's fit for every member; a while_loop whose condition is
-        # false for every member runs no iteration)
-        budget = jnp.where(randomly, (1 + _CONTINUATIONS) * max_steps, max_steps)
-        new = run(x0, jnp.where(need | cont, budget, 0).astype(jnp.int32))
-        out, better = _keep_lower(k, best, new, need & ~cont)
-        resumed = new._replace(n_steps=best.n_steps + new.n_steps)
-        out = jax.tree.map(lambda a, b: jnp.where(cont, a, b), resumed, out)
-        better = better & ~cont
-        return out, jnp.where(k == 2, better, found_lower)
+
+        def run_attempt(_):
+            start = _probe_start(probes_at, best, probing, lower, upper, candidates, eligible,
+                                 mirror)  # fmt: skip
+            x0 = jnp.where(k == 2, reflected, jnp.where(flipping, flipped, start))
+            x0 = jnp.where(k == 4, centre, jnp.where(k == 5, around, x0))
+            # the random keys as before attempts 4 and 5, the flips of normfactors and those
+            # by the vertex existed (the same starts: the random restarts' minima are luck;
+            # seed 1063 draw 4's free fit reaches 13646.70 from the first of these, 14018.66
+            # from all four of the next keys); drawn only for a random restart (a lax.cond)
+            key = k - 2 - flips.size
+            x0 = jax.lax.cond(
+                randomly, lambda: _random_start(init, lower, upper, fixed, key), lambda: x0
+            )
+            x0 = jnp.where(k == 0, init, x0)
+            x0 = jnp.where(cont, best.x, x0)
+            # an attempt not needed runs no step: under vmap the lax.cond around this is a
+            # select that runs it for every member, and a while_loop whose condition is false
+            # for every member runs no iteration
+            budget = jnp.where(randomly, (1 + _CONTINUATIONS) * max_steps, max_steps)
+            new = run(x0, jnp.where(need | cont, budget, 0).astype(jnp.int32))
+            out, better = _keep_lower(k, best, new, need & ~cont)
+            resumed = new._replace(n_steps=best.n_steps + new.n_steps)
+            out = jax.tree.map(lambda a, b: jnp.where(cont, a, b), resumed, out)
+            better = better & ~cont
+            return out, jnp.where(k == 2, better, found_lower)
+
+        def skip(_):  # what run_attempt gives where nothing is needed (k > 0: k = 0 is)
+            return best, jnp.where(k == 2, False, found_lower)
+
+        # most attempts of a fit are not needed (sbottom RegionA: 5 of 6 in every fit): they
+        # cost the conditions only, not the set-up of a solver run nor the random draws
+        return jax.lax.cond(need | cont, run_attempt, skip, None)
 
     def continues(k, best, conts, gained):
         """Whether the best fit ran out of steps and is continued from where it stopped
