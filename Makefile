@@ -29,6 +29,7 @@ demo: $(STAMP)
 # (TEST_FAST_EMITTERS) compile a fit 2.7x faster (6.2 -> 2.3 s of CPU, same CLs to every
 # digit). jaxlib aborts on a flag it does not know: it is added only where a probe accepts it.
 # TEST_XLA_FLAGS= runs it at the default level; the slow sweep and the benchmarks always do.
+# Each worker runs on a core of its own (tests/affinity.py, from tests/conftest.py).
 TEST_WORKERS ?= 2
 TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0
 TEST_FAST_EMITTERS ?= --xla_cpu_use_fusion_emitters=false

@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import pytest
 
+import affinity
 import session_shared
 
 jax.config.update("jax_enable_x64", True)
@@ -36,6 +37,9 @@ def pytest_configure(config):
     process: 101.8 s without, 98.4 s with). Only this session's pytest processes read it:
     subprocesses do not (``DIFFHEP_CACHE_DIR`` is empty), nor does a later session."""
     config._diffhep_owned = []
+    # each xdist worker on a core of its own (tests/affinity.py), before JAX starts its threads
+    affinity.remember()
+    affinity.pin_worker()
     if not os.environ.get(_CACHE_ENV):
         os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="diffhep-test-jax-cache-")
         config._diffhep_owned.append(_CACHE_ENV)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import affinity
 import diffhep
 from diffhep.cli import main
 from diffhep.stats import toys
@@ -156,8 +157,8 @@ def test_local_toy_workers_are_pinned_one_per_core():
     from diffhep.cli.spread_toys import coalesce, pin_workers
     from diffhep.io.dask_apply import dask_client
 
-    cores = sorted(os.sched_getaffinity(0))
-    with dask_client(None, 2) as client:
+    cores = sorted(affinity.session_cores())
+    with affinity.widened(), dask_client(None, 2) as client:  # its workers on the session's cores
         pinned = pin_workers(client)
         seen = client.run(lambda: sorted(os.sched_getaffinity(0)))
     assert sorted(pinned) == sorted(seen)
