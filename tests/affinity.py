@@ -3,14 +3,15 @@
 XLA's CPU runtime runs a kernel's operations on a pool of one thread per core the process may
 use, and the threads wait on each other (one spins) at each of the thousands of small
 operations of a fit (``diffhep.cli.common.ONE_CORE`` says what that costs a command). Two
-test workers, each with such a pool on both cores of the CI machine, took each other's cores
-at every operation: tests/test_hypotest.py and tests/test_fit.py on two workers ran in 158.6 s
-(285 CPU-s) unpinned, 104.1 s (181 CPU-s) with each worker on a core of its own (2026-12-06,
-same commit, one run after the other); the whole suite 748 -> 689-700 s on this 2-core
-machine (14:33 and 15:31-15:56 UTC runs). :func:`pin_worker` does that; a test that needs the
-session's cores (a command that pins its own threads, a local Dask cluster that puts one
-worker per core) widens itself again while it starts them (:func:`widened`: a child
-process inherits the mask of the thread that starts it).
+test workers, each with such a pool on both cores of the CI machine, take each other's
+cores. Measured on this 2-core machine (2026-12-06, alternating runs of the same commit):
+tests/test_fit.py, test_solver.py, test_convergence.py and test_likelihood.py on two workers
+84/97 s wall and 137/150 CPU-s unpinned, 76/82 s and 121/131 CPU-s pinned (10-15%); the
+whole suite's time was not measurably shorter (clean-clone CI 667 s unpinned at 13:36 UTC,
+720 s pinned at 15:57: the machine's speed drifts by more than that). :func:`pin_worker`
+pins; a test that needs the session's cores (a command that pins its own threads, a local
+Dask cluster that puts one worker per core) widens itself again while it starts them
+(:func:`widened`: a child process inherits the mask of the thread that starts it).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -131,6 +132,53 @@ def _compiling_on_all_cores():
                 os.sched_setaffinity(tid, saved.get(tid, here))
 
 
+#: Bound of the cache directory when ``DIFFHEP_CACHE_MAX_SIZE`` does not set one.
+CACHE_MAX_SIZE = "2G"
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def cache_max_size() -> int | None:
+    """``DIFFHEP_CACHE_MAX_SIZE`` in bytes (a number with K, M, G or T, powers of 1024;
+    ``none``: no bound)."""
+    text = os.environ.get("DIFFHEP_CACHE_MAX_SIZE", CACHE_MAX_SIZE).strip().upper()
+    if text == "NONE":
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT]?)I?B?", text)
+    if not match or float(match[1]) <= 0:
+        raise DiffhepError(
+            f"not a cache size: {text!r}",
+            where="DIFFHEP_CACHE_MAX_SIZE",
+            fix="a positive size such as 500M or 2G (powers of 1024), or 'none' for no bound",
+        )
+    return int(float(match[1]) * _UNITS[match[2]])
+
+
+def prune_cache(directory: Path, max_bytes: int) -> list[Path]:
+    """Delete the least recently used files under ``directory`` (by the later of their
+    access and modification times) until the rest hold at most ``max_bytes``; returns
+    what was deleted. A file that cannot be read or deleted is left alone."""
+    files, total = [], 0
+    for path in directory.rglob("*"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            files.append((max(st.st_atime, st.st_mtime), st.st_size, path))
+            total += st.st_size
+    removed = []
+    for _, size, path in sorted(files, key=lambda f: f[:2]):
+        if total <= max_bytes:
+            break
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(path)
+    return removed
+
+
 def setup() -> None:
     """Float64 for the statistics, quiet logs, and a persistent compilation cache so that
     repeated commands on models of the same structure skip XLA compilation (and, with
@@ -144,9 +192,12 @@ def setup() -> None:
     if cache is None:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         cache = str(Path(base) / "diffhep" / "jax")
+    limit = cache_max_size()  # checked even where the cache is off: a typo shows at once
     if cache:  # DIFFHEP_CACHE_DIR="" disables the cache
         try:
             Path(cache).mkdir(parents=True, exist_ok=True)
+            if limit is not None:  # room for this command's entries: the oldest go first
+                prune_cache(Path(cache), limit)
             jax.config.update("jax_compilation_cache_dir", cache)
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
             from ..stats import exported
@@ -163,7 +214,11 @@ def setup() -> None:
 
 
 def run(fn, *args, **kwargs):
-    setup()
+    try:
+        setup()
+    except DiffhepError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
     global GC_PAUSED
     if GC_PAUSED:  # start-up without the cyclic collector (cli._Main) is over: what exists
         GC_PAUSED = False  # now (modules, functions, the command's imports) lives to the end

@@ -228,6 +228,8 @@ def call(kernel: Callable, model, *args, **static) -> Any:
         if path.exists():
             try:
                 exp = jax.export.deserialize(bytearray(path.read_bytes()))
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # used now: the last to go when the cache is pruned
             except Exception as err:  # a damaged or foreign entry: rebuild it
                 log.debug("ignoring %s: %s", path, err)
         if exp is None:

@@ -1,0 +1,85 @@
+"""The persistent cache's bound: DIFFHEP_CACHE_MAX_SIZE, least recently used entries first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from diffhep.cli import common, main
+from diffhep.errors import DiffhepError
+from diffhep.stats.workspace import example_spec
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _file(path: Path, size: int, when: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    os.utime(path, (when, when))
+    return path
+
+
+def test_prune_removes_the_least_recently_used_first(tmp_path):
+    old = _file(tmp_path / "jit_a-cache", 300, 1_000_000)
+    mid = _file(tmp_path / "exported" / "k.bin", 300, 2_000_000)
+    new = _file(tmp_path / "jit_b-cache", 300, 3_000_000)
+    os.utime(mid, (3_500_000, 2_000_000))  # read after ``new`` was written: it stays longer
+    assert common.prune_cache(tmp_path, 900) == []
+    assert common.prune_cache(tmp_path, 650) == [old]
+    assert common.prune_cache(tmp_path, 299) == [new, mid]
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("500M", 500 * 2**20),
+        ("1.5g", int(1.5 * 2**30)),
+        ("2GiB", 2 * 2**30),
+        ("4096", 4096),
+        ("none", None),
+        (None, 2 * 2**30),
+    ],
+)
+def test_size_from_the_environment(monkeypatch, text, size):
+    if text is None:
+        monkeypatch.delenv("DIFFHEP_CACHE_MAX_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("DIFFHEP_CACHE_MAX_SIZE", text)
+    assert common.cache_max_size() == size
+
+
+@pytest.mark.parametrize("text", ["lots", "0", "-1G", "2X"])
+def test_a_bad_size_names_the_variable_and_exits_2(monkeypatch, tmp_path, text):
+    monkeypatch.setenv("DIFFHEP_CACHE_MAX_SIZE", text)
+    with pytest.raises(DiffhepError, match="not a cache size") as err:
+        common.cache_max_size()
+    assert err.value.where == "DIFFHEP_CACHE_MAX_SIZE"
+    ws = tmp_path / "ws.json"
+    ws.write_text(json.dumps(example_spec()))
+    result = CliRunner().invoke(main, ["cls", str(ws)])
+    assert result.exit_code == 2 and result.exception is not None  # SystemExit, no traceback
+    assert "DIFFHEP_CACHE_MAX_SIZE" in result.output and "500M or 2G" in result.output
+
+
+def test_a_command_prunes_the_cache_before_it_adds_to_it(tmp_path):
+    """Old entries beyond the bound go before the command's kernels are stored."""
+    cache = tmp_path / "cache"
+    stale = _file(cache / "jit_stale-cache", 3 * 2**20, 1_000_000)
+    kept = _file(cache / "exported" / "recent.bin", 2**10, 2_000_000_000)
+    ws = tmp_path / "ws.json"
+    ws.write_text(json.dumps(example_spec()))
+    env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_CACHE_DIR": str(cache),
+           "DIFFHEP_CACHE_MAX_SIZE": "2M", "DIFFHEP_WORKER_START": "never"}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "diffhep", "cls", str(ws)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not stale.exists() and kept.exists()
+    assert any(cache.glob("*-cache")) and any((cache / "exported").glob("*.bin"))
+    assert 0 < json.loads(proc.stdout)["CLs_obs"] < 1
