@@ -30,10 +30,11 @@ def test_prune_removes_the_least_recently_used_first(tmp_path):
     mid = _file(tmp_path / "exported" / "k.bin", 300, 2_000_000)
     new = _file(tmp_path / "jit_b-cache", 300, 3_000_000)
     os.utime(mid, (3_500_000, 2_000_000))  # read after ``new`` was written: it stays longer
+    other = _file(tmp_path / "notes.txt", 5000, 0)  # not the cache's: never counted, never deleted
     assert common.prune_cache(tmp_path, 900) == []
     assert common.prune_cache(tmp_path, 650) == [old]
     assert common.prune_cache(tmp_path, 299) == [new, mid]
-    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [other]
 
 
 @pytest.mark.parametrize(

@@ -153,19 +153,24 @@ def cache_max_size() -> int | None:
     return int(float(match[1]) * _UNITS[match[2]])
 
 
+#: The files of the cache: JAX's compiled programs (and its access times), diffhep's
+#: exported kernels. Nothing else in the directory is counted or deleted.
+_CACHE_FILES = ("*-cache", "*-atime", "exported/*.bin")
+
+
 def prune_cache(directory: Path, max_bytes: int) -> list[Path]:
-    """Delete the least recently used files under ``directory`` (by the later of their
-    access and modification times) until the rest hold at most ``max_bytes``; returns
-    what was deleted. A file that cannot be read or deleted is left alone."""
+    """Delete the least recently used cache files in ``directory`` (:data:`_CACHE_FILES`,
+    by the later of their access and modification times) until the rest hold at most
+    ``max_bytes``; returns what was deleted. A file that cannot be read or deleted is left
+    alone."""
     files, total = [], 0
-    for path in directory.rglob("*"):
+    for path in (p for pattern in _CACHE_FILES for p in directory.glob(pattern)):
         try:
             st = path.stat()
         except OSError:
             continue
-        if path.is_file():
-            files.append((max(st.st_atime, st.st_mtime), st.st_size, path))
-            total += st.st_size
+        files.append((max(st.st_atime, st.st_mtime), st.st_size, path))
+        total += st.st_size
     removed = []
     for _, size, path in sorted(files, key=lambda f: f[:2]):
         if total <= max_bytes:
