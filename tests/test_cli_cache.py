@@ -67,6 +67,7 @@ def test_a_bad_size_names_the_variable_and_exits_2(monkeypatch, tmp_path, text):
     result = CliRunner().invoke(main, ["cls", str(ws)])
     assert result.exit_code == 2 and result.exception is not None  # SystemExit, no traceback
     assert "DIFFHEP_CACHE_MAX_SIZE" in result.output and "500M or 2G" in result.output
+    assert repr(text) in result.output  # the value as the user wrote it
 
 
 def test_a_command_prunes_the_cache_before_it_adds_to_it(tmp_path):

@@ -140,13 +140,14 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 def cache_max_size() -> int | None:
     """``DIFFHEP_CACHE_MAX_SIZE`` in bytes (a number with K, M, G or T, powers of 1024;
     ``none``: no bound)."""
-    text = os.environ.get("DIFFHEP_CACHE_MAX_SIZE", CACHE_MAX_SIZE).strip().upper()
+    given = os.environ.get("DIFFHEP_CACHE_MAX_SIZE", CACHE_MAX_SIZE)
+    text = given.strip().upper()
     if text == "NONE":
         return None
     match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT]?)I?B?", text)
     if not match or float(match[1]) <= 0:
         raise DiffhepError(
-            f"not a cache size: {text!r}",
+            f"not a cache size: {given!r}",
             where="DIFFHEP_CACHE_MAX_SIZE",
             fix="a positive size such as 500M or 2G (powers of 1024), or 'none' for no bound",
         )
@@ -189,6 +190,7 @@ def setup() -> None:
     repeated commands on models of the same structure skip XLA compilation (and, with
     :data:`ONE_CORE`, XLA's threads on one CPU core, pinned before JAX starts them, and the
     Python thread beside them)."""
+    limit = cache_max_size()  # first (before the pinning), and also with the cache off
     beside = _one_core() if ONE_CORE and OWN_PROCESS else None
     import jax
 
@@ -197,7 +199,6 @@ def setup() -> None:
     if cache is None:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         cache = str(Path(base) / "diffhep" / "jax")
-    limit = cache_max_size()  # checked even where the cache is off: a typo shows at once
     if cache:  # DIFFHEP_CACHE_DIR="" disables the cache
         try:
             Path(cache).mkdir(parents=True, exist_ok=True)
