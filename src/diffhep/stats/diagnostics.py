@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -319,12 +318,9 @@ def scan(model: Model, data, parameters, values, post: PostFit | None = None) ->
 
 
 # --------------------------------------------------------------------------- tests
-_discovery_jit = eqx.filter_jit(discovery)
-
-
 def significance(model: Model, data) -> dict:
     """Observed and median expected discovery significance (q0, asymptotic)."""
-    r = _discovery_jit(model, jnp.asarray(data, dtype=model.nominal.dtype))
+    r = discovery(model, jnp.asarray(data, dtype=model.nominal.dtype))
     if not bool(r.converged):
         raise FitError("a fit of the discovery test did not converge",
                        fix="check the model (e.g. with 'diffhep fit')")  # fmt: skip

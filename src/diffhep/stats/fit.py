@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import restarts
+from . import exported, restarts
 from .model import Model
 from .solver import STATUS_MESSAGES, is_success
 
@@ -159,7 +159,20 @@ def fit(
         uncertainties: Compute Hessian uncertainties (skip for speed inside loss functions).
     """
     init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
-    return fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties)
+    return _compiled_fit(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties)
+
+
+def _fit_kernel(model, data, init, lower, upper, fixed, *, tol, max_steps, uncertainties):
+    return tuple(fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties))
+
+
+def _compiled_fit(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties):
+    """:func:`fit_bounded`, compiled once per model structure when called from plain Python
+    (:func:`diffhep.stats.exported.compiled`)."""
+    data = jnp.asarray(data, dtype=model.nominal.dtype)
+    out = exported.compiled(_fit_kernel, model, data, init, lower, upper, fixed, tol=tol,
+                            max_steps=max_steps, uncertainties=uncertainties)  # fmt: skip
+    return FitResult(*out)
 
 
 def fixed_poi_fit(
@@ -179,7 +192,7 @@ def fixed_poi_fit(
     init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
     init = init.at[poi].set(poi_value)
     fixed = fixed.at[poi].set(True)
-    return fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties)
+    return _compiled_fit(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties)
 
 
 def poi_index(model: Model) -> int:

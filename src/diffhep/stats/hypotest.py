@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
+from . import exported
 from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults, poi_index
 from .model import Model
 from .numerics import safe_sqrt
@@ -135,7 +136,12 @@ def test_statistic(
         raise ValueError(f"unknown test statistic {name!r}; use one of {TEST_STATS}")
     init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
     data = jnp.asarray(data, dtype=init.dtype)
-    mu = 0.0 if name == "q0" else mu
+    mu = jnp.asarray(0.0 if name == "q0" else mu, dtype=init.dtype)
+    return exported.compiled(_statistic_kernel, model, mu, data, init, lower, upper, fixed,
+                             name=name, tol=tol, max_steps=max_steps)  # fmt: skip
+
+
+def _statistic_kernel(model, mu, data, init, lower, upper, fixed, *, name, tol, max_steps):
     fixed_fit, free_fit, _ = _profile(mu, model, data, init, lower, upper, fixed, tol, max_steps)
     return _stat_from_fits(name, mu, fixed_fit, free_fit, poi_index(model))
 
@@ -169,18 +175,13 @@ def asimov_data(asimov_mu, model: Model, data, init=None, bounds=None, fixed=Non
     """Asimov dataset (main + auxiliary) with nuisances fitted to ``data`` at ``asimov_mu``."""
     init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
     data = jnp.asarray(data, dtype=init.dtype)
-    res = _fits(
-        model,
-        data,
-        jnp.asarray([asimov_mu]),
-        jnp.asarray([False]),
-        init,
-        lower,
-        upper,
-        fixed,
-        DEFAULT_TOL,
-        DEFAULT_MAX_STEPS,
-    )
+    mu = jnp.asarray(asimov_mu, dtype=init.dtype)
+    return exported.compiled(_asimov_kernel, model, mu, data, init, lower, upper, fixed)
+
+
+def _asimov_kernel(model, mu, data, init, lower, upper, fixed):
+    res = _fits(model, data, mu[None], jnp.asarray([False]), init, lower, upper, fixed,
+                DEFAULT_TOL, DEFAULT_MAX_STEPS)  # fmt: skip
     return model.expected_data(res.bestfit[0])
 
 
@@ -248,11 +249,19 @@ def hypotest(
         )
     if test_stat not in ("qtilde", "q", "q0"):
         raise ValueError(f"test_stat must be 'qtilde', 'q' or 'q0', not {test_stat!r}")
-    poi = poi_index(model)
+    poi_index(model)  # a model without a POI: the error before anything is compiled
     init, lower, upper, fixed = fit_defaults(model, init, bounds, fixed, model.nominal.dtype)
     data = jnp.asarray(data, dtype=init.dtype)
+    mu = jnp.asarray(0.0 if test_stat == "q0" else poi_test, dtype=init.dtype)
+    out = exported.compiled(_hypotest_kernel, model, mu, data, init, lower, upper, fixed,
+                            test_stat=test_stat, tol=tol, max_steps=max_steps)  # fmt: skip
+    return HypotestResult(*out)
+
+
+def _hypotest_kernel(model, mu, data, init, lower, upper, fixed, *, test_stat, tol, max_steps):
+    """The fits and the CLs values of :func:`hypotest` (a tuple of its fields)."""
+    poi = poi_index(model)
     is_q0 = test_stat == "q0"
-    mu = jnp.asarray(0.0 if is_q0 else poi_test, dtype=init.dtype)
     asimov_mu = 1.0 if is_q0 else 0.0
 
     # The five fits as one compiled loop body (lax.scan): on the observed data the POI fixed
@@ -300,12 +309,8 @@ def hypotest(
     converged = jnp.all(jnp.stack([f.converged for f in fits]))
     n_clipped = jnp.max(jnp.stack([f.n_clipped for f in fits]))
     if is_q0:
-        return HypotestResult(
-            clsb, clsb_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped, free_d.bestfit
-        )
-    return HypotestResult(
-        clsb / clb, cls_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped, free_d.bestfit
-    )
+        return (clsb, clsb_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped, free_d.bestfit)
+    return (clsb / clb, cls_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped, free_d.bestfit)
 
 
 class DiscoveryResult(NamedTuple):

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import exported
 from .linalg import HessianParts, Structure, _diagonal, _masked, hessian_parts
 from .model import Model
 
@@ -84,6 +85,10 @@ def hessian(model: Model, pars, data) -> jax.Array:
     """Hessian of ``-log L`` at ``pars`` (the observed information matrix)."""
     pars = jnp.asarray(pars, dtype=model.nominal.dtype)
     data = jnp.asarray(data, dtype=pars.dtype)
+    return exported.compiled(_hessian, model, pars, data)
+
+
+def _hessian(model, pars, data):
     st = structure_of(model.config)
     parts = hessian_parts(lambda x: jax.grad(nll)(x, (model, data)), pars, st)
     return dense_hessian(parts, st, st.npars)
@@ -96,7 +101,11 @@ def fisher_information(model: Model, pars) -> jax.Array:
     and Gaussian terms of HistFactory this equals the expectation of the Hessian.
     """
     pars = jnp.asarray(pars, dtype=model.nominal.dtype)
-    return hessian(model, pars, model.expected_data(pars))
+    return exported.compiled(_fisher_information, model, pars)
+
+
+def _fisher_information(model, pars):
+    return _hessian(model, pars, model.expected_data(pars))
 
 
 def covariance(information, fixed=None) -> jax.Array:

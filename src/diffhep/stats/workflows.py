@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 
-import equinox as eqx
 import jax
 import numpy as np
 
@@ -94,10 +93,6 @@ def _warn_clipped(n, where):
             int(n),
             POISSON_FLOOR,
         )
-
-
-_hypotest_jit = eqx.filter_jit(_hypotest)
-_fit_jit = eqx.filter_jit(_fit)
 
 
 def _cls_kernel(model, poi_value, data, *, test_stat, max_steps=DEFAULT_MAX_STEPS):
@@ -213,7 +208,7 @@ def fit(
     """
     ws = load_workspace(workspace, patches, patch_name, digest_check)
     model, data = _model_and_data(ws, measurement, modifier_settings)
-    r = _fit_jit(model, data)
+    r = _fit(model, data)  # compiled once per model structure (stats.exported.compiled)
     names = model.config.par_names
     if not bool(r.converged):
         raise FitError(
