@@ -105,11 +105,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=6)
     ap.add_argument("--baseline", type=Path, help="source tree of the diffhep to compare with")
+    ap.add_argument("--baseline-label", default="baseline", help="its name in the table")
     ap.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args()
     variants = {"diffhep": ROOT / "src"}
     if args.baseline is not None:
-        variants["diffhep (baseline)"] = args.baseline
+        variants[f"diffhep ({args.baseline_label})"] = args.baseline
     variants |= {"pyhf-numpy": None, "pyhf-jax": None}
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = []
@@ -131,12 +132,17 @@ def main() -> None:
         HEADING,
         "",
         f"Produced by `python benchmarks/python_calls.py --points {args.points}"
-        + (" --baseline SRC" if args.baseline else "")
+        + (f" --baseline SRC --baseline-label {args.baseline_label}" if args.baseline else "")
         + f"` ({started}, {os.cpu_count()} CPU cores, each variant in a fresh process, one "
         "after the other). `hypotest(1.0, model, data)` (qtilde, expected band) from plain "
         "Python on one signal point after another: the first call, and the median of the next "
         f"{args.points - 1} (other points of the same structure). pyhf 0.7 with scipy's "
-        "optimiser.",
+        "optimiser."
+        + (
+            f" `diffhep ({args.baseline_label})`: the source tree given by `--baseline`."
+            if args.baseline
+            else ""
+        ),
         "",
         "| model | variant | first call (s) | next calls, median (s) | pyhf numpy / this, next "
         "calls | CLs_obs of the last point |",
