@@ -186,3 +186,22 @@ def test_cls_poi_value_outside_the_bounds_exits_2(weak_ws):
         result = run(["cls", str(weak_ws), "--poi-value", value])
         assert result.exit_code == 2, result.output
         assert "outside the bounds [0, 10]" in result.output and "fix:" in result.output
+
+
+def test_scan_in_a_loop_equals_the_batched_scan():
+    """The scan's hypothesis tests one after the other (CPU's default) and as one vmapped
+    batch (the default on accelerators) give the same CLs, and pyhf's at two of the points."""
+    from diffhep.stats.limits import cls_scan
+
+    ws = diffhep.Workspace(weak_signal_spec())
+    model = ws.model()
+    data = ws.data(model)
+    pois = [0.5, 2.0, 5.0, 8.0]
+    loop, batched = (cls_scan(model, data, pois, batched=b) for b in (False, True))
+    np.testing.assert_allclose(loop[0], batched[0], rtol=1e-10, atol=1e-14)
+    assert loop[1].all() and batched[1].all()
+    pdf = pyhf.Workspace(weak_signal_spec()).model()
+    for i in (0, 2):
+        obs, exp = oracle.hypotest(pois[i], data, pdf, test_stat="qtilde", return_expected_set=True)
+        ref = [float(obs), *np.asarray(exp, dtype=float).ravel()]
+        np.testing.assert_allclose(loop[0][i], ref, rtol=1e-4, atol=1e-8)

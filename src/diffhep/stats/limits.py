@@ -79,14 +79,32 @@ def _cls_one(model, poi, data, *, test_stat, bounds):
     return res.cls_obs, res.cls_exp, res.converged
 
 
-def cls_scan(model: Model, data, pois, test_stat: str = "qtilde", bounds=None):
+def cls_scan(
+    model: Model, data, pois, test_stat: str = "qtilde", bounds=None, batched: bool | None = None
+):
     """CLs observed and expected (columns: obs, exp[0..4]) at every POI value in ``pois``,
-    and whether every fit of each hypotest converged."""
+    and whether every fit of each hypotest converged.
+
+    ``batched``: the tests as one vmapped program (default on accelerators), or one after the
+    other with the compiled test of a single POI value that the limit's refinement calls too
+    (default on CPU, where a batched test runs every member's restarts, ``lax.cond`` becoming
+    a select, and waits for its slowest fit: sbottom RegionA's 21-point scan took 0.95 s warm
+    in one program, 0.26 s one test after the other, and the program compiled for 6 s more).
+    """
     data = jnp.asarray(data, dtype=model.nominal.dtype)
     bounds = None if bounds is None else tuple(tuple(map(float, b)) for b in bounds)
     pois = jnp.asarray(pois, dtype=data.dtype)
-    vals, conv = exported.call(_cls_many, model, pois, data, test_stat=test_stat, bounds=bounds)
-    return np.asarray(vals), np.asarray(conv)
+    if batched is None:
+        batched = jax.default_backend() != "cpu"
+    if batched:
+        vals, conv = exported.call(_cls_many, model, pois, data, test_stat=test_stat, bounds=bounds)
+        return np.asarray(vals), np.asarray(conv)
+    rows, conv = [], []
+    for mu in pois:
+        obs, exp, ok = exported.call(_cls_one, model, mu, data, test_stat=test_stat, bounds=bounds)
+        rows.append(np.concatenate([[float(obs)], np.asarray(exp)]))
+        conv.append(bool(ok))
+    return np.asarray(rows), np.asarray(conv)
 
 
 def poi_bounds(model: Model, override=None) -> tuple[float, float]:
