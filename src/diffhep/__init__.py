@@ -5,8 +5,9 @@ differentiable profile-likelihood fits and asymptotic CLs. Float64 is not switch
 import: call :func:`enable_x64` (the CLI and the tests do) before building models.
 
 The public API (``diffhep.Workspace``, ``diffhep.Model``, ``diffhep.infer``,
-``diffhep.load_run``, ``diffhep.enable_x64``, ``diffhep.DiffhepError``) and the
-sub-packages load on first use, so ``import diffhep`` does not start JAX.
+``diffhep.load_run``, ``diffhep.enable_x64``, ``diffhep.enable_cache``,
+``diffhep.DiffhepError``) and the sub-packages load on first use, so ``import diffhep`` does
+not start JAX.
 
 Example:
     >>> import diffhep
@@ -27,15 +28,25 @@ if TYPE_CHECKING:
     from .stats.workspace import Workspace as Workspace
 
 __version__ = "0.1.0"
-__all__ = ["DiffhepError", "Model", "Workspace", "enable_x64", "infer", "load_run"]
+__all__ = [
+    "DiffhepError",
+    "Model",
+    "Workspace",
+    "enable_cache",
+    "enable_x64",
+    "infer",
+    "load_run",
+]
 
 _LAZY = {
     "Workspace": ("diffhep.stats.workspace", "Workspace"),
     "Model": ("diffhep.stats.model", "Model"),
     "load_run": ("diffhep.runs.results", "load_run"),
+    # keep compiled kernels between sessions, in the CLI's cache (diffhep.cache.enable)
+    "enable_cache": ("diffhep.cache", "enable"),
 }
 _PACKAGES = {
-    "analysis", "cli", "infer", "io", "nn", "plotting", "problems", "runs", "stats",
+    "analysis", "cache", "cli", "infer", "io", "nn", "plotting", "problems", "runs", "stats",
     "studies", "types", "weights", "writers", "errors",
 }  # fmt: skip
 

@@ -8,12 +8,12 @@ import gc
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 import click
 
+from .. import cache
 from ..errors import DiffhepError, FitError
 
 log = logging.getLogger("diffhep")
@@ -132,85 +132,17 @@ def _compiling_on_all_cores():
                 os.sched_setaffinity(tid, saved.get(tid, here))
 
 
-#: Bound of the cache directory when ``DIFFHEP_CACHE_MAX_SIZE`` does not set one.
-CACHE_MAX_SIZE = "2G"
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def cache_max_size() -> int | None:
-    """``DIFFHEP_CACHE_MAX_SIZE`` in bytes (a number with K, M, G or T, powers of 1024;
-    ``none``: no bound)."""
-    given = os.environ.get("DIFFHEP_CACHE_MAX_SIZE", CACHE_MAX_SIZE)
-    text = given.strip().upper()
-    if text == "NONE":
-        return None
-    match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT]?)I?B?", text)
-    if not match or float(match[1]) <= 0:
-        raise DiffhepError(
-            f"not a cache size: {given!r}",
-            where="DIFFHEP_CACHE_MAX_SIZE",
-            fix="a positive size such as 500M or 2G (powers of 1024), or 'none' for no bound",
-        )
-    return int(float(match[1]) * _UNITS[match[2]])
-
-
-#: The files of the cache: JAX's compiled programs (and its access times), diffhep's
-#: exported kernels. Nothing else in the directory is counted or deleted.
-_CACHE_FILES = ("*-cache", "*-atime", "exported/*.bin")
-
-
-def prune_cache(directory: Path, max_bytes: int) -> list[Path]:
-    """Delete the least recently used cache files in ``directory`` (:data:`_CACHE_FILES`,
-    by the later of their access and modification times) until the rest hold at most
-    ``max_bytes``; returns what was deleted. A file that cannot be read or deleted is left
-    alone."""
-    files, total = [], 0
-    for path in (p for pattern in _CACHE_FILES for p in directory.glob(pattern)):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        files.append((max(st.st_atime, st.st_mtime), st.st_size, path))
-        total += st.st_size
-    removed = []
-    for _, size, path in sorted(files, key=lambda f: f[:2]):
-        if total <= max_bytes:
-            break
-        try:
-            path.unlink()
-        except OSError:
-            continue
-        total -= size
-        removed.append(path)
-    return removed
-
-
 def setup() -> None:
     """Float64 for the statistics, quiet logs, and a persistent compilation cache so that
     repeated commands on models of the same structure skip XLA compilation (and, with
     :data:`ONE_CORE`, XLA's threads on one CPU core, pinned before JAX starts them, and the
     Python thread beside them)."""
-    limit = cache_max_size()  # first (before the pinning), and also with the cache off
+    limit = cache.max_size()  # first (before the pinning), and also with the cache off
     beside = _one_core() if ONE_CORE and OWN_PROCESS else None
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    cache = os.environ.get("DIFFHEP_CACHE_DIR")
-    if cache is None:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        cache = str(Path(base) / "diffhep" / "jax")
-    if cache:  # DIFFHEP_CACHE_DIR="" disables the cache
-        try:
-            Path(cache).mkdir(parents=True, exist_ok=True)
-            if limit is not None:  # room for this command's entries: the oldest go first
-                prune_cache(Path(cache), limit)
-            jax.config.update("jax_compilation_cache_dir", cache)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-            from ..stats import exported
-
-            exported.set_cache_dir(Path(cache) / "exported")
-        except OSError:
-            pass
+    cache.enable(limit=limit)
     logging.basicConfig(level=logging.WARNING, format="diffhep: %(levelname)s: %(message)s")
     if beside is not None:
         _python_beside(beside)
