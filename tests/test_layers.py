@@ -1,8 +1,9 @@
 """The package's layers: imports only go downward, no cycles, no cross-package private names.
 
 The layers (ARCHITECTURE.md), from the bottom: the top-level helpers (errors, types, writers),
-plotting, stats, nn, analysis, io, weights, problems, runs, search, studies, cli, and the public API
-(``diffhep/__init__``). A module may import from its own layer and the layers below it.
+plotting, stats, cache (the on-disk cache of the statistics' kernels), nn, analysis, io,
+weights, problems, runs, search, studies, cli, and the public API (``diffhep/__init__``). A
+module may import from its own layer and the layers below it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ LAYERS = [
     {"errors", "lazy", "types", "writers"},
     {"plotting"},
     {"stats"},
+    {"cache"},
     {"nn"},
     {"surrogate"},
     {"analysis"},

@@ -261,11 +261,11 @@ def compiled(kernel: Callable, model, *args, **static) -> Any:
     model structure) when nothing is traced, inline where the model or an argument is
     (under ``jit``, ``vmap`` or a derivative the caller's program includes the kernel).
 
-    What the public fits and tests run on: called from plain Python, one after the other, op
-    by op, their loops were traced and compiled again at every call (a hypothesis test of
-    sbottom RegionA 6.1-6.5 s per call, pyhf's numpy backend 1.4 s), here once per structure
-    (then milliseconds). Inside a trace a nested compiled call is not used: its trace would be
-    cached across calls and change the constants of the enclosing program
+    What the public fits and tests run on: called from plain Python, op by op, their loops
+    were traced and compiled again at every call (a hypothesis test of sbottom RegionA 5.9-7.0 s
+    a call, pyhf's numpy backend 1.8-2.1 s: benchmarks/python_calls.py), here once per
+    structure (then ~20 ms). Inside a trace a nested compiled call is not used: its trace
+    would be cached across calls and change the constants of the enclosing program
     (:func:`diffhep.stats.uncertainties.nll`).
     """
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((model, args))):
