@@ -130,3 +130,12 @@ def test_enable_cache_in_python_stores_the_kernels_for_a_new_session(tmp_path):
     assert "flat" not in second["traced"], "the second session traced its kernel again"
     assert second["cls"] == pytest.approx(off["cls"], rel=1e-12)
     assert second["cls"] != pytest.approx(first["cls"], rel=1e-3)  # not a stale result
+
+
+def test_an_empty_directory_is_no_cache(tmp_path, monkeypatch):
+    """``enable_cache("")`` as ``DIFFHEP_CACHE_DIR=""``: no cache, not the current directory
+    (whose files would be pruned as the cache's)."""
+    monkeypatch.chdir(tmp_path)
+    kept = _file(tmp_path / "jit_a-cache", 300, 1_000_000)
+    assert cache.enable("", limit=0) is None
+    assert kept.exists()

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
@@ -311,22 +312,38 @@ def _by_rank(value, rank):
 
 
 def _reference_digest(config) -> bytes:
+    """The digest by its definition: names (channels, samples, modifiers, parameters, the
+    POI) replaced by their rank, the modifier types, kinds and interpolation codes kept."""
     import dataclasses
     import hashlib
 
-    values = tuple(
-        getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "symmetric"
-    )
-    names: list = []
-    stack = [values]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            names.append(v)
-        elif isinstance(v, (tuple, list)):
-            stack.extend(v)
-    rank = {n: i for i, n in enumerate(sorted(set(names)))}
-    return hashlib.sha256(repr(_by_rank(values, rank)).encode()).digest()
+    names_of = {"channels": lambda v: v, "samples": lambda v: v, "par_order": lambda v: v,
+                "auxdata_order": lambda v: v, "poi_name": lambda v: [v],
+                "channel_nbins_items": lambda v: [c for c, _ in v],
+                "modifiers": lambda v: [m for m, _ in v]}  # fmt: skip
+    for keys in ("normsys_keys", "histosys_keys", "staterror_keys"):
+        names_of[keys] = lambda v: [n for key in v for n in key]
+    names = set()
+    for field, get in names_of.items():
+        stack = list(get(getattr(config, field)))
+        while stack:
+            v = stack.pop()
+            if isinstance(v, str):
+                names.add(v)
+            elif isinstance(v, (tuple, list)):
+                stack.extend(v)
+    rank = {n: i for i, n in enumerate(sorted(names))}
+    values = []
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if f.name == "symmetric":
+            continue
+        if f.name in ("channel_nbins_items", "modifiers"):
+            v = tuple((("#", rank[a]), b) for a, b in v)
+        elif f.name in names_of:
+            v = _by_rank(v, rank)
+        values.append(v)
+    return hashlib.sha256(repr(tuple(values)).encode()).digest()
 
 
 class _Quoted:
@@ -365,6 +382,28 @@ def test_configuration_digest_ranks_names(monkeypatch):
         configs["signal_300"], poi_name=("zzz", configs["signal_300"].poi_name)
     )
     assert digests["quoted"] != exported._config_digest(real_name)
+
+
+def test_interpolation_codes_are_part_of_the_structure():
+    """Two models that differ only in an interpolation code are two programs (the codes are
+    constants of the compiled program, not names: with every string ranked, normsys code1
+    and code4 next to histosys code4p had one key, and the second model got the first one's
+    CLs)."""
+    import diffhep
+    from diffhep.stats.hypotest import hypotest
+
+    spec, patch = _analysis()
+    ws = diffhep.Workspace(spec).patched(patch)
+    models = {code: ws.model(modifier_settings={"normsys": {"interpcode": code},
+                                                "histosys": {"interpcode": "code4p"}})
+              for code in ("code4", "code1")}  # fmt: skip
+    data = ws.data(models["code4"])
+    keys = {code: exported.structure_key(m, data) for code, m in models.items()}
+    assert keys["code4"] != keys["code1"]
+    for code, model in models.items():  # compiled from plain Python, each its own
+        eager = hypotest(1.0, model, data).cls_obs
+        inline = jax.jit(lambda d, m=model: hypotest(1.0, m, d).cls_obs)(data)
+        np.testing.assert_allclose(eager, inline, rtol=1e-9, err_msg=code)
 
 
 def test_python_calls_compile_once_per_structure_and_run_inline_when_traced():
@@ -410,9 +449,15 @@ def test_python_calls_compile_once_per_structure_and_run_inline_when_traced():
             assert not np.allclose(first, second, rtol=1e-6), f"{name}: a stale result"
             if name in ("hypotest", "fisher_information"):  # (their numbers against pyhf:
                 # test_hypotest, test_likelihood; each compiles again here)
-                loaded = len(exported._LOADED)
-                inline = jax.jit(f)(*models[1])
-                assert len(exported._LOADED) == loaded, f"{name}: a nested compiled call"
+                with mock.patch.object(exported, "call", side_effect=AssertionError("nested")):
+                    inline = jax.jit(f)(*models[1])  # the model an argument: traced
+                    closed = jax.jit(lambda d, f=f: f(models[1][0], d))(data)  # a constant
                 np.testing.assert_allclose(inline, second, rtol=1e-9, atol=1e-12, err_msg=name)
+                np.testing.assert_allclose(closed, second, rtol=1e-9, atol=1e-12, err_msg=name)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+    # a traced static option (the tolerance under vmap) runs inline too, call after call
+    model = models[1][0]
+    for _ in range(2):
+        steps = jax.vmap(lambda tol: ft.fit(model, data, tol=tol).n_steps)(np.array([1e-12, 1e-3]))
+        assert steps[0] >= steps[1] >= 1

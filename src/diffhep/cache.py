@@ -105,15 +105,22 @@ def enable(directory: str | os.PathLike | None = None, *, limit=_FROM_ENV) -> Pa
     exported kernels. First the least recently used files beyond ``limit`` bytes go
     (default: ``DIFFHEP_CACHE_MAX_SIZE``; ``None``: no bound).
 
+    Call it before the first computation: JAX opens its persistent cache at its first
+    compilation and keeps that directory for the rest of the process.
+
     Returns:
-        The directory, or ``None`` where there is none (``DIFFHEP_CACHE_DIR`` empty) or it
-        cannot be created (the kernels are then compiled in memory, as without a cache).
+        The directory, or ``None`` where there is none (``directory`` or
+        ``DIFFHEP_CACHE_DIR`` empty) or it cannot be created (the kernels are then compiled
+        in memory, as without a cache).
 
     Raises:
         DiffhepError: ``DIFFHEP_CACHE_MAX_SIZE`` is not a size.
     """
     limit = max_size() if limit is _FROM_ENV else limit
-    path = default_directory() if directory is None else Path(directory)
+    if directory is None:
+        path = default_directory()
+    else:  # "" as DIFFHEP_CACHE_DIR="": no cache (not the current directory)
+        path = Path(directory) if str(directory) else None
     if path is None:
         return None
     try:

@@ -72,7 +72,10 @@ _COMPILING: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcon
 def set_cache_dir(path: str | os.PathLike | None) -> None:
     """Store exported kernels under ``path`` (``None`` switches the store off)."""
     global _CACHE_DIR
-    _CACHE_DIR = None if path is None else Path(path)
+    new = None if path is None else Path(path)
+    if new != _CACHE_DIR:  # kernels compiled in memory so far: stored at their next call
+        _LOADED.clear()
+    _CACHE_DIR = new
 
 
 def set_compile_context(context: Callable[[], contextlib.AbstractContextManager]) -> None:
@@ -117,6 +120,13 @@ def _ranked(value, rank: dict):
 #: Fields of the configuration that compiled programs read from an array of the model, not
 #: as constants: ``symmetric`` (``Model.symmetric_pars``); not part of the key
 _INPUTS = frozenset({"symmetric"})
+#: Fields of names (of channels, samples, modifiers, parameters), replaced by their rank
+_NAMES = frozenset({"channels", "samples", "par_order", "poi_name", "auxdata_order",
+                    "normsys_keys", "histosys_keys", "staterror_keys"})  # fmt: skip
+#: Fields of (name, value) pairs: the name ranked, the value (a bin count, a modifier type)
+#: kept. Every other field is kept as it is: modifier types, kinds and interpolation codes
+#: (``modifier_settings``) are constants of the compiled program, not names
+_NAMED = frozenset({"channel_nbins_items", "modifiers"})
 
 
 def _config_digest(config) -> bytes:
@@ -130,13 +140,26 @@ def _config_digest(config) -> bytes:
         found, hashable = None, False
     if found is not None:
         return found
-    values = tuple(
-        getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in _INPUTS
-    )
     names: set = set()
-    _strings(values, names)
+    for name in _NAMES:
+        _strings(getattr(config, name), names)
+    for name in _NAMED:
+        names.update(n for n, _ in getattr(config, name))
     rank = {name: i for i, name in enumerate(sorted(names))}
-    found = hashlib.sha256(repr(_ranked(values, rank)).encode()).digest()
+
+    def field(name, value):
+        if name in _NAMES:
+            return _ranked(value, rank)
+        if name in _NAMED:
+            return tuple((("#", rank[n]), v) for n, v in value)
+        return value
+
+    values = tuple(
+        field(f.name, getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if f.name not in _INPUTS
+    )
+    found = hashlib.sha256(repr(values).encode()).digest()
     if hashable:
         if len(_CONFIGS) >= 256:  # bounded: a long process sees many structures
             _CONFIGS.clear()
@@ -268,6 +291,19 @@ def compiled(kernel: Callable, model, *args, **static) -> Any:
     would be cached across calls and change the constants of the enclosing program
     (:func:`diffhep.stats.uncertainties.nll`).
     """
-    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((model, args))):
+    if _tracing() or any(
+        isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((model, args, static))
+    ):
         return kernel(model, *args, **static)
     return call(kernel, model, *args, **static)
+
+
+def _tracing() -> bool:
+    """Whether a transformation (``jit``, ``vmap``, a derivative, a loop's body) is being
+    traced, even where the kernel's own inputs are constants (a model closed over)."""
+    try:
+        from jax._src import core  # JAX has no public test of this
+
+        return not core.trace_ctx.is_top_level()
+    except (ImportError, AttributeError):  # another JAX: under jit a new array is a tracer
+        return isinstance(jax.numpy.zeros(()), jax.core.Tracer)
