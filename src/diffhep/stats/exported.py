@@ -10,12 +10,17 @@ deserialise and call it, and its XLA compilation is found in the persistent cach
 
 The key is everything the traced program depends on and nothing else: the kernel and its
 static options, the model's index tables, its configuration (but for ``symmetric``, an array
-input: ``Model.symmetric_pars``) with names replaced by their rank
-among the model's names (so points whose signal sample is called ``sbottom_1300_850_60`` or
-``sbottom_1000_600_60`` share a structure, while any behaviour that depends on names, through
-equality or order, is unchanged), the shapes and dtypes of the arrays, the versions of jax and
+input: ``Model.symmetric_pars``) with the names of channels, samples, modifiers and parameters
+replaced by their rank among them (so points whose signal sample is called
+``sbottom_1300_850_60`` or ``sbottom_1000_600_60`` share a structure, while any behaviour that
+depends on names, through equality or order, is unchanged; modifier types and interpolation
+codes count as they are), the shapes and dtypes of the arrays, the versions of jax and
 jaxlib, the platform, and a hash of the sources of :mod:`diffhep.stats` (a code change makes
 new entries). Templates, data and the tested POI value are arguments, never constants.
+
+The public fits and tests (``fit``, ``hypotest``, ...) run through :func:`compiled`: called
+from plain Python they are compiled once per structure (in memory, and in the store where
+one is set: the CLI's, or ``diffhep.enable_cache()``), inside a transformation inline.
 
 Example:
     >>> import copy
