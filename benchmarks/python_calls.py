@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _docs import write_section
+from hypotest import extract_sbottom
 
 ROOT = Path(__file__).parents[1]
 HEADING = "## Python calls: hypotest point after point, without a jit of one's own"
@@ -68,12 +69,7 @@ print(json.dumps({"times": times, "cls": cls}))
 
 
 def _sbottom_points(n: int, tmp: Path) -> list:
-    import tarfile
-
-    tarball = ROOT / "tests" / "data" / "pyhf-ins1748602-probability-models.tar.gz"
-    with tarfile.open(tarball, "r:gz") as tar:
-        tar.extractall(tmp, filter="data")
-    region = next(tmp.rglob("RegionA"))
+    region = extract_sbottom(tmp) / "RegionA"
     spec = json.loads((region / "BkgOnly.json").read_text())
     patches = sorted(region.glob("patch.sbottom_*.json"))[:n]
     return [(spec, json.loads(p.read_text())) for p in patches]
