@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+from unittest import mock
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pyhf
@@ -20,6 +22,9 @@ from scipy.stats import norm
 
 import diffhep
 import oracle
+from diffhep.stats.fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_defaults
+from diffhep.stats.hypotest import _fits
+from diffhep.stats.workspace import builtin_example
 from test_fit import (
     CASES,
     DEFAULT_CASES,
@@ -523,3 +528,42 @@ def test_cases_cover_every_modifier_type():
     assert types == {
         "normfactor", "shapefactor", "lumi", "normsys", "histosys", "shapesys", "staterror"
     }  # fmt: skip
+
+
+# =========================================================================== warm starts
+def test_hypotest_fits_start_warm_and_reach_the_same_minima():
+    """The free fit of the data starts where the fixed-POI fit ended, the fit at the Asimov
+    value where the free fit ended; where mu_hat is at that value (its bound 0, as at this
+    sbottom RegionA point at mu = 1), that fit is the free fit's restricted to it: one step,
+    no restarts. The same minima as the fits from the suggested start (before), in fewer
+    Newton steps (fails where every fit starts at the suggested values)."""
+    spec, patch = builtin_example()
+    ws = diffhep.Workspace(spec).patched(patch)
+    model = ws.model()
+    data = jnp.asarray(ws.data(model))
+    poi = model.config.poi_index
+    scan, captured = jax.lax.scan, {}
+
+    def keep_fits(f, init, xs, **kw):  # the kernel's scan over its five fits
+        carry, fits = scan(f, init, xs, **kw)
+        captured["fits"] = fits
+        return carry, fits
+
+    def run(m, d):
+        with mock.patch.object(jax.lax, "scan", keep_fits):
+            res = diffhep.stats.hypotest.hypotest(1.0, m, d)
+        return res.cls_obs, captured["fits"]
+
+    _, fits = jax.jit(run)(model, data)
+    init, lower, upper, fixed = fit_defaults(model, None, None, None, data.dtype)
+    cold = _fits(model, data, jnp.asarray([1.0, 0.0, 0.0]), jnp.asarray([False, True, False]),
+                 init, lower, upper, fixed, DEFAULT_TOL, DEFAULT_MAX_STEPS)  # fmt: skip
+    assert bool(np.all(fits.converged)) and bool(np.all(cold.converged))
+    assert float(fits.bestfit[1][poi]) == 0.0  # mu_hat at its bound
+    assert int(fits.n_steps[2]) == 1
+    np.testing.assert_array_equal(np.asarray(fits.bestfit[2]), np.asarray(fits.bestfit[1]))
+    np.testing.assert_allclose(np.asarray(fits.twice_nll[:3]), np.asarray(cold.twice_nll),
+                               rtol=1e-12, atol=1e-9)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(fits.bestfit[:3]), np.asarray(cold.bestfit), atol=1e-5)
+    warm_steps, cold_steps = int(np.sum(fits.n_steps[1:3])), int(np.sum(cold.n_steps[1:]))
+    assert warm_steps < cold_steps, (warm_steps, cold_steps)

@@ -577,7 +577,10 @@ def test_workspace_observations_are_background_only_asimov(hard, pyhf_reference)
 
 def test_expected_cls_matches_hypotest_and_pyhf(core, pyhf_reference):
     assert 1e-4 < core["cls"] < 0.9  # a non-trivial value
-    np.testing.assert_allclose(core["cls"], core["cls_hypotest"], rtol=1e-8)
+    # the same minima by two routes (the loss fits from the suggested start, hypotest's fit of
+    # the Asimov data's origin starts where its free fit ended): the Asimov data follow the
+    # fitted parameters, converged to 1e-12 in -log L, i.e. to ~1e-7 in the parameters
+    np.testing.assert_allclose(core["cls"], core["cls_hypotest"], rtol=1e-7)
     np.testing.assert_allclose(core["cls"], pyhf_reference["cls"], rtol=RTOL_PYHF)
 
 
