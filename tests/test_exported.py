@@ -413,6 +413,7 @@ def test_python_calls_compile_once_per_structure_and_run_inline_when_traced():
     hypotest); under ``jit`` the kernel runs inline in the caller's program (no nested
     compiled call) with the same numbers (checked for two of them: each compiles again)."""
     import diffhep
+    from diffhep.stats import covariance as cov
     from diffhep.stats import fit as ft
     from diffhep.stats import hypotest as ht
 
@@ -432,6 +433,10 @@ def test_python_calls_compile_once_per_structure_and_run_inline_when_traced():
         "asimov_data": lambda m, d: ht.asimov_data(1.0, m, d),
         "hessian": lambda m, d: ft.hessian(m, m.config.init, d),
         "fisher_information": lambda m, d: ft.fisher_information(m, m.config.init),
+        "prefit_yields": lambda m, d: [  # (its constraint terms and variations)
+            s["yields"] + s["stdev"]
+            for s in cov.prefit_yields(m, d)["singlechannel"]["samples"].values()
+        ],
     }
     traced = []
 

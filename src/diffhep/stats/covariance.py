@@ -32,7 +32,6 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,16 +68,17 @@ def constrained(model: Model) -> np.ndarray:
     return out
 
 
-@eqx.filter_jit
 def _constraint_terms(model: Model):
-    # one compiled call: run eagerly, its ~20 operations were compiled (or loaded from the
-    # persistent cache) one by one, ~0.3-0.5 s of a warm command
-    return model._constraint_terms()
+    # one compiled call per model structure (exported.compiled): run eagerly, its ~20
+    # operations were compiled (or loaded from the persistent cache) one by one, ~0.3-0.5 s
+    # of a warm command; under a filter_jit, keyed by names, again for every signal point
+    return tuple(model._constraint_terms())
 
 
 def constraint_arrays(model: Model):
     """(parameter index, is Poisson, sigma, factor, auxiliary datum) per constraint term."""
-    sigma, factor, aux = (np.asarray(a, dtype=float) for a in _constraint_terms(model))
+    terms = exported.compiled(_constraint_terms, model)
+    sigma, factor, aux = (np.asarray(a, dtype=float) for a in terms)
     poisson = np.asarray(model.tables.aux_poisson, dtype=bool)
     return np.asarray(model.tables.aux_par, dtype=int), poisson, sigma, factor, aux
 
@@ -275,9 +275,9 @@ def grouped_impacts(model: Model, post: PostFit, groups: dict) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- yields
-@eqx.filter_jit
 def _variations(model, pars, shifts):
-    """Per-sample yields (plus the sum over samples) at pars +- shifts[i] e_i."""
+    """Per-sample yields (plus the sum over samples) at pars +- shifts[i] e_i (compiled once
+    per model structure: :func:`yields`)."""
 
     def at(p):
         y = model.expected_actualdata_by_sample(p)
@@ -303,7 +303,8 @@ def yields(model: Model, data, pars, uncertainty, correlation=None) -> dict:
         {...}, "data": [...], "data_sum": n}}``, every number a float.
     """
     dtype = model.nominal.dtype
-    nominal, v = _variations(model, jnp.asarray(pars, dtype), jnp.asarray(uncertainty, dtype))
+    pars, shifts = jnp.asarray(pars, dtype), jnp.asarray(uncertainty, dtype)
+    nominal, v = exported.compiled(_variations, model, pars, shifts)
     nominal, v = np.asarray(nominal), np.asarray(v)  # (S+1, B), (P, S+1, B)
     slices = model.config.channel_slices
     chans = list(model.config.channels)
