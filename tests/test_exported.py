@@ -466,3 +466,30 @@ def test_python_calls_compile_once_per_structure_and_run_inline_when_traced():
     for _ in range(2):
         steps = jax.vmap(lambda tol: ft.fit(model, data, tol=tol).n_steps)(np.array([1e-12, 1e-3]))
         assert steps[0] >= steps[1] >= 1
+
+
+def _total(model, x):  # a kernel (module level, as exported.call needs)
+    return (model.nominal.sum() + x,)
+
+
+def test_kernels_in_memory_are_bounded_least_recently_used_first(store, exports, monkeypatch):
+    """A long process (the worker, a Python session over many analyses) keeps at most
+    ``MAX_LOADED`` kernels in memory: the least recently used goes, and comes back from the
+    store without being traced again."""
+    import diffhep
+    from specs import channel, model_spec, normfactor, sample
+
+    monkeypatch.setattr(exported, "MAX_LOADED", 2)
+    models = [  # three structures: 1, 2 and 3 bins
+        diffhep.Model.from_spec(model_spec(channel("SR", sample("s", [1.0] * n, normfactor()))))
+        for n in (1, 2, 3)
+    ]
+    x = np.float64(0.5)
+    sums = [float(exported.call(_total, m, x)[0]) for m in models[:2]]
+    assert sums == [1.5, 2.5] and len(exports) == 2
+    assert float(exported.call(_total, models[0], x)[0]) == 1.5  # used again: the newest
+    assert float(exported.call(_total, models[2], x)[0]) == 3.5  # the 2-bin one goes
+    key = [f"{__name__}._total-" + exported.structure_key(m, x) for m in models]
+    assert list(exported._LOADED) == [key[0], key[2]] and len(exports) == 3
+    assert float(exported.call(_total, models[1], x)[0]) == 2.5  # back from the store
+    assert len(exports) == 3 and len(exported._LOADED) == 2  # not traced again

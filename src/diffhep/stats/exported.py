@@ -19,8 +19,9 @@ jaxlib, the platform, and a hash of the sources of :mod:`diffhep.stats` (a code 
 new entries). Templates, data and the tested POI value are arguments, never constants.
 
 The public fits and tests (``fit``, ``hypotest``, ...) run through :func:`compiled`: called
-from plain Python they are compiled once per structure (in memory, and in the store where
-one is set: the CLI's, or ``diffhep.enable_cache()``), inside a transformation inline.
+from plain Python they are compiled once per structure (in memory, the :data:`MAX_LOADED`
+most recently used, and in the store where one is set: the CLI's, or
+``diffhep.enable_cache()``), inside a transformation inline.
 
 Example:
     >>> import copy
@@ -67,7 +68,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CACHE_DIR: Path | None = None
-_LOADED: dict[str, Callable] = {}  # key -> jitted call of the exported kernel
+_LOADED: dict[str, Callable] = {}  # key -> jitted call of the exported kernel, oldest first
+#: Kernels kept in memory (a long process, e.g. the worker, sees many structures): the least
+#: recently used goes first, and is loaded from the store (or compiled) again if needed
+MAX_LOADED = 64
 _JITTED: dict[Callable, Callable] = {}  # kernel -> its filter_jit (without a store)
 _SOURCES: str | None = None
 _CONFIGS: dict = {}  # model configuration -> its digest in structure keys
@@ -247,8 +251,12 @@ def call(kernel: Callable, model, *args, **static) -> Any:
     key = f"{kernel.__module__}.{kernel.__qualname__}-" + structure_key(model, *args, **static)
     arrays, rest = eqx.partition(model, eqx.is_array)
     leaves, treedef = jax.tree.flatten(arrays)
-    fn = _LOADED.get(key)
-    if fn is None:
+    fn = _LOADED.pop(key, None)
+    if fn is not None:
+        _LOADED[key] = fn  # the most recently used last
+    else:
+        while len(_LOADED) >= MAX_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
 
         def flat(leaves, *args):
             m = eqx.combine(jax.tree.unflatten(treedef, leaves), rest)
