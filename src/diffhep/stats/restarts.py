@@ -47,17 +47,8 @@ def search(
     # where the restarts start is a discrete choice: no gradient flows through ``centre``
     centre = jax.lax.stop_gradient(init if centre is None else jnp.asarray(centre, init.dtype))
     start = jax.lax.stop_gradient(init if start is None else jnp.asarray(start, init.dtype))
-    return _search(
-        ((model, data), init),
-        lower,
-        upper,
-        fixed,
-        jnp.asarray(restart),
-        tol,
-        max_steps,
-        centre,
-        start,
-    )
+    options = (lower, upper, fixed, jnp.asarray(restart), tol, max_steps, centre, start)
+    return _search(((model, data), init), *options)
 
 
 def _objective(pars, args):
