@@ -255,7 +255,7 @@ def call(kernel: Callable, model, *args, **static) -> Any:
     if fn is not None:
         _LOADED[key] = fn  # the most recently used last
     else:
-        while len(_LOADED) >= MAX_LOADED:
+        while _LOADED and len(_LOADED) >= MAX_LOADED:
             _LOADED.pop(next(iter(_LOADED)))
 
         def flat(leaves, *args):
