@@ -25,6 +25,7 @@ import oracle
 from diffhep.stats.fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_defaults
 from diffhep.stats.hypotest import _fits
 from diffhep.stats.workspace import builtin_example
+from specs import histosys, normsys
 from test_fit import (
     CASES,
     DEFAULT_CASES,
@@ -576,28 +577,21 @@ def test_the_free_fit_starts_at_the_suggested_values_not_where_the_fixed_fit_end
     37.20 at mu_hat = 1.30, above the test's own fit at mu = 0 (34.86), q = 0.342 and CLs
     0.289 instead of 2.688 and 0.065. The free fit must be no higher than the fits of the data
     with the POI fixed, and equal to the fit from the suggested start."""
+    bkg = [55.066882970662164, 32.01693685601076, 42.07644093007991, 55.64419538646137]
+    hs_lo = [76.3164442945352, 34.38178586276932, 48.48762749416994, 59.022522364797986]
+    hs_hi = [48.66153162873744, 23.109472974532515, 28.65305639217959, 50.04747797970539]
+    bkg2 = [7.335053414997102, 11.795625659289286, 12.29588843702359, 5.940953395063282]
+    hs2_lo = [9.877011220993888, 10.105304685368079, 14.174930747993788, 4.587913186521908]
+    hs2_hi = [5.775916419925731, 15.729329155160519, 8.539415965544832, 6.970979284520387]
+    sig = [8.54626397501637, 8.581970075410343, 10.366022104308682, 8.858698428412854]
     spec = model_spec(
         channel(
             "SR",
-            sample("bkg", [55.066882970662164, 32.01693685601076, 42.07644093007991,
-                           55.64419538646137], {"name": "ns", "type": "normsys",
-                   "data": {"lo": 0.9, "hi": 1.15}},
-                   {"name": "hs", "type": "histosys", "data": {
-                       "lo_data": [76.3164442945352, 34.38178586276932, 48.48762749416994,
-                                   59.022522364797986],
-                       "hi_data": [48.66153162873744, 23.109472974532515, 28.65305639217959,
-                                   50.04747797970539]}}),
-            sample("bkg2", [7.335053414997102, 11.795625659289286, 12.29588843702359,
-                            5.940953395063282],
-                   {"name": "hs2", "type": "histosys", "data": {
-                       "lo_data": [9.877011220993888, 10.105304685368079, 14.174930747993788,
-                                   4.587913186521908],
-                       "hi_data": [5.775916419925731, 15.729329155160519, 8.539415965544832,
-                                   6.970979284520387]}}),
-            sample("sig", [8.54626397501637, 8.581970075410343, 10.366022104308682,
-                           8.858698428412854], normfactor("mu")),
+            sample("bkg", bkg, normsys("ns", 0.9, 1.15), histosys("hs", hs_lo, hs_hi)),
+            sample("bkg2", bkg2, histosys("hs2", hs2_lo, hs2_hi)),
+            sample("sig", sig, normfactor("mu")),
         )
-    )  # fmt: skip
+    )
     model = diffhep.Model.from_spec(spec)
     data = jnp.asarray([88.0, 53.0, 45.0, 70.0, *model.config.auxdata])
     res = hypotest_jit(jnp.asarray(2.0), model, data)
