@@ -111,7 +111,7 @@ def fit_defaults(model: Model, init, bounds, fixed, dtype):
 
 def fit_bounded(
     model, data, init, lower, upper, fixed, tol, max_steps, uncertainties=True, restart=True,
-    centre=None, start=None,
+    centre=None,
 ):  # fmt: skip
     """The fit behind :func:`fit` and :func:`fixed_poi_fit` (bounds and fixed mask given).
 
@@ -119,18 +119,15 @@ def fit_bounded(
     knows its start is the global minimum (the free fit of Asimov data from the parameters
     that generated it, where every term of ``log L`` is at its maximum) turns it off.
     ``centre``: where the constraint terms pull the parameters if not at ``init`` (a toy's
-    auxiliary data; :func:`diffhep.stats.restarts.search`). ``start``: where the first fit
-    starts, if not at ``init`` (a warm start; its fixed parameters are taken from ``init``,
-    and the restarts are judged from ``init`` as before).
+    auxiliary data; :func:`diffhep.stats.restarts.search`).
     """
     data = jnp.asarray(data, dtype=model.nominal.dtype)
     if not restarts.may_restart(model.config):
-        # a warm start's fixed parameters from init (their values and derivatives)
-        x0 = init if start is None else jnp.where(fixed, init, jax.lax.stop_gradient(start))
-        res = restarts.run_fit(model, data, x0, lower, upper, fixed, tol, max_steps)
+        res = restarts.run_fit(model, data, init, lower, upper, fixed, tol, max_steps)
     else:
-        res = restarts.search(model, data, init, lower, upper, fixed, restart, tol, max_steps,
-                              centre=centre, start=start)  # fmt: skip
+        res = restarts.search(
+            model, data, init, lower, upper, fixed, restart, tol, max_steps, centre=centre
+        )
     if uncertainties:
         unc, ok = _uncertainties(model, data, jax.lax.stop_gradient(res.x), fixed)
     else:

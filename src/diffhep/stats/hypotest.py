@@ -55,17 +55,15 @@ TEST_STATS = ("qtilde", "q", "q0", "tmu", "tmu_tilde")
 _NSIGMA = np.asarray([2.0, 1.0, 0.0, -1.0, -2.0])  # numpy: no computation at import
 
 
-def _fit_one(
-    model, data, value, free, again, init, lower, upper, fixed, tol, max_steps, start=None
-):
-    """One fit of a hypothesis test from ``init`` (or from ``start``, a warm start; the
-    restarts are judged from ``init``): the POI free where ``free``, else fixed at ``value``;
-    ``again`` allows the restarts (all may be traced)."""
+def _fit_one(model, data, value, free, again, init, lower, upper, fixed, tol, max_steps):
+    """One fit of a hypothesis test from ``init``: the POI free where ``free``, else fixed at
+    ``value``; ``again`` allows the restarts (all may be traced)."""
     poi = poi_index(model)
     x0 = jnp.where(free, init, init.at[poi].set(value))
     fx = fixed.at[poi].set(~free)
-    return fit_bounded(model, data, x0, lower, upper, fx, tol, max_steps, uncertainties=False,
-                       restart=again, start=start)  # fmt: skip
+    return fit_bounded(
+        model, data, x0, lower, upper, fx, tol, max_steps, uncertainties=False, restart=again
+    )
 
 
 def _fits(
@@ -294,9 +292,11 @@ def _hypotest_kernel(model, mu, data, init, lower, upper, fixed, *, test_stat, t
         dataset, origin, last, last_free, last_ok = carry
         value, fr, again, gen, inh = xs
         covered = inh & last_free & last_ok & ~fr & (last[poi] == value)
-        start = jnp.where(covered, last, origin)
-        res = _fit_one(model, dataset, value, fr, again & ~covered, origin, lower, upper, fixed,
-                       tol, max_steps, start=start)  # fmt: skip
+        # without restarts the start is all a fit takes from init (fixed parameters and their
+        # derivatives stay the suggested ones)
+        start = jnp.where(covered & ~fixed, jax.lax.stop_gradient(last), origin)
+        res = _fit_one(model, dataset, value, fr, again & ~covered, start, lower, upper, fixed,
+                       tol, max_steps)  # fmt: skip
         asimov = (model.expected_data(res.bestfit), res.bestfit)
         dataset, origin = jax.tree.map(
             lambda new, old: jnp.where(gen, new, old), asimov, (dataset, origin)

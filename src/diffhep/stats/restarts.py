@@ -35,20 +35,17 @@ def may_restart(config) -> bool:
     return bool(np.any(multimodal.kinked(config) | multimodal.interpolated(config)))
 
 
-def search(
-    model, data, init, lower, upper, fixed, restart, tol, max_steps, centre=None, start=None
-):
+def search(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre=None):
     """The lowest minimum of the fit from ``init`` and its restarts (:func:`_restarts`;
     ``restart``, a bool that may be traced, allows the restarts). ``centre`` (default
     ``init``) is where the constraint terms pull the parameters, if not at ``init``: a toy's
     auxiliary data (:mod:`diffhep.stats.toys`); the flips are judged from it, and a fit from
-    it and the reflection through it are restarts of their own. ``start`` (default ``init``):
-    where the first fit starts (a warm start: the other restarts are judged from ``init``)."""
+    it and the reflection through it are restarts of their own."""
     # where the restarts start is a discrete choice: no gradient flows through ``centre``
     centre = jax.lax.stop_gradient(init if centre is None else jnp.asarray(centre, init.dtype))
-    start = jax.lax.stop_gradient(init if start is None else jnp.asarray(start, init.dtype))
-    options = (lower, upper, fixed, jnp.asarray(restart), tol, max_steps, centre, start)
-    return _search(((model, data), init), *options)
+    return _search(
+        ((model, data), init), lower, upper, fixed, jnp.asarray(restart), tol, max_steps, centre
+    )
 
 
 def _objective(pars, args):
@@ -133,25 +130,23 @@ def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
 
 
 @eqx.filter_custom_vjp
-def _search(diff, lower, upper, fixed, restart, tol, max_steps, centre, start):
+def _search(diff, lower, upper, fixed, restart, tol, max_steps, centre):
     """The lowest minimum of :func:`_restarts`; its derivative is the implicit one at that
     minimum (:func:`diffhep.stats.solver.implicit_vjp`), whichever start found it, so the
     search itself (a ``lax.while_loop`` of as many fits as it needs) is not differentiated."""
     (model, data), init = diff
-    return _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre, start)
+    return _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre)
 
 
 @_search.def_fwd
-def _search_fwd(perturbed, diff, lower, upper, fixed, restart, tol, max_steps, centre, start):
+def _search_fwd(perturbed, diff, lower, upper, fixed, restart, tol, max_steps, centre):
     (model, data), init = diff
-    res = _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre, start)
+    res = _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre)
     return res, res
 
 
 @_search.def_bwd
-def _search_bwd(
-    res, ct, perturbed, diff, lower, upper, fixed, restart, tol, max_steps, centre, start
-):
+def _search_bwd(res, ct, perturbed, diff, lower, upper, fixed, restart, tol, max_steps, centre):
     args, _ = diff
     structure = structure_of(args[0].config)
     return implicit_vjp(res, ct, _objective, args, lower, upper, fixed, structure)
@@ -331,12 +326,12 @@ def _keep_lower(k, best, new, need):
     return out._replace(n_steps=steps), better
 
 
-def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre, first):
+def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre):
     """The fit from ``init`` and the restarts for several minima, keeping the lowest
     (:func:`search`). All fits are one loop body (``lax.while_loop``, compiled once;
     not differentiated: :func:`_search`), attempt ``k``:
 
-    - 0: the fit from ``first`` (``init``, or a warm start: :func:`search`'s ``start``);
+    - 0: the fit from ``init``;
     - 1: the probe/mirror restart from the best fit (:func:`_probe_start`), where a
       parameter is eligible;
     - 2: the fit from the best fit reflected through the start (:func:`_reflection_start`),
@@ -450,7 +445,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
             x0 = jax.lax.cond(
                 randomly, lambda: _random_start(init, lower, upper, fixed, key), lambda: x0
             )
-            x0 = jnp.where(k == 0, jnp.where(fixed, init, first), x0)  # fixed ones: init's
+            x0 = jnp.where(k == 0, init, x0)
             x0 = jnp.where(cont, best.x, x0)
             # an attempt not needed runs no step: under vmap the lax.cond around this is a
             # select that runs it for every member, and a while_loop whose condition is false
