@@ -13,6 +13,7 @@ import pytest
 
 import diffhep
 import oracle
+from diffhep.stats.numerics import branch
 from diffhep.stats.solver import CONVERGED, Structure, minimize
 
 MINUIT_FIRST = ("minuit", "scipy")  # the oracle's fits: MINUIT, re-seated with scipy
@@ -21,6 +22,26 @@ MINUIT_FIRST = ("minuit", "scipy")  # the oracle's fits: MINUIT, re-seated with 
 def quadratic(x, args):
     center, scale = args
     return jnp.sum(scale * (x - center) ** 2) + 0.1 * jnp.sum(x[:-1] * x[1:])
+
+
+def test_a_branch_under_vmap_runs_only_where_a_member_takes_it():
+    """The restarts' branches (a probe, a restart fit) under ``vmap``: ``lax.cond`` would run
+    the taken branch for every member of every batch (a select); ``branch`` runs it where at
+    least one member takes it, and each member gets its own branch's value."""
+    calls = []
+
+    def expensive(x):
+        jax.debug.callback(lambda: calls.append(1))
+        return 2.0 * x
+
+    f = jax.jit(jax.vmap(lambda p, x: branch(p, expensive, lambda y: y, x)))
+    x = jnp.array([1.0, 3.0])
+    out = f(jnp.array([False, False]), x)
+    jax.effects_barrier()
+    assert out.tolist() == [1.0, 3.0] and not calls
+    out = f(jnp.array([False, True]), x)
+    jax.effects_barrier()
+    assert out.tolist() == [1.0, 6.0] and calls
 
 
 def test_box_constrained_quadratic_matches_scipy():

@@ -1,10 +1,36 @@
-"""Elementwise functions that are safe to differentiate where a branch is not taken."""
+"""Elementwise functions that are safe to differentiate where a branch is not taken, and a
+branch that stays one under ``vmap``."""
 
 from __future__ import annotations
 
+import equinox.internal as eqxi
+import jax
 import jax.numpy as jnp
 
-__all__ = ["safe_sqrt"]
+__all__ = ["branch", "safe_sqrt"]
+
+
+def branch(pred, true_fn, false_fn, *operands):
+    """``lax.cond(pred, true_fn, false_fn, *operands)`` that stays a branch under ``vmap``.
+
+    Under ``vmap`` a ``lax.cond`` with a batched predicate becomes a select: both branches
+    run for every member. Here ``true_fn`` runs (for every member) only where ``pred`` holds
+    for at least one member (equinox's ``unvmap_any``), and each member takes the value of
+    its own branch; without ``vmap`` it is ``lax.cond``. Meant for an expensive branch that
+    few members of a batch take (a restart of a fit, a probe of its minimum).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> f = lambda p, x: branch(p, lambda y: 2.0 * y, lambda y: y, x)
+        >>> jax.vmap(f)(jnp.array([True, False]), jnp.array([1.0, 1.0])).tolist()
+        [2.0, 1.0]
+    """
+
+    def both(*ops):
+        taken, other = true_fn(*ops), false_fn(*ops)
+        return jax.tree.map(lambda a, b: jnp.where(pred, a, b), taken, other)
+
+    return jax.lax.cond(eqxi.unvmap_any(pred), both, false_fn, *operands)
 
 
 def safe_sqrt(x):

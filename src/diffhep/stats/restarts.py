@@ -24,6 +24,7 @@ import numpy as np
 
 from . import hessian as hessian_mod
 from . import multimodal
+from .numerics import branch
 from .solver import MAX_STEPS, MinimizeResult, implicit_vjp, is_success, minimize
 from .uncertainties import structure_of
 
@@ -203,8 +204,8 @@ def _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, m
     eligible ones if there are none (the probes alone miss minima of the profile that are not lower
     along the axis: multichan_coupledhistosys at mu = 1 from +0.59; mirroring all 38 candidates of
     sbottom RegionA instead of its 10 symmetrised ones made its hypotest 1.7x slower, the restart
-    then ran longer). The probes run only where ``probing`` (a ``lax.cond``: without vmap, models
-    without eligible parameters pay nothing).
+    then ran longer). The probes run only where ``probing`` (a branch: models without eligible
+    parameters pay nothing, nor does a vmapped batch in which no member probes).
 
     Measured minima: pyhf's "combined" model with code1/code0 at jes = -0.0046 and +0.0058;
     sbottom RegionA/400_205_60 at mu = 1 on Asimov data at three JER NPs all at +-0.8 (0.137
@@ -217,7 +218,7 @@ def _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, m
     def no_probes(x):
         return jnp.full(cand.shape, jnp.inf, x.dtype), x[cand]
 
-    f_c, v_c = jax.lax.cond(probing, probes_at, no_probes, best.x)
+    f_c, v_c = branch(probing, probes_at, no_probes, best.x)
     gain = (f_c < best.fun) & eligible[cand]
     moved = jnp.zeros(best.x.shape, bool).at[cand].set(gain)
     start = best.x.at[cand].set(jnp.where(gain, v_c, best.x[cand]))
@@ -440,16 +441,14 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
             # the random keys as before attempts 4 and 5, the flips of normfactors and those
             # by the vertex existed (the same starts: the random restarts' minima are luck;
             # seed 1063 draw 4's free fit reaches 13646.70 from the first of these, 14018.66
-            # from all four of the next keys); drawn only for a random restart (a lax.cond)
+            # from all four of the next keys); drawn only for a random restart (a branch)
             key = k - 2 - flips.size
-            x0 = jax.lax.cond(
-                randomly, lambda: _random_start(init, lower, upper, fixed, key), lambda: x0
-            )
+            x0 = branch(randomly, lambda: _random_start(init, lower, upper, fixed, key), lambda: x0)
             x0 = jnp.where(k == 0, init, x0)
             x0 = jnp.where(cont, best.x, x0)
-            # an attempt not needed runs no step: under vmap the lax.cond around this is a
-            # select that runs it for every member, and a while_loop whose condition is false
-            # for every member runs no iteration
+            # an attempt not needed runs no step: under vmap this runs for every member
+            # where one needs it (the branch below), and a member's while_loop condition is
+            # false where it does not
             budget = jnp.where(randomly, (1 + _CONTINUATIONS) * max_steps, max_steps)
             new = run(x0, jnp.where(need | cont, budget, 0).astype(jnp.int32))
             out, better = _keep_lower(k, best, new, need & ~cont)
@@ -462,8 +461,11 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
             return best, jnp.where(k == 2, False, found_lower)
 
         # most attempts of a fit are not needed (sbottom RegionA: 5 of 6 in every fit): they
-        # cost the conditions only, not the set-up of a solver run nor the random draws
-        return jax.lax.cond(need | cont, run_attempt, skip, None)
+        # cost the conditions only, not the set-up of a solver run nor the random draws; under
+        # vmap, where no member of the batch needs them (a lax.cond ran every attempt's
+        # probes and set-up for every member: 100 points of the 50-bin benchmark model
+        # 537 -> 352 ms, benchmarks/hypotest.py's vmap section)
+        return branch(need | cont, run_attempt, skip, None)
 
     def continues(k, best, conts, gained):
         """Whether the best fit ran out of steps and is continued from where it stopped
