@@ -81,7 +81,7 @@ def _fixed_fits(model, data, start, lower, upper, fixed, *, tol, max_steps, batc
         r = fit_bounded(model, data, x0, lo, hi, fx, tol, max_steps, uncertainties=False)
         return r.bestfit, r.twice_nll, r.status
 
-    # batch 1: a plain loop (no vmap: each fit's lax.cond runs only the branch it takes)
+    # batch 1: a plain loop (no vmap: each fit runs only the restarts it needs)
     return jax.lax.map(one, (start, fixed), batch_size=None if batch == 1 else batch)
 
 
@@ -105,8 +105,8 @@ def fixed_fits(
     Every chunk has the same shape (padding rows fix every parameter and cost nothing), so a
     model compiles once for rankings and scans of any size. ``batch`` fits run at a time
     under ``vmap`` (``1``: one after the other in a plain loop; ``None``, the default: ``1``
-    on CPU, where a batched Newton loop runs every fit's restarts and waits for its slowest
-    fit, the whole chunk at once on an accelerator).
+    on CPU, where a batched Newton loop runs a restart wherever one of its fits needs it and
+    waits for its slowest fit, the whole chunk at once on an accelerator).
     Fewer than ``chunk`` fits run in a chunk of the next power of two.
 
     Returns:
@@ -125,10 +125,11 @@ def fixed_fits(
     fixed_rows[rows, index] = True
     chunk = min(chunk, 1 << max(n - 1, 0).bit_length())
     if batch is None:
-        # on CPU one fit after the other: under vmap every fit runs all of its restarts
-        # (lax.cond becomes a select) and the batch waits for its slowest fit. 64 refits of
-        # sbottom RegionA: 0.3 s in a plain loop, 21.6 s as one vmapped batch (warm, one
-        # process, load ~4); accelerators take the whole chunk at once
+        # on CPU one fit after the other: under vmap the batch runs a restart wherever one
+        # of its fits needs it and waits for its slowest fit. 64 refits of sbottom RegionA:
+        # 0.3 s in a plain loop, 21.6 s as one vmapped batch (warm, one process, load ~4;
+        # 0.9 and 26.9 s on 2026-12-06, 34.1 s when every fit ran every restart's set-up);
+        # accelerators take the whole chunk at once
         batch = 1 if jax.default_backend() == "cpu" else chunk
     pad = -n % chunk
     x0 = np.concatenate([x0, np.tile(np.asarray(init), (pad, 1))])

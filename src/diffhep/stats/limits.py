@@ -87,9 +87,10 @@ def cls_scan(
 
     ``batched``: the tests as one vmapped program (default on accelerators), or one after the
     other with the compiled test of a single POI value that the limit's refinement calls too
-    (default on CPU, where a batched test runs every member's restarts, ``lax.cond`` becoming
-    a select, and waits for its slowest fit: sbottom RegionA's 21-point scan took 0.95 s warm
-    in one program, 0.26 s one test after the other, and the program compiled for 6 s more).
+    (default on CPU, where a batched test runs a restart wherever one member needs it and
+    waits for its slowest fit: sbottom RegionA's 21-point scan took 0.95 s warm in one
+    program, 0.26 s one test after the other, and the program compiled for 6 s more, measured
+    when every member ran every restart's set-up).
     """
     data = jnp.asarray(data, dtype=model.nominal.dtype)
     bounds = None if bounds is None else tuple(tuple(map(float, b)) for b in bounds)

@@ -206,9 +206,10 @@ def _chunk(model, pars, keys, mu, lower, upper, fixed, tol, max_steps, test_stat
         q = _stat_from_fits(test_stat, mu, fixed_fit, free_fit, poi)
         return q, fixed_fit.converged & free_fit.converged
 
-    # batch 1: a plain loop, not a vmap of one (under vmap lax.cond becomes a select: every
-    # fit ran all of its restart fits). 64 toys of sbottom RegionA 1300/850/60: 99.6 -> 27.1 s
-    # (min of 4, interleaved in one process, load 8-10), test statistics equal to 4e-14
+    # batch 1: a plain loop, not a vmap of one (a batch runs a restart wherever one of its
+    # fits needs it and waits for its slowest fit; when lax.cond was a select under vmap,
+    # every fit ran all of its restart fits: 64 toys of sbottom RegionA 1300/850/60, 99.6 ->
+    # 27.1 s, min of 4, interleaved in one process, load 8-10), test statistics equal to 4e-14
     return jax.lax.map(one, keys, batch_size=None if batch == 1 else batch)
 
 
