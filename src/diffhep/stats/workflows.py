@@ -128,7 +128,8 @@ def cls(
     r = exported.call(_cls_kernel, model, _f64(poi_value), data, test_stat=test_stat)
     if not bool(r["converged"]):
         raise FitError(
-            "a fit of the hypothesis test did not converge",
+            "a fit of the hypothesis test did not converge (or its free fit ended above a "
+            "fit of the same data with the POI fixed, also after a fit from there)",
             file=ws.file,
             fix="check the model (e.g. with 'diffhep fit'); parameters at bounds or empty bins "
             "are common causes",
