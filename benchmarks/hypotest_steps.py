@@ -1,7 +1,7 @@
 """Where a warm hypothesis test's time goes: Newton steps per fit and the time per step.
 
 The models of ``benchmarks/hypotest.py`` (default: sbottom RegionA and the 50-bin model),
-``hypotest(1.0, model, data)`` jitted as there, and the ``n_steps`` of its five fits (each
+``hypotest(1.0, model, data)`` jitted as there, and the ``n_steps`` of its fits (each
 with the steps of its restarts) read from the same compiled program. Prints one line per
 model; run it pinned (``taskset -c 1``) to compare with the CLI, which runs on one core.
 
@@ -33,7 +33,7 @@ def main(keys: list[str]) -> None:
     diffhep.enable_x64()
     scan, captured = jax.lax.scan, {}
 
-    def keep_fits(f, init, xs, **kw):  # hypotest's scan over its five fits (the outermost,
+    def keep_fits(f, init, xs, **kw):  # hypotest's scan over its fits (the outermost,
         # so the last to return)
         carry, fits = scan(f, init, xs, **kw)
         captured["n_steps"] = fits.n_steps

@@ -545,7 +545,7 @@ def test_the_fit_at_the_asimov_value_inherits_a_free_fit_that_ended_there():
     poi = model.config.poi_index
     scan, captured = jax.lax.scan, {}
 
-    def keep_fits(f, init, xs, **kw):  # the kernel's scan over its five fits
+    def keep_fits(f, init, xs, **kw):  # the kernel's scan over its fits
         carry, fits = scan(f, init, xs, **kw)
         captured["fits"] = fits
         return carry, fits
