@@ -340,7 +340,7 @@ NOTES = [
     "would differ by command and the same point's CLs in its last digits between `cls`, "
     "`exclusion`, the worker and the library.",
     "- What is compiled: the sbottom RegionA hypothesis test lowers to ~5,000 StableHLO "
-    "operations with one copy of the solver (the five fits and all restarts are one loop "
+    "operations with one copy of the solver (the test's fits and all restarts are one loop "
     "body): about half are the solver's run, a quarter the restarts' probes "
     "(2026-12-06, counted by source line).",
     "- Compiling on both cores (done since 2026-12-05 12:20 UTC): XLA compiles a program's "

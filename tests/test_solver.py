@@ -42,6 +42,9 @@ def test_a_branch_under_vmap_runs_only_where_a_member_takes_it():
     out = f(jnp.array([False, True]), x)
     jax.effects_barrier()
     assert out.tolist() == [1.0, 6.0] and calls
+    # without vmap a lax.cond: the branch not taken is not differentiated (no NaN from it)
+    g = jax.grad(lambda y: branch(y > 0, lambda z: z, lambda z: jnp.sqrt(-z), y))(4.0)
+    assert float(g) == 1.0
 
 
 def test_box_constrained_quadratic_matches_scipy():

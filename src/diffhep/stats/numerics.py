@@ -14,10 +14,10 @@ def branch(pred, true_fn, false_fn, *operands):
     """``lax.cond(pred, true_fn, false_fn, *operands)`` that stays a branch under ``vmap``.
 
     Under ``vmap`` a ``lax.cond`` with a batched predicate becomes a select: both branches
-    run for every member. Here ``true_fn`` runs (for every member) only where ``pred`` holds
-    for at least one member (equinox's ``unvmap_any``), and each member takes the value of
-    its own branch; without ``vmap`` it is ``lax.cond``. Meant for an expensive branch that
-    few members of a batch take (a restart of a fit, a probe of its minimum).
+    run for every member. Here that select runs only where ``pred`` holds for at least one
+    member (equinox's ``unvmap_any``), else ``false_fn`` alone; each member takes the value
+    of its own branch. Without ``vmap`` it is ``lax.cond``. Meant for an expensive branch
+    that few members of a batch take (a restart of a fit, a probe of its minimum).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -26,11 +26,10 @@ def branch(pred, true_fn, false_fn, *operands):
         [2.0, 1.0]
     """
 
-    def both(*ops):
-        taken, other = true_fn(*ops), false_fn(*ops)
-        return jax.tree.map(lambda a, b: jnp.where(pred, a, b), taken, other)
+    def per_member(*ops):  # a select under vmap, a branch without
+        return jax.lax.cond(pred, true_fn, false_fn, *ops)
 
-    return jax.lax.cond(eqxi.unvmap_any(pred), both, false_fn, *operands)
+    return jax.lax.cond(eqxi.unvmap_any(pred), per_member, false_fn, *operands)
 
 
 def safe_sqrt(x):
