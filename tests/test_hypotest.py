@@ -24,6 +24,8 @@ import diffhep
 import oracle
 from diffhep.stats.fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_defaults
 from diffhep.stats.hypotest import _fits
+from diffhep.stats.toys import _setup as _toys_setup
+from diffhep.stats.toys import _toy_statistic, aux_centre
 from diffhep.stats.workspace import builtin_example
 from specs import histosys, normsys
 from test_fit import (
@@ -619,6 +621,7 @@ _MISSED_FREE_FITS = {
         hs2_hi=[8.645328, 35.173873, 12.26042, 18.0304],
         obs=[93.0, 55.0, 75.0, 39.0],
         mu=2.0,
+        toy_mu=3.0,
     ),
     "above the fit at 0": dict(
         sig=[3.321728, 13.09114, 1.406644, 13.766375],
@@ -683,3 +686,26 @@ def test_a_free_fit_that_ends_above_a_fixed_fit_of_its_data_runs_again_from_ther
     poi = model.config.poi_index
     expected_q = 0.0 if float(res.bestfit[poi]) > d["mu"] else float(fixed_mu) - brute
     assert float(res.teststat) == pytest.approx(expected_q, abs=1e-5)
+    # the same repair in the test statistic alone and in the toys' observed statistic
+    alone = diffhep.stats.hypotest.test_statistic("qtilde", d["mu"], model, data)
+    assert float(alone) == pytest.approx(expected_q, abs=1e-5)
+    mu, zero = jnp.asarray(d["mu"]), jnp.asarray(0.0)
+    q_obs, ok, _, _ = _toys_setup(model, data, mu, zero, init, lower, upper, fixed, DEFAULT_TOL,
+                                  DEFAULT_MAX_STEPS, "qtilde")  # fmt: skip
+    assert bool(ok)
+    assert float(q_obs) == pytest.approx(expected_q, abs=1e-5)
+    # and in a toy's (the data as a toy generated at the suggested values), whose fits are
+    # the free one and the one at mu only: at mu = 3 the first draw's fit there is below
+    # the free fit, which ended in the basin of mu ~ 0.1 (q was 0; the minimum is at ~2.45)
+    if "toy_mu" in d:
+        toy_mu = jnp.asarray(d["toy_mu"])
+        at_mu = _fits(model, data, toy_mu[None], jnp.zeros(1, bool), init, lower, upper, fixed,
+                      DEFAULT_TOL, DEFAULT_MAX_STEPS).twice_nll[0]  # fmt: skip
+        assert float(res.bestfit[poi]) < d["toy_mu"]
+        centre = aux_centre(model, init, data, lower, upper, fixed)
+        toy = eqx.filter_jit(_toy_statistic)
+        q_toy, ok = toy(model, init, data, centre, toy_mu, lower, upper, fixed, DEFAULT_TOL,
+                        DEFAULT_MAX_STEPS, "qtilde")  # fmt: skip
+        assert bool(ok)
+        assert float(q_toy) == pytest.approx(float(at_mu) - brute, abs=1e-5)
+        assert float(q_toy) > 0.1

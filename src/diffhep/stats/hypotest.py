@@ -87,26 +87,64 @@ def _fits(
 
 
 def _profile(mu, model, data, init, lower, upper, fixed, tol, max_steps, extra=None):
-    """Fixed-POI and free fits (plus optional extra fixed-POI fit) on one dataset."""
-    values = [mu, 0.0] + ([extra] if extra is not None else [])
+    """Fixed-POI and free fits (plus optional extra fixed-POI fit) on one dataset, in one
+    compiled loop (``lax.scan``), and the free fit again where it missed its minimum
+    (:func:`_repair_start`). Returns the fit at ``mu``, the free fit, the extra fit (or
+    ``None``) and whether the free fit still ends above a fixed one (not converged)."""
+    values = [mu, jnp.zeros_like(mu)] + ([extra] if extra is not None else [])
     free = [False, True] + ([False] if extra is not None else [])
-    res = _fits(
-        model,
-        data,
-        jnp.asarray(values),
-        jnp.asarray(free),
-        init,
-        lower,
-        upper,
-        fixed,
-        tol,
-        max_steps,
-    )
-    return (
-        jax.tree.map(lambda a: a[0], res),
-        jax.tree.map(lambda a: a[1], res),
-        (jax.tree.map(lambda a: a[2], res) if extra is not None else None),
-    )
+    values, free = jnp.stack([*values, jnp.zeros_like(mu)]), jnp.asarray([*free, True])
+    repairs = jnp.arange(free.size) == free.size - 1
+
+    def step(carry, xs):
+        free_fit, low_x, low_nll = carry
+        value, fr, rep = xs
+        missed, start = _repair_start(rep, free_fit, low_x, low_nll, init, fixed)
+
+        def run():
+            return _fit_one(model, data, value, fr, True, start, lower, upper, fixed, tol,
+                            max_steps)  # fmt: skip
+
+        res = branch(~rep | missed, run, lambda: _skipped(free_fit))
+        carry = _keep(res, fr, rep, missed, True, free_fit, low_x, low_nll)
+        return carry, res
+
+    carry = (_empty_fit(init, model), init, jnp.full((), jnp.inf, init.dtype))
+    (free_fit, _, low_nll), res = jax.lax.scan(step, carry, (values, free, repairs))
+    pick = lambda i: jax.tree.map(lambda a: a[i], res)  # noqa: E731
+    extra_fit = pick(2) if extra is not None else None
+    return pick(0), free_fit, extra_fit, _missed(free_fit.twice_nll, low_nll)
+
+
+def _repair_start(rep, free_fit, low_x, low_nll, start, fixed):
+    """Whether a repair slot (``rep``) runs the free fit again, and its start.
+
+    A free fit of the data whose ``-2 ln L`` exceeds that of a fit of the same data with the
+    POI fixed (held at its value clipped to the bounds: a point of the free fit's domain)
+    missed its minimum: that fit's best fit (``low_x``, the lowest of them, ``low_nll``) is
+    a start of the free fit lower than where it ended. It runs again from there (its
+    restarts on), only where it missed (2 of 1,600 random 4-bin models with histosys
+    variations of 0.6-1.4x the nominal: 2.42 and 0.11 above, q clipped to 0)."""
+    missed = rep & _missed(free_fit.twice_nll, low_nll)
+    return missed, jnp.where(missed & ~fixed, jax.lax.stop_gradient(low_x), start)
+
+
+def _skipped(free_fit):
+    """What a repair slot gives where the free fit did not miss: no fit, no steps."""
+    return free_fit._replace(n_steps=jnp.zeros_like(free_fit.n_steps))
+
+
+def _keep(res, fr, rep, missed, data_fit, free_fit, low_x, low_nll):
+    """The free fit of the data (replaced by its repair where that converged lower) and the
+    lowest fixed-POI fit of the data so far (its best fit and ``-2 ln L``) after fit ``res``
+    of a slot of the fits' scan (``fr``: free; ``rep``: a repair; ``data_fit``: of the data)."""
+    repaired = missed & res.converged & (res.twice_nll < free_fit.twice_nll)
+    better = (fr & data_fit & ~rep) | repaired
+    free_fit = jax.tree.map(lambda new, old: jnp.where(better, new, old), res, free_fit)
+    lower_fixed = ~fr & data_fit & (res.twice_nll < low_nll)
+    low_x = jnp.where(lower_fixed, res.bestfit, low_x)
+    low_nll = jnp.where(lower_fixed, res.twice_nll, low_nll)
+    return free_fit, low_x, low_nll
 
 
 def _stat_from_fits(name, mu, fixed_fit, free_fit, poi):
@@ -142,7 +180,11 @@ def test_statistic(
 
 
 def _statistic_kernel(model, mu, data, init, lower, upper, fixed, *, name, tol, max_steps):
-    fixed_fit, free_fit, _ = _profile(mu, model, data, init, lower, upper, fixed, tol, max_steps)
+    # a fit at the Asimov value too, as in hypotest: a free fit that ended above it missed
+    # its minimum (_repair_start), and the statistic is the hypothesis test's
+    other = jnp.asarray(1.0 if name == "q0" else 0.0, mu.dtype)
+    fixed_fit, free_fit, _, _ = _profile(mu, model, data, init, lower, upper, fixed, tol,
+                                         max_steps, extra=other)  # fmt: skip
     return _stat_from_fits(name, mu, fixed_fit, free_fit, poi_index(model))
 
 
@@ -308,14 +350,11 @@ def _hypotest_kernel(model, mu, data, init, lower, upper, fixed, *, test_stat, t
     # ended can stay in that basin and end above the fit from the start (a review's random
     # models: 2.35 in -2 ln L above the test's own fit at mu = 0, CLs 0.289 instead of 0.065)
     inherits = jnp.asarray([False, False, True, False, False, False])
-    # A free fit of the data that ends above a fit of the same data with the POI fixed (held
-    # at its value clipped to the bounds: a point of the free fit's domain) missed its minimum:
-    # that fit's best fit is a start of the free fit lower than where it ended. It runs again
-    # from there (its restarts on), only where it missed (2 of 1,600 random 4-bin models with
-    # histosys variations of 0.6-1.4x the nominal: 2.42 and 0.11 above, q clipped to 0); it is
-    # kept where it ends lower. Not seen: a free fit that missed and ended at the Asimov value,
-    # which the fit there inherits (a review's draw: 29.589 instead of 29.556, q 72.87 instead
-    # of 72.90), nor a fit at the Asimov value that inherited a free fit repaired later
+    # The free fit of the data again where it ended above a fixed fit of the data
+    # (:func:`_repair_start`), kept where it ends lower. Not seen: a free fit that missed and
+    # ended at the Asimov value, which the fit there inherits (a review's draw: 29.589 instead
+    # of 29.556, q 72.87 instead of 72.90), nor a fit at the Asimov value that inherited a
+    # free fit repaired later
     repairs = jnp.asarray([False, False, False, True, False, False])
     on_data = jnp.asarray([True, True, True, True, False, False])
 
@@ -325,27 +364,17 @@ def _hypotest_kernel(model, mu, data, init, lower, upper, fixed, *, test_stat, t
         dataset = jnp.where(data_fit, data, asimov_data)
         origin = jnp.where(data_fit, init, asimov_origin)
         covered = inh & last_free & last_ok & ~fr & (last[poi] == value)
-        missed = rep & _missed(free_fit.twice_nll, low_nll)
         # without restarts the start is all a fit takes from init (fixed parameters and their
         # derivatives stay the suggested ones)
         start = jnp.where(covered & ~fixed, jax.lax.stop_gradient(last), origin)
-        start = jnp.where(missed & ~fixed, jax.lax.stop_gradient(low_x), start)
+        missed, start = _repair_start(rep, free_fit, low_x, low_nll, start, fixed)
 
         def run():
             return _fit_one(model, dataset, value, fr, again & ~covered, start, lower, upper,
                             fixed, tol, max_steps)  # fmt: skip
 
-        def skip():  # the repair where the free fit did not miss: no fit, no steps
-            return free_fit._replace(n_steps=jnp.zeros_like(free_fit.n_steps))
-
-        res = branch(~rep | missed, run, skip)
-        # the free fit of the data, replaced by its repair where that ends lower
-        repaired = missed & res.converged & (res.twice_nll < free_fit.twice_nll)
-        better = (fr & data_fit & ~rep) | repaired
-        free_fit = jax.tree.map(lambda new, old: jnp.where(better, new, old), res, free_fit)
-        lower_fixed = ~fr & data_fit & (res.twice_nll < low_nll)
-        low_x = jnp.where(lower_fixed, res.bestfit, low_x)
-        low_nll = jnp.where(lower_fixed, res.twice_nll, low_nll)
+        res = branch(~rep | missed, run, lambda: _skipped(free_fit))
+        free_fit, low_x, low_nll = _keep(res, fr, rep, missed, data_fit, free_fit, low_x, low_nll)
         asimov_data = jnp.where(gen, model.expected_data(res.bestfit), asimov_data)
         asimov_origin = jnp.where(gen, res.bestfit, asimov_origin)
         carry = (asimov_data, asimov_origin, res.bestfit, fr, res.converged, free_fit, low_x,

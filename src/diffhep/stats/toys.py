@@ -56,8 +56,17 @@ import numpy as np
 
 from ..errors import DiffhepError, FitError
 from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults, poi_index
-from .hypotest import _profile, _stat_from_fits
+from .hypotest import (
+    _empty_fit,
+    _keep,
+    _missed,
+    _profile,
+    _repair_start,
+    _skipped,
+    _stat_from_fits,
+)
 from .model import Model
+from .numerics import branch
 
 # the samples and their p-values (stats.toy_results), importable from here as before
 from .toy_results import (
@@ -170,41 +179,60 @@ def default_batch(model: Model) -> int:
     return int(min(MAX_BATCH, 1 << max(0, (_BATCH_WORK // work).bit_length() - 1)))
 
 
+def _toy_statistic(model, pars, data, centre, mu, lower, upper, fixed, tol, max_steps, test_stat):
+    """Test statistic of one toy (``data``, its auxiliary data ``centre``) generated at
+    ``pars``, and whether the fits it uses converged."""
+    poi = poi_index(model)
+    # the free fit, the fit at mu, the free fit again where it ended above the fit at mu
+    # (hypotest._repair_start: it missed its minimum, q would be clipped to 0)
+    zero = jnp.zeros_like(mu)
+    values, free = jnp.stack([zero, mu, zero]), jnp.asarray([True, False, True])
+    repairs = jnp.asarray([False, False, True])
+
+    def fit(value, is_free, x0):
+        x0 = jnp.where(is_free, x0, x0.at[poi].set(value))
+        c0 = jnp.where(is_free, centre, centre.at[poi].set(value))
+        fx = fixed.at[poi].set(~is_free)
+        return fit_bounded(model, data, x0, lower, upper, fx, tol, max_steps,
+                           uncertainties=False, centre=c0)  # fmt: skip
+
+    def step(carry, args):
+        # the free fit first; the fixed fit only where the statistic needs it: qtilde
+        # and q are 0 for muhat > mu, q0 for muhat < 0 whatever the fixed fit gives
+        # (pyhf's definitions, _stat_from_fits). One fit body (scan); branches skip
+        # the fits not needed (in the plain loop of large models and under vmap)
+        free_fit, low_x, low_nll = carry
+        value, is_free, rep = args
+        muhat = free_fit.bestfit[poi]
+        needed = ~((muhat < 0) if test_stat == "q0" else (muhat > mu))
+        missed, start = _repair_start(rep, free_fit, low_x, low_nll, pars, fixed)
+        run = is_free & ~rep | ~is_free & needed | missed
+
+        def skip():  # a fixed fit not run: zeros, status 0 (converged: a toy's
+            # convergence is that of the fits its statistic uses), not compared
+            same = _skipped(free_fit)
+            return jax.tree.map(lambda a: jnp.where(rep, a, jnp.zeros_like(a)), same)
+
+        res = branch(run, lambda: fit(value, is_free, start), skip)
+        return _keep(res, is_free, rep, missed, run, free_fit, low_x, low_nll), res
+
+    carry = (_empty_fit(pars, model), pars, jnp.full((), jnp.inf, pars.dtype))
+    (free_fit, _, low_nll), res = jax.lax.scan(step, carry, (values, free, repairs))
+    fixed_fit = jax.tree.map(lambda a: a[1], res)
+    q = _stat_from_fits(test_stat, mu, fixed_fit, free_fit, poi)
+    ok = fixed_fit.converged & free_fit.converged & ~_missed(free_fit.twice_nll, low_nll)
+    return q, ok
+
+
 @eqx.filter_jit
 def _chunk(model, pars, keys, mu, lower, upper, fixed, tol, max_steps, test_stat, batch):
     """Test statistic and convergence of one toy per key, generated at ``pars``."""
-    poi = poi_index(model)
-    values, free = jnp.stack([jnp.zeros_like(mu), mu]), jnp.asarray([True, False])
 
     def one(key):
         data = sample(model, pars, key)
         centre = aux_centre(model, pars, data, lower, upper, fixed)
-
-        def fit(value, is_free):
-            x0 = jnp.where(is_free, pars, pars.at[poi].set(value))
-            c0 = jnp.where(is_free, centre, centre.at[poi].set(value))
-            fx = fixed.at[poi].set(~is_free)
-            return fit_bounded(model, data, x0, lower, upper, fx, tol, max_steps,
-                               uncertainties=False, centre=c0)  # fmt: skip
-
-        def step(muhat, args):
-            # the free fit first; the fixed fit only where the statistic needs it: qtilde
-            # and q are 0 for muhat > mu, q0 for muhat < 0 whatever the fixed fit gives
-            # (pyhf's definitions, _stat_from_fits). One fit body (scan), and lax.cond
-            # skips it in the plain loop of large models (under vmap both branches run)
-            value, is_free = args
-            zero = (muhat < 0) if test_stat == "q0" else (muhat > mu)
-            res = jax.lax.cond(~is_free & zero, lambda: skipped, lambda: fit(value, is_free))
-            return jnp.where(is_free, res.bestfit[poi], muhat), res
-
-        skipped = jax.tree.map(
-            lambda a: jnp.zeros(a.shape, a.dtype),
-            jax.eval_shape(lambda: fit(mu, jnp.asarray(False))),
-        )  # status 0 (converged): a toy's convergence is that of the fits its statistic uses
-        _, res = jax.lax.scan(step, jnp.zeros_like(mu), (values, free))
-        free_fit, fixed_fit = (jax.tree.map(lambda a, i=i: a[i], res) for i in (0, 1))
-        q = _stat_from_fits(test_stat, mu, fixed_fit, free_fit, poi)
-        return q, fixed_fit.converged & free_fit.converged
+        return _toy_statistic(model, pars, data, centre, mu, lower, upper, fixed, tol,
+                              max_steps, test_stat)  # fmt: skip
 
     # batch 1: a plain loop, not a vmap of one (a batch runs a restart wherever one of its
     # fits needs it and waits for its slowest fit; when lax.cond was a select under vmap,
@@ -218,11 +246,11 @@ def _setup(model, data, mu, gen_b, init, lower, upper, fixed, tol, max_steps, te
     """The observed test statistic and the two generating fits in one compiled loop: the fit
     with the POI fixed at ``mu`` is both the test statistic's and the signal + background
     toys' (pyhf's ``fixed_poi_fit(poi_test, data)``)."""
-    fixed_fit, free_fit, b_fit = _profile(
+    fixed_fit, free_fit, b_fit, missed = _profile(
         mu, model, data, init, lower, upper, fixed, tol, max_steps, extra=gen_b
     )
     q = _stat_from_fits(test_stat, mu, fixed_fit, free_fit, poi_index(model))
-    ok = fixed_fit.converged & free_fit.converged & b_fit.converged
+    ok = fixed_fit.converged & free_fit.converged & b_fit.converged & ~missed
     return q, ok, fixed_fit.bestfit, b_fit.bestfit
 
 
