@@ -101,7 +101,7 @@ def even_size(model: Model) -> jax.Array:
     through the model.
 
     A flip restart runs in every fit for an eligible parameter whose even size is at least
-    :data:`restarts._EVEN_FLIP` (:func:`restarts._restarts`): such a parameter can hold a
+    :data:`starts.EVEN_FLIP` (:func:`restarts._restarts`): such a parameter can hold a
     minimum on each side of its start at any distance from it (two values of it give the same
     counts), their barrier raised by the even part; below one standard deviation of the
     counts, the even part raises no barrier that the fit does not cross on its own. Measured:

@@ -9,8 +9,9 @@ flips of interpolated parameters and normfactors where the fit is strained, of i
 ones where they may have a mirror minimum beyond +-1 or a large even response (then also to
 the mirror image through the response's vertex), and the continuation of a fit that ran out
 of steps while it gains) in one ``lax.while_loop``, keeping the lowest minimum,
-differentiated implicitly at that minimum. Issue 20 holds the cases behind each restart; the
-gates' measurements are in the functions' docstrings.
+differentiated implicitly at that minimum. Where each restart starts is
+:mod:`diffhep.stats.starts`; issue 20 holds the cases behind each restart, the gates'
+measurements are in the functions' docstrings.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import hessian as hessian_mod
-from . import multimodal
+from . import multimodal, starts
 from .numerics import branch
 from .solver import MAX_STEPS, MinimizeResult, implicit_vjp, is_success, minimize
 from .uncertainties import structure_of
@@ -84,32 +85,15 @@ def _factors(config) -> np.ndarray:
     return out
 
 
-#: Values tried for each restart candidate (besides its mirror image -x): a parameter whose
-#: change to one of them alone lowers -log L starts the restart there
-_PROBES = (0.0, -1.0, 1.0)
-#: The reflection restart runs where a reflected parameter ends farther than this from its
-#: start, and an eligible histosys/normsys parameter that does is flipped (:func:`search`)
-_REFLECT_FROM = 1.0
-#: An eligible histosys/normsys parameter whose even response (:func:`multimodal.even_size`)
-#: moves the expected counts by at least this many Poisson standard deviations is flipped in
-#: every fit
-_EVEN_FLIP = 1.0
-#: The flip to the mirror image through the vertex runs where it moves the parameter by more
-#: than this (:func:`_restarts`)
-_VERTEX_MOVE = 1e-3
 #: A restart is kept if it lowers -log L by more than this (relative, at least 1 absolute)
 _RESTART_GAIN = 1e-9
-#: The flip restart runs where the best fit's deviance (twice the objective, which is 0 where
-#: every expected count equals its observation and every constrained parameter its auxiliary
-#: datum) exceeds this many times the number of data (main and auxiliary) (:func:`search`)
-_STRAINED = 4.0
 #: A best fit that ran out of steps is continued from where it stopped (each time with
 #: ``max_steps`` more steps) this many times, and up to :data:`_MAX_CONTINUATIONS` times
 #: while each continuation lowers -log L by more than :data:`_CONTINUE_GAIN` (:func:`_restarts`)
 _CONTINUATIONS = 2
 _MAX_CONTINUATIONS = 8
 _CONTINUE_GAIN = 1e-3
-#: Random restarts of a fit that is still strained after the flips (:func:`_random_start`)
+#: Random restarts of a fit that is still strained after the flips (:func:`starts.random_start`)
 _RANDOM_STARTS = 4
 
 
@@ -153,161 +137,6 @@ def _search_bwd(res, ct, perturbed, diff, lower, upper, fixed, restart, tol, max
     return implicit_vjp(res, ct, _objective, args, lower, upper, fixed, structure)
 
 
-def _probes(model, data, lower, upper, candidates, dtype):
-    """``probes_at(x)``: for each candidate parameter (``candidates``, static), the lowest
-    ``-log L`` when it alone is moved from ``x`` to ``-x`` or to one of :data:`_PROBES` (the
-    others held), and the value that gives it."""
-    args = (model, data)
-    cand = jnp.asarray(candidates)
-    probes = jnp.asarray(_PROBES, dtype=dtype)
-
-    if hessian_mod.supports_probes(model, candidates):
-        # the same probes from the rate decomposition: ~10x cheaper (sbottom RegionA: 220
-        # evaluations 1.9 ms -> 0.15 ms), equal up to rounding; shifted by the base row so
-        # that a probe equal to x has the value of x as the solver sees it
-
-        def probes_at(x):
-            n = len(_PROBES)
-            v = jnp.concatenate([-x[cand][None], jnp.broadcast_to(probes[:, None], (n, cand.size))])
-            v = jnp.clip(jnp.concatenate([v, x[cand][None]]), lower[cand], upper[cand])
-            f = hessian_mod.probe_objective(model, data, x, candidates, v)
-            f = f[:-1] - f[-1] + _objective(x, args)
-            f = jnp.where(jnp.isfinite(f), f, jnp.inf)
-            i = jnp.argmin(f, axis=0)
-            pick = jnp.arange(cand.size)
-            return f[i, pick], v[i, pick]
-
-        return probes_at
-
-    def probe(x, c):
-        values = jnp.concatenate([-x[c][None], probes])
-        xs = jnp.clip(jnp.where(jnp.arange(x.size) == c, values[:, None], x), lower, upper)
-        f = jax.vmap(lambda y: _objective(y, args))(xs)
-        f = jnp.where(jnp.isfinite(f), f, jnp.inf)
-        i = jnp.argmin(f)
-        return f[i], xs[i, c]
-
-    def probes_at(x):
-        return jax.vmap(lambda c: probe(x, c))(cand)
-
-    return probes_at
-
-
-def _probe_start(probes_at, best, probing, lower, upper, candidates, eligible, mirror):
-    """The start of the probe/mirror restart from the best fit ``best``.
-
-    The likelihood may have several minima in the parameters with a kink at 0 or a symmetrised
-    variation (``mirror``: :func:`multimodal.mirrored`) and in those with an even response
-    (:func:`multimodal.even_response`); ``eligible`` are those of them the restart may move. It
-    starts where changing single ``candidates`` (to -x, or one of :data:`_PROBES`) lowers -log L at
-    the best fit; if none does, from the mirror image of all ``mirror`` parameters, or of all
-    eligible ones if there are none (the probes alone miss minima of the profile that are not lower
-    along the axis: multichan_coupledhistosys at mu = 1 from +0.59; mirroring all 38 candidates of
-    sbottom RegionA instead of its 10 symmetrised ones made its hypotest 1.7x slower, the restart
-    then ran longer). The probes run only where ``probing`` (a branch: models without eligible
-    parameters pay nothing, nor does a vmapped batch in which no member probes).
-
-    Measured minima: pyhf's "combined" model with code1/code0 at jes = -0.0046 and +0.0058;
-    sbottom RegionA/400_205_60 at mu = 1 on Asimov data at three JER NPs all at +-0.8 (0.137
-    apart in twice_nll), 550_180_50 at one of them at +0.31 or -0.34 (0.016 apart);
-    multichan_coupledhistosys (code4p) on the Asimov data at mu = 1 at -0.54 and +0.62
-    (30.13 and 33.99).
-    """
-    cand = jnp.asarray(candidates)
-
-    def no_probes(x):
-        return jnp.full(cand.shape, jnp.inf, x.dtype), x[cand]
-
-    f_c, v_c = branch(probing, probes_at, no_probes, best.x)
-    gain = (f_c < best.fun) & eligible[cand]
-    moved = jnp.zeros(best.x.shape, bool).at[cand].set(gain)
-    start = best.x.at[cand].set(jnp.where(gain, v_c, best.x[cand]))
-    flip = jnp.where(jnp.any(mirror), mirror, eligible)
-    mirrored = jnp.clip(jnp.where(flip, -best.x, best.x), lower, upper)
-    return jnp.where(jnp.any(moved), start, mirrored)
-
-
-def _reflection_start(best, init, lower, upper, reflect):
-    """The start of the reflection restart and whether it is needed.
-
-    The best fit's histosys/normsys/normfactor parameters (``reflect``:
-    :func:`multimodal.global_shift`) reflected through the start (per-bin gammas and lumi back at
-    the start): the other side of the start, where a second basin lies that neither the first fit's
-    path nor single-parameter probes reach (adversarial s31-d4: from mu = 1 the fit ends at mu = 10,
-    hs2 = +4.45, -2lnL 107.60; from the reflection at mu = 0, hs2 = -3.82, 90.43, pyhf's minimum;
-    small seed 0 draw 1 at mu = 0: 2692.51, from the reflection 2631.37 with hs0 and hs1 at -5, then
-    the probes from there 2470.43).
-
-    Needed only where the best fit lies more than :data:`_REFLECT_FROM` (the +-1 sigma
-    variations) from the start in one of them: nearer, the fit stayed where the
-    interpolation interpolates and the probes cover the other side (sbottom RegionA: at most
-    0.81, its hypotest 1.6x slower with the reflection in every fit; s31-d4: 1.34 to 9).
-    """
-    reflected = jnp.clip(jnp.where(reflect, 2.0 * init - best.x, init), lower, upper)
-    far = jnp.any(reflect & (jnp.abs(best.x - init) > _REFLECT_FROM))
-    return reflected, far
-
-
-def _flip_start(best, init, lower, upper, j):
-    """The start of flip restart ``j``: histosys/normsys parameter or normfactor ``j`` moved to
-    the other side of its start, at least 1 (the +-1 sigma variation) from it, the others left
-    at the best fit.
-
-    That reaches a basin on the other side of one systematic that neither the reflection of
-    all of them nor the probes (single-parameter values with the others held, which are
-    higher: the profile's barrier) reach. Which parameter's other side holds the lower basin
-    is not told by local quantities at the best fit (its distance from the start, evenness of
-    its response, the flip's cost with the others held, or that cost over its quadratic
-    prediction each pick a wrong parameter in one of the three cases below), so each
-    histosys/normsys parameter is flipped once, one fit each, from the best fit so far.
-    Measured at mu = 0, the flip that finds the lower basin: adversarial seed 1001, ns1 = -5
-    -> +5 (20554.92 -> 20485.37 at +3.59); seed 1014, hs1 = +0.795 -> -1 (14189.90 ->
-    12876.70 at hs1 = -5); seed 1031, ns1 = +0.69 -> -1 (43097.80 -> 41899.07 at -1.42; its
-    profile in ns1 is bimodal: 42948 at -1.5, 68683 at 0, 51042 at +0.5). The flips run
-    while the best fit is strained (:func:`_strained`), and for a parameter farther than
-    :data:`_REFLECT_FROM` from its start and eligible for the mirror restart (an even
-    response, a kink or a symmetrised variation) also where it is not (seed 1048 draw 0 at
-    mu = 1: ns2 = -2.11 -> +2.11, 3647.13 -> 3642.39 at +2.46; :func:`_restarts`), as for
-    an eligible parameter with a large even response at any distance
-    (:func:`multimodal.even_size`).
-    """
-    dist = jnp.abs(best.x[j] - init[j])
-    side = jnp.where(best.x[j] >= init[j], -1.0, 1.0)
-    to = jnp.clip(init[j] + side * jnp.maximum(dist, 1.0), lower[j], upper[j])
-    return best.x.at[j].set(to)
-
-
-def _random_start(init, lower, upper, fixed, r):
-    """The start of random restart ``r``: every free parameter drawn uniformly within
-    +-min(1, a quarter of its bound range) of the start (the +-1 sigma variations of the
-    systematics, +-1 around 1 for the gammas), clipped to the bounds; the key is fixed, so
-    the fit is deterministic.
-
-    Where the best fit is still strained after the flips (:func:`_strained`), the data lie
-    far from the model, the rates sit in the extrapolated parts of several interpolations
-    at once, and the basins are not told apart by moving one parameter: adversarial seed
-    1002 draw 2 at mu = 0 (178 parameters, deviance 1335 on 210 data) ends at 3606.95 from
-    the start and every restart; from random starts around the start 5 of 8 fits reach
-    3551.20 (hs1 and ns0 both at their bound -5, the gammas following; a 20-start L-BFGS-B
-    search found 3564.86), after 240-410 Newton steps (so these fits get
-    ``(1 + _CONTINUATIONS) * max_steps``)."""
-    width = jnp.minimum(1.0, (upper - lower) / 4.0)
-    u = jax.random.uniform(jax.random.fold_in(jax.random.key(0), r), init.shape, init.dtype)
-    x = jnp.clip(init + (2.0 * u - 1.0) * width, lower, upper)
-    return jnp.where(fixed, init, x)
-
-
-def _strained(best, data):
-    """Whether the best fit's deviance (twice the objective, 0 where every expected count
-    equals its observation and every constrained parameter its auxiliary datum) exceeds
-    :data:`_STRAINED` per datum (main and auxiliary): far from the data the parameters are
-    pushed into the extrapolated, non-convex part of the interpolation (the three flip cases
-    of :func:`_flip_start`: 11566 on 278 data, 18316 on 275, ~41000 on 264); a fit that
-    describes the data pays nothing (sbottom RegionA/1000_205_60: deviance 3.5 (mu = 0) to
-    147 (mu = 10) on 68 data, gate 272)."""
-    return 2.0 * best.fun > _STRAINED * data.size
-
-
 def _keep_lower(k, best, new, need):
     """``new`` replaces ``best`` at attempt ``k`` > 0 if it ran, converged and is clearly
     lower (by :data:`_RESTART_GAIN`): the same minimum found twice differs by rounding, and
@@ -333,9 +162,9 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     not differentiated: :func:`_search`), attempt ``k``:
 
     - 0: the fit from ``init``;
-    - 1: the probe/mirror restart from the best fit (:func:`_probe_start`), where a
+    - 1: the probe/mirror restart from the best fit (:func:`starts.probe_start`), where a
       parameter is eligible;
-    - 2: the fit from the best fit reflected through the start (:func:`_reflection_start`),
+    - 2: the fit from the best fit reflected through the start (:func:`starts.reflection_start`),
       where it lies far from the start;
     - 3: the probe/mirror restart again if the reflection found a lower minimum;
     - 4: the fit from ``centre``, where it is not ``init`` (a toy's auxiliary data,
@@ -345,11 +174,11 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
       in docs/benchmarks.md, toys);
     - 5: the fit from the best fit reflected through ``centre``, where it is not ``init``
       and the best fit lies far from it;
-    - 6, 7, ...: one flip per histosys/normsys parameter and normfactor (:func:`_flip_start`,
+    - 6, 7, ...: one flip per histosys/normsys parameter and normfactor (:func:`starts.flip_start`,
       to the other side of ``centre``), of every one while the best fit is strained
-      (:func:`_strained`), else of the histosys/normsys parameters eligible for the
+      (:func:`starts.strained`), else of the histosys/normsys parameters eligible for the
       probe/mirror restart (a kink at 0, a symmetrised variation or an even response: a
-      possible minimum on the other side) that lie farther than :data:`_REFLECT_FROM` from
+      possible minimum on the other side) that lie farther than :data:`starts.REFLECT_FROM` from
       ``centre`` or whose even response is large (:func:`multimodal.even_size`, anywhere)
       (adversarial seed 1048 draw 0 at mu = 1, not strained (deviance 907 on 298 data),
       ended at ns2 = -2.11 (even response), -2lnL 3647.13, the probe/mirror restart, which
@@ -364,7 +193,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
       +0.327, -2lnL 5001.91; its flip to -1 returns there, the mirror image -0.397 leads to
       -0.438, 4993.99);
     - then :data:`_RANDOM_STARTS` fits from random starts around the start
-      (:func:`_random_start`) while the best fit is still strained.
+      (:func:`starts.random_start`) while the best fit is still strained.
 
     Before any attempt after the first, a best fit that ran out of steps (``MAX_STEPS``: the
     restarts only keep converged fits, so that is the first one) is continued from where it
@@ -388,7 +217,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     candidates = np.flatnonzero(multimodal.kinked(model.config) | interpolated)
     mirror = multimodal.mirrored(model) & ~fixed
     eligible = (mirror | (multimodal.even_response(model) & ~fixed)) & jnp.asarray(restart)
-    probes_at = _probes(model, data, lower, upper, candidates, init.dtype)
+    probes_at = starts.probes(model, data, lower, upper, candidates, init.dtype, _objective)
     shifts = multimodal.global_shift(model.config)  # histosys, normsys, normfactor
     reflect = jnp.asarray(shifts) & ~fixed
     may_reflect = jnp.any(reflect) & jnp.asarray(restart)
@@ -405,28 +234,28 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     )
     off_centre = jnp.any(centre != init) & jnp.asarray(restart)
 
-    strong = flippable & eligible & (multimodal.even_size(model) >= _EVEN_FLIP)
+    strong = flippable & eligible & (multimodal.even_size(model) >= starts.EVEN_FLIP)
     vertex = multimodal.even_vertex(model)
 
     def far_out(best):
         """Flippable parameters with a possible mirror minimum (``eligible``: a kink at 0, a
-        symmetrised variation or an even response) farther than :data:`_REFLECT_FROM` from
+        symmetrised variation or an even response) farther than :data:`starts.REFLECT_FROM` from
         ``centre``, and those with a large even response (:func:`multimodal.even_size`)
         anywhere."""
-        return (flippable & eligible & (jnp.abs(best.x - centre) > _REFLECT_FROM)) | strong
+        return (flippable & eligible & (jnp.abs(best.x - centre) > starts.REFLECT_FROM)) | strong
 
     def attempt(k, best, found_lower, cont):
         probing = ((k == 1) | ((k == 3) & found_lower)) & jnp.any(eligible) & ~cont
-        reflected, far = _reflection_start(best, init, lower, upper, reflect)
-        around, far_centre = _reflection_start(best, centre, lower, upper, reflect)
+        reflected, far = starts.reflection_start(best, init, lower, upper, reflect)
+        around, far_centre = starts.reflection_start(best, centre, lower, upper, reflect)
         j = flip_par[k]
-        flipped = _flip_start(best, centre, lower, upper, j)
-        strained = _strained(best, data)
+        flipped = starts.flip_start(best, centre, lower, upper, j)
+        strained = starts.strained(best, data)
         flipping = (k >= first_flip) & (k < first_vertex) & flippable[j] & may_flip
         flipping = flipping & (strained | far_out(best)[j])
         mirror_j = jnp.clip(2.0 * vertex[j] - best.x[j], lower[j], upper[j])
         vertex_flip = (k >= first_vertex) & (k < first_random) & strong[j] & may_flip
-        vertex_flip = vertex_flip & (jnp.abs(mirror_j - best.x[j]) > _VERTEX_MOVE)
+        vertex_flip = vertex_flip & (jnp.abs(mirror_j - best.x[j]) > starts.VERTEX_MOVE)
         flipped = jnp.where(vertex_flip, best.x.at[j].set(mirror_j), flipped)
         flipping = flipping | vertex_flip
         randomly = (k >= first_random) & jnp.asarray(restart) & strained
@@ -434,7 +263,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         need = need | ((k == 4) & off_centre) | ((k == 5) & off_centre & may_reflect & far_centre)
 
         def run_attempt(_):
-            start = _probe_start(probes_at, best, probing, lower, upper, candidates, eligible,
+            start = starts.probe_start(probes_at, best, probing, lower, upper, candidates, eligible,
                                  mirror)  # fmt: skip
             x0 = jnp.where(k == 2, reflected, jnp.where(flipping, flipped, start))
             x0 = jnp.where(k == 4, centre, jnp.where(k == 5, around, x0))
@@ -443,7 +272,9 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
             # seed 1063 draw 4's free fit reaches 13646.70 from the first of these, 14018.66
             # from all four of the next keys); drawn only for a random restart (a branch)
             key = k - 2 - flips.size
-            x0 = branch(randomly, lambda: _random_start(init, lower, upper, fixed, key), lambda: x0)
+            x0 = branch(
+                randomly, lambda: starts.random_start(init, lower, upper, fixed, key), lambda: x0
+            )
             x0 = jnp.where(k == 0, init, x0)
             x0 = jnp.where(cont, best.x, x0)
             # an attempt not needed runs no step: under vmap this runs for every member
@@ -477,7 +308,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
 
     def more(c):
         k, best, _, conts, gained = c
-        strained = _strained(best, data)
+        strained = starts.strained(best, data)
         flips_left = (k < first_vertex) & may_flip & (strained | jnp.any(far_out(best)))
         flips_left = flips_left | ((k < first_random) & may_flip & jnp.any(strong))
         randoms_left = (k < n_attempts) & jnp.asarray(restart) & strained

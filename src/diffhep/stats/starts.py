@@ -1,0 +1,202 @@
+"""Where the restarts of a fit start (:func:`diffhep.stats.restarts.search`): single-parameter
+probes and the mirror image, the reflection through the start, the flip of one parameter to
+the other side, random starts, and the test of a strained fit that some of them run on. The
+measured cases behind each are in the functions' docstrings (issue 20)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import hessian as hessian_mod
+from .numerics import branch
+
+__all__ = [
+    "EVEN_FLIP",
+    "PROBES",
+    "REFLECT_FROM",
+    "STRAINED",
+    "VERTEX_MOVE",
+    "flip_start",
+    "probe_start",
+    "probes",
+    "random_start",
+    "reflection_start",
+    "strained",
+]
+
+#: Values tried for each restart candidate (besides its mirror image -x): a parameter whose
+#: change to one of them alone lowers -log L starts the restart there
+PROBES = (0.0, -1.0, 1.0)
+#: The reflection restart runs where a reflected parameter ends farther than this from its
+#: start, and an eligible histosys/normsys parameter that does is flipped
+#: (:func:`diffhep.stats.restarts.search`)
+REFLECT_FROM = 1.0
+#: An eligible histosys/normsys parameter whose even response (:func:`multimodal.even_size`)
+#: moves the expected counts by at least this many Poisson standard deviations is flipped in
+#: every fit
+EVEN_FLIP = 1.0
+#: The flip to the mirror image through the vertex runs where it moves the parameter by more
+#: than this (:func:`diffhep.stats.restarts._restarts`)
+VERTEX_MOVE = 1e-3
+#: The flip restart runs where the best fit's deviance (twice the objective, which is 0 where
+#: every expected count equals its observation and every constrained parameter its auxiliary
+#: datum) exceeds this many times the number of data (main and auxiliary)
+#: (:func:`diffhep.stats.restarts.search`)
+STRAINED = 4.0
+
+
+def probes(model, data, lower, upper, candidates, dtype, objective):
+    """``probes_at(x)``: for each candidate parameter (``candidates``, static), the lowest
+    ``objective`` (the fit's ``-log L``) when it alone is moved from ``x`` to ``-x`` or to one
+    of :data:`PROBES` (the others held), and the value that gives it."""
+    args = (model, data)
+    cand = jnp.asarray(candidates)
+    tried = jnp.asarray(PROBES, dtype=dtype)
+
+    if hessian_mod.supports_probes(model, candidates):
+        # the same probes from the rate decomposition: ~10x cheaper (sbottom RegionA: 220
+        # evaluations 1.9 ms -> 0.15 ms), equal up to rounding; shifted by the base row so
+        # that a probe equal to x has the value of x as the solver sees it
+
+        def probes_at(x):
+            n = len(PROBES)
+            v = jnp.concatenate([-x[cand][None], jnp.broadcast_to(tried[:, None], (n, cand.size))])
+            v = jnp.clip(jnp.concatenate([v, x[cand][None]]), lower[cand], upper[cand])
+            f = hessian_mod.probe_objective(model, data, x, candidates, v)
+            f = f[:-1] - f[-1] + objective(x, args)
+            f = jnp.where(jnp.isfinite(f), f, jnp.inf)
+            i = jnp.argmin(f, axis=0)
+            pick = jnp.arange(cand.size)
+            return f[i, pick], v[i, pick]
+
+        return probes_at
+
+    def probe(x, c):
+        values = jnp.concatenate([-x[c][None], tried])
+        xs = jnp.clip(jnp.where(jnp.arange(x.size) == c, values[:, None], x), lower, upper)
+        f = jax.vmap(lambda y: objective(y, args))(xs)
+        f = jnp.where(jnp.isfinite(f), f, jnp.inf)
+        i = jnp.argmin(f)
+        return f[i], xs[i, c]
+
+    def probes_at(x):
+        return jax.vmap(lambda c: probe(x, c))(cand)
+
+    return probes_at
+
+
+def probe_start(probes_at, best, probing, lower, upper, candidates, eligible, mirror):
+    """The start of the probe/mirror restart from the best fit ``best``.
+
+    The likelihood may have several minima in the parameters with a kink at 0 or a symmetrised
+    variation (``mirror``: :func:`multimodal.mirrored`) and in those with an even response
+    (:func:`multimodal.even_response`); ``eligible`` are those of them the restart may move. It
+    starts where changing single ``candidates`` (to -x, or one of :data:`PROBES`) lowers -log L at
+    the best fit; if none does, from the mirror image of all ``mirror`` parameters, or of all
+    eligible ones if there are none (the probes alone miss minima of the profile that are not lower
+    along the axis: multichan_coupledhistosys at mu = 1 from +0.59; mirroring all 38 candidates of
+    sbottom RegionA instead of its 10 symmetrised ones made its hypotest 1.7x slower, the restart
+    then ran longer). The probes run only where ``probing`` (a branch: models without eligible
+    parameters pay nothing, nor does a vmapped batch in which no member probes).
+
+    Measured minima: pyhf's "combined" model with code1/code0 at jes = -0.0046 and +0.0058;
+    sbottom RegionA/400_205_60 at mu = 1 on Asimov data at three JER NPs all at +-0.8 (0.137
+    apart in twice_nll), 550_180_50 at one of them at +0.31 or -0.34 (0.016 apart);
+    multichan_coupledhistosys (code4p) on the Asimov data at mu = 1 at -0.54 and +0.62
+    (30.13 and 33.99).
+    """
+    cand = jnp.asarray(candidates)
+
+    def no_probes(x):
+        return jnp.full(cand.shape, jnp.inf, x.dtype), x[cand]
+
+    f_c, v_c = branch(probing, probes_at, no_probes, best.x)
+    gain = (f_c < best.fun) & eligible[cand]
+    moved = jnp.zeros(best.x.shape, bool).at[cand].set(gain)
+    start = best.x.at[cand].set(jnp.where(gain, v_c, best.x[cand]))
+    flip = jnp.where(jnp.any(mirror), mirror, eligible)
+    mirrored = jnp.clip(jnp.where(flip, -best.x, best.x), lower, upper)
+    return jnp.where(jnp.any(moved), start, mirrored)
+
+
+def reflection_start(best, init, lower, upper, reflect):
+    """The start of the reflection restart and whether it is needed.
+
+    The best fit's histosys/normsys/normfactor parameters (``reflect``:
+    :func:`multimodal.global_shift`) reflected through the start (per-bin gammas and lumi back at
+    the start): the other side of the start, where a second basin lies that neither the first fit's
+    path nor single-parameter probes reach (adversarial s31-d4: from mu = 1 the fit ends at mu = 10,
+    hs2 = +4.45, -2lnL 107.60; from the reflection at mu = 0, hs2 = -3.82, 90.43, pyhf's minimum;
+    small seed 0 draw 1 at mu = 0: 2692.51, from the reflection 2631.37 with hs0 and hs1 at -5, then
+    the probes from there 2470.43).
+
+    Needed only where the best fit lies more than :data:`REFLECT_FROM` (the +-1 sigma
+    variations) from the start in one of them: nearer, the fit stayed where the
+    interpolation interpolates and the probes cover the other side (sbottom RegionA: at most
+    0.81, its hypotest 1.6x slower with the reflection in every fit; s31-d4: 1.34 to 9).
+    """
+    reflected = jnp.clip(jnp.where(reflect, 2.0 * init - best.x, init), lower, upper)
+    far = jnp.any(reflect & (jnp.abs(best.x - init) > REFLECT_FROM))
+    return reflected, far
+
+
+def flip_start(best, init, lower, upper, j):
+    """The start of flip restart ``j``: histosys/normsys parameter or normfactor ``j`` moved to
+    the other side of its start, at least 1 (the +-1 sigma variation) from it, the others left
+    at the best fit.
+
+    That reaches a basin on the other side of one systematic that neither the reflection of
+    all of them nor the probes (single-parameter values with the others held, which are
+    higher: the profile's barrier) reach. Which parameter's other side holds the lower basin
+    is not told by local quantities at the best fit (its distance from the start, evenness of
+    its response, the flip's cost with the others held, or that cost over its quadratic
+    prediction each pick a wrong parameter in one of the three cases below), so each
+    histosys/normsys parameter is flipped once, one fit each, from the best fit so far.
+    Measured at mu = 0, the flip that finds the lower basin: adversarial seed 1001, ns1 = -5
+    -> +5 (20554.92 -> 20485.37 at +3.59); seed 1014, hs1 = +0.795 -> -1 (14189.90 ->
+    12876.70 at hs1 = -5); seed 1031, ns1 = +0.69 -> -1 (43097.80 -> 41899.07 at -1.42; its
+    profile in ns1 is bimodal: 42948 at -1.5, 68683 at 0, 51042 at +0.5). The flips run
+    while the best fit is strained (:func:`_strained`), and for a parameter farther than
+    :data:`REFLECT_FROM` from its start and eligible for the mirror restart (an even
+    response, a kink or a symmetrised variation) also where it is not (seed 1048 draw 0 at
+    mu = 1: ns2 = -2.11 -> +2.11, 3647.13 -> 3642.39 at +2.46;
+    :func:`diffhep.stats.restarts._restarts`), as for an eligible parameter with a large even
+    response at any distance
+    (:func:`multimodal.even_size`).
+    """
+    dist = jnp.abs(best.x[j] - init[j])
+    side = jnp.where(best.x[j] >= init[j], -1.0, 1.0)
+    to = jnp.clip(init[j] + side * jnp.maximum(dist, 1.0), lower[j], upper[j])
+    return best.x.at[j].set(to)
+
+
+def random_start(init, lower, upper, fixed, r):
+    """The start of random restart ``r``: every free parameter drawn uniformly within
+    +-min(1, a quarter of its bound range) of the start (the +-1 sigma variations of the
+    systematics, +-1 around 1 for the gammas), clipped to the bounds; the key is fixed, so
+    the fit is deterministic.
+
+    Where the best fit is still strained after the flips (:func:`_strained`), the data lie
+    far from the model, the rates sit in the extrapolated parts of several interpolations
+    at once, and the basins are not told apart by moving one parameter: adversarial seed
+    1002 draw 2 at mu = 0 (178 parameters, deviance 1335 on 210 data) ends at 3606.95 from
+    the start and every restart; from random starts around the start 5 of 8 fits reach
+    3551.20 (hs1 and ns0 both at their bound -5, the gammas following; a 20-start L-BFGS-B
+    search found 3564.86), after 240-410 Newton steps (so these fits get
+    ``(1 + _CONTINUATIONS) * max_steps``)."""
+    width = jnp.minimum(1.0, (upper - lower) / 4.0)
+    u = jax.random.uniform(jax.random.fold_in(jax.random.key(0), r), init.shape, init.dtype)
+    x = jnp.clip(init + (2.0 * u - 1.0) * width, lower, upper)
+    return jnp.where(fixed, init, x)
+
+
+def strained(best, data):
+    """Whether the best fit's deviance (twice the objective, 0 where every expected count
+    equals its observation and every constrained parameter its auxiliary datum) exceeds
+    :data:`STRAINED` per datum (main and auxiliary): far from the data the parameters are
+    pushed into the extrapolated, non-convex part of the interpolation (the three flip cases
+    of :func:`_flip_start`: 11566 on 278 data, 18316 on 275, ~41000 on 264); a fit that
+    describes the data pays nothing (sbottom RegionA/1000_205_60: deviance 3.5 (mu = 0) to
+    147 (mu = 10) on 68 data, gate 272)."""
+    return 2.0 * best.fun > STRAINED * data.size
