@@ -11,7 +11,10 @@ For a tested POI value ``mu`` and test statistic ``qtilde``/``q`` (``q0``: disco
 - every toy's test statistic at ``mu`` comes from two fits (POI fixed, POI free), as for the
   observed data (:mod:`diffhep.stats.hypotest`); the fixed fit is skipped where the free
   fit's muhat already makes the statistic 0 (``qtilde``/``q``: muhat > mu; ``q0``:
-  muhat < 0). The fits start from the parameters the toys were generated with (pyhf starts
+  muhat < 0), and a free fit that ends above the fixed one runs again from the fixed fit's
+  best fit (a toy whose free fit still ends above it is not converged; the fixed fit being
+  skipped where muhat > mu, a free fit that missed there is not seen). The fits start from
+  the parameters the toys were generated with (pyhf starts
   from the suggested init; the minimum is the same, it is found in fewer steps); their
   search for several minima also starts from, reflects through and judges its flips from
   the toy's own auxiliary data (:func:`aux_centre`);
@@ -31,7 +34,9 @@ clipped at 0) and counted (``ToyResult.nonconverged``): dropping them would bias
 distributions towards the easy toys. pyhf raises ``FailedMinimization`` on the first one.
 A toy counts the fits its statistic uses: where the fixed-POI fit is skipped (the statistic
 is 0 whatever it gives) only the free fit's convergence counts, as in files written since
-that change (earlier ``--save-toys`` files, with the same digest, counted both fits).
+that change (earlier ``--save-toys`` files, with the same digest, counted both fits). Files
+written before the free fit's repair (2026-12-07) have the same digest too: where a toy's free
+fit had missed, their statistic differs (``merge`` does not tell them apart).
 
 The samples, their p-values and the ``--save-toys`` files are :mod:`diffhep.stats.toy_results`
 (:class:`ToyResult`, :func:`pvalue`, :func:`load`, :func:`merge` are importable from here).
