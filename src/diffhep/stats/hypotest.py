@@ -86,15 +86,15 @@ def _fits(
     return jax.lax.map(one, (jnp.asarray(poi_values, dtype=init.dtype), free_poi, restart))
 
 
-def _profile(mu, model, data, init, lower, upper, fixed, tol, max_steps, extra=None):
-    """Fixed-POI and free fits (plus optional extra fixed-POI fit) on one dataset, in one
-    compiled loop (``lax.scan``), and the free fit again where it missed its minimum
-    (:func:`_repair_start`). Returns the fit at ``mu``, the free fit, the extra fit (or
-    ``None``) and whether the free fit still ends above a fixed one (not converged)."""
-    values = [mu, jnp.zeros_like(mu)] + ([extra] if extra is not None else [])
-    free = [False, True] + ([False] if extra is not None else [])
-    values, free = jnp.stack([*values, jnp.zeros_like(mu)]), jnp.asarray([*free, True])
-    repairs = jnp.arange(free.size) == free.size - 1
+def _profile(mu, model, data, init, lower, upper, fixed, tol, max_steps, extra):
+    """The fit at ``mu``, the free fit and a fit at ``extra`` (the Asimov value) of one
+    dataset, in one compiled loop (``lax.scan``), and the free fit again where it missed its
+    minimum (:func:`_repair_start`). Returns the three fits and whether the free fit still
+    ends above a fixed one (not converged)."""
+    zero = jnp.zeros_like(mu)
+    values = jnp.stack([mu, zero, jnp.asarray(extra, mu.dtype), zero])
+    free = jnp.asarray([False, True, False, True])
+    repairs = jnp.asarray([False, False, False, True])
 
     def step(carry, xs):
         free_fit, low_x, low_nll = carry
@@ -112,8 +112,7 @@ def _profile(mu, model, data, init, lower, upper, fixed, tol, max_steps, extra=N
     carry = (_empty_fit(init, model), init, jnp.full((), jnp.inf, init.dtype))
     (free_fit, _, low_nll), res = jax.lax.scan(step, carry, (values, free, repairs))
     pick = lambda i: jax.tree.map(lambda a: a[i], res)  # noqa: E731
-    extra_fit = pick(2) if extra is not None else None
-    return pick(0), free_fit, extra_fit, _missed(free_fit.twice_nll, low_nll)
+    return pick(0), free_fit, pick(2), _missed(free_fit.twice_nll, low_nll)
 
 
 def _repair_start(rep, free_fit, low_x, low_nll, start, fixed):
