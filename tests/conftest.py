@@ -33,9 +33,13 @@ def pytest_configure(config):
     before it starts them). It only pays where the same computation is compiled again (a
     function re-jitted per call on a model of the same structure): the failed-plot test of
     tests/test_report.py evaluates the tiny run twice, 41.6 -> 31.7 s of CPU, that file
-    103.7 -> 94.5 s; elsewhere it neither gains nor costs (four analysis test files in one
-    process: 101.8 s without, 98.4 s with). Only this session's pytest processes read it:
-    subprocesses do not (``DIFFHEP_CACHE_DIR`` is empty), nor does a later session."""
+    103.7 -> 94.5 s. Only programs that took at least half a second to compile are stored:
+    writing each of the suite's ~9,600 compilations (most of them single operations run
+    outside jit, ~10 ms each) cost more than it saved (test_histograms, test_cuts and
+    test_likelihood in one process: 62.6 and 68.2 s storing all, 59.8 and 58.5 s storing
+    those above 1 s, the two runs side by side on the two cores, then swapped). Only this
+    session's pytest processes read it: subprocesses do not (``DIFFHEP_CACHE_DIR`` is empty),
+    nor does a later session."""
     config._diffhep_owned = []
     # each xdist worker on a core of its own (tests/affinity.py), before JAX starts its threads
     affinity.remember()
@@ -44,7 +48,7 @@ def pytest_configure(config):
         os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="diffhep-test-jax-cache-")
         config._diffhep_owned.append(_CACHE_ENV)
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     # results built once per session for every worker (tests/session_shared.py)
     if not os.environ.get(session_shared.ENV):
         os.environ[session_shared.ENV] = tempfile.mkdtemp(prefix="diffhep-test-shared-")

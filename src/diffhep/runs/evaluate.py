@@ -65,8 +65,10 @@ def _padded(events) -> dict:
             out[name] = ev
             continue
         padded = pad_events(Events(np.asarray(ev.x), np.asarray(ev.w)), _bucket(n))
-        sharding = getattr(ev.w, "sharding", None)
-        out[name] = Events(*(jax.device_put(a, sharding) for a in padded))
+        if getattr(ev.w, "committed", False):  # placed by the caller (e.g. sharded): there too
+            out[name] = Events(*(jax.device_put(a, ev.w.sharding) for a in padded))
+        else:  # uncommitted as the caller's (a committed copy would compile another program)
+            out[name] = Events(*(jnp.asarray(a) for a in padded))
     return out
 
 
