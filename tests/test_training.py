@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -380,6 +381,26 @@ def test_metrics_pad_both_splits_to_one_shape():
             assert pv[n].w.shape == pt[n].w.shape, n  # a few events apart: one shape
     assert [_bucket(n) for n in (1, 15, 16, 17, 1000, 1024, 1025)] == [1, 15, 16, 18, 1024,
                                                                       1024, 1152]  # fmt: skip
+
+
+def test_metrics_of_both_splits_run_one_program():
+    """A split already of its bucket's size is passed as it is (uncommitted, as a run's
+    arrays are), and another padded to that size must be placed alike: jit compiles one program
+    for arrays of one shape only when they are also committed alike (a committed padded split
+    made the realistic study compile its metrics twice, 8 s of XLA each)."""
+    from diffhep.runs.evaluate import _as_jax, _padded
+    from diffhep.types import Events
+
+    rng = np.random.default_rng(1)
+    valid, test = (
+        _as_jax({"s": Events(rng.normal(size=(n, 3)), rng.uniform(1, 2, n))}) for n in (1024, 1020)
+    )
+    pv, pt = _padded(valid), _padded(test)
+    assert pv["s"].w is valid["s"].w and pt["s"].w.shape == (1024,)
+    metrics = jax.jit(lambda d: d["s"].w @ d["s"].x)
+    np.testing.assert_allclose(metrics(pt), np.asarray(test["s"].w) @ np.asarray(test["s"].x))
+    metrics(pv)
+    assert metrics._cache_size() == 1
 
 
 def test_evaluate_recomputes_the_summary(uninterrupted, tmp_path):
