@@ -42,6 +42,10 @@ from jax.scipy.special import ndtr
 __all__ = ["Binning", "hard_histogram", "relative_bandwidth", "soft_histogram"]
 
 
+def _as_arrays(*arrays):
+    return tuple(None if a is None else jnp.asarray(a) for a in arrays)
+
+
 def _prepare(values, edges, weights):
     """Validate shapes and promote ``values``, ``edges`` and ``weights`` to a common float dtype."""
     values = jnp.asarray(values)
@@ -94,6 +98,11 @@ def soft_histogram(values, edges, bandwidth, weights=None):
         ``(sumw, sumw2)``, each of shape ``(nbins,)``: ``sumw_k = sum_i w_i p_ik`` and
         ``sumw2_k = sum_i w_i**2 p_ik``, with dtype ``jnp.result_type(values, edges, weights)``.
     """
+    return _soft_histogram(*_as_arrays(values, edges, weights), bandwidth)
+
+
+@jax.jit  # one program per shape where called eagerly, not one per operation
+def _soft_histogram(values, edges, weights, bandwidth):
     values, edges, weights = _prepare(values, edges, weights)
     dtype = values.dtype
     h = jnp.asarray(bandwidth, dtype)
@@ -125,6 +134,11 @@ def hard_histogram(values, edges, weights=None):
         ``(sumw, sumw2)``, each of shape ``(nbins,)``: per-bin sums of weights and of squared
         weights, with dtype ``jnp.result_type(values, edges, weights)``.
     """
+    return _hard_histogram(*_as_arrays(values, edges, weights))
+
+
+@jax.jit  # one program per shape where called eagerly, not one per operation
+def _hard_histogram(values, edges, weights):
     values, edges, weights = _prepare(values, edges, weights)
     nbins = edges.shape[0] - 1
     idx = jnp.clip(jnp.searchsorted(edges, values, side="right") - 1, 0, nbins - 1)
