@@ -157,6 +157,7 @@ class DeepSetsObservable(Standardised):
             pooling,
         )  # fmt: skip
 
+    @eqx.filter_jit  # one program per shape where called eagerly, not one per operation
     def logits(self, x) -> jax.Array:
         """Pre-sigmoid outputs for a batch ``(n, f)`` -> ``(n,)``."""
         raw = jnp.asarray(x, dtype=self.dtype)

@@ -115,6 +115,7 @@ class MLPObservable(Standardised):
             mlp = _mlp_with_widths(x.shape[1], hidden, ACTIVATIONS[activation], key, dtype)
         return cls(jnp.asarray(mean, dtype=dtype), jnp.asarray(scale, dtype=dtype), mlp)
 
+    @eqx.filter_jit  # one program per shape where called eagerly, not one per operation
     def logits(self, x) -> jax.Array:
         """Pre-sigmoid outputs for a batch ``(n, f)`` -> ``(n,)``."""
         return jax.vmap(self.mlp)(self.standardise(x))
