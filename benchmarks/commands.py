@@ -361,6 +361,18 @@ NOTES = [
     "and JAX's cache-key hashing: the 2-bin model's kernel ready and run in 190-212 instead "
     "of 267-284 CPU-ms (one process, pinned, load ~10), ~80 ms of a ~1 s command. Not done "
     "(no target within reach by it; a format private to JAX).",
+    "- Measured 2026-12-07 (idle machine, pinned, the sbottom RegionA hypothesis test "
+    "jitted as the CLI compiles it; scratch scripts): `xla_cpu_disable_loop_unrolling` "
+    "alone compiles it in 5.1 instead of 7.0 CPU-s with the same warm time (6.9 ms), but 95 "
+    "of the 217 RegionA points of `exclusion` differ in their last digits (up to 1.6e-13 "
+    "relative): the objection above. `xla_cpu_small_while_loop_byte_threshold` (XLA hoists "
+    "a small while loop into one compiled function, without the CPU runtime's dispatch per "
+    "operation): none of the test's loops is hoisted at any threshold (their bodies hold "
+    "dots and LAPACK calls; a toy loop of elementwise operations is: 0.21 -> 0.11 ms), and "
+    "threshold 0 makes the test slower (10.7 vs 7.5 ms). "
+    "`xla_cpu_parallel_codegen_split_count` 2-256 on two cores: within the run-to-run "
+    "spread. Where the compilation's CPU goes (perf, by symbol): LLVM's code generation "
+    "about three times XLA's own HLO passes, no pass or function above 1%.",
     "",
 ]
 
