@@ -132,14 +132,19 @@ def test_probes_equal_direct_evaluation(name, model, data):
 def _changes_at_pm1(model):
     """The histosys/normsys parameters, the changes of the expected counts with each alone at
     +1 and at -1 (from the model, not the templates), and the nominal expected counts."""
-    x0 = jnp.asarray(model.config.suggested_init(), dtype=float)
     cand = np.flatnonzero(multimodal.interpolated(model.config))
-    lam = np.asarray(model.expected_actualdata(x0))
 
-    def moved(v):
-        return np.asarray(jax.vmap(lambda j: model.expected_actualdata(x0.at[j].add(v)))(cand))
+    @jax.jit  # one program, not one per operation of the model
+    def rates(model):
+        x0 = jnp.asarray(model.config.suggested_init(), dtype=float)
+        lam = model.expected_actualdata(x0)
 
-    return cand, moved(1.0) - lam, moved(-1.0) - lam, lam
+        def moved(v):
+            return jax.vmap(lambda j: model.expected_actualdata(x0.at[j].add(v)))(cand)
+
+        return moved(1.0) - lam, moved(-1.0) - lam, lam
+
+    return cand, *(np.asarray(a) for a in rates(model))
 
 
 @pytest.mark.parametrize("name, model, data", CASES, ids=[c[0] for c in CASES])
@@ -152,7 +157,8 @@ def test_even_size_equals_the_rates_at_pm1(name, model, data):
     even = np.where(up * down > 0, 0.5 * (up + down), 0.0)
     ref = np.zeros(model.config.npars)
     ref[cand] = np.sqrt(np.sum(even**2 / np.maximum(lam, 1.0), axis=1))
-    np.testing.assert_allclose(multimodal.even_size(model), ref, rtol=1e-9, atol=1e-9, err_msg=name)
+    got = jax.jit(multimodal.even_size)(model)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9, err_msg=name)
 
 
 @pytest.mark.parametrize(("name", "model", "data"), CASES, ids=[c[0] for c in CASES])
@@ -166,7 +172,7 @@ def test_even_vertex_is_the_turn_of_the_parabola_through_pm1(name, model, data):
     bb = np.sum(b * b * w, axis=1)
     ref = np.zeros(model.config.npars)
     ref[cand] = np.where(bb > 0, -np.sum(a * b * w, axis=1) / (2 * np.where(bb > 0, bb, 1)), 0)
-    got = np.asarray(multimodal.even_vertex(model))
+    got = np.asarray(jax.jit(multimodal.even_vertex)(model))
     np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-9, err_msg=name)
 
 
@@ -275,11 +281,11 @@ def test_cholesky_shortcut_equals_eigh(kind):
     for n in (16, 40, 70):
         M = jnp.asarray(_random_matrix(rng, n, kind))
         rhs = jnp.asarray(rng.normal(size=(n, 2)))
-        fast = linalg._inv_apply(M, rhs, True)
+        fast = jax.jit(lambda m, r: linalg._inv_apply(m, r, True))(M, rhs)
         old = linalg._CHOLESKY_FROM
-        try:
+        try:  # read when traced: another function (a trace of its own) below
             linalg._CHOLESKY_FROM = 10**9
-            ref = linalg._inv_apply(M, rhs, True)
+            ref = jax.jit(lambda m, r: linalg._inv_apply(m, r, True))(M, rhs)
         finally:
             linalg._CHOLESKY_FROM = old
         np.testing.assert_allclose(fast, ref, rtol=1e-7, atol=1e-9 * float(jnp.max(jnp.abs(ref))))
