@@ -121,6 +121,7 @@ class Cut(eqx.Module):
         """Relaxed weight of every event, shape ``(n,)``."""
         return jnp.prod(_gate(self._z(x, slope), self.relaxation), axis=1)
 
+    @eqx.filter_jit  # one program per shape where called eagerly, not one per operation
     def passes(self, x) -> jax.Array:
         """The hard cut, a boolean per event (``x > c`` strictly, as in the expression)."""
         v = jnp.asarray(x)[:, self.index]
@@ -205,6 +206,7 @@ class Selection(eqx.Module):
             out = out * cut.weight(x, slope).astype(out.dtype)
         return out
 
+    @eqx.filter_jit  # one program per shape where called eagerly, not one per operation
     def passes(self, x) -> jax.Array:
         """Hard selection: events passing every cut."""
         out = jnp.ones(jnp.shape(x)[0], dtype=bool)
