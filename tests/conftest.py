@@ -35,9 +35,10 @@ def pytest_configure(config):
     tests/test_report.py evaluates the tiny run twice, 41.6 -> 31.7 s of CPU, that file
     103.7 -> 94.5 s. Only programs that took at least half a second to compile are stored:
     writing each of the suite's ~9,600 compilations (most of them single operations run
-    outside jit, ~10 ms each) cost more than it saved (test_histograms, test_cuts and
-    test_likelihood in one process: 62.6 and 68.2 s storing all, 59.8 and 58.5 s storing
-    those above 1 s, the two runs side by side on the two cores, then swapped). Only this
+    outside jit, ~10 ms each) cost more than it saved (2026-12-07, side by side on the two
+    cores, then swapped: test_adversarial and test_scaling in one process 83.7 and 88.1 s
+    storing all, 75.7 and 81.5 s storing those of >= 0.5 s; test_histograms, test_cuts and
+    test_likelihood 62.6 and 68.2 s storing all, 59.8 and 58.5 s those of >= 1 s). Only this
     session's pytest processes read it: subprocesses do not (``DIFFHEP_CACHE_DIR`` is empty),
     nor does a later session."""
     config._diffhep_owned = []
