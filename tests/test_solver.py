@@ -13,8 +13,9 @@ import pytest
 
 import diffhep
 import oracle
+from diffhep.stats import solver
 from diffhep.stats.numerics import branch
-from diffhep.stats.solver import CONVERGED, Structure, minimize
+from diffhep.stats.solver import CONVERGED, SAME_MINIMUM, Structure, minimize
 
 MINUIT_FIRST = ("minuit", "scipy")  # the oracle's fits: MINUIT, re-seated with scipy
 
@@ -189,6 +190,77 @@ def test_fit_that_runs_out_of_steps_is_continued():
     assert int(full.status) == CONVERGED and int(short.status) == CONVERGED, int(short.status)
     assert float(short.twice_nll) == pytest.approx(float(full.twice_nll), rel=1e-12, abs=1e-9)
     np.testing.assert_allclose(short.bestfit, full.bestfit, atol=1e-5)
+
+
+def double_well(x, a):
+    """Minima at x0 = -1 and x0 = +1 (x1 = a), a saddle at x0 = 0."""
+    return (x[0] ** 2 - 1.0) ** 2 + 0.3 * x[0] + (x[1] - a) ** 2 + 0.2 * x[0] * x[1]
+
+
+def test_a_run_given_a_target_stops_only_on_its_way_there():
+    """A restart's ``target`` (the minimum another start found): a run heading there stops
+    once its full Newton step lands on it (status SAME_MINIMUM, not a success) in fewer steps
+    than the run to convergence; a run in the other basin reaches its own minimum exactly as
+    without a target (so a lower minimum is never missed); an inactive target changes
+    nothing. Fails if the stop is dropped (CONVERGED, as many steps) or too eager (the run
+    from the other basin stopped or moved)."""
+    lo, hi, fixed = jnp.full(2, -5.0), jnp.full(2, 5.0), jnp.zeros(2, bool)
+
+    def run(x0, target=None):
+        return minimize(double_well, 0.5, jnp.asarray(x0), lo, hi, fixed, target=target)
+
+    right = run([1.4, 0.0])
+    left = run([-1.4, 0.0])
+    assert int(right.status) == CONVERGED and int(left.status) == CONVERGED
+    assert float(left.x[0]) < -0.9 < 0.9 < float(right.x[0])
+    assert float(left.fun) < float(right.fun)  # the left minimum is the lower one
+    # heading back to the right minimum from elsewhere in its basin: stops on the way
+    again = run([1.6, 0.8], (right.x, True))
+    full = run([1.6, 0.8])
+    assert int(again.status) == SAME_MINIMUM and not bool(again.converged)
+    assert int(again.n_steps) < int(full.n_steps)
+    assert float(again.fun) >= float(right.fun)
+    # in the other (lower) basin the target changes nothing
+    other = run([-1.6, 0.8], (right.x, True))
+    alone = run([-1.6, 0.8])
+    assert int(other.status) == CONVERGED
+    np.testing.assert_array_equal(np.asarray(other.x), np.asarray(alone.x))
+    assert int(other.n_steps) == int(alone.n_steps)
+    # an inactive target: the run as without one
+    off = run([1.6, 0.8], (right.x, False))
+    np.testing.assert_array_equal(np.asarray(off.x), np.asarray(full.x))
+    assert int(off.n_steps) == int(full.n_steps) and int(off.status) == CONVERGED
+
+
+def test_restarts_that_head_back_to_the_best_fit_stop_early_and_change_no_result(monkeypatch):
+    """sbottom RegionA's free fit restarts from a probe/mirror start that leads back to the
+    minimum the first run found: that restart now stops on the way (restarts.py, the
+    ``target`` of its run) and the fit is the same to the bit in fewer Newton steps. The
+    stop disabled (a decrement threshold of 0) gives the reference."""
+    from diffhep.stats.fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults
+    from diffhep.stats.workspace import builtin_example
+
+    spec, patch = builtin_example()
+    ws = diffhep.Workspace(spec).patched(patch)
+    model = ws.model()
+    data = jnp.asarray(ws.data(model))
+    init, lower, upper, fixed = fit_defaults(model, None, None, None, data.dtype)
+
+    def fit():  # a new function each time: traced again with the constant as it is now
+        run = jax.jit(
+            lambda m, d: fit_bounded(
+                m, d, init, lower, upper, fixed, DEFAULT_TOL, DEFAULT_MAX_STEPS, uncertainties=False
+            )
+        )
+        return run(model, data)
+
+    now = fit()
+    monkeypatch.setattr(solver, "_SAME_DECREMENT", 0.0)
+    before = fit()
+    assert int(now.status) == CONVERGED and int(before.status) == CONVERGED
+    np.testing.assert_array_equal(np.asarray(now.bestfit), np.asarray(before.bestfit))
+    assert float(now.twice_nll) == float(before.twice_nll)
+    assert int(now.n_steps) < int(before.n_steps), (int(now.n_steps), int(before.n_steps))
 
 
 def test_float32_fit_with_open_bounds_warns_nothing():

@@ -97,8 +97,9 @@ _CONTINUE_GAIN = 1e-3
 _RANDOM_STARTS = 4
 
 
-def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
-    """One fit of ``model`` to ``data`` from ``x0`` (the solver with the fit's objective)."""
+def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps, target=None):
+    """One fit of ``model`` to ``data`` from ``x0`` (the solver with the fit's objective;
+    ``target``: see :func:`diffhep.stats.solver.minimize`)."""
     factors = _factors(model.config)
     return minimize(
         _objective,
@@ -111,6 +112,7 @@ def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps):
         tol=tol,
         max_steps=max_steps,
         logscale=jnp.asarray(factors) if factors.any() else None,
+        target=target,
     )
 
 
@@ -210,8 +212,8 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     ``restart`` (may be traced) allows attempts 1-3 and the flips, not the continuation.
     """
 
-    def run(x0, steps=max_steps):
-        return run_fit(model, data, x0, lower, upper, fixed, tol, steps)
+    def run(x0, steps=max_steps, target=None):
+        return run_fit(model, data, x0, lower, upper, fixed, tol, steps, target)
 
     interpolated = multimodal.interpolated(model.config)
     candidates = np.flatnonzero(multimodal.kinked(model.config) | interpolated)
@@ -281,7 +283,12 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
             # where one needs it (the branch below), and a member's while_loop condition is
             # false where it does not
             budget = jnp.where(randomly, (1 + _CONTINUATIONS) * max_steps, max_steps)
-            new = run(x0, jnp.where(need | cont, budget, 0).astype(jnp.int32))
+            # a restart that heads back to the converged best fit stops on the way (status
+            # SAME_MINIMUM, never kept: it would end within rounding of it, which
+            # _keep_lower does not keep either): sbottom RegionA's hypothesis test ran three
+            # such restarts of 3-4 steps each
+            same = (k > 0) & ~cont & is_success(best.status)
+            new = run(x0, jnp.where(need | cont, budget, 0).astype(jnp.int32), (best.x, same))
             out, better = _keep_lower(k, best, new, need & ~cont)
             resumed = new._replace(n_steps=best.n_steps + new.n_steps)
             out = jax.tree.map(lambda a, b: jnp.where(cont, a, b), resumed, out)

@@ -40,7 +40,7 @@ from .linalg import (
 
 __all__ = ["MinimizeResult", "Structure", "implicit_vjp", "is_success", "minimize"]
 
-CONVERGED, MAX_STEPS, NONFINITE, STALLED, NOISE_FLOOR = 0, 1, 2, 3, 4
+CONVERGED, MAX_STEPS, NONFINITE, STALLED, NOISE_FLOOR, SAME_MINIMUM = 0, 1, 2, 3, 4, 5
 #: Statuses that are a success: the minimum is found to the objective's own precision.
 SUCCESS = (CONVERGED, NOISE_FLOOR)
 STATUS_MESSAGES = {
@@ -50,6 +50,8 @@ STATUS_MESSAGES = {
     STALLED: "no Newton or gradient step decreases the objective (sizes down to 2^-39)",
     NOISE_FLOOR: "converged at the noise floor (the predicted decrease is below the rounding "
     "noise of the objective)",
+    SAME_MINIMUM: "stopped on the way to the minimum given as the target (a restart heading "
+    "back to the minimum another start found)",
 }
 #: Relative rounding noise of the objective below which a predicted decrease that no step can
 #: realise counts as convergence (status ``NOISE_FLOOR``)
@@ -72,7 +74,7 @@ class MinimizeResult(NamedTuple):
     fun: jax.Array
     grad: jax.Array
     n_steps: jax.Array
-    status: jax.Array  # CONVERGED, MAX_STEPS, NONFINITE, STALLED, NOISE_FLOOR
+    status: jax.Array  # CONVERGED, MAX_STEPS, NONFINITE, STALLED, NOISE_FLOOR, SAME_MINIMUM
 
     @property
     def converged(self):
@@ -93,6 +95,13 @@ _NEAR = 1.0
 # case; an eigenvalue-modified Newton direction far from the minimum can need them (sbottom
 # RegionB/C points stalled with 12 sizes, at points with a gradient of order 1)
 _STEP_SIZES = tuple(2.0**-k for k in range(40))
+
+#: A run given a ``target`` (a minimum found before) stops where its full Newton step, with a
+#: Newton decrement below :data:`_SAME_DECREMENT`, lands within :data:`_SAME_TOL` (relative,
+#: at least absolute) of the target in every parameter (status ``SAME_MINIMUM``, not a
+#: success): Newton's quadratic convergence there leads to the target itself.
+_SAME_DECREMENT = 1e-3
+_SAME_TOL = 1e-5
 
 
 def _free_solve(parts: HessianParts, free, rhs, structure: Structure):
@@ -172,7 +181,9 @@ def _direction(parts, g, x, free, lower, upper, structure, log=None):
     return step, step2, step_u, use_log
 
 
-def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps) -> MinimizeResult:
+def _run(
+    fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps, target=None
+) -> MinimizeResult:
     value_and_grad = jax.value_and_grad(lambda x: fun(x, args))
 
     def value(x):
@@ -255,6 +266,12 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
         # definite): twice the predicted decrease of f; the KKT measure of convergence
         decrement = -(g @ step)
         converged = finite & (decrement < tol)
+        if target is not None:  # a restart heading back to the minimum found before
+            tx, active = target
+            lands = jnp.all(jnp.abs(x + step - tx) <= _SAME_TOL * jnp.maximum(1.0, jnp.abs(tx)))
+            same = active & finite & ~converged & (decrement < _SAME_DECREMENT) & lands
+        else:
+            same = jnp.zeros((), bool)
 
         # fallback when no Newton step decreases f (a modified Hessian far from the minimum
         # or a bound that the projection turns into an ascent): the projected, diagonally
@@ -309,7 +326,7 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
 
         def ls_cond(c):
             k, found, _ = c
-            return ~found & (k < 2 * n_sizes) & ~converged & finite
+            return ~found & (k < 2 * n_sizes) & ~converged & finite & ~same
 
         def ls_body(c):
             k, _, _ = c
@@ -321,11 +338,12 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
         )
         # no step decreases f although the model predicts a decrease at the level of the
         # rounding errors of f itself: that is convergence (at the noise floor), not a failure
-        at_noise = finite & ~converged & ~found & (decrement < NOISE_REL * (1.0 + jnp.abs(f)))
-        accept = finite & found & ~converged
-        stalled = finite & ~found & ~converged & ~at_noise
+        noise = NOISE_REL * (1.0 + jnp.abs(f))
+        at_noise = finite & ~converged & ~found & ~same & (decrement < noise)
+        accept = finite & found & ~converged & ~same
+        stalled = finite & ~found & ~converged & ~at_noise & ~same
         status = jnp.where(converged, CONVERGED, jnp.where(stalled, STALLED, s["status"]))
-        status = jnp.where(at_noise, NOISE_FLOOR, status)
+        status = jnp.where(at_noise, NOISE_FLOOR, jnp.where(same, SAME_MINIMUM, status))
         status = jnp.where(finite, status, NONFINITE)
         return dict(
             x=jnp.where(accept, x_new, x),
@@ -333,7 +351,7 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
             f=f,
             g=g,
             it=s["it"] + 1,
-            done=converged | at_noise | stalled | ~finite,
+            done=converged | at_noise | stalled | same | ~finite,
             status=status.astype(jnp.int32),
             decrement=decrement,
         )
@@ -345,21 +363,23 @@ def _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps
 
 
 @eqx.filter_custom_vjp
-def _minimize(diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps):
+def _minimize(diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps, target):
     args, x0 = diff
-    return _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps)
+    return _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps, target)
 
 
 @_minimize.def_fwd
-def _minimize_fwd(perturbed, diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps):
+def _minimize_fwd(
+    perturbed, diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps, target
+):
     args, x0 = diff
-    res = _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps)
+    res = _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps, target)
     return res, res
 
 
 @_minimize.def_bwd
 def _minimize_bwd(
-    res, ct, perturbed, diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps
+    res, ct, perturbed, diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps, target
 ):
     args, _ = diff
     return implicit_vjp(res, ct, fun, args, lower, upper, fixed, structure)
@@ -401,6 +421,7 @@ def minimize(
     tol: float = 1e-12,
     max_steps: int = 200,
     logscale=None,
+    target=None,
 ) -> MinimizeResult:
     """Minimise ``fun(x, args)`` within box bounds; differentiable in ``args`` and ``x0``.
 
@@ -420,11 +441,17 @@ def minimize(
             normfactors, lumi). Where one is positive and its lower bound is not negative,
             each step also tries the Newton step in ``log x`` (products of such factors,
             curved valleys in ``x``, are straight lines there) and keeps the lower value.
+        target: ``(x_min, active)`` or None: a minimum found before (by another start) and
+            whether to use it. Where ``active``, the run stops as soon as it is provably
+            heading there (its full Newton step, with a decrement below 1e-3, lands within
+            1e-5 of ``x_min``, relative, in every parameter) with status ``SAME_MINIMUM``,
+            which is not a success: a restart that would only find the same minimum again
+            costs one or two steps instead of four or more.
 
     Returns:
         :class:`MinimizeResult` with the solution, objective, gradient, number of steps and
         status (``CONVERGED``, ``NOISE_FLOOR`` (both a success, see :func:`is_success`),
-        ``MAX_STEPS``, ``STALLED`` or ``NONFINITE``).
+        ``MAX_STEPS``, ``STALLED``, ``NONFINITE`` or ``SAME_MINIMUM``).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -442,4 +469,9 @@ def minimize(
     fixed = jnp.asarray(fixed, dtype=bool)
     if logscale is not None:
         logscale = jnp.asarray(logscale, dtype=bool)
-    return _minimize((args, x0), fun, lower, upper, fixed, logscale, structure, tol, max_steps)
+    if target is not None:
+        tx, active = target
+        target = (jax.lax.stop_gradient(jnp.asarray(tx, x0.dtype)), jnp.asarray(active, bool))
+    return _minimize(
+        (args, x0), fun, lower, upper, fixed, logscale, structure, tol, max_steps, target
+    )
