@@ -32,12 +32,16 @@ __all__ = [
 
 @cache
 def kinked(config) -> np.ndarray:
-    """Parameters of interpolations with a kink at alpha = 0 (normsys code1, histosys code0)."""
+    """Parameters of interpolations with a kink at alpha = 0 (normsys code1, histosys code0),
+    from every modifier of each parameter: a parameter of a histosys and a normsys modifier
+    (45 of sbottom RegionC's 66 parameters) has the kink of either (its ``par_modtypes``
+    entry names one of the two)."""
     out = np.zeros(config.npars, dtype=bool)
     codes = dict(config.modifier_settings)
     kinked = {t for t, code in (("normsys", "code1"), ("histosys", "code0")) if codes[t] == code}
-    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
-        out[a:b] = modtype in kinked
+    names = {name for name, modtype in config.modifiers if modtype in kinked}
+    for (a, b), name in zip(config.par_slices, config.par_order, strict=True):
+        out[a:b] = name in names
     return out
 
 

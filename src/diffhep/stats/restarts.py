@@ -101,6 +101,7 @@ def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps, target=None):
     """One fit of ``model`` to ``data`` from ``x0`` (the solver with the fit's objective;
     ``target``: see :func:`diffhep.stats.solver.minimize`)."""
     factors = _factors(model.config)
+    kinks = multimodal.kinked(model.config)
     return minimize(
         _objective,
         (model, data),
@@ -113,6 +114,7 @@ def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps, target=None):
         max_steps=max_steps,
         logscale=jnp.asarray(factors) if factors.any() else None,
         target=target,
+        kinks=jnp.asarray(kinks) if kinks.any() else None,
     )
 
 
@@ -135,8 +137,10 @@ def _search_fwd(perturbed, diff, lower, upper, fixed, restart, tol, max_steps, c
 @_search.def_bwd
 def _search_bwd(res, ct, perturbed, diff, lower, upper, fixed, restart, tol, max_steps, centre):
     args, _ = diff
-    structure = structure_of(args[0].config)
-    return implicit_vjp(res, ct, _objective, args, lower, upper, fixed, structure)
+    config = args[0].config
+    kinks = multimodal.kinked(config)
+    return implicit_vjp(res, ct, _objective, args, lower, upper, fixed, structure_of(config),
+                        jnp.asarray(kinks) if kinks.any() else None)  # fmt: skip
 
 
 def _keep_lower(k, best, new, need):

@@ -181,9 +181,40 @@ def _direction(parts, g, x, free, lower, upper, structure, log=None):
     return step, step2, step_u, use_log
 
 
+def _sided(local, x, kinks, fixed):
+    """``(x_eval, f, g, parts)``: :func:`_run`'s ``local`` at ``x``, where every parameter
+    with a kink at 0 (``kinks``) that sits there is evaluated on the side it can descend to.
+
+    At its kink the objective's derivatives are the left branch's (the interpolations are
+    written so), which is the side to take where that slope descends (``g > 0``: leftwards).
+    Where it does not, the right branch's are needed: a second evaluation with those
+    parameters at ``tiny ** 0.25`` (1e-77 in float64: the same value of the objective, the
+    right branch's derivatives; at ``tiny`` itself the second derivatives of a model with
+    code1 were NaN, alpha^2 underflowing below 1e-154) gives them; where the right slope does not descend either, the
+    parameter stays at the kink (a minimum there: :func:`_run` holds it like a bound). One
+    call site of ``local`` in a loop of at most two rounds (the objective's code compiled
+    once)."""
+    at_kink = kinks & (x == 0) & ~fixed
+    tiny = jnp.finfo(x.dtype).tiny ** 0.25
+
+    def body(c):
+        k, xe, _, _, _ = c
+        f, g, parts = local(xe)
+        look = at_kink & (g <= 0) & (k == 0)  # the left slope does not descend: look right
+        nxt = jnp.where(jnp.any(look), k + 1, 2).astype(k.dtype)
+        return nxt, jnp.where(look, tiny, xe), f, g, parts
+
+    shapes = jax.eval_shape(local, x)
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    c = (jnp.zeros((), jnp.int32), x, *zeros)
+    _, xe, f, g, parts = jax.lax.while_loop(lambda c: c[0] < 2, body, c)
+    return xe, f, g, parts
+
+
 def _run(
-    fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps, target=None
-) -> MinimizeResult:
+    fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps, target=None,
+    kinks=None,
+):  # fmt: skip
     value_and_grad = jax.value_and_grad(lambda x: fun(x, args))
 
     def value(x):
@@ -225,9 +256,25 @@ def _run(
 
     def body(s):
         x = s["x"]
-        f, g, parts = local(x)
+        if kinks is None:
+            f, g, parts = local(x)
+            lower_k, upper_k = lower, upper
+        else:
+            # a parameter with a kink at 0 (normsys code1, histosys code0) moves on one
+            # side of it per step: the kink is a bound of the side it is on (a step through
+            # it stops there), and at the kink the side its slope descends to (_sided), else
+            # it is held there like a parameter at a bound: where its left slope is negative
+            # and its right one positive, the minimum is at the kink, which Newton's smooth
+            # model never reaches (sbottom RegionC 1400_1050_60 with normsys code1: stalled at
+            # -2lnL 102.98062, two normsys parameters at 0 with gradient 0.1 and 0.04; pyhf
+            # 102.98060)
+            xe, f, g, parts = _sided(local, x, kinks, fixed)
+            right = kinks & ((x > 0) | (xe > x))
+            left = kinks & ((x < 0) | ((x == 0) & ~right))
+            lower_k = jnp.where(right, jnp.maximum(lower, 0.0), lower)
+            upper_k = jnp.where(left, jnp.minimum(upper, 0.0), upper)
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
-        free = _free_set(x, g, lower, upper, fixed)
+        free = _free_set(x, g, lower_k, upper_k, fixed)
         # a third candidate where the Newton phase is slow near a minimum (the decrement
         # below _NEAR and down by less than _SLOW_RATE since the last step, where Newton's own
         # rate is quadratic): the Newton step in u = log x for the multiplicative parameters
@@ -247,11 +294,11 @@ def _run(
         # log 0 = -inf)
         log = None
         if logscale is not None:
-            lm = logscale & (x > 0) & (lower >= 0)
+            lm = logscale & (x > 0) & (lower_k >= 0)
             sx = jnp.where(lm, x, 1.0)
             u = jnp.where(lm, jnp.log(sx), x)
-            lu = jnp.where(lm, jnp.log(jnp.where(lm, lower, 1.0)), lower)
-            uu = jnp.where(lm, jnp.log(jnp.where(lm, upper, 1.0)), upper)
+            lu = jnp.where(lm, jnp.log(jnp.where(lm, lower_k, 1.0)), lower_k)
+            uu = jnp.where(lm, jnp.log(jnp.where(lm, upper_k, 1.0)), upper_k)
             gu = sx * g
 
             def use(step):
@@ -261,7 +308,9 @@ def _run(
 
             parts_u = _rescaled(parts, sx, jnp.where(lm, x * g, 0.0), structure)
             log = (parts_u, gu, use)
-        step, step2, step_u, use_log = _direction(parts, g, x, free, lower, upper, structure, log)
+        step, step2, step_u, use_log = _direction(
+            parts, g, x, free, lower_k, upper_k, structure, log
+        )
         # Newton decrement over the free variables (>= 0: the modified Hessian is positive
         # definite): twice the predicted decrease of f; the KKT measure of convergence
         decrement = -(g @ step)
@@ -290,7 +339,7 @@ def _run(
             newton = k < n_sizes
             t = ts[jnp.where(newton, k, k - n_sizes)]
             rows = jnp.where(newton, jnp.stack([step2, step]), scaled[None])
-            cand = jnp.clip(x + t * rows, lower, upper)
+            cand = jnp.clip(x + t * rows, lower_k, upper_k)
             predicted = -((cand - x) @ g)
             if logscale is not None:
                 cu = jnp.clip(u + t * step_u, lu, uu)
@@ -363,33 +412,39 @@ def _run(
 
 
 @eqx.filter_custom_vjp
-def _minimize(diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps, target):
+def _minimize(diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps, target, kinks):
     args, x0 = diff
-    return _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps, target)
+    return _run(
+        fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps, target, kinks
+    )
 
 
 @_minimize.def_fwd
 def _minimize_fwd(
-    perturbed, diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps, target
+    perturbed, diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps, target, kinks
 ):
     args, x0 = diff
-    res = _run(fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps, target)
+    res = _run(
+        fun, args, x0, lower, upper, fixed, logscale, structure, tol, max_steps, target, kinks
+    )
     return res, res
 
 
 @_minimize.def_bwd
 def _minimize_bwd(
-    res, ct, perturbed, diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps, target
-):
+    res, ct, perturbed, diff, fun, lower, upper, fixed, logscale, structure, tol, max_steps,
+    target, kinks,
+):  # fmt: skip
     args, _ = diff
-    return implicit_vjp(res, ct, fun, args, lower, upper, fixed, structure)
+    return implicit_vjp(res, ct, fun, args, lower, upper, fixed, structure, kinks)
 
 
-def implicit_vjp(res: MinimizeResult, ct, fun, args, lower, upper, fixed, structure):
+def implicit_vjp(res: MinimizeResult, ct, fun, args, lower, upper, fixed, structure, kinks=None):
     """Cotangents ``(args_bar, x0_bar)`` of a minimum ``res`` of ``fun(x, args)`` (from any
     start: a search over several starts that keeps the lowest minimum has this derivative
     too) by the implicit function theorem: the gradient over the free variables vanishes at
-    the minimum; variables at an active bound stay there, fixed ones follow their start."""
+    the minimum; variables at an active bound stay there, fixed ones follow their start, and
+    so do parameters at their kink (``kinks``: a minimum at a kink stays there)."""
     x = jax.lax.stop_gradient(res.x)
     zero = jnp.zeros_like(x)
     xbar = zero if ct.x is None else ct.x
@@ -399,6 +454,8 @@ def implicit_vjp(res: MinimizeResult, ct, fun, args, lower, upper, fixed, struct
         return jax.grad(lambda z: fun(z, a))(y)
 
     free = _free_set(x, res.grad, lower, upper, fixed)
+    if kinks is not None:
+        free = free & ~(kinks & (x == 0))
     parts = hessian_parts(lambda y: grad_fn(y, args), x, structure)
     mparts, _, _ = _masked(parts, free, structure, jnp.zeros((), x.dtype))
     v = jnp.where(free, _solve(mparts, jnp.where(free, xbar, 0.0), structure), 0.0)
@@ -422,6 +479,7 @@ def minimize(
     max_steps: int = 200,
     logscale=None,
     target=None,
+    kinks=None,
 ) -> MinimizeResult:
     """Minimise ``fun(x, args)`` within box bounds; differentiable in ``args`` and ``x0``.
 
@@ -447,6 +505,11 @@ def minimize(
             1e-5 of ``x_min``, relative, in every parameter) with status ``SAME_MINIMUM``,
             which is not a success: a restart that would only find the same minimum again
             costs one or two steps instead of four or more.
+        kinks: Boolean array (or None): parameters whose objective has a kink at 0 (its
+            derivative jumps there; normsys ``code1``, histosys ``code0``), with the left
+            branch's derivatives at 0. Each step keeps such a parameter on one side of 0 (a
+            step through it stops there) and, at 0, moves it to the side its slope descends
+            to or holds it there where neither does: a minimum at the kink.
 
     Returns:
         :class:`MinimizeResult` with the solution, objective, gradient, number of steps and
@@ -472,6 +535,8 @@ def minimize(
     if target is not None:
         tx, active = target
         target = (jax.lax.stop_gradient(jnp.asarray(tx, x0.dtype)), jnp.asarray(active, bool))
+    if kinks is not None:
+        kinks = jnp.asarray(kinks, dtype=bool)
     return _minimize(
-        (args, x0), fun, lower, upper, fixed, logscale, structure, tol, max_steps, target
+        (args, x0), fun, lower, upper, fixed, logscale, structure, tol, max_steps, target, kinks
     )
