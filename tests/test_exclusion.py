@@ -200,3 +200,67 @@ def test_a_poi_value_outside_the_bounds_exits_2_as_cls_does(tmp_path):
     assert message.startswith("error: s1: ")  # the point, then the message of cls
     cut = "at --poi-value: "
     assert message.split(cut)[1] == single.output.splitlines()[0].split(cut)[1]
+
+
+def test_collinear_points_and_a_bad_figure_suffix_exit_2_without_a_traceback(tmp_path):
+    """A new user's review: points on a line (every m1 the same) made qhull's Delaunay
+    triangulation raise after the work (a traceback, exit 1); a --plot suffix matplotlib
+    cannot write failed in savefig after the work. Now a clear error, exit 2: the suffix
+    before any work, the line of points where the figure is drawn (the results printed)."""
+    from diffhep.errors import DiffhepError
+    from diffhep.plotting.exclusion import plot_exclusion
+
+    xy = [[400.0, m2] for m2 in (10.0, 50.0, 90.0, 130.0)]
+    exp = [[0.01, 0.02, 0.05, 0.1, 0.2]] * 4
+    with pytest.raises(DiffhepError, match="lie on a line"):
+        plot_exclusion(xy, [0.05] * 4, exp, tmp_path / "line.png")
+    ws_path, _ = _small_points(tmp_path)
+    args = ["exclusion", str(ws_path), str(tmp_path / "patch.*.json"), "--mass-pattern",
+            "s{m1}", "--x", "m1", "--y", "m1"]  # fmt: skip
+    result = run([*args, "--plot", str(tmp_path / "g.xyz")])
+    assert result.exit_code == 2 and "no figure format" in result.output
+    assert "Traceback" not in result.output and not lines(result)  # refused before the work
+    result = run([*args, "--plot", str(tmp_path / "g.png")])
+    assert result.exit_code == 2 and "a contour needs" in result.output, result.output
+    assert "Traceback" not in result.output and len(lines(result)) == 2  # (two points here)
+
+
+def test_interpolation_codes_as_for_cls(tmp_path):
+    """``exclusion`` takes --normsys-code/--histosys-code like the other statistics
+    commands (it had none): each point as the single ``cls`` with the same codes."""
+    ws_path, _ = _small_points(tmp_path)
+    codes = ["--normsys-code", "code1", "--histosys-code", "code0"]
+    grid = run(["exclusion", str(ws_path), str(tmp_path / "patch.s1.json"), *codes])
+    single = run(["cls", str(ws_path), "-p", str(tmp_path / "patch.s1.json"), *codes])
+    assert grid.exit_code == single.exit_code == 0, grid.output
+    one = json.loads(single.stdout)
+    assert lines(grid)[0]["CLs_obs"] == one["CLs_obs"]
+
+
+def test_patch_errors_name_the_patch_and_a_patch_is_no_workspace(tmp_path):
+    """A patch that does not fit the workspace was reported against the workspace alone
+    (`BkgOnly.json: the patch does not apply`), so with several -p one could not tell which;
+    a patch given as WORKSPACE dumped its operations as a schema error."""
+    ws_path, _ = _small_points(tmp_path)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps([{"op": "remove", "path": "/channels/0/samples/7"}]))
+    result = run(["cls", str(ws_path), "-p", str(tmp_path / "patch.s1.json"), "-p", str(wrong)])
+    assert result.exit_code == 2 and f"with the patch {wrong}" in result.output, result.output
+    result = run(["cls", str(tmp_path / "patch.s1.json")])
+    assert result.exit_code == 2 and "this is a JSON patch" in result.output, result.output
+    assert "-p" in result.output and "'op'" not in result.output
+
+
+def test_output_file_in_a_new_directory_and_ranking_top_at_least_1(tmp_path):
+    """--output-file made its directory no more than --plot did (exit 2 'cannot write' for
+    a directory --plot would have made); ranking's --top accepted 0 and negative numbers
+    (an empty plot, or all but the last parameters)."""
+    ws_path, _ = _small_points(tmp_path)
+    out = tmp_path / "new" / "dir" / "cls.json"
+    result = run(["cls", str(ws_path), "-p", str(tmp_path / "patch.s1.json"),
+                  "--output-file", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["CLs_obs"] > 0
+    for top in ("0", "-3"):
+        result = run(["ranking", str(ws_path), "-p", str(tmp_path / "patch.s1.json"), "--top", top])
+        assert result.exit_code == 2 and "--top" in result.output

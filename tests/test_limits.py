@@ -93,6 +93,18 @@ def test_cli_poi_bounds_widen_the_range(weak_ws):
     assert pyhf_cls(plus2, bounds=(0, 20))[5] == pytest.approx(0.05, abs=1e-5)
 
 
+def test_cli_poi_bounds_below_zero_are_reported_apart_from_the_tested_range(weak_ws):
+    """A lower POI bound below 0 acts in the fits while the scan starts at 0 (CLs tests
+    mu >= 0): the output said only poi_range [0, 20] (a new user's review read it as the
+    bounds being ignored); poi_bounds now gives the fits' bounds, and the limit is pyhf's
+    crossing with those bounds."""
+    result = run(["upper-limit", str(weak_ws), "--poi-bounds", "-1,20"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["poi_range"] == [0.0, 20.0] and out["poi_bounds"] == [-1.0, 20.0]
+    assert pyhf_cls(out["observed"], bounds=(-1, 20))[0] == pytest.approx(0.05, abs=1e-5)
+
+
 def test_api_scan_never_returns_the_last_scan_point():
     """Before: the +2 sigma limit was the last scan point (here 8.0)."""
     ws = diffhep.Workspace(weak_signal_spec())

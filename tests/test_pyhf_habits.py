@@ -46,7 +46,10 @@ def test_pyhf_spellings_and_output_file(ws_file, tmp_path):
     assert res.stdout == ""
     assert "--backend numpy" in res.stderr and "ignored" in res.stderr
     assert json.loads(out.read_text()) == json.loads(ref.stdout)
+    # a missing directory is made (as for --plot); a place no file can go exits 2
     res = invoke("cls", ws_file, "--output-file", tmp_path / "missing" / "x.json")
+    assert res.exit_code == 0 and (tmp_path / "missing" / "x.json").exists()
+    res = invoke("cls", ws_file, "--output-file", out / "x.json")  # under a file
     assert res.exit_code == 2 and "--output-file" in res.stderr
 
 

@@ -177,13 +177,15 @@ def emit(obj) -> None:
 
 
 def output(obj, output_file) -> None:
-    """The JSON on standard output, or written atomically to ``--output-file``."""
+    """The JSON on standard output, or written atomically to ``--output-file`` (its directory
+    made if missing, as for ``--plot``)."""
     if output_file is None:
         emit(obj)
         return
     from ..writers import write_atomic
 
     try:
+        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(output_file), json.dumps(obj, indent=4, sort_keys=True) + "\n")
     except OSError as exc:
         click.echo(f"error: cannot write {output_file}: {exc.strerror or exc}", err=True)
@@ -199,12 +201,36 @@ overrides = click.option(
     help="Override a config value, e.g. --set training.epochs=3 (repeatable).",
 )
 
-#: The test statistic of ``cls``, ``upper-limit`` and ``exclusion`` (pyhf spells it --teststat).
+#: The test statistic of ``cls``, ``upper-limit`` and ``exclusion`` (pyhf 0.7's spelling, and
+#: older pyhf's --teststat).
 with_test_stat = click.option(
     "--test-stat",
     "--teststat",
     type=click.Choice(["qtilde", "q"]),
     default="qtilde",
     show_default=True,
-    help="Test statistic: q~_mu (qtilde, bounded POI) or q_mu (pyhf: --teststat).",
+    help="Test statistic: q~_mu (qtilde, bounded POI) or q_mu (as pyhf's --test-stat; "
+    "--teststat as in pyhf before 0.7).",
 )
+
+
+def figure_path(ctx, param, value):
+    """Click callback of a ``--plot FILE`` option: a file whose suffix names a format
+    matplotlib writes, checked before the command's work (a bad suffix failed in
+    ``savefig`` after it, with a traceback)."""
+    if value is None:
+        return value
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:  # plotting is optional: the figure's own error comes later
+        return value
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(value).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise click.BadParameter(
+            f"{value!r}: no figure format for the suffix '.{suffix}'; use .png, .pdf or .svg "
+            f"(also: {', '.join(sorted(f for f in formats if f not in ('png', 'pdf', 'svg')))})",
+            ctx=ctx,
+            param=param,
+        )
+    return value

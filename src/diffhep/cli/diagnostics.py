@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .common import output, run
+from .common import figure_path, output, run
 from .stats import _common, _note_ignored, _numbers, _on_workspace, _settings
 from .toys import check_toy_options, finish, run_toys, toy_options
 
@@ -23,6 +23,7 @@ _plot = click.option(
     "plot",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
+    callback=figure_path,
     help="Also draw the figure to this file (format from the suffix: .png, .pdf, .svg).",
 )
 _style = click.option(
@@ -125,7 +126,13 @@ def pulls(plot, style, poi_value, output_file, **kw):
     help="Grouped impact of the parameters matching the patterns (fnmatch; repeatable).",
 )
 @click.option("--by-modifier", is_flag=True, help="Grouped impacts per modifier type.")
-@click.option("--top", type=int, default=20, show_default=True, help="Parameters in the plot.")
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Parameters in the plot (the largest impacts).",
+)
 @click.option(
     "--json",
     "as_json",

@@ -12,6 +12,7 @@ import click
 
 from . import common
 from .common import run, setup, with_test_stat
+from .stats import _codes, _settings
 
 COLUMNS = ["point", "CLs_obs", "CLs_exp_m2", "CLs_exp_m1", "CLs_exp_0", "CLs_exp_p1",
            "CLs_exp_p2", "converged"]  # fmt: skip
@@ -119,9 +120,17 @@ def _plot(rows, path, pattern, x, y, xlabel, ylabel):
     default=False,
     help="Apply patchsets even if their metadata.digests do not match WORKSPACE.",
 )
-@click.option("--poi-value", type=float, default=1.0, show_default=True)
+@click.option(
+    "--poi-value",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="POI value tested at every point.",
+)
 @with_test_stat
 @click.option("--measurement", default=None, help="Measurement name.")
+@_codes[0]
+@_codes[1]
 @click.option(
     "--max-steps",
     type=click.IntRange(min=1),
@@ -133,6 +142,7 @@ def _plot(rows, path, pattern, x, y, xlabel, ylabel):
     "plot_path",
     type=click.Path(dir_okay=False),
     default=None,
+    callback=common.figure_path,
     help="Draw the observed and expected contours (CLs = 0.05) to this file.",
 )
 @click.option(
@@ -143,11 +153,11 @@ def _plot(rows, path, pattern, x, y, xlabel, ylabel):
 )
 @click.option("--x", "x_axis", default=None, help="Pattern field on the x axis (e.g. m1).")
 @click.option("--y", "y_axis", default=None, help="Pattern field on the y axis (e.g. m2).")
-@click.option("--xlabel", default=None)
-@click.option("--ylabel", default=None)
+@click.option("--xlabel", default=None, help="x-axis label of --plot (default: the --x field).")
+@click.option("--ylabel", default=None, help="y-axis label of --plot (default: the --y field).")
 def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest_check,
-              poi_value, test_stat, measurement, max_steps, plot_path, mass_pattern, x_axis,
-              y_axis, xlabel, ylabel):  # fmt: skip
+              poi_value, test_stat, measurement, normsys_code, histosys_code, max_steps,
+              plot_path, mass_pattern, x_axis, y_axis, xlabel, ylabel):  # fmt: skip
     """Observed and expected CLs of every signal point: WORKSPACE (background only) with
     each PATCH applied (a pyhf patchset: all its patches; a JSON patch file: one point;
     globs allowed). One JSON line per point; points whose fits do not converge are
@@ -158,7 +168,8 @@ def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     if plot_path and not (mass_pattern and x_axis and y_axis):
         raise click.UsageError("--plot needs --mass-pattern, --x and --y")
-    options = {"poi_value": poi_value, "test_stat": test_stat, "measurement": measurement}
+    options = {"poi_value": poi_value, "test_stat": test_stat, "measurement": measurement,
+               "modifier_settings": _settings(normsys_code, histosys_code)}  # fmt: skip
     if max_steps is not None:
         options["max_steps"] = max_steps
 

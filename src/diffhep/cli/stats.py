@@ -134,7 +134,7 @@ def _on_workspace(fn, common: dict, **kwargs):
     type=float,
     default=1.0,
     show_default=True,
-    help="POI value to test (pyhf: --testpoi / --test-poi).",
+    help="POI value to test (as pyhf's --test-poi; --testpoi as in pyhf before 0.7).",
 )
 @with_test_stat
 @toy_options
@@ -211,7 +211,9 @@ def _numbers(text, param, count=None):
     "--poi-bounds",
     metavar="LO,HI",
     default=None,
-    help="Bounds of the POI for the scan and the fits (default: the measurement's).",
+    help="Bounds of the POI in the fits and for the scan, which starts at max(LO, 0) (CLs "
+    "tests mu >= 0; the output's poi_range is the range tested, poi_bounds these bounds). "
+    "Default: the measurement's.",
 )
 def upper_limit(output_file, level, test_stat, scan, poi_bounds, **common):
     """Observed and expected upper limits on the POI. A limit outside the tested POI range is

@@ -58,6 +58,13 @@ def plot_exclusion(coords, cls_obs, cls_exp, path, *, level=0.05, xlabel="m1", y
         raise DiffhepError(
             f"{len(xy)} converged point(s): a contour needs at least 3", fix="give more points"
         )
+    distinct = np.unique(xy, axis=0)
+    if len(distinct) < 3 or np.linalg.matrix_rank(distinct - distinct.mean(axis=0)) < 2:
+        raise DiffhepError(
+            f"the {len(xy)} converged point(s) lie on a line ({len(distinct)} distinct "
+            f"(x, y)): a contour needs points spread over both axes",
+            fix="give points with different values on both axes (or other --x/--y fields)",
+        )
     import matplotlib.tri as mtri
 
     tri = mtri.Triangulation(xy[:, 0], xy[:, 1])

@@ -190,8 +190,9 @@ def _sided(local, x, kinks, fixed):
     Where it does not, the right branch's are needed: a second evaluation with those
     parameters at ``tiny ** 0.25`` (1e-77 in float64: the same value of the objective, the
     right branch's derivatives; at ``tiny`` itself the second derivatives of a model with
-    code1 were NaN, alpha^2 underflowing below 1e-154) gives them; where the right slope does not descend either, the
-    parameter stays at the kink (a minimum there: :func:`_run` holds it like a bound). One
+    code1 were NaN, alpha^2 underflowing below 1e-154) gives them; where the right slope
+    does not descend either, the parameter stays at the kink (a minimum there: :func:`_run`
+    holds it like a bound). One
     call site of ``local`` in a loop of at most two rounds (the objective's code compiled
     once)."""
     at_kink = kinks & (x == 0) & ~fixed

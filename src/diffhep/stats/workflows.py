@@ -27,6 +27,7 @@ from .fit import DEFAULT_MAX_STEPS
 from .fit import fit as _fit
 from .hypotest import hypotest as _hypotest
 from .limits import LIMIT_NAMES, check_level
+from .limits import poi_bounds as _poi_bounds
 from .limits import upper_limit as _upper_limit
 from .model import POISSON_FLOOR
 from .patches import load_patch
@@ -54,7 +55,10 @@ def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) ->
         spec, name = workspace, None
         validate(spec, "workspace.json", file=name)
     else:
-        spec, name = load_json(workspace, schema="workspace.json")
+        try:
+            spec, name = load_json(workspace, schema=_workspace_schema)
+        except _NotAWorkspace as err:
+            raise DiffhepError(err.args[0], file=str(workspace), fix=err.args[1]) from None
     if patch_name is not None and not patches:
         raise DiffhepError(
             f"--patch-name {patch_name!r} given without a patchset",
@@ -63,13 +67,43 @@ def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) ->
         )
     ws = Workspace(spec, file=name, validate_schema=False)
     for patch in patches:
-        ops = (
-            patch
-            if isinstance(patch, list)
-            else load_patch(patch, patch_name, verify_against=ws.spec if digest_check else None)
-        )
-        ws = ws.patched(ops)
+        if isinstance(patch, list):
+            ws = ws.patched(patch)
+            continue
+        ops = load_patch(patch, patch_name, verify_against=ws.spec if digest_check else None)
+        try:
+            ws = ws.patched(ops)
+        except DiffhepError as err:  # the workspace was valid: the patch does not fit it
+            label = str(patch) + (f" (patch {patch_name!r})" if patch_name else "")
+            raise DiffhepError(
+                f"with the patch {label}: {err.message}",
+                file=err.file,
+                where=err.where,
+                fix="check that the patch was made for this workspace (its channels, "
+                "samples and bins)",
+            ) from None
     return ws
+
+
+class _NotAWorkspace(Exception):
+    """A JSON patch or a patchset given where a workspace is expected."""
+
+
+def _workspace_schema(doc) -> str:
+    """The schema a workspace is checked against (for :func:`load_json`), after telling
+    patches and patchsets given in its place (their schema errors dump the document)."""
+    if isinstance(doc, list) and doc and all(isinstance(op, dict) and "op" in op for op in doc):
+        raise _NotAWorkspace(
+            "this is a JSON patch (a list of operations), not a workspace",
+            "give the background-only workspace as WORKSPACE and this file with -p",
+        )
+    if isinstance(doc, dict) and "patches" in doc and "channels" not in doc:
+        raise _NotAWorkspace(
+            "this is a pyhf patchset, not a workspace",
+            "give the background-only workspace as WORKSPACE and this file with -p "
+            "(and --patch-name for one of its patches)",
+        )
+    return "workspace.json"
 
 
 def _f64(x) -> jax.Array:
@@ -261,7 +295,9 @@ def upper_limit(
     Returns:
         ``observed`` and ``expected`` (five, -2 sigma first): a number, or ``None`` when the
         limit lies outside the tested POI range; ``outside_range`` says where for each
-        (``"above"``/``"below"``, ``None`` when found) and ``poi_range`` is that range.
+        (``"above"``/``"below"``, ``None`` when found) and ``poi_range`` is that range
+        (from ``max(lower bound, 0)``: CLs tests mu >= 0); ``poi_bounds`` are the POI's
+        bounds in the fits.
     """
     check_level(level)  # before the (slow) work
     ws = load_workspace(workspace, patches, patch_name, digest_check)
@@ -281,6 +317,7 @@ def upper_limit(
         "expected": res.expected,
         "outside_range": {"observed": res.outside[0], "expected": res.outside[1:]},
         "poi_range": [lo, hi],
+        "poi_bounds": list(_poi_bounds(model, poi_bounds)),
         "level": level,
         "poi": model.config.poi_name,
     }
