@@ -404,7 +404,7 @@ NOTES = [
     "accepted as compiler options: `xla_cpu_small_while_loop_byte_threshold`, "
     "`xla_cpu_disable_loop_unrolling`, `xla_cpu_optimize_for_size`, "
     "`xla_cpu_disable_slp_vectorizer`; the first is not accepted in XLA_FLAGS either "
-    "(\"Unknown flag\"), so the threshold measurement of the line above could not be "
+    '("Unknown flag"), so the threshold measurement of the line above could not be '
     "repeated (how it was set is not recorded). (4) JAX initialises LAPACK (importing "
     "scipy.linalg, ~0.12 s) for every exported call on CPU "
     "(`jax._src.export._export._ensure_backends_initialized`), whether or not the program "
