@@ -95,6 +95,51 @@ def test_nan_guard_stops_with_last_good_state(tmp_path):
         run()
 
 
+@pytest.mark.parametrize("cut", ["before the state", "before the rename"])
+def test_a_checkpoint_cut_short_resumes_one_whole_state(tmp_path, monkeypatch, cut):
+    """A process killed while writing epoch 2's checkpoint leaves epoch 1's or epoch 2's
+    whole state, never epoch 2's parameters with epoch 1's record (the parameters were
+    renamed into place before the record: a resumed run trained epoch 2 twice, and
+    test_resume_after_kill_gives_the_same_result failed on a loaded machine). The kill is a
+    write that fails: of checkpoint.json (epoch 1 stays), or the rename after it (epoch 2's
+    record names the parameters still under their pending name, which the resume takes)."""
+    from diffhep.nn import training
+
+    opt = optax.sgd(0.1)
+
+    def state(value, epoch):
+        p = jnp.full(2, value)
+        return TrainState(p, opt.init(p), p, epoch=epoch, step=epoch)
+
+    training.save_checkpoint(tmp_path, state(1.0, 1))
+    if cut == "before the state":
+        real = training.write_atomic
+
+        def write(path, content):
+            if path.name == training.STATE:
+                raise KeyboardInterrupt  # killed here
+            return real(path, content)
+
+        monkeypatch.setattr(training, "write_atomic", write)
+        expected = (1.0, 1)
+    else:
+        real_replace = Path.replace
+
+        def replace(self, target):
+            if self.name == training.PENDING:
+                raise KeyboardInterrupt
+            return real_replace(self, target)
+
+        monkeypatch.setattr(Path, "replace", replace)
+        expected = (2.0, 2)
+    with pytest.raises(KeyboardInterrupt):
+        training.save_checkpoint(tmp_path, state(2.0, 2))
+    monkeypatch.undo()
+    loaded = load_checkpoint(tmp_path, state(0.0, 0))
+    assert (float(loaded.params[0]), loaded.epoch) == expected
+    np.testing.assert_array_equal(loaded.best_params, loaded.params)
+
+
 def test_best_epoch_selection_and_early_stopping():
     # validation metric decreases for 2 epochs then rises: best = 2, stop after patience 2
     values = iter([3.0, 1.0, 2.0, 4.0, 5.0, 6.0])

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -50,6 +51,9 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.eqx"
 STATE = "checkpoint.json"
+#: The parameters of a checkpoint being written: renamed to :data:`CHECKPOINT` once
+#: :data:`STATE`, which names them by their SHA-256, is written (:func:`save_checkpoint`)
+PENDING = "checkpoint.next.eqx"
 METRICS = "metrics.jsonl"
 
 
@@ -112,11 +116,24 @@ class TrainState:
         }
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def save_checkpoint(run_dir: Path, state: TrainState) -> None:
+    """Write the checkpoint so that a process killed at any moment leaves one whole state:
+    the parameters go to :data:`PENDING`, then :data:`STATE` with their SHA-256, then the
+    rename to :data:`CHECKPOINT`. Before, the parameters of epoch N+1 were renamed into
+    place before the state of epoch N was replaced: a kill between the two resumed epoch
+    N+1 from its own end (``test_resume_after_kill_gives_the_same_result``: another
+    expected CLs, 2.8e-4 instead of 1.7e-4, on a loaded machine)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     tree = (state.params, state.opt_state, state.best_params)
-    write_atomic(run_dir / CHECKPOINT, lambda p: eqx.tree_serialise_leaves(p, tree))
-    write_atomic(run_dir / STATE, json.dumps(state.meta(), indent=1))
+    pending = run_dir / PENDING
+    write_atomic(pending, lambda p: eqx.tree_serialise_leaves(p, tree))
+    meta = {**state.meta(), "params_sha256": _sha256(pending)}
+    write_atomic(run_dir / STATE, json.dumps(meta, indent=1))
+    pending.replace(run_dir / CHECKPOINT)
     lines = "".join(json.dumps(h) + "\n" for h in state.history)
     write_atomic(run_dir / METRICS, lines)
 
@@ -169,7 +186,16 @@ def load_checkpoint(run_dir: Path, like: TrainState) -> TrainState | None:
     if not (run_dir / STATE).is_file():
         return None
     meta = read_checkpoint_meta(run_dir)
-    path = run_dir / CHECKPOINT
+    path, pending = run_dir / CHECKPOINT, run_dir / PENDING
+    digest = json.loads((run_dir / STATE).read_bytes()).get("params_sha256")  # (older runs: none)
+    if digest is not None and pending.is_file() and _sha256(pending) == digest:
+        pending.replace(path)  # a save stopped between its state and its rename: finish it
+    if digest is not None and path.is_file() and _sha256(path) != digest:
+        raise CheckpointError(
+            f"the checkpoint is damaged ({CHECKPOINT} is not the file {STATE} names)",
+            file=str(path),
+            fix=_RESUME_FIX,
+        )
     if not path.is_file():
         raise CheckpointError(
             f"the checkpoint is damaged ({CHECKPOINT} is missing beside {STATE})",
