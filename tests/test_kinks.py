@@ -40,8 +40,8 @@ def kinked_1d(x, args):
     return slope * x[0] + 0.1 * x[0] ** 2 + (x[1] - x[0] - 1.0) ** 2
 
 
-def run(slopes, x0, kinks=True):
-    lo, hi, fixed = jnp.full(2, -5.0), jnp.full(2, 5.0), jnp.zeros(2, bool)
+def run(slopes, x0, kinks=True, lower=-5.0):
+    lo, hi, fixed = jnp.asarray([lower, -5.0]), jnp.full(2, 5.0), jnp.zeros(2, bool)
     k = jnp.array([True, False]) if kinks else None
     args = tuple(jnp.asarray(s) for s in slopes)
     return minimize(kinked_1d, args, jnp.asarray(x0), lo, hi, fixed, kinks=k, max_steps=50)
@@ -139,3 +139,16 @@ def test_real_likelihood_with_kinked_codes_reaches_a_minimum_at_or_below_pyhf(se
         x >= np.asarray(model.config.bounds)[:, 1]
     )
     assert np.max(np.abs(g[smooth & ~at_bound])) < 1e-4
+
+
+def test_a_kink_at_a_lower_bound_takes_the_right_side():
+    """With the lower bound at the kink (0) there is no left side: the left branch's slope
+    (positive here) must not decide. Before, the parameter was held at 0 as at its bound,
+    'converged' above the minimum (a review's 1-bin code1 model with bounds [0, 5]: -2lnL
+    18.01 instead of 10.03); the minimum of the right branch is x0 = 3."""
+    for x0 in ([0.0, 0.0], [2.0, 0.0]):
+        res = run((0.4, -0.6), x0, lower=0.0)
+        assert int(res.status) == CONVERGED, int(res.status)
+        assert float(res.x[0]) == pytest.approx(3.0, abs=1e-9)
+    held = run((0.4, 0.6), [1.0, 0.0], lower=0.0)  # rising on the right: at the bound
+    assert float(held.x[0]) == 0.0 and int(held.status) == CONVERGED

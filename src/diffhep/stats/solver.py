@@ -181,7 +181,7 @@ def _direction(parts, g, x, free, lower, upper, structure, log=None):
     return step, step2, step_u, use_log
 
 
-def _sided(local, x, kinks, fixed):
+def _sided(local, x, kinks, fixed, lower):
     """``(x_eval, f, g, parts)``: :func:`_run`'s ``local`` at ``x``, where every parameter
     with a kink at 0 (``kinks``) that sits there is evaluated on the side it can descend to.
 
@@ -201,7 +201,10 @@ def _sided(local, x, kinks, fixed):
     def body(c):
         k, xe, _, _, _ = c
         f, g, parts = local(xe)
-        look = at_kink & (g <= 0) & (k == 0)  # the left slope does not descend: look right
+        # the left slope does not descend, or there is no left side (a lower bound at 0,
+        # where the left branch's slope said "hold" and the fit stopped at 0 with the right
+        # side falling: a review's 1-bin code1 model, -2lnL 18.01 instead of 10.03): look right
+        look = at_kink & ((g <= 0) | (lower >= 0)) & (k == 0)
         nxt = jnp.where(jnp.any(look), k + 1, 2).astype(k.dtype)
         return nxt, jnp.where(look, tiny, xe), f, g, parts
 
@@ -269,7 +272,7 @@ def _run(
             # model never reaches (sbottom RegionC 1400_1050_60 with normsys code1: stalled at
             # -2lnL 102.98062, two normsys parameters at 0 with gradient 0.1 and 0.04; pyhf
             # 102.98060)
-            xe, f, g, parts = _sided(local, x, kinks, fixed)
+            xe, f, g, parts = _sided(local, x, kinks, fixed, lower)
             right = kinks & ((x > 0) | (xe > x))
             left = kinks & ((x < 0) | ((x == 0) & ~right))
             lower_k = jnp.where(right, jnp.maximum(lower, 0.0), lower)
