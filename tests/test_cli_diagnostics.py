@@ -161,6 +161,32 @@ def test_scan_significance_gof_closed_forms(counting_file, tmp_path):
     assert g["ndf"] == 0 and abs(g["chi2"]) < 1e-8
 
 
+def test_gof_of_a_background_only_workspace(tmp_path):
+    """gof needs no parameter of interest: on a background-only workspace (the measurement's
+    POI mu belongs to the signal sample, not there) it failed like pyhf ('mu' is not a
+    parameter, exit 2). Closed form: two bins, the background's normalisation k free, so
+    k = sum(n) / sum(b) and chi2 = 2 sum(k b - n - n log(k b / n)), one degree of freedom.
+    The commands that need the POI still refuse it."""
+    b, n = np.array([50.0, 30.0]), np.array([65.0, 30.0])
+    spec = {
+        "version": "1.0.0",
+        "channels": [{"name": "SR", "samples": [
+            {"name": "bkg", "data": b.tolist(),
+             "modifiers": [{"name": "k", "type": "normfactor", "data": None}]},
+        ]}],
+        "observations": [{"name": "SR", "data": n.tolist()}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+    }  # fmt: skip
+    bkg = tmp_path / "bkg.json"
+    bkg.write_text(json.dumps(spec))
+    g = _json(["gof", bkg])
+    lam = n.sum() / b.sum() * b
+    assert g["ndf"] == 1
+    np.testing.assert_allclose(g["chi2"], 2 * np.sum(lam - n - n * np.log(lam / n)), rtol=1e-8)
+    r = run(["pulls", bkg], code=2)
+    assert "parameter of interest" in r.output
+
+
 def test_bad_input_exits_2_and_non_convergence_exits_1(counting_file, monkeypatch):
     r = run(["scan", counting_file, "--parameter", "nope"], code=2)
     assert "unknown parameter 'nope'" in r.output and "Traceback" not in r.output

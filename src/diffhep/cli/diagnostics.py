@@ -41,8 +41,11 @@ def _opts(f):
     return f
 
 
-def _model(kw):
-    """(workspace, model, data) of the common options; pyhf's ignored options noted."""
+def _model(kw, need_poi=True):
+    """(workspace, model, data) of the common options; pyhf's ignored options noted. Without
+    ``need_poi`` a measurement's POI that is not a parameter of the model (a background-only
+    workspace) is dropped instead of refused."""
+    from ..errors import DiffhepError
     from ..stats import workflows
 
     _note_ignored(kw.pop("backend"), kw.pop("optimizer"), kw.pop("optconf"))
@@ -50,7 +53,13 @@ def _model(kw):
         kw.pop("workspace"), kw.pop("patches"), kw.pop("patch_name"), not kw.pop("no_digest_check")
     )
     settings = _settings(kw.pop("normsys_code"), kw.pop("histosys_code"))
-    model = ws.model(kw.pop("measurement"), modifier_settings=settings)
+    measurement = kw.pop("measurement")
+    try:
+        model = ws.model(measurement, modifier_settings=settings)
+    except DiffhepError as err:
+        if need_poi or err.where != "measurements[].config.poi":
+            raise
+        model = ws.model(measurement, modifier_settings=settings, poi_name="")
     return ws, model, ws.data(model)
 
 
@@ -342,12 +351,13 @@ def significance(output_file, ntoys, seed, first_toy, save_toys, max_nonconverge
 @_common
 def gof(output_file, **kw):
     """Goodness of fit against the saturated model: chi2 = -2 log(L / L_saturated), degrees of
-    freedom (bins minus free unconstrained parameters), chi2/ndf and the p-value."""
+    freedom (bins minus free unconstrained parameters), chi2/ndf and the p-value. It needs
+    no parameter of interest: a background-only workspace is tested as it is."""
 
     def work():
         from ..stats import diagnostics
 
-        _, model, data = _model(kw)
+        _, model, data = _model(kw, need_poi=False)
         return diagnostics.gof(model, data)
 
     output(run(work), output_file)
