@@ -41,11 +41,10 @@ def _opts(f):
     return f
 
 
-def _model(kw, need_poi=True):
+def _model(kw, poi=True):
     """(workspace, model, data) of the common options; pyhf's ignored options noted. Without
-    ``need_poi`` a measurement's POI that is not a parameter of the model (a background-only
-    workspace) is dropped instead of refused."""
-    from ..errors import DiffhepError
+    ``poi`` the model has no parameter of interest (the measurement's may not be one of its
+    parameters: a background-only workspace); its parameters are the same."""
     from ..stats import workflows
 
     _note_ignored(kw.pop("backend"), kw.pop("optimizer"), kw.pop("optconf"))
@@ -53,13 +52,8 @@ def _model(kw, need_poi=True):
         kw.pop("workspace"), kw.pop("patches"), kw.pop("patch_name"), not kw.pop("no_digest_check")
     )
     settings = _settings(kw.pop("normsys_code"), kw.pop("histosys_code"))
-    measurement = kw.pop("measurement")
-    try:
-        model = ws.model(measurement, modifier_settings=settings)
-    except DiffhepError as err:
-        if need_poi or err.where != "measurements[].config.poi":
-            raise
-        model = ws.model(measurement, modifier_settings=settings, poi_name="")
+    model = ws.model(kw.pop("measurement"), modifier_settings=settings,
+                     poi_name=None if poi else "")  # fmt: skip
     return ws, model, ws.data(model)
 
 
@@ -357,7 +351,7 @@ def gof(output_file, **kw):
     def work():
         from ..stats import diagnostics
 
-        _, model, data = _model(kw, need_poi=False)
+        _, model, data = _model(kw, poi=False)
         return diagnostics.gof(model, data)
 
     output(run(work), output_file)

@@ -97,11 +97,17 @@ _CONTINUE_GAIN = 1e-3
 _RANDOM_STARTS = 4
 
 
+def _kinks(config):
+    """The solver's ``kinks`` (:func:`multimodal.kinked`), or None where no parameter has one
+    (the program of a fit without kinks is then what it was)."""
+    kinked = multimodal.kinked(config)
+    return jnp.asarray(kinked) if kinked.any() else None
+
+
 def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps, target=None):
     """One fit of ``model`` to ``data`` from ``x0`` (the solver with the fit's objective;
     ``target``: see :func:`diffhep.stats.solver.minimize`)."""
     factors = _factors(model.config)
-    kinks = multimodal.kinked(model.config)
     return minimize(
         _objective,
         (model, data),
@@ -114,7 +120,7 @@ def run_fit(model, data, x0, lower, upper, fixed, tol, max_steps, target=None):
         max_steps=max_steps,
         logscale=jnp.asarray(factors) if factors.any() else None,
         target=target,
-        kinks=jnp.asarray(kinks) if kinks.any() else None,
+        kinks=_kinks(model.config),
     )
 
 
@@ -138,9 +144,8 @@ def _search_fwd(perturbed, diff, lower, upper, fixed, restart, tol, max_steps, c
 def _search_bwd(res, ct, perturbed, diff, lower, upper, fixed, restart, tol, max_steps, centre):
     args, _ = diff
     config = args[0].config
-    kinks = multimodal.kinked(config)
     return implicit_vjp(res, ct, _objective, args, lower, upper, fixed, structure_of(config),
-                        jnp.asarray(kinks) if kinks.any() else None)  # fmt: skip
+                        _kinks(config))  # fmt: skip
 
 
 def _keep_lower(k, best, new, need):

@@ -192,9 +192,8 @@ def _sided(local, x, kinks, fixed, lower):
     right branch's derivatives; at ``tiny`` itself the second derivatives of a model with
     code1 were NaN, alpha^2 underflowing below 1e-154) gives them; where the right slope
     does not descend either, the parameter stays at the kink (a minimum there: :func:`_run`
-    holds it like a bound). One
-    call site of ``local`` in a loop of at most two rounds (the objective's code compiled
-    once)."""
+    holds it like a bound). One call site of ``local`` in a loop of at most two rounds (the
+    objective's code compiled once)."""
     at_kink = kinks & (x == 0) & ~fixed
     tiny = jnp.finfo(x.dtype).tiny ** 0.25
 

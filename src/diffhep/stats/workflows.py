@@ -55,10 +55,7 @@ def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) ->
         spec, name = workspace, None
         validate(spec, "workspace.json", file=name)
     else:
-        try:
-            spec, name = load_json(workspace, schema=_workspace_schema)
-        except _NotAWorkspace as err:
-            raise DiffhepError(err.args[0], file=str(workspace), fix=err.args[1]) from None
+        spec, name = load_json(workspace, schema=lambda doc: _workspace_schema(doc, workspace))
     if patch_name is not None and not patches:
         raise DiffhepError(
             f"--patch-name {patch_name!r} given without a patchset",
@@ -85,24 +82,18 @@ def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) ->
     return ws
 
 
-class _NotAWorkspace(Exception):
-    """A JSON patch or a patchset given where a workspace is expected."""
-
-
-def _workspace_schema(doc) -> str:
-    """The schema a workspace is checked against (for :func:`load_json`), after telling
-    patches and patchsets given in its place (their schema errors dump the document)."""
+def _workspace_schema(doc, source) -> str:
+    """The schema a workspace read from ``source`` is checked against (for
+    :func:`load_json`), after telling patches and patchsets given in its place (their schema
+    errors dump the document)."""
+    name = "<stdin>" if str(source) == "-" else str(source)
+    fix = "give the background-only workspace as WORKSPACE and this file with -p"
     if isinstance(doc, list) and doc and all(isinstance(op, dict) and "op" in op for op in doc):
-        raise _NotAWorkspace(
-            "this is a JSON patch (a list of operations), not a workspace",
-            "give the background-only workspace as WORKSPACE and this file with -p",
-        )
+        raise DiffhepError("this is a JSON patch (a list of operations), not a workspace",
+                           file=name, fix=fix)  # fmt: skip
     if isinstance(doc, dict) and "patches" in doc and "channels" not in doc:
-        raise _NotAWorkspace(
-            "this is a pyhf patchset, not a workspace",
-            "give the background-only workspace as WORKSPACE and this file with -p "
-            "(and --patch-name for one of its patches)",
-        )
+        raise DiffhepError("this is a pyhf patchset, not a workspace", file=name,
+                           fix=fix + " (and --patch-name for one of its patches)")  # fmt: skip
     return "workspace.json"
 
 
