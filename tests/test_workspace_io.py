@@ -656,7 +656,7 @@ def test_a_signal_patch_leaves_workspace_and_patch_unchanged():
 def test_a_validated_text_is_not_validated_again_with_a_store(tmp_path, monkeypatch):
     """With the kernel store on, a file whose exact text passed the schema is not validated
     again (a marker named by its digest); another text, or an invalid one, always is."""
-    from diffhep.stats import exported
+    from diffhep.stats import executables
     from diffhep.stats import schema as wsmod  # where load_json looks validate up
 
     calls = []
@@ -667,7 +667,7 @@ def test_a_validated_text_is_not_validated_again_with_a_store(tmp_path, monkeypa
         return real(doc, schema, **kwargs)
 
     monkeypatch.setattr(wsmod, "validate", counting)
-    monkeypatch.setattr(exported, "_CACHE_DIR", tmp_path / "cache" / "exported")
+    monkeypatch.setattr(executables, "_STORE", tmp_path / "cache" / "exported")
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     spec = make_workspace()
     good.write_text(json.dumps(spec))
@@ -685,7 +685,7 @@ def test_a_validated_text_is_not_validated_again_with_a_store(tmp_path, monkeypa
     good.write_text(json.dumps(spec, indent=1))  # the same document, another text
     load_json(good, schema="workspace.json")
     assert calls == ["workspace.json"] * 4
-    monkeypatch.setattr(exported, "_CACHE_DIR", None)  # no store: always validated
+    monkeypatch.setattr(executables, "_STORE", None)  # no store: always validated
     load_json(good, schema="workspace.json")
     assert calls == ["workspace.json"] * 5
 

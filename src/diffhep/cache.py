@@ -57,8 +57,9 @@ def max_size() -> int | None:
 
 
 #: The files of the cache: JAX's compiled programs (and its access times), diffhep's
-#: exported kernels. Nothing else in the directory is counted or deleted.
-_FILES = ("*-cache", "*-atime", "exported/*.bin")
+#: exported kernels, their executables and the names of those a command called last.
+#: Nothing else in the directory is counted or deleted.
+_FILES = ("*-cache", "*-atime", "exported/*.bin", "exported/*.exe", "exported/aliases/*")
 
 
 def prune(directory: Path, max_bytes: int) -> list[Path]:
@@ -131,9 +132,9 @@ def enable(directory: str | os.PathLike | None = None, *, limit=_FROM_ENV) -> Pa
         return None
     import jax
 
-    from .stats import exported
+    from .stats import executables  # not exported: it imports equinox, not needed yet
 
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    exported.set_cache_dir(path / "exported")
+    executables.set_store(path / "exported")
     return path

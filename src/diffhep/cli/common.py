@@ -146,9 +146,30 @@ def setup() -> None:
     logging.basicConfig(level=logging.WARNING, format="diffhep: %(levelname)s: %(message)s")
     if beside is not None:
         _python_beside(beside)
-        from ..stats import exported
+        from ..stats import executables
 
-        exported.set_compile_context(_compiling_on_all_cores)
+        executables.set_compile_context(_compiling_on_all_cores)
+
+
+def prefetch(kind: str, workspace, options: dict) -> None:
+    """Start loading the compiled kernels that the last command ``kind`` with ``options`` on
+    a workspace of the same bytes called (:func:`diffhep.stats.executables.prefetch`), on
+    XLA's core where the process is pinned (idle until the first kernel runs), while the
+    command imports the statistics: a warm 'diffhep cls' of sbottom RegionA loads its 3 MB
+    executable meanwhile. Only in the command's own process (the worker keeps its kernels)
+    and for a workspace file (not standard input)."""
+    if not OWN_PROCESS or workspace in (None, "-") or not os.path.isfile(workspace):
+        return
+    from ..stats import executables
+
+    executables.prefetch(kind, workspace, options, core=_PINNED[1] if _PINNED else None)
+
+
+def remember_kernels() -> None:
+    """Record the kernels the command called for the next command's :func:`prefetch`."""
+    from ..stats import executables
+
+    executables.remember()
 
 
 def run(fn, *args, **kwargs):

@@ -103,26 +103,39 @@ def _note_ignored(backend, optimizer, optconf) -> None:
 
 
 def _on_workspace(fn, common: dict, **kwargs):
-    """``fn`` (a function of :mod:`diffhep.stats.workflows`) on the workspace named by the
-    options of :func:`_common` (patched, measurement, interpolation codes), run as the CLI
-    runs them (errors -> exit codes); pyhf's ignored options get their note first."""
-    _note_ignored(common["backend"], common["optimizer"], common["optconf"])
-    from ..stats import workflows
+    """``fn`` (a function of :mod:`diffhep.stats.workflows`, or its name) on the workspace
+    named by the options of :func:`_common` (patched, measurement, interpolation codes), run
+    as the CLI runs them (errors -> exit codes); pyhf's ignored options get their note first.
 
-    if fn in (workflows.cls, workflows.fit, workflows.upper_limit):  # no resources held
+    Given by name, the function's compiled kernels start loading
+    (:func:`diffhep.cli.common.prefetch`) before the statistics are imported."""
+    _note_ignored(common["backend"], common["optimizer"], common["optconf"])
+    name = fn if isinstance(fn, str) else fn.__name__
+    if name in ("cls", "fit", "upper_limit"):  # no resources held
         cli_common.QUICK_EXIT = True
-    if fn in (workflows.cls, workflows.fit, workflows.upper_limit, workflows.toys):
+    if name in ("cls", "fit", "upper_limit", "toys"):
         cli_common.ONE_CORE = True  # small kernels: faster on one core (cli.common.ONE_CORE)
-    return run(
-        fn,
-        common["workspace"],
-        common["patches"],
-        patch_name=common["patch_name"],
-        digest_check=not common["no_digest_check"],
-        measurement=common["measurement"],
-        modifier_settings=_settings(common["normsys_code"], common["histosys_code"]),
-        **kwargs,
-    )
+    settings = _settings(common["normsys_code"], common["histosys_code"])
+    options = {
+        "patch_name": common["patch_name"],
+        "digest_check": not common["no_digest_check"],
+        "measurement": common["measurement"],
+        "modifier_settings": settings,
+    }
+
+    def work():
+        if isinstance(fn, str):  # by name: its kernels load while the statistics import
+            given = {k: v for k, v in kwargs.items() if k != "poi_value"}  # an input
+            cli_common.prefetch(name, common["workspace"], {**options, **given})
+            from ..stats import workflows
+
+            out = getattr(workflows, name)(common["workspace"], common["patches"],
+                                           **options, **kwargs)  # fmt: skip
+            cli_common.remember_kernels()
+            return out
+        return fn(common["workspace"], common["patches"], **options, **kwargs)
+
+    return run(work)
 
 
 @click.command()
@@ -144,8 +157,6 @@ def cls(output_file, poi_value, test_stat, ntoys, seed, first_toy, save_toys, ma
 
     With --toys N: toy-based (pyhf's calctype='toybased'), the same fields plus "toys"
     (counts, non-converged toys, CLsb/CLb, Monte-Carlo errors)."""
-    from ..stats import workflows
-
     check_toy_options(ntoys, seed, first_toy, save_toys, chunk_size, workers, scheduler)
     if ntoys is not None:
         res = run_toys({"poi_value": poi_value, "test_stat": test_stat}, ntoys, seed, first_toy,
@@ -153,7 +164,7 @@ def cls(output_file, poi_value, test_stat, ntoys, seed, first_toy, save_toys, ma
                        scheduler)  # fmt: skip
         finish(res, save_toys, output_file, max_nonconverged)
         return
-    res = _on_workspace(workflows.cls, common, poi_value=poi_value, test_stat=test_stat)
+    res = _on_workspace("cls", common, poi_value=poi_value, test_stat=test_stat)
     output(res, output_file)
 
 
@@ -164,9 +175,7 @@ def fit(output_file, value, **common):
     """Maximum-likelihood fit: best-fit values and uncertainties by parameter name (and
     pyhf's mle_parameters and twice_nll). Uncertainties the Hessian does not determine
     (singular or indefinite) are null and the command exits 1 naming the parameters."""
-    from ..stats import workflows
-
-    res = _on_workspace(workflows.fit, common)
+    res = _on_workspace("fit", common)
     output(res, output_file)
     if not res["uncertainty_ok"]:
         names = ", ".join(res["undetermined"])
@@ -221,8 +230,6 @@ def upper_limit(output_file, level, test_stat, scan, poi_bounds, **common):
     exits 1 naming its POI values."""
     import numpy as np
 
-    from ..stats import workflows
-
     grid = None
     if scan is not None:
         start, stop, num = _numbers(scan, "--scan", 3)
@@ -232,7 +239,7 @@ def upper_limit(output_file, level, test_stat, scan, poi_bounds, **common):
             )
         grid = np.linspace(start, stop, int(num))
     bounds = None if poi_bounds is None else _numbers(poi_bounds, "--poi-bounds", 2)
-    res = _on_workspace(workflows.upper_limit, common, level=level, test_stat=test_stat,
+    res = _on_workspace("upper_limit", common, level=level, test_stat=test_stat,
                         scan=grid, poi_bounds=bounds)  # fmt: skip
     output(res, output_file)
 

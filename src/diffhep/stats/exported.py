@@ -55,6 +55,7 @@ import jax
 import numpy as np
 
 from ..writers import write_atomic
+from . import executables
 
 __all__ = [
     "cache_dir",
@@ -67,36 +68,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_CACHE_DIR: Path | None = None
 _LOADED: dict[str, Callable] = {}  # key -> jitted call of the exported kernel, oldest first
+_LOADED_STORE: Path | None = None  # the store the kernels of _LOADED were stored in
 #: Kernels kept in memory (a long process, e.g. the worker, sees many structures): the least
 #: recently used goes first, and is loaded from the store (or compiled) again if needed
 MAX_LOADED = 64
 _JITTED: dict[Callable, Callable] = {}  # kernel -> its filter_jit (without a store)
 _SOURCES: str | None = None
 _CONFIGS: dict = {}  # model configuration -> its digest in structure keys
-_COMPILING: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 def set_cache_dir(path: str | os.PathLike | None) -> None:
     """Store exported kernels under ``path`` (``None`` switches the store off)."""
-    global _CACHE_DIR
-    new = None if path is None else Path(path)
-    if new != _CACHE_DIR:  # kernels compiled in memory so far: stored at their next call
-        _LOADED.clear()
-    _CACHE_DIR = new
+    executables.set_store(path)
 
 
-def set_compile_context(context: Callable[[], contextlib.AbstractContextManager]) -> None:
-    """Run the first call of each new kernel (its compilation, or its load from JAX's
-    cache, and one execution) within ``context()`` (the CLI's: compile on every core)."""
-    global _COMPILING
-    _COMPILING = context
+#: Run the first call of each new kernel within a context (:mod:`executables`' function)
+set_compile_context = executables.set_compile_context
 
 
 def cache_dir() -> Path | None:
     """The directory of exported kernels, or ``None`` when the store is off."""
-    return _CACHE_DIR
+    return executables.store()
 
 
 def _sources_hash() -> str:
@@ -239,6 +232,42 @@ def _spec(x):
     return jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x))
 
 
+def _options() -> dict | None:
+    if _OPTIONS_KNOWN is False or jax.default_backend() != "cpu":
+        return None
+    return _CPU_COMPILER_OPTIONS
+
+
+def _compile(fn: Callable, *args):
+    """``jax.jit(fn).lower(*args).compile()`` with :func:`_options` (without them when this
+    jaxlib does not know them); XLA's compilation is found in JAX's persistent cache."""
+    global _OPTIONS_KNOWN
+    options = _options()
+    try:
+        return jax.jit(fn, compiler_options=options).lower(*args).compile()
+    except jax.errors.JaxRuntimeError as err:
+        if options is None or "compile option" not in str(err):
+            raise
+        _OPTIONS_KNOWN = False
+        return jax.jit(fn).lower(*args).compile()
+
+
+def _guarded(compiled, fallback: Callable[[], Callable]) -> Callable:
+    """Call ``compiled``; where it refuses the arguments (types it was not compiled for,
+    e.g. weakly typed scalars of the same key), the jitted kernel of ``fallback()``."""
+    jitted: list[Callable] = []
+
+    def run(*args):
+        if not jitted:
+            try:
+                return compiled(*args)
+            except TypeError:
+                jitted.append(fallback())
+        return jitted[0](*args)
+
+    return run
+
+
 def call(kernel: Callable, model, *args, **static) -> Any:
     """``kernel(model, *args, **static)``, from the store when its structure was seen before.
 
@@ -246,50 +275,74 @@ def call(kernel: Callable, model, *args, **static) -> Any:
     (what :mod:`jax.export` serialises), and ``args`` arrays. Without a store
     (:func:`set_cache_dir`) the kernel is jitted in memory per structure (models that differ
     only in their names share one compilation); when it cannot be exported, it runs under
-    :func:`equinox.filter_jit` as usual.
+    :func:`equinox.filter_jit` as usual. With a store, its compiled executable is kept there
+    too (:mod:`diffhep.stats.executables`) and loaded, or taken from the command's prefetch,
+    without lowering the program again.
     """
+    global _LOADED_STORE
     key = f"{kernel.__module__}.{kernel.__qualname__}-" + structure_key(model, *args, **static)
     arrays, rest = eqx.partition(model, eqx.is_array)
     leaves, treedef = jax.tree.flatten(arrays)
+    store = executables.store()
+    if store != _LOADED_STORE:  # kernels compiled in memory so far: stored at their next call
+        _LOADED.clear()
+        _LOADED_STORE = store
     fn = _LOADED.pop(key, None)
     if fn is not None:
         _LOADED[key] = fn  # the most recently used last
-    else:
-        while _LOADED and len(_LOADED) >= MAX_LOADED:
-            _LOADED.pop(next(iter(_LOADED)))
+        return fn(leaves, *args)
+    while _LOADED and len(_LOADED) >= MAX_LOADED:
+        _LOADED.pop(next(iter(_LOADED)))
 
-        def flat(leaves, *args):
-            m = eqx.combine(jax.tree.unflatten(treedef, leaves), rest)
-            return kernel(m, *args, **static)
+    def flat(leaves, *args):
+        m = eqx.combine(jax.tree.unflatten(treedef, leaves), rest)
+        return kernel(m, *args, **static)
 
-        if _CACHE_DIR is None:
-            fn = _LOADED[key] = _jit(flat)
-            with _COMPILING():
-                return fn(leaves, *args)
-        path = _CACHE_DIR / f"{key}.bin"
-        exp = None
+    if store is None:
+        fn = _LOADED[key] = _jit(flat)
+        with executables.compile_context():
+            return fn(leaves, *args)
+    path = store / f"{key}.bin"
+
+    def program():
+        """The exported program: from the store, else traced and stored (None: not
+        exportable)."""
         if path.exists():
             try:
                 exp = jax.export.deserialize(bytearray(path.read_bytes()))
                 with contextlib.suppress(OSError):
                     os.utime(path)  # used now: the last to go when the cache is pruned
+                return exp
             except Exception as err:  # a damaged or foreign entry: rebuild it
                 log.debug("ignoring %s: %s", path, err)
-        if exp is None:
-            try:
-                exp = jax.export.export(jax.jit(flat))(
-                    [_spec(x) for x in leaves], *jax.tree.map(_spec, args)
-                )
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(path, bytes(exp.serialize()))
-            except Exception as err:  # not exportable here: run it as usual
-                log.debug("kernel %s not exported: %s", key, err)
-                with _COMPILING():
-                    return _jitted(kernel)(model, *args, **static)
-        fn = _LOADED[key] = _jit(exp.call)
-        with _COMPILING():
-            return fn(leaves, *args)
-    return fn(leaves, *args)
+        try:
+            exp = jax.export.export(jax.jit(flat))(
+                [_spec(x) for x in leaves], *jax.tree.map(_spec, args)
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, bytes(exp.serialize()))
+            return exp
+        except Exception as err:  # not exportable here: run it as usual
+            log.debug("kernel %s not exported: %s", key, err)
+            return None
+
+    def jitted() -> Callable:
+        exp = program()
+        return _jitted(kernel) if exp is None else _jit(exp.call)
+
+    exe = executables.path(key, _options())
+    with executables.compile_context():
+        executables.ready_lapack()  # (while a prefetch may still load: set up meanwhile)
+        compiled = executables.take(exe) or executables.load(exe)
+        if compiled is None:
+            exp = program()
+            if exp is None:
+                return _jitted(kernel)(model, *args, **static)
+            compiled = _compile(exp.call, leaves, *args)
+            executables.save(exe, compiled)
+        fn = _LOADED[key] = _guarded(compiled, jitted)
+        out = fn(leaves, *args)
+    return out
 
 
 def compiled(kernel: Callable, model, *args, **static) -> Any:

@@ -1,0 +1,276 @@
+"""Compiled kernels kept as XLA executables on disk, and loaded on another thread while a
+command starts.
+
+:mod:`diffhep.stats.exported` stores a kernel's traced program once per model structure. Its
+XLA compilation used to come from JAX's persistent cache, which first lowers the program
+again (with LAPACK's set-up) to compute its key, then deserialises the executable: for a
+hypothesis test of sbottom RegionA ~0.06 + 0.09 + 0.31 s of a 1.0 s command. Here the
+executable itself is stored beside the program (:func:`save`, ``<key>.<machine>.exe``: the
+machine digest covers what the compiled code depends on beyond the program: jax and jaxlib,
+the platform and its version, the CPU's features, ``XLA_FLAGS`` and the compiler options)
+and loaded without lowering (:func:`load`). A command names the workspace it will run on
+before it imports the statistics (:func:`prefetch`): the kernels that the last command of
+the same kind and options called on a workspace file of the same bytes are deserialised on
+another thread (XLA releases the GIL) while Python imports equinox and diffhep.stats and
+builds the model; :func:`take` hands a kernel over when the command asks for it, and
+:func:`remember` records what the command called for the next one. A guess that misses (a
+patch of another structure) costs nothing but that thread's work: a kernel is only taken
+by the structure key the command computes itself.
+
+This module imports no more than JAX, so that the thread starts before equinox is imported.
+Files are written atomically with a SHA-256 of their content, checked before XLA reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import pickle
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+__all__ = [
+    "compile_context",
+    "load",
+    "path",
+    "prefetch",
+    "remember",
+    "save",
+    "set_compile_context",
+    "set_store",
+    "store",
+    "take",
+]
+
+log = logging.getLogger(__name__)
+
+_STORE: Path | None = None
+_CONTEXT: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+_MAGIC = b"diffhep-xla-executable-1\n"
+_MACHINE: str | None = None
+_LAPACK_READY = False
+
+
+def set_store(directory: str | os.PathLike | None) -> None:
+    """Keep kernels under ``directory`` (``None``: no store)."""
+    global _STORE
+    _STORE = None if directory is None else Path(directory)
+
+
+def store() -> Path | None:
+    """The directory of stored kernels, or ``None``."""
+    return _STORE
+
+
+def set_compile_context(context: Callable[[], contextlib.AbstractContextManager]) -> None:
+    """Run the first call of each new kernel (its compilation or load, and one execution)
+    within ``context()`` (the CLI's: compile on every core)."""
+    global _CONTEXT
+    _CONTEXT = context
+
+
+def compile_context() -> contextlib.AbstractContextManager:
+    """The context of :func:`set_compile_context`, entered."""
+    return _CONTEXT()
+
+
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features", "isa")):
+                    return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine(compiler_options=None) -> str:
+    """A digest of what compiled code depends on beyond its program (see the module's
+    docstring); the executables of two machines or settings never share a file."""
+    global _MACHINE
+    if _MACHINE is None:
+        import jax
+
+        client = jax.devices()[0].client
+        parts = (
+            jax.__version__,
+            jax.lib.__version__,
+            client.platform,
+            client.platform_version,
+            jax.devices()[0].device_kind,
+            _cpu_features(),
+            os.environ.get("XLA_FLAGS", ""),
+        )
+        _MACHINE = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    options = repr(sorted((compiler_options or {}).items()))
+    return hashlib.sha256(f"{_MACHINE}|{options}".encode()).hexdigest()[:16]
+
+
+def path(key: str, compiler_options=None) -> Path | None:
+    """The file of the executable of kernel ``key`` on this machine (``None``: no store)."""
+    if _STORE is None:
+        return None
+    return _STORE / f"{key}.{machine(compiler_options)}.exe"
+
+
+def save(file: Path, compiled) -> None:
+    """Write the executable of ``compiled`` (a :class:`jax.stages.Compiled`) to ``file``;
+    nothing where XLA cannot serialise it."""
+    from jax.experimental import serialize_executable
+
+    from ..writers import write_atomic
+
+    try:
+        payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+        blob = pickle.dumps((payload, in_tree, out_tree), protocol=pickle.HIGHEST_PROTOCOL)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(file, _MAGIC + hashlib.sha256(blob).digest() + blob)
+    except Exception as err:  # not serialisable here (a platform, a callback): not stored
+        log.debug("executable %s not stored: %s", file.name, err)
+
+
+def load(file: Path | None):
+    """The :class:`jax.stages.Compiled` stored in ``file``, or ``None`` (no file, or one
+    that is damaged or cannot be loaded here)."""
+    if file is None:
+        return None
+    try:
+        data = file.read_bytes()
+    except OSError:
+        return None
+    head = len(_MAGIC) + 32
+    blob = data[head:]
+    if data[: len(_MAGIC)] != _MAGIC or hashlib.sha256(blob).digest() != data[len(_MAGIC) : head]:
+        log.debug("ignoring %s: not a whole executable", file)
+        return None
+    try:
+        from jax.experimental import serialize_executable
+
+        payload, in_tree, out_tree = pickle.loads(blob)
+        compiled = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+    except Exception as err:
+        log.debug("ignoring %s: %s", file, err)
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(file)  # used now: the last to go when the cache is pruned
+    return compiled
+
+
+def ready_lapack() -> None:
+    """Set up JAX's LAPACK kernels (the function pointers it takes from scipy), as lowering a
+    linear-algebra operation does: a loaded executable calling them without it crashes."""
+    global _LAPACK_READY
+    if _LAPACK_READY:
+        return
+    import jax
+
+    if jax.default_backend() != "cpu":  # CPU kernels only
+        _LAPACK_READY = True
+        return
+    try:
+        from jax._src.lax import linalg  # JAX sets LAPACK up when it lowers; nothing public
+
+        linalg.initialize_lapack()
+    except (ImportError, AttributeError):  # another JAX: lower a Cholesky decomposition
+        import numpy as np
+
+        jax.jit(jax.numpy.linalg.cholesky).lower(np.eye(1))
+    _LAPACK_READY = True
+
+
+class _Prefetch:
+    """The kernels one command is expected to call, loading on a thread."""
+
+    def __init__(self, alias_of: Callable[[], str], core: int | None):
+        self.alias: str | None = None
+        self.named = threading.Event()  # set once the alias is known and its names read
+        self.names: list[str] = []
+        self.loaded: dict[str, threading.Event] = {}
+        self.ready: dict[str, object] = {}
+        self.thread = threading.Thread(
+            target=self._run, args=(alias_of, core), name="diffhep-prefetch", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, alias_of, core):
+        try:
+            if core is not None:
+                with contextlib.suppress(AttributeError, OSError):
+                    os.sched_setaffinity(0, {core})  # this thread only (Linux)
+            self.alias = alias_of()
+            try:
+                text = (_STORE / "aliases" / self.alias).read_text()
+                self.names = [n for n in text.split() if n.endswith(".exe") and "/" not in n]
+            except OSError:
+                self.names = []
+            for name in self.names:
+                self.loaded[name] = threading.Event()
+        except Exception as err:  # never the command's failure
+            log.debug("prefetch: %s", err)
+        finally:
+            self.named.set()
+        for name in self.names:
+            try:
+                self.ready[name] = load(_STORE / name)
+            finally:
+                self.loaded[name].set()
+
+
+_PREFETCH: _Prefetch | None = None
+_CALLED: list[str] = []  # the executables asked for since the prefetch started, in order
+
+
+def prefetch(kind: str, workspace: str | os.PathLike, options, *, core: int | None = None):
+    """Load, on a thread, the kernels the last command ``kind`` with ``options`` called on a
+    workspace file of the same bytes as ``workspace`` (on CPU core ``core``, if given)."""
+    global _PREFETCH
+    if _STORE is None:
+        return
+
+    def alias_of() -> str:
+        h = hashlib.sha256(f"{kind}|{options!r}|".encode())
+        with open(workspace, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:32]
+
+    _PREFETCH = _Prefetch(alias_of, core)
+
+
+def take(file: Path | None):
+    """The prefetched :class:`jax.stages.Compiled` of ``file`` (waiting for its load), or
+    ``None`` where it was not prefetched."""
+    p = _PREFETCH
+    if file is None or p is None:
+        return None
+    _CALLED.append(file.name)
+    p.named.wait()
+    if file.name not in p.loaded:
+        return None
+    p.loaded[file.name].wait()
+    return p.ready.pop(file.name, None)
+
+
+def remember() -> None:
+    """Record the kernels this command called under its prefetch's alias, for the next."""
+    p = _PREFETCH
+    if p is None or _STORE is None or not _CALLED:
+        return
+    p.named.wait()
+    if p.alias is None or p.names == _unique(_CALLED):
+        return
+    from ..writers import write_atomic
+
+    with contextlib.suppress(OSError):
+        (_STORE / "aliases").mkdir(parents=True, exist_ok=True)
+        write_atomic(_STORE / "aliases" / p.alias, "\n".join(_unique(_CALLED)) + "\n")
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(names))
