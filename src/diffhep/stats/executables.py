@@ -23,6 +23,7 @@ Files are written atomically with a SHA-256 of their content, checked before XLA
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import logging
@@ -241,6 +242,9 @@ def prefetch(kind: str, workspace: str | os.PathLike, options, *, core: int | No
         return h.hexdigest()[:32]
 
     _PREFETCH = _Prefetch(alias_of, core)
+    # a command that ends early (an error, exit 2) waits for the load: XLA's objects must not
+    # be destroyed under a thread still deserialising (a quick exit, os._exit, needs not)
+    atexit.register(_PREFETCH.thread.join, 30.0)
 
 
 def take(file: Path | None):
