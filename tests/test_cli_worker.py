@@ -112,6 +112,38 @@ def test_a_command_at_a_terminal_starts_the_worker_that_runs_the_next(tmp_path):
         assert _diffhep(["worker", "stop"], env).returncode == 0
 
 
+def test_the_workers_first_command_prefetches_as_its_own_process_would(tmp_path):
+    """The worker imports the statistics with its first command, whose compiled kernels load
+    on a thread meanwhile as in a command's own process (what the last command called on
+    that workspace, recorded under an alias); later commands find their kernels in memory
+    and prefetch nothing (no alias of their own)."""
+    (tmp_path / "ws.json").write_text(json.dumps(example_spec()))
+    other = example_spec()
+    other["observations"][0]["data"] = [d + 5 for d in other["observations"][0]["data"]]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    env = _env(tmp_path, DIFFHEP_WORKER_START="always")
+    own = {**env, "DIFFHEP_NO_WORKER": "1"}
+    here = [_diffhep(["cls", f], own, cwd=tmp_path) for f in ("ws.json", "other.json")]
+    assert all(p.returncode == 0 for p in here), here[0].stderr + here[1].stderr
+    aliases = tmp_path / "cache" / "exported" / "aliases"
+    (exe,) = (tmp_path / "cache" / "exported").glob("*.exe")
+    assert len(list(aliases.iterdir())) == 2  # one per workspace's bytes, one kernel
+    for alias in aliases.iterdir():
+        alias.unlink()
+    try:
+        first = _diffhep(["cls", "ws.json"], env, cwd=tmp_path)
+        assert first.returncode == 0 and first.stdout == here[0].stdout, first.stderr
+        assert _commands(env) == 1
+        (alias,) = aliases.iterdir()  # recorded by the prefetch of the worker's first command
+        assert alias.read_text().split() == [exe.name]
+        second = _diffhep(["cls", "other.json"], env, cwd=tmp_path)
+        assert second.returncode == 0 and second.stdout == here[1].stdout, second.stderr
+        assert _commands(env) == 2
+        assert list(aliases.iterdir()) == [alias]  # no prefetch: nothing recorded
+    finally:
+        assert _diffhep(["worker", "stop"], env).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("worker")

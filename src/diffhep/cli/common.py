@@ -151,24 +151,29 @@ def setup() -> None:
         executables.set_compile_context(_compiling_on_all_cores)
 
 
-def prefetch(kind: str, workspace, options: dict) -> None:
-    """Start loading the compiled kernels that the last command ``kind`` with ``options`` on
-    a workspace of the same bytes called (:func:`diffhep.stats.executables.prefetch`), on
-    XLA's core where the process is pinned (idle until the first kernel runs), while the
-    command imports the statistics: a warm 'diffhep cls' of sbottom RegionA loads its 3 MB
-    executable meanwhile. Only in the command's own process (the worker keeps its kernels)
-    and for a workspace file (not standard input)."""
-    if not OWN_PROCESS or workspace in (None, "-") or not os.path.isfile(workspace):
-        return
+@contextlib.contextmanager
+def prefetching(kind: str, workspace, options: dict):
+    """Within: the compiled kernels that the last command ``kind`` with ``options`` on a
+    workspace of the same bytes called load on a thread
+    (:func:`diffhep.stats.executables.prefetch`; on XLA's core where the process is pinned,
+    idle until the first kernel runs) while the command imports the statistics: a warm
+    'diffhep cls' of sbottom RegionA loads its 3 MB executable meanwhile. After a success,
+    what the command called is recorded for the next. Only where the statistics are still to
+    be imported (a command's own process, the worker's first command: later ones have their
+    kernels in memory) and for a workspace file (not standard input)."""
     from ..stats import executables
 
-    executables.prefetch(kind, workspace, options, core=_PINNED[1] if _PINNED else None)
-
-
-def remember_kernels() -> None:
-    """Record the kernels the command called for the next command's :func:`prefetch`."""
-    from ..stats import executables
-
+    if (
+        "diffhep.stats.workflows" not in sys.modules
+        and workspace not in (None, "-")
+        and os.path.isfile(workspace)
+    ):
+        executables.prefetch(kind, workspace, options, core=_PINNED[1] if _PINNED else None)
+    try:
+        yield
+    except BaseException:
+        executables.forget()
+        raise
     executables.remember()
 
 

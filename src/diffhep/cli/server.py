@@ -1,8 +1,9 @@
 """The persistent worker's process (``diffhep worker start`` runs ``python -m
 diffhep.cli.server DIR KEY IDLE_SECONDS``; the client side is :mod:`diffhep.cli.worker`).
 
-It imports JAX and the statistics once, then runs the forwarded commands one at a time, each
-as its own process would: the client's arguments, working directory and environment; its
+It imports JAX once at its start and the statistics with its first command (as that
+command's own process would), then runs the forwarded commands one at a time, each as its own
+process would: the client's arguments, working directory and environment; its
 standard streams relayed over the connection (output streamed, input read on demand); a fresh
 logging set-up and warnings registry; click's exit status. What a command changed in the
 process (the directory, the environment, sys.argv, the streams, root logging handlers,
@@ -170,17 +171,17 @@ def _handle(conn, k: str, info: dict) -> bool:
 def serve(dir_: Path, k: str, idle: float) -> None:
     from multiprocessing.connection import Listener
 
-    from ..stats import workflows  # noqa: F401 (the imports a command would pay for)
     from . import common, main  # noqa: F401
 
     # XLA's threads on one core and this (the Python) thread beside, as the statistics
-    # commands set themselves up in their own process (cli.common.ONE_CORE)
+    # commands set themselves up in their own process (cli.common.ONE_CORE). The statistics
+    # (equinox, diffhep.stats) are imported by the first command, as in its own process: its
+    # compiled kernels load on another thread meanwhile (cli.common.prefetching)
+    gc.disable()  # until the first command is done (as cli._Main pauses it for a start-up)
     common.ONE_CORE = common.OWN_PROCESS = True
     common.setup()
     common.ONE_CORE = common.OWN_PROCESS = False
     _SET_BY_IMPORTS.update({n: v for n, v in os.environ.items() if n not in _START_ENV})
-    gc.collect()
-    gc.freeze()  # what is imported lives to the end: later collections skip it
     sock, path = dir_ / f"{k}.sock", dir_ / f"{k}.json"
     sock.unlink(missing_ok=True)  # a crashed worker's (worker start checked none runs)
     authkey = os.urandom(32)
@@ -213,6 +214,7 @@ def serve(dir_: Path, k: str, idle: float) -> None:
 
     threading.Thread(target=accept, daemon=True).start()
     last = checked = time.monotonic()
+    frozen = False
     try:
         while True:
             now = time.monotonic()
@@ -234,6 +236,11 @@ def serve(dir_: Path, k: str, idle: float) -> None:
                 conn.close()
                 busy.clear()
                 last = time.monotonic()
+            if not frozen and info["commands"]:  # what the first command imported lives to
+                frozen = True  # the end: later collections skip it (a next command queues)
+                gc.collect()
+                gc.freeze()
+                gc.enable()
             if done:
                 break
     finally:

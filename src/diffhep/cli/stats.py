@@ -108,7 +108,7 @@ def _on_workspace(fn, common: dict, **kwargs):
     as the CLI runs them (errors -> exit codes); pyhf's ignored options get their note first.
 
     Given by name, the function's compiled kernels start loading
-    (:func:`diffhep.cli.common.prefetch`) before the statistics are imported."""
+    (:func:`diffhep.cli.common.prefetching`) before the statistics are imported."""
     _note_ignored(common["backend"], common["optimizer"], common["optconf"])
     name = fn if isinstance(fn, str) else fn.__name__
     if name in ("cls", "fit", "upper_limit"):  # no resources held
@@ -124,16 +124,14 @@ def _on_workspace(fn, common: dict, **kwargs):
     }
 
     def work():
-        if isinstance(fn, str):  # by name: its kernels load while the statistics import
-            given = {k: v for k, v in kwargs.items() if k != "poi_value"}  # an input
-            cli_common.prefetch(name, common["workspace"], {**options, **given})
-            from ..stats import workflows
+        if not isinstance(fn, str):
+            return fn(common["workspace"], common["patches"], **options, **kwargs)
+        given = {k: v for k, v in kwargs.items() if k != "poi_value"}  # an input
+        with cli_common.prefetching(name, common["workspace"], {**options, **given}):
+            from ..stats import workflows  # (its kernels load meanwhile)
 
-            out = getattr(workflows, name)(common["workspace"], common["patches"],
-                                           **options, **kwargs)  # fmt: skip
-            cli_common.remember_kernels()
-            return out
-        return fn(common["workspace"], common["patches"], **options, **kwargs)
+            return getattr(workflows, name)(common["workspace"], common["patches"],
+                                            **options, **kwargs)  # fmt: skip
 
     return run(work)
 

@@ -262,18 +262,29 @@ def take(file: Path | None):
 
 
 def remember() -> None:
-    """Record the kernels this command called under its prefetch's alias, for the next."""
+    """Record the kernels this command called under its prefetch's alias, for the next; the
+    prefetch is over (:func:`forget`)."""
     p = _PREFETCH
-    if p is None or _STORE is None or not _CALLED:
+    called = _unique(_CALLED)
+    forget()
+    if p is None or _STORE is None or not called:
         return
     p.named.wait()
-    if p.alias is None or p.names == _unique(_CALLED):
+    if p.alias is None or p.names == called:
         return
     from ..writers import write_atomic
 
     with contextlib.suppress(OSError):
         (_STORE / "aliases").mkdir(parents=True, exist_ok=True)
-        write_atomic(_STORE / "aliases" / p.alias, "\n".join(_unique(_CALLED)) + "\n")
+        write_atomic(_STORE / "aliases" / p.alias, "\n".join(called) + "\n")
+
+
+def forget() -> None:
+    """End the command's prefetch without recording anything (a command that failed; a
+    process that runs several commands, the worker, starts each without one)."""
+    global _PREFETCH
+    _PREFETCH = None
+    _CALLED.clear()
 
 
 def _unique(names: Iterable[str]) -> list[str]:
