@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import affinity
 from diffhep.stats import executables, exported, workflows
 from diffhep.stats.workspace import Workspace, example_spec
 
@@ -150,6 +151,13 @@ def test_a_wrong_guess_is_not_used(store, tmp_path, monkeypatch):
     assert (store / "aliases" / alias).read_text().split() == [exe.name]  # corrected
 
 
+def _cache_dir() -> list[str]:
+    import jax
+
+    given = jax.config.jax_compilation_cache_dir
+    return [given] if given else []
+
+
 _CHILD = """
 import json, sys
 import jax
@@ -157,6 +165,8 @@ jax.config.update("jax_enable_x64", True)
 from diffhep.stats import executables, exported, workflows
 from diffhep.stats.workspace import Workspace, example_spec
 executables.set_store(sys.argv[1])
+if len(sys.argv) > 2:  # the parent's persistent cache: XLA's options name it
+    jax.config.update("jax_compilation_cache_dir", sys.argv[2])
 def refuse(*a, **k):
     raise AssertionError("compiled")
 exported._compile = refuse
@@ -173,12 +183,13 @@ def test_a_new_process_runs_a_stored_executable_that_calls_lapack(store):
     (executables.ready_lapack) it crashed."""
     first = _cls()
     env = {**os.environ, "PYTHONPATH": SRC}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(store)], env=env,
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(store), *_cache_dir()], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(json.loads(proc.stdout), first)
 
 
+@pytest.mark.skipif(len(affinity.session_cores()) < 2, reason="the prefetch needs two cores")
 def test_the_cli_remembers_its_kernels_and_gives_the_same_result(tmp_path):
     ws = tmp_path / "ws.json"
     ws.write_text(json.dumps(example_spec()))
@@ -187,8 +198,9 @@ def test_the_cli_remembers_its_kernels_and_gives_the_same_result(tmp_path):
            "DIFFHEP_WORKER_START": "never"}  # fmt: skip
 
     def cls():
-        proc = subprocess.run([sys.executable, "-m", "diffhep", "cls", str(ws)], env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        with affinity.widened():  # the command's own cores: the session's
+            proc = subprocess.run([sys.executable, "-m", "diffhep", "cls", str(ws)], env=env,
+                                  capture_output=True, text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads(proc.stdout)
 
@@ -200,3 +212,104 @@ def test_the_cli_remembers_its_kernels_and_gives_the_same_result(tmp_path):
     expected = workflows.cls(ws)
     assert second["CLs_obs"] == pytest.approx(expected["CLs_obs"], rel=1e-12)
     np.testing.assert_allclose(second["CLs_exp"], expected["CLs_exp"], rtol=1e-12)
+
+
+@pytest.fixture
+def persistent_cache():
+    """JAX's persistent cache (the session's) storing every compilation; what the test
+    wrote there is removed after it (other tests compile the same programs)."""
+    import jax
+
+    directory = jax.config.jax_compilation_cache_dir
+    if not directory:
+        pytest.skip("no persistent compilation cache in this session")
+    before = set(Path(directory).iterdir())
+    saved = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved)
+    for path in set(Path(directory).iterdir()) - before:
+        path.unlink()
+
+
+def test_a_kernel_in_jaxs_cache_from_before_is_compiled_again_and_runs_in_a_new_process(
+    store, persistent_cache
+):
+    """An executable that JAX's persistent cache returns serialises incompletely (a new
+    process that loaded it failed: "Function ... not found"). The entry an earlier version
+    wrote for the kernel (jax.jit of the exported call) is not the stored kernel's: it is
+    compiled by XLA, stored whole, and a new process runs it."""
+    first = _cls()
+    (exe,) = store.glob("*.exe")
+    exe.unlink()
+    exported._LOADED.clear()
+    (program,) = store.glob("*.bin")
+    import jax
+
+    exp = jax.export.deserialize(bytearray(program.read_bytes()))
+    ws = Workspace(example_spec())
+    model, data = workflows._model_and_data(ws)
+    leaves = jax.tree.leaves(exported.eqx.filter(model, exported.eqx.is_array))
+    exported._jit(exp.call)(leaves, workflows._f64(1.0), data)  # as an earlier version did
+    np.testing.assert_array_equal(_cls(), first)
+    assert exe.exists()
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(store), *_cache_dir()],
+                          env={**os.environ, "PYTHONPATH": SRC}, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(json.loads(proc.stdout), first)
+
+
+def test_an_executable_from_jaxs_cache_is_not_stored(store, persistent_cache, monkeypatch):
+    """Where JAX's cache holds the stored kernel's own compilation after all (written by
+    another program), what it returns is used but not stored."""
+    import jax
+
+    real = jax.config.update
+    monkeypatch.setattr(  # the kernel's compilation written to JAX's cache
+        jax.config,
+        "update",
+        lambda name, value: None if "min_compile_time" in name else real(name, value),
+    )
+    first = _cls()
+    (exe,) = store.glob("*.exe")
+    exe.unlink()
+    exported._LOADED.clear()
+    hits = exported._CACHE_HITS[0]
+    np.testing.assert_array_equal(_cls(), first)
+    assert exported._CACHE_HITS[0] == hits + 1  # it came from JAX's cache
+    assert not exe.exists()
+
+
+def test_the_file_of_an_executable_follows_jaxs_compile_settings(monkeypatch):
+    """Settings of JAX that change XLA's options (JAX_DISABLE_MOST_OPTIMIZATIONS, the
+    execution-time effort, ...) and the kernel's compiler options give another file: an
+    executable compiled under others is never loaded."""
+    import jax
+
+    monkeypatch.setattr(executables, "_STORE", Path("/store"))
+    base = executables.path("k", {"xla_cpu_use_fusion_emitters": False})
+    assert base == executables.path("k", {"xla_cpu_use_fusion_emitters": False})
+    assert base != executables.path("k", None)
+    assert base != executables.path("k2", {"xla_cpu_use_fusion_emitters": False})
+    for name, value in (("jax_disable_most_optimizations", True),
+                        ("jax_exec_time_optimization_effort", 0.5)):  # fmt: skip
+        saved = jax.config.values[name]
+        jax.config.update(name, value)
+        try:
+            assert base != executables.path("k", {"xla_cpu_use_fusion_emitters": False})
+        finally:
+            jax.config.update(name, saved)
+        assert base == executables.path("k", {"xla_cpu_use_fusion_emitters": False})
+
+
+def test_a_file_whose_digest_differs_is_not_loaded(store):
+    """The SHA-256 in the file is checked before XLA reads it (a file damaged in a way that
+    still deserialises could crash the process when it runs)."""
+    _cls()
+    (exe,) = store.glob("*.exe")
+    good = exe.read_bytes()
+    assert executables.load(exe) is not None
+    head = len(executables._MAGIC)
+    exe.write_bytes(good[:head] + bytes([good[head] ^ 1]) + good[head + 1 :])  # the digest
+    assert executables.load(exe) is None

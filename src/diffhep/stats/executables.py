@@ -7,15 +7,19 @@ again (with LAPACK's set-up) to compute its key, then deserialises the executabl
 hypothesis test of sbottom RegionA ~0.06 + 0.09 + 0.31 s of a 1.0 s command. Here the
 executable itself is stored beside the program (:func:`save`, ``<key>.<machine>.exe``: the
 machine digest covers what the compiled code depends on beyond the program: jax and jaxlib,
-the platform and its version, the CPU's features, ``XLA_FLAGS`` and the compiler options)
-and loaded without lowering (:func:`load`). A command names the workspace it will run on
-before it imports the statistics (:func:`prefetch`): the kernels that the last command of
-the same kind and options called on a workspace file of the same bytes are deserialised on
-another thread (XLA releases the GIL) while Python imports equinox and diffhep.stats and
-builds the model; :func:`take` hands a kernel over when the command asks for it, and
-:func:`remember` records what the command called for the next one. A guess that misses (a
-patch of another structure) costs nothing but that thread's work: a kernel is only taken
-by the structure key the command computes itself.
+the platform and its version, the CPU's features, ``XLA_FLAGS`` and the options XLA compiles
+with, from JAX's settings and the kernel's compiler options) and loaded without lowering
+(:func:`load`). It is always XLA's own compilation, never one from JAX's persistent cache
+(:func:`diffhep.stats.exported._compile`: those serialise incompletely).
+
+A command names the workspace it will run on before it imports the statistics
+(:func:`prefetch`): the kernels that the last command of the same kind and options called on
+a workspace file of the same bytes are deserialised on another thread (XLA releases the GIL)
+while Python imports equinox and diffhep.stats and builds the model; :func:`take` hands a
+kernel over when the command asks for it, and :func:`remember` records what the command
+called for the next one. A kernel is only taken by the structure key the command computes
+itself: a guess that misses (a patch of another structure) costs the thread's work, on
+another core (the CLI prefetches only where there is one).
 
 This module imports no more than JAX, so that the thread starts before equinox is imported.
 Files are written atomically with a SHA-256 of their content, checked before XLA reads them.
@@ -91,13 +95,30 @@ def _cpu_features() -> str:
     return platform.processor() or platform.machine()
 
 
+def _compile_options(compiler_options) -> bytes:
+    """The options XLA compiles with (from JAX's settings, ``XLA_FLAGS`` and
+    ``compiler_options``), serialised as JAX's own cache key takes them; all of JAX's
+    settings where that is not available."""
+    import jax
+
+    try:
+        from jax._src import compiler  # JAX's construction of them; nothing public
+
+        options = compiler.get_compile_options(
+            num_replicas=1, num_partitions=1, env_options_overrides=compiler_options
+        )
+        return options.SerializeAsString()
+    except Exception:  # another JAX
+        return repr(sorted(jax.config.values.items())).encode()
+
+
 def machine(compiler_options=None) -> str:
     """A digest of what compiled code depends on beyond its program (see the module's
     docstring); the executables of two machines or settings never share a file."""
     global _MACHINE
-    if _MACHINE is None:
-        import jax
+    import jax
 
+    if _MACHINE is None:
         client = jax.devices()[0].client
         parts = (
             jax.__version__,
@@ -108,9 +129,10 @@ def machine(compiler_options=None) -> str:
             _cpu_features(),
             os.environ.get("XLA_FLAGS", ""),
         )
-        _MACHINE = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
-    options = repr(sorted((compiler_options or {}).items()))
-    return hashlib.sha256(f"{_MACHINE}|{options}".encode()).hexdigest()[:16]
+        _MACHINE = hashlib.sha256(repr(parts).encode()).hexdigest()
+    h = hashlib.sha256(_MACHINE.encode())
+    h.update(_compile_options(compiler_options))  # JAX's settings may change
+    return h.hexdigest()[:16]
 
 
 def path(key: str, compiler_options=None) -> Path | None:
@@ -188,28 +210,29 @@ def ready_lapack() -> None:
 class _Prefetch:
     """The kernels one command is expected to call, loading on a thread."""
 
-    def __init__(self, alias_of: Callable[[], str], core: int | None):
+    def __init__(self, store: Path, alias_of: Callable[[], str], core: int | None):
         self.alias: str | None = None
         self.named = threading.Event()  # set once the alias is known and its names read
         self.names: list[str] = []
         self.loaded: dict[str, threading.Event] = {}
         self.ready: dict[str, object] = {}
         self.thread = threading.Thread(
-            target=self._run, args=(alias_of, core), name="diffhep-prefetch", daemon=True
+            target=self._run, args=(store, alias_of, core), name="diffhep-prefetch", daemon=True
         )
         self.thread.start()
 
-    def _run(self, alias_of, core):
+    def _run(self, store, alias_of, core):
         try:
             if core is not None:
                 with contextlib.suppress(AttributeError, OSError):
                     os.sched_setaffinity(0, {core})  # this thread only (Linux)
             self.alias = alias_of()
             try:
-                text = (_STORE / "aliases" / self.alias).read_text()
-                self.names = [n for n in text.split() if n.endswith(".exe") and "/" not in n]
+                text = (store / "aliases" / self.alias).read_text()
+                names = [n for n in text.split() if n.endswith(".exe") and "/" not in n]
             except OSError:
-                self.names = []
+                names = []
+            self.names = _unique(names)
             for name in self.names:
                 self.loaded[name] = threading.Event()
         except Exception as err:  # never the command's failure
@@ -218,7 +241,9 @@ class _Prefetch:
             self.named.set()
         for name in self.names:
             try:
-                self.ready[name] = load(_STORE / name)
+                self.ready[name] = load(store / name)
+            except Exception as err:
+                log.debug("prefetch: %s", err)
             finally:
                 self.loaded[name].set()
 
@@ -241,10 +266,19 @@ def prefetch(kind: str, workspace: str | os.PathLike, options, *, core: int | No
                 h.update(block)
         return h.hexdigest()[:32]
 
-    _PREFETCH = _Prefetch(alias_of, core)
-    # a command that ends early (an error, exit 2) waits for the load: XLA's objects must not
-    # be destroyed under a thread still deserialising (a quick exit, os._exit, needs not)
-    atexit.register(_PREFETCH.thread.join, 30.0)
+    _PREFETCH = _Prefetch(_STORE, alias_of, core)
+    if not _THREADS:  # once: a command that ends early (an error, exit 2) waits for the load,
+        atexit.register(_join)  # XLA's objects are not destroyed under a thread still
+    _THREADS[:] = [t for t in _THREADS if t.is_alive()]  # deserialising (a quick exit,
+    _THREADS.append(_PREFETCH.thread)  # os._exit, needs not)
+
+
+_THREADS: list[threading.Thread] = []
+
+
+def _join() -> None:
+    for thread in _THREADS:
+        thread.join(30.0)
 
 
 def take(file: Path | None):

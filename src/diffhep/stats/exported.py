@@ -5,8 +5,9 @@ compiles nothing.
 JAX's persistent compilation cache skips XLA's compilation, but not Python's tracing of the
 kernel, which costs seconds for a hypothesis test (nested while loops, vmapped restarts). Here a
 kernel is traced once per structure, exported with :mod:`jax.export` as StableHLO and written
-to ``<store>/<key>.bin`` (the CLI's store is ``<compilation cache>/exported``); later commands
-deserialise and call it, and its XLA compilation is found in the persistent cache.
+to ``<store>/<key>.bin`` (the CLI's store is ``<compilation cache>/exported``), and its
+compiled executable beside it (:mod:`diffhep.stats.executables`): later commands load that
+and call it, without tracing, lowering or compiling.
 
 The key is everything the traced program depends on and nothing else: the kernel and its
 static options, the model's index tables, its configuration (but for ``symmetric``, an array
@@ -199,26 +200,32 @@ _CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 _OPTIONS_KNOWN: bool | None = None  # whether this jaxlib accepts them (its first compile says)
 
 
-def _jit(fn: Callable) -> Callable:
-    """``jax.jit(fn)`` compiled with :data:`_CPU_COMPILER_OPTIONS` on CPU, without them when
-    this jaxlib does not know them (it says so at the first compilation)."""
-    plain = jax.jit(fn)
+def _options() -> dict | None:
     if _OPTIONS_KNOWN is False or jax.default_backend() != "cpu":
-        return plain
-    fast = jax.jit(fn, compiler_options=_CPU_COMPILER_OPTIONS)
+        return None
+    return _CPU_COMPILER_OPTIONS
 
-    def run(*args):
-        global _OPTIONS_KNOWN
-        if _OPTIONS_KNOWN is not False:
-            try:
-                return fast(*args)
-            except jax.errors.JaxRuntimeError as err:
-                if "compile option" not in str(err):
-                    raise
-                _OPTIONS_KNOWN = False
-        return plain(*args)
 
-    return run
+def _with_options(build: Callable[[dict | None], Any]) -> Any:
+    """``build(options)`` with :data:`_CPU_COMPILER_OPTIONS` on CPU, ``build(None)`` where this
+    jaxlib does not know them (it says so at the first compilation)."""
+    global _OPTIONS_KNOWN
+    options = _options()
+    if options is None:
+        return build(None)
+    try:
+        return build(options)
+    except jax.errors.JaxRuntimeError as err:
+        if "compile option" not in str(err):
+            raise
+        _OPTIONS_KNOWN = False
+        return build(None)
+
+
+def _jit(fn: Callable) -> Callable:
+    """``jax.jit(fn)`` compiled with :func:`_with_options`' options."""
+    plain, fast = jax.jit(fn), jax.jit(fn, compiler_options=_CPU_COMPILER_OPTIONS)
+    return lambda *args: _with_options(lambda o: (plain if o is None else fast)(*args))
 
 
 def _jitted(kernel: Callable) -> Callable:
@@ -232,24 +239,46 @@ def _spec(x):
     return jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x))
 
 
-def _options() -> dict | None:
-    if _OPTIONS_KNOWN is False or jax.default_backend() != "cpu":
-        return None
-    return _CPU_COMPILER_OPTIONS
-
-
 def _compile(fn: Callable, *args):
-    """``jax.jit(fn).lower(*args).compile()`` with :func:`_options` (without them when this
-    jaxlib does not know them); XLA's compilation is found in JAX's persistent cache."""
-    global _OPTIONS_KNOWN
-    options = _options()
-    try:
-        return jax.jit(fn, compiler_options=options).lower(*args).compile()
-    except jax.errors.JaxRuntimeError as err:
-        if options is None or "compile option" not in str(err):
-            raise
-        _OPTIONS_KNOWN = False
-        return jax.jit(fn).lower(*args).compile()
+    """``(compiled, cached)``: ``jax.jit(fn).lower(*args).compile()`` with
+    :func:`_with_options`' options, and whether JAX's persistent cache returned it.
+
+    An executable from JAX's cache serialises incompletely (a process that loaded it failed:
+    "Function compare_select_fusion.3 not found"), so it must not be stored: ``fn`` is
+    compiled under another name than :func:`_jit`'s (the cache's entries of those, from
+    earlier versions, do not match) and not written to JAX's cache (its executable is stored
+    here); ``cached`` says where it came from all the same."""
+
+    def stored_kernel(*a):
+        return fn(*a)
+
+    def build(options):
+        saved = jax.config.jax_persistent_cache_min_compile_time_secs
+        hits = _CACHE_HITS[0]
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+        try:
+            out = jax.jit(stored_kernel, compiler_options=options).lower(*args).compile()
+        finally:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", saved)
+        return out, _CACHE_HITS[0] != hits
+
+    _count_cache_hits()
+    return _with_options(build)
+
+
+_CACHE_HITS = [0]  # JAX's persistent-cache hits in this process (jax.monitoring)
+_COUNTING: list[bool] = []
+
+
+def _count_cache_hits() -> None:
+    if not _COUNTING:
+        _COUNTING.append(True)
+
+        def count(event, **_):
+            if event == "/jax/compilation_cache/cache_hits":
+                _CACHE_HITS[0] += 1
+
+        jax.monitoring.register_event_listener(count)
 
 
 def _guarded(compiled, fallback: Callable[[], Callable]) -> Callable:
@@ -338,8 +367,9 @@ def call(kernel: Callable, model, *args, **static) -> Any:
             exp = program()
             if exp is None:
                 return _jitted(kernel)(model, *args, **static)
-            compiled = _compile(exp.call, leaves, *args)
-            executables.save(exe, compiled)
+            compiled, cached = _compile(exp.call, leaves, *args)
+            if not cached:
+                executables.save(exe, compiled)
         fn = _LOADED[key] = _guarded(compiled, jitted)
         out = fn(leaves, *args)
     return out
