@@ -84,7 +84,7 @@ def test_a_command_prunes_the_cache_before_it_adds_to_it(tmp_path):
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not stale.exists() and kept.exists()
-    assert any(cache.glob("*-cache")) and any((cache / "exported").glob("*.bin"))
+    assert any((cache / "exported").glob("*.exe")) and any((cache / "exported").glob("*.bin"))
     assert 0 < json.loads(proc.stdout)["CLs_obs"] < 1
 
 
