@@ -96,6 +96,7 @@ _STAGES = [
 def _timeline_child(argv: list[str]) -> None:
     """Run ``diffhep ARGV`` in this process with the functions of :data:`_STAGES` timed; print
     the stages (wall and CPU seconds) as JSON on stderr's last line."""
+    import contextlib
     import importlib
     import threading
 
@@ -138,7 +139,7 @@ def _timeline_child(argv: list[str]) -> None:
     from diffhep.cli import common, main
 
     spent["import diffhep.cli"] = [time.perf_counter() - t0, time.process_time() - c0]
-    real_setup, real_prefetch = common.setup, common.prefetch
+    real_setup, real_prefetching = common.setup, common.prefetching
 
     def setup():
         w, c = time.perf_counter(), time.process_time()
@@ -152,20 +153,25 @@ def _timeline_child(argv: list[str]) -> None:
             time.process_time() - c,
         ]
 
-    def prefetch(*args):
+    @contextlib.contextmanager
+    def prefetching(*args):
         w, c = time.perf_counter(), time.process_time()
-        real_prefetch(*args)
-        spent["start the prefetch (a thread)"] = [
-            time.perf_counter() - w,
-            time.process_time() - c,
-        ]
-        w, c = time.perf_counter(), time.process_time()
-        import diffhep.stats.workflows  # noqa: F401 (the command's next step)
+        with real_prefetching(*args):
+            spent["start the prefetch (a thread)"] = [
+                time.perf_counter() - w,
+                time.process_time() - c,
+            ]
+            w, c = time.perf_counter(), time.process_time()
+            import diffhep.stats.workflows  # noqa: F401 (the command's next step)
 
-        spent["imports of the statistics (equinox, diffhep.stats)"] = [
-            time.perf_counter() - w,
-            time.process_time() - c,
-        ]
+            spent["imports of the statistics (equinox, diffhep.stats)"] = [
+                time.perf_counter() - w,
+                time.process_time() - c,
+            ]
+            _wrap_stages()
+            yield
+
+    def _wrap_stages():
         for module, attr, stage in _STAGES:
             owner = importlib.import_module(module)
             *path, name = attr.split(".")
@@ -177,7 +183,7 @@ def _timeline_child(argv: list[str]) -> None:
             wrap = _timed_result if attr == "export.export" else timed  # export: its result traces
             setattr(owner, name, wrap(fn, stage))
 
-    common.setup, common.prefetch = setup, prefetch
+    common.setup, common.prefetching = setup, prefetching
     real_exit = os._exit
 
     def quick_exit(code):
@@ -588,9 +594,9 @@ def main() -> None:
         "",
         "Rows 'worker': a statistics command at a terminal with no worker running starts one "
         "(`DIFFHEP_WORKER_START`, default `tty`; here `always`: the benchmark has no terminal) "
-        "and is run by it: the first command includes the worker's start (importing JAX and "
-        "the statistics once) and loads the compiled program from the cache; the next ones "
-        "are run by that process (next point: another signal point on a worker that ran the "
+        "and is run by it: the first command includes the worker's start (importing JAX), "
+        "then imports the statistics while its compiled program loads on a second thread, as "
+        "in its own process; the next ones are run by that process (next point: another signal point on a worker that ran the "
         "first). Their CPU is the client's plus the worker's during the command.",
         "",
         "`python -X importtime -m diffhep --help`, largest cumulative imports:",
