@@ -225,9 +225,10 @@ def persistent_cache():
         pytest.skip("no persistent compilation cache in this session")
     before = set(Path(directory).iterdir())
     saved = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    update = jax.config.update  # (a test may replace it meanwhile)
+    update("jax_persistent_cache_min_compile_time_secs", 0.0)
     yield
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved)
+    update("jax_persistent_cache_min_compile_time_secs", saved)
     for path in set(Path(directory).iterdir()) - before:
         path.unlink()
 
@@ -266,17 +267,18 @@ def test_an_executable_from_jaxs_cache_is_not_stored(store, persistent_cache, mo
     import jax
 
     real = jax.config.update
-    monkeypatch.setattr(  # the kernel's compilation written to JAX's cache
-        jax.config,
-        "update",
-        lambda name, value: None if "min_compile_time" in name else real(name, value),
-    )
-    first = _cls()
-    (exe,) = store.glob("*.exe")
-    exe.unlink()
-    exported._LOADED.clear()
-    hits = exported._CACHE_HITS[0]
-    np.testing.assert_array_equal(_cls(), first)
+    with monkeypatch.context() as m:
+        m.setattr(  # the kernel's compilation written to JAX's cache
+            jax.config,
+            "update",
+            lambda name, value: None if "min_compile_time" in name else real(name, value),
+        )
+        first = _cls()
+        (exe,) = store.glob("*.exe")
+        exe.unlink()
+        exported._LOADED.clear()
+        hits = exported._CACHE_HITS[0]
+        np.testing.assert_array_equal(_cls(), first)
     assert exported._CACHE_HITS[0] == hits + 1  # it came from JAX's cache
     assert not exe.exists()
 
@@ -313,3 +315,4 @@ def test_a_file_whose_digest_differs_is_not_loaded(store):
     head = len(executables._MAGIC)
     exe.write_bytes(good[:head] + bytes([good[head] ^ 1]) + good[head + 1 :])  # the digest
     assert executables.load(exe) is None
+
