@@ -315,4 +315,3 @@ def test_a_file_whose_digest_differs_is_not_loaded(store):
     head = len(executables._MAGIC)
     exe.write_bytes(good[:head] + bytes([good[head] ^ 1]) + good[head + 1 :])  # the digest
     assert executables.load(exe) is None
-
