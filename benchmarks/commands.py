@@ -596,8 +596,9 @@ def main() -> None:
         "(`DIFFHEP_WORKER_START`, default `tty`; here `always`: the benchmark has no terminal) "
         "and is run by it: the first command includes the worker's start (importing JAX), "
         "then imports the statistics while its compiled program loads on a second thread, as "
-        "in its own process; the next ones are run by that process (next point: another signal point on a worker that ran the "
-        "first). Their CPU is the client's plus the worker's during the command.",
+        "in its own process; the next ones are run by that process (next point: another "
+        "signal point on a worker that ran the first). Their CPU is the client's plus the "
+        "worker's during the command.",
         "",
         "`python -X importtime -m diffhep --help`, largest cumulative imports:",
         "",

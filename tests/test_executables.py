@@ -264,15 +264,11 @@ def test_a_kernel_in_jaxs_cache_from_before_is_compiled_again_and_runs_in_a_new_
 def test_an_executable_from_jaxs_cache_is_not_stored(store, persistent_cache, monkeypatch):
     """Where JAX's cache holds the stored kernel's own compilation after all (written by
     another program), what it returns is used but not stored."""
-    import jax
 
-    real = jax.config.update
-    with monkeypatch.context() as m:
-        m.setattr(  # the kernel's compilation written to JAX's cache
-            jax.config,
-            "update",
-            lambda name, value: None if "min_compile_time" in name else real(name, value),
-        )
+    import contextlib
+
+    with monkeypatch.context() as m:  # the kernel's compilation written to JAX's cache
+        m.setattr(exported, "_not_written_to_jaxs_cache", contextlib.nullcontext)
         first = _cls()
         (exe,) = store.glob("*.exe")
         exe.unlink()
@@ -315,3 +311,70 @@ def test_a_file_whose_digest_differs_is_not_loaded(store):
     head = len(executables._MAGIC)
     exe.write_bytes(good[:head] + bytes([good[head] ^ 1]) + good[head + 1 :])  # the digest
     assert executables.load(exe) is None
+
+
+@pytest.mark.parametrize(
+    ("cores", "imported", "workspace", "started"),
+    [(2, False, "ws.json", True), (1, False, "ws.json", False), (2, True, "ws.json", False),
+     (2, False, "-", False)],
+)  # fmt: skip
+def test_a_command_prefetches_with_a_second_core_before_the_statistics_import(
+    store, tmp_path, monkeypatch, cores, imported, workspace, started
+):
+    """On one core the thread's load would only delay the imports (a wrong guess cost a
+    warm sbottom 'cls' 0.35 s); once the statistics are imported (the worker's later
+    commands) the kernels are in memory; standard input has no file to name."""
+    from diffhep.cli import common
+
+    (tmp_path / "ws.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common, "_cores", lambda: cores)
+    if not imported:
+        monkeypatch.delitem(sys.modules, "diffhep.stats.workflows")
+    with common.prefetching("cls", workspace, {}):
+        assert (executables._PREFETCH is not None) is started
+    assert executables._PREFETCH is None  # each command's own
+
+
+def test_the_stored_kernels_compilation_leaves_jaxs_cache_setting_to_other_threads(
+    monkeypatch,
+):
+    """The kernel is not written to JAX's persistent cache; the setting that keeps it out
+    is this thread's: another thread compiling meanwhile (a Dask worker's threads, a user's)
+    still writes its programs (two such compilations at once left it infinite for the
+    process)."""
+    import jax
+
+    seen = {}
+    real_jit = jax.jit
+
+    def jit(fn, **kw):
+        jitted = real_jit(fn, **kw)
+
+        class Lowering:
+            def lower(self, *a):
+                lowered = jitted.lower(*a)
+
+                class Compiling:
+                    def compile(self):
+                        seen["here"] = jax.config.jax_persistent_cache_min_compile_time_secs
+                        other = threading.Thread(
+                            target=lambda: seen.setdefault(
+                                "other", jax.config.jax_persistent_cache_min_compile_time_secs
+                            )
+                        )
+                        other.start()
+                        other.join()
+                        return lowered.compile()
+
+                return Compiling()
+
+        return Lowering()
+
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    monkeypatch.setattr(exported.jax, "jit", jit)
+    compiled, cached = exported._compile(lambda x: 2 * x, np.arange(3.0))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(compiled(np.arange(3.0))), [0.0, 2.0, 4.0])
+    assert seen == {"here": float("inf"), "other": before} and not cached
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == before

@@ -236,8 +236,9 @@ def serve(dir_: Path, k: str, idle: float) -> None:
                 conn.close()
                 busy.clear()
                 last = time.monotonic()
-            if not frozen and info["commands"]:  # what the first command imported lives to
-                frozen = True  # the end: later collections skip it (a next command queues)
+            if not frozen and (info["commands"] or "diffhep.stats.workflows" in sys.modules):
+                frozen = True  # what the first command imported lives to the end: later
+                # collections skip it (a next command queues meanwhile)
                 gc.collect()
                 gc.freeze()
                 gc.enable()

@@ -107,6 +107,10 @@ def _compile_options(compiler_options) -> bytes:
         options = compiler.get_compile_options(
             num_replicas=1, num_partitions=1, env_options_overrides=compiler_options
         )
+        debug = options.executable_build_options.debug_options
+        debug.xla_gpu_per_fusion_autotune_cache_dir = ""  # where caches are (JAX puts them in
+        debug.xla_gpu_kernel_cache_file = ""  # the persistent cache's directory, as written),
+        debug.xla_gpu_experimental_autotune_cache_mode = 0  # not how code is compiled
         return options.SerializeAsString()
     except Exception:  # another JAX
         return repr(sorted(jax.config.values.items())).encode()

@@ -47,6 +47,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -253,17 +254,40 @@ def _compile(fn: Callable, *args):
         return fn(*a)
 
     def build(options):
-        saved = jax.config.jax_persistent_cache_min_compile_time_secs
         hits = _CACHE_HITS[0]
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
-        try:
+        with _not_written_to_jaxs_cache():
             out = jax.jit(stored_kernel, compiler_options=options).lower(*args).compile()
-        finally:
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", saved)
         return out, _CACHE_HITS[0] != hits
 
     _count_cache_hits()
     return _with_options(build)
+
+
+_GLOBAL_SETTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _not_written_to_jaxs_cache():
+    """Within: this thread's compilations are not written to JAX's persistent cache (its
+    minimum compile time infinite for this thread only; where JAX has no such context, for
+    the process, one such compilation at a time)."""
+    try:
+        from jax._src import config  # JAX's thread-local form of the setting; not public
+
+        context = config.persistent_cache_min_compile_time_secs(float("inf"))
+    except (ImportError, AttributeError, TypeError):
+        context = None
+    if context is not None:
+        with context:
+            yield
+        return
+    with _GLOBAL_SETTING:
+        saved = jax.config.jax_persistent_cache_min_compile_time_secs
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+        try:
+            yield
+        finally:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", saved)
 
 
 _CACHE_HITS = [0]  # JAX's persistent-cache hits in this process (jax.monitoring)
