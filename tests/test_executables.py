@@ -378,3 +378,33 @@ def test_the_stored_kernels_compilation_leaves_jaxs_cache_setting_to_other_threa
     np.testing.assert_array_equal(np.asarray(compiled(np.arange(3.0))), [0.0, 2.0, 4.0])
     assert seen == {"here": float("inf"), "other": before} and not cached
     assert jax.config.jax_persistent_cache_min_compile_time_secs == before
+
+
+@pytest.mark.skipif(len(affinity.session_cores()) < 2, reason="the prefetch needs two cores")
+def test_exclusion_prefetches_its_kernels_and_gives_the_same_rows(tmp_path):
+    """``diffhep exclusion`` loads the kernels the last such run called on that workspace
+    while it starts, as ``cls`` does: the same rows as without a cache."""
+    ws = tmp_path / "ws.json"
+    ws.write_text(json.dumps(example_spec()))
+    for i, scale in enumerate((0.5, 2.0)):  # two signal points
+        signal = [scale * x for x in example_spec()["channels"][0]["samples"][0]["data"]]
+        op = {"op": "replace", "path": "/channels/0/samples/0/data", "value": signal}
+        (tmp_path / f"p{i}.json").write_text(json.dumps([op]))
+    patches = [str(tmp_path / "p0.json"), str(tmp_path / "p1.json")]
+
+    def exclusion(cache):
+        env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_CACHE_DIR": cache,
+               "DIFFHEP_WORKER_START": "never"}  # fmt: skip
+        with affinity.widened():
+            proc = subprocess.run([sys.executable, "-m", "diffhep", "exclusion", str(ws),
+                                   *patches], env=env, capture_output=True, text=True,
+                                  timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    cache = tmp_path / "cache"
+    first, second = exclusion(str(cache)), exclusion(str(cache))
+    assert first == second == exclusion("")  # (no cache: compiled in memory)
+    (alias,) = (cache / "exported" / "aliases").iterdir()
+    (exe,) = (cache / "exported").glob("*.exe")
+    assert alias.read_text().split() == [exe.name]

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -179,10 +180,13 @@ def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest
 
     def compute():
         rows = []
-        for row in _compute(workspace, patches, not no_digest_check, batch_size, workers,
-                            scheduler, options):  # fmt: skip
-            click.echo(json.dumps(row))
-            rows.append(row)
+        local = workers is None and scheduler is None  # (a cluster's workers load their own)
+        given = {**options, "batch_size": batch_size}
+        with common.prefetching("exclusion", workspace, given) if local else nullcontext():
+            for row in _compute(workspace, patches, not no_digest_check, batch_size, workers,
+                                scheduler, options):  # fmt: skip
+                click.echo(json.dumps(row))
+                rows.append(row)
         if out is not None:
             from ..writers import write_atomic
 
