@@ -190,28 +190,28 @@ def test_a_new_process_runs_a_stored_executable_that_calls_lapack(store):
 
 
 @pytest.mark.skipif(len(affinity.session_cores()) < 2, reason="the prefetch needs two cores")
-def test_the_cli_remembers_its_kernels_and_gives_the_same_result(tmp_path):
+@pytest.mark.parametrize("command", ["cls", "fit", "pulls", "gof"])
+def test_the_cli_remembers_its_kernels_and_gives_the_same_result(tmp_path, command):
+    """A statistics command records the kernels it called (for the next one's prefetch) and
+    prints the same as without a cache."""
     ws = tmp_path / "ws.json"
     ws.write_text(json.dumps(example_spec()))
     cache = tmp_path / "cache"
-    env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_CACHE_DIR": str(cache),
-           "DIFFHEP_WORKER_START": "never"}  # fmt: skip
 
-    def cls():
+    def run(directory):
+        env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_CACHE_DIR": directory,
+               "DIFFHEP_WORKER_START": "never"}  # fmt: skip
         with affinity.widened():  # the command's own cores: the session's
-            proc = subprocess.run([sys.executable, "-m", "diffhep", "cls", str(ws)], env=env,
+            proc = subprocess.run([sys.executable, "-m", "diffhep", command, str(ws)], env=env,
                                   capture_output=True, text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
-        return json.loads(proc.stdout)
+        return proc.stdout
 
-    first, second = cls(), cls()
-    assert first == second
+    first, second = run(str(cache)), run(str(cache))
+    assert first == second == run("")  # (no cache: compiled in memory)
     (alias,) = (cache / "exported" / "aliases").iterdir()
-    (exe,) = (cache / "exported").glob("*.exe")
-    assert alias.read_text().split() == [exe.name]
-    expected = workflows.cls(ws)
-    assert second["CLs_obs"] == pytest.approx(expected["CLs_obs"], rel=1e-12)
-    np.testing.assert_allclose(second["CLs_exp"], expected["CLs_exp"], rtol=1e-12)
+    stored = {p.name for p in (cache / "exported").glob("*.exe")}
+    assert stored and set(alias.read_text().split()) == stored
 
 
 @pytest.fixture

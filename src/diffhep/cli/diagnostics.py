@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .common import figure_path, output, run
+from .common import figure_path, output, prefetching, run
 from .stats import _common, _note_ignored, _numbers, _on_workspace, _settings
 from .toys import check_toy_options, finish, run_toys, toy_options
 
@@ -88,6 +88,20 @@ def _draw(fn, plot, style, *args, **kwargs) -> None:
         sys.exit(2)
 
 
+def _run(name: str, kw: dict, work, **options):
+    """``run(work)`` with the command's compiled kernels loading on a thread while it
+    imports the statistics (:func:`diffhep.cli.common.prefetching`; what the last command
+    ``name`` with these options called on a workspace of the same bytes)."""
+    given = {k: v for k, v in kw.items() if k not in ("workspace", "patches")}
+    workspace = kw["workspace"]
+
+    def prefetched():
+        with prefetching(name, workspace, {**given, **options}):
+            return work()
+
+    return run(prefetched)
+
+
 def _show(out, output_file, figure, plot, style) -> None:
     """``out`` as JSON (standard output or ``--output-file``), drawn by ``figure`` to ``--plot``."""
     output(out, output_file)
@@ -106,7 +120,7 @@ def pulls(plot, style, poi_value, output_file, **kw):
         ws, model, data = _model(kw)
         return diagnostics.pulls(model, _postfit(model, data, poi_value, ws))
 
-    _show(run(work), output_file, "plot_pulls", plot, style)
+    _show(_run("pulls", kw, work, poi_value=poi_value), output_file, "plot_pulls", plot, style)
 
 
 @click.command()
@@ -168,7 +182,7 @@ def ranking(plot, style, output_file, method, groups, by_modifier, top, as_json,
             out["grouped"] = covariance.grouped_impacts(model, post, sets)
         return out, diagnostics.pulls(model, post)
 
-    out, pull = run(work)
+    out, pull = _run("ranking", kw, work, method=method, groups=groups, by_modifier=by_modifier)
     output(out["ranking"] if as_json else out, output_file)
     _draw("plot_ranking", plot, style, out["ranking"], pull, top=top, poi=out["poi"])
 
@@ -191,7 +205,8 @@ def correlations(plot, style, poi_value, output_file, threshold, **kw):
         ws, model, data = _model(kw)
         return covariance.correlations(_postfit(model, data, poi_value, ws), threshold)
 
-    _show(run(work), output_file, "plot_correlations", plot, style)
+    out = _run("correlations", kw, work, poi_value=poi_value)
+    _show(out, output_file, "plot_correlations", plot, style)
 
 
 def _markdown(pre, post) -> str:
@@ -235,7 +250,7 @@ def yields(plot, style, poi_value, output_file, fmt, **kw):
         return {"prefit": covariance.prefit_yields(model, data),
                 "postfit": covariance.postfit_yields(model, data, post)}  # fmt: skip
 
-    out = run(work)
+    out = _run("yields", kw, work, poi_value=poi_value)
     if fmt == "markdown":
         if output_file is not None:
             from pathlib import Path
@@ -312,7 +327,8 @@ def scan(plot, style, output_file, parameters, ranges, points, **kw):
         grid = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
         return diagnostics.scan(model, data, names, grid, post)
 
-    _show(run(work), output_file, "plot_scan", plot, style)
+    out = _run("scan", kw, work, parameters=parameters, ranges=ranges, points=points)
+    _show(out, output_file, "plot_scan", plot, style)
 
 
 @click.command()
@@ -338,7 +354,7 @@ def significance(output_file, ntoys, seed, first_toy, save_toys, max_nonconverge
         _, model, data = _model(kw)
         return diagnostics.significance(model, data)
 
-    output(run(work), output_file)
+    output(_run("significance", kw, work), output_file)
 
 
 @click.command()
@@ -354,7 +370,7 @@ def gof(output_file, **kw):
         _, model, data = _model(kw, poi=False)
         return diagnostics.gof(model, data)
 
-    output(run(work), output_file)
+    output(_run("gof", kw, work), output_file)
 
 
 COMMANDS = [pulls, ranking, correlations, yields, scan, significance, gof]
