@@ -97,6 +97,12 @@ def test_stats_commands_end_without_finalisation_their_output_and_code_intact(tm
     assert "finalised" not in bad.stderr
     other = diffhep("--version")  # not a statistics command: the usual end
     assert other.returncode == 0 and "finalised" in other.stderr
+    figure = tmp_path / "pulls.png"
+    for args in (["gof", str(ws)], ["pulls", str(ws), "--plot", str(figure)]):  # diagnostics
+        done = diffhep(*args)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout) and "finalised" not in done.stderr
+    assert figure.read_bytes().startswith(b"\x89PNG") and figure.stat().st_size > 1000
 
 
 CORES = """

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from . import common
 from .common import figure_path, output, prefetching, run
 from .stats import _common, _note_ignored, _numbers, _on_workspace, _settings
 from .toys import check_toy_options, finish, run_toys, toy_options
@@ -94,6 +95,7 @@ def _run(name: str, kw: dict, work, **options):
     ``name`` with these options called on a workspace of the same bytes)."""
     given = {k: v for k, v in kw.items() if k not in ("workspace", "patches")}
     workspace = kw["workspace"]
+    common.QUICK_EXIT = True  # its last act is writing its result (and figure)
 
     def prefetched():
         with prefetching(name, workspace, {**given, **options}):
