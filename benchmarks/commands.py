@@ -399,7 +399,17 @@ NOTES = [
     "imports the statistics: XLA releases the GIL while it deserialises, and JAX's persistent "
     "cache had also decompressed its entry. A warm sbottom RegionA `cls` 0.89-0.92 -> "
     "0.66-0.70 s (five runs each, alternating, 08:51 UTC): the stored executable alone 0.80 s, "
-    "the prefetch the rest.",
+    "the prefetch the rest. The executable stored is always XLA's own compilation: one that "
+    "JAX's persistent cache returned serialised incompletely (a later command failed: "
+    "'Function ... not found'; a review's finding), so the stored kernel compiles under its "
+    "own name and is not written to JAX's cache (a cold `cls` also skips compressing a 2.7 MB "
+    "cache entry: its 'rest' 0.20 -> 0.04 s). The worker's first command prefetches too (the "
+    "worker imports the statistics with it): sbottom 1.10 -> 0.76 s in this table's run. "
+    "Measured alternating, three runs each (2026-12-07 10:10 UTC, scratch): `exclusion` over "
+    "the 217 RegionA patches prefetching 3.16-3.23 -> 2.91-3.02 s; the diagnostics "
+    "prefetching, then ending without the interpreter's finalisation as `cls` does: pulls "
+    "0.81-0.88 -> 0.59-0.64 s, ranking 1.20-1.26 -> 0.97-1.03 s, gof 1.21-1.29 -> 0.91-1.01 s, "
+    "the same outputs.",
     "- Measured 2026-12-07 (idle machine, pinned, the sbottom RegionA hypothesis test "
     "jitted as the CLI compiles it; scratch scripts): `xla_cpu_disable_loop_unrolling` "
     "alone compiles it in 5.1 instead of 7.0 CPU-s with the same warm time (6.9 ms), but 95 "
