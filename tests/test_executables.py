@@ -268,14 +268,14 @@ def test_an_executable_from_jaxs_cache_is_not_stored(store, persistent_cache, mo
     import contextlib
 
     with monkeypatch.context() as m:  # the kernel's compilation written to JAX's cache
-        m.setattr(exported, "_not_written_to_jaxs_cache", contextlib.nullcontext)
+        m.setattr(executables, "_not_written_to_jaxs_cache", contextlib.nullcontext)
         first = _cls()
         (exe,) = store.glob("*.exe")
         exe.unlink()
         exported._LOADED.clear()
-        hits = exported._CACHE_HITS[0]
+        hits = executables._CACHE_HITS[0]
         np.testing.assert_array_equal(_cls(), first)
-    assert exported._CACHE_HITS[0] == hits + 1  # it came from JAX's cache
+    assert executables._CACHE_HITS[0] == hits + 1  # it came from JAX's cache
     assert not exe.exists()
 
 
@@ -372,8 +372,8 @@ def test_the_stored_kernels_compilation_leaves_jaxs_cache_setting_to_other_threa
         return Lowering()
 
     before = jax.config.jax_persistent_cache_min_compile_time_secs
-    monkeypatch.setattr(exported.jax, "jit", jit)
-    compiled, cached = exported._compile(lambda x: 2 * x, np.arange(3.0))
+    monkeypatch.setattr(jax, "jit", jit)
+    compiled, cached = executables.xla_compile(lambda x: 2 * x, np.arange(3.0))
     monkeypatch.undo()
     np.testing.assert_array_equal(np.asarray(compiled(np.arange(3.0))), [0.0, 2.0, 4.0])
     assert seen == {"here": float("inf"), "other": before} and not cached

@@ -9,8 +9,8 @@ executable itself is stored beside the program (:func:`save`, ``<key>.<machine>.
 machine digest covers what the compiled code depends on beyond the program: jax and jaxlib,
 the platform and its version, the CPU's features, ``XLA_FLAGS`` and the options XLA compiles
 with, from JAX's settings and the kernel's compiler options) and loaded without lowering
-(:func:`load`). It is always XLA's own compilation, never one from JAX's persistent cache
-(:func:`diffhep.stats.exported._compile`: those serialise incompletely).
+(:func:`load`). It is always XLA's own compilation (:func:`xla_compile`), never one from JAX's
+persistent cache: those serialise incompletely.
 
 A command names the workspace it will run on before it imports the statistics
 (:func:`prefetch`): the kernels that the last command of the same kind and options called on
@@ -39,15 +39,19 @@ from pathlib import Path
 
 __all__ = [
     "compile_context",
+    "forget",
     "load",
+    "machine",
     "path",
     "prefetch",
+    "ready_lapack",
     "remember",
     "save",
     "set_compile_context",
     "set_store",
     "store",
     "take",
+    "xla_compile",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,7 @@ def set_compile_context(context: Callable[[], contextlib.AbstractContextManager]
 
 
 def compile_context() -> contextlib.AbstractContextManager:
-    """The context of :func:`set_compile_context`, entered."""
+    """A new context from the factory given to :func:`set_compile_context`."""
     return _CONTEXT()
 
 
@@ -144,6 +148,74 @@ def path(key: str, compiler_options=None) -> Path | None:
     if _STORE is None:
         return None
     return _STORE / f"{key}.{machine(compiler_options)}.exe"
+
+
+def xla_compile(fn: Callable, *args, options: dict | None = None):
+    """``(compiled, cached)``: ``jax.jit(fn, compiler_options=options).lower(*args)
+    .compile()``, and whether JAX's persistent cache returned it.
+
+    An executable from JAX's cache serialises incompletely (a process that loaded it failed:
+    "Function compare_select_fusion.3 not found"), so it must not be stored (:func:`save`):
+    ``fn`` is compiled under a name of its own (``stored_kernel``: the cache's entries of
+    the same program under another name, e.g. from earlier versions, do not match) and not
+    written to JAX's cache (its executable is stored here); ``cached`` says where it came
+    from all the same."""
+    import jax
+
+    def stored_kernel(*a):
+        return fn(*a)
+
+    _count_cache_hits()
+    hits = _CACHE_HITS[0]
+    with _not_written_to_jaxs_cache():
+        out = jax.jit(stored_kernel, compiler_options=options).lower(*args).compile()
+    return out, _CACHE_HITS[0] != hits
+
+
+_GLOBAL_SETTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _not_written_to_jaxs_cache():
+    """Within: this thread's compilations are not written to JAX's persistent cache (its
+    minimum compile time infinite for this thread only; where JAX has no such context, for
+    the process, one such compilation at a time)."""
+    import jax
+
+    try:
+        from jax._src import config  # JAX's thread-local form of the setting; not public
+
+        context = config.persistent_cache_min_compile_time_secs(float("inf"))
+    except (ImportError, AttributeError, TypeError):
+        context = None
+    if context is not None:
+        with context:
+            yield
+        return
+    with _GLOBAL_SETTING:
+        saved = jax.config.jax_persistent_cache_min_compile_time_secs
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+        try:
+            yield
+        finally:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", saved)
+
+
+_CACHE_HITS = [0]  # JAX's persistent-cache hits in this process (jax.monitoring)
+_COUNTING: list[bool] = []
+
+
+def _count_cache_hits() -> None:
+    if not _COUNTING:
+        import jax
+
+        _COUNTING.append(True)
+
+        def count(event, **_):
+            if event == "/jax/compilation_cache/cache_hits":
+                _CACHE_HITS[0] += 1
+
+        jax.monitoring.register_event_listener(count)
 
 
 def save(file: Path, compiled) -> None:

@@ -47,7 +47,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -241,68 +240,9 @@ def _spec(x):
 
 
 def _compile(fn: Callable, *args):
-    """``(compiled, cached)``: ``jax.jit(fn).lower(*args).compile()`` with
-    :func:`_with_options`' options, and whether JAX's persistent cache returned it.
-
-    An executable from JAX's cache serialises incompletely (a process that loaded it failed:
-    "Function compare_select_fusion.3 not found"), so it must not be stored: ``fn`` is
-    compiled under another name than :func:`_jit`'s (the cache's entries of those, from
-    earlier versions, do not match) and not written to JAX's cache (its executable is stored
-    here); ``cached`` says where it came from all the same."""
-
-    def stored_kernel(*a):
-        return fn(*a)
-
-    def build(options):
-        hits = _CACHE_HITS[0]
-        with _not_written_to_jaxs_cache():
-            out = jax.jit(stored_kernel, compiler_options=options).lower(*args).compile()
-        return out, _CACHE_HITS[0] != hits
-
-    _count_cache_hits()
-    return _with_options(build)
-
-
-_GLOBAL_SETTING = threading.Lock()
-
-
-@contextlib.contextmanager
-def _not_written_to_jaxs_cache():
-    """Within: this thread's compilations are not written to JAX's persistent cache (its
-    minimum compile time infinite for this thread only; where JAX has no such context, for
-    the process, one such compilation at a time)."""
-    try:
-        from jax._src import config  # JAX's thread-local form of the setting; not public
-
-        context = config.persistent_cache_min_compile_time_secs(float("inf"))
-    except (ImportError, AttributeError, TypeError):
-        context = None
-    if context is not None:
-        with context:
-            yield
-        return
-    with _GLOBAL_SETTING:
-        saved = jax.config.jax_persistent_cache_min_compile_time_secs
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
-        try:
-            yield
-        finally:
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", saved)
-
-
-_CACHE_HITS = [0]  # JAX's persistent-cache hits in this process (jax.monitoring)
-_COUNTING: list[bool] = []
-
-
-def _count_cache_hits() -> None:
-    if not _COUNTING:
-        _COUNTING.append(True)
-
-        def count(event, **_):
-            if event == "/jax/compilation_cache/cache_hits":
-                _CACHE_HITS[0] += 1
-
-        jax.monitoring.register_event_listener(count)
+    """``(compiled, cached)`` of :func:`executables.xla_compile` with :func:`_with_options`'
+    options."""
+    return _with_options(lambda options: executables.xla_compile(fn, *args, options=options))
 
 
 def _guarded(compiled, fallback: Callable[[], Callable]) -> Callable:
