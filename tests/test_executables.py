@@ -408,3 +408,41 @@ def test_exclusion_prefetches_its_kernels_and_gives_the_same_rows(tmp_path):
     (alias,) = (cache / "exported" / "aliases").iterdir()
     (exe,) = (cache / "exported").glob("*.exe")
     assert alias.read_text().split() == [exe.name]
+
+
+_DEVICES = """
+import json, sys
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+from diffhep.stats import executables, exported, workflows
+from diffhep.stats.workspace import Workspace, example_spec
+executables.set_store(sys.argv[1])
+ws = Workspace(example_spec())
+model, data = workflows._model_and_data(ws)
+out = []
+for device in jax.devices()[:2] * 2:  # the second device's arrays: not the executable's
+    exported._LOADED.clear()
+    if len(out) == 3:  # the stored program gone too
+        for program in executables.store().glob("*.bin"):
+            program.write_bytes(b"gone")
+    m, d = jax.device_put((model, data), device)
+    r = exported.call(workflows._cls_kernel, m, jax.device_put(np.float64(1.0), device), d,
+                      test_stat="qtilde")
+    out.append([str(r["cls_obs"].devices()), float(r["cls_obs"]), *map(float, r["cls_exp"])])
+print(json.dumps(out))
+"""
+
+
+def test_arrays_on_another_device_run_the_jitted_kernel(store):
+    """The stored executable is compiled for the default device; a call with arrays on
+    another (two simulated CPU devices) runs the kernel jitted there, the same numbers, also
+    where the stored program is gone."""
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    env = {**os.environ, "PYTHONPATH": SRC, "XLA_FLAGS": flags}
+    proc = subprocess.run([sys.executable, "-c", _DEVICES, str(store)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert [row[0] for row in out] == ["{CpuDevice(id=0)}", "{CpuDevice(id=1)}"] * 2
+    for row in out[1:]:
+        np.testing.assert_allclose(row[1:], out[0][1:], rtol=1e-12)

@@ -252,7 +252,13 @@ def load(file: Path | None):
         from jax.experimental import serialize_executable
 
         payload, in_tree, out_tree = pickle.loads(blob)
-        compiled = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+        import jax
+
+        # on the one device it was compiled for (by default JAX loads it for all of them:
+        # with two, every call failed, "Expected args ... to have 2 shards")
+        compiled = serialize_executable.deserialize_and_load(
+            payload, in_tree, out_tree, execution_devices=jax.devices()[:1]
+        )
     except Exception as err:
         log.debug("ignoring %s: %s", file, err)
         return None

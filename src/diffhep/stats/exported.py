@@ -246,15 +246,16 @@ def _compile(fn: Callable, *args):
 
 
 def _guarded(compiled, fallback: Callable[[], Callable]) -> Callable:
-    """Call ``compiled``; where it refuses the arguments (types it was not compiled for,
-    e.g. weakly typed scalars of the same key), the jitted kernel of ``fallback()``."""
+    """Call ``compiled``; where it refuses the arguments (arrays on another device than the
+    one it was compiled for: a ValueError; types it was not compiled for: a TypeError), the
+    jitted kernel of ``fallback()`` from then on (it follows its arguments' devices)."""
     jitted: list[Callable] = []
 
     def run(*args):
         if not jitted:
             try:
                 return compiled(*args)
-            except TypeError:
+            except (TypeError, ValueError):
                 jitted.append(fallback())
         return jitted[0](*args)
 
@@ -321,7 +322,7 @@ def call(kernel: Callable, model, *args, **static) -> Any:
 
     def jitted() -> Callable:
         exp = program()
-        return _jitted(kernel) if exp is None else _jit(exp.call)
+        return _jit(flat if exp is None else exp.call)  # (leaves, *args), as the executable
 
     exe = executables.path(key, _options())
     with executables.compile_context():
