@@ -35,6 +35,7 @@ import os
 import pickle
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 
 __all__ = [
@@ -166,10 +167,10 @@ def xla_compile(fn: Callable, *args, options: dict | None = None):
         return fn(*a)
 
     _count_cache_hits()
-    hits = _CACHE_HITS[0]
+    hits = _hits
     with _not_written_to_jaxs_cache():
         out = jax.jit(stored_kernel, compiler_options=options).lower(*args).compile()
-    return out, _CACHE_HITS[0] != hits
+    return out, _hits != hits
 
 
 _GLOBAL_SETTING = threading.Lock()
@@ -201,21 +202,23 @@ def _not_written_to_jaxs_cache():
             jax.config.update("jax_persistent_cache_min_compile_time_secs", saved)
 
 
-_CACHE_HITS = [0]  # JAX's persistent-cache hits in this process (jax.monitoring)
-_COUNTING: list[bool] = []
+_hits = 0  # JAX's persistent-cache hits in this process (from the first xla_compile on)
+_counting = False
+
+
+def _count(event, **_) -> None:
+    global _hits
+    if event == "/jax/compilation_cache/cache_hits":
+        _hits += 1
 
 
 def _count_cache_hits() -> None:
-    if not _COUNTING:
+    global _counting
+    if not _counting:
         import jax
 
-        _COUNTING.append(True)
-
-        def count(event, **_):
-            if event == "/jax/compilation_cache/cache_hits":
-                _CACHE_HITS[0] += 1
-
-        jax.monitoring.register_event_listener(count)
+        _counting = True
+        jax.monitoring.register_event_listener(_count)
 
 
 def save(file: Path, compiled) -> None:
@@ -290,14 +293,14 @@ def ready_lapack() -> None:
 
 
 class _Prefetch:
-    """The kernels one command is expected to call, loading on a thread."""
+    """The kernels one command is expected to call, loading on a thread: ``named`` is set
+    once ``alias`` and ``names`` are known, ``loads[name]`` holds each one's load."""
 
     def __init__(self, store: Path, alias_of: Callable[[], str], core: int | None):
         self.alias: str | None = None
-        self.named = threading.Event()  # set once the alias is known and its names read
         self.names: list[str] = []
-        self.loaded: dict[str, threading.Event] = {}
-        self.ready: dict[str, object] = {}
+        self.named = threading.Event()
+        self.loads: dict[str, Future] = {}
         self.thread = threading.Thread(
             target=self._run, args=(store, alias_of, core), name="diffhep-prefetch", daemon=True
         )
@@ -309,25 +312,20 @@ class _Prefetch:
                 with contextlib.suppress(AttributeError, OSError):
                     os.sched_setaffinity(0, {core})  # this thread only (Linux)
             self.alias = alias_of()
-            try:
+            with contextlib.suppress(OSError):
                 text = (store / "aliases" / self.alias).read_text()
-                names = [n for n in text.split() if n.endswith(".exe") and "/" not in n]
-            except OSError:
-                names = []
-            self.names = _unique(names)
-            for name in self.names:
-                self.loaded[name] = threading.Event()
+                self.names = _unique(n for n in text.split() if n.endswith(".exe") and "/" not in n)
+            self.loads = {name: Future() for name in self.names}
         except Exception as err:  # never the command's failure
             log.debug("prefetch: %s", err)
         finally:
             self.named.set()
-        for name in self.names:
+        for name, done in list(self.loads.items()):  # (take pops them meanwhile)
             try:
-                self.ready[name] = load(store / name)
+                done.set_result(load(store / name))
             except Exception as err:
                 log.debug("prefetch: %s", err)
-            finally:
-                self.loaded[name].set()
+                done.set_result(None)
 
 
 _PREFETCH: _Prefetch | None = None
@@ -371,10 +369,8 @@ def take(file: Path | None):
         return None
     _CALLED.append(file.name)
     p.named.wait()
-    if file.name not in p.loaded:
-        return None
-    p.loaded[file.name].wait()
-    return p.ready.pop(file.name, None)
+    done = p.loads.pop(file.name, None)  # (taken once: the memory goes with the command)
+    return None if done is None else done.result()
 
 
 def remember() -> None:
