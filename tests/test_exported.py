@@ -388,6 +388,27 @@ def test_configuration_digest_ranks_names(monkeypatch):
     assert digests["quoted"] != exported._config_digest(real_name)
 
 
+def test_jax_settings_that_change_tracing_are_part_of_the_structure():
+    """A kernel traced under JAX settings that change traced programs (the default matmul
+    precision; the PRNG's partitioning, other random bits from one key) is another program:
+    the store hands it neither to a call under the usual settings nor the reverse. Keys of
+    equal settings stay equal (also across processes:
+    test_second_command_on_another_point_compiles_nothing)."""
+    import diffhep
+
+    spec, patch = _analysis()
+    ws = diffhep.Workspace(spec).patched(patch)
+    model = ws.model()
+    data = ws.data(model)
+    usual = exported.structure_key(model, data)
+    with jax.default_matmul_precision("highest"):
+        precise = exported.structure_key(model, data)
+    with jax.threefry_partitionable(not jax.config.jax_threefry_partitionable):
+        other_bits = exported.structure_key(model, data)
+    assert len({usual, precise, other_bits}) == 3
+    assert exported.structure_key(model, data) == usual
+
+
 def test_interpolation_codes_are_part_of_the_structure():
     """Two models that differ only in an interpolation code are two programs (the codes are
     constants of the compiled program, not names: with every string ranked, normsys code1

@@ -16,8 +16,9 @@ replaced by their rank among them (so points whose signal sample is called
 ``sbottom_1300_850_60`` or ``sbottom_1000_600_60`` share a structure, while any behaviour that
 depends on names, through equality or order, is unchanged; modifier types and interpolation
 codes count as they are), the shapes and dtypes of the arrays, the versions of jax and
-jaxlib, the platform, and a hash of the sources of :mod:`diffhep.stats` (a code change makes
-new entries). Templates, data and the tested POI value are arguments, never constants.
+jaxlib, the platform, JAX's settings that change tracing (those its own ``jit`` cache keys
+on), and a hash of the sources of :mod:`diffhep.stats` (a code change makes new entries).
+Templates, data and the tested POI value are arguments, never constants.
 
 The public fits and tests (``fit``, ``hypotest``, ...) run through :func:`compiled`: called
 from plain Python they are compiled once per structure (in memory, the :data:`MAX_LOADED`
@@ -190,7 +191,24 @@ def structure_key(model, *args, **static) -> str:
     h.update(repr(sorted(static.items())).encode())
     h.update(f"{jax.__version__}|{jax.lib.__version__}|{jax.default_backend()}".encode())
     h.update(f"x64={jax.config.jax_enable_x64}|{_sources_hash()}".encode())
+    h.update(_tracing_settings().encode())
     return h.hexdigest()[:32]
+
+
+def _tracing_settings() -> str:
+    """JAX's settings that change a traced program, as JAX's own ``jit`` cache keys on them
+    (the default matmul precision, the PRNG's implementation and partitioning, ...): their
+    values, without objects that differ between processes (printed with an address)."""
+    try:
+        from jax._src import config  # JAX has no public list of them
+
+        context = config.trace_context()
+    except (ImportError, AttributeError):  # another JAX: the public ones that matter most
+        c = jax.config
+        names = ("jax_default_matmul_precision", "jax_default_prng_impl",
+                 "jax_threefry_partitionable", "jax_numpy_dtype_promotion")  # fmt: skip
+        context = tuple(getattr(c, n, None) for n in names)
+    return repr(tuple(v for v in context if " at 0x" not in repr(v)))
 
 
 #: XLA's older CPU emitters: its newer ones build an MLIR pass pipeline per fusion, and a
