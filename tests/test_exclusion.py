@@ -152,6 +152,76 @@ def test_non_converged_points_are_reported_and_exit_1(tmp_path):
     assert "False" in out.read_text()
 
 
+@pytest.mark.parametrize("batch", ["1", "2"])
+def test_a_point_whose_own_patch_is_bad_is_reported_and_the_others_computed(tmp_path, batch):
+    """A new user's trial: RegionB's published patch.sbottom_1500_1495_60.json only removes a
+    channel (no signal sample, so no POI): at that point the whole grid of 218 stopped with
+    exit 2, no CSV and no plot. Now the point is reported with its error (CLs null) in the
+    JSON lines and the CSV, every other point is computed as before, and the command exits 2
+    (bad input) naming the point and the message."""
+    ws_path, _ = _small_points(tmp_path)
+    other = {"name": "other", "data": [1.0, 1.0], "modifiers": []}  # no normfactor mu
+    nosignal = [{"op": "add", "path": "/channels/0/samples/0", "value": other}]
+    (tmp_path / "patch.s0.json").write_text(json.dumps(nosignal))  # (sorted first)
+    # a channel without samples (a traceback in the check of the patched document before)
+    empty = [{"op": "remove", "path": "/channels/0/samples/0"}]
+    (tmp_path / "patch.s3.json").write_text(json.dumps(empty))
+    good = run(["exclusion", str(ws_path), str(tmp_path / "patch.s1.json"),
+                str(tmp_path / "patch.s2.json"), "--batch-size", batch])  # fmt: skip
+    assert good.exit_code == 0, good.output
+    out = tmp_path / "grid.csv"
+    result = run(["exclusion", str(ws_path), str(tmp_path / "patch.*.json"), "--batch-size",
+                  batch, "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    rows = lines(result)
+    assert [r["point"] for r in rows] == ["s0", "s1", "s2", "s3"]
+    assert all(rows[i]["CLs_obs"] is None and rows[i]["converged"] is False for i in (0, 3))
+    assert "parameter of interest" in rows[0]["error"] and rows[0]["error"].startswith("s0: ")
+    assert "has no sample" in rows[3]["error"] and rows[3]["error"].startswith("s3: ")
+    assert rows[1:3] == lines(good)  # the other points as without the bad ones
+    assert "2 of 4 point(s) could not be computed" in result.stderr
+    assert "error: s0: " in result.stderr and "error: s3: " in result.stderr
+    table = list(csv.DictReader(out.read_text().splitlines()))
+    assert [r["point"] for r in table] == ["s0", "s1", "s2", "s3"]
+    assert "parameter of interest" in table[0]["error"] and table[1]["error"] == ""
+
+
+def test_a_mass_field_that_is_no_axis_must_be_fixed_before_any_fit(tmp_path):
+    """A new user's trial: the README's own example (RegionA, 'sbottom_{m1}_{m2}_{m3}' with
+    --x m1 --y m2) drew one contour through points of eleven values of m3 (spurious fingers
+    and islands), silently, and a pattern with a literal (one slice) was refused once the
+    points were computed. Now a field that varies without being an axis is an error before
+    any fit (it names the field and the largest slice); a literal selects the slice, the
+    other points are computed and not drawn (a note), and the CSV has the mass columns."""
+    ws_path, _ = _small_points(tmp_path)
+    names = {"sb_100_10_60": 1.0, "sb_200_10_60": 2.0, "sb_100_50_60": 0.5,
+             "sb_200_50_60": 3.0, "sb_100_10_1": 1.5}  # fmt: skip
+    signal = example_spec()["channels"][0]["samples"][0]
+    for name, scale in names.items():
+        sample = {**signal, "name": name, "data": [scale * x for x in signal["data"]]}
+        ops = [{"op": "add", "path": "/channels/0/samples/0", "value": sample}]
+        (tmp_path / f"patch.{name}.json").write_text(json.dumps(ops))
+    args = ["exclusion", str(ws_path), str(tmp_path / "patch.sb_*.json"), "--plot",
+            str(tmp_path / "excl.png"), "--x", "m1", "--y", "m2"]  # fmt: skip
+    mixed = run([*args, "--mass-pattern", "sb_{m1}_{m2}_{m3}"])
+    assert mixed.exit_code == 2 and not lines(mixed), mixed.output  # before any fit
+    assert "'m3' takes 2 values" in mixed.output and "'sb_{m1}_{m2}_60'" in mixed.output
+    assert "Traceback" not in mixed.output
+    nothing = run([*args, "--mass-pattern", "sbottom_{m1}_{m2}"])
+    assert nothing.exit_code == 2 and not lines(nothing)
+    assert "no point name matches" in nothing.output
+    out = tmp_path / "grid.csv"
+    sliced = run([*args, "--mass-pattern", "sb_{m1}_{m2}_60", "--out", str(out)])
+    assert sliced.exit_code == 0, sliced.output
+    assert len(lines(sliced)) == 5  # every point computed
+    assert "1 of 5 point(s) do not match" in sliced.stderr
+    assert (tmp_path / "excl.png").stat().st_size > 1000
+    table = {r["point"]: r for r in csv.DictReader(out.read_text().splitlines())}
+    assert (table["sb_200_50_60"]["m1"], table["sb_200_50_60"]["m2"]) == ("200", "50")
+    assert table["sb_100_10_1"]["m1"] == ""  # not of the slice
+
+
 def test_bad_patch_file_exits_2_naming_it(tmp_path):
     ws_path, _ = _small_points(tmp_path)
     bad = tmp_path / "broken.json"
@@ -196,7 +266,7 @@ def test_a_poi_value_outside_the_bounds_exits_2_as_cls_does(tmp_path):
                   "1e9"])  # fmt: skip
     assert grid.exit_code == single.exit_code == 2
     assert "outside the bounds" in grid.output and "a fit cannot test it" in grid.output
-    message = next(x for x in grid.output.splitlines() if "outside the bounds" in x)
+    message = next(x for x in grid.stderr.splitlines() if "outside the bounds" in x)
     assert message.startswith("error: s1: ")  # the point, then the message of cls
     cut = "at --poi-value: "
     assert message.split(cut)[1] == single.output.splitlines()[0].split(cut)[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,7 +17,7 @@ from .common import run, setup, with_test_stat
 from .stats import _codes, _settings
 
 COLUMNS = ["point", "CLs_obs", "CLs_exp_m2", "CLs_exp_m1", "CLs_exp_0", "CLs_exp_p1",
-           "CLs_exp_p2", "converged"]  # fmt: skip
+           "CLs_exp_p2", "converged", "error"]  # fmt: skip
 
 
 def _batch_task(spec, points, options):
@@ -27,13 +28,23 @@ def _batch_task(spec, points, options):
     return grid.run_batch(spec, points, **options)
 
 
-def _csv(rows) -> str:
+def _csv(rows, pattern: str | None = None) -> str:
+    """The rows as CSV; with a mass pattern, its fields as columns after the point's name
+    (empty where the name does not match)."""
+    fields: list[str] = []
+    masses: list = [None] * len(rows)
+    if pattern:
+        from ..plotting.exclusion import point_fields
+
+        fields = list(dict.fromkeys(re.findall(r"\{(\w+)\}", pattern)))
+        masses = point_fields([r["point"] for r in rows], pattern)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
-    for r in rows:
+    w.writerow([COLUMNS[0], *fields, *COLUMNS[1:]])
+    for r, m in zip(rows, masses, strict=True):
         exp = r["CLs_exp"] or [None] * 5
-        w.writerow([r["point"], r["CLs_obs"], *exp, r["converged"]])
+        at = [None if m is None else f"{m[f]:g}" for f in fields]
+        w.writerow([r["point"], *at, r["CLs_obs"], *exp, r["converged"], r.get("error")])
     return buf.getvalue()
 
 
@@ -43,12 +54,9 @@ def _csv(rows) -> str:
 _DEFAULT_BATCH = {"cpu": 1, "gpu": 32}
 
 
-def _compute(workspace, patches, digest_check, batch_size, workers, scheduler, options):
+def _compute(spec, points, batch_size, workers, scheduler, options):
     from ..stats import grid
-    from ..stats.schema import load_json
 
-    spec, _ = load_json(workspace, schema="workspace.json")
-    points = grid.load_points(spec, patches, digest_check=digest_check)
     if batch_size is None:
         import jax
 
@@ -71,19 +79,46 @@ def _compute(workspace, patches, digest_check, batch_size, workers, scheduler, o
             yield from fut.result()
 
 
-def _plot(rows, path, pattern, x, y, xlabel, ylabel):
-    from ..plotting.exclusion import parse_points, plot_exclusion
+def _plot(rows, drawn, coords, path, xlabel, ylabel):
+    """The contours of the points ``drawn`` (indices into ``rows``, at ``coords``) that
+    converged."""
+    from ..plotting.exclusion import plot_exclusion
 
-    ok = [r for r in rows if r["converged"]]
-    coords = parse_points([r["point"] for r in ok], pattern, x, y)
+    ok = [k for k, i in enumerate(drawn) if rows[i]["converged"]]
     plot_exclusion(
-        coords,
-        [r["CLs_obs"] for r in ok],
-        [r["CLs_exp"] for r in ok],
+        coords[ok],
+        [rows[drawn[k]]["CLs_obs"] for k in ok],
+        [rows[drawn[k]]["CLs_exp"] for k in ok],
         path,
-        xlabel=xlabel or x,
-        ylabel=ylabel or y,
+        xlabel=xlabel,
+        ylabel=ylabel,
     )
+
+
+def _report(rows) -> int:
+    """The points without CLs on standard error; the exit status: 2 where a point's own
+    input is bad (its patch, its model), 1 where fits did not converge, else 0."""
+    failed = [r for r in rows if r.get("error")]
+    bad = [r["point"] for r in rows if not r["converged"] and not r.get("error")]
+    if bad:
+        click.echo(
+            f"error: {len(bad)} of {len(rows)} point(s) did not converge (CLs null): "
+            f"{', '.join(bad[:20])}{' ...' if len(bad) > 20 else ''}\n"
+            "  fix: check these models with 'diffhep fit -p PATCH' (parameters at bounds and "
+            "empty bins are common causes)",
+            err=True,
+        )
+    if failed:
+        click.echo(
+            f"error: {len(failed)} of {len(rows)} point(s) could not be computed (bad input of "
+            "their own; CLs null, the message in their 'error'), the others were:",
+            err=True,
+        )
+        for r in failed[:10]:
+            click.echo(f"error: {r['error']}", err=True)
+        if len(failed) > 10:
+            click.echo(f"error: ... and {len(failed) - 10} more", err=True)
+    return 2 if failed else 1 if bad else 0
 
 
 @click.command()
@@ -183,29 +218,36 @@ def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest
         local = workers is None and scheduler is None  # (a cluster's workers load their own)
         given = {**options, "batch_size": batch_size}
         with common.prefetching("exclusion", workspace, given) if local else nullcontext():
-            for row in _compute(workspace, patches, not no_digest_check, batch_size, workers,
-                                scheduler, options):  # fmt: skip
+            from ..stats import grid
+            from ..stats.schema import load_json
+
+            spec, _ = load_json(workspace, schema="workspace.json")
+            points = grid.load_points(spec, patches, digest_check=not no_digest_check)
+            if plot_path:  # checked before any point is computed
+                from ..plotting.exclusion import select_points
+
+                names = [name for name, _ in points]
+                drawn, coords = select_points(names, mass_pattern, x_axis, y_axis)
+                if len(drawn) < len(names):
+                    click.echo(
+                        f"note: {len(names) - len(drawn)} of {len(names)} point(s) do not match "
+                        f"--mass-pattern {mass_pattern!r}: computed, not drawn",
+                        err=True,
+                    )
+            for row in _compute(spec, points, batch_size, workers, scheduler, options):
                 click.echo(json.dumps(row))
                 rows.append(row)
         if out is not None:
             from ..writers import write_atomic
 
-            write_atomic(Path(out), _csv(rows))
+            write_atomic(Path(out), _csv(rows, mass_pattern))
         if plot_path:
-            _plot(rows, plot_path, mass_pattern, x_axis, y_axis, xlabel, ylabel)
+            _plot(rows, drawn, coords, plot_path, xlabel or x_axis, ylabel or y_axis)
         return rows
 
-    rows = run(compute)
-    bad = [r["point"] for r in rows if not r["converged"]]
-    if bad:
-        click.echo(
-            f"error: {len(bad)} of {len(rows)} point(s) did not converge (CLs null): "
-            f"{', '.join(bad[:20])}{' ...' if len(bad) > 20 else ''}\n"
-            "  fix: check these models with 'diffhep fit -p PATCH' (parameters at bounds and "
-            "empty bins are common causes)",
-            err=True,
-        )
-        sys.exit(1)
+    code = _report(run(compute))
+    if code:
+        sys.exit(code)
 
 
 COMMANDS = [exclusion]

@@ -5,19 +5,26 @@ with the +-1 sigma band of the expected contour, interpolated on the signal poin
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import numpy as np
 
 from ..errors import DiffhepError
 from .style import new_figure, save_figure, styled
 
-__all__ = ["parse_points", "plot_exclusion"]
+__all__ = ["parse_points", "plot_exclusion", "point_fields", "select_points"]
 
 
-def parse_points(names, pattern: str, x: str, y: str) -> np.ndarray:
-    """``(n, 2)`` coordinates read from point names by a pattern such as
-    ``sbottom_{m1}_{m2}_{m3}`` (fields are numbers), ``x`` and ``y`` naming two fields."""
+def _fields(pattern: str, x: str, y: str) -> list[str]:
+    """The fields of ``pattern``, checked to hold ``x`` and ``y``."""
     fields = re.findall(r"\{(\w+)\}", pattern)
+    twice = sorted({f for f in fields if fields.count(f) > 1})
+    if twice:
+        raise DiffhepError(
+            f"the pattern {pattern!r} names {', '.join(twice)} more than once",
+            where="--mass-pattern",
+            fix="give each field its own name, e.g. sbottom_{m1}_{m2}_{m3}",
+        )
     for axis, field in (("--x", x), ("--y", y)):
         if field not in fields:
             raise DiffhepError(
@@ -25,20 +32,81 @@ def parse_points(names, pattern: str, x: str, y: str) -> np.ndarray:
                 where=axis,
                 fix=f"use one of {', '.join(fields) or '(none: write fields as {m1})'}",
             )
-    regex = "".join(
+    return fields
+
+
+def _regex(pattern: str) -> str:
+    return "".join(
         f"(?P<{part[1:-1]}>[-+0-9.eE]+)" if re.fullmatch(r"\{\w+\}", part) else re.escape(part)
         for part in re.split(r"(\{\w+\})", pattern)
     )
-    out = []
+
+
+def point_fields(names, pattern: str) -> list[dict[str, float] | None]:
+    """The fields of ``pattern`` read from each point name (``None`` where it does not
+    match): ``sbottom_1300_850_60`` by ``sbottom_{m1}_{m2}_{m3}`` gives
+    ``{'m1': 1300.0, 'm2': 850.0, 'm3': 60.0}``."""
+    regex = _regex(pattern)
+    out: list[dict[str, float] | None] = []
     for name in names:
         m = re.fullmatch(regex, name)
-        if m is None:
+        try:
+            out.append(None if m is None else {k: float(v) for k, v in m.groupdict().items()})
+        except ValueError:  # e.g. '1e' or '.-': not a number
+            out.append(None)
+    return out
+
+
+def select_points(names, pattern: str, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    """The points of one mass plane: the indices of the names that ``pattern`` matches and
+    their ``(x, y)``, ``(n, 2)``. A literal in the pattern selects a slice
+    (``sbottom_{m1}_{m2}_60``); a field other than ``x`` and ``y`` that varies among the
+    matching points is an error (a contour over it would mix the planes: RegionA's m3 takes
+    eleven values), as is a pattern no name matches. Checked before any point is computed.
+    """
+    fields = _fields(pattern, x, y)
+    values = point_fields(names, pattern)
+    index = np.asarray([i for i, v in enumerate(values) if v is not None], dtype=int)
+    if index.size == 0:
+        shown = ", ".join(repr(n) for n in list(names)[:3])
+        raise DiffhepError(
+            f"no point name matches the pattern {pattern!r} (names: {shown}, ...)",
+            where="--mass-pattern",
+            fix="write the point names with {field} for each number, e.g. sbottom_{m1}_{m2}_60",
+        )
+    for field in fields:
+        if field in (x, y):
+            continue
+        counts = Counter(values[i][field] for i in index)
+        if len(counts) > 1:
+            seen = sorted(counts)
+            listed = ", ".join(f"{v:g}" for v in seen[:6]) + (", ..." if len(seen) > 6 else "")
+            common = counts.most_common(1)[0][0]  # the largest slice
+            example = pattern.replace("{" + field + "}", f"{common:g}", 1)
+            raise DiffhepError(
+                f"the field {field!r} takes {len(seen)} values among the points ({listed}): "
+                f"one contour in ({x}, {y}) would mix them",
+                where="--mass-pattern",
+                fix=f"draw one slice by writing its value in the pattern, e.g. {example!r}",
+            )
+    coords = [(values[i][x], values[i][y]) for i in index]
+    return index, np.asarray(coords, dtype=float).reshape(-1, 2)
+
+
+def parse_points(names, pattern: str, x: str, y: str) -> np.ndarray:
+    """``(n, 2)`` coordinates read from point names by a pattern such as
+    ``sbottom_{m1}_{m2}_{m3}`` (fields are numbers), ``x`` and ``y`` naming two fields;
+    every name must match."""
+    _fields(pattern, x, y)
+    out = []
+    for name, v in zip(names, point_fields(names, pattern), strict=True):
+        if v is None:
             raise DiffhepError(
                 f"point {name!r} does not match the pattern {pattern!r}",
                 where="--mass-pattern",
                 fix="write the point names with {field} for each number",
             )
-        out.append((float(m[x]), float(m[y])))
+        out.append((v[x], v[y]))
     return np.asarray(out, dtype=float).reshape(-1, 2)
 
 

@@ -179,6 +179,25 @@ def _row(name, cls_obs, cls_exp, converged) -> dict[str, Any]:
     }
 
 
+def _failed(name, err: DiffhepError) -> dict[str, Any]:
+    """The row of a point whose model could not be built (bad input of its own: a published
+    patch that adds no signal sample, a patch of another workspace): reported with its
+    error, not the end of the grid."""
+    return {**_row(name, None, None, False), "error": str(err)}
+
+
+def _build(spec, name, ops, poi_value, measurement, modifier_settings, checked, canonical):
+    """The model and data of point ``name`` (``spec`` with its patch ``ops`` applied), or
+    the :class:`DiffhepError` that says why there is none."""
+    try:
+        doc = apply_patch(spec, ops, file=name)
+        if canonical:
+            doc = _canonical_samples(spec, doc)
+        return _model_and_data(doc, name, poi_value, measurement, modifier_settings, checked)
+    except DiffhepError as err:
+        return err
+
+
 def run_points(
     spec: dict,
     points,
@@ -204,18 +223,22 @@ def run_points(
     poi = _f64(poi_value)
     checked = check_samples(spec)  # once: a point checks only the samples its patch adds
     pending: deque = deque()
+
+    def done(name, r):
+        if isinstance(r, DiffhepError):
+            return _failed(name, r)
+        return _row(name, r["cls_obs"], r["cls_exp"], r["converged"])
+
     for name, ops in points:
-        doc = apply_patch(spec, ops, file=name)
-        model, data = _model_and_data(doc, name, poi_value, measurement, modifier_settings,
-                                      checked)  # fmt: skip
-        r = exported.call(_cls_kernel, model, poi, data, **static)
-        pending.append((name, r))
+        built = _build(spec, name, ops, poi_value, measurement, modifier_settings, checked,
+                       canonical=False)  # fmt: skip
+        if not isinstance(built, DiffhepError):
+            built = exported.call(_cls_kernel, built[0], poi, built[1], **static)
+        pending.append((name, built))
         if len(pending) > ahead:
-            name, r = pending.popleft()
-            yield _row(name, r["cls_obs"], r["cls_exp"], r["converged"])
+            yield done(*pending.popleft())
     while pending:
-        name, r = pending.popleft()
-        yield _row(name, r["cls_obs"], r["cls_exp"], r["converged"])
+        yield done(*pending.popleft())
 
 
 def run_batch(
@@ -242,6 +265,9 @@ def run_batch(
     Returns:
         One dict per point, in order: ``point``, ``CLs_obs``, ``CLs_exp`` (five values, the
         order of ``pyhf cls``) and ``converged``; the CLs are ``None`` when not converged.
+        A point whose own patch or model is bad input (the patch adds no signal sample,
+        belongs to another workspace, ...) has ``converged`` false and ``error``, the
+        message; the other points are computed.
     """
     require_x64()
     if (pad_to or len(points)) <= 1:  # one point at a time: the kernel of `diffhep cls`
@@ -249,17 +275,16 @@ def run_batch(
                                measurement=measurement, modifier_settings=modifier_settings,
                                max_steps=max_steps))  # fmt: skip
     checked = check_samples(spec)
-    built = []
-    for name, ops in points:
-        doc = _canonical_samples(spec, apply_patch(spec, ops, file=name))
-        built.append(_model_and_data(doc, name, poi_value, measurement, modifier_settings,
-                                     checked))  # fmt: skip
-    groups: dict[Any, list[int]] = {}
-    for i, (model, data) in enumerate(built):
-        key = exported.structure_key(model, data)
-        groups.setdefault(key, []).append(i)
-    size = max(pad_to or 0, len(points))
+    built = [_build(spec, name, ops, poi_value, measurement, modifier_settings, checked,
+                    canonical=True) for name, ops in points]  # fmt: skip
     out: list[dict[str, Any] | None] = [None] * len(points)
+    groups: dict[Any, list[int]] = {}
+    for i, b in enumerate(built):
+        if isinstance(b, DiffhepError):
+            out[i] = _failed(points[i][0], b)
+        else:
+            groups.setdefault(exported.structure_key(*b), []).append(i)
+    size = max(pad_to or 0, len(points))
     for idx in groups.values():
         padded = idx + [idx[-1]] * (size - len(idx))
         models = [built[i][0] for i in padded]

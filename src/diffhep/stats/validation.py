@@ -142,6 +142,14 @@ def _check_channels(spec, file, checked=frozenset()) -> dict:
             "give every channel a unique name")  # fmt: skip
     nbins = {}
     for i, ch in enumerate(channels):
+        if not ch["samples"]:  # (the schema says so; a patched document is not checked again)
+            raise DiffhepError(
+                f"channel {ch['name']!r} has no sample",
+                file=file,
+                where=f"channels[{i}].samples",
+                fix="check that the patch was made for this workspace (a channel keeps at "
+                "least one sample)",
+            )
         n = len(ch["samples"][0]["data"])
         nbins[ch["name"]] = n
         _unique(
