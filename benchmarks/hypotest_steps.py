@@ -4,9 +4,12 @@ The models of ``benchmarks/hypotest.py`` (default: sbottom RegionA and the 50-bi
 ``hypotest(1.0, model, data)`` jitted as there, and the ``n_steps`` of its fits (each
 with the steps of its restarts) read from the same compiled program. Prints one line per
 model; run it pinned (``taskset -c 1``) to compare with the CLI, which runs on one core.
+With ``--without-restarts`` every fit runs once from its start, without the search for
+several minima (``restarts.may_restart`` patched to False): what that search costs (it is
+not an option of diffhep: published likelihoods need it, issue 20).
 
 Usage:
-    PYTHONPATH=src python benchmarks/hypotest_steps.py [sbottom_A model_50 simple_10 ...]
+    PYTHONPATH=src python benchmarks/hypotest_steps.py [--without-restarts] [sbottom_A ...]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def main(keys: list[str]) -> None:
+def main(keys: list[str], without_restarts: bool = False) -> None:
     import jax
     import jax.numpy as jnp
 
@@ -39,9 +42,15 @@ def main(keys: list[str]) -> None:
         captured["n_steps"] = fits.n_steps
         return carry, fits
 
+    from diffhep.stats import restarts
+
     def run(m, d):
         with mock.patch.object(jax.lax, "scan", keep_fits):
-            res = ht.hypotest(1.0, m, d)
+            if without_restarts:
+                with mock.patch.object(restarts, "may_restart", lambda config: False):
+                    res = ht.hypotest(1.0, m, d)
+            else:
+                res = ht.hypotest(1.0, m, d)
         return res.cls_obs, captured["n_steps"]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,4 +73,6 @@ def main(keys: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["sbottom_A", "model_50"])
+    flag = "--without-restarts"
+    names = [a for a in sys.argv[1:] if a != flag]
+    main(names or ["sbottom_A", "model_50"], without_restarts=flag in sys.argv[1:])
