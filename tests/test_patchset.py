@@ -92,3 +92,13 @@ def test_no_digest_check_applies_the_patch_to_another_workspace(patchset_files):
     model = ws.model(patches=[ps[POINTS[0]]])
     obs = oracle.hypotest(1.0, ws.data(model), model)
     assert json.loads(forced.stdout)["CLs_obs"] == pytest.approx(float(obs), abs=1e-5)
+
+
+def test_patchset_without_a_patch_name_names_the_cli_option(patchset_files):
+    """The library's load_patch says name=NAME; the command line keeps --patch-name."""
+    ws_path, ps_path, _, _ = patchset_files
+    result = run(["cls", str(ws_path), "-p", str(ps_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"{ps_path}: at patches[*].metadata.name: the patchset has several" in result.output
+    assert "fix: choose one with --patch-name; available: " + POINTS[1] in result.output
+    assert "name=" not in result.output

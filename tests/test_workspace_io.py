@@ -426,11 +426,20 @@ def test_patchset_needs_a_patch_name(tmp_path):
     with pytest.raises(DiffhepError) as info:
         load_patch(path)
     assert "signal_300" in info.value.fix and "signal_500" in info.value.fix
+    # the library's argument, not the command line's --patch-name
+    assert "choose one with name=NAME" in info.value.fix and "--patch-name" not in str(info.value)
     with pytest.raises(DiffhepError) as info:
         load_patch(path, name="signal_999")
     assert "signal_999" in info.value.message
-    assert "signal_300" in info.value.fix
+    assert "signal_300" in info.value.fix and "name=NAME" in info.value.fix
     assert info.value.file == str(path)
+    single = write_json(
+        tmp_path / "patch.json", make_patchset(make_workspace())["patches"][0]["patch"]
+    )
+    with pytest.raises(DiffhepError) as info:
+        load_patch(single, name="signal_300")
+    assert info.value.where == "name" and "name='signal_300' given" in info.value.message
+    assert "--patch-name" not in str(info.value)
 
 
 def test_patchset_with_one_patch_needs_no_name(tmp_path):

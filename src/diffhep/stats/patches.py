@@ -24,10 +24,35 @@ import jsonpatch
 from ..errors import DiffhepError
 from .schema import load_json
 
-__all__ = ["apply_patch", "digest", "load_patch", "patch_schema", "verify_patchset"]
+__all__ = [
+    "PatchError",
+    "apply_patch",
+    "digest",
+    "load_patch",
+    "misfit_patch_error",
+    "patch_schema",
+    "verify_patchset",
+]
 
 _SAMPLE_PATH = re.compile(r"^/channels/\d+/samples/(\d+|-)$")
 _CHANNEL_PATH = re.compile(r"^/channels/\d+$")
+
+
+class PatchError(DiffhepError):
+    """A JSON patch that does not apply to a workspace (a path it names is not there)."""
+
+
+def misfit_patch_error(err: DiffhepError, patch: str) -> DiffhepError:
+    """``err``, raised by applying the patch ``patch`` (its file, or point name) to a valid
+    workspace or by the workspace it made, reworded to blame the patch."""
+    when = "with" if isinstance(err, PatchError) else "after applying"  # (then: it applied)
+    return DiffhepError(
+        f"{when} the patch {patch}: {err.message}",
+        file=err.file,
+        where=err.where,
+        fix="the patch may belong to another workspace (e.g. another region): apply it to the "
+        "background-only workspace it was made for",
+    )
 
 
 def _local_op(op) -> bool:
@@ -76,6 +101,19 @@ def patch_schema(doc) -> str:
     return "jsonpatch.json" if isinstance(doc, list) else "patchset.json"
 
 
+def _patch_schema(doc, source) -> str:
+    """:func:`patch_schema`, after telling a workspace given in a patch's place (its schema
+    error lists the workspace's keys as unexpected)."""
+    if isinstance(doc, dict) and "channels" in doc and "patches" not in doc:
+        raise DiffhepError(
+            "this is a HistFactory workspace, not a patch or patchset",
+            file="<stdin>" if str(source) == "-" else str(source),
+            fix="give it as WORKSPACE, and with -p a signal patch (e.g. patch.NAME.json) or a "
+            "patchset",
+        )
+    return patch_schema(doc)
+
+
 def load_patch(
     path: str | Path, name: str | None = None, *, verify_against: dict | None = None
 ) -> list[dict]:
@@ -87,14 +125,21 @@ def load_patch(
         verify_against: The background-only workspace the patchset is applied to: its
             digest must match the patchset's ``metadata.digests`` (``None``: no check).
     """
-    doc, fname = load_json(path, schema=patch_schema)
+    return _load_patch(path, name, verify_against, option="name=")
+
+
+def _load_patch(path, name, verify_against, option: str) -> list[dict]:
+    """:func:`load_patch`; its messages call ``name`` ``option``: ``"name="`` (the Python
+    argument) or ``"--patch-name"`` (the command line's)."""
+    arg = f"{option}{name!r}" if option.endswith("=") else f"{option} {name!r}"
+    doc, fname = load_json(path, schema=lambda doc: _patch_schema(doc, path))
     if isinstance(doc, list):
         if name is not None:
             raise DiffhepError(
-                f"--patch-name {name!r} given, but the file is a single JSON patch, not a patchset",
+                f"{arg} given, but the file is a single JSON patch, not a patchset",
                 file=fname,
-                where="--patch-name",
-                fix="drop --patch-name, or give a patchset file",
+                where=option.rstrip("="),
+                fix=f"drop {option}, or give a patchset file",
             )
         return doc
     if verify_against is not None:
@@ -103,13 +148,14 @@ def load_patch(
     if name is None and len(patches) == 1:
         return next(iter(patches.values()))
     if name not in patches:
+        choose = f"{option}NAME" if option.endswith("=") else option
         raise DiffhepError(
             f"patch {name!r} is not in this patchset"
             if name
             else "the patchset has several patches",
             file=fname,
             where="patches[*].metadata.name",
-            fix=f"choose one with --patch-name; available: {', '.join(sorted(patches)[:10])}"
+            fix=f"choose one with {choose}; available: {', '.join(sorted(patches)[:10])}"
             + (" ..." if len(patches) > 10 else ""),
         )
     return patches[name]
@@ -139,7 +185,7 @@ def apply_patch(spec: dict, patch: list[dict], *, file: str | None = None) -> di
             return jsonpatch.JsonPatch(_copy_json(patch)).apply(doc, in_place=True)
         return jsonpatch.JsonPatch(patch).apply(spec)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
-        raise DiffhepError(
+        raise PatchError(
             f"the patch does not apply: {err}",
             file=file,
             fix="the patch must be made for this workspace (check channel/sample indices)",

@@ -63,8 +63,20 @@ def load_json(path: str | Path, *, schema=None) -> tuple[Any, str]:
         raise DiffhepError(
             "file not found", file=name, fix="check the path (use '-' to read standard input)"
         ) from None
+    except IsADirectoryError:
+        found = sorted(p.name for p in Path(path).glob("*.json*"))
+        some = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise DiffhepError(
+            "this is a directory, not a JSON file",
+            file=name,
+            fix="give the path of a JSON file in it" + (f" (it has {some})" if found else ""),
+        ) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise DiffhepError(f"cannot read the file ({err})", file=name) from None
+        raise DiffhepError(
+            f"cannot read the file ({err})",
+            file=name,
+            fix="give a readable JSON file (UTF-8 .json, or gzip-compressed .json.gz)",
+        ) from None
     try:
         doc = json.loads(text)
     except RecursionError:

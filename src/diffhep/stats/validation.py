@@ -31,16 +31,22 @@ Example:
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from ..errors import DiffhepError
 
-__all__ = ["MAX_YIELD", "WorkspaceContentError", "check_samples", "check_workspace"]
+__all__ = ["MAX_YIELD", "WorkspaceContentError", "check_samples", "check_workspace", "count"]
 
 MAX_YIELD = 1e15
 
 
 class WorkspaceContentError(DiffhepError):
     """A workspace whose content is invalid (bad numbers, lengths, duplicate names)."""
+
+
+def count(n: int, word: str) -> str:
+    """``n`` and ``word``, plural unless ``n`` is 1: ``count(1, "bin") == "1 bin"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _bad_number(x, *, nonneg=False, positive=False) -> str | None:
@@ -70,7 +76,7 @@ def _check_numbers(values, where, what, fix, file, **kind):
 def _check_length(values, nbins, where, what, file):
     if len(values) != nbins:
         raise WorkspaceContentError(
-            f"{what} has {len(values)} numbers, the channel has {nbins} bins",
+            f"{what} has {count(len(values), 'number')}, the channel has {count(nbins, 'bin')}",
             file=file,
             where=where,
             fix="give one number per bin of the channel",
@@ -136,10 +142,21 @@ def check_samples(spec: dict, file: str | None = None) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _channel_bins(samples, observed: int | None) -> int:
+    """A channel's number of bins: the length most of its samples and its observation have
+    (the first sample's on a tie), so that a length error names the odd one out (e.g. the
+    sample a patch made for another workspace added)."""
+    votes = Counter(len(s["data"]) for s in samples)
+    if observed is not None:
+        votes[observed] += 1
+    return max(votes, key=votes.__getitem__)  # (the first of equal counts)
+
+
 def _check_channels(spec, file, checked=frozenset()) -> dict:
     channels = spec["channels"]
     _unique([c["name"] for c in channels], lambda k: f"channels[{k}].name", "channels", file,
             "give every channel a unique name")  # fmt: skip
+    observed = {o["name"]: len(o["data"]) for o in reversed(spec.get("observations", []))}
     nbins = {}
     for i, ch in enumerate(channels):
         if not ch["samples"]:  # (the schema says so; a patched document is not checked again)
@@ -150,7 +167,7 @@ def _check_channels(spec, file, checked=frozenset()) -> dict:
                 fix="check that the patch was made for this workspace (a channel keeps at "
                 "least one sample)",
             )
-        n = len(ch["samples"][0]["data"])
+        n = _channel_bins(ch["samples"], observed.get(ch["name"]))
         nbins[ch["name"]] = n
         _unique(
             [s["name"] for s in ch["samples"]],

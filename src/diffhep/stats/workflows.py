@@ -30,7 +30,7 @@ from .limits import LIMIT_NAMES, check_level
 from .limits import poi_bounds as _poi_bounds
 from .limits import upper_limit as _upper_limit
 from .model import POISSON_FLOOR
-from .patches import load_patch
+from .patches import _load_patch, misfit_patch_error
 from .schema import load_json, validate
 from .uncertainties import undetermined_names
 from .workspace import Workspace
@@ -67,18 +67,13 @@ def load_workspace(workspace, patches=(), patch_name=None, digest_check=True) ->
         if isinstance(patch, list):
             ws = ws.patched(patch)
             continue
-        ops = load_patch(patch, patch_name, verify_against=ws.spec if digest_check else None)
+        ops = _load_patch(patch, patch_name, ws.spec if digest_check else None,
+                          option="--patch-name")  # fmt: skip
         try:
             ws = ws.patched(ops)
         except DiffhepError as err:  # the workspace was valid: the patch does not fit it
             label = str(patch) + (f" (patch {patch_name!r})" if patch_name else "")
-            raise DiffhepError(
-                f"with the patch {label}: {err.message}",
-                file=err.file,
-                where=err.where,
-                fix="check that the patch was made for this workspace (its channels, "
-                "samples and bins)",
-            ) from None
+            raise misfit_patch_error(err, label) from None
     return ws
 
 
@@ -105,8 +100,30 @@ def _f64(x) -> jax.Array:
 
 def _model_and_data(ws: Workspace, measurement=None, modifier_settings=None):
     require_x64()
-    model = ws.model(measurement, modifier_settings=modifier_settings)
+    try:
+        model = ws.model(measurement, modifier_settings=modifier_settings)
+    except DiffhepError as err:
+        raise _background_only(err, ws, measurement) from None
     return model, _f64(ws.data(model))
+
+
+def _background_only(err: DiffhepError, ws: Workspace, measurement) -> DiffhepError:
+    """``err``, with a hint when it says the measurement's POI is missing from a workspace
+    that no patch added a sample to: a background-only workspace given without its signal
+    patch (pyhf's ``cls`` takes it with ``--patch``)."""
+    if err.where != "measurements[].config.poi" or ws.added_samples:
+        return err
+    poi = ws.measurement(measurement)["config"]["poi"]
+    if any(m["name"] == poi for c in ws.spec["channels"] for s in c["samples"]
+           for m in s["modifiers"]):  # fmt: skip
+        return err  # (it is there, but not a scalar)
+    return type(err)(
+        err.message,
+        file=err.file,
+        where=err.where,
+        fix="this looks like a background-only workspace: apply a signal patch, -p PATCH "
+        f"(and --patch-name for a patchset) as pyhf cls --patch; or {err.fix}",
+    )
 
 
 def _warn_clipped(n, where):

@@ -29,7 +29,7 @@ from ..writers import write_atomic
 from .model import Model
 from .patches import _local_op, apply_patch, digest, load_patch, patch_schema, verify_patchset
 from .schema import SCHEMA_VERSION, load_json, validate
-from .validation import check_workspace
+from .validation import check_workspace, count
 
 __all__ = [
     "Workspace",
@@ -67,6 +67,8 @@ class Workspace:
             validate(spec, "workspace.json", file=file)
         self.spec = spec
         self.file = file
+        #: Names of the samples the patches applied with :meth:`patched` added.
+        self.added_samples: tuple[str, ...] = ()
         self._check_consistency(checked_samples)
 
     @classmethod
@@ -92,7 +94,7 @@ class Workspace:
             for j, sample in enumerate(channel["samples"]):
                 if len(sample["data"]) != nbins:
                     raise DiffhepError(
-                        f"sample {sample['name']!r} has {len(sample['data'])} bins, "
+                        f"sample {sample['name']!r} has {count(len(sample['data']), 'bin')}, "
                         f"the channel has {nbins}",
                         file=self.file,
                         where=f"channels[{i}].samples[{j}].data",
@@ -100,12 +102,15 @@ class Workspace:
                     )
         for k, o in enumerate(self.spec["observations"]):
             ch = next((c for c in self.spec["channels"] if c["name"] == o["name"]), None)
-            if ch is not None and len(o["data"]) != len(ch["samples"][0]["data"]):
+            nbins = len(ch["samples"][0]["data"]) if ch is not None else None
+            if nbins is not None and len(o["data"]) != nbins:
                 raise DiffhepError(
-                    f"observation {o['name']!r} has {len(o['data'])} bins, the channel has "
-                    f"{len(ch['samples'][0]['data'])}",
+                    f"observation {o['name']!r} has {count(len(o['data']), 'bin')}, the channel "
+                    f"has {nbins}",
                     file=self.file,
                     where=f"observations[{k}].data",
+                    fix=f"give one observed count per bin of channel {o['name']!r} "
+                    f"({count(nbins, 'number')})",
                 )
 
     @property
@@ -188,7 +193,13 @@ class Workspace:
             local = False
         # the samples shared with this (checked) workspace need no second content check
         shared = frozenset(id(s) for c in self.spec["channels"] for s in c["samples"])
-        return Workspace(doc, file=self.file, validate_schema=not local, checked_samples=shared)
+        new = Workspace(doc, file=self.file, validate_schema=not local, checked_samples=shared)
+        known = {(c["name"], s["name"]) for c in self.spec["channels"] for s in c["samples"]}
+        new.added_samples = self.added_samples + tuple(
+            s["name"] for c in doc["channels"] for s in c["samples"]
+            if (c["name"], s["name"]) not in known
+        )  # fmt: skip
+        return new
 
     def to_json(self) -> str:
         return json.dumps(self.spec, indent=2, sort_keys=True)
