@@ -178,6 +178,7 @@ def test_a_point_whose_own_patch_is_bad_is_reported_and_the_others_computed(tmp_
     assert [r["point"] for r in rows] == ["s0", "s1", "s2", "s3"]
     assert all(rows[i]["CLs_obs"] is None and rows[i]["converged"] is False for i in (0, 3))
     assert "parameter of interest" in rows[0]["error"] and rows[0]["error"].startswith("s0: ")
+    assert "this point's patch adds no signal sample" in rows[0]["error"]  # (its fix)
     assert "has no sample" in rows[3]["error"] and rows[3]["error"].startswith("s3: ")
     assert rows[1:3] == lines(good)  # the other points as without the bad ones
     assert "2 of 4 point(s) could not be computed" in result.stderr

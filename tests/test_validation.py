@@ -240,9 +240,10 @@ def test_patch_of_another_region(sbottom_dir):
     result = run(["cls", str(bkg), "-p", str(patch)])
     _clean_exit_2(result, f"{bkg}: {wrong}: after applying the patch {patch}: {lengths}\n",
                   "the patch may belong to another workspace")  # fmt: skip
-    # (exclusion names the point; the patch file and the hint would need stats/grid.py)
+    # exclusion names the point (its row and the summary), with the same hint
     result = run(["exclusion", str(bkg), str(patch)])
-    _clean_exit_2(result, f"sbottom_1300_850_60: {wrong}: {lengths}\n")
+    _clean_exit_2(result, f"sbottom_1300_850_60: {wrong}: after applying the patch of this "
+                  f"point: {lengths}\n", "the patch may belong to another workspace")  # fmt: skip
 
 
 def test_directory_given_as_a_file(sbottom_dir):

@@ -43,7 +43,7 @@ from ..errors import DiffhepError, require_x64
 from . import exported
 from .fit import DEFAULT_MAX_STEPS
 from .hypotest import hypotest
-from .patches import apply_patch, verify_patchset
+from .patches import apply_patch, misfit_patch_error, verify_patchset
 from .schema import load_json
 from .validation import check_samples
 from .workflows import _check_poi_value, _cls_kernel, _f64
@@ -162,11 +162,18 @@ def _canonical_samples(spec: dict, doc: dict) -> dict:
     return doc
 
 
-def _model_and_data(doc, name, poi_value, measurement, modifier_settings, checked):
-    ws = Workspace(doc, file=name, validate_schema=False, checked_samples=checked)
+def _workspace(doc, name, checked) -> Workspace:
+    return Workspace(doc, file=name, validate_schema=False, checked_samples=checked)
+
+
+def _model_of(ws, poi_value, measurement, modifier_settings):
     model = ws.model(measurement, modifier_settings=modifier_settings)
     _check_poi_value(model, ws, poi_value)  # the check and message of `diffhep cls`
     return model, _f64(ws.data(model))
+
+
+def _model_and_data(doc, name, poi_value, measurement, modifier_settings, checked):
+    return _model_of(_workspace(doc, name, checked), poi_value, measurement, modifier_settings)
 
 
 def _row(name, cls_obs, cls_exp, converged) -> dict[str, Any]:
@@ -188,14 +195,37 @@ def _failed(name, err: DiffhepError) -> dict[str, Any]:
 
 def _build(spec, name, ops, poi_value, measurement, modifier_settings, checked, canonical):
     """The model and data of point ``name`` (``spec`` with its patch ``ops`` applied), or
-    the :class:`DiffhepError` that says why there is none."""
+    the :class:`DiffhepError` that says why there is none: the workspace is valid, so the
+    point's patch does not fit it, or adds no signal."""
     try:
         doc = apply_patch(spec, ops, file=name)
         if canonical:
             doc = _canonical_samples(spec, doc)
-        return _model_and_data(doc, name, poi_value, measurement, modifier_settings, checked)
+        ws = _workspace(doc, name, checked)
     except DiffhepError as err:
+        return misfit_patch_error(err, "of this point")
+    try:
+        return _model_of(ws, poi_value, measurement, modifier_settings)
+    except DiffhepError as err:
+        return _without_signal(err, doc)
+
+
+def _without_signal(err: DiffhepError, doc: dict) -> DiffhepError:
+    """``err`` with a fix for a point whose patched workspace has no sample with the
+    measurement's POI (RegionB's published patch.sbottom_1500_1495_60 only removes a
+    channel)."""
+    if err.where != "measurements[].config.poi":
         return err
+    names = {m["name"] for c in doc["channels"] for s in c["samples"] for m in s["modifiers"]}
+    if any(m["config"]["poi"] in names for m in doc.get("measurements", [])):
+        return err  # (there, but not a scalar)
+    return type(err)(
+        err.message,
+        file=err.file,
+        where=err.where,
+        fix="this point's patch adds no signal sample (no modifier of that name): leave the "
+        "point out, or check its patch",
+    )
 
 
 def run_points(
