@@ -1,11 +1,12 @@
 """The opt-in persistent worker (diffhep.cli.worker, diffhep.cli.server): a forwarded command
 prints and exits exactly as the same command run in its own process (DIFFHEP_NO_WORKER=1, the
-reference), a worker of another configuration is never used, `worker stop` stops it, and the
-client never imports JAX.
+reference), a worker of another configuration is never used, `worker stop` stops it (and the
+stale ones, never another configuration's), and the client never imports JAX.
 
 One worker for the module (a private temporary directory, a temporary compilation cache);
-the module costs ~6-10 s (the worker's start-up and the in-process reference runs), so all
-but the client-only test are marked slow."""
+the module costs ~6-10 s (the worker's start-up and the in-process reference runs), so the
+tests that run commands in a worker are marked slow (those of `worker stop`, ~1 s a worker
+started, are not)."""
 
 from __future__ import annotations
 
@@ -222,9 +223,176 @@ def test_a_stale_request_is_refused_and_stop_stops(tmp_path):
     assert not list((tmp_path / "w").glob("*.sock"))
     assert _diffhep(["worker", "start", "--idle-timeout", "1"], env).returncode == 0
     stop = _diffhep(["worker", "stop"], env)
-    assert stop.returncode == 0 and stop.stdout == b"stopped 1 worker(s)\n"
+    assert stop.returncode == 0, stop.stderr
+    assert stop.stdout.decode().splitlines()[-1] == "stopped 1 worker(s), left 0 running"
     assert _diffhep(["worker", "status"], env).returncode == 1
     assert not list((tmp_path / "w").glob("*.sock"))
+
+
+def _pid(env) -> int | None:
+    """The pid of the worker the installation of ``env`` uses (None: none runs)."""
+    proc = _diffhep(["worker", "status"], env)
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    return next((line["pid"] for line in lines if line["current"]), None)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a worker's process."""
+    return b"diffhep.cli.server" in _cmdline(pid)
+
+
+def _ended(pid: int) -> bool:
+    """Whether the worker ``pid`` ended within 5 s (a moment after it removed its files)."""
+    import time
+
+    for _ in range(50):
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _end_workers(tmp: Path) -> None:
+    """Terminate what is left of the workers serving ``tmp``'s worker directory (a test that
+    failed before its stop): only processes that run diffhep.cli.server on that directory."""
+    import signal
+
+    d = str(tmp / "w").encode()
+    for p in (tmp / "w").glob("*.json"):
+        try:
+            pid = json.loads(p.read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            continue
+        args = _cmdline(pid).split(b"\0")
+        if b"diffhep.cli.server" in args and d in args:
+            os.kill(pid, signal.SIGTERM)
+
+
+class _Busy:
+    """The worker ``pid`` of ``tmp``'s directory busy with a command until the block ends: a
+    ``cls -`` whose standard input (this client's) is read on demand and given at the exit."""
+
+    def __init__(self, tmp: Path, env: dict, pid: int):
+        from multiprocessing.connection import Client
+
+        d = tmp / "w"
+        (k,) = [p.name[:-5] for p in d.glob("*.json") if json.loads(p.read_text())["pid"] == pid]
+        info = json.loads((d / f"{k}.json").read_text())
+        self.conn = Client(str(d / f"{k}.sock"), "AF_UNIX", authkey=bytes.fromhex(info["authkey"]))
+        utf8 = [("utf-8", "strict")] * 3
+        request = dict(key=k, argv=["diffhep", "cls", "-"], prog="diffhep", cwd=str(tmp), env=env)
+        self.conn.send(("run", {**request, "tty": [False] * 3, "encoding": utf8}))
+
+    def __enter__(self):
+        assert self.conn.recv() == ("started",)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            while True:
+                tag, value = self.conn.recv()
+                if tag == "read":
+                    self.conn.send(("in", b""))
+                elif tag == "exit":
+                    assert value == 2  # no workspace on standard input
+                    break
+        finally:
+            self.conn.close()
+
+
+def test_stop_leaves_the_worker_of_another_configuration_running(tmp_path):
+    """The report: two workers in one directory, keyed by their cache directories (two
+    installations or configurations on one account); `worker stop` of one stops its own and
+    says it left the other running; `--all` stops the other too when it is idle, never while
+    it runs a command."""
+    env = _env(tmp_path)
+    env2 = {**env, "DIFFHEP_CACHE_DIR": str(tmp_path / "cache2")}
+    try:
+        for e in (env2, env):
+            start = _diffhep(["worker", "start", "--idle-timeout", "2"], e)
+            assert start.returncode == 0, start.stderr
+        mine, other = _pid(env), _pid(env2)
+        assert None not in (mine, other) and mine != other
+        stop = _diffhep(["worker", "stop"], env)
+        assert stop.returncode == 0, stop.stderr
+        *lines, last = stop.stdout.decode().splitlines()
+        assert sorted(lines) == sorted(
+            [f"pid {mine}: stopped (this installation's worker)",
+             f"pid {other}: left running (another installation or configuration; "
+             "--all stops it when idle)"]
+        )  # fmt: skip
+        assert last == "stopped 1 worker(s), left 1 running"
+        assert _pid(env) is None and _pid(env2) == other
+        with _Busy(tmp_path, env2, other):
+            for args in (["worker", "stop"], ["worker", "stop", "--all"]):
+                stop = _diffhep(args, env)
+                assert stop.returncode == 0, stop.stderr
+                assert stop.stdout.decode().splitlines() == [
+                    f"pid {other}: left running (another installation or configuration, busy "
+                    "with a command)",
+                    "stopped 0 worker(s), left 1 running",
+                ]
+                assert _alive(other)
+            busy = json.loads(_diffhep(["worker", "status"], env).stdout)
+            assert (busy["pid"], busy["busy"], busy["current"], busy["stale"]) == (
+                other, True, False, None)  # fmt: skip
+        stop = _diffhep(["worker", "stop", "--all"], env)
+        assert stop.returncode == 0, stop.stderr
+        assert stop.stdout.decode().splitlines() == [
+            f"pid {other}: stopped (another installation or configuration, idle (--all))",
+            "stopped 1 worker(s), left 0 running",
+        ]
+        assert _pid(env2) is None and _ended(other)
+    finally:
+        _end_workers(tmp_path)
+
+
+def test_stop_stops_the_stale_workers(tmp_path):
+    """Stale workers are stopped from any installation: one whose code changed on disk since
+    it started (here a copy of the package, touched), which `status` reports as stale, and
+    one whose process is gone (its files are removed)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(Path(SRC) / "diffhep", copy / "diffhep", ignore=shutil.ignore_patterns("*.pyc"))
+    env = _env(tmp_path)
+    old = _env(tmp_path, PYTHONPATH=str(copy))
+    try:
+        start = _diffhep(["worker", "start", "--idle-timeout", "2"], old)
+        assert start.returncode == 0, start.stderr
+        stale = _pid(old)
+        assert stale is not None
+        init = copy / "diffhep" / "__init__.py"
+        os.utime(init, ns=(0, init.stat().st_mtime_ns + 10**9))  # its code changed on disk
+        gone = subprocess.Popen(["true"])
+        gone.wait()  # the files of a worker killed: its socket and JSON left
+        (tmp_path / "w" / f"{'0' * 20}.json").write_text(json.dumps({"pid": gone.pid}))
+        (tmp_path / "w" / f"{'0' * 20}.sock").touch()
+        status = _diffhep(["worker", "status"], env)
+        assert status.returncode == 1  # no worker of this installation
+        (line,) = [json.loads(x) for x in status.stdout.splitlines()]
+        assert (line["pid"], line["current"], line["stale"]) == (stale, False, True)
+        assert b"1 worker(s) gone" in status.stderr
+        stop = _diffhep(["worker", "stop"], env)
+        assert stop.returncode == 0, stop.stderr
+        *lines, last = stop.stdout.decode().splitlines()
+        assert sorted(lines) == sorted(
+            [f"pid {gone.pid}: stopped (stale: its process is gone; its files removed)",
+             f"pid {stale}: stopped (stale: its code changed on disk since it started)"]
+        )  # fmt: skip
+        assert last == "stopped 2 worker(s), left 0 running"
+        assert _ended(stale)
+        assert not list((tmp_path / "w").glob("*.json"))
+        assert not list((tmp_path / "w").glob("*.sock"))
+    finally:
+        _end_workers(tmp_path)
 
 
 def _fake_worker(tmp: Path, monkeypatch, behave):

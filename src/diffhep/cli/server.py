@@ -10,7 +10,8 @@ process (the directory, the environment, sys.argv, the streams, root logging han
 matplotlib's rc) is put back afterwards. A client that connects while a command runs is told
 "busy" and runs its command itself. The worker exits after IDLE_SECONDS without a command, on
 ``stop``, or when its source files change (its key, :func:`diffhep.cli.worker.key`, no longer
-matches: clients of the new code look for another socket).
+matches: clients of the new code look for another socket). Until it notices (it checks between
+commands, every :data:`_RECHECK` seconds) it is stale, and says so when asked its ``status``.
 """
 
 from __future__ import annotations
@@ -147,13 +148,20 @@ def _reset_plotting() -> None:
         matplotlib.rcParams.update(matplotlib.rcParamsOrig)
 
 
+def _stale(k: str) -> bool:
+    """Whether this worker of key ``k`` is stale: the key of the environment it started with is
+    another now (its source files, the interpreter or the installed packages changed on disk:
+    it serves code that is no longer there)."""
+    return worker.key(_START_ENV) != k
+
+
 def _handle(conn, k: str, info: dict) -> bool:
     """One connection: a command, ``status`` or ``stop``; True: the worker is to exit."""
     if not conn.poll(worker.CONNECT_TIMEOUT):
         return False
     message = conn.recv()
     if message[0] == "status":
-        conn.send(("status", info))
+        conn.send(("status", {**info, "stale": _stale(k)}))
         return False
     if message[0] == "stop":
         conn.send(("stopped", info))
@@ -222,7 +230,7 @@ def serve(dir_: Path, k: str, idle: float) -> None:
                 break
             if now - checked >= _RECHECK:
                 checked = now
-                if worker.key(_START_ENV) != k:  # the code changed on disk: this worker is stale
+                if _stale(k):  # the code changed on disk
                     break
             try:
                 conn = jobs.get(timeout=min(_RECHECK, idle - (now - last)))
