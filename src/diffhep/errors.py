@@ -8,7 +8,18 @@ command-line interface prints ``str(error)`` and exits non-zero, never a traceba
 
 from __future__ import annotations
 
-__all__ = ["DiffhepError", "FitError", "SchemaError", "format_json_path", "require_x64"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "DiffhepError",
+    "FitError",
+    "SchemaError",
+    "format_json_path",
+    "require_x64",
+]
+
+#: Exit status of a command interrupted by Ctrl-C (SIGINT), as a shell reports it (1: a fit
+#: did not converge; 2: bad input)
+EXIT_INTERRUPTED = 130
 
 
 def format_json_path(path) -> str:

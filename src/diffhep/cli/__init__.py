@@ -16,6 +16,7 @@ import sys
 
 import click
 
+from ..errors import EXIT_INTERRUPTED
 from . import common, diagnostics, generate, grid, optimize, runs, stats, studies, toys, weights
 from . import worker as worker_commands
 
@@ -54,6 +55,13 @@ class _Main(click.Group):
             if common.GC_PAUSED:
                 common.GC_PAUSED = False
                 gc.enable()
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # click's own handling exits 1, the status of a fit that
+            click.echo("\nAborted!", err=True)  # did not converge
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 def _quick_exit(code) -> None:

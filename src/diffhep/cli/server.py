@@ -29,6 +29,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+from ..errors import EXIT_INTERRUPTED
 from . import worker
 
 #: Seconds between checks that the source files are unchanged.
@@ -119,7 +120,7 @@ def run_command(conn, request: dict) -> int:
             except SystemExit as done:
                 code = _exit_code(done.code, stderr)
             except KeyboardInterrupt:  # the client's Ctrl-C between click's handlers
-                code = 1
+                code = EXIT_INTERRUPTED
             except Exception:
                 traceback.print_exc(file=stderr)
                 code = 1

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import click
 
+from ..errors import EXIT_INTERRUPTED
+
 #: Commands sent to a running worker: the statistics on workspaces (short, JSON out).
 FORWARDED = frozenset(
     {
@@ -261,7 +263,7 @@ def _relay(conn, pid: int) -> int | None:
         except OSError:
             pass
         click.echo("\nAborted!", err=True)
-        return 1
+        return EXIT_INTERRUPTED
     except (EOFError, OSError):
         if touched:
             click.echo("diffhep: error: the worker ended during the command", err=True)

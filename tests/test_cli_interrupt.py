@@ -1,0 +1,84 @@
+"""Ctrl-C ends a command with exit status 130 (as a shell reports SIGINT), not 1, which
+means that a fit did not converge: in the command's own process and through the worker.
+Click's own handling exited 1 (a new user's trial: scripts could not tell them apart)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from diffhep.errors import EXIT_INTERRUPTED
+from diffhep.stats.workspace import example_spec
+
+SRC = str(Path(__file__).parents[1] / "src")
+
+#: The command's set-up receives SIGINT (Python's default handler: KeyboardInterrupt there)
+INTERRUPTED = """
+import signal, sys
+import diffhep.cli.common as common
+common.setup = lambda: signal.raise_signal(signal.SIGINT)
+from diffhep.cli import main
+sys.argv = ["diffhep", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_in_a_command_exits_130(tmp_path):
+    ws = tmp_path / "ws.json"
+    ws.write_text(json.dumps(example_spec()))
+    env = {**os.environ, "PYTHONPATH": SRC, "DIFFHEP_NO_WORKER": "1"}
+    for args in (["cls", str(ws)], ["fit", str(ws)], ["exclusion", str(ws), str(ws)]):
+        proc = subprocess.run([sys.executable, "-c", INTERRUPTED, *args], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == EXIT_INTERRUPTED == 130, (args, proc.stderr[-2000:])
+        assert "Aborted!" in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.stdout == ""
+
+
+def test_ctrl_c_while_the_worker_runs_the_command_exits_130(tmp_path, monkeypatch, capsys):
+    """The client passes Ctrl-C on to the worker (SIGINT to its process: here a stand-in)
+    and exits 130."""
+    from multiprocessing.connection import Listener
+
+    from diffhep.cli import worker
+
+    d = tmp_path / "w"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("DIFFHEP_WORKER_DIR", str(d))
+    monkeypatch.delenv("DIFFHEP_NO_WORKER", raising=False)
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    k = worker.key()
+    authkey = os.urandom(16)
+    listener = Listener(str(d / f"{k}.sock"), "AF_UNIX", authkey=authkey)
+    (d / f"{k}.json").write_text(json.dumps({"pid": stand_in.pid, "authkey": authkey.hex()}))
+    hold = threading.Event()
+
+    def serve():  # the worker: the command started, then it runs until interrupted
+        conn = listener.accept()
+        listener.close()
+        conn.recv()
+        conn.send(("started",))
+        conn.send(("out", b"{"))
+        hold.wait(30)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    import signal
+
+    main = threading.main_thread().ident  # Ctrl-C while the client waits for the worker
+    timer = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    try:
+        code = worker.forward(["cls", "ws.json"])
+    finally:
+        timer.cancel()
+        hold.set()
+        thread.join(10)
+    assert code == EXIT_INTERRUPTED
+    assert stand_in.wait(10) != 0  # the worker's process got SIGINT
+    assert "Aborted!" in capsys.readouterr().err
