@@ -234,3 +234,118 @@ def test_ranking_sbottom_through_cli_matches_pyhf_refits(sbottom_dir, tmp_path):
         for field, value in ref[r["parameter"]].items():
             np.testing.assert_allclose(r[field], value, rtol=1e-3, atol=1e-4 * scale,
                                        err_msg=f"{r['parameter']} {field}")  # fmt: skip
+
+
+def _bound_spec(observed, mu_bounds=(0.0, 10.0)):
+    """Signal x mu over a background with a normalisation and a shape systematic."""
+    return {
+        "version": "1.0.0",
+        "channels": [{"name": "SR", "samples": [
+            {"name": "signal", "data": [5.0, 10.0],
+             "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+            {"name": "bkg", "data": [50.0, 30.0], "modifiers": [
+                {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}},
+                {"name": "bkg_shape", "type": "histosys",
+                 "data": {"hi_data": [52.0, 27.0], "lo_data": [48.0, 33.0]}},
+            ]},
+        ]}],
+        "observations": [{"name": "SR", "data": list(observed)}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": [
+            {"name": "mu", "bounds": [list(mu_bounds)]}]}}],
+    }  # fmt: skip
+
+
+@pytest.fixture
+def ranking_figure(monkeypatch):
+    """The ranking figure's impact axis limits and title, captured before it is saved."""
+    from diffhep.plotting import diagnostics as fit_plots
+
+    drawn, save = {}, fit_plots.save_figure
+
+    def capture(fig, path):
+        (impacts,) = [a for a in fig.axes if a.get_xlabel().startswith(r"$\Delta$")]
+        drawn.update(xlim=impacts.get_xlim(), title=fig.get_suptitle(), bars=impacts.patches)
+        drawn["heights"] = [abs(p.get_width()) for p in impacts.patches]
+        save(fig, path)
+
+    monkeypatch.setattr(fit_plots, "save_figure", capture)
+    return drawn
+
+
+def test_ranking_says_when_the_poi_is_at_its_bound(tmp_path, counting_file, ranking_figure):
+    """A new user's trial (sbottom RegionA 1300_850_60): mu_SIG's best fit at its lower bound
+    0, every refit ends there again, so every refit impact was 0 without a word, and the
+    plot's impact axis spanned 1e-12 with no bars. Here data below the background hold mu at
+    0 the same way: the output says so (poi_at_bound, notes, a warning on stderr naming
+    --method covariance) and the figure gets an impact axis of +-1 POI uncertainty and a
+    note. Inside the bounds nothing is said."""
+    path = tmp_path / "low.json"
+    path.write_text(json.dumps(_bound_spec([30.0, 15.0])))
+    r = run(["ranking", path, "--plot", tmp_path / "rank.png"])
+    out = json.loads(r.stdout)
+    assert out["poi_bestfit"] == 0.0 and out["poi_at_bound"] == "lower"
+    assert {v for e in out["ranking"] for k, v in e.items() if k != "parameter"} == {0.0}
+    (note,) = out["notes"]
+    assert note.startswith("the best fit of mu (0) is at its lower bound 0 and every refit "
+                           "ends there again: all 8 refit impacts are 0.")  # fmt: skip
+    assert "truncated at the bound" in note and "--method covariance" in note
+    assert f"diffhep: warning: {note}" in r.stderr
+    lo, hi = ranking_figure["xlim"]
+    np.testing.assert_allclose([lo, hi], [-out["poi_uncertainty"], out["poi_uncertainty"]])
+    assert out["poi_uncertainty"] > 0.1  # not an axis of 1e-12
+    assert ranking_figure["title"].startswith("All impacts are 0: the best fit of mu is at its "
+                                              "lower bound")  # fmt: skip
+    _png(tmp_path / "rank.png")
+    # --json prints cabinetry's list only: the warning is still given
+    r = run(["ranking", path, "--json"])
+    assert isinstance(json.loads(r.stdout), list) and note in r.stderr
+    # the linear impacts do not see the bound: said too, and the axis is scaled to them
+    r = run(["ranking", path, "--method", "covariance", "--plot", tmp_path / "cov.png"])
+    cov = json.loads(r.stdout)
+    assert cov["poi_at_bound"] == "lower" and "linear (Hessian) impacts ignore" in cov["notes"][0]
+    size = max(abs(e["prefit_up"]) for e in cov["ranking"])
+    assert size > 0.01
+    np.testing.assert_allclose(ranking_figure["xlim"], [-1.2 * size, 1.2 * size])
+    assert "linear impacts ignore the bound" in ranking_figure["title"]
+    # inside the bounds: null, no notes, no warning
+    r = run(["ranking", counting_file])
+    out = json.loads(r.stdout)
+    assert out["poi_at_bound"] is None and out["notes"] == [] and "warning" not in r.stderr
+
+
+def _kg_spec(case):
+    """A model whose Hessian is singular along kg (and k_bkg)."""
+    spec = _bound_spec([56.0, 41.0])
+    samples = spec["channels"][0]["samples"]
+    kg = {"name": "kg", "type": "normfactor", "data": None}
+    if case == "two normfactors":
+        samples[1]["modifiers"] += [kg, {"name": "k_bkg", "type": "normfactor", "data": None}]
+        return spec
+    samples.append({"name": "fakes", "data": [0.0, 0.0], "modifiers": [kg]})
+    if case == "zero row":  # a Hessian with a zero row that postfit's check refused
+        samples[1]["modifiers"] = samples[1]["modifiers"][:1]
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("case", "names"),
+    [
+        ("zero row", "kg"),
+        ("zero row, positive by rounding", "kg"),
+        ("two normfactors", "k_bkg, kg"),
+    ],
+)
+def test_pulls_and_ranking_name_the_undetermined_parameter(tmp_path, case, names):
+    """A normfactor kg of a sample without events has no effect: the Hessian is singular
+    along kg. 'diffhep fit' named it; pulls and ranking said only 'the Hessian at the best
+    fit is not positive definite' (zero row), or passed that check by rounding (smallest
+    eigenvalue 4e-16) and printed kg's uncertainty as nan and another's as inf. Two
+    normfactors of one sample (k_bkg, kg): pulls printed uncertainties of ~3e5 for them."""
+    path = tmp_path / "kg.json"
+    path.write_text(json.dumps(_kg_spec(case)))
+    said = f"the uncertainties of {names} are undetermined"
+    assert said in run(["fit", path], code=1).stderr
+    for command in ("pulls", "ranking"):
+        r = run([command, path], code=1)
+        assert said in r.stderr, command
+        assert "\n  fix: " in r.stderr and "fix them" in r.stderr and r.stdout == ""

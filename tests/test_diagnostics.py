@@ -189,3 +189,49 @@ def test_scan_2d_closed_form_and_profiled_parameter():
             np.testing.assert_allclose(got, float(tn), rtol=1e-8)
     with pytest.raises(diffhep.DiffhepError, match="unknown parameter"):
         dg.scan(model, n, ["nope"], [1.0])
+
+
+def _bounded(observed, mu_bounds):
+    from diffhep.stats import workspace
+
+    spec = {
+        "channels": [{"name": "SR", "samples": [
+            {"name": "signal", "data": [5.0, 10.0],
+             "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+            {"name": "bkg", "data": [50.0, 30.0], "modifiers": [
+                {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}},
+                {"name": "bkg_shape", "type": "histosys",
+                 "data": {"hi_data": [52.0, 27.0], "lo_data": [48.0, 33.0]}},
+            ]},
+        ]}],
+        "observations": [{"name": "SR", "data": list(observed)}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": [
+            {"name": "mu", "bounds": [list(mu_bounds)]}]}}],
+        "version": "1.0.0",
+    }  # fmt: skip
+    ws = workspace.Workspace(spec)
+    model = ws.model()
+    return model, ws.data(model)
+
+
+@pytest.mark.parametrize(
+    ("observed", "mu_bounds", "side", "zeros"),
+    [([50.0, 29.0], (0.0, 10.0), "lower", 4), ([61.0, 50.0], (0.0, 2.0), "upper", 4)],
+)
+def test_ranking_notes_the_poi_at_a_bound(observed, mu_bounds, side, zeros):
+    """With the POI's best fit at a bound a refit cannot move it beyond: the impacts that
+    would are 0, the others go away from the bound only. The result says which bound
+    (poi_at_bound) and notes the truncation, with how many impacts it zeroed."""
+    model, data = _bounded(observed, mu_bounds)
+    r = dg.ranking(model, data)
+    assert r.poi_at_bound == side
+    assert r.poi_bestfit == mu_bounds[0 if side == "lower" else 1]
+    impacts = np.concatenate([r.prefit_up, r.prefit_down, r.postfit_up, r.postfit_down])
+    assert np.sum(impacts == 0.0) == zeros and impacts.size == 8
+    assert np.all(impacts >= 0.0) if side == "lower" else np.all(impacts <= 0.0)
+    (note,) = r.notes
+    assert f"is at its {side} bound" in note and f"{zeros} of 8 refit impacts are 0" in note
+    lin = dg.ranking(model, data, method="covariance")
+    assert lin.poi_at_bound == side and "ignore the bound" in lin.notes[0]
+    inside = dg.ranking(*_bounded(observed, (-10.0, 10.0)))
+    assert inside.poi_at_bound is None and inside.notes == ()

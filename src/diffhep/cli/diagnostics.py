@@ -58,9 +58,12 @@ def _model(kw, poi=True):
     return ws, model, ws.data(model)
 
 
-def _postfit(model, data, poi_value, ws):
+def _postfit(model, data, poi_value, ws, near_singular=False):
+    """The fit with its covariance; a Hessian that is not positive definite (with
+    ``near_singular`` also one that is only by rounding) names the parameters it leaves
+    undetermined, as ``diffhep fit`` does (:func:`diffhep.stats.diagnostics.checked_postfit`)."""
     from ..errors import DiffhepError
-    from ..stats import covariance
+    from ..stats import covariance, diagnostics
 
     if poi_value is not None:
         covariance.require_poi(model)
@@ -73,7 +76,8 @@ def _postfit(model, data, poi_value, ws):
                 where="--poi-value",
                 fix="give a value inside the bounds, or widen them in the measurement",
             )
-    return covariance.postfit(model, data, poi_value=poi_value)
+    return diagnostics.checked_postfit(model, data, poi_value=poi_value,
+                                       near_singular=near_singular)  # fmt: skip
 
 
 def _draw(fn, plot, style, *args, **kwargs) -> None:
@@ -120,7 +124,7 @@ def pulls(plot, style, poi_value, output_file, **kw):
         from ..stats import diagnostics
 
         ws, model, data = _model(kw)
-        return diagnostics.pulls(model, _postfit(model, data, poi_value, ws))
+        return diagnostics.pulls(model, _postfit(model, data, poi_value, ws, near_singular=True))
 
     _show(_run("pulls", kw, work, poi_value=poi_value), output_file, "plot_pulls", plot, style)
 
@@ -161,7 +165,10 @@ def pulls(plot, style, poi_value, output_file, **kw):
 )
 def ranking(plot, style, output_file, method, groups, by_modifier, top, as_json, **kw):
     """Impacts of every parameter on the POI, pre-fit and post-fit, up and down, largest
-    post-fit impact first, with the POI's best fit and optional grouped impacts."""
+    post-fit impact first, with the POI's best fit and optional grouped impacts.
+
+    When the POI's best fit is at a bound, poi_at_bound says which ("lower"/"upper", else
+    null) and a warning (also in notes) says that refit impacts are truncated there."""
     patterns = {}
     for g in groups:
         name, sep, pats = g.partition("=")
@@ -176,17 +183,21 @@ def ranking(plot, style, output_file, method, groups, by_modifier, top, as_json,
         ws, model, data = _model(kw)
         covariance.require_poi(model)
         sets = covariance.parameter_groups(model, patterns, by_modifier)  # bad input first
-        post = _postfit(model, data, None, ws)
+        post = _postfit(model, data, None, ws, near_singular=True)
         r = diagnostics.ranking(model, data, post, method=method)
         out = {"poi": r.poi, "poi_bestfit": r.poi_bestfit, "poi_uncertainty": r.poi_uncertainty,
-               "method": method, "ranking": r.to_list()}  # fmt: skip
+               "poi_at_bound": r.poi_at_bound, "method": method, "notes": list(r.notes),
+               "ranking": r.to_list()}  # fmt: skip
         if sets:
             out["grouped"] = covariance.grouped_impacts(model, post, sets)
         return out, diagnostics.pulls(model, post)
 
     out, pull = _run("ranking", kw, work, method=method, groups=groups, by_modifier=by_modifier)
     output(out["ranking"] if as_json else out, output_file)
-    _draw("plot_ranking", plot, style, out["ranking"], pull, top=top, poi=out["poi"])
+    for note in out["notes"]:
+        click.echo(f"diffhep: warning: {note}", err=True)
+    _draw("plot_ranking", plot, style, out["ranking"], pull, top=top, poi=out["poi"],
+          poi_at_bound=out["poi_at_bound"], method=method)  # fmt: skip
 
 
 @click.command()

@@ -45,7 +45,13 @@ def plot_pulls(pulls: Mapping, path) -> None:
 
 @_styled
 def plot_ranking(
-    ranking: Sequence[Mapping], pulls: Mapping, path, top: int = 20, poi: str | None = None
+    ranking: Sequence[Mapping],
+    pulls: Mapping,
+    path,
+    top: int = 20,
+    poi: str | None = None,
+    poi_at_bound: str | None = None,
+    method: str = "refit",
 ) -> None:
     """The ``top`` parameters by post-fit impact: impacts on the POI (bars, top axis:
     pre-fit open, post-fit filled, up blue, down teal) and their pulls (points, bottom axis).
@@ -58,6 +64,13 @@ def plot_ranking(
         path: Output file.
         top: Number of parameters shown.
         poi: The POI's name for the impact axis (``"Delta mu_SIG"``; default ``"Delta POI"``).
+        poi_at_bound: ``"lower"``/``"upper"`` when the POI's best fit is at that bound
+            (``diffhep ranking``'s ``poi_at_bound``): said above the axes.
+        method: How the impacts were computed (``"refit"`` or ``"covariance"``), for that note.
+
+    Impacts all 0 (below 1e-6 of the POI's uncertainty, taken from ``pulls`` when given;
+    every refit at the POI's bound) get an impact axis of +-1 POI uncertainty and a note
+    instead of one scaled to nothing.
     """
     rows = list(ranking)[:top]
     info = {p["name"]: p for p in [*pulls["parameters"], *pulls["normfactors"]]}
@@ -75,8 +88,14 @@ def plot_ranking(
         ("prefit_down", {"edgecolor": "C2", "label": r"pre-fit impact, $-\sigma$", **open_bar}),
     ):
         impacts.barh(y, [r[key] for r in rows], height=0.6, **{"zorder": 1, **kw})
-    size = max([abs(r[k]) for r in rows for k in r if k != "parameter"] + [1e-12])
-    impacts.set_xlim(-1.2 * size, 1.2 * size)
+    size = max([abs(r[k]) for r in rows for k in r if k != "parameter"], default=0.0)
+    scale = info.get(poi, {}).get("uncertainty", 0.0) if poi else 0.0
+    scale = scale if np.isfinite(scale) and scale > 0 else 1.0
+    flat = size <= 1e-6 * scale  # nothing to see on an axis scaled to the bars
+    impacts.set_xlim(*((-scale, scale) if flat else (-1.2 * size, 1.2 * size)))
+    note = _ranking_note(poi or "the POI", poi_at_bound, method, flat, bool(rows))
+    if note:
+        fig.suptitle(note, fontsize="small")
     impacts.set_xlabel(r"$\Delta$" + (f" {poi}" if poi else "POI"))
     centre, err = [], []
     for r in rows:
@@ -97,6 +116,20 @@ def plot_ranking(
     fig.legend(h1 + h2, l1 + l2, fontsize="x-small", ncol=3, loc="outside lower center",
                frameon=False)  # fmt: skip
     save_figure(fig, path)
+
+
+def _ranking_note(poi: str, side: str | None, method: str, flat: bool, rows: bool) -> str:
+    """What the ranking figure says above its axes (empty: nothing to say)."""
+    if side is None:
+        return "All impacts are 0" if flat and rows else ""
+    where = f"best fit of {poi} is at its {side} bound"
+    if method != "refit":
+        return f"The {where}:\nthese linear impacts ignore the bound"
+    if flat and rows:
+        return (f"All impacts are 0: the {where},\nwhere every refit ends again; "
+                "--method covariance gives the linear impacts")  # fmt: skip
+    return (f"The {where}:\nrefit impacts are truncated there; "
+            "--method covariance gives the linear ones")  # fmt: skip
 
 
 @_styled

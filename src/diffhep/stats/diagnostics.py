@@ -37,7 +37,7 @@ import numpy as np
 from jax.scipy.special import gammaln, xlogy
 
 from ..errors import DiffhepError, FitError
-from . import exported
+from . import covariance, exported
 from .covariance import (
     PostFit,
     constrained,
@@ -51,12 +51,16 @@ from .covariance import (
 from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults
 from .hypotest import discovery
 from .model import Model
+from .uncertainties import dense_determined, undetermined_names
 
 __all__ = [
+    "BOUND_TOL",
     "CHUNK",
     "RankingResult",
+    "checked_postfit",
     "fixed_fits",
     "gof",
+    "poi_at_bound",
     "pulls",
     "ranking",
     "saturated_twice_nll",
@@ -66,6 +70,9 @@ __all__ = [
 
 #: Refits per compiled call (one shape for every ranking and scan of a model).
 CHUNK = 64
+#: A best fit within this fraction of its parameter's range (at least this much absolutely)
+#: of a bound is at the bound (:func:`poi_at_bound`).
+BOUND_TOL = 1e-6
 
 
 def _fixed_fits(model, data, start, lower, upper, fixed, *, tol, max_steps, batch):
@@ -144,6 +151,60 @@ def fixed_fits(
     return tuple(np.concatenate(parts)[:n] for parts in zip(*outs, strict=True))
 
 
+# --------------------------------------------------------------------------- the fit
+def _undetermined_error(names) -> FitError:
+    """The error of a fit whose Hessian leaves ``names`` undetermined (as ``diffhep fit``)."""
+    shown = ", ".join(names[:20]) + (f" ... ({len(names)} parameters)" if len(names) > 20 else "")
+    return FitError(
+        "the fit converged, but the Hessian at the best fit is singular or indefinite (no "
+        f"covariance): the uncertainties of {shown} are undetermined",
+        fix="the data do not constrain these parameters (no effect on the likelihood, or "
+        "none apart from another one: e.g. two normfactors of one sample): fix them (one "
+        "of a pair) in the measurement, or add a constraint",
+    )
+
+
+def checked_postfit(model: Model, data, *, poi_value: float | None = None,
+                    near_singular: bool = True) -> PostFit:  # fmt: skip
+    """:func:`~diffhep.stats.covariance.postfit`, naming the parameters that a singular or
+    indefinite Hessian leaves undetermined, as ``diffhep fit`` does.
+
+    Where ``postfit`` fails (not converged, or a Hessian that is not positive definite) the
+    fit is repeated with the fit's own uncertainty check (:func:`diffhep.stats.fit.fit`,
+    only then: it costs a fit) and a :class:`~diffhep.errors.FitError` names them; where it
+    finds none, ``postfit``'s error is raised. A Hessian that passes ``postfit``'s check
+    only by rounding (a parameter without effect: a zero row, smallest eigenvalue 4e-16; two
+    normfactors of one sample: uncertainties of 1e5) is judged by the fit's criterion on
+    the dense Hessian (:func:`~diffhep.stats.uncertainties.dense_determined`): refused
+    with the parameters named where the covariance is not finite, and with
+    ``near_singular`` wherever it finds them.
+    """
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # judged below
+            post = covariance.postfit(model, data, poi_value=poi_value)
+    except FitError:
+        from . import fit as _fit
+
+        data = jnp.asarray(np.asarray(data, dtype=float), dtype=model.nominal.dtype)
+        if poi_value is None:
+            r = _fit.fit(model, data)
+        else:
+            r = _fit.fixed_poi_fit(poi_value, model, data)
+        names = undetermined_names(model.config, r.uncertainty_ok) if r.converged else []
+        if not names:
+            raise
+        raise _undetermined_error(names) from None
+    free = ~post.fixed
+    finite = np.all(np.isfinite(post.covariance[np.ix_(free, free)]))
+    names = undetermined_names(model.config, dense_determined(post.hessian, free))
+    if names and (near_singular or not finite):
+        raise _undetermined_error(names)
+    if not finite:
+        raise FitError("the covariance at the best fit is not finite",
+                       fix="check for parameters without effect on the likelihood")  # fmt: skip
+    return post
+
+
 # --------------------------------------------------------------------------- pulls
 def pulls(model: Model, post: PostFit) -> dict:
     """Pulls and constraints of the constrained parameters; normfactors separately.
@@ -175,6 +236,46 @@ def pulls(model: Model, post: PostFit) -> dict:
 
 
 # --------------------------------------------------------------------------- ranking
+def poi_at_bound(post: PostFit, poi: int) -> str | None:
+    """``"lower"`` or ``"upper"`` when the best fit of parameter ``poi`` is at that bound of
+    ``post.bounds`` (within :data:`BOUND_TOL` of its range), ``None`` inside them or fixed."""
+    if post.fixed[poi]:
+        return None
+    lo, hi = (float(b) for b in post.bounds[poi])
+    best = float(post.bestfit[poi])
+    tol = BOUND_TOL * max(1.0, hi - lo)
+    if best - lo <= tol:
+        return "lower"
+    if hi - best <= tol:
+        return "upper"
+    return None
+
+
+def _bound_notes(post, poi, side, method, impacts, computed) -> tuple[str, ...]:
+    """The note of a ranking whose POI is at its ``side`` bound (none inside the bounds)."""
+    if side is None:
+        return ()
+    name, bound = post.names[poi], float(post.bounds[poi][0 if side == "lower" else 1])
+    head = f"the best fit of {name} ({post.bestfit[poi]:g}) is at its {side} bound {bound:g}"
+    beyond = "below" if side == "lower" else "above"
+    if method == "covariance":
+        return (
+            f"{head}: these linear (Hessian) impacts ignore the bound (refits, --method refit, "
+            f"cannot move {name} {beyond} it)",
+        )
+    lo, hi = (float(b) for b in post.bounds[poi])
+    n = int(computed.sum())
+    zero = int(np.sum(computed & (np.abs(impacts) <= BOUND_TOL * max(1.0, hi - lo))))
+    if n and zero == n:
+        head += f" and every refit ends there again: all {n} refit impacts are 0"
+    elif n:
+        head += f": {zero} of {n} refit impacts are 0"
+    return (
+        f"{head}. Refit impacts are truncated at the bound (a shift that would move {name} "
+        f"{beyond} it gives 0); --method covariance gives the linear (Hessian) impacts",
+    )
+
+
 @dataclass(frozen=True)
 class RankingResult:
     """Impacts on the POI, one entry per parameter other than the POI (pyhf order), as
@@ -190,6 +291,10 @@ class RankingResult:
     poi: str
     poi_bestfit: float
     poi_uncertainty: float
+    #: ``"lower"``/``"upper"`` when the POI's best fit is at that bound (:func:`poi_at_bound`)
+    poi_at_bound: str | None = None
+    #: What the numbers do not say by themselves (the POI at a bound), one sentence each
+    notes: tuple[str, ...] = ()
 
     def order(self) -> np.ndarray:
         """Indices sorted by the largest post-fit impact (descending), cabinetry's order."""
@@ -227,22 +332,28 @@ def ranking(
         method: ``"refit"`` (cabinetry's definition: every fit with the parameter fixed,
             all of them batched) or ``"covariance"`` (linear approximation).
         chunk: Refits per compiled batch.
+
+    When the POI's best fit is at a bound (:func:`poi_at_bound`), refits cannot move it
+    beyond: refit impacts that would are 0 (all of them when every refit ends at the bound,
+    e.g. sbottom RegionA 1300_850_60 at mu_SIG = 0, where cabinetry 0.6.0's impacts are all
+    below 5e-6, its minimiser's noise, and it says nothing). The result's ``poi_at_bound``
+    names the bound and ``notes`` says so.
     """
     if method not in ("refit", "covariance"):
         raise DiffhepError(f"unknown ranking method {method!r}", where="--method",
                            fix="use 'refit' or 'covariance'")  # fmt: skip
     poi = require_poi(model)
-    post = post if post is not None else postfit(model, data)
+    post = post if post is not None else checked_postfit(model, data)
     width = prefit_uncertainties(model)
     others = np.array([k for k in range(model.config.npars) if k != poi], dtype=int)
     shifts = np.stack([width, -width, post.uncertainty, -post.uncertainty], axis=1)[others]
+    needed = shifts != 0.0
     if method == "covariance":
         c = post.covariance
         cii = np.where(np.diag(c) > 0, np.diag(c), 1.0)
         slope = np.where(np.diag(c) > 0, c[poi] / cii, 0.0)[others]
         impacts = slope[:, None] * shifts
     else:
-        needed = shifts != 0.0
         rows, cols = np.nonzero(needed)
         impacts = np.zeros_like(shifts)
         if len(rows):
@@ -267,6 +378,7 @@ def ranking(
                     fix="try --method covariance, or check these parameters' bounds",
                 )
             impacts[rows, cols] = best[:, poi] - post.bestfit[poi]
+    side = poi_at_bound(post, poi)
     return RankingResult(
         labels=[post.names[k] for k in others],
         bestfit=post.bestfit[others],
@@ -278,6 +390,8 @@ def ranking(
         poi=post.names[poi],
         poi_bestfit=float(post.bestfit[poi]),
         poi_uncertainty=float(post.uncertainty[poi]),
+        poi_at_bound=side,
+        notes=_bound_notes(post, poi, side, method, impacts, needed),
     )
 
 
