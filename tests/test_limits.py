@@ -83,6 +83,27 @@ def test_cli_limit_outside_the_poi_bounds_is_null_and_flagged(weak_ws):
     assert 5 < out["observed"] < 7
 
 
+def test_limits_outside_the_range_get_one_warning_per_side(weak_ws, caplog):
+    """A new user's trial: six warning lines for one situation (every limit above the
+    range); now one per side, naming the limits and their CLs at the bound."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="diffhep"):
+        result = run(["upper-limit", str(weak_ws), "--poi-bounds", "0,0.5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["outside_range"]["expected"] == ["above"] * 5
+    warned = [r.getMessage() for r in caplog.records if "tested POI range" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("the observed, expected -2 sigma, expected -1 sigma, expected "
+                                "median, expected +1 sigma and expected +2 sigma limits are "
+                                "above the tested POI range [0, 0.5] (CLs = ")  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffhep"):
+        assert run(["upper-limit", str(weak_ws)]).exit_code == 0
+    warned = [r.getMessage() for r in caplog.records if "tested POI range" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("the expected +2 sigma limit is above")
+
+
 def test_cli_poi_bounds_widen_the_range(weak_ws):
     result = run(["upper-limit", str(weak_ws), "--poi-bounds", "0,20"])
     assert result.exit_code == 0, result.output

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from ..errors import DiffhepError
 from . import common
 from .common import figure_path, output, prefetching, run
 from .stats import _common, _note_ignored, _numbers, _on_workspace, _settings
@@ -53,8 +54,11 @@ def _model(kw, poi=True):
         kw.pop("workspace"), kw.pop("patches"), kw.pop("patch_name"), not kw.pop("no_digest_check")
     )
     settings = _settings(kw.pop("normsys_code"), kw.pop("histosys_code"))
-    model = ws.model(kw.pop("measurement"), modifier_settings=settings,
-                     poi_name=None if poi else "")  # fmt: skip
+    measurement = kw.pop("measurement")
+    try:
+        model = ws.model(measurement, modifier_settings=settings, poi_name=None if poi else "")
+    except DiffhepError as err:  # (a background-only workspace without its patch: says so)
+        raise workflows._background_only(err, ws, measurement) from None
     return ws, model, ws.data(model)
 
 

@@ -116,6 +116,16 @@ def demo(out, overrides, statistics_only):
 
     start = time.perf_counter()
     if statistics_only:
+        ctx = click.get_current_context()
+        from click.core import ParameterSource
+
+        given = [flag for name, flag in (("out", "--out"), ("overrides", "--set"))
+                 if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]  # fmt: skip
+        if given:  # (silently ignored before)
+            raise click.UsageError(
+                f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for the training "
+                "demo: --statistics-only trains nothing and writes no files (it prints the CLs)"
+            )
         from ..stats import workflows
 
         res = run(workflows.demo)

@@ -312,14 +312,19 @@ def upper_limit(
     model, data = _model_and_data(ws, measurement, modifier_settings)
     res = _upper_limit(model, data, scan, level, test_stat=test_stat, bounds=poi_bounds)
     lo, hi = res.poi_range
-    for i, (name, side) in enumerate(zip(LIMIT_NAMES, res.outside, strict=True)):
-        if side is not None:
-            bound, cls_at = (hi, res.cls[-1, i]) if side == "above" else (lo, res.cls[0, i])
-            log.warning(
-                "the %s limit is %s the tested POI range [%g, %g] (CLs = %.3g at %s = %g, "
-                "level %g): reported as null; widen the range with --poi-bounds or --scan",
-                name, side, lo, hi, cls_at, model.config.poi_name, bound, level,
-            )  # fmt: skip
+    for side in ("above", "below"):  # one warning per side (the band's five limits often
+        at = [i for i, s in enumerate(res.outside) if s == side]  # leave it together)
+        if not at:
+            continue
+        bound, row = (hi, res.cls[-1]) if side == "above" else (lo, res.cls[0])
+        names = " and ".join(", ".join(LIMIT_NAMES[i] for i in at).rsplit(", ", 1))
+        cls_at = ", ".join(f"{row[i]:.3g}" for i in at)
+        log.warning(
+            "the %s limit%s %s %s the tested POI range [%g, %g] (CLs = %s at %s = %g, level "
+            "%g): reported as null; widen the range with --poi-bounds or --scan",
+            names, "s" if len(at) > 1 else "", "are" if len(at) > 1 else "is", side, lo, hi,
+            cls_at, model.config.poi_name, bound, level,
+        )  # fmt: skip
     return {
         "observed": res.observed,
         "expected": res.expected,
