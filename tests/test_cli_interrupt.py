@@ -16,9 +16,11 @@ from diffhep.stats.workspace import example_spec
 
 SRC = str(Path(__file__).parents[1] / "src")
 
-#: The command's set-up receives SIGINT (Python's default handler: KeyboardInterrupt there)
+#: The command's set-up receives SIGINT (Python's default handler: KeyboardInterrupt there;
+#: set explicitly, as at a terminal: pytest-xdist's workers, and so their children, ignore it)
 INTERRUPTED = """
 import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import diffhep.cli.common as common
 common.setup = lambda: signal.raise_signal(signal.SIGINT)
 from diffhep.cli import main
@@ -50,7 +52,8 @@ def test_ctrl_c_while_the_worker_runs_the_command_exits_130(tmp_path, monkeypatc
     d.mkdir(mode=0o700)
     monkeypatch.setenv("DIFFHEP_WORKER_DIR", str(d))
     monkeypatch.delenv("DIFFHEP_NO_WORKER", raising=False)
-    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stand_in = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("
+                                 "signal.SIGINT, signal.SIG_DFL); time.sleep(60)"])  # fmt: skip
     k = worker.key()
     authkey = os.urandom(16)
     listener = Listener(str(d / f"{k}.sock"), "AF_UNIX", authkey=authkey)
@@ -72,13 +75,21 @@ def test_ctrl_c_while_the_worker_runs_the_command_exits_130(tmp_path, monkeypatc
 
     main = threading.main_thread().ident  # Ctrl-C while the client waits for the worker
     timer = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT))
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # (xdist ignores it)
     timer.start()
     try:
         code = worker.forward(["cls", "ws.json"])
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, handler)
         hold.set()
         thread.join(10)
+        try:
+            ended = stand_in.wait(10)
+        except subprocess.TimeoutExpired:  # it did not get SIGINT: ended here
+            ended = None
+            stand_in.kill()
+            stand_in.wait(10)
     assert code == EXIT_INTERRUPTED
-    assert stand_in.wait(10) != 0  # the worker's process got SIGINT
+    assert ended == -signal.SIGINT  # the worker's process got SIGINT
     assert "Aborted!" in capsys.readouterr().err

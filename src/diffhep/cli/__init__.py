@@ -17,7 +17,19 @@ import sys
 import click
 
 from ..errors import EXIT_INTERRUPTED
-from . import common, diagnostics, generate, grid, optimize, runs, stats, studies, toys, weights
+from . import (
+    common,
+    diagnostics,
+    generate,
+    grid,
+    optimize,
+    runs,
+    stats,
+    studies,
+    toys,
+    weights,
+    worker_control,
+)
 from . import worker as worker_commands
 
 __all__ = ["main"]
@@ -90,3 +102,5 @@ _GROUPS = [stats, grid, diagnostics, toys, runs, optimize, weights, studies, gen
 for _group in [*_GROUPS, worker_commands]:
     for _command in _group.COMMANDS:
         main.add_command(_command)
+for _command in worker_control.COMMANDS:  # worker status|stop
+    worker_commands.worker.add_command(_command)

@@ -348,38 +348,4 @@ def _spawn(dir_: Path, k: str, idle_minutes: float) -> tuple[dict | None, bool]:
         return None, False
 
 
-@worker.command()
-def status() -> None:
-    """The workers running, as JSON lines: ``current``: this installation's (the one its
-    commands use); ``busy``: running a command; ``stale``: serving code changed on disk since
-    it started (null: busy or not answering, cannot say); the rest is what each says."""
-    from .worker_control import status as run
-
-    run()
-
-
-@worker.command()
-@click.option(
-    "--all",
-    "everything",
-    is_flag=True,
-    help="Also stop the idle workers of other installations and configurations (one busy "
-    "with a command is left running: it runs someone's command).",
-)
-def stop(everything: bool) -> None:
-    """Stop this installation's worker and the stale ones; one line says what was done to each
-    worker, and why.
-
-    This installation's worker: the one its commands use here (the same code, interpreter and
-    configuration: DIFFHEP_*, JAX_*, XLA_* variables, ...); if busy with a command it is
-    terminated, and its client reports the command's end as an error. Stale: its process is
-    gone (its files are removed), or it serves code changed on disk since it started (it would
-    exit at its next check). The workers of other installations and configurations are left
-    running (--all: the idle ones are stopped too).
-    """
-    from .worker_control import stop as run
-
-    run(everything)
-
-
 COMMANDS = [worker]

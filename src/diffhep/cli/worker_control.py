@@ -21,7 +21,7 @@ import click
 
 from . import worker as w
 
-__all__ = ["status", "stop"]
+__all__ = ["COMMANDS", "status", "stop"]
 
 
 def _alive(pid: int) -> bool:
@@ -177,6 +177,7 @@ def _decide(current: bool, state: str, stale: bool | None, everything: bool) -> 
     return False, f"{_OTHER}; --all stops it when idle"
 
 
+@click.command()
 def status() -> None:
     """The workers running, as JSON lines: ``current``: this installation's (the one its
     commands use); ``busy``: running a command; ``stale``: serving code changed on disk since
@@ -196,6 +197,14 @@ def status() -> None:
         sys.exit(1)
 
 
+@click.command()
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Also stop the idle workers of other installations and configurations (one busy "
+    "with a command is left running: it runs someone's command).",
+)
 def stop(everything: bool) -> None:
     """Stop this installation's worker and the stale ones; one line says what was done to each
     worker, and why.
@@ -229,3 +238,7 @@ def stop(everything: bool) -> None:
     click.echo(f"stopped {counts['stopped']} worker(s), left {counts['left']} running")
     if counts["failed"]:
         sys.exit(1)
+
+
+#: The subcommands of ``diffhep worker`` defined here (added to the group by :mod:`diffhep.cli`)
+COMMANDS = [status, stop]
