@@ -63,6 +63,21 @@ def model_spec(*channels, parameters=()):
     return {"channels": list(channels), "parameters": [dict(p) for p in parameters]}
 
 
+def bounded_poi_workspace(observed, mu_bounds=(0.0, 10.0)):
+    """A workspace of signal x mu over a background with a normalisation and a shape
+    systematic (2 bins), the POI's bounds given: its best fit at a bound for suitable
+    ``observed`` (the ranking's note of a POI at its bound)."""
+    bkg = sample("bkg", [50.0, 30.0], normsys("bkg_norm", 0.9, 1.1),
+                 histosys("bkg_shape", [48.0, 33.0], [52.0, 27.0]))  # fmt: skip
+    return {
+        "version": "1.0.0",
+        "channels": [channel("SR", sample("signal", [5.0, 10.0], normfactor()), bkg)],
+        "observations": [{"name": "SR", "data": [float(x) for x in observed]}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": [
+            {"name": "mu", "bounds": [list(mu_bounds)]}]}}],
+    }  # fmt: skip
+
+
 # --------------------------------------------------------------------------- shared models
 def simple_uncorrelated():
     return pyhf.simplemodels.uncorrelated_background(

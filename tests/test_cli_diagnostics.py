@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import specs
 from diagnostics_refs import small, small_cabinetry_ranking, small_reference, small_workspace
 from diffhep.cli import main
 from oracle import pyhf_numpy
@@ -236,25 +237,6 @@ def test_ranking_sbottom_through_cli_matches_pyhf_refits(sbottom_dir, tmp_path):
                                        err_msg=f"{r['parameter']} {field}")  # fmt: skip
 
 
-def _bound_spec(observed, mu_bounds=(0.0, 10.0)):
-    """Signal x mu over a background with a normalisation and a shape systematic."""
-    return {
-        "version": "1.0.0",
-        "channels": [{"name": "SR", "samples": [
-            {"name": "signal", "data": [5.0, 10.0],
-             "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-            {"name": "bkg", "data": [50.0, 30.0], "modifiers": [
-                {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}},
-                {"name": "bkg_shape", "type": "histosys",
-                 "data": {"hi_data": [52.0, 27.0], "lo_data": [48.0, 33.0]}},
-            ]},
-        ]}],
-        "observations": [{"name": "SR", "data": list(observed)}],
-        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": [
-            {"name": "mu", "bounds": [list(mu_bounds)]}]}}],
-    }  # fmt: skip
-
-
 @pytest.fixture
 def ranking_figure(monkeypatch):
     """The ranking figure's impact axis limits and title, captured before it is saved."""
@@ -280,7 +262,7 @@ def test_ranking_says_when_the_poi_is_at_its_bound(tmp_path, counting_file, rank
     --method covariance) and the figure gets an impact axis of +-1 POI uncertainty and a
     note. Inside the bounds nothing is said."""
     path = tmp_path / "low.json"
-    path.write_text(json.dumps(_bound_spec([30.0, 15.0])))
+    path.write_text(json.dumps(specs.bounded_poi_workspace([30.0, 15.0])))
     r = run(["ranking", path, "--plot", tmp_path / "rank.png"])
     out = json.loads(r.stdout)
     assert out["poi_bestfit"] == 0.0 and out["poi_at_bound"] == "lower"
@@ -315,7 +297,7 @@ def test_ranking_says_when_the_poi_is_at_its_bound(tmp_path, counting_file, rank
 
 def _kg_spec(case):
     """A model whose Hessian is singular along kg (and k_bkg)."""
-    spec = _bound_spec([56.0, 41.0])
+    spec = specs.bounded_poi_workspace([56.0, 41.0])
     samples = spec["channels"][0]["samples"]
     kg = {"name": "kg", "type": "normfactor", "data": None}
     if case == "two normfactors":

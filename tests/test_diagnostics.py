@@ -13,6 +13,7 @@ import pytest
 from scipy import optimize, stats
 
 import diffhep
+import specs
 from diagnostics_refs import (
     cabinetry_ranking,
     counting,
@@ -194,21 +195,7 @@ def test_scan_2d_closed_form_and_profiled_parameter():
 def _bounded(observed, mu_bounds):
     from diffhep.stats import workspace
 
-    spec = {
-        "channels": [{"name": "SR", "samples": [
-            {"name": "signal", "data": [5.0, 10.0],
-             "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-            {"name": "bkg", "data": [50.0, 30.0], "modifiers": [
-                {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}},
-                {"name": "bkg_shape", "type": "histosys",
-                 "data": {"hi_data": [52.0, 27.0], "lo_data": [48.0, 33.0]}},
-            ]},
-        ]}],
-        "observations": [{"name": "SR", "data": list(observed)}],
-        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": [
-            {"name": "mu", "bounds": [list(mu_bounds)]}]}}],
-        "version": "1.0.0",
-    }  # fmt: skip
+    spec = specs.bounded_poi_workspace(observed, mu_bounds)
     ws = workspace.Workspace(spec)
     model = ws.model()
     return model, ws.data(model)
