@@ -4,8 +4,10 @@ Click's own handling exited 1 (a new user's trial: scripts could not tell them a
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -59,28 +61,26 @@ def test_ctrl_c_while_the_worker_runs_the_command_exits_130(tmp_path, monkeypatc
     listener = Listener(str(d / f"{k}.sock"), "AF_UNIX", authkey=authkey)
     (d / f"{k}.json").write_text(json.dumps({"pid": stand_in.pid, "authkey": authkey.hex()}))
     hold = threading.Event()
+    main = threading.main_thread().ident
 
-    def serve():  # the worker: the command started, then it runs until interrupted
-        conn = listener.accept()
+    def serve():  # the worker: the command started and asks for input; once the client
+        conn = listener.accept()  # answered it waits in its relay: Ctrl-C there
         listener.close()
         conn.recv()
         conn.send(("started",))
-        conn.send(("out", b"{"))
+        conn.send(("read", 1))
+        conn.recv()
+        signal.pthread_kill(main, signal.SIGINT)
         hold.wait(30)
         conn.close()
 
     thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    import signal
-
-    main = threading.main_thread().ident  # Ctrl-C while the client waits for the worker
-    timer = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT))
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # (xdist ignores it)
-    timer.start()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"x")))
+    thread.start()
     try:
         code = worker.forward(["cls", "ws.json"])
     finally:
-        timer.cancel()
         signal.signal(signal.SIGINT, handler)
         hold.set()
         thread.join(10)
@@ -93,3 +93,28 @@ def test_ctrl_c_while_the_worker_runs_the_command_exits_130(tmp_path, monkeypatc
     assert code == EXIT_INTERRUPTED
     assert ended == -signal.SIGINT  # the worker's process got SIGINT
     assert "Aborted!" in capsys.readouterr().err
+
+
+#: Ctrl-C while the client connects to the worker or waits for it to start
+FORWARDING = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+import diffhep.cli.worker as worker
+def forward(argv):
+    signal.raise_signal(signal.SIGINT)
+worker.forward = forward
+from diffhep.cli import main
+sys.argv = ["diffhep", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_before_the_worker_answers_exits_130_without_a_traceback(tmp_path):
+    """A review: Ctrl-C while the client waited for the worker's first answer (up to 5 s) or
+    for a worker to start gave a KeyboardInterrupt traceback (outside click's handling)."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    env.pop("DIFFHEP_NO_WORKER", None)
+    proc = subprocess.run([sys.executable, "-c", FORWARDING, "cls", str(tmp_path / "ws.json")],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == EXIT_INTERRUPTED, proc.stderr[-2000:]
+    assert "Aborted!" in proc.stderr and "Traceback" not in proc.stderr

@@ -188,6 +188,56 @@ def test_a_point_whose_own_patch_is_bad_is_reported_and_the_others_computed(tmp_
     assert "parameter of interest" in table[0]["error"] and table[1]["error"] == ""
 
 
+def test_invalid_patched_documents_and_options_are_reported_as_cls_reports_them(tmp_path):
+    """A review: a point's patched document is not checked against the schema (fast), and a
+    patch adding a sample without 'modifiers' (KeyError) or removing the only measurement
+    (IndexError) ended the whole grid with a traceback, exit 1; a batch's renaming of the
+    added samples changed the message; a mistaken --measurement was blamed on every point.
+    Now such a point gets the schema's message as in ``cls -p``, the same at every batch
+    size, and --measurement is checked once, before any point."""
+    ws_path, _ = _small_points(tmp_path)
+    nomod = [{"op": "add", "path": "/channels/0/samples/0",
+              "value": {"name": "sig_str", "data": [1.0, 2.0]}}]  # fmt: skip
+    (tmp_path / "patch.a.json").write_text(json.dumps(nomod))
+    (tmp_path / "patch.b.json").write_text(
+        json.dumps([{"op": "remove", "path": "/measurements/0"}])
+    )
+    args = ["exclusion", str(ws_path), str(tmp_path / "patch.a.json"),
+            str(tmp_path / "patch.b.json"), str(tmp_path / "patch.s1.json")]  # fmt: skip
+    rows = {}
+    for batch in ("1", "2"):
+        result = run([*args, "--batch-size", batch])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        rows[batch] = lines(result)
+        assert [r["point"] for r in rows[batch]] == ["a", "b", "s1"]
+        assert "'modifiers' is a required property" in rows[batch][0]["error"]
+        assert "at measurements: " in rows[batch][1]["error"]
+        assert rows[batch][2]["converged"] is True
+    assert [r.get("error") for r in rows["1"]] == [r.get("error") for r in rows["2"]]
+    typo = run([*args, "--measurement", "nope"])
+    assert typo.exit_code == 2 and not lines(typo), typo.output  # before any point
+    assert "no measurement named 'nope'" in typo.output and "at --measurement" in typo.output
+
+
+def test_a_mass_pattern_is_checked_before_any_fit_also_without_a_plot(tmp_path):
+    """A review: with --out but no --plot the pattern was compiled once the points were
+    computed, and a field named twice or not a name ('{0}') ended in a traceback (exit 1, no
+    CSV); the CSV's mass columns were numbers formatted with 6 digits (1234567 ->
+    1.23457e+06). Now a bad pattern exits 2 before any fit; the columns hold the text."""
+    from diffhep.plotting.exclusion import point_fields
+
+    ws_path, _ = _small_points(tmp_path)
+    out = tmp_path / "grid.csv"
+    for pattern in ("s{m}{m}", "s{0}"):
+        result = run(["exclusion", str(ws_path), str(tmp_path / "patch.*.json"), "--out",
+                      str(out), "--mass-pattern", pattern])  # fmt: skip
+        assert result.exit_code == 2 and not lines(result), result.output
+        assert "Traceback" not in result.output and "at --mass-pattern" in result.output
+        assert not out.exists()
+    found = point_fields(["sb_1234567_1300.125", "other"], "sb_{a}_{b}", text=True)
+    assert found == [{"a": "1234567", "b": "1300.125"}, None]
+
+
 def test_a_mass_field_that_is_no_axis_must_be_fixed_before_any_fit(tmp_path):
     """A new user's trial: the README's own example (RegionA, 'sbottom_{m1}_{m2}_{m3}' with
     --x m1 --y m2) drew one contour through points of eleven values of m3 (spurious fingers
@@ -268,7 +318,8 @@ def test_a_poi_value_outside_the_bounds_exits_2_as_cls_does(tmp_path):
     assert grid.exit_code == single.exit_code == 2
     assert "outside the bounds" in grid.output and "a fit cannot test it" in grid.output
     message = next(x for x in grid.stderr.splitlines() if "outside the bounds" in x)
-    assert message.startswith("error: s1: ")  # the point, then the message of cls
+    # said once for every point (an option, not the points' own input), as cls says it
+    assert message.startswith("error: all 2 point(s) without CLs (of 2), for one reason: ")
     cut = "at --poi-value: "
     assert message.split(cut)[1] == single.output.splitlines()[0].split(cut)[1]
 

@@ -203,19 +203,21 @@ def test_background_only_workspace_without_its_signal_patch(sbottom_dir, tmp_pat
     _clean_exit_2(result, f"{bkg}: at measurements[].config.poi", "'mu_SIG' is not a parameter",
                   "background-only workspace: apply a signal patch, -p PATCH", "--patch-name",
                   "mu_ttbar")  # fmt: skip
-    # a patch that adds no sample leaves it background-only ...
+    # with a patch applied that adds no sample with the POI (RegionB's published
+    # patch.sbottom_1500_1495_60 only removes a channel), the patch is named instead
     spec = example_spec()
     signal = spec["channels"][0]["samples"].pop(0)
     path, patch = tmp_path / "bkg.json", tmp_path / "patch.json"
     path.write_text(json.dumps(spec))
     patch.write_text(json.dumps([{"op": "replace", "path": "/channels/0/samples/0/data",
                                   "value": [40.0, 50.0]}]))  # fmt: skip
-    _clean_exit_2(run(["fit", str(path), "-p", str(patch)]), "background-only")
-    # ... one that adds a sample without the POI is no background-only workspace
-    signal["modifiers"] = []
+    result = run(["fit", str(path), "-p", str(patch)])
+    _clean_exit_2(result, "the patch applied adds no sample with a modifier 'mu' (no signal)")
+    assert "background-only" not in result.output
+    signal["modifiers"] = []  # (a sample added, without the POI)
     patch.write_text(json.dumps([{"op": "add", "path": "/channels/0/samples/0", "value": signal}]))
     result = run(["cls", str(path), "-p", str(patch)])
-    _clean_exit_2(result, "'mu' is not a parameter", "use the name of a normfactor")
+    _clean_exit_2(result, "'mu' is not a parameter", "adds no sample with a modifier 'mu'")
     assert "background-only" not in result.output
 
 

@@ -51,7 +51,11 @@ class _Main(click.Group):
             # 20.6 s instead of 13.2-14.0 s (idle machine, the same rows as before b3e3794).
             os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
             # a running worker (`diffhep worker start`) runs it, if there is one
-            code = worker_commands.forward(sys.argv[1:])
+            try:
+                code = worker_commands.forward(sys.argv[1:])
+            except KeyboardInterrupt:  # before the worker answered (or while it started)
+                click.echo("\nAborted!", err=True)
+                sys.exit(EXIT_INTERRUPTED)
             if code is not None:
                 sys.exit(code)
         if args is None and gc.isenabled():

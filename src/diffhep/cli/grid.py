@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,21 +29,23 @@ def _batch_task(spec, points, options):
 
 def _csv(rows, pattern: str | None = None) -> str:
     """The rows as CSV; with a mass pattern, its fields as columns after the point's name
-    (empty where the name does not match)."""
+    (the text the name has there; empty where it does not match). An error in one line."""
     fields: list[str] = []
     masses: list = [None] * len(rows)
     if pattern:
-        from ..plotting.exclusion import point_fields
+        from ..plotting.exclusion import pattern_fields, point_fields
 
-        fields = list(dict.fromkeys(re.findall(r"\{(\w+)\}", pattern)))
-        masses = point_fields([r["point"] for r in rows], pattern)
+        fields = pattern_fields(pattern)
+        masses = point_fields([r["point"] for r in rows], pattern, text=True)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([COLUMNS[0], *fields, *COLUMNS[1:]])
     for r, m in zip(rows, masses, strict=True):
         exp = r["CLs_exp"] or [None] * 5
-        at = [None if m is None else f"{m[f]:g}" for f in fields]
-        w.writerow([r["point"], *at, r["CLs_obs"], *exp, r["converged"], r.get("error")])
+        at = [None if m is None else m[f] for f in fields]
+        error = r.get("error")
+        error = None if error is None else "; ".join(x.strip() for x in error.split("\n"))
+        w.writerow([r["point"], *at, r["CLs_obs"], *exp, r["converged"], error])
     return buf.getvalue()
 
 
@@ -96,8 +97,9 @@ def _plot(rows, drawn, coords, path, xlabel, ylabel):
 
 
 def _report(rows) -> int:
-    """The points without CLs on standard error; the exit status: 2 where a point's own
-    input is bad (its patch, its model), 1 where fits did not converge, else 0."""
+    """The points without CLs on standard error; the exit status: 2 where a point's input
+    is bad (its patch, its model, an option), 1 where fits did not converge, else 0. An
+    error that every failed point shares (an option, e.g. --poi-value) is said once."""
     failed = [r for r in rows if r.get("error")]
     bad = [r["point"] for r in rows if not r["converged"] and not r.get("error")]
     if bad:
@@ -108,17 +110,23 @@ def _report(rows) -> int:
             "empty bins are common causes)",
             err=True,
         )
-    if failed:
-        click.echo(
-            f"error: {len(failed)} of {len(rows)} point(s) could not be computed (bad input of "
-            "their own; CLs null, the message in their 'error'), the others were:",
-            err=True,
-        )
-        for r in failed[:10]:
-            click.echo(f"error: {r['error']}", err=True)
-        if len(failed) > 10:
-            click.echo(f"error: ... and {len(failed) - 10} more", err=True)
-    return 2 if failed else 1 if bad else 0
+    if not failed:
+        return 1 if bad else 0
+    reasons = {r["error"].removeprefix(f"{r['point']}: ") for r in failed}
+    if len(failed) > 1 and len(reasons) == 1:
+        click.echo(f"error: all {len(failed)} point(s) without CLs (of {len(rows)}), for "
+                   f"one reason: {reasons.pop()}", err=True)  # fmt: skip
+        return 2
+    click.echo(
+        f"error: {len(failed)} of {len(rows)} point(s) could not be computed (CLs null, the "
+        "message in their 'error'), the others were:",
+        err=True,
+    )
+    for r in failed[:10]:
+        click.echo(f"error: {r['error']}", err=True)
+    if len(failed) > 10:
+        click.echo(f"error: ... and {len(failed) - 10} more", err=True)
+    return 2
 
 
 @click.command()
@@ -197,7 +205,9 @@ def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest
     """Observed and expected CLs of every signal point: WORKSPACE (background only) with
     each PATCH applied (a pyhf patchset: all its patches; a JSON patch file: one point;
     globs allowed). One JSON line per point; points whose fits do not converge are
-    reported with null CLs and the command exits 1."""
+    reported with null CLs and the command exits 1; a point whose own patch is bad input
+    (it adds no signal, it belongs to another workspace) has null CLs and its 'error', the
+    others are computed, and the command exits 2."""
     if scheduler is not None and workers is not None:
         raise click.UsageError("--scheduler and --workers are mutually exclusive")
     if batch_size is not None and batch_size < 1:
@@ -223,7 +233,12 @@ def exclusion(workspace, patches, batch_size, out, workers, scheduler, no_digest
 
             spec, _ = load_json(workspace, schema="workspace.json")
             points = grid.load_points(spec, patches, digest_check=not no_digest_check)
-            if plot_path:  # checked before any point is computed
+            grid.check_measurement(spec, measurement, file=workspace)  # (not at every point)
+            if mass_pattern:  # checked before any point is computed
+                from ..plotting.exclusion import pattern_fields
+
+                pattern_fields(mass_pattern)
+            if plot_path:
                 from ..plotting.exclusion import select_points
 
                 names = [name for name, _ in points]

@@ -12,12 +12,20 @@ import numpy as np
 from ..errors import DiffhepError
 from .style import new_figure, save_figure, styled
 
-__all__ = ["parse_points", "plot_exclusion", "point_fields", "select_points"]
+__all__ = ["parse_points", "pattern_fields", "plot_exclusion", "point_fields", "select_points"]
 
 
-def _fields(pattern: str, x: str, y: str) -> list[str]:
-    """The fields of ``pattern``, checked to hold ``x`` and ``y``."""
+def pattern_fields(pattern: str) -> list[str]:
+    """The fields of a mass pattern (``sbottom_{m1}_{m2}_{m3}``: m1, m2, m3), checked: each
+    named once, each a name (a letter first: ``{0}`` is none)."""
     fields = re.findall(r"\{(\w+)\}", pattern)
+    bad = [f for f in fields if not f.isidentifier()]
+    if bad:
+        raise DiffhepError(
+            f"the pattern {pattern!r} has the field {bad[0]!r}, not a name",
+            where="--mass-pattern",
+            fix="name each field with a letter first, e.g. sbottom_{m1}_{m2}_{m3}",
+        )
     twice = sorted({f for f in fields if fields.count(f) > 1})
     if twice:
         raise DiffhepError(
@@ -25,6 +33,12 @@ def _fields(pattern: str, x: str, y: str) -> list[str]:
             where="--mass-pattern",
             fix="give each field its own name, e.g. sbottom_{m1}_{m2}_{m3}",
         )
+    return fields
+
+
+def _fields(pattern: str, x: str, y: str) -> list[str]:
+    """The fields of ``pattern`` (:func:`pattern_fields`), checked to hold ``x`` and ``y``."""
+    fields = pattern_fields(pattern)
     for axis, field in (("--x", x), ("--y", y)):
         if field not in fields:
             raise DiffhepError(
@@ -42,16 +56,18 @@ def _regex(pattern: str) -> str:
     )
 
 
-def point_fields(names, pattern: str) -> list[dict[str, float] | None]:
+def point_fields(names, pattern: str, *, text: bool = False) -> list[dict | None]:
     """The fields of ``pattern`` read from each point name (``None`` where it does not
     match): ``sbottom_1300_850_60`` by ``sbottom_{m1}_{m2}_{m3}`` gives
-    ``{'m1': 1300.0, 'm2': 850.0, 'm3': 60.0}``."""
+    ``{'m1': 1300.0, 'm2': 850.0, 'm3': 60.0}`` (with ``text``, the matched text: '1300')."""
+    pattern_fields(pattern)
     regex = _regex(pattern)
-    out: list[dict[str, float] | None] = []
+    out: list[dict | None] = []
     for name in names:
         m = re.fullmatch(regex, name)
         try:
-            out.append(None if m is None else {k: float(v) for k, v in m.groupdict().items()})
+            out.append(None if m is None else
+                       {k: v if text else float(v) for k, v in m.groupdict().items()})  # fmt: skip
         except ValueError:  # e.g. '1e' or '.-': not a number
             out.append(None)
     return out

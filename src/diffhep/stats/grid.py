@@ -49,7 +49,7 @@ from .validation import check_samples
 from .workflows import _check_poi_value, _cls_kernel, _f64
 from .workspace import Workspace
 
-__all__ = ["batches", "expand_paths", "load_points", "run_batch", "run_points"]
+__all__ = ["batches", "check_measurement", "expand_paths", "load_points", "run_batch", "run_points"]
 
 
 def expand_paths(patterns) -> list[str]:
@@ -116,6 +116,19 @@ def load_points(spec: dict, patterns, *, digest_check: bool = True) -> list[tupl
             seen[name] = fname
             points.append((name, ops))
     return points
+
+
+def check_measurement(spec: dict, measurement: str | None, *, file: str | None = None) -> None:
+    """That the background-only workspace ``spec`` has the measurement named ``measurement``
+    (``None``: its first): an option of every point, checked once, before them."""
+    names = [m["name"] for m in spec.get("measurements", [])]
+    if measurement is not None and measurement not in names:
+        raise DiffhepError(
+            f"no measurement named {measurement!r}",
+            file=file,
+            where="--measurement",
+            fix=f"use one of: {', '.join(names)}",
+        )
 
 
 def batches(points: list, batch_size: int) -> list[list]:
@@ -193,21 +206,47 @@ def _failed(name, err: DiffhepError) -> dict[str, Any]:
     return {**_row(name, None, None, False), "error": str(err)}
 
 
+#: What a patched document that was not checked against the schema (a point checks only
+#: what its patch adds) can raise where it is not valid: such a point is checked as
+#: ``diffhep cls -p`` checks it (:func:`_checked`)
+_UNCHECKED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
 def _build(spec, name, ops, poi_value, measurement, modifier_settings, checked, canonical):
     """The model and data of point ``name`` (``spec`` with its patch ``ops`` applied), or
     the :class:`DiffhepError` that says why there is none: the workspace is valid, so the
-    point's patch does not fit it, or adds no signal."""
+    point's patch does not fit it, or adds no signal. The checks come before the renaming of
+    the added samples (``canonical``), so that messages name the patch's samples."""
     try:
         doc = apply_patch(spec, ops, file=name)
-        if canonical:
-            doc = _canonical_samples(spec, doc)
         ws = _workspace(doc, name, checked)
     except DiffhepError as err:
         return misfit_patch_error(err, "of this point")
+    except _UNCHECKED as err:
+        return _checked(spec, ops, name, err)
+    if canonical:
+        _canonical_samples(spec, doc)  # (in place: the workspace's document)
     try:
         return _model_of(ws, poi_value, measurement, modifier_settings)
     except DiffhepError as err:
         return _without_signal(err, doc)
+    except _UNCHECKED as err:
+        return _checked(spec, ops, name, err)
+
+
+def _checked(spec, ops, name, err: Exception) -> DiffhepError:
+    """The error of a point whose patched document failed on the fast path with ``err``: what
+    the checks of ``diffhep cls -p`` say (the schema's JSON path and fix; a patch adding a
+    sample without ``modifiers`` raised a KeyError here), else ``err`` as the point's error."""
+    try:
+        Workspace(spec, file=name, validate_schema=False).patched(ops)
+    except DiffhepError as found:
+        return misfit_patch_error(found, "of this point")
+    return DiffhepError(
+        f"the patched workspace cannot be built ({type(err).__name__}: {err})",
+        file=name,
+        fix="check this point's patch, e.g. with 'diffhep cls WORKSPACE -p PATCH'",
+    )
 
 
 def _without_signal(err: DiffhepError, doc: dict) -> DiffhepError:

@@ -108,22 +108,24 @@ def _model_and_data(ws: Workspace, measurement=None, modifier_settings=None):
 
 
 def _background_only(err: DiffhepError, ws: Workspace, measurement) -> DiffhepError:
-    """``err``, with a hint when it says the measurement's POI is missing from a workspace
-    that no patch added a sample to: a background-only workspace given without its signal
-    patch (pyhf's ``cls`` takes it with ``--patch``)."""
-    if err.where != "measurements[].config.poi" or ws.added_samples:
+    """``err``, with a hint when it says the measurement's POI is missing from the workspace
+    (no sample has a modifier of its name): without a patch, a background-only workspace
+    given without its signal patch (pyhf's ``cls`` takes it with ``--patch``); with one, a
+    patch that adds no signal (RegionB's published patch.sbottom_1500_1495_60 only removes a
+    channel)."""
+    if err.where != "measurements[].config.poi":
         return err
     poi = ws.measurement(measurement)["config"]["poi"]
     if any(m["name"] == poi for c in ws.spec["channels"] for s in c["samples"]
            for m in s["modifiers"]):  # fmt: skip
         return err  # (it is there, but not a scalar)
-    return type(err)(
-        err.message,
-        file=err.file,
-        where=err.where,
-        fix="this looks like a background-only workspace: apply a signal patch, -p PATCH "
-        f"(and --patch-name for a patchset) as pyhf cls --patch; or {err.fix}",
-    )
+    if ws.applied_patches:
+        fix = (f"the patch applied adds no sample with a modifier {poi!r} (no signal): check "
+               "that it is this workspace's signal patch")  # fmt: skip
+    else:
+        fix = ("this looks like a background-only workspace: apply a signal patch, -p PATCH "
+               f"(and --patch-name for a patchset) as pyhf cls --patch; or {err.fix}")  # fmt: skip
+    return type(err)(err.message, file=err.file, where=err.where, fix=fix)
 
 
 def _warn_clipped(n, where):
