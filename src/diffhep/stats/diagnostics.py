@@ -37,9 +37,10 @@ import numpy as np
 from jax.scipy.special import gammaln, xlogy
 
 from ..errors import DiffhepError, FitError
-from . import covariance, exported
+from . import exported
 from .covariance import (
     PostFit,
+    checked_postfit,
     constrained,
     constraint_arrays,
     modifier_types,
@@ -51,7 +52,6 @@ from .covariance import (
 from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults
 from .hypotest import discovery
 from .model import Model
-from .uncertainties import dense_determined, undetermined_names
 
 __all__ = [
     "BOUND_TOL",
@@ -149,60 +149,6 @@ def fixed_fits(
         )  # fmt: skip
         outs.append([np.asarray(o) for o in out])
     return tuple(np.concatenate(parts)[:n] for parts in zip(*outs, strict=True))
-
-
-# --------------------------------------------------------------------------- the fit
-def _undetermined_error(names) -> FitError:
-    """The error of a fit whose Hessian leaves ``names`` undetermined (as ``diffhep fit``)."""
-    shown = ", ".join(names[:20]) + (f" ... ({len(names)} parameters)" if len(names) > 20 else "")
-    return FitError(
-        "the fit converged, but the Hessian at the best fit is singular or indefinite (no "
-        f"covariance): the uncertainties of {shown} are undetermined",
-        fix="the data do not constrain these parameters (no effect on the likelihood, or "
-        "none apart from another one: e.g. two normfactors of one sample): fix them (one "
-        "of a pair) in the measurement, or add a constraint",
-    )
-
-
-def checked_postfit(model: Model, data, *, poi_value: float | None = None,
-                    near_singular: bool = True) -> PostFit:  # fmt: skip
-    """:func:`~diffhep.stats.covariance.postfit`, naming the parameters that a singular or
-    indefinite Hessian leaves undetermined, as ``diffhep fit`` does.
-
-    Where ``postfit`` fails (not converged, or a Hessian that is not positive definite) the
-    fit is repeated with the fit's own uncertainty check (:func:`diffhep.stats.fit.fit`,
-    only then: it costs a fit) and a :class:`~diffhep.errors.FitError` names them; where it
-    finds none, ``postfit``'s error is raised. A Hessian that passes ``postfit``'s check
-    only by rounding (a parameter without effect: a zero row, smallest eigenvalue 4e-16; two
-    normfactors of one sample: uncertainties of 1e5) is judged by the fit's criterion on
-    the dense Hessian (:func:`~diffhep.stats.uncertainties.dense_determined`): refused
-    with the parameters named where the covariance is not finite, and with
-    ``near_singular`` wherever it finds them.
-    """
-    try:
-        with np.errstate(divide="ignore", invalid="ignore"):  # judged below
-            post = covariance.postfit(model, data, poi_value=poi_value)
-    except FitError:
-        from . import fit as _fit
-
-        data = jnp.asarray(np.asarray(data, dtype=float), dtype=model.nominal.dtype)
-        if poi_value is None:
-            r = _fit.fit(model, data)
-        else:
-            r = _fit.fixed_poi_fit(poi_value, model, data)
-        names = undetermined_names(model.config, r.uncertainty_ok) if r.converged else []
-        if not names:
-            raise
-        raise _undetermined_error(names) from None
-    free = ~post.fixed
-    finite = np.all(np.isfinite(post.covariance[np.ix_(free, free)]))
-    names = undetermined_names(model.config, dense_determined(post.hessian, free))
-    if names and (near_singular or not finite):
-        raise _undetermined_error(names)
-    if not finite:
-        raise FitError("the covariance at the best fit is not finite",
-                       fix="check for parameters without effect on the likelihood")  # fmt: skip
-    return post
 
 
 # --------------------------------------------------------------------------- pulls
