@@ -211,6 +211,7 @@ def test_invalid_patched_documents_and_options_are_reported_as_cls_reports_them(
         rows[batch] = lines(result)
         assert [r["point"] for r in rows[batch]] == ["a", "b", "s1"]
         assert "'modifiers' is a required property" in rows[batch][0]["error"]
+        assert "fix: add the missing key in the patch; or " in rows[batch][0]["error"]
         assert "at measurements: " in rows[batch][1]["error"]
         assert rows[batch][2]["converged"] is True
     assert [r.get("error") for r in rows["1"]] == [r.get("error") for r in rows["2"]]

@@ -21,7 +21,7 @@ from typing import Any
 
 import jsonpatch
 
-from ..errors import DiffhepError
+from ..errors import DiffhepError, SchemaError
 from .schema import load_json
 
 __all__ = [
@@ -44,15 +44,17 @@ class PatchError(DiffhepError):
 
 def misfit_patch_error(err: DiffhepError, patch: str) -> DiffhepError:
     """``err``, raised by applying the patch ``patch`` (its file, or point name) to a valid
-    workspace or by the workspace it made, reworded to blame the patch."""
+    workspace or by the workspace it made, reworded to blame the patch. A document the
+    schema refuses keeps the schema's fix (a malformed patch, e.g. a sample without
+    ``modifiers``), with the other possibility after it."""
     when = "with" if isinstance(err, PatchError) else "after applying"  # (then: it applied)
-    return DiffhepError(
-        f"{when} the patch {patch}: {err.message}",
-        file=err.file,
-        where=err.where,
-        fix="the patch may belong to another workspace (e.g. another region): apply it to the "
-        "background-only workspace it was made for",
-    )
+    other = "the patch may belong to another workspace (e.g. another region)"
+    if isinstance(err, SchemaError) and err.fix:
+        fix = f"{err.fix} in the patch; or {other}"
+    else:
+        fix = f"{other}: apply it to the background-only workspace it was made for"
+    return DiffhepError(f"{when} the patch {patch}: {err.message}", file=err.file,
+                        where=err.where, fix=fix)  # fmt: skip
 
 
 def _local_op(op) -> bool:
