@@ -398,6 +398,7 @@ def test_run_diagnostics_are_the_library_on_its_workspace(diag_run):
     summary = run.metrics
     assert run.ranking["poi_bestfit"] == pytest.approx(1.0, abs=1e-6)
     assert run.ranking["poi_uncertainty"] == pytest.approx(summary["sigma_mu"], rel=1e-6)
+    assert run.ranking["poi_at_bound"] is None and run.ranking["notes"] == []  # (as ranking's)
     params = run.pulls["parameters"]
     assert {p["modifier"] for p in params} == {"histosys", "normsys", "staterror"}
     for p in params:

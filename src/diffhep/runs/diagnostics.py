@@ -115,7 +115,9 @@ def compute(spec: dict, observed: bool = False) -> dict:
             "poi": r.poi,
             "poi_bestfit": r.poi_bestfit,
             "poi_uncertainty": r.poi_uncertainty,
+            "poi_at_bound": r.poi_at_bound,
             "method": "refit",
+            "notes": list(r.notes),
             "ranking": r.to_list(),
         },
         "yields": {
@@ -152,7 +154,7 @@ def write_diagnostics(run_dir, plot_dir, style=None, observed: bool = False) -> 
         "ranking.png": (
             figures.plot_ranking,
             (doc["ranking"]["ranking"], doc["pulls"]),
-            {"poi": doc["ranking"]["poi"]},
+            {"poi": doc["ranking"]["poi"], "poi_at_bound": doc["ranking"]["poi_at_bound"]},
         ),
         "yields_fit.png": (
             figures.plot_yields,
