@@ -221,3 +221,29 @@ def test_observable_vs_features_with_a_constant_feature(tmp_path):
     assert skipped == {"num(Jet_pt) > 0": "constant", "num(Jet_pt) > 2": "mask"}
     assert sorted(panels) == ["Jet_pt[2]", "met"]
     assert panels["Jet_pt[2]"][0][0] >= 30  # the padded zeros are not in the panel
+
+
+def test_scan_figures_say_what_their_lines_are(monkeypatch, tmp_path):
+    """A new user's trial: the 1-D scan's dashed lines and the 2-D scan's contours had no
+    legend, and the best-fit marker at the edge of a 2-D scan was clipped."""
+    from diffhep.plotting import diagnostics
+
+    drawn = []
+
+    def capture(fig, path):
+        (ax,) = fig.axes
+        drawn.append(([t.get_text() for t in ax.get_legend().get_texts()], ax.lines))
+
+    monkeypatch.setattr(diagnostics, "save_figure", capture)
+    one = {"parameters": ["mu"], "values": [[0.0], [1.0], [2.0]], "delta_twice_nll": [0, 1, 4]}
+    diagnostics.plot_scan(one, tmp_path / "a.png")
+    two = {"parameters": ["mu", "k"], "bestfit": [0.0, 1.0],
+           "values": [[m, k] for m in (0.0, 1.0, 2.0) for k in (0.5, 1.0, 1.5)],
+           "delta_twice_nll": [(m**2 + 4 * (k - 1) ** 2) * 3 for m in (0.0, 1.0, 2.0)
+                               for k in (0.5, 1.0, 1.5)]}  # fmt: skip
+    diagnostics.plot_scan(two, tmp_path / "b.png")
+    (legend1, _), (legend2, lines2) = drawn
+    assert legend1 == ["profile likelihood", r"$1\sigma$ (68 %)", r"$2\sigma$ (95 %)"]
+    assert legend2 == ["68 % CL", "95 % CL", "best fit"]
+    (marker,) = [line for line in lines2 if line.get_marker() == "+"]
+    assert marker.get_clip_on() is False

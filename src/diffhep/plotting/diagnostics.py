@@ -233,20 +233,27 @@ def plot_scan(scan: Mapping, path) -> None:
     delta = np.asarray(scan["delta_twice_nll"], dtype=float)
     fig = new_figure((6.0, 4.5))
     ax = fig.subplots()
+    from matplotlib.lines import Line2D
+
     if len(names) == 1:
-        ax.plot(values[:, 0], delta, "k-", marker=".")
-        for level in (1.0, 4.0):
-            ax.axhline(level, color="grey", ls="--", lw=1)
+        ax.plot(values[:, 0], delta, "k-", marker=".", label="profile likelihood")
+        for level, ls, label in ((1.0, "--", r"$1\sigma$ (68 %)"), (4.0, ":", r"$2\sigma$ (95 %)")):
+            ax.axhline(level, color="grey", ls=ls, lw=1, label=label)
         ax.set_xlabel(names[0])
         ax.set_ylabel(r"$-2\,\Delta\ln L$")
         ax.set_ylim(0, None)
+        ax.legend(loc="best")
     else:
         xs, ys = np.unique(values[:, 0]), np.unique(values[:, 1])
         z = np.full((len(ys), len(xs)), np.nan)
         z[np.searchsorted(ys, values[:, 1]), np.searchsorted(xs, values[:, 0])] = delta
         ax.contour(xs, ys, z, levels=[2.30, 5.99], colors=["k", "grey"])
-        ax.plot(*scan["bestfit"], "k+", ms=10)
+        ax.plot(*scan["bestfit"], "k+", ms=10, clip_on=False)  # (at an edge of the scan too)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
+        ax.legend(handles=[Line2D([], [], color="k", label="68 % CL"),
+                           Line2D([], [], color="grey", label="95 % CL"),
+                           Line2D([], [], color="k", marker="+", ls="", ms=10,
+                                  label="best fit")], loc="best")  # fmt: skip
     _experiment_label(ax)
     save_figure(fig, path)
