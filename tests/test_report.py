@@ -416,6 +416,30 @@ def test_run_diagnostics_are_the_library_on_its_workspace(diag_run):
     assert any(x["postfit_down"] > 0 > x["postfit_up"] for x in run.ranking["ranking"])
 
 
+def test_an_impact_refit_that_fails_leaves_the_linear_ranking_not_nothing(monkeypatch):
+    """A new user's trial: one impact refit that did not converge (staterror_SR[1]) lost the
+    whole diagnostics.json (pulls and yields too), the run exited 1 and the fix named an
+    option train/evaluate do not have. Now the ranking is the linear (covariance) one, with
+    the refit's message in its notes."""
+    from diffhep.errors import FitError
+    from diffhep.runs import diagnostics as run_diagnostics
+    from diffhep.stats import diagnostics
+    from diffhep.stats.workspace import example_spec
+
+    real = diagnostics.ranking
+
+    def refit_fails(model, data, post, method="refit", **kw):
+        if method == "refit":
+            raise FitError("1 impact fit(s) did not converge (parameters: x)", fix="...")
+        return real(model, data, post, method=method, **kw)
+
+    monkeypatch.setattr(diagnostics, "ranking", refit_fails)
+    doc = run_diagnostics.compute(example_spec(), observed=True)
+    assert doc["ranking"]["method"] == "covariance" and doc["ranking"]["ranking"]
+    assert doc["ranking"]["notes"][0].startswith("1 impact fit(s) did not converge")
+    assert doc["pulls"] and doc["yields"]["postfit"]
+
+
 def test_report_shows_the_run_diagnostics(diag_run):
     """report.html's fit-diagnostics tables hold the numbers of ``diagnostics.json``, with its
     three figures embedded in that section."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DiffhepError
+from ..errors import DiffhepError, FitError
 from ..writers import write_atomic
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,9 @@ def compute(spec: dict, observed: bool = False) -> dict:
         [...]}``); ``yields`` as ``diffhep yields``' (``{"prefit", "postfit"}``).
 
     Raises:
-        DiffhepError: float64 is not enabled; :class:`~diffhep.errors.FitError` if a fit
-            does not converge.
+        DiffhepError: float64 is not enabled; :class:`~diffhep.errors.FitError` if the fit
+            does not converge. An impact refit that does not converge makes the ranking the
+            linear (covariance) one, with a note: the pulls and yields are kept.
     """
     import jax
 
@@ -103,7 +104,14 @@ def compute(spec: dict, observed: bool = False) -> dict:
     else:
         data = np.asarray(model.expected_data(pars), dtype=float)
     post = covariance.postfit(model, data)
-    r = diagnostics.ranking(model, data, post, method="refit")
+    method, fallback = "refit", []
+    try:
+        r = diagnostics.ranking(model, data, post, method="refit")
+    except FitError as err:  # an impact refit did not converge: the linear impacts, said so
+        method = "covariance"  # (the pulls and yields are not lost with it)
+        fallback = [f"{err.message}: the ranking gives the linear (covariance) impacts instead"]
+        log.warning("fit diagnostics: %s", fallback[0])
+        r = diagnostics.ranking(model, data, post, method=method)
     kind = "observed" if observed else "asimov"
     return {
         "format": DIAGNOSTICS_FORMAT,
@@ -116,8 +124,8 @@ def compute(spec: dict, observed: bool = False) -> dict:
             "poi_bestfit": r.poi_bestfit,
             "poi_uncertainty": r.poi_uncertainty,
             "poi_at_bound": r.poi_at_bound,
-            "method": "refit",
-            "notes": list(r.notes),
+            "method": method,
+            "notes": fallback + list(r.notes),
             "ranking": r.to_list(),
         },
         "yields": {
@@ -154,7 +162,11 @@ def write_diagnostics(run_dir, plot_dir, style=None, observed: bool = False) -> 
         "ranking.png": (
             figures.plot_ranking,
             (doc["ranking"]["ranking"], doc["pulls"]),
-            {"poi": doc["ranking"]["poi"], "poi_at_bound": doc["ranking"]["poi_at_bound"]},
+            {
+                "poi": doc["ranking"]["poi"],
+                "poi_at_bound": doc["ranking"]["poi_at_bound"],
+                "method": doc["ranking"]["method"],
+            },
         ),
         "yields_fit.png": (
             figures.plot_yields,
