@@ -161,6 +161,24 @@ def test_plot_roc_writes_png_and_returns_auc(tmp_path):
     assert_png(path)
 
 
+def test_roc_of_an_observable_with_the_signal_at_low_scores(tmp_path, monkeypatch):
+    """A new user's trial: a CLs-trained observable put the signal at low scores and its ROC
+    read AUC = 0.0199, below the diagonal. The curve now selects low scores there, says so,
+    and the AUC is the other side's (1 - 0.0199)."""
+    from diffhep.plotting import runs as plotting
+
+    legends = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: legends.append(
+        [t.get_text() for t in fig.axes[0].get_legend().get_texts()]))  # fmt: skip
+    rng = np.random.default_rng(7)
+    s, b = rng.normal(-2.0, size=200), rng.normal(size=300)
+    high = roc_curve(s, None, b, None)[2]
+    assert high < 0.1
+    auc = plot_roc(s, None, b, None, tmp_path / "roc.png")
+    assert auc == pytest.approx(1.0 - high, abs=1e-12)
+    assert legends[0][0] == f"AUC = {auc:.4f} (signal at low scores)"
+
+
 def test_plot_observable_2d_writes_png(tmp_path):
     rng = np.random.default_rng(6)
     seen = []

@@ -174,11 +174,20 @@ def roc_curve(score_signal, w_signal, score_background, w_background):
 
 @styled
 def plot_roc(score_signal, w_signal, score_background, w_background, path) -> float:
-    """Draw the :func:`roc_curve` (with the AUC in the legend) to ``path``; returns the AUC."""
+    """Draw the :func:`roc_curve` (with the AUC in the legend) to ``path``; returns the AUC.
+
+    An observable trained on a statistical loss (CLs, Z, sigma_mu) may put the signal at
+    low scores (its binning does not care which end): where the AUC of selecting high scores
+    is below 0.5, the curve drawn and the AUC returned select low scores (``1 - AUC``), and
+    the legend says so (a curve below the diagonal, AUC 0.02, read as worse than random)."""
     eff_b, eff_s, auc = roc_curve(score_signal, w_signal, score_background, w_background)
+    low = auc < 0.5
+    if low:
+        minus_s, minus_b = (-np.asarray(x, dtype=float) for x in (score_signal, score_background))
+        eff_b, eff_s, auc = roc_curve(minus_s, w_signal, minus_b, w_background)
     fig = new_figure((4.8, 4.8))
     ax = fig.add_subplot()
-    ax.plot(eff_b, eff_s, label=f"AUC = {auc:.4f}")
+    ax.plot(eff_b, eff_s, label=f"AUC = {auc:.4f}" + (" (signal at low scores)" if low else ""))
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="random")
     ax.set_xlabel("background efficiency")
     ax.set_ylabel("signal efficiency")
