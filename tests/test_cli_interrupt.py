@@ -118,3 +118,21 @@ def test_ctrl_c_before_the_worker_answers_exits_130_without_a_traceback(tmp_path
                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == EXIT_INTERRUPTED, proc.stderr[-2000:]
     assert "Aborted!" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_interrupted_training_says_how_to_resume(monkeypatch, tmp_path):
+    """A new user's trial: Ctrl-C in `diffhep train` printed only 'Aborted!'."""
+    from click.testing import CliRunner
+
+    from diffhep.cli import main
+    from diffhep.runs import train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_run", interrupted)
+    config = Path(__file__).parents[1] / "examples" / "blobs_cls.yaml"
+    result = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == EXIT_INTERRUPTED, result.output
+    assert "the same command resumes from the last one" in result.stderr
+    assert str(tmp_path / "run") in result.stderr and "Aborted!" in result.stderr

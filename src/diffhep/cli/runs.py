@@ -57,7 +57,12 @@ def train(config, out, overrides, resume, progress, signal):
 
     extra = [f"analysis.signal={signal}"] if signal is not None else []
     cfg = run(load_config, config, [*overrides, *extra])
-    summary = run(train_run, cfg, out, file=config, resume=resume, progress=progress)
+    try:
+        summary = run(train_run, cfg, out, file=config, resume=resume, progress=progress)
+    except KeyboardInterrupt:  # (then "Aborted!", exit 130: cli._Main)
+        click.echo(f"\ninterrupted: the run checkpoints every epoch in {out}; the same command "
+                   "resumes from the last one (--no-resume starts again)", err=True)  # fmt: skip
+        raise
     _print_summary(summary, out)
     click.echo(_written(out))
     _exit_if_incomplete(summary, out)
