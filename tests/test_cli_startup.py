@@ -223,3 +223,33 @@ def test_a_pinned_command_compiles_on_every_core(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-2:] == ["compiled True True True True", "blas True"]
     assert json.loads(proc.stdout)["CLs_obs"] > 0
+
+
+def test_diffheps_own_warnings_are_one_line_of_the_cli(capsys):
+    """A new user's trial: a NetYieldWarning printed as Python shows warnings (file, line
+    and the source line 'check_net_yields(' of the call); now 'diffhep: warning: ...'.
+    Other packages' warnings are shown as Python shows them."""
+    import warnings
+
+    import click
+
+    from diffhep.weights.weighting import NetYieldWarning
+
+    @main.command("warn-twice-for-test")
+    def twice():
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # (the suite turns warnings into errors)
+            warnings.warn(NetYieldWarning("bin 3 has a net-negative yield"), stacklevel=1)
+            warnings.warn(UserWarning("foreign"), stacklevel=1)
+        click.echo("done")
+
+    try:
+        result = CliRunner().invoke(main, ["warn-twice-for-test"])
+    finally:
+        main.commands.pop("warn-twice-for-test")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert "diffhep: warning: bin 3 has a net-negative yield" in lines
+    assert not any("NetYieldWarning" in x or "warnings.warn(" in x for x in lines)
+    # another package's warning went to the display before (here pytest's record)
+    assert "foreign" not in result.stderr

@@ -9,10 +9,12 @@ One module per command group (stats, diagnostics, runs, weights, studies); each 
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
 import sys
+import warnings
 
 import click
 
@@ -73,11 +75,27 @@ class _Main(click.Group):
                 gc.enable()
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:  # click's own handling exits 1, the status of a fit that
-            click.echo("\nAborted!", err=True)  # did not converge
-            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        with warnings.catch_warnings():  # (restores the display before afterwards)
+            warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:  # click's own handling exits 1, the status of a fit
+                click.echo("\nAborted!", err=True)  # that did not converge
+                raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
+
+def _show_warning(other, message, category, filename, lineno, file=None, line=None) -> None:
+    """diffhep's own warnings (NetYieldWarning, ...) in one line, as the CLI's other
+    messages ('diffhep: warning: ...'), not with the file, line and source Python adds
+    (a new user's trial); other packages' warnings as ``other`` (the display before) shows
+    them."""
+    if category.__module__.partition(".")[0] != "diffhep":
+        other(message, category, filename, lineno, file, line)
+        return
+    try:
+        (file or sys.stderr).write(f"diffhep: warning: {message}\n")
+    except (OSError, ValueError):  # a closed stream: as Python's own display
+        pass
 
 
 def _quick_exit(code) -> None:
