@@ -210,3 +210,29 @@ def test_fit_yields_titles_clear_of_the_experiment_label(style, monkeypatch, tmp
     assert bool(labels) == (style != "plain")
     for text, box in titles:
         assert not any(box.overlaps(label) for label in labels), (style, text)
+
+
+def test_many_variations_and_an_experiments_style_stay_readable(monkeypatch, tmp_path):
+    """A new user's trial (ttbar_resonance.yaml in the CMS style): 34 variation entries made
+    a legend over the whole histogram, the style's fonts crowded a 6.4-inch figure (the y
+    label cut, the label over the axes). Now many variations share one legend entry, a
+    styled figure is at least 10 inches wide, and the bars under the legend end below it."""
+    seen = {}
+
+    def capture(fig, path):
+        ax = fig.axes[0]
+        fig.draw_without_rendering()
+        box = ax.get_legend().get_window_extent().transformed(ax.transData.inverted())
+        seen.update(width=fig.get_figwidth(), legend_bottom=box.y0,
+                    legend=[t.get_text() for t in ax.get_legend().get_texts()])  # fmt: skip
+
+    monkeypatch.setattr(histograms, "save_figure", capture)
+    tall = {**SAMPLES, "ttbar": [200, 100, 40, 900]}  # the tallest bin under the legend
+    many = {f"sys{k} {d}": np.multiply(tall["ttbar"], 1.05 if d == "up" else 0.95)
+            for k in range(17) for d in ("up", "down")}  # fmt: skip
+    plotting.plot_stacked(EDGES, tall, "signal", tmp_path / "x.png", many, style="CMS",
+                          signal_overlay=None)  # fmt: skip
+    assert seen["legend"] == ["signal", "wjets", "ttbar", "systematic variations (34)"]
+    assert seen["width"] >= 10.0
+    top = 1.05 * 900 + 10 + 0.9
+    assert seen["legend_bottom"] > top

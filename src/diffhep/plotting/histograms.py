@@ -12,6 +12,11 @@ from .style import experiment_label, new_figure, plain, save_figure, styled
 __all__ = ["plot_stacked", "uncertainty_band"]
 
 
+#: Above this many variations :func:`plot_stacked` draws them in one grey style with one
+#: legend entry (a run of ttbar_resonance.yaml has 34: a legend over the whole histogram)
+MAX_VARIATION_ENTRIES = 6
+
+
 @styled
 def plot_stacked(
     edges,
@@ -84,10 +89,16 @@ def plot_stacked(
         above.append(ax.stairs(hi, edges, baseline=lo, label="uncertainty", zorder=4, **hatch))
         if data is not None:
             rax.stairs(hi / safe, edges, baseline=lo / safe, **hatch)
+    many = len(variations or {}) > MAX_VARIATION_ENTRIES  # one legend entry for them all
     for i, (label, values) in enumerate((variations or {}).items()):
         values = _yields(label, values)
-        kw = {"color": f"C{len(order) + i}", "ls": "--", "lw": 1.5}
-        above.append(ax.stairs(values, edges, label=label, zorder=5, **kw))
+        kw = {"color": "0.45" if many else f"C{len(order) + i}", "ls": "--",
+              "lw": 1.0 if many else 1.5}  # fmt: skip
+        line = ax.stairs(values, edges, label=label, zorder=5, **kw)
+        if not many or i == 0:
+            above.append(line)
+        if many and i == 0:
+            line.set_label(f"systematic variations ({len(variations)})")
         drawn.append(values)
         if data is not None:
             rax.stairs(values / safe, edges, baseline=None, **kw)  # no edges down to 0
@@ -126,10 +137,32 @@ def plot_stacked(
     if title is not None and is_plain:
         ax.set_title(title)
     handles = [*reversed(stack), *above]  # the stack's top first, as it is drawn
-    ax.legend(handles, [h.get_label() for h in handles], fontsize="small",
+    ax.legend(handles, [h.get_label() for h in handles], fontsize="small", loc="upper right",
+              ncols=1 if len(handles) <= 8 else 2,
               title=None if is_plain else title)  # fmt: skip  # the label takes the top
+    if not logy:
+        _above_the_bars(ax, edges, drawn)
     experiment_label(ax)
     save_figure(fig, path)
+
+
+def _above_the_bars(ax, edges, drawn) -> None:
+    """Raise the y axis where the legend would hide bars: those of the bins under the
+    legend (an experiment's large fonts and many entries: a new user's CMS plots had the
+    legend over the tallest bar) end just below it."""
+    legend = ax.get_legend()
+    ax.figure.draw_without_rendering()  # (the legend's place is known once drawn)
+    box = legend.get_window_extent().transformed(ax.transAxes.inverted())
+    (x0, _), (x1, _) = ax.transData.inverted().transform(
+        ax.transAxes.transform([(box.x0, 0.0), (box.x1, 0.0)])
+    )
+    under = (edges[1:] > x0) & (edges[:-1] < x1)
+    heights = np.stack([np.ravel(v) for v in drawn])[:, under]
+    lo, hi = ax.get_ylim()
+    top = float(np.nanmax(heights, initial=lo))
+    room = box.y0 - 0.03  # (axes fraction left below the legend)
+    if room > 0.2 and (top - lo) > room * (hi - lo):
+        ax.set_ylim(lo, lo + (top - lo) / room)
 
 
 def _overlay_factor(option, sig, bkg) -> float | None:

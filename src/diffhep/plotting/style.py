@@ -80,10 +80,19 @@ def experiment_label(ax) -> None:
     module.label(ax=ax, data=False, text="Internal", com=None, rlabel="", loc=0)
 
 
+#: Width (inches) an experiment's style is made for (mplhep's: 10 x 10): its fonts crowd a
+#: smaller figure (a new user's CMS plots: the y label cut, the label over the axes)
+STYLED_WIDTH = 10.0
+
+
 def new_figure(figsize):
-    """A matplotlib ``Figure`` (constrained layout) not tied to pyplot's global state."""
+    """A matplotlib ``Figure`` (constrained layout) not tied to pyplot's global state; in an
+    experiment's style at least :data:`STYLED_WIDTH` wide (the same aspect)."""
     from matplotlib.figure import Figure  # lazy: plotting is an optional extra
 
+    if not plain():
+        scale = max(1.0, STYLED_WIDTH / figsize[0])
+        figsize = (figsize[0] * scale, figsize[1] * scale)
     return Figure(figsize=figsize, layout="constrained")
 
 
