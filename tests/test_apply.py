@@ -4,6 +4,7 @@ to diffhep's own score (1e-6) and bins; clear errors and no partial outputs."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -271,6 +272,91 @@ def test_selected_is_the_analysis_selection_and_weights_are_carried(
     res = _apply([run, d / "b.root", "--out", tmp_path / "o3", "--sample", "nope"])
     assert res.exit_code == 2 and "--sample" in res.output and "sig, bkg" in res.output
     assert "Traceback" not in res.output
+
+
+# ------------------------------------------------------------ inputs out of training, weight
+def _far_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "diffhep.io.ranges"]
+
+
+def _write_inputs(d, tables: dict) -> list[Path]:
+    """``{file name: columns}`` written as ROOT (tree ``events``, baskets of 1000) or parquet
+    (row groups of 1000)."""
+    d.mkdir(parents=True, exist_ok=True)
+    for name, cols in tables.items():
+        if name.endswith(".root"):
+            with uproot.recreate(d / name) as f:
+                f.mktree("events", {k: v.dtype for k, v in cols.items()})
+                for lo in range(0, len(cols["x0"]), 1000):
+                    f["events"].extend({k: v[lo : lo + 1000] for k, v in cols.items()})
+        else:
+            pq.write_table(pa.table(cols), d / name, row_group_size=1000)
+    return [d / name for name in tables]
+
+
+def test_inputs_far_outside_training_are_warned_once_and_recorded(
+    tmp_path, tiny_run, saved, columns, caplog
+):
+    """A feature at a fill value (-3000) in a quarter of the events: one warning per file
+    (not per chunk) naming the file, the feature, the fraction and the training range, and
+    the same in the output metadata; the scores are written unchanged. A file whose
+    fill values are 1 % of its events (the threshold is "more than 1 %") and files like the
+    training data give no warning and no ``input_warnings``."""
+    from diffhep.io.apply import read_metadata
+
+    n = len(columns["x0"])
+    far = columns | {"x1": np.where(np.arange(n) % 4 == 0, -3000.0, columns["x1"])}
+    edge = columns | {"x1": np.where(np.arange(n) % 100 == 0, -3000.0, columns["x1"])}
+    files = _write_inputs(tmp_path / "in", {"far.root": far, "far.parquet": far,
+                                            "edge.parquet": edge, "ok.root": columns})  # fmt: skip
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="diffhep"):
+        res = _apply([tiny_run, *files, "--out", out, "--step-size", 700])
+    assert res.exit_code == 0, res.output
+    warnings = _far_warnings(caplog)
+    assert len(warnings) == 2, warnings  # once per file, 5 chunks each
+    std = json.loads((tiny_run / "preprocess.json").read_text())["standardisation"]
+    mean, scale = std["mean"][1], std["scale"][1]
+    for f, text in zip(files[:2], warnings, strict=True):
+        assert text.startswith(f"{f}: input 'x1' is far outside the training distribution")
+        assert f"{n // 4} of {n} events (25 %; values -3000)" in text
+        assert f"training mean {mean:.4g}, std {scale:.4g}" in text
+        assert f"[{mean - 10 * scale:.4g}, {mean + 10 * scale:.4g}]" in text  # 10 std
+    score = _reference(saved, far)[0]
+    for f in files[:2]:
+        target = out / f.name
+        meta = read_metadata(target)
+        (w,) = meta["input_warnings"]
+        got = (w["feature"], w["events"], w["of"], w["values"])
+        assert got == ("x1", n // 4, n, [-3000.0, -3000.0])
+        np.testing.assert_allclose(w["far_beyond"], [mean - 10 * scale, mean + 10 * scale])
+        assert w["message"] in warnings
+        got = pq.read_table(target).to_pydict() if f.suffix == ".parquet" else (
+            uproot.open(target)["events"].arrays(library="np"))  # fmt: skip
+        np.testing.assert_allclose(got["diffhep_score"], score, atol=1e-6)  # not changed
+    for f in files[2:]:
+        meta = read_metadata(out / f.name)
+        assert "input_warnings" not in meta and meta["producer"] == "diffhep apply"
+
+
+def test_missing_diffhep_weight_is_said(tmp_path, tiny_run, ntuple_columns):
+    """The samples' weight expressions differ (data has none): no diffhep_weight without
+    --sample, and a note on stderr says so; with --sample it is written, without the note."""
+    filt = "nj >= 2"
+    samples = [
+        {"name": "bkg", "role": "background", "files": ["b.root"], "weight": "w * sf",
+         "filter": filt},
+        {"name": "data", "role": "data", "files": ["d.root"], "filter": filt},
+    ]  # fmt: skip
+    run = _ntuple_run(tmp_path, tiny_run, samples)
+    (f,) = _write_inputs(tmp_path / "in", {"b.root": ntuple_columns})
+    res = _apply([run, f, "--out", tmp_path / "o1"])
+    assert res.exit_code == 0, res.output
+    assert "no diffhep_weight column" in res.output and "--sample" in res.output
+    assert "diffhep_weight" not in uproot.open(tmp_path / "o1" / "b.root")["events"].keys()
+    res = _apply([run, f, "--out", tmp_path / "o2", "--sample", "bkg"])
+    assert res.exit_code == 0 and "no diffhep_weight" not in res.output, res.output
+    assert "diffhep_weight" in uproot.open(tmp_path / "o2" / "b.root")["events"].keys()
 
 
 # ----------------------------------------------------------------- damaged runs, outputs

@@ -179,3 +179,34 @@ def test_rntuple_and_analysis_selection_match_single_process(
             assert f.classnames()["ntuple;1"] == "ROOT::RNTuple"
             assert "nj >= 2" in json.loads(str(f["diffhep_metadata"]))["filter"]
     _check_equal([_read(p) for p in parts], reference)
+
+
+def test_inputs_far_outside_training_are_warned_once_per_file(tmp_path, tiny_run, columns,  # noqa: F811
+                                                              cluster, caplog):  # fmt: skip
+    """A fill value in a quarter of the events of one feature, over 5 partitions: the
+    client adds up the workers' counts and warns once for the file (the workers' logs are
+    not shown); every partition's metadata records its own share."""
+    from diffhep.io.apply import read_metadata
+
+    n = len(columns["x0"])
+    far = columns | {"x1": np.where(np.arange(n) % 4 == 0, -3000.0, columns["x1"])}
+    d = tmp_path / "in"
+    d.mkdir()
+    pq.write_table(pa.table(far), d / "far.parquet", row_group_size=1000)
+    pq.write_table(pa.table(columns), d / "ok.parquet", row_group_size=1000)
+    with caplog.at_level(logging.WARNING, logger="diffhep"):
+        summary = apply_run(tiny_run, [d / "far.parquet", d / "ok.parquet"], tmp_path / "o",
+                            step_size=STEP, scheduler=cluster.scheduler_address)  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records if r.name == "diffhep.io.ranges"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{d / 'far.parquet'}: input 'x1'")
+    assert f"{n // 4} of {n} events (25 %" in warnings[0]
+    shares = []
+    for s in summary:
+        meta = read_metadata(s["output"])
+        if s["input"].endswith("ok.parquet"):
+            assert "input_warnings" not in meta
+            continue
+        (w,) = meta["input_warnings"]
+        assert w["feature"] == "x1" and w["of"] == s["events"]
+        shares.append(w["events"])
+    assert len(shares) == 5 and sum(shares) == n // 4

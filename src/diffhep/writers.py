@@ -238,6 +238,7 @@ class AtomicWriter:
         self.rntuple, self.metadata, self.title = rntuple, metadata, title
         self.tmp = self.path.with_name(f".{self.path.name}.part")
         self.handle = None
+        self._schema_metadata = None  # the metadata in a parquet file's Arrow schema
         self.finished = False
 
     def write(self, columns) -> None:
@@ -257,6 +258,7 @@ class AtomicWriter:
                     schema = schema.with_metadata(
                         {**(schema.metadata or {}), METADATA_KEY: self.metadata}
                     )
+                    self._schema_metadata = self.metadata
                 self.handle = pq.ParquetWriter(self.tmp, schema)
             self.handle.write_table(table)
         else:
@@ -277,15 +279,25 @@ class AtomicWriter:
                         for k, v in columns.items()
                     }
                     self.handle.mktree(self.tree, types, title=self.title)
-                if self.metadata is not None:
-                    self.handle[METADATA_KEY] = self.metadata
             self.handle[self.tree].extend(columns)
+
+    def set_metadata(self, metadata: str) -> None:
+        """Replace the metadata before :meth:`finish` (e.g. with what the chunks showed).
+        ROOT: the ``TObjString`` is written at the end anyway; parquet: the footer's
+        key-value metadata :data:`METADATA_KEY` is replaced (what
+        :func:`diffhep.io.selection.read_metadata` reads), the Arrow schema's copy keeps the
+        value of the first chunk."""
+        self.metadata = metadata
 
     def finish(self, empty) -> Path:
         """Close the temporary file (written with the columns ``empty`` if no chunk was);
         returns its path. :meth:`commit` or :meth:`abort` follows."""
         if self.handle is None:  # no events: an empty file with the columns
             self.write(empty)
+        if self.kind == "root" and self.metadata is not None:  # last: set_metadata may change it
+            self.handle[METADATA_KEY] = self.metadata
+        elif self.metadata is not None and self.metadata != self._schema_metadata:
+            self.handle.add_key_value_metadata({METADATA_KEY: self.metadata})
         self.handle.close()
         self.handle = None
         self.finished = True

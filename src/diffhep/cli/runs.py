@@ -183,7 +183,13 @@ def apply(run_dir, files, out, tree, step_size, keep, sample, fmt, scheduler, wo
                            AND the run's selection cuts
     diffhep_bin_<channel>  the bin of selected events in the channel, -1 otherwise
     diffhep_weight         the sample's weight expression (ntuple runs; before the
-                           yield/scale normalisation)
+                           yield/scale normalisation): written with --sample, or
+                           without it if all samples share one weight expression
+                           (else a note says it is missing)
+
+    An input feature more than 10 training standard deviations from the training mean
+    in over 1 % of a file's events (a fill value, another unit) is warned of and recorded
+    in the output metadata (input_warnings); the scores are written anyway.
 
     What these mean for the output (filter, cuts, weight) is stored in it as JSON: the
     parquet schema metadata / a ROOT TObjString, both named diffhep_metadata. Local and
@@ -195,10 +201,15 @@ def apply(run_dir, files, out, tree, step_size, keep, sample, fmt, scheduler, wo
     res = run(apply_run, run_dir, files, out, tree=tree, step_size=step_size, keep=keep,
                fmt=fmt, sample=sample, scheduler=scheduler, workers=workers)  # fmt: skip
     emit(res)
-    if sample is None and "--sample" in run(analysis_selection, run_dir).note:
+    sel = run(analysis_selection, run_dir, sample)
+    if sample is None and "--sample" in sel.note:
         click.echo("warning: diffhep_selected holds the selection cuts only: the samples' "
                    "filters differ; choose the sample whose filter applies with --sample",
                    err=True)  # fmt: skip
+    if sel.weight is None and sel.weight_expressions:  # an ntuple run, no common weight
+        click.echo("note: no diffhep_weight column (metadata weight: null): the samples' "
+                   "weight expressions differ (e.g. data has none); choose the sample whose "
+                   "weight applies with --sample", err=True)  # fmt: skip
 
 
 COMMANDS = [train, evaluate, demo, apply]

@@ -25,6 +25,11 @@ In ROOT outputs, feature expressions become valid branch names (``Jet_pt[0]`` ->
 ``Jet_pt_0``, ``num(Jet_pt) > 0`` -> ``num_Jet_pt_0``, see :func:`root_branch_names`);
 parquet keeps them as they are.
 
+Inputs far outside the training distribution (more than 10 training standard deviations
+from the training mean in over 1 % of a file's events, :mod:`diffhep.io.ranges`) are warned
+of, once per feature and file (the scores are written as they are: extrapolations), and
+recorded in the output metadata under ``input_warnings``.
+
 Files are written atomically (a temporary file renamed at the end): an error (a missing
 column, NaN/inf features) leaves no partial output.
 
@@ -39,12 +44,14 @@ The scoring of a chunk is :mod:`diffhep.io.scoring`, the meaning of the output c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError
 from ..writers import check_writable_dir, same_file
 from . import sources
+from .ranges import RangeCheck, report_ranges
 from .scoring import (
     check_finite,
     empty_output,
@@ -88,7 +95,9 @@ def _output_path(out: Path, file: Path, kind: str) -> Path:
     return out / f"{file.stem}{'.root' if kind == 'root' else '.parquet'}"
 
 
-def _score_file(file, writer, prep, sess, tree, step_size, keep, selection=None) -> int:
+def _score_file(file, writer, prep, sess, tree, step_size, keep, selection=None, check=None):
+    """Score ``file`` chunk by chunk into ``writer``; returns its number of events (``check``:
+    a :class:`~diffhep.io.ranges.RangeCheck` counting the inputs far out of training)."""
     names = prep["inputs"]["features"]["names"]
     exprs = expressions(prep, keep, selection)
     constants = selection.constants if selection is not None else None
@@ -103,6 +112,8 @@ def _score_file(file, writer, prep, sess, tree, step_size, keep, selection=None)
         n += len(chunk[names[0]])
         if bad:  # keep counting, write nothing more
             continue
+        if check is not None:
+            check.add(chunk)
         writer.write(score_chunk(file, chunk, prep, sess, keep, selection))
         del chunk  # one chunk in memory: free it before reading the next
     if bad:
@@ -223,8 +234,12 @@ def apply_run(
     summary = []
     for f, target, kind, out_tree in plan:
         writer = open_writer(target, kind, out_tree, meta)
+        check = RangeCheck(prep)
         try:
-            n = _score_file(f, writer, prep, sess, tree, step_size, keep, selection)
+            n = _score_file(f, writer, prep, sess, tree, step_size, keep, selection, check)
+            found = report_ranges(check, f)
+            if found:
+                writer.set_metadata(json.dumps(meta | {"input_warnings": found}))
             writer.commit(empty_output(prep, sess, keep, selection))
         except BaseException:
             writer.abort()

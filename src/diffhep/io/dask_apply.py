@@ -29,6 +29,11 @@ the single-process run; nothing is written). A task that fails (e.g. NaN/inf fea
 all tasks are waited for, every output of the call is removed, and the error of the first
 failing partition in input order is raised, whatever the order the tasks ran in.
 
+Inputs far outside the training distribution (:mod:`diffhep.io.ranges`): every partition's
+metadata records its own (``input_warnings``), and the task returns its counts, which the
+client adds up per input and warns of once per feature and file (the workers' logs are
+silenced).
+
 The workers must see the run directory, the inputs and ``OUT`` at the same paths (a shared
 file system) and have diffhep installed.
 
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +54,7 @@ from pathlib import Path
 from ..errors import DataError, DiffhepError
 from ..writers import check_writable_dir
 from . import scoring, sources
+from .ranges import RangeCheck, message, report_ranges
 from .selection import AnalysisSelection, metadata
 
 __all__ = ["apply_dask", "dask_client"]
@@ -129,9 +136,12 @@ def _score_partition(
     part, *, file, start, target, fmt, tree, out_tree, run_dir, stamp, keep, selection, meta
 ) -> int:
     """Score one partition (on a worker) into ``target``; returns its number of events
-    (``file``, as the user gave it, names the input in error messages; ``out_tree``: the
-    output's ``(tree name, RNTuple?)``)."""
+    and the state of its :class:`~diffhep.io.ranges.RangeCheck` (``file``, as the user gave
+    it, names the input in error messages; ``out_tree``: the output's ``(tree name,
+    RNTuple?)``). Inputs far out of training are recorded in the partition's metadata; the
+    client adds up the partitions of a file and warns (workers' logs are not shown)."""
     prep, sess = _session(run_dir, stamp)
+    check = RangeCheck(prep)
     writer = scoring.open_writer(Path(target), fmt, out_tree, meta)
     try:
         n = len(part)
@@ -140,12 +150,16 @@ def _score_partition(
             chunk = sources.evaluate_chunk(
                 file, part, exprs, start=start, tree=tree, constants=selection.constants
             )
+            check.add(chunk)
             writer.write(scoring.score_chunk(file, chunk, prep, sess, keep, selection))
+        found = [f | {"message": message(f, file)} for f in check.findings()]
+        if found:  # this partition's; the client warns of the whole file's
+            writer.set_metadata(json.dumps(meta | {"input_warnings": found}))
         writer.commit(scoring.empty_output(prep, sess, keep, selection))
     except BaseException:
         writer.abort()
         raise
-    return n
+    return n, check.state()
 
 
 @contextlib.contextmanager
@@ -291,15 +305,20 @@ def apply_dask(
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
+    checks: dict[str, RangeCheck] = {}
+    for p, (_, state) in zip(plan, counts, strict=True):
+        checks.setdefault(p["input"], RangeCheck(prep)).merge(state)
+    for f, check in checks.items():
+        report_ranges(check, f)
     written = {p["output"] for p in plan}
     for d in dict.fromkeys(dirs.values()):
         for old in (*d.glob("part-*.parquet"), *d.glob("part-*.root")):
             if str(old) not in written:
                 old.unlink()
-    return [p | {"events": n} for p, n in zip(plan, counts, strict=True)]
+    return [p | {"events": n} for p, (n, _) in zip(plan, counts, strict=True)]
 
 
-def _compute(tasks: list, scheduler: str | None, workers: int | None) -> list[int]:
+def _compute(tasks: list, scheduler: str | None, workers: int | None) -> list:
     """The results of the tasks, in order; after all have finished, the first error."""
     from distributed import wait
 

@@ -170,6 +170,8 @@ def read_metadata(path) -> dict | None:
             return json.loads(str(f[METADATA_KEY]))
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(path).metadata or {}
+    # the footer's key-value metadata: the Arrow schema's copy, unless replaced at the end
+    # (AtomicWriter.set_metadata: e.g. the input warnings found while scoring)
+    meta = pq.ParquetFile(path).metadata.metadata or {}
     raw = meta.get(METADATA_KEY.encode())
     return json.loads(raw) if raw else None
