@@ -181,3 +181,33 @@ def test_a_config_dump_names_no_generator_it_does_not_use():
         assert load_config(text=dumped) == cfg
     blobs = load_config(text=MINIMAL.replace("cuts_1d", "blobs")).to_yaml()
     assert "generator: blobs" in blobs and "n_per_blob: 10000" in blobs
+
+
+def test_an_error_of_the_file_is_not_blamed_on_an_unrelated_set(tmp_path):
+    """A bad field of the file is reported with its line, not as coming from a --set of
+    another key (a new user's trial); a --set of the field itself is still named."""
+    cfg = tmp_path / "c.yaml"
+    data = "data:\n  generator: cuts_1d\n  features: ['log(x1']"
+    cfg.write_text(MINIMAL.replace("data: {generator: cuts_1d}", data))
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, ["training.epochs=1"])
+    text = str(err.value)
+    assert "data.features[0]: cannot parse expression 'log(x1'" in text, text
+    assert "(line 4)" in text and "--set" not in text, text
+    assert f"fix: correct the field(s) above in {cfg}" in text, text
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, ["data.features=['log(x2']"])
+    assert "(from --set data.features=['log(x2'])" in str(err.value), str(err.value)
+
+
+def test_cli_signal_errors_name_the_signal_option(tmp_path):
+    """``train --signal NAME`` of no such signal names --signal, not a --set the user did
+    not give."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(MINIMAL)
+    res = CliRunner().invoke(
+        main, ["train", str(cfg), "--out", str(tmp_path / "run"), "--signal", "zprime"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "analysis.signal: 'zprime' is not a signal sample" in res.output, res.output
+    assert "(from --signal zprime)" in res.output and "--set" not in res.output, res.output

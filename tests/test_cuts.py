@@ -378,3 +378,16 @@ def test_fixed_cut_has_no_gradient_and_stays():
     g = jax.grad(lambda s: jnp.sum(s.weights(jnp.asarray(x), 3.0)))(sel)
     assert float(g.cuts[0].thresholds[0]) == 0.0
     assert float(g.cuts[1].thresholds[0]) != 0.0
+
+
+def test_cuts_study_markdown_names_its_runs_dir(tmp_path, monkeypatch):
+    """cuts.md's "Reproduce with" names the --runs-dir the runs went to, not runs/cuts."""
+    from diffhep.studies import cuts as study
+
+    row = {"z0": 1.0, "expected_cls": 0.1, "selected_fraction": 0.5, "expression": "x1 > 0",
+           "thresholds": []}  # fmt: skip
+    monkeypatch.setattr(study, "_run", lambda runs_dir, name, overrides: row)
+    monkeypatch.setattr(study, "_plot", lambda *a: None)
+    path = study.cuts_study(tmp_path / "out", seeds=1, epochs=2, runs_dir=tmp_path / "elsewhere")
+    text = path.read_text()
+    assert f"finished runs under `{tmp_path / 'elsewhere'}` are reused" in text, text

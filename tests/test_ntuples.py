@@ -321,3 +321,24 @@ def test_readme_example_apply_scores_and_bins_as_diffhep(readme_run, monkeypatch
         expected = hists[("SR", "wjets")][0]
         counts = np.bincount(b[passes], weights=w[passes], minlength=len(expected))
         np.testing.assert_allclose(counts, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("data.features=[met, mett]", "data.features[1]"),
+        ("analysis.samples.0.files=[nothere.root]", "analysis.samples[0].files"),
+        ("analysis.samples.1.weight=xsec * genW", "analysis.samples[1].weight"),
+        ("analysis.samples.2.filter=lepx > 30", "analysis.samples[2].filter"),
+        ("data.collections.0.branches=[Jet_ptx, Jet_eta]", "data.collections[0].branches"),
+        ("data.tree=Events", "data.tree"),
+        ("analysis.shape_systematics.0.up.weight=genW", "analysis.shape_systematics[0].up.weight"),
+    ],
+)
+def test_data_errors_name_the_config_field(ntuples, override, field):
+    """A missing file, tree or branch names the config field that reads it (and the config
+    file), not only the data file (a new user's trial)."""
+    cfg = _cfg(ntuples, [override])
+    with pytest.raises(DataError) as err:
+        load_events(cfg, _analysis(cfg), "analysis.yaml")
+    assert f"(config: {field} of analysis.yaml)" in str(err.value), str(err.value)

@@ -161,6 +161,18 @@ def test_another_space_on_the_same_study_exits_2(tmp_path):
     assert "another search space" in res.output
 
 
+def test_another_method_on_the_same_study_exits_2(tmp_path):
+    """A study resumed with another --method is refused, naming the study's method (it did
+    nothing and best.json then named the new method: a new user's trial)."""
+    _run(tmp_path, "random", 2)
+    res = CliRunner().invoke(main, ["optimize", str(CONFIG), "--out", str(tmp_path),
+                                    "--method", "grid", "--budget", "2"])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "was run with --method random" in res.output, res.output
+    assert "fix: use --method random to resume it" in res.output, res.output
+    assert json.loads((tmp_path / "best.json").read_text())["method"] == "random"
+
+
 @pytest.mark.slow
 def test_training_search_of_cut_inits(tmp_path):
     """search.train true: the trial trains its cuts from the searched start (one epoch), the

@@ -276,3 +276,18 @@ def test_annealing_schedule():
     assert hyper(3) == pytest.approx({"bandwidth": 0.3, "slope": 10.0})  # sqrt(2 * 50)
     flat = annealing(load_config(DEMO_CONFIG, ["training.epochs=1", "histogram.bandwidth=0.4"]))
     assert flat(1) == pytest.approx({"bandwidth": 0.4, "slope": 5.0})
+
+
+def test_study_resume_of_another_config_names_runs_dir(tmp_path):
+    """A study's run directory holding a checkpoint of another config: the fix names the
+    study's --runs-dir, not train's --out / --no-resume that study does not have."""
+    run = tmp_path / "runs" / "a-seed0"
+    run.mkdir(parents=True)
+    (run / "checkpoint.json").write_text("{}")
+    shutil.copy(DEMO_CONFIG, run / "config.yaml")
+    args = ["study", "cuts", "--seeds", "1", "--epochs", "3", "--runs-dir", str(run.parent),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "different configuration" in res.output, res.output
+    assert f"fix: use a new --runs-dir, or delete {run} to train it again" in res.output
+    assert "--no-resume" not in res.output and "--out" not in res.output, res.output

@@ -55,8 +55,14 @@ def train(config, out, overrides, resume, progress, signal):
     from ..runs.config import load_config
     from ..runs.train import train_run
 
-    extra = [f"analysis.signal={signal}"] if signal is not None else []
-    cfg = run(load_config, config, [*overrides, *extra])
+    def choose(doc):  # --signal: analysis.signal, named as --signal in the errors
+        if isinstance(doc.get("analysis"), dict):
+            doc["analysis"]["signal"] = signal
+        else:
+            doc["analysis"] = {"signal": signal}
+        return [(("analysis", "signal"), f"--signal {signal}")]
+
+    cfg = run(load_config, config, overrides, edit=choose if signal is not None else None)
     try:
         summary = run(train_run, cfg, out, file=config, resume=resume, progress=progress)
     except KeyboardInterrupt:  # (then "Aborted!", exit 130: cli._Main)

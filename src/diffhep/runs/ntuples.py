@@ -113,7 +113,41 @@ def _renamed(text, columns):
     return Expression(text).renamed(columns).text
 
 
-def _read(cfg: Config, name, files, tree, weights, filt, features, file, columns=None):
+def _feature_fields(data: DataConfig) -> dict:
+    """``{feature expression: its config field}`` of :func:`feature_names`."""
+    out = {f: f"data.features[{i}]" for i, f in enumerate(data.features or ())}
+    for k, c in enumerate(data.collections):
+        for j in range(c.n):
+            for b in c.branches:
+                out.setdefault(f"{b}[{j}]", f"data.collections[{k}].branches")
+            out.setdefault(f"num({c.branches[0]}) > {j}", f"data.collections[{k}].branches")
+    return out
+
+
+def _field(exc: DataError, fields: dict) -> str | None:
+    """The config field a loader error is about: the tree (``"<tree>"``), the files
+    (``None``), or the first expression that is or reads its ``where`` (a branch)."""
+    if exc.message.startswith(("tree ", "the file has")):  # no such tree, or several
+        return fields.get("<tree>")
+    if exc.where is None:
+        return fields.get(None)
+    if exc.where in fields:
+        return fields[exc.where]
+    from ..io.expressions import Expression, ExpressionError
+
+    for text, path in fields.items():
+        try:
+            names = Expression(text).names if text and text != "<tree>" else ()
+        except ExpressionError:
+            continue
+        if exc.where in names:
+            return path
+    return None
+
+
+def _read(cfg: Config, name, files, tree, weights, filt, features, file, columns=None, at=None):
+    """The events of one event set; ``at``: the config fields of its expressions, files
+    (``None``) and tree (``"<tree>"``), named in the errors."""
     d = cfg.data
     columns = columns or {}
     try:
@@ -130,9 +164,23 @@ def _read(cfg: Config, name, files, tree, weights, filt, features, file, columns
         )
     except DataError as exc:
         prefix = "" if exc.message.startswith("sample") else f"event set {name!r}: "
-        raise DataError(prefix + exc.message, file=exc.file or file, where=exc.where,
+        fields = {**_feature_fields(d), **(at or {})}
+        keep = (None, "<tree>")
+        renamed = {k if k in keep else _renamed(k, columns): v for k, v in fields.items()}
+        where = _field(exc, renamed)
+        suffix = f" (config: {where}{f' of {file}' if file else ''})" if where else ""
+        raise DataError(prefix + exc.message + suffix, file=exc.file or file, where=exc.where,
                         fix=exc.fix) from None  # fmt: skip
     return {k: check_events(Events(x, w), k, ", ".join(files)) for k, w in ws.items()}
+
+
+def _sample_fields(cfg: Config, sample) -> dict:
+    """``{weight, filter, None (the files): config field}`` of a sample."""
+    i = next(i for i, s in enumerate(cfg.analysis.samples) if s is sample)
+    at = f"analysis.samples[{i}]"
+    out = {e: f"{at}.{key}" for key, e in (("filter", sample.filter), ("weight", sample.weight))}
+    tree = f"{at}.tree" if sample.tree else "data.tree"
+    return {**{e: p for e, p in out.items() if e}, None: f"{at}.files", "<tree>": tree}
 
 
 def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
@@ -158,8 +206,14 @@ def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
                 for v, name in sys.variations(s.name):
                     if _weight_only(v):
                         weights[name] = v.weight or s.weight
-        events |= _read(cfg, s.name, s.files, s.tree, weights, s.filter, features, file)
-    for sys in cfg.analysis.shape_systematics:
+        at = _sample_fields(cfg, s)
+        for k, sys in enumerate(cfg.analysis.shape_systematics):
+            for v, _ in sys.variations(s.name) if s.name in sys.targets else ():
+                if _weight_only(v) and v.weight:
+                    side = "up" if v is sys.up else "down"
+                    at.setdefault(v.weight, f"analysis.shape_systematics[{k}].{side}.weight")
+        events |= _read(cfg, s.name, s.files, s.tree, weights, s.filter, features, file, at=at)
+    for k, sys in enumerate(cfg.analysis.shape_systematics):
         for sample in sys.targets:
             if sample not in samples:
                 continue
@@ -167,6 +221,12 @@ def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
             for v, name in sys.variations(sample):
                 if isinstance(v, str) or _weight_only(v) or name in events:
                     continue
+                at = _sample_fields(cfg, nominal)
+                side = f"analysis.shape_systematics[{k}].{'up' if v is sys.up else 'down'}"
+                if v.files:
+                    at[None] = f"{side}.files"
+                at |= {e: f"{side}.{key}" for key, e in (("weight", v.weight),
+                                                         ("filter", v.filter)) if e}  # fmt: skip
                 events |= _read(
                     cfg,
                     name,
@@ -177,6 +237,7 @@ def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
                     features,
                     file,
                     v.columns,
+                    at=at,
                 )
     missing = [n for n in analysis.event_sets if n not in events]
     if missing:
@@ -199,5 +260,5 @@ def load_data_events(cfg: Config, sample, features, file: str | None = None) -> 
             where="analysis.samples",
         )
     out = _read(cfg, sample.name, sample.files, sample.tree, {sample.name: sample.weight},
-                sample.filter, list(features), file)  # fmt: skip
+                sample.filter, list(features), file, at=_sample_fields(cfg, sample))  # fmt: skip
     return out[sample.name]

@@ -97,18 +97,22 @@ def train_run(
     progress=True,
     track_test=False,
     plots=True,
+    option="--out",
 ) -> dict:
     """Train according to ``cfg`` into the run directory ``out``; returns the summary.
+
+    ``option`` is the command's option that named ``out`` (``--runs-dir`` for a study's
+    run), named in the errors; a command with it has ``--no-resume`` only if it is ``--out``.
 
     ``track_test`` also records the test metrics after every epoch (``test_*`` in
     ``metrics.jsonl``, for studies of the training curves); they never select the model.
     """
     out = Path(out)
     created = not out.exists()
-    check_writable_dir(out, where="--out")
+    check_writable_dir(out, where=option)
     try:
-        with run_lock(out, where="--out"):
-            return _train_run(out, cfg, file, resume, progress, track_test, plots)
+        with run_lock(out, where=option):
+            return _train_run(out, cfg, file, resume, progress, track_test, plots, option)
     finally:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # bad input stopped the run before anything was written
@@ -123,7 +127,7 @@ def _same_config(path: Path, cfg: Config) -> bool:
         return False
 
 
-def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots) -> dict:
+def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots, option) -> dict:
     resolved = cfg.to_yaml()
     cfg_path = out / "config.yaml"
     if (out / "checkpoint.json").is_file() and resume and cfg_path.is_file():
@@ -131,7 +135,9 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
             raise ConfigError(
                 "the run directory holds a checkpoint of a different configuration",
                 file=str(cfg_path),
-                fix="use a new --out directory, or --no-resume to start over",
+                fix="use a new --out directory, or --no-resume to start over"
+                if option == "--out"
+                else f"use a new {option}, or delete {out} to train it again",
             )
     if cfg.training.chunk_events is not None:  # the files streamed in chunks (runs.streaming)
         return _train_streamed(out, cfg, file, resume, progress, plots)

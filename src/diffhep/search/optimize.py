@@ -159,6 +159,16 @@ def _check_study(study, meta: dict, storage_name: str) -> None:
                 fix="use another --out / --storage or --study-name for a new study, or the "
                 "same config and search space to resume",
             )
+    # the method: recorded with the study (by an older diffhep: on its trials)
+    methods = [t.user_attrs.get("method") for t in study.get_trials(deepcopy=False)]
+    method = old.get("method") or next((m for m in methods if m), None)
+    if method is not None and method != meta["method"]:
+        raise ConfigError(
+            f"the study {study.study_name!r} in {storage_name} was run with --method {method}",
+            where="--method",
+            fix=f"use --method {method} to resume it, or another --out / --storage or "
+            "--study-name for a new study",
+        )
 
 
 def optimize(
@@ -205,6 +215,7 @@ def optimize(
         "params": [p.model_dump(by_alias=True) for p in space],
         "objective": name,
         "config": base,
+        "method": method,
     }
     _check_study(study, meta, storage or str(out / "study.journal"))
     _recover(study)

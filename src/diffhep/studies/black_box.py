@@ -87,7 +87,7 @@ def _gradient(out: Path, epochs: int, overrides) -> dict:
                        "selection.slope_final=50.0", *overrides])  # fmt: skip
     cfg = cfg.model_copy(update={"search": type(cfg.search)()})
     t0 = time.perf_counter()
-    summary = train_run(cfg, out / "gradient", progress=False, plots=False)
+    summary = train_run(cfg, out / "gradient", progress=False, plots=False, option="--runs-dir")
     records = read_history(out / "gradient")
     return {"values": [r["val_z0"] for r in records], "test": summary["z0"],
             "best_epoch": summary["best_epoch"],

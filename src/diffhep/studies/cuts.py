@@ -40,7 +40,7 @@ SKIM_WEIGHTS = (0.0, 0.3, 1.0, 3.0, 10.0)
 
 def _run(runs_dir: Path, name: str, overrides) -> dict:
     cfg = load_config(shipped_config("cuts_2d"), overrides)
-    summary = train_run(cfg, runs_dir / name, progress=False)
+    summary = train_run(cfg, runs_dir / name, progress=False, option="--runs-dir")
     thresholds = [c["thresholds"] for c in summary.get("selection", {}).get("cuts", [])]
     return {
         "z0": summary["z0"],
@@ -88,7 +88,7 @@ def cuts_study(
     )
     _plot(sweep, results, out / "cuts.png")
     path = out / "cuts.md"
-    write_atomic(path, _markdown(results, sweep, seeds, epochs, overrides))
+    write_atomic(path, _markdown(results, sweep, seeds, epochs, overrides, runs_dir))
     return path
 
 
@@ -111,11 +111,11 @@ def _plot(sweep, results, path):
     save_figure(fig, path)
 
 
-def _markdown(results, sweep, seeds, epochs, overrides) -> str:
+def _markdown(results, sweep, seeds, epochs, overrides, runs_dir=None) -> str:
     lines = [
         "# Study: selection cuts and a neural observable (G. Watts' toy)",
         "",
-        reproduce("cuts", "cuts_2d", seeds, epochs, overrides),
+        reproduce("cuts", "cuts_2d", seeds, epochs, overrides, runs_dir),
         "",
         "Setup: signal N((1.5, 2.0), [[0.5, 0.2], [0.2, 0.5]]), background N((0, 0), "
         "diag(9, 9)); 10,000 events each split 60/20/20; 50 signal and 1000 background events "

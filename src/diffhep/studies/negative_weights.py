@@ -272,7 +272,9 @@ def _one_run(cfg, run_dir, cache) -> dict:
     """Train (or reuse) one run and evaluate its selected and last models."""
     trained = not (Path(run_dir) / "summary.json").is_file()
     cpu = time.process_time()
-    summary = train_run(cfg, run_dir, progress=False, track_test=True, plots=False)
+    summary = train_run(
+        cfg, run_dir, progress=False, track_test=True, plots=False, option="--runs-dir"
+    )
     cpu = time.process_time() - cpu
     pipe, parts, like = _prepared(cfg, cache)
     params = eqx.tree_deserialise_leaves(Path(run_dir) / "model.eqx", like)
@@ -390,7 +392,9 @@ def negative_weights_study(
             out / f"{stem}.json",
             json.dumps({"results": results, "truth": truth, "missing": missing}, indent=1),
         )
-        text = markdown(results, truth, seeds, epochs, overrides, missing, stem=stem)
+        text = markdown(
+            results, truth, seeds, epochs, overrides, missing, stem=stem, runs_dir=runs_dir
+        )
         write_atomic(path, text)
     return path
 

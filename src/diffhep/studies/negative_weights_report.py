@@ -16,7 +16,9 @@ EVAL_EVENTS = 100_000  # per class: the study's independent evaluation sample
 NBINS = 5  # equal bins of every observable in the evaluation
 
 
-def markdown(results, truth, seeds, epochs, overrides, missing=(), stem="negative-weights") -> str:
+def markdown(
+    results, truth, seeds, epochs, overrides, missing=(), stem="negative-weights", runs_dir=None
+) -> str:
     """The study's markdown from its results (see :mod:`diffhep.studies.negative_weights`);
     ``stem`` ``negative-weights-joint``: the joint-only form."""
     z_truth = float(np.median([t["z0"] for t in truth]))
@@ -28,7 +30,7 @@ def markdown(results, truth, seeds, epochs, overrides, missing=(), stem="negativ
         seeds,
         epochs,
         overrides,
-        runs_dir="runs/negative-weights",
+        runs_dir=runs_dir or "runs/negative-weights",
     )
     lines = [
         "# Study: training with negative event weights"

@@ -256,7 +256,9 @@ def neos_blobs(
                 history, summary = longer
                 prefixed += 1
             else:
-                summary = summary or train_run(cfg, run, progress=False, track_test=True)
+                summary = summary or train_run(
+                    cfg, run, progress=False, track_test=True, option="--runs-dir"
+                )
                 history = read_history(run)
                 adam.append(adam_step_ratio(run))
                 sparse.append(_sparsest_background_bin(run))

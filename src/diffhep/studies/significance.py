@@ -190,7 +190,9 @@ def significance_study(
                     same = (run / "config.yaml").is_file() and (
                         run / "config.yaml"
                     ).read_text() == cfg.to_yaml()  # resume only a run of this config
-                    summary = train_run(cfg, run, progress=False, plots=False, resume=same)
+                    summary = train_run(
+                        cfg, run, progress=False, plots=False, resume=same, option="--runs-dir"
+                    )
                 res = {"best_epoch": summary["best_epoch"], **_evaluate(run, at)}
                 write_atomic(cached, json.dumps({**key, "result": res}))
             results.setdefault(name, []).append(res)
@@ -200,7 +202,7 @@ def significance_study(
     start = _initial_gradient(load_config(shipped_config("significance"), common), rels)
     result = {"seeds": seeds, "epochs": epochs, "overrides": list(overrides), "rels": list(rels),
               "batch_sizes": list(batch_sizes), "pretrain_epochs": pretrain_epochs,
-              "runs": results, "start": start}  # fmt: skip
+              "runs": results, "start": start, "runs_dir": str(runs_dir)}  # fmt: skip
     write_atomic(out / "significance.json", json.dumps(result, indent=1))
     path = out / "significance.md"
     write_atomic(path, _markdown(result))
@@ -221,7 +223,14 @@ def _markdown(r) -> str:
     lines = [
         "# Study: directly optimising the discovery significance (Elwood & Kruecker)",
         "",
-        reproduce("significance", "significance", r["seeds"], r["epochs"], r["overrides"]),
+        reproduce(
+            "significance",
+            "significance",
+            r["seeds"],
+            r["epochs"],
+            r["overrides"],
+            r.get("runs_dir"),
+        ),
         "",
         "Toy: INFERNO's 3-D generator (signal N(0, 1) x N(0, 1) x Exp(2), background "
         "N(2, 5) x N(0, 9) x Exp(3)) with the talk's yields, 31.2 signal and 20,762 "
