@@ -140,6 +140,10 @@ def test_bad_inputs_are_clear_errors_and_leave_no_output(tmp_path, tiny_run, col
     res = _apply([tmp_path, d / "nan.parquet", "--out", tmp_path / "o2"])
     assert res.exit_code == 2 and "no ONNX export" in res.output
     assert not (tmp_path / "o2").exists()
+    # a run directory that does not exist (a new user's trial: "the run has no ONNX export")
+    res = _apply([tmp_path / "nothere", d / "nan.parquet", "--out", tmp_path / "o2"])
+    assert res.exit_code == 2 and "the run directory does not exist" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "o2").exists()
     res = _apply([tiny_run, d / "nan.parquet", "--out", d])  # would overwrite the input
     assert res.exit_code == 2 and "overwrite" in res.output
 

@@ -94,6 +94,14 @@ def _load_prep(run_dir: Path, prep_path: Path) -> dict:
 
 
 def load_export(run_dir: Path):
+    if not Path(run_dir).is_dir():  # (not "the run has no ONNX export" of a missing run)
+        raise DataError(
+            "the run directory does not exist"
+            if not Path(run_dir).exists()
+            else "this is no run directory (a file)",
+            file=str(run_dir),
+            fix="give the directory that 'diffhep train CONFIG --out DIR' wrote",
+        )
     prep_path, model_path = run_dir / "preprocess.json", run_dir / "model.onnx"
     for p in (prep_path, model_path):
         if not p.is_file():
