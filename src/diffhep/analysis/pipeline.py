@@ -401,7 +401,8 @@ class Pipeline(eqx.Module):
     def metrics(self, params: Params, events) -> dict:
         """Exact metrics with hard histograms: expected CLs (full hypotest, qtilde, on the
         background-only Asimov data), expected Z0, sigma_mu and the uncertainty of every
-        nuisance parameter (inverse Fisher information), and the per-sample yields."""
+        nuisance parameter (inverse Fisher information), the per-sample yields and
+        :meth:`bin_yields`."""
         hists = self.histograms(params, events)
         model = self.model(hists)
         data = model.expected_data(L.nominal_pars(model, 0.0))
@@ -421,4 +422,15 @@ class Pipeline(eqx.Module):
             for n in self.analysis.event_sets
         }
         out["selected_fraction"] = self.selected_fraction(params, events)
+        out["bin_yields"] = self.bin_yields(hists)
+        return out
+
+    def bin_yields(self, hists) -> dict:
+        """``{channel: (signal, total nominal background)}`` per bin of ``hists`` (for
+        :func:`diffhep.weights.weighting.bins_without_background`)."""
+        a = self.analysis
+        out = {}
+        for c in a.channels:
+            background = sum(hists[(c.name, n)][0] for n in a.backgrounds)
+            out[c.name] = (hists[(c.name, a.signal)][0], background)
         return out

@@ -32,7 +32,12 @@ def _print_summary(summary: dict, out) -> None:
     if summary.get("median_step_seconds") is not None:
         table.add_row("median step", f"{1e3 * summary['median_step_seconds']:.1f} ms")
     table.add_row("best epoch", f"{summary.get('best_epoch')} of {summary.get('epochs_run')}")
+    if summary.get("trusted") is False or summary.get("best_epoch_trusted") is False:
+        table.add_row("trusted (test, best epoch)",
+                      f"{summary.get('trusted')}, {summary.get('best_epoch_trusted')}")  # fmt: skip
     Console(stderr=False).print(table)
+    for note in summary.get("untrusted", []):
+        click.echo(f"warning: {note}", err=True)
 
 
 @click.command()

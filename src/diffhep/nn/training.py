@@ -246,6 +246,7 @@ def train(
     validate: Callable[[Any], dict] | None = None,
     select_on: str | None = None,
     maximize: bool = False,
+    trusted: str | None = None,
     patience: int | None = None,
     run_dir: str | Path | None = None,
     resume: bool = True,
@@ -271,6 +272,10 @@ def train(
             the epoch's mean training loss; then the best is chosen within the last loss
             phase, as losses of different phases are not comparable).
         maximize: Whether larger ``select_on`` is better.
+        trusted: Key of a boolean of the validation record saying whether ``select_on`` can
+            be trusted (e.g. ``val_trusted``: false where the validation histograms have a
+            bin with signal and no background): an untrusted epoch is never chosen as best
+            while a trusted one exists (it is chosen only while none is).
         patience: Stop after this many epochs without improvement.
         run_dir: Where checkpoints and ``metrics.jsonl`` go (None: keep nothing).
         resume: Continue from a checkpoint in ``run_dir`` if there is one.
@@ -310,7 +315,7 @@ def train(
             losses, auxes = _run_steps(state, step, epoch_batches, hp, epoch, compiles, run_dir,
                                        bar, task, count)  # fmt: skip
             record = _end_epoch(state, epoch, losses, auxes, epochs, validate, select_on,
-                                maximize, patience, run_dir)  # fmt: skip
+                                maximize, patience, run_dir, trusted)  # fmt: skip
             bar.update(task, info=describe(record) if describe else f"loss {record['loss']:.4g}")
     return state
 
@@ -380,10 +385,16 @@ def _run_steps(state, step, epoch_batches, hp, epoch, compiles, run_dir, bar, ta
     return losses, auxes
 
 
+def _is_trusted(record: dict, trusted: str | None) -> bool:
+    return trusted is None or bool(record.get(trusted, True))
+
+
 def _end_epoch(state, epoch, losses, auxes, epochs, validate, select_on, maximize, patience,
-               run_dir) -> dict:  # fmt: skip
+               run_dir, trusted=None) -> dict:  # fmt: skip
     """The epoch's record (mean loss and aux values, validation metrics) added to the
-    history, the best parameters, the stop conditions and the checkpoint."""
+    history, the best parameters, the stop conditions and the checkpoint. With ``trusted``,
+    a trusted epoch beats an untrusted best whatever their values, and an untrusted epoch
+    never beats a trusted best (the best's trust is read from its record in the history)."""
     record = {"epoch": epoch, "step": state.step, "loss": float(np.mean(losses))}
     for k in auxes[0] if auxes else ():
         record[k] = float(np.mean([a[k] for a in auxes]))
@@ -393,6 +404,11 @@ def _end_epoch(state, epoch, losses, auxes, epochs, validate, select_on, maximiz
     better = state.best_value is None or (
         value > state.best_value if maximize else value < state.best_value
     )
+    if trusted is not None and state.best_value is not None:
+        best = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
+        now, was = _is_trusted(record, trusted), _is_trusted(best, trusted)
+        if now != was:
+            better = now
     if better and np.isfinite(value):
         state.best_value, state.best_epoch, state.best_params = value, epoch, state.params
     record["best_epoch"] = state.best_epoch

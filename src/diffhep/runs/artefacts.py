@@ -14,7 +14,7 @@ import numpy as np
 from ..writers import write_atomic
 from .config import Config
 
-__all__ = ["observed_summary", "summary_head", "write_report", "write_selection"]
+__all__ = ["observed_summary", "summary_head", "trust", "write_report", "write_selection"]
 
 
 def _plot_masks(cfg: Config) -> dict:
@@ -24,19 +24,53 @@ def _plot_masks(cfg: Config) -> dict:
     return object_masks(cfg.data)
 
 
+def trust(bin_yields: dict) -> dict:
+    """``bins_without_background`` (the bins with signal and a total background <= 0,
+    :func:`~diffhep.weights.weighting.bins_without_background`) and ``trusted`` (none):
+    entries of every validation and test metrics record."""
+    from ..weights.weighting import bins_without_background
+
+    bad = bins_without_background(bin_yields)
+    return {"bins_without_background": bad, "trusted": not bad}
+
+
 def summary_head(m: dict, state, test_events: dict) -> dict:
     """The first entries of a run's ``summary.json``: the test metrics ``m``, the training
     record of ``state`` (None: not known) and ``test_events`` (``{event set: count}``)."""
     steps = state.step_seconds if state is not None else []
-    return {
+    history = state.history if state is not None else []
+    best = next((r for r in history if r.get("epoch") == state.best_epoch), {})
+    best_trusted = best.get("val_trusted")
+    out = {
         **{k: v for k, v in m.items() if k != "yields"},
         "yields": m["yields"],
         "median_step_seconds": float(np.median(steps)) if steps else None,
         "best_epoch": state.best_epoch if state else None,
+        "best_epoch_trusted": best_trusted,
         "epochs_run": state.epoch if state else None,
         "status": state.status if state else None,
         "test_events": test_events,
     }
+    notes = []
+    if best_trusted is False:
+        bins = _bins(best.get("val_bins_without_background") or [])
+        notes.append(f"the best epoch ({state.best_epoch}) has validation metrics resting "
+                     f"on bins with signal and a total background <= 0 ({bins}): not "
+                     "trusted")  # fmt: skip
+    if m.get("trusted") is False:
+        bins = _bins(m["bins_without_background"])
+        notes.append(f"the test metrics rest on bins with signal and a total background <= 0 "
+                     f"({bins}): expected_cls, z0 and sigma_mu are not trusted")  # fmt: skip
+    if notes:
+        out["untrusted"] = notes
+    return out
+
+
+def _bins(bad: list) -> str:
+    return ", ".join(
+        f"{b['channel']} bin {b['bin']}: s = {b['signal']:.3g}, b = {b['background']:.3g}"
+        for b in bad
+    )
 
 
 def write_selection(out: Path, selection, cutflow: list) -> dict:

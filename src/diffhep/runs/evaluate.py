@@ -22,9 +22,9 @@ from ..analysis.pipeline import Pipeline
 from ..nn.sharding import pad_events
 from ..nn.training import TrainState, read_checkpoint_meta
 from ..types import Events
-from ..weights.weighting import check_net_yields
+from ..weights.weighting import check_net_yields, warn_bins_without_background
 from ..writers import run_lock, write_atomic
-from .artefacts import observed_summary, summary_head, write_report, write_selection
+from .artefacts import observed_summary, summary_head, trust, write_report, write_selection
 from .config import Config
 from .prepare import is_streamed_run, restore_run, restore_streamed
 from .results import histograms_document, write_histograms
@@ -90,6 +90,7 @@ def _metrics_fn(pipe: Pipeline):
             if i != pipe.template.config.poi_index:
                 out[f"sigma_{n}"] = float(m["uncertainties"][i])
         out["selected_fraction"] = float(m["selected_fraction"])
+        out |= trust(m["bin_yields"])
         out["yields"] = {k: float(v) for k, v in m["yields"].items()}
         return out
 
@@ -167,6 +168,11 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
     hists = jax.device_get(pipe.histograms(params, test))
     check_net_yields(
         hists, what=f"test-set histograms ({out / 'workspace.json'})", samples=pipe.analysis.samples
+    )
+    warn_bins_without_background(
+        m["bins_without_background"],
+        f"test-set histograms ({out / 'workspace.json'})",
+        "summary.json: trusted false",
     )
     ws = run_workspace(pipe, params, parts, hists)
     observed = parts.get("observed")

@@ -87,6 +87,10 @@ METRIC_MEANINGS = {
     "another number, as it fits the workspace's background-only Asimov observations "
     "(mu-hat = 0, at the POI's lower bound) and takes the Hessian there",
     "fits_converged": "whether every fit behind these numbers converged",
+    "trusted": "false if a bin of the test-split histograms has signal and a total background "
+    "<= 0 (bins_without_background): expected_cls, z0 and sigma_mu are then artefacts",
+    "best_epoch_trusted": "false if the best epoch's validation histograms have such a bin "
+    "(chosen only when no epoch had trusted validation metrics)",
     "selected_fraction": "fraction of the test-split events (weighted) the selection keeps",
     "median_step_seconds": "median wall time of one training step",
     "best_epoch": "the epoch whose model is kept (best training.select_on on the validation split)",
@@ -265,6 +269,9 @@ def write_html(run_dir, summary: dict | None = None) -> Path:
     if summary.get("failed"):
         parts += ["<h2>Incomplete run: these artefacts failed</h2>",
                   _table(list(summary["failed"].items()), ["artefact", "error"])]  # fmt: skip
+    if summary.get("untrusted"):
+        parts += ["<h2>Untrusted numbers</h2>", "<ul>" + "".join(
+            f"<li>{html.escape(n)}</li>" for n in summary["untrusted"]) + "</ul>"]  # fmt: skip
     analysis = _analysis_of(run_dir)
     flat = [(k, v, _meaning(k)) for k, v in summary.items() if not isinstance(v, dict | list)]
     if flat:

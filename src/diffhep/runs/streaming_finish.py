@@ -33,7 +33,7 @@ import numpy as np
 
 from ..analysis import losses as L
 from ..stats.hypotest import hypotest
-from .artefacts import observed_summary, summary_head, write_report, write_selection
+from .artefacts import observed_summary, summary_head, trust, write_report, write_selection
 from .config import Config
 from .plots import PlotEvents
 from .streaming import StreamData, _pad
@@ -79,6 +79,7 @@ def metrics(pipe, hists, fraction) -> dict:
         if i != cfg.poi_index:
             out[f"sigma_{n}"] = float(m["uncertainties"][i])
     out["selected_fraction"] = float(fraction)
+    out |= trust({c: tuple(np.asarray(v) for v in y) for c, y in pipe.bin_yields(hists).items()})
     out["yields"] = {
         n: float(sum(np.sum(hists[(c.name, n)][0]) for c in pipe.analysis.channels))
         for n in pipe.analysis.event_sets
@@ -210,7 +211,7 @@ def finish(out, pipe, data: StreamData, params, state, cfg: Config, plots: bool 
     ``summary.json`` (last). A plot or the report that fails makes the status
     ``incomplete``, as :func:`diffhep.runs.evaluate.finish`'s."""
     from ..io.onnx.export import ExportError, export_onnx
-    from ..weights.weighting import check_net_yields
+    from ..weights.weighting import check_net_yields, warn_bins_without_background
     from ..writers import write_atomic
     from .results import histograms_document, write_histograms
 
@@ -222,6 +223,11 @@ def finish(out, pipe, data: StreamData, params, state, cfg: Config, plots: bool 
     m = metrics(pipe, hists, fraction)
     check_net_yields(hists, what=f"test-set histograms ({out / 'workspace.json'})",
                      samples=pipe.analysis.samples)  # fmt: skip
+    warn_bins_without_background(
+        m["bins_without_background"],
+        f"test-set histograms ({out / 'workspace.json'})",
+        "summary.json: trusted false",
+    )
     observed = data.observed(params)
     ws = pipe.workspace(hists, observed)
     write_atomic(out / "workspace.json", json.dumps(ws, indent=1))

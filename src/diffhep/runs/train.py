@@ -26,6 +26,7 @@ from ..analysis.pipeline import Pipeline
 from ..io.datasets import batches
 from ..nn import sharding
 from ..nn.training import make_optimizer, train
+from ..weights.weighting import warn_bins_without_background
 from ..writers import check_writable_dir, run_lock, write_atomic
 from . import black_box as stage_run
 from . import joint
@@ -205,6 +206,7 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
             yield place(b) if stage is None else stage.batch(place(b))
 
     test = _as_jax(parts["test"]) if track_test else None
+    warn_once = _warn_untrusted(t.select_on, out)
 
     def validate(p):
         ev, extra = valid, {}
@@ -213,6 +215,7 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
             ev = _as_jax(ev)
         p = analysis(p)
         rec = {f"val_{k}": v for k, v in metrics(p, ev).items() if k != "yields"}
+        warn_once(rec)
         rec |= extra
         rec |= cut_values(p)
         if test is not None:
@@ -234,6 +237,7 @@ def _train_run(out: Path, cfg: Config, file, resume, progress, track_test, plots
         validate=validate,
         select_on=f"val_{t.select_on}" if t.select_on != "loss" else None,
         maximize=t.select_on == "z0",
+        trusted="val_trusted" if t.select_on != "loss" else None,
         patience=t.patience,
         run_dir=out,
         resume=resume,
@@ -275,10 +279,13 @@ def _train_streamed(out: Path, cfg: Config, file, resume, progress, plots) -> di
     phases = t.phases()
     loss_fns = [_loss_fn(pipe, p.terms, tuple(t.freeze)) for p in phases]
 
+    warn_once = _warn_untrusted(t.select_on, out)
+
     def validate(p):
         hists, fraction = data.histograms(p, 1)
         m = streamed_metrics(pipe, hists, fraction)
         rec = {f"val_{k}": v for k, v in m.items() if k != "yields"}
+        warn_once(rec)
         rec["events_per_second"] = data.events_per_second
         return rec | cut_values(p)
 
@@ -293,6 +300,7 @@ def _train_streamed(out: Path, cfg: Config, file, resume, progress, plots) -> di
         validate=validate,
         select_on=f"val_{t.select_on}" if t.select_on != "loss" else None,
         maximize=t.select_on == "z0",
+        trusted="val_trusted" if t.select_on != "loss" else None,
         patience=t.patience,
         run_dir=out,
         resume=resume,
@@ -302,6 +310,29 @@ def _train_streamed(out: Path, cfg: Config, file, resume, progress, plots) -> di
     )
     save_model(out, state, cfg)
     return finish_streamed(out, pipe, data, state.best_params, state, cfg, plots=plots)
+
+
+def _warn_untrusted(select_on: str, out: Path):
+    """``record -> None``: warns (:class:`~diffhep.weights.weighting.NetYieldWarning`) the
+    first time in this process that a validation record has bins with signal and a total
+    background <= 0 (``val_trusted`` false), naming the epoch and the bins."""
+    warned = []
+
+    def warn(rec):
+        if warned or rec.get("val_trusted", True):
+            return
+        warned.append(True)
+        what = "the epoch's validation metrics are kept with val_trusted: false"
+        if select_on != "loss":
+            what += (f"; such an epoch is not selected on val_{select_on} while a trusted "
+                     "one exists")  # fmt: skip
+        warn_bins_without_background(
+            rec["val_bins_without_background"],
+            f"validation-split histograms ({out / 'metrics.jsonl'})",
+            what,
+        )
+
+    return warn
 
 
 def annealing(cfg: Config):

@@ -29,8 +29,9 @@ DIRECTIONS = {"expected_cls": "minimize", "sigma_mu": "minimize", "z0": "maximiz
 
 
 class TrialFailed(FitError):
-    """A trial whose config is invalid, whose training failed or whose fits did not converge
-    (a search where no trial succeeds exits 1)."""
+    """A trial whose config is invalid, whose training failed, whose fits did not converge or
+    whose validation metrics rest on a bin with signal and no background (``trusted``
+    false: at every epoch of a trained trial); a search where no trial succeeds exits 1."""
 
 
 def objective_name(cfg: Config) -> str:
@@ -96,10 +97,18 @@ class Objective:
             val, test, run = self._train(cfg, values)
         if not val["fits_converged"]:
             raise TrialFailed("the validation fits did not converge")
+        if val.get("trusted") is False:  # not ranked: its value is an artefact
+            bad = val.get("bins_without_background") or []
+            where = ", ".join(f"{b['channel']} bin {b['bin']}" for b in bad)
+            raise TrialFailed(
+                "the validation histograms have bins with signal and a total background <= 0 "
+                f"({where}; at every epoch if trained): its {self.name} is not trusted"
+            )
         return {
             "value": float(val[self.name]),
             "test": float(test[self.name]),
             "test_converged": bool(test["fits_converged"]),
+            "test_trusted": test.get("trusted"),
             "run": run,
         }
 

@@ -30,6 +30,15 @@ explicit here:
   histograms of the training data when it is prepared (per bin for feature observables, per
   channel region for the network) and the hard test histograms written to
   ``workspace.json``.
+- **Bins with signal and no background**: :func:`bins_without_background` lists the bins of
+  a split's hard histograms whose signal is > 0 and whose total nominal background (summed
+  over the background samples) is <= ``model.POISSON_FLOOR`` (zero or net-negative): there
+  the background-only expectation is clipped to the floor, so the expected CLs tends to 0
+  and Z0 to infinity whatever the signal (an artefact, not a sensitivity). The runs record
+  them with every validation and test metric (``bins_without_background``, ``trusted``),
+  warn once per split and run (:func:`warn_bins_without_background`,
+  :class:`NetYieldWarning`), and never select such an epoch as best while a trusted one
+  exists (:func:`diffhep.nn.training.train`'s ``trusted``).
 
 Example:
     >>> ev = Events(np.zeros((4, 1)), np.array([2.0, -1.0, 1.0, 2.0]))
@@ -51,10 +60,12 @@ __all__ = [
     "NetYieldWarning",
     "apply_strategies",
     "apply_strategy",
+    "bins_without_background",
     "check_net_yields",
     "effective_sample_size",
     "negative_fraction",
     "region_yields",
+    "warn_bins_without_background",
 ]
 
 STRATEGIES = ("signed", "abs", "drop-negative", "ignore", "learned")
@@ -216,6 +227,63 @@ def check_net_yields(
             stacklevel=2,
         )
     return bad
+
+
+def bins_without_background(bin_yields: dict) -> list:
+    """The bins with signal > 0 and a total nominal background <= ``POISSON_FLOOR``.
+
+    Args:
+        bin_yields: ``{channel: (signal, background)}``, per-bin sums of weights of the
+            signal sample and of all nominal background samples (hard histograms).
+
+    Returns:
+        One ``{"channel", "bin", "signal", "background"}`` per such bin (empty: every
+        metric of these histograms can be trusted).
+
+    Example:
+        >>> bins_without_background({"SR": ([1.0, 0.42], [5.0, -2.56])})
+        [{'channel': 'SR', 'bin': 1, 'signal': 0.42, 'background': -2.56}]
+    """
+    from ..stats.poisson import POISSON_FLOOR
+
+    out = []
+    for channel, (sig, bkg) in bin_yields.items():
+        sig, bkg = np.atleast_1d(np.asarray(sig)), np.atleast_1d(np.asarray(bkg))
+        for k in np.flatnonzero((sig > 0) & (bkg <= POISSON_FLOOR)):
+            out.append(
+                {
+                    "channel": channel,
+                    "bin": int(k),
+                    "signal": float(sig[k]),
+                    "background": float(bkg[k]),
+                }
+            )
+    return out
+
+
+def warn_bins_without_background(bad: list, what: str, consequence: str = "") -> None:
+    """Warn (:class:`NetYieldWarning`) about the bins of :func:`bins_without_background`
+    (nothing if there are none), naming the histograms (``what``: the split) and each bin."""
+    if not bad:
+        return
+    lines = [
+        f"channel {b['channel']!r} bin {b['bin']}: signal {b['signal']:.4g}, total "
+        f"background {b['background']:.4g}"
+        for b in bad
+    ]
+    shown = lines[:10] + ([f"... and {len(lines) - 10} more"] if len(lines) > 10 else [])
+    warnings.warn(
+        f"{what}: {len(bad)} bin(s) with signal and a total background <= 0:\n  "
+        + "\n  ".join(shown)
+        + "\n  the background-only expectation is clipped at model.POISSON_FLOOR (1e-10) "
+        "there, so the expected CLs tends to 0 and Z0 to infinity whatever the signal: "
+        "these metrics are not trusted"
+        + (f" ({consequence})" if consequence else "")
+        + "; fix: fewer or merged bins, more events, histogram.min_background, or learned "
+        "positive weights (diffhep reweight)",
+        NetYieldWarning,
+        stacklevel=2,
+    )
 
 
 def region_yields(analysis, features, events: dict) -> dict:
