@@ -170,7 +170,7 @@ def finish(out, pipe, parts, params, state, metrics, cfg, plots=True) -> dict:
         hists, what=f"test-set histograms ({out / 'workspace.json'})", samples=pipe.analysis.samples
     )
     warn_bins_without_background(
-        m["bins_without_background"],
+        m.get("bins_without_background", []),
         f"test-set histograms ({out / 'workspace.json'})",
         "summary.json: trusted false",
     )

@@ -224,7 +224,7 @@ def finish(out, pipe, data: StreamData, params, state, cfg: Config, plots: bool 
     check_net_yields(hists, what=f"test-set histograms ({out / 'workspace.json'})",
                      samples=pipe.analysis.samples)  # fmt: skip
     warn_bins_without_background(
-        m["bins_without_background"],
+        m.get("bins_without_background", []),
         f"test-set histograms ({out / 'workspace.json'})",
         "summary.json: trusted false",
     )
