@@ -55,7 +55,10 @@ def test_ctrl_c_while_the_worker_runs_the_command_exits_130(tmp_path, monkeypatc
     monkeypatch.setenv("DIFFHEP_WORKER_DIR", str(d))
     monkeypatch.delenv("DIFFHEP_NO_WORKER", raising=False)
     stand_in = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("
-                                 "signal.SIGINT, signal.SIG_DFL); time.sleep(60)"])  # fmt: skip
+                                 "signal.SIGINT, signal.SIG_DFL); print('ready', flush=True); "
+                                 "time.sleep(60)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    # (its SIGINT handler in place: under pytest-xdist it starts with SIGINT ignored)
+    assert stand_in.stdout.readline() == "ready\n"
     k = worker.key()
     authkey = os.urandom(16)
     listener = Listener(str(d / f"{k}.sock"), "AF_UNIX", authkey=authkey)
@@ -90,6 +93,7 @@ def test_ctrl_c_while_the_worker_runs_the_command_exits_130(tmp_path, monkeypatc
             ended = None
             stand_in.kill()
             stand_in.wait(10)
+        stand_in.stdout.close()
     assert code == EXIT_INTERRUPTED
     assert ended == -signal.SIGINT  # the worker's process got SIGINT
     assert "Aborted!" in capsys.readouterr().err

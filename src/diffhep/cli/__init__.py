@@ -75,27 +75,25 @@ class _Main(click.Group):
                 gc.enable()
 
     def invoke(self, ctx):
-        with warnings.catch_warnings():  # (restores the display before afterwards)
-            warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
-            try:
-                return super().invoke(ctx)
-            except KeyboardInterrupt:  # click's own handling exits 1, the status of a fit
-                click.echo("\nAborted!", err=True)  # that did not converge
-                raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        before = warnings.formatwarning  # (the format only: a recorder, e.g. pytest's,
+        warnings.formatwarning = functools.partial(_format_warning, before)  # still records)
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # click's own handling exits 1, the status of a fit that
+            click.echo("\nAborted!", err=True)  # did not converge
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        finally:
+            warnings.formatwarning = before
 
 
-def _show_warning(other, message, category, filename, lineno, file=None, line=None) -> None:
+def _format_warning(other, message, category, filename, lineno, line=None) -> str:
     """diffhep's own warnings (NetYieldWarning, ...) in one line, as the CLI's other
     messages ('diffhep: warning: ...'), not with the file, line and source Python adds
-    (a new user's trial); other packages' warnings as ``other`` (the display before) shows
+    (a new user's trial); other packages' warnings as ``other`` (the format before) has
     them."""
     if category.__module__.partition(".")[0] != "diffhep":
-        other(message, category, filename, lineno, file, line)
-        return
-    try:
-        (file or sys.stderr).write(f"diffhep: warning: {message}\n")
-    except (OSError, ValueError):  # a closed stream: as Python's own display
-        pass
+        return other(message, category, filename, lineno, line)
+    return f"diffhep: warning: {message}\n"
 
 
 def _quick_exit(code) -> None:
