@@ -186,6 +186,7 @@ def _model_of(ws, poi_value, measurement, modifier_settings):
 
 
 def _model_and_data(doc, name, poi_value, measurement, modifier_settings, checked):
+    # (benchmarks/kernel_ab.py calls it in every revision it compares)
     return _model_of(_workspace(doc, name, checked), poi_value, measurement, modifier_settings)
 
 

@@ -67,8 +67,6 @@ class Workspace:
             validate(spec, "workspace.json", file=file)
         self.spec = spec
         self.file = file
-        #: Names of the samples the patches applied with :meth:`patched` added.
-        self.added_samples: tuple[str, ...] = ()
         #: How many patches :meth:`patched` applied to the workspace read.
         self.applied_patches = 0
         self._check_consistency(checked_samples)
@@ -196,12 +194,7 @@ class Workspace:
         # the samples shared with this (checked) workspace need no second content check
         shared = frozenset(id(s) for c in self.spec["channels"] for s in c["samples"])
         new = Workspace(doc, file=self.file, validate_schema=not local, checked_samples=shared)
-        known = {(c["name"], s["name"]) for c in self.spec["channels"] for s in c["samples"]}
         new.applied_patches = self.applied_patches + 1
-        new.added_samples = self.added_samples + tuple(
-            s["name"] for c in doc["channels"] for s in c["samples"]
-            if (c["name"], s["name"]) not in known
-        )  # fmt: skip
         return new
 
     def to_json(self) -> str:

@@ -216,10 +216,9 @@ def check_net_yields(
             + f": sum w = {b['sumw']:.4g} (sqrt(sum w^2) = {np.sqrt(b['sumw2']):.3g})"
             for b in bad
         ]
-        shown = lines[:10] + ([f"... and {len(lines) - 10} more"] if len(lines) > 10 else [])
         warnings.warn(
-            f"{what}: {len(bad)} bin(s) with a net yield <= 0 (negative event weights):\n  "
-            + "\n  ".join(shown)
+            f"{what}: {len(bad)} bin(s) with a net yield <= 0 (negative event weights):"
+            + _listed(lines)
             + "\n  the likelihood clips expected yields at model.POISSON_FLOOR (1e-10) and "
             "uses a 100% staterror width where a bin's total is <= 0; fix: merge bins, use "
             "more events, or learned positive weights (diffhep reweight)",
@@ -261,6 +260,12 @@ def bins_without_background(bin_yields: dict) -> list:
     return out
 
 
+def _listed(lines: list[str], most: int = 10) -> str:
+    """``lines`` as indented lines of a warning, the first ``most`` and how many more."""
+    shown = lines[:most] + ([f"... and {len(lines) - most} more"] if len(lines) > most else [])
+    return "".join(f"\n  {line}" for line in shown)
+
+
 def warn_bins_without_background(bad: list, what: str, consequence: str = "") -> None:
     """Warn (:class:`NetYieldWarning`) about the bins of :func:`bins_without_background`
     (nothing if there are none), naming the histograms (``what``: the split) and each bin."""
@@ -271,10 +276,9 @@ def warn_bins_without_background(bad: list, what: str, consequence: str = "") ->
         f"background {b['background']:.4g}"
         for b in bad
     ]
-    shown = lines[:10] + ([f"... and {len(lines) - 10} more"] if len(lines) > 10 else [])
     warnings.warn(
-        f"{what}: {len(bad)} bin(s) with signal and a total background <= 0:\n  "
-        + "\n  ".join(shown)
+        f"{what}: {len(bad)} bin(s) with signal and a total background <= 0:"
+        + _listed(lines)
         + "\n  the background-only expectation is clipped at model.POISSON_FLOOR (1e-10) "
         "there, so the expected CLs tends to 0 and Z0 to infinity whatever the signal: "
         "these metrics are not trusted"
