@@ -162,6 +162,9 @@ def _loaded(code: str) -> set[str]:
         ("import diffhep.cli", {"jax", "diffhep.stats.solver"}),
         ("import diffhep.io.sources", {"diffhep.stats.solver", "diffhep.stats.hypotest"}),
         ("import diffhep.runs.config", {"diffhep.stats.solver", "diffhep.analysis.pipeline"}),
+        # a warm `cls` loads its compiled kernel: no schema validation of a text validated
+        # before, no special functions that only a trace needs (~30 ms of CPU of each command)
+        ("import diffhep.stats.workflows", {"jsonschema", "jax._src.scipy.special"}),
         *[
             (f"from diffhep.cli import main\nmain({args!r}, standalone_mode=False)", {"jax"})
             for args in (

@@ -30,7 +30,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtr
 
 from . import exported
 from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, FitResult, fit_bounded, fit_defaults, poi_index
@@ -403,6 +402,8 @@ def _hypotest_kernel(model, mu, data, init, lower, upper, fixed, *, test_stat, t
     else:
         safe_sqA = jnp.where(sqA > 0, sqA, 1.0)
         stat = jnp.where(sq <= sqA, sq - sqA, (q - qA) / (2.0 * safe_sqA))
+    from jax.scipy.special import ndtr  # lazily: a command that loads its kernel needs none
+
     clsb = ndtr(-(stat + sqA))
     clb = ndtr(-stat)
     clsb_exp = ndtr(-(_NSIGMA.astype(init.dtype) + sqA))

@@ -27,9 +27,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import referencing
-
 from ..errors import DiffhepError, SchemaError, format_json_path
 
 __all__ = ["SCHEMA_VERSION", "load_json", "validate"]
@@ -136,7 +133,9 @@ def _validate_text(doc, schema: str, name: str, text: str) -> None:
 
 
 @cache
-def _registry() -> referencing.Registry:
+def _registry():  # -> referencing.Registry
+    import referencing  # (jsonschema's; both only where a document is validated)
+
     root = resources.files("diffhep") / "schemas" / SCHEMA_VERSION
     registry = referencing.Registry()
     for entry in root.iterdir():
@@ -177,6 +176,8 @@ def validate(doc: Any, schema: str = "workspace.json", *, file: str | None = Non
     Raises:
         SchemaError: With the JSON path of the offending element and a fix.
     """
+    import jsonschema  # lazily: a text validated before (a warm command) needs none of it
+
     validator = jsonschema.Draft6Validator(_schema(schema), registry=_registry())
     try:
         errors = list(validator.iter_errors(doc))
@@ -216,6 +217,8 @@ def _deepest(errors):
     """The most specific error. pyhf's modifiers are an ``anyOf`` over modifier types: when
     exactly one branch accepts the modifier's ``type``, report that branch's own error (e.g.
     ``modifiers[2].data``) instead of the generic "not valid under any of the schemas"."""
+    import jsonschema
+
     best = jsonschema.exceptions.best_match(errors)
     if best.validator in ("oneOf", "anyOf") and isinstance(best.instance, dict) and best.context:
         branches: dict = {}
