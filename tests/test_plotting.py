@@ -265,3 +265,36 @@ def test_scan_figures_say_what_their_lines_are(monkeypatch, tmp_path):
     assert legend2 == ["68 % CL", "95 % CL", "best fit"]
     (marker,) = [line for line in lines2 if line.get_marker() == "+"]
     assert marker.get_clip_on() is False
+
+
+def test_ranking_draws_no_pull_for_a_free_parameter(monkeypatch, tmp_path):
+    """A new user's trial: the ranking drew a free normfactor's best fit (1.1) on the pull
+    axis, where it read as a 1.1 sigma pull. A pull (theta_hat - theta_0) / Delta theta is
+    defined for constrained parameters only: those are drawn at their pulls, the free one gets
+    no point and its label says it is free, with its best fit and uncertainty."""
+    from diffhep.plotting import diagnostics
+
+    drawn = {}
+
+    def capture(fig, path):
+        (ax,) = [a for a in fig.axes if a.get_xlabel().startswith(r"$(\hat")]
+        (bars,) = [c for c in ax.containers if c.get_label() == "pull"]
+        line = bars.lines[0]
+        labels = {t.get_position()[1]: t.get_text() for t in ax.get_yticklabels()}
+        drawn.update(x=line.get_xdata(), y=line.get_ydata(), labels=labels)
+
+    monkeypatch.setattr(diagnostics, "save_figure", capture)
+    ranking = [{"parameter": n, "prefit_up": 0.3, "prefit_down": -0.3, "postfit_up": 0.2,
+                "postfit_down": -0.2} for n in ("jes", "mu_ttbar", "lumi")]  # fmt: skip
+    pulls = {
+        "parameters": [{"name": "jes", "pull": 0.4, "constraint": 0.8},
+                       {"name": "lumi", "pull": -0.3, "constraint": 0.9}],
+        "normfactors": [{"name": "mu_ttbar", "bestfit": 1.1, "uncertainty": 0.2}],
+    }  # fmt: skip
+    diagnostics.plot_ranking(ranking, pulls, tmp_path / "rank.png", poi="mu")
+    x = dict(zip(drawn["y"], drawn["x"], strict=True))
+    names = {drawn["labels"][y]: value for y, value in x.items()}
+    assert names["jes"] == 0.4 and names["lumi"] == -0.3
+    (free,) = [k for k in names if k.startswith("mu_ttbar")]
+    assert np.isnan(names[free])
+    assert free == "mu_ttbar (free: 1.1 ± 0.2)"

@@ -59,8 +59,10 @@ def plot_ranking(
     Args:
         ranking: ``[{"parameter", "prefit_up", "prefit_down", "postfit_up",
             "postfit_down"}]``, largest impact first (``RankingResult.to_list``).
-        pulls: :func:`diffhep.stats.diagnostics.pulls` of the same fit (unconstrained
-            parameters are shown at their best fit with their uncertainty).
+        pulls: :func:`diffhep.stats.diagnostics.pulls` of the same fit. Unconstrained
+            parameters (``"normfactors"``) have no pull (no nominal value or pre-fit width):
+            they get no point on the pull axis, their label says ``(free: best fit +-
+            uncertainty)``.
         path: Output file.
         top: Number of parameters shown.
         poi: The POI's name for the impact axis (``"Delta mu_SIG"``; default ``"Delta POI"``).
@@ -97,18 +99,25 @@ def plot_ranking(
     if note:
         fig.suptitle(note, fontsize="small")
     impacts.set_xlabel(r"$\Delta$" + (f" {poi}" if poi else "POI"))
-    centre, err = [], []
+    # a free parameter's best fit drawn on the pull axis would read as a pull of that many
+    # sigma (mu_ttbar = 1.1 as a 1.1 sigma pull): it is written in its label instead
+    # (cabinetry 0.6.0 draws every parameter's best fit there, free ones too)
+    free = {p["name"]: p for p in pulls["normfactors"]}
+    centre, err, labels = [], [], []
     for r in rows:
-        p = info.get(r["parameter"], {})
-        centre.append(p.get("pull", p.get("bestfit", np.nan)))
-        err.append(p.get("constraint", p.get("uncertainty", np.nan)))
+        name = r["parameter"]
+        p = info.get(name, {})
+        centre.append(p.get("pull", np.nan))
+        err.append(p.get("constraint", np.nan))
+        labels.append(f"{name} (free: {free[name]['bestfit']:.3g} ± "
+                      f"{free[name]['uncertainty']:.2g})" if name in free else name)  # fmt: skip
     ax.errorbar(centre, y, xerr=err, fmt="ko", ms=4, zorder=3, label="pull")
     ax.set_zorder(impacts.get_zorder() + 1)
     ax.patch.set_visible(False)
     ax.axvline(0, color="0.5", lw=0.8)
     ax.set_xlim(-2.0, 2.0)
     ax.set_xlabel(r"$(\hat{\theta} - \theta_0) / \Delta\theta$")
-    ax.set_yticks(y, [r["parameter"] for r in rows])
+    ax.set_yticks(y, labels)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     h1, l1 = impacts.get_legend_handles_labels()
     h2, l2 = ax.get_legend_handles_labels()
