@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyhf
 import pytest
@@ -11,6 +12,8 @@ from click.testing import CliRunner
 import oracle
 from diffhep.cli import main
 from diffhep.stats.workspace import example_spec
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +113,24 @@ def test_patch_that_does_not_apply(ws_file, tmp_path):
     patch.write_text(json.dumps([{"op": "remove", "path": "/channels/7"}]))
     result = run(["cls", str(ws_file), "-p", str(patch)])
     assert result.exit_code == 2 and "does not apply" in result.output
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["example", "validation/2bin_2channel_coupledhistosys.json",
+     "validation/multichan_coupledhistosys.json"],
+)  # fmt: skip
+def test_cls_at_mu_zero_is_one_not_above(tmp_path, spec):
+    """At mu = 0, q_A = 0 and CLsb = CLb: every CLs is 1 (pyhf prints 1.0), never a
+    probability above 1 (the compiled ratio printed CLs_exp 1.0000000000000004)."""
+    if spec == "example":
+        path = tmp_path / "ws.json"
+        path.write_text(json.dumps(example_spec()))
+    else:
+        path = DATA / spec
+    result = run(["cls", str(path), "--poi-value", "0"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    for value in [out["CLs_obs"], *out["CLs_exp"]]:
+        assert 0.0 <= value <= 1.0
+        assert value == pytest.approx(1.0, rel=0, abs=1e-12)

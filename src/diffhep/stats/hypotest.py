@@ -408,14 +408,26 @@ def _hypotest_kernel(model, mu, data, init, lower, upper, fixed, *, test_stat, t
     clb = ndtr(-stat)
     clsb_exp = ndtr(-(_NSIGMA.astype(init.dtype) + sqA))
     clb_exp = ndtr(-_NSIGMA.astype(init.dtype))
-    cls_exp = clsb_exp / clb_exp
+    cls_exp = _cls(clsb_exp, clb_exp)
     fits = (fixed_d, free_d, asimov_fit, fixed_a, free_a)
     missed = _missed(free_d.twice_nll, low_nll)  # still above a fixed fit: not converged
     converged = jnp.all(jnp.stack([f.converged for f in fits])) & ~missed
     n_clipped = jnp.max(jnp.stack([f.n_clipped for f in fits]))
     if is_q0:
         return (clsb, clsb_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped, free_d.bestfit)
-    return (clsb / clb, cls_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped, free_d.bestfit)
+    return (_cls(clsb, clb), cls_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped,
+            free_d.bestfit)  # fmt: skip
+
+
+def _cls(clsb, clb):
+    """CLs = CLsb / CLb, at most 1.
+
+    CLsb <= CLb (sqrt(q_A) >= 0), so CLs <= 1; at q_A = 0 (mu = 0) the two are equal and their
+    ratio is 1 only up to rounding: compiled, the numerator and denominator are computed apart
+    (``diffhep cls --poi-value 0`` printed CLs_exp 1.0000000000000004, a probability above 1).
+    """
+    ratio = clsb / clb
+    return jnp.where(ratio > 1.0, jnp.ones_like(ratio), ratio)
 
 
 class DiscoveryResult(NamedTuple):
