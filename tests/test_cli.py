@@ -134,3 +134,23 @@ def test_cls_at_mu_zero_is_one_not_above(tmp_path, spec):
     for value in [out["CLs_obs"], *out["CLs_exp"]]:
         assert 0.0 <= value <= 1.0
         assert value == pytest.approx(1.0, rel=0, abs=1e-12)
+
+
+def test_study_writes_into_the_working_directory_not_its_docs(tmp_path, monkeypatch):
+    """A new user's trial: ``diffhep study cuts`` in their own directory made
+    ``./docs/studies`` there (the repository's layout). The default is ``./studies``; the
+    repository's documented commands pass ``--out docs/studies``."""
+    import diffhep.studies.cuts
+
+    written = []
+
+    def study(out, **kwargs):
+        written.append(Path(out).resolve())
+        return out
+
+    monkeypatch.setattr(diffhep.studies.cuts, "cuts_study", study)
+    monkeypatch.chdir(tmp_path)
+    result = run(["study", "cuts"])
+    assert result.exit_code == 0, result.output
+    assert written == [tmp_path.resolve() / "studies"]
+    assert run(["study", "--help"]).output.count("--out docs/studies") == 1

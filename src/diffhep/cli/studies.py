@@ -19,7 +19,14 @@ STUDY_DEFAULTS = {  # seeds, epochs
 
 @click.command()
 @click.argument("name", type=click.Choice(sorted(STUDY_DEFAULTS)))
-@click.option("--out", default="docs/studies", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    default="studies",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the study's markdown, JSON and plots go (relative to the working directory; "
+    "the repository's own studies: --out docs/studies).",
+)
 @click.option(
     "--seeds",
     type=int,
