@@ -25,6 +25,7 @@ from diffhep.cli import main
 from diffhep.io.apply import root_branch_names
 from diffhep.io.datasets import DataError
 from diffhep.runs.config import ConfigError, load_config
+from diffhep.runs.ntuples import feature_names
 from diffhep.runs.prepare import _analysis, load_events, prepare, restore_run
 from diffhep.weights.weighting import NetYieldWarning
 
@@ -328,18 +329,24 @@ def test_readme_example_apply_scores_and_bins_as_diffhep(readme_run, monkeypatch
         np.testing.assert_allclose(counts, expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize(
-    ("override", "field"),
-    [
-        ("data.features=[met, mett]", "data.features[1]"),
-        ("analysis.samples.0.files=[nothere.root]", "analysis.samples[0].files"),
-        ("analysis.samples.1.weight=xsec * genW", "analysis.samples[1].weight"),
-        ("analysis.samples.2.filter=lepx > 30", "analysis.samples[2].filter"),
-        ("data.collections.0.branches=[Jet_ptx, Jet_eta]", "data.collections[0].branches"),
-        ("data.tree=Events", "data.tree"),
-        ("analysis.shape_systematics.0.up.weight=genW", "analysis.shape_systematics[0].up.weight"),
-    ],
-)
+#: A config change that makes the data fail to read, and the config field its error names
+FIELD_CASES = [
+    ("data.features=[met, mett]", "data.features[1]"),
+    ("analysis.samples.0.files=[nothere.root]", "analysis.samples[0].files"),
+    ("analysis.samples.1.weight=xsec * genW", "analysis.samples[1].weight"),
+    ("analysis.samples.2.filter=lepx > 30", "analysis.samples[2].filter"),
+    ("data.collections.0.branches=[Jet_ptx, Jet_eta]", "data.collections[0].branches"),
+    ("data.tree=Events", "data.tree"),
+    ("analysis.shape_systematics.0.up.weight=genW", "analysis.shape_systematics[0].up.weight"),
+    ("analysis.shape_systematics.0.up={files: [nothere.root]}",
+     "analysis.shape_systematics[0].up.files"),
+    ("analysis.shape_systematics.0.up={tree: Events}", "analysis.shape_systematics[0].up.tree"),
+    ("data.features=[met, 'log(lep_pt - 40)']", "data.features[1]"),  # NaN of selected events
+    ("analysis.samples.2.filter=met < 0", "analysis.samples[2].filter"),  # no event passes
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("override", "field"), FIELD_CASES)
 def test_data_errors_name_the_config_field(ntuples, override, field):
     """A missing file, tree or branch names the config field that reads it (and the config
     file), not only the data file (a new user's trial)."""
@@ -347,3 +354,20 @@ def test_data_errors_name_the_config_field(ntuples, override, field):
     with pytest.raises(DataError) as err:
         load_events(cfg, _analysis(cfg), "analysis.yaml")
     assert f"(config: {field} of analysis.yaml)" in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(("override", "field"), FIELD_CASES)
+def test_streamed_data_errors_name_the_config_field(ntuples, override, field):
+    """A streamed run (training.chunk_events) names the same config field as the in-memory
+    read (a new user's trial: it named the data file only)."""
+    from diffhep.runs.streaming import read_groups, scan
+
+    cfg = _cfg(ntuples, [override, "training.chunk_events=300", "observable.kind=mlp"])
+    with pytest.raises(DataError) as in_memory:
+        load_events(cfg, _analysis(cfg), "analysis.yaml")
+    with pytest.raises(DataError) as streamed:
+        scan(cfg, _analysis(cfg), read_groups(cfg), feature_names(cfg.data), 300, "analysis.yaml")
+    named = f"(config: {field} of analysis.yaml)"
+    assert named in str(in_memory.value), str(in_memory.value)
+    assert named in str(streamed.value), str(streamed.value)
+    assert streamed.value.file == in_memory.value.file

@@ -163,15 +163,22 @@ def _read(cfg: Config, name, files, tree, weights, filt, features, file, columns
             name=name,
         )
     except DataError as exc:
-        prefix = "" if exc.message.startswith("sample") else f"event set {name!r}: "
-        fields = {**_feature_fields(d), **(at or {})}
-        keep = (None, "<tree>")
-        renamed = {k if k in keep else _renamed(k, columns): v for k, v in fields.items()}
-        where = _field(exc, renamed)
-        suffix = f" (config: {where}{f' of {file}' if file else ''})" if where else ""
-        raise DataError(prefix + exc.message + suffix, file=exc.file or file, where=exc.where,
-                        fix=exc.fix) from None  # fmt: skip
+        raise _named(exc, cfg, name, at, columns, file) from None
     return {k: check_events(Events(x, w), k, ", ".join(files)) for k, w in ws.items()}
+
+
+def _named(exc: DataError, cfg: Config, name, at, columns=None, file=None) -> DataError:
+    """``exc`` of reading event set ``name`` naming the config field it is about (the
+    in-memory and the streamed reads); ``at``: the config fields of the event set's
+    expressions, files (``None``) and tree (``"<tree>"``)."""
+    prefix = "" if exc.message.startswith(("sample", "event set")) else f"event set {name!r}: "
+    fields = {**_feature_fields(cfg.data), **(at or {})}
+    keep = (None, "<tree>")
+    renamed = {k if k in keep else _renamed(k, columns): v for k, v in fields.items()}
+    where = _field(exc, renamed)
+    suffix = f" (config: {where}{f' of {file}' if file else ''})" if where else ""
+    return DataError(prefix + exc.message + suffix, file=exc.file or file, where=exc.where,
+                     fix=exc.fix)  # fmt: skip
 
 
 def _sample_fields(cfg: Config, sample) -> dict:
@@ -181,6 +188,32 @@ def _sample_fields(cfg: Config, sample) -> dict:
     out = {e: f"{at}.{key}" for key, e in (("filter", sample.filter), ("weight", sample.weight))}
     tree = f"{at}.tree" if sample.tree else "data.tree"
     return {**{e: p for e, p in out.items() if e}, None: f"{at}.files", "<tree>": tree}
+
+
+def _nominal_fields(cfg: Config, sample) -> dict:
+    """:func:`_sample_fields` with the weights of the sample's weight-only variations (read
+    with it)."""
+    at = _sample_fields(cfg, sample)
+    for k, sys in enumerate(cfg.analysis.shape_systematics):
+        for v, _ in sys.variations(sample.name) if sample.name in sys.targets else ():
+            if _weight_only(v) and v.weight:
+                side = "up" if v is sys.up else "down"
+                at.setdefault(v.weight, f"analysis.shape_systematics[{k}].{side}.weight")
+    return at
+
+
+def _variation_fields(cfg: Config, k: int, v, nominal) -> dict:
+    """The config fields of a variation ``v`` of ``analysis.shape_systematics[k]`` that reads
+    events of its own (other files, tree, filter or columns) of the sample ``nominal``."""
+    sys = cfg.analysis.shape_systematics[k]
+    at = _sample_fields(cfg, nominal)
+    side = f"analysis.shape_systematics[{k}].{'up' if v is sys.up else 'down'}"
+    if v.files:
+        at[None] = f"{side}.files"
+    if v.tree:
+        at["<tree>"] = f"{side}.tree"
+    return at | {e: f"{side}.{key}" for key, e in (("weight", v.weight), ("filter", v.filter))
+                 if e}  # fmt: skip
 
 
 def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
@@ -206,12 +239,7 @@ def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
                 for v, name in sys.variations(s.name):
                     if _weight_only(v):
                         weights[name] = v.weight or s.weight
-        at = _sample_fields(cfg, s)
-        for k, sys in enumerate(cfg.analysis.shape_systematics):
-            for v, _ in sys.variations(s.name) if s.name in sys.targets else ():
-                if _weight_only(v) and v.weight:
-                    side = "up" if v is sys.up else "down"
-                    at.setdefault(v.weight, f"analysis.shape_systematics[{k}].{side}.weight")
+        at = _nominal_fields(cfg, s)
         events |= _read(cfg, s.name, s.files, s.tree, weights, s.filter, features, file, at=at)
     for k, sys in enumerate(cfg.analysis.shape_systematics):
         for sample in sys.targets:
@@ -221,12 +249,7 @@ def load_ntuple_events(cfg: Config, analysis, file: str | None = None):
             for v, name in sys.variations(sample):
                 if isinstance(v, str) or _weight_only(v) or name in events:
                     continue
-                at = _sample_fields(cfg, nominal)
-                side = f"analysis.shape_systematics[{k}].{'up' if v is sys.up else 'down'}"
-                if v.files:
-                    at[None] = f"{side}.files"
-                at |= {e: f"{side}.{key}" for key, e in (("weight", v.weight),
-                                                         ("filter", v.filter)) if e}  # fmt: skip
+                at = _variation_fields(cfg, k, v, nominal)
                 events |= _read(
                     cfg,
                     name,

@@ -60,7 +60,15 @@ from ..errors import DataError
 from ..io.sources import expand, iterate
 from ..types import Events
 from .config import Config, ConfigError
-from .ntuples import _renamed, _weight_only, feature_names
+from .ntuples import (
+    _named,
+    _nominal_fields,
+    _renamed,
+    _sample_fields,
+    _variation_fields,
+    _weight_only,
+    feature_names,
+)
 
 __all__ = [
     "Group",
@@ -78,7 +86,8 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 class Group:
     """Events read together: a sample (with its weight-only variations) or a feature-level
     variation of a sample. ``weights`` maps each event set to its weight expression; the split
-    stream is the nominal ``sample``'s."""
+    stream is the nominal ``sample``'s; ``at``: the config fields its errors name (those of
+    :func:`~diffhep.runs.ntuples.load_ntuple_events`)."""
 
     name: str
     sample: str
@@ -87,6 +96,7 @@ class Group:
     filter: str | None
     weights: dict = field(hash=False)
     columns: dict = field(default_factory=dict, hash=False)
+    at: dict = field(default_factory=dict, hash=False)
 
 
 def read_groups(cfg: Config) -> list[Group]:
@@ -102,9 +112,10 @@ def read_groups(cfg: Config) -> list[Group]:
                 for v, name in sys.variations(s.name):
                     if _weight_only(v):
                         weights[name] = v.weight or s.weight
-        out.append(Group(s.name, s.name, tuple(s.files), s.tree, s.filter, weights))
+        out.append(Group(s.name, s.name, tuple(s.files), s.tree, s.filter, weights,
+                         at=_nominal_fields(cfg, s)))  # fmt: skip
         seen |= set(weights)
-    for sys in cfg.analysis.shape_systematics:
+    for k, sys in enumerate(cfg.analysis.shape_systematics):
         for sample in sys.targets:
             if sample not in samples:
                 continue
@@ -113,9 +124,10 @@ def read_groups(cfg: Config) -> list[Group]:
                 if isinstance(v, str) or _weight_only(v) or name in seen:
                     continue
                 seen.add(name)
+                at = _variation_fields(cfg, k, v, nom)
                 out.append(Group(name, sample, tuple(v.files or nom.files), v.tree or nom.tree,
                                  v.filter or nom.filter, {name: v.weight or nom.weight},
-                                 dict(v.columns or {})))  # fmt: skip
+                                 dict(v.columns or {}), at))  # fmt: skip
     return out
 
 
@@ -142,7 +154,16 @@ def split_labels(cfg: Config, sample: str, file_index: int, entries: np.ndarray)
 
 def _group_chunks(cfg: Config, g: Group, features, step: int, file=None):
     """``(x float32 (n, f), {event set: w float64}, split labels)`` of the events passing the
-    group's filter, chunk by chunk."""
+    group's filter, chunk by chunk; errors name the config field (``g.at``) as the in-memory
+    read does."""
+    try:
+        yield from _read_chunks(cfg, g, features, step)
+    except DataError as exc:
+        raise _named(exc, cfg, g.name, g.at, g.columns, file) from None
+
+
+def _read_chunks(cfg: Config, g: Group, features, step: int):
+    """:func:`_group_chunks` without the config fields in its errors."""
     d = cfg.data
     feats = [_renamed(f, g.columns) for f in features]
     wexpr = {k: _renamed(w, g.columns) or "1" for k, w in g.weights.items()}
@@ -161,11 +182,13 @@ def _group_chunks(cfg: Config, g: Group, features, step: int, file=None):
             x = np.stack([out[f][keep] for f in feats], axis=1)
             ws = {k: np.asarray(out[e], np.float64)[keep] if out[e].ndim else
                   np.full(int(keep.sum()), float(out[e])) for k, e in wexpr.items()}  # fmt: skip
-            for what, v in (("features", x), *ws.items()):
+            for e in (*feats, *wexpr.values()):  # the expression, as load_sample names it
+                v = out[e][keep] if out[e].ndim else out[e]
                 if not np.all(np.isfinite(v)):
                     raise DataError(
-                        f"event set {g.name!r}: NaN/inf values of {what} among the selected "
-                        "events", file=path, fix="repair these events or filter them",
+                        f"event set {g.name!r}: {int(np.sum(~np.isfinite(v)))} NaN/inf values "
+                        f"of {e!r} among the selected events", file=path, where=e,
+                        fix="repair these events or exclude them with the sample's filter",
                     )  # fmt: skip
             yield x.astype(np.float32), ws, labels
 
@@ -199,8 +222,10 @@ def scan(cfg: Config, analysis, groups, features, step: int, file=None) -> Scan:
                 ws.append(w[g.name][tr][: step - kept])
                 kept += len(xs[-1])
         if c.sum() == 0:
-            raise DataError(f"event set {g.name!r} is empty after its filter",
-                            file=", ".join(g.files), where=g.filter)  # fmt: skip
+            files = ", ".join(expand(list(g.files), cfg.data.base_dir))
+            empty = DataError(f"event set {g.name!r} is empty after its filter", file=files,
+                              where=g.filter)  # fmt: skip
+            raise _named(empty, cfg, g.name, g.at, file=file)
         for split_i, what in enumerate(("train", "validation", "test")):
             if c[split_i] == 0:
                 raise DataError(f"event set {g.name!r}: the {what} split is empty "
@@ -370,7 +395,8 @@ class StreamData:
         d = self.cfg.analysis.data_sample
         if d is None:
             return None
-        g = Group(d.name, d.name, tuple(d.files), d.tree, d.filter, {d.name: d.weight})
+        g = Group(d.name, d.name, tuple(d.files), d.tree, d.filter, {d.name: d.weight},
+                  at=_sample_fields(self.cfg, d))  # fmt: skip
         acc = None
         for x, ws, _ in _group_chunks(self.cfg, g, self.features, self.step, self.file):
             w = np.zeros((1, self.step))
