@@ -479,3 +479,64 @@ def test_the_key_follows_the_source_files_and_the_keyed_environment(tmp_path, mo
     k = worker.key(env)
     (tmp_path / "pkg" / "b.py").write_text("")  # a new module
     assert worker.key(env) != k
+
+
+def _listener(d: Path, key: str, authkey: bytes, behave):
+    """A stand-in worker of key ``key`` in ``d`` (a thread of this process) that answers each
+    connection that passes the handshake with ``behave(conn)`` (a failed handshake, as a
+    worker does, is ignored) until the returned ``stop()``."""
+    import threading
+    from multiprocessing.connection import Listener
+
+    listener = Listener(str(d / f"{key}.sock"), "AF_UNIX", authkey=authkey)
+    done = threading.Event()
+
+    def serve():
+        while True:  # until stop()'s connection (the last: no exit before it is accepted)
+            try:
+                conn = listener.accept()
+            except Exception:  # a failed handshake
+                continue
+            with conn:
+                if done.is_set():
+                    return
+                try:
+                    behave(conn)
+                except (EOFError, OSError):  # the client hung up
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def stop():
+        from multiprocessing.connection import Client
+
+        done.set()
+        Client(str(d / f"{key}.sock"), "AF_UNIX", authkey=authkey).close()
+        thread.join(10)
+        listener.close()
+
+    return stop
+
+
+@pytest.mark.parametrize("authkey", [{"authkey": "ab" * 32}, {}, {"authkey": 1}])
+def test_a_worker_with_another_authkey_is_not_used(tmp_path, monkeypatch, capfd, authkey):
+    """The JSON read is not the socket's worker's (one restarting between the two, or a JSON
+    left by another, or by none: no authkey): its handshake fails, and the command runs in
+    this process, no traceback."""
+    from diffhep.cli import worker
+
+    d = tmp_path / "w"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("DIFFHEP_WORKER_DIR", str(d))
+    monkeypatch.delenv("DIFFHEP_NO_WORKER", raising=False)
+    monkeypatch.setenv("DIFFHEP_WORKER_START", "never")
+    key = worker.key()
+    answered = []
+    stop = _listener(d, key, os.urandom(32), answered.append)
+    try:
+        (d / f"{key}.json").write_text(json.dumps({"pid": os.getpid(), **authkey}))
+        assert worker.forward(["cls", "ws.json"]) is None  # None: run it in this process
+    finally:
+        stop()
+    assert answered == [] and capfd.readouterr().err == ""

@@ -134,8 +134,9 @@ def _alarm(signum, frame):
 
 def _connect(dir_: Path, k: str, info: dict, first: tuple, timeout: float | None = None):
     """A connection to the worker with ``first`` sent and its first reply, within ``timeout``
-    seconds (None, None: no answer; a frozen or busy worker never blocks the client)."""
-    from multiprocessing.connection import Client
+    seconds (None, None: no answer; a frozen or busy worker never blocks the client, nor does
+    one whose authkey is not ``info``'s: it restarted since, or ``info`` is another's)."""
+    from multiprocessing.connection import AuthenticationError, Client
 
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, CONNECT_TIMEOUT if timeout is None else timeout)
@@ -147,7 +148,7 @@ def _connect(dir_: Path, k: str, info: dict, first: tuple, timeout: float | None
         except OSError:  # a busy worker answers at once and hangs up: its answer is there
             pass
         return conn, conn.recv()
-    except (_Timeout, OSError, EOFError, ValueError):
+    except (_Timeout, OSError, EOFError, ValueError, KeyError, TypeError, AuthenticationError):
         if conn is not None:
             conn.close()
         return None, None
