@@ -540,3 +540,43 @@ def test_a_worker_with_another_authkey_is_not_used(tmp_path, monkeypatch, capfd,
     finally:
         stop()
     assert answered == [] and capfd.readouterr().err == ""
+
+
+def test_status_of_a_worker_of_an_older_version(tmp_path, monkeypatch):
+    """A worker of an older diffhep answers ``status`` without ``stale`` (it cannot tell):
+    status says null (cannot say), not false, and `stop` leaves it running (another
+    installation's, idle: --all stops it)."""
+    from click.testing import CliRunner
+
+    from diffhep.cli import main
+
+    d = tmp_path / "w"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("DIFFHEP_WORKER_DIR", str(d))
+    key, authkey = "0" * 20, os.urandom(32)
+    old = {"pid": os.getpid(), "started": 1.0, "idle_timeout_s": 60.0, "commands": 3}
+    said = []
+
+    def behave(conn):  # the status and stop of the first worker (b81a2c8)
+        message = conn.recv()
+        said.append(message[0])
+        conn.send(("stopped", old) if message == ("stop",) else ("status", old))
+
+    stop = _listener(d, key, authkey, behave)
+    try:
+        (d / f"{key}.json").write_text(json.dumps({**old, "authkey": authkey.hex()}))
+        status = CliRunner().invoke(main, ["worker", "status"])
+        assert status.exit_code == 1, status.output  # none of this installation
+        assert f"pid {os.getpid()}: an older diffhep's worker (stale: cannot say)" in status.stderr
+        line = json.loads(status.stdout)
+        assert (line["pid"], line["current"], line["busy"], line["stale"]) == (
+            os.getpid(), False, False, None)  # fmt: skip
+        stopped = CliRunner().invoke(main, ["worker", "stop"])
+        assert stopped.exit_code == 0, stopped.output
+        assert stopped.stdout.splitlines()[0] == (
+            f"pid {os.getpid()}: left running (another installation or configuration; --all "
+            "stops it when idle)"
+        )
+    finally:
+        stop()
+    assert "stop" not in said

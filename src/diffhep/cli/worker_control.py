@@ -94,13 +94,13 @@ def _survey(dir_: Path) -> list[tuple[str, str, dict]]:
 
 def _stale(current: bool, state: str, info: dict) -> bool | None:
     """Whether a worker is stale: its process is gone (or nothing listens on its socket), or it
-    serves code changed on disk since it started (it says so when idle; one of a version that
-    cannot say: False). None: not known (busy or not answering, and of another key: this
+    serves code changed on disk since it started (it says so when idle). None: not known (busy,
+    not answering, or of an older version that cannot say, and of another key: this
     installation's key is computed from the code on disk now, so its worker is never stale)."""
     if state == "gone":
         return True
     if state == "idle":
-        return bool(info.get("stale"))
+        return info.get("stale")
     return False if current else None
 
 
@@ -181,7 +181,8 @@ def _decide(current: bool, state: str, stale: bool | None, everything: bool) -> 
 def status() -> None:
     """The workers running, as JSON lines: ``current``: this installation's (the one its
     commands use); ``busy``: running a command; ``stale``: serving code changed on disk since
-    it started (null: busy or not answering, cannot say); the rest is what each says."""
+    it started (null: busy, not answering or of an older diffhep, cannot say); the rest is what
+    each says."""
     here = w.key()
     found = _survey(w.directory())
     for k, state, info in found:
@@ -189,6 +190,10 @@ def status() -> None:
             stale = _stale(k == here, state, info)
             line = {**info, "current": k == here, "busy": state == "busy", "stale": stale}
             click.echo(json.dumps(line, sort_keys=True))
+            if state == "idle" and "stale" not in info:
+                click.echo(
+                    f"pid {info['pid']}: an older diffhep's worker (stale: cannot say)", err=True
+                )
     gone = sum(state == "gone" for _, state, _ in found)
     if gone:
         click.echo(f"{gone} worker(s) gone, their files left (worker stop removes them)", err=True)
