@@ -580,3 +580,97 @@ def test_status_of_a_worker_of_an_older_version(tmp_path, monkeypatch):
     finally:
         stop()
     assert "stop" not in said
+
+
+def test_a_worker_leaves_no_files(tmp_path):
+    """Every worker's files go with it: stopped, or killed (SIGKILL) and its leftovers removed
+    by `worker stop`; the lock of its key is there only while a worker of it starts."""
+    import signal
+
+    env = _env(tmp_path)
+    d = tmp_path / "w"
+    try:
+        for end in ("stop", "kill", "stop"):
+            start = _diffhep(["worker", "start", "--idle-timeout", "1"], env)
+            assert start.returncode == 0, start.stderr
+            pid = _pid(env)
+            assert pid is not None and not list(d.glob("*.lock"))
+            if end == "kill":
+                os.kill(pid, signal.SIGKILL)
+                assert _ended(pid)
+            stop = _diffhep(["worker", "stop"], env)
+            assert stop.returncode == 0, stop.stderr
+            assert stop.stdout.decode().splitlines()[-1] == "stopped 1 worker(s), left 0 running"
+            assert _ended(pid) and sorted(os.listdir(d)) == [], end
+    finally:
+        _end_workers(tmp_path)
+
+
+#: A stand-in worker's process (``python FILE DIR KEY``) for the race of several clients
+#: starting one: it notes its start in DIR/started and, if another worker of KEY runs, in
+#: DIR/twice; writes its JSON as a worker does, serves for a moment and removes it.
+_SHORT_WORKER = """
+import json, os, random, sys, time
+d, k, pid = sys.argv[1], sys.argv[2], os.getpid()
+with open(os.path.join(d, "started"), "a") as f:
+    f.write(f"{pid}\\n")
+alive = os.path.join(d, k + ".alive")
+try:
+    os.close(os.open(alive, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+except FileExistsError:
+    with open(os.path.join(d, "twice"), "a") as f:
+        f.write(f"{pid}\\n")
+path = os.path.join(d, k + ".json")
+with open(f"{path}.{pid}", "w") as f:
+    json.dump({"pid": pid, "authkey": ""}, f)
+os.replace(f"{path}.{pid}", path)
+time.sleep(random.uniform(0, 0.1))
+os.unlink(alive)
+os.unlink(path)
+"""
+
+#: A client (``python -c _STARTER FILE DIR KEY SECONDS``) that starts the worker of KEY
+#: again and again for SECONDS (worker._spawn), each time with the stand-in worker FILE.
+_STARTER = """
+import subprocess, sys, time
+from pathlib import Path
+from diffhep.cli import worker
+script, d, k, seconds = sys.argv[1:5]
+popen = subprocess.Popen
+subprocess.Popen = lambda args, **kw: popen([sys.executable, script, d, k], **kw)
+end = time.monotonic() + float(seconds)
+while time.monotonic() < end:
+    worker._spawn(Path(d), k, 1.0)  # (None if the stand-in ended before it was seen)
+"""
+
+
+def test_clients_starting_one_worker_at_once_start_one(tmp_path):
+    """Four clients start the worker of one key again and again (each worker serves for a
+    moment only, so a start is often due while another client waits for the lock): never two
+    workers of the key at once, and no lock file left."""
+    import time
+
+    d = tmp_path / "w"
+    d.mkdir(mode=0o700)
+    script = tmp_path / "short_worker.py"
+    script.write_text(_SHORT_WORKER)
+    k = "1" * 20
+    args = [sys.executable, "-c", _STARTER, str(script), str(d), k, "3"]
+    env = {**os.environ, "PYTHONPATH": SRC}
+    clients = [subprocess.Popen(args, env=env, stderr=subprocess.PIPE) for _ in range(4)]
+    try:
+        errors = [c.communicate(timeout=120)[1] for c in clients]
+    finally:
+        for c in clients:
+            c.kill()
+            c.wait()
+        started = [int(x) for x in (d / "started").read_text().split()]
+        for pid in started:  # the stand-ins end by themselves in a moment
+            for _ in range(100):
+                if not _cmdline(pid):
+                    break
+                time.sleep(0.05)
+    assert [c.returncode for c in clients] == [0] * 4, errors
+    assert len(started) > 20  # the lock was contended: a start was often due
+    assert not (d / "twice").exists(), (d / "twice").read_text()
+    assert not list(d.glob("*.lock"))

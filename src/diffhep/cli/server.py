@@ -257,11 +257,7 @@ def serve(dir_: Path, k: str, idle: float) -> None:
         busy.set()  # clients from now on run their commands themselves
         try:
             if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-                sock.unlink(missing_ok=True)
-                log = dir_ / f"{k}.log"  # kept if it says something (worker start names it)
-                if log.exists() and log.stat().st_size == 0:
-                    log.unlink()
+                worker._remove(dir_, k)
         except (OSError, ValueError):
             pass
         logging.shutdown()

@@ -30,6 +30,7 @@ them and they change process-wide state (threads, plotting styles, Dask clusters
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,6 +123,19 @@ def _info(dir_: Path, k: str) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return info
+
+
+def _remove(dir_: Path, k: str) -> None:
+    """Remove the files of the worker of key ``k``: its JSON, its socket and its log if empty
+    (one that says something is kept: ``worker start`` names it)."""
+    for suffix in (".json", ".sock"):
+        (dir_ / f"{k}{suffix}").unlink(missing_ok=True)
+    log = dir_ / f"{k}.log"
+    try:
+        if log.stat().st_size == 0:
+            log.unlink()
+    except OSError:
+        pass
 
 
 class _Timeout(Exception):
@@ -316,15 +330,44 @@ def start(idle_timeout: float) -> None:
         click.echo(f"worker running (pid {info['pid']})")
 
 
+@contextlib.contextmanager
+def _locked(dir_: Path, k: str, wait: bool = True):
+    """The lock of key ``k`` held for the block (it yields False if not ``wait`` and another
+    process holds it). Its file, ``<k>.lock``, is there only while it is held: the holder
+    removes it at the end, and a process that took a file removed meanwhile (it waited on the
+    previous holder) takes the one now at the path instead, so that the holders of the file at
+    the path exclude each other."""
+    import fcntl
+
+    path = dir_ / f"{k}.lock"
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            st, now = os.fstat(fd), os.stat(path)
+            if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                break
+        except BlockingIOError:  # (not wait) held by another
+            os.close(fd)
+            yield False
+            return
+        except FileNotFoundError:  # removed by its holder after this process opened it
+            pass
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)  # while held: see above
+        os.close(fd)
+
+
 def _spawn(dir_: Path, k: str, idle_minutes: float) -> tuple[dict | None, bool]:
     """The worker of key ``k``, started unless one runs: its info (None if it did not start
-    within :data:`START_TIMEOUT`) and whether this call started it. Under a lock, so that
-    two commands started at once start one worker."""
-    import fcntl
+    within :data:`START_TIMEOUT`) and whether this call started it. Under the key's lock
+    (:func:`_locked`), so that two commands started at once start one worker."""
     import subprocess
 
-    with open(dir_ / f"{k}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(dir_, k):
         info = _info(dir_, k)
         if info is not None:
             return info, False

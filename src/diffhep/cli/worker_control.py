@@ -106,19 +106,15 @@ def _stale(current: bool, state: str, info: dict) -> bool | None:
 
 def _remove_gone(dir_: Path, k: str, pid: int) -> tuple[str, str]:
     """Remove the socket and JSON left by the worker ``pid`` of key ``k`` that is gone: under
-    the key's lock (held while a worker of the key starts, :func:`_spawn`) and only if they are
-    still that worker's. What happened (``"stopped"`` or ``"left"``) and a note."""
-    import fcntl
-
-    with open(dir_ / f"{k}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+    the key's lock (held while a worker of the key starts, :func:`diffhep.cli.worker._spawn`)
+    and only if they are still that worker's. What happened (``"stopped"`` or ``"left"``) and
+    a note."""
+    with w._locked(dir_, k, wait=False) as taken:
+        if not taken:
             return "left", "a worker of its key is starting"
         if _look(dir_, k) != ("gone", {"pid": pid}):
             return "left", "its files changed meanwhile"
-        for suffix in (".sock", ".json"):
-            (dir_ / f"{k}{suffix}").unlink(missing_ok=True)
+        w._remove(dir_, k)
     return "stopped", "its files removed"
 
 
@@ -151,8 +147,7 @@ def _stop_one(dir_: Path, k: str, pid: int, terminate: bool) -> tuple[str, str]:
         pass
     if not _ended(dir_, k):
         return "failed", busy
-    for suffix in (".sock", ".json"):
-        (dir_ / f"{k}{suffix}").unlink(missing_ok=True)
+    _remove_gone(dir_, k, pid)  # (not those of a worker started meanwhile)
     return "stopped", f"terminated: {busy}"
 
 
