@@ -674,3 +674,24 @@ def test_clients_starting_one_worker_at_once_start_one(tmp_path):
     assert len(started) > 20  # the lock was contended: a start was often due
     assert not (d / "twice").exists(), (d / "twice").read_text()
     assert not list(d.glob("*.lock"))
+
+
+def test_a_command_does_not_wait_for_another_starting_the_worker(tmp_path):
+    """While another command starts the worker (it holds the key's lock: here for good, as
+    one suspended at the terminal would), a command runs in its own process at once instead
+    of waiting for it (it waited as long as the other held the lock: for ever here)."""
+    from diffhep.cli import worker
+
+    env = _env(tmp_path, DIFFHEP_WORKER_START="always")
+    d = tmp_path / "w"
+    d.mkdir(mode=0o700)
+    probe = "from diffhep.cli import worker; print(worker.key())"
+    k = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    k = k.stdout.strip()
+    probe += "; print(worker.forward(['cls', 'x']))"
+    with worker._locked(d, k):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30
+        )
+    assert proc.stdout.split() == [k, "None"], proc.stderr  # None: run here
+    assert proc.stderr == "" and os.listdir(d) == []

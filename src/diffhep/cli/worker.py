@@ -228,7 +228,9 @@ def forward(argv: list[str]) -> int | None:
         if not _auto_start() or not private(dir_, create=True):
             return None
         k = k or key()
-        info, started = _spawn(dir_, k, AUTO_IDLE_TIMEOUT)
+        info, started = _spawn(dir_, k, AUTO_IDLE_TIMEOUT, wait=False)
+        if started is None:
+            return None  # another command is starting it (for ever if suspended): not waited for
         if info is None:
             click.echo(f"diffhep: warning: no worker started (see {dir_}); running here", err=True)
             return None
@@ -361,13 +363,18 @@ def _locked(dir_: Path, k: str, wait: bool = True):
         os.close(fd)
 
 
-def _spawn(dir_: Path, k: str, idle_minutes: float) -> tuple[dict | None, bool]:
+def _spawn(
+    dir_: Path, k: str, idle_minutes: float, wait: bool = True
+) -> tuple[dict | None, bool | None]:
     """The worker of key ``k``, started unless one runs: its info (None if it did not start
     within :data:`START_TIMEOUT`) and whether this call started it. Under the key's lock
-    (:func:`_locked`), so that two commands started at once start one worker."""
+    (:func:`_locked`), so that two commands started at once start one worker; if not ``wait``,
+    None, None while another process holds it (it starts the worker)."""
     import subprocess
 
-    with _locked(dir_, k):
+    with _locked(dir_, k, wait) as taken:
+        if not taken:
+            return None, None
         info = _info(dir_, k)
         if info is not None:
             return info, False
