@@ -695,3 +695,35 @@ def test_a_command_does_not_wait_for_another_starting_the_worker(tmp_path):
         )
     assert proc.stdout.split() == [k, "None"], proc.stderr  # None: run here
     assert proc.stderr == "" and os.listdir(d) == []
+
+
+def test_output_read_by_no_one_ends_the_command_as_in_its_own_process(tmp_path, monkeypatch):
+    """The client's standard output is a pipe nobody reads any more (``| head``): the client
+    exits 1 without a message, as click does in the command's own process (it said the worker
+    had ended)."""
+    d = tmp_path / "w"
+    d.mkdir(mode=0o700)
+    env = _env(tmp_path, DIFFHEP_WORKER_START="never")
+    probe = "import sys; from diffhep.cli import worker; print(worker.key(), file=sys.stderr)"
+    k = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    k = k.stderr.strip()
+    authkey = os.urandom(32)
+
+    def behave(conn):
+        conn.recv()
+        conn.send(("started",))
+        conn.send(("out", b"{}\n"))
+        conn.recv()  # the client hangs up
+
+    stop = _listener(d, k, authkey, behave)
+    try:
+        (d / f"{k}.json").write_text(json.dumps({"pid": os.getpid(), "authkey": authkey.hex()}))
+        run = "import sys; from diffhep.cli import worker; sys.exit(worker.forward(['cls', 'x']))"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", run], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        proc.stdout.close()  # read by no one
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop()
+    assert (proc.returncode, err) == (1, b"")

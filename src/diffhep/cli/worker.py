@@ -272,8 +272,13 @@ def _relay(conn, pid: int) -> int | None:
                 conn.send(("in", sys.stdin.buffer.read1(value) if sys.stdin else b""))
             else:
                 stream = sys.stdout if tag == "out" else sys.stderr
-                stream.buffer.write(value)
-                stream.buffer.flush()
+                try:
+                    stream.buffer.write(value)
+                    stream.buffer.flush()
+                except BrokenPipeError:  # read by no one any more (`| head`): exit 1 without a
+                    # message, as click in the command's own process (the rest to /dev/null)
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+                    return 1
     except KeyboardInterrupt:  # Ctrl-C: the worker's command is interrupted too (click's
         try:  # Abort there, as here)
             os.kill(pid, signal.SIGINT)
