@@ -727,3 +727,25 @@ def test_output_read_by_no_one_ends_the_command_as_in_its_own_process(tmp_path, 
     finally:
         stop()
     assert (proc.returncode, err) == (1, b"")
+
+
+@pytest.mark.parametrize("where", ["file/w", "file"])
+def test_a_worker_directory_that_cannot_be_made(tmp_path, where):
+    """DIFFHEP_WORKER_DIR where no directory can be made (under a file, or a file): a command
+    at a terminal runs in its own process, `worker start` exits 2 naming the directory and
+    the variable (both gave a traceback)."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "file").chmod(0o600)
+    (tmp_path / "ws.json").write_text(json.dumps(example_spec()))
+    env = _env(tmp_path, DIFFHEP_WORKER_START="always", DIFFHEP_WORKER_DIR=str(tmp_path / where))
+    probe = "from diffhep.cli import worker; print(worker.forward(['cls', 'ws.json']))"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "None\n", "")  # None: run here
+    start = _diffhep(["worker", "start"], env)
+    assert start.returncode == 2 and start.stdout == b""
+    assert start.stderr.decode() == (
+        f"error: {tmp_path / where} is not a private directory (0700, yours) and cannot be "
+        "made one (fix: DIFFHEP_WORKER_DIR=another directory)\n"
+    )

@@ -81,9 +81,9 @@ def directory() -> Path:
 
 def private(path: Path, create: bool = False) -> bool:
     """Whether ``path`` is a directory only this user can use (made so if ``create``)."""
-    if create:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
+        if create:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = path.stat()
     except OSError:
         return False
@@ -324,7 +324,11 @@ def start(idle_timeout: float) -> None:
     """Start a worker for this installation (nothing if one runs already)."""
     dir_ = directory()
     if not private(dir_, create=True):
-        click.echo(f"error: {dir_} is not a private directory (0700, yours)", err=True)
+        click.echo(
+            f"error: {dir_} is not a private directory (0700, yours) and cannot be made one "
+            "(fix: DIFFHEP_WORKER_DIR=another directory)",
+            err=True,
+        )
         sys.exit(2)
     k = key()
     info, started = _spawn(dir_, k, idle_timeout)
