@@ -749,3 +749,35 @@ def test_a_worker_directory_that_cannot_be_made(tmp_path, where):
         f"error: {tmp_path / where} is not a private directory (0700, yours) and cannot be "
         "made one (fix: DIFFHEP_WORKER_DIR=another directory)\n"
     )
+
+
+def test_a_worker_started_with_sigint_ignored_is_interrupted(tmp_path):
+    """A worker started where SIGINT is ignored (a script's background job; here as under
+    pytest-xdist) ends its command at its client's Ctrl-C (SIGINT to its process), with exit
+    status 130: it ran on, busy, the client gone."""
+    import signal
+
+    env = _env(tmp_path)
+    start = "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); from diffhep.cli "
+    start += "import main; sys.argv = ['diffhep', 'worker', 'start', '--idle-timeout', '1']; main()"
+    proc = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    busy = None
+    try:
+        pid = _pid(env)
+        busy = _Busy(tmp_path, env, pid)  # a command reading its standard input
+        assert busy.conn.recv() == ("started",) and busy.conn.poll(60)
+        assert busy.conn.recv()[0] == "read"
+        os.kill(pid, signal.SIGINT)  # as the client on Ctrl-C
+        out, tag, value = [], None, None
+        while busy.conn.poll(30):
+            tag, value = busy.conn.recv()
+            if tag == "exit":
+                break
+            out.append(value)
+        assert (tag, value) == ("exit", 130), out
+        assert _diffhep(["worker", "stop"], env).returncode == 0
+    finally:
+        if busy is not None:
+            busy.conn.close()
+        _end_workers(tmp_path)

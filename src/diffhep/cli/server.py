@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -266,6 +267,9 @@ def serve(dir_: Path, k: str, idle: float) -> None:
 
 if __name__ == "__main__":
     _dir, _key, _idle = sys.argv[1:4]
+    # a client's Ctrl-C (SIGINT to this process) interrupts its command, also where the
+    # worker was started with SIGINT ignored (a script's background job): it ran on
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _START_ENV.update(os.environ)
     if worker.key() != _key:
         sys.exit(f"diffhep worker: key {_key} is not this installation's {worker.key()}")
