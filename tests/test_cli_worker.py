@@ -446,7 +446,9 @@ def test_the_client_runs_the_command_itself_when_the_worker_cannot(
     hold.set()
     thread.join(10)
     err = capsys.readouterr().err
-    assert ("ended before the command" in err) == (case == "crash before output"), err
+    assert ("the worker ended before any output of the command; running it here" in err) == (
+        case == "crash before output"
+    ), err
 
 
 def test_a_worker_that_ends_after_writing_is_an_error(tmp_path, monkeypatch, capfdbinary):

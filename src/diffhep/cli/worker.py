@@ -291,7 +291,8 @@ def _relay(conn, pid: int) -> int | None:
             click.echo("diffhep: error: the worker ended during the command", err=True)
             return 1
         click.echo(
-            "diffhep: warning: the worker ended before the command; running it here", err=True
+            "diffhep: warning: the worker ended before any output of the command; running it here",
+            err=True,
         )
         return None
     finally:
