@@ -610,9 +610,9 @@ def test_a_worker_leaves_no_files(tmp_path):
 
 #: A stand-in worker's process (``python FILE DIR KEY``) for the race of several clients
 #: starting one: it notes its start in DIR/started and, if another worker of KEY runs, in
-#: DIR/twice; writes its JSON as a worker does, serves for a moment and removes it.
+#: DIR/twice; listens and writes its JSON as a worker does, serves for a moment, removes them.
 _SHORT_WORKER = """
-import json, os, random, sys, time
+import json, os, random, socket, sys, time
 d, k, pid = sys.argv[1], sys.argv[2], os.getpid()
 with open(os.path.join(d, "started"), "a") as f:
     f.write(f"{pid}\\n")
@@ -622,13 +622,19 @@ try:
 except FileExistsError:
     with open(os.path.join(d, "twice"), "a") as f:
         f.write(f"{pid}\\n")
-path = os.path.join(d, k + ".json")
+path, sock = os.path.join(d, k + ".json"), os.path.join(d, k + ".sock")
+if os.path.exists(sock):
+    os.unlink(sock)
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sock)
+listener.listen()
 with open(f"{path}.{pid}", "w") as f:
     json.dump({"pid": pid, "authkey": ""}, f)
 os.replace(f"{path}.{pid}", path)
 time.sleep(random.uniform(0, 0.1))
 os.unlink(alive)
 os.unlink(path)
+os.unlink(sock)
 """
 
 #: A client (``python -c _STARTER FILE DIR KEY SECONDS``) that starts the worker of KEY
@@ -783,3 +789,31 @@ def test_a_worker_started_with_sigint_ignored_is_interrupted(tmp_path):
         if busy is not None:
             busy.conn.close()
         _end_workers(tmp_path)
+
+
+def test_the_files_of_a_killed_worker_whose_pid_is_reused(tmp_path):
+    """A worker killed (SIGKILL: its files left), its process id now another process's: no
+    worker runs, so `worker start` starts one (it said the worker ran)."""
+    import socket
+
+    env = _env(tmp_path)
+    d = tmp_path / "w"
+    d.mkdir(mode=0o700)
+    probe = "from diffhep.cli import worker; print(worker.key())"
+    k = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    k = k.stdout.strip()
+    other = subprocess.Popen(["sleep", "60"])  # the process that has the id now
+    try:
+        with socket.socket(socket.AF_UNIX) as s:  # the killed worker's socket: nobody listens
+            s.bind(str(d / f"{k}.sock"))
+        (d / f"{k}.json").write_text(json.dumps({"pid": other.pid, "authkey": "ab" * 32}))
+        start = _diffhep(["worker", "start", "--idle-timeout", "1"], env)
+        assert start.returncode == 0, start.stderr
+        assert start.stdout.startswith(b"worker started (pid "), start.stdout
+        assert _pid(env) not in (None, other.pid)
+        assert _diffhep(["worker", "stop"], env).returncode == 0
+        assert other.poll() is None  # (not touched)
+    finally:
+        _end_workers(tmp_path)
+        other.kill()
+        other.wait()

@@ -125,6 +125,21 @@ def _info(dir_: Path, k: str) -> dict | None:
     return info
 
 
+def _listening(sock: Path) -> bool:
+    """Whether a process listens on the socket ``sock`` (a killed worker leaves its file)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(CONNECT_TIMEOUT)
+        try:
+            s.connect(str(sock))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            pass  # a full backlog, a time-out: someone listens
+    return True
+
+
 def _remove(dir_: Path, k: str) -> None:
     """Remove the files of the worker of key ``k``: its JSON, its socket and its log if empty
     (one that says something is kept: ``worker start`` names it)."""
@@ -386,8 +401,8 @@ def _spawn(
         if not taken:
             return None, None
         info = _info(dir_, k)
-        if info is not None:
-            return info, False
+        if info is not None and _listening(dir_ / f"{k}.sock"):
+            return info, False  # (else its files are a killed worker's, its pid another's now)
         log = open(dir_ / f"{k}.log", "ab")  # handed to the child
         proc = subprocess.Popen(
             [sys.executable, "-m", "diffhep.cli.server", str(dir_), k, str(idle_minutes * 60)],

@@ -33,21 +33,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _listening(sock: Path) -> bool:
-    """Whether a process listens on the socket ``sock`` (a killed worker leaves its file)."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(w.CONNECT_TIMEOUT)
-        try:
-            s.connect(str(sock))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        except OSError:
-            pass  # a full backlog, a time-out: someone listens
-    return True
-
-
 def _ask(dir_: Path, k: str, info: dict, message: tuple):
     """``message`` sent to the worker of key ``k``; its reply (None: none in time). A worker
     also answers "busy" while it finishes the previous connection (a request just before
@@ -78,7 +63,7 @@ def _look(dir_: Path, k: str) -> tuple[str, dict] | None:
         return "idle", reply[1]
     if reply and reply[0] == "busy":
         return "busy", {"pid": pid}
-    if not _listening(dir_ / f"{k}.sock"):
+    if not w._listening(dir_ / f"{k}.sock"):
         return "gone", {"pid": pid}
     return "silent", {"pid": pid}
 
