@@ -637,17 +637,21 @@ os.unlink(path)
 os.unlink(sock)
 """
 
-#: A client (``python -c _STARTER FILE DIR KEY SECONDS``) that starts the worker of KEY
-#: again and again for SECONDS (worker._spawn), each time with the stand-in worker FILE.
+#: A client (``python -c _STARTER FILE DIR KEY N``) that starts the worker of KEY again and
+#: again (worker._spawn), each time with the stand-in worker FILE, until N were started (or
+#: for 120 s).
 _STARTER = """
 import subprocess, sys, time
 from pathlib import Path
 from diffhep.cli import worker
-script, d, k, seconds = sys.argv[1:5]
+script, d, k, n = sys.argv[1:5]
 popen = subprocess.Popen
 subprocess.Popen = lambda args, **kw: popen([sys.executable, script, d, k], **kw)
-end = time.monotonic() + float(seconds)
-while time.monotonic() < end:
+end = time.monotonic() + 120
+started = Path(d) / "started"
+while time.monotonic() < end and (
+    not started.exists() or len(started.read_text().split()) < int(n)
+):
     worker._spawn(Path(d), k, 1.0)  # (None if the stand-in ended before it was seen)
 """
 
@@ -663,7 +667,7 @@ def test_clients_starting_one_worker_at_once_start_one(tmp_path):
     script = tmp_path / "short_worker.py"
     script.write_text(_SHORT_WORKER)
     k = "1" * 20
-    args = [sys.executable, "-c", _STARTER, str(script), str(d), k, "3"]
+    args = [sys.executable, "-c", _STARTER, str(script), str(d), k, "40"]
     env = {**os.environ, "PYTHONPATH": SRC}
     clients = [subprocess.Popen(args, env=env, stderr=subprocess.PIPE) for _ in range(4)]
     try:
@@ -679,7 +683,7 @@ def test_clients_starting_one_worker_at_once_start_one(tmp_path):
                     break
                 time.sleep(0.05)
     assert [c.returncode for c in clients] == [0] * 4, errors
-    assert len(started) > 20  # the lock was contended: a start was often due
+    assert len(started) >= 40  # the lock was contended: a start was often due
     assert not (d / "twice").exists(), (d / "twice").read_text()
     assert not list(d.glob("*.lock"))
 
