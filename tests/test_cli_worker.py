@@ -709,7 +709,7 @@ def test_a_command_does_not_wait_for_another_starting_the_worker(tmp_path):
     assert proc.stderr == "" and os.listdir(d) == []
 
 
-def test_output_read_by_no_one_ends_the_command_as_in_its_own_process(tmp_path, monkeypatch):
+def test_output_read_by_no_one_ends_the_command_as_in_its_own_process(tmp_path):
     """The client's standard output is a pipe nobody reads any more (``| head``): the client
     exits 1 without a message, as click does in the command's own process (it said the worker
     had ended)."""
