@@ -821,3 +821,21 @@ def test_the_files_of_a_killed_worker_whose_pid_is_reused(tmp_path):
         _end_workers(tmp_path)
         other.kill()
         other.wait()
+
+
+def test_stop_removes_the_lock_files_older_versions_left(tmp_path):
+    """An older diffhep left a lock file per key that ever started a worker: `worker stop`
+    removes them, except one held (a worker of its key starting)."""
+    from diffhep.cli import worker
+
+    env = _env(tmp_path)
+    d = tmp_path / "w"
+    d.mkdir(mode=0o700)
+    for k in ("0" * 20, "1" * 20):
+        (d / f"{k}.lock").touch()
+    with worker._locked(d, "2" * 20):
+        stop = _diffhep(["worker", "stop"], env)
+        assert stop.returncode == 0, stop.stderr
+        assert stop.stdout == b"stopped 0 worker(s), left 0 running\n"
+        assert os.listdir(d) == [f"{'2' * 20}.lock"]
+    assert os.listdir(d) == []

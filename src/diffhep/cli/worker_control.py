@@ -199,7 +199,8 @@ def stop(everything: bool) -> None:
     terminated, and its client reports the command's end as an error. Stale: its process is
     gone (its files are removed), or it serves code changed on disk since it started (it would
     exit at its next check). The workers of other installations and configurations are left
-    running (--all: the idle ones are stopped too).
+    running (--all: the idle ones are stopped too). The lock files an older diffhep left are
+    removed.
     """
     dir_ = w.directory()
     here = w.key()
@@ -220,6 +221,13 @@ def stop(everything: bool) -> None:
             click.echo(f"error: worker pid {pid} did not stop ({why})", err=True)
         else:
             click.echo(f"pid {pid}: {'stopped' if done == 'stopped' else 'left running'} ({why})")
+    try:
+        locks = [n[:-5] for n in os.listdir(dir_) if n.endswith(".lock")]
+    except OSError:
+        locks = []
+    for k in locks:  # an older diffhep's (it kept them for good): removed unless held
+        with w._locked(dir_, k, wait=False):
+            pass
     click.echo(f"stopped {counts['stopped']} worker(s), left {counts['left']} running")
     if counts["failed"]:
         sys.exit(1)
