@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..errors import DiffhepError
+from ..errors import DiffhepError, FitError
 from . import common
 from .common import figure_path, output, prefetching, run
 from .stats import _common, _note_ignored, _numbers, _on_workspace, _settings
@@ -82,6 +82,13 @@ def _postfit(model, data, poi_value, ws, near_singular=False):
             )
     return diagnostics.checked_postfit(model, data, poi_value=poi_value,
                                        near_singular=near_singular)  # fmt: skip
+
+
+#: What a scan says of a best fit whose Hessian leaves the scanned parameters undetermined
+#: (as ``diffhep fit``).
+_UNDETERMINED = "the fit converged, but the Hessian at the best fit is singular or indefinite:"
+_FIX = ("these parameters are not constrained separately by the data (e.g. two normfactors "
+        "of one sample): fix one, or add a constraint")  # fmt: skip
 
 
 def _draw(fn, plot, style, *args, **kwargs) -> None:
@@ -305,7 +312,9 @@ def yields(plot, style, poi_value, output_file, fmt, **kw):
 )  # fmt: skip
 def scan(plot, style, output_file, parameters, ranges, points, **kw):
     """Profile-likelihood scan: -2 Delta log L with one parameter (or two) fixed on a grid and
-    the others refitted, all fits batched."""
+    the others refitted, all fits batched. A scanned parameter's uncertainty that the Hessian
+    does not determine (singular or indefinite, as 'diffhep fit' says) is null and named,
+    and the command exits 1; it then has no default range (give --range)."""
     import numpy as np
 
     if len(parameters) > 2:
@@ -326,26 +335,36 @@ def scan(plot, style, output_file, parameters, ranges, points, **kw):
             if p not in model.config.par_names:
                 raise DiffhepError(f"unknown parameter {p!r}", file=ws.file, where="--parameter",
                                    fix="use a name of 'diffhep fit' output")  # fmt: skip
-        post = covariance.postfit(model, data)
+        best = diagnostics.best_fit(model, data)
         axes = []
         for i, p in enumerate(names):
             k = model.config.par_names.index(p)
-            lo, hi = post.bounds[k]
+            lo, hi = model.config.bounds[k]
+            x, sd = float(best.bestfit[k]), float(best.uncertainty[k])
             if given:
                 a, b = given[i]
+            elif np.isfinite(sd):
+                a, b = max(lo, x - 3 * sd), min(hi, x + 3 * sd)
             else:
-                a = max(lo, post.bestfit[k] - 3 * post.uncertainty[k])
-                b = min(hi, post.bestfit[k] + 3 * post.uncertainty[k])
+                raise FitError(f"{_UNDETERMINED} the uncertainty of {p} is undetermined: the "
+                               "default scan range (best fit +- 3 uncertainties) does not exist",
+                               file=ws.file, where="--range",
+                               fix=f"give the range (--range LO,HI); {_FIX}")  # fmt: skip
             if not lo <= a < b <= hi:
                 raise DiffhepError(f"scan range [{a:g}, {b:g}] of {p!r} is empty or outside its "
                                    f"bounds [{lo:g}, {hi:g}]", file=ws.file, where="--range",
                                    fix="give LO < HI inside the bounds")  # fmt: skip
             axes.append(np.linspace(a, b, points))
         grid = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
-        return diagnostics.scan(model, data, names, grid, post)
+        return diagnostics.scan(model, data, names, grid, best)
 
     out = _run("scan", kw, work, parameters=parameters, ranges=ranges, points=points)
     _show(out, output_file, "plot_scan", plot, style)
+    if out.get("undetermined"):
+        click.echo(f"error: {_UNDETERMINED} the uncertainties of "
+                   f"{', '.join(out['undetermined'])} are undetermined (null); the scan is valid\n"
+                   f"  fix: {_FIX}", err=True)  # fmt: skip
+        sys.exit(1)
 
 
 @click.command()
@@ -378,8 +397,10 @@ def significance(output_file, ntoys, seed, first_toy, save_toys, max_nonconverge
 @_common
 def gof(output_file, **kw):
     """Goodness of fit against the saturated model: chi2 = -2 log(L / L_saturated), degrees of
-    freedom (bins minus free unconstrained parameters), chi2/ndf and the p-value. It needs
-    no parameter of interest: a background-only workspace is tested as it is."""
+    freedom (bins minus free unconstrained parameters), chi2/ndf and the p-value (null
+    without degrees of freedom). It needs no parameter of interest: a background-only
+    workspace is tested as it is; nor uncertainties: a Hessian that leaves parameters
+    undetermined does not stop it. A best fit that did not converge exits 1."""
 
     def work():
         from ..stats import diagnostics

@@ -38,6 +38,7 @@ from jax.scipy.special import gammaln, xlogy
 
 from ..errors import DiffhepError, FitError
 from . import exported
+from . import fit as fits
 from .covariance import (
     PostFit,
     checked_postfit,
@@ -45,7 +46,6 @@ from .covariance import (
     constraint_arrays,
     modifier_types,
     nominal_parameters,
-    postfit,
     prefit_uncertainties,
     require_poi,
 )
@@ -57,6 +57,7 @@ __all__ = [
     "BOUND_TOL",
     "CHUNK",
     "RankingResult",
+    "best_fit",
     "checked_postfit",
     "fixed_fits",
     "gof",
@@ -342,13 +343,37 @@ def ranking(
 
 
 # --------------------------------------------------------------------------- scans
-def scan(model: Model, data, parameters, values, post: PostFit | None = None) -> dict:
+def best_fit(model: Model, data, *, uncertainties: bool = True) -> fits.FitResult:
+    """The global fit of a scan or a goodness-of-fit test (:func:`diffhep.stats.fit.fit`),
+    converged; its uncertainties are those of ``diffhep fit``: NaN for the parameters that a
+    singular or indefinite Hessian leaves undetermined (the best fit and ``-log L`` at it
+    are valid all the same).
+
+    Raises:
+        FitError: The fit did not converge.
+    """
+    r = fits.fit(model, np.asarray(data, dtype=float), uncertainties=uncertainties)
+    if not bool(r.converged):
+        raise FitError(f"the fit did not converge: {r.message}",
+                       fix="check parameter bounds and inits in the measurement")  # fmt: skip
+    return r
+
+
+def scan(model: Model, data, parameters, values, post=None) -> dict:
     """Profile-likelihood scan: ``-2 log L`` with ``parameters`` (one or two names) fixed at
     every row of ``values`` (n, k), the others refitted (one batched call).
 
+    Args:
+        model, data: The model and its observed data (main + auxiliary).
+        parameters, values: The scanned parameters' names and their values (n, k).
+        post: The global fit, a :class:`~diffhep.stats.covariance.PostFit` or a
+            :class:`~diffhep.stats.fit.FitResult` (default: :func:`best_fit`).
+
     Returns:
         ``{"parameters", "values" (n, k), "twice_nll" (n,), "delta_twice_nll" (n,),
-        "bestfit" (k,)}``; ``delta`` is relative to the global minimum.
+        "bestfit" (k,), "uncertainty" (k,)}``; ``delta`` is relative to the global minimum.
+        An uncertainty that the Hessian leaves undetermined is ``None`` and
+        ``"undetermined"`` names its parameters (the profile does not need it).
     """
     names = list(model.config.par_names)
     idx = []
@@ -358,24 +383,31 @@ def scan(model: Model, data, parameters, values, post: PostFit | None = None) ->
                                fix=f"use one of {', '.join(names[:20])}")  # fmt: skip
         idx.append(names.index(p))
     values = np.asarray(values, dtype=float).reshape(-1, len(idx))
-    post = post if post is not None else postfit(model, data)
+    post = post if post is not None else best_fit(model, data)
+    best = np.asarray(post.bestfit, dtype=float)
     index = np.tile(np.asarray(idx), (len(values), 1))
-    _, tn, status = fixed_fits(
-        model, data, index, values, start=post.bestfit, bounds=post.bounds, fixed=post.fixed
-    )
+    # a FitResult has the model's bounds and fixed parameters (fixed_fits' defaults)
+    _, tn, status = fixed_fits(model, data, index, values, start=best,
+                               bounds=getattr(post, "bounds", None),
+                               fixed=getattr(post, "fixed", None))  # fmt: skip
     if np.any(status != 0):
         bad = values[status != 0]
         raise FitError(f"{len(bad)} scan fit(s) did not converge (first at {bad[0].tolist()})",
                        fix="narrow the scan range (--range)")  # fmt: skip
-    ref = min(post.twice_nll, float(tn.min()))
-    return {
+    ref = min(float(post.twice_nll), float(tn.min()))
+    unc = np.asarray(post.uncertainty, dtype=float)[idx]
+    out = {
         "parameters": list(parameters),
         "values": values.tolist(),
         "twice_nll": tn.tolist(),
         "delta_twice_nll": (tn - ref).tolist(),
-        "bestfit": [float(post.bestfit[i]) for i in idx],
-        "uncertainty": [float(post.uncertainty[i]) for i in idx],
+        "bestfit": [float(best[i]) for i in idx],
+        "uncertainty": [float(u) if np.isfinite(u) else None for u in unc],
     }
+    if not np.all(np.isfinite(unc)):
+        out["undetermined"] = [names[i] for i, u in zip(idx, unc, strict=True)
+                               if not np.isfinite(u)]  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- tests
@@ -411,22 +443,29 @@ def saturated_twice_nll(model: Model, data) -> float:
     return -2.0 * (poisson + cons)
 
 
-def gof(model: Model, data, post: PostFit | None = None) -> dict:
+def gof(model: Model, data, post=None) -> dict:
     """Goodness of fit against the saturated model: chi2 = 2 (NLL - NLL_saturated) with
-    bins minus free unconstrained parameters degrees of freedom."""
-    post = post if post is not None else postfit(model, data)
+    bins minus free unconstrained parameters degrees of freedom.
+
+    It needs the minimum of ``-log L`` only: ``post`` (a
+    :class:`~diffhep.stats.covariance.PostFit` or :class:`~diffhep.stats.fit.FitResult`)
+    defaults to :func:`best_fit` without uncertainties, so that a Hessian that leaves
+    parameters undetermined (two normfactors of one sample) does not stop it. Without
+    degrees of freedom (``ndf <= 0``) ``chi2_ndf`` and ``p_value`` are ``None``.
+    """
+    post = post if post is not None else best_fit(model, data, uncertainties=False)
+    twice = float(post.twice_nll)
     sat = saturated_twice_nll(model, data)
-    chi2 = post.twice_nll - sat
-    free_unconstrained = ~constrained(model) & ~post.fixed
-    ndf = int(model.config.nmaindata - free_unconstrained.sum())
+    chi2 = twice - sat
+    fixed = np.asarray(getattr(post, "fixed", model.config.fixed), dtype=bool)
+    ndf = int(model.config.nmaindata - (~constrained(model) & ~fixed).sum())
     from scipy import stats  # lazily: importing scipy.stats takes ~0.5-1 s
 
-    p = float(stats.chi2.sf(chi2, ndf)) if ndf > 0 else float("nan")
     return {
-        "twice_nll": post.twice_nll,
+        "twice_nll": twice,
         "saturated_twice_nll": sat,
         "chi2": float(chi2),
         "ndf": ndf,
-        "chi2_ndf": float(chi2 / ndf) if ndf > 0 else float("nan"),
-        "p_value": p,
+        "chi2_ndf": float(chi2 / ndf) if ndf > 0 else None,
+        "p_value": float(stats.chi2.sf(chi2, ndf)) if ndf > 0 else None,
     }
