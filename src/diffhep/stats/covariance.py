@@ -41,7 +41,7 @@ from . import exported
 from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults
 from .model import Model
 from .solver import STATUS_MESSAGES, is_success
-from .uncertainties import covariance, dense_determined, hessian, undetermined_names
+from .uncertainties import _hessian_determined, covariance, undetermined_names
 
 __all__ = [
     "PostFit",
@@ -139,6 +139,10 @@ class PostFit:
         names: Parameter names (``gamma[0]`` for per-bin parameters).
         hessian: Hessian of ``-log L`` at the best fit (all parameters).
         bounds: Parameter bounds of the fit (npars, 2); refits use the same.
+        determined: Per parameter, whether the Hessian determines its uncertainty, by the
+            criterion of :func:`diffhep.stats.fit.fit` (``uncertainty_ok``: the Hessian
+            scaled to a unit diagonal, per-bin blocks and their Schur complement, see
+            :func:`~diffhep.stats.uncertainties.structured_variances`); True for fixed ones.
     """
 
     bestfit: np.ndarray
@@ -150,6 +154,7 @@ class PostFit:
     names: list
     hessian: np.ndarray
     bounds: np.ndarray
+    determined: np.ndarray
 
 
 def _fit_and_hessian(model, data, init, lower, upper, fixed, *, tol, max_steps):
@@ -157,9 +162,9 @@ def _fit_and_hessian(model, data, init, lower, upper, fixed, *, tol, max_steps):
     :func:`diffhep.stats.exported.call` (traced once per model structure: tracing this took
     ~2-3 s of every warm pulls/ranking/yields command on sbottom RegionA)."""
     res = fit_bounded(model, data, init, lower, upper, fixed, tol, max_steps, uncertainties=False)
-    H = hessian(model, jax.lax.stop_gradient(res.bestfit), data)
+    H, determined = _hessian_determined(model, data, jax.lax.stop_gradient(res.bestfit), fixed)
     return {"bestfit": res.bestfit, "twice_nll": res.twice_nll, "status": res.status, "H": H,
-            "covariance": covariance(H, fixed)}  # fmt: skip
+            "covariance": covariance(H, fixed), "determined": determined}  # fmt: skip
 
 
 def postfit(
@@ -199,7 +204,13 @@ def postfit(
     fixed = np.asarray(fixed)
     free = ~fixed
     Hf = np.asarray(H)[np.ix_(free, free)]
-    if not np.all(np.isfinite(Hf)) or np.linalg.eigvalsh(Hf).min() <= 0:
+    # judged scaled to a unit diagonal: unscaled, the rounding of a large diagonal (a
+    # staterror of relative width 1e-9: 1e18) made the smallest eigenvalue of a well
+    # conditioned Hessian negative (-15 of ~20, the scaled one 0.11)
+    d = np.diag(Hf)
+    s = 1.0 / np.sqrt(np.where(d > 0, d, 1.0))
+    if (not np.all(np.isfinite(Hf)) or np.any(d <= 0)
+            or np.linalg.eigvalsh(Hf * s[:, None] * s[None, :]).min() <= 0):  # fmt: skip
         raise FitError(
             "the Hessian at the best fit is not positive definite (no covariance)",
             fix="check for parameters without effect on the likelihood or at their bounds",
@@ -211,7 +222,7 @@ def postfit(
     return PostFit(
         np.asarray(out["bestfit"]), unc, cov, corr, float(out["twice_nll"]), fixed,
         list(model.config.par_names), np.asarray(H),
-        np.stack([np.asarray(lower), np.asarray(upper)], axis=1),
+        np.stack([np.asarray(lower), np.asarray(upper)], axis=1), np.asarray(out["determined"]),
     )  # fmt: skip
 
 
@@ -237,10 +248,10 @@ def checked_postfit(model: Model, data, *, poi_value: float | None = None,
     only then: it costs a fit) and a :class:`~diffhep.errors.FitError` names them; where it
     finds none, ``postfit``'s error is raised. A Hessian that passes ``postfit``'s check
     only by rounding (a parameter without effect: a zero row, smallest eigenvalue 4e-16; two
-    normfactors of one sample: uncertainties of 1e5) is judged by the fit's criterion on
-    the dense Hessian (:func:`~diffhep.stats.uncertainties.dense_determined`): refused
-    with the parameters named where the covariance is not finite, and with
-    ``near_singular`` wherever it finds them.
+    normfactors of one sample: uncertainties of 1e5) is judged by the fit's criterion
+    (``PostFit.determined``, the same as ``diffhep fit``'s): refused with the parameters
+    named where the covariance is not finite, and with ``near_singular`` wherever it finds
+    them.
     """
     try:
         with np.errstate(divide="ignore", invalid="ignore"):  # judged below
@@ -259,7 +270,7 @@ def checked_postfit(model: Model, data, *, poi_value: float | None = None,
         raise _undetermined_error(names) from None
     free = ~post.fixed
     finite = np.all(np.isfinite(post.covariance[np.ix_(free, free)]))
-    names = undetermined_names(model.config, dense_determined(post.hessian, free))
+    names = undetermined_names(model.config, post.determined)
     if names and (near_singular or not finite):
         raise _undetermined_error(names)
     if not finite:

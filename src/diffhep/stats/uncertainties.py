@@ -34,7 +34,6 @@ __all__ = [
     "SINGULAR_TOL",
     "Variances",
     "covariance",
-    "dense_determined",
     "dense_hessian",
     "fisher_information",
     "hessian",
@@ -218,31 +217,6 @@ def structured_variances(parts: HessianParts, free, structure: Structure) -> Var
     return Variances(var, determined)
 
 
-def dense_determined(H, free) -> np.ndarray:
-    """Per parameter, whether a dense Hessian ``H`` (all parameters) determines its
-    uncertainty: :func:`structured_variances`' criterion on the whole matrix over the
-    ``free`` parameters (scaled to a unit diagonal; a free parameter with a non-positive
-    diagonal, or a component above ``_NULL_COMPONENT`` in an eigenvector of eigenvalue at or
-    below :data:`SINGULAR_TOL`, is undetermined). True for fixed parameters. numpy only."""
-    H = np.asarray(H, dtype=float)
-    free = np.asarray(free, bool)
-    determined = np.ones(free.shape, bool)
-    idx = np.flatnonzero(free)
-    if not idx.size:
-        return determined
-    Hf = H[np.ix_(idx, idx)]
-    if not np.all(np.isfinite(Hf)):
-        determined[idx] = False
-        return determined
-    d = np.diag(Hf)
-    pos = d > 0
-    scale = np.where(pos, 1.0 / np.sqrt(np.where(pos, d, 1.0)), 1.0)
-    w, V = np.linalg.eigh(Hf * scale[:, None] * scale[None, :])
-    null = np.max(np.where(w <= SINGULAR_TOL, np.abs(V), 0.0), axis=1)
-    determined[idx] = pos & (null <= _NULL_COMPONENT)
-    return determined
-
-
 def undetermined_names(config, determined) -> list[str]:
     """Names (``name`` or ``name[i]``) of the parameters whose uncertainty is undetermined."""
     determined = np.asarray(determined, bool)
@@ -254,3 +228,12 @@ def _uncertainties(model, data, pars, fixed):
     parts = hessian_parts(lambda x: jax.grad(nll)(x, (model, data)), pars, st)
     v = structured_variances(parts, ~fixed, st)
     return jnp.sqrt(v.variance), v.determined
+
+
+def _hessian_determined(model, data, pars, fixed):
+    """The dense Hessian at ``pars`` and, per parameter, whether it determines its
+    uncertainty by the fit's criterion (:func:`structured_variances`), from one set of
+    structured parts: the post-fit covariance and the fit judge the same matrix alike."""
+    st = structure_of(model.config)
+    parts = hessian_parts(lambda x: jax.grad(nll)(x, (model, data)), pars, st)
+    return dense_hessian(parts, st, st.npars), structured_variances(parts, ~fixed, st).determined
