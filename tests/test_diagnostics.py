@@ -162,6 +162,40 @@ def test_scan_counting_model_closed_form():
     np.testing.assert_allclose(out["bestfit"], [1.5], atol=1e-6)
 
 
+def test_scan_and_impacts_take_refits_at_the_noise_floor_as_converged(monkeypatch):
+    """Status NOISE_FLOOR is a success (solver.is_success): a refit that stopped there was
+    reported as not converged by scan and by the ranking's impact fits."""
+    from diffhep.stats import solver
+
+    s, b, n = 10.0, 50.0, 65.0
+    model, data = counting([s], [b], [n])
+    fixed_fits = dg.fixed_fits
+
+    def at_noise_floor(*args, **kwargs):
+        best, tn, status = fixed_fits(*args, **kwargs)
+        assert np.all(status == solver.CONVERGED)
+        return best, tn, np.full_like(status, solver.NOISE_FLOOR)
+
+    monkeypatch.setattr(dg, "fixed_fits", at_noise_floor)
+    mus = np.array([0.5, 1.5, 2.5])
+    out = dg.scan(model, data, ["mu"], mus)
+    lam = mus * s + b
+    np.testing.assert_allclose(out["delta_twice_nll"], 2 * ((lam - n) - n * np.log(lam / n)),
+                               atol=1e-8)  # fmt: skip
+    spec = {"channels": [{"name": "SR", "samples": [
+        {"name": "signal", "data": [10.0], "modifiers": [
+            {"name": "mu", "type": "normfactor", "data": None}]},
+        {"name": "bkg", "data": [50.0], "modifiers": [
+            {"name": "norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]},
+    ]}]}  # fmt: skip
+    model = diffhep.Model.from_spec(spec)
+    data = np.array([65.0, 0.0])
+    monkeypatch.setattr(dg, "fixed_fits", fixed_fits)
+    expected = dg.ranking(model, data).to_list()
+    monkeypatch.setattr(dg, "fixed_fits", at_noise_floor)
+    assert dg.ranking(model, data).to_list() == expected
+
+
 @pytest.mark.slow
 def test_scan_2d_closed_form_and_profiled_parameter():
     # mu and a background normalisation k, two bins: at fixed (mu, k) nothing is profiled

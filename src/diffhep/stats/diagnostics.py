@@ -52,6 +52,7 @@ from .covariance import (
 from .fit import DEFAULT_MAX_STEPS, DEFAULT_TOL, fit_bounded, fit_defaults
 from .hypotest import discovery
 from .model import Model
+from .solver import is_success
 
 __all__ = [
     "BOUND_TOL",
@@ -316,7 +317,7 @@ def ranking(
                 fixed=post.fixed,
                 chunk=chunk,
             )
-            bad = np.flatnonzero(status != 0)
+            bad = np.flatnonzero(~is_success(status))  # (the noise floor is a success)
             if len(bad):
                 names = sorted({post.names[others[rows[b]]] for b in bad})
                 raise FitError(
@@ -390,8 +391,8 @@ def scan(model: Model, data, parameters, values, post=None) -> dict:
     _, tn, status = fixed_fits(model, data, index, values, start=best,
                                bounds=getattr(post, "bounds", None),
                                fixed=getattr(post, "fixed", None))  # fmt: skip
-    if np.any(status != 0):
-        bad = values[status != 0]
+    if not np.all(is_success(status)):  # (a refit at the noise floor converged)
+        bad = values[~is_success(status)]
         raise FitError(f"{len(bad)} scan fit(s) did not converge (first at {bad[0].tolist()})",
                        fix="narrow the scan range (--range)")  # fmt: skip
     ref = min(float(post.twice_nll), float(tn.min()))
