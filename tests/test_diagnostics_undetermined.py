@@ -152,3 +152,35 @@ def test_scan_and_gof_of_a_best_fit_that_did_not_converge(tmp_path, monkeypatch)
         r = run(args, code=1)
         assert r.stdout == ""
         assert "the fit did not converge: maximum number of steps reached" in r.stderr, args
+
+
+def test_scan_keeps_the_rows_whose_refits_converged(tmp_path, monkeypatch):
+    """One refit of a scan that does not converge: its row is null and named (exit 1), the
+    others are printed and equal pyhf's fixed-value fits; the figure has a gap there (the
+    whole scan was lost: exit 1, nothing printed)."""
+    from diffhep.stats import diagnostics, solver
+
+    fixed_fits = diagnostics.fixed_fits
+
+    def last_fails(*args, **kwargs):
+        best, tn, status = fixed_fits(*args, **kwargs)
+        return best, tn, np.where(np.arange(len(status)) == len(status) - 1, solver.MAX_STEPS,
+                                  status)  # fmt: skip
+
+    monkeypatch.setattr(diagnostics, "fixed_fits", last_fails)
+    spec = specs.bounded_poi_workspace([56.0, 41.0])
+    path = tmp_path / "ws.json"
+    path.write_text(json.dumps(spec))
+    plot = tmp_path / "scan.png"
+    r = run(["scan", path, "--range", "0,2", "--points", "5", "--plot", plot], code=1)
+    out = json.loads(r.stdout)
+    assert out["not_converged"] == [[2.0]]
+    assert out["twice_nll"][-1] is None and out["delta_twice_nll"][-1] is None
+    assert "1 of the 5 scan fits did not converge (null rows; first at 2)" in r.stderr
+    assert plot.stat().st_size > 0
+    model = pyhf.Workspace(spec).model()
+    data = pyhf.Workspace(spec).data(model)
+    with oracle.pyhf_numpy():
+        for mu, got in zip(out["values"][:-1], out["twice_nll"][:-1], strict=True):
+            _, tn = pyhf.infer.mle.fixed_poi_fit(mu[0], data, model, return_fitted_val=True)
+            np.testing.assert_allclose(got, float(tn), rtol=1e-7)

@@ -314,7 +314,8 @@ def scan(plot, style, output_file, parameters, ranges, points, **kw):
     """Profile-likelihood scan: -2 Delta log L with one parameter (or two) fixed on a grid and
     the others refitted, all fits batched. A scanned parameter's uncertainty that the Hessian
     does not determine (singular or indefinite, as 'diffhep fit' says) is null and named,
-    and the command exits 1; it then has no default range (give --range)."""
+    and the command exits 1; it then has no default range (give --range). A refit that does
+    not converge leaves its row null (the others are printed) and the command exits 1."""
     import numpy as np
 
     if len(parameters) > 2:
@@ -356,10 +357,17 @@ def scan(plot, style, output_file, parameters, ranges, points, **kw):
                                    fix="give LO < HI inside the bounds")  # fmt: skip
             axes.append(np.linspace(a, b, points))
         grid = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
-        return diagnostics.scan(model, data, names, grid, best)
+        return diagnostics.scan(model, data, names, grid, best, partial=True)
 
     out = _run("scan", kw, work, parameters=parameters, ranges=ranges, points=points)
     _show(out, output_file, "plot_scan", plot, style)
+    bad = out.get("not_converged")
+    if bad:  # their rows are null (and gaps in the figure); the others are valid
+        click.echo(f"error: {len(bad)} of the {len(out['values'])} scan fits did not converge "
+                   f"(null rows; first at {', '.join(f'{v:g}' for v in bad[0])})\n"
+                   "  fix: narrow the scan range (--range), or check the model at these values",
+                   err=True)  # fmt: skip
+        sys.exit(1)
     if out.get("undetermined"):
         click.echo(f"error: {_UNDETERMINED} the uncertainties of "
                    f"{', '.join(out['undetermined'])} are undetermined (null); the scan is valid\n"

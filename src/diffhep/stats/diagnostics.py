@@ -360,7 +360,7 @@ def best_fit(model: Model, data, *, uncertainties: bool = True) -> fits.FitResul
     return r
 
 
-def scan(model: Model, data, parameters, values, post=None) -> dict:
+def scan(model: Model, data, parameters, values, post=None, *, partial: bool = False) -> dict:
     """Profile-likelihood scan: ``-2 log L`` with ``parameters`` (one or two names) fixed at
     every row of ``values`` (n, k), the others refitted (one batched call).
 
@@ -374,7 +374,10 @@ def scan(model: Model, data, parameters, values, post=None) -> dict:
         ``{"parameters", "values" (n, k), "twice_nll" (n,), "delta_twice_nll" (n,),
         "bestfit" (k,), "uncertainty" (k,)}``; ``delta`` is relative to the global minimum.
         An uncertainty that the Hessian leaves undetermined is ``None`` and
-        ``"undetermined"`` names its parameters (the profile does not need it).
+        ``"undetermined"`` names its parameters (the profile does not need it). A refit that
+        does not converge raises a :class:`~diffhep.errors.FitError`; with ``partial``, its
+        row's ``twice_nll`` and ``delta_twice_nll`` are ``None`` and ``"not_converged"``
+        lists its values instead (the other rows are kept: the CLI's scan).
     """
     names = list(model.config.par_names)
     idx = []
@@ -391,23 +394,27 @@ def scan(model: Model, data, parameters, values, post=None) -> dict:
     _, tn, status = fixed_fits(model, data, index, values, start=best,
                                bounds=getattr(post, "bounds", None),
                                fixed=getattr(post, "fixed", None))  # fmt: skip
-    if not np.all(is_success(status)):  # (a refit at the noise floor converged)
-        bad = values[~is_success(status)]
+    failed = ~is_success(status)  # (a refit at the noise floor converged)
+    if np.any(failed) and not partial:
+        bad = values[failed]
         raise FitError(f"{len(bad)} scan fit(s) did not converge (first at {bad[0].tolist()})",
                        fix="narrow the scan range (--range)")  # fmt: skip
-    ref = min(float(post.twice_nll), float(tn.min()))
+    tn = np.where(failed, np.nan, np.asarray(tn, dtype=float))
+    ref = min(float(post.twice_nll), float(np.nanmin(tn, initial=np.inf)))
     unc = np.asarray(post.uncertainty, dtype=float)[idx]
     out = {
         "parameters": list(parameters),
         "values": values.tolist(),
-        "twice_nll": tn.tolist(),
-        "delta_twice_nll": (tn - ref).tolist(),
+        "twice_nll": [None if f else float(t) for f, t in zip(failed, tn, strict=True)],
+        "delta_twice_nll": [None if f else float(t - ref) for f, t in zip(failed, tn, strict=True)],
         "bestfit": [float(best[i]) for i in idx],
         "uncertainty": [float(u) if np.isfinite(u) else None for u in unc],
     }
     if not np.all(np.isfinite(unc)):
         out["undetermined"] = [names[i] for i, u in zip(idx, unc, strict=True)
                                if not np.isfinite(u)]  # fmt: skip
+    if np.any(failed):
+        out["not_converged"] = values[failed].tolist()
     return out
 
 
