@@ -27,7 +27,6 @@ from diffhep.io.datasets import DataError
 from diffhep.runs.config import ConfigError, load_config
 from diffhep.runs.ntuples import feature_names
 from diffhep.runs.prepare import _analysis, load_events, prepare, restore_run
-from diffhep.weights.weighting import NetYieldWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ntuples"
@@ -218,21 +217,20 @@ def _run_line(args, cwd: Path):
 @pytest.fixture(scope="module")
 def readme_run(tmp_path_factory):
     """The README's commands, verbatim, in a copy of examples/ntuples (same relative
-    paths): ``(directory, {command name: (exit code, output)})``."""
+    paths): ``(directory, {command name: (exit code, output)}, warnings raised)``."""
     root = tmp_path_factory.mktemp("readme")
     shutil.copytree(EXAMPLE, root / "examples" / "ntuples", ignore=shutil.ignore_patterns("data"))
     outputs = {}
-    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
-        # some epochs' validation histograms have a bin with signal and no background (or a
-        # net-negative ttbar): warned about as a user sees it (tests/test_untrusted_bins.py)
-        warnings.simplefilter("default", NetYieldWarning)
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")  # every warning a user sees (test_..._warns_of_nothing)
+        warnings.simplefilter("ignore", DeprecationWarning)  # (hidden from users by Python)
         mp.chdir(root)
         for args in readme_commands():
             key = " ".join(args[:2])
             outputs[key] = _run_line(args, root)
             if outputs[key][0] != 0:
                 break
-    return root, outputs
+    return root, outputs, raised
 
 
 #: Every artefact of a run directory (README "What you get"); plots of this example.
@@ -246,7 +244,7 @@ PLOTS = ["training.png", "histograms_SR.png", "roc.png", "observable_vs_features
 def test_readme_example_runs_and_writes_every_artefact(readme_run):
     """examples/ntuples/README.md as written: every command succeeds, the run directory
     has every artefact (plots on), report.html embeds every plot, the summary says finished."""
-    root, outputs = readme_run
+    root, outputs, _ = readme_run
     commands = readme_commands()
     assert [c[0] for c in commands[:2]] == ["python", "diffhep"]  # generate, then train
     for key, (code, out) in outputs.items():
@@ -273,11 +271,28 @@ def test_readme_example_runs_and_writes_every_artefact(readme_run):
     assert ("staterror_SR", "staterror") in mods["ttbar"]
 
 
+def test_readme_example_warns_of_nothing(readme_run):
+    """A new user following examples/ntuples/README.md gets no warning: in particular no
+    validation or test histogram has a bin with signal and no background (NetYieldWarning;
+    the metrics of such an epoch are untrusted, tests/test_untrusted_bins.py), which the
+    example had with 5,000 events per sample (a handful of background MC events in the
+    signal-like bins)."""
+    root, outputs, raised = readme_run
+    assert not raised, "\n".join(f"{w.category.__name__}: {w.message}" for w in raised)
+    for key, (_, out) in outputs.items():
+        assert "warning" not in out.lower(), f"{key}:\n{out}"
+    run = root / "runs" / "ntuples"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["val_trusted"] is True for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["trusted"] and summary["best_epoch_trusted"] and "untrusted" not in summary
+
+
 def test_readme_example_pyhf_cls_equals_diffhep(readme_run):
     """``pyhf cls`` (numpy, float64) on the example's workspace.json gives the expected CLs
     diffhep reports (the workspace's observations are the Asimov data)."""
     pytest.importorskip("pyhf")
-    root, outputs = readme_run
+    root, outputs, _ = readme_run
     [(code, out)] = [v for k, v in outputs.items() if k == "pyhf cls"]
     assert code == 0, out
     run = root / "runs" / "ntuples"
@@ -295,7 +310,7 @@ def test_readme_example_apply_scores_and_bins_as_diffhep(readme_run, monkeypatch
     """The Deep Sets event score is exported; the README's ``diffhep apply`` reads its
     features (Jet_pt[0], num(Jet_pt) > 0, ...) from the ROOT file and scores and bins the
     events as diffhep does."""
-    root, _ = readme_run
+    root, _, _ = readme_run
     monkeypatch.chdir(root)  # the run's config names its files relative to the repository
     commands = readme_commands()
     [apply] = [c for c in commands if c[:2] == ["diffhep", "apply"]]
