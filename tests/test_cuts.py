@@ -381,7 +381,8 @@ def test_fixed_cut_has_no_gradient_and_stays():
 
 
 def test_cuts_study_markdown_names_its_runs_dir(tmp_path, monkeypatch):
-    """cuts.md's "Reproduce with" names the --runs-dir the runs went to, not runs/cuts."""
+    """cuts.md's "Reproduce with" names the --runs-dir the runs went to, not runs/cuts, and
+    the --out it was written into."""
     from diffhep.studies import cuts as study
 
     row = {"z0": 1.0, "expected_cls": 0.1, "selected_fraction": 0.5, "expression": "x1 > 0",
@@ -391,3 +392,6 @@ def test_cuts_study_markdown_names_its_runs_dir(tmp_path, monkeypatch):
     path = study.cuts_study(tmp_path / "out", seeds=1, epochs=2, runs_dir=tmp_path / "elsewhere")
     text = path.read_text()
     assert f"finished runs under `{tmp_path / 'elsewhere'}` are reused" in text, text
+    # and the directory it was written into (diffhep study's default is ./studies: the
+    # command without --out wrote the report elsewhere)
+    assert f"`diffhep study cuts --out {(tmp_path / 'out').as_posix()}`" in text, text

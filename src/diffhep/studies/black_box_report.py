@@ -15,7 +15,7 @@ import numpy as np
 from ..plotting.search import best_so_far
 from ..problems import black_box as bb
 from ..writers import write_atomic
-from .common import median
+from .common import median, out_option
 
 __all__ = ["render"]
 
@@ -42,7 +42,7 @@ def render(out) -> Path:
     if "blobs_z0" in doc:
         plot_blobs(doc["blobs_z0"], out / "black-box-blobs-z0.png", metric="z0")
     path = out / "black-box.md"
-    write_atomic(path, _markdown(doc, seeds, epochs, budget))
+    write_atomic(path, _markdown(doc, seeds, epochs, budget, out))
     return path
 
 
@@ -120,13 +120,14 @@ def _plot_detector(detector, path: Path) -> None:
     fig.clear()
 
 
-def _markdown(doc, seeds, epochs, budget) -> str:
+def _markdown(doc, seeds, epochs, budget, out=None) -> str:
     cuts, det = doc["cuts"], doc["detector"]
     opt = cuts["optimum"]["value"]
     lines = [
         "# Study: gradients, L-GSO and black-box searches (issue 24)",
         "",
-        f"Reproduce with `diffhep study black-box --seeds {seeds} --epochs {epochs}` "
+        f"Reproduce with `diffhep study black-box --seeds {seeds} --epochs {epochs}"
+        f"{out_option(out)}` "
         f"(search budget {budget}; runs under `runs/black-box`; problem 2: "
         f"{len(det['lgso']['1'])} seeds). Every number below comes from that one run "
         "(`black-box.json`); medians over the seeds.",

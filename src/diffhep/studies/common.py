@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["median", "proposals", "reproduce", "shipped_config"]
+__all__ = ["median", "out_option", "proposals", "reproduce", "shipped_config"]
 
 
 def shipped_config(name: str) -> Path:
@@ -31,20 +31,35 @@ def median(rows, *keys) -> float:
     return float(np.median(vals))
 
 
-def reproduce(study: str, config: str, seeds, epochs, overrides, runs_dir=None, per="") -> str:
+def reproduce(
+    study: str, config: str, seeds, epochs, overrides, runs_dir=None, per="", out=None
+) -> str:
     """The sentence that tells how to run a study again (its config, seeds x epochs ``per``
-    run, the overrides given, and where finished runs are reused from).
+    run, the overrides given, and where finished runs are reused from); ``out``: the
+    directory the study wrote into (``--out``, given where it is not the default's).
 
     Example:
         >>> reproduce("cuts", "cuts_2d", 3, 20, ["seed=1"])
         'Reproduce with `diffhep study cuts` (config `src/diffhep/data/cuts_2d.yaml`; 3 seeds x 20 epochs; overrides `seed=1`; finished runs under `runs/cuts` are reused).'
     """  # noqa: E501
     return (
-        f"Reproduce with `diffhep study {study}` (config `src/diffhep/data/{config}.yaml`; "
+        f"Reproduce with `diffhep study {study}{out_option(out)}` "
+        f"(config `src/diffhep/data/{config}.yaml`; "
         f"{seeds} seeds x {epochs} epochs{per}"
         + (f"; overrides `{' '.join(overrides)}`" if overrides else "")
         + f"; finished runs under `{runs_dir or f'runs/{study}'}` are reused)."
     )
+
+
+def out_option(out) -> str:
+    """`` --out DIR`` for a study written into ``out`` (empty for ``None``): the command that
+    reproduces a report writes it where it is (``diffhep study``'s default is ``studies``).
+
+    Example:
+        >>> out_option("docs/studies"), out_option(None)
+        (' --out docs/studies', '')
+    """
+    return "" if out is None else f" --out {Path(out).as_posix()}"
 
 
 def proposals(method: str, d: int, budget: int, seed: int, lo: float, hi: float, prefix: str):

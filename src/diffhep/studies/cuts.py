@@ -88,7 +88,7 @@ def cuts_study(
     )
     _plot(sweep, results, out / "cuts.png")
     path = out / "cuts.md"
-    write_atomic(path, _markdown(results, sweep, seeds, epochs, overrides, runs_dir))
+    write_atomic(path, _markdown(results, sweep, seeds, epochs, overrides, runs_dir, out))
     return path
 
 
@@ -111,11 +111,11 @@ def _plot(sweep, results, path):
     save_figure(fig, path)
 
 
-def _markdown(results, sweep, seeds, epochs, overrides, runs_dir=None) -> str:
+def _markdown(results, sweep, seeds, epochs, overrides, runs_dir=None, out=None) -> str:
     lines = [
         "# Study: selection cuts and a neural observable (G. Watts' toy)",
         "",
-        reproduce("cuts", "cuts_2d", seeds, epochs, overrides, runs_dir),
+        reproduce("cuts", "cuts_2d", seeds, epochs, overrides, runs_dir, out=out),
         "",
         "Setup: signal N((1.5, 2.0), [[0.5, 0.2], [0.2, 0.5]]), background N((0, 0), "
         "diag(9, 9)); 10,000 events each split 60/20/20; 50 signal and 1000 background events "

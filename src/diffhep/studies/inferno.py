@@ -328,7 +328,7 @@ def inferno_study(
               "wall_seconds": time.perf_counter() - t0}  # fmt: skip
     write_atomic(out / "inferno.json", json.dumps(result, indent=1, default=list))
     path = out / "inferno.md"
-    write_atomic(path, markdown(result))
+    write_atomic(path, markdown(result, out))
     return path
 
 

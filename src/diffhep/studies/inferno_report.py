@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..problems import inferno as I
+from .common import out_option
 
 __all__ = ["markdown"]
 
@@ -16,14 +17,14 @@ def _cell(values):
     return f"{np.median(v):.2f} ({v.min():.2f}-{v.max():.2f})"
 
 
-def markdown(r) -> str:
-    """The study's markdown from its result (``inferno.json``)."""
+def markdown(r, out=None) -> str:
+    """The study's markdown from its result (``inferno.json``), written into ``out``."""
     s = r["settings"]
     bms = [str(k) for k in I.BENCHMARKS]
     lines = [
         "# Study: INFERNO's synthetic benchmark (arXiv:1806.04743)",
         "",
-        f"Reproduce with `diffhep study inferno --workers {r.get('workers', 1)}` "
+        f"Reproduce with `diffhep study inferno --workers {r.get('workers', 1)}{out_option(out)}` "
         f"({r['seeds']} seeds x {r['epochs']} epochs; "
         "finished runs under `runs/inferno` are reused).",
         "",

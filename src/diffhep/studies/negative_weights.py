@@ -393,7 +393,7 @@ def negative_weights_study(
             json.dumps({"results": results, "truth": truth, "missing": missing}, indent=1),
         )
         text = markdown(
-            results, truth, seeds, epochs, overrides, missing, stem=stem, runs_dir=runs_dir
+            results, truth, seeds, epochs, overrides, missing, stem=stem, runs_dir=runs_dir, out=out
         )
         write_atomic(path, text)
     return path

@@ -17,7 +17,15 @@ NBINS = 5  # equal bins of every observable in the evaluation
 
 
 def markdown(
-    results, truth, seeds, epochs, overrides, missing=(), stem="negative-weights", runs_dir=None
+    results,
+    truth,
+    seeds,
+    epochs,
+    overrides,
+    missing=(),
+    stem="negative-weights",
+    runs_dir=None,
+    out=None,
 ) -> str:
     """The study's markdown from its results (see :mod:`diffhep.studies.negative_weights`);
     ``stem`` ``negative-weights-joint``: the joint-only form."""
@@ -31,6 +39,7 @@ def markdown(
         epochs,
         overrides,
         runs_dir=runs_dir or "runs/negative-weights",
+        out=out,
     )
     lines = [
         "# Study: training with negative event weights"

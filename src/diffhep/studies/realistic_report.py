@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..writers import write_atomic
+from .common import out_option
 
 __all__ = ["LEADING", "findings", "leading_parameters", "markdown", "write_report"]
 
@@ -172,7 +173,7 @@ def findings(result: dict, baseline: str) -> list[str]:
     return out
 
 
-def markdown(result: dict, baseline: str, name: str) -> str:
+def markdown(result: dict, baseline: str, name: str, out=None) -> str:
     """The study's markdown from its result (``<name>.json``)."""
     s, rows = result["settings"], result["rows"]
     runs_n = sum(len(v) for v in rows.values())
@@ -181,7 +182,7 @@ def markdown(result: dict, baseline: str, name: str) -> str:
         "# Study: a realistic analysis -- does systematic-aware training still win?",
         "",
         f"Reproduce with `diffhep study realistic --seeds {s['seeds']} --epochs {s['epochs']} "
-        f"--events {s['events']} --lumi {s['lumi']:g}`"
+        f"--events {s['events']} --lumi {s['lumi']:g}{out_option(out)}`"
         + (f" `{' '.join('--set ' + o for o in s['overrides'])}`" if s["overrides"] else "")
         + f" (generator seed {s['data_seed']}; finished runs under `runs/realistic` are "
         f"reused). {runs_n} runs, {total / 60:.1f} min of training and evaluation in all "
@@ -362,5 +363,5 @@ def write_report(out: Path, name: str, result: dict, baseline: str) -> Path:
     write_atomic(out / f"{name}.json", json.dumps(result, indent=1))
     _plots(result, baseline, out / f"{name}.png", out / f"{name}-impacts.png")
     path = out / f"{name}.md"
-    write_atomic(path, markdown(result, baseline, name))
+    write_atomic(path, markdown(result, baseline, name, out))
     return path

@@ -205,7 +205,7 @@ def significance_study(
               "runs": results, "start": start, "runs_dir": str(runs_dir)}  # fmt: skip
     write_atomic(out / "significance.json", json.dumps(result, indent=1))
     path = out / "significance.md"
-    write_atomic(path, _markdown(result))
+    write_atomic(path, _markdown(result, out))
     return path
 
 
@@ -218,7 +218,7 @@ def _z_cell(rows, rel):
     return f"{np.median(z):.3f} ± {_med(rows, rel, 'z_unc'):.3f} [{min(z):.3f}-{max(z):.3f}]"
 
 
-def _markdown(r) -> str:
+def _markdown(r, out=None) -> str:
     rels = r["rels"]
     lines = [
         "# Study: directly optimising the discovery significance (Elwood & Kruecker)",
@@ -230,6 +230,7 @@ def _markdown(r) -> str:
             r["epochs"],
             r["overrides"],
             r.get("runs_dir"),
+            out=out,
         ),
         "",
         "Toy: INFERNO's 3-D generator (signal N(0, 1) x N(0, 1) x Exp(2), background "
