@@ -79,3 +79,146 @@ def test_free_fit_is_not_above_a_point_of_pyhfs_likelihood_with_a_zero_count_bin
         float(result.twice_nll),
         reference,
     )
+
+
+# Three channels with 1e5-event bins: ch2's single bin holds a normfactor (init at its lower
+# bound 0.2), a normsys shared with ch0 and one staterror gamma; ch1's b0 has zero yield. The
+# fit at mu = 1 ends 0.167 above a point of pyhf's likelihood in a narrow valley (nf_ch2, ns0),
+# reported as converged; the hypothesis test's CLs is 0.0499 where pyhf's formulae on the
+# referee's fits give 0.0554 (the exclusion at 95% CL flips).
+VALLEY_SPEC = {'channels': [{'name': 'ch0',
+               'samples': [{'name': 'signal',
+                            'data': [29.2904, 18.8622, 0.0, 25.1143, 41.6685, 52.4444],
+                            'modifiers': [{'name': 'mu',
+                                           'type': 'normfactor',
+                                           'data': None}]},
+                           {'name': 'b0',
+                            'data': [61.9396, 165.882, 59.5502, 182.68, 132.924, 211.169],
+                            'modifiers': [{'name': 'staterror_ch0',
+                                           'type': 'staterror',
+                                           'data': [22.4208, 9.62412, 17.631, 71.973,
+                                                    44.259, 34.8942]},
+                                          {'name': 'ns0',
+                                           'type': 'normsys',
+                                           'data': {'hi': 1.24881, 'lo': 0.967416}},
+                                          {'name': 'ns1',
+                                           'type': 'normsys',
+                                           'data': {'hi': 1.28116, 'lo': 0.943389}}]}]},
+              {'name': 'ch1',
+               'samples': [{'name': 'signal',
+                            'data': [532.442],
+                            'modifiers': [{'name': 'mu',
+                                           'type': 'normfactor',
+                                           'data': None},
+                                          {'name': 'staterror_ch1',
+                                           'type': 'staterror',
+                                           'data': [6.92241]}]},
+                           {'name': 'b0',
+                            'data': [0.0],
+                            'modifiers': [{'name': 'staterror_ch1',
+                                           'type': 'staterror',
+                                           'data': [0.0]},
+                                          {'name': 'shapesys_ch1_b0',
+                                           'type': 'shapesys',
+                                           'data': [0.0]},
+                                          {'name': 'nf_ch1',
+                                           'type': 'normfactor',
+                                           'data': None}]},
+                           {'name': 'b1',
+                            'data': [110461.0],
+                            'modifiers': [{'name': 'shapesys_ch1_b1',
+                                           'type': 'shapesys',
+                                           'data': [0.0526717]},
+                                          {'name': 'ns1',
+                                           'type': 'normsys',
+                                           'data': {'hi': 1.26176, 'lo': 0.936538}},
+                                          {'name': 'lumi',
+                                           'type': 'lumi',
+                                           'data': None}]}]},
+              {'name': 'ch2',
+               'samples': [{'name': 'b0',
+                            'data': [74798.8],
+                            'modifiers': [{'name': 'staterror_ch2',
+                                           'type': 'staterror',
+                                           'data': [1079.76]},
+                                          {'name': 'nf_ch2',
+                                           'type': 'normfactor',
+                                           'data': None}]},
+                           {'name': 'b1',
+                            'data': [144859.0],
+                            'modifiers': [{'name': 'staterror_ch2',
+                                           'type': 'staterror',
+                                           'data': [33390.4]},
+                                          {'name': 'ns0',
+                                           'type': 'normsys',
+                                           'data': {'hi': 1.05398, 'lo': 0.906842}}]},
+                           {'name': 'b2',
+                            'data': [101698.0],
+                            'modifiers': [{'name': 'staterror_ch2',
+                                           'type': 'staterror',
+                                           'data': [25773.7]}]}]}],
+ 'observations': [{'name': 'ch0', 'data': [88.0, 160.0, 52.0, 175.0, 166.0, 225.0]},
+                  {'name': 'ch1', 'data': [130242.0]},
+                  {'name': 'ch2', 'data': [323164.0]}],
+ 'measurements': [{'name': 'meas',
+                   'config': {'poi': 'mu',
+                              'parameters': [{'name': 'nf_ch1',
+                                              'bounds': [[0.0001, 100.0]],
+                                              'inits': [1.0]},
+                                             {'name': 'nf_ch2',
+                                              'bounds': [[0.2, 3.0]],
+                                              'inits': [0.2]},
+                                             {'name': 'mu', 'bounds': [[0.0, 30.0]]},
+                                             {'name': 'lumi',
+                                              'auxdata': [1.0],
+                                              'sigmas': [0.1],
+                                              'bounds': [[0.5, 1.5]],
+                                              'inits': [1.0]},
+                                             {'name': 'staterror_ch0', 'fixed': True}]}}],
+ 'version': '1.0.0'}  # fmt: skip
+
+# The referee's minimum at mu = 1 (pyhf's parameter order) and the referee's CLs (pyhf's
+# hypotest with its fits replaced by the referee's multistart minimisation of pyhf's logpdf)
+# pyhf's numpy logpdf rounds by ~0.01 here (a shapesys tau of 4e12), far below the 0.17 gap
+VALLEY_MU1_MINIMUM = [1.218879, 1.0, 1.75553, 1.276729, -1.428938, -0.391253, 1.0, 1.0, 1.0,
+                      1.0, 1.0, 1.0, 1.0, 1.0, 1.000019, 1.0]  # fmt: skip
+VALLEY_CLS_REFEREE = 0.05535546
+
+
+def _valley():
+    ws = diffhep.Workspace(VALLEY_SPEC)
+    model = ws.model()
+    return model, ws.data(model)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fixed_poi_fit stops 0.167 above the minimum of a narrow valley (a 3e5-event bin, a "
+    "normfactor starting at its bound, a shared normsys) and reports status 0",
+)
+def test_fixed_poi_fit_is_not_above_a_point_of_pyhfs_likelihood_in_a_narrow_valley():
+    with pyhf_numpy():
+        ws = pyhf.Workspace(VALLEY_SPEC)
+        model = ws.model()
+        data = np.asarray(ws.data(model))
+        reference = float(-2.0 * model.logpdf(np.asarray(VALLEY_MU1_MINIMUM), data)[0])
+    dmodel, ddata = _valley()
+    assert list(dmodel.config.par_names) == list(model.config.par_names)
+    result = diffhep.infer.fixed_poi_fit(1.0, dmodel, ddata)
+    assert not bool(result.converged) or float(result.twice_nll) <= reference + 1e-6, (
+        float(result.twice_nll),
+        reference,
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hypotest: its fit at mu = 1 misses the valley's minimum (above): CLs 0.0499 "
+    "reported as converged, 0.0554 from the referee's fits",
+)
+def test_hypotest_in_a_narrow_valley_matches_the_referee_or_is_flagged():
+    model, data = _valley()
+    result = diffhep.infer.hypotest(1.0, model, data)
+    assert not bool(result.converged) or float(result.cls_obs) == pytest.approx(
+        VALLEY_CLS_REFEREE, rel=1e-4
+    )
