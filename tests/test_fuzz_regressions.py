@@ -238,7 +238,8 @@ ASIMOV_ORIGIN_CLS_EXP_REFEREE = [1.587257e-07, 5.370494e-06, 1.532903e-04, 3.174
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # at XLA's default optimisation level (the tests run at 0) the rounding
+    # leads this fit to the minimum and the test passes: the defect depends on the path
     reason="hypotest: its fit at the Asimov value stops 0.0028 above the minimum (status 0), "
     "the expected band is 1.5 times the referee's (median 2.28e-4 instead of 1.53e-4), "
     "reported as converged",
