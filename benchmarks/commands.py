@@ -458,6 +458,21 @@ NOTES = [
     "scipy.linalg, ~0.12 s) for every exported call on CPU "
     "(`jax._src.export._export._ensure_backends_initialized`), whether or not the program "
     "calls LAPACK: a small model's kernel without LAPACK calls would not save it.",
+    "- Measured 2026-12-07 13:50-14:00 UTC (scratch scripts, jaxlib 0.10.2): a warm "
+    "command that does not import JAX at all, calling its stored XLA executable through "
+    "jaxlib alone (`jaxlib._jax`: 0.07 s to import; the CPU client, LAPACK's "
+    "registrations and the executable's deserialisation work without JAX, and so do the "
+    "inputs, through `batched_device_put` with a stand-in sharding), is closed: the "
+    "executable's results are arrays whose abstract values jaxlib's C++ makes with JAX's "
+    "`ShapedArray` (`MakeShapedArrayCached` imports `jax._src.core`, and with it all of "
+    "JAX) before any can be read. Every such command imports JAX (0.24-0.26 s in the "
+    "command; 0.33-0.39 s alone, import table) and equinox (the model is an Equinox "
+    "module; 0.08 s more), so the 2-bin target (0.32-0.34 s) is below the floor of a "
+    "command in its own process; the worker (0.08 s) is the way there. Lazy imports of "
+    "jsonschema (a text validated before is not validated again) and of JAX's special "
+    "functions (only a trace needs them) took the statistics' imports from 0.133 to 0.104 "
+    "CPU-s (medians of 12, alternating, the imports alone; 70f32a6): within the spread of "
+    "whole commands.",
     "",
 ]
 
