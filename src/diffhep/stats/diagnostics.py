@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln, xlogy
 
 from ..errors import DiffhepError, FitError
 from . import exported
@@ -437,7 +436,10 @@ def significance(model: Model, data) -> dict:
 
 def saturated_twice_nll(model: Model, data) -> float:
     """``-2 log L`` of the saturated model: Poisson terms at the data, constraint terms at
-    the parameters that maximise them (cabinetry's definition)."""
+    the parameters that maximise them (cabinetry's definition). numpy and scipy only (JAX's
+    special functions on concrete arrays ran op by op)."""
+    from scipy.special import gammaln, xlogy
+
     data = np.asarray(data, dtype=float)
     n = data[: model.config.nmaindata]
     poisson = float(np.sum(xlogy(n, n) - n - gammaln(n + 1.0)))
@@ -447,7 +449,7 @@ def saturated_twice_nll(model: Model, data) -> float:
         par, is_p, _, factor, _ = constraint_arrays(model)
         pars = np.asarray(model.config.init, dtype=float).copy()
         pars[par] = np.where(is_p, aux / np.where(is_p, factor, 1.0), aux)
-        cons = float(model.constraint_logpdf(jnp.asarray(aux), jnp.asarray(pars)))
+        cons = float(model.constraint_logpdf(aux, pars))
     return -2.0 * (poisson + cons)
 
 
@@ -467,7 +469,7 @@ def gof(model: Model, data, post=None) -> dict:
     chi2 = twice - sat
     fixed = np.asarray(getattr(post, "fixed", model.config.fixed), dtype=bool)
     ndf = int(model.config.nmaindata - (~constrained(model) & ~fixed).sum())
-    from scipy import stats  # lazily: importing scipy.stats takes ~0.5-1 s
+    from scipy.special import chdtrc  # = scipy.stats.chi2.sf, whose import took ~0.3 s more
 
     return {
         "twice_nll": twice,
@@ -475,5 +477,5 @@ def gof(model: Model, data, post=None) -> dict:
         "chi2": float(chi2),
         "ndf": ndf,
         "chi2_ndf": float(chi2 / ndf) if ndf > 0 else None,
-        "p_value": float(stats.chi2.sf(chi2, ndf)) if ndf > 0 else None,
+        "p_value": float(chdtrc(ndf, chi2)) if ndf > 0 else None,
     }
