@@ -86,15 +86,12 @@ def test_ranking_sbottom_postfit_impacts_match_pyhf_refits(sbottom_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: with ttbar_PS fixed at best fit + 1 (pre-fit sigma) on sbottom RegionA "
-    "(1000_205_60) the likelihood has two minima, JET_JvtEfficiency at +0.555 (-2logL "
-    "102.8477, where diffhep's refit goes from the best fit and from the suggested init) and "
-    "at -0.568 (102.8315, pyhf's; diffhep started there stays there): impact -0.778 vs "
-    "-0.796. The other 15 pre-fit impacts of the top 8 agree",
-)
 def test_ranking_sbottom_prefit_impacts_match_pyhf_refits(sbottom_dir):
+    # with ttbar_PS fixed at best fit + 1 (pre-fit sigma) on sbottom RegionA (1000_205_60)
+    # the likelihood has two minima, JET_JvtEfficiency at +0.555 (-2logL 102.8477) and at
+    # -0.568 (102.8315, pyhf's): the refit went to the first (a strict xfail until the
+    # restarts for several minima of issue 20 found the second: it passed unnoticed since,
+    # the slow tests out of CI, and failed as XPASS(strict))
     _check_ranking_published(*sbottom(sbottom_dir, "RegionA", "sbottom_1000_205_60"),
                              fields=("prefit_up", "prefit_down"))  # fmt: skip
 
