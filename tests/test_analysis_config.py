@@ -193,6 +193,7 @@ def test_workspace_cls_equals_pyhf(prepared):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::diffhep.weights.weighting.NetYieldWarning")  # tiny sample
 def test_train_writes_the_fields_and_pyhf_agrees(files, tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFHEP_REPORT_DIAGNOSTICS", "1")  # the report's fit diagnostics too
     out = tmp_path / "r"

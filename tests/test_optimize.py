@@ -189,6 +189,7 @@ def test_training_search_of_cut_inits(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::diffhep.weights.weighting.NetYieldWarning")  # tiny sample
 def test_training_search(tmp_path):
     """Every trial trains (a hyperparameter: the hidden width), from a copied config."""
     config = tmp_path / "blobs.yaml"

@@ -203,6 +203,7 @@ def test_in_memory_restore_refuses_a_streamed_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::diffhep.weights.weighting.NetYieldWarning")  # tiny sample
 def test_interrupted_streamed_run_resumes_to_the_same_numbers(files, tmp_path, monkeypatch):
     """Stopped after epoch 1's checkpoint (Ctrl-C in epoch 2's batches), then resumed: the
     numbers and the model of the uninterrupted run."""
