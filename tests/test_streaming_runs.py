@@ -229,3 +229,23 @@ def test_interrupted_streamed_run_resumes_to_the_same_numbers(files, tmp_path, m
               for d in (a, b)]  # fmt: skip
     assert losses[0] == losses[1]
     assert (a / "model.eqx").read_bytes() == (b / "model.eqx").read_bytes()
+
+
+@pytest.mark.parametrize("chunk_events", [None, 600])
+def test_an_empty_split_names_the_split_fractions(files, tmp_path, chunk_events):
+    """A validation split left without events by its fraction names the config field of the
+    fraction and a fix, streamed (training.chunk_events) or in memory: exit 2, no traceback
+    (it named neither)."""
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    sets = [f"data.base_dir={files}", "training.epochs=1",
+            "data.split={train: 0.999998, validation: 0.000001, test: 0.000001}",
+            f"training.chunk_events={chunk_events or 'null'}"]  # fmt: skip
+    args = ["train", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "run"),
+            "--no-progress", *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    env = {"DIFFHEP_REPORT_DIAGNOSTICS": "0", "DIFFHEP_NO_WORKER": "1"}
+    result = CliRunner().invoke(main, args, env={**os.environ, **env})
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "the validation split is empty" in result.output, result.output
+    assert "at data.split.validation: " in result.output, result.output
+    assert "fix: " in result.output and "larger data.split.validation" in result.output

@@ -129,7 +129,8 @@ def split(
             if len(idx) == 0:
                 raise DataError(
                     f"event set {name!r}: the {k} split is empty ({n} events)",
-                    fix="use more events or larger split fractions",
+                    where=f"data.split.{k}",
+                    fix=f"use more events or a larger data.split.{k} (the fractions sum to 1)",
                 )
             frac = len(idx) / n
             out[k][name] = Events(ev.x[idx], ev.w[idx] / frac)

@@ -229,7 +229,9 @@ def scan(cfg: Config, analysis, groups, features, step: int, file=None) -> Scan:
         for split_i, what in enumerate(("train", "validation", "test")):
             if c[split_i] == 0:
                 raise DataError(f"event set {g.name!r}: the {what} split is empty "
-                                f"({int(c.sum())} events)", fix="use more events")  # fmt: skip
+                                f"({int(c.sum())} events)", file=file, where=f"data.split.{what}",
+                                fix=f"use more events or a larger data.split.{what} (the "
+                                "fractions sum to 1)")  # fmt: skip
         gcounts[g.name] = c
         for k in g.weights:
             counts[k], totals[k] = c, t[k]
