@@ -34,7 +34,7 @@ from ..problems import black_box as bb
 from ..runs.config import load_config
 from ..runs.results import read_history
 from ..writers import write_atomic
-from .common import proposals, shipped_config
+from .common import DEFAULT_OUT, proposals, shipped_config
 
 __all__ = ["black_box_study"]
 
@@ -183,7 +183,7 @@ def _detector_row(psi, costs, calls, seconds) -> dict:
 
 
 def black_box_study(
-    out: str | Path = "docs/studies",
+    out: str | Path = DEFAULT_OUT,
     *,
     seeds: int = 3,
     epochs: int = 20,

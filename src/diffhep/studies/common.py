@@ -8,7 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["median", "out_option", "proposals", "reproduce", "shipped_config"]
+__all__ = ["DEFAULT_OUT", "median", "out_option", "proposals", "reproduce", "shipped_config"]
+
+#: Where a study writes its report unless told otherwise: ``diffhep study``'s ``--out`` and
+#: the study functions' ``out`` (the repository's own reports pass ``docs/studies``)
+DEFAULT_OUT = "studies"
 
 
 def shipped_config(name: str) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 from ..runs.config import load_config
 from ..runs.train import train_run
 from ..writers import write_atomic
-from .common import median, reproduce, shipped_config
+from .common import DEFAULT_OUT, median, reproduce, shipped_config
 
 __all__ = ["VARIANTS", "cuts_study"]
 
@@ -52,7 +52,7 @@ def _run(runs_dir: Path, name: str, overrides) -> dict:
 
 
 def cuts_study(
-    out: str | Path = "docs/studies",
+    out: str | Path = DEFAULT_OUT,
     *,
     seeds: int = 3,
     epochs: int = 20,

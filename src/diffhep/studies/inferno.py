@@ -45,6 +45,7 @@ from ..nn.training import train
 from ..problems import inferno as I
 from ..problems.inferno import INFERNO_SHIFTS, inferno_3d, inferno_shift
 from ..writers import write_atomic
+from .common import DEFAULT_OUT
 from .inferno_report import markdown
 
 __all__ = ["SoftmaxObservable", "inferno_study"]
@@ -264,7 +265,7 @@ def _worker_init(x64: bool) -> None:
 
 
 def inferno_study(
-    out: str | Path = "docs/studies",
+    out: str | Path = DEFAULT_OUT,
     *,
     seeds: int = 5,
     epochs: int = EPOCHS,

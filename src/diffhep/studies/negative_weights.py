@@ -64,7 +64,7 @@ from ..weights.calibration import fit_isotonic, reliability
 from ..weights.reweight import NegativeMeanWeightWarning, learn_positive_weights
 from ..weights.verify import verify
 from ..writers import write_atomic
-from .common import shipped_config
+from .common import DEFAULT_OUT, shipped_config
 from .negative_weights_report import EVAL_EVENTS, NBINS, markdown
 
 __all__ = ["STRATEGY_LABELS", "negative_weights_study"]
@@ -313,7 +313,7 @@ def _one_run(cfg, run_dir, cache) -> dict:
 
 
 def negative_weights_study(
-    out: str | Path = "docs/studies",
+    out: str | Path = DEFAULT_OUT,
     *,
     seeds: int = 3,
     epochs: int = 60,

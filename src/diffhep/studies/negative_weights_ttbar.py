@@ -18,8 +18,9 @@ as ``weights: {strategy: learned, joint: true}`` does (:mod:`diffhep.runs.joint`
 of 500, ``epochs`` epochs. Both verified on the same (training) events with
 :func:`~diffhep.weights.verify.verify`, cross-fitted, before normalisation.
 
-``python -c 'from diffhep.studies.negative_weights_ttbar import ttbar_weights_check as c; c()'``
-writes ``docs/studies/negative-weights-ttbar.md`` and ``.json``.
+``python -c 'from diffhep.studies.negative_weights_ttbar import ttbar_weights_check as c;
+c("docs/studies")'`` writes ``docs/studies/negative-weights-ttbar.md`` and ``.json`` (``c()``:
+into ``studies``, ``diffhep study``'s default).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ..weights.joint import JointWeights
 from ..weights.reweight import NegativeMeanWeightWarning, learn_positive_weights
 from ..weights.verify import verify
 from ..writers import write_atomic
+from .common import DEFAULT_OUT
 
 __all__ = ["FEATURES", "ttbar_events", "ttbar_weights_check"]
 
@@ -125,7 +127,7 @@ def _joint(ev: dict, seed: int, epochs: int) -> np.ndarray:
 
 
 def ttbar_weights_check(
-    out: str | Path = "docs/studies", *, seeds: int = 3, events: int = 20_000, epochs: int = 20
+    out: str | Path = DEFAULT_OUT, *, seeds: int = 3, events: int = 20_000, epochs: int = 20
 ) -> Path:
     """Run the comparison and write ``negative-weights-ttbar.md`` and ``.json`` into ``out``."""
     out = Path(out)
@@ -149,7 +151,7 @@ def ttbar_weights_check(
         )
     write_atomic(out / "negative-weights-ttbar.json", json.dumps(results, indent=1))
     path = out / "negative-weights-ttbar.md"
-    write_atomic(path, _markdown(results, events, epochs))
+    write_atomic(path, _markdown(results, events, epochs, out))
     return path
 
 
@@ -163,14 +165,14 @@ def _med(rows, strategy, *keys):
     return float(np.median(vals))
 
 
-def _markdown(results, events, epochs) -> str:
+def _markdown(results, events, epochs, out) -> str:
     n = results[0]["events"]
     lines = [
         "# Learned weights on the realistic generator's ttbar sample: joint vs two-stage",
         "",
         "Reproduce with `python -c 'from diffhep.studies.negative_weights_ttbar import "
-        f"ttbar_weights_check as c; c(seeds={len(results)}, events={events}, "
-        f"epochs={epochs})'` (module docstring: the setup).",
+        f'ttbar_weights_check as c; c("{out.as_posix()}", seeds={len(results)}, '
+        f"events={events}, epochs={epochs})'` (module docstring: the setup).",
         "",
         f"{events:,} generated ttbar and Z' (1.5 TeV) events per seed, {n['background']:,} "
         f"ttbar and {n['signal']:,} Z' after the preselection (seed 0); "

@@ -20,7 +20,7 @@ from ..runs.config import ConfigError, load_config
 from ..runs.results import read_history
 from ..runs.train import train_run
 from ..writers import write_atomic
-from .common import shipped_config
+from .common import DEFAULT_OUT, shipped_config
 
 __all__ = ["FIXES", "NEOS_LOSSES", "OBJECTIVES", "adam_step_ratio", "neos_blobs", "rows"]
 
@@ -213,7 +213,7 @@ def _curves(histories: list[list[dict]]) -> list[dict]:
 
 
 def neos_blobs(
-    out: str | Path = "docs/studies",
+    out: str | Path = DEFAULT_OUT,
     *,
     seeds: int = 7,
     epochs: int = 15,

@@ -39,7 +39,7 @@ from ..runs.config import load_config
 from ..runs.results import read_history
 from ..runs.train import train_run
 from ..writers import write_atomic
-from .common import shipped_config
+from .common import DEFAULT_OUT, shipped_config
 from .realistic_report import write_report
 
 __all__ = [
@@ -353,7 +353,7 @@ def _one(cfg, run_dir: Path, floor: float = 0.0) -> dict:
 
 
 def realistic_study(
-    out: str | Path = "docs/studies",
+    out: str | Path = DEFAULT_OUT,
     *,
     seeds: int = 3,
     epochs: int = 8,

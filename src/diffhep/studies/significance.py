@@ -28,7 +28,7 @@ from ..runs.config import load_config
 from ..runs.prepare import prepare, restore_run
 from ..runs.train import train_run
 from ..writers import write_atomic
-from .common import median, reproduce, shipped_config
+from .common import DEFAULT_OUT, median, reproduce, shipped_config
 
 __all__ = ["best_threshold", "significance_study"]
 
@@ -153,7 +153,7 @@ def _initial_gradient(cfg, rels) -> dict:
 
 
 def significance_study(
-    out: str | Path = "docs/studies",
+    out: str | Path = DEFAULT_OUT,
     *,
     seeds: int = 3,
     epochs: int = 20,
