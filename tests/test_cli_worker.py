@@ -483,6 +483,30 @@ def test_the_key_follows_the_source_files_and_the_keyed_environment(tmp_path, mo
     assert worker.key(env) != k
 
 
+def test_the_key_skips_a_file_removed_while_it_walks(tmp_path, monkeypatch):
+    """A file removed between the listing of its directory and its stat (an install or a
+    ``pip uninstall`` running) is skipped, as if it had gone before: the command failed
+    with a traceback (FileNotFoundError)."""
+    from diffhep.cli import worker
+
+    (tmp_path / "pkg").mkdir()
+    for name in ("a.py", "b.py", "c.py"):
+        (tmp_path / "pkg" / name).write_text("x = 1\n")
+    monkeypatch.setattr(worker, "_PACKAGE", tmp_path / "pkg")
+    walk = os.walk
+
+    def vanishing(top):
+        for root, dirs, files in walk(top):
+            if "b.py" in files:
+                os.remove(os.path.join(root, "b.py"))  # listed, then removed
+            yield root, dirs, files
+
+    monkeypatch.setattr(worker.os, "walk", vanishing)
+    k = worker.key({})
+    monkeypatch.setattr(worker.os, "walk", walk)
+    assert k == worker.key({})  # the key of the files left
+
+
 def _listener(d: Path, key: str, authkey: bytes, behave):
     """A stand-in worker of key ``key`` in ``d`` (a thread of this process) that answers each
     connection that passes the handshake with ``behave(conn)`` (a failed handshake, as a

@@ -107,7 +107,10 @@ def key(environ=None) -> str:
     for root, dirs, files in os.walk(_PACKAGE):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files):
-            st = os.stat(os.path.join(root, name))
+            try:
+                st = os.stat(os.path.join(root, name))
+            except FileNotFoundError:  # removed since the listing (an install running)
+                continue
             h.update(f"{root}/{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     for name in sorted(environ):
         if name not in _UNKEYED and (name.startswith(_KEYED_PREFIXES) or name in _KEYED_NAMES):
