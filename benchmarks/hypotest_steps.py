@@ -47,7 +47,7 @@ def main(keys: list[str], without_restarts: bool = False) -> None:
     def run(m, d):
         with mock.patch.object(jax.lax, "scan", keep_fits):
             if without_restarts:
-                with mock.patch.object(restarts, "may_restart", lambda config: False):
+                with mock.patch.object(restarts, "may_restart", lambda model: False):
                     res = ht.hypotest(1.0, m, d)
             else:
                 res = ht.hypotest(1.0, m, d)

@@ -105,7 +105,7 @@ def test_probes_equal_direct_evaluation(name, model, data):
     at a time) equal the objective evaluated at each moved point, with empty bins too."""
     cand = np.flatnonzero(multimodal.interpolated(model.config))
     if not cand.size:
-        pytest.skip(f"{name}: no histosys or normsys parameter (no restart, no probes)")
+        pytest.skip(f"{name}: no histosys or normsys parameter (no probes)")
     # pyhf forbids one parameter name for a histosys/normsys and a direct modifier, so every
     # valid model takes the decomposition (the guard is for specs built around the checks)
     assert hessian.supports_probes(model, cand), name

@@ -181,7 +181,7 @@ def test_fit_that_runs_out_of_steps_is_continued():
 
     spec = degenerate_spec(0.05)
     model = diffhep.Model.from_spec(spec)
-    assert may_restart(model.config)  # the fit runs the search
+    assert may_restart(model)  # the fit runs the search
     rng = np.random.default_rng(5)
     nominal = np.asarray(model.expected_actualdata(model.config.suggested_init()))
     data = jnp.asarray(list(rng.poisson(nominal * 0.97).astype(float)) + list(model.config.auxdata))
@@ -190,6 +190,58 @@ def test_fit_that_runs_out_of_steps_is_continued():
     assert int(full.status) == CONVERGED and int(short.status) == CONVERGED, int(short.status)
     assert float(short.twice_nll) == pytest.approx(float(full.twice_nll), rel=1e-12, abs=1e-9)
     np.testing.assert_allclose(short.bestfit, full.bestfit, atol=1e-5)
+
+
+def test_a_model_of_single_factors_has_one_minimum_from_every_start():
+    """A model whose rates are affine in its parameters (each sample multiplied by at most one
+    factor, nothing interpolated) runs no search for several minima (restarts.may_restart):
+    -log L is convex. Brute force: fits from random starts anywhere within the bounds (a
+    zero-count bin, a free background normalisation, shapesys gammas) all reach the fit from
+    the suggested values. A model with a product of two factors searches."""
+    from diffhep.stats.restarts import may_restart
+
+    def sample(name, data, *mods):
+        return {"name": name, "data": data, "modifiers": list(mods)}
+
+    nf = lambda n: {"name": n, "type": "normfactor", "data": None}  # noqa: E731
+    spec = {
+        "channels": [
+            {"name": "SR", "samples": [
+                sample("signal", [12.0, 8.0, 3.0], nf("mu")),
+                sample("bkg", [50.0, 30.0, 20.0], {"name": "ss", "type": "shapesys",
+                                                   "data": [10.0, 15.0, 2.0]}),
+                sample("other", [5.0, 9.0, 14.0], nf("k"))]},
+            {"name": "CR", "samples": [sample("other", [40.0, 0.5], nf("k"))]},
+        ],
+        "observations": [{"name": "SR", "data": [0.0, 41.0, 37.0]},
+                         {"name": "CR", "data": [52.0, 0.0]}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": [
+            {"name": "k", "bounds": [[0.0, 10.0]]}]}}],
+        "version": "1.0.0",
+    }  # fmt: skip
+    ws = diffhep.Workspace(spec)
+    model = ws.model()
+    assert not may_restart(model)
+    data = np.asarray(ws.data(model))
+    bounds = np.asarray(model.config.bounds)
+    rng = np.random.default_rng(3)
+    for trial in range(3):
+        main = rng.poisson(np.asarray(model.expected_actualdata(model.config.suggested_init())))
+        d = data.copy()
+        d[: main.size] = main if trial else data[: main.size]
+        ref = diffhep.infer.fit(model, d, uncertainties=False)
+        assert bool(ref.converged)
+        for _ in range(6):
+            start = rng.uniform(bounds[:, 0], np.minimum(bounds[:, 1], 5.0))
+            res = diffhep.infer.fit(model, d, init=start, uncertainties=False)
+            assert bool(res.converged)
+            assert float(res.twice_nll) == pytest.approx(float(ref.twice_nll), abs=1e-7)
+
+    # a staterror on the signal too: mu times a gamma, a product
+    spec["channels"][0]["samples"][0]["modifiers"].append(
+        {"name": "stat", "type": "staterror", "data": [1.0, 1.0, 1.0]}
+    )
+    assert may_restart(diffhep.Workspace(spec).model())
 
 
 def double_well(x, a):

@@ -122,7 +122,7 @@ def fit_bounded(
     auxiliary data; :func:`diffhep.stats.restarts.search`).
     """
     data = jnp.asarray(data, dtype=model.nominal.dtype)
-    if not restarts.may_restart(model.config):
+    if not restarts.may_restart(model):
         res = restarts.run_fit(model, data, init, lower, upper, fixed, tol, max_steps)
     else:
         res = restarts.search(

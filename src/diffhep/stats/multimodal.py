@@ -27,6 +27,7 @@ __all__ = [
     "interpolated",
     "kinked",
     "mirrored",
+    "products",
 ]
 
 
@@ -64,6 +65,15 @@ def global_shift(config) -> np.ndarray:
     for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
         out[a:b] = modtype in ("histosys", "normsys", "normfactor")
     return out
+
+
+def products(model: Model) -> bool:
+    """Whether some sample's rate in some bin is multiplied by two or more parameters
+    (normfactor, lumi, staterror, shapesys, shapefactor: ``Tables.direct_table``, whose
+    entries equal to ``npars`` multiply by 1): a product of parameters, which makes
+    ``-log L`` non-convex (:func:`restarts.may_restart`). Static, from the tables."""
+    table = model.tables.direct_table
+    return bool(np.any(np.sum(table < model.config.npars, axis=0) > 1))
 
 
 @cache

@@ -3,7 +3,8 @@
 :func:`diffhep.stats.fit.fit_bounded` minimises ``-log L`` (without its constant part,
 :func:`_objective`) with :func:`run_fit`, one run of the bounded Newton solver of
 :mod:`diffhep.stats.solver` from a start; where the model can have several minima (kinked or
-smoothly interpolated shape and normalisation variations: :func:`may_restart`) it runs
+smoothly interpolated shape and normalisation variations, products of factors: wherever
+``-log L`` is not convex, :func:`may_restart`) it runs
 :func:`search` instead: the fit and its restarts (probe/mirror, reflection through the start,
 flips of interpolated parameters and normfactors where the fit is strained, of interpolated
 ones where they may have a mirror minimum beyond +-1 or a large even response (then also to
@@ -32,9 +33,24 @@ from .uncertainties import structure_of
 __all__ = ["may_restart", "run_fit", "search"]
 
 
-def may_restart(config) -> bool:
-    """Whether a fit of a model of ``config`` searches for several minima (static)."""
-    return bool(np.any(multimodal.kinked(config) | multimodal.interpolated(config)))
+def may_restart(model) -> bool:
+    """Whether a fit of ``model`` searches for several minima (static: from its structure).
+
+    It does unless ``-log L`` is convex, so that every minimum is the global one: where no
+    parameter is interpolated (histosys, normsys) and every sample's rate in every bin is
+    multiplied by at most one parameter (:func:`multimodal.products`), the expected rates are
+    affine in the parameters, and the Poisson terms of affine rates (convex in the rate,
+    continued linearly below the floor), the Gaussian and Poisson constraints and the
+    unconstrained normfactors are convex (pyhf's two-bin example: ``mu`` on the signal, a
+    shapesys on the background). A product of two factors is not: a 2-channel model with a
+    zero-count bin (``mu`` and a staterror gamma on the signal, a normfactor and a shapesys on
+    a background) has its minimum at mu = 0 with a shapesys gamma at 0.02 (-2lnL 153.5387),
+    and its fit from the suggested values ended at mu = 1.06 with the staterror gamma at its
+    bound 1e-10 (153.9337, status 0) before it searched (h5-fuzz campaign,
+    tests/test_fuzz_regressions.py)."""
+    config = model.config
+    multi = multimodal.kinked(config) | multimodal.interpolated(config)
+    return bool(np.any(multi)) or multimodal.products(model)
 
 
 def search(model, data, init, lower, upper, fixed, restart, tol, max_steps, centre=None):
