@@ -199,12 +199,18 @@ def _valley():
 
 @pytest.mark.xfail(
     strict=True,
-    reason="fixed_poi_fit stops 0.167 above the minimum of a narrow valley (a 3e5-event bin, a "
-    "normfactor starting at its bound, a shared normsys) and reports status 0",
+    reason="fixed_poi_fit stops 0.167 above the minimum of a narrow valley (a 3e5-event bin "
+    "ties nf_ch2 to the normsys ns0) and reports status 0: a genuine local minimum, the profile "
+    "in ns0 is bimodal (-0.43 and -1.41) behind a plateau of code4's polynomial (hi 1.249, lo "
+    "0.967); no restart reaches it (branch helper-95-turns-wip does, at +18% sbottom cost)",
 )
 def test_fixed_poi_fit_is_not_above_a_point_of_pyhfs_likelihood_in_a_narrow_valley():
     dmodel, ddata = _valley()
-    reference = _pyhf_twice_nll(VALLEY_SPEC, VALLEY_MU1_MINIMUM, dmodel)
+    # the referee's point in diffhep's likelihood: pyhf's logpdf is 0.0126 lower at every
+    # point of this model (its rounding, above), far below the 0.167 gap
+    point = np.asarray(VALLEY_MU1_MINIMUM)
+    reference = float(-2.0 * dmodel.logpdf(point, np.asarray(ddata)))
+    assert reference == pytest.approx(_pyhf_twice_nll(VALLEY_SPEC, point, dmodel), abs=0.02)
     result = diffhep.infer.fixed_poi_fit(1.0, dmodel, ddata)
     assert not bool(result.converged) or float(result.twice_nll) <= reference + 1e-6, (
         float(result.twice_nll),
@@ -220,8 +226,11 @@ def test_fixed_poi_fit_is_not_above_a_point_of_pyhfs_likelihood_in_a_narrow_vall
 def test_hypotest_in_a_narrow_valley_matches_the_referee_or_is_flagged():
     model, data = _valley()
     result = diffhep.infer.hypotest(1.0, model, data)
+    # within the referee's own precision: its minimisation of pyhf's logpdf (which rounds by
+    # ~0.01 here) gives q 0.001 above the q of pyhf's logpdf at the true minima (CLs 7e-4
+    # relative); the missed minimum moves CLs by 10%
     assert not bool(result.converged) or float(result.cls_obs) == pytest.approx(
-        VALLEY_CLS_REFEREE, rel=1e-4
+        VALLEY_CLS_REFEREE, rel=2e-3
     )
 
 
@@ -240,7 +249,8 @@ ASIMOV_ORIGIN_CLS_EXP_REFEREE = [1.587257e-07, 5.370494e-06, 1.532903e-04, 3.174
     # leads this fit to the minimum and the test passes: the defect depends on the path
     reason="hypotest: its fit at the Asimov value stops 0.0028 above the minimum (status 0), "
     "the expected band is 1.5 times the referee's (median 2.28e-4 instead of 1.53e-4), "
-    "reported as converged",
+    "reported as converged: a genuine local minimum, the profile in ns0 is bimodal (~0.65 and "
+    "~0.95) near a plateau of code4's polynomial (hi 1.061, lo 0.811)",
 )
 def test_hypotest_expected_band_from_the_minimum_at_the_asimov_value():
     spec = json.loads((Path(__file__).parent / "data" / "fuzz_asimov_origin.json").read_text())
