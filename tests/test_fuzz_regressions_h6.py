@@ -110,9 +110,6 @@ def _deficit():
     return model, ws.data(model)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="CLs = 0/0 (both tail probabilities underflow): NaN reported as converged"
-)
 def test_cls_far_in_the_tail_is_zero_not_nan():
     model, data = _deficit()
     result = diffhep.infer.hypotest(1.0, model, data)
@@ -121,11 +118,6 @@ def test_cls_far_in_the_tail_is_zero_not_nan():
     assert not bool(result.converged) or (np.isfinite(cls) and 0.0 <= cls < 1e-300), cls
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="upper_limit reads NaN CLs as 'not excluded': the observed limit 5.99e-4 is "
-    "reported as above the scan's range [0, 10]",
-)
 def test_upper_limit_of_a_strong_deficit():
     model, data = _deficit()
     result = diffhep.infer.upper_limit(model, data)

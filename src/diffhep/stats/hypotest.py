@@ -402,32 +402,38 @@ def _hypotest_kernel(model, mu, data, init, lower, upper, fixed, *, test_stat, t
     else:
         safe_sqA = jnp.where(sqA > 0, sqA, 1.0)
         stat = jnp.where(sq <= sqA, sq - sqA, (q - qA) / (2.0 * safe_sqA))
-    from jax.scipy.special import ndtr  # lazily: a command that loads its kernel needs none
+    # lazily: a command that loads its kernel needs none
+    from jax.scipy.special import log_ndtr
 
-    clsb = ndtr(-(stat + sqA))
-    clb = ndtr(-stat)
-    clsb_exp = ndtr(-(_NSIGMA.astype(init.dtype) + sqA))
-    clb_exp = ndtr(-_NSIGMA.astype(init.dtype))
-    cls_exp = _cls(clsb_exp, clb_exp)
+    # the tail probabilities as logarithms: CLs is their ratio, which stays finite where both
+    # underflow (a strong deficit: CLsb and CLb below 1e-308, CLs = 0/0 was NaN)
+    log_clsb, log_clb = log_ndtr(-(stat + sqA)), log_ndtr(-stat)
+    log_clsb_exp = log_ndtr(-(_NSIGMA.astype(init.dtype) + sqA))
+    log_clb_exp = log_ndtr(-_NSIGMA.astype(init.dtype))
+    clsb, clb, clsb_exp = jnp.exp(log_clsb), jnp.exp(log_clb), jnp.exp(log_clsb_exp)
+    cls_obs = clsb if is_q0 else _cls(log_clsb, log_clb)
+    cls_exp = clsb_exp if is_q0 else _cls(log_clsb_exp, log_clb_exp)
     fits = (fixed_d, free_d, asimov_fit, fixed_a, free_a)
     missed = _missed(free_d.twice_nll, low_nll)  # still above a fixed fit: not converged
     converged = jnp.all(jnp.stack([f.converged for f in fits])) & ~missed
+    # a number that is not one (NaN from a non-finite fit) is never reported as converged
+    converged = converged & jnp.isfinite(cls_obs) & jnp.all(jnp.isfinite(cls_exp))
     n_clipped = jnp.max(jnp.stack([f.n_clipped for f in fits]))
-    if is_q0:
-        return (clsb, clsb_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped, free_d.bestfit)
-    return (_cls(clsb, clb), cls_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped,
-            free_d.bestfit)  # fmt: skip
+    return (cls_obs, cls_exp, clsb, clb, clsb_exp, q, qA, converged, n_clipped, free_d.bestfit)
 
 
-def _cls(clsb, clb):
-    """CLs = CLsb / CLb, at most 1.
+def _cls(log_clsb, log_clb):
+    """CLs = CLsb / CLb from their logarithms, at most 1.
 
     CLsb <= CLb (sqrt(q_A) >= 0), so CLs <= 1; at q_A = 0 (mu = 0) the two are equal and their
     ratio is 1 only up to rounding: compiled, the numerator and denominator are computed apart
     (``diffhep cls --poi-value 0`` printed CLs_exp 1.0000000000000004, a probability above 1).
+    From the logarithms the ratio stays finite where both underflow: one Poisson bin observing
+    5e5 events on a background of 1e6 and a signal of 1e4 has q = 10049.67, CLs = exp(-5024.85)
+    = 0 (the ratio of the probabilities was 0/0 = NaN, reported as converged, and
+    ``upper_limit`` read it as not excluded: h6-fuzz).
     """
-    ratio = clsb / clb
-    return jnp.where(ratio > 1.0, jnp.ones_like(ratio), ratio)
+    return jnp.exp(jnp.minimum(log_clsb - log_clb, 0.0))
 
 
 class DiscoveryResult(NamedTuple):
