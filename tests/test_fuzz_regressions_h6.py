@@ -40,11 +40,31 @@ KINK_CLS_EXP_REFEREE = [0.002580076933, 0.01371300815, 0.06409695066, 0.23443953
                         0.5720379121]  # fmt: skip
 
 
+def _workspace(spec, settings):
+    """diffhep's model of ``spec`` with the interpolation codes ``settings``, and its data."""
+    ws = diffhep.Workspace(spec)
+    model = ws.model(modifier_settings=settings)
+    return model, np.asarray(ws.data(model))
+
+
+def _pyhf_twice_nll(spec, settings, point, dmodel, data) -> float:
+    """-2 ln L of pyhf's model of ``spec`` at ``point`` (pyhf's parameter order, which must
+    be diffhep's ``dmodel``'s)."""
+    with pyhf_numpy():
+        pmodel = pyhf.Workspace(spec).model(modifier_settings=settings)
+        assert list(pmodel.config.par_names) == list(dmodel.config.par_names)
+        return float(-2.0 * pmodel.logpdf(np.asarray(point), np.asarray(data))[0])
+
+
+def _assert_not_above(result, reference):
+    """A converged fit is never above a point of the same likelihood."""
+    twice_nll = float(result.twice_nll)
+    assert not bool(result.converged) or twice_nll <= reference + 1e-6, (twice_nll, reference)
+
+
 def _kink():
     spec = json.loads(KINK_SPEC.read_text())
-    ws = diffhep.Workspace(spec)
-    model = ws.model(modifier_settings=KINK_SETTINGS)
-    return spec, model, np.asarray(ws.data(model))
+    return spec, *_workspace(spec, KINK_SETTINGS)
 
 
 @pytest.mark.xfail(
@@ -56,14 +76,9 @@ def test_fixed_poi_fit_reaches_the_minimum_across_a_code0_kink():
     spec, dmodel, _ = _kink()
     with pyhf_numpy():
         pmodel = pyhf.Workspace(spec).model(modifier_settings=KINK_SETTINGS)
-        assert list(pmodel.config.par_names) == list(dmodel.config.par_names)
         asimov = np.asarray(pmodel.expected_data(np.asarray(KINK_MU0)))
-        reference = float(-2.0 * pmodel.logpdf(np.asarray(KINK_ASIMOV_MU1), asimov)[0])
-    result = diffhep.infer.fixed_poi_fit(1.0, dmodel, asimov)
-    assert not bool(result.converged) or float(result.twice_nll) <= reference + 1e-6, (
-        float(result.twice_nll),
-        reference,
-    )
+    reference = _pyhf_twice_nll(spec, KINK_SETTINGS, KINK_ASIMOV_MU1, dmodel, asimov)
+    _assert_not_above(diffhep.infer.fixed_poi_fit(1.0, dmodel, asimov), reference)
 
 
 @pytest.mark.xfail(
@@ -156,14 +171,9 @@ INIT_AT_BOUND_MU1 = [-0.1760102902, -0.3232389375, 0.119907252, -0.007859927492,
 
 def _init_at_bound():
     spec = json.loads(INIT_AT_BOUND_SPEC.read_text())
-    ws = diffhep.Workspace(spec)
-    model = ws.model(modifier_settings=INIT_AT_BOUND_SETTINGS)
-    data = np.asarray(ws.data(model))
-    with pyhf_numpy():
-        pmodel = pyhf.Workspace(spec).model(modifier_settings=INIT_AT_BOUND_SETTINGS)
-        assert list(pmodel.config.par_names) == list(model.config.par_names)
-        ref = [float(-2.0 * pmodel.logpdf(np.asarray(p), data)[0])
-               for p in (INIT_AT_BOUND_MU0, INIT_AT_BOUND_MU1)]  # fmt: skip
+    model, data = _workspace(spec, INIT_AT_BOUND_SETTINGS)
+    ref = [_pyhf_twice_nll(spec, INIT_AT_BOUND_SETTINGS, p, model, data)
+           for p in (INIT_AT_BOUND_MU0, INIT_AT_BOUND_MU1)]  # fmt: skip
     return model, data, ref
 
 
@@ -175,12 +185,7 @@ def _init_at_bound():
 @pytest.mark.parametrize("mu", [0.0, 1.0])
 def test_fixed_poi_fit_from_inits_at_bounds_is_not_above_a_point_of_pyhfs_likelihood(mu):
     model, data, ref = _init_at_bound()
-    reference = ref[int(mu)]
-    result = diffhep.infer.fixed_poi_fit(mu, model, data)
-    assert not bool(result.converged) or float(result.twice_nll) <= reference + 1e-6, (
-        float(result.twice_nll),
-        reference,
-    )
+    _assert_not_above(diffhep.infer.fixed_poi_fit(mu, model, data), ref[int(mu)])
 
 
 @pytest.mark.xfail(
@@ -209,17 +214,9 @@ def test_free_fit_from_a_normfactor_at_its_bound_is_not_above_a_point_of_pyhfs_l
     for par in spec["measurements"][0]["config"]["parameters"]:
         if par["name"] == "mu":
             par["inits"] = [1.0]
-    ws = diffhep.Workspace(spec)
-    model = ws.model(modifier_settings=INIT_AT_BOUND_SETTINGS)
-    data = np.asarray(ws.data(model))
-    with pyhf_numpy():
-        pmodel = pyhf.Workspace(spec).model(modifier_settings=INIT_AT_BOUND_SETTINGS)
-        reference = float(-2.0 * pmodel.logpdf(np.asarray(INIT_AT_BOUND_MU0), data)[0])
-    result = diffhep.infer.fit(model, data)
-    assert not bool(result.converged) or float(result.twice_nll) <= reference + 1e-6, (
-        float(result.twice_nll),
-        reference,
-    )
+    model, data = _workspace(spec, INIT_AT_BOUND_SETTINGS)
+    reference = _pyhf_twice_nll(spec, INIT_AT_BOUND_SETTINGS, INIT_AT_BOUND_MU0, model, data)
+    _assert_not_above(diffhep.infer.fit(model, data), reference)
 
 
 # The code0 kink in a free fit: three channels (code1/code0, POI bounds [-5, 10], lumi with
@@ -244,18 +241,9 @@ KINK_FREE_MINIMUM = [-0.1241891435, 0.008665431715, 7.912377602e-09, 0.245174837
 )
 def test_free_fit_reaches_the_minimum_across_a_code0_kink():
     spec = json.loads(KINK_FREE_SPEC.read_text())
-    ws = diffhep.Workspace(spec)
-    model = ws.model(modifier_settings=KINK_SETTINGS)
-    data = np.asarray(ws.data(model))
-    with pyhf_numpy():
-        pmodel = pyhf.Workspace(spec).model(modifier_settings=KINK_SETTINGS)
-        assert list(pmodel.config.par_names) == list(model.config.par_names)
-        reference = float(-2.0 * pmodel.logpdf(np.asarray(KINK_FREE_MINIMUM), data)[0])
-    result = diffhep.infer.fit(model, data)
-    assert not bool(result.converged) or float(result.twice_nll) <= reference + 1e-6, (
-        float(result.twice_nll),
-        reference,
-    )
+    model, data = _workspace(spec, KINK_SETTINGS)
+    reference = _pyhf_twice_nll(spec, KINK_SETTINGS, KINK_FREE_MINIMUM, model, data)
+    _assert_not_above(diffhep.infer.fit(model, data), reference)
 
 
 # Two channels (code4/code4p defaults given explicitly), products of factors: normfactors
@@ -281,16 +269,7 @@ FACTORS_MU0_POINT = [-0.01691166717, -0.01536016606, -0.01733261496, 0.0, 0.0, 0
 )
 def test_fixed_poi_fit_with_shared_factors_is_not_above_a_point_of_pyhfs_likelihood():
     spec = json.loads(FACTORS_SPEC.read_text())
-    ws = diffhep.Workspace(spec)
-    model = ws.model(modifier_settings=FACTORS_SETTINGS)
-    data = np.asarray(ws.data(model))
-    with pyhf_numpy():
-        pmodel = pyhf.Workspace(spec).model(modifier_settings=FACTORS_SETTINGS)
-        assert list(pmodel.config.par_names) == list(model.config.par_names)
-        assert FACTORS_MU0_POINT[pmodel.config.poi_index] == 0.0
-        reference = float(-2.0 * pmodel.logpdf(np.asarray(FACTORS_MU0_POINT), data)[0])
-    result = diffhep.infer.fixed_poi_fit(0.0, model, data)
-    assert not bool(result.converged) or float(result.twice_nll) <= reference + 1e-6, (
-        float(result.twice_nll),
-        reference,
-    )
+    model, data = _workspace(spec, FACTORS_SETTINGS)
+    assert FACTORS_MU0_POINT[model.config.poi_index] == 0.0
+    reference = _pyhf_twice_nll(spec, FACTORS_SETTINGS, FACTORS_MU0_POINT, model, data)
+    _assert_not_above(diffhep.infer.fixed_poi_fit(0.0, model, data), reference)
