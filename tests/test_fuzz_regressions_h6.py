@@ -67,11 +67,6 @@ def _kink():
     return spec, *_workspace(spec, KINK_SETTINGS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fixed_poi_fit stops on the wrong side of a code0 histosys kink (one-sided "
-    "variation, |alpha| < 0.05): 0.0089 above the minimum across it, status 0",
-)
 def test_fixed_poi_fit_reaches_the_minimum_across_a_code0_kink():
     spec, dmodel, _ = _kink()
     with pyhf_numpy():
@@ -81,11 +76,6 @@ def test_fixed_poi_fit_reaches_the_minimum_across_a_code0_kink():
     _assert_not_above(diffhep.infer.fixed_poi_fit(1.0, dmodel, asimov), reference)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hypotest: its fit at mu = 1 on the Asimov data misses the minimum across a code0 "
-    "kink (above): median expected CLs 0.06375 instead of 0.06410, reported as converged",
-)
 def test_hypotest_across_a_code0_kink_matches_the_referee_or_is_flagged():
     _, model, data = _kink()
     result = diffhep.infer.hypotest(1.0, model, data)
@@ -234,11 +224,6 @@ KINK_FREE_MINIMUM = [-0.1241891435, 0.008665431715, 7.912377602e-09, 0.245174837
                      0.9984057051]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the free fit stops on the wrong side of a code0 histosys kink (alpha -0.089, "
-    "minimum at +0.123): 0.0107 above it, status 0",
-)
 def test_free_fit_reaches_the_minimum_across_a_code0_kink():
     spec = json.loads(KINK_FREE_SPEC.read_text())
     model, data = _workspace(spec, KINK_SETTINGS)
