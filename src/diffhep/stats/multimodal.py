@@ -28,6 +28,7 @@ __all__ = [
     "kinked",
     "mirrored",
     "products",
+    "unconstrained_products",
 ]
 
 
@@ -74,6 +75,24 @@ def products(model: Model) -> bool:
     ``-log L`` non-convex (:func:`restarts.may_restart`). Static, from the tables."""
     table = model.tables.direct_table
     return bool(np.any(np.sum(table < model.config.npars, axis=0) > 1))
+
+
+def unconstrained_products(model: Model, fixed=None):
+    """Whether some sample's rate in some bin is multiplied by two or more unconstrained
+    factors (normfactor, shapefactor: no constraint term pulls them back), of those not
+    ``fixed`` (a mask, may be traced; None: static, a bool from the tables alone). Their
+    product's level sets are hyperbolas, which a sum of samples shared by the channels can
+    cross twice: two minima a barrier apart, with no interpolated parameter far out nor a
+    strained fit to tell (:func:`starts.inverse_start`)."""
+    cfg = model.config
+    free = np.zeros(cfg.npars + 1, dtype=bool)  # the last entry: the tables' "times 1"
+    for (a, b), modtype in zip(cfg.par_slices, cfg.par_modtypes, strict=True):
+        free[a:b] = modtype in ("normfactor", "shapefactor")
+    table = model.tables.direct_table
+    if fixed is None:
+        return bool(np.any(np.sum(free[table], axis=0) > 1))
+    free = jnp.asarray(free) & ~jnp.concatenate([jnp.asarray(fixed), jnp.ones(1, bool)])
+    return jnp.any(jnp.sum(free[table], axis=0) > 1)
 
 
 @cache

@@ -112,6 +112,19 @@ _CONTINUE_GAIN = 1e-3
 _RANDOM_STARTS = 4
 
 
+def _inverse_flips(model) -> np.ndarray:
+    """The normfactors flipped to their inverse (:func:`starts.inverse_start`), one attempt
+    each, where unconstrained factors multiply a rate (:func:`multimodal.unconstrained_products`;
+    none elsewhere: sbottom RegionA, the 50-bin benchmark model)."""
+    if not multimodal.unconstrained_products(model):
+        return np.zeros(0, int)
+    config = model.config
+    out = np.zeros(config.npars, dtype=bool)
+    for (a, b), modtype in zip(config.par_slices, config.par_modtypes, strict=True):
+        out[a:b] = modtype == "normfactor"
+    return np.flatnonzero(out)
+
+
 def _kinks(config):
     """The solver's ``kinks`` (:func:`multimodal.kinked`), or None where no parameter has one
     (the program of a fit without kinks is then what it was)."""
@@ -222,7 +235,12 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
       +0.327, -2lnL 5001.91; its flip to -1 returns there, the mirror image -0.397 leads to
       -0.438, 4993.99);
     - then :data:`_RANDOM_STARTS` fits from random starts around the start
-      (:func:`starts.random_start`) while the best fit is still strained.
+      (:func:`starts.random_start`) while the best fit is still strained;
+    - then, where two unconstrained factors not fixed multiply a rate
+      (:func:`multimodal.unconstrained_products`), one flip per normfactor to its inverse
+      (:func:`starts.inverse_start`), in every fit: two minima of such a product need neither
+      a strained fit nor a parameter far out (h6-fuzz: fits 0.55 and 0.29 above the other
+      minimum, status 0; the cases in :func:`starts.inverse_start`).
 
     Before any attempt after the first, a best fit that ran out of steps (``MAX_STEPS``: the
     restarts only keep converged fits, so that is the first one) is continued from where it
@@ -257,10 +275,16 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     first_flip = 6
     first_vertex = first_flip + flips.size
     first_random = first_vertex + by_vertex.size
-    n_attempts = first_random + _RANDOM_STARTS
-    flip_par = jnp.asarray(
-        np.concatenate([np.zeros(first_flip, int), flips, by_vertex, np.zeros(_RANDOM_STARTS, int)])
-    )
+    # and one inverse flip per normfactor where unconstrained factors multiply a rate (static:
+    # other models' programs are what they were)
+    inverses = _inverse_flips(model)
+    first_inverse = first_random + _RANDOM_STARTS
+    n_attempts = first_inverse + inverses.size
+    slots = [np.zeros(first_flip, int), flips, by_vertex, np.zeros(_RANDOM_STARTS, int), inverses]
+    flip_par = jnp.asarray(np.concatenate(slots))
+    may_invert = jnp.zeros((), bool)
+    if inverses.size:  # where two of them not fixed multiply a rate (fixed: may be traced)
+        may_invert = multimodal.unconstrained_products(model, fixed) & jnp.asarray(restart)
     off_centre = jnp.any(centre != init) & jnp.asarray(restart)
 
     strong = flippable & eligible & (multimodal.even_size(model) >= starts.EVEN_FLIP)
@@ -307,7 +331,13 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         vertex_flip = vertex_flip & (jnp.abs(mirror_j - best.x[j]) > starts.VERTEX_MOVE)
         flipped = jnp.where(vertex_flip, best.x.at[j].set(mirror_j), flipped)
         flipping = flipping | vertex_flip
-        randomly = (k >= first_random) & jnp.asarray(restart) & strained
+        if inverses.size:
+            inverted = starts.inverse_start(best, lower, upper, j)
+            inverse_flip = (k >= first_inverse) & may_invert & ~fixed[j]
+            inverse_flip = inverse_flip & (jnp.abs(inverted[j] - best.x[j]) > starts.VERTEX_MOVE)
+            flipped = jnp.where(inverse_flip, inverted, flipped)
+            flipping = flipping | inverse_flip
+        randomly = (k >= first_random) & (k < first_inverse) & jnp.asarray(restart) & strained
         need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping | randomly
         need = need | ((k == 4) & off_centre) | ((k == 5) & off_centre & may_reflect & far_centre)
 
@@ -370,7 +400,8 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         strained = starts.strained(best, data)
         flips_left = (k < first_vertex) & may_flip & (strained | jnp.any(far_out(best, acr)))
         flips_left = flips_left | ((k < first_random) & may_flip & jnp.any(strong))
-        randoms_left = (k < n_attempts) & jnp.asarray(restart) & strained
+        randoms_left = (k < first_inverse) & jnp.asarray(restart) & strained
+        randoms_left = randoms_left | ((k < n_attempts) & may_invert)  # and the inverse flips
         return (k < first_flip) | flips_left | randoms_left | continues(k, best, conts, gained)
 
     def step(c):
