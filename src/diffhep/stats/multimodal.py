@@ -4,7 +4,8 @@ template-based measures of a model), for the restarts of :mod:`diffhep.stats.res
 A fit can end in a local minimum where an interpolation has a kink at alpha = 0 (normsys
 code1, histosys code0), where a variation is symmetrised, or where a parameter's up and down
 variations move a yield the same way (an even response): :func:`kinked`, :func:`mirrored`,
-:func:`even_response`, with the size of the even part (:func:`even_size`). The masks of the
+:func:`even_response`, with the size of the even part (:func:`even_size`), and where factors
+multiply a rate (:func:`products`, :func:`unconstrained_products`). The masks of the
 configuration are cached numpy arrays; those of the templates are JAX arrays computed under
 ``jit`` (they follow templates that change in training).
 """

@@ -8,8 +8,9 @@ smoothly interpolated shape and normalisation variations, products of factors: w
 :func:`search` instead: the fit and its restarts (probe/mirror, reflection through the start,
 flips of interpolated parameters and normfactors where the fit is strained, of interpolated
 ones where they may have a mirror minimum beyond +-1 or a large even response (then also to
-the mirror image through the response's vertex), and the continuation of a fit that ran out
-of steps while it gains) in one ``lax.while_loop``, keeping the lowest minimum,
+the mirror image through the response's vertex), of normfactors to their inverse where two
+unconstrained factors multiply a rate, and the continuation of a fit that ran out of steps
+while it gains) in one ``lax.while_loop``, keeping the lowest minimum,
 differentiated implicitly at that minimum. Where each restart starts is
 :mod:`diffhep.stats.starts`; issue 20 holds the cases behind each restart, the gates'
 measurements are in the functions' docstrings.
@@ -282,7 +283,6 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     n_attempts = first_inverse + inverses.size
     slots = [np.zeros(first_flip, int), flips, by_vertex, np.zeros(_RANDOM_STARTS, int), inverses]
     flip_par = jnp.asarray(np.concatenate(slots))
-    may_invert = jnp.zeros((), bool)
     if inverses.size:  # where two of them not fixed multiply a rate (fixed: may be traced)
         may_invert = multimodal.unconstrained_products(model, fixed) & jnp.asarray(restart)
     off_centre = jnp.any(centre != init) & jnp.asarray(restart)
@@ -337,7 +337,9 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
             inverse_flip = inverse_flip & (jnp.abs(inverted[j] - best.x[j]) > starts.VERTEX_MOVE)
             flipped = jnp.where(inverse_flip, inverted, flipped)
             flipping = flipping | inverse_flip
-        randomly = (k >= first_random) & (k < first_inverse) & jnp.asarray(restart) & strained
+        randomly = (k >= first_random) & jnp.asarray(restart) & strained
+        if inverses.size:
+            randomly = randomly & (k < first_inverse)
         need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping | randomly
         need = need | ((k == 4) & off_centre) | ((k == 5) & off_centre & may_reflect & far_centre)
 
@@ -401,7 +403,8 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         flips_left = (k < first_vertex) & may_flip & (strained | jnp.any(far_out(best, acr)))
         flips_left = flips_left | ((k < first_random) & may_flip & jnp.any(strong))
         randoms_left = (k < first_inverse) & jnp.asarray(restart) & strained
-        randoms_left = randoms_left | ((k < n_attempts) & may_invert)  # and the inverse flips
+        if inverses.size:  # and the inverse flips
+            randoms_left = randoms_left | ((k < n_attempts) & may_invert)
         return (k < first_flip) | flips_left | randoms_left | continues(k, best, conts, gained)
 
     def step(c):
