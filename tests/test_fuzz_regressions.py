@@ -89,9 +89,11 @@ def test_free_fit_is_not_above_a_point_of_pyhfs_likelihood_with_a_zero_count_bin
 
 # Three channels with 1e5-event bins: ch2's single bin holds a normfactor (init at its lower
 # bound 0.2), a normsys shared with ch0 and one staterror gamma; ch1's b0 has zero yield. The
-# fit at mu = 1 ends 0.167 above a point of pyhf's likelihood in a narrow valley (nf_ch2, ns0),
-# reported as converged; the hypothesis test's CLs is 0.0499 where pyhf's formulae on the
-# referee's fits give 0.0554 (the exclusion at 95% CL flips).
+# fit at mu = 1 ended 0.167 above a point of pyhf's likelihood in a narrow valley (nf_ch2, ns0),
+# reported as converged; the hypothesis test's CLs was 0.0499 where pyhf's formulae on the
+# referee's fits give 0.0554 (the exclusion at 95% CL flipped). A genuine local minimum: the
+# profile in ns0 is bimodal (-0.43 and -1.41) behind a plateau of code4's polynomial (hi
+# 1.249, lo 0.967), reached since by the turn restart (restarts._restarts, starts.turn_start).
 VALLEY_SPEC = {'channels': [{'name': 'ch0',
                'samples': [{'name': 'signal',
                             'data': [29.2904, 18.8622, 0.0, 25.1143, 41.6685, 52.4444],
@@ -197,13 +199,6 @@ def _valley():
     return model, ws.data(model)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fixed_poi_fit stops 0.167 above the minimum of a narrow valley (a 3e5-event bin "
-    "ties nf_ch2 to the normsys ns0) and reports status 0: a genuine local minimum, the profile "
-    "in ns0 is bimodal (-0.43 and -1.41) behind a plateau of code4's polynomial (hi 1.249, lo "
-    "0.967); no restart reaches it (branch helper-95-turns-wip does, at +18% sbottom cost)",
-)
 def test_fixed_poi_fit_is_not_above_a_point_of_pyhfs_likelihood_in_a_narrow_valley():
     dmodel, ddata = _valley()
     # the referee's point in diffhep's likelihood: pyhf's logpdf is 0.0126 lower at every
@@ -218,11 +213,6 @@ def test_fixed_poi_fit_is_not_above_a_point_of_pyhfs_likelihood_in_a_narrow_vall
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hypotest: its fit at mu = 1 misses the valley's minimum (above): CLs 0.0499 "
-    "reported as converged, 0.0554 from the referee's fits",
-)
 def test_hypotest_in_a_narrow_valley_matches_the_referee_or_is_flagged():
     model, data = _valley()
     result = diffhep.infer.hypotest(1.0, model, data)
@@ -236,22 +226,18 @@ def test_hypotest_in_a_narrow_valley_matches_the_referee_or_is_flagged():
 
 # The same structure as VALLEY_SPEC before reduction (tests/data/fuzz_asimov_origin.json: a
 # shapefactor and a normfactor on one 1e5-event bin, a histosys, lumi, staterror_ch0 fixed).
-# The test's fit at mu = 0 (the Asimov data's origin) stops at -2 ln L 106.82509, status 0,
-# above fixed_poi_fit(0.0)'s 106.82230 (the referee's minimum); the Asimov data differ by up to
-# 30% in a bin and q_A is 13.589 instead of 14.331. The referee's expected band (pyhf's
-# hypotest on the referee's fits; pyhf's own fits fail on this model):
+# The test's fit at mu = 0 (the Asimov data's origin) stopped at -2 ln L 106.82509, status 0,
+# above fixed_poi_fit(0.0)'s 106.82230 (the referee's minimum) at XLA's optimisation level 0
+# (at the default level the rounding led it to the minimum); the Asimov data differed by up to
+# 30% in a bin and q_A was 13.589 instead of 14.331, the expected band 1.5 times the referee's
+# (median 2.28e-4 instead of 1.53e-4), reported as converged. A genuine local minimum: the
+# profile in ns0 is bimodal (~0.65 and ~0.95) near a plateau of code4's polynomial (hi 1.061,
+# lo 0.811), reached since by the turn restart. The referee's expected band (pyhf's hypotest
+# on the referee's fits; pyhf's own fits fail on this model):
 ASIMOV_ORIGIN_CLS_EXP_REFEREE = [1.587257e-07, 5.370494e-06, 1.532903e-04, 3.174440e-03,
                                  3.793885e-02]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=False,  # at XLA's default optimisation level (the tests run at 0) the rounding
-    # leads this fit to the minimum and the test passes: the defect depends on the path
-    reason="hypotest: its fit at the Asimov value stops 0.0028 above the minimum (status 0), "
-    "the expected band is 1.5 times the referee's (median 2.28e-4 instead of 1.53e-4), "
-    "reported as converged: a genuine local minimum, the profile in ns0 is bimodal (~0.65 and "
-    "~0.95) near a plateau of code4's polynomial (hi 1.061, lo 0.811)",
-)
 def test_hypotest_expected_band_from_the_minimum_at_the_asimov_value():
     spec = json.loads((Path(__file__).parent / "data" / "fuzz_asimov_origin.json").read_text())
     ws = diffhep.Workspace(spec)

@@ -340,3 +340,48 @@ def test_batched_modified_solves_finish_and_equal_eigh(tmp_path):
         lam = np.maximum(np.abs(lam), 1e-10 * np.max(np.abs(lam)))
         ref = s[:, None] * (V @ ((V.T @ (r[b] * s[:, None])) / lam[:, None]))
         np.testing.assert_allclose(out[b], ref, rtol=1e-8, atol=1e-10 * np.max(np.abs(ref)))
+
+
+def test_plateau_is_where_the_normsys_slope_falls_below_its_mean():
+    """The plateau test of the turn restarts (code4 normsys): at a grid of values, a
+    parameter is on a plateau where the slope of log(counts) of its sample's bin (central
+    differences of the model's expected counts) is below PLATEAU times its mean slope
+    (log hi - log lo) / 2, inside (-1, 1), for variations on either side of 1, and its mean
+    slope moves the bin's counts by at least PLATEAU_SIZE Poisson standard deviations; never
+    for one with both variations on one side (an even response) nor outside (-1, 1)."""
+    entries = [(0.967416, 1.24881), (0.81142, 1.061308), (1.24881, 0.967416), (0.9, 1.1),
+               (0.9, 0.95), (0.967416, 1.24881)]  # fmt: skip
+    yields = [1000.0, 1000.0, 1000.0, 1000.0, 1000.0, 5.0]  # the last too small to matter
+    bins = len(entries)
+    samples = [
+        sample(f"b{i}", np.eye(bins)[i] * n + 1e-3, normsys(f"ns{i}", lo, hi))
+        for i, ((lo, hi), n) in enumerate(zip(entries, yields, strict=True))
+    ]
+    spec = model_spec(channel("SR", sample("signal", [1.0] * bins, normfactor("mu")), *samples))
+    model = Model.from_spec(spec)
+    idx = np.array([model.config.par_slice(f"ns{i}").start for i in range(bins)])
+    on = jax.jit(lambda x: multimodal.plateau(model)(x))
+    lo, hi = np.array(entries).T
+    mean = 0.5 * (np.log(hi) - np.log(lo))
+    init = np.asarray(model.config.suggested_init(), dtype=float)
+    counts = np.asarray(model.expected_actualdata(jnp.asarray(init)))
+    size = np.abs(mean) * np.asarray(yields) / np.sqrt(counts)  # one sample per bin
+    eligible = ((hi - 1) * (lo - 1) < 0) & (size >= multimodal.PLATEAU_SIZE)
+    seen = np.zeros(bins, bool)
+    for a in np.linspace(-1.3, 1.3, 53):
+        x = init.copy()
+        x[idx] = a
+        log_counts = [
+            np.log(np.asarray(model.expected_actualdata(jnp.asarray(x).at[idx].add(d))))
+            for d in (1e-6, -1e-6)
+        ]
+        slope = (log_counts[0] - log_counts[1]) / 2e-6  # bin i: ns_i's sample
+        ratio = slope / mean
+        ref = eligible & (abs(a) < 1.0) & (ratio < multimodal.PLATEAU)
+        got = np.asarray(on(jnp.asarray(x)))[idx]
+        clear = np.abs(ratio - multimodal.PLATEAU) > 1e-4  # not at the threshold
+        np.testing.assert_array_equal(got[clear], ref[clear], err_msg=f"alpha {a}")
+        seen |= got
+    # the asymmetric variations (either way round) have a plateau, the mild one none, nor the
+    # even one, nor the asymmetric one on 5 events (size 0.26)
+    np.testing.assert_array_equal(seen, [True, True, True, False, False, False])

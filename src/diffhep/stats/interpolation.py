@@ -20,7 +20,16 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["code0", "code0_weights", "code1", "code4", "code4p", "code4p_weights", "log_code1"]
+__all__ = [
+    "code0",
+    "code0_weights",
+    "code1",
+    "code4",
+    "code4_coefficients",
+    "code4p",
+    "code4p_weights",
+    "log_code1",
+]
 
 
 def code0_weights(alpha, xp=jnp):
@@ -103,6 +112,14 @@ _A_INV = np.asarray(
 )
 
 
+def code4_coefficients(lo, hi, xp=jnp):
+    """The coefficients ``c`` (6, ...) of :func:`code4`'s polynomial inside (-1, 1),
+    ``1 + c[0] alpha + ... + c[5] alpha^6``."""
+    log_hi, log_lo = _safe_log(hi, xp), _safe_log(lo, xp)
+    b = xp.stack([hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
+    return xp.tensordot(_A_INV.astype(b.dtype), b, axes=1)
+
+
 def code4(alpha, lo, hi, xp=jnp):
     """Exponential extrapolation with a 6th-order polynomial for |alpha| < 1 (normsys ``code4``).
 
@@ -112,10 +129,7 @@ def code4(alpha, lo, hi, xp=jnp):
     alpha, lo, hi = xp.broadcast_arrays(
         xp.asarray(alpha), xp.asarray(lo, dtype=jnp.result_type(float)), xp.asarray(hi)
     )
-    log_hi, log_lo = _safe_log(hi, xp), _safe_log(lo, xp)
-    b = xp.stack([hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
-    coeff = xp.tensordot(_A_INV.astype(b.dtype), b, axes=1)  # (6, ...)
-    c = coeff
+    c = code4_coefficients(lo, hi, xp)
     inner = 1.0 + alpha * (
         c[0] + alpha * (c[1] + alpha * (c[2] + alpha * (c[3] + alpha * (c[4] + alpha * c[5]))))
     )

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import interpolation
 from .model import Model
 
 __all__ = [
@@ -28,9 +29,19 @@ __all__ = [
     "interpolated",
     "kinked",
     "mirrored",
+    "plateau",
+    "plateau_candidates",
     "products",
     "unconstrained_products",
 ]
+
+#: A code4 normsys entry is on a plateau of its polynomial where the slope of its log-factor
+#: at the parameter's value is below this fraction of its mean slope over [-1, 1]
+#: (:func:`plateau`)
+PLATEAU = 0.4
+#: ... if its mean slope moves the nominal counts of its bins by at least this many Poisson
+#: standard deviations per unit of the parameter (summed in quadrature over the bins)
+PLATEAU_SIZE = 1.0
 
 
 @cache
@@ -221,3 +232,79 @@ def _responses(model: Model):
     counts = jnp.sum(model.nominal, axis=0)
     up, down = (r.reshape(-1, S, B).sum(axis=1) - counts for r in rates)
     return up, down, counts
+
+
+@cache
+def plateau_candidates(config) -> np.ndarray:
+    """Parameters of code4 normsys modifiers (the candidates of :func:`plateau`; none where
+    normsys is interpolated otherwise)."""
+    out = np.zeros(config.npars, dtype=bool)
+    if config.interpcode("normsys") != "code4":
+        return out
+    names = {name for name, modtype in config.modifiers if modtype == "normsys"}
+    for (a, b), name in zip(config.par_slices, config.par_order, strict=True):
+        out[a:b] = name in names
+    return out
+
+
+def plateau(model: Model):
+    """``on(x)``: per parameter, whether its value in ``x`` lies on a plateau of the
+    polynomial of one of its code4 normsys entries: inside (-1, 1), where the slope of the
+    entry's log-factor is below :data:`PLATEAU` times its mean slope ``(log hi - log lo) / 2``
+    (entries with ``hi`` and ``lo`` on either side of 1 only: the others have an even
+    response, :func:`even_response`), for entries whose mean slope moves the nominal counts
+    by at least :data:`PLATEAU_SIZE` standard deviations (``|mean| nom_c / sqrt(counts_b)``
+    of each cell ``c`` of the entry in bin ``b``, summed in quadrature, as
+    :func:`even_size`; the others' turns lie far beyond the constraint's pull). ``None``
+    where no parameter is a candidate (:func:`plateau_candidates`, static). The polynomials'
+    coefficients and the sizes are computed here, once per fit, from the templates (traced
+    under ``jit``); ``on`` is a few operations per entry.
+
+    code4's polynomial (continuous up to its second derivative at +-1) flattens near -0.58 or
+    +0.57 when ``hi`` and ``lo`` are asymmetric, on the side of the smaller variation: hi
+    1.249, lo 0.967 has slope 0 at -0.58 (its log-factor's slope 0.06 of its mean at -0.43);
+    hi 1.061, lo 0.811 a slope 0.26 of its mean at +0.57. There the profile of ``-log L`` can
+    turn and hold a second minimum behind the plateau (:func:`starts.turn_start`): the h5-fuzz
+    cases of tests/test_fuzz_regressions.py end at -0.433 (ratio 0.062, size 3.3) and +0.659
+    (0.277, size 3.4). The 50-bin benchmark model's fits have no entry below 0.99; sbottom
+    RegionA's fits at mu = 1 have some at 0.05-0.39 on 11 of 25 signal points (SigRad,
+    FT_EFF_extrapolation_from_charm, JET_GroupedNP_3, JET_JvtEfficiency: +0.2% to +3.7%
+    variations), whose profile fits found no turn and cost 6 Newton steps per fit without
+    the size gate (1114 -> 1250 steps over the 25 points' hypotests, the same CLs); no entry
+    of sbottom RegionA has a size above 0.28: its fits pay this test, not the turns.
+    """
+    t = model.tables
+    if not t.normsys_par.shape[0] or not plateau_candidates(model.config).any():
+        return None
+    lo, hi = model.normsys_lo, model.normsys_hi
+    c = interpolation.code4_coefficients(lo, hi)
+    dc = c * jnp.arange(1.0, 7.0, dtype=c.dtype)[:, None]
+    mean = 0.5 * (jnp.log(jnp.where(hi > 0, hi, 1.0)) - jnp.log(jnp.where(lo > 0, lo, 1.0)))
+    S, B = model.nominal.shape
+    nom = model.nominal.reshape(S * B)
+    counts = jnp.tile(jnp.sum(model.nominal, axis=0), S)  # each cell's bin (sample-major)
+    layer, cell = np.nonzero(t.normsys_table < t.normsys_par.shape[0])
+    entry = t.normsys_table[layer, cell]
+    per_cell = nom[cell] ** 2 / jnp.maximum(counts[cell], 1.0)
+    big = mean * mean * jnp.zeros(lo.shape, nom.dtype).at[entry].add(per_cell) >= PLATEAU_SIZE**2
+    candidate = big & ((hi - 1.0) * (lo - 1.0) < 0)  # monotone (not an even response)
+    par = t.normsys_par
+    npars = model.config.npars
+
+    def on(x):
+        a = x[par]
+        f, df = 1.0 + a * _horner(c, a), _horner(dc, a)
+        slope = df / jnp.where(f > 0, f, 1.0)
+        # the slope over the mean below PLATEAU, for either sign of the mean
+        flat = candidate & (jnp.abs(a) < 1.0) & (f > 0) & (slope * mean < PLATEAU * mean * mean)
+        return jnp.zeros(npars, bool).at[par].max(flat)
+
+    return on
+
+
+def _horner(c, a):
+    """``c[0] + a (c[1] + ... + a c[5])``."""
+    out = c[5]
+    for i in range(4, -1, -1):
+        out = c[i] + a * out
+    return out

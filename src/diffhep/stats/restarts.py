@@ -9,8 +9,9 @@ smoothly interpolated shape and normalisation variations, products of factors: w
 flips of interpolated parameters and normfactors where the fit is strained, of interpolated
 ones where they may have a mirror minimum beyond +-1 or a large even response (then also to
 the mirror image through the response's vertex), of normfactors to their inverse where two
-unconstrained factors multiply a rate, and the continuation of a fit that ran out of steps
-while it gains) in one ``lax.while_loop``, keeping the lowest minimum,
+unconstrained factors multiply a rate, turns of code4 normsys parameters on a plateau of their
+polynomial, and the continuation of a fit that ran out of steps while it gains) in one
+``lax.while_loop``, keeping the lowest minimum,
 differentiated implicitly at that minimum. Where each restart starts is
 :mod:`diffhep.stats.starts`; issue 20 holds the cases behind each restart, the gates'
 measurements are in the functions' docstrings.
@@ -242,6 +243,10 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
       (:func:`starts.inverse_start`), in every fit: two minima of such a product need neither
       a strained fit nor a parameter far out (h6-fuzz: fits 0.55 and 0.29 above the other
       minimum, status 0; the cases in :func:`starts.inverse_start`).
+    - then, per code4 normsys parameter on a plateau of its polynomial at the converged best
+      fit (:func:`multimodal.plateau`; not one of the mirror/vertex restarts), two profile fits
+      with it held at +-:data:`starts.TURN_STEP` (never kept) and the restart beyond their
+      turn (:func:`starts.turn_start`; h5-fuzz: ns0 = -0.433, -2lnL 98.232 -> -1.429, 98.066).
 
     Before any attempt after the first, a best fit that ran out of steps (``MAX_STEPS``: the
     restarts only keep converged fits, so that is the first one) is continued from where it
@@ -258,8 +263,8 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     ``restart`` (may be traced) allows attempts 1-3 and the flips, not the continuation.
     """
 
-    def run(x0, steps=max_steps, target=None):
-        return run_fit(model, data, x0, lower, upper, fixed, tol, steps, target)
+    def run(x0, steps=max_steps, target=None, held=fixed):
+        return run_fit(model, data, x0, lower, upper, held, tol, steps, target)
 
     interpolated = multimodal.interpolated(model.config)
     candidates = np.flatnonzero(multimodal.kinked(model.config) | interpolated)
@@ -276,12 +281,16 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     first_flip = 6
     first_vertex = first_flip + flips.size
     first_random = first_vertex + by_vertex.size
-    # and one inverse flip per normfactor where unconstrained factors multiply a rate (static:
+    # and one inverse flip per normfactor where unconstrained factors multiply a rate, three
+    # attempts per code4 normsys parameter (two profile fits and the turn restart) (static:
     # other models' programs are what they were)
     inverses = _inverse_flips(model)
     first_inverse = first_random + _RANDOM_STARTS
-    n_attempts = first_inverse + inverses.size
-    slots = [np.zeros(first_flip, int), flips, by_vertex, np.zeros(_RANDOM_STARTS, int), inverses]
+    turns = np.flatnonzero(multimodal.plateau_candidates(model.config))
+    first_turn = first_inverse + inverses.size
+    n_attempts = first_turn + 3 * turns.size
+    slots = [np.zeros(first_flip, int), flips, by_vertex, np.zeros(_RANDOM_STARTS, int), inverses,
+             np.repeat(turns, 3)]  # fmt: skip
     flip_par = jnp.asarray(np.concatenate(slots))
     if inverses.size:  # where two of them not fixed multiply a rate (fixed: may be traced)
         may_invert = multimodal.unconstrained_products(model, fixed) & jnp.asarray(restart)
@@ -301,6 +310,15 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         falls = starts.falls_across_kink(model, data, lower, upper, np.flatnonzero(kinked),
                                          _objective)  # fmt: skip
     vertex = multimodal.even_vertex(model)
+    on = multimodal.plateau(model)  # None: no code4 normsys parameter (static)
+    # not the parameters that the mirror and vertex restarts cover
+    turnable = ~mirror & ~strong & ~fixed & jnp.asarray(restart)
+
+    def on_plateau(best):  # the turns' gate: their profile fits within the bounds
+        if on is None:
+            return jnp.zeros(init.shape, bool)
+        inside = (best.x - starts.TURN_STEP > lower) & (best.x + starts.TURN_STEP < upper)
+        return turnable & inside & on(best.x) & is_success(best.status)
 
     def across(best):
         """The flippable parameters with a kink whose response is even and where -log L
@@ -315,7 +333,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         far = flippable & eligible & (jnp.abs(best.x - centre) > starts.REFLECT_FROM)
         return far | strong | acr
 
-    def attempt(k, best, found_lower, cont, acr):
+    def attempt(k, best, found_lower, cont, acr, mem):
         probing = ((k == 1) | ((k == 3) & found_lower)) & jnp.any(eligible) & ~cont
         reflected, far = starts.reflection_start(best, init, lower, upper, reflect)
         around, far_centre = starts.reflection_start(best, centre, lower, upper, reflect)
@@ -333,14 +351,20 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         flipping = flipping | vertex_flip
         if inverses.size:
             inverted = starts.inverse_start(best, lower, upper, j)
-            inverse_flip = (k >= first_inverse) & may_invert & ~fixed[j]
+            inverse_flip = (k >= first_inverse) & (k < first_turn) & may_invert & ~fixed[j]
             inverse_flip = inverse_flip & (jnp.abs(inverted[j] - best.x[j]) > starts.VERTEX_MOVE)
             flipped = jnp.where(inverse_flip, inverted, flipped)
             flipping = flipping | inverse_flip
-        randomly = (k >= first_random) & jnp.asarray(restart) & strained
-        if inverses.size:
-            randomly = randomly & (k < first_inverse)
+        randomly = (k >= first_random) & (k < first_inverse) & jnp.asarray(restart) & strained
+        # the turn of parameter j: its profile fits (not kept: minima with j held), then the
+        # restart; ``mem``: the first profile fit, then the restart's start
+        phase = (k - first_turn) % 3
+        in_turn = (k >= first_turn) & ~cont
+        mem_x, mem_f, mem_ok = mem
+        profiling = in_turn & (((phase == 0) & on_plateau(best)[j]) | ((phase == 1) & mem_ok))
+        turning = in_turn & (phase == 2) & mem_ok
         need = (k == 0) | probing | ((k == 2) & may_reflect & far) | flipping | randomly
+        need = need | profiling | turning
         need = need | ((k == 4) & off_centre) | ((k == 5) & off_centre & may_reflect & far_centre)
 
         def run_attempt(_):
@@ -356,6 +380,8 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
             x0 = branch(
                 randomly, lambda: starts.random_start(init, lower, upper, fixed, key), lambda: x0
             )
+            side = jnp.where(phase == 0, starts.TURN_STEP, -starts.TURN_STEP)
+            x0 = jnp.where(profiling, best.x.at[j].add(side), jnp.where(turning, mem_x, x0))
             x0 = jnp.where(k == 0, init, x0)
             x0 = jnp.where(cont, best.x, x0)
             # an attempt not needed runs no step: under vmap this runs for every member
@@ -366,16 +392,23 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
             # SAME_MINIMUM, never kept: it would end within rounding of it, which
             # _keep_lower does not keep either): sbottom RegionA's hypothesis test ran three
             # such restarts of 3-4 steps each
-            same = (k > 0) & ~cont & is_success(best.status)
-            new = run(x0, jnp.where(need | cont, budget, 0).astype(jnp.int32), (best.x, same))
-            out, better = _keep_lower(k, best, new, need & ~cont)
+            same = (k > 0) & ~cont & is_success(best.status) & ~profiling
+            held = fixed | (profiling & (jnp.arange(init.size) == j))
+            steps = jnp.where(need | cont, budget, 0).astype(jnp.int32)
+            new = run(x0, steps, (best.x, same), held)
+            out, better = _keep_lower(k, best, new, need & ~cont & ~profiling)
+            out = out._replace(n_steps=out.n_steps + jnp.where(profiling, new.n_steps, 0))
             resumed = new._replace(n_steps=best.n_steps + new.n_steps)
             out = jax.tree.map(lambda a, b: jnp.where(cont, a, b), resumed, out)
             better = better & ~cont
-            return out, jnp.where(k == 2, better, found_lower)
+            held_ok = profiling & is_success(new.status)
+            turn_ok, start = starts.turn_start(best, j, (mem_x, mem_f), (new.x, new.fun),
+                                               lower, upper)  # fmt: skip
+            mem = (jnp.where(phase == 0, new.x, start), new.fun, held_ok & ((phase == 0) | turn_ok))
+            return out, jnp.where(k == 2, better, found_lower), mem
 
         def skip(_):  # what run_attempt gives where nothing is needed (k > 0: k = 0 is)
-            return best, jnp.where(k == 2, False, found_lower)
+            return best, jnp.where(k == 2, False, found_lower), (mem_x, mem_f, jnp.zeros((), bool))
 
         # most attempts of a fit are not needed (sbottom RegionA: 5 of 6 in every fit): they
         # cost the conditions only, not the set-up of a solver run nor the random draws; under
@@ -398,19 +431,20 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
         return flippable[flips] & may_flip & (strained | far_out(best, acr)[flips])
 
     def more(c):
-        k, best, _, conts, gained, acr, _ = c
+        k, best, _, conts, gained, acr, _, _ = c
         strained = starts.strained(best, data)
         flips_left = (k < first_vertex) & may_flip & (strained | jnp.any(far_out(best, acr)))
         flips_left = flips_left | ((k < first_random) & may_flip & jnp.any(strong))
         randoms_left = (k < first_inverse) & jnp.asarray(restart) & strained
         if inverses.size:  # and the inverse flips
-            randoms_left = randoms_left | ((k < n_attempts) & may_invert)
-        return (k < first_flip) | flips_left | randoms_left | continues(k, best, conts, gained)
+            randoms_left = randoms_left | ((k < first_turn) & may_invert)
+        left = flips_left | randoms_left | ((k < n_attempts) & jnp.any(on_plateau(best)))
+        return (k < first_flip) | left | continues(k, best, conts, gained)
 
     def step(c):
-        k, best, found_lower, conts, gained, acr, acr_fun = c
+        k, best, found_lower, conts, gained, acr, acr_fun, mem = c
         cont = continues(k, best, conts, gained)
-        new, found_lower = attempt(k, best, found_lower, cont, acr)
+        new, found_lower, mem = attempt(k, best, found_lower, cont, acr, mem)
         gained = jnp.where(cont, best.fun - new.fun, gained)
         k = jnp.where(cont, k, k + 1)
         if kinked.any():
@@ -430,7 +464,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
             to = jnp.where(jnp.any(ahead), at[jnp.argmax(ahead)], first_vertex)
             k = jnp.where((k >= first_flip) & (k < first_vertex), to, k)
         conts = conts + cont.astype(conts.dtype)
-        return k, new, found_lower, conts, gained, acr, acr_fun
+        return k, new, found_lower, conts, gained, acr, acr_fun, mem
 
     # the carry's initial value, replaced at k = 0: zeros of run's result (its structure
     # written out: jax.eval_shape(run, init) traced a whole solver run for it, a third of
@@ -441,6 +475,7 @@ def _restarts(model, data, init, lower, upper, fixed, restart, tol, max_steps, c
     zero = jnp.zeros((), jnp.int32)
     inf = jnp.full((), jnp.inf, init.dtype)
     no = jnp.zeros((), bool)
-    carry = (zero, empty, no, zero, inf, no & flippable, inf)
+    mem = (jnp.zeros_like(init), jnp.zeros((), init.dtype), no)
+    carry = (zero, empty, no, zero, inf, no & flippable, inf, mem)
     _, res, *_ = jax.lax.while_loop(more, step, carry)
     return res

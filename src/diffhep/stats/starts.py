@@ -16,6 +16,8 @@ __all__ = [
     "PROBES",
     "REFLECT_FROM",
     "STRAINED",
+    "TURN_STEP",
+    "TURN_WITHIN",
     "VERTEX_MOVE",
     "falls_across_kink",
     "flip_start",
@@ -27,6 +29,7 @@ __all__ = [
     "reflection_start",
     "single_moves",
     "strained",
+    "turn_start",
 ]
 
 #: Values tried for each restart candidate (besides its mirror image -x): a parameter whose
@@ -50,6 +53,12 @@ KINK_STEP = 1e-2
 #: datum) exceeds this many times the number of data (main and auxiliary)
 #: (:func:`diffhep.stats.restarts.search`)
 STRAINED = 4.0
+#: The profile fits of a turn restart hold the parameter this far on either side of the best
+#: fit (:func:`turn_start`)
+TURN_STEP = 0.05
+#: The turn restart runs where the cubic model of the profile turns within this distance of
+#: the best fit (:func:`turn_start`)
+TURN_WITHIN = 0.5
 
 
 def single_moves(model, data, candidates, objective):
@@ -278,3 +287,38 @@ def strained(best, data):
     describes the data pays nothing (sbottom RegionA/1000_205_60: deviance 3.5 (mu = 0) to
     147 (mu = 10) on 68 data, gate 272)."""
     return 2.0 * best.fun > STRAINED * data.size
+
+
+def turn_start(best, j, plus, minus, lower, upper):
+    """The start of the turn restart of parameter ``j`` (a code4 normsys parameter on a
+    plateau of its polynomial, :func:`multimodal.plateau`) and whether it runs, from the
+    profile fits ``plus`` and ``minus`` (``(x, fun)`` each: the fits from ``best`` with ``j``
+    held at ``best.x[j] +- TURN_STEP``).
+
+    At the best fit (a minimum) the profile ``p`` of ``-log L`` in ``j`` (the others at
+    their minimum) has curvature ``c2`` and third derivative ``c3`` (their central
+    differences from the two profile fits, step :data:`TURN_STEP`) and moves along ``v``
+    (the other parameters' change per unit of ``j``, from the same fits). Its cubic model
+    turns (a barrier) at ``t* = -2 c2 / c3``; where that lies within :data:`TURN_WITHIN` of the
+    best fit and inside (-1, 1) (the polynomial's region), the restart starts beyond it along
+    the valley, at ``x + 2 t* v``.
+
+    Measured (h5-fuzz, tests/test_fuzz_regressions.py): a 3e5-event bin ties the normfactor
+    nf_ch2 to ns0 (hi 1.249, lo 0.967 in another channel, code4: a plateau at -0.58), whose
+    profile has minima at -0.43 and -1.41 (-2lnL 98.232 and 98.066, barrier 98.55 at -0.8);
+    the fit at mu = 1 ends at -0.433; the profile fits (5 Newton steps each) give c2 = 8.31,
+    c3 = 53.1 (the exact derivatives' values to 3 digits), t* = -0.31, and the restart from
+    -1.06 along the valley reaches -1.429 in 8 steps. Moves of ns0 alone (the probes, the
+    flips to the polynomial's ends) are higher (the valley is narrow), and so are starts
+    along ``v`` at fixed distances (the valley is curved); a quartic model of the profile was
+    not robust (a helper's branch, 2026-12-07).
+    """
+    (x_p, f_p), (x_m, f_m) = plus, minus
+    h = TURN_STEP
+    c2 = (f_p + f_m - 2.0 * best.fun) / h**2
+    c3 = 3.0 * (f_p - f_m) / h**3
+    v = (x_p - x_m) / (2.0 * h)
+    t = -2.0 * c2 / jnp.where(c3 != 0, c3, 1.0)
+    ok = (c2 > 0) & (c3 != 0) & jnp.isfinite(t) & (jnp.abs(t) < TURN_WITHIN)
+    ok = ok & (jnp.abs(best.x[j] + t) < 1.0)
+    return ok, jnp.clip(best.x + 2.0 * t * v, lower, upper)
